@@ -1,0 +1,39 @@
+# infer — developer commands. `make test` builds .venv on first use, then runs the suite.
+# TORCH picks the torch build installed first (before anything can pull a CUDA build);
+# the default suits CPU machines. On a GPU machine: make test TORCH=torch
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+export TORCH
+
+PACKAGES := infer_core infer_models_llama infer_models_qwen3 infer_models_gemma3 \
+            infer_cache_paged infer_sched_policies
+EXAMPLE_PLUGIN := tests/plugins_example
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: venv test lint plugins clean
+
+venv: $(STAMP)
+
+# Re-runs when a distribution's metadata changes (new dependency, entry point, script).
+$(STAMP): $(addsuffix /pyproject.toml,$(PACKAGES) $(EXAMPLE_PLUGIN)) Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e "infer_core[test]" \
+		$(addprefix -e ,$(filter-out infer_core,$(PACKAGES))) -e $(EXAMPLE_PLUGIN) ruff
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+plugins: $(STAMP)
+	$(BIN)/infer plugins
+
+clean:
+	rm -rf $(VENV)

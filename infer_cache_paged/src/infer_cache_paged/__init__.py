@@ -1,0 +1,1 @@
+"""Paged and prefix-caching KV-cache backends for infer."""

@@ -1,0 +1,25 @@
+"""infer-core's own defaults, registered through the same hooks as any third-party plugin."""
+
+from __future__ import annotations
+
+from infer_core import hookimpl
+
+INFER_PLUGIN_API = 1
+
+
+@hookimpl
+def infer_register_cache_backends(registry):
+    registry.add(
+        "contiguous",
+        "infer_core.engine.kv_cache:ContiguousCache",
+        description="One block of max_model_len tokens per request (a block pool with one big block).",
+    )
+
+
+@hookimpl
+def infer_register_scheduler_policies(registry):
+    registry.add(
+        "fcfs",
+        "infer_core.engine.policy:FCFSPolicy",
+        description="First come, first served; preempts the most recently arrived request.",
+    )

@@ -1,0 +1,1 @@
+"""Qwen 3 (Qwen3ForCausalLM, QK-norm) for infer."""
