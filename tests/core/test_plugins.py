@@ -47,7 +47,7 @@ def test_all_first_party_distributions_load_with_their_versions():
         assert status.info.distribution == dist
         assert status.info.version == "0.1.0"
         assert status.info.api_version == 1
-    assert list(pm.statuses)[0] == "infer_core", "built-ins register first"
+    assert next(iter(pm.statuses)) == "infer_core", "built-ins register first"
     assert pm.statuses["infer_core"].info.builtin
 
 
