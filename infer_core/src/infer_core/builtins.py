@@ -23,3 +23,12 @@ def infer_register_scheduler_policies(registry):
         "infer_core.engine.policy:FCFSPolicy",
         description="First come, first served; preempts the most recently arrived request.",
     )
+
+
+@hookimpl
+def infer_register_attention_backends(registry):
+    registry.add(
+        "torch",
+        "infer_core.attention.torch:TorchAttentionBackend",
+        description="Reference attention in plain PyTorch (any device; the CPU path and test oracle).",
+    )

@@ -34,3 +34,7 @@ class DuplicateNameError(PluginError):
 
 class RequestError(InferError, ValueError):
     """A request (prompt or sampling parameters) is invalid; other requests are unaffected."""
+
+
+class ModelLoadError(InferError):
+    """A model directory cannot be loaded: missing files, tensors or an unsupported format."""

@@ -1,7 +1,14 @@
-"""The `infer` plugin of infer-models-llama: the entry point ``infer_models_llama`` points here.
+"""The `infer` plugin of infer-models-llama: the entry point ``infer_models_llama`` points here."""
 
-It declares the plugin API it was built for. Its registrations (architecture LlamaForCausalLM (the Models issue)) are added
-together with their implementations; until then it registers nothing.
-"""
+from infer_core import hookimpl
 
 INFER_PLUGIN_API = 1
+
+
+@hookimpl
+def infer_register_architectures(registry):
+    registry.add(
+        "LlamaForCausalLM",
+        "infer_models_llama.model:LlamaForCausalLM",
+        description="Llama 3.x and Llama-architecture models (SmolLM2), incl. llama3 RoPE scaling.",
+    )

@@ -1,0 +1,57 @@
+"""The attention-backend interface.
+
+A backend receives, per layer, the step's new ``q [T, Hq, D]``, ``k``/``v [T, Hkv, D]``, that
+layer's KV cache ``[2, num_blocks, block_size, Hkv, D]`` and the flat batch's
+:class:`~infer_core.attention.metadata.AttentionMetadata`. It writes the new K/V into the cache
+through the slot mapping, then computes causal attention of each request's queries over its
+cached keys (prefill chunks and decodes mixed in one batch), with GQA and an optional sliding
+window. Backends are plugins registered through ``infer_register_attention_backends``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel
+
+from infer_core.attention.metadata import AttentionMetadata
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """The static attention parameters of one layer."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scale: float
+    sliding_window: int | None = None  # a query sees keys at distance < sliding_window
+    logit_softcap: float | None = None
+
+    def __post_init__(self) -> None:
+        assert self.num_heads % self.num_kv_heads == 0, "query heads must group over KV heads"
+
+
+class AttentionBackend(ABC):
+    """Runs attention for every layer of a model; one instance per engine."""
+
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self.options = options
+
+    @staticmethod
+    def kv_cache_shape(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int) -> tuple[int, ...]:
+        return (2, num_blocks, block_size, num_kv_heads, head_dim)
+
+    @abstractmethod
+    def forward(
+        self,
+        layer: AttentionLayer,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Write ``k``/``v`` into ``kv_cache`` and return the attention output ``[T, Hq, D]``."""

@@ -1,0 +1,28 @@
+"""RMSNorm, in the two numerics the supported families use."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """``x / rms(x) * w``, computed in float32.
+
+    ``gemma=True`` gives Gemma's variant: the stored weight is an offset (``1 + w``) and the
+    product is taken in float32 before casting back; Llama and Qwen cast back first.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6, *, gemma: bool = False) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gemma = gemma
+        self.weight = nn.Parameter(torch.zeros(dim) if gemma else torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.gemma:
+            return (h * (1.0 + self.weight.float())).to(dtype)
+        return self.weight * h.to(dtype)

@@ -1,0 +1,2 @@
+"""Loading models from Hugging Face directories: config, safetensors weights, tokenizer,
+chat templates."""

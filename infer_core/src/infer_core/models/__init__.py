@@ -1,0 +1,1 @@
+"""The interface every architecture implements, and what models share at construction."""
