@@ -44,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--config", metavar="PATH", help="TOML file (default: $INFER_CONFIG)")
     config.add_argument("--json", action="store_true", help="print JSON")
     config.add_argument("--show-secrets", action="store_true", help="do not mask server.api_key")
+
+    debug = commands.add_parser("debug", help="debugging tools")
+    debug_commands = debug.add_subparsers(dest="debug_command", required=True, metavar="TOOL")
+    diff = debug_commands.add_parser(
+        "diff", help="per-layer error of our model against transformers",
+        description="Run one prompt through our model and through transformers with the same "
+        "weights; print each decoder layer's and the logits' max abs and relative error.",
+    )
+    diff.add_argument("--model", required=True, metavar="DIR", help="Hugging Face model directory")
+    source = diff.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="text, encoded with the model's tokenizer.json")
+    source.add_argument("--token-ids", help="comma-separated token ids")
+    diff.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     return parser
 
 
@@ -55,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plugins":
             return cmd_plugins(args.json)
+        if args.command == "debug":
+            return cmd_debug_diff(args.model, args.prompt, args.token_ids, args.dtype)
         return cmd_config(args.config, rest, args.json, args.show_secrets)
     except InferError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -158,6 +173,26 @@ def cmd_config(path: str | None, overrides: list[str], as_json: bool, reveal: bo
     pm = make_plugin_manager(blocked=config.plugins.disable)
     data = effective_config(config, select_plugins(config, pm), reveal_secrets=reveal)
     print(json.dumps(data, indent=2) if as_json else to_toml(data), end="" if not as_json else "\n")
+    return 0
+
+
+# -- infer debug diff --------------------------------------------------------------------------
+
+
+def cmd_debug_diff(model: str, prompt: str | None, token_ids: str | None, dtype: str) -> int:
+    from infer_core.debug import diff_against_transformers, encode_prompt, format_diff
+
+    if token_ids is not None:
+        try:
+            ids = [int(t) for t in token_ids.split(",") if t.strip()]
+        except ValueError:
+            raise InferError(f"--token-ids must be comma-separated integers, got {token_ids!r}.") from None
+    else:
+        ids = encode_prompt(model, prompt or "")
+    if not ids:
+        raise InferError("the prompt is empty; give --prompt text or --token-ids.")
+    print(f"{len(ids)} prompt tokens, {dtype}")
+    print(format_diff(diff_against_transformers(model, ids, dtype)))
     return 0
 
 
