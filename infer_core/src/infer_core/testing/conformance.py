@@ -7,21 +7,28 @@ model, and then the behaviour its interface promises. They grow as the interface
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from infer_core.attention.backend import AttentionBackend, AttentionLayer
+from infer_core.attention.metadata import build_attention_metadata
 from infer_core.config import load_config
-from infer_core.engine.kv_cache import CacheBackend
+from infer_core.engine.kv_cache import CacheBackend, ContiguousCache
 from infer_core.engine.policy import SchedulerPolicy
 from infer_core.errors import ConfigError
+from infer_core.loader.hf_config import read_hf_config
+from infer_core.models.base import CausalLM
 from infer_core.plugins import InferPluginManager, make_plugin_manager
 from infer_core.registry import Spec
 from infer_core.selection import select_plugins
 from infer_core.testing.requests import SyntheticRequest, synthetic_requests
+from infer_core.testing.runner import PromptRunner, load_for_test
 from infer_core.version import PLUGIN_API_VERSION
 
 # Each suite's property tests run once per subclass (one per plugin under test); hypothesis
@@ -223,16 +230,183 @@ class CacheBackendConformance(PluginConformance):
         assert cache.num_free_blocks == 2
 
 
+@st.composite
+def attention_cases(draw, head_dims: tuple[int, ...] = (8, 16, 64)) -> dict[str, Any]:
+    """A random flat batch: requests with some tokens already cached and a chunk of new
+    queries (1 = a decode), GQA ratio, block size, optional window and softcap."""
+    num_kv_heads = draw(st.sampled_from([1, 2]))
+    return {
+        "num_kv_heads": num_kv_heads,
+        "num_heads": num_kv_heads * draw(st.sampled_from([1, 2, 4])),
+        "head_dim": draw(st.sampled_from(head_dims)),
+        "block_size": draw(st.sampled_from([1, 4, 16, 128])),
+        "context_lens": draw(st.lists(st.integers(0, 40), min_size=1, max_size=4)),
+        "query_lens": draw(st.lists(st.integers(1, 20), min_size=4, max_size=4)),
+        "sliding_window": draw(st.one_of(st.none(), st.integers(1, 32))),
+        "logit_softcap": draw(st.one_of(st.none(), st.just(30.0))),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def dense_attention(layer: AttentionLayer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of the last ``len(q)`` positions of one sequence over all of ``k``/``v``
+    (``[S, Hkv, D]``), written from scratch as an oracle independent of any cache layout."""
+    group = layer.num_heads // layer.num_kv_heads
+    k = k.repeat_interleave(group, dim=1).float()
+    v = v.repeat_interleave(group, dim=1).float()
+    seq, new = k.shape[0], q.shape[0]
+    scores = torch.einsum("qhd,khd->hqk", q.float(), k) * layer.scale
+    if layer.logit_softcap is not None:
+        scores = layer.logit_softcap * torch.tanh(scores / layer.logit_softcap)
+    q_pos = torch.arange(seq - new, seq)[:, None]
+    k_pos = torch.arange(seq)[None, :]
+    mask = k_pos <= q_pos
+    if layer.sliding_window is not None:
+        mask &= q_pos - k_pos < layer.sliding_window
+    probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+    return torch.einsum("hqk,khd->qhd", probs, v)
+
+
 class AttentionBackendConformance(PluginConformance):
-    """Attention backends. Behavioural checks (against the torch reference over random flat
-    batches) arrive with the attention-backend interface."""
+    """Attention backends: over random flat batches (prefill chunks over cached context mixed
+    with decodes, GQA, any block size, windows, softcap), the output equals dense causal
+    attention and the cache holds every written K/V at its slot."""
 
     kind = "attention backend"
     section = "attention"
+    interface = AttentionBackend
+    device: ClassVar[str] = "cpu"
+    dtype: ClassVar[torch.dtype] = torch.float32
+    head_dims: ClassVar[tuple[int, ...]] = (8, 16, 64)
+    atol: ClassVar[float] = 2e-5
+
+    def make_backend(self, spec: Spec) -> AttentionBackend:
+        return spec.load()(spec.validate_options(self.options, "attention"))
+
+    @suite_settings
+    @given(data=st.data())
+    def test_matches_dense_attention(self, spec: Spec, data: st.DataObject) -> None:
+        case = data.draw(attention_cases(self.head_dims))
+        backend = self.make_backend(spec)
+        layer = AttentionLayer(
+            case["num_heads"], case["num_kv_heads"], case["head_dim"], case["head_dim"] ** -0.5,
+            case["sliding_window"], case["logit_softcap"],
+        )
+        ctx_lens = case["context_lens"]
+        q_lens = case["query_lens"][: len(ctx_lens)]
+        bs = case["block_size"]
+        gen = torch.Generator().manual_seed(case["seed"])
+        seq_lens = [c + q for c, q in zip(ctx_lens, q_lens, strict=True)]
+        blocks_per = [-(-n // bs) for n in seq_lens]
+        order = torch.randperm(sum(blocks_per) + 3, generator=gen).tolist()  # shuffled blocks
+        tables = []
+        for n in blocks_per:
+            tables.append(order[:n])
+            order = order[n:]
+        kv_cache = torch.zeros(backend.kv_cache_shape(
+            sum(blocks_per) + 3, bs, layer.num_kv_heads, layer.head_dim), dtype=self.dtype, device=self.device)
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=gen).to(self.device, self.dtype)
+
+        keys = [rand(n, layer.num_kv_heads, layer.head_dim) for n in seq_lens]
+        values = [rand(n, layer.num_kv_heads, layer.head_dim) for n in seq_lens]
+        queries = [rand(q, layer.num_heads, layer.head_dim) for q in q_lens]
+        # Step 1: the cached context, as a prefill of the requests that have one.
+        with_ctx = [i for i, c in enumerate(ctx_lens) if c]
+        if with_ctx:
+            md = build_attention_metadata([ctx_lens[i] for i in with_ctx], [ctx_lens[i] for i in with_ctx],
+                                          [tables[i] for i in with_ctx], bs, self.device)
+            ctx_k = torch.cat([keys[i][: ctx_lens[i]] for i in with_ctx])
+            ctx_v = torch.cat([values[i][: ctx_lens[i]] for i in with_ctx])
+            backend.forward(layer, rand(ctx_k.shape[0], layer.num_heads, layer.head_dim), ctx_k, ctx_v, kv_cache, md)
+        # Step 2, under test: every request's new tokens in one flat batch.
+        md = build_attention_metadata(q_lens, seq_lens, tables, bs, self.device)
+        new_k = torch.cat([k[c:] for k, c in zip(keys, ctx_lens, strict=True)])
+        new_v = torch.cat([v[c:] for v, c in zip(values, ctx_lens, strict=True)])
+        out = backend.forward(layer, torch.cat(queries), new_k, new_v, kv_cache, md)
+        assert out.shape == (sum(q_lens), layer.num_heads, layer.head_dim)
+        starts = md.query_start_loc_cpu
+        for i in range(len(seq_lens)):
+            expected = dense_attention(layer, queries[i].cpu(), keys[i].cpu(), values[i].cpu())
+            torch.testing.assert_close(out[starts[i]: starts[i + 1]].float().cpu(), expected,
+                                       atol=self.atol, rtol=0)
+            cached = kv_cache[:, tables[i]].reshape(2, -1, layer.num_kv_heads, layer.head_dim)
+            torch.testing.assert_close(cached[0, : seq_lens[i]].cpu(), keys[i].cpu(), atol=0, rtol=0)
+            torch.testing.assert_close(cached[1, : seq_lens[i]].cpu(), values[i].cpu(), atol=0, rtol=0)
 
 
 class ArchitectureConformance(PluginConformance):
-    """Model architectures. Behavioural checks (parity with transformers on a tiny random
-    config) arrive with the model interface."""
+    """Model architectures: the engine's equivalences on a tiny checkpoint.
+
+    Provide the checkpoint with a class-scoped ``checkpoint_dir`` fixture (e.g. a transformers
+    model with a tiny config saved with ``save_pretrained``). Parity with transformers is the
+    architecture's own test; this suite checks what the engine relies on: logits of the same
+    prompt are the same alone or in a batch, whole or prefilled in chunks, and
+    ``compute_logits`` at chosen rows equals those rows of the full logits.
+    """
 
     kind = "architecture"
+    interface = CausalLM
+    max_model_len: ClassVar[int] = 128
+    atol: ClassVar[float] = 1e-5
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def checkpoint_dir(cls, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        pytest.fail(f"{cls.__name__} must define a class-scoped checkpoint_dir fixture returning "
+                    f"a tiny Hugging Face checkpoint of {cls.name}.")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def model(cls, checkpoint_dir: Path) -> CausalLM:
+        return load_for_test(checkpoint_dir, max_model_len=cls.max_model_len)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def hf_config(cls, checkpoint_dir: Path) -> dict[str, Any]:
+        return read_hf_config(checkpoint_dir)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def prompts(cls, hf_config: dict[str, Any]) -> list[list[int]]:
+        gen = torch.Generator().manual_seed(0)
+        return [torch.randint(0, hf_config["vocab_size"], (n,), generator=gen).tolist()
+                for n in (37, 5, 64, 1)]
+
+    def _runner(self, model: CausalLM, block_size: int = 16) -> PromptRunner:
+        num_blocks = 4 * -(-self.max_model_len // block_size)  # room for the 4 test prompts
+        return PromptRunner(model, max_model_len=self.max_model_len, num_blocks=num_blocks,
+                            block_size=block_size, cache_cls=_PagedForTests)
+
+    def test_batched_equals_alone(self, model: CausalLM, prompts: list[list[int]]) -> None:
+        batched = self._runner(model).prompt_logits(prompts)
+        for prompt, logits in zip(prompts, batched, strict=True):
+            alone = self._runner(model).prompt_logits([prompt])[0]
+            torch.testing.assert_close(logits, alone, atol=self.atol, rtol=0)
+
+    def test_chunked_equals_unchunked(self, model: CausalLM, prompts: list[list[int]]) -> None:
+        whole = self._runner(model).prompt_logits(prompts)
+        for block_size, chunk in ((16, 7), (1, 16), (self.max_model_len, 5)):
+            chunked = self._runner(model, block_size).prompt_logits(prompts, chunk_size=chunk)
+            for a, b in zip(whole, chunked, strict=True):
+                torch.testing.assert_close(a, b, atol=self.atol, rtol=0)
+
+    def test_logits_only_at_requested_rows(self, model: CausalLM, hf_config: dict[str, Any]) -> None:
+        hidden = torch.randn(6, hf_config["hidden_size"], generator=torch.Generator().manual_seed(1))
+        rows = torch.tensor([5, 0, 3])
+        with torch.inference_mode():
+            torch.testing.assert_close(model.compute_logits(hidden, rows), model.compute_logits(hidden)[rows])
+
+
+class _PagedForTests(ContiguousCache):
+    """The contiguous pool's bookkeeping with any block size: block tables of many small
+    blocks (allocated out of order) exercise the same paths a paged backend does."""
+
+    @classmethod
+    def block_size_for(cls, configured_block_size: int, max_model_len: int) -> int:
+        return configured_block_size
+
+    def __init__(self, num_blocks: int, block_size: int, options: BaseModel | None = None):
+        super().__init__(num_blocks, block_size, options)
+        self._free.reverse()
