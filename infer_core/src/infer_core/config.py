@@ -18,7 +18,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
@@ -36,18 +44,27 @@ class ModelConfig(Section):
     path: str | None = Field(None, description="Hugging Face model directory (config.json, *.safetensors, tokenizer.json).")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Weight and activation dtype; auto = bfloat16 on CUDA, float32 on the CPU.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-                        description="auto, cpu, cuda or cuda:N; auto = cuda when available.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N; auto = cuda when available.")
     max_model_len: int | None = Field(None, ge=1, description="Longest prompt + output; default from the model's config.")
     seed: int = Field(0, description="Seed of the engine's random generator (per-request seeds override).")
     served_model_name: str | None = Field(None, description="Model name clients use; default: the model directory's name.")
+
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise PydanticCustomError(
+                "device", "must be auto, cpu, cuda or cuda:N", {"value": value}
+            )
+        return value
 
 
 class CacheConfig(Section):
     backend: str = Field("contiguous", description="Cache backend plugin: contiguous (built in), paged, prefix, ...")
     block_size: int = Field(16, ge=1, le=4096, description="Tokens per KV block (the contiguous backend uses max_model_len).")
     memory_fraction: float = Field(0.9, gt=0, le=1, description="Share of free device memory after weights for the KV cache.")
-    num_blocks: int | None = Field(None, ge=1, description="Exact number of KV blocks; overrides memory_fraction.")
+    num_blocks: int | None = Field(None, ge=1, description="Exact number of KV blocks; when set, memory_fraction is not used.")
     kv_dtype: Literal["auto", "float32", "float16", "bfloat16", "fp8"] = Field(
         "auto", description="KV cache dtype; auto = the model dtype; fp8 = e4m3 with per-layer scales (CUDA).")
     options: dict[str, Any] = Field(default_factory=dict, description="Options of the chosen cache backend.")
@@ -117,8 +134,9 @@ class EngineConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> EngineConfig:
-        for problem in combination_problems(self):
-            raise _incompatible(problem)
+        problems = combination_problems(self)
+        if problems:
+            raise _incompatible(" ".join(problems))
         return self
 
 
@@ -151,11 +169,6 @@ def combination_problems(cfg: EngineConfig) -> list[str]:
             f"model.max_model_len ({m.max_model_len}) while scheduler.chunked_prefill is false, "
             f"so a long prompt could never be scheduled; raise max_num_batched_tokens or "
             f"enable chunked_prefill."
-        )
-    if {"num_blocks", "memory_fraction"} <= c.model_fields_set:
-        problems.append(
-            "cache.num_blocks and cache.memory_fraction are both set, but they are two ways "
-            "to size the same cache; keep one."
         )
     if c.kv_dtype == "fp8" and m.device == "cpu":
         problems.append(
@@ -222,6 +235,14 @@ def read_env(environ: Mapping[str, str]) -> dict[str, Any]:
         EngineConfig, env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False,
     )
     source.env_vars = {k.lower(): v for k, v in environ.items()}
+    for name in environ:
+        head, sep, _ = name.upper().partition("__")
+        section = head.removeprefix(ENV_PREFIX).lower()
+        if sep and head.startswith(ENV_PREFIX) and section not in SECTIONS:
+            raise ConfigError(
+                f"environment variable {name} names no config section '{section}'; sections "
+                f"are {', '.join(SECTIONS)} (INFER_<SECTION>__<KEY>)."
+            )
     try:
         return source()
     except Exception as exc:  # pydantic-settings raises SettingsError on unparsable JSON
@@ -256,8 +277,17 @@ def parse_cli_overrides(words: Sequence[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{word}' conflicts with an earlier override of {part}.")
-        node[parts[-1]] = value if _is_text_key(parts) else _literal(value)
+        node[parts[-1]] = _cli_value(parts, value)
     return result
+
+
+def _cli_value(parts: list[str], value: str) -> Any:
+    kind = _field_kind(parts)
+    if kind == "text":
+        return value
+    if kind == "list" and not value.lstrip().startswith("["):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return _literal(value)
 
 
 def _literal(value: str) -> Any:
@@ -267,12 +297,18 @@ def _literal(value: str) -> Any:
         return value
 
 
-def _is_text_key(parts: list[str]) -> bool:
+def _field_kind(parts: list[str]) -> str:
+    """``text`` for string keys (kept as written), ``list`` for list keys (also accept
+    ``a,b``), ``literal`` for the rest and for plugin options."""
     section = SECTIONS.get(parts[0])
-    if section is None or len(parts) != 2:
-        return False
-    field = section.model_fields.get(parts[1])
-    return field is not None and field.annotation in (str, str | None, SecretStr | None)
+    field = section.model_fields.get(parts[1]) if section is not None and len(parts) == 2 else None
+    if field is None:
+        return "literal"
+    if field.annotation in (str, str | None, SecretStr | None):
+        return "text"
+    if field.annotation == list[str]:
+        return "list"
+    return "literal"
 
 
 def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -307,11 +343,12 @@ def format_config_errors(exc: ValidationError) -> str:
             messages.append(f"unknown key '{dotted}'{_suggest(loc)}")
         elif dotted:
             shown = err.get("input")
-            got = "" if isinstance(shown, dict) else f" (got {shown!r})"
+            secret = "api_key" in loc
+            got = "" if isinstance(shown, dict) or secret else f" (got {shown!r})"
             messages.append(f"{dotted}: {err['msg']}{got}")
         else:
             messages.append(err["msg"])
-    return "; ".join(messages) + "."
+    return "; ".join(m.rstrip(".") for m in messages) + "."
 
 
 def _suggest(loc: list[str]) -> str:
@@ -332,8 +369,8 @@ def _suggest(loc: list[str]) -> str:
 
 def config_to_dict(cfg: EngineConfig, *, reveal_secrets: bool = False) -> dict[str, Any]:
     data = cfg.model_dump(mode="json")
-    if cfg.server.api_key is not None and not reveal_secrets:
-        data["server"]["api_key"] = "***"
+    if cfg.server.api_key is not None:
+        data["server"]["api_key"] = cfg.server.api_key.get_secret_value() if reveal_secrets else "***"
     return data
 
 
