@@ -1,7 +1,14 @@
-"""The `infer` plugin of infer-models-gemma3: the entry point ``infer_models_gemma3`` points here.
+"""The `infer` plugin of infer-models-gemma3: the entry point ``infer_models_gemma3`` points here."""
 
-It declares the plugin API it was built for. Its registrations (architecture Gemma3ForCausalLM (the Models issue)) are added
-together with their implementations; until then it registers nothing.
-"""
+from infer_core import hookimpl
 
 INFER_PLUGIN_API = 1
+
+
+@hookimpl
+def infer_register_architectures(registry):
+    registry.add(
+        "Gemma3ForCausalLM",
+        "infer_models_gemma3.model:Gemma3ForCausalLM",
+        description="Gemma 3 text models: sandwich norms, interleaved sliding-window and global layers.",
+    )

@@ -1,0 +1,173 @@
+"""Qwen 3 (``Qwen3ForCausalLM``): Llama-style GQA attention with QK-norm (an RMSNorm over
+``head_dim`` applied to every query and key head before RoPE), explicit ``head_dim``,
+SiLU-gated MLP, pre-norm RMSNorm, tied embeddings on the small sizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from infer_core.attention.backend import AttentionLayer
+from infer_core.attention.metadata import AttentionMetadata
+from infer_core.layers.activation import ACTIVATIONS
+from infer_core.layers.attention import Attention
+from infer_core.layers.linear import MergedLinear
+from infer_core.layers.norm import RMSNorm
+from infer_core.layers.rotary import RotaryEmbedding
+from infer_core.loader.hf_config import FULL_ATTENTION, SLIDING_ATTENTION, head_dim_of, rope_spec
+from infer_core.models.base import CausalLM, ModelContext
+
+
+def sliding_windows(cfg: dict[str, Any]) -> list[int | None]:
+    """Per layer, the attention window, as transformers' ``Qwen3Config`` derives it: none
+    unless ``use_sliding_window``; then on the ``sliding_attention`` entries of ``layer_types``,
+    or (configs without them) on the layers from ``max_window_layers`` on."""
+    n = cfg["num_hidden_layers"]
+    window = cfg.get("sliding_window") if cfg.get("use_sliding_window") else None
+    if window is None:
+        return [None] * n
+    kinds = cfg.get("layer_types") or [
+        SLIDING_ATTENTION if i >= cfg.get("max_window_layers", n) else FULL_ATTENTION for i in range(n)
+    ]
+    return [window if kind == SLIDING_ATTENTION else None for kind in kinds]
+
+
+@dataclass(frozen=True)
+class Qwen3Args:
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    rms_norm_eps: float
+    hidden_act: str
+    attention_bias: bool
+    tie_word_embeddings: bool
+    sliding_windows: tuple[int | None, ...]  # per layer
+
+    @classmethod
+    def from_hf(cls, cfg: dict[str, Any]) -> Qwen3Args:
+        return cls(
+            hidden_size=cfg["hidden_size"],
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=cfg["num_attention_heads"],
+            num_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
+            head_dim=head_dim_of(cfg),
+            vocab_size=cfg["vocab_size"],
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            hidden_act=cfg.get("hidden_act", "silu"),
+            attention_bias=cfg.get("attention_bias", False),
+            tie_word_embeddings=cfg.get("tie_word_embeddings", False),
+            sliding_windows=tuple(sliding_windows(cfg)),
+        )
+
+
+class Qwen3Attention(nn.Module):
+    def __init__(
+        self, args: Qwen3Args, rotary: RotaryEmbedding, ctx: ModelContext, sliding_window: int | None
+    ) -> None:
+        super().__init__()
+        self.q_size = args.num_heads * args.head_dim
+        self.kv_size = args.num_kv_heads * args.head_dim
+        self.qkv_proj = MergedLinear(
+            args.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=args.attention_bias
+        )
+        self.o_proj = nn.Linear(self.q_size, args.hidden_size, bias=args.attention_bias)
+        self.q_norm = RMSNorm(args.head_dim, args.rms_norm_eps)
+        self.k_norm = RMSNorm(args.head_dim, args.rms_norm_eps)
+        self.rotary = rotary
+        layer = AttentionLayer(
+            args.num_heads, args.num_kv_heads, args.head_dim, args.head_dim**-0.5,
+            sliding_window=sliding_window,
+        )
+        self.attn = Attention(layer, ctx.attn_backend)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
+        layer = self.attn.layer
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = self.q_norm(q.view(-1, layer.num_heads, layer.head_dim))
+        k = self.k_norm(k.view(-1, layer.num_kv_heads, layer.head_dim))
+        v = v.view(-1, layer.num_kv_heads, layer.head_dim)
+        q, k = self.rotary(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, md))
+
+
+class Qwen3MLP(nn.Module):
+    def __init__(self, args: Qwen3Args) -> None:
+        super().__init__()
+        size = args.intermediate_size
+        self.gate_up_proj = MergedLinear(args.hidden_size, [size, size], bias=False)
+        self.down_proj = nn.Linear(size, args.hidden_size, bias=False)
+        self.act_and_mul = ACTIVATIONS[args.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_and_mul(self.gate_up_proj(x)))
+
+
+class Qwen3DecoderLayer(nn.Module):
+    def __init__(
+        self, args: Qwen3Args, rotary: RotaryEmbedding, ctx: ModelContext, sliding_window: int | None
+    ) -> None:
+        super().__init__()
+        self.self_attn = Qwen3Attention(args, rotary, ctx, sliding_window)
+        self.mlp = Qwen3MLP(args)
+        self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+    def forward(self, positions: torch.Tensor, h: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
+        h = h + self.self_attn(positions, self.input_layernorm(h), md)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Qwen3Model(nn.Module):
+    def __init__(self, args: Qwen3Args, hf_config: dict[str, Any], ctx: ModelContext) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        rotary = RotaryEmbedding(args.head_dim, rope_spec(hf_config), ctx.max_model_len)
+        self.layers = nn.ModuleList(
+            Qwen3DecoderLayer(args, rotary, ctx, window) for window in args.sliding_windows
+        )
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
+        h = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            h = layer(positions, h, md)
+        return self.norm(h)
+
+
+class Qwen3ForCausalLM(CausalLM):
+    packed_modules = {
+        "q_proj": ("qkv_proj", 0),
+        "k_proj": ("qkv_proj", 1),
+        "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, hf_config: dict[str, Any], ctx: ModelContext) -> None:
+        super().__init__(hf_config, ctx)
+        self.args = Qwen3Args.from_hf(hf_config)
+        self.model = Qwen3Model(self.args, hf_config, ctx)
+        self.lm_head = nn.Linear(self.args.hidden_size, self.args.vocab_size, bias=False)
+        if self.args.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata) -> torch.Tensor:
+        return self.model(input_ids, positions, attn_metadata)
+
+    def compute_logits(self, hidden: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
+        return self.lm_head(hidden if indices is None else hidden[indices])
+
+    def map_weight_name(self, name: str) -> str | None:
+        if "rotary_emb.inv_freq" in name:
+            return None
+        if name == "lm_head.weight" and self.args.tie_word_embeddings:
+            return None
+        return name
