@@ -65,6 +65,7 @@ class CacheConfig(Section):
     block_size: int = Field(16, ge=1, le=4096, description="Tokens per KV block (the contiguous backend uses max_model_len).")
     memory_fraction: float = Field(0.9, gt=0, le=1, description="Share of free device memory after weights for the KV cache.")
     num_blocks: int | None = Field(None, ge=1, description="Exact number of KV blocks; when set, memory_fraction is not used.")
+    cpu_kv_cache_gib: float = Field(4.0, gt=0, description="KV cache size on the CPU, in GiB (memory_fraction sizes it on CUDA).")
     kv_dtype: Literal["auto", "float32", "float16", "bfloat16", "fp8"] = Field(
         "auto", description="KV cache dtype; auto = the model dtype; fp8 = e4m3 with per-layer scales (CUDA).")
     options: dict[str, Any] = Field(default_factory=dict, description="Options of the chosen cache backend.")

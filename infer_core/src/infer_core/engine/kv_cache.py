@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from pydantic import BaseModel
@@ -54,8 +54,16 @@ class CacheBackend(ABC):
         return [], 0
 
     @abstractmethod
-    def allocate_slots(self, request: CacheRequest, num_new_tokens: int) -> list[int] | None:
-        """Make room for ``num_new_tokens`` tokens after ``request.num_computed_tokens``.
+    def allocate_slots(
+        self,
+        request: CacheRequest,
+        num_new_tokens: int,
+        num_new_computed_tokens: int = 0,
+        new_computed_blocks: Sequence[int] = (),
+    ) -> list[int] | None:
+        """Make room for ``num_new_tokens`` tokens after ``request.num_computed_tokens`` plus
+        ``num_new_computed_tokens`` tokens found cached (``new_computed_blocks``, from
+        :meth:`get_computed_blocks` at admission, which join the request's table first).
 
         Returns the ids of the newly allocated blocks (possibly none), or ``None`` — changing
         nothing — when the pool cannot hold them.
@@ -109,9 +117,17 @@ class ContiguousCache(CacheBackend):
         self._free: deque[int] = deque(range(num_blocks))
         self._tables: dict[str, list[int]] = {}
 
-    def allocate_slots(self, request: CacheRequest, num_new_tokens: int) -> list[int] | None:
+    def allocate_slots(
+        self,
+        request: CacheRequest,
+        num_new_tokens: int,
+        num_new_computed_tokens: int = 0,
+        new_computed_blocks: Sequence[int] = (),
+    ) -> list[int] | None:
+        assert not new_computed_blocks, "the contiguous cache has no prefix reuse"
         table = self._tables.get(request.request_id, [])
-        needed = -(-(request.num_computed_tokens + num_new_tokens) // self.block_size)
+        total = request.num_computed_tokens + num_new_computed_tokens + num_new_tokens
+        needed = -(-total // self.block_size)
         missing = needed - len(table)
         if missing <= 0:
             return []

@@ -294,6 +294,16 @@ def builtin_template(package: str) -> str:
         ) from exc
 
 
+def family_template(model_cls: type) -> str | None:
+    """The built-in template of the model plugin that provides ``model_cls``: the
+    ``chat_template.jinja`` beside its model module, if it ships one."""
+    package = model_cls.__module__.rpartition(".")[0] or model_cls.__module__
+    try:
+        return resources.files(package).joinpath(BUILTIN_TEMPLATE_FILE).read_text(encoding="utf-8")
+    except (ModuleNotFoundError, TypeError, FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def resolve_chat_template(
     model_dir: str | Path, tokenizer: Tokenizer | None, family_default: str | None,
 ) -> str:

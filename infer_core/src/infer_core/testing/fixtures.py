@@ -562,17 +562,57 @@ def tiny_config_kwargs(arch: str, **overrides: Any) -> dict[str, Any]:
     return kwargs
 
 
-def tiny_checkpoint(arch: str, *, seed: int = 0, **overrides: Any) -> Path:
+TINY_TOKENIZER_CORPUS = (
+    "Hello world, hello tokenizer! The quick brown fox jumps over the lazy dog. "
+    "中文字符 日本語のテキスト 한국어 문장 emoji 😀👍🏽🇫🇷 ok café naïve ñ "
+    "numbers 12345 67890 and code: def f(x): return x**2\n"
+    "Once upon a time there was a small model that answered questions about Paris. "
+)
+TINY_TOKENIZER_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def write_tiny_tokenizer(out: Path, vocab_size: int) -> None:
+    """A byte-level BPE tokenizer of exactly ``vocab_size`` ids (trained on a fixed corpus,
+    topped up with ``<extra_i>`` tokens), ChatML chat template, EOS ``<|im_end|>``."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as Backend
+
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=list(TINY_TOKENIZER_SPECIALS), show_progress=False,
+    )
+    backend.train_from_iterator([TINY_TOKENIZER_CORPUS] * 20, trainer)
+    missing = vocab_size - backend.get_vocab_size()
+    if missing < 0:
+        raise FixtureError(f"a tiny tokenizer needs vocab_size >= {backend.get_vocab_size()}.")
+    backend.add_tokens([AddedToken(f"<extra_{i}>", normalized=False) for i in range(missing)])
+    backend.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None,
+        "chat_template": TINY_CHAT_TEMPLATE, "tokenizer_class": "PreTrainedTokenizerFast",
+    }, indent=2))
+
+
+def tiny_checkpoint(arch: str, *, seed: int = 0, tokenizer: bool = False, **overrides: Any) -> Path:
     """A seeded random checkpoint of a tiny ``arch`` config (``llama``, ``qwen3``, ``gemma3``),
     saved with ``save_pretrained`` in float32 (config.json, generation_config.json,
-    model.safetensors; no tokenizer). ``overrides`` are keyword arguments of the transformers
+    model.safetensors; with ``tokenizer=True`` also a tiny tokenizer of the model's vocabulary,
+    :func:`write_tiny_tokenizer`). ``overrides`` are keyword arguments of the transformers
     config class (JSON values), e.g. ``num_hidden_layers=3`` or ``rope_scaling="llama3"``
     (:data:`LLAMA3_ROPE_SCALING`). Norm weights are randomized too, so that a norm applied with
     the wrong weight or formula shows. Same arguments and versions of torch and transformers,
     same directory and bytes."""
     kwargs = tiny_config_kwargs(arch, **overrides)
     config_class, model_class, _ = TINY_CONFIGS[arch]
-    key = _short_hash(RECIPE_VERSION, arch, seed, kwargs, _versions("transformers", "torch"))
+    key = _short_hash(RECIPE_VERSION, arch, seed, kwargs, _versions("transformers", "torch"),
+                      *(["tokenizer"] if tokenizer else []))
 
     def build(out: Path, scratch: Path) -> dict[str, Any]:
         import torch
@@ -586,7 +626,9 @@ def tiny_checkpoint(arch: str, *, seed: int = 0, **overrides: Any) -> Path:
                     if "norm" in name:
                         param.add_(torch.randn_like(param) * 0.2)
         model.to(torch.float32).save_pretrained(out)
-        return {"arch": arch, "seed": seed, "config_kwargs": kwargs}
+        if tokenizer:
+            write_tiny_tokenizer(out, kwargs["vocab_size"])
+        return {"arch": arch, "seed": seed, "config_kwargs": kwargs, "tokenizer": tokenizer}
 
     return _cached(f"tiny-{arch}", key, build)
 
