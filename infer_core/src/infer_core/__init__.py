@@ -12,4 +12,21 @@ from infer_core.version import PLUGIN_API_VERSION, __version__
 
 hookimpl = pluggy.HookimplMarker("infer")
 
-__all__ = ["PLUGIN_API_VERSION", "__version__", "hookimpl"]
+_LAZY = {
+    "LLM": "infer_core.llm",
+    "SamplingParams": "infer_core.request",
+    "RequestOutput": "infer_core.request",
+    "CompletionOutput": "infer_core.request",
+    "EngineConfig": "infer_core.config",
+}
+
+__all__ = ["PLUGIN_API_VERSION", "__version__", "hookimpl", *_LAZY]
+
+
+def __getattr__(name: str):
+    # Lazy, so that plugin modules importing ``hookimpl`` never import torch.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'infer_core' has no attribute {name!r}")

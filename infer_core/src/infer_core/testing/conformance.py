@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from infer_core.attention.backend import AttentionBackend, AttentionLayer
 from infer_core.attention.metadata import build_attention_metadata
 from infer_core.config import load_config
-from infer_core.engine.kv_cache import CacheBackend, ContiguousCache
+from infer_core.engine.kv_cache import CacheBackend
 from infer_core.engine.policy import SchedulerPolicy
 from infer_core.errors import ConfigError
 from infer_core.loader.hf_config import read_hf_config
@@ -27,6 +27,7 @@ from infer_core.models.base import CausalLM
 from infer_core.plugins import InferPluginManager, make_plugin_manager
 from infer_core.registry import Spec
 from infer_core.selection import select_plugins
+from infer_core.testing.caches import SmallBlockCache
 from infer_core.testing.requests import SyntheticRequest, synthetic_requests
 from infer_core.testing.runner import PromptRunner, load_for_test
 from infer_core.version import PLUGIN_API_VERSION
@@ -377,7 +378,7 @@ class ArchitectureConformance(PluginConformance):
     def _runner(self, model: CausalLM, block_size: int = 16) -> PromptRunner:
         num_blocks = 4 * -(-self.max_model_len // block_size)  # room for the 4 test prompts
         return PromptRunner(model, max_model_len=self.max_model_len, num_blocks=num_blocks,
-                            block_size=block_size, cache_cls=_PagedForTests)
+                            block_size=block_size, cache_cls=SmallBlockCache)
 
     def test_batched_equals_alone(self, model: CausalLM, prompts: list[list[int]]) -> None:
         batched = self._runner(model).prompt_logits(prompts)
@@ -397,16 +398,3 @@ class ArchitectureConformance(PluginConformance):
         rows = torch.tensor([5, 0, 3])
         with torch.inference_mode():
             torch.testing.assert_close(model.compute_logits(hidden, rows), model.compute_logits(hidden)[rows])
-
-
-class _PagedForTests(ContiguousCache):
-    """The contiguous pool's bookkeeping with any block size: block tables of many small
-    blocks (allocated out of order) exercise the same paths a paged backend does."""
-
-    @classmethod
-    def block_size_for(cls, configured_block_size: int, max_model_len: int) -> int:
-        return configured_block_size
-
-    def __init__(self, num_blocks: int, block_size: int, options: BaseModel | None = None):
-        super().__init__(num_blocks, block_size, options)
-        self._free.reverse()

@@ -1,0 +1,279 @@
+"""``LLMEngine``: the synchronous engine. ``step()`` schedules, runs the model once over the
+flat batch, samples, detokenizes and finishes requests; it does no network I/O."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from infer_core.attention.kv_tensors import allocate_kv_caches, kv_bytes_per_token
+from infer_core.config import EngineConfig
+from infer_core.engine.detokenizer import OutputState
+from infer_core.engine.metrics import EngineMetrics
+from infer_core.engine.runner import ModelRunner
+from infer_core.engine.scheduler import Scheduler, SchedulerLimits
+from infer_core.errors import ConfigError, RequestError
+from infer_core.loader.hf_config import read_hf_config
+from infer_core.loader.model import DTYPES, load_model
+from infer_core.loader.tokenizer import Tokenizer
+from infer_core.models.base import ModelContext
+from infer_core.plugins import InferPluginManager, make_plugin_manager
+from infer_core.request import (
+    CompletionOutput,
+    Request,
+    RequestOutput,
+    RequestStatus,
+    SamplingParams,
+)
+from infer_core.selection import select_plugins
+
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class RuntimeLayout:
+    """Values derived at start-up (the config itself is never changed)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    kv_dtype: torch.dtype
+    max_model_len: int
+    block_size: int
+    num_blocks: int
+    attention_backend: str
+    served_model_name: str
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device is '{name}' but no CUDA device is available; use 'cpu' or 'auto'.")
+    return device
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, pm: InferPluginManager | None = None) -> None:
+        self.config = config
+        self.pm = pm or make_plugin_manager(blocked=config.plugins.disable)
+        selection = select_plugins(config, self.pm)
+        if config.model.path is None:
+            raise ConfigError("model.path is not set; point it at a Hugging Face model directory.")
+        model_dir = Path(config.model.path).expanduser()
+        hf_config = read_hf_config(model_dir)
+        device = resolve_device(config.model.device)
+        dtype = DTYPES.get(config.model.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        if config.cache.kv_dtype == "fp8":
+            raise ConfigError("cache.kv_dtype 'fp8' needs the triton attention backend, which is not installed yet.")
+        kv_dtype = DTYPES.get(config.cache.kv_dtype, dtype)
+        max_model_len = config.model.max_model_len or hf_config.get("max_position_embeddings") or 2048
+        attention_name = self._attention_name(config, device)
+        attention = self.pm.attention_backends.get(attention_name)
+        backend = attention.load()(selection.attention.options if selection.attention else None)
+
+        torch.manual_seed(config.model.seed)
+        self.model = load_model(model_dir, self.pm, ModelContext(backend, max_model_len), dtype=dtype, device=device)
+        self.tokenizer = Tokenizer.from_dir(model_dir)
+        cache_cls = selection.cache.spec.load()
+        block_size = cache_cls.block_size_for(config.cache.block_size, max_model_len)
+        num_blocks = config.cache.num_blocks or self._num_blocks(block_size, kv_dtype, device)
+        if num_blocks * block_size < max_model_len:
+            raise ConfigError(
+                f"the KV cache holds {num_blocks * block_size} tokens ({num_blocks} blocks of "
+                f"{block_size}), fewer than model.max_model_len ({max_model_len}), so a long "
+                f"request could never run; give the cache more memory or lower max_model_len."
+            )
+        self.cache = cache_cls(num_blocks, block_size, selection.cache.options)
+        allocate_kv_caches(self.model, num_blocks, block_size, kv_dtype, device)
+        policy = selection.scheduler.spec.load()(selection.scheduler.options)
+        s = config.scheduler
+        self.scheduler = Scheduler(
+            SchedulerLimits(s.max_num_seqs, s.max_num_batched_tokens, max_model_len,
+                            s.chunked_prefill, s.prefill_chunk_size),
+            self.cache, policy,
+        )
+        self.vocab_size = hf_config["vocab_size"]
+        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)
+        self.runner = ModelRunner(
+            self.model, block_size=block_size, max_num_seqs=s.max_num_seqs,
+            max_num_batched_tokens=s.max_num_batched_tokens, max_model_len=max_model_len,
+            vocab_size=self.vocab_size, device=device, eos_token_ids=self.eos_token_ids,
+        )
+        self.layout = RuntimeLayout(
+            device, dtype, kv_dtype, max_model_len, block_size, num_blocks, attention_name,
+            config.model.served_model_name or model_dir.name,
+        )
+        self.metrics = EngineMetrics()
+        self._outputs: dict[str, OutputState] = {}
+        self._prompts: dict[str, str | None] = {}
+        self._logprobs: dict[str, list] = {}
+        self._ids = itertools.count()
+
+    def _attention_name(self, config: EngineConfig, device: torch.device) -> str:
+        if config.attention.backend != "auto":
+            return config.attention.backend
+        if device.type == "cuda" and "triton" in self.pm.attention_backends:
+            return "triton"
+        return "torch"
+
+    def _num_blocks(self, block_size: int, kv_dtype: torch.dtype, device: torch.device) -> int:
+        per_block = kv_bytes_per_token(self.model, kv_dtype) * block_size
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = free * self.config.cache.memory_fraction
+        else:
+            budget = self.config.cache.cpu_kv_cache_gib * GIB
+        return max(1, int(budget // per_block))
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def new_request_id(self) -> str:
+        return f"req-{next(self._ids)}"
+
+    def make_request(
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        *,
+        request_id: str | None = None,
+        arrival_time: float | None = None,
+        priority: int = 0,
+        add_special_tokens: bool = True,
+    ) -> Request:
+        """Validate and tokenize a request (no engine state is touched: safe from any thread)."""
+        params = params or SamplingParams()
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+        else:
+            ids = list(prompt)
+            bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < self.vocab_size]
+            if bad:
+                raise RequestError(
+                    f"prompt token ids must be integers in [0, {self.vocab_size}), got {bad[0]!r}."
+                )
+        if not ids:
+            raise RequestError("the prompt is empty; give at least one token.")
+        max_len = self.layout.max_model_len
+        if len(ids) >= max_len:
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens, but max_model_len is {max_len}, which leaves "
+                f"no room for output; shorten the prompt to at most {max_len - 1} tokens."
+            )
+        room = max_len - len(ids)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        return Request(
+            request_id=request_id or self.new_request_id(),
+            prompt_token_ids=ids,
+            sampling_params=params,
+            arrival_time=time.monotonic() if arrival_time is None else arrival_time,
+            max_tokens=max_tokens,
+            priority=priority,
+            eos_token_ids=self.eos_token_ids,
+        )
+
+    def add_request(self, request: Request, prompt_text: str | None = None) -> None:
+        if request.request_id in self.scheduler.requests:
+            raise RequestError(f"request id '{request.request_id}' is already in use.")
+        self._outputs[request.request_id] = OutputState(
+            self.tokenizer, request.sampling_params, request.prompt_token_ids,
+            request.eos_token_ids, request.max_tokens,
+        )
+        self._prompts[request.request_id] = prompt_text
+        self._logprobs[request.request_id] = []
+        self.scheduler.add_request(request)
+        self.metrics.on_arrival(request)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """End a request now (its KV blocks go back to the pool); None if it is not running."""
+        request = self.scheduler.finish_request(request_id, RequestStatus.FINISHED_ABORTED)
+        if request is None:
+            return None
+        return self._finish(request)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """One engine step: returns the outputs of the requests that made progress."""
+        sched_out = self.scheduler.schedule()
+        now = time.monotonic()
+        for new in sched_out.scheduled_new_reqs:
+            self.metrics.on_scheduled(self.scheduler.requests[new.request_id], now)
+        try:
+            runner_out = self.runner.execute_model(sched_out)
+        except Exception as exc:  # a failing step fails its requests, never the engine
+            return self._fail(list(sched_out.num_scheduled_tokens), f"{type(exc).__name__}: {exc}")
+        self.scheduler.update_from_output(sched_out)
+        outputs = []
+        now = time.monotonic()
+        for request_id, token, logprob in zip(
+            runner_out.req_ids, runner_out.sampled_token_ids,
+            runner_out.logprobs or [None] * len(runner_out.req_ids), strict=True,
+        ):
+            request = self.scheduler.requests.get(request_id)
+            if request is None:
+                continue
+            request.output_token_ids.append(token)
+            state = self._outputs[request_id]
+            delta = state.append(token)
+            if logprob is not None:
+                self._logprobs[request_id].append(logprob)
+            self.metrics.on_token(request, now)
+            if delta.finished:
+                status = (RequestStatus.FINISHED_LENGTH if delta.finish_reason == "length"
+                          else RequestStatus.FINISHED_STOPPED)
+                request.stop_reason = delta.stop_reason
+                self.scheduler.finish_request(request_id, status)
+                outputs.append(self._finish(request, delta.text, delta.token_ids))
+            else:
+                outputs.append(self._output(request, state, delta.text, delta.token_ids))
+        self.metrics.on_step(self.scheduler, len(sched_out.preempted_req_ids))
+        return outputs
+
+    def _fail(self, request_ids: list[str], error: str) -> list[RequestOutput]:
+        outputs = []
+        for request_id in request_ids:
+            request = self.scheduler.finish_request(request_id, RequestStatus.FAILED)
+            if request is not None:
+                request.error = error
+                outputs.append(self._finish(request))
+        return outputs
+
+    def _output(self, request: Request, state: OutputState, delta_text: str,
+                delta_ids: list[int]) -> RequestOutput:
+        completion = CompletionOutput(
+            index=0,
+            text=state.text,
+            token_ids=list(state.token_ids),
+            finish_reason=request.status.finish_reason,
+            stop_reason=request.stop_reason,
+            logprobs=(list(self._logprobs.get(request.request_id, ()))
+                      if request.sampling_params.logprobs is not None else None),
+            delta_text=delta_text,
+            delta_token_ids=delta_ids,
+        )
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt=self._prompts.get(request.request_id),
+            prompt_token_ids=request.prompt_token_ids,
+            outputs=[completion],
+            finished=request.finished,
+            error=request.error,
+            metrics=self.metrics.request_metrics(request.request_id),
+        )
+
+    def _finish(self, request: Request, delta_text: str = "", delta_ids: list[int] | None = None) -> RequestOutput:
+        state = self._outputs.pop(request.request_id)
+        output = self._output(request, state, delta_text, delta_ids or [])
+        self._prompts.pop(request.request_id, None)
+        self._logprobs.pop(request.request_id, None)
+        self.metrics.on_finished(request, time.monotonic())
+        return output
