@@ -166,6 +166,32 @@ def test_top_p_keeps_the_minimal_nucleus_and_min_p_the_ratio() -> None:
     assert kept(logits, SamplingParams(top_k=3, top_p=0.52)) == {0}
 
 
+def test_top_k_keeps_exactly_k_even_among_ties_on_both_paths() -> None:
+    logits = torch.zeros(2, 10)
+    meta = meta_for([SamplingParams(top_k=3), SamplingParams(top_k=4)], 10)
+    assert meta.all_top_k  # topk candidates, no sort
+    assert (Sampler.filtered_probs(logits, meta) > 0).sum(dim=-1).tolist() == [3, 4]
+    meta = meta_for([SamplingParams(top_k=3), SamplingParams(top_p=0.99)], 10)
+    assert not meta.all_top_k  # one sort
+    assert (Sampler.filtered_probs(logits, meta) > 0).sum(dim=-1).tolist() == [3, 10]
+
+
+def test_a_row_is_filtered_alike_on_the_topk_and_the_sort_path() -> None:
+    torch.manual_seed(8)
+    logits = torch.randn(2, 1000) * 2
+    logits[0, 0] = -40.0  # a tail token far below float32 rounding of the cumulative mass
+    row = SamplingParams(temperature=0.8, top_k=50, top_p=0.9, min_p=0.02)
+    fast = meta_for([row, row], 1000)
+    slow = meta_for([row, SamplingParams(top_p=1.0, min_p=0.5)], 1000)
+    assert fast.all_top_k and not slow.all_top_k and not slow.no_top_k_top_p
+    got = Sampler.filtered_probs(logits, fast)[0]
+    assert torch.allclose(got, Sampler.filtered_probs(logits, slow)[0], atol=1e-6)
+    assert 0 < int((got > 0).sum()) <= 50
+    # top_p = 1 keeps the whole tail on the sort path, however small
+    sorted_meta = meta_for([SamplingParams(top_p=1.0), SamplingParams(top_p=0.5)], 1000)
+    assert bool((Sampler.filtered_probs(logits, sorted_meta)[0] > 0).all())
+
+
 @st.composite
 def filter_cases(draw: st.DrawFn) -> tuple[torch.Tensor, list[SamplingParams]]:
     vocab = draw(st.integers(2, 24))
@@ -266,10 +292,14 @@ def request_logits(step: int, vocab: int) -> torch.Tensor:
     return torch.randn(vocab, generator=torch.Generator().manual_seed(100 + step)) * 0.5
 
 
-def seeded_run(seed: int, neighbours: int, steps: int = 8, vocab: int = 256) -> list[int]:
+FILTERED = {"temperature": 0.9, "top_p": 0.95, "top_k": 100, "repetition_penalty": 1.1}
+PLAIN = {"temperature": 1.3}  # alone: the whole vocabulary; amid neighbours with top-p: sorted
+
+
+def seeded_run(seed: int, neighbours: int, kind: dict, steps: int = 8, vocab: int = 256) -> list[int]:
     """One seeded request over several steps, its generator kept across them, amid
     ``neighbours`` other rows (random logits, parameters, seeds and positions)."""
-    params = SamplingParams(temperature=0.9, top_p=0.95, top_k=100, repetition_penalty=1.1, seed=seed)
+    params = SamplingParams(**kind, seed=seed)
     own = torch.Generator().manual_seed(seed)
     chaos = torch.Generator().manual_seed(1000 + neighbours)
     tokens: list[int] = []
@@ -295,12 +325,14 @@ def seeded_run(seed: int, neighbours: int, steps: int = 8, vocab: int = 256) -> 
     return tokens
 
 
-def test_a_seeded_request_draws_the_same_tokens_whatever_its_neighbours() -> None:
+@pytest.mark.parametrize("kind", [FILTERED, PLAIN], ids=["filtered", "plain"])
+def test_a_seeded_request_draws_the_same_tokens_whatever_its_neighbours(kind: dict) -> None:
     torch.manual_seed(4)
-    alone = seeded_run(seed=42, neighbours=0)
-    assert seeded_run(seed=42, neighbours=3) == alone
-    assert seeded_run(seed=42, neighbours=6) == alone
-    assert seeded_run(seed=43, neighbours=3) != alone
+    alone = seeded_run(42, 0, kind)
+    assert len(set(alone)) > 2
+    assert seeded_run(42, 3, kind) == alone
+    assert seeded_run(42, 6, kind) == alone
+    assert seeded_run(43, 3, kind) != alone
 
 
 def test_unseeded_draws_follow_the_distribution() -> None:

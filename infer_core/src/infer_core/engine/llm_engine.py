@@ -210,7 +210,7 @@ class LLMEngine:
         try:
             runner_out = self.runner.execute_model(sched_out)
         except Exception as exc:  # a failing step fails its requests, never the engine
-            return self._fail(list(sched_out.num_scheduled_tokens), f"{type(exc).__name__}: {exc}")
+            return self.fail_requests(list(sched_out.num_scheduled_tokens), f"{type(exc).__name__}: {exc}")
         self.scheduler.update_from_output(sched_out)
         outputs = []
         now = time.monotonic()
@@ -238,7 +238,8 @@ class LLMEngine:
         self.metrics.on_step(self.scheduler, len(sched_out.preempted_req_ids))
         return outputs
 
-    def _fail(self, request_ids: list[str], error: str) -> list[RequestOutput]:
+    def fail_requests(self, request_ids: list[str], error: str) -> list[RequestOutput]:
+        """End ``request_ids`` as failed with ``error`` (their blocks go back)."""
         outputs = []
         for request_id in request_ids:
             request = self.scheduler.finish_request(request_id, RequestStatus.FAILED)

@@ -10,6 +10,10 @@
    the exponential race ``argmax(p / q)``, ``q ~ Exp(1)``: a row with its own generator (a
    seeded request) draws its ``q`` from it, the others share one batch draw.
 
+Top-k and top-p work on candidates, best first: ``topk(max_top_k)`` when every random row has
+a top-k (the common case, no sort), else one descending sort of the vocabulary; top-k keeps
+exactly k candidates. Without top-k / top-p the candidates are the whole vocabulary, unsorted.
+
 Logprobs are vLLM V1's "raw" ones: ``log_softmax`` of the model's logits, before any of the
 above. ``__call__`` never waits for the device; ``SamplerOutput.to_lists`` does, once.
 The input logits are never modified.
@@ -57,6 +61,7 @@ class SamplingMetadata:
     no_top_k_top_p: bool
     no_min_p: bool
     no_top_p: bool = True
+    all_top_k: bool = False  # every random row has a top_k: filter on topk(max_top_k), no sort
     max_top_k: int = 0  # the largest top_k of a random row (0 = no row uses top-k)
 
     @property
@@ -98,8 +103,10 @@ class SamplingMetadata:
             forbidden.append(banned)
         temps, top_ks, top_ps, min_ps, reps, press, freqs = columns
         values = torch.tensor(columns, dtype=torch.float32, device=device)  # [7, B], one copy
-        needs_prompt = [r != 1.0 for r in reps]
         needs_output = [r != 1.0 or pr != 0.0 or f != 0.0 for r, pr, f in zip(reps, press, freqs, strict=True)]
+        prompts = [ids if r != 1.0 else () for ids, r in zip(prompt_ids, reps, strict=True)]
+        outputs = [ids if need else () for ids, need in zip(output_ids, needs_output, strict=True)]
+        random_top_ks = [k for k, t in zip(top_ks, temps, strict=True) if t != 0.0]
         return cls(
             temperature=values[0],
             top_k=values[1].to(torch.int32),
@@ -109,8 +116,8 @@ class SamplingMetadata:
             presence_penalty=values[5],
             frequency_penalty=values[6],
             generators=dict(generators),
-            prompt_token_ids=_padded([ids if need else () for ids, need in zip(prompt_ids, needs_prompt, strict=True)], vocab_size, device),
-            output_token_ids=_padded([ids if need else () for ids, need in zip(output_ids, needs_output, strict=True)], vocab_size, device),
+            prompt_token_ids=_padded(prompts, vocab_size, device),
+            output_token_ids=_padded(outputs, vocab_size, device),
             min_tokens_mask=_padded(forbidden, vocab_size, device),
             max_num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=None),
             all_greedy=all(t == 0.0 for t in temps),
@@ -119,7 +126,8 @@ class SamplingMetadata:
             no_top_k_top_p=not any(top_ks) and all(p == 1.0 for p in top_ps),
             no_min_p=not any(min_ps),
             no_top_p=all(p == 1.0 for p in top_ps),
-            max_top_k=int(max(top_ks, default=0)),
+            all_top_k=all(k > 0 for k in random_top_ks),
+            max_top_k=int(max(random_top_ks, default=0)),
         )
 
 
@@ -179,8 +187,8 @@ class Sampler:
         if meta.all_greedy:
             sampled = logits.argmax(dim=-1)
         else:
-            probs = self.filtered_probs(logits, meta)
-            sampled = self.exponential_race(probs, meta.generators)
+            probs, ids = self.filter(logits, meta)
+            sampled = self.exponential_race(probs, ids, meta.generators, logits.shape[1])
             if not meta.all_random:
                 sampled = torch.where(meta.temperature == 0.0, logits.argmax(dim=-1), sampled)
         if meta.max_num_logprobs is None:
@@ -199,6 +207,7 @@ class Sampler:
         rows, vocab = logits.shape
         work = logits.new_empty(rows, vocab + 1)
         work[:, :vocab] = logits
+        work[:, vocab] = 0.0
         if not meta.no_min_tokens:
             work.scatter_(1, meta.min_tokens_mask, float("-inf"))
         if not meta.no_penalties:
@@ -206,34 +215,67 @@ class Sampler:
         return work[:, :vocab]
 
     @staticmethod
-    def filtered_probs(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+    def filter(logits: torch.Tensor, meta: SamplingMetadata) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The random rows' distribution after temperature, top-k, top-p and min-p, as
-        probabilities (0 outside the kept set; not renormalized after top-p / min-p)."""
+        probabilities (0 where dropped; not renormalized after top-p / min-p) over candidates:
+        ``(probs [B, V], None)`` when no row uses top-k / top-p, else ``(probs [B, C],
+        token_ids [B, C])``, best first, with C = ``max_top_k`` when every random row has a
+        top-k (one ``topk``, no sort) and C = V otherwise (one sort)."""
         temperature = meta.temperature.clamp(min=MIN_TEMPERATURE)
         if not meta.all_random:
             temperature = torch.where(meta.temperature == 0.0, 1.0, temperature)
-        logits = logits / temperature[:, None]
         if meta.no_top_k_top_p:
-            probs = logits.softmax(dim=-1)
-        elif meta.no_top_p:
-            probs = _top_k_only(logits, meta.top_k, meta.max_top_k).softmax(dim=-1)
+            ids = None
+            probs = (logits / temperature[:, None]).softmax(dim=-1)
         else:
-            probs = _top_k_top_p(logits, meta.top_k, meta.top_p, meta.max_top_k > 0)
+            if meta.all_top_k:
+                values, ids = logits.topk(meta.max_top_k, dim=-1)
+            else:
+                values, ids = logits.sort(dim=-1, descending=True)
+            values = values / temperature[:, None]
+            if meta.max_top_k:  # exactly k per row (ties broken by position); k = 0: all
+                width = values.shape[1]
+                positions = torch.arange(width, device=values.device)
+                limit = torch.where(meta.top_k > 0, meta.top_k, width)
+                values.masked_fill_(positions >= limit[:, None], float("-inf"))
+            probs = values.softmax(dim=-1)
+            if not meta.no_top_p:  # keep j while the mass before j is short of top_p
+                before = probs.cumsum(dim=-1) - probs  # top_p 1 keeps all, rounding or not
+                reach = torch.where(meta.top_p < 1.0, meta.top_p, float("inf"))
+                probs.masked_fill_(before >= reach[:, None], 0.0)
         if not meta.no_min_p:
             floor = meta.min_p[:, None] * probs.amax(dim=-1, keepdim=True)
             probs.masked_fill_(probs < floor, 0.0)
-        return probs
+        return probs, ids
+
+    @classmethod
+    def filtered_probs(cls, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        """``filter`` as [B, V] (for tests and inspection; ``__call__`` stays on candidates)."""
+        probs, ids = cls.filter(logits, meta)
+        return probs if ids is None else torch.zeros_like(logits).scatter_(1, ids, probs)
 
     @staticmethod
-    def exponential_race(probs: torch.Tensor, generators: dict[int, torch.Generator]) -> torch.Tensor:
-        """``argmax(p / q)`` with ``q ~ Exp(1)``: a draw from ``p`` without a cumsum. Rows in
-        ``generators`` draw their noise from their own generator, the rest in one batch draw."""
+    def exponential_race(
+        probs: torch.Tensor,
+        ids: torch.Tensor | None,
+        generators: dict[int, torch.Generator],
+        vocab_size: int,
+    ) -> torch.Tensor:
+        """``argmax(p / q)``, ``q ~ Exp(1)``: a draw from ``p`` without a cumsum. A row in
+        ``generators`` always draws ``vocab_size`` values from its own generator (indexed by
+        token id), so its stream is the same whatever the batch; the other rows share one
+        batch draw over the candidates only."""
         noise = torch.empty_like(probs)
         if len(generators) < probs.shape[0]:
             noise.exponential_()
         for row, generator in generators.items():
-            noise[row].exponential_(generator=generator)
-        return probs.div_(noise).argmax(dim=-1)
+            if ids is None:
+                noise[row].exponential_(generator=generator)
+            else:
+                own = torch.empty(vocab_size, dtype=probs.dtype, device=probs.device)
+                noise[row] = own.exponential_(generator=generator)[ids[row]]
+        best = probs.div_(noise).argmax(dim=-1)
+        return best if ids is None else ids.gather(1, best[:, None]).squeeze(1)
 
 
 def _apply_penalties(work: torch.Tensor, meta: SamplingMetadata) -> None:
@@ -254,26 +296,3 @@ def _apply_penalties(work: torch.Tensor, meta: SamplingMetadata) -> None:
         values -= meta.frequency_penalty[:, None] * counts + meta.presence_penalty[:, None] * (counts > 0)
     work.scatter_(1, ids, values)
 
-
-def _top_k_only(logits: torch.Tensor, top_k: torch.Tensor, max_top_k: int) -> torch.Tensor:
-    """Keep each row's ``top_k`` best logits (ties with the k-th kept), without a full sort."""
-    best = logits.topk(max_top_k, dim=-1).values  # [B, max_top_k], best first
-    kth = best.gather(1, (top_k.long() - 1).clamp(min=0)[:, None])
-    kth = kth.masked_fill(top_k[:, None] <= 0, float("-inf"))
-    return logits.masked_fill_(logits < kth, float("-inf"))
-
-
-def _top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, use_top_k: bool) -> torch.Tensor:
-    """One ascending sort: top-k by the k-th best value, then top-p on the renormalized mass
-    (drop the tokens whose ascending cumulative mass stays <= 1 - p, never the best one)."""
-    vocab = logits.shape[1]
-    ordered, order = logits.sort(dim=-1)
-    if use_top_k:
-        k = torch.where(top_k > 0, top_k, vocab).long()
-        kth = ordered.gather(1, (vocab - k)[:, None])
-        ordered.masked_fill_(ordered < kth, float("-inf"))
-    probs = ordered.softmax(dim=-1)
-    drop = probs.cumsum(dim=-1) <= (1.0 - top_p)[:, None]
-    drop[:, -1] = False
-    probs.masked_fill_(drop, 0.0)
-    return torch.empty_like(probs).scatter_(1, order, probs)

@@ -1,0 +1,104 @@
+"""The async engine: streams per request, aborts free blocks, a bad request fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from infer_core import LLM, SamplingParams
+from infer_core.engine.async_engine import AsyncLLMEngine
+from infer_core.errors import RequestError
+from infer_core.testing.fixtures import tiny_checkpoint
+
+PARAMS = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def llm() -> LLM:
+    return LLM(model=str(tiny_checkpoint("llama", tokenizer=True, vocab_size=512)), device="cpu",
+               max_model_len=128, cache={"num_blocks": 8})
+
+
+@pytest.fixture
+def engine(llm):
+    async_engine = AsyncLLMEngine(llm.engine)
+    async_engine.start()
+    yield async_engine
+    async_engine.shutdown()
+    assert not async_engine.is_running
+
+
+async def collect(engine, prompt, params=PARAMS):
+    return [out async for out in engine.generate(prompt, params)]
+
+
+def test_streams_add_up_to_the_offline_output(llm, engine):
+    prompts = [[3, 4, 5], [9] * 30, [1, 2]]
+    expected = llm.generate(prompts, PARAMS)
+
+    async def main():
+        return await asyncio.gather(*(collect(engine, p) for p in prompts))
+
+    for stream, offline in zip(asyncio.run(main()), expected, strict=True):
+        assert stream[-1].finished and not any(o.finished for o in stream[:-1])
+        assert [t for o in stream for t in o.outputs[0].delta_token_ids] == offline.outputs[0].token_ids
+        assert "".join(o.outputs[0].delta_text for o in stream) == offline.outputs[0].text
+        assert stream[-1].outputs[0].finish_reason == "length"
+
+
+def test_leaving_the_stream_aborts_and_frees_blocks(llm, engine):
+    cache = llm.engine.cache
+
+    async def main():
+        long = SamplingParams(temperature=0, max_tokens=100, ignore_eos=True)
+        async for out in engine.generate([1, 2, 3], long):
+            assert cache.num_free_blocks < cache.num_blocks
+            if len(out.outputs[0].token_ids) >= 3:
+                break  # the client went away
+        for _ in range(200):
+            if cache.num_free_blocks == cache.num_blocks and engine.num_unfinished == 0:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    assert asyncio.run(main())
+    assert cache.audit([]) == {}
+
+
+def test_a_bad_request_fails_alone(engine):
+    async def main():
+        good = asyncio.create_task(collect(engine, [5, 6, 7]))
+        with pytest.raises(RequestError, match="the prompt is empty"):
+            await collect(engine, [])
+        with pytest.raises(RequestError, match="max_model_len is 128"):
+            await collect(engine, [1] * 200)
+        return await good
+
+    outs = asyncio.run(main())
+    assert outs[-1].finished and len(outs[-1].outputs[0].token_ids) == 20
+
+
+def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(llm, engine, monkeypatch):
+    runner = llm.engine.runner
+    original = runner.execute_model
+    calls = {"n": 0}
+
+    def flaky(out):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("device lost")
+        return original(out)
+
+    monkeypatch.setattr(runner, "execute_model", flaky)
+
+    async def main():
+        first = await collect(engine, [1, 2, 3])
+        second = await collect(engine, [1, 2, 3])
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first[-1].outputs[0].finish_reason == "error"
+    assert first[-1].error == "RuntimeError: device lost"
+    assert second[-1].outputs[0].finish_reason == "length"
+    assert llm.engine.cache.num_free_blocks == llm.engine.cache.num_blocks
