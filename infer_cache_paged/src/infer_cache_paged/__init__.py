@@ -1,1 +1,2 @@
-"""Paged and prefix-caching KV-cache backends for infer."""
+"""Paged and prefix-caching KV-cache backends for infer (``cache.backend = "paged"`` or
+``"prefix"``); see docs/cache.md."""

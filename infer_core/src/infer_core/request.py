@@ -137,6 +137,7 @@ class Request:
     num_preemptions: int = 0
     error: str | None = None
     stop_reason: int | str | None = None
+    cache_salt: str | None = None  # requests with different salts never share cached KV
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -12,19 +12,45 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from pydantic import BaseModel
 
 
 class CacheRequest(Protocol):
-    """What a cache backend may read of a request."""
+    """What a cache backend may read of a request (the engine's ``Request`` satisfies it).
+
+    ``all_token_ids`` (prompt + output so far; tokens are only ever appended) and
+    ``cache_salt`` (tenants with different salts never share cached blocks) are what a
+    prefix-caching backend hashes; other backends need only the first two.
+    """
 
     @property
     def request_id(self) -> str: ...
 
     @property
     def num_computed_tokens(self) -> int: ...
+
+    @property
+    def all_token_ids(self) -> list[int]: ...
+
+    @property
+    def cache_salt(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class PrefixCacheStats:
+    """Cumulative prefix-cache counters (vLLM's meanings): ``requests`` admitted after a
+    lookup, ``queries`` = tokens looked up, ``hits`` = tokens found cached."""
+
+    requests: int = 0
+    queries: int = 0
+    hits: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
 
 
 class CacheBackend(ABC):
@@ -85,8 +111,19 @@ class CacheBackend(ABC):
         """Blocks that ``allocate_slots`` can still hand out."""
 
     @abstractmethod
-    def audit(self, live_request_ids: Iterable[str]) -> dict[str, list[int]]:
-        """Blocks held by requests not in ``live_request_ids`` (leaks), by request id."""
+    def audit(self, live_request_ids: Iterable[str], reclaim: bool = False) -> dict[str, list[int]]:
+        """Blocks held by requests not in ``live_request_ids`` (leaks), by request id; with
+        ``reclaim``, those blocks are also freed."""
+
+    @property
+    def prefix_cache_stats(self) -> PrefixCacheStats:
+        """Prefix-cache counters for metrics; zeros for backends without prefix reuse."""
+        return PrefixCacheStats()
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix (e.g. between benchmark runs, or after the weights
+        changed); True when done. Backends without prefix reuse have nothing to forget."""
+        return True
 
     @property
     def num_free_tokens(self) -> int:
@@ -147,7 +184,11 @@ class ContiguousCache(CacheBackend):
     def num_free_blocks(self) -> int:
         return len(self._free)
 
-    def audit(self, live_request_ids: Iterable[str]) -> dict[str, list[int]]:
+    def audit(self, live_request_ids: Iterable[str], reclaim: bool = False) -> dict[str, list[int]]:
         live = set(live_request_ids)
-        return {rid: list(t) for rid, t in self._tables.items() if rid not in live}
+        leaks = {rid: list(t) for rid, t in self._tables.items() if rid not in live}
+        if reclaim:
+            for rid in leaks:
+                self.free(rid)
+        return leaks
 

@@ -145,9 +145,15 @@ class LLMEngine:
         arrival_time: float | None = None,
         priority: int = 0,
         add_special_tokens: bool = True,
+        cache_salt: str | None = None,
     ) -> Request:
-        """Validate and tokenize a request (no engine state is touched: safe from any thread)."""
+        """Validate and tokenize a request (no engine state is touched: safe from any thread).
+
+        ``cache_salt``: requests with different salts never share prefix-cached KV blocks
+        (keep tenants apart); None shares with every other unsalted request."""
         params = params or SamplingParams()
+        if cache_salt is not None and (not isinstance(cache_salt, str) or not cache_salt):
+            raise RequestError(f"cache_salt must be a non-empty string, got {cache_salt!r}.")
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
         else:
@@ -175,6 +181,7 @@ class LLMEngine:
             max_tokens=max_tokens,
             priority=priority,
             eos_token_ids=self.eos_token_ids,
+            cache_salt=cache_salt,
         )
 
     def add_request(self, request: Request, prompt_text: str | None = None) -> None:
@@ -199,6 +206,10 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.num_unfinished > 0
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix (benchmarks between runs); True when the backend did."""
+        return self.cache.reset_prefix_cache()
+
     # -- the step -----------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
@@ -210,6 +221,7 @@ class LLMEngine:
         try:
             runner_out = self.runner.execute_model(sched_out)
         except Exception as exc:  # a failing step fails its requests, never the engine
+            self.cache.reset_prefix_cache()  # blocks hashed for this step may hold no valid KV
             return self.fail_requests(list(sched_out.num_scheduled_tokens), f"{type(exc).__name__}: {exc}")
         self.scheduler.update_from_output(sched_out)
         outputs = []

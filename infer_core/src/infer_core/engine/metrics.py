@@ -1,6 +1,7 @@
 """What the engine measures for the server's /metrics and for benchmarks: gauges (running,
-waiting, KV usage), counters (tokens, preemptions, finished requests) and per-request timings
-(queue time, time to first token, inter-token times, end-to-end latency)."""
+waiting, KV usage), counters (tokens, preemptions, finished requests, prefix-cache queries and
+hits) and per-request timings (queue time, time to first token, inter-token times, end-to-end
+latency)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ class EngineStats:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     finished: Counter = field(default_factory=Counter)  # by finish reason
+    prefix_cache_queries: int = 0  # tokens looked up in the prefix cache (cumulative)
+    prefix_cache_hits: int = 0  # of those, tokens found cached
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
 
 
 class EngineMetrics:
@@ -60,6 +67,9 @@ class EngineMetrics:
         self.stats.num_running = len(scheduler.running)
         self.stats.num_waiting = len(scheduler.waiting)
         self.stats.kv_cache_usage = scheduler.cache.usage
+        prefix = scheduler.cache.prefix_cache_stats
+        self.stats.prefix_cache_queries = prefix.queries
+        self.stats.prefix_cache_hits = prefix.hits
         self.stats.num_preemptions += preemptions
 
     def request_metrics(self, request_id: str) -> RequestMetrics | None:

@@ -150,14 +150,33 @@ _cache_ops = st.lists(
     max_size=80,
 )
 
+# admit (request index, token family, prompt length, salted) / grow (index, tokens) / free (index)
+_prefix_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("admit"), st.integers(0, 7), st.integers(0, 2),
+                  st.one_of(st.integers(1, 120), st.sampled_from([16, 32, 64])), st.booleans()),
+        st.tuples(st.just("grow"), st.integers(0, 7), st.just(0), st.integers(1, 40), st.just(False)),
+        st.tuples(st.just("free"), st.integers(0, 7), st.just(0), st.just(0), st.just(False)),
+    ),
+    max_size=60,
+)
+
+
+def family_tokens(family: int, start: int, end: int) -> list[int]:
+    """Token ids of positions ``start .. end-1`` of a sequence of ``family``: sequences of
+    one family are equal, so their blocks can be shared."""
+    return [(family * 1009 + pos * 31) % 4093 for pos in range(start, end)]
+
 
 class CacheBackendConformance(PluginConformance):
-    """Cache backends: block accounting under random grow / free sequences.
+    """Cache backends: block accounting under random grow / free sequences, and prefix reuse
+    driven the way the scheduler drives it.
 
-    Invariants after every operation: no block is held by two requests (without prefix
-    sharing), held + free == total, a refused allocation changes nothing, a request's table
-    covers its tokens, slots are in range; after freeing everything the pool is whole and the
-    leak audit is empty.
+    Invariants after every operation: no block is held by two requests unless it was handed
+    out as a cached prefix, held + free == total, a refused allocation changes nothing, a
+    request's table covers its tokens, slots are in range, no request ever writes into a
+    block another request holds, and a reused block holds exactly the KV of the same salt and
+    token prefix; after freeing everything the pool is whole and the leak audit is empty.
     """
 
     kind = "cache backend"
@@ -182,6 +201,7 @@ class CacheBackendConformance(PluginConformance):
         assert all(0 <= b < cache.num_blocks for b in held)
         assert len(held) + cache.num_free_blocks == cache.num_blocks
         assert 0.0 <= cache.usage <= 1.0
+        assert cache.num_free_tokens == cache.num_free_blocks * cache.block_size
 
     @settings(suite_settings, max_examples=80)
     @given(ops=_cache_ops)
@@ -194,14 +214,21 @@ class CacheBackendConformance(PluginConformance):
                 cache.free(rid)
                 requests.pop(rid, None)
             else:
-                req = requests.get(rid) or SyntheticRequest(rid, num_prompt_tokens=n)
+                req = requests.get(rid) or SyntheticRequest(
+                    rid, num_prompt_tokens=n, prompt_token_ids=family_tokens(idx, 0, n))
                 n = min(n, self.max_model_len - req.num_computed_tokens)
                 if n <= 0:
                     continue
+                if rid in requests:  # grow: the tokens to compute are output tokens
+                    req.output_token_ids.extend(family_tokens(idx, req.num_tokens, req.num_tokens + n))
+                    req.num_output_tokens += n
                 before = (cache.num_free_blocks, cache.get_block_ids(rid))
                 new = cache.allocate_slots(req, n)
                 if new is None:
                     assert (cache.num_free_blocks, cache.get_block_ids(rid)) == before
+                    if rid in requests:
+                        del req.output_token_ids[-n:]
+                        req.num_output_tokens -= n
                     continue
                 assert cache.get_block_ids(rid)[len(before[1]):] == new
                 requests[rid] = req
@@ -217,10 +244,80 @@ class CacheBackendConformance(PluginConformance):
         assert cache.num_free_blocks == cache.num_blocks
         assert cache.audit([]) == {}
 
+    @settings(suite_settings, max_examples=80)
+    @given(ops=_prefix_ops)
+    def test_prefix_reuse_is_sound(self, spec: Spec, ops: list) -> None:
+        """As the scheduler does: ``get_computed_blocks`` at admission, then
+        ``allocate_slots`` with those blocks; KV contents are modelled slot by slot."""
+        cache = self.make_cache(spec)
+        size = cache.block_size
+        live: dict[str, SyntheticRequest] = {}
+        families: dict[str, int] = {}
+        filled: dict[int, tuple] = {}  # full block id -> (salt, every token id up to its end)
+
+        def holders(block: int) -> list[str]:
+            return [rid for rid in live if block in cache.get_block_ids(rid)]
+
+        def compute(req: SyntheticRequest, start: int, end: int) -> None:
+            tokens = req.all_token_ids
+            for pos, slot in zip(range(start, end), cache.slot_mapping(req.request_id, start, end), strict=True):
+                block = slot // size
+                assert holders(block) == [req.request_id], (
+                    f"{req.request_id} writes into block {block}, held by {holders(block)}")
+                filled.pop(block, None)
+                if slot % size == size - 1:
+                    filled[block] = (req.cache_salt, tuple(tokens[: pos + 1]))
+            req.num_computed_tokens = end
+
+        for op, idx, family, n, salted in ops:
+            rid = f"req-{idx}"
+            req = live.get(rid)
+            if op == "free":
+                cache.free(rid)
+                live.pop(rid, None)
+            elif op == "admit" and req is None:
+                req = SyntheticRequest(rid, num_prompt_tokens=n, prompt_token_ids=family_tokens(family, 0, n),
+                                       cache_salt=f"tenant-{idx % 2}" if salted else None)
+                blocks, num_hit = cache.get_computed_blocks(req)
+                assert num_hit == len(blocks) * size and num_hit <= n - 1, (blocks, num_hit, n)
+                for i, block in enumerate(blocks):
+                    assert filled.get(block) == (req.cache_salt, tuple(req.all_token_ids[: (i + 1) * size])), (
+                        f"block {block} reused for the wrong prefix or tenant")
+                before = (cache.num_free_blocks, cache.get_block_ids(rid))
+                if cache.allocate_slots(req, n - num_hit, num_hit, blocks) is None:
+                    assert (cache.num_free_blocks, cache.get_block_ids(rid)) == before
+                    continue
+                assert cache.get_block_ids(rid)[: len(blocks)] == blocks
+                live[rid], families[rid] = req, family
+                req.num_computed_tokens = num_hit
+                compute(req, num_hit, n)
+            elif op == "grow" and req is not None:
+                n = min(n, self.max_model_len - req.num_tokens)
+                if n <= 0:
+                    continue
+                start = req.num_tokens
+                req.output_token_ids.extend(family_tokens(families[rid], start, start + n))
+                req.num_output_tokens += n
+                if cache.allocate_slots(req, n) is None:
+                    del req.output_token_ids[-n:]
+                    req.num_output_tokens -= n
+                    continue
+                compute(req, start, start + n)
+            held = {b for rid in live for b in cache.get_block_ids(rid)}
+            assert len(held) + cache.num_free_blocks == cache.num_blocks
+            stats = cache.prefix_cache_stats
+            assert 0 <= stats.hits <= stats.queries
+        for rid in list(live):
+            cache.free(rid)
+        assert cache.num_free_blocks == cache.num_blocks
+        assert cache.audit([]) == {}
+        assert cache.reset_prefix_cache() is True
+
     def test_refuses_when_full_and_recovers(self, spec: Spec) -> None:
         cache = self.make_cache(spec, num_blocks=2)
         per_request = cache.block_size
-        a, b, c = (SyntheticRequest(f"r{i}", num_prompt_tokens=per_request) for i in range(3))
+        a, b, c = (SyntheticRequest(f"r{i}", num_prompt_tokens=per_request,
+                                    prompt_token_ids=family_tokens(i, 0, per_request)) for i in range(3))
         assert cache.allocate_slots(a, per_request) is not None
         assert cache.allocate_slots(b, per_request) is not None
         assert cache.allocate_slots(c, per_request) is None
@@ -229,6 +326,20 @@ class CacheBackendConformance(PluginConformance):
         cache.free("r1")
         cache.free("r2")
         assert cache.num_free_blocks == 2
+
+    def test_audit_reclaims_leaked_blocks(self, spec: Spec) -> None:
+        cache = self.make_cache(spec, num_blocks=4)
+        for i in range(3):
+            req = SyntheticRequest(f"r{i}", num_prompt_tokens=3, prompt_token_ids=family_tokens(i, 0, 3))
+            assert cache.allocate_slots(req, 3) is not None
+        leaks = cache.audit(["r1"])
+        assert set(leaks) == {"r0", "r2"}
+        assert cache.audit(["r1"], reclaim=True) == leaks
+        assert cache.audit(["r1"]) == {}
+        assert cache.num_free_blocks == cache.num_blocks - len(cache.get_block_ids("r1"))
+        cache.free("r1")
+        cache.free("r1")  # freeing a request that holds nothing is allowed (finish after preempt)
+        assert cache.num_free_blocks == cache.num_blocks
 
 
 @st.composite

@@ -18,10 +18,18 @@ class SyntheticRequest:
     num_output_tokens: int = 0
     num_computed_tokens: int = 0
     prompt_token_ids: list[int] = field(default_factory=list)
+    output_token_ids: list[int] = field(default_factory=list)
+    cache_salt: str | None = None
 
     @property
     def num_tokens(self) -> int:
         return self.num_prompt_tokens + self.num_output_tokens
+
+    @property
+    def all_token_ids(self) -> list[int]:
+        """The token ids known (a prefix-caching backend hashes them; may be fewer than
+        ``num_tokens`` when a test gives none)."""
+        return self.prompt_token_ids + self.output_token_ids
 
 
 @st.composite
