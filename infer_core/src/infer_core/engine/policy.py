@@ -1,16 +1,31 @@
 """The scheduler-policy interface and the built-in ``fcfs`` policy.
 
-The scheduler owns admission, token budgets and preemption; a policy only decides *order*
-(which waiting request to admit next, which running request to serve first) and *victims*
-(which running request to preempt when the cache cannot grow). Policies are plugins registered
-through ``infer_register_scheduler_policies``; ``infer_core.testing`` has the conformance
-suite every policy passes.
+The scheduler owns admission, token budgets and preemption; a policy decides *order* (which
+waiting request to admit next, which running request to serve first) and *victims* (which
+running request to preempt when the cache cannot grow). A few optional hooks, neutral by
+default, let a policy shape the step without a second code path in the scheduler:
+
+==========================  ==============================================================
+``admit_waiting_first``     admit waiting requests before serving running ones, so new
+                            prompts get the step's budget first (``prefill_first``)
+``max_prefill_tokens``      most prompt / recompute tokens one step may schedule
+                            (``decode_first``)
+``can_admit``               gate admission, e.g. only when nothing runs (``static``)
+``must_serve``              running requests that get at least one token this step
+                            (``round_robin``'s every-N-steps guarantee)
+``preempt_for``             a running request to preempt so a waiting one can be admitted
+                            (``priority``)
+``on_step``                 what the step scheduled, for policies that keep state
+==========================  ==============================================================
+
+Policies are plugins registered through ``infer_register_scheduler_policies``;
+``infer_core.testing`` has the conformance suite every policy passes (docs/policies.md).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -48,6 +63,14 @@ class SchedulerPolicy(ABC):
     their inputs; ``pick_victim`` returns a member of ``running``.
     """
 
+    admit_waiting_first: bool = False
+    """Admit waiting requests before serving running ones (they get the budget first)."""
+
+    max_prefill_tokens: int | None = None
+    """Most prefill tokens (prompt chunks and recompute after preemption, over all requests)
+    one step may schedule; ``None`` = the step budget. With chunked prefill off, the first
+    prompt of a step may exceed it (a prompt is never split), so progress is never blocked."""
+
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options
 
@@ -61,7 +84,38 @@ class SchedulerPolicy(ABC):
 
     @abstractmethod
     def pick_victim(self, running: Sequence[R]) -> R:
-        """The running request to preempt when the cache cannot fit the step."""
+        """The running request to preempt when the cache cannot fit the step.
+
+        ``running`` holds every running request, including ones already scheduled this step
+        (their scheduling is undone). A policy that never picks some request while others
+        run guarantees that request progresses every step it is served."""
+
+    # -- optional hooks: the defaults leave the scheduler's behaviour unchanged --------------
+
+    def can_admit(self, request: R, running: Sequence[R]) -> bool:
+        """Whether ``request`` (next in :meth:`order_waiting`) may be admitted now.
+
+        ``running``: the requests running before this step's admissions. Returning False
+        ends admission for this step (nothing behind ``request`` overtakes it)."""
+        return True
+
+    def must_serve(self, running: Sequence[R]) -> list[R]:
+        """Members of ``running`` that must get at least one token this step: the scheduler
+        keeps a token of the budget for each until it reaches it (unless the cache forces
+        its preemption)."""
+        return []
+
+    def preempt_for(self, request: R, running: Sequence[R]) -> R | None:
+        """A member of ``running`` to preempt so that waiting ``request`` can be admitted,
+        asked when the cache or ``max_num_seqs`` refuses it; ``None`` = let it wait.
+
+        Asked again after each preemption until ``request`` fits or this returns ``None``."""
+        return None
+
+    def on_step(self, num_scheduled_tokens: Mapping[str, int]) -> None:
+        """Called at the end of every scheduling step with the tokens scheduled per request
+        id (empty if nothing was)."""
+        return None
 
 
 class FCFSPolicy(SchedulerPolicy):

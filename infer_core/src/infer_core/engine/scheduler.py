@@ -6,9 +6,13 @@ cache) and ``num_tokens`` (prompt + output so far); each step hands out a budget
 ``min(num_tokens - num_computed_tokens, budget left, prefill chunk)``. A prefill chunk, a
 decode and a prefix hit are the same arithmetic.
 
-Running requests are served first, in the policy's order; when the cache cannot grow one of
-them, the policy's victim is preempted (its blocks freed, recomputed later). Waiting requests
-are admitted next, in the policy's order, while the budget, the sequence cap and the cache allow.
+Running requests are served in the policy's order; when the cache cannot grow one of them,
+the policy's victim is preempted (its blocks freed, recomputed later; if it was already
+scheduled this step, that is undone). Waiting requests are admitted in the policy's order
+while the budget, the sequence cap, the cache and the policy's ``can_admit`` allow. The
+policy's optional hooks (``infer_core.engine.policy``) adjust this one path: admission may
+come first, prefill tokens may have their own cap, some running requests may be owed a
+token, and a waiting request may preempt a running one.
 """
 
 from __future__ import annotations
@@ -68,6 +72,38 @@ class SchedulerLimits:
     prefill_chunk_size: int | None = None
 
 
+@dataclass
+class _StepPlan:
+    """One step's plan while it is built: what is scheduled so far and the budget left.
+    Scheduling a request can be undone (when it is preempted later in the same step)."""
+
+    budget: int
+    prefill_cap: int | None  # the policy's max_prefill_tokens
+    num_scheduled: dict[str, int] = field(default_factory=dict)
+    num_prefill: dict[str, int] = field(default_factory=dict)  # of num_scheduled, prefill tokens
+    prefill_tokens: int = 0
+    new_reqs: dict[str, NewRequestData] = field(default_factory=dict)
+    cached_reqs: dict[str, CachedRequestData] = field(default_factory=dict)
+    preempted: list[str] = field(default_factory=list)
+
+    @property
+    def prefill_left(self) -> int | None:
+        return None if self.prefill_cap is None else max(0, self.prefill_cap - self.prefill_tokens)
+
+    def add(self, request_id: str, num_tokens: int, prefill: bool) -> None:
+        self.num_scheduled[request_id] = num_tokens
+        self.budget -= num_tokens
+        if prefill:
+            self.num_prefill[request_id] = num_tokens
+            self.prefill_tokens += num_tokens
+
+    def undo(self, request_id: str) -> None:
+        self.budget += self.num_scheduled.pop(request_id, 0)
+        self.prefill_tokens -= self.num_prefill.pop(request_id, 0)
+        self.new_reqs.pop(request_id, None)
+        self.cached_reqs.pop(request_id, None)
+
+
 class Scheduler:
     def __init__(self, limits: SchedulerLimits, cache: CacheBackend, policy: SchedulerPolicy) -> None:
         self.limits = limits
@@ -111,90 +147,121 @@ class Scheduler:
     # -- one step -----------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
-        limits = self.limits
-        budget = limits.max_num_batched_tokens
-        num_scheduled: dict[str, int] = {}
-        new_reqs: list[NewRequestData] = []
-        cached_reqs: list[CachedRequestData] = []
-        preempted: list[str] = []
-
-        # 1. Running requests, in the policy's order.
-        order = self.policy.order_running(self.running)
-        candidates = list(order)  # not yet scheduled this step: possible victims
-        for request in order:
-            if budget == 0:
-                break
-            if request not in candidates:  # preempted earlier in this loop
-                continue
-            num_new = self._num_new_tokens(request, budget)
-            if num_new == 0:
-                candidates.remove(request)
-                continue
-            while True:
-                new_blocks = self.cache.allocate_slots(request, num_new)
-                if new_blocks is not None:
-                    break
-                victim = self.policy.pick_victim(candidates)
-                self._preempt(victim)
-                preempted.append(victim.request_id)
-                candidates.remove(victim)
-                if victim is request:
-                    break
-            if new_blocks is None:
-                continue
-            candidates.remove(request)
-            num_scheduled[request.request_id] = num_new
-            budget -= num_new
-            cached_reqs.append(CachedRequestData(request.request_id, new_blocks, request.num_computed_tokens))
-
-        # 2. Waiting requests, unless this step had to preempt (no room to admit anyone).
-        if not preempted:
-            for request in self.policy.order_waiting(self.waiting):
-                if budget == 0 or len(self.running) >= limits.max_num_seqs:
-                    break
-                computed_blocks, num_cached = self.cache.get_computed_blocks(request)
-                request.num_computed_tokens = 0
-                num_new = self._num_new_tokens(request, budget, num_cached)
-                if num_new == 0:
-                    break  # a whole prompt that does not fit the step (chunked prefill off)
-                new_blocks = self.cache.allocate_slots(request, num_new, num_cached, computed_blocks)
-                if new_blocks is None:
-                    break
-                self.waiting.remove(request)
-                request.status = RequestStatus.RUNNING
-                request.num_computed_tokens = num_cached
-                self.running.append(request)
-                self._known_to_runner.add(request.request_id)
-                num_scheduled[request.request_id] = num_new
-                budget -= num_new
-                new_reqs.append(NewRequestData(
-                    request.request_id, list(request.prompt_token_ids), list(request.output_token_ids),
-                    request.sampling_params, self.cache.get_block_ids(request.request_id), num_cached,
-                ))
+        step = _StepPlan(self.limits.max_num_batched_tokens, self.policy.max_prefill_tokens)
+        if self.policy.admit_waiting_first:
+            self._admit_waiting(step)
+            self._serve_running(step)
+        else:
+            self._serve_running(step)
+            if not step.preempted:  # a step that had to preempt has no room to admit anyone
+                self._admit_waiting(step)
+        self.policy.on_step(dict(step.num_scheduled))
 
         finished, self._finished_ids = self._finished_ids, []
         return SchedulerOutput(
-            scheduled_new_reqs=new_reqs,
-            scheduled_cached_reqs=cached_reqs,
-            num_scheduled_tokens=num_scheduled,
-            total_num_scheduled_tokens=sum(num_scheduled.values()),
+            scheduled_new_reqs=list(step.new_reqs.values()),
+            scheduled_cached_reqs=list(step.cached_reqs.values()),
+            num_scheduled_tokens=step.num_scheduled,
+            total_num_scheduled_tokens=sum(step.num_scheduled.values()),
             finished_req_ids=finished,
-            preempted_req_ids=preempted,
+            preempted_req_ids=step.preempted,
         )
 
-    def _num_new_tokens(self, request: Request, budget: int, num_cached: int = 0) -> int:
-        """Tokens to compute for ``request`` this step (0 if it cannot be scheduled)."""
+    def _serve_running(self, step: _StepPlan) -> None:
+        """Running requests not yet scheduled this step, in the policy's order; a token of the
+        budget is kept for each ``must_serve`` request not reached yet."""
+        order = self.policy.order_running([r for r in self.running if r.request_id not in step.num_scheduled])
+        owed = {r.request_id for r in self.policy.must_serve(order)}
+        for request in order:
+            if request.status != RequestStatus.RUNNING:  # preempted earlier in this loop
+                continue
+            owed.discard(request.request_id)
+            num_new = self._num_new_tokens(request, step, step.budget - len(owed))
+            if num_new == 0:
+                continue
+            prefill = self._is_prefill(request)
+            new_blocks = self.cache.allocate_slots(request, num_new)
+            while new_blocks is None:
+                victim = self.policy.pick_victim(self.running)
+                self._preempt(victim, step)
+                owed.discard(victim.request_id)
+                if victim is request:
+                    break
+                new_blocks = self.cache.allocate_slots(request, num_new)
+            if new_blocks is None:
+                continue
+            step.add(request.request_id, num_new, prefill)
+            step.cached_reqs[request.request_id] = CachedRequestData(
+                request.request_id, new_blocks, request.num_computed_tokens)
+
+    def _admit_waiting(self, step: _StepPlan) -> None:
+        """Waiting requests in the policy's order, until one cannot be admitted (nothing
+        behind it overtakes it)."""
+        running_before = list(self.running)
+        for request in self.policy.order_waiting(self.waiting):
+            if step.budget == 0 or not self.policy.can_admit(request, running_before):
+                break
+            if not self._try_admit(request, step):
+                break
+
+    def _try_admit(self, request: Request, step: _StepPlan) -> bool:
+        """Admit ``request`` if it fits, preempting the policy's ``preempt_for`` victims while
+        the sequence cap or the cache refuses it."""
+        while True:
+            num_cached, computed_blocks, num_new, new_blocks = 0, [], 0, None
+            if len(self.running) < self.limits.max_num_seqs:
+                computed_blocks, num_cached = self.cache.get_computed_blocks(request)
+                request.num_computed_tokens = 0
+                num_new = self._num_new_tokens(request, step, step.budget, num_cached)
+                if num_new == 0:  # out of budget, or a whole prompt that does not fit the step
+                    return False
+                new_blocks = self.cache.allocate_slots(request, num_new, num_cached, computed_blocks)
+            if new_blocks is not None:
+                break
+            victim = self.policy.preempt_for(request, list(self.running))
+            if victim is None:
+                return False
+            self._preempt(victim, step)
+        self.waiting.remove(request)
+        request.status = RequestStatus.RUNNING
+        request.num_computed_tokens = num_cached
+        self.running.append(request)
+        self._known_to_runner.add(request.request_id)
+        step.add(request.request_id, num_new, self._is_prefill(request))
+        step.new_reqs[request.request_id] = NewRequestData(
+            request.request_id, list(request.prompt_token_ids), list(request.output_token_ids),
+            request.sampling_params, self.cache.get_block_ids(request.request_id), num_cached,
+        )
+        return True
+
+    @staticmethod
+    def _is_prefill(request: Request) -> bool:
+        """More than the one token a decode computes is missing (a prompt, or recompute)."""
+        return request.num_computed_tokens < request.num_tokens - 1
+
+    def _num_new_tokens(self, request: Request, step: _StepPlan, budget: int, num_cached: int = 0) -> int:
+        """Tokens to compute for ``request`` this step within ``budget`` (0 if it cannot be
+        scheduled)."""
         computed = request.num_computed_tokens + num_cached
         num_new = request.num_tokens - computed
+        if budget <= 0:
+            return 0
         if computed < request.num_tokens - 1:  # still prefilling (prompt, or recompute)
             if self.limits.prefill_chunk_size is not None:
                 num_new = min(num_new, self.limits.prefill_chunk_size)
-            if not self.limits.chunked_prefill and num_new > budget:
-                return 0
+            prefill_left = step.prefill_left
+            if not self.limits.chunked_prefill:  # whole prompts only; the first of a step may pass the cap
+                if num_new > budget or (prefill_left is not None and num_new > prefill_left and step.num_prefill):
+                    return 0
+            elif prefill_left is not None:
+                num_new = min(num_new, prefill_left)
         return max(0, min(num_new, budget, self.limits.max_model_len - computed))
 
-    def _preempt(self, request: Request) -> None:
-        """Recompute later: free the blocks, forget the KV, back to the front of the queue."""
+    def _preempt(self, request: Request, step: _StepPlan) -> None:
+        """Recompute later: undo its scheduling this step, free the blocks, forget the KV,
+        back to the front of the queue."""
+        step.undo(request.request_id)
+        step.preempted.append(request.request_id)
         self.running.remove(request)
         self.cache.free(request.request_id)
         request.status = RequestStatus.PREEMPTED
