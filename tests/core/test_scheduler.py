@@ -31,46 +31,11 @@ def test_every_request_finishes_within_budgets_and_every_block_returns(w: Worklo
 @settings(max_examples=150, deadline=None)
 @given(workloads())
 def test_fcfs_admits_in_arrival_order(w: Workload):
+    """Each step admits the longest-waiting requests first: a prefix of the queue by arrival."""
     trace = simulate(w, FCFSPolicy())
-    first_admitted: list[str] = []
     for step in trace.steps:
-        first_admitted += [rid for rid in step.admitted if rid not in first_admitted]
-    arrivals = [trace.request(rid).arrival_time for rid in first_admitted]
-    assert arrivals == sorted(arrivals)
-
-
-def test_chunked_prefill_splits_a_long_prompt_and_mixes_decodes():
-    limits = SchedulerLimits(max_num_seqs=4, max_num_batched_tokens=16, max_model_len=128,
-                             chunked_prefill=True)
-    scheduler = Scheduler(limits, SmallBlocks(64, 4), FCFSPolicy())
-    a = Request("a", [1] * 4, SamplingParams(max_tokens=8), 0.0, 8)
-    b = Request("b", [1] * 40, SamplingParams(max_tokens=8), 1.0, 8)
-    scheduler.add_request(a)
-    scheduler.add_request(b)
-    out = scheduler.schedule()
-    assert out.num_scheduled_tokens == {"a": 4, "b": 12}
-    for r in scheduler.update_from_output(out):
-        r.output_token_ids.append(1)
-    out = scheduler.schedule()
-    assert out.num_scheduled_tokens == {"a": 1, "b": 15}  # a decode beside a prefill chunk
-
-
-def test_preemption_frees_the_victim_and_resumes_it_first():
-    limits = SchedulerLimits(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=32)
-    cache = SmallBlocks(8, 4)  # 32 tokens in all
-    scheduler = Scheduler(limits, cache, FCFSPolicy())
-    a = Request("a", [1] * 14, SamplingParams(max_tokens=16), 0.0, 16)
-    b = Request("b", [1] * 14, SamplingParams(max_tokens=16), 1.0, 16)
-    scheduler.add_request(a)
-    scheduler.add_request(b)
-    for _ in range(6):
-        out = scheduler.schedule()
-        for r in scheduler.update_from_output(out):
-            r.output_token_ids.append(1)
-    assert b.status == RequestStatus.PREEMPTED and b.num_preemptions == 1
-    assert b.num_computed_tokens == 0 and cache.get_block_ids("b") == []
-    assert scheduler.waiting[0] is b
-    assert "b" in out.preempted_req_ids or scheduler.num_preemptions == 1
+        queue = sorted(step.waiting_before, key=lambda rid: trace.request(rid).arrival_time)
+        assert list(step.admitted) == queue[: len(step.admitted)]
 
 
 # -- the policy hooks ----------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from infer_core.selection import select_plugins
 from infer_core.testing.caches import SmallBlockCache
 from infer_core.testing.requests import SyntheticRequest, synthetic_requests
 from infer_core.testing.runner import PromptRunner, load_for_test
+from infer_core.testing.scheduling import Workload, simulate
+from infer_core.testing.scheduling import workloads as scheduler_workloads
 from infer_core.version import PLUGIN_API_VERSION
 
 # Each suite's property tests run once per subclass (one per plugin under test); hypothesis
@@ -96,7 +98,9 @@ class PluginConformance:
 
 
 class SchedulerPolicyConformance(PluginConformance):
-    """Scheduler policies: orderings are permutations, victims are members, inputs untouched."""
+    """Scheduler policies: orderings are permutations, victims and hook answers are members of
+    what they were given, inputs untouched; and under the real scheduler, random workloads
+    drain with every budget kept."""
 
     kind = "scheduler policy"
     section = "scheduler"
@@ -140,6 +144,38 @@ class SchedulerPolicyConformance(PluginConformance):
         policy = self.make_policy(spec)
         victim = policy.pick_victim(requests)
         assert any(victim is r for r in requests)
+
+    def test_step_knobs_are_well_formed(self, spec: Spec) -> None:
+        policy = self.make_policy(spec)
+        assert isinstance(policy.admit_waiting_first, bool)
+        cap = policy.max_prefill_tokens
+        assert cap is None or (isinstance(cap, int) and cap >= 1), (
+            f"max_prefill_tokens must be None or >= 1 (a step must be able to make progress), got {cap!r}")
+
+    @suite_settings
+    @given(requests=synthetic_requests(min_size=1), data=st.data())
+    def test_hooks_answer_about_their_inputs(self, spec: Spec, requests: list, data: st.DataObject) -> None:
+        policy = self.make_policy(spec)
+        split = data.draw(st.integers(0, len(requests) - 1))
+        waiting, running = requests[split], requests[split + 1:]
+        before = list(running)
+        assert isinstance(policy.can_admit(waiting, running), bool)
+        owed = policy.must_serve(policy.order_running(running))
+        assert all(any(o is r for r in running) for o in owed), "must_serve returned a non-running request"
+        victim = policy.preempt_for(waiting, running)
+        assert victim is None or any(victim is r for r in running), "preempt_for returned a non-running request"
+        assert running == before, "hooks must not mutate their inputs"
+        policy.on_step({r.request_id: 1 for r in running})
+
+    @settings(suite_settings, max_examples=40)
+    @given(workload=scheduler_workloads())
+    def test_drains_random_workloads_in_the_scheduler(self, spec: Spec, workload: Workload) -> None:
+        """Under the real scheduler (budgets, chunked prefill, preemption, aborts), every request
+        finishes, budgets and the policy's own prefill cap and owed tokens hold at every step,
+        and every block comes back: no livelock between the policy's order and its victims."""
+        trace = simulate(workload, self.make_policy(spec))
+        assert trace.drained, f"{self.name} did not drain the workload in {len(trace.steps)} steps"
+        assert trace.cache.num_free_blocks == trace.cache.num_blocks
 
 
 _cache_ops = st.lists(
@@ -382,7 +418,8 @@ def dense_attention(layer: AttentionLayer, q: torch.Tensor, k: torch.Tensor, v: 
 class AttentionBackendConformance(PluginConformance):
     """Attention backends: over random flat batches (prefill chunks over cached context mixed
     with decodes, GQA, any block size, windows, softcap), the output equals dense causal
-    attention and the cache holds every written K/V at its slot."""
+    attention and the cache holds every written K/V at its slot. Backends that declare
+    ``supports_fp8_kv`` are checked with an FP8 (e4m3) cache and per-layer scales too."""
 
     kind = "attention backend"
     section = "attention"
@@ -391,14 +428,36 @@ class AttentionBackendConformance(PluginConformance):
     dtype: ClassVar[torch.dtype] = torch.float32
     head_dims: ClassVar[tuple[int, ...]] = (8, 16, 64)
     atol: ClassVar[float] = 2e-5
+    max_examples: ClassVar[int] = 60
+    """Hypothesis examples per property (lower it for slow backends, e.g. under an interpreter)."""
+    fp8_kv_scales: ClassVar[tuple[float, float]] = (0.5, 2.0)
 
     def make_backend(self, spec: Spec) -> AttentionBackend:
         return spec.load()(spec.validate_options(self.options, "attention"))
 
-    @suite_settings
-    @given(data=st.data())
-    def test_matches_dense_attention(self, spec: Spec, data: st.DataObject) -> None:
-        case = data.draw(attention_cases(self.head_dims))
+    def _settings(self) -> settings:
+        return settings(suite_settings, max_examples=self.max_examples)
+
+    def test_matches_dense_attention(self, spec: Spec) -> None:
+        @self._settings()
+        @given(case=attention_cases(self.head_dims))
+        def check(case: dict[str, Any]) -> None:
+            self.check_case(spec, case, fp8=False)
+
+        check()
+
+    def test_fp8_cache_matches_dense_attention(self, spec: Spec) -> None:
+        if not getattr(spec.load(), "supports_fp8_kv", False):
+            pytest.skip(f"attention backend '{self.name}' does not declare supports_fp8_kv")
+
+        @self._settings()
+        @given(case=attention_cases(self.head_dims))
+        def check(case: dict[str, Any]) -> None:
+            self.check_case(spec, case, fp8=True)
+
+        check()
+
+    def check_case(self, spec: Spec, case: dict[str, Any], fp8: bool) -> None:
         backend = self.make_backend(spec)
         layer = AttentionLayer(
             case["num_heads"], case["num_kv_heads"], case["head_dim"], case["head_dim"] ** -0.5,
@@ -415,14 +474,21 @@ class AttentionBackendConformance(PluginConformance):
         for n in blocks_per:
             tables.append(order[:n])
             order = order[n:]
+        cache_dtype = torch.float8_e4m3fn if fp8 else self.dtype
         kv_cache = torch.zeros(backend.kv_cache_shape(
-            sum(blocks_per) + 3, bs, layer.num_kv_heads, layer.head_dim), dtype=self.dtype, device=self.device)
+            sum(blocks_per) + 3, bs, layer.num_kv_heads, layer.head_dim), dtype=cache_dtype, device=self.device)
+        scales = torch.tensor(self.fp8_kv_scales, dtype=torch.float32, device=self.device) if fp8 else None
+        extra = {"kv_scales": scales} if fp8 else {}
 
-        def rand(*shape: int) -> torch.Tensor:
-            return torch.randn(*shape, generator=gen).to(self.device, self.dtype)
+        def rand(*shape: int, scale: float | None = None) -> torch.Tensor:
+            x = torch.randn(*shape, generator=gen)
+            if scale is not None:  # a value the FP8 cache holds exactly: x = e4m3 * scale
+                x = (x * 4 / scale).to(torch.float8_e4m3fn).float() * scale
+            return x.to(self.device, self.dtype)
 
-        keys = [rand(n, layer.num_kv_heads, layer.head_dim) for n in seq_lens]
-        values = [rand(n, layer.num_kv_heads, layer.head_dim) for n in seq_lens]
+        k_scale, v_scale = self.fp8_kv_scales if fp8 else (None, None)
+        keys = [rand(n, layer.num_kv_heads, layer.head_dim, scale=k_scale) for n in seq_lens]
+        values = [rand(n, layer.num_kv_heads, layer.head_dim, scale=v_scale) for n in seq_lens]
         queries = [rand(q, layer.num_heads, layer.head_dim) for q in q_lens]
         # Step 1: the cached context, as a prefill of the requests that have one.
         with_ctx = [i for i, c in enumerate(ctx_lens) if c]
@@ -431,21 +497,25 @@ class AttentionBackendConformance(PluginConformance):
                                           [tables[i] for i in with_ctx], bs, self.device)
             ctx_k = torch.cat([keys[i][: ctx_lens[i]] for i in with_ctx])
             ctx_v = torch.cat([values[i][: ctx_lens[i]] for i in with_ctx])
-            backend.forward(layer, rand(ctx_k.shape[0], layer.num_heads, layer.head_dim), ctx_k, ctx_v, kv_cache, md)
+            backend.forward(layer, rand(ctx_k.shape[0], layer.num_heads, layer.head_dim), ctx_k, ctx_v,
+                            kv_cache, md, **extra)
         # Step 2, under test: every request's new tokens in one flat batch.
         md = build_attention_metadata(q_lens, seq_lens, tables, bs, self.device)
         new_k = torch.cat([k[c:] for k, c in zip(keys, ctx_lens, strict=True)])
         new_v = torch.cat([v[c:] for v, c in zip(values, ctx_lens, strict=True)])
-        out = backend.forward(layer, torch.cat(queries), new_k, new_v, kv_cache, md)
+        out = backend.forward(layer, torch.cat(queries), new_k, new_v, kv_cache, md, **extra)
         assert out.shape == (sum(q_lens), layer.num_heads, layer.head_dim)
+        assert out.dtype == self.dtype
         starts = md.query_start_loc_cpu
         for i in range(len(seq_lens)):
             expected = dense_attention(layer, queries[i].cpu(), keys[i].cpu(), values[i].cpu())
             torch.testing.assert_close(out[starts[i]: starts[i + 1]].float().cpu(), expected,
                                        atol=self.atol, rtol=0)
-            cached = kv_cache[:, tables[i]].reshape(2, -1, layer.num_kv_heads, layer.head_dim)
-            torch.testing.assert_close(cached[0, : seq_lens[i]].cpu(), keys[i].cpu(), atol=0, rtol=0)
-            torch.testing.assert_close(cached[1, : seq_lens[i]].cpu(), values[i].cpu(), atol=0, rtol=0)
+            cached = kv_cache[:, tables[i]].reshape(2, -1, layer.num_kv_heads, layer.head_dim).float().cpu()
+            if fp8:
+                cached = cached * torch.tensor(self.fp8_kv_scales).view(2, 1, 1, 1)
+            torch.testing.assert_close(cached[0, : seq_lens[i]], keys[i].float().cpu(), atol=0, rtol=0)
+            torch.testing.assert_close(cached[1, : seq_lens[i]], values[i].float().cpu(), atol=0, rtol=0)
 
 
 class ArchitectureConformance(PluginConformance):

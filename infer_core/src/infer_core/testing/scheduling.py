@@ -6,7 +6,9 @@ every policy must keep checked at every step, and a trace of what each step did.
     assert trace.drained
 
 Tokens are not sampled: a request that reaches the end of its tokens gets token id 1 appended
-until it has its output length. Arrival times are ``step + index / 1000`` (unique).
+until it has its output length. A request reaches the scheduler at ``arrival_step``; its
+``arrival_time`` is ``arrival_step - queued_steps + index / 1000`` (unique), so a request that
+was queued elsewhere (an async front end) can be older than ones already running.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class WorkloadRequest:
     prompt_len: int
     output_len: int
     priority: int = 0
+    queued_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,12 +51,16 @@ class Workload:
 
 
 @st.composite
-def workloads(draw, max_requests: int = 12, aborts: bool = True, max_arrival_step: int = 20) -> Workload:
+def workloads(draw, max_requests: int = 12, aborts: bool = True, max_arrival_step: int = 20,
+              chunked: bool | None = None, max_budget: int = 256) -> Workload:
     """Limits, a cache (one block of ``max_model_len``, or small blocks) that holds at least
-    one longest request, and requests with random arrivals, lengths and priorities."""
+    one longest request, and requests with random arrivals (some queued elsewhere first),
+    lengths and priorities. ``chunked`` fixes chunked prefill on or off; ``max_budget`` caps
+    the step budget (where chunked prefill allows)."""
     max_model_len = draw(st.sampled_from([64, 128]))
-    chunked = draw(st.booleans())
-    budget = draw(st.integers(max_model_len if not chunked else 8, 256))
+    chunked = draw(st.booleans()) if chunked is None else chunked
+    budget = draw(st.integers(max_model_len, max(max_model_len, max_budget)) if not chunked
+                  else st.integers(8, max(8, max_budget)))
     limits = SchedulerLimits(
         max_num_seqs=draw(st.integers(1, 8)),
         max_num_batched_tokens=budget,
@@ -70,7 +77,8 @@ def workloads(draw, max_requests: int = 12, aborts: bool = True, max_arrival_ste
         prompt = draw(st.integers(1, max_model_len - 1))
         output = draw(st.integers(1, max_model_len - prompt))
         requests.append(WorkloadRequest(
-            draw(st.integers(0, max_arrival_step)), prompt, output, draw(st.integers(-2, 2))))
+            draw(st.integers(0, max_arrival_step)), prompt, output, draw(st.integers(-2, 2)),
+            draw(st.sampled_from([0, 0, 0, 5, 30]))))
     abort_list = draw(st.lists(st.tuples(st.integers(0, 60), st.integers(0, n - 1)), max_size=3)) if aborts else []
     return Workload(limits, block_size, num_blocks, tuple(requests), tuple(abort_list))
 
@@ -81,6 +89,7 @@ class StepRecord:
 
     step: int
     running_before: frozenset[str]
+    decoding_before: frozenset[str]  # of running_before, those with one token left to compute
     waiting_before: tuple[str, ...]
     num_scheduled: Mapping[str, int]
     prefill_ids: frozenset[str]  # scheduled requests that were prefilling (not one decode token)
@@ -157,7 +166,7 @@ def simulate(workload: Workload, policy: SchedulerPolicy, max_steps: int = 5000)
     scheduler = Scheduler(limits, cache, recording)
     requests = [
         Request(f"r{i}", [7] * w.prompt_len, SamplingParams(max_tokens=w.output_len),
-                arrival_time=w.arrival_step + i / 1000, max_tokens=w.output_len, priority=w.priority)
+                arrival_time=w.arrival_step - w.queued_steps + i / 1000, max_tokens=w.output_len, priority=w.priority)
         for i, w in enumerate(workload.requests)
     ]
     trace = Trace(workload, requests, scheduler, cache)
@@ -169,6 +178,8 @@ def simulate(workload: Workload, policy: SchedulerPolicy, max_steps: int = 5000)
             if when == step and scheduler.finish_request(f"r{i}", RequestStatus.FINISHED_ABORTED):
                 trace.aborted.add(f"r{i}")
         running_before = frozenset(r.request_id for r in scheduler.running)
+        decoding_before = frozenset(r.request_id for r in scheduler.running
+                                    if r.num_computed_tokens >= r.num_tokens - 1)
         waiting_before = tuple(r.request_id for r in scheduler.waiting)
         recording.owed = frozenset()
         out = scheduler.schedule()
@@ -176,7 +187,7 @@ def simulate(workload: Workload, policy: SchedulerPolicy, max_steps: int = 5000)
                                 if scheduler.requests[rid].num_computed_tokens
                                 < scheduler.requests[rid].num_tokens - 1)
         record = StepRecord(
-            step, running_before, waiting_before, dict(out.num_scheduled_tokens), prefill_ids,
+            step, running_before, decoding_before, waiting_before, dict(out.num_scheduled_tokens), prefill_ids,
             tuple(n.request_id for n in out.scheduled_new_reqs), tuple(out.preempted_req_ids),
             frozenset(r.request_id for r in scheduler.running), recording.owed,
         )
