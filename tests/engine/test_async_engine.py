@@ -33,9 +33,18 @@ async def collect(engine, prompt, params=PARAMS):
     return [out async for out in engine.generate(prompt, params)]
 
 
-def test_streams_add_up_to_the_offline_output(llm, engine):
-    prompts = [[3, 4, 5], [9] * 30, [1, 2]]
-    expected = llm.generate(prompts, PARAMS)
+PROMPTS = [[3, 4, 5], [9] * 30, [1, 2]]
+
+
+@pytest.fixture(scope="module")
+def offline(llm):
+    """The offline outputs, computed before any async engine thread owns ``llm.engine``
+    (the engine is single-threaded: the async engine's thread is its only stepper)."""
+    return llm.generate(PROMPTS, PARAMS)
+
+
+def test_streams_add_up_to_the_offline_output(offline, engine):
+    prompts, expected = PROMPTS, offline
 
     async def main():
         return await asyncio.gather(*(collect(engine, p) for p in prompts))
