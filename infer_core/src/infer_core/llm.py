@@ -67,13 +67,18 @@ class LLM:
         self,
         prompts: Prompt | Sequence[Prompt],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for every prompt (text or token ids); outputs in the order of ``prompts``."""
+        """Generate for every prompt (text or token ids); outputs in the order of ``prompts``.
+
+        ``priority``: one integer per prompt, lower first (vLLM's convention); read by the
+        ``priority`` scheduler policy (infer-sched-policies), ignored by ``fcfs``."""
         if isinstance(prompts, str) or (
             isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int)
         ):
             prompts = [prompts]
-        return self._run(list(prompts), sampling_params, add_special_tokens=True)
+        return self._run(list(prompts), sampling_params, add_special_tokens=True, priority=priority)
 
     def chat(
         self,
@@ -94,14 +99,16 @@ class LLM:
         ]
         return self._run(prompts, sampling_params, add_special_tokens=False)
 
-    def _run(self, prompts: list[Prompt], params: Any, *, add_special_tokens: bool) -> list[RequestOutput]:
+    def _run(self, prompts: list[Prompt], params: Any, *, add_special_tokens: bool,
+             priority: Sequence[int] | None = None) -> list[RequestOutput]:
         if params is None or isinstance(params, SamplingParams):
             params = [params or SamplingParams()] * len(prompts)
         elif len(params) != len(prompts):
             raise RequestError(f"got {len(params)} sampling params for {len(prompts)} prompts; give one, or one each.")
+        priority = self._priorities(priority, len(prompts))
         engine = self.engine
-        requests = [engine.make_request(p, sp, add_special_tokens=add_special_tokens)
-                    for p, sp in zip(prompts, params, strict=True)]  # all validated before any runs
+        requests = [engine.make_request(p, sp, add_special_tokens=add_special_tokens, priority=pr)
+                    for p, sp, pr in zip(prompts, params, priority, strict=True)]  # all validated before any runs
         order = {}
         for i, (request, prompt) in enumerate(zip(requests, prompts, strict=True)):
             engine.add_request(request, prompt if isinstance(prompt, str) else None)
@@ -112,3 +119,16 @@ class LLM:
                 if output.finished and output.request_id in order:
                     results[order[output.request_id]] = output
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _priorities(priority: Sequence[int] | None, n: int) -> list[int]:
+        if priority is None:
+            return [0] * n
+        if not isinstance(priority, Sequence) or isinstance(priority, str):
+            raise RequestError(f"priority must be a list of integers, one per prompt, got {priority!r}.")
+        if len(priority) != n:
+            raise RequestError(f"got {len(priority)} priorities for {n} prompts; give one per prompt.")
+        for value in priority:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise RequestError(f"priority must be an integer, got {value!r}.")
+        return list(priority)
