@@ -75,11 +75,12 @@ class PagedCache(CacheBackend):
             return None
         if admitting and self.pool.num_used_blocks and available - missing < self.watermark_blocks:
             return None  # keep headroom for the running requests (never refuses an idle pool)
-        if not hits and not missing:
-            return []
+        if table is None:
+            if not hits and not missing:
+                return []
+            table = self._tables[request_id] = []
         self.pool.touch(hits)
         new = self.pool.get_new_blocks(missing)
-        table = self._tables.setdefault(request_id, [])
         table.extend(hits)
         table.extend(new)
         self._on_allocated(request, table, total)
