@@ -1,0 +1,328 @@
+"""``infer-bench``: run the standard workloads and write reports.
+
+    infer-bench serve --base-url http://127.0.0.1:8000 --workload W3 --tokenizer MODEL_DIR
+    infer-bench offline --config engine.toml --workload W1,W2 [--section.key value ...]
+    infer-bench hf --model MODEL_DIR --workload W1,W2,W4
+    infer-bench matrix --config engine.toml [--configs static,paged] [--policies all]
+    infer-bench checkpoint llama-3.2-1b --out DIR          # random weights at real shapes
+    infer-bench report DIR                                 # re-draw summary.md and plots
+
+Every run command merges its figures into ``<out>/report.json`` (default
+``benchmarks/reports/<date>-<device>/``) and rewrites ``summary.md`` and the plots there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from infer_core.bench import report as rpt
+from infer_core.bench.workloads import WorkloadOptions, make_workloads, parse_workloads
+from infer_core.errors import InferError
+
+EXIT_USER_ERROR = 2
+
+
+def log(message: str) -> None:
+    print(f"[infer-bench] {message}", file=sys.stderr, flush=True)
+
+
+def _workload_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--workload", default=default, help=f"W1..W6, variants (W3-c8, W5-shared) or 'all' (default {default})")
+    p.add_argument("--seed", type=int, default=0, help="workload seed (default 0: W2 is nano-vllm's)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every prompt/output length (quick runs)")
+    p.add_argument("--num-prompts", type=int, default=None, help="at most this many requests per workload")
+    p.add_argument("--concurrency", default="1,8,32,128", help="W3's concurrency levels")
+    p.add_argument("--out", type=Path, default=None, help="report directory (default benchmarks/reports/<date>-<device>/)")
+    p.add_argument("--label", default=None, help="model label in the report (default: the model directory's name)")
+    p.add_argument("--no-plots", action="store_true", help="write JSON and markdown only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infer-bench", description="infer's benchmarks (docs/benchmarks.md).")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="load-test an OpenAI-compatible server over HTTP")
+    serve.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000")
+    serve.add_argument("--model", default=None, help="model name to request (default: the first of /v1/models)")
+    serve.add_argument("--tokenizer", default=None, help="the served model's directory (vocabulary; W5's text)")
+    serve.add_argument("--model-dir", default=None, help="the served checkpoint, for the roofline (optional)")
+    serve.add_argument("--dtype", default="bfloat16", help="served dtype, for the roofline (default bfloat16)")
+    serve.add_argument("--request-rate", type=float, default=math.inf, help="requests/s, Poisson (default inf: all at once)")
+    serve.add_argument("--max-concurrency", type=int, default=None, help="requests in flight at most")
+    serve.add_argument("--num-warmups", type=int, default=1, help="warm-up requests, not counted (default 1)")
+    serve.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default $OPENAI_API_KEY)")
+    serve.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    serve.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _workload_args(serve, "W3")
+
+    offline = commands.add_parser("offline", help="the workloads through LLM.generate in-process")
+    offline.add_argument("--config", default=None, help="engine TOML (default $INFER_CONFIG)")
+    offline.add_argument("--model", default=None, help="model directory (overrides model.path)")
+    offline.add_argument("--name", default="default", help="configuration name in the report")
+    _workload_args(offline, "W1,W2")
+
+    hf = commands.add_parser("hf", help="the same workloads through Hugging Face transformers")
+    hf.add_argument("--model", required=True, help="model directory")
+    hf.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    hf.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16")
+    _workload_args(hf, "W1,W2,W4")
+
+    matrix = commands.add_parser("matrix", help="the configuration matrix and the policy sweep, offline")
+    matrix.add_argument("--config", default=None, help="base engine TOML")
+    matrix.add_argument("--model", default=None, help="model directory (overrides model.path)")
+    matrix.add_argument("--configs", default="all", help="matrix entries by name, 'all' or 'none'")
+    matrix.add_argument("--policies", default="all", help="policies to sweep, 'all' (installed) or 'none'")
+    _workload_args(matrix, "")
+
+    ckpt = commands.add_parser("checkpoint", help="write a random-weight checkpoint at a real shape")
+    ckpt.add_argument("shape", help="llama-3.2-1b, qwen3-0.6b, qwen3-1.7b, qwen3-4b or gemma-3-1b")
+    ckpt.add_argument("--out", type=Path, required=True, help="directory to write")
+    ckpt.add_argument("--tokenizer", default=None, help="copy this tokenizer (default: a synthetic one)")
+    ckpt.add_argument("--seed", type=int, default=0)
+
+    rep = commands.add_parser("report", help="re-draw summary.md and the plots of a report directory")
+    rep.add_argument("dir", type=Path)
+    return parser
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def workload_options(args, vocab_size: int, tokenizer=None, names: Sequence[str] = ()) -> WorkloadOptions:
+    text_maker = None
+    if tokenizer is not None and any(n.startswith("W5") for n in names):
+        from infer_core.bench.text import TextMaker
+
+        text_maker = TextMaker(tokenizer)
+    levels = tuple(int(c) for c in args.concurrency.split(",") if c.strip())
+    return WorkloadOptions(seed=args.seed, vocab_size=vocab_size, text_maker=text_maker,
+                           scale=args.scale, num_prompts=args.num_prompts, concurrency=levels)
+
+
+def print_run(entry: dict[str, Any]) -> None:
+    m = entry["metrics"]
+    line = (f"{entry['source']:>7} {entry['model']} {entry['workload']:<10} {entry.get('config_name') or '':<14} "
+            f"{m['completed']} ok / {m['failed']} failed, {m['output_throughput']:,.1f} out tok/s, "
+            f"TTFT p50 {_ms(m['ttft_ms']['p50'])}, TPOT {_ms(m['tpot_ms']['mean'])}, "
+            f"ITL p50/p99 {_ms(m['itl_ms']['p50'])}/{_ms(m['itl_ms']['p99'])}")
+    print(line, flush=True)
+    for error in m["errors"][:5]:
+        print(f"        failed: {error}", flush=True)
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f} ms"
+
+
+def finish(out: Path | None, device: str, *, runs, skipped=(), models=None, configs=None,
+           bandwidth=None, notes=(), plots: bool = True) -> Path:
+    directory = out or rpt.default_report_dir(rpt.device_name(device))
+    report = rpt.load_report(directory, device)
+    rpt.merge(report, runs=list(runs), skipped=list(skipped), models=models, configs=configs,
+              bandwidth=bandwidth, notes=list(notes))
+    for path in rpt.write_report(directory, report, plots=plots):
+        log(f"wrote {path}")
+    return directory
+
+
+def model_info(model_dir: str, dtype: str) -> dict[str, Any]:
+    from infer_core.bench.roofline import model_bytes
+    from infer_core.loader.hf_config import architecture_of, read_hf_config
+
+    return {"path": str(model_dir), "architecture": architecture_of(read_hf_config(model_dir)),
+            "bytes": model_bytes(model_dir, dtype).to_dict()}
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_serve(args) -> int:
+    from infer_core.bench.client import ServeOptions, run_workload
+
+    names = parse_workloads(args.workload)
+    tokenizer = None
+    if args.tokenizer:
+        from infer_core.loader.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_dir(args.tokenizer)
+    vocab = tokenizer.vocab_size if tokenizer is not None else WorkloadOptions().vocab_size
+    workloads = make_workloads(names, workload_options(args, vocab, tokenizer, names))
+    opts = ServeOptions(base_url=args.base_url, model=args.model, api_key=args.api_key,
+                        request_rate=args.request_rate, max_concurrency=args.max_concurrency,
+                        seed=args.seed, num_warmups=args.num_warmups, timeout_s=args.timeout,
+                        progress=not args.no_progress)
+    runs, label = [], args.label
+    for workload in workloads:
+        records, duration, model = run_workload(workload, opts)
+        label = label or model
+        entry = rpt.run_entry("serve", workload, records, duration, model=label, config_name=None,
+                              base_url=args.base_url, request_rate=str(args.request_rate))
+        runs.append(entry)
+        print_run(entry)
+    models = {label: model_info(args.model_dir, args.dtype)} if args.model_dir else None
+    finish(args.out, "auto", runs=runs, models=models, plots=not args.no_plots)
+    return 0 if all(r["metrics"]["failed"] == 0 for r in runs) else 1
+
+
+def _offline_llm(args, extra: Sequence[str]):
+    from infer_core import LLM
+    from infer_core.config import load_config, parse_cli_overrides
+
+    overrides = parse_cli_overrides(list(extra))
+    if args.model:
+        overrides.setdefault("model", {})["path"] = args.model
+    config = load_config(args.config, overrides=overrides)
+    return LLM(config=config), config, overrides
+
+
+def _dtype_name(llm) -> str:
+    return str(llm.engine.layout.dtype).removeprefix("torch.")
+
+
+def cmd_offline(args, extra: Sequence[str]) -> int:
+    from infer_core.bench.offline import run_offline
+    from infer_core.bench.roofline import measure_copy_bandwidth
+    from infer_core.config import config_to_dict
+
+    names = parse_workloads(args.workload)
+    llm, config, _ = _offline_llm(args, extra)
+    label = args.label or Path(config.model.path).name
+    workloads = make_workloads(names, workload_options(args, llm.engine.vocab_size, llm.tokenizer, names))
+    runs, skipped = [], []
+    for workload in workloads:
+        if workload.http_only:
+            skipped.append({"source": "offline", "what": workload.name,
+                            "reason": "concurrency levels need a client: run it with infer-bench serve"})
+            continue
+        log(f"offline {label}: {workload.name} ({len(workload.requests)} requests)")
+        run = run_offline(llm, workload)
+        entry = rpt.run_entry("offline", workload, run.records, run.duration_s, model=label,
+                              config_name=args.name, engine=run.engine)
+        runs.append(entry)
+        print_run(entry)
+    device = llm.engine.layout.device.type
+    bandwidth = measure_copy_bandwidth(device)
+    finish(args.out, device, runs=runs, skipped=skipped, bandwidth=bandwidth,
+           models={label: model_info(config.model.path, _dtype_name(llm))},
+           configs={args.name: config_to_dict(config)}, plots=not args.no_plots)
+    return 0 if all(r["metrics"]["failed"] == 0 for r in runs) else 1
+
+
+def cmd_hf(args) -> int:
+    import torch
+
+    from infer_core.bench import hf
+    from infer_core.loader.tokenizer import Tokenizer
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    dtype = ("bfloat16" if device == "cuda" else "float32") if args.dtype == "auto" else args.dtype
+    names = parse_workloads(args.workload)
+    label = args.label or Path(args.model).name
+    vocab = Tokenizer.from_dir(args.model).vocab_size
+    workloads = make_workloads([n for n in names if not n.startswith("W5")], workload_options(args, vocab))
+    model = hf.load_model(args.model, device, dtype)
+    runs, skipped = [], []
+    for workload in workloads:
+        log(f"hf {label}: {workload.name} ({len(workload.requests)} requests)")
+        try:
+            run = hf.run_hf(model, workload)
+        except hf.HFUnavailable as exc:
+            skipped.append({"source": "hf", "what": workload.name, "reason": str(exc)})
+            log(f"skip {workload.name}: {exc}")
+            continue
+        entry = rpt.run_entry("hf", workload, run.records, run.duration_s, model=label, method=run.method)
+        runs.append(entry)
+        print_run(entry)
+    finish(args.out, device, runs=runs, skipped=skipped, plots=not args.no_plots)
+    return 0
+
+
+def cmd_matrix(args, extra: Sequence[str]) -> int:
+    from infer_core import LLM
+    from infer_core.bench.matrix import matrix_entries, policy_entries, run_matrix
+    from infer_core.config import load_config, parse_cli_overrides
+    from infer_core.plugins import make_plugin_manager
+
+    overrides = parse_cli_overrides(list(extra))
+    if args.model:
+        overrides.setdefault("model", {})["path"] = args.model
+    base = load_config(args.config, overrides=overrides)
+    entries = [] if args.configs == "none" else matrix_entries(base)
+    if args.configs not in ("all", "none"):
+        wanted = [c.strip() for c in args.configs.split(",")]
+        unknown = sorted(set(wanted) - {e.name for e in entries})
+        if unknown:
+            raise InferError(f"no matrix entry named {', '.join(unknown)}; entries: "
+                             f"{', '.join(e.name for e in entries)}.")
+        entries = [e for e in entries if e.name in wanted]
+    pm = make_plugin_manager()
+    if args.policies != "none":
+        policies = pm.scheduler_policies.names() if args.policies == "all" else args.policies.split(",")
+        entries += policy_entries(policies, "prefix" in pm.cache_backends)
+    if args.workload:
+        keep = set(parse_workloads(args.workload))
+        entries = [e for e in entries if keep & {w.upper() for w in e.workloads} or
+                   keep & {w.split("-")[0].upper() for w in e.workloads}]
+    label = args.label or Path(base.model.path).name
+
+    def workloads(llm, names):
+        return make_workloads(names, workload_options(args, llm.engine.vocab_size, llm.tokenizer, names))
+
+    result = run_matrix(args.config, overrides, entries, workloads, model_label=label,
+                        make_llm=lambda cfg: LLM(config=cfg), log=log)
+    for entry in result.runs:
+        print_run(entry)
+    finish(args.out, base.model.device, runs=result.runs, skipped=result.skipped,
+           configs=result.configs, plots=not args.no_plots)
+    return 0
+
+
+def cmd_checkpoint(args) -> int:
+    from infer_core.bench.checkpoints import write_random_checkpoint
+
+    start = time.monotonic()
+    out = write_random_checkpoint(args.shape, args.out, tokenizer_dir=args.tokenizer, seed=args.seed)
+    log(f"wrote {args.shape} to {out} in {time.monotonic() - start:.1f} s")
+    print(out)
+    return 0
+
+
+def cmd_report(args) -> int:
+    report = rpt.load_report(args.dir)
+    for path in rpt.write_report(args.dir, report):
+        log(f"wrote {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("offline", "matrix"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "offline":
+            return cmd_offline(args, extra)
+        if args.command == "hf":
+            return cmd_hf(args)
+        if args.command == "matrix":
+            return cmd_matrix(args, extra)
+        if args.command == "checkpoint":
+            return cmd_checkpoint(args)
+        return cmd_report(args)
+    except InferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

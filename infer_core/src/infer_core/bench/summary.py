@@ -1,0 +1,123 @@
+"""``summary.md``: the report's figures as markdown tables (runs against the roofline, the HF
+side by side, the configuration matrix and policy sweep, what was skipped)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.0f} %"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return []
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows), ""]
+
+
+def _runs_table(runs: list[dict]) -> list[str]:
+    rows = []
+    for r in runs:
+        m = r["metrics"]
+        roof = r.get("roofline") or {}
+        bound = (f"{roof['bound_ms_per_token']:.2f} ms/tok" if "bound_ms_per_token" in roof
+                 else f"{roof['bound_output_tokens_per_s']:,.0f} tok/s" if roof else "–")
+        rows.append([
+            r["model"], r["workload"], r["source"], r.get("config_name") or "–",
+            _f(m["request_throughput"], 2), _f(m["output_throughput"], 0),
+            f"{_f(m['ttft_ms']['p50'])} / {_f(m['ttft_ms']['p99'])}",
+            _f(m["tpot_ms"]["mean"], 2),
+            f"{_f(m['itl_ms']['p50'], 2)} / {_f(m['itl_ms']['p99'], 2)}",
+            _f(r.get("ms_per_output_token"), 2), bound, _pct(roof.get("fraction_of_roofline")),
+            str(m["failed"]),
+        ])
+    return _table(["model", "workload", "source", "config", "req/s", "out tok/s",
+                   "TTFT p50 / p99 ms", "TPOT ms", "ITL p50 / p99 ms", "ms/token (W1)",
+                   "roofline", "of roofline", "failed"], rows)
+
+
+def _hf_table(runs: list[dict]) -> list[str]:
+    ours = {(r["model"], r["workload"]): r for r in runs if r["source"] == "offline"}
+    rows = []
+    for hf in (r for r in runs if r["source"] == "hf"):
+        mine = ours.get((hf["model"], hf["workload"]))
+        if hf.get("ms_per_output_token") is not None:
+            a, b = (mine or {}).get("ms_per_output_token"), hf["ms_per_output_token"]
+            ratio = b / a if a and b else None
+            rows.append([hf["model"], hf["workload"], f"{_f(a, 2)} ms/tok", f"{_f(b, 2)} ms/tok",
+                         _f(ratio, 2) + "×" if ratio else "–", hf.get("method", "")])
+        else:
+            a = (mine or {}).get("metrics", {}).get("output_throughput")
+            b = hf["metrics"]["output_throughput"]
+            ratio = a / b if a and b else None
+            rows.append([hf["model"], hf["workload"], f"{_f(a, 0)} tok/s", f"{_f(b, 0)} tok/s",
+                         _f(ratio, 2) + "×" if ratio else "–", hf.get("method", "")])
+    return _table(["model", "workload", "infer", "transformers", "infer speed-up", "HF method"], rows)
+
+
+def _matrix_table(runs: list[dict]) -> list[str]:
+    rows = []
+    for r in runs:
+        m = r["metrics"]
+        rows.append([
+            r["source"], r.get("config_name") or "–", r["workload"], _f(m["output_throughput"], 0),
+            f"{_f(m['ttft_ms']['p50'])} / {_f(m['ttft_ms']['p99'])}",
+            f"{_f(m['itl_ms']['p50'], 2)} / {_f(m['itl_ms']['p99'], 2)}",
+            _f(m["max_queue_ms"]), str(m["num_preemptions"]),
+            _pct((r.get("engine") or {}).get("prefix_cache_hit_rate")),
+        ])
+    return _table(["sweep", "config", "workload", "out tok/s", "TTFT p50 / p99 ms",
+                   "ITL p50 / p99 ms", "max queue ms", "preemptions", "prefix hits"], rows)
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    v = env.get("versions", {})
+    commit = env.get("commit") or {}
+    lines = [
+        f"# Benchmark report — {env.get('device')}",
+        "",
+        f"Updated {report.get('updated')}; commit {commit.get('sha', 'unknown')[:12]}"
+        f"{' (dirty)' if commit.get('dirty') else ''}; infer-core {v.get('infer-core')}, "
+        f"torch {v.get('torch')}, triton {v.get('triton')}, transformers {v.get('transformers')}.",
+        "",
+    ]
+    bw = report.get("bandwidth")
+    if bw:
+        lines += [f"Measured copy bandwidth: {bw['bytes_per_s'] / 1e9:,.0f} GB/s ({bw['method']}).", ""]
+    for label, model in report.get("models", {}).items():
+        b = model.get("bytes")
+        if b:
+            lines.append(f"- `{label}`: {b['num_params'] / 1e9:.2f} B parameters, "
+                         f"{b['weights_bytes'] / 1e9:.2f} GB read per decode step "
+                         f"({b['dtype']}), KV {b['kv_bytes_per_token'] / 1024:.0f} KiB per token.")
+    lines.append("")
+    main = [r for r in report["runs"] if r["source"] in ("offline", "serve")]
+    if main:
+        lines += ["## Runs", "", *_runs_table(main)]
+    if any(r["source"] == "hf" for r in report["runs"]):
+        lines += ["## Side by side with Hugging Face transformers", "",
+                  *_hf_table(report["runs"])]
+    sweep = [r for r in report["runs"] if r["source"] in ("matrix", "policy")]
+    if sweep:
+        lines += ["## Configuration matrix and policy sweep", "", *_matrix_table(sweep)]
+    if report.get("skipped"):
+        lines += ["## Skipped", ""]
+        lines += [f"- {s['source']}: {s['what']} — {s['reason']}" for s in report["skipped"]]
+        lines.append("")
+    if report.get("notes"):
+        lines += ["## Notes", "", *(f"- {n}" for n in report["notes"]), ""]
+    if report.get("plots"):
+        lines += ["## Plots", "", *(f"![{p}]({p})" for p in report["plots"]), ""]
+    lines.append("Metric definitions: docs/benchmarks.md.")
+    return "\n".join(lines) + "\n"
