@@ -54,7 +54,8 @@ def _step(scheduler: Scheduler):
 
 
 class WaitingFirst(FCFSPolicy):
-    admit_waiting_first = True
+    def admit_before(self, request: R) -> bool:
+        return True
 
 
 def test_waiting_first_gives_a_new_prompt_the_budget_before_a_running_prefill():

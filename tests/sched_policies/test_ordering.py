@@ -123,7 +123,8 @@ def test_prefill_first_orders_prefilling_before_decoding_and_decode_first_the_re
     fresh = syn("new", 2.0, prompt=5)
     assert ids(PrefillFirstPolicy().order_running([decoding, prefilling, fresh])) == ["pre", "new", "dec"]
     assert ids(DecodeFirstPolicy().order_running([fresh, prefilling, decoding])) == ["dec", "pre", "new"]
-    assert PrefillFirstPolicy().admit_waiting_first and not DecodeFirstPolicy().admit_waiting_first
+    assert [PrefillFirstPolicy().admit_before(r) for r in (decoding, prefilling)] == [True, False]
+    assert not DecodeFirstPolicy().admit_before(decoding)
     assert DecodeFirstPolicy().max_prefill_tokens == 512
     assert DecodeFirstPolicy(DecodeFirstOptions(max_prefill_tokens=7)).max_prefill_tokens == 7
 

@@ -1,9 +1,10 @@
-"""``prefill_first``: new prompts get each step's token budget before running requests.
+"""``prefill_first``: prompts get each step's token budget before running decodes.
 
-Waiting requests are admitted (in arrival order) before the running ones are served, so a new
-prompt starts in the step after it arrives whenever a sequence slot and the cache allow it;
-running requests share what the prompts leave, those still prefilling before the decodes.
-This favours time to first token over steady decoding (vLLM V0's default behaviour).
+Each step serves, in this order: running requests still prefilling (a chunked prompt, or a
+recompute), then new prompts admitted from the queue (in arrival order), then the decodes
+with what is left. A new prompt starts as soon as a sequence slot and the cache allow it;
+decodes wait while prompts fill the steps. This favours time to first token over steady
+inter-token latency (as vLLM V0's default scheduler did).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from infer_sched_policies.phases import is_decoding
 
 
 class PrefillFirstPolicy(FCFSPolicy):
-    admit_waiting_first = True
-
     def order_running(self, running: Sequence[R]) -> list[R]:
         return sorted(running, key=lambda r: (is_decoding(r), r.arrival_time))
+
+    def admit_before(self, request: R) -> bool:
+        return is_decoding(request)

@@ -6,8 +6,8 @@ running request to preempt when the cache cannot grow). A few optional hooks, ne
 default, let a policy shape the step without a second code path in the scheduler:
 
 ==========================  ==============================================================
-``admit_waiting_first``     admit waiting requests before serving running ones, so new
-                            prompts get the step's budget first (``prefill_first``)
+``admit_before``            admit waiting requests before serving this running request
+                            (``prefill_first``: new prompts before running decodes)
 ``max_prefill_tokens``      most prompt / recompute tokens one step may schedule
                             (``decode_first``)
 ``can_admit``               gate admission, e.g. only when nothing runs (``static``)
@@ -63,9 +63,6 @@ class SchedulerPolicy(ABC):
     their inputs; ``pick_victim`` returns a member of ``running``.
     """
 
-    admit_waiting_first: bool = False
-    """Admit waiting requests before serving running ones (they get the budget first)."""
-
     max_prefill_tokens: int | None = None
     """Most prefill tokens (prompt chunks and recompute after preemption, over all requests)
     one step may schedule; ``None`` = the step budget. With chunked prefill off, the first
@@ -92,6 +89,12 @@ class SchedulerPolicy(ABC):
 
     # -- optional hooks: the defaults leave the scheduler's behaviour unchanged --------------
 
+    def admit_before(self, request: R) -> bool:
+        """Whether waiting requests are admitted before running ``request`` is served. The
+        scheduler admits before the first request in :meth:`order_running` order for which
+        this is True (default: never, so admission comes after every running request)."""
+        return False
+
     def can_admit(self, request: R, running: Sequence[R]) -> bool:
         """Whether ``request`` (next in :meth:`order_waiting`) may be admitted now.
 
@@ -101,8 +104,8 @@ class SchedulerPolicy(ABC):
 
     def must_serve(self, running: Sequence[R]) -> list[R]:
         """Members of ``running`` that must get at least one token this step: the scheduler
-        keeps a token of the budget for each until it reaches it (unless the cache forces
-        its preemption)."""
+        keeps a token of the budget for each until it reaches it, admission included
+        (unless the cache forces its preemption)."""
         return []
 
     def preempt_for(self, request: R, running: Sequence[R]) -> R | None:

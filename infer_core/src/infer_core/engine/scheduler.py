@@ -9,10 +9,11 @@ decode and a prefix hit are the same arithmetic.
 Running requests are served in the policy's order; when the cache cannot grow one of them,
 the policy's victim is preempted (its blocks freed, recomputed later; if it was already
 scheduled this step, that is undone). Waiting requests are admitted in the policy's order
-while the budget, the sequence cap, the cache and the policy's ``can_admit`` allow. The
-policy's optional hooks (``infer_core.engine.policy``) adjust this one path: admission may
-come first, prefill tokens may have their own cap, some running requests may be owed a
-token, and a waiting request may preempt a running one.
+while the budget, the sequence cap, the cache and the policy's ``can_admit`` allow — after
+the running requests, or before the first one the policy's ``admit_before`` names. The
+policy's other optional hooks (``infer_core.engine.policy``) adjust the same path: prefill
+tokens may have their own cap, some running requests may be owed a token, and a waiting
+request may preempt a running one.
 """
 
 from __future__ import annotations
@@ -148,13 +149,13 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         step = _StepPlan(self.limits.max_num_batched_tokens, self.policy.max_prefill_tokens)
-        if self.policy.admit_waiting_first:
-            self._admit_waiting(step)
-            self._serve_running(step)
-        else:
-            self._serve_running(step)
-            if not step.preempted:  # a step that had to preempt has no room to admit anyone
-                self._admit_waiting(step)
+        order = self.policy.order_running(list(self.running))
+        owed = {r.request_id for r in self.policy.must_serve(order)}
+        split = next((i for i, r in enumerate(order) if self.policy.admit_before(r)), len(order))
+        self._serve_running(order[:split], owed, step)
+        if not step.preempted:  # a step that had to preempt has no room to admit anyone
+            self._admit_waiting(step, reserve=len(owed))
+        self._serve_running(order[split:], owed, step)
         self.policy.on_step(dict(step.num_scheduled))
 
         finished, self._finished_ids = self._finished_ids, []
@@ -167,13 +168,11 @@ class Scheduler:
             preempted_req_ids=step.preempted,
         )
 
-    def _serve_running(self, step: _StepPlan) -> None:
-        """Running requests not yet scheduled this step, in the policy's order; a token of the
-        budget is kept for each ``must_serve`` request not reached yet."""
-        order = self.policy.order_running([r for r in self.running if r.request_id not in step.num_scheduled])
-        owed = {r.request_id for r in self.policy.must_serve(order)}
+    def _serve_running(self, order: list[Request], owed: set[str], step: _StepPlan) -> None:
+        """Serve running requests in ``order``, keeping a token of the budget for each
+        ``owed`` request not reached yet."""
         for request in order:
-            if request.status != RequestStatus.RUNNING:  # preempted earlier in this loop
+            if request.status != RequestStatus.RUNNING:  # preempted earlier in this step
                 continue
             owed.discard(request.request_id)
             num_new = self._num_new_tokens(request, step, step.budget - len(owed))
@@ -194,17 +193,17 @@ class Scheduler:
             step.cached_reqs[request.request_id] = CachedRequestData(
                 request.request_id, new_blocks, request.num_computed_tokens)
 
-    def _admit_waiting(self, step: _StepPlan) -> None:
+    def _admit_waiting(self, step: _StepPlan, reserve: int) -> None:
         """Waiting requests in the policy's order, until one cannot be admitted (nothing
-        behind it overtakes it)."""
+        behind it overtakes it); ``reserve`` tokens of the budget stay for owed requests."""
         running_before = list(self.running)
         for request in self.policy.order_waiting(self.waiting):
-            if step.budget == 0 or not self.policy.can_admit(request, running_before):
+            if step.budget <= reserve or not self.policy.can_admit(request, running_before):
                 break
-            if not self._try_admit(request, step):
+            if not self._try_admit(request, step, reserve):
                 break
 
-    def _try_admit(self, request: Request, step: _StepPlan) -> bool:
+    def _try_admit(self, request: Request, step: _StepPlan, reserve: int) -> bool:
         """Admit ``request`` if it fits, preempting the policy's ``preempt_for`` victims while
         the sequence cap or the cache refuses it."""
         while True:
@@ -212,7 +211,7 @@ class Scheduler:
             if len(self.running) < self.limits.max_num_seqs:
                 computed_blocks, num_cached = self.cache.get_computed_blocks(request)
                 request.num_computed_tokens = 0
-                num_new = self._num_new_tokens(request, step, step.budget, num_cached)
+                num_new = self._num_new_tokens(request, step, step.budget - reserve, num_cached)
                 if num_new == 0:  # out of budget, or a whole prompt that does not fit the step
                     return False
                 new_blocks = self.cache.allocate_slots(request, num_new, num_cached, computed_blocks)

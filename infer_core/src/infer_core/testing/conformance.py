@@ -147,7 +147,6 @@ class SchedulerPolicyConformance(PluginConformance):
 
     def test_step_knobs_are_well_formed(self, spec: Spec) -> None:
         policy = self.make_policy(spec)
-        assert isinstance(policy.admit_waiting_first, bool)
         cap = policy.max_prefill_tokens
         assert cap is None or (isinstance(cap, int) and cap >= 1), (
             f"max_prefill_tokens must be None or >= 1 (a step must be able to make progress), got {cap!r}")
@@ -160,6 +159,7 @@ class SchedulerPolicyConformance(PluginConformance):
         waiting, running = requests[split], requests[split + 1:]
         before = list(running)
         assert isinstance(policy.can_admit(waiting, running), bool)
+        assert all(isinstance(policy.admit_before(r), bool) for r in running)
         owed = policy.must_serve(policy.order_running(running))
         assert all(any(o is r for r in running) for o in owed), "must_serve returned a non-running request"
         victim = policy.preempt_for(waiting, running)

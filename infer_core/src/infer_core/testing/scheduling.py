@@ -127,7 +127,6 @@ class _Recording(SchedulerPolicy):
     def __init__(self, inner: SchedulerPolicy) -> None:
         super().__init__(inner.options)
         self.inner = inner
-        self.admit_waiting_first = inner.admit_waiting_first
         self.max_prefill_tokens = inner.max_prefill_tokens
         self.owed: frozenset[str] = frozenset()
 
@@ -139,6 +138,9 @@ class _Recording(SchedulerPolicy):
 
     def pick_victim(self, running: Sequence[R]) -> R:
         return self.inner.pick_victim(running)
+
+    def admit_before(self, request: R) -> bool:
+        return self.inner.admit_before(request)
 
     def can_admit(self, request: R, running: Sequence[R]) -> bool:
         return self.inner.can_admit(request, running)
