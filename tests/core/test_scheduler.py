@@ -115,6 +115,22 @@ def test_must_serve_keeps_a_token_for_each_owed_request():
         assert _step(scheduler).num_scheduled_tokens == expected
 
 
+def test_admission_before_owed_requests_leaves_them_their_token():
+    class AdmitFirstOweAll(FCFSPolicy):
+        def admit_before(self, request: R) -> bool:
+            return True
+
+        def must_serve(self, running: Sequence[R]) -> list[R]:
+            return list(running)
+
+    limits = SchedulerLimits(max_num_seqs=4, max_num_batched_tokens=16, max_model_len=64)
+    scheduler = Scheduler(limits, SmallBlocks(32, 4), AdmitFirstOweAll())
+    scheduler.add_request(_req("a", 2, 0.0))
+    _step(scheduler)
+    scheduler.add_request(_req("b", 40, 1.0))
+    assert list(_step(scheduler).num_scheduled_tokens.items()) == [("b", 15), ("a", 1)]
+
+
 class Gate(FCFSPolicy):
     def __init__(self) -> None:
         super().__init__()
