@@ -22,7 +22,7 @@ from infer_core.loader.hf_config import head_dim_of, read_hf_config
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
 COPY_BYTES_CUDA = 1 << 30
-COPY_BYTES_CPU = 1 << 27
+COPY_BYTES_CPU = 1 << 26
 
 
 @dataclass(frozen=True)
