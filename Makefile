@@ -22,7 +22,7 @@ venv: $(STAMP)
 $(STAMP): $(addsuffix /pyproject.toml,$(PACKAGES) $(EXAMPLE_PLUGIN)) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e "infer_core[test]" \
+	$(PIP) install -q -e "infer_core[test,bench]" \
 		$(addprefix -e ,$(filter-out infer_core,$(PACKAGES))) -e $(EXAMPLE_PLUGIN) ruff
 	touch $(STAMP)
 
