@@ -94,3 +94,17 @@ def test_plots_are_written_when_matplotlib_is_installed(tmp_path):
     names = {p.name for p in files}
     assert {"throughput_vs_concurrency.png", "ttft_itl.png", "matrix.png", "hf_side_by_side.png"} <= names
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
+
+
+def test_report_command_merges_reports_of_separate_runs(tmp_path):
+    from infer_core.bench.cli import main
+
+    first = rpt.run_entry("offline", workload("W1", 1, "ms_per_output_token"), records(1, 0.004), 1.0,
+                          model="m", config_name="default")
+    second = rpt.run_entry("serve", workload("W4", 2), records(2, 0.01), 1.0, model="m")
+    rpt.write_report(tmp_path / "a", report_with(first), plots=False)
+    rpt.write_report(tmp_path / "b", report_with(second), plots=False)
+    assert main(["report", str(tmp_path / "a"), "--add", str(tmp_path / "b"), "--no-plots"]) == 0
+    data = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert [(r["source"], r["workload"]) for r in data["runs"]] == [("offline", "W1"), ("serve", "W4")]
+    assert main(["report", str(tmp_path / "a"), "--add", str(tmp_path / "missing")]) == 2

@@ -14,6 +14,7 @@ Every run command merges its figures into ``<out>/report.json`` (default
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = commands.add_parser("report", help="re-draw summary.md and the plots of a report directory")
     rep.add_argument("dir", type=Path)
+    rep.add_argument("--add", type=Path, nargs="*", default=[],
+                     help="merge these report directories (or report.json files) into DIR first")
+    rep.add_argument("--no-plots", action="store_true", help="write JSON and markdown only")
     return parser
 
 
@@ -121,15 +125,25 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f} ms"
 
 
-def finish(out: Path | None, device: str, *, runs, skipped=(), models=None, configs=None,
-           bandwidth=None, notes=(), plots: bool = True) -> Path:
-    directory = out or rpt.default_report_dir(rpt.device_name(device))
-    report = rpt.load_report(directory, device)
-    rpt.merge(report, runs=list(runs), skipped=list(skipped), models=models, configs=configs,
-              bandwidth=bandwidth, notes=list(notes))
-    for path in rpt.write_report(directory, report, plots=plots):
-        log(f"wrote {path}")
-    return directory
+class ReportWriter:
+    """Merges each result into the report as soon as it exists (a run killed by a time limit
+    keeps what it finished); ``close()`` draws the plots."""
+
+    def __init__(self, out: Path | None, device: str, plots: bool = True) -> None:
+        self.directory = out or rpt.default_report_dir(rpt.device_name(device))
+        self.device = device
+        self.plots = plots
+
+    def add(self, **parts: Any) -> None:
+        report = rpt.load_report(self.directory, self.device)
+        rpt.merge(report, **parts)
+        rpt.write_report(self.directory, report, plots=False)
+
+    def close(self) -> Path:
+        report = rpt.load_report(self.directory, self.device)
+        for path in rpt.write_report(self.directory, report, plots=self.plots):
+            log(f"wrote {path}")
+        return self.directory
 
 
 def model_info(model_dir: str, dtype: str) -> dict[str, Any]:
@@ -158,6 +172,7 @@ def cmd_serve(args) -> int:
                         request_rate=args.request_rate, max_concurrency=args.max_concurrency,
                         seed=args.seed, num_warmups=args.num_warmups, timeout_s=args.timeout,
                         progress=not args.no_progress)
+    writer = ReportWriter(args.out, "auto", plots=not args.no_plots)
     runs, label = [], args.label
     for workload in workloads:
         records, duration, model = run_workload(workload, opts)
@@ -166,8 +181,9 @@ def cmd_serve(args) -> int:
                               base_url=args.base_url, request_rate=str(args.request_rate))
         runs.append(entry)
         print_run(entry)
-    models = {label: model_info(args.model_dir, args.dtype)} if args.model_dir else None
-    finish(args.out, "auto", runs=runs, models=models, plots=not args.no_plots)
+        models = {label: model_info(args.model_dir, args.dtype)} if args.model_dir else None
+        writer.add(runs=[entry], models=models)
+    writer.close()
     return 0 if all(r["metrics"]["failed"] == 0 for r in runs) else 1
 
 
@@ -195,11 +211,16 @@ def cmd_offline(args, extra: Sequence[str]) -> int:
     llm, config, _ = _offline_llm(args, extra)
     label = args.label or Path(config.model.path).name
     workloads = make_workloads(names, workload_options(args, llm.engine.vocab_size, llm.tokenizer, names))
-    runs, skipped = [], []
+    device = llm.engine.layout.device.type
+    writer = ReportWriter(args.out, device, plots=not args.no_plots)
+    writer.add(bandwidth=measure_copy_bandwidth(device),
+               models={label: model_info(config.model.path, _dtype_name(llm))},
+               configs={args.name: config_to_dict(config)})
+    runs = []
     for workload in workloads:
         if workload.http_only:
-            skipped.append({"source": "offline", "what": workload.name,
-                            "reason": "concurrency levels need a client: run it with infer-bench serve"})
+            writer.add(skipped=[{"source": "offline", "what": workload.name,
+                                 "reason": "concurrency levels need a client: run it with infer-bench serve"}])
             continue
         log(f"offline {label}: {workload.name} ({len(workload.requests)} requests)")
         run = run_offline(llm, workload)
@@ -207,11 +228,8 @@ def cmd_offline(args, extra: Sequence[str]) -> int:
                               config_name=args.name, engine=run.engine)
         runs.append(entry)
         print_run(entry)
-    device = llm.engine.layout.device.type
-    bandwidth = measure_copy_bandwidth(device)
-    finish(args.out, device, runs=runs, skipped=skipped, bandwidth=bandwidth,
-           models={label: model_info(config.model.path, _dtype_name(llm))},
-           configs={args.name: config_to_dict(config)}, plots=not args.no_plots)
+        writer.add(runs=[entry])
+    writer.close()
     return 0 if all(r["metrics"]["failed"] == 0 for r in runs) else 1
 
 
@@ -228,19 +246,20 @@ def cmd_hf(args) -> int:
     vocab = Tokenizer.from_dir(args.model).vocab_size
     workloads = make_workloads([n for n in names if not n.startswith("W5")], workload_options(args, vocab))
     model = hf.load_model(args.model, device, dtype)
-    runs, skipped = [], []
+    writer = ReportWriter(args.out, device, plots=not args.no_plots)
     for workload in workloads:
         log(f"hf {label}: {workload.name} ({len(workload.requests)} requests)")
         try:
             run = hf.run_hf(model, workload)
-        except hf.HFUnavailable as exc:
-            skipped.append({"source": "hf", "what": workload.name, "reason": str(exc)})
-            log(f"skip {workload.name}: {exc}")
+        except Exception as exc:  # transformers' own failures are a finding, not a crash
+            reason = str(exc) if isinstance(exc, hf.HFUnavailable) else f"{type(exc).__name__}: {exc}"
+            writer.add(skipped=[{"source": "hf", "what": f"{label} {workload.name}", "reason": reason[:500]}])
+            log(f"skip {workload.name}: {reason[:500]}")
             continue
         entry = rpt.run_entry("hf", workload, run.records, run.duration_s, model=label, method=run.method)
-        runs.append(entry)
         print_run(entry)
-    finish(args.out, device, runs=runs, skipped=skipped, plots=not args.no_plots)
+        writer.add(runs=[entry])
+    writer.close()
     return 0
 
 
@@ -275,12 +294,12 @@ def cmd_matrix(args, extra: Sequence[str]) -> int:
     def workloads(llm, names):
         return make_workloads(names, workload_options(args, llm.engine.vocab_size, llm.tokenizer, names))
 
+    writer = ReportWriter(args.out, base.model.device, plots=not args.no_plots)
     result = run_matrix(args.config, overrides, entries, workloads, model_label=label,
-                        make_llm=lambda cfg: LLM(config=cfg), log=log)
+                        make_llm=lambda cfg: LLM(config=cfg), log=log, on_result=writer.add)
     for entry in result.runs:
         print_run(entry)
-    finish(args.out, base.model.device, runs=result.runs, skipped=result.skipped,
-           configs=result.configs, plots=not args.no_plots)
+    writer.close()
     return 0
 
 
@@ -296,7 +315,14 @@ def cmd_checkpoint(args) -> int:
 
 def cmd_report(args) -> int:
     report = rpt.load_report(args.dir)
-    for path in rpt.write_report(args.dir, report):
+    for other in args.add:
+        path = other / rpt.REPORT_FILE if other.is_dir() else other
+        if not path.is_file():
+            raise InferError(f"'{path}' is not a report; give a report directory or its report.json.")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        rpt.merge(report, runs=data["runs"], skipped=data["skipped"], models=data["models"],
+                  configs=data["configs"], bandwidth=data.get("bandwidth"), notes=data["notes"])
+    for path in rpt.write_report(args.dir, report, plots=not args.no_plots):
         log(f"wrote {path}")
     return 0
 

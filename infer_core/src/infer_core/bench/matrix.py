@@ -94,9 +94,15 @@ class MatrixResult:
 
 def run_matrix(base_path: str | None, base_overrides: dict[str, Any], entries: Sequence[MatrixEntry],
                workloads: Callable[[Any, Sequence[str]], list[Workload]], *, model_label: str,
-               make_llm: Callable[[EngineConfig], Any], log: Callable[[str], None] = print) -> MatrixResult:
+               make_llm: Callable[[EngineConfig], Any], log: Callable[[str], None] = print,
+               on_result: Callable[..., None] | None = None) -> MatrixResult:
     """Run every entry on a fresh engine. ``workloads(llm, names)`` builds the named workloads
-    for that engine (its vocabulary and tokenizer); ``make_llm(config)`` builds the engine."""
+    for that engine (its vocabulary and tokenizer); ``make_llm(config)`` builds the engine;
+    ``on_result(runs=..., skipped=..., configs=...)`` hears of each result as it comes."""
+    def report(**parts: Any) -> None:
+        if on_result is not None:
+            on_result(**parts)
+
     result = MatrixResult()
     pm = make_plugin_manager()
     for entry in entries:
@@ -104,6 +110,7 @@ def run_matrix(base_path: str | None, base_overrides: dict[str, Any], entries: S
         reason = missing_plugin(entry.settings, pm)
         if reason is not None:
             result.skipped.append({"source": entry.source, "what": what, "reason": reason})
+            report(skipped=result.skipped[-1:])
             log(f"skip {what}: {reason}")
             continue
         try:
@@ -111,16 +118,24 @@ def run_matrix(base_path: str | None, base_overrides: dict[str, Any], entries: S
             llm = make_llm(config)
         except InferError as exc:
             result.skipped.append({"source": entry.source, "what": what, "reason": str(exc)})
+            report(skipped=result.skipped[-1:])
             log(f"skip {what}: {exc}")
             continue
         result.configs[entry.name] = config_to_dict(config)
+        report(configs={entry.name: result.configs[entry.name]})
         try:
             for workload in workloads(llm, entry.workloads):
                 log(f"{entry.source} {entry.name}: {workload.name} ({len(workload.requests)} requests)")
                 run = run_offline(llm, workload)
                 result.runs.append(run_entry(entry.source, workload, run.records, run.duration_s,
                                              model=model_label, config_name=entry.name, engine=run.engine))
+                report(runs=result.runs[-1:])
                 llm.engine.reset_prefix_cache()
+        except Exception as exc:  # one broken configuration must not end the sweep
+            result.skipped.append({"source": entry.source, "what": what,
+                                   "reason": f"failed while running: {type(exc).__name__}: {exc}"[:500]})
+            report(skipped=result.skipped[-1:])
+            log(f"failed {what}: {type(exc).__name__}: {exc}")
         finally:
             del llm
             _free_device_memory()
