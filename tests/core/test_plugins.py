@@ -92,7 +92,8 @@ def test_unknown_name_lists_installed_and_suggests_close_matches():
         pm.scheduler_policies.get("fcsf")
     assert str(e.value) == (
         "no scheduler policy named 'fcsf' (from config scheduler.policy). Installed: fcfs "
-        "(infer-core 0.1.0), shortest_prompt_first (infer-example-policy 0.3.0). Did you mean "
+        "(infer-core 0.1.0), shortest_prompt_first (infer-example-policy 0.3.0), decode_first, "
+        "prefill_first, priority, round_robin, static (infer-sched-policies 0.1.0). Did you mean "
         "'fcfs'? Run 'infer plugins' to see what is installed."
     )
 
