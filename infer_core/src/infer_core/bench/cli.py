@@ -182,7 +182,7 @@ def cmd_serve(args) -> int:
         runs.append(entry)
         print_run(entry)
         models = {label: model_info(args.model_dir, args.dtype)} if args.model_dir else None
-        writer.add(runs=[entry], models=models)
+        writer.add(runs=[entry], models=models, new_models_only=True)
     writer.close()
     return 0 if all(r["metrics"]["failed"] == 0 for r in runs) else 1
 

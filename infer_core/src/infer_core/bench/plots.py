@@ -81,10 +81,11 @@ def _distributions(plt, runs):
     return fig
 
 
-def _bars(ax, labels, values, title, unit):
+def _bars(ax, labels, values, title, unit, *, show_labels=True):
     ax.barh(range(len(values)), values)
-    ax.set_yticks(range(len(values)), labels, fontsize=7)
-    ax.invert_yaxis()
+    ax.set_yticks(range(len(values)), labels if show_labels else [""] * len(values), fontsize=7)
+    if show_labels:
+        ax.invert_yaxis()
     ax.set_title(title)
     ax.set_xlabel(unit)
     ax.grid(axis="x", alpha=0.3)
@@ -95,10 +96,12 @@ def _matrix(plt, runs):
     if not sweep:
         return None
     labels = [f"{r['workload']} · {r['config_name']}" for r in sweep]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 0.35 * len(sweep) + 1.5))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.35 * len(sweep) + 1.5), sharey=True)
     _bars(axes[0], labels, [r["metrics"]["output_throughput"] for r in sweep], "output throughput", "tokens/s")
-    _bars(axes[1], labels, [r["metrics"]["ttft_ms"]["p99"] or 0 for r in sweep], "TTFT p99", "ms")
-    _bars(axes[2], labels, [r["metrics"]["itl_ms"]["p99"] or 0 for r in sweep], "ITL p99", "ms")
+    _bars(axes[1], labels, [r["metrics"]["ttft_ms"]["p99"] or 0 for r in sweep], "TTFT p99", "ms",
+          show_labels=False)
+    _bars(axes[2], labels, [r["metrics"]["itl_ms"]["p99"] or 0 for r in sweep], "ITL p99", "ms",
+          show_labels=False)
     return fig
 
 

@@ -132,14 +132,18 @@ def load_report(directory: Path, device: str = "auto") -> dict[str, Any]:
 
 def merge(report: dict[str, Any], *, runs: list[dict] = (), skipped: list[dict] = (),
           models: dict | None = None, configs: dict | None = None, bandwidth: dict | None = None,
-          notes: list[str] = ()) -> dict[str, Any]:
-    """Add runs (replacing runs with the same key), skips, models, configs and notes."""
+          notes: list[str] = (), new_models_only: bool = False) -> dict[str, Any]:
+    """Add runs (replacing runs with the same key), skips, models, configs and notes.
+    ``new_models_only``: keep what the report already says of a model (an offline run knows
+    its dtype; a client only assumes one)."""
     keys = {_key(r) for r in runs}
     report["runs"] = [r for r in report["runs"] if _key(r) not in keys] + list(runs)
     skip_keys = {(s.get("source"), s.get("what")) for s in skipped}
     report["skipped"] = [s for s in report["skipped"] if (s.get("source"), s.get("what")) not in skip_keys]
     report["skipped"] += list(skipped)
-    report["models"].update(models or {})
+    for label, info in (models or {}).items():
+        if not (new_models_only and label in report["models"]):
+            report["models"][label] = info
     report["configs"].update(configs or {})
     if bandwidth is not None:
         report["bandwidth"] = bandwidth

@@ -18,6 +18,14 @@ def _pct(value: Any) -> str:
     return "–" if value is None else f"{100 * value:.0f} %"
 
 
+def _size(n: float) -> str:
+    """``1.24 G``, ``213.63 k``, ``256 ``: a number with its SI prefix, for a unit to follow."""
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.2f} {prefix}"
+    return f"{n:.0f} "
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     if not rows:
         return []
@@ -98,9 +106,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
     for label, model in report.get("models", {}).items():
         b = model.get("bytes")
         if b:
-            lines.append(f"- `{label}`: {b['num_params'] / 1e9:.2f} B parameters, "
-                         f"{b['weights_bytes'] / 1e9:.2f} GB read per decode step "
-                         f"({b['dtype']}), KV {b['kv_bytes_per_token'] / 1024:.0f} KiB per token.")
+            lines.append(f"- `{label}`: {_size(b['num_params']).rstrip()} parameters, "
+                         f"{_size(b['weights_bytes'])}B read per decode step ({b['dtype']}), "
+                         f"KV {_size(b['kv_bytes_per_token'])}B per token.")
     lines.append("")
     main = [r for r in report["runs"] if r["source"] in ("offline", "serve")]
     if main:
