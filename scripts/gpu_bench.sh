@@ -5,9 +5,9 @@
 #   scripts/gpu_bench.sh [PHASE ...]        # THERE: default all phases, in this order:
 #
 #   offline-llama  W1, W4, W2 through LLM.generate, Llama-3.2-1B shape (random bf16 weights)
+#   offline-qwen   W1, W2, Qwen3-0.6B shape (the real Qwen 3 tokenizer when carried)
 #   hf-llama       the same W4, W2, W1 through transformers (continuous batching; generate
 #                  with a static cache for W1), same machine, same call
-#   offline-qwen   W1, W2, Qwen3-0.6B shape (the real Qwen 3 tokenizer when carried)
 #   hf-qwen        W2, W1 through transformers
 #   serve          W3 (concurrency 1/8/32/128), W4, W5, W6 over HTTP against infer-serve
 #   matrix         configuration matrix + policy sweep (W4/W5/W6, 32 requests each)
@@ -19,7 +19,7 @@
 #
 # Output ($OUT, default ./gpu-bench-out): <date>-<device>/ with report.json, summary.md and
 # the plots (copy it to benchmarks/reports/ and commit), and gpu_bench.log. Two runs (e.g.
-# "offline-llama hf-llama offline-qwen hf-qwen", then "serve matrix") merge with:
+# "offline-llama offline-qwen hf-llama hf-qwen", then "serve matrix") merge with:
 #   infer-bench report benchmarks/reports/<dir> --add <other run's dir>
 set -uo pipefail
 
@@ -31,7 +31,7 @@ CONFIG=${GPU_BENCH_CONFIG:-benchmarks/configs/h200.toml}
 EXTRA=(${GPU_BENCH_EXTRA:-})                # e.g. "--scale 0.05 --num-prompts 4" for a smoke run
 ASSETS=benchmarks/.assets
 PORT=${GPU_BENCH_PORT:-8011}
-ALL_PHASES="offline-llama hf-llama offline-qwen hf-qwen serve matrix"
+ALL_PHASES="offline-llama offline-qwen hf-llama hf-qwen serve matrix"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # ---- here: prepare what the GPU machine cannot fetch ----------------------------------------
@@ -120,8 +120,8 @@ fi
 L=(--label llama-3.2-1b-random --out "$REPORT" "${EXTRA[@]}")
 Q=(--label qwen3-0.6b-random --out "$REPORT" "${EXTRA[@]}")
 want offline-llama && phase offline-llama 150 "${BENCH[@]}" offline --config "$CONFIG" --model "$LLAMA" --workload W1,W4,W2 "${L[@]}"
-want hf-llama && phase hf-llama 150 "${BENCH[@]}" hf --model "$LLAMA" --workload W4,W2,W1 "${L[@]}"
 want offline-qwen && phase offline-qwen 120 "${BENCH[@]}" offline --config "$CONFIG" --model "$QWEN" --workload W1,W2 "${Q[@]}"
+want hf-llama && phase hf-llama 150 "${BENCH[@]}" hf --model "$LLAMA" --workload W4,W2,W1 "${L[@]}"
 want hf-qwen && phase hf-qwen 120 "${BENCH[@]}" hf --model "$QWEN" --workload W2,W1 "${Q[@]}"
 
 start_server() {  # infer-serve in the background; true once /health answers

@@ -12,6 +12,7 @@ bandwidth, each effective engine configuration, and what was skipped and why.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import subprocess
@@ -194,6 +195,13 @@ def write_report(directory: Path, report: dict[str, Any], *, plots: bool = True)
         if note and note not in report["notes"]:
             report["notes"].append(note)
     report["plots"] = [p.name for p in written]
-    (directory / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    (directory / SUMMARY_FILE).write_text(summary_markdown(report), encoding="utf-8")
+    _write_atomic(directory / REPORT_FILE, json.dumps(report, indent=2, default=str) + "\n")
+    _write_atomic(directory / SUMMARY_FILE, summary_markdown(report))
     return [directory / REPORT_FILE, directory / SUMMARY_FILE, *written]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write then rename, so that a run killed by its time limit never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
