@@ -54,6 +54,18 @@ def _runs_table(runs: list[dict]) -> list[str]:
                    "roofline", "of roofline", "failed"], rows)
 
 
+def _tag_table(runs: list[dict]) -> list[str]:
+    rows = []
+    for r in runs:
+        for tag, m in (r.get("by_tag") or {}).items():
+            rows.append([r["model"], r["workload"], r["source"], r.get("config_name") or "–", tag,
+                         str(m["completed"]), f"{_f(m['ttft_ms']['p50'])} / {_f(m['ttft_ms']['p99'])}",
+                         f"{_f(m['itl_ms']['p50'], 2)} / {_f(m['itl_ms']['p99'], 2)}",
+                         _f(m["tpot_ms"]["mean"], 2)])
+    return _table(["model", "workload", "source", "config", "kind", "requests", "TTFT p50 / p99 ms",
+                   "ITL p50 / p99 ms", "TPOT ms"], rows)
+
+
 def _hf_table(runs: list[dict]) -> list[str]:
     ours = {(r["model"], r["workload"]): r for r in runs if r["source"] == "offline"}
     rows = []
@@ -113,6 +125,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
     main = [r for r in report["runs"] if r["source"] in ("offline", "serve")]
     if main:
         lines += ["## Runs", "", *_runs_table(main)]
+    tagged = _tag_table([r for r in report["runs"] if r.get("by_tag")])
+    if tagged:
+        lines += ["## By request kind (W6: `short` requests decode while `long` prompts arrive)", "", *tagged]
     if any(r["source"] == "hf" for r in report["runs"]):
         lines += ["## Side by side with Hugging Face transformers", "",
                   *_hf_table(report["runs"])]
