@@ -32,3 +32,9 @@ def infer_register_attention_backends(registry):
         "infer_core.attention.torch:TorchAttentionBackend",
         description="Reference attention in plain PyTorch (any device; the CPU path and test oracle).",
     )
+    registry.add(
+        "triton",
+        "infer_core.attention.triton:TritonAttentionBackend",
+        options="infer_core.attention.triton:TritonAttentionOptions",
+        description="Fused paged attention in Triton (CUDA; the default there): mixed prefill and decode, GQA, windows, FP8 KV.",
+    )

@@ -6,12 +6,17 @@ layer's KV cache ``[2, num_blocks, block_size, Hkv, D]`` and the flat batch's
 through the slot mapping, then computes causal attention of each request's queries over its
 cached keys (prefill chunks and decodes mixed in one batch), with GQA and an optional sliding
 window. Backends are plugins registered through ``infer_register_attention_backends``.
+
+A backend that sets ``supports_fp8_kv = True`` also accepts a float8 (e4m3) cache; it is then
+called with ``kv_scales`` (float32 ``[k_scale, v_scale]`` of that layer): the cache holds
+``x / scale`` and attention multiplies back.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from pydantic import BaseModel
@@ -37,6 +42,8 @@ class AttentionLayer:
 class AttentionBackend(ABC):
     """Runs attention for every layer of a model; one instance per engine."""
 
+    supports_fp8_kv: ClassVar[bool] = False
+
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options
 
@@ -53,5 +60,7 @@ class AttentionBackend(ABC):
         v: torch.Tensor,
         kv_cache: torch.Tensor,
         metadata: AttentionMetadata,
+        kv_scales: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Write ``k``/``v`` into ``kv_cache`` and return the attention output ``[T, Hq, D]``."""
+        """Write ``k``/``v`` into ``kv_cache`` and return the attention output ``[T, Hq, D]``
+        (``kv_scales`` is passed only with an FP8 cache, to backends that support one)."""

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import torch
 
-from infer_core.attention.kv_tensors import allocate_kv_caches, kv_bytes_per_token
+from infer_core.attention.kv_tensors import (
+    FP8_KV_DTYPE,
+    allocate_kv_caches,
+    check_fp8_kv,
+    kv_bytes_per_token,
+)
 from infer_core.config import EngineConfig
 from infer_core.engine.detokenizer import OutputState
 from infer_core.engine.metrics import EngineMetrics
@@ -69,13 +74,13 @@ class LLMEngine:
         hf_config = read_hf_config(model_dir)
         device = resolve_device(config.model.device)
         dtype = DTYPES.get(config.model.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        if config.cache.kv_dtype == "fp8":
-            raise ConfigError("cache.kv_dtype 'fp8' needs the triton attention backend, which is not installed yet.")
-        kv_dtype = DTYPES.get(config.cache.kv_dtype, dtype)
+        kv_dtype = FP8_KV_DTYPE if config.cache.kv_dtype == "fp8" else DTYPES.get(config.cache.kv_dtype, dtype)
         max_model_len = config.model.max_model_len or hf_config.get("max_position_embeddings") or 2048
         attention_name = self._attention_name(config, device)
         attention = self.pm.attention_backends.get(attention_name)
         backend = attention.load()(selection.attention.options if selection.attention else None)
+        if kv_dtype == FP8_KV_DTYPE:
+            check_fp8_kv(backend, attention_name, device)
 
         torch.manual_seed(config.model.seed)
         self.model = load_model(model_dir, self.pm, ModelContext(backend, max_model_len), dtype=dtype, device=device)

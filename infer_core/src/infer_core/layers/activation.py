@@ -1,4 +1,4 @@
-"""Gated activations over a fused ``[gate | up]`` projection."""
+"""Gated activations over a fused ``[gate | up]`` projection (Triton kernels on CUDA)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,19 @@ import torch.nn.functional as F
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    if x.is_cuda:
+        from infer_core.kernels import act_and_mul
+
+        return act_and_mul.silu_and_mul(x)
     gate, up = x.chunk(2, dim=-1)
     return F.silu(gate) * up
 
 
 def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    if x.is_cuda:
+        from infer_core.kernels import act_and_mul
+
+        return act_and_mul.gelu_tanh_and_mul(x)
     gate, up = x.chunk(2, dim=-1)
     return F.gelu(gate, approximate="tanh") * up
 

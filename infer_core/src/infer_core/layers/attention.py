@@ -16,10 +16,16 @@ class Attention(nn.Module):
         self.layer = layer
         self.backend = backend
         self.kv_cache = torch.empty(0)  # [2, num_blocks, block_size, Hkv, D], bound by the runner
+        # [k_scale, v_scale] (float32, the cache's device) when the cache is FP8, else None
+        self.kv_scales: torch.Tensor | None = None
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, metadata: AttentionMetadata
     ) -> torch.Tensor:
         """``q [T, Hq, D]``, ``k``/``v [T, Hkv, D]`` → ``[T, Hq * D]``."""
-        out = self.backend.forward(self.layer, q, k, v, self.kv_cache, metadata)
+        if self.kv_scales is None:
+            out = self.backend.forward(self.layer, q, k, v, self.kv_cache, metadata)
+        else:
+            out = self.backend.forward(self.layer, q, k, v, self.kv_cache, metadata,
+                                       kv_scales=self.kv_scales)
         return out.reshape(out.shape[0], -1)

@@ -1,5 +1,6 @@
 """Rotary position embeddings from a positions vector (any per-token positions: batched
-decode and prefill chunks alike), with default, linear and ``llama3`` frequency scaling."""
+decode and prefill chunks alike), with default, linear and ``llama3`` frequency scaling.
+On CUDA the rotation runs in place through the Triton kernel (one launch for q and k)."""
 
 from __future__ import annotations
 
@@ -56,5 +57,10 @@ class RotaryEmbedding(nn.Module):
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if q.is_cuda and q.dim() == 3 and q.stride(-1) == 1 and k.stride(-1) == 1:
+            from infer_core.kernels.rotary import rotary_embedding
+
+            rotary_embedding(positions, q, k, self.cos, self.sin)  # in place
+            return q, k
         cos, sin = self.cos[positions], self.sin[positions]
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

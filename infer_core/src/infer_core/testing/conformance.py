@@ -483,7 +483,7 @@ class AttentionBackendConformance(PluginConformance):
         def rand(*shape: int, scale: float | None = None) -> torch.Tensor:
             x = torch.randn(*shape, generator=gen)
             if scale is not None:  # a value the FP8 cache holds exactly: x = e4m3 * scale
-                x = (x * 4 / scale).to(torch.float8_e4m3fn).float() * scale
+                x = (x / scale).to(torch.float8_e4m3fn).float() * scale
             return x.to(self.device, self.dtype)
 
         k_scale, v_scale = self.fp8_kv_scales if fp8 else (None, None)

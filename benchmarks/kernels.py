@@ -1,0 +1,367 @@
+"""Micro-benchmarks of the Triton kernels at the real shapes of Llama-3.2-1B, Qwen3-1.7B and
+gemma-3-1b, against the device's own measured ceilings.
+
+The script first measures two ceilings on the device it runs on: the bandwidth of a large
+device-to-device copy (bytes read + bytes written) and the rate of an 8192^3 bf16 matrix
+product on random data. Then, per kernel and model, it times the kernel on the GPU
+(CUDA-graph replays from a cold L2, see :func:`timed`) and reports the bytes it
+must move at least (each input read once, each output written once) over that time, as GB/s
+and as a share of the copy bandwidth; attention prefill is reported in TFLOP/s (causal FLOPs
+only) against the matrix-product rate. ``--sweep`` also times alternative launch configs of
+the attention kernel. Writes ``kernels.json`` and ``kernels.md`` into ``--out``.
+
+    python benchmarks/kernels.py --out benchmarks/reports/kernels-<date>-<device>
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import triton
+
+from infer_core.attention.backend import AttentionLayer
+from infer_core.attention.metadata import build_attention_metadata
+from infer_core.kernels import act_and_mul, kv_cache_write, rms_norm, rotary
+from infer_core.kernels.paged_attention import LaunchConfig, choose_config, paged_attention
+
+# (hidden, intermediate, q heads, kv heads, head dim, sliding window of the local layers)
+MODELS = {
+    "llama-3.2-1b": (2048, 8192, 32, 8, 64, None),
+    "qwen3-1.7b": (2048, 6144, 16, 8, 128, None),
+    "gemma-3-1b": (1152, 6912, 4, 1, 256, 512),
+}
+BF16 = torch.bfloat16
+PREFILL_TOKENS = 4096
+DECODE_BATCH, DECODE_CONTEXT = 64, 4096
+FLUSH_BYTES = 256 << 20
+REPS = 30
+
+
+def timed(fn, *args, **kwargs) -> float:
+    """GPU milliseconds of one ``fn(*args, **kwargs)`` starting from a cold L2.
+
+    Two CUDA graphs are replayed alternately, ``[flush L2, fn]`` and ``[flush L2]`` (a 256 MiB
+    write, four times the L2), and the difference of their medians is the kernel's time:
+    graphs remove the host-side launch gaps that would otherwise dominate small kernels, and
+    the flush keeps inputs from being served out of L2 across repetitions."""
+    call = functools.partial(fn, *args, **kwargs)
+    flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    call()  # compile
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graphs = []
+    for with_call in (False, True):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            flush.zero_()
+            if with_call:
+                call()
+        graphs.append(graph)
+    events = [[], []]
+    for _ in range(REPS):
+        for i, graph in enumerate(graphs):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            events[i].append((start, end))
+    torch.cuda.synchronize()
+    flush_ms, both_ms = (statistics.median(a.elapsed_time(b) for a, b in pairs) for pairs in events)
+    del graphs
+    return max(both_ms - flush_ms, 1e-6)
+
+
+def measure_ceilings() -> dict[str, float]:
+    n = 1 << 29  # 1 GiB of bf16
+    src = torch.randn(n, device="cuda", dtype=BF16)
+    dst = torch.empty_like(src)
+    copy_ms = timed(dst.copy_, src)
+    del src, dst
+    a = torch.randn(8192, 8192, device="cuda", dtype=BF16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=BF16)
+    mm_ms = timed(torch.matmul, a, b)
+    return {"copy_gbps": 2 * n * 2 / copy_ms / 1e6, "matmul_bf16_tflops": 2 * 8192**3 / mm_ms / 1e9}
+
+
+class Recorder:
+    def __init__(self, ceilings: dict[str, float]) -> None:
+        self.ceilings = ceilings
+        self.rows: list[dict] = []
+
+    def add(self, kernel: str, model: str, shape: str, ms: float, *, bytes_: float = 0.0,
+            flops: float = 0.0, config: dict | None = None, group: str = "kernels") -> dict:
+        row = {"group": group, "kernel": kernel, "model": model, "shape": shape, "time_us": ms * 1e3,
+               "bytes": bytes_, "flops": flops, "config": config or {}}
+        if bytes_:
+            row["gbps"] = bytes_ / ms / 1e6
+            row["pct_copy"] = 100 * row["gbps"] / self.ceilings["copy_gbps"]
+        if flops:
+            row["tflops"] = flops / ms / 1e9
+            row["pct_matmul"] = 100 * row["tflops"] / self.ceilings["matmul_bf16_tflops"]
+        self.rows.append(row)
+        print(fmt_row(row), flush=True)
+        return row
+
+
+def fmt_row(r: dict) -> str:
+    bw = f"{r['gbps']:7.0f} GB/s {r['pct_copy']:5.1f}%" if "gbps" in r else " " * 19
+    fl = f"{r['tflops']:6.1f} TFLOP/s {r['pct_matmul']:5.1f}%" if "tflops" in r else ""
+    return f"{r['kernel']:<24} {r['model']:<13} {r['shape']:<34} {r['time_us']:9.1f} us {bw} {fl}"
+
+
+# -- elementwise kernels ---------------------------------------------------------------------
+
+def bench_elementwise(rec: Recorder, model: str) -> None:
+    hidden, inter, hq, hkv, d, _ = MODELS[model]
+    e = 2  # bf16 bytes
+    for tokens in (PREFILL_TOKENS, DECODE_BATCH):
+        x = torch.randn(tokens, hidden, device="cuda", dtype=BF16)
+        r = torch.randn_like(x)
+        w = torch.randn(hidden, device="cuda", dtype=BF16)
+        rec.add("rms_norm", model, f"[{tokens}, {hidden}]", timed(rms_norm.rms_norm, x, w, 1e-6),
+                bytes_=2 * tokens * hidden * e + hidden * e)
+        rec.add("fused_add_rms_norm", model, f"[{tokens}, {hidden}]",
+                timed(rms_norm.fused_add_rms_norm, x, r, w, 1e-6),
+                bytes_=4 * tokens * hidden * e + hidden * e)
+        rec.add("rms_norm (gemma)", model, f"[{tokens}, {hidden}]",
+                timed(rms_norm.rms_norm, x, w, 1e-6, True), bytes_=2 * tokens * hidden * e + hidden * e)
+        qkv = torch.randn(tokens, (hq + 2 * hkv) * d, device="cuda", dtype=BF16)
+        q = qkv[:, : hq * d].view(tokens, hq, d)
+        k = qkv[:, hq * d: (hq + hkv) * d].view(tokens, hkv, d)
+        qn = torch.randn(tokens, hq, d, device="cuda", dtype=BF16)
+        rec.add("rms_norm (qk-norm rows)", model, f"[{tokens}, {hq}, {d}]",
+                timed(rms_norm.rms_norm, qn, w[:d].contiguous(), 1e-6), bytes_=2 * qn.numel() * e)
+        positions = torch.randint(0, 8192, (tokens,), device="cuda")
+        cos = torch.randn(8192, d // 2, device="cuda", dtype=BF16)
+        sin = torch.randn(8192, d // 2, device="cuda", dtype=BF16)
+        rec.add("rotary (q and k)", model, f"T={tokens} q[{hq},{d}] k[{hkv},{d}]",
+                timed(rotary.rotary_embedding, positions, q, k, cos, sin),
+                bytes_=2 * tokens * (hq + hkv) * d * e + tokens * d * e + tokens * 8)
+        gu = torch.randn(tokens, 2 * inter, device="cuda", dtype=BF16)
+        for name, fn in (("silu_and_mul", act_and_mul.silu_and_mul),
+                         ("gelu_tanh_and_mul", act_and_mul.gelu_tanh_and_mul)):
+            rec.add(name, model, f"[{tokens}, 2x{inter}]", timed(fn, gu),
+                    bytes_=3 * tokens * inter * e)
+        kv = torch.randn(2, tokens, hkv, d, device="cuda", dtype=BF16)
+        blocks = triton.cdiv(tokens, 16) * 4
+        slots = torch.randperm(blocks * 16, device="cuda")[:tokens]
+        for cache_dtype, label in ((BF16, "bf16"), (torch.float8_e4m3fn, "fp8")):
+            cache = torch.zeros(2, blocks, 16, hkv, d, device="cuda", dtype=cache_dtype)
+            scales = torch.ones(2, device="cuda")
+            rec.add(f"kv_cache_write ({label})", model, f"T={tokens} [{hkv},{d}] bs=16",
+                    timed(kv_cache_write.write_kv, cache, kv[0], kv[1], slots, scales),
+                    bytes_=kv.numel() * e + kv.numel() * cache.element_size() + tokens * 8)
+
+
+# -- attention -------------------------------------------------------------------------------
+
+def attention_setup(model: str, q_lens: list[int], ctx_lens: list[int], block_size: int,
+                    fp8: bool = False, window: bool = True):
+    _, _, hq, hkv, d, win = MODELS[model]
+    seq_lens = [c + q for c, q in zip(ctx_lens, q_lens, strict=True)]
+    per = [math.ceil(s / block_size) for s in seq_lens]
+    num_blocks = sum(per)
+    order = torch.randperm(num_blocks).tolist()
+    tables, start = [], 0
+    for n in per:
+        tables.append(order[start:start + n])
+        start += n
+    md = build_attention_metadata(q_lens, seq_lens, tables, block_size, "cuda")
+    cache = torch.randn(2, num_blocks, block_size, hkv, d, device="cuda", dtype=BF16)
+    scales = None
+    if fp8:
+        cache = cache.to(torch.float8_e4m3fn)
+        scales = torch.ones(2, device="cuda")
+    q = torch.randn(sum(q_lens), hq, d, device="cuda", dtype=BF16)
+    layer = AttentionLayer(hq, hkv, d, d**-0.5, win if window else None)
+    return layer, q, cache, md, scales
+
+
+def kv_bytes(layer: AttentionLayer, md, cache: torch.Tensor) -> int:
+    """K and V of every visible key, read once (windowed layers read only the window)."""
+    per_token = 2 * layer.num_kv_heads * layer.head_dim * cache.element_size()
+    total = 0
+    for i, s in enumerate(md.seq_lens_cpu):
+        q_len = md.query_start_loc_cpu[i + 1] - md.query_start_loc_cpu[i]
+        first = max(0, s - q_len - (layer.sliding_window or s) + 1)
+        total += (s - first) * per_token
+    return total
+
+
+def causal_flops(layer: AttentionLayer, tokens: int) -> float:
+    w = layer.sliding_window or tokens
+    pairs = sum(min(i + 1, w) for i in range(tokens))
+    return 4.0 * layer.num_heads * layer.head_dim * pairs
+
+
+DECODE_SWEEP = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 2, 3), (128, 4, 2), (128, 8, 3)]
+PREFILL_SWEEP = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (128, 32, 4, 3), (64, 64, 4, 3),
+                 (64, 128, 4, 2), (128, 64, 8, 4), (64, 32, 4, 2), (64, 64, 8, 3)]
+
+
+def bench_attention(rec: Recorder, model: str, sweep: bool) -> None:
+    e = 2
+    # Decode: batch 64 at context 4k, full attention (the global layers), paged (16) and contiguous.
+    for block_size in (16, 2 * DECODE_CONTEXT):
+        for fp8 in (False, True):
+            layer, q, cache, md, scales = attention_setup(
+                model, [1] * DECODE_BATCH, [DECODE_CONTEXT] * DECODE_BATCH, block_size, fp8, window=False)
+            cfg = choose_config(layer, md, q.device, q.dtype, cache.dtype)
+            nbytes = kv_bytes(layer, md, cache) + 2 * q.numel() * e
+            label = "decode attention" + (" (fp8 kv)" if fp8 else "")
+            rec.add(label, model, f"B={DECODE_BATCH} ctx={DECODE_CONTEXT} bs={block_size}",
+                    timed(paged_attention, layer, q, cache, md, scales, config=cfg),
+                    bytes_=nbytes, config=asdict(cfg))
+            if sweep and block_size == 16 and not fp8:
+                for tile, warps, stages in DECODE_SWEEP:
+                    for splits in (1, 2):
+                        c = LaunchConfig(cfg.block_m, tile, warps, stages, splits)
+                        rec.add("decode attention sweep", model, f"B={DECODE_BATCH} ctx={DECODE_CONTEXT} bs=16",
+                                timed(paged_attention, layer, q, cache, md, config=c),
+                                bytes_=nbytes, config=asdict(c), group="sweep")
+            del cache
+    # Small decode batches: the split-KV path.
+    for batch in (1, 8):
+        layer, q, cache, md, scales = attention_setup(model, [1] * batch, [DECODE_CONTEXT] * batch, 16, window=False)
+        cfg = choose_config(layer, md, q.device, q.dtype, cache.dtype)
+        nbytes = kv_bytes(layer, md, cache) + 2 * q.numel() * e
+        rec.add("decode attention", model, f"B={batch} ctx={DECODE_CONTEXT} bs=16",
+                timed(paged_attention, layer, q, cache, md, config=cfg),
+                bytes_=nbytes, config=asdict(cfg))
+        if sweep:
+            for splits in (4, 8, 16, 32):
+                c = LaunchConfig(cfg.block_m, cfg.tile, cfg.num_warps, cfg.num_stages, splits)
+                rec.add("decode attention sweep", model, f"B={batch} ctx={DECODE_CONTEXT} bs=16",
+                        timed(paged_attention, layer, q, cache, md, config=c),
+                        bytes_=nbytes, config=asdict(c), group="sweep")
+    # Prefill: one 4k-token request, causal (and the model's window where it has one).
+    for window in (False, True) if MODELS[model][5] else (False,):
+        layer, q, cache, md, _ = attention_setup(model, [PREFILL_TOKENS], [0], 16, window=window)
+        cfg = choose_config(layer, md, q.device, q.dtype, cache.dtype)
+        flops = causal_flops(layer, PREFILL_TOKENS)
+        label = "prefill attention" + (" (window)" if window else "")
+        rec.add(label, model, f"T={PREFILL_TOKENS} bs=16",
+                timed(paged_attention, layer, q, cache, md, config=cfg), flops=flops, config=asdict(cfg))
+        if sweep and not window:
+            for block_m, tile, warps, stages in PREFILL_SWEEP:
+                c = LaunchConfig(block_m, tile, warps, stages)
+                try:
+                    ms = timed(paged_attention, layer, q, cache, md, config=c)
+                except Exception as exc:  # out of shared memory / registers for this shape
+                    print(f"prefill sweep {c}: {type(exc).__name__}: {str(exc)[:120]}")
+                    continue
+                rec.add("prefill attention sweep", model, f"T={PREFILL_TOKENS} bs=16", ms, flops=flops,
+                        config=asdict(c), group="sweep")
+    # The dense reference point: torch SDPA (FlashAttention) on contiguous q, k, v.
+    _, _, hq, hkv, d, _ = MODELS[model]
+    qd = torch.randn(1, hq, PREFILL_TOKENS, d, device="cuda", dtype=BF16)
+    kd = torch.randn(1, hq, PREFILL_TOKENS, d, device="cuda", dtype=BF16)
+    vd = torch.randn_like(kd)
+    layer = AttentionLayer(hq, hkv, d, d**-0.5)
+    rec.add("torch sdpa (reference)", model, f"T={PREFILL_TOKENS} dense causal",
+            timed(torch.nn.functional.scaled_dot_product_attention, qd, kd, vd, is_causal=True),
+            flops=causal_flops(layer, PREFILL_TOKENS), group="reference")
+
+
+# -- report ----------------------------------------------------------------------------------
+
+def environment() -> dict:
+    commit = os.environ.get("INFER_COMMIT")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": torch.cuda.get_device_name(0),
+        "multiprocessors": props.multi_processor_count,
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+        "python": platform.python_version(), "commit": commit,
+        "config": {"dtype": "bfloat16", "prefill_tokens": PREFILL_TOKENS, "decode_batch": DECODE_BATCH,
+                   "decode_context": DECODE_CONTEXT,
+                   "timing": f"CUDA-graph replays, median of {REPS}, minus an L2 flush of {FLUSH_BYTES >> 20} MiB"},
+    }
+
+
+def markdown(env: dict, ceilings: dict, rows: list[dict]) -> str:
+    lines = [
+        f"# Kernel micro-benchmarks — {env['device']}", "",
+        f"{env['date']}, commit `{env['commit']}`; torch {env['torch']}, triton {env['triton']}, "
+        f"CUDA {env['cuda']}; {env['multiprocessors']} SMs; bf16. Timing: {env['config']['timing']}.", "",
+        f"Ceilings measured here: device-to-device copy **{ceilings['copy_gbps']:.0f} GB/s** (read + write), "
+        f"bf16 8192³ matmul **{ceilings['matmul_bf16_tflops']:.0f} TFLOP/s**.", "",
+        "Bytes are the least a kernel must move (inputs read once, outputs written once); attention "
+        "FLOPs count only the causal (and windowed) pairs.", "",
+    ]
+    for group, title in (("kernels", "Kernels"), ("reference", "Reference points"), ("sweep", "Launch-config sweeps")):
+        part = [r for r in rows if r["group"] == group]
+        if not part:
+            continue
+        lines += [f"## {title}", "", "| kernel | model | shape | time (µs) | GB/s | % copy | TFLOP/s | % matmul | config |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---|"]
+        for r in part:
+            cfg = " ".join(f"{k}={v}" for k, v in r["config"].items())
+            lines.append(
+                f"| {r['kernel']} | {r['model']} | {r['shape']} | {r['time_us']:.1f} | "
+                f"{r.get('gbps', float('nan')):.0f} | {r.get('pct_copy', float('nan')):.1f} | "
+                f"{r.get('tflops', float('nan')):.1f} | {r.get('pct_matmul', float('nan')):.1f} | {cfg} |"
+                .replace("nan", "–"))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for kernels.json and kernels.md")
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--sweep", action="store_true", help="also time alternative attention launch configs")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/kernels.py needs a CUDA device.", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    env = environment()
+    ceilings = measure_ceilings()
+    print(f"copy {ceilings['copy_gbps']:.0f} GB/s, bf16 matmul {ceilings['matmul_bf16_tflops']:.0f} TFLOP/s", flush=True)
+    rec = Recorder(ceilings)
+    failures = 0
+    for model in args.models:
+        for bench in (bench_elementwise, bench_attention):
+            try:
+                bench(rec, model, *([args.sweep] if bench is bench_attention else []))
+            except Exception:  # report and go on: one failing kernel must not hide the others
+                failures += 1
+                traceback.print_exc()
+        torch.cuda.empty_cache()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "kernels.json").write_text(json.dumps({"environment": env, "ceilings": ceilings, "results": rec.rows},
+                                                      indent=1))
+    (args.out / "kernels.md").write_text(markdown(env, ceilings, rec.rows))
+    print("\n" + "\n".join(fmt_row(r) for r in rec.rows if r["group"] != "sweep"))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Triton kernels, one per module, each beside a torch reference of the same function.
+
+Every module holds one ``@triton.jit`` kernel (plus its small ``@triton.jit`` helpers), a
+checked wrapper that launches it, and ``<name>_ref``: the same function in plain PyTorch,
+which is the test oracle (and, where a layer needs it, the CPU path).
+
+- :mod:`~infer_core.kernels.rms_norm` — RMSNorm, fused residual-add + RMSNorm, Gemma ``(1+w)``
+- :mod:`~infer_core.kernels.rotary` — RoPE in place on q and k from a positions vector
+- :mod:`~infer_core.kernels.act_and_mul` — SiLU-and-mul, GELU(tanh)-and-mul
+- :mod:`~infer_core.kernels.kv_cache_write` — K/V scatter through the slot mapping (incl. FP8)
+- :mod:`~infer_core.kernels.paged_attention` — unified paged attention over the flat batch,
+  with its split-KV reduction in :mod:`~infer_core.kernels.attention_reduce`
+
+Importing this package imports nothing heavy; each kernel module imports Triton.
+"""

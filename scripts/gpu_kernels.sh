@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The kernels' GPU run, for the lent GPU machine (run from the repository root there):
+# installs the project (carried wheels from .whl/ for what the image lacks), runs the
+# GPU-marked kernel tests and the kernel micro-benchmark, and leaves the logs, the parity
+# figures and the benchmark report under $OUT (default ./gpu-out).
+#
+#   scripts/gpu_kernels.sh [tests|bench|all] [--sweep]
+set -u
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+what=${1:-all}
+sweep=${2:-}
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e infer_core \
+  -e infer_models_llama -e infer_models_qwen3 -e infer_models_gemma3 >"$OUT/pip.log" 2>&1 \
+  || { tail -20 "$OUT/pip.log"; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw --format=csv
+status=0
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  rm -f "$OUT/parity.jsonl"
+  INFER_PARITY_REPORT="$OUT/parity.jsonl" timeout "${TEST_TIMEOUT:-400}" python3 -m pytest -m gpu tests/kernels/test_kernels_gpu.py tests/kernels/test_model_parity_gpu.py tests/kernels/test_engine_gpu.py -q -rfE \
+    -p no:cacheprovider --durations=10 2>&1 | tee "$OUT/gpu_tests.log" | grep -v '^\s*$' | tail -60
+  status=${PIPESTATUS[0]}
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/kernels.py --out "$OUT/kernels" $sweep 2>&1 | tee "$OUT/bench.log" | tail -80
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+exit $status

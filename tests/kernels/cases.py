@@ -1,0 +1,227 @@
+"""Kernel checks shared by the interpreter tests (CPU, small shapes, fp32/fp16) and the GPU
+tests (real shapes, bf16): each ``check_*`` runs a Triton kernel and its torch reference on
+the same fresh random inputs and compares; outputs are poisoned with NaN first where the
+kernel writes into a given buffer, so an element left unwritten fails."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from hypothesis import strategies as st
+
+from infer_core.attention.backend import AttentionLayer
+from infer_core.attention.metadata import AttentionMetadata, build_attention_metadata
+from infer_core.kernels import act_and_mul, kv_cache_write, paged_attention, rms_norm, rotary
+from infer_core.kernels.attention_reduce import attention_reduce, attention_reduce_ref
+
+FP8 = torch.float8_e4m3fn
+
+# Elementwise kernels: a couple of units in the last place of the dtype.
+ELEMENTWISE_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+# Attention: the probabilities are rounded to the input dtype before the PV product.
+ATTENTION_TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
+    torch.testing.assert_close(actual.float(), expected.float(), atol=tol, rtol=tol)
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(gen: torch.Generator, *shape: int, device: str, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
+
+
+# -- RMSNorm ---------------------------------------------------------------------------------
+
+def check_rms_norm(device: str, dtype: torch.dtype, rows: int, cols: int, *, gemma: bool,
+                   residual: bool, heads: int, seed: int) -> None:
+    """``heads > 1``: the input is a strided ``[rows, heads, cols]`` view, as QK-norm sees."""
+    gen = generator(seed)
+    base = randn(gen, rows, heads + 1, cols, device=device, dtype=dtype, scale=3.0)
+    x = base[:, 1:] if heads > 1 else base[:, 1]
+    w = randn(gen, cols, device=device, dtype=dtype, scale=0.5 if gemma else 1.0)
+    tol = ELEMENTWISE_TOL[dtype]
+    if residual:
+        r = randn(gen, *x.shape, device=device, dtype=dtype)
+        out, res = rms_norm.fused_add_rms_norm(x, r, w, 1e-6, gemma)
+        ref_out, ref_res = rms_norm.fused_add_rms_norm_ref(x, r, w, 1e-6, gemma)
+        close(res, ref_res, 0.0)
+        close(out, ref_out, tol)
+    else:
+        close(rms_norm.rms_norm(x, w, 1e-6, gemma), rms_norm.rms_norm_ref(x, w, 1e-6, gemma), tol)
+
+
+# -- RoPE ------------------------------------------------------------------------------------
+
+def rope_tables(head_dim: int, max_pos: int, theta: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    freqs = torch.outer(torch.arange(max_pos).float(), inv)
+    return freqs.cos().to(device), freqs.sin().to(device)
+
+
+def check_rotary(device: str, dtype: torch.dtype, tokens: int, q_heads: int, k_heads: int,
+                 head_dim: int, *, max_pos: int, theta: float, seed: int) -> None:
+    """q and k are views into one fused ``qkv`` row, as the models produce them."""
+    gen = generator(seed)
+    qkv = randn(gen, tokens, (q_heads + 2 * k_heads) * head_dim, device=device, dtype=dtype)
+    q = qkv[:, : q_heads * head_dim].view(tokens, q_heads, head_dim)
+    k = qkv[:, q_heads * head_dim: (q_heads + k_heads) * head_dim].view(tokens, k_heads, head_dim)
+    v_before = qkv[:, (q_heads + k_heads) * head_dim:].clone()
+    positions = torch.randint(0, max_pos, (tokens,), generator=gen).to(device)
+    cos, sin = rope_tables(head_dim, max_pos, theta, device)
+    q_ref, k_ref = q.clone(), k.clone()
+    rotary.rotary_embedding(positions, q, k, cos, sin)
+    rotary.rotary_embedding_ref(positions, q_ref, k_ref, cos, sin)
+    tol = ELEMENTWISE_TOL[dtype]
+    close(q, q_ref, tol)
+    close(k, k_ref, tol)
+    close(qkv[:, (q_heads + k_heads) * head_dim:], v_before, 0.0)  # v untouched
+
+
+# -- gated activations -----------------------------------------------------------------------
+
+def check_act_and_mul(device: str, dtype: torch.dtype, rows: int, cols: int, *, act: str, seed: int) -> None:
+    gen = generator(seed)
+    x = randn(gen, rows, 2 * cols, device=device, dtype=dtype, scale=3.0)
+    fn, ref = {
+        "silu": (act_and_mul.silu_and_mul, act_and_mul.silu_and_mul_ref),
+        "gelu_tanh": (act_and_mul.gelu_tanh_and_mul, act_and_mul.gelu_tanh_and_mul_ref),
+    }[act]
+    close(fn(x), ref(x), ELEMENTWISE_TOL[dtype])
+
+
+# -- KV-cache write --------------------------------------------------------------------------
+
+def check_kv_write(device: str, dtype: torch.dtype, tokens: int, heads: int, head_dim: int, *,
+                   block_size: int, fp8: bool, exact_fp8_inputs: bool, seed: int) -> None:
+    """Some slots are -1 (padding) and must be skipped. ``exact_fp8_inputs``: draw values that
+    e4m3 holds exactly after scaling (the Triton interpreter rounds float -> fp8 wrongly near
+    binade edges; on the GPU the hardware conversion is compared with torch's bit for bit)."""
+    gen = generator(seed)
+    num_blocks = tokens // block_size + 2
+    cache_dtype = FP8 if fp8 else dtype
+    poison = torch.full((2, num_blocks, block_size, heads, head_dim), 7.0).to(device=device, dtype=cache_dtype)
+    kv_cache, kv_ref = poison.clone(), poison.clone()
+    scales = torch.tensor([0.25, 2.0], device=device) if fp8 else None
+
+    def values(scale: float) -> torch.Tensor:
+        x = torch.randn(tokens, heads, head_dim, generator=gen) * 4
+        x[0, 0, 0] = 1e4  # beyond e4m3's range after scaling: saturates to 448
+        if fp8 and exact_fp8_inputs:
+            x = (x / scale).clamp(-448, 448).to(FP8).float() * scale
+        return x.to(device=device, dtype=dtype)
+
+    k = values(0.25)
+    v = values(2.0)
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:tokens]
+    slots[torch.rand(tokens, generator=gen) < 0.2] = -1
+    slots = slots.to(device)
+    kv_cache_write.write_kv(kv_cache, k, v, slots, scales)
+    kv_cache_write.write_kv_ref(kv_ref, k, v, slots, scales)
+    assert torch.equal(kv_cache.view(torch.uint8) if fp8 else kv_cache,
+                       kv_ref.view(torch.uint8) if fp8 else kv_ref)
+
+
+# -- paged attention -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AttentionCase:
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    block_size: int  # 0: one block as long as the longest sequence (the contiguous cache)
+    context_lens: tuple[int, ...]
+    query_lens: tuple[int, ...]
+    sliding_window: int | None = None
+    softcap: float | None = None
+    fp8: bool = False
+    num_splits: int | None = None  # None: the wrapper's choice
+    seed: int = 0
+
+
+@st.composite
+def attention_cases(draw, *, head_dims=(16, 32, 64), max_context=48, max_query=24, max_requests=4,
+                    decode_only: bool | None = None, block_sizes=(1, 4, 16, 0)) -> AttentionCase:
+    num_kv_heads = draw(st.sampled_from([1, 2]))
+    requests = draw(st.integers(1, max_requests))
+    decodes = draw(st.booleans()) if decode_only is None else decode_only
+    q_lens = [1] * requests if decodes else draw(
+        st.lists(st.integers(1, max_query), min_size=requests, max_size=requests))
+    return AttentionCase(
+        num_heads=num_kv_heads * draw(st.sampled_from([1, 2, 3, 4, 8])),
+        num_kv_heads=num_kv_heads,
+        head_dim=draw(st.sampled_from(head_dims)),
+        block_size=draw(st.sampled_from(block_sizes)),
+        context_lens=tuple(draw(st.lists(st.integers(0, max_context), min_size=requests, max_size=requests))),
+        query_lens=tuple(q_lens),
+        sliding_window=draw(st.one_of(st.none(), st.integers(1, 40))),
+        softcap=draw(st.one_of(st.none(), st.just(20.0))),
+        fp8=draw(st.booleans()),
+        num_splits=draw(st.sampled_from([None, 1, 3])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def attention_inputs(case: AttentionCase, device: str, dtype: torch.dtype):
+    """A shuffled block pool filled with random K/V (or random e4m3 with scales), queries, and
+    the metadata of one flat batch of ``case``'s requests."""
+    gen = generator(case.seed)
+    seq_lens = [c + q for c, q in zip(case.context_lens, case.query_lens, strict=True)]
+    block_size = case.block_size or max(seq_lens)
+    per_request = [math.ceil(n / block_size) for n in seq_lens]
+    num_blocks = sum(per_request) + 2
+    order = torch.randperm(num_blocks, generator=gen).tolist()
+    tables = []
+    for n in per_request:
+        tables.append(order[:n])
+        order = order[n:]
+    shape = (2, num_blocks, block_size, case.num_kv_heads, case.head_dim)
+    scales = None
+    if case.fp8:
+        kv_cache = (torch.randn(*shape, generator=gen) * 8).to(FP8).to(device)
+        scales = torch.tensor([0.125, 0.5], device=device)
+    else:
+        kv_cache = randn(gen, *shape, device=device, dtype=dtype)
+    q = randn(gen, sum(case.query_lens), case.num_heads, case.head_dim, device=device, dtype=dtype, scale=2.0)
+    md = build_attention_metadata(list(case.query_lens), seq_lens, tables, block_size, device)
+    layer = AttentionLayer(case.num_heads, case.num_kv_heads, case.head_dim, case.head_dim ** -0.5,
+                           case.sliding_window, case.softcap)
+    return layer, q, kv_cache, md, scales
+
+
+def launch_config(case: AttentionCase, layer: AttentionLayer, md: AttentionMetadata,
+                  device: str, dtype: torch.dtype) -> paged_attention.LaunchConfig:
+    cfg = paged_attention.choose_config(layer, md, torch.device(device), dtype, FP8 if case.fp8 else dtype)
+    if case.num_splits is not None:
+        cfg = paged_attention.LaunchConfig(cfg.block_m, cfg.tile, cfg.num_warps, cfg.num_stages, case.num_splits)
+    return cfg
+
+
+def check_paged_attention(device: str, dtype: torch.dtype, case: AttentionCase) -> None:
+    layer, q, kv_cache, md, scales = attention_inputs(case, device, dtype)
+    cfg = launch_config(case, layer, md, device, dtype)
+    out = torch.full_like(q, float("nan"))
+    paged_attention.paged_attention(layer, q, kv_cache, md, scales, config=cfg, out=out)
+    ref = paged_attention.paged_attention_ref(layer, q, kv_cache, md, scales)
+    close(out, ref, ATTENTION_TOL[dtype])
+
+
+def check_attention_reduce(device: str, tokens: int, heads: int, splits: int, head_dim: int, seed: int) -> None:
+    gen = generator(seed)
+    block_d = max(16, 1 << (head_dim - 1).bit_length())
+    acc = randn(gen, tokens, heads, splits, block_d, device=device, dtype=torch.float32)
+    m = randn(gen, tokens, heads, splits, device=device, dtype=torch.float32, scale=4.0)
+    m[..., 1:][torch.rand(tokens, heads, splits - 1, generator=gen).to(device) < 0.3] = float("-inf")
+    sums = torch.rand(tokens, heads, splits, generator=gen).to(device) + 0.5
+    sums[m == float("-inf")] = 0.0
+    acc[m == float("-inf")] = 0.0
+    out = torch.full((tokens, heads, head_dim), float("nan"), device=device)
+    ref = torch.empty_like(out)
+    attention_reduce(out, acc, m, sums)
+    attention_reduce_ref(ref, acc, m, sums)
+    close(out, ref, 1e-5)

@@ -1,0 +1,109 @@
+"""The kernels on a CUDA device at the real shapes of Llama-3.2-1B, Qwen3-1.7B and gemma-3-1b,
+in bf16 (and fp16/fp32 where the numerics differ), against their torch references; and the
+``triton`` backend through the conformance suite in bf16. Run with ``pytest -m gpu``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infer_core.testing import AttentionBackendConformance
+from tests.kernels import cases
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+CUDA = "cuda"
+# (hidden, intermediate, q heads, kv heads, head dim, sliding window)
+SHAPES = {
+    "llama-3.2-1b": (2048, 8192, 32, 8, 64, None),
+    "qwen3-1.7b": (2048, 6144, 16, 8, 128, None),
+    "gemma-3-1b": (1152, 6912, 4, 1, 256, 512),
+}
+DTYPES = [torch.bfloat16, torch.float32]  # fp16 runs under the interpreter on the CPU
+SEEDS = st.integers(0, 2**16)
+FEW = settings(max_examples=6, deadline=None)
+
+
+@pytest.mark.parametrize("model", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rms_norm_real_shapes(model, dtype):
+    hidden, _, hq, _, head_dim, _ = SHAPES[model]
+    for rows, cols, heads in ((4096, hidden, 1), (7, hidden, 1), (513, head_dim, hq)):
+        for gemma in (False, True):
+            for residual in (False, True):
+                cases.check_rms_norm(CUDA, dtype, rows, cols, gemma=gemma, residual=residual and heads == 1,
+                                     heads=heads, seed=rows + cols)
+
+
+@pytest.mark.parametrize("model", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rotary_real_shapes(model, dtype):
+    _, _, hq, hkv, head_dim, _ = SHAPES[model]
+    for tokens in (1, 64, 4096):
+        cases.check_rotary(CUDA, dtype, tokens, hq, hkv, head_dim, max_pos=8192, theta=500_000.0, seed=tokens)
+
+
+@pytest.mark.parametrize("model", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_act_and_mul_real_shapes(model, dtype):
+    _, inter, *_ = SHAPES[model]
+    for rows in (1, 300, 4096):
+        for act in ("silu", "gelu_tanh"):
+            cases.check_act_and_mul(CUDA, dtype, rows, inter, act=act, seed=rows)
+
+
+@pytest.mark.parametrize("model", SHAPES)
+@pytest.mark.parametrize("fp8", [False, True])
+def test_kv_cache_write_real_shapes(model, fp8):
+    _, _, _, hkv, head_dim, _ = SHAPES[model]
+    for dtype in (torch.bfloat16, torch.float16):
+        for tokens, block_size in ((4096, 16), (64, 16), (300, 4096)):
+            cases.check_kv_write(CUDA, dtype, tokens, hkv, head_dim, block_size=block_size, fp8=fp8,
+                                 exact_fp8_inputs=False, seed=tokens)
+
+
+@pytest.mark.parametrize("model", SHAPES)
+@pytest.mark.parametrize(("fp8", "block_size"), [(False, 16), (False, 0), (True, 16)])
+def test_paged_attention_real_shapes(model, fp8, block_size):
+    """Mixed prefill chunks over cached context and decodes; decode-only batches (split-KV
+    chosen by the wrapper, and forced)."""
+    _, _, hq, hkv, head_dim, window = SHAPES[model]
+    mixed = cases.AttentionCase(hq, hkv, head_dim, block_size, (0, 700, 1500, 3000, 17, 2000),
+                                (1024, 300, 1, 1, 1, 64), sliding_window=window, fp8=fp8, seed=1)
+    cases.check_paged_attention(CUDA, torch.bfloat16, mixed)
+    decode = cases.AttentionCase(hq, hkv, head_dim, block_size, tuple(range(500, 4500, 250)), (1,) * 16,
+                                 sliding_window=window, fp8=fp8, seed=2)
+    cases.check_paged_attention(CUDA, torch.bfloat16, decode)
+    forced = dataclasses.replace(decode, num_splits=5)
+    cases.check_paged_attention(CUDA, torch.bfloat16, forced)
+
+
+@FEW
+@given(dtype=st.sampled_from([torch.bfloat16, torch.float16, torch.float32]),
+       case=cases.attention_cases(head_dims=(64, 128, 256), max_context=600, max_query=300, max_requests=6,
+                                  block_sizes=(1, 16, 2048)))
+def test_paged_attention_random_batches(dtype, case):
+    cases.check_paged_attention(CUDA, dtype, case)
+
+
+@FEW
+@given(tokens=st.integers(1, 300), heads=st.sampled_from([4, 16, 32]), splits=st.integers(2, 16),
+       head_dim=st.sampled_from([64, 128, 256]), seed=SEEDS)
+def test_attention_reduce_gpu(tokens, heads, splits, head_dim, seed):
+    cases.check_attention_reduce(CUDA, tokens, heads, splits, head_dim, seed)
+
+
+class TestTritonAttentionConformanceBF16(AttentionBackendConformance):
+    name = "triton"
+    device = CUDA
+    dtype = torch.bfloat16
+    head_dims = (64, 128, 256)
+    atol = 3e-2
+    max_examples = 5  # each new shape compiles the kernel; the shapes above cover the rest
