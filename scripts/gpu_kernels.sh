@@ -21,14 +21,17 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e infer_cor
   || { tail -20 "$OUT/pip.log"; exit 1; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw --format=csv
 status=0
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/kernels.py --out "$OUT/kernels" $sweep 2>&1 \
+    | tee "$OUT/bench.log" | tail -70
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
 if [ "$what" = tests ] || [ "$what" = all ]; then
   rm -f "$OUT/parity.jsonl"
-  INFER_PARITY_REPORT="$OUT/parity.jsonl" timeout "${TEST_TIMEOUT:-400}" python3 -m pytest -m gpu tests/kernels/test_kernels_gpu.py tests/kernels/test_model_parity_gpu.py tests/kernels/test_engine_gpu.py -q -rfE \
-    -p no:cacheprovider --durations=10 2>&1 | tee "$OUT/gpu_tests.log" | grep -v '^\s*$' | tail -60
-  status=${PIPESTATUS[0]}
-fi
-if [ "$what" = bench ] || [ "$what" = all ]; then
-  timeout "${BENCH_TIMEOUT:-420}" python3 benchmarks/kernels.py --out "$OUT/kernels" $sweep 2>&1 | tee "$OUT/bench.log" | tail -80
+  INFER_PARITY_REPORT="$OUT/parity.jsonl" timeout "${TEST_TIMEOUT:-400}" python3 -m pytest -m gpu \
+    tests/kernels/test_kernels_gpu.py tests/kernels/test_model_parity_gpu.py tests/kernels/test_engine_gpu.py \
+    -v -rfE -p no:cacheprovider --durations=8 2>&1 | tee "$OUT/gpu_tests.log" \
+    | grep -E "FAILED|ERROR|Error|passed|failed|^[0-9.]+s " | tail -40
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 exit $status

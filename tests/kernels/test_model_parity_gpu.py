@@ -31,9 +31,9 @@ pytestmark = [
 ]
 
 MAX_LEN = 2048
-PROMPT_LENS = (1100, 517, 64, 3)
+PROMPT_LENS = (700, 301, 40, 3)
 CHUNK = 256
-NEW_TOKENS = 32
+NEW_TOKENS = 24
 WEIGHT_STD = 0.02  # transformers' init: attention logits of order 1, as in trained models
 
 CONFIGS = {
@@ -92,7 +92,7 @@ def prompts(vocab: int) -> list[list[int]]:
     return [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in PROMPT_LENS]
 
 
-def run(model: CausalLM, batch: list[list[int]], *, kv_dtype=None, contiguous=False):
+def run(model: CausalLM, batch: list[list[int]], *, kv_dtype=None, contiguous=False, greedy=True):
     if contiguous:
         runner = PromptRunner(model, max_model_len=MAX_LEN, num_blocks=len(batch), cache_cls=ContiguousCache,
                               kv_dtype=kv_dtype)
@@ -100,8 +100,7 @@ def run(model: CausalLM, batch: list[list[int]], *, kv_dtype=None, contiguous=Fa
         runner = PromptRunner(model, max_model_len=MAX_LEN, num_blocks=len(batch) * MAX_LEN // 16,
                               block_size=16, cache_cls=SmallBlockCache, kv_dtype=kv_dtype)
     logits = torch.cat(runner.prompt_logits(batch, chunk_size=CHUNK)).float()
-    greedy = runner.greedy(batch, NEW_TOKENS)
-    return logits, greedy
+    return logits, (runner.greedy(batch, NEW_TOKENS) if greedy else None)
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -130,12 +129,12 @@ def report(entry: dict) -> None:
 def test_triton_backend_matches_torch_backend_and_fp8_kv(name):
     model32, backends = build(name)
     batch = prompts(CONFIGS[name]["vocab_size"])
-    ref_logits, ref_greedy = run(use_backend(model32, backends["torch"]), batch)
+    ref_logits, _ = run(use_backend(model32, backends["torch"]), batch, greedy=False)
     model16 = copy.deepcopy(model32).to(torch.bfloat16)
     del model32
     torch_logits, torch_greedy = run(use_backend(model16, backends["torch"]), batch)
     tri_logits, tri_greedy = run(use_backend(model16, backends["triton"]), batch)
-    tri_c_logits, _ = run(model16, batch, contiguous=True)
+    tri_c_logits, _ = run(model16, batch, contiguous=True, greedy=False)
     fp8_logits, fp8_greedy = run(model16, batch, kv_dtype=torch.float8_e4m3fn)
     entry = {
         "model": name,
@@ -150,7 +149,6 @@ def test_triton_backend_matches_torch_backend_and_fp8_kv(name):
         "triton_vs_torch_bf16": {"rel_err": rel_err(tri_logits, torch_logits),
                                  "prompt_top1_agreement": top1(tri_logits, torch_logits),
                                  "greedy_agreement": greedy_agreement(tri_greedy, torch_greedy)},
-        "bf16_vs_fp32_greedy_agreement": greedy_agreement(torch_greedy, ref_greedy),
     }
     report(entry)
     errs = entry["rel_err_vs_fp32"]
