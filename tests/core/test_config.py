@@ -84,6 +84,10 @@ def test_defaults_are_the_documented_ones():
     assert cfg.server.api_key is None
     assert cfg.server.max_waiting_requests == 1024
     assert cfg.server.cors_origins == []
+    assert cfg.server.max_body_bytes == 4 << 20
+    assert cfg.server.max_list_items == 1024
+    assert cfg.server.drain_timeout_s == 30.0
+    assert cfg.server.log_level == "info"
     assert cfg.plugins.disable == []
 
 
@@ -403,7 +407,8 @@ def test_unknown_key_without_a_close_match_lists_the_known_ones(tmp_path):
     path = write(tmp_path, "[server]\nzzz = 1\n")
     assert config_error(path) == (
         f"invalid configuration (defaults < file {path}): unknown key 'server.zzz' (known: host, "
-        f"port, api_key, max_waiting_requests, cors_origins)."
+        f"port, api_key, max_waiting_requests, cors_origins, max_body_bytes, max_list_items, "
+        f"drain_timeout_s, log_level)."
     )
 
 

@@ -91,6 +91,13 @@ class ServerConfig(Section):
     api_key: SecretStr | None = Field(None, description="If set, every route but /health needs 'Authorization: Bearer <key>'.")
     max_waiting_requests: int = Field(1024, ge=1, description="Queue length beyond which new requests get 503.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = CORS off.")
+    max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest request body in bytes; larger ones get 413.")
+    max_list_items: int = Field(
+        1024, ge=1, description="Most items in a request's lists (prompts, messages, stop strings, stop token ids).")
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long running requests may finish (new ones get 503) before exit.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Log level of the server and its access log.")
 
 
 class PluginsConfig(Section):

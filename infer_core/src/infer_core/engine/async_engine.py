@@ -5,28 +5,80 @@ Callers never touch engine state: ``generate`` validates and tokenizes in the ca
 request fails there, alone), then hands the request to the engine thread through a command
 queue; ``abort`` does the same, and the engine frees the request's KV blocks before its next
 step. A step that raises fails the requests it held and the loop goes on.
+
+For a server, :meth:`AsyncLLMEngine.add_request` takes a request made with
+``engine.make_request`` and returns its :class:`RequestStream` at once (so a handler can
+validate several requests before starting any), :attr:`~AsyncLLMEngine.num_waiting` counts the
+requests not yet running (for a queue limit), :attr:`~AsyncLLMEngine.is_ready` says the loop
+is stepping, :meth:`~AsyncLLMEngine.fail_unfinished` ends what is left at shutdown, and
+finished-request timings reach listeners added with
+:meth:`~AsyncLLMEngine.add_finished_listener` (called on the engine thread).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from infer_core.engine.llm_engine import LLMEngine
-from infer_core.request import Request, RequestOutput, SamplingParams
+from infer_core.errors import RequestError
+from infer_core.request import Request, RequestMetrics, RequestOutput, SamplingParams
 
 log = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.05
+
+FinishedRecord = tuple[RequestMetrics, list[float], str | None]
 
 
 @dataclass
 class _Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """Gauges published by the engine thread after each loop iteration."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0
+
+
+class RequestStream:
+    """The outputs of one request, in order, as an async iterator that ends after the
+    finished output. An exception delivered for the request (it could not be added, the engine
+    shut down) is raised from the iterator. :meth:`close` aborts the request if it has not
+    finished: call it when the consumer goes away."""
+
+    def __init__(self, engine: AsyncLLMEngine, request_id: str, stream: _Stream) -> None:
+        self.engine = engine
+        self.request_id = request_id
+        self._queue = stream.queue
+        self.finished = False
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self.finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        self.finished = item.finished
+        return item
+
+    def close(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.engine.abort(self.request_id)
 
 
 class AsyncLLMEngine:
@@ -38,12 +90,16 @@ class AsyncLLMEngine:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pending_adds = 0
+        self._listeners: list[Callable[[list[FinishedRecord]], None]] = []
+        self.snapshot = EngineSnapshot()
         self.num_steps = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         if self._thread is None:
+            self._stopping.clear()
             self._thread = threading.Thread(target=self._run, name="infer-engine", daemon=True)
             self._thread.start()
 
@@ -59,11 +115,43 @@ class AsyncLLMEngine:
         return self._thread is not None and self._thread.is_alive()
 
     @property
+    def is_ready(self) -> bool:
+        """The model is loaded and the loop is stepping (not stopping)."""
+        return self.is_running and not self._stopping.is_set()
+
+    @property
     def num_unfinished(self) -> int:
         with self._lock:
             return len(self._streams)
 
+    @property
+    def num_waiting(self) -> int:
+        """Requests handed in that are not running yet: still on their way to the engine
+        thread, or waiting (or preempted) in the scheduler."""
+        with self._lock:
+            return self._pending_adds + self.snapshot.num_waiting
+
+    def add_finished_listener(self, listener: Callable[[list[FinishedRecord]], None]) -> None:
+        """Call ``listener`` on the engine thread with the timings of requests that finished
+        (``EngineMetrics.pop_finished()``), after each loop iteration that finished some."""
+        self._listeners.append(listener)
+
     # -- requests ----------------------------------------------------------------------------
+
+    def add_request(self, request: Request, prompt_text: str | None = None) -> RequestStream:
+        """Hand ``request`` (from ``engine.make_request``) to the engine; its outputs arrive
+        on the returned stream. Must be called from a running event loop."""
+        if self._stopping.is_set():
+            raise RuntimeError("the engine is shutting down; it takes no new requests.")
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            if request.request_id in self._streams:
+                raise RequestError(f"request id '{request.request_id}' is already in use.")
+            self._streams[request.request_id] = stream
+            self._pending_adds += 1
+        self._commands.put(("add", request, prompt_text))
+        self._wake.set()
+        return RequestStream(self, request.request_id, stream)
 
     async def generate(
         self,
@@ -80,27 +168,21 @@ class AsyncLLMEngine:
             prompt, params, request_id=request_id, priority=priority,
             add_special_tokens=add_special_tokens,
         )
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        with self._lock:
-            self._streams[request.request_id] = stream
-        self._commands.put(("add", request, prompt if isinstance(prompt, str) else None))
-        self._wake.set()
-        finished = False
+        stream = self.add_request(request, prompt if isinstance(prompt, str) else None)
         try:
-            while not finished:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finished
-                yield item
+            async for output in stream:
+                yield output
         finally:
-            if not finished:
-                self.abort(request.request_id)
+            stream.close()
 
     def abort(self, request_id: str) -> None:
         """Abort a request; its blocks are back in the pool before the next step."""
         self._commands.put(("abort", request_id))
+        self._wake.set()
+
+    def fail_unfinished(self, error: str) -> None:
+        """End every request handed in so far with ``error`` (finish reason ``error``)."""
+        self._commands.put(("fail", error))
         self._wake.set()
 
     # -- the engine thread --------------------------------------------------------------------
@@ -110,7 +192,8 @@ class AsyncLLMEngine:
         with self._lock:
             stream = self._streams.pop(request_id, None) if finished else self._streams.get(request_id)
         if stream is not None and not stream.loop.is_closed():
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody listens
+                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
 
     def _apply_commands(self) -> None:
         while True:
@@ -124,15 +207,37 @@ class AsyncLLMEngine:
                     self.engine.add_request(request, command[2])
                 except Exception as exc:
                     self._deliver(request.request_id, exc)
-            else:
+                finally:
+                    with self._lock:
+                        self._pending_adds -= 1
+            elif command[0] == "abort":
                 output = self.engine.abort_request(command[1])
                 if output is not None:
                     self._deliver(command[1], output)
+            else:
+                ids = list(self.engine.scheduler.requests)
+                for output in self.engine.fail_requests(ids, command[1]):
+                    self._deliver(output.request_id, output)
+
+    def _publish(self) -> None:
+        scheduler = self.engine.scheduler
+        with self._lock:
+            self.snapshot = EngineSnapshot(
+                len(scheduler.running), len(scheduler.waiting), scheduler.cache.usage)
+        if self._listeners:
+            finished = self.engine.metrics.pop_finished()
+            if finished:
+                for listener in self._listeners:
+                    try:
+                        listener(finished)
+                    except Exception:
+                        log.exception("finished-request listener failed")
 
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._apply_commands()
             if not self.engine.has_unfinished_requests():
+                self._publish()
                 self._wake.wait(IDLE_WAIT_S)
                 self._wake.clear()
                 continue
@@ -144,5 +249,11 @@ class AsyncLLMEngine:
             self.num_steps += 1
             for output in outputs:
                 self._deliver(output.request_id, output)
+            self._publish()
+        self._apply_commands()
+        for output in self.engine.fail_requests(list(self.engine.scheduler.requests),
+                                                "the engine shut down before the request finished"):
+            self._deliver(output.request_id, output)
         for request_id in list(self._streams):
             self._deliver(request_id, RuntimeError("the engine shut down before the request finished"))
+        self._publish()

@@ -1,0 +1,93 @@
+"""``infer-serve --config engine.toml [--section.key VALUE ...]``: load the config, assemble
+the plugins, load the model, log what was loaded, serve the OpenAI API on uvicorn.
+
+User errors (a bad config, a missing model, a plugin that fails to import) print one
+``error: ...`` line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from infer_core.config import EngineConfig, load_config
+from infer_core.engine.async_engine import AsyncLLMEngine
+from infer_core.engine.llm_engine import LLMEngine
+from infer_core.errors import InferError
+from infer_core.plugins import make_plugin_manager
+from infer_core.server.app import create_app
+from infer_core.server.shutdown import Drain, GracefulServer
+from infer_core.server.startup import capacity_line, plugin_lines
+from infer_core.version import __version__
+
+EXIT_USER_ERROR = 2
+# After the drain, how long uvicorn waits for responses still being written.
+WRITE_GRACE_S = 5
+log = logging.getLogger("infer.server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infer-serve",
+        description="Serve a model over the OpenAI API (/v1/completions, /v1/chat/completions, "
+        "/v1/models, /health, /ready, /metrics).",
+        epilog="Any config key can be overridden: --section.key VALUE, e.g. --model.path "
+        "/models/Qwen3-0.6B --server.port 8001 --cache.backend paged.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="TOML file (default: $INFER_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"infer-core {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = build_parser().parse_known_args(argv)
+    try:
+        config = load_config(args.config, overrides)
+        logging.basicConfig(level=config.server.log_level.upper(),
+                            format="%(levelname)s:     %(message)s", stream=sys.stderr)
+        pm = make_plugin_manager(blocked=config.plugins.disable)
+        for line in plugin_lines(pm):
+            log.info(line)
+        log.info("loading %s", config.model.path)
+        engine = LLMEngine(config, pm)
+    except InferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    log.info("model %s: %s, %s on %s, %s attention", engine.layout.served_model_name,
+             type(engine.model).__name__, str(engine.layout.dtype).removeprefix("torch."),
+             engine.layout.device, engine.layout.attention_backend)
+    log.info(capacity_line(engine))
+    return serve(engine, config)
+
+
+def serve(engine: LLMEngine, config: EngineConfig) -> int:
+    server = config.server
+    if server.api_key is None and not _is_loopback(server.host):
+        log.warning("listening on %s without server.api_key: anyone who can reach this port can "
+                    "use the model; set server.api_key (INFER_SERVER__API_KEY).", server.host)
+    app = create_app(AsyncLLMEngine(engine), config)
+    uv_config = uvicorn.Config(
+        app, host=server.host, port=server.port, log_level=server.log_level, lifespan="on",
+        timeout_graceful_shutdown=WRITE_GRACE_S, server_header=False,
+    )
+    uv_server = GracefulServer(uv_config, Drain(app.state.server, server.drain_timeout_s))
+    uv_server.run()
+    return 0 if uv_server.started else 1
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
