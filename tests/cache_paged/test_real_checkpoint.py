@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 SYSTEM = ("You are a careful assistant for a small bakery. Answer in one short sentence, "
           "mention prices in euros, and never invent opening hours.")
 QUESTIONS = ["How much is a croissant?", "Can I order a birthday cake for Saturday?", "Hi"]
-GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,9 @@ def checkpoint():
 
 
 def generate(checkpoint, backend: str, repeats: int = 1) -> tuple[list[list[list[int]]], LLM]:
-    llm = LLM(model=str(checkpoint), max_model_len=256, device="cpu", dtype="float32",
+    llm = LLM(model=str(checkpoint), max_model_len=128, device="cpu", dtype="float32",
               max_num_seqs=8, max_num_batched_tokens=512,
-              cache={"backend": backend, "num_blocks": 64 if backend != "contiguous" else 8})
+              cache={"backend": backend, "num_blocks": 32 if backend != "contiguous" else 4})
     conversations = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
                      for q in QUESTIONS]
     runs = [[o.outputs[0].token_ids for o in llm.chat(conversations, GREEDY)] for _ in range(repeats)]
