@@ -31,6 +31,7 @@ class RunningServer:
     app: Any
     uvicorn: GracefulServer
     llm: LLM
+    thread: threading.Thread
     api_key: str | None = None
 
     @property
@@ -90,7 +91,7 @@ def run_server(llm: LLM, **server: Any) -> Iterator[RunningServer]:
     port = sock.getsockname()[1]
     key = server.get("api_key")
     try:
-        yield RunningServer(f"http://127.0.0.1:{port}", app, uv, llm, key)
+        yield RunningServer(f"http://127.0.0.1:{port}", app, uv, llm, thread, key)
     finally:
         uv.should_exit = True
         thread.join(30)

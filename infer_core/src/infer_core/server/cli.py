@@ -12,18 +12,15 @@ import ipaddress
 import logging
 import sys
 from collections.abc import Sequence
-
-import uvicorn
+from typing import TYPE_CHECKING
 
 from infer_core.config import EngineConfig, load_config
-from infer_core.engine.async_engine import AsyncLLMEngine
-from infer_core.engine.llm_engine import LLMEngine
 from infer_core.errors import InferError
 from infer_core.plugins import make_plugin_manager
-from infer_core.server.app import create_app
-from infer_core.server.shutdown import Drain, GracefulServer
-from infer_core.server.startup import capacity_line, plugin_lines
 from infer_core.version import __version__
+
+if TYPE_CHECKING:
+    from infer_core.engine.llm_engine import LLMEngine
 
 EXIT_USER_ERROR = 2
 # After the drain, how long uvicorn waits for responses still being written.
@@ -51,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=config.server.log_level.upper(),
                             format="%(levelname)s:     %(message)s", stream=sys.stderr)
         pm = make_plugin_manager(blocked=config.plugins.disable)
+        # torch, the engine and the web stack are imported once the config is known to be good
+        from infer_core.engine.llm_engine import LLMEngine
+        from infer_core.server.startup import capacity_line, plugin_lines
+
         for line in plugin_lines(pm):
             log.info(line)
         log.info("loading %s", config.model.path)
@@ -66,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(engine: LLMEngine, config: EngineConfig) -> int:
+    import uvicorn
+
+    from infer_core.engine.async_engine import AsyncLLMEngine
+    from infer_core.server.app import create_app
+    from infer_core.server.shutdown import Drain, GracefulServer
+
     server = config.server
     if server.api_key is None and not _is_loopback(server.host):
         log.warning("listening on %s without server.api_key: anyone who can reach this port can "

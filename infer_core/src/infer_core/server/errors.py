@@ -78,7 +78,7 @@ def error_event(exc: ApiError) -> dict[str, Any]:
 
 
 def generation_failed(error: str) -> ApiError:
-    return ApiError(500, f"generation failed: {error}", type=SERVER_ERROR, code="generation_failed")
+    return ApiError(500, f"generation failed: {error.rstrip('.')}.", type=SERVER_ERROR, code="generation_failed")
 
 
 _STATUS_CODES = {
