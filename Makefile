@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: venv fixtures test lint plugins clean
+.PHONY: venv fixtures test lint plugins clean serve
 
 venv: $(STAMP)
 
@@ -33,6 +33,14 @@ fixtures: $(STAMP)
 
 test: $(STAMP) fixtures
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The demo server: SmolLM2-135M-Instruct (fetched into ~/.cache/infer on first use) on the
+# CPU at 127.0.0.1:8000. More flags: make serve SERVE_ARGS="--server.port 8001"
+SERVE_CONFIG ?= examples/serve-smollm2.toml
+SERVE_ARGS ?=
+serve: $(STAMP)
+	@model="$$($(BIN)/python -m infer_core.testing.fixtures smollm2)" && \
+	exec $(BIN)/infer-serve --config $(SERVE_CONFIG) --model.path "$$model" $(SERVE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
