@@ -23,7 +23,7 @@ GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
 def make_llm(checkpoint, **settings) -> LLM:
     cache = {"num_blocks": 64, "block_size": 16, "backend": "small_blocks", **settings.pop("cache", {})}
     return LLM(model=str(checkpoint), plugins=[caches], device="cuda", max_model_len=256,
-               max_num_batched_tokens=128, cache=cache, **settings)
+               max_num_batched_tokens=128, max_num_seqs=16, cache=cache, **settings)
 
 
 def batch(vocab: int) -> list[list[int]]:
