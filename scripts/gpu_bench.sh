@@ -40,6 +40,9 @@ if [ "${1:-}" = prepare ]; then
   mkdir -p "$ASSETS/qwen3-tokenizer"
   tok=$(.venv/bin/python -m infer_core.testing.fixtures qwen3-tokenizer)
   cp "$tok/tokenizer.json" "$tok/tokenizer_config.json" "$ASSETS/qwen3-tokenizer/"
+  # the copied tree there may have no .git: the reports take the commit from here
+  echo "$(git rev-parse HEAD)$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo ' dirty')" \
+    > "$ASSETS/commit"
   wheels=${DEVICE_WHEELS:-../shared/tools/device-wheels}
   [ -x "$wheels" ] && "$wheels" pydantic-settings litestar uvicorn openai
   du -sh "$ASSETS" .whl 2>/dev/null
@@ -83,6 +86,7 @@ phase() {
 }
 
 BENCH=("$PY" -m infer_core.bench.cli)
+[ -f "$ASSETS/commit" ] && export INFER_BENCH_COMMIT="$(cat "$ASSETS/commit")"
 
 say "phases: $PHASES; budget ${BUDGET_S}s"
 # -- install (no registry there: carried wheels for what the image lacks, our packages editable)

@@ -57,13 +57,16 @@ def device_name(device: str = "auto") -> str:
 
 
 def git_commit(cwd: Path | None = None) -> dict[str, Any] | None:
+    """HEAD and whether tracked files differ from it; where there is no git checkout (a copied
+    tree on a GPU machine), ``$INFER_BENCH_COMMIT`` (``<sha>`` or ``<sha> dirty``) if set."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        given = os.environ.get("INFER_BENCH_COMMIT", "").split()
+        return {"sha": given[0], "dirty": "dirty" in given[1:], "source": "INFER_BENCH_COMMIT"} if given else None
     return {"sha": head, "dirty": bool(dirty)}
 
 
