@@ -212,33 +212,41 @@ def test_cors_is_off_by_default(llm):
 
 def test_a_full_queue_is_503_with_retry_after(slow_steps):
     llm = tiny_llm(max_num_seqs=1)  # one request runs, the next waits
-    slow_steps(llm, 0.02)
+    slow_steps(llm, 0.01)
     with run_server(llm, max_waiting_requests=1) as server:
-        body = {"model": server.model, "prompt": "hi", "max_tokens": 60, "ignore_eos": True}
-        results = []
-
-        def send():
-            with server.http() as http:
-                results.append(http.post("/v1/completions", json=body).status_code)
-
-        threads = [threading.Thread(target=send) for _ in range(2)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 20
+        body = {"model": server.model, "prompt": "hi", "max_tokens": 250, "ignore_eos": True}
+        statuses, done = [], threading.Event()
         engine = server.engine
-        while not (engine.snapshot.num_running == 1 and engine.num_waiting == 1):
-            assert time.monotonic() < deadline, "the two requests did not both arrive"
-            time.sleep(0.01)
+
+        def stream_until_done():
+            with server.http() as http, http.stream("POST", "/v1/completions",
+                                                     json={**body, "stream": True}) as response:
+                statuses.append(response.status_code)
+                for _ in response.iter_lines():
+                    if done.is_set():
+                        break  # the client leaves; its request is aborted
+
+        def start_and_wait(running, waiting):
+            thread = threading.Thread(target=stream_until_done)
+            thread.start()
+            deadline = time.monotonic() + 20
+            while not (engine.snapshot.num_running == running and engine.num_waiting == waiting):
+                assert time.monotonic() < deadline, (statuses, engine.snapshot, engine.num_waiting)
+                time.sleep(0.005)
+            return thread
+
+        threads = [start_and_wait(1, 0), start_and_wait(1, 1)]
         with server.http() as http:
             response = http.post("/v1/completions", json=body)
+        done.set()
         err = error_of(response, 503)
         assert response.headers["Retry-After"] == "1"
         assert err["code"] == "queue_full" and err["type"] == "server_error"
         assert err["message"] == ("the server is at capacity: 1 requests are waiting "
                                   "(server.max_waiting_requests = 1); retry later.")
-        for t in threads:  # the two admitted requests still finish normally
+        for t in threads:
             t.join(60)
-        assert results == [200, 200]
+        assert statuses == [200, 200]
         server.wait_idle()
         with server.http() as http:
             metrics = http.get("/metrics").text

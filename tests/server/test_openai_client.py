@@ -73,6 +73,19 @@ def test_completion_with_a_list_of_prompts_and_token_ids(server, expected):
     assert out.choices[0].model_extra["prompt_token_ids"] == ids
 
 
+def test_streamed_list_of_prompts_and_echo(server, expected):
+    stream = server.client().completions.create(
+        model=server.model, prompt=PROMPTS, max_tokens=12, temperature=0, stream=True,
+        echo=True, extra_body={"ignore_eos": True})
+    texts, finishes = ["", "", ""], [[], [], []]
+    for chunk in stream:
+        [choice] = chunk.choices
+        texts[choice.index] += choice.text
+        finishes[choice.index].append(choice.finish_reason)
+    assert texts == [p + e.text for p, e in zip(PROMPTS, expected["completions"], strict=True)]
+    assert all(f[-1] == "length" and not any(f[:-1]) for f in finishes)
+
+
 def test_streamed_completion_adds_up_with_usage_last(server, expected):
     stream = server.client().completions.create(
         model=server.model, prompt=PROMPTS[0], max_tokens=12, temperature=0, stream=True,

@@ -50,7 +50,7 @@ def start_stream(server, max_tokens):
 def test_sigterm_drains_then_exits(llm, slow_steps):
     slow_steps(llm, 0.01)
     with run_server(llm, drain_timeout_s=60) as server:
-        thread, events = start_stream(server, 60)
+        thread, events = start_stream(server, 150)
         server.uvicorn.handle_exit(signal.SIGTERM, None)
         with server.http() as http:
             refused = http.post("/v1/completions", json={"model": server.model, "prompt": "hi"})

@@ -92,9 +92,11 @@ class ServerState:
     def admit(self, requests: Sequence[Request], prompts: Sequence[Prompt]) -> list[RequestStream]:
         """Hand ``requests`` to the engine, or refuse them all with 503."""
         if self.draining:
+            self.metrics.rejected("shutting_down")
             raise unavailable("the server is shutting down and takes no new requests; retry on "
                               "another replica or after it restarts.", "shutting_down")
         if not self.engine.is_ready:
+            self.metrics.rejected("not_ready")
             raise unavailable("the engine is not running yet; retry shortly.", "not_ready")
         limit = self.config.server.max_waiting_requests
         waiting = self.engine.num_waiting
