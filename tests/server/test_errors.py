@@ -75,8 +75,9 @@ def route_calls(server):
     """(method, path) for every route of the app, path parameters filled in."""
     for route in server.app.routes:
         path = route.path.replace("{model:path}", server.model)
-        for method in sorted(route.methods - {"OPTIONS", "HEAD"}):
-            yield method, path
+        for method in sorted(route.methods - {"HEAD"}):
+            if not (path == "/health" and method == "OPTIONS"):
+                yield method, path
 
 
 def test_every_route_but_health_needs_the_key(server):
