@@ -67,6 +67,17 @@ def test_merge_replaces_runs_with_the_same_key():
     assert report["skipped"] == [{"source": "hf", "what": "W2", "reason": "r2"}]
 
 
+def test_merging_another_report_keeps_where_it_was_measured(monkeypatch):
+    report = report_with()
+    there = {"device": "NVIDIA H200", "versions": {"torch": "2.11.0"}, "commit": {"sha": "abc", "dirty": False}}
+    rpt.merge(report, runs=[], environment=there)
+    assert report["environment"] == there  # not this machine's versions
+    monkeypatch.setenv("INFER_BENCH_COMMIT", "def123 dirty")
+    rpt.merge(report, runs=[])  # measured here: this process's versions, the given commit
+    assert report["environment"]["versions"] == rpt.versions()
+    assert report["environment"]["commit"] == {"sha": "def123", "dirty": True, "source": "INFER_BENCH_COMMIT"}
+
+
 def test_summary_has_the_side_by_side_ratio(tmp_path):
     ours = rpt.run_entry("offline", workload("W4", 2), records(2, 0.01), 1.0, model="m", config_name="default")
     theirs = rpt.run_entry("hf", workload("W4", 2), records(2, 0.01), 2.0, model="m", method="cb")

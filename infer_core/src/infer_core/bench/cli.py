@@ -321,7 +321,8 @@ def cmd_report(args) -> int:
             raise InferError(f"'{path}' is not a report; give a report directory or its report.json.")
         data = json.loads(path.read_text(encoding="utf-8"))
         rpt.merge(report, runs=data["runs"], skipped=data["skipped"], models=data["models"],
-                  configs=data["configs"], bandwidth=data.get("bandwidth"), notes=data["notes"])
+                  configs=data["configs"], bandwidth=data.get("bandwidth"), notes=data["notes"],
+                  environment=data.get("environment"))
     for path in rpt.write_report(args.dir, report, plots=not args.no_plots):
         log(f"wrote {path}")
     return 0

@@ -57,16 +57,18 @@ def device_name(device: str = "auto") -> str:
 
 
 def git_commit(cwd: Path | None = None) -> dict[str, Any] | None:
-    """HEAD and whether tracked files differ from it; where there is no git checkout (a copied
-    tree on a GPU machine), ``$INFER_BENCH_COMMIT`` (``<sha>`` or ``<sha> dirty``) if set."""
+    """``$INFER_BENCH_COMMIT`` (``<sha>`` or ``<sha> dirty``) when set — a tree copied to a GPU
+    machine may carry a stale ``.git`` — else HEAD and whether tracked files differ from it."""
+    given = os.environ.get("INFER_BENCH_COMMIT", "").split()
+    if given:
+        return {"sha": given[0], "dirty": "dirty" in given[1:], "source": "INFER_BENCH_COMMIT"}
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        given = os.environ.get("INFER_BENCH_COMMIT", "").split()
-        return {"sha": given[0], "dirty": "dirty" in given[1:], "source": "INFER_BENCH_COMMIT"} if given else None
+        return None
     return {"sha": head, "dirty": bool(dirty)}
 
 
@@ -136,10 +138,12 @@ def load_report(directory: Path, device: str = "auto") -> dict[str, Any]:
 
 def merge(report: dict[str, Any], *, runs: list[dict] = (), skipped: list[dict] = (),
           models: dict | None = None, configs: dict | None = None, bandwidth: dict | None = None,
-          notes: list[str] = (), new_models_only: bool = False) -> dict[str, Any]:
+          notes: list[str] = (), new_models_only: bool = False,
+          environment: dict | None = None) -> dict[str, Any]:
     """Add runs (replacing runs with the same key), skips, models, configs and notes.
     ``new_models_only``: keep what the report already says of a model (an offline run knows
-    its dtype; a client only assumes one)."""
+    its dtype; a client only assumes one). ``environment``: where the added runs were
+    measured (another report's, when merging); default: this process's versions and commit."""
     keys = {_key(r) for r in runs}
     report["runs"] = [r for r in report["runs"] if _key(r) not in keys] + list(runs)
     skip_keys = {(s.get("source"), s.get("what")) for s in skipped}
@@ -153,7 +157,7 @@ def merge(report: dict[str, Any], *, runs: list[dict] = (), skipped: list[dict] 
         report["bandwidth"] = bandwidth
     report["notes"] += [n for n in notes if n not in report["notes"]]
     report["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
-    report["environment"] = {**report["environment"], "versions": versions(), "commit": git_commit()}
+    report["environment"] = environment or {**report["environment"], "versions": versions(), "commit": git_commit()}
     return report
 
 
