@@ -103,9 +103,9 @@ def test_every_route_but_health_needs_the_key(server):
 # -- 404, 405, 413 ------------------------------------------------------------------------------
 
 
-def test_unknown_model_and_route_are_404(server):
+def test_unknown_model_is_422_and_unknown_resources_404(server):
     for response in (completion(server, model="gpt-4"), chat(server, model="gpt-4")):
-        err = error_of(response, 404)
+        err = error_of(response, 422)
         assert err == {
             "message": f"the model 'gpt-4' does not exist; this server serves '{server.model}' "
                        f"(GET /v1/models).",

@@ -29,7 +29,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 @get("/v1/models/{model:path}")
 async def retrieve_model(request: Request, model: FromPath[str]) -> dict[str, Any]:
     state: ServerState = request.app.state.server
-    state.check_model(model.lstrip("/"))
+    state.check_model(model.lstrip("/"), status=404)
     return _model_card(state)
 
 

@@ -67,9 +67,11 @@ class ServerState:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def check_model(self, model: str) -> None:
+    def check_model(self, model: str, status: int = 422) -> None:
+        """A request naming another model is an invalid value (422); ``GET /v1/models/{id}``
+        of an unknown id is a missing resource (404)."""
         if model != self.model_name:
-            raise ApiError(404, f"the model '{model}' does not exist; this server serves "
+            raise ApiError(status, f"the model '{model}' does not exist; this server serves "
                                 f"'{self.model_name}' (GET /v1/models).",
                            param="model", code="model_not_found")
 
