@@ -6,6 +6,7 @@
     infer-bench matrix --config engine.toml [--configs static,paged] [--policies all]
     infer-bench checkpoint llama-3.2-1b --out DIR          # random weights at real shapes
     infer-bench report DIR                                 # re-draw summary.md and plots
+    infer-bench soak --model DIR [--burst] [--duration 60] # reliability (docs/reliability.md)
 
 Every run command merges its figures into ``<out>/report.json`` (default
 ``benchmarks/reports/<date>-<device>/``) and rewrites ``summary.md`` and the plots there.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from infer_core.bench import report as rpt
+from infer_core.bench import soak_cli
 from infer_core.bench.workloads import WorkloadOptions, make_workloads, parse_workloads
 from infer_core.errors import InferError
 
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("--out", type=Path, required=True, help="directory to write")
     ckpt.add_argument("--tokenizer", default=None, help="copy this tokenizer (default: a synthetic one)")
     ckpt.add_argument("--seed", type=int, default=0)
+
+    soak_cli.add_parser(commands)
 
     rep = commands.add_parser("report", help="re-draw summary.md and the plots of a report directory")
     rep.add_argument("dir", type=Path)
@@ -331,7 +335,7 @@ def cmd_report(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("offline", "matrix"):
+    if extra and args.command not in ("offline", "matrix", "soak"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "serve":
@@ -344,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_matrix(args, extra)
         if args.command == "checkpoint":
             return cmd_checkpoint(args)
+        if args.command == "soak":
+            return soak_cli.cmd_soak(args, extra, log)
         return cmd_report(args)
     except InferError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,12 +18,14 @@ finished-request timings reach listeners added with
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from infer_core.engine.llm_engine import LLMEngine
 from infer_core.errors import RequestError
@@ -180,6 +182,21 @@ class AsyncLLMEngine:
         self._commands.put(("abort", request_id))
         self._wake.set()
 
+    async def inspect(self, fn: Callable[[LLMEngine], Any], timeout: float = 10.0) -> Any:
+        """``fn(engine)`` run on the engine thread between two steps (so it sees a consistent
+        state), or here when the loop is not running. For debugging and soak checks."""
+        if not self.is_running:
+            return fn(self.engine)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._commands.put(("inspect", fn, future))
+        self._wake.set()
+        return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+
+    @property
+    def num_pending_adds(self) -> int:
+        with self._lock:
+            return self._pending_adds
+
     def fail_unfinished(self, error: str) -> None:
         """End every request handed in so far with ``error`` (finish reason ``error``)."""
         self._commands.put(("fail", error))
@@ -210,6 +227,13 @@ class AsyncLLMEngine:
                 finally:
                     with self._lock:
                         self._pending_adds -= 1
+            elif command[0] == "inspect":
+                fn, future = command[1], command[2]
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn(self.engine))
+                    except Exception as exc:
+                        future.set_exception(exc)
             elif command[0] == "abort":
                 output = self.engine.abort_request(command[1])
                 if output is not None:

@@ -12,12 +12,14 @@ from infer_core.engine.async_engine import AsyncLLMEngine
 from infer_core.server.auth import api_key_guard
 from infer_core.server.chat import create_chat_completion
 from infer_core.server.completions import create_completion
+from infer_core.server.debug import debug_engine
 from infer_core.server.errors import exception_handlers
 from infer_core.server.routes import health, list_models, metrics, ready, retrieve_model
 from infer_core.server.state import ServerState
 
 ROUTES = (create_completion, create_chat_completion, list_models, retrieve_model, health, ready,
           metrics)
+DEBUG_ROUTES = (debug_engine,)  # only with server.debug_endpoints
 
 
 def create_app(engine: AsyncLLMEngine, config: EngineConfig) -> Litestar:
@@ -31,7 +33,7 @@ def create_app(engine: AsyncLLMEngine, config: EngineConfig) -> Litestar:
         allow_headers=["Authorization", "Content-Type"],
     ) if server.cors_origins else None
     return Litestar(
-        route_handlers=list(ROUTES),
+        route_handlers=[*ROUTES, *(DEBUG_ROUTES if server.debug_endpoints else ())],
         exception_handlers=exception_handlers(),
         guards=guards,
         cors_config=cors,
