@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: venv fixtures test lint plugins clean serve
+.PHONY: venv fixtures test lint plugins clean serve soak fuzz
 
 venv: $(STAMP)
 
@@ -41,6 +41,22 @@ SERVE_ARGS ?=
 serve: $(STAMP)
 	@model="$$($(BIN)/python -m infer_core.testing.fixtures smollm2)" && \
 	exec $(BIN)/infer-serve --config $(SERVE_CONFIG) --model.path "$$model" $(SERVE_ARGS)
+
+# Reliability (docs/reliability.md). soak: SOAK_S seconds of 64 chaos streams against an
+# infer-serve on a tiny checkpoint (prefix cache, KV pool small enough to preempt), then a burst
+# at 4 x the sustainable rate; reports in benchmarks/reports/soak-<date>-{soak,burst}/.
+# fuzz: FUZZ_CASES schemathesis cases against the OpenAPI document, none may get a 5xx.
+SOAK_S ?= 1800
+SOAK_SERVER := --model.device cpu --model.max_model_len 256 --scheduler.max_num_seqs 32 \
+               --cache.backend prefix --cache.num_blocks 64 --server.max_body_bytes 65536
+FUZZ_CASES ?= 1200
+soak: $(STAMP)
+	@model="$$($(BIN)/python -c "from infer_core.testing.fixtures import tiny_checkpoint; print(tiny_checkpoint('llama', tokenizer=True, vocab_size=512))")" && \
+	OMP_NUM_THREADS=1 $(BIN)/infer-bench soak --model "$$model" --duration $(SOAK_S) --concurrency 64 $(SOAK_SERVER) && \
+	OMP_NUM_THREADS=1 $(BIN)/infer-bench soak --burst --model "$$model" --duration 120 $(SOAK_SERVER)
+
+fuzz: $(STAMP)
+	INFER_FUZZ_CASES=$(FUZZ_CASES) $(BIN)/python -m pytest tests/reliability/test_fuzz.py -s $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

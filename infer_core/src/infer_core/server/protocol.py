@@ -10,11 +10,26 @@ union (``prompt``, ``stop``, ``messages``) are typed ``Any`` here and checked in
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, WithJsonSchema
 
 from infer_core.server.errors import ApiError, invalid_value, malformed
+
+# The JSON schemas of the union-typed fields, for the OpenAPI document (validation is in params)
+_TEXT = {"type": "string"}
+_IDS = {"type": "array", "items": {"type": "integer"}}
+PromptField = Annotated[Any, WithJsonSchema({"anyOf": [
+    _TEXT, {"type": "array", "items": _TEXT, "minItems": 1}, _IDS,
+    {"type": "array", "items": _IDS, "minItems": 1}]})]
+StopField = Annotated[Any, WithJsonSchema({"anyOf": [
+    {"type": "null"}, _TEXT, {"type": "array", "items": _TEXT}]})]
+MessagesField = Annotated[Any, WithJsonSchema({"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["role", "content"], "additionalProperties": False,
+    "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]},
+                   "content": {"anyOf": [_TEXT, {"type": "array", "items": {
+                       "type": "object", "required": ["type", "text"],
+                       "properties": {"type": {"const": "text"}, "text": _TEXT}}}]}}}})]
 
 
 class _Body(BaseModel):
@@ -39,7 +54,7 @@ class SamplingFields(_Body):
     repetition_penalty: float | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
-    stop: Any = None
+    stop: StopField = None
     stop_token_ids: list[int] | None = None
     seed: int | None = None
     min_tokens: int | None = None
@@ -58,7 +73,7 @@ class SamplingFields(_Body):
 class CompletionRequest(SamplingFields):
     """``POST /v1/completions``."""
 
-    prompt: Any
+    prompt: PromptField
     echo: bool | None = None
     logprobs: int | None = None
     suffix: str | None = None
@@ -69,7 +84,7 @@ class CompletionRequest(SamplingFields):
 class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``."""
 
-    messages: Any
+    messages: MessagesField
     max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
