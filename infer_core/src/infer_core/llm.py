@@ -114,10 +114,12 @@ class LLM:
             engine.add_request(request, prompt if isinstance(prompt, str) else None)
             order[request.request_id] = i
         results: list[RequestOutput | None] = [None] * len(prompts)
-        while any(r is None for r in results):
-            for output in engine.step():
-                if output.finished and output.request_id in order:
-                    results[order[output.request_id]] = output
+        remaining = len(prompts)
+        while remaining:
+            for output in engine.step(finished_only=True):
+                if output.request_id in order:
+                    results[order.pop(output.request_id)] = output
+                    remaining -= 1
         return results  # type: ignore[return-value]
 
     @staticmethod

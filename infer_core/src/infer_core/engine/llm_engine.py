@@ -20,7 +20,7 @@ from infer_core.attention.kv_tensors import (
 from infer_core.config import EngineConfig
 from infer_core.engine.detokenizer import OutputState
 from infer_core.engine.metrics import EngineMetrics
-from infer_core.engine.runner import ModelRunner
+from infer_core.engine.runner import ModelRunner, ModelRunnerOutput
 from infer_core.engine.scheduler import Scheduler, SchedulerLimits
 from infer_core.errors import ConfigError, RequestError
 from infer_core.loader.hf_config import read_hf_config
@@ -217,8 +217,10 @@ class LLMEngine:
 
     # -- the step -----------------------------------------------------------------------------
 
-    def step(self) -> list[RequestOutput]:
-        """One engine step: returns the outputs of the requests that made progress."""
+    def step(self, *, finished_only: bool = False) -> list[RequestOutput]:
+        """One engine step: returns the outputs of the requests that made progress, or with
+        ``finished_only`` only of those that finished (no per-token output objects, for
+        callers that need final results only, such as ``LLM.generate``)."""
         sched_out = self.scheduler.schedule()
         now = time.monotonic()
         for new in sched_out.scheduled_new_reqs:
@@ -229,6 +231,11 @@ class LLMEngine:
             self.cache.reset_prefix_cache()  # blocks hashed for this step may hold no valid KV
             return self.fail_requests(list(sched_out.num_scheduled_tokens), f"{type(exc).__name__}: {exc}")
         self.scheduler.update_from_output(sched_out)
+        outputs = self._process_outputs(runner_out, finished_only)
+        self.metrics.on_step(self.scheduler, len(sched_out.preempted_req_ids))
+        return outputs
+
+    def _process_outputs(self, runner_out: ModelRunnerOutput, finished_only: bool) -> list[RequestOutput]:
         outputs = []
         now = time.monotonic()
         for request_id, token, logprob in zip(
@@ -250,9 +257,8 @@ class LLMEngine:
                 request.stop_reason = delta.stop_reason
                 self.scheduler.finish_request(request_id, status)
                 outputs.append(self._finish(request, delta.text, delta.token_ids))
-            else:
+            elif not finished_only:
                 outputs.append(self._output(request, state, delta.text, delta.token_ids))
-        self.metrics.on_step(self.scheduler, len(sched_out.preempted_req_ids))
         return outputs
 
     def fail_requests(self, request_ids: list[str], error: str) -> list[RequestOutput]:

@@ -1,20 +1,29 @@
 """The model runner: one flat batch per step, logits only where sampled, sampling on device.
 
-It keeps the state of every request it has seen (token ids, block table) so that a step's
-``SchedulerOutput`` only carries what changed. Per-step inputs are written into buffers
-allocated once at start-up (``input_ids``, ``positions``, ``slot_mapping``, query offsets,
-sequence lengths, block tables), so the tensors a decode step reads never move — the
-precondition for replaying it as a CUDA graph.
+It keeps the state of every request it has seen (token ids, a block-table row, a sampling
+row) so that a step's ``SchedulerOutput`` only carries what changed. Per-step inputs are
+computed with numpy over the batch (no per-token Python) into buffers allocated once at
+start-up (``input_ids``, ``positions``, ``slot_mapping``, query offsets, sequence lengths,
+block tables), pinned on the host and copied once each to the device, so the tensors a decode
+step reads never move — the precondition for replaying it as a CUDA graph. Block-table rows
+are written only where a request gained blocks (``BlockTable``); the sampler's per-row
+parameters are rebuilt only when the set of sampled requests changes (``SamplingBatch``).
+The step's one device-to-host sync is the read of the sampled ids.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from infer_core.attention.metadata import AttentionMetadata
-from infer_core.engine.sampler import Sampler, SamplingMetadata
+from infer_core.engine.block_table import BlockTable
+from infer_core.engine.buffers import HostDeviceBuffer
+from infer_core.engine.sampler import SampledLists, Sampler, SamplingMetadata
+from infer_core.engine.sampling_metadata import SamplingBatch
 from infer_core.engine.scheduler import SchedulerOutput
 from infer_core.models.base import CausalLM
 from infer_core.request import Logprob, SamplingParams
@@ -29,6 +38,8 @@ class RunnerRequest:
     block_ids: list[int]
     params: SamplingParams
     eos_token_ids: frozenset[int]
+    slot: int  # its row in the block table
+    uid: int  # unique over the runner's life (a request id may come back after preemption)
 
 
 @dataclass(frozen=True)
@@ -60,18 +71,25 @@ class ModelRunner:
         self.eos_token_ids = eos_token_ids
         self.sampler = Sampler()
         self.requests: dict[str, RunnerRequest] = {}
-        max_blocks = -(-max_model_len // block_size)
-        self.input_ids = torch.zeros(max_num_batched_tokens, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(max_num_batched_tokens, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.zeros(max_num_batched_tokens, dtype=torch.int64, device=device)
-        self.query_start_loc = torch.zeros(max_num_seqs + 1, dtype=torch.int32, device=device)
-        self.seq_lens = torch.zeros(max_num_seqs, dtype=torch.int32, device=device)
-        self.block_tables = torch.zeros(max_num_seqs, max_blocks, dtype=torch.int32, device=device)
-        self.logits_indices = torch.zeros(max_num_seqs, dtype=torch.int64, device=device)
+        self.max_blocks = -(-max_model_len // block_size)
+        self.block_table = BlockTable(max_num_seqs, self.max_blocks, device)
+        tokens, seqs = max_num_batched_tokens, max_num_seqs
+        self.input_ids = HostDeviceBuffer(tokens, torch.int64, device)
+        self.positions = HostDeviceBuffer(tokens, torch.int64, device)
+        self.slot_mapping = HostDeviceBuffer(tokens, torch.int64, device)
+        self.query_start_loc = HostDeviceBuffer(seqs + 1, torch.int32, device)
+        self.seq_lens = HostDeviceBuffer(seqs, torch.int32, device)
+        self.batch_slots = HostDeviceBuffer(seqs, torch.int64, device)
+        self.logits_indices = HostDeviceBuffer(seqs, torch.int64, device)
+        self._arange = np.arange(max(tokens, seqs) + 1, dtype=np.int64)
+        self._uids = itertools.count()
+        self._sampling: SamplingBatch | None = None
 
     def _update_states(self, out: SchedulerOutput) -> None:
         for request_id in (*out.finished_req_ids, *out.preempted_req_ids):
-            self.requests.pop(request_id, None)
+            state = self.requests.pop(request_id, None)
+            if state is not None:
+                self.block_table.remove(state.slot)
         for new in out.scheduled_new_reqs:
             self.requests[new.request_id] = RunnerRequest(
                 token_ids=[*new.prompt_token_ids, *new.output_token_ids],
@@ -79,76 +97,100 @@ class ModelRunner:
                 block_ids=list(new.block_ids),
                 params=new.sampling_params,
                 eos_token_ids=self.eos_token_ids,
+                slot=self.block_table.add(new.block_ids),
+                uid=next(self._uids),
             )
         for cached in out.scheduled_cached_reqs:
-            self.requests[cached.request_id].block_ids.extend(cached.new_block_ids)
-
-    def _starts(self, out: SchedulerOutput) -> dict[str, int]:
-        starts = {n.request_id: n.num_computed_tokens for n in out.scheduled_new_reqs}
-        starts.update({c.request_id: c.num_computed_tokens for c in out.scheduled_cached_reqs})
-        return starts
+            if cached.new_block_ids:
+                state = self.requests[cached.request_id]
+                state.block_ids.extend(cached.new_block_ids)
+                self.block_table.append(state.slot, cached.new_block_ids)
 
     @torch.inference_mode()
     def execute_model(self, out: SchedulerOutput) -> ModelRunnerOutput:
         self._update_states(out)
         if out.is_empty:
             return ModelRunnerOutput([], [])
-        starts = self._starts(out)
-        ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_starts = [0]
-        seq_lens: list[int] = []
-        sample_rows: list[int] = []
-        sample_ids: list[str] = []
-        size = self.block_size
-        req_ids = list(out.num_scheduled_tokens)
-        for row, request_id in enumerate(req_ids):
-            state = self.requests[request_id]
-            start, num = starts[request_id], out.num_scheduled_tokens[request_id]
-            end = start + num
-            ids.extend(state.token_ids[start:end])
-            positions.extend(range(start, end))
-            table = state.block_ids
-            slots.extend(table[p // size] * size + p % size for p in range(start, end))
-            query_starts.append(query_starts[-1] + num)
-            seq_lens.append(end)
-            self.block_tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
-            if end == len(state.token_ids):  # the last known token: sample the next one
-                sample_rows.append(query_starts[-1] - 1)
-                sample_ids.append(request_id)
-        num_tokens, num_reqs = len(ids), len(req_ids)
-        self.input_ids[:num_tokens].copy_(torch.tensor(ids), non_blocking=True)
-        self.positions[:num_tokens].copy_(torch.tensor(positions), non_blocking=True)
-        self.slot_mapping[:num_tokens].copy_(torch.tensor(slots), non_blocking=True)
-        self.query_start_loc[: num_reqs + 1].copy_(torch.tensor(query_starts), non_blocking=True)
-        self.seq_lens[:num_reqs].copy_(torch.tensor(seq_lens), non_blocking=True)
-        max_blocks = -(-max(seq_lens) // size)
-        metadata = AttentionMetadata(
-            query_start_loc=self.query_start_loc[: num_reqs + 1],
-            seq_lens=self.seq_lens[:num_reqs],
-            block_tables=self.block_tables[:num_reqs, :max_blocks],
-            slot_mapping=self.slot_mapping[:num_tokens],
-            block_size=size,
-            max_query_len=max(out.num_scheduled_tokens.values()),
-            max_seq_len=max(seq_lens),
-            query_start_loc_cpu=query_starts,
-            seq_lens_cpu=seq_lens,
-        )
-        hidden = self.model(self.input_ids[:num_tokens], self.positions[:num_tokens], metadata)
+        metadata, num_tokens, sample_rows, sample_ids = self._prepare_inputs(out)
+        hidden = self.model(self.input_ids.device[:num_tokens], self.positions.device[:num_tokens], metadata)
         if not sample_ids:
             return ModelRunnerOutput([], [])
-        indices = self.logits_indices[: len(sample_rows)]
-        indices.copy_(torch.tensor(sample_rows), non_blocking=True)
+        self.logits_indices.np[: len(sample_rows)] = sample_rows
+        indices = self.logits_indices.to_device(len(sample_rows))
         logits = self.model.compute_logits(hidden, indices).float()
         meta = self._sampling_metadata(sample_ids)
-        sampled = self.sampler(logits, meta).to_lists()
+        sampled = self._sample(logits, meta)
+        return self._runner_output(sample_ids, sampled)
+
+    def _sample(self, logits: torch.Tensor, meta: SamplingMetadata) -> SampledLists:
+        return self.sampler(logits, meta).to_lists()  # the step's one device-to-host sync
+
+    def _prepare_inputs(self, out: SchedulerOutput) -> tuple[AttentionMetadata, int, np.ndarray, list[str]]:
+        """Write the flat batch (scheduler order) into the step buffers; returns the attention
+        metadata, the number of tokens, the rows to sample and their request ids."""
+        num_reqs = len(out.num_scheduled_tokens)
+        starts_of = {n.request_id: n.num_computed_tokens for n in out.scheduled_new_reqs}
+        starts_of.update({c.request_id: c.num_computed_tokens for c in out.scheduled_cached_reqs})
+        req_ids = list(out.num_scheduled_tokens)
+        states = [self.requests[r] for r in req_ids]
+        num_sched = np.fromiter(out.num_scheduled_tokens.values(), np.int64, num_reqs)
+        starts = np.fromiter((starts_of[r] for r in req_ids), np.int64, num_reqs)
+        ends = starts + num_sched
+        cu = self.query_start_loc.np[: num_reqs + 1]
+        cu[0] = 0
+        np.cumsum(num_sched, out=cu[1:])
+        num_tokens = int(cu[num_reqs])
+        slots = self.batch_slots.np[:num_reqs]
+        slots[:] = np.fromiter((s.slot for s in states), np.int64, num_reqs)
+        positions = self.positions.np[:num_tokens]
+        if num_tokens == num_reqs:  # decodes only: one token per request
+            positions[:] = starts
+            token_slots = slots
+            self.input_ids.np[:num_tokens] = [s.token_ids[p] for s, p in zip(states, starts.tolist(), strict=True)]
+        else:
+            positions[:] = np.repeat(starts - cu[:-1], num_sched) + self._arange[:num_tokens]
+            token_slots = np.repeat(slots, num_sched)
+            ids: list[int] = []
+            for state, start, end in zip(states, starts.tolist(), ends.tolist(), strict=True):
+                ids += state.token_ids[start:end]
+            self.input_ids.np[:num_tokens] = ids
+        size = self.block_size
+        blocks = self.block_table.np[token_slots, positions // size]
+        np.add(blocks * size, positions % size, out=self.slot_mapping.np[:num_tokens])
+        self.seq_lens.np[:num_reqs] = ends
+        lengths = np.fromiter((len(s.token_ids) for s in states), np.int64, num_reqs)
+        sampled = np.flatnonzero(ends == lengths)  # the last known token: sample the next one
+        sample_rows = cu[1:][sampled] - 1
+        sample_ids = [req_ids[i] for i in sampled.tolist()]
+
+        self.input_ids.to_device(num_tokens)
+        self.positions.to_device(num_tokens)
+        self.block_table.commit()
+        seq_lens_cpu = ends.tolist()
+        max_seq_len = max(seq_lens_cpu)
+        metadata = AttentionMetadata(
+            query_start_loc=self.query_start_loc.to_device(num_reqs + 1),
+            seq_lens=self.seq_lens.to_device(num_reqs),
+            block_tables=self.block_table.gather(self.batch_slots.to_device(num_reqs), -(-max_seq_len // size)),
+            slot_mapping=self.slot_mapping.to_device(num_tokens),
+            block_size=size,
+            max_query_len=int(num_sched.max()),
+            max_seq_len=max_seq_len,
+            query_start_loc_cpu=cu.tolist(),
+            seq_lens_cpu=seq_lens_cpu,
+        )
+        return metadata, num_tokens, sample_rows, sample_ids
+
+    def _runner_output(self, sample_ids: list[str], sampled: SampledLists) -> ModelRunnerOutput:
+        requests = self.requests
         for request_id, token in zip(sample_ids, sampled.sampled_token_ids, strict=True):
-            self.requests[request_id].token_ids.append(token)
+            requests[request_id].token_ids.append(token)
+        if sampled.logprobs is None:
+            return ModelRunnerOutput(sample_ids, sampled.sampled_token_ids)
         logprobs: list[Logprob | None] = []
         for row, request_id in enumerate(sample_ids):
-            n = self.requests[request_id].params.logprobs
-            if n is None or sampled.logprobs is None:
+            n = requests[request_id].params.logprobs
+            if n is None:
                 logprobs.append(None)
                 continue
             top = tuple(zip(sampled.top_token_ids[row][:n], sampled.top_logprobs[row][:n], strict=True))
@@ -157,6 +199,12 @@ class ModelRunner:
 
     def _sampling_metadata(self, request_ids: list[str]) -> SamplingMetadata:
         states = [self.requests[r] for r in request_ids]
+        key = tuple(s.uid for s in states)
+        batch = self._sampling
+        if batch is None or batch.key != key:  # the sampled set changed: rebuild its rows
+            batch = self._sampling = SamplingBatch(
+                key, [s.params for s in states], [s.token_ids[: s.num_prompt_tokens] for s in states],
+                [s.eos_token_ids for s in states], self.vocab_size, self.device)
         generators = {}
         for row, state in enumerate(states):
             seed = state.params.seed
@@ -165,12 +213,8 @@ class ModelRunner:
                 generator = torch.Generator(self.device)
                 generator.manual_seed((seed * SEED_STRIDE + position) % (2**63))
                 generators[row] = generator
-        return SamplingMetadata.from_params(
-            [s.params for s in states],
-            [s.token_ids[: s.num_prompt_tokens] for s in states],
-            [s.token_ids[s.num_prompt_tokens:] for s in states],
+        return batch.metadata(
+            [len(s.token_ids) - s.num_prompt_tokens for s in states],
+            lambda: [s.token_ids[s.num_prompt_tokens:] for s in states],
             generators,
-            self.vocab_size,
-            self.device,
-            [s.eos_token_ids for s in states],
         )

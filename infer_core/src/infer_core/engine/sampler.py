@@ -21,121 +21,15 @@ The input logits are never modified.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from infer_core.request import SamplingParams
+from infer_core.engine.sampling_metadata import SamplingMetadata
+
+__all__ = ["SampledLists", "Sampler", "SamplerOutput", "SamplingMetadata"]
 
 MIN_TEMPERATURE = 1e-5  # random rows divide by at least this (no overflow on tiny temperatures)
-
-
-@dataclass
-class SamplingMetadata:
-    """Per-row sampling parameters of one step, as device tensors ([B] each).
-
-    Greedy rows carry top_k 0, top_p 1 and min_p 0, so the flags describe the random rows.
-    Token-id tensors are padded with ``vocab_size`` (out of range: the sampler writes those
-    into a scratch column). ``prompt_token_ids`` only holds the rows with a repetition penalty
-    and ``output_token_ids`` the rows with any penalty (others are all padding; width 0 when no
-    row needs them); ``min_tokens_mask`` holds the ids a row may not sample yet ([B, 0] when
-    none).
-    """
-
-    temperature: torch.Tensor  # float32; 0 = greedy
-    top_k: torch.Tensor  # int32; 0 = off
-    top_p: torch.Tensor  # float32; 1 = off
-    min_p: torch.Tensor  # float32; 0 = off
-    repetition_penalty: torch.Tensor  # float32; 1 = off
-    presence_penalty: torch.Tensor  # float32; 0 = off
-    frequency_penalty: torch.Tensor  # float32; 0 = off
-    generators: dict[int, torch.Generator]  # row -> the request's own generator
-    prompt_token_ids: torch.Tensor  # int64 [B, Lp], pad = vocab_size
-    output_token_ids: torch.Tensor  # int64 [B, Lo], pad = vocab_size
-    min_tokens_mask: torch.Tensor  # int64 [B, K], pad = vocab_size
-    max_num_logprobs: int | None
-    all_greedy: bool
-    all_random: bool
-    no_penalties: bool
-    no_top_k_top_p: bool
-    no_min_p: bool
-    no_top_p: bool = True
-    all_top_k: bool = False  # every random row has a top_k: filter on topk(max_top_k), no sort
-    max_top_k: int = 0  # the largest top_k of a random row (0 = no row uses top-k)
-
-    @property
-    def num_rows(self) -> int:
-        return self.temperature.shape[0]
-
-    @property
-    def no_min_tokens(self) -> bool:
-        return self.min_tokens_mask.shape[1] == 0
-
-    @classmethod
-    def from_params(
-        cls,
-        params: Sequence[SamplingParams],
-        prompt_ids: Sequence[Sequence[int]],
-        output_ids: Sequence[Sequence[int]],
-        generators: dict[int, torch.Generator],
-        vocab_size: int,
-        device: torch.device | str,
-        eos_ids_per_row: Sequence[frozenset[int]],
-    ) -> SamplingMetadata:
-        """Build the step's metadata from plain lists (one host-to-device copy per tensor)."""
-        num_rows = len(params)
-        assert len(prompt_ids) == len(output_ids) == len(eos_ids_per_row) == num_rows
-        assert all(0 <= row < num_rows for row in generators), "generator for a missing row"
-        columns: list[list[float]] = [[] for _ in range(7)]
-        forbidden: list[list[int]] = []
-        for p, out, eos in zip(params, output_ids, eos_ids_per_row, strict=True):
-            greedy = p.temperature == 0.0
-            top_k = p.top_k if not greedy and 0 < p.top_k < vocab_size else 0
-            for column, value in zip(columns, (
-                p.temperature, top_k, 1.0 if greedy else p.top_p, 0.0 if greedy else p.min_p,
-                p.repetition_penalty, p.presence_penalty, p.frequency_penalty,
-            ), strict=True):
-                column.append(float(value))
-            banned: list[int] = []
-            if len(out) < p.min_tokens:  # vLLM masks EOS here even with ignore_eos
-                banned = sorted(t for t in {*eos, *p.stop_token_ids} if 0 <= t < vocab_size)
-            forbidden.append(banned)
-        temps, top_ks, top_ps, min_ps, reps, press, freqs = columns
-        values = torch.tensor(columns, dtype=torch.float32, device=device)  # [7, B], one copy
-        needs_output = [r != 1.0 or pr != 0.0 or f != 0.0 for r, pr, f in zip(reps, press, freqs, strict=True)]
-        prompts = [ids if r != 1.0 else () for ids, r in zip(prompt_ids, reps, strict=True)]
-        outputs = [ids if need else () for ids, need in zip(output_ids, needs_output, strict=True)]
-        random_top_ks = [k for k, t in zip(top_ks, temps, strict=True) if t != 0.0]
-        return cls(
-            temperature=values[0],
-            top_k=values[1].to(torch.int32),
-            top_p=values[2],
-            min_p=values[3],
-            repetition_penalty=values[4],
-            presence_penalty=values[5],
-            frequency_penalty=values[6],
-            generators=dict(generators),
-            prompt_token_ids=_padded(prompts, vocab_size, device),
-            output_token_ids=_padded(outputs, vocab_size, device),
-            min_tokens_mask=_padded(forbidden, vocab_size, device),
-            max_num_logprobs=max((p.logprobs for p in params if p.logprobs is not None), default=None),
-            all_greedy=all(t == 0.0 for t in temps),
-            all_random=all(t != 0.0 for t in temps),
-            no_penalties=not any(needs_output),
-            no_top_k_top_p=not any(top_ks) and all(p == 1.0 for p in top_ps),
-            no_min_p=not any(min_ps),
-            no_top_p=all(p == 1.0 for p in top_ps),
-            all_top_k=all(k > 0 for k in random_top_ks),
-            max_top_k=int(max(random_top_ks, default=0)),
-        )
-
-
-def _padded(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str) -> torch.Tensor:
-    width = max((len(r) for r in rows), default=0)
-    if width == 0:
-        return torch.empty(len(rows), 0, dtype=torch.int64, device=device)
-    return torch.tensor([[*r, *[pad] * (width - len(r))] for r in rows], dtype=torch.int64, device=device)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,237 @@
+"""Where one engine step's time goes, per phase, at several decode batch sizes (CPU or GPU).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_step.py --label after
+
+Builds an ``LLMEngine`` on a random checkpoint (a real model's shape with few layers and,
+by default, a narrower width so the model's own compute stays small next to the host work),
+admits ``B`` requests with short prompts, runs them until every one is decoding, then times
+``--steps`` decode steps. Each phase is timed around the engine's
+own methods (the phases are methods of the scheduler, runner and engine, wrapped on the
+instance here; nothing else changes). The clock is the thread's CPU time by default
+(``--clock thread``: time the process spends descheduled on a shared machine does not count;
+with ``OMP_NUM_THREADS=1`` all the work is on this thread) or wall time (``--clock wall``):
+
+- ``schedule``: ``Scheduler.schedule``
+- ``prepare_inputs``: the runner's flat batch and attention metadata
+- ``forward``: the model over the flat batch; ``logits``: ``compute_logits`` at sampled rows
+- ``sampling_metadata``: the sampler's per-row parameters
+- ``sampler``: sampling and the step's one device-to-host copy
+- ``runner_output``: the runner's bookkeeping of sampled tokens and logprobs
+- ``update``: ``Scheduler.update_from_output``
+- ``outputs``: detokenization, stop rules, ``RequestOutput`` building
+- ``host``: everything but ``forward`` and ``logits``
+
+On CUDA, ``forward`` only measures the launches (kernels are asynchronous): the figure to read
+there is the total. Writes ``profile.json`` and ``summary.md`` into
+``benchmarks/reports/profile-step-<date>-<device>[-<label>]/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import inspect
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from infer_core.bench.checkpoints import write_random_checkpoint
+from infer_core.config import EngineConfig
+from infer_core.engine.llm_engine import LLMEngine
+from infer_core.request import SamplingParams
+
+PHASES = [
+    ("schedule", "scheduler", "schedule"),
+    ("prepare_inputs", "runner", "_prepare_inputs"),
+    ("forward", "model", "forward"),
+    ("logits", "model", "compute_logits"),
+    ("sampling_metadata", "runner", "_sampling_metadata"),
+    ("sampler", "runner", "_sample"),
+    ("runner_output", "runner", "_runner_output"),
+    ("update", "scheduler", "update_from_output"),
+    ("outputs", "engine", "_process_outputs"),
+]
+
+
+CLOCKS = {"thread": time.thread_time, "wall": time.perf_counter}
+
+
+class PhaseTimer:
+    """Wraps named methods of live engine objects and accumulates their time on ``clock``."""
+
+    def __init__(self, engine: LLMEngine, clock) -> None:
+        self.clock = clock
+        self.totals: dict[str, float] = {}
+        self.enabled = False
+        owners = {"scheduler": engine.scheduler, "runner": engine.runner,
+                  "model": engine.runner.model, "engine": engine}
+        for phase, owner, method in PHASES:
+            self._wrap(phase, owners[owner], method)
+
+    def _wrap(self, phase: str, owner: object, method: str) -> None:
+        original = getattr(owner, method)
+
+        def timed(*args, **kwargs):
+            if not self.enabled:
+                return original(*args, **kwargs)
+            start = self.clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.totals[phase] = self.totals.get(phase, 0.0) + self.clock() - start
+
+        setattr(owner, method, timed)
+
+    def reset(self) -> None:
+        self.totals = {}
+
+
+def make_engine(checkpoint: Path, batch: int, args: argparse.Namespace) -> LLMEngine:
+    max_len = args.prompt_len + args.warmup + args.steps + 8
+    config = EngineConfig(
+        model={"path": str(checkpoint), "device": args.device, "dtype": args.dtype, "max_model_len": max_len},
+        cache={"backend": args.cache, "block_size": 16, "num_blocks": batch * (-(-max_len // 16)) + 8},
+        scheduler={"max_num_seqs": batch, "max_num_batched_tokens": max(batch * args.prompt_len, 512)},
+    )
+    return LLMEngine(config)
+
+
+def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dict:
+    engine = make_engine(checkpoint, batch, args)
+    clock = CLOCKS[args.clock]
+    timer = PhaseTimer(engine, clock)
+    gen = torch.Generator().manual_seed(batch)
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.warmup + args.steps + 4,
+                            ignore_eos=True, seed=None)
+    for _ in range(batch):
+        ids = torch.randint(0, min(engine.vocab_size, 10_000), (args.prompt_len,), generator=gen).tolist()
+        engine.add_request(engine.make_request(ids, params))
+    step = engine.step
+    if args.outputs == "finished" and "finished_only" in inspect.signature(engine.step).parameters:  # what LLM.generate asks for (older engines: streaming only)
+        step = functools.partial(engine.step, finished_only=True)
+    for _ in range(args.warmup):  # the prefill and a few decodes
+        step()
+    assert all(r.num_computed_tokens == r.num_tokens - 1 for r in engine.scheduler.running)
+    assert len(engine.scheduler.running) == batch
+    timer.enabled = True
+    step_times = []
+    for _ in range(args.steps):
+        start = clock()
+        step()
+        if engine.layout.device.type == "cuda":
+            torch.cuda.synchronize()
+        step_times.append(clock() - start)
+    timer.enabled = False
+    top_ops = torch_profile(engine, args.torch_profile_ops) if args.torch_profile_ops else []
+    ms = {phase: 1e3 * total / args.steps for phase, total in timer.totals.items()}
+    total = 1e3 * statistics.fmean(step_times)
+    ms["host"] = total - ms.get("forward", 0.0) - ms.get("logits", 0.0)
+    ms["other"] = total - sum(ms.get(p, 0.0) for p, _, _ in PHASES)
+    return {"batch": batch, "step_ms": total, "step_ms_median": 1e3 * statistics.median(step_times),
+            "phases_ms": ms, "host_us_per_request": 1e3 * ms["host"] / batch, "top_ops": top_ops}
+
+
+def torch_profile(engine: LLMEngine, n: int) -> list[dict]:
+    """One more decode step under torch.profiler: the ``n`` ops with the most self CPU time
+    (calls per step, total µs) — on the CPU this is also the per-op dispatch count."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        engine.step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "calls": e.count, "self_cpu_us": round(e.self_cpu_time_total, 1)} for e in events[:n]]
+
+
+def markdown(result: dict) -> str:
+    cols = ["step_ms", *[p for p, _, _ in PHASES], "other", "host", "host µs/req"]
+    lines = [f"# Engine step profile — {result['device']} ({result['label']})", "",
+             f"{result['date']}; commit {result['commit']}; torch {result['torch']}; "
+             f"OMP/torch threads {result['threads']}; {result['command']}", "",
+             f"Model: {result['model']}; {result['steps']} decode steps per batch size after "
+             f"{result['warmup']} warm-up steps; temperature {result['temperature']}. "
+             f"Outputs: {result['outputs']}. Milliseconds per step (mean), clock: {result['clock']}.", "",
+             "| batch | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for row in result["rows"]:
+        p = row["phases_ms"]
+        cells = [f"{row['step_ms']:.2f}", *[f"{p.get(c, 0.0):.2f}" for c, _, _ in PHASES],
+                 f"{p['other']:.2f}", f"{p['host']:.2f}", f"{row['host_us_per_request']:.0f}"]
+        lines.append(f"| {row['batch']} | " + " | ".join(cells) + " |")
+    for row in result["rows"][:1]:
+        if row["top_ops"]:
+            lines += ["", f"Top ops of one step at batch {row['batch']} (torch.profiler, self CPU time):", "",
+                      "| op | calls | self µs |", "|---|---|---|"]
+            lines += [f"| `{o['op']}` | {o['calls']} | {o['self_cpu_us']:.0f} |" for o in row["top_ops"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", default="llama-3.2-1b")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=256, help="0 keeps the shape's width")
+    parser.add_argument("--vocab", type=int, default=32768, help="0 keeps the shape's vocabulary")
+    parser.add_argument("--batch-sizes", default="1,8,64,256")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="thread")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--cache", default="paged")
+    parser.add_argument("--torch-profile-ops", type=int, default=12, help="top ops of one step (0: off)")
+    parser.add_argument("--outputs", choices=["finished", "stream"], default="finished",
+                        help="build outputs of finished requests only (LLM.generate) or every step's (streaming)")
+    parser.add_argument("--label", default="")
+    parser.add_argument("--checkpoint-dir", default="/tmp/infer-profile-step")
+    parser.add_argument("--out", default="benchmarks/reports")
+    args = parser.parse_args()
+
+    overrides = {"num_hidden_layers": args.layers}
+    if args.hidden:
+        heads = max(1, args.hidden // 64)
+        overrides.update(hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+                         num_attention_heads=heads, num_key_value_heads=max(1, heads // 4), head_dim=64)
+    if args.vocab:
+        overrides.update(vocab_size=args.vocab)
+    name = "-".join([args.shape, *(f"{k}{v}" for k, v in sorted(overrides.items()))])
+    checkpoint = Path(args.checkpoint_dir) / name
+    if not (checkpoint / "model.safetensors").exists():
+        write_random_checkpoint(args.shape, checkpoint, device="cpu", **overrides)
+
+    rows = []
+    for batch in (int(b) for b in args.batch_sizes.split(",")):
+        row = profile_batch(checkpoint, batch, args)
+        print(f"batch {batch:4d}: step {row['step_ms']:.2f} ms, host {row['phases_ms']['host']:.2f} ms "
+              + " ".join(f"{k}={v:.2f}" for k, v in row["phases_ms"].items()), flush=True)
+        rows.append(row)
+    commit = os.popen("git rev-parse --short=12 HEAD 2>/dev/null").read().strip() or "unknown"
+    device = args.device if args.device != "cpu" else f"cpu-{platform.machine()}"
+    result = {
+        "date": dt.date.today().isoformat(), "commit": commit, "torch": torch.__version__,
+        "threads": f"{os.environ.get('OMP_NUM_THREADS', 'unset')}/{torch.get_num_threads()}",
+        "device": device, "label": args.label or "-", "model": name, "steps": args.steps,
+        "warmup": args.warmup, "temperature": args.temperature, "clock": args.clock,
+        "outputs": args.outputs,
+        "command": "benchmarks/profile_step.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in ("", None)),
+        "rows": rows,
+    }
+    suffix = f"-{args.label}" if args.label else ""
+    out = Path(args.out) / f"profile-step-{result['date']}-cpu{suffix}"
+    if args.device != "cpu":
+        out = Path(args.out) / f"profile-step-{result['date']}-{args.device}{suffix}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "summary.md").write_text(markdown(result))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
