@@ -106,7 +106,7 @@ class SamplingBatch:
             ), strict=True):
                 column.append(float(value))
         temps, top_ks, top_ps, min_ps, reps, press, freqs = columns
-        values = torch.tensor(columns, dtype=torch.float32, device=device)  # [7, B], one copy
+        values = _to_device(torch.tensor(columns, dtype=torch.float32), device)  # [7, B], one copy
         self.needs_output = [r != 1.0 or pr != 0.0 or f != 0.0 for r, pr, f in zip(reps, press, freqs, strict=True)]
         prompts = [ids if r != 1.0 else () for ids, r in zip(prompt_ids, reps, strict=True)]
         # rows whose min_tokens mask may apply: (row, min_tokens, the ids it may not sample)
@@ -167,6 +167,13 @@ def _padded(rows: Sequence[Sequence[int]], pad: int, device: torch.device | str)
     width = max((len(r) for r in rows), default=0)
     if width == 0:
         return torch.empty(len(rows), 0, dtype=torch.int64, device=device)
-    return torch.tensor([[*r, *[pad] * (width - len(r))] for r in rows], dtype=torch.int64, device=device)
+    return _to_device(torch.tensor([[*r, *[pad] * (width - len(r))] for r in rows], dtype=torch.int64), device)
+
+
+def _to_device(host: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``host`` on ``device`` without waiting for the device (pinned, asynchronous on CUDA)."""
+    if torch.device(device).type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
