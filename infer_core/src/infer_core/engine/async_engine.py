@@ -259,25 +259,46 @@ class AsyncLLMEngine:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            self._apply_commands()
-            if not self.engine.has_unfinished_requests():
-                self._publish()
-                self._wake.wait(IDLE_WAIT_S)
-                self._wake.clear()
-                continue
             try:
-                outputs = self.engine.step()
-            except Exception as exc:  # a bug outside the model: fail what is in flight, go on
-                log.exception("engine step failed")
-                outputs = self.engine.fail_requests(list(self.engine.scheduler.requests), f"{type(exc).__name__}: {exc}")
-            self.num_steps += 1
-            for output in outputs:
-                self._deliver(output.request_id, output)
+                self._iterate()
+            except Exception as exc:  # a bug outside the model's step: end what is in flight, go on
+                log.exception("engine loop failed")
+                self._fail_in_flight(f"{type(exc).__name__}: {exc}")
+        try:
+            self._apply_commands()
+        finally:
+            self._fail_in_flight("the engine shut down before the request finished")
+            for request_id in list(self._streams):
+                self._deliver(request_id, RuntimeError("the engine shut down before the request finished"))
             self._publish()
+
+    def _iterate(self) -> None:
         self._apply_commands()
-        for output in self.engine.fail_requests(list(self.engine.scheduler.requests),
-                                                "the engine shut down before the request finished"):
+        if not self.engine.has_unfinished_requests():
+            self._publish()
+            self._wake.wait(IDLE_WAIT_S)
+            self._wake.clear()
+            return
+        try:
+            outputs = self.engine.step()
+        except Exception as exc:  # a bug outside the model: fail what is in flight, go on
+            log.exception("engine step failed")
+            outputs = self.engine.fail_requests(list(self.engine.scheduler.requests), f"{type(exc).__name__}: {exc}")
+        self.num_steps += 1
+        for output in outputs:
             self._deliver(output.request_id, output)
-        for request_id in list(self._streams):
-            self._deliver(request_id, RuntimeError("the engine shut down before the request finished"))
         self._publish()
+
+    def _fail_in_flight(self, error: str) -> None:
+        """End every request the scheduler holds with ``error``, each exactly once; if even that
+        fails, their streams get the error as an exception."""
+        ids = list(self.engine.scheduler.requests)
+        try:
+            outputs = self.engine.fail_requests(ids, error)
+        except Exception:
+            log.exception("failing the requests in flight failed")
+            for request_id in ids:
+                self._deliver(request_id, RuntimeError(error))
+            return
+        for output in outputs:
+            self._deliver(output.request_id, output)
