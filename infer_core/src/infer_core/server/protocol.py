@@ -25,9 +25,9 @@ PromptField = Annotated[Any, WithJsonSchema({"anyOf": [
 StopField = Annotated[Any, WithJsonSchema({"anyOf": [
     {"type": "null"}, _TEXT, {"type": "array", "items": _TEXT}]})]
 MessagesField = Annotated[Any, WithJsonSchema({"type": "array", "minItems": 1, "items": {
-    "type": "object", "required": ["role", "content"], "additionalProperties": False,
-    "properties": {"role": {"type": "string", "enum": ["system", "user", "assistant"]},
-                   "content": {"anyOf": [_TEXT, {"type": "array", "items": {
+    "type": "object", "required": ["role", "content"],  # other keys reach the template
+    "properties": {"role": {"type": "string", "minLength": 1},
+                   "content": {"anyOf": [_TEXT, {"type": "null"}, {"type": "array", "items": {
                        "type": "object", "required": ["type", "text"],
                        "properties": {"type": {"const": "text"}, "text": _TEXT}}}]}}}})]
 
