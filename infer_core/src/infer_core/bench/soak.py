@@ -198,9 +198,14 @@ def _common_checks(before: dict[str, float], after: dict[str, float], rss_start:
 
 
 def _server_figures(before: dict[str, float], after: dict[str, float], rss_start: int | None,
-                    rss_end: int | None, health: _Health, state: dict[str, Any]) -> dict[str, Any]:
+                    rss_end: int | None, health: _Health, state: dict[str, Any],
+                    finished_before: dict[str, int] | None = None) -> dict[str, Any]:
     def delta(name: str) -> float:
         return after.get(name, 0) - before.get(name, 0)
+
+    finished_before = finished_before or {}
+    finished = {reason: n - finished_before.get(reason, 0)
+                for reason, n in state["engine"].get("finished", {}).items()}
 
     return {
         "server": {
@@ -211,7 +216,7 @@ def _server_figures(before: dict[str, float], after: dict[str, float], rss_start
             "rejected_503": delta("infer_request_rejected_total"),
             "generation_tokens": delta("infer_generation_tokens_total"),
             "engine_steps": state["steps"],
-            "finished_by_reason": state["engine"].get("finished", {}),
+            "finished_by_reason": finished,
         },
         "health": health.figures(),
     }
@@ -220,7 +225,8 @@ def _server_figures(before: dict[str, float], after: dict[str, float], rss_start
 def _report(mode: str, options: SoakOptions, shape: ServerShape, elapsed: float, drain_s: float,
             figures: dict[str, Any], checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"mode": mode, "duration_s": round(elapsed, 1), "drain_s": round(drain_s, 2),
-            "options": {"concurrency": options.concurrency, "seed": options.seed,
+            "options": {"concurrency": options.concurrency if mode == "soak" else "open loop",
+                        "seed": options.seed,
                         "cancel_share": options.mix.cancel, "malformed_share": options.mix.malformed,
                         "burst_factor": options.burst_factor},
             "shape": shape.__dict__, **figures, "checks": checks,
@@ -256,6 +262,7 @@ async def run_burst(server: ManagedServer, shape: ServerShape, options: SoakOpti
         await _drained_state(server, client, options.drain_timeout_s)
 
         before = await server.counters(client)
+        finished_before = (await server.debug_state(client))["engine"].get("finished", {})
         rss_start = server.rss_bytes()
         health = _Health(client, options.health_interval_s, options.health_timeout_s)
         health_task = asyncio.create_task(health.run())
@@ -288,4 +295,4 @@ async def run_burst(server: ManagedServer, shape: ServerShape, options: SoakOpti
     checks["refusals_fast"] = {"passed": p99 is not None and p99 <= options.max_refusal_p99_s,
                                "p99_s": p99, "limit_s": options.max_refusal_p99_s}
     return _report("burst", options, shape, elapsed, drain_s, figures | _server_figures(
-        before, after, rss_start, rss_end, health, state), checks)
+        before, after, rss_start, rss_end, health, state, finished_before), checks)
