@@ -16,8 +16,11 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from infer_core.bench.chaos import ChaosMix
 from infer_core.bench.soak import ServerShape, SoakOptions, run_burst, run_soak
@@ -56,7 +59,8 @@ def server_overrides(extra: Sequence[str], config: str | None, burst: bool) -> t
     if burst and "max_waiting_requests" not in given.get("server", {}):
         overrides += ["--server.max_waiting_requests", str(cfg.scheduler.max_num_seqs)]
     cfg = load_config(config, overrides)
-    shape = ServerShape(cfg.scheduler.max_num_seqs, cfg.model.max_model_len or 0, cfg.server.max_body_bytes)
+    shape = ServerShape(cfg.scheduler.max_num_seqs, cfg.model.max_model_len or 0, cfg.server.max_body_bytes,
+                        preempts=cfg.cache.backend != "contiguous")
     return overrides, shape
 
 
@@ -73,8 +77,8 @@ def cmd_soak(args: argparse.Namespace, extra: Sequence[str], log) -> int:
     log(f"starting infer-serve {' '.join(overrides)}")
     server.start()
     try:
-        models = __import__("httpx").get(f"{server.url}/v1/models", headers=server.headers).json()
-        shape = ServerShape(shape.max_num_seqs, models["data"][0]["max_model_len"], shape.max_body_bytes)
+        models = httpx.get(f"{server.url}/v1/models", headers=server.headers).json()
+        shape = replace(shape, max_model_len=models["data"][0]["max_model_len"])
         log(f"{mode}: {options.concurrency if mode == 'soak' else 'open-loop'} streams for "
             f"{options.duration_s:.0f} s against {server.url}")
         runner = run_burst if args.burst else run_soak
