@@ -408,7 +408,7 @@ def test_unknown_key_without_a_close_match_lists_the_known_ones(tmp_path):
     assert config_error(path) == (
         f"invalid configuration (defaults < file {path}): unknown key 'server.zzz' (known: host, "
         f"port, api_key, max_waiting_requests, cors_origins, max_body_bytes, max_list_items, "
-        f"drain_timeout_s, log_level)."
+        f"drain_timeout_s, log_level, debug_endpoints)."
     )
 
 
