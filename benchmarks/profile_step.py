@@ -137,6 +137,13 @@ def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dic
             "phases_ms": ms, "host_us_per_request": 1e3 * ms["host"] / batch, "top_ops": top_ops}
 
 
+def median_row(runs: list[dict]) -> dict:
+    """Per phase, the median over repeated runs (each on a fresh engine)."""
+    phases = {k: statistics.median(r["phases_ms"][k] for r in runs) for k in runs[0]["phases_ms"]}
+    return {**runs[0], "step_ms": statistics.median(r["step_ms"] for r in runs), "phases_ms": phases,
+            "host_us_per_request": 1e3 * phases["host"] / runs[0]["batch"], "repeats": len(runs)}
+
+
 def torch_profile(engine: LLMEngine, n: int) -> list[dict]:
     """One more decode step under torch.profiler: the ``n`` ops with the most self CPU time
     (calls per step, total µs) — on the CPU this is also the per-op dispatch count."""
@@ -155,7 +162,8 @@ def markdown(result: dict) -> str:
              f"OMP/torch threads {result['threads']}; {result['command']}", "",
              f"Model: {result['model']}; {result['steps']} decode steps per batch size after "
              f"{result['warmup']} warm-up steps; temperature {result['temperature']}. "
-             f"Outputs: {result['outputs']}. Milliseconds per step (mean), clock: {result['clock']}.", "",
+             f"Outputs: {result['outputs']}. Milliseconds per step: the mean over the steps of a run, "
+             f"the median of {result['repeats']} runs; clock: {result['clock']}.", "",
              "| batch | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for row in result["rows"]:
         p = row["phases_ms"]
@@ -178,6 +186,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32768, help="0 keeps the shape's vocabulary")
     parser.add_argument("--batch-sizes", default="1,8,64,256")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per batch size; the median is kept")
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--temperature", type=float, default=0.0)
@@ -207,7 +216,7 @@ def main() -> None:
 
     rows = []
     for batch in (int(b) for b in args.batch_sizes.split(",")):
-        row = profile_batch(checkpoint, batch, args)
+        row = median_row([profile_batch(checkpoint, batch, args) for _ in range(args.repeats)])
         print(f"batch {batch:4d}: step {row['step_ms']:.2f} ms, host {row['phases_ms']['host']:.2f} ms "
               + " ".join(f"{k}={v:.2f}" for k, v in row["phases_ms"].items()), flush=True)
         rows.append(row)
@@ -218,7 +227,7 @@ def main() -> None:
         "threads": f"{os.environ.get('OMP_NUM_THREADS', 'unset')}/{torch.get_num_threads()}",
         "device": device, "label": args.label or "-", "model": name, "steps": args.steps,
         "warmup": args.warmup, "temperature": args.temperature, "clock": args.clock,
-        "outputs": args.outputs,
+        "outputs": args.outputs, "repeats": args.repeats,
         "command": "benchmarks/profile_step.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in ("", None)),
         "rows": rows,
