@@ -84,6 +84,7 @@ class ModelRunner:
         self._arange = np.arange(max(tokens, seqs) + 1, dtype=np.int64)
         self._uids = itertools.count()
         self._sampling: SamplingBatch | None = None
+        self._inputs_copied = torch.cuda.Event() if device.type == "cuda" else None
 
     def _update_states(self, out: SchedulerOutput) -> None:
         for request_id in (*out.finished_req_ids, *out.preempted_req_ids):
@@ -115,9 +116,7 @@ class ModelRunner:
         hidden = self.model(self.input_ids.device[:num_tokens], self.positions.device[:num_tokens], metadata)
         if not sample_ids:
             return ModelRunnerOutput([], [])
-        self.logits_indices.np[: len(sample_rows)] = sample_rows
-        indices = self.logits_indices.to_device(len(sample_rows))
-        logits = self.model.compute_logits(hidden, indices).float()
+        logits = self.model.compute_logits(hidden, self.logits_indices.device[: len(sample_rows)]).float()
         meta = self._sampling_metadata(sample_ids)
         sampled = self._sample(logits, meta)
         return self._runner_output(sample_ids, sampled)
@@ -128,6 +127,8 @@ class ModelRunner:
     def _prepare_inputs(self, out: SchedulerOutput) -> tuple[AttentionMetadata, int, np.ndarray, list[str]]:
         """Write the flat batch (scheduler order) into the step buffers; returns the attention
         metadata, the number of tokens, the rows to sample and their request ids."""
+        if self._inputs_copied is not None:  # the last step's copies have read the host buffers
+            self._inputs_copied.synchronize()  # (a step that samples has waited already)
         num_reqs = len(out.num_scheduled_tokens)
         starts_of = {n.request_id: n.num_computed_tokens for n in out.scheduled_new_reqs}
         starts_of.update({c.request_id: c.num_computed_tokens for c in out.scheduled_cached_reqs})
@@ -163,6 +164,8 @@ class ModelRunner:
         sample_rows = cu[1:][sampled] - 1
         sample_ids = [req_ids[i] for i in sampled.tolist()]
 
+        self.logits_indices.np[: len(sample_rows)] = sample_rows
+        self.logits_indices.to_device(len(sample_rows))
         self.input_ids.to_device(num_tokens)
         self.positions.to_device(num_tokens)
         self.block_table.commit()
@@ -179,6 +182,8 @@ class ModelRunner:
             query_start_loc_cpu=cu.tolist(),
             seq_lens_cpu=seq_lens_cpu,
         )
+        if self._inputs_copied is not None:
+            self._inputs_copied.record()
         return metadata, num_tokens, sample_rows, sample_ids
 
     def _runner_output(self, sample_ids: list[str], sampled: SampledLists) -> ModelRunnerOutput:
