@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
+import gc
 import inspect
 import json
 import os
@@ -119,6 +120,9 @@ def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dic
         step()
     assert all(r.num_computed_tokens == r.num_tokens - 1 for r in engine.scheduler.running)
     assert len(engine.scheduler.running) == batch
+    if args.gc_freeze:  # what an engine would do after start-up: older objects never rescanned
+        gc.collect()
+        gc.freeze()
     timer.enabled = True
     step_times = []
     for _ in range(args.steps):
@@ -128,6 +132,8 @@ def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dic
             torch.cuda.synchronize()
         step_times.append(clock() - start)
     timer.enabled = False
+    if args.gc_freeze:
+        gc.unfreeze()
     top_ops = torch_profile(engine, args.torch_profile_ops) if args.torch_profile_ops else []
     ms = {phase: 1e3 * total / args.steps for phase, total in timer.totals.items()}
     total = 1e3 * statistics.fmean(step_times)
@@ -197,6 +203,7 @@ def main() -> None:
     parser.add_argument("--torch-profile-ops", type=int, default=12, help="top ops of one step (0: off)")
     parser.add_argument("--outputs", choices=["finished", "stream"], default="finished",
                         help="build outputs of finished requests only (LLM.generate) or every step's (streaming)")
+    parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before the timed steps")
     parser.add_argument("--label", default="")
     parser.add_argument("--checkpoint-dir", default="/tmp/infer-profile-step")
     parser.add_argument("--out", default="benchmarks/reports")
@@ -227,7 +234,7 @@ def main() -> None:
         "threads": f"{os.environ.get('OMP_NUM_THREADS', 'unset')}/{torch.get_num_threads()}",
         "device": device, "label": args.label or "-", "model": name, "steps": args.steps,
         "warmup": args.warmup, "temperature": args.temperature, "clock": args.clock,
-        "outputs": args.outputs, "repeats": args.repeats,
+        "outputs": args.outputs, "repeats": args.repeats, "gc_freeze": args.gc_freeze,
         "command": "benchmarks/profile_step.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in ("", None)),
         "rows": rows,
