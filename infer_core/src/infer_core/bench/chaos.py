@@ -162,7 +162,7 @@ async def _stream(client: httpx.AsyncClient, path: str, body: dict[str, Any], ou
         if response.status_code != 200:
             await response.aread()
             return
-        async for line in response.aiter_lines():
+        async for line in sse_lines(response):
             if not line.startswith("data: "):
                 continue
             data = line.removeprefix("data: ")
@@ -171,10 +171,28 @@ async def _stream(client: httpx.AsyncClient, path: str, body: dict[str, Any], ou
             if data == "[DONE]":
                 out.num_done += 1
                 continue
-            _stream_event(json.loads(data), out)
+            try:
+                event = json.loads(data)
+            except json.JSONDecodeError as exc:
+                out.problems.append(f"{out.kind}: unparseable event ({exc}): {data[:200]!r}")
+                continue
+            _stream_event(event, out)
     _check_terminals(out, _num_prompts(body))
     if out.num_done != 1:
         out.problems.append(f"{out.kind}: {out.num_done} [DONE] events")
+
+
+async def sse_lines(response: httpx.Response):
+    """The lines of an event stream as the SSE spec cuts them (CR LF, LF or CR only; httpx's
+    ``aiter_lines`` also cuts at U+2028 and the like, which may sit inside JSON strings)."""
+    buffer = b""
+    async for chunk in response.aiter_bytes():
+        buffer += chunk
+        *lines, buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", errors="replace")
+    if buffer:
+        yield buffer.decode("utf-8", errors="replace")
 
 
 def _stream_event(event: dict[str, Any], out: Outcome) -> None:
