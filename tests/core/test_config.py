@@ -143,7 +143,7 @@ def test_example_comments_out_exactly_the_unset_keys():
         f"{section}.{key}" for section, ks in example_keys().items() for key, c in ks.items() if c
     }
     assert commented == {
-        "model.path", "model.max_model_len", "model.served_model_name", "cache.num_blocks",
+        "model.path", "model.max_model_len", "model.served_model_name", "model.cuda_graph_sizes", "cache.num_blocks",
         "scheduler.prefill_chunk_size", "server.api_key",
     }
 

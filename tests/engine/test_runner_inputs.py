@@ -37,7 +37,9 @@ def fresh_runner(llm: LLM):
 def check_step(runner, out: SchedulerOutput) -> list[str]:
     """Prepare ``out`` and compare every input with the reference built from scratch."""
     runner._update_states(out)
-    metadata, num_tokens, sample_rows, sample_ids = runner._prepare_inputs(out)
+    step = runner._prepare_inputs(out)
+    metadata, num_tokens, sample_ids = step.metadata, step.num_rows, step.sample_ids
+    sample_rows = runner.logits_indices.device[: len(sample_ids)].tolist()
     starts = {n.request_id: n.num_computed_tokens for n in out.scheduled_new_reqs}
     starts.update({c.request_id: c.num_computed_tokens for c in out.scheduled_cached_reqs})
     ids, positions, expected_rows, expected_sampled = [], [], [], []

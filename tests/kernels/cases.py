@@ -218,10 +218,12 @@ def check_attention_reduce(device: str, tokens: int, heads: int, splits: int, he
     m = randn(gen, tokens, heads, splits, device=device, dtype=torch.float32, scale=4.0)
     m[..., 1:][torch.rand(tokens, heads, splits - 1, generator=gen).to(device) < 0.3] = float("-inf")
     sums = torch.rand(tokens, heads, splits, generator=gen).to(device) + 0.5
+    m[0, 0] = float("-inf")  # a row that saw no key in any split (a CUDA-graph padding row)
     sums[m == float("-inf")] = 0.0
     acc[m == float("-inf")] = 0.0
     out = torch.full((tokens, heads, head_dim), float("nan"), device=device)
     ref = torch.empty_like(out)
     attention_reduce(out, acc, m, sums)
     attention_reduce_ref(ref, acc, m, sums)
+    assert torch.equal(out[0, 0], torch.zeros_like(out[0, 0])), "a row with no key must give 0, not NaN"
     close(out, ref, 1e-5)

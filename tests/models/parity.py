@@ -64,12 +64,17 @@ def save_tiny_checkpoint(model_class: str, config: Any, path: Path, seed: int = 
 
 @contextmanager
 def capture_outputs(modules: Sequence[nn.Module]) -> Iterator[list[list[torch.Tensor]]]:
-    """Per module, the output of each call while the context is open (forward hooks)."""
+    """Per module, the output of each call while the context is open (forward hooks). A
+    decoder layer of ours returns ``(out, residual)`` (the next norm adds them): its hidden
+    state is the sum; a transformers layer returns the hidden state (first in a tuple)."""
     records: list[list[torch.Tensor]] = [[] for _ in modules]
 
     def hook(index: int):
         def record(module: nn.Module, args: Any, output: Any) -> None:
-            out = output[0] if isinstance(output, tuple) else output
+            if isinstance(output, tuple) and type(module).__module__.startswith("infer_models_"):
+                out = output[0] + output[1]
+            else:
+                out = output[0] if isinstance(output, tuple) else output
             records[index].append(out.detach().float().clone())
 
         return record

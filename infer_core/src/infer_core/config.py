@@ -16,7 +16,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -48,6 +48,10 @@ class ModelConfig(Section):
     max_model_len: int | None = Field(None, ge=1, description="Longest prompt + output; default from the model's config.")
     seed: int = Field(0, description="Seed of the engine's random generator (per-request seeds override).")
     served_model_name: str | None = Field(None, description="Model name clients use; default: the model directory's name.")
+    enforce_eager: bool = Field(False, description="Never replay decode steps as CUDA graphs (slower; for debugging).")
+    cuda_graph_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="Decode batch sizes captured as CUDA graphs; default 1, 2, 4, then every 8 up to "
+                          "min(max_num_seqs, 512). Sizes above scheduler.max_num_seqs are dropped.")
 
 
     @field_validator("device")

@@ -157,9 +157,18 @@ class Gemma3DecoderLayer(nn.Module):
         self.pre_feedforward_layernorm = RMSNorm(size, eps, gemma=True)
         self.post_feedforward_layernorm = RMSNorm(size, eps, gemma=True)
 
-    def forward(self, positions: torch.Tensor, h: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
-        h = h + self.post_attention_layernorm(self.self_attn(positions, self.input_layernorm(h), md))
-        return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+    def forward(
+        self, positions: torch.Tensor, h: torch.Tensor, residual: torch.Tensor | None, md: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(post_feedforward_out, residual)``; the layer's hidden state is their sum,
+        which the next norm forms in the same pass (fused add + RMSNorm)."""
+        if residual is None:
+            h, residual = self.input_layernorm(h), h
+        else:
+            h, residual = self.input_layernorm(h, residual)
+        h = self.post_attention_layernorm(self.self_attn(positions, h, md))
+        h, residual = self.pre_feedforward_layernorm(h, residual)
+        return self.post_feedforward_layernorm(self.mlp(h)), residual
 
 
 class Gemma3Model(nn.Module):
@@ -183,10 +192,10 @@ class Gemma3Model(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
         h = self.embed_tokens(input_ids)
-        h = h * self.embed_scale.to(h.dtype)
+        h, residual = h * self.embed_scale.to(h.dtype), None
         for layer in self.layers:
-            h = layer(positions, h, md)
-        return self.norm(h)
+            h, residual = layer(positions, h, residual, md)
+        return self.norm(h, residual)[0]
 
 
 class Gemma3ForCausalLM(CausalLM):

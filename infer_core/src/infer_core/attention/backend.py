@@ -43,6 +43,10 @@ class AttentionBackend(ABC):
     """Runs attention for every layer of a model; one instance per engine."""
 
     supports_fp8_kv: ClassVar[bool] = False
+    # True when forward reads only the metadata's device tensors (never its host lists or
+    # values that change per step), so a decode step can be captured once and replayed as a
+    # CUDA graph with other lengths; max_seq_len is then max_model_len.
+    supports_cuda_graphs: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel | None = None) -> None:
         self.options = options

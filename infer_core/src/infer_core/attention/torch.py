@@ -10,11 +10,13 @@ from infer_core.attention.metadata import AttentionMetadata
 
 
 def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """Scatter the step's keys and values into the cache slots (reference of the KV-write kernel)."""
+    """Scatter the step's keys and values into the cache slots (reference of the KV-write
+    kernel); a negative slot is a padding row and writes nothing."""
     _, num_blocks, block_size, heads, dim = kv_cache.shape
     flat = kv_cache.view(2, num_blocks * block_size, heads, dim)
-    flat[0, slot_mapping] = k.to(kv_cache.dtype)
-    flat[1, slot_mapping] = v.to(kv_cache.dtype)
+    keep = slot_mapping >= 0
+    flat[0, slot_mapping[keep]] = k[keep].to(kv_cache.dtype)
+    flat[1, slot_mapping[keep]] = v[keep].to(kv_cache.dtype)
 
 
 def paged_attention_ref(
@@ -27,6 +29,9 @@ def paged_attention_ref(
     starts = metadata.query_start_loc_cpu
     for i, seq_len in enumerate(metadata.seq_lens_cpu):
         q_start, q_end = starts[i], starts[i + 1]
+        if seq_len == 0:  # a padding row: no keys
+            out[q_start:q_end] = 0
+            continue
         n_blocks = -(-seq_len // block_size)
         blocks = metadata.block_tables[i, :n_blocks].long()
         keys = kv_cache[0, blocks].reshape(-1, layer.num_kv_heads, layer.head_dim)[:seq_len]

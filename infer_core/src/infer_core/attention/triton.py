@@ -30,6 +30,7 @@ class TritonAttentionBackend(AttentionBackend):
     """Fused paged attention in Triton; supports ``cache.kv_dtype = "fp8"``."""
 
     supports_fp8_kv = True
+    supports_cuda_graphs = True
 
     def __init__(self, options: TritonAttentionOptions | None = None) -> None:
         super().__init__(options)

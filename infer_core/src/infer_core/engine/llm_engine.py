@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from infer_core.attention.backend import AttentionBackend
 from infer_core.attention.kv_tensors import (
     FP8_KV_DTYPE,
     allocate_kv_caches,
@@ -18,6 +19,7 @@ from infer_core.attention.kv_tensors import (
     kv_bytes_per_token,
 )
 from infer_core.config import EngineConfig
+from infer_core.engine.cuda_graphs import default_capture_sizes
 from infer_core.engine.detokenizer import OutputState
 from infer_core.engine.metrics import EngineMetrics
 from infer_core.engine.runner import ModelRunner, ModelRunnerOutput
@@ -109,7 +111,10 @@ class LLMEngine:
             self.model, block_size=block_size, max_num_seqs=s.max_num_seqs,
             max_num_batched_tokens=s.max_num_batched_tokens, max_model_len=max_model_len,
             vocab_size=self.vocab_size, device=device, eos_token_ids=self.eos_token_ids,
+            graph_sizes=self._graph_sizes(config, backend, device),
         )
+        if self.runner.graphs is not None:
+            self.runner.capture_cuda_graphs()
         self.layout = RuntimeLayout(
             device, dtype, kv_dtype, max_model_len, block_size, num_blocks, attention_name,
             config.model.served_model_name or model_dir.name,
@@ -126,6 +131,16 @@ class LLMEngine:
         if device.type == "cuda" and "triton" in self.pm.attention_backends:
             return "triton"
         return "torch"
+
+    @staticmethod
+    def _graph_sizes(config: EngineConfig, backend: AttentionBackend, device: torch.device) -> list[int]:
+        """Decode batch sizes to capture as CUDA graphs (none on the CPU, with enforce_eager,
+        or with an attention backend that cannot be captured)."""
+        if device.type != "cuda" or config.model.enforce_eager or not backend.supports_cuda_graphs:
+            return []
+        top = config.scheduler.max_num_seqs
+        sizes = config.model.cuda_graph_sizes or default_capture_sizes(top)
+        return sorted({s for s in sizes if s <= top})
 
     def _num_blocks(self, block_size: int, kv_dtype: torch.dtype, device: torch.device) -> int:
         per_block = kv_bytes_per_token(self.model, kv_dtype) * block_size

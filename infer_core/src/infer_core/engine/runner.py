@@ -14,6 +14,7 @@ The step's one device-to-host sync is the read of the sampled ids.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.engine.block_table import BlockTable
 from infer_core.engine.buffers import HostDeviceBuffer
+from infer_core.engine.cuda_graphs import DecodeGraphs
 from infer_core.engine.sampler import SampledLists, Sampler, SamplingMetadata
 from infer_core.engine.sampling_metadata import SamplingBatch
 from infer_core.engine.scheduler import SchedulerOutput
@@ -40,6 +42,14 @@ class RunnerRequest:
     eos_token_ids: frozenset[int]
     slot: int  # its row in the block table
     uid: int  # unique over the runner's life (a request id may come back after preemption)
+
+
+@dataclass(slots=True)
+class StepInputs:
+    metadata: AttentionMetadata
+    num_rows: int  # tokens the model runs over (padding rows included)
+    sample_ids: list[str]  # requests sampled this step, in the order of logits_indices
+    graph_size: int | None  # the padded size of a uniform decode step, else None
 
 
 @dataclass(frozen=True)
@@ -63,8 +73,13 @@ class ModelRunner:
         vocab_size: int,
         device: torch.device,
         eos_token_ids: frozenset[int] = frozenset(),
+        graph_sizes: Sequence[int] = (),
     ) -> None:
         self.model = model
+        self.max_model_len = max_model_len
+        # Uniform decode steps are padded to these sizes; replayed as CUDA graphs once
+        # captured (capture_cuda_graphs), run eagerly with the same padding before that.
+        self.graphs = DecodeGraphs(graph_sizes) if graph_sizes else None
         self.block_size = block_size
         self.vocab_size = vocab_size
         self.device = device
@@ -72,8 +87,9 @@ class ModelRunner:
         self.sampler = Sampler()
         self.requests: dict[str, RunnerRequest] = {}
         self.max_blocks = -(-max_model_len // block_size)
-        self.block_table = BlockTable(max_num_seqs, self.max_blocks, device)
-        tokens, seqs = max_num_batched_tokens, max_num_seqs
+        seqs = max(max_num_seqs, *graph_sizes) if graph_sizes else max_num_seqs
+        tokens = max(max_num_batched_tokens, seqs)
+        self.block_table = BlockTable(seqs, self.max_blocks, device)
         self.input_ids = HostDeviceBuffer(tokens, torch.int64, device)
         self.positions = HostDeviceBuffer(tokens, torch.int64, device)
         self.slot_mapping = HostDeviceBuffer(tokens, torch.int64, device)
@@ -112,11 +128,16 @@ class ModelRunner:
         self._update_states(out)
         if out.is_empty:
             return ModelRunnerOutput([], [])
-        metadata, num_tokens, sample_rows, sample_ids = self._prepare_inputs(out)
-        hidden = self.model(self.input_ids.device[:num_tokens], self.positions.device[:num_tokens], metadata)
+        step = self._prepare_inputs(out)
+        if self.graphs is not None and step.graph_size in self.graphs.captured:
+            hidden = self.graphs.replay(step.graph_size)
+        else:
+            rows = step.num_rows
+            hidden = self.model(self.input_ids.device[:rows], self.positions.device[:rows], step.metadata)
+        sample_ids = step.sample_ids
         if not sample_ids:
             return ModelRunnerOutput([], [])
-        logits = self.model.compute_logits(hidden, self.logits_indices.device[: len(sample_rows)]).float()
+        logits = self.model.compute_logits(hidden, self.logits_indices.device[: len(sample_ids)]).float()
         meta = self._sampling_metadata(sample_ids)
         sampled = self._sample(logits, meta)
         return self._runner_output(sample_ids, sampled)
@@ -124,9 +145,10 @@ class ModelRunner:
     def _sample(self, logits: torch.Tensor, meta: SamplingMetadata) -> SampledLists:
         return self.sampler(logits, meta).to_lists()  # the step's one device-to-host sync
 
-    def _prepare_inputs(self, out: SchedulerOutput) -> tuple[AttentionMetadata, int, np.ndarray, list[str]]:
-        """Write the flat batch (scheduler order) into the step buffers; returns the attention
-        metadata, the number of tokens, the rows to sample and their request ids."""
+    def _prepare_inputs(self, out: SchedulerOutput) -> StepInputs:
+        """Write the flat batch (scheduler order) into the step buffers, padded to a graph
+        size for a uniform decode step; returns the attention metadata, the rows the model
+        runs over and the request ids to sample (their rows are in ``logits_indices``)."""
         if self._inputs_copied is not None:  # the last step's copies have read the host buffers
             self._inputs_copied.synchronize()  # (a step that samples has waited already)
         num_reqs = len(out.num_scheduled_tokens)
@@ -163,28 +185,70 @@ class ModelRunner:
         sampled = np.flatnonzero(ends == lengths)  # the last known token: sample the next one
         sample_rows = cu[1:][sampled] - 1
         sample_ids = [req_ids[i] for i in sampled.tolist()]
-
         self.logits_indices.np[: len(sample_rows)] = sample_rows
         self.logits_indices.to_device(len(sample_rows))
+
+        graph_size = self.graphs.size_for(num_reqs) if self.graphs is not None and num_tokens == num_reqs else None
+        if graph_size is None:
+            seq_lens_cpu = ends.tolist()
+            metadata = self._copy_inputs(num_reqs, max(seq_lens_cpu), int(num_sched.max()), seq_lens_cpu)
+            return StepInputs(metadata, num_tokens, sample_ids, None)
+        self._write_padding(num_reqs, graph_size)
+        metadata = self._copy_inputs(graph_size, self.max_model_len, 1,
+                                     ends.tolist() + [0] * (graph_size - num_reqs))
+        return StepInputs(metadata, graph_size, sample_ids, graph_size)
+
+    def _write_padding(self, start: int, end: int) -> None:
+        """Rows ``start..end-1`` of a padded decode step: token 0 at position 0 with no KV (slot
+        -1 is skipped by the KV write, ``seq_len`` 0 gives attention no key)."""
+        rows = slice(start, end)
+        self.input_ids.np[rows] = 0
+        self.positions.np[rows] = 0
+        self.slot_mapping.np[rows] = -1
+        self.seq_lens.np[rows] = 0
+        self.batch_slots.np[rows] = 0
+        self.query_start_loc.np[start + 1 : end + 1] = self._arange[start + 1 : end + 1]
+
+    def _copy_inputs(self, rows: int, max_seq_len: int, max_query_len: int, seq_lens_cpu: list[int]) -> AttentionMetadata:
+        """Copy the first ``rows`` requests' inputs (one token each when padded) to the device."""
+        num_tokens = int(self.query_start_loc.np[rows])
         self.input_ids.to_device(num_tokens)
         self.positions.to_device(num_tokens)
         self.block_table.commit()
-        seq_lens_cpu = ends.tolist()
-        max_seq_len = max(seq_lens_cpu)
+        size = self.block_size
+        width = -(-max_seq_len // size)  # all max_blocks in a padded step (max_model_len)
         metadata = AttentionMetadata(
-            query_start_loc=self.query_start_loc.to_device(num_reqs + 1),
-            seq_lens=self.seq_lens.to_device(num_reqs),
-            block_tables=self.block_table.gather(self.batch_slots.to_device(num_reqs), -(-max_seq_len // size)),
+            query_start_loc=self.query_start_loc.to_device(rows + 1),
+            seq_lens=self.seq_lens.to_device(rows),
+            block_tables=self.block_table.gather(self.batch_slots.to_device(rows), width),
             slot_mapping=self.slot_mapping.to_device(num_tokens),
             block_size=size,
-            max_query_len=int(num_sched.max()),
+            max_query_len=max_query_len,
             max_seq_len=max_seq_len,
-            query_start_loc_cpu=cu.tolist(),
+            query_start_loc_cpu=self.query_start_loc.np[: rows + 1].tolist(),
             seq_lens_cpu=seq_lens_cpu,
         )
         if self._inputs_copied is not None:
             self._inputs_copied.record()
-        return metadata, num_tokens, sample_rows, sample_ids
+        return metadata
+
+    @torch.inference_mode()
+    def capture_cuda_graphs(self) -> float:
+        """Capture the decode graphs of every size (CUDA only); returns the seconds it took."""
+        assert self.graphs is not None and self.device.type == "cuda"
+
+        def prepare(size: int) -> AttentionMetadata:
+            if self._inputs_copied is not None:
+                self._inputs_copied.synchronize()
+            self._write_padding(0, size)
+            return self._copy_inputs(size, self.max_model_len, 1, [0] * size)
+
+        def forward(metadata: AttentionMetadata) -> torch.Tensor:
+            rows = metadata.num_requests
+            return self.model(self.input_ids.device[:rows], self.positions.device[:rows], metadata)
+
+        self.graphs.capture(prepare, forward)
+        return self.graphs.capture_seconds
 
     def _runner_output(self, sample_ids: list[str], sampled: SampledLists) -> ModelRunnerOutput:
         requests = self.requests

@@ -3,7 +3,8 @@
 Split ``s`` of a query row leaves an unnormalized output ``acc_s [D]``, its running maximum
 ``m_s`` (log2 units) and its sum of exponentials ``l_s``. The row's output is
 ``sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s`` with ``M = max_s m_s``; splits that saw
-no visible key carry ``m_s = -inf`` and weigh nothing.
+no visible key carry ``m_s = -inf`` and weigh nothing; a row no split saw any key of (a
+padding row of a CUDA-graph step) gets 0.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def _attention_reduce_kernel(
     w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - top))
     acc = tl.load(part_acc_ptr + (base + splits)[:, None] * BLOCK_D + dims[None, :],
                   mask=smask[:, None], other=0.0)
-    out = tl.sum(acc * w[:, None], 0) / tl.sum(sums * w, 0)
+    total = tl.sum(sums * w, 0)
+    out = tl.sum(acc * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)  # no key at all: 0
     tl.store(out_ptr + token * stride_ot + head * stride_oh + dims,
              out.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
 
@@ -58,4 +60,5 @@ def attention_reduce_ref(
     top = part_max.max(dim=-1, keepdim=True).values
     w = torch.where(part_max == float("-inf"), 0.0, torch.exp2(part_max - top))
     num = (part_acc * w[..., None]).sum(dim=2)[..., : out.shape[-1]]
-    out.copy_(num / (part_sum * w).sum(dim=-1, keepdim=True))
+    total = (part_sum * w).sum(dim=-1, keepdim=True)
+    out.copy_(num / torch.where(total > 0, total, 1.0))  # a row with no key at all (padding): 0
