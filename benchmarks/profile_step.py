@@ -13,7 +13,8 @@ with ``OMP_NUM_THREADS=1`` all the work is on this thread) or wall time (``--clo
 
 - ``schedule``: ``Scheduler.schedule``
 - ``prepare_inputs``: the runner's flat batch and attention metadata
-- ``forward``: the model over the flat batch; ``logits``: ``compute_logits`` at sampled rows
+- ``forward``: the model over the flat batch (eager steps); ``replay``: a decode step's CUDA
+  graph (the forward of graph steps); ``logits``: ``compute_logits`` at sampled rows
 - ``sampling_metadata``: the sampler's per-row parameters
 - ``sampler``: sampling and the step's one device-to-host copy
 - ``runner_output``: the runner's bookkeeping of sampled tokens and logprobs
@@ -51,6 +52,7 @@ PHASES = [
     ("schedule", "scheduler", "schedule"),
     ("prepare_inputs", "runner", "_prepare_inputs"),
     ("forward", "model", "forward"),
+    ("replay", "graphs", "replay"),
     ("logits", "model", "compute_logits"),
     ("sampling_metadata", "runner", "_sampling_metadata"),
     ("sampler", "runner", "_sample"),
@@ -71,9 +73,11 @@ class PhaseTimer:
         self.totals: dict[str, float] = {}
         self.enabled = False
         owners = {"scheduler": engine.scheduler, "runner": engine.runner,
-                  "model": engine.runner.model, "engine": engine}
+                  "model": engine.runner.model, "engine": engine,
+                  "graphs": getattr(engine.runner, "graphs", None)}
         for phase, owner, method in PHASES:
-            self._wrap(phase, owners[owner], method)
+            if owners[owner] is not None:
+                self._wrap(phase, owners[owner], method)
 
     def _wrap(self, phase: str, owner: object, method: str) -> None:
         original = getattr(owner, method)
@@ -96,7 +100,8 @@ class PhaseTimer:
 def make_engine(checkpoint: Path, batch: int, args: argparse.Namespace) -> LLMEngine:
     max_len = args.prompt_len + args.warmup + args.steps + 8
     config = EngineConfig(
-        model={"path": str(checkpoint), "device": args.device, "dtype": args.dtype, "max_model_len": max_len},
+        model={"path": str(checkpoint), "device": args.device, "dtype": args.dtype, "max_model_len": max_len,
+               **({"enforce_eager": True} if args.enforce_eager else {})},
         cache={"backend": args.cache, "block_size": 16, "num_blocks": batch * (-(-max_len // 16)) + 8},
         scheduler={"max_num_seqs": batch, "max_num_batched_tokens": max(batch * args.prompt_len, 512)},
     )
@@ -137,7 +142,7 @@ def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dic
     top_ops = torch_profile(engine, args.torch_profile_ops) if args.torch_profile_ops else []
     ms = {phase: 1e3 * total / args.steps for phase, total in timer.totals.items()}
     total = 1e3 * statistics.fmean(step_times)
-    ms["host"] = total - ms.get("forward", 0.0) - ms.get("logits", 0.0)
+    ms["host"] = total - ms.get("forward", 0.0) - ms.get("replay", 0.0) - ms.get("logits", 0.0)
     ms["other"] = total - sum(ms.get(p, 0.0) for p, _, _ in PHASES)
     return {"batch": batch, "step_ms": total, "step_ms_median": 1e3 * statistics.median(step_times),
             "phases_ms": ms, "host_us_per_request": 1e3 * ms["host"] / batch, "top_ops": top_ops}
@@ -152,13 +157,23 @@ def median_row(runs: list[dict]) -> dict:
 
 def torch_profile(engine: LLMEngine, n: int) -> list[dict]:
     """One more decode step under torch.profiler: the ``n`` ops with the most self CPU time
-    (calls per step, total µs) — on the CPU this is also the per-op dispatch count."""
+    (calls per step, total µs) — on the CPU this is also the per-op dispatch count. On CUDA
+    the ops are ranked by device time (kernels, also those a CUDA graph replays)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = engine.layout.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
         engine.step()
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    return [{"op": e.key, "calls": e.count, "self_cpu_us": round(e.self_cpu_time_total, 1)} for e in events[:n]]
+        if cuda:
+            torch.cuda.synchronize()
+
+    def device_us(e) -> float:
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+
+    events = sorted(prof.key_averages(), key=device_us if cuda else (lambda e: e.self_cpu_time_total), reverse=True)
+    return [{"op": e.key, "calls": e.count, "self_cpu_us": round(e.self_cpu_time_total, 1),
+             **({"self_device_us": round(device_us(e), 1)} if cuda else {})} for e in events[:n]]
 
 
 def markdown(result: dict) -> str:
@@ -176,8 +191,13 @@ def markdown(result: dict) -> str:
         cells = [f"{row['step_ms']:.2f}", *[f"{p.get(c, 0.0):.2f}" for c, _, _ in PHASES],
                  f"{p['other']:.2f}", f"{p['host']:.2f}", f"{row['host_us_per_request']:.0f}"]
         lines.append(f"| {row['batch']} | " + " | ".join(cells) + " |")
-    for row in result["rows"][:1]:
-        if row["top_ops"]:
+    for row in result["rows"]:
+        if row["top_ops"] and "self_device_us" in row["top_ops"][0]:
+            lines += ["", f"Top ops of one step at batch {row['batch']} (torch.profiler, self device time):", "",
+                      "| op | calls | self device µs | self CPU µs |", "|---|---|---|---|"]
+            lines += [f"| `{o['op'][:80]}` | {o['calls']} | {o['self_device_us']:.0f} | {o['self_cpu_us']:.0f} |"
+                      for o in row["top_ops"]]
+        elif row["top_ops"]:
             lines += ["", f"Top ops of one step at batch {row['batch']} (torch.profiler, self CPU time):", "",
                       "| op | calls | self µs |", "|---|---|---|"]
             lines += [f"| `{o['op']}` | {o['calls']} | {o['self_cpu_us']:.0f} |" for o in row["top_ops"]]
@@ -204,6 +224,7 @@ def main() -> None:
     parser.add_argument("--outputs", choices=["finished", "stream"], default="finished",
                         help="build outputs of finished requests only (LLM.generate) or every step's (streaming)")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before the timed steps")
+    parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (model.enforce_eager)")
     parser.add_argument("--label", default="")
     parser.add_argument("--checkpoint-dir", default="/tmp/infer-profile-step")
     parser.add_argument("--out", default="benchmarks/reports")
@@ -235,8 +256,10 @@ def main() -> None:
         "device": device, "label": args.label or "-", "model": name, "steps": args.steps,
         "warmup": args.warmup, "temperature": args.temperature, "clock": args.clock,
         "outputs": args.outputs, "repeats": args.repeats, "gc_freeze": args.gc_freeze,
+        "enforce_eager": args.enforce_eager,
         "command": "benchmarks/profile_step.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in ("", None)),
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+            for k, v in vars(args).items() if v not in ("", None, False)),
         "rows": rows,
     }
     suffix = f"-{args.label}" if args.label else ""

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The Speed issue's GPU run (from the repository root on the lent GPU machine): installs the
+# project, runs the GPU engine tests (CUDA-graph replay == eager, model parity), then step
+# profiles (eager vs CUDA graphs, Llama-3.2-1B shape, torch.profiler device-time summary) and
+# the offline W1/W2 benchmarks. Everything lands under $OUT (default ./gpu-speed-out).
+#
+#   scripts/gpu_speed.sh [tests] [profile] [bench]      (default: all three)
+#
+# Carry .whl and benchmarks/.assets (scripts/gpu_bench.sh prepare makes them).
+set -u
+OUT=${OUT:-$PWD/gpu-speed-out}
+mkdir -p "$OUT"
+WHAT=${*:-tests profile bench}
+want() { [[ " $WHAT " == *" $1 "* ]]; }
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl >"$OUT/pip.log" 2>&1 || { tail "$OUT/pip.log"; exit 1; }
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e infer_core -e infer_models_llama \
+  -e infer_models_qwen3 -e infer_models_gemma3 -e infer_cache_paged -e infer_sched_policies \
+  >>"$OUT/pip.log" 2>&1 || { tail -20 "$OUT/pip.log"; exit 1; }
+[ -f benchmarks/.assets/commit ] && export INFER_BENCH_COMMIT="$(cat benchmarks/.assets/commit)"
+status=0
+if want tests; then
+  timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
+    tests/kernels/test_engine_gpu.py tests/kernels/test_model_parity_gpu.py 2>&1 \
+    | tee "$OUT/gpu_tests.log" | tail -25
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if want profile; then
+  for mode in eager graphs; do
+    flag=(); [ $mode = eager ] && flag=(--enforce-eager)
+    timeout "${PROFILE_TIMEOUT:-150}" python3 benchmarks/profile_step.py --device cuda --dtype bfloat16 \
+      --layers 16 --hidden 0 --vocab 0 --batch-sizes "${PROFILE_BATCHES:-1,64,256}" --steps 20 --repeats 2 \
+      --prompt-len 256 --clock wall --torch-profile-ops 14 --label "llama-3.2-1b-$mode" \
+      --checkpoint-dir /tmp/infer-profile-step --out "$OUT/profiles" "${flag[@]}" 2>&1 \
+      | grep -v "profiler_st" | tail -6
+  done
+fi
+if want bench; then
+  GPU_BENCH_SKIP_INSTALL=1 GPU_BENCH_BUDGET_S=${BENCH_BUDGET_S:-300} OUT="$OUT/bench" \
+    scripts/gpu_bench.sh ${BENCH_PHASES:-offline-llama offline-qwen} 2>&1 | tail -40
+fi
+exit $status
