@@ -6,9 +6,10 @@
 #
 #   offline-llama  W1, W4, W2 through LLM.generate, Llama-3.2-1B shape (random bf16 weights)
 #   offline-qwen   W1, W2, Qwen3-0.6B shape (the real Qwen 3 tokenizer when carried)
-#   hf-llama       the same W4, W2, W1 through transformers (continuous batching; generate
-#                  with a static cache for W1), same machine, same call
-#   hf-qwen        W2, W1 through transformers
+#   hf-llama       the same W1, W4, W2 through transformers (generate with a static cache
+#                  for W1, first: the cheap ratio lands before a cap; continuous batching for
+#                  the rest), same machine, same call
+#   hf-qwen        W1, W2 through transformers
 #   serve          W3 (concurrency 1/8/32/128), W4, W5, W6 over HTTP against infer-serve
 #   matrix         configuration matrix + policy sweep (W4/W5/W6, 32 requests each)
 #
@@ -16,6 +17,10 @@
 # a phase that would start with too little budget left is skipped, a phase that hits its cap
 # keeps what it finished (each result is written as it lands). The end of the output lists
 # what ran, what timed out and what was skipped, then prints summary.md.
+#
+# Repeats (the report quotes the median of each figure, with the spread): offline phases
+# GPU_BENCH_REPEATS (default 3), hf phases GPU_BENCH_REPEATS_HF (default 1: transformers is
+# slow), serve GPU_BENCH_REPEATS_SERVE (default 1). The matrix runs once.
 #
 # Output ($OUT, default ./gpu-bench-out): <date>-<device>/ with report.json, summary.md and
 # the plots (copy it to benchmarks/reports/ and commit), and gpu_bench.log. Two runs (e.g.
@@ -32,6 +37,7 @@ EXTRA=(${GPU_BENCH_EXTRA:-})                # e.g. "--scale 0.05 --num-prompts 4
 ASSETS=benchmarks/.assets
 PORT=${GPU_BENCH_PORT:-8011}
 ALL_PHASES="offline-llama offline-qwen hf-llama hf-qwen serve matrix"
+REPEATS=${GPU_BENCH_REPEATS:-3} REPEATS_HF=${GPU_BENCH_REPEATS_HF:-1} REPEATS_SERVE=${GPU_BENCH_REPEATS_SERVE:-1}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # ---- here: prepare what the GPU machine cannot fetch ----------------------------------------
@@ -88,7 +94,7 @@ phase() {
 BENCH=("$PY" -m infer_core.bench.cli)
 [ -f "$ASSETS/commit" ] && export INFER_BENCH_COMMIT="$(cat "$ASSETS/commit")"
 
-say "phases: $PHASES; budget ${BUDGET_S}s"
+say "phases: $PHASES; budget ${BUDGET_S}s; repeats offline $REPEATS, hf $REPEATS_HF, serve $REPEATS_SERVE"
 # -- install (no registry there: carried wheels for what the image lacks, our packages editable)
 if [ -n "${GPU_BENCH_SKIP_INSTALL:-}" ]; then
   say "GPU_BENCH_SKIP_INSTALL set: using the installed packages"
@@ -123,10 +129,12 @@ fi
 
 L=(--label llama-3.2-1b-random --out "$REPORT" "${EXTRA[@]}")
 Q=(--label qwen3-0.6b-random --out "$REPORT" "${EXTRA[@]}")
-want offline-llama && phase offline-llama 150 "${BENCH[@]}" offline --config "$CONFIG" --model "$LLAMA" --workload W1,W4,W2 "${L[@]}"
-want offline-qwen && phase offline-qwen 120 "${BENCH[@]}" offline --config "$CONFIG" --model "$QWEN" --workload W1,W2 "${Q[@]}"
-want hf-llama && phase hf-llama 150 "${BENCH[@]}" hf --model "$LLAMA" --workload W4,W2,W1 "${L[@]}"
-want hf-qwen && phase hf-qwen 120 "${BENCH[@]}" hf --model "$QWEN" --workload W2,W1 "${Q[@]}"
+want offline-llama && phase offline-llama 150 "${BENCH[@]}" offline --config "$CONFIG" --model "$LLAMA" --workload W1,W4,W2 \
+  --repeats "$REPEATS" "${L[@]}"
+want offline-qwen && phase offline-qwen 120 "${BENCH[@]}" offline --config "$CONFIG" --model "$QWEN" --workload W1,W2 \
+  --repeats "$REPEATS" "${Q[@]}"
+want hf-llama && phase hf-llama 200 "${BENCH[@]}" hf --model "$LLAMA" --workload W1,W4,W2 --repeats "$REPEATS_HF" "${L[@]}"
+want hf-qwen && phase hf-qwen 120 "${BENCH[@]}" hf --model "$QWEN" --workload W1,W2 --repeats "$REPEATS_HF" "${Q[@]}"
 
 start_server() {  # infer-serve in the background; true once /health answers
   "$PY" -m infer_core.server.cli --config "$CONFIG" --model.path "$LLAMA" --server.port "$PORT" \
@@ -148,7 +156,7 @@ if want serve; then
     say "starting infer-serve on 127.0.0.1:$PORT"
     if start_server; then
       phase serve 200 "${BENCH[@]}" serve --base-url "http://127.0.0.1:$PORT" --workload W3,W4,W5,W6 \
-        --tokenizer "$LLAMA" --model-dir "$LLAMA" --no-progress "${L[@]}"
+        --tokenizer "$LLAMA" --model-dir "$LLAMA" --no-progress --repeats "$REPEATS_SERVE" "${L[@]}"
     else
       FAILED+=("serve (infer-serve did not answer /health; its log is in gpu_bench.log)"); say "infer-serve did not come up"
     fi

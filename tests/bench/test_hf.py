@@ -36,3 +36,17 @@ def test_w4_through_continuous_batching(model):
     for record, req in zip(run.records, w4.requests, strict=True):
         assert record.success, record.error
         assert record.num_output_tokens == len(record.token_times) == req.max_tokens
+
+
+def test_hf_command_repeats_w1_on_one_model(tmp_path):
+    import json
+
+    from infer_core.bench.cli import main
+
+    checkpoint = tiny_checkpoint("llama", tokenizer=True, vocab_size=512, max_position_embeddings=512)
+    assert main(["hf", "--model", str(checkpoint), "--device", "cpu", "--workload", "W1", "--scale", "0.05",
+                 "--repeats", "2", "--out", str(tmp_path), "--label", "tiny", "--no-plots"]) == 0
+    (entry,) = json.loads((tmp_path / "report.json").read_text())["runs"]
+    assert entry["source"] == "hf" and entry["repeats"] == 2 and len(entry["runs"]) == 2
+    assert all(r["ms_per_output_token"] is not None for r in entry["runs"])
+    assert entry["spread"]["metric"] == "ms_per_output_token"

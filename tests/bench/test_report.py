@@ -87,8 +87,8 @@ def test_summary_has_the_side_by_side_ratio(tmp_path):
                         method="static")
     files = rpt.write_report(tmp_path, report_with(ours, theirs, w1, hf1), plots=False)
     summary = (tmp_path / "summary.md").read_text()
-    assert "| m | W4 | 6 tok/s | 3 tok/s | 2.00× | cb |" in summary
-    assert "| m | W1 | 4.00 ms/tok | 12.00 ms/tok | 3.00× | static |" in summary
+    assert "| m | W4 | 6 tok/s | 3 tok/s | 2.00× | 1 / 1 | cb |" in summary
+    assert "| m | W1 | 4.00 ms/tok | 12.00 ms/tok | 3.00× | 1 / 1 | static |" in summary
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["runs"][0]["roofline"] is not None
     assert [p.name for p in files] == ["report.json", "summary.md"]

@@ -97,3 +97,15 @@ def test_failures_are_counted_and_listed(server, checkpoint, tmp_path):
     (run,) = json.loads((tmp_path / "report.json").read_text())["runs"]
     assert run["metrics"]["failed"] == 2 and run["metrics"]["completed"] == 0
     assert all(e.startswith("HTTP 4") and "max_model_len" in e for e in run["metrics"]["errors"]), run["metrics"]["errors"]
+
+
+def test_serve_repeats_against_the_same_server(server, checkpoint, tmp_path, capsys):
+    code = main(["serve", "--base-url", server, "--workload", "W4", "--tokenizer", str(checkpoint),
+                 "--scale", "0.05", "--num-prompts", "2", "--repeats", "2", "--out", str(tmp_path),
+                 "--label", "tiny", "--no-progress", "--no-plots"])
+    assert code == 0
+    (entry,) = json.loads((tmp_path / "report.json").read_text())["runs"]
+    assert entry["repeats"] == 2 and len(entry["runs"]) == 2
+    assert all(r["metrics"]["completed"] == 2 and r["metrics"]["failed"] == 0 for r in entry["runs"])
+    assert entry["spread"]["metric"] == "output_throughput"
+    assert "[run 2/2]" in capsys.readouterr().out

@@ -1,8 +1,8 @@
 """``infer-bench``: run the standard workloads and write reports.
 
     infer-bench serve --base-url http://127.0.0.1:8000 --workload W3 --tokenizer MODEL_DIR
-    infer-bench offline --config engine.toml --workload W1,W2 [--section.key value ...]
-    infer-bench hf --model MODEL_DIR --workload W1,W2,W4
+    infer-bench offline --config engine.toml --workload W1,W2 [--repeats 3] [--section.key value ...]
+    infer-bench hf --model MODEL_DIR --workload W1,W2,W4 [--repeats 3]
     infer-bench matrix --config engine.toml [--configs static,paged] [--policies all]
     infer-bench checkpoint llama-3.2-1b --out DIR          # random weights at real shapes
     infer-bench report DIR                                 # re-draw summary.md and plots
@@ -10,6 +10,8 @@
 
 Every run command merges its figures into ``<out>/report.json`` (default
 ``benchmarks/reports/<date>-<device>/``) and rewrites ``summary.md`` and the plots there.
+With ``--repeats N`` (serve, offline, hf) each workload runs N times and its entry quotes the
+medians (``infer_core.bench.repeats``).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from infer_core.bench import report as rpt
 from infer_core.bench import soak_cli
+from infer_core.bench.repeats import combine_runs, runs_text, spread_text
 from infer_core.bench.workloads import WorkloadOptions, make_workloads, parse_workloads
 from infer_core.errors import InferError
 
@@ -47,6 +51,11 @@ def _workload_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--no-plots", action="store_true", help="write JSON and markdown only")
 
 
+def _repeats_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--repeats", type=int, default=1,
+                   help=f"run each workload N times ({what}; warm-up once) and quote the medians (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infer-bench", description="infer's benchmarks (docs/benchmarks.md).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -63,18 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default $OPENAI_API_KEY)")
     serve.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     serve.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _repeats_arg(serve, "same server, same requests")
     _workload_args(serve, "W3")
 
     offline = commands.add_parser("offline", help="the workloads through LLM.generate in-process")
     offline.add_argument("--config", default=None, help="engine TOML (default $INFER_CONFIG)")
     offline.add_argument("--model", default=None, help="model directory (overrides model.path)")
     offline.add_argument("--name", default="default", help="configuration name in the report")
+    _repeats_arg(offline, "same engine, prefix cache reset before each run")
     _workload_args(offline, "W1,W2")
 
     hf = commands.add_parser("hf", help="the same workloads through Hugging Face transformers")
     hf.add_argument("--model", required=True, help="model directory")
     hf.add_argument("--device", default="auto", help="auto, cpu or cuda")
     hf.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16")
+    _repeats_arg(hf, "same model, same requests")
     _workload_args(hf, "W1,W2,W4")
 
     matrix = commands.add_parser("matrix", help="the configuration matrix and the policy sweep, offline")
@@ -114,15 +126,43 @@ def workload_options(args, vocab_size: int, tokenizer=None, names: Sequence[str]
                            scale=args.scale, num_prompts=args.num_prompts, concurrency=levels)
 
 
-def print_run(entry: dict[str, Any]) -> None:
+def print_run(entry: dict[str, Any], what: str = "") -> None:
+    """One line per run; ``what``: ``run 2/3`` for one of several, else the entry (with
+    ``--repeats``: the medians, their number and spread)."""
     m = entry["metrics"]
     line = (f"{entry['source']:>7} {entry['model']} {entry['workload']:<10} {entry.get('config_name') or '':<14} "
             f"{m['completed']} ok / {m['failed']} failed, {m['output_throughput']:,.1f} out tok/s, "
             f"TTFT p50 {_ms(m['ttft_ms']['p50'])}, TPOT {_ms(m['tpot_ms']['mean'])}, "
             f"ITL p50/p99 {_ms(m['itl_ms']['p50'])}/{_ms(m['itl_ms']['p99'])}")
+    if what:
+        line += f" [{what}]"
+    elif len(entry.get("runs") or ()) > 1:
+        line += f" [median of {runs_text(entry)} runs, spread {spread_text(entry)}]"
     print(line, flush=True)
     for error in m["errors"][:5]:
         print(f"        failed: {error}", flush=True)
+
+
+def check_repeats(args) -> int:
+    if args.repeats < 1:
+        raise InferError(f"--repeats must be >= 1, got {args.repeats}")
+    return args.repeats
+
+
+class Repeats:
+    """The runs of one workload so far: each new run re-writes the workload's entry (medians of
+    the runs done), so a run stopped by a time limit keeps the repeats it finished."""
+
+    def __init__(self, writer: ReportWriter, repeats: int) -> None:
+        self.writer, self.repeats, self.entries = writer, repeats, []
+
+    def add(self, entry: dict[str, Any], **parts: Any) -> dict[str, Any]:
+        self.entries.append(entry)
+        if self.repeats > 1:
+            print_run(entry, f"run {len(self.entries)}/{self.repeats}")
+        combined = combine_runs(self.entries, self.repeats)
+        self.writer.add(runs=[combined], **parts)
+        return combined
 
 
 def _ms(value: float | None) -> str:
@@ -176,17 +216,22 @@ def cmd_serve(args) -> int:
                         request_rate=args.request_rate, max_concurrency=args.max_concurrency,
                         seed=args.seed, num_warmups=args.num_warmups, timeout_s=args.timeout,
                         progress=not args.no_progress)
+    repeats = check_repeats(args)
     writer = ReportWriter(args.out, "auto", plots=not args.no_plots)
     runs, label = [], args.label
     for workload in workloads:
-        records, duration, model = run_workload(workload, opts)
-        label = label or model
-        entry = rpt.run_entry("serve", workload, records, duration, model=label, config_name=None,
-                              base_url=args.base_url, request_rate=str(args.request_rate))
+        done = Repeats(writer, repeats)
+        for i in range(repeats):
+            # the same server throughout: warm-up before the first run only; the server's prefix
+            # cache cannot be reset from here, so later runs of W5 find their prefixes cached
+            records, duration, model = run_workload(workload, opts if i == 0 else replace(opts, num_warmups=0))
+            label = label or model
+            entry = rpt.run_entry("serve", workload, records, duration, model=label, config_name=None,
+                                  base_url=args.base_url, request_rate=str(args.request_rate))
+            models = {label: model_info(args.model_dir, args.dtype)} if args.model_dir else None
+            entry = done.add(entry, models=models, new_models_only=True)
         runs.append(entry)
         print_run(entry)
-        models = {label: model_info(args.model_dir, args.dtype)} if args.model_dir else None
-        writer.add(runs=[entry], models=models, new_models_only=True)
     writer.close()
     return 0 if all(r["metrics"]["failed"] == 0 for r in runs) else 1
 
@@ -212,6 +257,7 @@ def cmd_offline(args, extra: Sequence[str]) -> int:
     from infer_core.config import config_to_dict
 
     names = parse_workloads(args.workload)
+    repeats = check_repeats(args)
     llm, config, _ = _offline_llm(args, extra)
     label = args.label or Path(config.model.path).name
     workloads = make_workloads(names, workload_options(args, llm.engine.vocab_size, llm.tokenizer, names))
@@ -226,13 +272,15 @@ def cmd_offline(args, extra: Sequence[str]) -> int:
             writer.add(skipped=[{"source": "offline", "what": workload.name,
                                  "reason": "concurrency levels need a client: run it with infer-bench serve"}])
             continue
-        log(f"offline {label}: {workload.name} ({len(workload.requests)} requests)")
-        run = run_offline(llm, workload)
-        entry = rpt.run_entry("offline", workload, run.records, run.duration_s, model=label,
-                              config_name=args.name, engine=run.engine)
+        log(f"offline {label}: {workload.name} ({len(workload.requests)} requests"
+            f"{f', {repeats} runs' if repeats > 1 else ''})")
+        done = Repeats(writer, repeats)
+        for i in range(repeats):  # one engine; warm-up before the first run, a cold prefix cache for each
+            run = run_offline(llm, workload, warmup=i == 0, reset_prefix_cache=True)
+            entry = done.add(rpt.run_entry("offline", workload, run.records, run.duration_s, model=label,
+                                           config_name=args.name, engine=run.engine))
         runs.append(entry)
         print_run(entry)
-        writer.add(runs=[entry])
     writer.close()
     return 0 if all(r["metrics"]["failed"] == 0 for r in runs) else 1
 
@@ -246,23 +294,30 @@ def cmd_hf(args) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = ("bfloat16" if device == "cuda" else "float32") if args.dtype == "auto" else args.dtype
     names = parse_workloads(args.workload)
+    repeats = check_repeats(args)
     label = args.label or Path(args.model).name
     vocab = Tokenizer.from_dir(args.model).vocab_size
     workloads = make_workloads([n for n in names if not n.startswith("W5")], workload_options(args, vocab))
     model = hf.load_model(args.model, device, dtype)
     writer = ReportWriter(args.out, device, plots=not args.no_plots)
     for workload in workloads:
-        log(f"hf {label}: {workload.name} ({len(workload.requests)} requests)")
-        try:
-            run = hf.run_hf(model, workload)
-        except Exception as exc:  # transformers' own failures are a finding, not a crash
-            reason = str(exc) if isinstance(exc, hf.HFUnavailable) else f"{type(exc).__name__}: {exc}"
-            writer.add(skipped=[{"source": "hf", "what": f"{label} {workload.name}", "reason": reason[:500]}])
-            log(f"skip {workload.name}: {reason[:500]}")
-            continue
-        entry = rpt.run_entry("hf", workload, run.records, run.duration_s, model=label, method=run.method)
-        print_run(entry)
-        writer.add(runs=[entry])
+        log(f"hf {label}: {workload.name} ({len(workload.requests)} requests"
+            f"{f', {repeats} runs' if repeats > 1 else ''})")
+        done = Repeats(writer, repeats)
+        for i in range(repeats):
+            try:
+                run = hf.run_hf(model, workload, warmup=i == 0)
+            except Exception as exc:  # transformers' own failures are a finding, not a crash
+                reason = str(exc) if isinstance(exc, hf.HFUnavailable) else f"{type(exc).__name__}: {exc}"
+                if i:
+                    reason = f"run {i + 1} of {repeats}: {reason}"
+                writer.add(skipped=[{"source": "hf", "what": f"{label} {workload.name}", "reason": reason[:500]}])
+                log(f"skip {workload.name}: {reason[:500]}")
+                break
+            entry = done.add(rpt.run_entry("hf", workload, run.records, run.duration_s, model=label,
+                                           method=run.method))
+        if done.entries:
+            print_run(entry)
     writer.close()
     return 0
 

@@ -9,6 +9,8 @@ process as infer's runs so that the ratio holds on a noisy machine.
   ``max_new_tokens`` and EOS disabled, token timestamps recorded by transformers. Two short
   warm-up requests are not counted. Transformers without continuous batching (before 4.56) is
   reported as skipped, with the reason.
+- Repeats (``--repeats``) reuse the loaded model: ``generate``'s warm-up call runs before the
+  first run only; each continuous-batching run opens its own manager and warms it up.
 
 EOS is disabled everywhere (``ignore_eos``), so both sides produce the same token counts.
 """
@@ -67,8 +69,9 @@ class _Stamps:
         pass
 
 
-def run_static(model, workload: Workload) -> HFRun:
-    """Each request alone through ``generate`` with a static cache (W1)."""
+def run_static(model, workload: Workload, *, warmup: bool = True) -> HFRun:
+    """Each request alone through ``generate`` with a static cache (W1); ``warmup=False`` for a
+    repeat on a model that has already run (and compiled) it."""
     import torch
 
     def one(req, streamer=None):
@@ -80,7 +83,8 @@ def run_static(model, workload: Workload) -> HFRun:
                 streamer=streamer,
             )
 
-    one(workload.requests[0])  # warm-up (and compilation)
+    if warmup:
+        one(workload.requests[0])  # warm-up (and compilation)
     records = []
     start = time.perf_counter()
     for req in workload.requests:
@@ -165,8 +169,10 @@ def _collect(manager, wanted: set[str], timeout_s: float = 3600.0) -> dict[str, 
     return results
 
 
-def run_hf(model, workload: Workload) -> HFRun:
-    """W1-shaped (one request) through ``generate``; everything else through continuous batching."""
+def run_hf(model, workload: Workload, *, warmup: bool = True) -> HFRun:
+    """W1-shaped (one request) through ``generate``; everything else through continuous batching
+    (a fresh manager per run, so its two short warm-up requests run every time; ``warmup``
+    applies to ``generate``'s compilation call)."""
     if len(workload.requests) == 1:
-        return run_static(model, workload)
+        return run_static(model, workload, warmup=warmup)
     return run_continuous(model, workload)

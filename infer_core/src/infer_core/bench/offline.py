@@ -5,7 +5,8 @@ All of a workload's requests are submitted at once (offline throughput, as nano-
 come from the engine: ``RequestOutput.metrics`` and the finished-request records of
 ``engine.metrics`` (first token, inter-token gaps, finish, queue time, preemptions), on the
 engine's ``time.monotonic`` clock. One warm-up request (the first, at most 16 output tokens)
-runs first and is not counted; the prefix cache is reset after it.
+runs first and is not counted; the prefix cache is reset after it. Repeats of a workload on the
+same engine (``--repeats``) skip the warm-up and reset the prefix cache before each run.
 """
 
 from __future__ import annotations
@@ -94,10 +95,14 @@ def records_from(outputs: list[RequestOutput], requests: list[BenchRequest],
     return records
 
 
-def run_offline(llm, workload: Workload, *, warmup: bool = True) -> OfflineRun:
-    """Run ``workload`` on ``llm`` (an ``infer_core.LLM``) and time every request."""
+def run_offline(llm, workload: Workload, *, warmup: bool = True, reset_prefix_cache: bool = False) -> OfflineRun:
+    """Run ``workload`` on ``llm`` (an ``infer_core.LLM``) and time every request.
+    ``reset_prefix_cache``: start from an empty prefix cache (a repeat of a run on the same
+    engine; the warm-up resets it anyway)."""
     if warmup:
         warm_up(llm, workload)
+    elif reset_prefix_cache:
+        llm.engine.reset_prefix_cache()
     llm.engine.metrics.pop_finished()
     before = _stats(llm)
     start = time.monotonic()

@@ -1,9 +1,15 @@
 """``summary.md``: the report's figures as markdown tables (runs against the roofline, the HF
-side by side, the configuration matrix and policy sweep, what was skipped)."""
+side by side, the configuration matrix and policy sweep, what was skipped).
+
+An entry of repeated runs (``--repeats``) holds the medians in its ``metrics`` (see
+``infer_core.bench.repeats``): every table quotes them, and the runs table and the side by side
+say how many runs each figure is the median of, with the spread of the main figure."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from infer_core.bench.repeats import runs_text, spread_text
 
 
 def _f(value: Any, digits: int = 1) -> str:
@@ -47,11 +53,11 @@ def _runs_table(runs: list[dict]) -> list[str]:
             _f(m["tpot_ms"]["mean"], 2),
             f"{_f(m['itl_ms']['p50'], 2)} / {_f(m['itl_ms']['p99'], 2)}",
             _f(r.get("ms_per_output_token"), 2), bound, _pct(roof.get("fraction_of_roofline")),
-            str(m["failed"]),
+            str(m["failed"]), runs_text(r), spread_text(r),
         ])
     return _table(["model", "workload", "source", "config", "req/s", "out tok/s",
                    "TTFT p50 / p99 ms", "TPOT ms", "ITL p50 / p99 ms", "ms/token (W1)",
-                   "roofline", "of roofline", "failed"], rows)
+                   "roofline", "of roofline", "failed", "runs", "spread"], rows)
 
 
 def _tag_table(runs: list[dict]) -> list[str]:
@@ -67,22 +73,25 @@ def _tag_table(runs: list[dict]) -> list[str]:
 
 
 def _hf_table(runs: list[dict]) -> list[str]:
+    """infer (offline) against transformers, each side's median over its runs."""
     ours = {(r["model"], r["workload"]): r for r in runs if r["source"] == "offline"}
     rows = []
     for hf in (r for r in runs if r["source"] == "hf"):
         mine = ours.get((hf["model"], hf["workload"]))
+        n = f"{runs_text(mine) if mine else '–'} / {runs_text(hf)}"
         if hf.get("ms_per_output_token") is not None:
             a, b = (mine or {}).get("ms_per_output_token"), hf["ms_per_output_token"]
             ratio = b / a if a and b else None
             rows.append([hf["model"], hf["workload"], f"{_f(a, 2)} ms/tok", f"{_f(b, 2)} ms/tok",
-                         _f(ratio, 2) + "×" if ratio else "–", hf.get("method", "")])
+                         _f(ratio, 2) + "×" if ratio else "–", n, hf.get("method", "")])
         else:
             a = (mine or {}).get("metrics", {}).get("output_throughput")
             b = hf["metrics"]["output_throughput"]
             ratio = a / b if a and b else None
             rows.append([hf["model"], hf["workload"], f"{_f(a, 0)} tok/s", f"{_f(b, 0)} tok/s",
-                         _f(ratio, 2) + "×" if ratio else "–", hf.get("method", "")])
-    return _table(["model", "workload", "infer", "transformers", "infer speed-up", "HF method"], rows)
+                         _f(ratio, 2) + "×" if ratio else "–", n, hf.get("method", "")])
+    return _table(["model", "workload", "infer", "transformers", "infer speed-up", "runs (infer / HF)",
+                   "HF method"], rows)
 
 
 def _matrix_table(runs: list[dict]) -> list[str]:
@@ -124,7 +133,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
     lines.append("")
     main = [r for r in report["runs"] if r["source"] in ("offline", "serve")]
     if main:
-        lines += ["## Runs", "", *_runs_table(main)]
+        lines += ["## Runs", "", "Each figure is the median over the entry's runs (`runs`); `spread` is the "
+                  "lowest and highest of the main figure (ms/token for W1, output tokens/s otherwise).", "",
+                  *_runs_table(main)]
     tagged = _tag_table([r for r in report["runs"] if r.get("by_tag")])
     if tagged:
         lines += ["## By request kind (W6: `short` requests decode while `long` prompts arrive)", "", *tagged]
