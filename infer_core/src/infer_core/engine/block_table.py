@@ -69,7 +69,7 @@ class BlockTable:
         self.table[index.to(self.device, non_blocking=True), :width] = staged.to(self.device, non_blocking=True)
 
     def gather(self, slots: torch.Tensor, width: int) -> torch.Tensor:
-        """The rows of ``slots`` (a device int64 tensor, batch order), ``width`` blocks each,
+        """The rows of ``slots`` (a device int32 or int64 tensor, batch order), ``width`` blocks each,
         in the persistent batch buffer: ``[len(slots), width]``, contiguous."""
         out = self.batch[: slots.shape[0] * width].view(slots.shape[0], width)
         torch.index_select(self.table[:, :width], 0, slots, out=out)

@@ -2,11 +2,12 @@
 
 It keeps the state of every request it has seen (token ids, a block-table row, a sampling
 row) so that a step's ``SchedulerOutput`` only carries what changed. Per-step inputs are
-computed with numpy over the batch (no per-token Python) into buffers allocated once at
-start-up (``input_ids``, ``positions``, ``slot_mapping``, query offsets, sequence lengths,
-block tables), pinned on the host and copied once each to the device, so the tensors a decode
-step reads never move — the precondition for replaying it as a CUDA graph. Block-table rows
-are written only where a request gained blocks (``BlockTable``); the sampler's per-row
+computed with numpy over the batch (no per-token Python) into one int32 staging buffer
+allocated once at start-up (``input_ids``, ``positions``, ``slot_mapping``, query offsets,
+sequence lengths, batch slots, logits rows; pinned on the host, copied to the device in one
+copy per step) and block tables, so the tensors a decode step reads never move — the
+precondition for replaying it as a CUDA graph. Block-table rows are written only where a
+request gained blocks (``BlockTable``); the sampler's per-row
 parameters are rebuilt only when the set of sampled requests changes (``SamplingBatch``).
 The step's one device-to-host sync is the read of the sampled ids.
 """
@@ -22,7 +23,7 @@ import torch
 
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.engine.block_table import BlockTable
-from infer_core.engine.buffers import HostDeviceBuffer
+from infer_core.engine.buffers import StagingBuffer
 from infer_core.engine.cuda_graphs import DecodeGraphs
 from infer_core.engine.sampler import SampledLists, Sampler, SamplingMetadata
 from infer_core.engine.sampling_metadata import SamplingBatch
@@ -90,13 +91,17 @@ class ModelRunner:
         seqs = max(max_num_seqs, *graph_sizes) if graph_sizes else max_num_seqs
         tokens = max(max_num_batched_tokens, seqs)
         self.block_table = BlockTable(seqs, self.max_blocks, device)
-        self.input_ids = HostDeviceBuffer(tokens, torch.int64, device)
-        self.positions = HostDeviceBuffer(tokens, torch.int64, device)
-        self.slot_mapping = HostDeviceBuffer(tokens, torch.int64, device)
-        self.query_start_loc = HostDeviceBuffer(seqs + 1, torch.int32, device)
-        self.seq_lens = HostDeviceBuffer(seqs, torch.int32, device)
-        self.batch_slots = HostDeviceBuffer(seqs, torch.int64, device)
-        self.logits_indices = HostDeviceBuffer(seqs, torch.int64, device)
+        # per-request regions first, per-token regions last: a step copies the prefix that
+        # ends at its last slot_mapping value, in one host-to-device copy
+        self.staging = StagingBuffer({
+            "query_start_loc": seqs + 1, "seq_lens": seqs, "batch_slots": seqs, "logits_indices": seqs,
+            "input_ids": tokens, "positions": tokens, "slot_mapping": tokens,
+        }, device)
+        regions = self.staging.regions
+        self.query_start_loc, self.seq_lens = regions["query_start_loc"], regions["seq_lens"]
+        self.batch_slots, self.logits_indices = regions["batch_slots"], regions["logits_indices"]
+        self.input_ids, self.positions = regions["input_ids"], regions["positions"]
+        self.slot_mapping = regions["slot_mapping"]
         self._arange = np.arange(max(tokens, seqs) + 1, dtype=np.int64)
         self._uids = itertools.count()
         self._sampling: SamplingBatch | None = None
@@ -137,7 +142,7 @@ class ModelRunner:
         sample_ids = step.sample_ids
         if not sample_ids:
             return ModelRunnerOutput([], [])
-        logits = self.model.compute_logits(hidden, self.logits_indices.device[: len(sample_ids)]).float()
+        logits = self.model.compute_logits(hidden, self.logits_indices.device[: len(sample_ids)])
         meta = self._sampling_metadata(sample_ids)
         sampled = self._sample(logits, meta)
         return self._runner_output(sample_ids, sampled)
@@ -186,7 +191,6 @@ class ModelRunner:
         sample_rows = cu[1:][sampled] - 1
         sample_ids = [req_ids[i] for i in sampled.tolist()]
         self.logits_indices.np[: len(sample_rows)] = sample_rows
-        self.logits_indices.to_device(len(sample_rows))
 
         graph_size = self.graphs.size_for(num_reqs) if self.graphs is not None and num_tokens == num_reqs else None
         if graph_size is None:
@@ -212,16 +216,15 @@ class ModelRunner:
     def _copy_inputs(self, rows: int, max_seq_len: int, max_query_len: int, seq_lens_cpu: list[int]) -> AttentionMetadata:
         """Copy the first ``rows`` requests' inputs (one token each when padded) to the device."""
         num_tokens = int(self.query_start_loc.np[rows])
-        self.input_ids.to_device(num_tokens)
-        self.positions.to_device(num_tokens)
+        self.staging.to_device(self.slot_mapping.start + num_tokens)
         self.block_table.commit()
         size = self.block_size
         width = -(-max_seq_len // size)  # all max_blocks in a padded step (max_model_len)
         metadata = AttentionMetadata(
-            query_start_loc=self.query_start_loc.to_device(rows + 1),
-            seq_lens=self.seq_lens.to_device(rows),
-            block_tables=self.block_table.gather(self.batch_slots.to_device(rows), width),
-            slot_mapping=self.slot_mapping.to_device(num_tokens),
+            query_start_loc=self.query_start_loc.device[: rows + 1],
+            seq_lens=self.seq_lens.device[:rows],
+            block_tables=self.block_table.gather(self.batch_slots.device[:rows], width),
+            slot_mapping=self.slot_mapping.device[:num_tokens],
             block_size=size,
             max_query_len=max_query_len,
             max_seq_len=max_seq_len,

@@ -16,7 +16,7 @@ exactly k candidates. Without top-k / top-p the candidates are the whole vocabul
 
 Logprobs are vLLM V1's "raw" ones: ``log_softmax`` of the model's logits, before any of the
 above. ``__call__`` never waits for the device; ``SamplerOutput.to_lists`` does, once.
-The input logits are never modified.
+The input logits (any float dtype; the work is in float32) are never modified.
 """
 
 from __future__ import annotations
@@ -76,6 +76,10 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
         assert logits.dim() == 2 and logits.shape[0] == meta.num_rows, (logits.shape, meta.num_rows)
+        if meta.all_greedy and meta.no_min_tokens and meta.no_penalties and meta.max_num_logprobs is None:
+            # argmax in the model's dtype: widening to float32 is exact, so it picks the same
+            # id, without writing a float32 copy of the logits
+            return SamplerOutput(logits.argmax(dim=-1))
         raw = logits.float()
         logits = self.apply_logits_processors(raw, meta)
         if meta.all_greedy:
