@@ -50,7 +50,7 @@ FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per token, and a frozen __init__ costs ~1 µs more
 class OutputDelta:
     """What one :meth:`OutputState.append` (or :meth:`~OutputState.extend`) added.
 

@@ -6,7 +6,7 @@ latency)."""
 from __future__ import annotations
 
 from collections import Counter, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from infer_core.request import Request, RequestMetrics
 
@@ -28,39 +28,52 @@ class EngineStats:
         return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
 
 
+@dataclass(slots=True)
+class _Timing:
+    """One live request's timings, updated in place (``on_token`` runs for every token)."""
+
+    arrival: float
+    first_scheduled: float | None = None
+    first_token: float | None = None
+    last_token: float | None = None
+    gaps: list[float] = field(default_factory=list)  # inter-token times
+
+    def snapshot(self, **extra) -> RequestMetrics:
+        return RequestMetrics(self.arrival, self.first_scheduled, self.first_token, self.last_token, **extra)
+
+
 class EngineMetrics:
     """Updated by ``LLMEngine.step``; observers (the server's Prometheus collector) read
     ``stats`` and drain ``pop_finished()`` for the per-request histograms."""
 
     def __init__(self) -> None:
         self.stats = EngineStats()
-        self._requests: dict[str, RequestMetrics] = {}
-        self._inter_token: dict[str, list[float]] = {}
+        self._timings: dict[str, _Timing] = {}
         # bounded, in case nobody drains it (no server attached)
         self._finished: deque[tuple[RequestMetrics, list[float], str | None]] = deque(maxlen=100_000)
 
     def on_arrival(self, request: Request) -> None:
-        self._requests[request.request_id] = RequestMetrics(arrival_time=request.arrival_time)
-        self._inter_token[request.request_id] = []
+        self._timings[request.request_id] = _Timing(request.arrival_time)
 
     def on_scheduled(self, request: Request, now: float) -> None:
-        m = self._requests[request.request_id]
-        if m.first_scheduled_time is None:
-            self._requests[request.request_id] = replace(m, first_scheduled_time=now)
+        t = self._timings[request.request_id]
+        if t.first_scheduled is None:
+            t.first_scheduled = now
             self.stats.prompt_tokens += request.num_prompt_tokens
 
     def on_token(self, request: Request, now: float) -> None:
-        m = self._requests[request.request_id]
-        if m.last_token_time is not None:
-            self._inter_token[request.request_id].append(now - m.last_token_time)
-        self._requests[request.request_id] = replace(
-            m, first_token_time=m.first_token_time or now, last_token_time=now)
+        t = self._timings[request.request_id]
+        if t.last_token is None:
+            t.first_token = now
+        else:
+            t.gaps.append(now - t.last_token)
+        t.last_token = now
         self.stats.generation_tokens += 1
 
     def on_finished(self, request: Request, now: float) -> None:
-        m = replace(self._requests.pop(request.request_id), finished_time=now,
-                    num_preemptions=request.num_preemptions)
-        self._finished.append((m, self._inter_token.pop(request.request_id), request.status.finish_reason))
+        t = self._timings.pop(request.request_id)
+        m = t.snapshot(finished_time=now, num_preemptions=request.num_preemptions)
+        self._finished.append((m, t.gaps, request.status.finish_reason))
         self.stats.finished[request.status.finish_reason] += 1
 
     def on_step(self, scheduler, preemptions: int) -> None:
@@ -72,8 +85,14 @@ class EngineMetrics:
         self.stats.prefix_cache_hits = prefix.hits
         self.stats.num_preemptions += preemptions
 
+    @property
+    def num_live_requests(self) -> int:
+        """Requests whose timings are still kept (arrived, not finished): 0 when idle."""
+        return len(self._timings)
+
     def request_metrics(self, request_id: str) -> RequestMetrics | None:
-        return self._requests.get(request_id)
+        t = self._timings.get(request_id)
+        return None if t is None else t.snapshot()
 
     def pop_finished(self) -> list[tuple[RequestMetrics, list[float], str | None]]:
         """Timings of requests finished since the last call, with their inter-token gaps."""

@@ -50,7 +50,7 @@ def engine_state(core: LLMEngine) -> dict[str, Any]:
             "num_output_states": len(getattr(core, "_outputs", ())),
             "num_prompts": len(getattr(core, "_prompts", ())),
             "num_logprobs": len(getattr(core, "_logprobs", ())),
-            "num_metrics_states": len(getattr(core.metrics, "_requests", ())),
+            "num_metrics_states": core.metrics.num_live_requests,
             "finished": dict(core.metrics.stats.finished),
         },
     }
