@@ -10,6 +10,8 @@
 #                  for W1, first: the cheap ratio lands before a cap; continuous batching for
 #                  the rest), same machine, same call
 #   hf-qwen        W1, W2 through transformers
+#   w2-subset      W2's first GPU_BENCH_W2_SUBSET (32) requests through infer and transformers
+#                  (not in the default set; GPU_BENCH_HF_LLAMA / _HF_QWEN pick the hf workloads)
 #   serve          W3 (concurrency 1/8/32/128), W4, W5, W6 over HTTP against infer-serve
 #   matrix         configuration matrix + policy sweep (W4/W5/W6, 32 requests each)
 #
@@ -117,7 +119,7 @@ say "report directory: $REPORT"
 
 # -- random-weight checkpoints at real shapes (on the GPU: seconds)
 LLAMA=${GPU_BENCH_LLAMA:-$WORK/llama-3.2-1b} QWEN=${GPU_BENCH_QWEN:-$WORK/qwen3-0.6b}
-if want offline-llama || want hf-llama || want serve || want matrix; then
+if want offline-llama || want hf-llama || want serve || want matrix || want w2-subset; then
   [ -f "$LLAMA/model.safetensors" ] || phase checkpoint-llama 120 "${BENCH[@]}" checkpoint llama-3.2-1b --out "$LLAMA"
 fi
 if want offline-qwen || want hf-qwen; then
@@ -133,8 +135,15 @@ want offline-llama && phase offline-llama 150 "${BENCH[@]}" offline --config "$C
   --repeats "$REPEATS" "${L[@]}"
 want offline-qwen && phase offline-qwen 120 "${BENCH[@]}" offline --config "$CONFIG" --model "$QWEN" --workload W1,W2 \
   --repeats "$REPEATS" "${Q[@]}"
-want hf-llama && phase hf-llama 200 "${BENCH[@]}" hf --model "$LLAMA" --workload W1,W4,W2 --repeats "$REPEATS_HF" "${L[@]}"
-want hf-qwen && phase hf-qwen 120 "${BENCH[@]}" hf --model "$QWEN" --workload W1,W2 --repeats "$REPEATS_HF" "${Q[@]}"
+want hf-llama && phase hf-llama 200 "${BENCH[@]}" hf --model "$LLAMA" --workload "${GPU_BENCH_HF_LLAMA:-W1,W4,W2}" --repeats "$REPEATS_HF" "${L[@]}"
+want hf-qwen && phase hf-qwen 120 "${BENCH[@]}" hf --model "$QWEN" --workload "${GPU_BENCH_HF_QWEN:-W1,W2}" --repeats "$REPEATS_HF" "${Q[@]}"
+# W2 side by side on its first N requests (transformers needs minutes for all 256): both
+# engines, same requests, their own label so the table pairs them
+N2=${GPU_BENCH_W2_SUBSET:-32}
+S=(--label "llama-3.2-1b-random (W2 first $N2)" --out "$REPORT" --num-prompts "$N2" "${EXTRA[@]}")
+want w2-subset && phase w2-subset-infer 90 "${BENCH[@]}" offline --config "$CONFIG" --model "$LLAMA" --workload W2 \
+  --repeats "$REPEATS" "${S[@]}"
+want w2-subset && phase w2-subset-hf 150 "${BENCH[@]}" hf --model "$LLAMA" --workload W2 --repeats "$REPEATS_HF" "${S[@]}"
 
 start_server() {  # infer-serve in the background; true once /health answers
   "$PY" -m infer_core.server.cli --config "$CONFIG" --model.path "$LLAMA" --server.port "$PORT" \
@@ -163,7 +172,7 @@ if want serve; then
     stop_server
   fi
 fi
-want matrix && phase matrix 200 "${BENCH[@]}" matrix --config "$CONFIG" --model "$LLAMA" --num-prompts 32 "${L[@]}"
+want matrix && phase matrix 200 "${BENCH[@]}" matrix --config "$CONFIG" --model "$LLAMA" --num-prompts "${GPU_BENCH_MATRIX_PROMPTS:-32}" "${L[@]}"
 
 [ -f "$REPORT/report.json" ] && "${BENCH[@]}" report "$REPORT" >>"$LOG" 2>&1
 say "ran: ${RAN[*]:-none}"

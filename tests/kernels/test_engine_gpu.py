@@ -31,7 +31,7 @@ def batch(vocab: int) -> list[list[int]]:
     return [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in (1, 17, 150, 40)]
 
 
-@pytest.mark.parametrize("arch", ["llama"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
 def test_auto_picks_triton_and_matches_torch_fp32(arch):
     checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
     auto = make_llm(checkpoint, dtype="float32")
