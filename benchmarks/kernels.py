@@ -34,7 +34,7 @@ import triton
 
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import build_attention_metadata
-from infer_core.kernels import act_and_mul, kv_cache_write, rms_norm, rotary
+from infer_core.kernels import act_and_mul, kv_cache_write, qk_norm_rope, rms_norm, rotary
 from infer_core.kernels.paged_attention import LaunchConfig, choose_config, paged_attention
 
 # (hidden, intermediate, q heads, kv heads, head dim, sliding window of the local layers)
@@ -187,6 +187,44 @@ def bench_elementwise(rec: Recorder, model: str) -> None:
             rec.add(f"kv_cache_write ({label})", model, f"T={tokens} [{hkv},{d}] bs=16",
                     timed(kv_cache_write.write_kv, cache, kv[0], kv[1], slots, scales),
                     bytes_=kv.numel() * e + kv.numel() * cache.element_size() + tokens * 8)
+
+
+def bench_qk_norm_rope(rec: Recorder, model: str, sweep: bool) -> None:
+    """QK-norm + RoPE of one layer (Qwen 3, Gemma 3): the fused kernel against the three
+    launches it replaces (rms_norm on q, on k, then rotary), on q and k viewed in the fused qkv
+    row, with the model's float32 cos/sin tables; prefill, a decode batch and batch 1. Both
+    are charged the fused kernel's bytes (q and k read and written once), so their GB/s
+    compare as their times do. ``--sweep`` also times other head blocks per program."""
+    _, _, hq, hkv, d, _ = MODELS[model]
+    e = 2
+    qw = torch.randn(d, device="cuda", dtype=BF16)
+    kw = torch.randn(d, device="cuda", dtype=BF16)
+    cos = torch.randn(8192, d // 2, device="cuda")
+    sin = torch.randn(8192, d // 2, device="cuda")
+    for tokens in (PREFILL_TOKENS, DECODE_BATCH, 1):
+        block_h = qk_norm_rope.heads_per_program(tokens, hq + hkv, d)
+        qkv = torch.randn(tokens, (hq + 2 * hkv) * d, device="cuda", dtype=BF16)
+        q = qkv[:, : hq * d].view(tokens, hq, d)
+        k = qkv[:, hq * d: (hq + hkv) * d].view(tokens, hkv, d)
+        positions = torch.randint(0, 8192, (tokens,), device="cuda")
+        nbytes = 2 * tokens * (hq + hkv) * d * e + tokens * d * 4 + tokens * 8 + 2 * d * e
+        shape = f"T={tokens} q[{hq},{d}] k[{hkv},{d}]"
+
+        def separate(q=q, k=k, positions=positions):
+            qn = rms_norm.rms_norm(q, qw, 1e-6)
+            kn = rms_norm.rms_norm(k, kw, 1e-6)
+            rotary.rotary_embedding(positions, qn, kn, cos, sin)
+
+        rec.add("qk_norm_rope (fused)", model, shape,
+                timed(qk_norm_rope.qk_norm_rope, positions, q, k, qw, kw, cos, sin, 1e-6),
+                bytes_=nbytes, config={"block_h": block_h})
+        rec.add("qk_norm + rotary (3 launches)", model, shape, timed(separate), bytes_=nbytes)
+        if sweep:
+            for b in (1, 2, 4, 8, 16, 32, 64):
+                if b != block_h and b * d <= 4096:
+                    rec.add("qk_norm_rope sweep", model, shape,
+                            timed(qk_norm_rope.qk_norm_rope, positions, q, k, qw, kw, cos, sin, 1e-6, block_h=b),
+                            bytes_=nbytes, config={"block_h": b}, group="sweep")
 
 
 # -- attention -------------------------------------------------------------------------------
@@ -366,9 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     rec = Recorder(ceilings)
     failures = 0
     for model in args.models:
-        for bench in (bench_elementwise, bench_attention):
+        for bench in (bench_elementwise, bench_qk_norm_rope, bench_attention):
             try:
-                bench(rec, model, *([args.sweep] if bench is bench_attention else []))
+                bench(rec, model, *([args.sweep] if bench is not bench_elementwise else []))
             except Exception:  # report and go on: one failing kernel must not hide the others
                 failures += 1
                 traceback.print_exc()

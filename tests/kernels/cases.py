@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata, build_attention_metadata
-from infer_core.kernels import act_and_mul, kv_cache_write, paged_attention, rms_norm, rotary
+from infer_core.kernels import (
+    act_and_mul,
+    kv_cache_write,
+    paged_attention,
+    qk_norm_rope,
+    rms_norm,
+    rotary,
+)
 from infer_core.kernels.attention_reduce import attention_reduce, attention_reduce_ref
 
 FP8 = torch.float8_e4m3fn
@@ -81,6 +88,73 @@ def check_rotary(device: str, dtype: torch.dtype, tokens: int, q_heads: int, k_h
     close(q, q_ref, tol)
     close(k, k_ref, tol)
     close(qkv[:, (q_heads + k_heads) * head_dim:], v_before, 0.0)  # v untouched
+
+
+# -- QK-norm + RoPE --------------------------------------------------------------------------
+
+def pair_ulps(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    """``|actual - expected|`` in units in the last place (of ``expected``'s dtype) of each
+    rotated pair's magnitude ``sqrt(x_i^2 + x_{i+D/2}^2)``, which the rotation preserves: an
+    element that nearly cancels is measured against the scale its inputs had."""
+    finfo = torch.finfo(expected.dtype)
+    e = expected.float()
+    half = e.shape[-1] // 2
+    r = torch.sqrt(e[..., :half] ** 2 + e[..., half:] ** 2)
+    ulp = torch.ldexp(torch.full_like(r, finfo.eps / 2), torch.frexp(r).exponent)
+    ulp = ulp.clamp_min(finfo.smallest_normal * finfo.eps)
+    return (actual.float() - e).abs() / torch.cat((ulp, ulp), dim=-1)
+
+
+def check_qk_norm_rope(device: str, dtype: torch.dtype, tokens: int, q_heads: int, k_heads: int,
+                       head_dim: int, *, gemma: bool, fused_qkv: bool = True, pad: int = 0,
+                       block_h: int | None = None, max_pos: int = 64, seed: int = 0) -> None:
+    """The fused kernel against its reference and against the separate kernels it replaces
+    (``rms_norm`` on q and on k, then ``rotary_embedding``). ``fused_qkv``: q and k are views
+    into one ``[T, (Hq + 2 Hkv) * D + pad]`` projection output, as the models produce them
+    (v must stay untouched); otherwise separate contiguous tensors.
+
+    Against the separate kernels: at most 2 units in the last place of the pair magnitude in
+    fp16 / bf16 (the norm's float32 sum runs in another order, which now and then flips the
+    rounding of the normed value; the rotation then adds one more rounding) and at most 1 %
+    of the elements differ at all; in float32 the order of the sum is the whole difference
+    (a few ulps)."""
+    gen = generator(seed)
+    qs, ks = q_heads * head_dim, k_heads * head_dim
+    if fused_qkv:
+        qkv = randn(gen, tokens, qs + 2 * ks + pad, device=device, dtype=dtype, scale=3.0)
+        q = qkv[:, :qs].view(tokens, q_heads, head_dim)
+        k = qkv[:, qs: qs + ks].view(tokens, k_heads, head_dim)
+        rest_before = qkv[:, qs + ks:].clone()
+    else:
+        q = randn(gen, tokens, q_heads, head_dim, device=device, dtype=dtype, scale=3.0)
+        k = randn(gen, tokens, k_heads, head_dim, device=device, dtype=dtype, scale=3.0)
+    q_w = randn(gen, head_dim, device=device, dtype=dtype, scale=0.5 if gemma else 1.0)
+    k_w = randn(gen, head_dim, device=device, dtype=dtype, scale=0.5 if gemma else 1.0)
+    positions = torch.randint(0, max_pos, (tokens,), generator=gen).to(device)
+    cos, sin = rope_tables(head_dim, max_pos, 10_000.0, device)
+    eps = 1e-6
+
+    q_ref, k_ref = q.clone(), k.clone()
+    qk_norm_rope.qk_norm_rope_ref(positions, q_ref, k_ref, q_w, k_w, cos, sin, eps, gemma)
+    q_sep = rms_norm.rms_norm(q, q_w, eps, gemma)
+    k_sep = rms_norm.rms_norm(k, k_w, eps, gemma)
+    rotary.rotary_embedding(positions, q_sep, k_sep, cos, sin)
+    qk_norm_rope.qk_norm_rope(positions, q, k, q_w, k_w, cos, sin, eps, gemma, block_h=block_h)
+
+    tol = ELEMENTWISE_TOL[dtype]
+    close(q, q_ref, tol)
+    close(k, k_ref, tol)
+    if fused_qkv:
+        close(qkv[:, qs + ks:], rest_before, 0.0)  # v (and padding) untouched
+    ulps = 8.0 if dtype == torch.float32 else 2.0
+    for fused, separate in ((q, q_sep), (k, k_sep)):
+        if fused.numel() == 0:
+            continue
+        worst = pair_ulps(fused, separate).max().item()
+        assert worst <= ulps, f"fused vs separate kernels: {worst} ulps"
+        if dtype != torch.float32:
+            differ = (fused != separate).float().mean().item()
+            assert differ <= 0.01, f"{differ:.2%} of the elements differ from the separate kernels"
 
 
 # -- gated activations -----------------------------------------------------------------------

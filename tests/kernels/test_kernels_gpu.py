@@ -52,6 +52,27 @@ def test_rotary_real_shapes(model, dtype):
 
 @pytest.mark.parametrize("model", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_qk_norm_rope_real_shapes(model, dtype):
+    """Decode batches and a prefill, views into the fused qkv row, both norm numerics (Qwen 3's
+    and Gemma 3's), against the reference and the separate rms_norm + rotary kernels."""
+    _, _, hq, hkv, head_dim, _ = SHAPES[model]
+    for tokens in (1, 64, 4096):
+        for gemma in (False, True):
+            cases.check_qk_norm_rope(CUDA, dtype, tokens, hq, hkv, head_dim, gemma=gemma, max_pos=8192,
+                                     seed=tokens)
+
+
+@FEW
+@given(tokens=st.integers(1, 600), kv_heads=st.sampled_from([1, 2, 4, 8]), group=st.sampled_from([1, 2, 4, 5, 8]),
+       head_dim=st.sampled_from([64, 128, 256]), gemma=st.booleans(), fused_qkv=st.booleans(),
+       block_h=st.sampled_from([None, 1, 4, 16]), seed=SEEDS)
+def test_qk_norm_rope_random_shapes(tokens, kv_heads, group, head_dim, gemma, fused_qkv, block_h, seed):
+    cases.check_qk_norm_rope(CUDA, torch.bfloat16, tokens, kv_heads * group, kv_heads, head_dim, gemma=gemma,
+                             fused_qkv=fused_qkv, pad=24, block_h=block_h, max_pos=8192, seed=seed)
+
+
+@pytest.mark.parametrize("model", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_act_and_mul_real_shapes(model, dtype):
     _, inter, *_ = SHAPES[model]
     for rows in (1, 300, 4096):

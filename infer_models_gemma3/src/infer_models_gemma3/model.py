@@ -123,10 +123,10 @@ class Gemma3Attention(nn.Module):
     def forward(self, positions: torch.Tensor, x: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
         layer = self.attn.layer
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = self.q_norm(q.view(-1, layer.num_heads, layer.head_dim))
-        k = self.k_norm(k.view(-1, layer.num_kv_heads, layer.head_dim))
+        q = q.view(-1, layer.num_heads, layer.head_dim)
+        k = k.view(-1, layer.num_kv_heads, layer.head_dim)
         v = v.view(-1, layer.num_kv_heads, layer.head_dim)
-        q, k = self.rotary(positions, q, k)
+        q, k = self.rotary.forward_with_qk_norm(positions, q, k, self.q_norm, self.k_norm)
         return self.o_proj(self.attn(q, k, v, md))
 
 

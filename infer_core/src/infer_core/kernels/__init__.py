@@ -6,6 +6,7 @@ which is the test oracle (and, where a layer needs it, the CPU path).
 
 - :mod:`~infer_core.kernels.rms_norm` — RMSNorm, fused residual-add + RMSNorm, Gemma ``(1+w)``
 - :mod:`~infer_core.kernels.rotary` — RoPE in place on q and k from a positions vector
+- :mod:`~infer_core.kernels.qk_norm_rope` — QK-norm (either RMSNorm) + RoPE in one launch, in place
 - :mod:`~infer_core.kernels.act_and_mul` — SiLU-and-mul, GELU(tanh)-and-mul
 - :mod:`~infer_core.kernels.kv_cache_write` — K/V scatter through the slot mapping (incl. FP8)
 - :mod:`~infer_core.kernels.paged_attention` — unified paged attention over the flat batch,
