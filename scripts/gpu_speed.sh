@@ -25,7 +25,7 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e infer_cor
 status=0
 if want tests; then
   timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
-    tests/kernels/test_engine_gpu.py tests/kernels/test_model_parity_gpu.py 2>&1 \
+    ${TEST_FILES:-tests/kernels/test_engine_gpu.py tests/kernels/test_model_parity_gpu.py} 2>&1 \
     | tee "$OUT/gpu_tests.log" | tail -25
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
