@@ -248,7 +248,8 @@ def main() -> None:
         print(f"batch {batch:4d}: step {row['step_ms']:.2f} ms, host {row['phases_ms']['host']:.2f} ms "
               + " ".join(f"{k}={v:.2f}" for k, v in row["phases_ms"].items()), flush=True)
         rows.append(row)
-    commit = os.popen("git rev-parse --short=12 HEAD 2>/dev/null").read().strip() or "unknown"
+    commit = (os.environ.get("INFER_BENCH_COMMIT", "")[:12]  # a copied tree's .git may be stale
+              or os.popen("git rev-parse --short=12 HEAD 2>/dev/null").read().strip() or "unknown")
     device = args.device if args.device != "cpu" else f"cpu-{platform.machine()}"
     result = {
         "date": dt.date.today().isoformat(), "commit": commit, "torch": torch.__version__,

@@ -22,4 +22,4 @@ MODEL=/tmp/llama1b
 [ -f $MODEL/model.safetensors ] || python3 -m infer_core.bench.cli checkpoint llama-3.2-1b --out $MODEL || exit 1
 python3 -m infer_core.bench.cli soak --model $MODEL --duration "$DURATION" --model.device cuda \
   --model.dtype bfloat16 --model.max_model_len 2048 --scheduler.max_num_seqs 64 --cache.backend prefix \
-  --cache.num_blocks 512 --out "$OUT/soak-gpu" 2>&1 | tail -60
+  --cache.num_blocks "${SOAK_NUM_BLOCKS:-128}" --out "$OUT/soak-gpu" 2>&1 | tail -60
