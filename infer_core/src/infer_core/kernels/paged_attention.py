@@ -18,11 +18,14 @@ the keys (``num_splits`` programs per block); :mod:`~infer_core.kernels.attentio
 
 FP8 (e4m3) caches are read as FP8 and widened to the query dtype in registers; ``k_scale`` is
 folded into the softmax scale and ``v_scale`` into the output.
+
+The reference, ``paged_attention_ref``, is the torch backend's
+:func:`infer_core.attention.torch.paged_attention_ref` with ``fp32_values=True``.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +34,7 @@ import triton.language as tl
 
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
+from infer_core.attention.torch import paged_attention_ref as torch_paged_attention_ref
 from infer_core.kernels.attention_reduce import attention_reduce
 
 LOG2E = 1.4426950408889634
@@ -311,37 +315,6 @@ def paged_attention(
     return out
 
 
-def paged_attention_ref(
-    layer: AttentionLayer,
-    q: torch.Tensor,
-    kv_cache: torch.Tensor,
-    metadata: AttentionMetadata,
-    kv_scales: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The same function in plain PyTorch, one request at a time, float32 softmax; an FP8
-    cache is dequantized with ``kv_scales`` first."""
-    out = torch.empty_like(q)
-    group = layer.num_heads // layer.num_kv_heads
-    block_size = metadata.block_size
-    starts = metadata.query_start_loc_cpu
-    for i, seq_len in enumerate(metadata.seq_lens_cpu):
-        q_start, q_end = starts[i], starts[i + 1]
-        blocks = metadata.block_tables[i, : math.ceil(seq_len / block_size)].long()
-        keys = kv_cache[0, blocks].reshape(-1, layer.num_kv_heads, layer.head_dim)[:seq_len].float()
-        values = kv_cache[1, blocks].reshape(-1, layer.num_kv_heads, layer.head_dim)[:seq_len].float()
-        if kv_cache.dtype == torch.float8_e4m3fn:
-            assert kv_scales is not None
-            keys, values = keys * kv_scales[0].float(), values * kv_scales[1].float()
-        keys = keys.repeat_interleave(group, dim=1)
-        values = values.repeat_interleave(group, dim=1)
-        scores = torch.einsum("lhd,shd->hls", q[q_start:q_end].float(), keys) * layer.scale
-        if layer.logit_softcap is not None:
-            scores = torch.tanh(scores / layer.logit_softcap) * layer.logit_softcap
-        q_pos = torch.arange(seq_len - (q_end - q_start), seq_len, device=q.device)[:, None]
-        k_pos = torch.arange(seq_len, device=q.device)[None, :]
-        visible = k_pos <= q_pos
-        if layer.sliding_window is not None:
-            visible &= q_pos - k_pos < layer.sliding_window
-        probs = scores.masked_fill(~visible, float("-inf")).softmax(dim=-1)
-        out[q_start:q_end] = torch.einsum("hls,shd->lhd", probs, values).to(q.dtype)
-    return out
+# The oracle of the kernel tests: the torch backend's attention with float32 probabilities and
+# values (the kernel accumulates in float32 and rounds once); an FP8 cache is dequantized first.
+paged_attention_ref = functools.partial(torch_paged_attention_ref, fp32_values=True)
