@@ -93,11 +93,11 @@ def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(llm, engine, mon
     original = runner.execute_model
     calls = {"n": 0}
 
-    def flaky(out):
+    def flaky(out, *args):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("device lost")
-        return original(out)
+        return original(out, *args)
 
     monkeypatch.setattr(runner, "execute_model", flaky)
 

@@ -239,7 +239,7 @@ class AsyncLLMEngine:
                 if output is not None:
                     self._deliver(command[1], output)
             else:
-                ids = list(self.engine.scheduler.requests)
+                ids = self.engine.unfinished_request_ids()
                 for output in self.engine.fail_requests(ids, command[1]):
                     self._deliver(output.request_id, output)
 
@@ -283,7 +283,7 @@ class AsyncLLMEngine:
             outputs = self.engine.step()
         except Exception as exc:  # a bug outside the model: fail what is in flight, go on
             log.exception("engine step failed")
-            outputs = self.engine.fail_requests(list(self.engine.scheduler.requests), f"{type(exc).__name__}: {exc}")
+            outputs = self.engine.fail_requests(self.engine.unfinished_request_ids(), f"{type(exc).__name__}: {exc}")
         self.num_steps += 1
         for output in outputs:
             self._deliver(output.request_id, output)
@@ -292,7 +292,7 @@ class AsyncLLMEngine:
     def _fail_in_flight(self, error: str) -> None:
         """End every request the scheduler holds with ``error``, each exactly once; if even that
         fails, their streams get the error as an exception."""
-        ids = list(self.engine.scheduler.requests)
+        ids = self.engine.unfinished_request_ids()
         try:
             outputs = self.engine.fail_requests(ids, error)
         except Exception:

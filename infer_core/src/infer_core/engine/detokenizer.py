@@ -152,20 +152,38 @@ class OutputState:
         return OutputDelta(self._text[sent: self._sent], taken, self._finish_reason is not None,
                            self._finish_reason, self._stop_reason)
 
+    @property
+    def needs_text_to_stop(self) -> bool:
+        """Whether a finish can depend on the text (stop strings): if not, :meth:`token_rule`
+        decides every finish from the ids alone, before any detokenization."""
+        return bool(self._stop)
+
+    def token_rule(self, token_id: int, n: int) -> tuple[str, int | None] | None:
+        """The finish that id ``token_id`` as the ``n``-th output token makes by the id rules
+        alone — a stop token id, an EOS id, ``max_tokens`` — as ``(finish_reason,
+        stop_reason)``, or None. Stop strings may still finish a request earlier."""
+        counts = n > self._min_tokens  # stop tokens and stop strings count from here on
+        if counts and token_id in self._stop_ids:
+            return FINISH_STOP, token_id
+        if counts and token_id in self._eos:
+            return FINISH_STOP, None
+        if n >= self._max_tokens:
+            return FINISH_LENGTH, None
+        return None
+
     def _step(self, token_id: int) -> bool:
         """Take one id; True when it finished the request."""
         self._token_ids.append(token_id)
         n = len(self._token_ids)
         counts = n > self._min_tokens  # stop tokens and stop strings count from here on
+        rule = self.token_rule(token_id, n)
         reason: str | None = None
         stop_reason: int | str | None = None
-        if counts and token_id in self._stop_ids:
-            reason, stop_reason = FINISH_STOP, token_id
-        elif counts and token_id in self._eos:
-            reason = FINISH_STOP
+        if rule is not None and rule[0] == FINISH_STOP:
+            reason, stop_reason = rule
         # the stopping token's text is not output (vLLM), unless include_stop_str_in_output
         new = self._detok.step(token_id) if reason is None or self._include else ""
-        if reason is None and n >= self._max_tokens:
+        if reason is None and rule is not None:
             reason = FINISH_LENGTH
         if reason is not None:
             new += self._detok.flush()

@@ -4,6 +4,7 @@ flat batch, samples, detokenizes and finishes requests; it does no network I/O."
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from infer_core.models.base import ModelContext
 from infer_core.plugins import InferPluginManager, make_plugin_manager
 from infer_core.request import (
     CompletionOutput,
+    Logprob,
     Request,
     RequestOutput,
     RequestStatus,
@@ -40,6 +42,17 @@ from infer_core.request import (
 from infer_core.selection import select_plugins
 
 GIB = 1 << 30
+log = logging.getLogger(__name__)
+
+
+FINISH_STATUS = {"length": RequestStatus.FINISHED_LENGTH, "stop": RequestStatus.FINISHED_STOPPED}
+
+
+@dataclass(slots=True)
+class _DeferredToken:
+    request: Request
+    token: int
+    logprob: Logprob | None
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,7 @@ class LLMEngine:
         self._outputs: dict[str, OutputState] = {}
         self._prompts: dict[str, str | None] = {}
         self._logprobs: dict[str, list] = {}
+        self._deferred: list[_DeferredToken] = []  # sampled ids whose text the next step makes
         self._ids = itertools.count()
 
     def _attention_name(self, config: EngineConfig, device: torch.device) -> str:
@@ -221,10 +235,15 @@ class LLMEngine:
         request = self.scheduler.finish_request(request_id, RequestStatus.FINISHED_ABORTED)
         if request is None:
             return None
+        self._drop_deferred({request_id})
         return self._finish(request)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.num_unfinished > 0
+        return self.scheduler.num_unfinished > 0 or bool(self._deferred)
+
+    def _drop_deferred(self, request_ids: set[str]) -> None:
+        if self._deferred:
+            self._deferred = [d for d in self._deferred if d.request.request_id not in request_ids]
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix (benchmarks between runs); True when the backend did."""
@@ -235,18 +254,33 @@ class LLMEngine:
     def step(self, *, finished_only: bool = False) -> list[RequestOutput]:
         """One engine step: returns the outputs of the requests that made progress, or with
         ``finished_only`` only of those that finished (no per-token output objects, for
-        callers that need final results only, such as ``LLM.generate``)."""
+        callers that need final results only, such as ``LLM.generate``).
+
+        Requests without stop strings have their finish decided from the sampled ids alone
+        (stop token ids, EOS, ``max_tokens``) when the ids arrive — their blocks go back then —
+        and their detokenization and output objects are made during the next step, while the
+        device computes it: their outputs come one step later, in order."""
         sched_out = self.scheduler.schedule()
         now = time.monotonic()
         for new in sched_out.scheduled_new_reqs:
             self.metrics.on_scheduled(self.scheduler.requests[new.request_id], now)
+        deferred: list[RequestOutput] = []
+        todo, self._deferred = self._deferred, []
+
+        def while_running() -> None:
+            nonlocal todo
+            taken, todo = todo, []
+            deferred.extend(self._process_deferred(taken, finished_only))
+
         try:
-            runner_out = self.runner.execute_model(sched_out)
+            runner_out = self.runner.execute_model(sched_out, while_running)
         except Exception as exc:  # a failing step fails its requests, never the engine
+            while_running()  # (a no-op if the runner got to it)
             self.cache.reset_prefix_cache()  # blocks hashed for this step may hold no valid KV
-            return self.fail_requests(list(sched_out.num_scheduled_tokens), f"{type(exc).__name__}: {exc}")
+            return deferred + self.fail_requests(list(sched_out.num_scheduled_tokens), f"{type(exc).__name__}: {exc}")
+        while_running()
         self.scheduler.update_from_output(sched_out)
-        outputs = self._process_outputs(runner_out, finished_only)
+        outputs = deferred + self._process_outputs(runner_out, finished_only)
         self.metrics.on_step(self.scheduler, len(sched_out.preempted_req_ids))
         return outputs
 
@@ -262,28 +296,81 @@ class LLMEngine:
                 continue
             request.output_token_ids.append(token)
             state = self._outputs[request_id]
+            if not state.needs_text_to_stop:  # decided by the ids now, text during the next step
+                self._deferred.append(_DeferredToken(request, token, logprob))
+                rule = state.token_rule(token, len(request.output_token_ids))
+                if rule is not None:
+                    request.stop_reason = rule[1]
+                    self.scheduler.finish_request(request_id, FINISH_STATUS[rule[0]])
+                continue
             delta = state.append(token)
             if logprob is not None:
                 self._logprobs[request_id].append(logprob)
             self.metrics.on_token(request, now)
             if delta.finished:
-                status = (RequestStatus.FINISHED_LENGTH if delta.finish_reason == "length"
-                          else RequestStatus.FINISHED_STOPPED)
                 request.stop_reason = delta.stop_reason
-                self.scheduler.finish_request(request_id, status)
+                self.scheduler.finish_request(request_id, FINISH_STATUS[delta.finish_reason])
                 outputs.append(self._finish(request, delta.text, delta.token_ids))
             elif not finished_only:
                 outputs.append(self._output(request, state, delta.text, delta.token_ids))
         return outputs
 
+    def _process_deferred(self, taken: list[_DeferredToken], finished_only: bool) -> list[RequestOutput]:
+        """Detokenize the ids a past step sampled for requests without stop strings and build
+        their outputs (their finishes were applied when the ids arrived)."""
+        outputs = []
+        now = time.monotonic()
+        for item in taken:
+            request = item.request
+            state = self._outputs.get(request.request_id)
+            if state is None:  # aborted or failed since
+                continue
+            try:
+                delta = state.append(item.token)
+            except Exception as exc:  # never lose a request's terminal output
+                log.exception("output processing failed for %s", request.request_id)
+                outputs += self._fail_finished([request], f"{type(exc).__name__}: {exc}")
+                continue
+            if item.logprob is not None:
+                self._logprobs[request.request_id].append(item.logprob)
+            self.metrics.on_token(request, now)
+            if delta.finished:
+                outputs.append(self._finish(request, delta.text, delta.token_ids))
+            elif not finished_only:
+                outputs.append(self._output(request, state, delta.text, delta.token_ids))
+        return outputs
+
+    def unfinished_request_ids(self) -> list[str]:
+        """Requests that have not had their final output yet (running, waiting, or finished
+        with their last output still to be made)."""
+        ids = dict.fromkeys(self.scheduler.requests)
+        ids.update(dict.fromkeys(item.request.request_id for item in self._deferred
+                                 if item.request.request_id in self._outputs))
+        return list(ids)
+
     def fail_requests(self, request_ids: list[str], error: str) -> list[RequestOutput]:
         """End ``request_ids`` as failed with ``error`` (their blocks go back)."""
         outputs = []
+        deferred = {item.request.request_id: item.request for item in self._deferred}
         for request_id in request_ids:
             request = self.scheduler.finish_request(request_id, RequestStatus.FAILED)
+            if request is None and request_id in deferred and request_id in self._outputs:
+                request = deferred[request_id]  # finished, its last output not made yet
+                request.status = RequestStatus.FAILED
             if request is not None:
                 request.error = error
                 outputs.append(self._finish(request))
+        self._drop_deferred(set(request_ids))
+        return outputs
+
+    def _fail_finished(self, requests: list[Request], error: str) -> list[RequestOutput]:
+        """Fail requests whose output processing raised (running ones lose their blocks)."""
+        outputs = []
+        for request in requests:
+            self.scheduler.finish_request(request.request_id, RequestStatus.FAILED)
+            request.status = RequestStatus.FAILED
+            request.error = error
+            outputs.append(self._finish(request))
         return outputs
 
     def _output(self, request: Request, state: OutputState, delta_text: str,

@@ -15,7 +15,7 @@ The step's one device-to-host sync is the read of the sampled ids.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,9 +129,16 @@ class ModelRunner:
                 self.block_table.append(state.slot, cached.new_block_ids)
 
     @torch.inference_mode()
-    def execute_model(self, out: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(
+        self, out: SchedulerOutput, while_running: Callable[[], None] | None = None
+    ) -> ModelRunnerOutput:
+        """Run one step. ``while_running`` (host work that does not depend on this step) is
+        called once, after the model's kernels are launched and before the sampled ids are
+        read: on CUDA it runs while the device computes the step."""
         self._update_states(out)
         if out.is_empty:
+            if while_running is not None:
+                while_running()
             return ModelRunnerOutput([], [])
         step = self._prepare_inputs(out)
         if self.graphs is not None and step.graph_size in self.graphs.captured:
@@ -140,9 +147,11 @@ class ModelRunner:
             rows = step.num_rows
             hidden = self.model(self.input_ids.device[:rows], self.positions.device[:rows], step.metadata)
         sample_ids = step.sample_ids
-        if not sample_ids:
+        logits = self.model.compute_logits(hidden, self.logits_indices.device[: len(sample_ids)]) if sample_ids else None
+        if while_running is not None:
+            while_running()
+        if logits is None:
             return ModelRunnerOutput([], [])
-        logits = self.model.compute_logits(hidden, self.logits_indices.device[: len(sample_ids)])
         meta = self._sampling_metadata(sample_ids)
         sampled = self._sample(logits, meta)
         return self._runner_output(sample_ids, sampled)
