@@ -64,6 +64,11 @@ class PagedCache(CacheBackend):
     ) -> list[int] | None:
         request_id = request.request_id
         table = self._tables.get(request_id)
+        if table is not None and not new_computed_blocks:  # a running request (a decode, mostly)
+            total = request.num_computed_tokens + num_new_computed_tokens + num_new_tokens
+            if -(-total // self.block_size) <= len(table):  # its blocks hold the new tokens
+                self._on_allocated(request, table, total)
+                return []
         admitting = table is None
         held = 0 if table is None else len(table)
         hits = [self.pool.blocks[b] for b in new_computed_blocks]
