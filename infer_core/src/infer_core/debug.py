@@ -32,9 +32,15 @@ def _decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise InferError(f"{type(model).__name__} has no decoder 'layers' list to compare.")
 
 
-def _capture(layers: nn.ModuleList, into: list[torch.Tensor]) -> list:
+def _capture(layers: nn.ModuleList, into: list[torch.Tensor], residual_pairs: bool = False) -> list:
+    """Record each layer's hidden state. Our decoder layers return ``(out, residual)`` (the
+    next norm adds them in one pass): with ``residual_pairs`` the state is their sum, else the
+    output itself (or the first item of transformers' tuple)."""
     def hook(_module, _args, output):
-        tensor = output[0] if isinstance(output, tuple) else output
+        if residual_pairs and isinstance(output, tuple):
+            tensor = output[0] + output[1]
+        else:
+            tensor = output[0] if isinstance(output, tuple) else output
         into.append(tensor.detach().reshape(-1, tensor.shape[-1]).float())
 
     return [layer.register_forward_hook(hook) for layer in layers]
@@ -60,7 +66,7 @@ def diff_against_transformers(model_dir: str | Path, token_ids: list[int], dtype
         model_dir, dtype=torch_dtype, attn_implementation="eager").eval()
     ours_out: list[torch.Tensor] = []
     ref_out: list[torch.Tensor] = []
-    handles = _capture(_decoder_layers(ours), ours_out) + _capture(_decoder_layers(ref), ref_out)
+    handles = _capture(_decoder_layers(ours), ours_out, residual_pairs=True) + _capture(_decoder_layers(ref), ref_out)
     try:
         logits = PromptRunner(ours, max_model_len=max_len, num_blocks=1).prompt_logits([token_ids])[0]
         with torch.inference_mode():
