@@ -21,9 +21,9 @@ def llm(monkeypatch) -> LLM:
               max_model_len=128, max_num_seqs=4, cache={"num_blocks": 8})
     execute = llm.engine.runner.execute_model
 
-    def slow(out):  # 10 ms a step, so that requests are still running when the test acts
+    def slow(*args, **kwargs):  # 10 ms a step, so that requests are still running when the test acts
         time.sleep(0.01)
-        return execute(out)
+        return execute(*args, **kwargs)
 
     monkeypatch.setattr(llm.engine.runner, "execute_model", slow)
     return llm
