@@ -69,3 +69,28 @@ def test_padded_decode_steps_equal_unpadded(arch):
 
 def kv_caches(llm: LLM) -> list[torch.Tensor]:
     return [m.kv_cache for m in llm.engine.model.modules() if hasattr(m, "kv_cache") and m.kv_cache.numel()]
+
+
+def test_which_sizes_are_captured():
+    from infer_core.attention.torch import TorchAttentionBackend
+    from infer_core.attention.triton import TritonAttentionBackend
+    from infer_core.config import EngineConfig
+    from infer_core.engine.llm_engine import LLMEngine
+
+    def sizes(device="cuda", backend=TritonAttentionBackend, **model):
+        config = EngineConfig(model=model, scheduler={"max_num_seqs": 24})
+        return LLMEngine._graph_sizes(config, backend(), torch.device(device))
+
+    assert sizes() == [1, 2, 4, 8, 16, 24]
+    assert sizes(cuda_graph_sizes=[32, 4, 1, 4]) == [1, 4]  # above max_num_seqs: dropped
+    assert sizes(enforce_eager=True) == []
+    assert sizes(device="cpu") == []
+    assert sizes(backend=TorchAttentionBackend) == []  # reads host lists: cannot be captured
+
+
+def test_bad_capture_sizes_are_a_config_error():
+    from infer_core.config import load_config
+    from infer_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cuda_graph_sizes"):
+        load_config(overrides={"model": {"cuda_graph_sizes": [0, 8]}}, environ={})
