@@ -30,9 +30,9 @@ def test_shows_a_running_request_then_nothing(monkeypatch):
     llm = tiny()
     execute = llm.engine.runner.execute_model
 
-    def slow(out):  # 20 ms a step: the request still runs when the test looks
+    def slow(*args, **kwargs):  # 20 ms a step: the request still runs when the test looks
         time.sleep(0.02)
-        return execute(out)
+        return execute(*args, **kwargs)
 
     monkeypatch.setattr(llm.engine.runner, "execute_model", slow)
     with serve_in_thread(llm, debug_endpoints=True) as (url, app), httpx.Client(base_url=url) as http:

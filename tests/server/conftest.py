@@ -116,9 +116,9 @@ def slow_steps(monkeypatch):
         runner = llm.engine.runner
         original = runner.execute_model
 
-        def execute(out):
+        def execute(*args, **kwargs):  # execute_model(out, while_running=None)
             time.sleep(seconds)
-            return original(out)
+            return original(*args, **kwargs)
 
         monkeypatch.setattr(runner, "execute_model", execute)
 

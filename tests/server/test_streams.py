@@ -115,11 +115,11 @@ def failing_at_step(monkeypatch, llm, step):
     original = runner.execute_model
     calls = {"n": 0}
 
-    def execute(out):
+    def execute(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == step:
             raise RuntimeError("device lost")
-        return original(out)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(runner, "execute_model", execute)
 
