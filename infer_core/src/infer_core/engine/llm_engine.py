@@ -329,7 +329,7 @@ class LLMEngine:
                 delta = state.append(item.token)
             except Exception as exc:  # never lose a request's terminal output
                 log.exception("output processing failed for %s", request.request_id)
-                outputs += self._fail_finished([request], f"{type(exc).__name__}: {exc}")
+                outputs.append(self._fail(request, f"{type(exc).__name__}: {exc}"))
                 continue
             if item.logprob is not None:
                 self._logprobs[request.request_id].append(item.logprob)
@@ -349,29 +349,24 @@ class LLMEngine:
         return list(ids)
 
     def fail_requests(self, request_ids: list[str], error: str) -> list[RequestOutput]:
-        """End ``request_ids`` as failed with ``error`` (their blocks go back)."""
-        outputs = []
+        """End ``request_ids`` as failed with ``error`` (their blocks go back), also those
+        finished whose last output was not made yet."""
         deferred = {item.request.request_id: item.request for item in self._deferred}
+        outputs = []
         for request_id in request_ids:
-            request = self.scheduler.finish_request(request_id, RequestStatus.FAILED)
-            if request is None and request_id in deferred and request_id in self._outputs:
-                request = deferred[request_id]  # finished, its last output not made yet
-                request.status = RequestStatus.FAILED
+            request = self.scheduler.requests.get(request_id)
+            if request is None and request_id in self._outputs:
+                request = deferred.get(request_id)
             if request is not None:
-                request.error = error
-                outputs.append(self._finish(request))
+                outputs.append(self._fail(request, error))
         self._drop_deferred(set(request_ids))
         return outputs
 
-    def _fail_finished(self, requests: list[Request], error: str) -> list[RequestOutput]:
-        """Fail requests whose output processing raised (running ones lose their blocks)."""
-        outputs = []
-        for request in requests:
-            self.scheduler.finish_request(request.request_id, RequestStatus.FAILED)
-            request.status = RequestStatus.FAILED
-            request.error = error
-            outputs.append(self._finish(request))
-        return outputs
+    def _fail(self, request: Request, error: str) -> RequestOutput:
+        self.scheduler.finish_request(request.request_id, RequestStatus.FAILED)  # if still there
+        request.status = RequestStatus.FAILED
+        request.error = error
+        return self._finish(request)
 
     def _output(self, request: Request, state: OutputState, delta_text: str,
                 delta_ids: list[int]) -> RequestOutput:
