@@ -16,7 +16,8 @@ with ``OMP_NUM_THREADS=1`` all the work is on this thread) or wall time (``--clo
 - ``forward``: the model over the flat batch (eager steps); ``replay``: a decode step's CUDA
   graph (the forward of graph steps); ``logits``: ``compute_logits`` at sampled rows
 - ``sampling_metadata``: the sampler's per-row parameters
-- ``sampler``: sampling and the step's one device-to-host copy
+- ``sampler``: the sampler's kernels (on CUDA: their launch); ``sync``: the step's one
+  device-to-host copy of the sampled ids (on CUDA: the wait for the step)
 - ``runner_output``: the runner's bookkeeping of sampled tokens and logprobs
 - ``update``: ``Scheduler.update_from_output``
 - ``outputs``: detokenization, stop rules, ``RequestOutput`` building
@@ -55,7 +56,8 @@ PHASES = [
     ("replay", "graphs", "replay"),
     ("logits", "model", "compute_logits"),
     ("sampling_metadata", "runner", "_sampling_metadata"),
-    ("sampler", "runner", "_sample"),
+    ("sampler", "runner", "sampler"),
+    ("sync", "runner", "_sample_lists"),
     ("runner_output", "runner", "_runner_output"),
     ("update", "scheduler", "update_from_output"),
     ("outputs", "engine", "_process_outputs"),
@@ -103,7 +105,8 @@ def make_engine(checkpoint: Path, batch: int, args: argparse.Namespace) -> LLMEn
         model={"path": str(checkpoint), "device": args.device, "dtype": args.dtype, "max_model_len": max_len,
                **({"enforce_eager": True} if args.enforce_eager else {})},
         cache={"backend": args.cache, "block_size": 16, "num_blocks": batch * (-(-max_len // 16)) + 8},
-        scheduler={"max_num_seqs": batch, "max_num_batched_tokens": max(batch * args.prompt_len, 512)},
+        scheduler={"max_num_seqs": batch, "max_num_batched_tokens": max(batch * args.prompt_len, 512),
+                   "async_scheduling": args.async_scheduling},
     )
     return LLMEngine(config)
 
@@ -225,6 +228,7 @@ def main() -> None:
                         help="build outputs of finished requests only (LLM.generate) or every step's (streaming)")
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before the timed steps")
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (model.enforce_eager)")
+    parser.add_argument("--async-scheduling", action="store_true", help="scheduler.async_scheduling")
     parser.add_argument("--label", default="")
     parser.add_argument("--checkpoint-dir", default="/tmp/infer-profile-step")
     parser.add_argument("--out", default="benchmarks/reports")
@@ -257,7 +261,7 @@ def main() -> None:
         "device": device, "label": args.label or "-", "model": name, "steps": args.steps,
         "warmup": args.warmup, "temperature": args.temperature, "clock": args.clock,
         "outputs": args.outputs, "repeats": args.repeats, "gc_freeze": args.gc_freeze,
-        "enforce_eager": args.enforce_eager,
+        "enforce_eager": args.enforce_eager, "async_scheduling": args.async_scheduling,
         "command": "benchmarks/profile_step.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
             for k, v in vars(args).items() if v not in ("", None, False)),

@@ -81,6 +81,9 @@ class SchedulerConfig(Section):
     max_num_batched_tokens: int = Field(8192, ge=1, description="Token budget of one step (prefill chunks + decodes).")
     chunked_prefill: bool = Field(True, description="Split long prompts over several steps.")
     prefill_chunk_size: int | None = Field(None, ge=1, description="Most prompt tokens of one request per step; default: the step budget.")
+    async_scheduling: bool = Field(
+        False, description="Schedule and launch step N+1 while step N runs on the device (its sampled ids "
+                            "feed step N+1 there); steps with waiting requests or penalties run in order.")
     options: dict[str, Any] = Field(default_factory=dict, description="Options of the chosen policy.")
 
 

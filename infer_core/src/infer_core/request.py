@@ -138,6 +138,9 @@ class Request:
     error: str | None = None
     stop_reason: int | str | None = None
     cache_salt: str | None = None  # requests with different salts never share cached KV
+    # tokens sampled by a step still running on the device (async scheduling): counted in
+    # num_tokens (the next step computes them), not in output_token_ids / all_token_ids yet
+    num_placeholders: int = 0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -149,7 +152,7 @@ class Request:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_placeholders
 
     @property
     def all_token_ids(self) -> list[int]:

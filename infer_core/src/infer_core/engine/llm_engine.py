@@ -23,8 +23,8 @@ from infer_core.config import EngineConfig
 from infer_core.engine.cuda_graphs import default_capture_sizes
 from infer_core.engine.detokenizer import OutputState
 from infer_core.engine.metrics import EngineMetrics
-from infer_core.engine.runner import ModelRunner, ModelRunnerOutput
-from infer_core.engine.scheduler import Scheduler, SchedulerLimits
+from infer_core.engine.runner import LaunchedStep, ModelRunner, ModelRunnerOutput
+from infer_core.engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput
 from infer_core.errors import ConfigError, RequestError
 from infer_core.loader.hf_config import read_hf_config
 from infer_core.loader.model import DTYPES, load_model
@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 
 FINISH_STATUS = {"length": RequestStatus.FINISHED_LENGTH, "stop": RequestStatus.FINISHED_STOPPED}
+
+
+def _has_penalties(params: SamplingParams) -> bool:
+    return params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
 
 
 @dataclass(slots=True)
@@ -137,6 +141,8 @@ class LLMEngine:
         self._prompts: dict[str, str | None] = {}
         self._logprobs: dict[str, list] = {}
         self._deferred: list[_DeferredToken] = []  # sampled ids whose text the next step makes
+        self._async = config.scheduler.async_scheduling
+        self._inflight: tuple[SchedulerOutput, LaunchedStep] | None = None  # async: launched, not read
         self._ids = itertools.count()
 
     def _attention_name(self, config: EngineConfig, device: torch.device) -> str:
@@ -239,7 +245,7 @@ class LLMEngine:
         return self._finish(request)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.num_unfinished > 0 or bool(self._deferred)
+        return self.scheduler.num_unfinished > 0 or bool(self._deferred) or self._inflight is not None
 
     def _drop_deferred(self, request_ids: set[str]) -> None:
         if self._deferred:
@@ -260,6 +266,8 @@ class LLMEngine:
         (stop token ids, EOS, ``max_tokens``) when the ids arrive — their blocks go back then —
         and their detokenization and output objects are made during the next step, while the
         device computes it: their outputs come one step later, in order."""
+        if self._async:
+            return self._step_async(finished_only)
         sched_out = self.scheduler.schedule()
         now = time.monotonic()
         for new in sched_out.scheduled_new_reqs:
@@ -284,6 +292,68 @@ class LLMEngine:
         self.metrics.on_step(self.scheduler, len(sched_out.preempted_req_ids))
         return outputs
 
+    def _step_async(self, finished_only: bool) -> list[RequestOutput]:
+        """``step`` with async scheduling: a step launched by the previous call (or now) is
+        read back after the next one is scheduled and launched, so the host's scheduling and
+        input preparation overlap the device's work. Each request's sampled token becomes a
+        placeholder (``Request.num_placeholders``) that the next step computes on the device
+        until its id is read. Steps run in order while requests wait for admission or any
+        running request has penalties (they need the ids on the host)."""
+        outputs: list[RequestOutput] = []
+        todo, self._deferred = self._deferred, []
+
+        def while_running() -> None:
+            nonlocal todo
+            taken, todo = todo, []
+            outputs.extend(self._process_deferred(taken, finished_only))
+
+        current, self._inflight = self._inflight, None
+        if current is None:
+            current = self._launch(while_running, outputs)
+        if current is not None and self._can_pipeline():
+            self._inflight = self._launch(while_running, outputs)
+        while_running()  # (a no-op if a launch ran it)
+        if current is None:
+            return outputs
+        sched_out, launched = current
+        try:
+            runner_out = self.runner.finish(launched)
+        except Exception as exc:  # this step and the one reading its ids fail, never the engine
+            ids = list(sched_out.num_scheduled_tokens)
+            if self._inflight is not None:
+                ids += list(self._inflight[0].num_scheduled_tokens)
+                self._inflight = None
+            self.cache.reset_prefix_cache()
+            return outputs + self.fail_requests(list(dict.fromkeys(ids)), f"{type(exc).__name__}: {exc}")
+        outputs += self._process_outputs(runner_out, finished_only)
+        self.metrics.on_step(self.scheduler, len(sched_out.preempted_req_ids))
+        return outputs
+
+    def _launch(self, while_running, outputs: list[RequestOutput]) -> tuple[SchedulerOutput, LaunchedStep] | None:
+        """Schedule and launch a step (async scheduling); None if nothing was scheduled or the
+        launch failed (its requests' failures are added to ``outputs``)."""
+        sched_out = self.scheduler.schedule()
+        if sched_out.is_empty and not sched_out.finished_req_ids and not sched_out.preempted_req_ids:
+            return None
+        now = time.monotonic()
+        for new in sched_out.scheduled_new_reqs:
+            self.metrics.on_scheduled(self.scheduler.requests[new.request_id], now)
+        try:
+            launched = self.runner.launch(sched_out, while_running)
+        except Exception as exc:
+            self.cache.reset_prefix_cache()
+            outputs += self.fail_requests(list(sched_out.num_scheduled_tokens), f"{type(exc).__name__}: {exc}")
+            return None
+        for request in self.scheduler.update_from_output(sched_out):
+            request.num_placeholders += 1  # its token is sampled on the device; the id comes later
+        return sched_out, launched
+
+    def _can_pipeline(self) -> bool:
+        scheduler = self.scheduler
+        if scheduler.waiting:
+            return False
+        return not any(_has_penalties(r.sampling_params) for r in scheduler.running)
+
     def _process_outputs(self, runner_out: ModelRunnerOutput, finished_only: bool) -> list[RequestOutput]:
         outputs = []
         now = time.monotonic()
@@ -295,6 +365,8 @@ class LLMEngine:
             if request is None:
                 continue
             request.output_token_ids.append(token)
+            if request.num_placeholders:  # async scheduling: the placeholder becomes this id
+                request.num_placeholders -= 1
             state = self._outputs[request_id]
             if not state.needs_text_to_stop:  # decided by the ids now, text during the next step
                 self._deferred.append(_DeferredToken(request, token, logprob))

@@ -25,7 +25,7 @@ from infer_core.attention.metadata import AttentionMetadata
 from infer_core.engine.block_table import BlockTable
 from infer_core.engine.buffers import StagingBuffer
 from infer_core.engine.cuda_graphs import DecodeGraphs
-from infer_core.engine.sampler import SampledLists, Sampler, SamplingMetadata
+from infer_core.engine.sampler import HostSamples, SampledLists, Sampler, SamplingMetadata
 from infer_core.engine.sampling_metadata import SamplingBatch
 from infer_core.engine.scheduler import SchedulerOutput
 from infer_core.models.base import CausalLM
@@ -43,6 +43,7 @@ class RunnerRequest:
     eos_token_ids: frozenset[int]
     slot: int  # its row in the block table
     uid: int  # unique over the runner's life (a request id may come back after preemption)
+    pending: int = 0  # tokens sampled by launched steps, not yet read back (async scheduling)
 
 
 @dataclass(slots=True)
@@ -51,6 +52,14 @@ class StepInputs:
     num_rows: int  # tokens the model runs over (padding rows included)
     sample_ids: list[str]  # requests sampled this step, in the order of logits_indices
     graph_size: int | None  # the padded size of a uniform decode step, else None
+
+
+@dataclass(slots=True)
+class LaunchedStep:
+    """A step whose kernels are launched; ``ModelRunner.finish`` reads its sampled ids."""
+
+    sample_ids: list[str]
+    sampled: HostSamples | None  # the sampled ids on their way to the host
 
 
 @dataclass(frozen=True)
@@ -95,13 +104,19 @@ class ModelRunner:
         # ends at its last slot_mapping value, in one host-to-device copy
         self.staging = StagingBuffer({
             "query_start_loc": seqs + 1, "seq_lens": seqs, "batch_slots": seqs, "logits_indices": seqs,
+            "placeholder_rows": seqs, "placeholder_sources": seqs,
             "input_ids": tokens, "positions": tokens, "slot_mapping": tokens,
         }, device)
         regions = self.staging.regions
         self.query_start_loc, self.seq_lens = regions["query_start_loc"], regions["seq_lens"]
         self.batch_slots, self.logits_indices = regions["batch_slots"], regions["logits_indices"]
+        self.placeholder_rows, self.placeholder_sources = regions["placeholder_rows"], regions["placeholder_sources"]
         self.input_ids, self.positions = regions["input_ids"], regions["positions"]
         self.slot_mapping = regions["slot_mapping"]
+        # the last launched step's sampled ids (device) and each sampled request's row in them:
+        # the next step reads a token still in flight from there (async scheduling)
+        self._last_sampled: torch.Tensor | None = None
+        self._last_rows: dict[str, int] = {}
         self._arange = np.arange(max(tokens, seqs) + 1, dtype=np.int64)
         self._uids = itertools.count()
         self._sampling: SamplingBatch | None = None
@@ -128,18 +143,25 @@ class ModelRunner:
                 state.block_ids.extend(cached.new_block_ids)
                 self.block_table.append(state.slot, cached.new_block_ids)
 
-    @torch.inference_mode()
     def execute_model(
         self, out: SchedulerOutput, while_running: Callable[[], None] | None = None
     ) -> ModelRunnerOutput:
         """Run one step. ``while_running`` (host work that does not depend on this step) is
         called once, after the model's kernels are launched and before the sampled ids are
         read: on CUDA it runs while the device computes the step."""
+        return self.finish(self.launch(out, while_running))
+
+    @torch.inference_mode()
+    def launch(self, out: SchedulerOutput, while_running: Callable[[], None] | None = None) -> LaunchedStep:
+        """Launch a step's kernels (model, logits, sampler) without waiting for them. A
+        request whose last token was sampled by a launched step not finished yet takes it
+        on the device (async scheduling); the step must not sample such a request with
+        penalties (they need the ids on the host)."""
         self._update_states(out)
         if out.is_empty:
             if while_running is not None:
                 while_running()
-            return ModelRunnerOutput([], [])
+            return LaunchedStep([], None)
         step = self._prepare_inputs(out)
         if self.graphs is not None and step.graph_size in self.graphs.captured:
             hidden = self.graphs.replay(step.graph_size)
@@ -151,13 +173,23 @@ class ModelRunner:
         if while_running is not None:
             while_running()
         if logits is None:
-            return ModelRunnerOutput([], [])
-        meta = self._sampling_metadata(sample_ids)
-        sampled = self._sample(logits, meta)
-        return self._runner_output(sample_ids, sampled)
+            return LaunchedStep([], None)
+        sampled = self.sampler(logits, self._sampling_metadata(sample_ids))
+        for request_id in sample_ids:
+            self.requests[request_id].pending += 1
+        self._last_sampled = sampled.sampled_token_ids
+        self._last_rows = {request_id: row for row, request_id in enumerate(sample_ids)}
+        return LaunchedStep(sample_ids, sampled.to_host())
 
-    def _sample(self, logits: torch.Tensor, meta: SamplingMetadata) -> SampledLists:
-        return self.sampler(logits, meta).to_lists()  # the step's one device-to-host sync
+    def finish(self, launched: LaunchedStep) -> ModelRunnerOutput:
+        """Wait for a launched step and take its sampled ids (the step's one sync)."""
+        if launched.sampled is None:
+            return ModelRunnerOutput([], [])
+        return self._runner_output(launched.sample_ids, self._sample_lists(launched.sampled))
+
+    @staticmethod
+    def _sample_lists(sampled: HostSamples) -> SampledLists:
+        return sampled.lists()  # the step's one wait for the device
 
     def _prepare_inputs(self, out: SchedulerOutput) -> StepInputs:
         """Write the flat batch (scheduler order) into the step buffers, padded to a graph
@@ -180,22 +212,33 @@ class ModelRunner:
         slots = self.batch_slots.np[:num_reqs]
         slots[:] = np.fromiter((s.slot for s in states), np.int64, num_reqs)
         positions = self.positions.np[:num_tokens]
+        in_flight = [i for i, s in enumerate(states) if s.pending]  # last token still on the device
         if num_tokens == num_reqs:  # decodes only: one token per request
             positions[:] = starts
             token_slots = slots
-            self.input_ids.np[:num_tokens] = [s.token_ids[p] for s, p in zip(states, starts.tolist(), strict=True)]
+            if in_flight:
+                self.input_ids.np[:num_tokens] = [s.token_ids[p] if p < len(s.token_ids) else 0
+                                                  for s, p in zip(states, starts.tolist(), strict=True)]
+            else:
+                self.input_ids.np[:num_tokens] = [s.token_ids[p] for s, p in zip(states, starts.tolist(), strict=True)]
         else:
             positions[:] = np.repeat(starts - cu[:-1], num_sched) + self._arange[:num_tokens]
             token_slots = np.repeat(slots, num_sched)
             ids: list[int] = []
             for state, start, end in zip(states, starts.tolist(), ends.tolist(), strict=True):
                 ids += state.token_ids[start:end]
+                ids += [0] * (end - max(start, len(state.token_ids)))  # in flight: filled on the device
             self.input_ids.np[:num_tokens] = ids
+        placeholders = [i for i in in_flight if ends[i] > len(states[i].token_ids)]
+        for k, i in enumerate(placeholders):
+            assert ends[i] == len(states[i].token_ids) + 1, "a step may read one token in flight per request"
+            self.placeholder_rows.np[k] = cu[i + 1] - 1
+            self.placeholder_sources.np[k] = self._last_rows[req_ids[i]]
         size = self.block_size
         blocks = self.block_table.np[token_slots, positions // size]
         np.add(blocks * size, positions % size, out=self.slot_mapping.np[:num_tokens])
         self.seq_lens.np[:num_reqs] = ends
-        lengths = np.fromiter((len(s.token_ids) for s in states), np.int64, num_reqs)
+        lengths = np.fromiter((len(s.token_ids) + s.pending for s in states), np.int64, num_reqs)
         sampled = np.flatnonzero(ends == lengths)  # the last known token: sample the next one
         sample_rows = cu[1:][sampled] - 1
         sample_ids = [req_ids[i] for i in sampled.tolist()]
@@ -205,11 +248,19 @@ class ModelRunner:
         if graph_size is None:
             seq_lens_cpu = ends.tolist()
             metadata = self._copy_inputs(num_reqs, max(seq_lens_cpu), int(num_sched.max()), seq_lens_cpu)
-            return StepInputs(metadata, num_tokens, sample_ids, None)
-        self._write_padding(num_reqs, graph_size)
-        metadata = self._copy_inputs(graph_size, self.max_model_len, 1,
-                                     ends.tolist() + [0] * (graph_size - num_reqs))
-        return StepInputs(metadata, graph_size, sample_ids, graph_size)
+            step = StepInputs(metadata, num_tokens, sample_ids, None)
+        else:
+            self._write_padding(num_reqs, graph_size)
+            metadata = self._copy_inputs(graph_size, self.max_model_len, 1,
+                                         ends.tolist() + [0] * (graph_size - num_reqs))
+            step = StepInputs(metadata, graph_size, sample_ids, graph_size)
+        if placeholders:  # ids sampled by the step in flight, device to device, after the copy
+            n = len(placeholders)
+            rows = self.placeholder_rows.device[:n].long()
+            sources = self.placeholder_sources.device[:n].long()
+            assert self._last_sampled is not None
+            self.input_ids.device.index_copy_(0, rows, self._last_sampled.index_select(0, sources).to(torch.int32))
+        return step
 
     def _write_padding(self, start: int, end: int) -> None:
         """Rows ``start..end-1`` of a padded decode step: token 0 at position 0 with no KV (slot
@@ -265,12 +316,16 @@ class ModelRunner:
     def _runner_output(self, sample_ids: list[str], sampled: SampledLists) -> ModelRunnerOutput:
         requests = self.requests
         for request_id, token in zip(sample_ids, sampled.sampled_token_ids, strict=True):
-            requests[request_id].token_ids.append(token)
+            state = requests.get(request_id)  # gone if finished or preempted since the launch
+            if state is not None:
+                state.token_ids.append(token)
+                state.pending -= 1
         if sampled.logprobs is None:
             return ModelRunnerOutput(sample_ids, sampled.sampled_token_ids)
         logprobs: list[Logprob | None] = []
         for row, request_id in enumerate(sample_ids):
-            n = requests[request_id].params.logprobs
+            state = requests.get(request_id)
+            n = None if state is None else state.params.logprobs
             if n is None:
                 logprobs.append(None)
                 continue
@@ -290,12 +345,12 @@ class ModelRunner:
         for row, state in enumerate(states):
             seed = state.params.seed
             if seed is not None and not state.params.greedy:
-                position = len(state.token_ids) - state.num_prompt_tokens
+                position = len(state.token_ids) + state.pending - state.num_prompt_tokens
                 generator = torch.Generator(self.device)
                 generator.manual_seed((seed * SEED_STRIDE + position) % (2**63))
                 generators[row] = generator
         return batch.metadata(
-            [len(s.token_ids) - s.num_prompt_tokens for s in states],
+            [len(s.token_ids) + s.pending - s.num_prompt_tokens for s in states],
             lambda: [s.token_ids[s.num_prompt_tokens:] for s in states],
             generators,
         )

@@ -27,7 +27,7 @@ import torch
 
 from infer_core.engine.sampling_metadata import SamplingMetadata
 
-__all__ = ["SampledLists", "Sampler", "SamplerOutput", "SamplingMetadata"]
+__all__ = ["HostSamples", "SampledLists", "Sampler", "SamplerOutput", "SamplingMetadata"]
 
 MIN_TEMPERATURE = 1e-5  # random rows divide by at least this (no overflow on tiny temperatures)
 
@@ -54,20 +54,51 @@ class SamplerOutput:
     top_logprobs: torch.Tensor | None = None
 
     def to_lists(self) -> SampledLists:
-        """Everything in one device-to-host copy (packed as float64: ids < 2**53 are exact)."""
+        """Everything as lists, in one device-to-host copy (waits for the device)."""
+        return self.to_host().lists()
+
+    def to_host(self) -> HostSamples:
+        """Start the copy to the host (packed as float64 when logprobs are asked for: ids <
+        2**53 are exact) without waiting: on CUDA into pinned memory behind an event, so that
+        work launched later on the stream does not delay reading these ids."""
         if self.logprobs is None:
-            return SampledLists(self.sampled_token_ids.tolist())
-        assert self.top_token_ids is not None and self.top_logprobs is not None
-        n = self.top_token_ids.shape[1]
-        packed = torch.cat([
-            self.sampled_token_ids.double()[:, None], self.logprobs.double()[:, None],
-            self.top_token_ids.double(), self.top_logprobs.double(),
-        ], dim=1).cpu().tolist()
+            packed, width = self.sampled_token_ids, None
+        else:
+            assert self.top_token_ids is not None and self.top_logprobs is not None
+            width = self.top_token_ids.shape[1]
+            packed = torch.cat([
+                self.sampled_token_ids.double()[:, None], self.logprobs.double()[:, None],
+                self.top_token_ids.double(), self.top_logprobs.double(),
+            ], dim=1)
+        if packed.device.type != "cuda":
+            return HostSamples(packed, width, None)
+        host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+        host.copy_(packed, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return HostSamples(host, width, event)
+
+
+@dataclass(frozen=True)
+class HostSamples:
+    """A ``SamplerOutput`` on its way to the host; ``lists`` waits for it."""
+
+    packed: torch.Tensor
+    logprobs_width: int | None  # None: ids only
+    ready: torch.cuda.Event | None
+
+    def lists(self) -> SampledLists:
+        if self.ready is not None:
+            self.ready.synchronize()
+        rows = self.packed.tolist()
+        n = self.logprobs_width
+        if n is None:
+            return SampledLists(rows)
         return SampledLists(
-            sampled_token_ids=[int(row[0]) for row in packed],
-            logprobs=[row[1] for row in packed],
-            top_token_ids=[[int(t) for t in row[2:2 + n]] for row in packed],
-            top_logprobs=[row[2 + n:] for row in packed],
+            sampled_token_ids=[int(row[0]) for row in rows],
+            logprobs=[row[1] for row in rows],
+            top_token_ids=[[int(t) for t in row[2:2 + n]] for row in rows],
+            top_logprobs=[row[2 + n:] for row in rows],
         )
 
 

@@ -206,6 +206,8 @@ class Scheduler:
     def _try_admit(self, request: Request, step: _StepPlan, reserve: int) -> bool:
         """Admit ``request`` if it fits, preempting the policy's ``preempt_for`` victims while
         the sequence cap or the cache refuses it."""
+        if request.num_placeholders:  # preempted with a token in flight: wait for its id
+            return False
         while True:
             num_cached, computed_blocks, num_new, new_blocks = 0, [], 0, None
             if len(self.running) < self.limits.max_num_seqs:
@@ -245,6 +247,8 @@ class Scheduler:
         num_new = request.num_tokens - computed
         if budget <= 0:
             return 0
+        if request.num_placeholders and request.num_output_tokens + request.num_placeholders >= request.max_tokens:
+            return 0  # its token in flight is its last one
         if computed < request.num_tokens - 1:  # still prefilling (prompt, or recompute)
             if self.limits.prefill_chunk_size is not None:
                 num_new = min(num_new, self.limits.prefill_chunk_size)
