@@ -111,3 +111,31 @@ def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(llm, engine, mon
     assert first[-1].error == "RuntimeError: device lost"
     assert second[-1].outputs[0].finish_reason == "length"
     assert llm.engine.cache.num_free_blocks == llm.engine.cache.num_blocks
+
+
+def test_async_scheduling_behind_the_async_engine(offline):
+    """The server's engine with scheduler.async_scheduling: the same streams, and an abort
+    while a step is in flight frees its blocks."""
+    llm = LLM(model=str(tiny_checkpoint("llama", tokenizer=True, vocab_size=512)), device="cpu",
+              max_model_len=128, cache={"num_blocks": 8}, scheduler={"async_scheduling": True})
+    engine = AsyncLLMEngine(llm.engine)
+    engine.start()
+    try:
+        async def main():
+            streams = await asyncio.gather(*(collect(engine, p) for p in PROMPTS))
+            left = engine.generate([7, 8, 9], SamplingParams(temperature=0, max_tokens=100, ignore_eos=True))
+            await left.__anext__()
+            await left.aclose()  # the client leaves mid-generation
+            return streams
+
+        for stream, want in zip(asyncio.run(main()), offline, strict=True):
+            assert [t for o in stream for t in o.outputs[0].delta_token_ids] == want.outputs[0].token_ids
+            assert stream[-1].finished and stream[-1].outputs[0].text == want.outputs[0].text
+        for _ in range(200):
+            if llm.engine.cache.num_free_blocks == llm.engine.cache.num_blocks and not llm.engine.scheduler.requests:
+                break
+            asyncio.run(asyncio.sleep(0.01))
+        assert llm.engine.cache.num_free_blocks == llm.engine.cache.num_blocks
+        assert not llm.engine.scheduler.requests
+    finally:
+        engine.shutdown()
