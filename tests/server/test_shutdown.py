@@ -76,8 +76,34 @@ def test_the_drain_timeout_ends_what_still_runs(llm, slow_steps):
         assert not server.thread.is_alive()
         assert events[-1] == "[DONE]"
         error = json.loads(events[-2])["error"]
-        assert error["message"] == ("generation failed: the server shut down before the request "
-                                    "finished (server.drain_timeout_s).")
+        assert (error["status"], error["code"]) == (503, "shutting_down")  # retry elsewhere, not a 500
+        assert error["message"] == ("the server shut down before the request finished "
+                                    "(server.drain_timeout_s); retry on another replica or after it restarts.")
+        assert llm.engine.cache.num_free_blocks == llm.engine.cache.num_blocks
+
+
+def test_the_drain_timeout_answers_a_waiting_call_with_503(llm, slow_steps):
+    slow_steps(llm, 0.02)
+    with run_server(llm, drain_timeout_s=0.3) as server:
+        answers = []
+        body = {"model": server.model, "prompt": "hi", "max_tokens": 200, "ignore_eos": True}
+
+        def run():
+            with server.http() as http:
+                answers.append(http.post("/v1/completions", json=body))
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while server.engine.snapshot.num_running == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.uvicorn.handle_exit(signal.SIGTERM, None)
+        thread.join(60)
+        server.thread.join(30)
+        (answer,) = answers
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "1"
+        assert answer.json()["error"]["code"] == "shutting_down"
         assert llm.engine.cache.num_free_blocks == llm.engine.cache.num_blocks
 
 

@@ -15,7 +15,13 @@ from infer_core.engine.async_engine import RequestStream
 from infer_core.errors import ModelLoadError, RequestError
 from infer_core.loader.chat_template import render_chat_for
 from infer_core.request import RequestOutput
-from infer_core.server.errors import ApiError, error_event, generation_failed, invalid_value
+from infer_core.server.errors import (
+    ApiError,
+    error_event,
+    generation_failed,
+    invalid_value,
+    output_error,
+)
 from infer_core.server.logprobs import chat_logprobs
 from infer_core.server.params import chat_params
 from infer_core.server.protocol import ChatCompletionRequest, parse_body
@@ -77,7 +83,7 @@ class _View:
 
     def response(self, output: RequestOutput) -> dict[str, Any]:
         if output.error is not None:
-            raise generation_failed(output.error)
+            raise output_error(output.error)
         completion = output.outputs[0]
         choice: dict[str, Any] = {
             "index": 0,
@@ -117,7 +123,7 @@ class _View:
                 async for output in stream:
                     last = output
                     if output.error is not None:
-                        yield sse(error_event(generation_failed(output.error)))
+                        yield sse(error_event(output_error(output.error)))
                         break
                     if first:
                         role = {"role": "assistant", "content": ""}

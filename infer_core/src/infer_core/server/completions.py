@@ -13,7 +13,7 @@ from litestar.response import Stream
 
 from infer_core.engine.async_engine import RequestStream
 from infer_core.request import RequestOutput
-from infer_core.server.errors import ApiError, error_event, generation_failed
+from infer_core.server.errors import ApiError, error_event, generation_failed, output_error
 from infer_core.server.logprobs import completion_logprobs
 from infer_core.server.params import Prompt, completion_params, completion_prompts
 from infer_core.server.protocol import CompletionRequest, parse_body
@@ -72,7 +72,7 @@ class _View:
         choices = []
         for index, output in enumerate(finals):
             if output.error is not None:
-                raise generation_failed(output.error)
+                raise output_error(output.error)
             completion = output.outputs[0]
             prefix = self._echo(index, output) if self.echo else ""
             choice: dict[str, Any] = {
@@ -102,7 +102,7 @@ class _View:
                 async for index, output in outputs:
                     latest[index] = output
                     if output.error is not None:
-                        yield sse(error_event(generation_failed(output.error)))
+                        yield sse(error_event(output_error(output.error)))
                         break
                     completion = output.outputs[0]
                     text = completion.delta_text

@@ -81,6 +81,19 @@ def generation_failed(error: str) -> ApiError:
     return ApiError(500, f"generation failed: {error.rstrip('.')}.", type=SERVER_ERROR, code="generation_failed")
 
 
+# the error of requests still running when a graceful shutdown's drain time is over
+SHUTDOWN_ERROR = "the server shut down before the request finished (server.drain_timeout_s)"
+
+
+def output_error(error: str) -> ApiError:
+    """What a failed request's output answers: 503 ``shutting_down`` (with Retry-After) when
+    the server's drain ended it — nothing was wrong with the request, a client or load
+    balancer can retry it elsewhere — else 500 ``generation_failed``."""
+    if error == SHUTDOWN_ERROR:
+        return unavailable(f"{SHUTDOWN_ERROR}; retry on another replica or after it restarts.", "shutting_down")
+    return generation_failed(error)
+
+
 _STATUS_CODES = {
     400: "invalid_request", 401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed",
     413: "request_too_large", 415: "unsupported_media_type", 429: "rate_limit_exceeded",

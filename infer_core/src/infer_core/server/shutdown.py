@@ -1,6 +1,7 @@
 """Graceful shutdown: on SIGTERM (or Ctrl-C) the server keeps listening but answers new
 requests with 503 (and ``/ready`` with 503), lets running requests finish for up to
-``server.drain_timeout_s``, ends what is left with an error event, then exits with status 0.
+``server.drain_timeout_s``, ends what is left with 503 ``shutting_down`` (an error event in a
+stream), then exits with status 0.
 A second signal exits at once.
 """
 
@@ -12,10 +13,10 @@ from types import FrameType
 
 import uvicorn
 
+from infer_core.server.errors import SHUTDOWN_ERROR
 from infer_core.server.state import ServerState
 
 log = logging.getLogger("infer.server")
-SHUTDOWN_ERROR = "the server shut down before the request finished (server.drain_timeout_s)"
 
 
 class Drain:
