@@ -97,7 +97,10 @@ class CacheBackend(ABC):
 
     @abstractmethod
     def free(self, request_id: str) -> None:
-        """Return every block of ``request_id`` to the pool (finished, aborted or preempted)."""
+        """Return every block of ``request_id`` to the pool (finished, aborted or preempted)
+        and forget what the backend keeps for it: a request id is unique until it is freed
+        (the scheduler frees every request that leaves, admitted or not), so per-request
+        state such as computed block hashes may be kept by id until then."""
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -322,6 +322,9 @@ class CacheBackendConformance(PluginConformance):
                 before = (cache.num_free_blocks, cache.get_block_ids(rid))
                 if cache.allocate_slots(req, n - num_hit, num_hit, blocks) is None:
                     assert (cache.num_free_blocks, cache.get_block_ids(rid)) == before
+                    # it leaves without running (as an aborted waiting request does): a later
+                    # request may reuse its id with other tokens
+                    cache.free(rid)
                     continue
                 assert cache.get_block_ids(rid)[: len(blocks)] == blocks
                 live[rid], families[rid] = req, family
