@@ -11,14 +11,7 @@ mkdir -p "$OUT"
 what=${1:-all}
 sweep=${2:-}
 export PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e infer_core \
-  -e infer_models_llama -e infer_models_qwen3 -e infer_models_gemma3 >"$OUT/pip.log" 2>&1 \
-  || { tail -20 "$OUT/pip.log"; exit 1; }
+source scripts/device_install.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,power.draw --format=csv
 status=0
 if [ "$what" = bench ] || [ "$what" = all ]; then

@@ -10,13 +10,7 @@ OUT=${OUT:-$PWD/gpu-soak-out}
 mkdir -p "$OUT"
 DURATION=${1:-480}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl >"$OUT/pip.log" 2>&1 || { tail "$OUT/pip.log"; exit 1; }
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e infer_core -e infer_models_llama \
-  -e infer_cache_paged -e infer_sched_policies >>"$OUT/pip.log" 2>&1 || { tail -20 "$OUT/pip.log"; exit 1; }
+source scripts/device_install.sh
 [ -f benchmarks/.assets/commit ] && export INFER_BENCH_COMMIT="$(cat benchmarks/.assets/commit)"
 MODEL=/tmp/llama1b
 [ -f $MODEL/model.safetensors ] || python3 -m infer_core.bench.cli checkpoint llama-3.2-1b --out $MODEL || exit 1
