@@ -40,11 +40,15 @@ def start_stream(server, max_tokens):
 
     thread = threading.Thread(target=run)
     thread.start()
+    wait_until_running(server)
+    return thread, events
+
+
+def wait_until_running(server) -> None:
     deadline = time.monotonic() + 20
     while server.engine.snapshot.num_running == 0:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    return thread, events
 
 
 def test_sigterm_drains_then_exits(llm, slow_steps):
@@ -94,10 +98,7 @@ def test_the_drain_timeout_answers_a_waiting_call_with_503(llm, slow_steps):
 
         thread = threading.Thread(target=run)
         thread.start()
-        deadline = time.monotonic() + 20
-        while server.engine.snapshot.num_running == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until_running(server)
         server.uvicorn.handle_exit(signal.SIGTERM, None)
         thread.join(60)
         server.thread.join(30)
