@@ -4,7 +4,13 @@
 # profiles (eager vs CUDA graphs, Llama-3.2-1B shape, torch.profiler device-time summary) and
 # the offline W1/W2 benchmarks. Everything lands under $OUT (default ./gpu-speed-out).
 #
-#   scripts/gpu_speed.sh [tests] [profile] [bench]      (default: all three)
+#   scripts/gpu_speed.sh [tests] [smoke] [profile] [bench] [ab]   (default: tests profile bench)
+#
+#   smoke    scripts/gpu_smoke_async.py: async scheduling on CUDA == in order (same tokens)
+#   profile  benchmarks/profile_step.py per mode in PROFILE_MODES (default "eager graphs";
+#            "async" = CUDA graphs + scheduler.async_scheduling)
+#   ab       offline W1/W2 for Llama-3.2-1B and Qwen3-0.6B shapes in the default mode and with
+#            async scheduling, one report (AB_REPEATS, default 3), so the two pair on one machine
 #
 # Carry .whl and benchmarks/.assets (scripts/gpu_bench.sh prepare makes them).
 set -u
@@ -22,9 +28,13 @@ if want tests; then
     | tee "$OUT/gpu_tests.log" | tail -25
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
+if want smoke; then
+  timeout "${SMOKE_TIMEOUT:-120}" python3 scripts/gpu_smoke_async.py 2>&1 | tee "$OUT/smoke.log" | tail -8
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
 if want profile; then
-  for mode in eager graphs; do
-    flag=(); [ $mode = eager ] && flag=(--enforce-eager)
+  for mode in ${PROFILE_MODES:-eager graphs}; do
+    flag=(); [ $mode = eager ] && flag=(--enforce-eager); [ $mode = async ] && flag=(--async-scheduling)
     timeout "${PROFILE_TIMEOUT:-150}" python3 benchmarks/profile_step.py --device cuda --dtype bfloat16 \
       --layers 16 --hidden 0 --vocab 0 --batch-sizes "${PROFILE_BATCHES:-1,64,256}" --steps 20 --repeats 2 \
       --prompt-len 256 --clock wall --torch-profile-ops 14 --label "llama-3.2-1b-$mode" \
@@ -35,5 +45,21 @@ fi
 if want bench; then
   GPU_BENCH_SKIP_INSTALL=1 GPU_BENCH_BUDGET_S=${BENCH_BUDGET_S:-300} OUT="$OUT/bench" \
     scripts/gpu_bench.sh ${BENCH_PHASES:-offline-llama offline-qwen} 2>&1 | tail -40
+fi
+if want ab; then
+  AB=${AB_WORK:-/tmp/infer-bench}
+  BENCH=(python3 -m infer_core.bench.cli)
+  REPORT="$OUT/ab/$(date -u +%F)-$(python3 -c "from infer_core.bench.report import device_name, slug; print(slug(device_name()))")"
+  [ -f "$AB/llama-3.2-1b/model.safetensors" ] || "${BENCH[@]}" checkpoint llama-3.2-1b --out "$AB/llama-3.2-1b" | tail -1
+  QTOK=(); [ -f benchmarks/.assets/qwen3-tokenizer/tokenizer.json ] && QTOK=(--tokenizer benchmarks/.assets/qwen3-tokenizer)
+  [ -f "$AB/qwen3-0.6b/model.safetensors" ] || "${BENCH[@]}" checkpoint qwen3-0.6b --out "$AB/qwen3-0.6b" "${QTOK[@]}" | tail -1
+  for mode in ${AB_MODES:-default async}; do
+    flag=(--name "$mode"); [ $mode = async ] && flag+=(--scheduler.async_scheduling true)
+    for m in llama-3.2-1b qwen3-0.6b; do
+      timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
+        --workload W1,W2 --repeats "${AB_REPEATS:-3}" --label "$m-random" --out "$REPORT" "${flag[@]}" 2>&1 | tail -4
+    done
+  done
+  "${BENCH[@]}" report "$REPORT" >/dev/null 2>&1; cat "$REPORT/summary.md" 2>/dev/null | head -40
 fi
 exit $status
