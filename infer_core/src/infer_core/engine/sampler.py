@@ -4,7 +4,7 @@
 2. penalties: repetition over prompt + output (a positive logit divided by the penalty, a
    negative one multiplied), presence and frequency over the output
    (``logit -= presence * (count > 0) + frequency * count``);
-3. greedy rows (temperature 0) take ``argmax`` of these logits;
+3. greedy rows (temperature 0) take ``argmax`` of these logits (a Triton kernel on CUDA);
 4. random rows: divide by the temperature, top-k, top-p (the smallest set of best tokens whose
    mass reaches ``top_p``, renormalized after top-k), min-p (drop ``p < min_p * p_max``), then
    the exponential race ``argmax(p / q)``, ``q ~ Exp(1)``: a row with its own generator (a
@@ -110,16 +110,16 @@ class Sampler:
         if meta.all_greedy and meta.no_min_tokens and meta.no_penalties and meta.max_num_logprobs is None:
             # argmax in the model's dtype: widening to float32 is exact, so it picks the same
             # id, without writing a float32 copy of the logits
-            return SamplerOutput(logits.argmax(dim=-1))
+            return SamplerOutput(argmax(logits))
         raw = logits.float()
         logits = self.apply_logits_processors(raw, meta)
         if meta.all_greedy:
-            sampled = logits.argmax(dim=-1)
+            sampled = argmax(logits)
         else:
             probs, ids = self.filter(logits, meta)
             sampled = self.exponential_race(probs, ids, meta.generators, logits.shape[1])
             if not meta.all_random:
-                sampled = torch.where(meta.temperature == 0.0, logits.argmax(dim=-1), sampled)
+                sampled = torch.where(meta.temperature == 0.0, argmax(logits), sampled)
         if meta.max_num_logprobs is None:
             return SamplerOutput(sampled)
         logprobs = raw.log_softmax(dim=-1)
@@ -203,8 +203,18 @@ class Sampler:
             else:
                 own = torch.empty(vocab_size, dtype=probs.dtype, device=probs.device)
                 noise[row] = own.exponential_(generator=generator)[ids[row]]
-        best = probs.div_(noise).argmax(dim=-1)
+        best = argmax(probs.div_(noise))
         return best if ids is None else ids.gather(1, best[:, None]).squeeze(1)
+
+
+def argmax(x: torch.Tensor) -> torch.Tensor:
+    """``x.argmax(dim=-1)`` of [B, V] (first index of the maximum, NaN above all): on CUDA the
+    two-stage Triton kernel (a few µs where torch's generic reduction takes 40-50), else torch."""
+    if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16, torch.float32):
+        from infer_core.kernels.argmax import argmax as triton_argmax
+
+        return triton_argmax(x)
+    return x.argmax(dim=-1)
 
 
 def _apply_penalties(work: torch.Tensor, meta: SamplingMetadata) -> None:

@@ -11,6 +11,7 @@ which is the test oracle (and, where a layer needs it, the CPU path).
 - :mod:`~infer_core.kernels.kv_cache_write` — K/V scatter through the slot mapping (incl. FP8)
 - :mod:`~infer_core.kernels.paged_attention` — unified paged attention over the flat batch,
   with its split-KV reduction in :mod:`~infer_core.kernels.attention_reduce`
+- :mod:`~infer_core.kernels.argmax` — two-stage argmax over the vocabulary (the greedy sampler)
 
 Importing this package imports nothing heavy; each kernel module imports Triton.
 """
