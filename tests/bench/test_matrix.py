@@ -38,9 +38,9 @@ def test_missing_plugins_are_named_with_their_distribution():
 def test_entries():
     base = load_config(overrides={"model": {"max_model_len": 4096}, "scheduler": {"max_num_batched_tokens": 2048}})
     entries = {e.name: e for e in matrix_entries(base)}
-    assert list(entries) == ["static", "continuous", "paged", "async", "chunked-on", "chunked-off", "prefix-off",
+    assert list(entries) == ["static", "continuous", "paged", "in-order", "chunked-on", "chunked-off", "prefix-off",
                              "prefix-on"]
-    assert entries["async"].settings == {"cache": {"backend": "paged"}, "scheduler": {"async_scheduling": True}}
+    assert entries["in-order"].settings == {"cache": {"backend": "paged"}, "scheduler": {"async_scheduling": False}}
     off = entries["chunked-off"].settings["scheduler"]
     assert off["chunked_prefill"] is False and off["max_num_batched_tokens"] == 4096
     assert entries["chunked-on"].settings["scheduler"]["prefill_chunk_size"] == 512

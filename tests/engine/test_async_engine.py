@@ -90,7 +90,7 @@ def test_a_bad_request_fails_alone(engine):
 
 def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(llm, engine, monkeypatch):
     runner = llm.engine.runner
-    original = runner.execute_model
+    original = runner.launch
     calls = {"n": 0}
 
     def flaky(out, *args):
@@ -99,7 +99,7 @@ def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(llm, engine, mon
             raise RuntimeError("device lost")
         return original(out, *args)
 
-    monkeypatch.setattr(runner, "execute_model", flaky)
+    monkeypatch.setattr(runner, "launch", flaky)
 
     async def main():
         first = await collect(engine, [1, 2, 3])

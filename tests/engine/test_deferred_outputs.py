@@ -16,9 +16,12 @@ from infer_core.testing.fixtures import tiny_checkpoint
 
 @pytest.fixture(scope="module")
 def llm() -> LLM:
+    """The in-order engine (async scheduling off): its deferral of output processing by one
+    step is what these tests pin down; async scheduling has its own tests."""
     checkpoint = tiny_checkpoint("llama", tokenizer=True, vocab_size=512)
     return LLM(model=str(checkpoint), plugins=[caches], device="cpu", max_model_len=128, max_num_seqs=8,
-               max_num_batched_tokens=64, cache={"backend": "paged", "num_blocks": 64, "block_size": 4})
+               max_num_batched_tokens=64, cache={"backend": "paged", "num_blocks": 64, "block_size": 4},
+               scheduler={"async_scheduling": False})
 
 
 def run_streaming(engine, requests):

@@ -28,13 +28,13 @@ def test_off_by_default_and_behind_the_key():
 
 def test_shows_a_running_request_then_nothing(monkeypatch):
     llm = tiny()
-    execute = llm.engine.runner.execute_model
+    execute = llm.engine.runner.launch
 
     def slow(*args, **kwargs):  # 20 ms a step: the request still runs when the test looks
         time.sleep(0.02)
         return execute(*args, **kwargs)
 
-    monkeypatch.setattr(llm.engine.runner, "execute_model", slow)
+    monkeypatch.setattr(llm.engine.runner, "launch", slow)
     with serve_in_thread(llm, debug_endpoints=True) as (url, app), httpx.Client(base_url=url) as http:
         model = app.state.server.model_name
         body = {"model": model, "prompt": "hello there", "max_tokens": 100, "ignore_eos": True,

@@ -19,13 +19,13 @@ from infer_core.testing.fixtures import tiny_checkpoint
 def llm(monkeypatch) -> LLM:
     llm = LLM(model=str(tiny_checkpoint("llama", tokenizer=True, vocab_size=512)), device="cpu",
               max_model_len=128, max_num_seqs=4, cache={"num_blocks": 8})
-    execute = llm.engine.runner.execute_model
+    execute = llm.engine.runner.launch
 
     def slow(*args, **kwargs):  # 10 ms a step, so that requests are still running when the test acts
         time.sleep(0.01)
         return execute(*args, **kwargs)
 
-    monkeypatch.setattr(llm.engine.runner, "execute_model", slow)
+    monkeypatch.setattr(llm.engine.runner, "launch", slow)
     return llm
 
 

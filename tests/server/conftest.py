@@ -114,12 +114,12 @@ def slow_steps(monkeypatch):
 
     def slow(llm: LLM, seconds: float) -> None:
         runner = llm.engine.runner
-        original = runner.execute_model
+        original = runner.launch
 
-        def execute(*args, **kwargs):  # execute_model(out, while_running=None)
+        def execute(*args, **kwargs):  # launch(out, while_running=None)
             time.sleep(seconds)
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(runner, "execute_model", execute)
+        monkeypatch.setattr(runner, "launch", execute)
 
     return slow

@@ -62,7 +62,7 @@ class Steps:
 
     def __init__(self, llm, monkeypatch) -> None:
         self._hold, self.held, self._release = threading.Event(), threading.Event(), threading.Event()
-        original = llm.engine.runner.execute_model
+        original = llm.engine.runner.launch
 
         def execute(*args, **kwargs):
             if self._hold.is_set():
@@ -72,7 +72,7 @@ class Steps:
             time.sleep(STEP_S)
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(llm.engine.runner, "execute_model", execute)
+        monkeypatch.setattr(llm.engine.runner, "launch", execute)
 
     def hold(self) -> None:
         self._hold.set()

@@ -112,7 +112,7 @@ def test_disconnect_mid_request_aborts(server, expected, aborts, slow_steps):
 
 def failing_at_step(monkeypatch, llm, step):
     runner = llm.engine.runner
-    original = runner.execute_model
+    original = runner.launch
     calls = {"n": 0}
 
     def execute(*args, **kwargs):
@@ -121,7 +121,7 @@ def failing_at_step(monkeypatch, llm, step):
             raise RuntimeError("device lost")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "execute_model", execute)
+    monkeypatch.setattr(runner, "launch", execute)
 
 
 def sse_events(response):

@@ -82,7 +82,7 @@ class SchedulerConfig(Section):
     chunked_prefill: bool = Field(True, description="Split long prompts over several steps.")
     prefill_chunk_size: int | None = Field(None, ge=1, description="Most prompt tokens of one request per step; default: the step budget.")
     async_scheduling: bool = Field(
-        False, description="Schedule and launch step N+1 while step N runs on the device (its sampled ids "
+        True, description="Schedule and launch step N+1 while step N runs on the device (its sampled ids "
                             "feed step N+1 there); steps with waiting requests or penalties run in order.")
     options: dict[str, Any] = Field(default_factory=dict, description="Options of the chosen policy.")
 

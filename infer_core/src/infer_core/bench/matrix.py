@@ -9,7 +9,7 @@ name            settings over the base configuration                        work
 static          ``scheduler.policy = "static"`` (batch at a time)            W4
 continuous      ``fcfs`` on the contiguous cache (the default engine)        W4
 paged           ``cache.backend = "paged"``                                  W1, W4
-async           paged, ``scheduler.async_scheduling = true``                 W1, W4
+in-order        paged, ``scheduler.async_scheduling = false``                W1, W4
 chunked-on      paged, chunked prefill in chunks of 512 tokens               W6
 chunked-off     paged, no chunked prefill (budget >= max_model_len)          W6
 prefix-off      paged, no prefix reuse                                       W5 shared, control
@@ -59,7 +59,7 @@ def matrix_entries(base: EngineConfig) -> list[MatrixEntry]:
         MatrixEntry("static", {"scheduler": {"policy": "static"}}, ("W4",)),
         MatrixEntry("continuous", {"cache": {"backend": "contiguous"}, "scheduler": {"policy": "fcfs"}}, ("W4",)),
         MatrixEntry("paged", paged, ("W1", "W4")),
-        MatrixEntry("async", deep_merge(paged, {"scheduler": {"async_scheduling": True}}), ("W1", "W4")),
+        MatrixEntry("in-order", deep_merge(paged, {"scheduler": {"async_scheduling": False}}), ("W1", "W4")),
         MatrixEntry("chunked-on", deep_merge(paged, {"scheduler": {
             "chunked_prefill": True, "prefill_chunk_size": min(CHUNK, base.scheduler.max_num_batched_tokens)}}),
             ("W6",)),
