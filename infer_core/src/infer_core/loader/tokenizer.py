@@ -296,7 +296,9 @@ class Tokenizer:
         already wrote the BOS token."""
         if not isinstance(text, str):
             raise RequestError(f"the prompt must be a string, got {type(text).__name__}.")
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch releases the GIL while it works (encode does not), so a server thread
+        # tokenizing a long prompt does not stall the event loop or the engine thread
+        return self.backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
         for text in texts:

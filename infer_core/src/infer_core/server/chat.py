@@ -55,7 +55,7 @@ async def create_chat_completion(request: Request) -> Response:
     params = chat_params(body, state.config.server.max_list_items)
     prompt = render_prompt(state, body)
     response_id = state.new_id("chatcmpl")
-    requests = state.make_requests(response_id, [prompt], params, priority=body.priority or 0,
+    requests = await state.make_requests(response_id, [prompt], params, priority=body.priority or 0,
                                    add_special_tokens=False, param="messages")
     streams = state.admit(requests, [prompt])
     view = _View(state, body, response_id)

@@ -33,7 +33,7 @@ async def create_completion(request: Request) -> Response:
     params = completion_params(body, max_items)
     prompts = completion_prompts(body.prompt, max_items)
     response_id = state.new_id("cmpl")
-    requests = state.make_requests(
+    requests = await state.make_requests(
         response_id, prompts, params, priority=body.priority or 0,
         add_special_tokens=body.add_special_tokens is not False, param="prompt")
     streams = state.admit(requests, prompts)

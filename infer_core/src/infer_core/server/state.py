@@ -8,6 +8,7 @@ Requests of one HTTP call are all validated before any is handed to the engine.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -78,9 +79,17 @@ class ServerState:
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{uuid.uuid4().hex}"
 
-    def make_requests(self, base_id: str, prompts: Sequence[Prompt], params: SamplingParams, *,
-                      priority: int, add_special_tokens: bool, param: str) -> list[Request]:
-        """Validated, tokenized requests (422 naming ``param`` for the first that is invalid)."""
+    async def make_requests(self, base_id: str, prompts: Sequence[Prompt], params: SamplingParams, *,
+                            priority: int, add_special_tokens: bool, param: str) -> list[Request]:
+        """Validated, tokenized requests (422 naming ``param`` for the first that is invalid).
+        Tokenization runs in a worker thread and releases the GIL (``Tokenizer.encode``): a
+        1,024-token prompt takes milliseconds, which the event loop (other streams' events)
+        and the engine thread would otherwise wait for."""
+        return await asyncio.to_thread(self._make_requests, base_id, prompts, params, priority=priority,
+                                       add_special_tokens=add_special_tokens, param=param)
+
+    def _make_requests(self, base_id: str, prompts: Sequence[Prompt], params: SamplingParams, *,
+                       priority: int, add_special_tokens: bool, param: str) -> list[Request]:
         core = self.engine.engine
         try:
             return [
