@@ -13,6 +13,7 @@
 #   w2-subset      W2's first GPU_BENCH_W2_SUBSET (32) requests through infer and transformers
 #                  (not in the default set; GPU_BENCH_HF_LLAMA / _HF_QWEN pick the hf workloads)
 #   serve          W3 (concurrency 1/8/32/128), W4, W5, W6 over HTTP against infer-serve
+#                  (GPU_BENCH_SERVE_WORKLOADS picks others, e.g. W3-c32)
 #   matrix         configuration matrix + policy sweep (W4/W5/W6, 32 requests each)
 #
 # Every phase has a time cap and the whole run a budget (GPU_BENCH_BUDGET_S, default 480 s);
@@ -164,7 +165,7 @@ if want serve; then
   else
     say "starting infer-serve on 127.0.0.1:$PORT"
     if start_server; then
-      phase serve 200 "${BENCH[@]}" serve --base-url "http://127.0.0.1:$PORT" --workload W3,W4,W5,W6 \
+      phase serve 200 "${BENCH[@]}" serve --base-url "http://127.0.0.1:$PORT" --workload "${GPU_BENCH_SERVE_WORKLOADS:-W3,W4,W5,W6}" \
         --tokenizer "$LLAMA" --model-dir "$LLAMA" --no-progress --repeats "$REPEATS_SERVE" "${L[@]}"
     else
       FAILED+=("serve (infer-serve did not answer /health; its log is in gpu_bench.log)"); say "infer-serve did not come up"

@@ -13,7 +13,8 @@ sees in full skip the masking arithmetic.
 Programs find their request by binary search over ``query_start_loc`` (request ``i`` owns
 program slots ``[qsl[i] // BLOCK_Q + i, qsl[i+1] // BLOCK_Q + i + 1)``), so the grid depends
 only on ``T`` and the number of requests: no host-side work per step, and a step can be
-captured in a CUDA graph. Long decodes with too few programs to fill the GPU are split along
+captured in a CUDA graph. A decode-only step (one query token per request) skips the search:
+program ``i`` is request ``i`` (the search is a chain of dependent loads, ~8 at batch 256). Long decodes with too few programs to fill the GPU are split along
 the keys (``num_splits`` programs per block); :mod:`~infer_core.kernels.attention_reduce` merges the splits.
 
 FP8 (e4m3) caches are read as FP8 and widened to the query dtype in registers; ``k_scale`` is
@@ -121,17 +122,23 @@ def _paged_attention_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, FP8: tl.constexpr, SPLIT: tl.constexpr,
-    PRECISION: tl.constexpr,
+    DECODE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    req = _find_request(query_start_loc_ptr, q_block, num_reqs, BLOCK_Q)
-    q_start = tl.load(query_start_loc_ptr + req)
-    q_len = tl.load(query_start_loc_ptr + req + 1) - q_start
-    first = (q_block - (q_start // BLOCK_Q + req)) * BLOCK_Q  # first query token of this block
-    if first >= q_len:
-        return
+    if DECODE:  # one query token per request: program i is request i, no search
+        req = q_block
+        q_start = tl.load(query_start_loc_ptr + req)
+        q_len = 1
+        first = 0
+    else:
+        req = _find_request(query_start_loc_ptr, q_block, num_reqs, BLOCK_Q)
+        q_start = tl.load(query_start_loc_ptr + req)
+        q_len = tl.load(query_start_loc_ptr + req + 1) - q_start
+        first = (q_block - (q_start // BLOCK_Q + req)) * BLOCK_Q  # first query token of this block
+        if first >= q_len:
+            return
     seq_len = tl.load(seq_lens_ptr + req)
     context = seq_len - q_len
 
@@ -297,7 +304,8 @@ def paged_attention(
     window = layer.sliding_window or 0
     softcap = layer.logit_softcap or 0.0
     tables = metadata.block_tables
-    grid = (tokens // block_q + num_reqs, num_kv_heads, splits)
+    decode = metadata.max_query_len == 1 and tokens == num_reqs
+    grid = (num_reqs if decode else tokens // block_q + num_reqs, num_kv_heads, splits)
     _paged_attention_kernel[grid](
         out, q, kv_cache, tables, metadata.seq_lens, metadata.query_start_loc,
         kv_scales if fp8 else metadata.seq_lens,
@@ -307,7 +315,7 @@ def paged_attention(
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_Q=block_q,
         TILE=cfg.tile, BLOCK_SIZE=block_size, HAS_WINDOW=window > 0, SOFTCAP=softcap > 0, FP8=fp8,
-        SPLIT=splits > 1, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        SPLIT=splits > 1, DECODE=decode, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if splits > 1:
