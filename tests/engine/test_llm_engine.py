@@ -203,3 +203,21 @@ def test_logprobs(llm):
         assert lp.token_id == token and len(lp.top) == 2
         assert lp.top[0][0] == token  # greedy: the chosen token is the most likely
         assert lp.logprob == pytest.approx(lp.top[0][1])
+
+
+def test_warm_up_leaves_no_trace(checkpoint, llm):
+    """The start-up warm-up (run on CUDA; called here by hand) ends with every block free, no
+    request left, fresh metrics and an empty prefix cache: the engine then answers exactly as
+    one that never warmed up."""
+    want = tokens(llm.generate(prompts(llm.engine.vocab_size, 4), SamplingParams(temperature=0, max_tokens=6)))
+    warm = make_llm(checkpoint, cache={"backend": "prefix", "num_blocks": 64, "block_size": 4})
+    engine = warm.engine
+    assert engine.warm_up() > 0
+    assert not engine.has_unfinished_requests() and not engine.scheduler.requests
+    assert engine.cache.num_free_blocks == engine.cache.num_blocks
+    assert engine.metrics.stats.prompt_tokens == 0 and not engine.metrics.stats.finished
+    assert engine.cache.num_cached_blocks == 0  # the prefix cache forgot the warm-up prompts
+    got = warm.generate(prompts(engine.vocab_size, 4), SamplingParams(temperature=0, max_tokens=6))
+    assert tokens(got) == want
+    assert engine.metrics.stats.prefix_cache_queries == sum(len(p) for p in prompts(engine.vocab_size, 4))
+    assert engine.cache.num_free_blocks == engine.cache.num_blocks

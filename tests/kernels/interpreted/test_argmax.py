@@ -120,10 +120,10 @@ def test_one_column_and_no_rows():
 
 
 def test_block_for():
-    assert block_for(1, 128_256) == 2048  # 63 chunks: batch 1 spreads over the device
-    assert block_for(7, 151_936) == 2048
-    assert block_for(64, 128_256) == 8192  # 16 chunks x 64 rows
-    assert block_for(256, 151_936) == 8192
+    assert block_for(1, 128_256) == 4096  # one width at every batch size: one compiled variant
+    assert block_for(7, 151_936) == 4096
+    assert block_for(64, 128_256) == 4096
+    assert block_for(256, 151_936) == 4096
     assert block_for(3, 100) == 128  # no wider than the row
 
 

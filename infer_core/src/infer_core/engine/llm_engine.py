@@ -144,6 +144,30 @@ class LLMEngine:
         self._async = config.scheduler.async_scheduling
         self._inflight: tuple[SchedulerOutput, LaunchedStep] | None = None  # async: launched, not read
         self._ids = itertools.count()
+        if device.type == "cuda":
+            self.warm_up()
+
+    def warm_up(self) -> float:
+        """Run two short requests through the step once (a mixed prefill step, then decodes),
+        then forget them: cache blocks back, prefix cache and metrics reset. On CUDA this runs
+        at start-up so that Triton compiles the kernels' prefill and mixed-step variants here
+        and not on the first user requests (a compile takes about a second). Returns seconds."""
+        start = time.perf_counter()
+        params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+        longest = max(1, self.layout.max_model_len - params.max_tokens)
+        for i, length in enumerate((64, 8)):
+            try:
+                self.add_request(self.make_request([1] * min(length, longest), params, request_id=f"warm-up-{i}"))
+            except RequestError as exc:  # a cache too small for it: serve without the warm-up
+                log.warning("warm-up skipped: %s", exc)
+                break
+        while self.has_unfinished_requests():
+            self.step(finished_only=True)
+        self.cache.reset_prefix_cache()
+        self.metrics = EngineMetrics(prefix_baseline=self.cache.prefix_cache_stats)
+        seconds = time.perf_counter() - start
+        log.info("warm-up (kernels' prefill and mixed-step variants) took %.1f s", seconds)
+        return seconds
 
     def _attention_name(self, config: EngineConfig, device: torch.device) -> str:
         if config.attention.backend != "auto":

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from infer_core.engine.kv_cache import PrefixCacheStats
 from infer_core.request import Request, RequestMetrics
 
 
@@ -46,8 +47,11 @@ class EngineMetrics:
     """Updated by ``LLMEngine.step``; observers (the server's Prometheus collector) read
     ``stats`` and drain ``pop_finished()`` for the per-request histograms."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix_baseline: PrefixCacheStats | None = None) -> None:
+        """``prefix_baseline``: the cache's cumulative prefix counters at the start (the
+        engine's warm-up requests are not counted)."""
         self.stats = EngineStats()
+        self._prefix_baseline = prefix_baseline or PrefixCacheStats()
         self._timings: dict[str, _Timing] = {}
         # bounded, in case nobody drains it (no server attached)
         self._finished: deque[tuple[RequestMetrics, list[float], str | None]] = deque(maxlen=100_000)
@@ -81,8 +85,8 @@ class EngineMetrics:
         self.stats.num_waiting = len(scheduler.waiting)
         self.stats.kv_cache_usage = scheduler.cache.usage
         prefix = scheduler.cache.prefix_cache_stats
-        self.stats.prefix_cache_queries = prefix.queries
-        self.stats.prefix_cache_hits = prefix.hits
+        self.stats.prefix_cache_queries = prefix.queries - self._prefix_baseline.queries
+        self.stats.prefix_cache_hits = prefix.hits - self._prefix_baseline.hits
         self.stats.num_preemptions += preemptions
 
     @property

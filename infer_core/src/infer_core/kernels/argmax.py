@@ -10,9 +10,11 @@ Stage 1, grid ``(B, cdiv(V, BLOCK))``: a program reads one ``BLOCK``-wide chunk 
 writes the chunk's maximum and the first index of it into ``[B, chunks]`` buffers. Stage 2,
 grid ``(B,)``: a program reduces a row's partials the same way; chunks are in index order,
 so the smallest index among the chunks holding the maximum is the row's answer. ``BLOCK``
-(``block_for``) shrinks while the grid is short of about a thousand programs, so that batch 1
-still spreads over the device (a 128k vocabulary: 63 chunks of 2048 at batch 1, 16 of 8192
-at batch 64). No host synchronization: the launch is capturable in a CUDA graph.
+(``block_for``) is 4096 at every batch size (narrower only for a shorter row): on an H200 it
+was the fastest or within 2 % of it at batch 1, 64 and 256 for 128k and 152k vocabularies
+(``benchmarks/kernels_argmax.py --sweep``), and one width means one compiled variant, so no
+JIT compile happens in the middle of serving. No host synchronization: the launch is
+capturable in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-MIN_BLOCK, MAX_BLOCK = 2048, 8192
-TARGET_PROGRAMS = 1024
+BLOCK = 4096
+MIN_BLOCK, MAX_BLOCK = 1024, 8192  # the range benchmarks/kernels_argmax.py --sweep times
 
 
 @triton.jit
@@ -60,12 +62,9 @@ def _argmax_reduce_kernel(part_val_ptr, part_idx_ptr, out_ptr, n_chunks, BLOCK_C
 
 
 def block_for(rows: int, n_cols: int) -> int:
-    """The chunk width: the widest power of two in [MIN_BLOCK, MAX_BLOCK] that still gives
-    ``TARGET_PROGRAMS`` stage-1 programs, and no wider than the row needs."""
-    block = MAX_BLOCK
-    while block > MIN_BLOCK and rows * triton.cdiv(n_cols, block) < TARGET_PROGRAMS:
-        block //= 2
-    return min(block, max(triton.next_power_of_2(n_cols), 16))
+    """The chunk width: ``BLOCK``, no wider than the row needs (``rows`` does not matter:
+    measured, see the module docstring)."""
+    return min(BLOCK, max(triton.next_power_of_2(n_cols), 16))
 
 
 def argmax(logits: torch.Tensor, block: int | None = None) -> torch.Tensor:

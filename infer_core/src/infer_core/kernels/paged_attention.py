@@ -112,7 +112,9 @@ def _attend_tile(
     return acc, m_new, l_i
 
 
-@triton.jit
+# Arguments that change from step to step are not specialized on (Triton would otherwise
+# compile a variant per "== 1" / "divisible by 16" pattern of them, in the middle of serving).
+@triton.jit(do_not_specialize=["num_reqs", "num_splits", "stride_bt"])
 def _paged_attention_kernel(
     out_ptr, q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, scales_ptr,
     part_acc_ptr, part_max_ptr, part_sum_ptr,
