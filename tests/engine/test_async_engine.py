@@ -139,3 +139,53 @@ def test_async_scheduling_behind_the_async_engine(offline):
         assert not llm.engine.scheduler.requests
     finally:
         engine.shutdown()
+
+
+def test_a_consumer_that_falls_behind_gets_merged_outputs(offline, engine):
+    """Outputs waiting for a slow consumer come as one (deltas concatenated): fewer outputs
+    than steps, the same tokens and text, the finished one last."""
+
+    async def main():
+        outs = []
+        async for out in engine.generate(PROMPTS[0], PARAMS):
+            outs.append(out)
+            await asyncio.sleep(0.05)  # several engine steps pass meanwhile
+        return outs
+
+    outs = asyncio.run(main())
+    want = offline[0].outputs[0]
+    assert len(outs) < len(want.token_ids)
+    assert [t for o in outs for t in o.outputs[0].delta_token_ids] == want.token_ids
+    assert "".join(o.outputs[0].delta_text for o in outs) == want.text
+    assert outs[-1].finished and outs[-1].outputs[0].token_ids == want.token_ids
+    assert not any(o.finished for o in outs[:-1])
+
+
+def test_merging_stops_at_an_error_which_comes_next():
+    from infer_core.engine.async_engine import RequestStream, _Stream
+    from infer_core.request import CompletionOutput, RequestOutput
+
+    def output(ids, finished=False):
+        return RequestOutput("r", None, [1], [CompletionOutput(0, "", [], delta_text="".join(map(str, ids)),
+                                                               delta_token_ids=list(ids))], finished)
+
+    class Engine:
+        aborted: list[str] = []
+
+        def abort(self, request_id):
+            self.aborted.append(request_id)
+
+    async def main():
+        queue: asyncio.Queue = asyncio.Queue()
+        for item in (output([1]), output([2, 3]), RuntimeError("engine gone"), output([9], True)):
+            queue.put_nowait(item)
+        stream = RequestStream(Engine(), "r", _Stream(asyncio.get_running_loop(), queue))
+        first = await stream.__anext__()
+        with pytest.raises(RuntimeError, match="engine gone"):
+            await stream.__anext__()
+        with pytest.raises(StopAsyncIteration):
+            await stream.__anext__()
+        return first
+
+    first = asyncio.run(main())
+    assert first.outputs[0].delta_token_ids == [1, 2, 3] and first.outputs[0].delta_text == "123"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -57,16 +58,32 @@ def _put_all(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
         q.put_nowait(item)
 
 
+def merge_outputs(first: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """``later`` (cumulative fields are its own) with the deltas of both: what one output for
+    the two steps would have been."""
+    completions = [
+        dataclasses.replace(b, delta_text=a.delta_text + b.delta_text,
+                            delta_token_ids=a.delta_token_ids + b.delta_token_ids)
+        for a, b in zip(first.outputs, later.outputs, strict=True)
+    ]
+    return dataclasses.replace(later, outputs=completions)
+
+
 class RequestStream:
     """The outputs of one request, in order, as an async iterator that ends after the
     finished output. An exception delivered for the request (it could not be added, the engine
     shut down) is raised from the iterator. :meth:`close` aborts the request if it has not
-    finished: call it when the consumer goes away."""
+    finished: call it when the consumer goes away.
+
+    A consumer that falls behind gets the outputs waiting for it merged into one (deltas
+    concatenated; vLLM V1 does the same): under load a server writes one event for several
+    steps instead of falling further behind."""
 
     def __init__(self, engine: AsyncLLMEngine, request_id: str, stream: _Stream) -> None:
         self.engine = engine
         self.request_id = request_id
         self._queue = stream.queue
+        self._held: BaseException | None = None  # an error that came after outputs merged
         self.finished = False
 
     def __aiter__(self) -> RequestStream:
@@ -75,10 +92,16 @@ class RequestStream:
     async def __anext__(self) -> RequestOutput:
         if self.finished:
             raise StopAsyncIteration
-        item = await self._queue.get()
+        item = self._held or await self._queue.get()
         if isinstance(item, BaseException):
             self.finished = True
             raise item
+        while not item.finished and not self._queue.empty():
+            later = self._queue.get_nowait()
+            if isinstance(later, BaseException):
+                self._held = later
+                break
+            item = merge_outputs(item, later)
         self.finished = item.finished
         return item
 
