@@ -36,7 +36,6 @@ def main(argv: list[str] | None = None) -> int:
 
     kernels.MODELS.update(SHAPES)
     ceilings = measure_ceilings()
-    copy_gbs = ceilings["copy_gbps"]
     rows = []
     tiles, warps, stages = ((32, 64, 128), (2, 4), (2, 3)) if args.quick else ((32, 64, 128), (1, 2, 4), (1, 2, 3))
     for model, (batch, ctx) in itertools.product(SHAPES, CASES):
@@ -64,17 +63,21 @@ def main(argv: list[str] | None = None) -> int:
               f"{pick['config']} | best {best['us']:7.1f} us ({best['gbs']:6.0f} GB/s) {best['config']}", flush=True)
         rows += results
         del cache
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sweep.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=1))
-    lines = [f"# Decode attention sweep\n\nCopy bandwidth {copy_gbs:,.0f} GB/s.\n",
+        write(args.out, ceilings, rows)  # after every case: a time cap keeps what finished
+    return 0
+
+
+def write(out: Path, ceilings: dict, rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps({"ceilings": ceilings, "rows": rows}, indent=1))
+    lines = [f"# Decode attention sweep\n\nCopy bandwidth {ceilings['copy_gbps']:,.0f} GB/s.\n",
              "| model | batch | context | µs | GB/s | tile | warps | stages | splits | picked |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["config"]
         lines.append(f"| {r['model']} | {r['batch']} | {r['context']} | {r['us']:.1f} | {r['gbs']:.0f} | {c['tile']} | "
                      f"{c['num_warps']} | {c['num_stages']} | {c['num_splits']} | {'yes' if r['picked'] else ''} |")
-    (args.out / "sweep.md").write_text("\n".join(lines) + "\n")
-    return 0
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
