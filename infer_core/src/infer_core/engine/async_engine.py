@@ -53,7 +53,7 @@ class EngineSnapshot:
     kv_cache_usage: float = 0.0
 
 
-def _put_all(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+def _put_all(items: list[tuple[asyncio.Queue, RequestOutput | BaseException]]) -> None:
     for q, item in items:
         q.put_nowait(item)
 
@@ -233,27 +233,23 @@ class AsyncLLMEngine:
     # -- the engine thread --------------------------------------------------------------------
 
     def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
-        finished = isinstance(item, BaseException) or item.finished
-        with self._lock:
-            stream = self._streams.pop(request_id, None) if finished else self._streams.get(request_id)
-        if stream is not None and not stream.loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody listens
-                stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+        self._deliver_all([(request_id, item)])
 
-    def _deliver_all(self, outputs: list[RequestOutput]) -> None:
-        """``_deliver`` for a step's outputs with one wake-up per event loop (not one per
-        request: at 32 streams that is 32 self-pipe writes and loop wake-ups per step)."""
-        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+    def _deliver_all(self, items: Sequence[tuple[str, RequestOutput | BaseException]]) -> None:
+        """Hand each item to its request's stream (a finished output or an error ends the
+        stream), with one wake-up per event loop, not one per request (at 32 streams, 32
+        self-pipe writes and loop wake-ups per step)."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput | BaseException]]] = {}
         with self._lock:
-            for output in outputs:
-                rid = output.request_id
-                stream = self._streams.pop(rid, None) if output.finished else self._streams.get(rid)
+            for request_id, item in items:
+                finished = isinstance(item, BaseException) or item.finished
+                stream = self._streams.pop(request_id, None) if finished else self._streams.get(request_id)
                 if stream is not None:
-                    batches.setdefault(stream.loop, []).append((stream.queue, output))
-        for loop, items in batches.items():
+                    batches.setdefault(stream.loop, []).append((stream.queue, item))
+        for loop, queued in batches.items():
             if not loop.is_closed():
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody listens
-                    loop.call_soon_threadsafe(_put_all, items)
+                    loop.call_soon_threadsafe(_put_all, queued)
 
     def _apply_commands(self) -> None:
         while True:
@@ -283,8 +279,7 @@ class AsyncLLMEngine:
                     self._deliver(command[1], output)
             else:
                 ids = self.engine.unfinished_request_ids()
-                for output in self.engine.fail_requests(ids, command[1]):
-                    self._deliver(output.request_id, output)
+                self._deliver_all([(o.request_id, o) for o in self.engine.fail_requests(ids, command[1])])
 
     def _publish(self) -> None:
         scheduler = self.engine.scheduler
@@ -328,7 +323,7 @@ class AsyncLLMEngine:
             log.exception("engine step failed")
             outputs = self.engine.fail_requests(self.engine.unfinished_request_ids(), f"{type(exc).__name__}: {exc}")
         self.num_steps += 1
-        self._deliver_all(outputs)
+        self._deliver_all([(output.request_id, output) for output in outputs])
         self._publish()
 
     def _fail_in_flight(self, error: str) -> None:
@@ -339,8 +334,6 @@ class AsyncLLMEngine:
             outputs = self.engine.fail_requests(ids, error)
         except Exception:
             log.exception("failing the requests in flight failed")
-            for request_id in ids:
-                self._deliver(request_id, RuntimeError(error))
+            self._deliver_all([(request_id, RuntimeError(error)) for request_id in ids])
             return
-        for output in outputs:
-            self._deliver(output.request_id, output)
+        self._deliver_all([(output.request_id, output) for output in outputs])
