@@ -305,7 +305,7 @@ class LLMEngine:
             deferred.extend(self._process_deferred(taken, finished_only))
 
         try:
-            runner_out = self.runner.finish(self.runner.launch(sched_out, while_running))
+            runner_out = self.runner.execute_model(sched_out, while_running)
         except Exception as exc:  # a failing step fails its requests, never the engine
             while_running()  # (a no-op if the runner got to it)
             self.cache.reset_prefix_cache()  # blocks hashed for this step may hold no valid KV
