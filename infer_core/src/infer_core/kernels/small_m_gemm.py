@@ -1,0 +1,259 @@
+"""Linear projections at small M (decode, 1-16 rows): ``y[M, N] = x' @ weight.T``, streaming
+the ``[N, K]`` weight once at (we hope) copy bandwidth, optionally with the gated activation
+of :mod:`~infer_core.kernels.act_and_mul` folded into the prologue.
+
+NOT WIRED IN: no layer or model calls this yet. It is built and tested first, measured on a
+GPU against cuBLAS (``benchmarks/kernels_small_m_gemm.py``), and used only if it wins.
+
+Why: at batch 1 on an H200, Llama-3.2-1B's projections under cuBLAS reach 1.4-2.1 TB/s for
+the small ones (q/k/v fused, 12.6 MB in 5.9 µs) and down_proj pays a split-K reduction,
+against a copy bandwidth of about 4.2 TB/s; the SiLU-and-mul before down_proj is its own
+launch.
+
+Design. ``weight`` is row-major ``[N, K]`` (the ``nn.Linear`` layout), so a program owns
+``BLOCK_N`` whole rows of it and walks K in ``BLOCK_K`` tiles: every weight byte is read by
+exactly one program, once (``evict_first``), while the few ``x`` rows (``evict_last``) are
+re-read by every program out of L2. Grid ``(cdiv(N, BLOCK_N), SPLIT_K, cdiv(M, BLOCK_M))``.
+Two inner products, a constexpr choice (``LaunchConfig.use_dot``):
+
+- broadcast: ``acc[BLOCK_M, BLOCK_N] += sum_k x[:, None, k] * w[None, :, k]`` in float32, on
+  the CUDA cores (``BLOCK_M = next_pow2(M)``): no padding at M = 1, and exact float32 FMAs;
+- ``tl.dot``: a ``[16, BLOCK_K] x [BLOCK_K, BLOCK_N]`` MMA (M padded to 16 with masked rows,
+  ``BLOCK_N >= 16``), accumulating in float32; float32 operands use ``input_precision="ieee"``
+  (never TF32). Not for bf16 under the Triton interpreter, where ``tl.dot`` on bf16 is wrong.
+
+``SPLIT_K > 1`` splits K into contiguous ranges of whole tiles; each split writes float32
+partials ``[SPLIT_K, M, N]`` and a second launch (``_split_k_reduce_kernel``) adds them in
+split order. No atomics anywhere: the result is bitwise the same run to run (the engine's
+equivalence tests compare greedy tokens exactly). ``choose_config`` prefers configs that need
+no split (narrower ``BLOCK_N`` first, about two programs per SM) and splits only when fewer
+programs than SMs would run; its numbers are a starting guess until the sweep has run.
+
+Fused activation (``act_and_mul="silu"`` or ``"gelu_tanh"``): ``x`` is ``[M, 2K]`` =
+``[gate | up]``; each K tile of ``x' = act(gate) * up`` is computed in the prologue exactly as
+``kernels.act_and_mul`` computes it (float32 activation rounded to the input dtype, times
+``up`` in float32, rounded to the input dtype), so the fused result equals the unfused
+``small_m_gemm(silu_and_mul(x), weight)`` up to the float32 summation order. Every N-block
+program recomputes the activation of its K range (``M x K`` elements): cheap at M = 1, a cost
+to measure at M = 16.
+
+Numerics: products and sums in float32, one rounding to ``x``'s dtype at the end (bf16, fp16,
+fp32). Against ``small_m_gemm_ref`` the only differences are the summation order and the
+final rounding. No host synchronization and only ``torch.empty`` allocations: capturable in a
+CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from infer_core.kernels.act_and_mul import GELU_TANH, SILU, gelu_tanh_and_mul_ref, silu_and_mul_ref
+
+NO_ACT = -1
+ACTS = {None: NO_ACT, "silu": SILU, "gelu_tanh": GELU_TANH}
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+MAX_BLOCK_M = 16
+REDUCE_BLOCK = 1024
+
+
+@triton.jit
+def _gated(gate, up, ACT: tl.constexpr):
+    """``act(gate) * up`` rounded to the input dtype: the arithmetic of
+    ``act_and_mul._act_and_mul_kernel``, line for line (the tests hold the two equal)."""
+    g = gate.to(tl.float32)
+    if ACT == 0:
+        e = tl.exp(-tl.abs(g))  # never overflows
+        a = g * tl.where(g >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    else:
+        z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+        e = tl.exp(-2.0 * tl.abs(z))
+        tanh = (1.0 - e) / (1.0 + e)
+        a = 0.5 * g * (1.0 + tl.where(z >= 0, tanh, -tanh))
+    y = a.to(gate.dtype).to(tl.float32) * up.to(tl.float32)
+    return y.to(gate.dtype)
+
+
+@triton.jit
+def _small_m_gemm_kernel(
+    x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, k_per_split,
+    ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_mask = rm < M
+    n_mask = rn < N
+    x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
+    w_rows = w_ptr + rn.to(tl.int64)[:, None] * K  # [BLOCK_N, 1]
+    k_start = pid_k * k_per_split  # a multiple of BLOCK_K
+    k_end = tl.minimum(k_start + k_per_split, K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        ks = k0 + rk
+        if EVEN_K:
+            x_mask = m_mask[:, None]
+            w_mask = n_mask[:, None]
+        else:
+            k_mask = ks < K
+            x_mask = m_mask[:, None] & k_mask[None, :]
+            w_mask = n_mask[:, None] & k_mask[None, :]
+        w = tl.load(w_rows + ks[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
+        if ACT < 0:
+            x = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
+        else:
+            gate = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
+            up = tl.load(x_rows + K + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
+            x = _gated(gate, up, ACT)
+        if USE_DOT:
+            acc += tl.dot(x, tl.trans(w), input_precision=DOT_PRECISION)
+        else:
+            prod = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+            acc += tl.sum(prod, axis=2)
+    out = out_ptr + pid_k.to(tl.int64) * M * N + rm.to(tl.int64)[:, None] * N + rn[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _split_k_reduce_kernel(part_ptr, out_ptr, MN, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < MN
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):  # fixed order: deterministic
+        acc += tl.load(part_ptr + s * MN + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """One launch: ``block_n`` weight rows per program, ``block_k`` columns per step; ``split_k``
+    > 1 splits K (float32 partials, then a reduction launch); ``use_dot`` takes the MMA inner
+    product (rows padded to 16) instead of the float32 broadcast-multiply-and-sum."""
+
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    use_dot: bool = False
+
+    def block_m(self, m: int) -> int:
+        return MAX_BLOCK_M if self.use_dot else min(triton.next_power_of_2(max(m, 1)), MAX_BLOCK_M)
+
+    def check(self) -> None:
+        for v in (self.block_n, self.block_k, self.split_k):
+            assert v >= 1 and v & (v - 1) == 0, self
+        assert self.num_warps in (1, 2, 4, 8, 16) and self.num_stages >= 1, self
+        if self.use_dot:
+            assert self.block_n >= 16 and self.block_k >= 16, self
+
+
+def choose_config(m: int, n: int, k: int, dtype: torch.dtype, num_sms: int = 132) -> LaunchConfig:
+    """A starting guess, not yet measured (``benchmarks/kernels_small_m_gemm.py --sweep``).
+
+    Up to 4 rows: the broadcast product, ``block_n`` the widest of 32..4 that still gives
+    about two programs per SM, ``block_k`` so a step holds about 8k products (16 KB of bf16
+    weight at M = 1). From 5 rows (not float32): ``tl.dot``, ``block_n`` 64..16 the same way.
+    K is split (2-8 ways, at least 2 tiles per split) only when fewer programs than SMs
+    would run."""
+    want = 2 * num_sms
+    bm = min(triton.next_power_of_2(max(m, 1)), MAX_BLOCK_M)
+    use_dot = m > 4 and dtype != torch.float32
+    if use_dot:
+        block_n = 64
+        while block_n > 16 and triton.cdiv(n, block_n) < want:
+            block_n //= 2
+        block_k = 256 if block_n == 16 else 128
+        bm = MAX_BLOCK_M
+        num_warps = 4
+    else:
+        block_n = 32
+        while block_n > 4 and triton.cdiv(n, block_n) < want:
+            block_n //= 2
+        budget = 8192 if dtype != torch.float32 else 4096
+        block_k = max(128, min(budget // (bm * block_n), 1024))
+        num_warps = 8 if bm * block_n * block_k >= 8192 else 4
+    block_k = max(16, min(block_k, triton.next_power_of_2(k)))
+    programs = triton.cdiv(n, block_n) * triton.cdiv(m, bm)
+    split_k = split_k_for(programs, triton.cdiv(k, block_k), num_sms)
+    return LaunchConfig(block_n, block_k, split_k, num_warps=num_warps, num_stages=3, use_dot=use_dot)
+
+
+def split_k_for(programs: int, k_tiles: int, num_sms: int = 132) -> int:
+    """1 when ``programs`` fill the SMs; else the power of two (at most 8) that brings them to
+    about two per SM, halved until every split has at least two K tiles."""
+    if programs >= num_sms:
+        return 1
+    s = min(triton.next_power_of_2(triton.cdiv(2 * num_sms, programs)), 8)
+    while s > 1 and k_tiles < 2 * s:
+        s //= 2
+    return s
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: str | None = None,
+                 config: LaunchConfig | None = None) -> torch.Tensor:
+    """``x' @ weight.T`` for ``weight [N, K]`` (contiguous) and ``x [M, K]``, or ``x [M, 2K]``
+    = ``[gate | up]`` with ``act_and_mul`` ("silu" or "gelu_tanh"), ``x' = act(gate) * up``.
+    bf16, fp16 or fp32 (one dtype for both); float32 accumulation; ``[M, N]`` in ``x``'s
+    dtype. ``config`` overrides ``choose_config``."""
+    if act_and_mul not in ACTS:
+        raise ValueError(f"act_and_mul must be one of {sorted(a for a in ACTS if a)} or None, got {act_and_mul!r}")
+    act = ACTS[act_and_mul]
+    assert x.dim() == 2 and weight.dim() == 2, (x.shape, weight.shape)
+    assert x.dtype in DTYPES and weight.dtype == x.dtype, (x.dtype, weight.dtype)
+    assert x.device == weight.device, (x.device, weight.device)
+    assert weight.is_contiguous(), "weight must be row-major [N, K]"
+    n, k = weight.shape
+    m = x.shape[0]
+    assert x.shape[1] == (k if act == NO_ACT else 2 * k), (x.shape, weight.shape, act_and_mul)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        return out.zero_()
+    cfg = config or choose_config(m, n, k, x.dtype, _num_sms(x.device))
+    cfg.check()
+    bm = cfg.block_m(m)
+    tiles = triton.cdiv(k, cfg.block_k)
+    split_k = min(cfg.split_k, tiles)
+    k_per_split = triton.cdiv(tiles, split_k) * cfg.block_k
+    split_k = triton.cdiv(k, k_per_split)  # no empty splits
+    target = out if split_k == 1 else torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(n, cfg.block_n), split_k, triton.cdiv(m, bm))
+    _small_m_gemm_kernel[grid](
+        x, weight, target, m, n, k, x.stride(0), k_per_split,
+        ACT=act, BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        EVEN_K=k % cfg.block_k == 0, USE_DOT=cfg.use_dot,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if split_k > 1:
+        _split_k_reduce_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)](
+            target, out, m * n, SPLIT_K=split_k, BLOCK=REDUCE_BLOCK, num_warps=4,
+        )
+    return out
+
+
+def small_m_gemm_ref(x: torch.Tensor, weight: torch.Tensor, act_and_mul: str | None = None) -> torch.Tensor:
+    if act_and_mul == "silu":
+        x = silu_and_mul_ref(x)
+    elif act_and_mul == "gelu_tanh":
+        x = gelu_tanh_and_mul_ref(x)
+    elif act_and_mul is not None:
+        raise ValueError(f"unknown act_and_mul {act_and_mul!r}")
+    return (x.float() @ weight.float().T).to(x.dtype)

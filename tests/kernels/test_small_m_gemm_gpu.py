@@ -1,0 +1,154 @@
+"""The small-M GEMM kernel on a CUDA device at the projections of Llama-3.2-1B and Qwen3-0.6B,
+M = 1, 2, 4, 8, 16, bf16, against ``small_m_gemm_ref`` (float32 product, rounded once); the
+down projection also with SiLU-and-mul fused in, against the ``act_and_mul`` kernel followed
+by the reference product (same activation arithmetic) and against the torch reference; both
+inner products and split-K forced; bitwise determinism; capture in a CUDA graph. Run with
+``pytest -m gpu``.
+
+Tolerance: ``|got - ref| <= 3 u |ref| + 16 sqrt(K) u32 (|x'| @ |w|.T)`` (``u`` the output
+dtype's unit roundoff; both round to nearest once, and sum float32 products in different
+orders), plus ``2 u (|x'| @ |w|.T)`` against the torch activation, whose float32 ``silu`` /
+``gelu`` may round ``x'`` to a neighbouring bf16 value now and then.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+CUDA = "cuda"
+BF16 = torch.bfloat16
+UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+MS = [1, 2, 4, 8, 16]
+# (N, K) of each projection; "down" also runs with act_and_mul (x is [M, 2K] = [gate | up])
+SHAPES = {
+    "llama-3.2-1b qkv": (3072, 2048), "llama-3.2-1b o": (2048, 2048),
+    "llama-3.2-1b gate_up": (16384, 2048), "llama-3.2-1b down": (2048, 8192),
+    "qwen3-0.6b qkv": (4096, 1024), "qwen3-0.6b o": (1024, 2048),
+    "qwen3-0.6b gate_up": (6144, 1024), "qwen3-0.6b down": (1024, 3072),
+}
+
+
+def make(m: int, n: int, k: int, dtype: torch.dtype, act: str | None, seed: int):
+    gen = torch.Generator(CUDA).manual_seed(seed)
+    x = torch.randn(m, 2 * k if act else k, device=CUDA, generator=gen).to(dtype)
+    w = (torch.randn(n, k, device=CUDA, generator=gen) / math.sqrt(k)).to(dtype)
+    return x, w
+
+
+def assert_within(got, expected, xp, w, *, act_slack: bool = False) -> None:
+    assert got.dtype == expected.dtype and got.shape == expected.shape, (got.dtype, got.shape, expected.shape)
+    u = UNIT_ROUNDOFF[got.dtype]
+    s = xp.float().abs() @ w.float().abs().T
+    bound = 3 * u * expected.float().abs() + 16 * math.sqrt(w.shape[1]) * UNIT_ROUNDOFF[torch.float32] * s + 1e-30
+    if act_slack:
+        bound = bound + 2 * UNIT_ROUNDOFF[xp.dtype] * s
+    err = (got.float() - expected.float()).abs()
+    excess = err / bound
+    worst = int(excess.argmax())
+    r, c = divmod(worst, got.shape[1])
+    assert excess.max().item() <= 1, (
+        f"[{r}, {c}]: got {got[r, c].item()}, expected {expected[r, c].item()}, |err| {err[r, c].item():.3g} "
+        f"> bound {bound[r, c].item():.3g}; {int((excess > 1).sum())} of {excess.numel()} elements outside"
+    )
+
+
+def check(x, w, act=None, config=None):
+    from infer_core.kernels import act_and_mul
+    from infer_core.kernels.small_m_gemm import small_m_gemm, small_m_gemm_ref
+
+    got = small_m_gemm(x, w, act_and_mul=act, config=config)
+    if act is None:
+        assert_within(got, small_m_gemm_ref(x, w), x, w)
+    else:
+        xp = {"silu": act_and_mul.silu_and_mul, "gelu_tanh": act_and_mul.gelu_tanh_and_mul}[act](x)
+        assert_within(got, small_m_gemm_ref(xp, w), xp, w)
+        xp_ref = {"silu": act_and_mul.silu_and_mul_ref, "gelu_tanh": act_and_mul.gelu_tanh_and_mul_ref}[act](x)
+        assert_within(got, small_m_gemm_ref(x, w, act), xp_ref, w, act_slack=True)
+    return got
+
+
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("shape", list(SHAPES), ids=lambda s: s.replace(" ", "-"))
+def test_real_shapes_bf16(shape, m):
+    n, k = SHAPES[shape]
+    x, w = make(m, n, k, BF16, None, seed=m + n + k)
+    check(x, w)
+    if shape.endswith("down"):
+        x, w = make(m, n, k, BF16, "silu", seed=m + n + k + 1)
+        check(x, w, "silu")
+
+
+@pytest.mark.parametrize("m", [1, 16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_other_dtypes(dtype, m):
+    n, k = SHAPES["llama-3.2-1b down"]
+    x, w = make(m, n, k, dtype, None, seed=1)
+    check(x, w)
+    x, w = make(m, n, k, dtype, "gelu_tanh", seed=2)
+    check(x, w, "gelu_tanh")
+
+
+def forced_configs():
+    from infer_core.kernels.small_m_gemm import LaunchConfig
+
+    return [
+        LaunchConfig(4, 1024, num_warps=4),
+        LaunchConfig(8, 512, split_k=4, num_warps=8),
+        LaunchConfig(16, 256, use_dot=True),
+        LaunchConfig(32, 128, split_k=2, use_dot=True, num_stages=4),
+        LaunchConfig(64, 64, split_k=8, use_dot=True),
+    ]
+
+
+@pytest.mark.parametrize("m", [1, 5, 16])
+@pytest.mark.parametrize("act", [None, "silu"])
+def test_forced_configs(m, act):
+    n, k = 1000, 3000  # neither a multiple of the blocks
+    x, w = make(m, n, k, BF16, act, seed=m)
+    for cfg in forced_configs():
+        check(x, w, act, cfg)
+
+
+@pytest.mark.parametrize("m", [1, 16])
+def test_bitwise_deterministic(m):
+    from infer_core.kernels.small_m_gemm import small_m_gemm
+
+    n, k = SHAPES["llama-3.2-1b down"]
+    x, w = make(m, n, k, BF16, "silu", seed=3)
+    for cfg in [None, *forced_configs()]:
+        first = small_m_gemm(x, w, act_and_mul="silu", config=cfg)
+        for _ in range(3):
+            assert torch.equal(small_m_gemm(x, w, act_and_mul="silu", config=cfg), first), cfg
+
+
+@pytest.mark.parametrize("m", [1, 4, 16])
+@pytest.mark.parametrize("act", [None, "silu"])
+def test_capturable_in_a_cuda_graph(m, act):
+    from infer_core.kernels.small_m_gemm import small_m_gemm
+
+    n, k = SHAPES["llama-3.2-1b down"]
+    x, w = make(m, n, k, BF16, act, seed=4)
+    for cfg in [None, forced_configs()[1], forced_configs()[3]]:  # chosen, split broadcast, split dot
+        small_m_gemm(x, w, act_and_mul=act, config=cfg)  # compile outside the capture
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            small_m_gemm(x, w, act_and_mul=act, config=cfg)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = small_m_gemm(x, w, act_and_mul=act, config=cfg)
+        for seed in range(3):
+            x.copy_(torch.randn(x.shape, device=CUDA, generator=torch.Generator(CUDA).manual_seed(seed)))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(out, small_m_gemm(x, w, act_and_mul=act, config=cfg)), (cfg, seed)
+        check(x, w, act, cfg)
