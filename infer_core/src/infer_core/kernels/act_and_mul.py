@@ -17,12 +17,10 @@ GELU_TANH = 1
 
 
 @triton.jit
-def _act_and_mul_kernel(x_ptr, out_ptr, stride_x, n_cols, ACT: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
-    up = tl.load(x_ptr + row * stride_x + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+def gated(gate, up, ACT: tl.constexpr):
+    """``act(gate) * up`` in float32, the activation rounded to ``gate``'s dtype first (as the
+    unfused model computes it), the product rounded to it too. Shared with the GEMM prologue of
+    :mod:`~infer_core.kernels.small_m_gemm`."""
     g = gate.to(tl.float32)
     if ACT == 0:
         e = tl.exp(-tl.abs(g))  # never overflows
@@ -32,7 +30,18 @@ def _act_and_mul_kernel(x_ptr, out_ptr, stride_x, n_cols, ACT: tl.constexpr, BLO
         e = tl.exp(-2.0 * tl.abs(z))
         tanh = (1.0 - e) / (1.0 + e)
         a = 0.5 * g * (1.0 + tl.where(z >= 0, tanh, -tanh))
-    y = a.to(gate.dtype).to(tl.float32) * up
+    y = a.to(gate.dtype).to(tl.float32) * up.to(tl.float32)
+    return y.to(gate.dtype)
+
+
+@triton.jit
+def _act_and_mul_kernel(x_ptr, out_ptr, stride_x, n_cols, ACT: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    up = tl.load(x_ptr + row * stride_x + n_cols + cols, mask=mask, other=0.0)
+    y = gated(gate, up, ACT)
     tl.store(out_ptr + row * n_cols + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 

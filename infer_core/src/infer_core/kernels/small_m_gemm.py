@@ -51,30 +51,19 @@ import torch
 import triton
 import triton.language as tl
 
-from infer_core.kernels.act_and_mul import GELU_TANH, SILU, gelu_tanh_and_mul_ref, silu_and_mul_ref
+from infer_core.kernels.act_and_mul import (
+    GELU_TANH,
+    SILU,
+    gated,
+    gelu_tanh_and_mul_ref,
+    silu_and_mul_ref,
+)
 
 NO_ACT = -1
 ACTS = {None: NO_ACT, "silu": SILU, "gelu_tanh": GELU_TANH}
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_BLOCK_M = 16
 REDUCE_BLOCK = 1024
-
-
-@triton.jit
-def _gated(gate, up, ACT: tl.constexpr):
-    """``act(gate) * up`` rounded to the input dtype: the arithmetic of
-    ``act_and_mul._act_and_mul_kernel``, line for line (the tests hold the two equal)."""
-    g = gate.to(tl.float32)
-    if ACT == 0:
-        e = tl.exp(-tl.abs(g))  # never overflows
-        a = g * tl.where(g >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    else:
-        z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-        e = tl.exp(-2.0 * tl.abs(z))
-        tanh = (1.0 - e) / (1.0 + e)
-        a = 0.5 * g * (1.0 + tl.where(z >= 0, tanh, -tanh))
-    y = a.to(gate.dtype).to(tl.float32) * up.to(tl.float32)
-    return y.to(gate.dtype)
 
 
 @triton.jit
@@ -111,7 +100,7 @@ def _small_m_gemm_kernel(
         else:
             gate = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
             up = tl.load(x_rows + K + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
-            x = _gated(gate, up, ACT)
+            x = gated(gate, up, ACT)
         if USE_DOT:
             acc += tl.dot(x, tl.trans(w), input_precision=DOT_PRECISION)
         else:
