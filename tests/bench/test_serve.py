@@ -83,6 +83,13 @@ def test_serve_against_our_server(server, checkpoint, tmp_path):
         assert m["total_output_tokens"] == run["workload_info"]["output_tokens"]  # ignore_eos honoured
         assert m["short_outputs"] == 0 and m["ttft_ms"]["count"] == m["completed"]
     assert runs["W3-c2"]["workload_info"]["max_concurrency"] == 2
+    # the server's own view, from its /metrics: the same requests, TTFT from the engine's arrival,
+    # which is inside the client's (sent -> first chunk read)
+    for run in runs.values():
+        view, m = run["server"], run["metrics"]
+        assert view["ttft_requests"] == view["queue_requests"] == m["completed"]
+        assert 0 <= view["queue_mean_ms"] <= view["ttft_mean_ms"] <= m["ttft_ms"]["mean"]
+    assert "## The server's view" in (tmp_path / "summary.md").read_text()
     # chat: the usage's prompt count includes the template around the exact-length contents
     assert runs["W5-shared"]["metrics"]["total_input_tokens"] > runs["W5-shared"]["workload_info"]["prompt_tokens"]
     assert data["models"]["tiny"]["architecture"] == "LlamaForCausalLM"

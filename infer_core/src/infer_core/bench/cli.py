@@ -134,6 +134,9 @@ def print_run(entry: dict[str, Any], what: str = "") -> None:
             f"{m['completed']} ok / {m['failed']} failed, {m['output_throughput']:,.1f} out tok/s, "
             f"TTFT p50 {_ms(m['ttft_ms']['p50'])}, TPOT {_ms(m['tpot_ms']['mean'])}, "
             f"ITL p50/p99 {_ms(m['itl_ms']['p50'])}/{_ms(m['itl_ms']['p99'])}")
+    view = entry.get("server") or {}
+    if "ttft_mean_ms" in view:
+        line += f", server TTFT mean {_ms(view['ttft_mean_ms'])} (client {_ms(m['ttft_ms']['mean'])})"
     if what:
         line += f" [{what}]"
     elif len(entry.get("runs") or ()) > 1:
@@ -224,10 +227,11 @@ def cmd_serve(args) -> int:
         for i in range(repeats):
             # the same server throughout: warm-up before the first run only; the server's prefix
             # cache cannot be reset from here, so later runs of W5 find their prefixes cached
-            records, duration, model = run_workload(workload, opts if i == 0 else replace(opts, num_warmups=0))
-            label = label or model
-            entry = rpt.run_entry("serve", workload, records, duration, model=label, config_name=None,
-                                  base_url=args.base_url, request_rate=str(args.request_rate))
+            run = run_workload(workload, opts if i == 0 else replace(opts, num_warmups=0))
+            label = label or run.model
+            entry = rpt.run_entry("serve", workload, run.records, run.duration_s, model=label, config_name=None,
+                                  base_url=args.base_url, request_rate=str(args.request_rate),
+                                  server=run.server)
             models = {label: model_info(args.model_dir, args.dtype)} if args.model_dir else None
             entry = done.add(entry, models=models, new_models_only=True)
         runs.append(entry)

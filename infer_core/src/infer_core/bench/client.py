@@ -7,7 +7,9 @@ The clock starts when the request is sent; every chunk that carries generated te
 is one token event (TTFT, ITL); the usage chunk gives the output token count. Requests are
 released by a Poisson process of ``request_rate`` per second (``inf``: all at once) or at their
 workload's ``arrival_offset``, and at most ``max_concurrency`` are in flight. Warm-up requests
-(copies of the first request) run before the clock starts and are not counted.
+(copies of the first request) run before the clock starts and are not counted. The server's
+``/metrics`` is read before and after (:mod:`~infer_core.bench.server_view`), for its own view
+of time to first token.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import httpx
 
 from infer_core.bench.metrics import RequestRecord
 from infer_core.bench.progress import Progress
+from infer_core.bench.server_view import scrape, server_view
 from infer_core.bench.workloads import BenchRequest, Workload
 from infer_core.errors import ConfigError
 
@@ -183,8 +186,15 @@ async def first_model(client: httpx.AsyncClient, base_url: str, headers: dict[st
         ) from None
 
 
-async def run_workload_async(workload: Workload, opts: ServeOptions) -> tuple[list[RequestRecord], float, str]:
-    """``(records, duration_s, model)``: every request of ``workload``, warm-ups excluded."""
+@dataclass
+class ServeRun:
+    records: list[RequestRecord]  # every request of the workload, warm-ups excluded
+    duration_s: float
+    model: str
+    server: dict[str, float] | None = None  # server_view of the run (None: no usable /metrics)
+
+
+async def run_workload_async(workload: Workload, opts: ServeOptions) -> ServeRun:
     concurrency = workload.max_concurrency or opts.max_concurrency
     headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
@@ -200,6 +210,7 @@ async def run_workload_async(workload: Workload, opts: ServeOptions) -> tuple[li
         semaphore = asyncio.Semaphore(concurrency) if concurrency else None
         progress = Progress(len(workload.requests), workload.name, enabled=opts.progress)
         schedule = arrival_times(workload.requests, opts.request_rate, opts.seed)
+        before = await scrape(client, opts.base_url, headers)
         start = time.perf_counter()
 
         async def one(req: BenchRequest, at: float) -> RequestRecord:
@@ -217,8 +228,9 @@ async def run_workload_async(workload: Workload, opts: ServeOptions) -> tuple[li
         records = await asyncio.gather(*(one(r, t) for r, t in zip(workload.requests, schedule, strict=True)))
         duration = time.perf_counter() - start
         progress.close()
-    return list(records), duration, model
+        after = await scrape(client, opts.base_url, headers)
+    return ServeRun(list(records), duration, model, server_view(before, after))
 
 
-def run_workload(workload: Workload, opts: ServeOptions) -> tuple[list[RequestRecord], float, str]:
+def run_workload(workload: Workload, opts: ServeOptions) -> ServeRun:
     return asyncio.run(run_workload_async(workload, opts))

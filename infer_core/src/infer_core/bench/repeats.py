@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 WORST = frozenset({"failed", "short_outputs"})  # the worst run's, not the median
-PER_RUN = ("metrics", "by_tag", "engine", "ms_per_output_token", "e2e_ms_per_output_token")
+PER_RUN = ("metrics", "by_tag", "engine", "server", "ms_per_output_token", "e2e_ms_per_output_token")
 
 
 def median(values: Sequence[float | int | None]) -> float | int | None:

@@ -72,6 +72,23 @@ def _tag_table(runs: list[dict]) -> list[str]:
                    "ITL p50 / p99 ms", "TPOT ms"], rows)
 
 
+def _server_table(runs: list[dict]) -> list[str]:
+    """Serve runs whose server reported its own histograms: TTFT as the client saw it against
+    the server's (engine arrival to first token), means over the same requests."""
+    rows = []
+    for r in runs:
+        view = r.get("server") or {}
+        if "ttft_mean_ms" not in view:
+            continue
+        client = r["metrics"]["ttft_ms"]["mean"]
+        rows.append([r["model"], r["workload"], _f(client), _f(view["ttft_mean_ms"]), _f(view.get("queue_mean_ms")),
+                     _f(client - view["ttft_mean_ms"] if client is not None else None)])
+    if not rows:
+        return []
+    return _table(["model", "workload", "client TTFT mean ms", "server TTFT mean ms", "server queue mean ms",
+                   "HTTP side ms (client − server)"], rows)
+
+
 def _hf_table(runs: list[dict]) -> list[str]:
     """infer (offline) against transformers, each side's median over its runs."""
     ours = {(r["model"], r["workload"]): r for r in runs if r["source"] == "offline"}
@@ -139,6 +156,13 @@ def summary_markdown(report: dict[str, Any]) -> str:
     tagged = _tag_table([r for r in report["runs"] if r.get("by_tag")])
     if tagged:
         lines += ["## By request kind (W6: `short` requests decode while `long` prompts arrive)", "", *tagged]
+    served = _server_table([r for r in report["runs"] if r["source"] == "serve"])
+    if served:
+        lines += ["## The server's view (serve runs, from its /metrics)", "",
+                  "The server's TTFT runs from the request's arrival in the engine (tokenized) to the "
+                  "first token's sampling; the client's from sending the request to reading the token's "
+                  "chunk. The difference is the HTTP side: parsing, tokenization, waiting for the engine "
+                  "thread, delivering the chunk.", "", *served]
     if any(r["source"] == "hf" for r in report["runs"]):
         lines += ["## Side by side with Hugging Face transformers", "",
                   *_hf_table(report["runs"])]
