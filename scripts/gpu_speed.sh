@@ -11,6 +11,9 @@
 #            "async" = CUDA graphs + scheduler.async_scheduling)
 #   ab       offline W1/W2 for Llama-3.2-1B and Qwen3-0.6B shapes in the default mode and with
 #            async scheduling, one report (AB_REPEATS, default 3), so the two pair on one machine
+#   gemm     the small-M GEMM kernel (not wired in yet): its GPU tests and the act_and_mul ones
+#            (they share the activation helper), then benchmarks/kernels_small_m_gemm.py
+#            (GEMM_SWEEP=1 adds --sweep for GEMM_MODELS, default llama-3.2-1b)
 #
 # Carry .whl and benchmarks/.assets (scripts/gpu_bench.sh prepare makes them).
 set -u
@@ -45,6 +48,15 @@ fi
 if want bench; then
   GPU_BENCH_SKIP_INSTALL=1 GPU_BENCH_BUDGET_S=${BENCH_BUDGET_S:-300} OUT="$OUT/bench" \
     scripts/gpu_bench.sh ${BENCH_PHASES:-offline-llama offline-qwen} 2>&1 | tail -40
+fi
+if want gemm; then
+  timeout "${GEMM_TEST_TIMEOUT:-150}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
+    tests/kernels/test_small_m_gemm_gpu.py tests/kernels/test_kernels_gpu.py -k "small_m or act_and_mul" 2>&1 \
+    | tee "$OUT/gemm_tests.log" | tail -8
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  sweep=(); [ -n "${GEMM_SWEEP:-}" ] && sweep=(--sweep --models ${GEMM_MODELS:-llama-3.2-1b})
+  timeout "${GEMM_TIMEOUT:-240}" python3 benchmarks/kernels_small_m_gemm.py --out "$OUT/small-m-gemm" "${sweep[@]}" 2>&1 \
+    | tail -40
 fi
 if want ab; then
   AB=${AB_WORK:-/tmp/infer-bench}
