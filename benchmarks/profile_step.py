@@ -21,6 +21,8 @@ with ``OMP_NUM_THREADS=1`` all the work is on this thread) or wall time (``--clo
 - ``runner_output``: the runner's bookkeeping of sampled tokens and logprobs
 - ``update``: ``Scheduler.update_from_output``
 - ``outputs``: detokenization, stop rules, ``RequestOutput`` building
+- ``deferred_outputs``: the same for requests whose finish was decided from their ids, done
+  while the next step runs on the device (``LLMEngine._process_deferred``)
 - ``host``: everything but ``forward`` and ``logits``
 
 On CUDA, ``forward`` only measures the launches (kernels are asynchronous): the figure to read
@@ -61,6 +63,7 @@ PHASES = [
     ("runner_output", "runner", "_runner_output"),
     ("update", "scheduler", "update_from_output"),
     ("outputs", "engine", "_process_outputs"),
+    ("deferred_outputs", "engine", "_process_deferred"),
 ]
 
 
