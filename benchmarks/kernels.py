@@ -388,6 +388,16 @@ def markdown(env: dict, ceilings: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def save(out: Path, stem: str, env: dict, ceilings: dict, rows: list[dict], md: str) -> None:
+    """``<stem>.json`` (environment, ceilings, every row) and ``<stem>.md`` into ``out``, and the
+    rows but the sweeps printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps({"environment": env, "ceilings": ceilings, "results": rows},
+                                                 indent=1))
+    (out / f"{stem}.md").write_text(md)
+    print("\n" + "\n".join(fmt_row(r) for r in rows if r["group"] != "sweep"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for kernels.json and kernels.md")
@@ -411,11 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 failures += 1
                 traceback.print_exc()
         torch.cuda.empty_cache()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kernels.json").write_text(json.dumps({"environment": env, "ceilings": ceilings, "results": rec.rows},
-                                                      indent=1))
-    (args.out / "kernels.md").write_text(markdown(env, ceilings, rec.rows))
-    print("\n" + "\n".join(fmt_row(r) for r in rec.rows if r["group"] != "sweep"))
+    save(args.out, "kernels", env, ceilings, rec.rows, markdown(env, ceilings, rec.rows))
     return 1 if failures else 0
 
 

@@ -15,7 +15,6 @@ bandwidth. ``--sweep`` also times every chunk width the kernel allows. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -26,7 +25,7 @@ import triton
 from infer_core.kernels.argmax import MAX_BLOCK, MIN_BLOCK, argmax, block_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/kernels.py, run as a script or not
-from kernels import Recorder, environment, fmt_row, measure_ceilings, timed
+from kernels import Recorder, environment, measure_ceilings, save, timed
 
 BATCHES = (1, 64, 256)
 VOCABS = {"llama-3 (128256)": 128_256, "qwen (151936)": 151_936}
@@ -108,11 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # report and go on
                 failures += 1
                 traceback.print_exc()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kernels_argmax.json").write_text(
-        json.dumps({"environment": env, "ceilings": ceilings, "results": rec.rows}, indent=1))
-    (args.out / "kernels_argmax.md").write_text(markdown(env, ceilings, rec.rows))
-    print("\n" + "\n".join(fmt_row(r) for r in rec.rows if r["group"] != "sweep"))
+    save(args.out, "kernels_argmax", env, ceilings, rec.rows, markdown(env, ceilings, rec.rows))
     return 1 if failures else 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -34,7 +33,7 @@ from infer_core.kernels.act_and_mul import silu_and_mul
 from infer_core.kernels.small_m_gemm import LaunchConfig, choose_config, small_m_gemm, split_k_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/kernels.py, run as a script or not
-from kernels import Recorder, environment, fmt_row, measure_ceilings, timed
+from kernels import Recorder, environment, measure_ceilings, save, timed
 
 BF16 = torch.bfloat16
 MS = (1, 4, 16)
@@ -228,11 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception:  # report and go on
                     failures += 1
                     traceback.print_exc()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kernels_small_m_gemm.json").write_text(
-        json.dumps({"environment": env, "ceilings": ceilings, "results": rec.rows}, indent=1))
-    (args.out / "kernels_small_m_gemm.md").write_text(markdown(env, ceilings, rec.rows))
-    print("\n" + "\n".join(fmt_row(r) for r in rec.rows if r["group"] != "sweep"))
+    save(args.out, "kernels_small_m_gemm", env, ceilings, rec.rows, markdown(env, ceilings, rec.rows))
     return 1 if failures else 0
 
 
