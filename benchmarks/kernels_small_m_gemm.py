@@ -4,7 +4,7 @@
 on the projections of Llama-3.2-1B and Qwen3-0.6B (q/k/v fused, o, gate/up fused, down) in
 bf16 at M = 1, 4 and 16 rows; for the down projections also SiLU-and-mul folded into the
 kernel's prologue against the ``act_and_mul`` kernel followed by ``F.linear`` (and by the
-Triton GEMM). The kernel is not wired into the models: this is the measurement that decides.
+Triton GEMM). The models take it only with model.small_m_gemm: this is the measurement that decides.
 
 Timing, the device's copy-bandwidth ceiling and the environment record are those of
 ``benchmarks/kernels.py`` (CUDA-graph replays from a cold L2, see ``kernels.timed``). The bytes

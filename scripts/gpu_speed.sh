@@ -9,9 +9,10 @@
 #   smoke    scripts/gpu_smoke_async.py: async scheduling on CUDA == in order (same tokens)
 #   profile  benchmarks/profile_step.py per mode in PROFILE_MODES (default "eager graphs";
 #            "async" = CUDA graphs + scheduler.async_scheduling)
-#   ab       offline W1/W2 for Llama-3.2-1B and Qwen3-0.6B shapes in the default mode and with
-#            async scheduling, one report (AB_REPEATS, default 3), so the two pair on one machine
-#   gemm     the small-M GEMM kernel (not wired in yet): its GPU tests and the act_and_mul ones
+#   ab       offline W1/W2 for Llama-3.2-1B and Qwen3-0.6B shapes, one report per call, once per
+#            mode in AB_MODES (default "default in-order"; also "async", "small-m" =
+#            model.small_m_gemm), AB_REPEATS runs each (default 3), so the modes pair on one machine
+#   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
 #            (they share the activation helper), then benchmarks/kernels_small_m_gemm.py
 #            (GEMM_SWEEP=1 adds --sweep for GEMM_MODELS, default llama-3.2-1b)
 #
@@ -51,7 +52,8 @@ if want bench; then
 fi
 if want gemm; then
   timeout "${GEMM_TEST_TIMEOUT:-150}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
-    tests/kernels/test_small_m_gemm_gpu.py tests/kernels/test_kernels_gpu.py -k "small_m or act_and_mul" 2>&1 \
+    tests/kernels/test_small_m_gemm_gpu.py tests/kernels/test_kernels_gpu.py tests/kernels/test_engine_gpu.py \
+    -k "small_m or act_and_mul" 2>&1 \
     | tee "$OUT/gemm_tests.log" | tail -8
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   sweep=(); [ -n "${GEMM_SWEEP:-}" ] && sweep=(--sweep --models ${GEMM_MODELS:-llama-3.2-1b})
@@ -65,8 +67,13 @@ if want ab; then
   [ -f "$AB/llama-3.2-1b/model.safetensors" ] || "${BENCH[@]}" checkpoint llama-3.2-1b --out "$AB/llama-3.2-1b" | tail -1
   QTOK=(); [ -f benchmarks/.assets/qwen3-tokenizer/tokenizer.json ] && QTOK=(--tokenizer benchmarks/.assets/qwen3-tokenizer)
   [ -f "$AB/qwen3-0.6b/model.safetensors" ] || "${BENCH[@]}" checkpoint qwen3-0.6b --out "$AB/qwen3-0.6b" "${QTOK[@]}" | tail -1
-  for mode in ${AB_MODES:-default async}; do
-    flag=(--name "$mode"); [ $mode = async ] && flag+=(--scheduler.async_scheduling true)
+  for mode in ${AB_MODES:-default in-order}; do
+    flag=(--name "$mode")
+    case $mode in
+      async) flag+=(--scheduler.async_scheduling true) ;;
+      in-order) flag+=(--scheduler.async_scheduling false) ;;
+      small-m) flag+=(--model.small_m_gemm true) ;;
+    esac
     for m in llama-3.2-1b qwen3-0.6b; do
       timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
         --workload W1,W2 --repeats "${AB_REPEATS:-3}" --label "$m-random" --out "$REPORT" "${flag[@]}" 2>&1 | tail -4

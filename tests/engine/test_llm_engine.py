@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from infer_core import LLM, SamplingParams
-from infer_core.errors import RequestError
+from infer_core.errors import ConfigError, RequestError
 from infer_core.testing import caches
 from infer_core.testing.fixtures import tiny_checkpoint
 
@@ -221,3 +221,8 @@ def test_warm_up_leaves_no_trace(checkpoint, llm):
     assert tokens(got) == want
     assert engine.metrics.stats.prefix_cache_queries == sum(len(p) for p in prompts(engine.vocab_size, 4))
     assert engine.cache.num_free_blocks == engine.cache.num_blocks
+
+
+def test_small_m_gemm_needs_a_gpu(checkpoint):
+    with pytest.raises(ConfigError, match=r"model\.small_m_gemm runs a Triton kernel and needs a CUDA device"):
+        make_llm(checkpoint, small_m_gemm=True)

@@ -21,7 +21,7 @@ from infer_core.attention.metadata import AttentionMetadata
 from infer_core.errors import ConfigError
 from infer_core.layers.activation import ACTIVATIONS
 from infer_core.layers.attention import Attention
-from infer_core.layers.linear import MergedLinear
+from infer_core.layers.linear import Linear, MergedLinear
 from infer_core.layers.norm import RMSNorm
 from infer_core.layers.rotary import RotaryEmbedding
 from infer_core.loader.hf_config import (
@@ -110,7 +110,7 @@ class Gemma3Attention(nn.Module):
         self.qkv_proj = MergedLinear(
             args.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=args.attention_bias
         )
-        self.o_proj = nn.Linear(self.q_size, args.hidden_size, bias=args.attention_bias)
+        self.o_proj = Linear(self.q_size, args.hidden_size, bias=args.attention_bias)
         self.q_norm = RMSNorm(args.head_dim, args.rms_norm_eps, gemma=True)
         self.k_norm = RMSNorm(args.head_dim, args.rms_norm_eps, gemma=True)
         self.rotary = rotary
@@ -135,7 +135,7 @@ class Gemma3MLP(nn.Module):
         super().__init__()
         size = args.intermediate_size
         self.gate_up_proj = MergedLinear(args.hidden_size, [size, size], bias=False)
-        self.down_proj = nn.Linear(size, args.hidden_size, bias=False)
+        self.down_proj = Linear(size, args.hidden_size, bias=False)
         self.act_and_mul = ACTIVATIONS[args.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.layers.activation import ACTIVATIONS
 from infer_core.layers.attention import Attention
-from infer_core.layers.linear import MergedLinear
+from infer_core.layers.linear import Linear, MergedLinear
 from infer_core.layers.norm import RMSNorm
 from infer_core.layers.rotary import RotaryEmbedding
 from infer_core.loader.hf_config import head_dim_of, rope_spec
@@ -61,7 +61,7 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = MergedLinear(
             args.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=args.attention_bias
         )
-        self.o_proj = nn.Linear(self.q_size, args.hidden_size, bias=args.attention_bias)
+        self.o_proj = Linear(self.q_size, args.hidden_size, bias=args.attention_bias)
         self.rotary = rotary
         layer = AttentionLayer(args.num_heads, args.num_kv_heads, args.head_dim, args.head_dim**-0.5)
         self.attn = Attention(layer, ctx.attn_backend)
@@ -81,7 +81,7 @@ class LlamaMLP(nn.Module):
         super().__init__()
         size = args.intermediate_size
         self.gate_up_proj = MergedLinear(args.hidden_size, [size, size], bias=args.mlp_bias)
-        self.down_proj = nn.Linear(size, args.hidden_size, bias=args.mlp_bias)
+        self.down_proj = Linear(size, args.hidden_size, bias=args.mlp_bias)
         self.act_and_mul = ACTIVATIONS[args.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

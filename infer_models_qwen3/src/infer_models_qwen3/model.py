@@ -14,7 +14,7 @@ from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.layers.activation import ACTIVATIONS
 from infer_core.layers.attention import Attention
-from infer_core.layers.linear import MergedLinear
+from infer_core.layers.linear import Linear, MergedLinear
 from infer_core.layers.norm import RMSNorm
 from infer_core.layers.rotary import RotaryEmbedding
 from infer_core.loader.hf_config import FULL_ATTENTION, SLIDING_ATTENTION, head_dim_of, rope_spec
@@ -78,7 +78,7 @@ class Qwen3Attention(nn.Module):
         self.qkv_proj = MergedLinear(
             args.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=args.attention_bias
         )
-        self.o_proj = nn.Linear(self.q_size, args.hidden_size, bias=args.attention_bias)
+        self.o_proj = Linear(self.q_size, args.hidden_size, bias=args.attention_bias)
         self.q_norm = RMSNorm(args.head_dim, args.rms_norm_eps)
         self.k_norm = RMSNorm(args.head_dim, args.rms_norm_eps)
         self.rotary = rotary
@@ -103,7 +103,7 @@ class Qwen3MLP(nn.Module):
         super().__init__()
         size = args.intermediate_size
         self.gate_up_proj = MergedLinear(args.hidden_size, [size, size], bias=False)
-        self.down_proj = nn.Linear(size, args.hidden_size, bias=False)
+        self.down_proj = Linear(size, args.hidden_size, bias=False)
         self.act_and_mul = ACTIVATIONS[args.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from infer_core.engine.metrics import EngineMetrics
 from infer_core.engine.runner import LaunchedStep, ModelRunner, ModelRunnerOutput
 from infer_core.engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput
 from infer_core.errors import ConfigError, RequestError
+from infer_core.layers.linear import enable_small_m_gemm
 from infer_core.loader.hf_config import read_hf_config
 from infer_core.loader.model import DTYPES, load_model
 from infer_core.loader.tokenizer import Tokenizer
@@ -103,6 +105,11 @@ class LLMEngine:
 
         torch.manual_seed(config.model.seed)
         self.model = load_model(model_dir, self.pm, ModelContext(backend, max_model_len), dtype=dtype, device=device)
+        if config.model.small_m_gemm:
+            if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+                raise ConfigError("model.small_m_gemm runs a Triton kernel and needs a CUDA device; "
+                                  "turn it off on the CPU.")
+            log.info("small-M GEMM on for %d linear layers", enable_small_m_gemm(self.model))
         self.tokenizer = Tokenizer.from_dir(model_dir)
         cache_cls = selection.cache.spec.load()
         block_size = cache_cls.block_size_for(config.cache.block_size, max_model_len)

@@ -2,8 +2,9 @@
 the ``[N, K]`` weight once at (we hope) copy bandwidth, optionally with the gated activation
 of :mod:`~infer_core.kernels.act_and_mul` folded into the prologue.
 
-NOT WIRED IN: no layer or model calls this yet. It is built and tested first, measured on a
-GPU against cuBLAS (``benchmarks/kernels_small_m_gemm.py``), and used only if it wins.
+OPT-IN: the models' linear layers (:class:`infer_core.layers.linear.Linear`) call it only
+with ``model.small_m_gemm = true``, until it has been measured on a GPU against cuBLAS
+(``benchmarks/kernels_small_m_gemm.py``, and end to end ``scripts/gpu_speed.sh ab``).
 
 Why: at batch 1 on an H200, Llama-3.2-1B's projections under cuBLAS reach 1.4-2.1 TB/s for
 the small ones (q/k/v fused, 12.6 MB in 5.9 µs) and down_proj pays a split-K reduction,
