@@ -7,7 +7,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,18 +299,9 @@ class LLMEngine:
         device computes it: their outputs come one step later, in order."""
         if self._async:
             return self._step_async(finished_only)
-        sched_out = self.scheduler.schedule()
-        now = time.monotonic()
-        for new in sched_out.scheduled_new_reqs:
-            self.metrics.on_scheduled(self.scheduler.requests[new.request_id], now)
+        sched_out = self._schedule()
         deferred: list[RequestOutput] = []
-        todo, self._deferred = self._deferred, []
-
-        def while_running() -> None:
-            nonlocal todo
-            taken, todo = todo, []
-            deferred.extend(self._process_deferred(taken, finished_only))
-
+        while_running = self._take_deferred(deferred, finished_only)
         try:
             runner_out = self.runner.execute_model(sched_out, while_running)
         except Exception as exc:  # a failing step fails its requests, never the engine
@@ -323,6 +314,27 @@ class LLMEngine:
         self.metrics.on_step(self.scheduler, len(sched_out.preempted_req_ids))
         return outputs
 
+    def _schedule(self) -> SchedulerOutput:
+        """The scheduler's next step, with the first-scheduled time of the requests it admits."""
+        sched_out = self.scheduler.schedule()
+        now = time.monotonic()
+        for new in sched_out.scheduled_new_reqs:
+            self.metrics.on_scheduled(self.scheduler.requests[new.request_id], now)
+        return sched_out
+
+    def _take_deferred(self, into: list[RequestOutput], finished_only: bool) -> Callable[[], None]:
+        """Take the deferred tokens now; the returned ``while_running`` processes them into
+        ``into`` on its first call (the runner calls it while the device computes; later calls,
+        after a failure or a launch that never got to it, are no-ops)."""
+        todo, self._deferred = self._deferred, []
+
+        def while_running() -> None:
+            nonlocal todo
+            taken, todo = todo, []
+            into.extend(self._process_deferred(taken, finished_only))
+
+        return while_running
+
     def _step_async(self, finished_only: bool) -> list[RequestOutput]:
         """``step`` with async scheduling: a step launched by the previous call (or now) is
         read back after the next one is scheduled and launched, so the host's scheduling and
@@ -331,13 +343,7 @@ class LLMEngine:
         until its id is read. Steps run in order while requests wait for admission or any
         running request has penalties (they need the ids on the host)."""
         outputs: list[RequestOutput] = []
-        todo, self._deferred = self._deferred, []
-
-        def while_running() -> None:
-            nonlocal todo
-            taken, todo = todo, []
-            outputs.extend(self._process_deferred(taken, finished_only))
-
+        while_running = self._take_deferred(outputs, finished_only)
         current, self._inflight = self._inflight, None
         if current is None:
             current = self._launch(while_running, outputs)
@@ -363,12 +369,9 @@ class LLMEngine:
     def _launch(self, while_running, outputs: list[RequestOutput]) -> tuple[SchedulerOutput, LaunchedStep] | None:
         """Schedule and launch a step (async scheduling); None if nothing was scheduled or the
         launch failed (its requests' failures are added to ``outputs``)."""
-        sched_out = self.scheduler.schedule()
+        sched_out = self._schedule()
         if sched_out.is_empty and not sched_out.finished_req_ids and not sched_out.preempted_req_ids:
             return None
-        now = time.monotonic()
-        for new in sched_out.scheduled_new_reqs:
-            self.metrics.on_scheduled(self.scheduler.requests[new.request_id], now)
         try:
             launched = self.runner.launch(sched_out, while_running)
         except Exception as exc:
