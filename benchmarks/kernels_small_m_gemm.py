@@ -139,7 +139,8 @@ def bench(rec: Recorder, model: str, proj: str, m: int, sweep: bool, num_sms: in
     shape = f"silu+down M={m} [{n} x {k}]"
     agree(fused(gu, w), act_then_linear(gu, w), f"{model} {shape}")
     fbytes = gemm_bytes(m, n, k, fused=True)
-    rec.add("triton act+gemm (fused)", model, shape, timed(fused, gu, w), bytes_=fbytes, config=cfg_dict(chosen))
+    rec.add("triton act+gemm (fused)", model, shape, timed(fused, gu, w), bytes_=fbytes,
+            config=cfg_dict(choose_config(m, n, k, BF16, num_sms, act=True)))
     rec.add("act_and_mul + triton gemm", model, shape, timed(act_then_triton, gu, w), bytes_=fbytes)
     rec.add("act_and_mul + F.linear", model, shape, timed(act_then_linear, gu, w), bytes_=fbytes, group="reference")
     if sweep:

@@ -14,7 +14,8 @@
 #            model.small_m_gemm), AB_REPEATS runs each (default 3), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
 #            (they share the activation helper), then benchmarks/kernels_small_m_gemm.py
-#            (GEMM_SWEEP=1 adds --sweep for GEMM_MODELS, default llama-3.2-1b)
+#            (GEMM_SWEEP=1 adds --sweep for GEMM_MODELS, default llama-3.2-1b; GEMM_MS="1 2 4"
+#            the rows; GEMM_TESTS=0 skips the tests)
 #
 # Carry .whl and benchmarks/.assets (scripts/gpu_bench.sh prepare makes them).
 set -u
@@ -51,12 +52,13 @@ if want bench; then
     scripts/gpu_bench.sh ${BENCH_PHASES:-offline-llama offline-qwen} 2>&1 | tail -40
 fi
 if want gemm; then
-  timeout "${GEMM_TEST_TIMEOUT:-150}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
+  [ "${GEMM_TESTS:-1}" = 1 ] && timeout "${GEMM_TEST_TIMEOUT:-150}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
     tests/kernels/test_small_m_gemm_gpu.py tests/kernels/test_kernels_gpu.py tests/kernels/test_engine_gpu.py \
     -k "small_m or act_and_mul" 2>&1 \
     | tee "$OUT/gemm_tests.log" | tail -8
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  [ "${GEMM_TESTS:-1}" != 1 ] || [ "${PIPESTATUS[0]}" = 0 ] || status=1
   sweep=(); [ -n "${GEMM_SWEEP:-}" ] && sweep=(--sweep --models ${GEMM_MODELS:-llama-3.2-1b})
+  [ -n "${GEMM_MS:-}" ] && sweep+=(--ms $GEMM_MS)
   timeout "${GEMM_TIMEOUT:-240}" python3 benchmarks/kernels_small_m_gemm.py --out "$OUT/small-m-gemm" "${sweep[@]}" 2>&1 \
     | tail -40
 fi

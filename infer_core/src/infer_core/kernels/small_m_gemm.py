@@ -26,9 +26,8 @@ Two inner products, a constexpr choice (``LaunchConfig.use_dot``):
 ``SPLIT_K > 1`` splits K into contiguous ranges of whole tiles; each split writes float32
 partials ``[SPLIT_K, M, N]`` and a second launch (``_split_k_reduce_kernel``) adds them in
 split order. No atomics anywhere: the result is bitwise the same run to run (the engine's
-equivalence tests compare greedy tokens exactly). ``choose_config`` prefers configs that need
-no split (narrower ``BLOCK_N`` first, about two programs per SM) and splits only when fewer
-programs than SMs would run; its numbers are a starting guess until the sweep has run.
+equivalence tests compare greedy tokens exactly). ``choose_config`` takes the configs the sweep
+measured fastest on an H200 and splits only when fewer programs than SMs would run.
 
 Fused activation (``act_and_mul="silu"`` or ``"gelu_tanh"``): ``x`` is ``[M, 2K]`` =
 ``[gate | up]``; each K tile of ``x' = act(gate) * up`` is computed in the prologue exactly as
@@ -145,35 +144,38 @@ class LaunchConfig:
             assert self.block_n >= 16 and self.block_k >= 16, self
 
 
-def choose_config(m: int, n: int, k: int, dtype: torch.dtype, num_sms: int = 132) -> LaunchConfig:
-    """A starting guess, not yet measured (``benchmarks/kernels_small_m_gemm.py --sweep``).
+def choose_config(m: int, n: int, k: int, dtype: torch.dtype, num_sms: int = 132,
+                  act: bool = False) -> LaunchConfig:
+    """Launch shapes from the sweep on an H200 (``benchmarks/kernels_small_m_gemm.py --sweep``,
+    Llama-3.2-1B projections, bf16; ``benchmarks/reports/small-m-gemm-2026-12-01-h200``).
 
-    Up to 4 rows: the broadcast product, ``block_n`` the widest of 32..4 that still gives
-    about two programs per SM, ``block_k`` so a step holds about 8k products (16 KB of bf16
-    weight at M = 1). From 5 rows (not float32): ``tl.dot``, ``block_n`` 64..16 the same way.
-    K is split (2-8 ways, at least 2 tiles per split) only when fewer programs than SMs
-    would run."""
-    want = 2 * num_sms
+    One row (batch-1 decode): the broadcast product over two weight rows per program and K
+    tiles of up to 2048 (four with the activation prologue), 4 warps, 4 stages: the fastest
+    config for every projection (qkv, o, gate/up, down), 1.1-1.3x cuBLAS. From two rows
+    (not float32): ``tl.dot`` over 32-row weight tiles (64 from N = 8192) and 256-wide K
+    tiles (128), split along K only for long K (32 tiles and more) when fewer programs than
+    SMs would run: on a par with cuBLAS. float32 (tests) keeps the broadcast product, ``block_n`` the widest of 32..4 that
+    gives about two programs per SM, ~4k products per step."""
     bm = min(triton.next_power_of_2(max(m, 1)), MAX_BLOCK_M)
-    use_dot = m > 4 and dtype != torch.float32
-    if use_dot:
-        block_n = 64
-        while block_n > 16 and triton.cdiv(n, block_n) < want:
-            block_n //= 2
-        block_k = 256 if block_n == 16 else 128
-        bm = MAX_BLOCK_M
-        num_warps = 4
+    if m <= 1 and dtype != torch.float32:
+        block_n, block_k, num_warps, stages = (4 if act else 2), 2048, 4, 4
+        use_dot = False
+    elif dtype != torch.float32:
+        wide = n >= 8192
+        block_n, block_k, num_warps, stages = (64, 128, 4, 3) if wide else (32, 256, 4, 4)
+        use_dot, bm = True, MAX_BLOCK_M
     else:
         block_n = 32
-        while block_n > 4 and triton.cdiv(n, block_n) < want:
+        while block_n > 4 and triton.cdiv(n, block_n) < 2 * num_sms:
             block_n //= 2
-        budget = 8192 if dtype != torch.float32 else 4096
-        block_k = max(128, min(budget // (bm * block_n), 1024))
-        num_warps = 8 if bm * block_n * block_k >= 8192 else 4
+        block_k = max(128, min(4096 // (bm * block_n), 1024))
+        num_warps, stages, use_dot = (8 if bm * block_n * block_k >= 8192 else 4), 3, False
     block_k = max(16, min(block_k, triton.next_power_of_2(k)))
     programs = triton.cdiv(n, block_n) * triton.cdiv(m, bm)
-    split_k = split_k_for(programs, triton.cdiv(k, block_k), num_sms)
-    return LaunchConfig(block_n, block_k, split_k, num_warps=num_warps, num_stages=3, use_dot=use_dot)
+    k_tiles = triton.cdiv(k, block_k)
+    # the sweep's MMA configs split only long K (down_proj: 32-64 tiles), never 8-16 tiles
+    split_k = split_k_for(programs, k_tiles, num_sms) if not use_dot or k_tiles >= 32 else 1
+    return LaunchConfig(block_n, block_k, split_k, num_warps=num_warps, num_stages=stages, use_dot=use_dot)
 
 
 def split_k_for(programs: int, k_tiles: int, num_sms: int = 132) -> int:
@@ -216,7 +218,7 @@ def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: str | No
         return out
     if k == 0:
         return out.zero_()
-    cfg = config or choose_config(m, n, k, x.dtype, _num_sms(x.device))
+    cfg = config or choose_config(m, n, k, x.dtype, _num_sms(x.device), act=act != NO_ACT)
     cfg.check()
     bm = cfg.block_m(m)
     tiles = triton.cdiv(k, cfg.block_k)
