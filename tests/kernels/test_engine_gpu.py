@@ -86,12 +86,14 @@ def test_cuda_graph_replay_equals_eager(arch):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
 def test_small_m_gemm_equals_cublas_fp32(arch):
-    """``model.small_m_gemm``: decode steps of up to 16 requests (replayed as CUDA graphs) take
-    the Triton small-M GEMM; greedy tokens equal cuBLAS's in float32."""
+    """``model.small_m_gemm`` (on by default on CUDA): batch-1 decode steps (replayed as CUDA
+    graphs) take the Triton small-M GEMM; greedy tokens equal cuBLAS's in float32, for
+    requests alone and batched."""
     checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
-    on = make_llm(checkpoint, dtype="float32", small_m_gemm=True)
-    off = make_llm(checkpoint, dtype="float32")
-    ours = [o.outputs[0].token_ids for o in on.generate(batch(512), GREEDY)]
-    theirs = [o.outputs[0].token_ids for o in off.generate(batch(512), GREEDY)]
-    assert ours == theirs
+    on = make_llm(checkpoint, dtype="float32")
+    off = make_llm(checkpoint, dtype="float32", small_m_gemm=False)
+    for prompts in [batch(512)[:1], batch(512)[1:2], batch(512)]:
+        ours = [o.outputs[0].token_ids for o in on.generate(prompts, GREEDY)]
+        theirs = [o.outputs[0].token_ids for o in off.generate(prompts, GREEDY)]
+        assert ours == theirs
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks

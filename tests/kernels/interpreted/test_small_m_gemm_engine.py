@@ -1,6 +1,6 @@
-"""``model.small_m_gemm``: with the small-M GEMM routing the few-row inputs of the linear
-layers (decode steps of up to 16 requests), the engine gives the tokens it gives without it
-(fp32, Triton interpreter), for each architecture."""
+"""``model.small_m_gemm``: with the small-M GEMM routing the one-row inputs of the linear
+layers (batch-1 decode steps), the engine gives the tokens it gives without it (fp32, Triton
+interpreter), for each architecture, for a request alone and for a batch."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ def test_small_m_gemm_equals_cublas_path(arch):
                   cache={"num_blocks": 16, "block_size": 16})
         switched = [m.small_m for m in llm.engine.model.modules() if isinstance(m, Linear)]
         assert switched and all(s == on for s in switched)
-        results[on] = [o.outputs[0] for o in llm.generate(prompts, params)]
+        alone = [llm.generate([p], params)[0].outputs[0] for p in prompts[:2]]  # batch-1 decode
+        results[on] = alone + [o.outputs[0] for o in llm.generate(prompts, params)]
     for off, on in zip(results[False], results[True], strict=True):
         assert on.token_ids == off.token_ids
         for a, b in zip(on.logprobs, off.logprobs, strict=True):

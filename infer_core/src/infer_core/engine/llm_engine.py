@@ -105,7 +105,8 @@ class LLMEngine:
 
         torch.manual_seed(config.model.seed)
         self.model = load_model(model_dir, self.pm, ModelContext(backend, max_model_len), dtype=dtype, device=device)
-        if config.model.small_m_gemm:
+        small_m = config.model.small_m_gemm
+        if small_m or (small_m is None and device.type == "cuda"):
             if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise ConfigError("model.small_m_gemm runs a Triton kernel and needs a CUDA device; "
                                   "turn it off on the CPU.")

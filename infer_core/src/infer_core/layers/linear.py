@@ -9,14 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SMALL_M = 16  # inputs of at most this many rows take the small-M GEMM when it is enabled
+# Inputs of at most this many rows take the small-M GEMM when it is enabled. Measured on an
+# H200 (benchmarks/reports/small-m-gemm-2026-12-01-h200): at one row it beats cuBLAS on every
+# projection of Llama-3.2-1B and Qwen3-0.6B (W1 1.15 -> 1.07 and 1.49 -> 1.13 ms/token); from
+# two rows its configs are on a par with cuBLAS at best, so cuBLAS keeps them.
+SMALL_M = 1
 
 
 class Linear(nn.Linear):
     """``nn.Linear``; with ``small_m`` set (:func:`enable_small_m_gemm`, from the engine's
-    ``model.small_m_gemm``), inputs of at most ``SMALL_M`` rows (decode steps of small
-    batches) run through :func:`infer_core.kernels.small_m_gemm.small_m_gemm` instead of
-    cuBLAS. Off by default: an experiment until measured (docs/kernels.md)."""
+    ``model.small_m_gemm``, on by default on CUDA), inputs of at most ``SMALL_M`` rows
+    (batch-1 decode) run through :func:`infer_core.kernels.small_m_gemm.small_m_gemm` instead
+    of cuBLAS (docs/kernels.md)."""
 
     small_m = False
 
