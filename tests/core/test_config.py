@@ -143,7 +143,8 @@ def test_example_comments_out_exactly_the_unset_keys():
         f"{section}.{key}" for section, ks in example_keys().items() for key, c in ks.items() if c
     }
     assert commented == {
-        "model.path", "model.max_model_len", "model.served_model_name", "model.cuda_graph_sizes", "cache.num_blocks",
+        "model.path", "model.max_model_len", "model.served_model_name", "model.cuda_graph_sizes",
+        "model.small_m_gemm", "cache.num_blocks",
         "scheduler.prefill_chunk_size", "server.api_key",
     }
 
@@ -408,7 +409,7 @@ def test_unknown_key_without_a_close_match_lists_the_known_ones(tmp_path):
     assert config_error(path) == (
         f"invalid configuration (defaults < file {path}): unknown key 'server.zzz' (known: host, "
         f"port, api_key, max_waiting_requests, cors_origins, max_body_bytes, max_list_items, "
-        f"drain_timeout_s, log_level, debug_endpoints)."
+        f"drain_timeout_s, log_level, engine_process, debug_endpoints)."
     )
 
 

@@ -108,6 +108,9 @@ class ServerConfig(Section):
         30.0, ge=0, description="On SIGTERM, how long running requests may finish (new ones get 503) before exit.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the server and its access log.")
+    engine_process: bool = Field(
+        False, description="Run the engine core in its own process (vLLM V1's design): HTTP, tokenization and "
+                           "streaming keep this process's interpreter to themselves.")
     debug_endpoints: bool = Field(
         False, description="Serve GET /debug/engine (KV blocks, request states; for soak tests). Keep off in production.")
 

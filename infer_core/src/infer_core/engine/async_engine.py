@@ -124,6 +124,7 @@ class AsyncLLMEngine:
         self._listeners: list[Callable[[list[FinishedRecord]], None]] = []
         self.snapshot = EngineSnapshot()
         self.num_steps = 0
+        self.failure: str | None = None  # set when the engine stopped on its own (a dead core process)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -179,8 +180,7 @@ class AsyncLLMEngine:
                 raise RequestError(f"request id '{request.request_id}' is already in use.")
             self._streams[request.request_id] = stream
             self._pending_adds += 1
-        self._commands.put(("add", request, prompt_text))
-        self._wake.set()
+        self._post(("add", request, prompt_text))
         return RequestStream(self, request.request_id, stream)
 
     async def generate(
@@ -207,8 +207,7 @@ class AsyncLLMEngine:
 
     def abort(self, request_id: str) -> None:
         """Abort a request; its blocks are back in the pool before the next step."""
-        self._commands.put(("abort", request_id))
-        self._wake.set()
+        self._post(("abort", request_id))
 
     async def inspect(self, fn: Callable[[LLMEngine], Any], timeout: float = 10.0) -> Any:
         """``fn(engine)`` run on the engine thread between two steps (so it sees a consistent
@@ -216,8 +215,7 @@ class AsyncLLMEngine:
         if not self.is_running:
             return fn(self.engine)
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._commands.put(("inspect", fn, future))
-        self._wake.set()
+        self._post(("inspect", fn, future))
         return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
 
     @property
@@ -227,7 +225,11 @@ class AsyncLLMEngine:
 
     def fail_unfinished(self, error: str) -> None:
         """End every request handed in so far with ``error`` (finish reason ``error``)."""
-        self._commands.put(("fail", error))
+        self._post(("fail", error))
+
+    def _post(self, command: tuple) -> None:
+        """Hand a command to the engine loop (applied between two steps)."""
+        self._commands.put(command)
         self._wake.set()
 
     # -- the engine thread --------------------------------------------------------------------

@@ -3,7 +3,6 @@ flat batch, samples, detokenizes and finishes requests; it does no network I/O."
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from infer_core.config import EngineConfig
 from infer_core.engine.cuda_graphs import default_capture_sizes
 from infer_core.engine.detokenizer import OutputState
 from infer_core.engine.metrics import EngineMetrics
+from infer_core.engine.processor import InputProcessor
 from infer_core.engine.runner import LaunchedStep, ModelRunner, ModelRunnerOutput
 from infer_core.engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput
 from infer_core.errors import ConfigError, RequestError
@@ -151,7 +151,7 @@ class LLMEngine:
         self._deferred: list[_DeferredToken] = []  # sampled ids whose text the next step makes
         self._async = config.scheduler.async_scheduling
         self._inflight: tuple[SchedulerOutput, LaunchedStep] | None = None  # async: launched, not read
-        self._ids = itertools.count()
+        self.processor = InputProcessor(self.tokenizer, self.vocab_size, max_model_len, self.eos_token_ids)
         if device.type == "cuda":
             self.warm_up()
 
@@ -206,7 +206,7 @@ class LLMEngine:
     # -- requests ----------------------------------------------------------------------------
 
     def new_request_id(self) -> str:
-        return f"req-{next(self._ids)}"
+        return self.processor.new_request_id()
 
     def make_request(
         self,
@@ -219,42 +219,17 @@ class LLMEngine:
         add_special_tokens: bool = True,
         cache_salt: str | None = None,
     ) -> Request:
-        """Validate and tokenize a request (no engine state is touched: safe from any thread).
-
-        ``cache_salt``: requests with different salts never share prefix-cached KV blocks
-        (keep tenants apart); None shares with every other unsalted request."""
-        params = params or SamplingParams()
-        if cache_salt is not None and (not isinstance(cache_salt, str) or not cache_salt):
-            raise RequestError(f"cache_salt must be a non-empty string, got {cache_salt!r}.")
-        if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
-        else:
-            ids = list(prompt)
-            bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < self.vocab_size]
-            if bad:
-                raise RequestError(
-                    f"prompt token ids must be integers in [0, {self.vocab_size}), got {bad[0]!r}."
-                )
-        if not ids:
-            raise RequestError("the prompt is empty; give at least one token.")
-        max_len = self.layout.max_model_len
-        if len(ids) >= max_len:
-            raise RequestError(
-                f"the prompt has {len(ids)} tokens, but max_model_len is {max_len}, which leaves "
-                f"no room for output; shorten the prompt to at most {max_len - 1} tokens."
-            )
-        room = max_len - len(ids)
-        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
-        return Request(
-            request_id=request_id or self.new_request_id(),
-            prompt_token_ids=ids,
-            sampling_params=params,
-            arrival_time=time.monotonic() if arrival_time is None else arrival_time,
-            max_tokens=max_tokens,
-            priority=priority,
-            eos_token_ids=self.eos_token_ids,
-            cache_salt=cache_salt,
+        """Validate and tokenize a request (no engine state is touched: safe from any thread);
+        :meth:`InputProcessor.make_request <infer_core.engine.processor.InputProcessor.make_request>`."""
+        return self.processor.make_request(
+            prompt, params, request_id=request_id, arrival_time=arrival_time, priority=priority,
+            add_special_tokens=add_special_tokens, cache_salt=cache_salt,
         )
+
+    @property
+    def model_class(self) -> type:
+        """The loaded model's class (the chat-template family and logs use it)."""
+        return type(self.model)
 
     def add_request(self, request: Request, prompt_text: str | None = None) -> None:
         if request.request_id in self.scheduler.requests:

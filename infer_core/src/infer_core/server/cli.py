@@ -20,7 +20,7 @@ from infer_core.plugins import make_plugin_manager
 from infer_core.version import __version__
 
 if TYPE_CHECKING:
-    from infer_core.engine.llm_engine import LLMEngine
+    from infer_core.engine.async_engine import AsyncLLMEngine
 
 EXIT_USER_ERROR = 2
 # After the drain, how long uvicorn waits for responses still being written.
@@ -49,27 +49,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                             format="%(levelname)s:     %(message)s", stream=sys.stderr)
         pm = make_plugin_manager(blocked=config.plugins.disable)
         # torch, the engine and the web stack are imported once the config is known to be good
+        from infer_core.engine.async_engine import AsyncLLMEngine
+        from infer_core.engine.core_client import EngineCoreClient
         from infer_core.engine.llm_engine import LLMEngine
         from infer_core.server.startup import capacity_line, plugin_lines
 
         for line in plugin_lines(pm):
             log.info(line)
-        log.info("loading %s", config.model.path)
-        engine = LLMEngine(config, pm)
+        log.info("loading %s%s", config.model.path, " in the engine process" if config.server.engine_process else "")
+        if config.server.engine_process:
+            engine: AsyncLLMEngine = EngineCoreClient.spawn(config)
+            capacity = engine.info.capacity
+        else:
+            core = LLMEngine(config, pm)
+            engine, capacity = AsyncLLMEngine(core), capacity_line(core)
     except InferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    log.info("model %s: %s, %s on %s, %s attention", engine.layout.served_model_name,
-             type(engine.model).__name__, str(engine.layout.dtype).removeprefix("torch."),
-             engine.layout.device, engine.layout.attention_backend)
-    log.info(capacity_line(engine))
-    return serve(engine, config)
+    layout = engine.engine.layout
+    log.info("model %s: %s, %s on %s, %s attention", layout.served_model_name,
+             engine.engine.model_class.__name__, str(layout.dtype).removeprefix("torch."),
+             layout.device, layout.attention_backend)
+    log.info(capacity)
+    try:
+        return serve(engine, config)
+    finally:
+        if engine.is_running:  # the app's shutdown stops it; this covers a server that never started
+            engine.shutdown()
 
 
-def serve(engine: LLMEngine, config: EngineConfig) -> int:
+def serve(engine: AsyncLLMEngine, config: EngineConfig) -> int:
     import uvicorn
 
-    from infer_core.engine.async_engine import AsyncLLMEngine
     from infer_core.server.app import create_app
     from infer_core.server.shutdown import Drain, GracefulServer
 
@@ -77,7 +88,7 @@ def serve(engine: LLMEngine, config: EngineConfig) -> int:
     if server.api_key is None and not _is_loopback(server.host):
         log.warning("listening on %s without server.api_key: anyone who can reach this port can "
                     "use the model; set server.api_key (INFER_SERVER__API_KEY).", server.host)
-    app = create_app(AsyncLLMEngine(engine), config)
+    app = create_app(engine, config)
     uv_config = uvicorn.Config(
         app, host=server.host, port=server.port, log_level=server.log_level, lifespan="on",
         timeout_graceful_shutdown=WRITE_GRACE_S, server_header=False,

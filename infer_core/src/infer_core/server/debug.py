@@ -17,6 +17,7 @@ After a drain every count but ``num_blocks``/``num_free_blocks`` must be zero.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from litestar import Request, get
@@ -31,6 +32,7 @@ def engine_state(core: LLMEngine) -> dict[str, Any]:
     owned = cache.audit(())  # with no request live, every non-empty block table
     leaks = cache.audit(scheduler.requests)
     return {
+        "pid": os.getpid(),  # the engine's process (the engine core's with server.engine_process)
         "cache": {
             "backend": type(cache).__name__,
             "num_blocks": cache.num_blocks,

@@ -34,7 +34,10 @@ async def retrieve_model(request: Request, model: FromPath[str]) -> dict[str, An
 
 
 @get("/health", opt={PUBLIC: True})
-async def health() -> dict[str, str]:
+async def health(request: Request) -> dict[str, str]:
+    failure = request.app.state.server.engine.failure
+    if failure is not None:  # the engine core's process died: this server cannot recover
+        raise unavailable(f"{failure}.", "engine_dead")
     return {"status": "ok"}
 
 

@@ -47,7 +47,7 @@ class ServerState:
         template, problem = None, None
         try:
             template = resolve_chat_template(
-                config.model.path or "", core.tokenizer, family_template(type(core.model)))
+                config.model.path or "", core.tokenizer, family_template(core.model_class))
         except ModelLoadError as exc:
             problem = str(exc)
         name = core.layout.served_model_name
