@@ -13,7 +13,8 @@
 #   w2-subset      W2's first GPU_BENCH_W2_SUBSET (32) requests through infer and transformers
 #                  (not in the default set; GPU_BENCH_HF_LLAMA / _HF_QWEN pick the hf workloads)
 #   serve          W3 (concurrency 1/8/32/128), W4, W5, W6 over HTTP against infer-serve
-#                  (GPU_BENCH_SERVE_WORKLOADS picks others, e.g. W3-c32)
+#                  (GPU_BENCH_SERVE_WORKLOADS picks others, e.g. W3-c32; GPU_BENCH_SERVE_MODES="thread
+#                  process" serves them with server.engine_process off, then on)
 #   matrix         configuration matrix + policy sweep (W4/W5/W6, 32 requests each)
 #
 # Every phase has a time cap and the whole run a budget (GPU_BENCH_BUDGET_S, default 480 s);
@@ -146,9 +147,9 @@ want w2-subset && phase w2-subset-infer 90 "${BENCH[@]}" offline --config "$CONF
   --repeats "$REPEATS" "${S[@]}"
 want w2-subset && phase w2-subset-hf 150 "${BENCH[@]}" hf --model "$LLAMA" --workload W2 --repeats "$REPEATS_HF" "${S[@]}"
 
-start_server() {  # infer-serve in the background; true once /health answers
+start_server() {  # infer-serve in the background (extra arguments: "$@"); true once /health answers
   "$PY" -m infer_core.server.cli --config "$CONFIG" --model.path "$LLAMA" --server.port "$PORT" \
-    --model.served_model_name llama-3.2-1b-random --server.log_level warning >>"$LOG" 2>&1 &
+    --model.served_model_name llama-3.2-1b-random --server.log_level warning "$@" >>"$LOG" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 240); do
     "$PY" -c "import httpx,sys; sys.exit(httpx.get('http://127.0.0.1:$PORT/health', timeout=1).status_code != 200)" \
@@ -163,14 +164,24 @@ if want serve; then
   if (( BUDGET_S - SECONDS < MIN_PHASE_S + 30 )); then
     SKIPPED+=("serve ($((BUDGET_S - SECONDS))s of budget left)"); say "skip serve: too little budget left"
   else
-    say "starting infer-serve on 127.0.0.1:$PORT"
-    if start_server; then
-      phase serve 200 "${BENCH[@]}" serve --base-url "http://127.0.0.1:$PORT" --workload "${GPU_BENCH_SERVE_WORKLOADS:-W3,W4,W5,W6}" \
-        --tokenizer "$LLAMA" --model-dir "$LLAMA" --no-progress --repeats "$REPEATS_SERVE" "${L[@]}"
-    else
-      FAILED+=("serve (infer-serve did not answer /health; its log is in gpu_bench.log)"); say "infer-serve did not come up"
-    fi
-    stop_server
+    # GPU_BENCH_SERVE_MODES: "default" (the config as is), "thread" / "process"
+    # (server.engine_process false / true), each its own server and its own report entries
+    for mode in ${GPU_BENCH_SERVE_MODES:-default}; do
+      args=(); name=()
+      case $mode in
+        thread) args=(--server.engine_process false); name=(--name thread) ;;
+        process) args=(--server.engine_process true); name=(--name process) ;;
+      esac
+      say "starting infer-serve on 127.0.0.1:$PORT ($mode)"
+      if start_server "${args[@]}"; then
+        phase "serve-$mode" 200 "${BENCH[@]}" serve --base-url "http://127.0.0.1:$PORT" \
+          --workload "${GPU_BENCH_SERVE_WORKLOADS:-W3,W4,W5,W6}" --tokenizer "$LLAMA" --model-dir "$LLAMA" \
+          --no-progress --repeats "$REPEATS_SERVE" "${name[@]}" "${L[@]}"
+      else
+        FAILED+=("serve $mode (infer-serve did not answer /health; its log is in gpu_bench.log)"); say "infer-serve did not come up"
+      fi
+      stop_server
+    done
   fi
 fi
 want matrix && phase matrix 200 "${BENCH[@]}" matrix --config "$CONFIG" --model "$LLAMA" --num-prompts "${GPU_BENCH_MATRIX_PROMPTS:-32}" "${L[@]}"

@@ -35,13 +35,15 @@ def checkpoint():
     return tiny_checkpoint("llama", tokenizer=True, vocab_size=512, max_position_embeddings=512)
 
 
-@pytest.fixture(scope="module")
-def server(checkpoint) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["thread", "process"])
+def server(checkpoint, request) -> Iterator[str]:
+    """The engine in a thread of the server, then in its own process (server.engine_process)."""
     port = free_port()
     cmd = [sys.executable, "-m", "infer_core.server.cli", "--model.path", str(checkpoint),
            "--model.device", "cpu", "--model.max_model_len", "256", "--cache.num_blocks", "16",
            "--scheduler.max_num_batched_tokens", "512", "--scheduler.max_num_seqs", "8",
-           "--server.port", str(port), "--server.log_level", "warning"]
+           "--server.port", str(port), "--server.log_level", "warning",
+           "--server.engine_process", str(request.param == "process").lower()]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_S

@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer token (default $OPENAI_API_KEY)")
     serve.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     serve.add_argument("--no-progress", action="store_true", help="no progress bar")
+    serve.add_argument("--name", default=None, help="configuration name in the report (the server's settings)")
     _repeats_arg(serve, "same server, same requests")
     _workload_args(serve, "W3")
 
@@ -229,7 +230,7 @@ def cmd_serve(args) -> int:
             # cache cannot be reset from here, so later runs of W5 find their prefixes cached
             run = run_workload(workload, opts if i == 0 else replace(opts, num_warmups=0))
             label = label or run.model
-            entry = rpt.run_entry("serve", workload, run.records, run.duration_s, model=label, config_name=None,
+            entry = rpt.run_entry("serve", workload, run.records, run.duration_s, model=label, config_name=args.name,
                                   base_url=args.base_url, request_rate=str(args.request_rate),
                                   server=run.server)
             models = {label: model_info(args.model_dir, args.dtype)} if args.model_dir else None

@@ -288,6 +288,9 @@ class AsyncLLMEngine:
         with self._lock:
             self.snapshot = EngineSnapshot(
                 len(scheduler.running), len(scheduler.waiting), scheduler.cache.usage)
+        self._notify_finished()
+
+    def _notify_finished(self) -> None:
         if self._listeners:
             finished = self.engine.metrics.pop_finished()
             if finished:
@@ -325,6 +328,7 @@ class AsyncLLMEngine:
             log.exception("engine step failed")
             outputs = self.engine.fail_requests(self.engine.unfinished_request_ids(), f"{type(exc).__name__}: {exc}")
         self.num_steps += 1
+        self._notify_finished()  # before the outputs: a client that saw its last token finds it in /metrics
         self._deliver_all([(output.request_id, output) for output in outputs])
         self._publish()
 

@@ -225,14 +225,14 @@ class EngineCoreClient(AsyncLLMEngine):
             self._pending_adds = max(self._adds_sent - adds_applied, 0)
         self.engine.metrics.stats = stats
         self.num_steps = num_steps
-        if outputs:
-            self._deliver_all(outputs)
-        if finished:
+        if finished:  # before the outputs: a client that saw its last token finds it in /metrics
             for listener in self._listeners:
                 try:
                     listener(finished)
                 except Exception:
                     log.exception("finished-request listener failed")
+        if outputs:
+            self._deliver_all(outputs)
 
     def _on_core_exit(self) -> None:
         self._process.join(STOP_TIMEOUT_S if self._stopping.is_set() else 1.0)
@@ -292,6 +292,10 @@ class _CoreLoop(AsyncLLMEngine):
     def _deliver_all(self, items: Sequence[tuple[str, RequestOutput | BaseException]]) -> None:
         self._outbox.extend((rid, _picklable(item) if isinstance(item, BaseException) else item)
                             for rid, item in items)
+
+    def _notify_finished(self) -> None:
+        """The finished records travel with the step's outputs (:meth:`_publish`); the server
+        calls its listeners before it delivers the outputs."""
 
     def _publish(self) -> None:
         scheduler = self.engine.scheduler
