@@ -157,6 +157,87 @@ def check_qk_norm_rope(device: str, dtype: torch.dtype, tokens: int, q_heads: in
             assert differ <= 0.01, f"{differ:.2%} of the elements differ from the separate kernels"
 
 
+# -- RoPE / QK-norm + RoPE with the KV-cache write fused ---------------------------------------
+
+def check_rope_kv_write(device: str, dtype: torch.dtype, tokens: int, q_heads: int, k_heads: int,
+                        head_dim: int, *, qk_norm: bool, block_size: int, fp8: bool, gemma: bool = False,
+                        block_h: int | None = None, pad: int = 0, max_pos: int = 64, seed: int = 0,
+                        against_refs: bool = True, fp8_against_ref: bool = True) -> None:
+    """``rotary_embedding`` (or ``qk_norm_rope``) with a ``KVWrite`` against the same kernel
+    without one followed by ``write_kv``, on q, k, v viewed in one ``[T, (Hq + 2 Hkv) * D + pad]``
+    projection row: the whole row (q and k rotated in place, v and the padding untouched) and
+    the whole cache bit for bit; the cache keeps its poison outside the written slots (a
+    quarter of the tokens are padding, slot -1). ``against_refs``: also the torch references
+    (rotation, then ``write_kv_ref``) within ``ELEMENTWISE_TOL``; an FP8 cache within one e4m3
+    step (a last-place difference of k can move the rounding to e4m3), unless
+    ``fp8_against_ref`` is off: the Triton interpreter rounds float -> e4m3 wrongly near binade
+    edges (see :func:`check_kv_write`), so there only the bitwise comparisons hold."""
+    gen = generator(seed)
+    qs, ks = q_heads * head_dim, k_heads * head_dim
+    qkv = randn(gen, tokens, qs + 2 * ks + pad, device=device, dtype=dtype, scale=3.0 if qk_norm else 1.0)
+
+    def views(row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (row[:, :qs].view(tokens, q_heads, head_dim), row[:, qs: qs + ks].view(tokens, k_heads, head_dim),
+                row[:, qs + ks: qs + 2 * ks].view(tokens, k_heads, head_dim))
+
+    q_w = randn(gen, head_dim, device=device, dtype=dtype, scale=0.5 if gemma else 1.0)
+    k_w = randn(gen, head_dim, device=device, dtype=dtype, scale=0.5 if gemma else 1.0)
+    positions = torch.randint(0, max_pos, (tokens,), generator=gen).to(device)
+    cos, sin = rope_tables(head_dim, max_pos, 10_000.0, device)
+    num_blocks = tokens // block_size + 2
+    slots = torch.randperm(num_blocks * block_size, generator=gen)[:tokens]
+    slots[torch.rand(tokens, generator=gen) < 0.25] = -1
+    slots = slots.to(device)
+    cache_dtype = FP8 if fp8 else dtype
+    poison = torch.full((2, num_blocks, block_size, k_heads, head_dim), 7.0).to(device=device, dtype=cache_dtype)
+    scales = torch.tensor([0.25, 2.0], device=device) if fp8 else None
+
+    def rope(q, k, kv=None):
+        if qk_norm:
+            qk_norm_rope.qk_norm_rope(positions, q, k, q_w, k_w, cos, sin, 1e-6, gemma, block_h=block_h, kv=kv)
+        else:
+            rotary.rotary_embedding(positions, q, k, cos, sin, kv=kv)
+
+    def bits(cache: torch.Tensor) -> torch.Tensor:
+        return cache.view(torch.uint8) if fp8 else cache
+
+    before = qkv.clone()
+    sep_row, sep_cache = qkv.clone(), poison.clone()
+    q_sep, k_sep, v_sep = views(sep_row)
+    rope(q_sep, k_sep)
+    kv_cache_write.write_kv(sep_cache, k_sep, v_sep, slots, scales)
+    cache = poison.clone()
+    q, k, v = views(qkv)
+    rope(q, k, kv_cache_write.KVWrite(v, cache, slots, scales))
+
+    assert torch.equal(qkv, sep_row), "q / k differ from the kernel without the KV write"
+    assert torch.equal(qkv[:, qs + ks:], before[:, qs + ks:]), "v or the padding after it changed"
+    assert torch.equal(bits(cache), bits(sep_cache)), "the cache differs from rope + write_kv"
+    flat, flat_poison = (c.view(2, -1, k_heads, head_dim) for c in (bits(cache), bits(poison)))
+    untouched = torch.ones(flat.shape[1], dtype=torch.bool, device=device)
+    untouched[slots[slots >= 0]] = False
+    assert torch.equal(flat[:, untouched], flat_poison[:, untouched]), "a padding or unused slot was written"
+    if not against_refs:
+        return
+
+    q_ref, k_ref, _ = (x.clone() for x in views(before))
+    if qk_norm:
+        qk_norm_rope.qk_norm_rope_ref(positions, q_ref, k_ref, q_w, k_w, cos, sin, 1e-6, gemma)
+    else:
+        rotary.rotary_embedding_ref(positions, q_ref, k_ref, cos, sin)
+    tol = ELEMENTWISE_TOL[dtype]
+    close(q, q_ref, tol)
+    close(k, k_ref, tol)
+    cache_ref = poison.clone()
+    kv_cache_write.write_kv_ref(cache_ref, k_ref, v, slots, scales)
+    if fp8 and fp8_against_ref:
+        per_half = scales.view(2, 1, 1, 1, 1)
+        torch.testing.assert_close(cache.float() * per_half, cache_ref.float() * per_half,
+                                   rtol=0.125 + tol, atol=2.0 * 2**-9 + tol)
+    elif not fp8:
+        close(cache, cache_ref, tol)
+
+
 # -- gated activations -----------------------------------------------------------------------
 
 def check_act_and_mul(device: str, dtype: torch.dtype, rows: int, cols: int, *, act: str, seed: int) -> None:

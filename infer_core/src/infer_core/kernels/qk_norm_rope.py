@@ -18,6 +18,15 @@ shuffle. :func:`heads_per_program` picks ``BLOCK_H`` from measurements on an H20
 batches (up to 32 tokens) are latency-bound and run fastest with 2 heads per program (short
 programs, many of them); larger batches are bandwidth-bound and want about 2048 elements per
 program (one row per program, the plain QK-norm's grid, reached only 10-34 % of copy).
+
+With a :class:`~infer_core.kernels.kv_cache_write.KVWrite`, the same launch also stores the
+normed and rotated keys (the rounded values written back into ``k``) and the values ``v``
+into the KV cache at each token's slot, through ``kv_cache_write``'s store helper: the cache
+ends up bit for bit as after this kernel and then
+:func:`~infer_core.kernels.kv_cache_write.write_kv`. Each program stores the k heads it
+holds and the v heads of the same indices, so every K and V head is stored exactly once;
+programs holding only q heads (and every program of a token whose slot is negative) store
+nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from infer_core.kernels.kv_cache_write import KVWrite, kv_write_args, store_kv
 from infer_core.kernels.rms_norm import rms_norm_ref
 from infer_core.kernels.rotary import rotary_embedding_ref
 
@@ -38,7 +48,9 @@ def _qk_norm_rope_kernel(
     positions_ptr, q_ptr, k_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_cos, stride_sin,
     num_q_heads, num_heads, eps,
+    v_ptr, cache_ptr, slot_ptr, scales_ptr, stride_vt, stride_vh, stride_kv, stride_slot, stride_head,
     HALF: tl.constexpr, GEMMA: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    WRITE_KV: tl.constexpr, FP8: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -78,8 +90,27 @@ def _qk_norm_rope_kernel(
     y2 = y2.to(dtype).to(tl.float32)
 
     # RoPE (rotary's formula): float32, rounded once.
-    tl.store(ptr, (y1 * cos - y2 * sin).to(dtype), mask=mask)
-    tl.store(ptr + HALF, (y2 * cos + y1 * sin).to(dtype), mask=mask)
+    o1 = (y1 * cos - y2 * sin).to(dtype)
+    o2 = (y2 * cos + y1 * sin).to(dtype)
+    tl.store(ptr, o1, mask=mask)
+    tl.store(ptr + HALF, o2, mask=mask)
+
+    if WRITE_KV:
+        # K heads of this program (the same rounded values as just stored) and V heads of the
+        # same indices; programs with only q heads have none.
+        slot = tl.load(slot_ptr + token).to(tl.int64)
+        if (slot >= 0) & (tl.program_id(1) * BLOCK_H + BLOCK_H > num_q_heads):
+            kv_heads = heads - num_q_heads
+            kv_mask = mask & (heads >= num_q_heads)[:, None]
+            v_row = v_ptr + token * stride_vt + kv_heads[:, None] * stride_vh + dims[None, :]
+            v1 = tl.load(v_row, mask=kv_mask)
+            v2 = tl.load(v_row + HALF, mask=kv_mask)
+            store_kv(cache_ptr, slot, kv_heads, dims, kv_mask, o1, scales_ptr, stride_slot, stride_head, FP8)
+            store_kv(cache_ptr, slot, kv_heads, dims + HALF, kv_mask, o2, scales_ptr, stride_slot, stride_head, FP8)
+            v_half = cache_ptr + stride_kv
+            store_kv(v_half, slot, kv_heads, dims, kv_mask, v1, scales_ptr + 1, stride_slot, stride_head, FP8)
+            store_kv(v_half, slot, kv_heads, dims + HALF, kv_mask, v2, scales_ptr + 1, stride_slot, stride_head,
+                     FP8)
 
 
 def heads_per_program(tokens: int, num_heads: int, head_dim: int) -> int:
@@ -105,18 +136,20 @@ def heads_per_program(tokens: int, num_heads: int, head_dim: int) -> int:
 def qk_norm_rope(
     positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-    eps: float, gemma: bool = False, *, block_h: int | None = None,
+    eps: float, gemma: bool = False, *, block_h: int | None = None, kv: KVWrite | None = None,
 ) -> None:
     """RMSNorm each head of ``q`` and ``k`` (weights ``[D]``), then rotate both at
     ``positions`` by the ``[max_positions, D/2]`` tables; in place. q and k may be views into
     a fused qkv row (unit last stride, any token and head strides). ``block_h`` overrides
-    :func:`heads_per_program` (benchmarks)."""
+    :func:`heads_per_program` (benchmarks). With ``kv``, also store the resulting ``k`` and
+    ``kv.v`` into ``kv.kv_cache`` at ``kv.slot_mapping``."""
     assert q.dim() == 3 and k.dim() == 3 and q.shape[0] == k.shape[0] == positions.shape[0]
     assert q.shape[-1] == k.shape[-1] and q.stride(-1) == 1 and k.stride(-1) == 1
     assert q.dtype == k.dtype == q_weight.dtype == k_weight.dtype, (q.dtype, k.dtype, q_weight.dtype)
     head_dim = q.shape[-1]
     assert head_dim % 2 == 0 and q_weight.shape == k_weight.shape == (head_dim,)
     assert q_weight.is_contiguous() and k_weight.is_contiguous()
+    kv_args, kv_flags = kv_write_args(kv, k)
     half = head_dim // 2
     assert cos.shape[-1] == half and sin.shape[-1] == half
     assert cos.stride(-1) == 1 and sin.stride(-1) == 1
@@ -129,8 +162,8 @@ def qk_norm_rope(
     _qk_norm_rope_kernel[(tokens, triton.cdiv(num_heads, block_h))](
         positions, q, k, q_weight, k_weight, cos, sin,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
-        q.shape[1], num_heads, eps,
-        HALF=half, GEMMA=gemma, BLOCK_H=block_h, BLOCK_HALF=block_half,
+        q.shape[1], num_heads, eps, *kv_args,
+        HALF=half, GEMMA=gemma, BLOCK_H=block_h, BLOCK_HALF=block_half, **kv_flags,
         num_warps=min(triton.next_power_of_2(max(elems // 512, 1)), 8),
     )
 
