@@ -422,7 +422,9 @@ class AttentionBackendConformance(PluginConformance):
     """Attention backends: over random flat batches (prefill chunks over cached context mixed
     with decodes, GQA, any block size, windows, softcap), the output equals dense causal
     attention and the cache holds every written K/V at its slot. Backends that declare
-    ``supports_fp8_kv`` are checked with an FP8 (e4m3) cache and per-layer scales too."""
+    ``supports_fp8_kv`` are checked with an FP8 (e4m3) cache and per-layer scales too; backends
+    that declare ``supports_fused_kv_write``: ``attend`` over the cache ``forward`` just filled
+    gives ``forward``'s output, bit for bit."""
 
     kind = "attention backend"
     section = "attention"
@@ -509,6 +511,9 @@ class AttentionBackendConformance(PluginConformance):
         out = backend.forward(layer, torch.cat(queries), new_k, new_v, kv_cache, md, **extra)
         assert out.shape == (sum(q_lens), layer.num_heads, layer.head_dim)
         assert out.dtype == self.dtype
+        if backend.supports_fused_kv_write:
+            again = backend.attend(layer, torch.cat(queries), kv_cache, md, **extra)
+            assert torch.equal(again, out), "attend over the written cache differs from forward"
         starts = md.query_start_loc_cpu
         for i in range(len(seq_lens)):
             expected = dense_attention(layer, queries[i].cpu(), keys[i].cpu(), values[i].cpu())
