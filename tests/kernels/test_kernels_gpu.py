@@ -1,5 +1,6 @@
 """The kernels on a CUDA device at the real shapes of Llama-3.2-1B, Qwen3-1.7B and gemma-3-1b,
-in bf16 (and fp16/fp32 where the numerics differ), against their torch references; and the
+in bf16 (and fp16/fp32 where the numerics differ), against their torch references (the RoPE
+kernels with the fused KV write also against the kernels they replace, bit for bit); and the
 ``triton`` backend through the conformance suite in bf16. Run with ``pytest -m gpu``."""
 
 from __future__ import annotations
@@ -69,6 +70,24 @@ def test_qk_norm_rope_real_shapes(model, dtype):
 def test_qk_norm_rope_random_shapes(tokens, kv_heads, group, head_dim, gemma, fused_qkv, block_h, seed):
     cases.check_qk_norm_rope(CUDA, torch.bfloat16, tokens, kv_heads * group, kv_heads, head_dim, gemma=gemma,
                              fused_qkv=fused_qkv, pad=24, block_h=block_h, max_pos=8192, seed=seed)
+
+
+# (q heads, kv heads, head dim) of the two models whose decode the fused KV write is for
+ROPE_KV_SHAPES = {"llama-3.2-1b": (32, 8, 64), "qwen3-0.6b": (16, 8, 128)}
+
+
+@pytest.mark.parametrize("model", ROPE_KV_SHAPES)
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_rope_kv_write_real_shapes(model, qk_norm, fp8):
+    """RoPE (Llama) and QK-norm + RoPE (Qwen 3; both kernels at both shapes) with the KV write
+    fused, in bf16: bit for bit the kernel alone followed by ``write_kv`` (q, k, v, the whole
+    cache, padding slots skipped), and the torch references within tolerance."""
+    hq, hkv, head_dim = ROPE_KV_SHAPES[model]
+    for tokens in (1, 7, 300):
+        for block_size in (16, 4096):
+            cases.check_rope_kv_write(CUDA, torch.bfloat16, tokens, hq, hkv, head_dim, qk_norm=qk_norm,
+                                      block_size=block_size, fp8=fp8, pad=24, max_pos=8192, seed=tokens)
 
 
 @pytest.mark.parametrize("model", SHAPES)

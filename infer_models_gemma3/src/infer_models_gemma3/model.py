@@ -126,8 +126,8 @@ class Gemma3Attention(nn.Module):
         q = q.view(-1, layer.num_heads, layer.head_dim)
         k = k.view(-1, layer.num_kv_heads, layer.head_dim)
         v = v.view(-1, layer.num_kv_heads, layer.head_dim)
-        q, k = self.rotary.forward_with_qk_norm(positions, q, k, self.q_norm, self.k_norm)
-        return self.o_proj(self.attn(q, k, v, md))
+        out = self.attn.forward_rope(positions, q, k, v, md, self.rotary, self.q_norm, self.k_norm)
+        return self.o_proj(out)
 
 
 class Gemma3MLP(nn.Module):

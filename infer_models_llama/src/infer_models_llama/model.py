@@ -72,8 +72,7 @@ class LlamaAttention(nn.Module):
         q = q.view(-1, layer.num_heads, layer.head_dim)
         k = k.view(-1, layer.num_kv_heads, layer.head_dim)
         v = v.view(-1, layer.num_kv_heads, layer.head_dim)
-        q, k = self.rotary(positions, q, k)
-        return self.o_proj(self.attn(q, k, v, md))
+        return self.o_proj(self.attn.forward_rope(positions, q, k, v, md, self.rotary))
 
 
 class LlamaMLP(nn.Module):
