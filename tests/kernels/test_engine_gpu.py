@@ -97,3 +97,30 @@ def test_small_m_gemm_equals_cublas_fp32(arch):
         theirs = [o.outputs[0].token_ids for o in off.generate(prompts, GREEDY)]
         assert ours == theirs
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
+def test_programmatic_dependent_launch_changes_nothing(arch, monkeypatch):
+    """PDL on (the default from compute capability 9.0) vs off (``INFER_PDL=0``, read when
+    the kernels are launched, so also when the decode graphs are captured): the same greedy
+    tokens and logprobs, in bf16 (no kernel waits for an output it does not get), requests
+    alone and batched, every block back."""
+    from infer_core.kernels.pdl import use_pdl
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("PDL needs compute capability 9.0")
+    assert use_pdl(torch.empty(1, device="cuda"))
+    checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=1)
+    on = make_llm(checkpoint, dtype="bfloat16")
+    with monkeypatch.context() as env:
+        env.setenv("INFER_PDL", "0")
+        assert not use_pdl(torch.empty(1, device="cuda"))
+        off = make_llm(checkpoint, dtype="bfloat16")
+        results_off = [[o.outputs[0] for o in off.generate(p, params)] for p in (batch(512)[:1], batch(512))]
+    results_on = [[o.outputs[0] for o in on.generate(p, params)] for p in (batch(512)[:1], batch(512))]
+    for got, want in zip(results_on, results_off, strict=True):
+        for a, b in zip(got, want, strict=True):
+            assert a.token_ids == b.token_ids
+            assert [x.logprob for x in a.logprobs] == [y.logprob for y in b.logprobs]
+    assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks

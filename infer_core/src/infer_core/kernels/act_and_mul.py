@@ -12,6 +12,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from infer_core.kernels.pdl import use_pdl, wait_for_prior
+
 SILU = 0
 GELU_TANH = 1
 
@@ -35,7 +37,10 @@ def gated(gate, up, ACT: tl.constexpr):
 
 
 @triton.jit
-def _act_and_mul_kernel(x_ptr, out_ptr, stride_x, n_cols, ACT: tl.constexpr, BLOCK: tl.constexpr):
+def _act_and_mul_kernel(x_ptr, out_ptr, stride_x, n_cols, ACT: tl.constexpr, BLOCK: tl.constexpr,
+                        PDL: tl.constexpr):
+    if PDL:
+        wait_for_prior()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -54,8 +59,9 @@ def _launch(x: torch.Tensor, act: int) -> torch.Tensor:
     out = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     if x2.shape[0] and n:
         block = min(triton.next_power_of_2(n), 1024)
+        pdl = use_pdl(x2)
         _act_and_mul_kernel[(x2.shape[0], triton.cdiv(n, block))](
-            x2, out, x2.stride(0), n, ACT=act, BLOCK=block, num_warps=4,
+            x2, out, x2.stride(0), n, ACT=act, BLOCK=block, PDL=pdl, num_warps=4, launch_pdl=pdl,
         )
     return out
 

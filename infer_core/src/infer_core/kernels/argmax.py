@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from infer_core.kernels.pdl import use_pdl, wait_for_prior
+
 BLOCK = 4096
 MIN_BLOCK, MAX_BLOCK = 1024, 8192  # the range benchmarks/kernels_argmax.py --sweep times
 
@@ -39,7 +41,10 @@ def _first_max(v, idx, valid, NO_INDEX: tl.constexpr):
 
 
 @triton.jit
-def _argmax_chunk_kernel(x_ptr, part_val_ptr, part_idx_ptr, stride_x, n_cols, n_chunks, BLOCK: tl.constexpr):
+def _argmax_chunk_kernel(x_ptr, part_val_ptr, part_idx_ptr, stride_x, n_cols, n_chunks, BLOCK: tl.constexpr,
+                         PDL: tl.constexpr):
+    if PDL:
+        wait_for_prior()
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     cols = chunk * BLOCK + tl.arange(0, BLOCK)
@@ -51,7 +56,9 @@ def _argmax_chunk_kernel(x_ptr, part_val_ptr, part_idx_ptr, stride_x, n_cols, n_
 
 
 @triton.jit
-def _argmax_reduce_kernel(part_val_ptr, part_idx_ptr, out_ptr, n_chunks, BLOCK_C: tl.constexpr):
+def _argmax_reduce_kernel(part_val_ptr, part_idx_ptr, out_ptr, n_chunks, BLOCK_C: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        wait_for_prior()
     row = tl.program_id(0).to(tl.int64)
     c = tl.arange(0, BLOCK_C)
     valid = c < n_chunks
@@ -85,13 +92,15 @@ def argmax(logits: torch.Tensor, block: int | None = None) -> torch.Tensor:
     chunks = triton.cdiv(n_cols, block)
     part_val = torch.empty(rows, chunks, dtype=torch.float32, device=logits.device)
     part_idx = torch.empty(rows, chunks, dtype=torch.int32, device=logits.device)
+    pdl = use_pdl(logits)
     _argmax_chunk_kernel[(rows, chunks)](
         logits, part_val, part_idx, logits.stride(0), n_cols, chunks,
-        BLOCK=block, num_warps=min(max(block // 512, 4), 8),
+        BLOCK=block, PDL=pdl, num_warps=min(max(block // 512, 4), 8), launch_pdl=pdl,
     )
     _argmax_reduce_kernel[(rows,)](
         part_val, part_idx, out, chunks,
-        BLOCK_C=max(triton.next_power_of_2(chunks), 16), num_warps=1 if chunks <= 256 else 4,
+        BLOCK_C=max(triton.next_power_of_2(chunks), 16), PDL=pdl, num_warps=1 if chunks <= 256 else 4,
+        launch_pdl=pdl,
     )
     return out
 

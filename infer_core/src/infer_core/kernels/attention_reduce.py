@@ -13,13 +13,17 @@ import torch
 import triton
 import triton.language as tl
 
+from infer_core.kernels.pdl import use_pdl, wait_for_prior
+
 
 @triton.jit
 def _attention_reduce_kernel(
     out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
     stride_ot, stride_oh, num_heads, num_splits,
-    SPLITS_POW2: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLITS_POW2: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_prior()
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     splits = tl.arange(0, SPLITS_POW2)
@@ -47,10 +51,12 @@ def attention_reduce(
     assert part_max.shape == part_sum.shape == (tokens, heads, splits)
     if tokens == 0:
         return
+    pdl = use_pdl(out)
     _attention_reduce_kernel[(tokens, heads)](
         out, part_acc, part_max, part_sum, out.stride(0), out.stride(1), heads, splits,
         SPLITS_POW2=triton.next_power_of_2(splits),
-        HEAD_DIM=out.shape[-1], BLOCK_D=block_d, num_warps=1 if block_d <= 64 else 2,
+        HEAD_DIM=out.shape[-1], BLOCK_D=block_d, PDL=pdl, num_warps=1 if block_d <= 64 else 2,
+        launch_pdl=pdl,
     )
 
 

@@ -37,6 +37,7 @@ from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.attention.torch import paged_attention_ref as torch_paged_attention_ref
 from infer_core.kernels.attention_reduce import attention_reduce
+from infer_core.kernels.pdl import use_pdl, wait_for_prior
 
 LOG2E = 1.4426950408889634
 
@@ -124,8 +125,10 @@ def _paged_attention_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, FP8: tl.constexpr, SPLIT: tl.constexpr,
-    DECODE: tl.constexpr, PRECISION: tl.constexpr,
+    DECODE: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_prior()
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -308,6 +311,7 @@ def paged_attention(
     tables = metadata.block_tables
     decode = metadata.max_query_len == 1 and tokens == num_reqs
     grid = (num_reqs if decode else tokens // block_q + num_reqs, num_kv_heads, splits)
+    pdl = use_pdl(q)
     _paged_attention_kernel[grid](
         out, q, kv_cache, tables, metadata.seq_lens, metadata.query_start_loc,
         kv_scales if fp8 else metadata.seq_lens,
@@ -317,8 +321,8 @@ def paged_attention(
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_Q=block_q,
         TILE=cfg.tile, BLOCK_SIZE=block_size, HAS_WINDOW=window > 0, SOFTCAP=softcap > 0, FP8=fp8,
-        SPLIT=splits > 1, DECODE=decode, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        SPLIT=splits > 1, DECODE=decode, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
     if splits > 1:
         attention_reduce(out, part_acc, part_max, part_sum)

@@ -15,14 +15,18 @@ import torch
 import triton
 import triton.language as tl
 
+from infer_core.kernels.pdl import use_pdl, wait_for_prior
+
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr,
     rows_b, stride_xa, stride_xb, stride_ra, stride_rb,
     n_cols, eps,
-    HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_prior()
     row = tl.program_id(0).to(tl.int64)
     a = row // rows_b
     b = row % rows_b
@@ -72,11 +76,13 @@ def _launch(x, weight, eps, gemma, residual):
     if rows:
         block = triton.next_power_of_2(n)
         warps = min(max(block * x.element_size() // 1024, 1), 16)
+        pdl = use_pdl(x)
         _rms_norm_kernel[(rows,)](
             x3, r3, weight, out, res_out,
             x3.shape[1], x3.stride(0), x3.stride(1), r3.stride(0), r3.stride(1),
             n, eps,
-            HAS_RESIDUAL=residual is not None, GEMMA=gemma, BLOCK_N=block, num_warps=warps,
+            HAS_RESIDUAL=residual is not None, GEMMA=gemma, BLOCK_N=block, PDL=pdl, num_warps=warps,
+            launch_pdl=pdl,
         )
     return out, res_out
 

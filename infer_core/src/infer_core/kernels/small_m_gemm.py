@@ -58,6 +58,7 @@ from infer_core.kernels.act_and_mul import (
     gelu_tanh_and_mul_ref,
     silu_and_mul_ref,
 )
+from infer_core.kernels.pdl import use_pdl, wait_for_prior
 
 NO_ACT = -1
 ACTS = {None: NO_ACT, "silu": SILU, "gelu_tanh": GELU_TANH}
@@ -70,8 +71,10 @@ REDUCE_BLOCK = 1024
 def _small_m_gemm_kernel(
     x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, k_per_split,
     ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_K: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    EVEN_K: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_prior()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -111,7 +114,9 @@ def _small_m_gemm_kernel(
 
 
 @triton.jit
-def _split_k_reduce_kernel(part_ptr, out_ptr, MN, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+def _split_k_reduce_kernel(part_ptr, out_ptr, MN, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        wait_for_prior()
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -227,16 +232,17 @@ def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: str | No
     split_k = triton.cdiv(k, k_per_split)  # no empty splits
     target = out if split_k == 1 else torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, cfg.block_n), split_k, triton.cdiv(m, bm))
+    pdl = use_pdl(x)
     _small_m_gemm_kernel[grid](
         x, weight, target, m, n, k, x.stride(0), k_per_split,
         ACT=act, BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         EVEN_K=k % cfg.block_k == 0, USE_DOT=cfg.use_dot,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
     if split_k > 1:
         _split_k_reduce_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)](
-            target, out, m * n, SPLIT_K=split_k, BLOCK=REDUCE_BLOCK, num_warps=4,
+            target, out, m * n, SPLIT_K=split_k, BLOCK=REDUCE_BLOCK, PDL=pdl, num_warps=4, launch_pdl=pdl,
         )
     return out
 
