@@ -9,8 +9,11 @@ must move at least (each input read once, each output written once) over that ti
 and as a share of the copy bandwidth; attention prefill is reported in TFLOP/s (causal FLOPs
 only) against the matrix-product rate. ``--sweep`` also times alternative launch configs of
 the attention kernel. Writes ``kernels.json`` and ``kernels.md`` into ``--out``.
+``--benches`` picks groups (``rope_kv_write``: the RoPE kernels with the KV-cache write fused
+against RoPE then ``write_kv``, at T = 1, 64 and 4096).
 
     python benchmarks/kernels.py --out benchmarks/reports/kernels-<date>-<device>
+    python benchmarks/kernels.py --out <folder> --benches rope_kv_write --models llama-3.2-1b qwen3-1.7b
 """
 
 from __future__ import annotations
@@ -227,6 +230,54 @@ def bench_qk_norm_rope(rec: Recorder, model: str, sweep: bool) -> None:
                             bytes_=nbytes, config={"block_h": b}, group="sweep")
 
 
+QK_NORM_MODELS = {"qwen3-1.7b", "gemma-3-1b"}  # the others rotate with the plain RoPE kernel
+
+
+def bench_rope_kv_write(rec: Recorder, model: str) -> None:
+    """The KV-cache write folded into the layer's RoPE kernel (``rotary_embedding`` for Llama,
+    ``qk_norm_rope`` for Qwen 3 / Gemma 3, with a ``KVWrite``) against the RoPE kernel followed
+    by ``write_kv``, on q, k, v viewed in the fused qkv row, a bf16 paged cache (block 16,
+    scattered slots) and the model's float32 cos/sin tables; batch-1 decode, a decode batch and
+    a prefill (qwen3-1.7b's attention shape, 16 + 8 heads of 128, is Qwen3-0.6B's too). Both
+    are charged the fused launch's bytes (q and k read and written, v read, K
+    and V written to the cache, the tables' rows, positions and slots), so their GB/s compare
+    as their times do."""
+    _, _, hq, hkv, d, _ = MODELS[model]
+    e = 2
+    qk_norm = model in QK_NORM_MODELS
+    qw = torch.randn(d, device="cuda", dtype=BF16)
+    kw = torch.randn(d, device="cuda", dtype=BF16)
+    cos = torch.randn(8192, d // 2, device="cuda")
+    sin = torch.randn(8192, d // 2, device="cuda")
+    for tokens in (1, DECODE_BATCH, PREFILL_TOKENS):
+        qkv = torch.randn(tokens, (hq + 2 * hkv) * d, device="cuda", dtype=BF16)
+        q = qkv[:, : hq * d].view(tokens, hq, d)
+        k = qkv[:, hq * d: (hq + hkv) * d].view(tokens, hkv, d)
+        v = qkv[:, (hq + hkv) * d:].view(tokens, hkv, d)
+        positions = torch.randint(0, 8192, (tokens,), device="cuda")
+        blocks = triton.cdiv(tokens, 16) * 4
+        slots = torch.randperm(blocks * 16, device="cuda")[:tokens]
+        cache = torch.zeros(2, blocks, 16, hkv, d, device="cuda", dtype=BF16)
+        fused = kv_cache_write.KVWrite(v, cache, slots)
+        nbytes = (2 * tokens * (hq + hkv) * d * e + tokens * hkv * d * e + 2 * tokens * hkv * d * e
+                  + tokens * d * 4 + 2 * tokens * 8 + (2 * d * e if qk_norm else 0))
+        shape = f"T={tokens} q[{hq},{d}] kv[{hkv},{d}] bs=16"
+
+        def rope(kv=None, q=q, k=k, positions=positions):
+            if qk_norm:
+                qk_norm_rope.qk_norm_rope(positions, q, k, qw, kw, cos, sin, 1e-6, kv=kv)
+            else:
+                rotary.rotary_embedding(positions, q, k, cos, sin, kv=kv)
+
+        def separate(rope=rope, k=k, v=v, cache=cache, slots=slots):
+            rope()
+            kv_cache_write.write_kv(cache, k, v, slots)
+
+        label = "qk_norm_rope" if qk_norm else "rope"
+        rec.add(f"{label} + kv write (fused)", model, shape, timed(rope, fused), bytes_=nbytes)
+        rec.add(f"{label}, then write_kv", model, shape, timed(separate), bytes_=nbytes)
+
+
 # -- attention -------------------------------------------------------------------------------
 
 def attention_setup(model: str, q_lens: list[int], ctx_lens: list[int], block_size: int,
@@ -398,11 +449,22 @@ def save(out: Path, stem: str, env: dict, ceilings: dict, rows: list[dict], md: 
     print("\n" + "\n".join(fmt_row(r) for r in rows if r["group"] != "sweep"))
 
 
+# name: (function, whether it takes --sweep)
+BENCHES = {
+    "elementwise": (bench_elementwise, False),
+    "qk_norm_rope": (bench_qk_norm_rope, True),
+    "rope_kv_write": (bench_rope_kv_write, False),
+    "attention": (bench_attention, True),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for kernels.json and kernels.md")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--sweep", action="store_true", help="also time alternative attention launch configs")
+    parser.add_argument("--benches", nargs="*", default=list(BENCHES), choices=list(BENCHES),
+                        help="which groups of kernels to time (default: all)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA device.", file=sys.stderr)
@@ -414,9 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     rec = Recorder(ceilings)
     failures = 0
     for model in args.models:
-        for bench in (bench_elementwise, bench_qk_norm_rope, bench_attention):
+        for name in args.benches:
+            bench, takes_sweep = BENCHES[name]
             try:
-                bench(rec, model, *([args.sweep] if bench is not bench_elementwise else []))
+                bench(rec, model, *([args.sweep] if takes_sweep else []))
             except Exception:  # report and go on: one failing kernel must not hide the others
                 failures += 1
                 traceback.print_exc()
