@@ -10,8 +10,9 @@
 #   profile  benchmarks/profile_step.py per mode in PROFILE_MODES (default "eager graphs";
 #            "async" = CUDA graphs + scheduler.async_scheduling)
 #   ab       offline W1/W2 for Llama-3.2-1B and Qwen3-0.6B shapes, one report per call, once per
-#            mode in AB_MODES (default "default in-order"; also "async", "small-m" =
-#            model.small_m_gemm), AB_REPEATS runs each (default 3), so the modes pair on one machine
+#            mode in AB_MODES (default "default in-order"; also "async", "small-m" / "no-small-m" =
+#            model.small_m_gemm true / false, "no-pdl" = INFER_PDL=0), AB_REPEATS runs each
+#            (default 3) of AB_WORKLOADS (default W1,W2), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
 #            (they share the activation helper), then benchmarks/kernels_small_m_gemm.py
 #            (GEMM_SWEEP=1 adds --sweep for GEMM_MODELS, default llama-3.2-1b; GEMM_MS="1 2 4"
@@ -70,15 +71,17 @@ if want ab; then
   QTOK=(); [ -f benchmarks/.assets/qwen3-tokenizer/tokenizer.json ] && QTOK=(--tokenizer benchmarks/.assets/qwen3-tokenizer)
   [ -f "$AB/qwen3-0.6b/model.safetensors" ] || "${BENCH[@]}" checkpoint qwen3-0.6b --out "$AB/qwen3-0.6b" "${QTOK[@]}" | tail -1
   for mode in ${AB_MODES:-default in-order}; do
-    flag=(--name "$mode")
+    flag=(--name "$mode"); pdl=1
     case $mode in
       async) flag+=(--scheduler.async_scheduling true) ;;
       in-order) flag+=(--scheduler.async_scheduling false) ;;
       small-m) flag+=(--model.small_m_gemm true) ;;
+      no-small-m) flag+=(--model.small_m_gemm false) ;;
+      no-pdl) pdl=0 ;;
     esac
     for m in llama-3.2-1b qwen3-0.6b; do
-      timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
-        --workload W1,W2 --repeats "${AB_REPEATS:-3}" --label "$m-random" --out "$REPORT" "${flag[@]}" 2>&1 | tail -4
+      INFER_PDL=$pdl timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
+        --workload "${AB_WORKLOADS:-W1,W2}" --repeats "${AB_REPEATS:-3}" --label "$m-random" --out "$REPORT" "${flag[@]}" 2>&1 | tail -4
     done
   done
   "${BENCH[@]}" report "$REPORT" >/dev/null 2>&1; cat "$REPORT/summary.md" 2>/dev/null | head -40
