@@ -49,12 +49,13 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Apply (QK-norm and) RoPE, write K/V, attend: ``q [T, Hq, D]``, ``k``/``v [T, Hkv, D]``
         → ``[T, Hq * D]``. With QK-norm, pass both norms (Qwen 3, Gemma 3)."""
+        assert (q_norm is None) == (k_norm is None), "QK-norm needs both q_norm and k_norm"
         kv = None
         if self.backend.supports_fused_kv_write and rotary.kernel_applies(q, k, q_norm, k_norm):
             from infer_core.kernels.kv_cache_write import KVWrite
 
             kv = KVWrite(v, self.kv_cache, metadata.slot_mapping, self.kv_scales)
-        if q_norm is None or k_norm is None:
+        if q_norm is None:
             q, k = rotary(positions, q, k, kv=kv)
         else:
             q, k = rotary.forward_with_qk_norm(positions, q, k, q_norm, k_norm, kv=kv)
