@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from infer_core.kernels.pdl import use_pdl, wait_for_prior
+
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
@@ -44,7 +46,10 @@ def _kv_cache_write_kernel(
     stride_kv, stride_slot, stride_head,
     num_heads,
     HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_prior()
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + token).to(tl.int64)
     if slot >= 0:
@@ -81,13 +86,14 @@ def write_kv(
         return
     heads, dim = kv_cache.shape[3], kv_cache.shape[4]
     block_h, block_d = triton.next_power_of_2(heads), triton.next_power_of_2(dim)
+    pdl = use_pdl(k)
     _kv_cache_write_kernel[(k.shape[0],)](
         k, v, kv_cache, slot_mapping, kv_scales if fp8 else slot_mapping,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         kv_cache.stride(0), kv_cache.stride(2), kv_cache.stride(3),
         heads,
-        HEAD_DIM=dim, BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8,
-        num_warps=min(max(block_h * block_d // 1024, 1), 8),
+        HEAD_DIM=dim, BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8, PDL=pdl,
+        num_warps=min(max(block_h * block_d // 1024, 1), 8), launch_pdl=pdl,
     )
 
 

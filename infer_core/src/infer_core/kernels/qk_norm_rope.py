@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from infer_core.kernels.kv_cache_write import KVWrite, kv_write_args, store_kv
+from infer_core.kernels.pdl import use_pdl, wait_for_prior
 from infer_core.kernels.rms_norm import rms_norm_ref
 from infer_core.kernels.rotary import rotary_embedding_ref
 
@@ -50,8 +51,10 @@ def _qk_norm_rope_kernel(
     num_q_heads, num_heads, eps,
     v_ptr, cache_ptr, slot_ptr, scales_ptr, stride_vt, stride_vh, stride_kv, stride_slot, stride_head,
     HALF: tl.constexpr, GEMMA: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    WRITE_KV: tl.constexpr, FP8: tl.constexpr,
+    WRITE_KV: tl.constexpr, FP8: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_prior()
     token = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_HALF)
@@ -159,12 +162,13 @@ def qk_norm_rope(
     block_half = triton.next_power_of_2(half)
     block_h = block_h or heads_per_program(tokens, num_heads, head_dim)
     elems = block_h * 2 * block_half
+    pdl = use_pdl(q)
     _qk_norm_rope_kernel[(tokens, triton.cdiv(num_heads, block_h))](
         positions, q, k, q_weight, k_weight, cos, sin,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
         q.shape[1], num_heads, eps, *kv_args,
-        HALF=half, GEMMA=gemma, BLOCK_H=block_h, BLOCK_HALF=block_half, **kv_flags,
-        num_warps=min(triton.next_power_of_2(max(elems // 512, 1)), 8),
+        HALF=half, GEMMA=gemma, BLOCK_H=block_h, BLOCK_HALF=block_half, **kv_flags, PDL=pdl,
+        num_warps=min(triton.next_power_of_2(max(elems // 512, 1)), 8), launch_pdl=pdl,
     )
 
 

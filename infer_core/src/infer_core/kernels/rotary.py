@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from infer_core.kernels.kv_cache_write import KVWrite, kv_write_args, store_kv
+from infer_core.kernels.pdl import use_pdl, wait_for_prior
 
 
 @triton.jit
@@ -48,8 +49,10 @@ def _rotary_kernel(
     num_q_heads, num_k_heads,
     v_ptr, cache_ptr, slot_ptr, scales_ptr, stride_vt, stride_vh, stride_kv, stride_slot, stride_head,
     HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    WRITE_KV: tl.constexpr, FP8: tl.constexpr,
+    WRITE_KV: tl.constexpr, FP8: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_prior()
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + token).to(tl.int64)
     dims = tl.arange(0, BLOCK_HALF)
@@ -89,13 +92,14 @@ def rotary_embedding(
         return
     block_half = triton.next_power_of_2(half)
     elems = (q.shape[1] + k.shape[1]) * q.shape[-1]
+    pdl = use_pdl(q)
     _rotary_kernel[(q.shape[0],)](
         positions, q, k, cos, sin,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0), sin.stride(0),
         q.shape[1], k.shape[1], *kv_args,
         HALF=half, BLOCK_HQ=triton.next_power_of_2(q.shape[1]),
-        BLOCK_HK=triton.next_power_of_2(k.shape[1]), BLOCK_HALF=block_half, **kv_flags,
-        num_warps=min(triton.next_power_of_2(max(elems // 1024, 1)), 8),
+        BLOCK_HK=triton.next_power_of_2(k.shape[1]), BLOCK_HALF=block_half, **kv_flags, PDL=pdl,
+        num_warps=min(triton.next_power_of_2(max(elems // 1024, 1)), 8), launch_pdl=pdl,
     )
 
 
