@@ -87,7 +87,8 @@ def test_rope_kv_write_real_shapes(model, qk_norm, fp8):
     for tokens in (1, 7, 300):
         for block_size in (16, 4096):
             cases.check_rope_kv_write(CUDA, torch.bfloat16, tokens, hq, hkv, head_dim, qk_norm=qk_norm,
-                                      block_size=block_size, fp8=fp8, pad=24, max_pos=8192, seed=tokens)
+                                      block_size=block_size, fp8=fp8, pad=24, max_pos=8192, seed=tokens,
+                                      same_variants=False)
 
 
 @pytest.mark.parametrize("model", SHAPES)
