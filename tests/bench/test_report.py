@@ -96,8 +96,10 @@ def test_summary_has_the_side_by_side_ratio(tmp_path):
 
 def test_plots_are_written_when_matplotlib_is_installed(tmp_path):
     pytest.importorskip("matplotlib")
+    # the same concurrency under two server configurations (W3-c32 thread vs process): two lines
     w3 = [rpt.run_entry("serve", Workload(f"W3-c{c}", "W3", "t", workload("x", c).requests, max_concurrency=c),
-                        records(c, 0.01), 1.0, model="m") for c in (1, 4)]
+                        records(c, 0.01), 1.0, model="m", config_name=name)
+          for c in (1, 4) for name in ("thread", "process")]
     matrix = rpt.run_entry("matrix", workload("W4", 2), records(2, 0.01), 1.0, model="m", config_name="paged")
     ours = rpt.run_entry("offline", workload("W4", 2), records(2, 0.01), 1.0, model="m", config_name="default")
     theirs = rpt.run_entry("hf", workload("W4", 2), records(2, 0.01), 2.0, model="m")

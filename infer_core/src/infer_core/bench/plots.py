@@ -43,12 +43,17 @@ def _concurrency(plt, runs):
     if not w3:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for model in sorted({(r["model"], r["source"]) for r in w3}):
-        pts = sorted((r["workload_info"]["max_concurrency"], r) for r in w3 if (r["model"], r["source"]) == model)
+    def line(r):  # one line per model, source and configuration (e.g. the server's settings)
+        return r["model"], r["source"], r.get("config_name") or ""
+
+    for key in sorted({line(r) for r in w3}):
+        pts = sorted(((r["workload_info"]["max_concurrency"], r) for r in w3 if line(r) == key),
+                     key=lambda point: point[0])
         xs = [c for c, _ in pts]
-        ax1.plot(xs, [r["metrics"]["output_throughput"] for _, r in pts], marker="o", label=" · ".join(model))
-        ax2.plot(xs, [r["metrics"]["ttft_ms"]["p50"] or 0 for _, r in pts], marker="o", label="TTFT p50")
-        ax2.plot(xs, [r["metrics"]["itl_ms"]["p99"] or 0 for _, r in pts], marker="s", label="ITL p99")
+        name = " · ".join(k for k in key if k)
+        ax1.plot(xs, [r["metrics"]["output_throughput"] for _, r in pts], marker="o", label=name)
+        ax2.plot(xs, [r["metrics"]["ttft_ms"]["p50"] or 0 for _, r in pts], marker="o", label=f"{name}: TTFT p50")
+        ax2.plot(xs, [r["metrics"]["itl_ms"]["p99"] or 0 for _, r in pts], marker="s", label=f"{name}: ITL p99")
     for ax, title, unit in ((ax1, "output throughput", "tokens/s"), (ax2, "latency", "ms")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrency")
