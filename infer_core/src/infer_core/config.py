@@ -109,8 +109,8 @@ class ServerConfig(Section):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Log level of the server and its access log.")
     engine_process: bool = Field(
-        False, description="Run the engine core in its own process (vLLM V1's design): HTTP, tokenization and "
-                           "streaming keep this process's interpreter to themselves.")
+        True, description="Run the engine core in its own process (vLLM V1's design): HTTP, tokenization and "
+                          "streaming keep this process's interpreter to themselves; false runs it in a thread.")
     debug_endpoints: bool = Field(
         False, description="Serve GET /debug/engine (KV blocks, request states; for soak tests). Keep off in production.")
 

@@ -81,12 +81,12 @@ def _server_table(runs: list[dict]) -> list[str]:
         if "ttft_mean_ms" not in view:
             continue
         client = r["metrics"]["ttft_ms"]["mean"]
-        rows.append([r["model"], r["workload"], _f(client), _f(view["ttft_mean_ms"]), _f(view.get("queue_mean_ms")),
-                     _f(client - view["ttft_mean_ms"] if client is not None else None)])
+        rows.append([r["model"], r["workload"], r.get("config_name") or "–", _f(client), _f(view["ttft_mean_ms"]),
+                     _f(view.get("queue_mean_ms")), _f(client - view["ttft_mean_ms"] if client is not None else None)])
     if not rows:
         return []
-    return _table(["model", "workload", "client TTFT mean ms", "server TTFT mean ms", "server queue mean ms",
-                   "HTTP side ms (client − server)"], rows)
+    return _table(["model", "workload", "config", "client TTFT mean ms", "server TTFT mean ms",
+                   "server queue mean ms", "HTTP side ms (client − server)"], rows)
 
 
 def _hf_table(runs: list[dict]) -> list[str]:
