@@ -7,7 +7,8 @@
 #   scripts/gpu_speed.sh [tests] [smoke] [profile] [bench] [ab]   (default: tests profile bench)
 #
 #   smoke    scripts/gpu_smoke_async.py: async scheduling on CUDA == in order (same tokens)
-#   profile  benchmarks/profile_step.py per mode in PROFILE_MODES (default "eager graphs";
+#   profile  benchmarks/profile_step.py per shape in PROFILE_SHAPES (default llama-3.2-1b; also
+#            qwen3-0.6b, all layers) and mode in PROFILE_MODES (default "eager graphs";
 #            "async" = CUDA graphs + scheduler.async_scheduling)
 #   ab       offline W1/W2 for Llama-3.2-1B and Qwen3-0.6B shapes, one report per call, once per
 #            mode in AB_MODES (default "default in-order"; also "async", "small-m" / "no-small-m" =
@@ -39,13 +40,16 @@ if want smoke; then
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if want profile; then
-  for mode in ${PROFILE_MODES:-eager graphs}; do
-    flag=(); [ $mode = eager ] && flag=(--enforce-eager); [ $mode = async ] && flag=(--async-scheduling)
-    timeout "${PROFILE_TIMEOUT:-150}" python3 benchmarks/profile_step.py --device cuda --dtype bfloat16 \
-      --layers 16 --hidden 0 --vocab 0 --batch-sizes "${PROFILE_BATCHES:-1,64,256}" --steps 20 --repeats 2 \
-      --prompt-len 256 --clock wall --torch-profile-ops 14 --label "llama-3.2-1b-$mode" \
-      --checkpoint-dir /tmp/infer-profile-step --out "$OUT/profiles" "${flag[@]}" 2>&1 \
-      | grep -v "profiler_st" | tail -6
+  for shape in ${PROFILE_SHAPES:-llama-3.2-1b}; do
+    layers=16; [ "$shape" = qwen3-0.6b ] && layers=28
+    for mode in ${PROFILE_MODES:-eager graphs}; do
+      flag=(); [ $mode = eager ] && flag=(--enforce-eager); [ $mode = async ] && flag=(--async-scheduling)
+      timeout "${PROFILE_TIMEOUT:-150}" python3 benchmarks/profile_step.py --device cuda --dtype bfloat16 \
+        --shape "$shape" --layers $layers --hidden 0 --vocab 0 --batch-sizes "${PROFILE_BATCHES:-1,64,256}" \
+        --steps 20 --repeats 2 --prompt-len 256 --clock wall --torch-profile-ops "${PROFILE_OPS:-14}" \
+        --label "$shape-$mode" --checkpoint-dir "/tmp/infer-profile-step-$shape" --out "$OUT/profiles" \
+        "${flag[@]}" 2>&1 | grep -v "profiler_st" | tail -6
+    done
   done
 fi
 if want bench; then
