@@ -85,7 +85,10 @@ def test_summary_has_the_side_by_side_ratio(tmp_path):
                        model="m", config_name="default")
     hf1 = rpt.run_entry("hf", workload("W1", 1, "ms_per_output_token"), records(1, 0.012), 1.0, model="m",
                         method="static")
-    files = rpt.write_report(tmp_path, report_with(ours, theirs, w1, hf1), plots=False)
+    # an A/B entry of another configuration (after the default one) does not replace it
+    other = rpt.run_entry("offline", workload("W1", 1, "ms_per_output_token"), records(1, 0.008), 1.0,
+                          model="m", config_name="no-pdl")
+    files = rpt.write_report(tmp_path, report_with(ours, theirs, w1, hf1, other), plots=False)
     summary = (tmp_path / "summary.md").read_text()
     assert "| m | W4 | 6 tok/s | 3 tok/s | 2.00× | 1 / 1 | cb |" in summary
     assert "| m | W1 | 4.00 ms/tok | 12.00 ms/tok | 3.00× | 1 / 1 | static |" in summary
