@@ -40,6 +40,22 @@ def store_kv(cache_ptr, slot, heads, dims, mask, x, scale_ptr, stride_slot, stri
 
 
 @triton.jit
+def store_halves(cache_ptr, scales_ptr, v_ptr, token, stride_vt, stride_vh, slot, heads, dims, mask, k1, k2,
+                 HALF: tl.constexpr, stride_kv, stride_slot, stride_head, FP8: tl.constexpr):
+    """The RoPE kernels' fused write: K heads ``heads`` of one token as their two rotated halves
+    ``k1``/``k2 [BLOCK_H, BLOCK_HALF]`` (elements ``dims`` and ``dims + HALF``), and the V
+    heads of the same indices loaded from ``v_ptr``, stored at ``slot`` with :func:`store_kv`."""
+    v_row = v_ptr + token * stride_vt + heads[:, None] * stride_vh + dims[None, :]
+    v1 = tl.load(v_row, mask=mask)
+    v2 = tl.load(v_row + HALF, mask=mask)
+    store_kv(cache_ptr, slot, heads, dims, mask, k1, scales_ptr, stride_slot, stride_head, FP8)
+    store_kv(cache_ptr, slot, heads, dims + HALF, mask, k2, scales_ptr, stride_slot, stride_head, FP8)
+    v_half = cache_ptr + stride_kv
+    store_kv(v_half, slot, heads, dims, mask, v1, scales_ptr + 1, stride_slot, stride_head, FP8)
+    store_kv(v_half, slot, heads, dims + HALF, mask, v2, scales_ptr + 1, stride_slot, stride_head, FP8)
+
+
+@triton.jit
 def _kv_cache_write_kernel(
     k_ptr, v_ptr, cache_ptr, slot_ptr, scales_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh,

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from infer_core.kernels.kv_cache_write import KVWrite, kv_write_args, store_kv
+from infer_core.kernels.kv_cache_write import KVWrite, kv_write_args, store_halves
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
 from infer_core.kernels.rms_norm import rms_norm_ref
 from infer_core.kernels.rotary import rotary_embedding_ref
@@ -103,17 +103,9 @@ def _qk_norm_rope_kernel(
         # same indices; programs with only q heads have none.
         slot = tl.load(slot_ptr + token).to(tl.int64)
         if (slot >= 0) & (tl.program_id(1) * BLOCK_H + BLOCK_H > num_q_heads):
-            kv_heads = heads - num_q_heads
-            kv_mask = mask & (heads >= num_q_heads)[:, None]
-            v_row = v_ptr + token * stride_vt + kv_heads[:, None] * stride_vh + dims[None, :]
-            v1 = tl.load(v_row, mask=kv_mask)
-            v2 = tl.load(v_row + HALF, mask=kv_mask)
-            store_kv(cache_ptr, slot, kv_heads, dims, kv_mask, o1, scales_ptr, stride_slot, stride_head, FP8)
-            store_kv(cache_ptr, slot, kv_heads, dims + HALF, kv_mask, o2, scales_ptr, stride_slot, stride_head, FP8)
-            v_half = cache_ptr + stride_kv
-            store_kv(v_half, slot, kv_heads, dims, kv_mask, v1, scales_ptr + 1, stride_slot, stride_head, FP8)
-            store_kv(v_half, slot, kv_heads, dims + HALF, kv_mask, v2, scales_ptr + 1, stride_slot, stride_head,
-                     FP8)
+            store_halves(cache_ptr, scales_ptr, v_ptr, token, stride_vt, stride_vh, slot, heads - num_q_heads,
+                         dims, mask & (heads >= num_q_heads)[:, None], o1, o2, HALF, stride_kv, stride_slot,
+                         stride_head, FP8)
 
 
 def heads_per_program(tokens: int, num_heads: int, head_dim: int) -> int:

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from infer_core.kernels.kv_cache_write import KVWrite, kv_write_args, store_kv
+from infer_core.kernels.kv_cache_write import KVWrite, kv_write_args, store_halves
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
 
 
@@ -66,14 +66,8 @@ def _rotary_kernel(
         if slot >= 0:
             heads = tl.arange(0, BLOCK_HK)
             mask = (heads[:, None] < num_k_heads) & dmask[None, :]
-            v_row = v_ptr + token * stride_vt + heads[:, None] * stride_vh + dims[None, :]
-            v1 = tl.load(v_row, mask=mask)
-            v2 = tl.load(v_row + HALF, mask=mask)
-            store_kv(cache_ptr, slot, heads, dims, mask, k1, scales_ptr, stride_slot, stride_head, FP8)
-            store_kv(cache_ptr, slot, heads, dims + HALF, mask, k2, scales_ptr, stride_slot, stride_head, FP8)
-            v_half = cache_ptr + stride_kv
-            store_kv(v_half, slot, heads, dims, mask, v1, scales_ptr + 1, stride_slot, stride_head, FP8)
-            store_kv(v_half, slot, heads, dims + HALF, mask, v2, scales_ptr + 1, stride_slot, stride_head, FP8)
+            store_halves(cache_ptr, scales_ptr, v_ptr, token, stride_vt, stride_vh, slot, heads, dims, mask, k1, k2,
+                         HALF, stride_kv, stride_slot, stride_head, FP8)
 
 
 def rotary_embedding(
