@@ -3,12 +3,17 @@ port, in a thread of the test process (so tests can look at the engine's cache d
 
 from __future__ import annotations
 
+import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +28,8 @@ from infer_core.server import create_app
 from infer_core.server.shutdown import Drain, GracefulServer
 from infer_core.server.state import ServerState
 from infer_core.testing.fixtures import tiny_checkpoint
+
+BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -97,6 +104,36 @@ def run_server(llm: LLM, **server: Any) -> Iterator[RunningServer]:
         thread.join(30)
         sock.close()
         assert not thread.is_alive(), "the server did not stop"
+
+
+def read_lines(stream, into: list[str]) -> threading.Thread:
+    """A daemon thread appending ``stream``'s lines to ``into`` (a child's stderr)."""
+    thread = threading.Thread(target=lambda: into.extend(iter(stream.readline, "")), daemon=True)
+    thread.start()
+    return thread
+
+
+@contextmanager
+def infer_serve(*args: str | os.PathLike) -> Iterator[tuple[subprocess.Popen, str, list[str]]]:
+    """The ``infer-serve`` command with ``args`` on an ephemeral port, until the block ends:
+    ``(process, base URL, its stderr lines so far)``; killed at the end if still running."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([BIN / "infer-serve", *args, "--server.port", "0"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    lines: list[str] = []
+    reader = read_lines(proc.stderr, lines)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("Uvicorn running on" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        port = re.search(r"http://127\.0\.0\.1:(\d+)", "".join(lines)).group(1)
+        yield proc, f"http://127.0.0.1:{port}", lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(10)
 
 
 def tiny_llm(**overrides: Any) -> LLM:

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +30,8 @@ from infer_core.engine.core_client import EngineCoreClient
 from infer_core.server.debug import engine_state
 from infer_core.testing.fixtures import tiny_checkpoint
 
-BIN = Path(sys.executable).parent
+from .conftest import BIN, infer_serve
+
 PROMPTS = ["hello there", "the capital of", "one two three four", "x"]
 
 
@@ -40,35 +40,13 @@ def model() -> str:
     return str(tiny_checkpoint("llama", tokenizer=True, vocab_size=512))
 
 
-def read_lines(stream, lines: list[str]) -> threading.Thread:
-    thread = threading.Thread(target=lambda: lines.extend(iter(stream.readline, "")), daemon=True)
-    thread.start()
-    return thread
-
-
 @contextmanager
-def infer_serve(model: str, *args: str) -> Iterator[tuple[subprocess.Popen, str, list[str]]]:
-    """``infer-serve --server.engine_process true`` on an ephemeral port until the block ends."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [BIN / "infer-serve", "--model.path", model, "--model.device", "cpu", "--model.max_model_len", "256",
-         "--model.served_model_name", "tiny", "--cache.num_blocks", "16", "--server.port", "0",
-         "--server.engine_process", "true", "--server.debug_endpoints", "true", *args],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    lines: list[str] = []
-    reader = read_lines(proc.stderr, lines)
-    try:
-        deadline = time.monotonic() + 120
-        while not any("Uvicorn running on" in line for line in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.05)
-        port = re.search(r"http://127\.0\.0\.1:(\d+)", "".join(lines)).group(1)
-        yield proc, f"http://127.0.0.1:{port}", lines
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        reader.join(10)
+def serve_tiny(model: str, *args: str) -> Iterator[tuple[subprocess.Popen, str, list[str]]]:
+    """``infer-serve`` on the tiny model with the engine in its own process."""
+    with infer_serve("--model.path", model, "--model.device", "cpu", "--model.max_model_len", "256",
+                     "--model.served_model_name", "tiny", "--cache.num_blocks", "16",
+                     "--server.engine_process", "true", "--server.debug_endpoints", "true", *args) as served:
+        yield served
 
 
 def core_pid(url: str) -> int:
@@ -100,7 +78,7 @@ def expected_texts(model: str, max_tokens: int) -> list[str]:
 
 def test_served_from_the_engine_process_like_in_process(model):
     want = expected_texts(model, 12)
-    with infer_serve(model) as (proc, url, _lines):
+    with serve_tiny(model) as (proc, url, _lines):
         pid = core_pid(url)
         assert pid != proc.pid and pid_alive(pid)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -143,7 +121,7 @@ def test_served_from_the_engine_process_like_in_process(model):
 
 
 def test_a_dead_engine_process_fails_streams_and_health(model):
-    with infer_serve(model) as (proc, url, _lines):
+    with serve_tiny(model) as (proc, url, _lines):
         pid = core_pid(url)
         events: list[str] = []
 

@@ -4,23 +4,17 @@ then exit) and the ``infer-serve`` command itself, SIGTERM included."""
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import openai
 import pytest
 
 from infer_core.testing.fixtures import tiny_checkpoint
 
-from .conftest import run_server, tiny_llm
-
-BIN = Path(sys.executable).parent
+from .conftest import BIN, infer_serve, run_server, tiny_llm
 
 
 @pytest.fixture(scope="module")
@@ -108,44 +102,22 @@ def test_the_drain_timeout_answers_a_waiting_call_with_503(llm, slow_steps):
         assert llm.engine.cache.num_free_blocks == llm.engine.cache.num_blocks
 
 
-def read_lines(stream, into: list[str]) -> threading.Thread:
-    thread = threading.Thread(target=lambda: into.extend(iter(stream.readline, "")), daemon=True)
-    thread.start()
-    return thread
-
-
 def test_infer_serve_logs_serves_and_stops_on_sigterm(tmp_path):
     model = tiny_checkpoint("llama", tokenizer=True, vocab_size=512)
     config = tmp_path / "engine.toml"
     config.write_text(f'[model]\npath = "{model}"\ndevice = "cpu"\nmax_model_len = 128\n'
                       f'served_model_name = "tiny"\n[cache]\nnum_blocks = 4\n')
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [BIN / "infer-serve", "--config", config, "--server.port", "0", "--server.api_key", "k"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    lines: list[str] = []
-    reader = read_lines(proc.stderr, lines)
-    try:
-        deadline = time.monotonic() + 120
-        while not any("Uvicorn running on" in line for line in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.05)
-        port = re.search(r"http://127\.0\.0\.1:(\d+)", "".join(lines)).group(1)
+    with infer_serve("--config", config, "--server.api_key", "k") as (proc, url, lines):
         log = "".join(lines)
         assert "plugin infer_core (infer-core 0.1.0): cache backend contiguous" in log
         assert "plugin infer_models_llama (infer-models-llama 0.1.0): architecture LlamaForCausalLM" in log
         assert "KV cache: 4 blocks x 128 tokens = 512 tokens" in log
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0)
         out = client.completions.create(model="tiny", prompt="hi", max_tokens=5, temperature=0,
                                         extra_body={"ignore_eos": True})
         assert out.usage.completion_tokens == 5
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    reader.join(10)
     assert "draining: 0 requests running" in "".join(lines)
 
 
