@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +152,9 @@ class LLMEngine:
         self._async = config.scheduler.async_scheduling
         self._inflight: tuple[SchedulerOutput, LaunchedStep] | None = None  # async: launched, not read
         self.processor = InputProcessor(self.tokenizer, self.vocab_size, max_model_len, self.eos_token_ids)
+        # validation and tokenization (safe from any thread): InputProcessor.make_request
+        self.make_request = self.processor.make_request
+        self.new_request_id = self.processor.new_request_id
         if device.type == "cuda":
             self.warm_up()
 
@@ -204,27 +207,6 @@ class LLMEngine:
         return max(1, int(budget // per_block))
 
     # -- requests ----------------------------------------------------------------------------
-
-    def new_request_id(self) -> str:
-        return self.processor.new_request_id()
-
-    def make_request(
-        self,
-        prompt: str | Sequence[int],
-        params: SamplingParams | None = None,
-        *,
-        request_id: str | None = None,
-        arrival_time: float | None = None,
-        priority: int = 0,
-        add_special_tokens: bool = True,
-        cache_salt: str | None = None,
-    ) -> Request:
-        """Validate and tokenize a request (no engine state is touched: safe from any thread);
-        :meth:`InputProcessor.make_request <infer_core.engine.processor.InputProcessor.make_request>`."""
-        return self.processor.make_request(
-            prompt, params, request_id=request_id, arrival_time=arrival_time, priority=priority,
-            add_special_tokens=add_special_tokens, cache_salt=cache_salt,
-        )
 
     @property
     def model_class(self) -> type:
