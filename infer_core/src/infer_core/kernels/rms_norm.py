@@ -7,6 +7,9 @@ and multiplies by ``1 + w`` in float32 before rounding. The fused variant first 
 ``h = x + residual`` (rounded to the input dtype, as an eager add is) and returns both the
 normed ``h`` and ``h`` itself, the next residual: one read of each input, one write of each
 output instead of three passes.
+
+The arithmetic (``add_residual``, ``inv_rms``, ``normed``) is a set of ``@triton.jit`` helpers
+shared with the RMSNorm prologue of :mod:`~infer_core.kernels.small_m_gemm`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,33 @@ import triton
 import triton.language as tl
 
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
+
+
+@triton.jit
+def add_residual(x, r):
+    """``x + r`` in float32, rounded to ``x``'s dtype (as an eager add): the new residual."""
+    return (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+
+
+@triton.jit
+def inv_rms(sum_squares, n_cols, eps):
+    """``1 / sqrt(mean(h^2) + eps)`` from the float32 sum of squares over ``n_cols`` columns."""
+    return 1.0 / tl.sqrt(sum_squares / n_cols + eps)
+
+
+@triton.jit
+def normed(h, rstd, w, GEMMA: tl.constexpr):
+    """RMSNorm of ``h`` (input dtype) given its ``rstd`` (float32, broadcast against ``h``)
+    and the weight ``w``, rounded to ``h``'s dtype: Llama / Qwen round ``h * rstd`` to the
+    dtype, then multiply by ``w`` in float32; Gemma multiplies by ``1 + w`` in float32. Shared
+    with the GEMM prologue of :mod:`~infer_core.kernels.small_m_gemm`."""
+    y = h.to(tl.float32) * rstd
+    w = w.to(tl.float32)
+    if GEMMA:  # noqa: SIM108 (a constexpr branch)
+        y = y * (1.0 + w)
+    else:
+        y = y.to(h.dtype).to(tl.float32) * w
+    return y.to(h.dtype)
 
 
 @triton.jit
@@ -35,16 +65,12 @@ def _rms_norm_kernel(
     x = tl.load(x_ptr + a * stride_xa + b * stride_xb + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(res_ptr + a * stride_ra + b * stride_rb + cols, mask=mask, other=0.0)
-        x = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+        x = add_residual(x, r)
         tl.store(res_out_ptr + row * n_cols + cols, x, mask=mask)
     h = x.to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / n_cols + eps)
-    h = h * rstd
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    if GEMMA:  # noqa: SIM108 (a constexpr branch)
-        y = h * (1.0 + w)
-    else:
-        y = h.to(x.dtype).to(tl.float32) * w
+    rstd = inv_rms(tl.sum(h * h, axis=0), n_cols, eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    y = normed(x, rstd, w, GEMMA)
     tl.store(out_ptr + row * n_cols + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
