@@ -4,18 +4,18 @@ M 1-16, N and K off the block sizes, fp32 / fp16 / bf16, forced configs (both in
 split-K), strided ``x`` rows; the fused activation against the unfused ``act_and_mul``
 kernel; bitwise determinism; ``choose_config`` at real shapes.
 
-Tolerances. Kernel and reference both sum float32 products, in different orders, and round
-once to the output dtype: ``|got - ref| <= 4 u |ref| + 8 sqrt(K) u32 (|x'| @ |w|.T)``, ``u`` the
-output dtype's unit roundoff (the interpreter truncates float32 -> bf16 instead of rounding
-to nearest, so up to 1 ulp, plus the reference's half ulp). Against the torch reference of
-the activation, ``x'`` itself may differ in the last bit (the interpreter's bf16 truncation,
-exp vs torch's silu), which adds ``4 u (|x'| @ |w|.T)``; against the ``act_and_mul`` kernel
-(the same arithmetic) it does not.
+Tolerances (``tests/kernels/small_m.py``). Kernel and reference both sum float32 products,
+in different orders, and round once to the output dtype:
+``|got - ref| <= 4 u |ref| + 8 sqrt(K) u32 (|x'| @ |w|.T)``, ``u`` the output dtype's unit
+roundoff (the interpreter truncates float32 -> bf16 instead of rounding to nearest, so up to
+1 ulp, plus the reference's half ulp). Against the torch reference of the activation, ``x'``
+itself may differ in the last bit (the interpreter's bf16 truncation, exp vs torch's silu),
+which adds ``4 u (|x'| @ |w|.T)``; against the ``act_and_mul`` kernel (the same arithmetic)
+it does not.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -30,20 +30,11 @@ from infer_core.kernels.small_m_gemm import (
     small_m_gemm,
     small_m_gemm_ref,
 )
+from tests.kernels.small_m import assert_within, interpretable
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 ACT_KERNELS = {"silu": act_kernels.silu_and_mul, "gelu_tanh": act_kernels.gelu_tanh_and_mul}
 ACT_REFS = {"silu": act_kernels.silu_and_mul_ref, "gelu_tanh": act_kernels.gelu_tanh_and_mul_ref}
-
-
-def interpretable(cfg: LaunchConfig | None, m: int, n: int, k: int, dtype: torch.dtype) -> LaunchConfig:
-    """The config to run: ``tl.dot`` on bf16 is wrong in the interpreter, so bf16 takes the
-    broadcast product there."""
-    cfg = cfg or choose_config(m, n, k, dtype, num_sms=4)
-    if dtype == torch.bfloat16 and cfg.use_dot:
-        cfg = dataclasses.replace(cfg, use_dot=False)
-    return cfg
 
 
 def make(gen: torch.Generator, m: int, n: int, k: int, dtype: torch.dtype, act: str | None,
@@ -52,25 +43,6 @@ def make(gen: torch.Generator, m: int, n: int, k: int, dtype: torch.dtype, act: 
     x = torch.randn(m, width + row_pad, generator=gen)[:, :width].to(dtype)  # row stride width + pad
     w = (torch.randn(n, k, generator=gen) / math.sqrt(max(k, 1))).to(dtype)
     return x, w
-
-
-def assert_within(got: torch.Tensor, expected: torch.Tensor, xp: torch.Tensor, w: torch.Tensor, *,
-                  act_slack: bool = False) -> None:
-    assert got.dtype == expected.dtype and got.shape == expected.shape, (got.dtype, got.shape, expected.shape)
-    k = w.shape[1]
-    u = UNIT_ROUNDOFF[got.dtype]
-    s = xp.float().abs() @ w.float().abs().T
-    bound = 4 * u * expected.float().abs() + 8 * math.sqrt(k) * UNIT_ROUNDOFF[torch.float32] * s + 1e-30
-    if act_slack:
-        bound = bound + 4 * UNIT_ROUNDOFF[xp.dtype] * s
-    err = (got.float() - expected.float()).abs()
-    excess = err / bound
-    worst = excess.argmax()
-    r, c = divmod(worst.item(), got.shape[1])
-    assert excess.max() <= 1, (
-        f"[{r}, {c}]: got {got[r, c].item()}, expected {expected[r, c].item()}, |err| {err[r, c].item():.3g} "
-        f"> bound {bound[r, c].item():.3g}; {int((excess > 1).sum())} of {excess.numel()} elements outside"
-    )
 
 
 def check(x: torch.Tensor, w: torch.Tensor, act: str | None, cfg: LaunchConfig | None) -> torch.Tensor:
@@ -82,7 +54,7 @@ def check(x: torch.Tensor, w: torch.Tensor, act: str | None, cfg: LaunchConfig |
     else:
         xp = ACT_KERNELS[act](x)  # the unfused path: exactly the prologue's arithmetic
         assert_within(got, small_m_gemm_ref(xp, w), xp, w)
-        assert_within(got, small_m_gemm_ref(x, w, act), ACT_REFS[act](x), w, act_slack=True)
+        assert_within(got, small_m_gemm_ref(x, w, act), ACT_REFS[act](x), w, slack=4)
     return got
 
 

@@ -1,10 +1,11 @@
 """Linear projections at small M (decode, 1-16 rows): ``y[M, N] = x' @ weight.T``, streaming
 the ``[N, K]`` weight once at (we hope) copy bandwidth, optionally with the gated activation
-of :mod:`~infer_core.kernels.act_and_mul` folded into the prologue.
+of :mod:`~infer_core.kernels.act_and_mul` or the (residual add and) RMSNorm of
+:mod:`~infer_core.kernels.rms_norm` folded into the prologue.
 
-OPT-IN: the models' linear layers (:class:`infer_core.layers.linear.Linear`) call it only
-with ``model.small_m_gemm = true``, until it has been measured on a GPU against cuBLAS
-(``benchmarks/kernels_small_m_gemm.py``, and end to end ``scripts/gpu_speed.sh ab``).
+The models' linear layers (:class:`infer_core.layers.linear.Linear`, ``MergedLinear``) take it
+for one-row inputs with ``model.small_m_gemm`` (on by default on CUDA); neither prologue is
+used by the models yet (``benchmarks/kernels_small_m_gemm.py`` measures them).
 
 Why: at batch 1 on an H200, Llama-3.2-1B's projections under cuBLAS reach 1.4-2.1 TB/s for
 the small ones (q/k/v fused, 12.6 MB in 5.9 µs) and down_proj pays a split-K reduction,
@@ -37,6 +38,22 @@ Fused activation (``act_and_mul="silu"`` or ``"gelu_tanh"``): ``x`` is ``[M, 2K]
 program recomputes the activation of its K range (``M x K`` elements): cheap at M = 1, a cost
 to measure at M = 16.
 
+Fused RMSNorm (``norm=NormPrologue(weight, eps, gemma, residual)``): the decoder layer's
+``fused_add_rms_norm`` before qkv_proj / gate_up_proj, in the same launch (at batch 1 the
+step is launch-bound: two launches per layer fewer). ``x' = rms_norm(h)`` with
+``h = x + residual`` rounded to the dtype (or ``h = x``); the result is ``(y, h)``, ``h`` the
+new residual written by the ``pid_n == 0`` programs (each element once), ``None`` without a
+residual. The sum of squares needs the whole row before the first product, so every program
+(every split too) first walks the whole row for the float32 sum of squares, then walks its
+K range again, recomputing ``h`` per tile (out of L2) and normalizing it with
+:mod:`~infer_core.kernels.rms_norm`'s own helpers (``add_residual``, ``inv_rms``, ``normed``:
+the arithmetic of ``_rms_norm_kernel``). Only the order of the float32 sum of squares differs
+(K tiles, not one block), so a normalized element may round to its neighbour now and then:
+the fused result equals ``small_m_gemm(fused_add_rms_norm(x, residual, w, eps)[0], weight)``
+up to that and the float32 summation order, and ``h`` is bitwise ``fused_add_rms_norm``'s.
+Every N-block program re-reads the ``x`` (and residual) rows twice: cheap at M = 1 from L2,
+to be measured. Not combinable with ``act_and_mul``.
+
 Numerics: products and sums in float32, one rounding to ``x``'s dtype at the end (bf16, fp16,
 fp32). Against ``small_m_gemm_ref`` the only differences are the summation order and the
 final rounding. No host synchronization and only ``torch.empty`` allocations: capturable in a
@@ -46,6 +63,7 @@ CUDA graph.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 import triton
@@ -59,6 +77,7 @@ from infer_core.kernels.act_and_mul import (
     silu_and_mul_ref,
 )
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
+from infer_core.kernels.rms_norm import add_residual, fused_add_rms_norm, inv_rms, normed
 
 NO_ACT = -1
 ACTS = {None: NO_ACT, "silu": SILU, "gelu_tanh": GELU_TANH}
@@ -68,9 +87,22 @@ REDUCE_BLOCK = 1024
 
 
 @triton.jit
+def _norm_input(x_rows, r_rows, ks, mask, HAS_RESIDUAL: tl.constexpr):
+    """One ``[BLOCK_M, BLOCK_K]`` tile of the norm's input ``h``: ``x`` or ``x + residual``
+    (rounded to the dtype, as ``fused_add_rms_norm`` forms it)."""
+    h = tl.load(x_rows + ks[None, :], mask=mask, other=0.0, eviction_policy="evict_last")
+    if HAS_RESIDUAL:
+        r = tl.load(r_rows + ks[None, :], mask=mask, other=0.0, eviction_policy="evict_last")
+        h = add_residual(h, r)
+    return h
+
+
+@triton.jit
 def _small_m_gemm_kernel(
     x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, k_per_split,
-    ACT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    r_ptr, stride_rm, nw_ptr, h_ptr, eps,
+    ACT: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
     if PDL:
@@ -85,6 +117,17 @@ def _small_m_gemm_kernel(
     n_mask = rn < N
     x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * K  # [BLOCK_N, 1]
+    r_rows = r_ptr + rm.to(tl.int64)[:, None] * stride_rm
+    h_rows = h_ptr + rm.to(tl.int64)[:, None] * K
+    if NORM:
+        # first pass over the whole row (every split too): float32 sum of squares of h
+        squares = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + rk
+            mask = m_mask[:, None] if EVEN_K else m_mask[:, None] & (ks < K)[None, :]
+            h = _norm_input(x_rows, r_rows, ks, mask, HAS_RESIDUAL).to(tl.float32)
+            squares += h * h
+        rstd = inv_rms(tl.sum(squares, axis=1), K, eps)[:, None]  # [BLOCK_M, 1]
     k_start = pid_k * k_per_split  # a multiple of BLOCK_K
     k_end = tl.minimum(k_start + k_per_split, K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -98,7 +141,17 @@ def _small_m_gemm_kernel(
             x_mask = m_mask[:, None] & k_mask[None, :]
             w_mask = n_mask[:, None] & k_mask[None, :]
         w = tl.load(w_rows + ks[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
-        if ACT < 0:
+        if NORM:
+            h = _norm_input(x_rows, r_rows, ks, x_mask, HAS_RESIDUAL)  # again, out of L2
+            if HAS_RESIDUAL:  # noqa: SIM102 (a constexpr branch)
+                if pid_n == 0:  # the new residual: each element written by one program
+                    tl.store(h_rows + ks[None, :], h, mask=x_mask)
+            if EVEN_K:
+                nw = tl.load(nw_ptr + ks, eviction_policy="evict_last")
+            else:
+                nw = tl.load(nw_ptr + ks, mask=ks < K, other=0.0, eviction_policy="evict_last")
+            x = normed(h, rstd, nw[None, :], GEMMA)
+        elif ACT < 0:
             x = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
         else:
             gate = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
@@ -149,8 +202,21 @@ class LaunchConfig:
             assert self.block_n >= 16 and self.block_k >= 16, self
 
 
+@dataclass(frozen=True, eq=False)
+class NormPrologue:
+    """RMSNorm folded into the GEMM's prologue: the product's input is ``rms_norm(h)`` over K
+    with ``weight [K]``, ``eps`` and Gemma's ``1 + w`` (``gemma``), where ``h = x + residual``
+    (``[M, K]``, ``x``'s dtype; rounded to it, as :func:`~infer_core.kernels.rms_norm.fused_add_rms_norm`
+    forms it) or ``h = x`` without a residual."""
+
+    weight: torch.Tensor
+    eps: float
+    gemma: bool = False
+    residual: torch.Tensor | None = None
+
+
 def choose_config(m: int, n: int, k: int, dtype: torch.dtype, num_sms: int = 132,
-                  act: bool = False) -> LaunchConfig:
+                  act: bool = False, norm: bool = False) -> LaunchConfig:
     """Launch shapes from the sweep on an H200 (``benchmarks/kernels_small_m_gemm.py --sweep``,
     Llama-3.2-1B projections, bf16; ``benchmarks/reports/small-m-gemm-2026-12-01-h200``).
 
@@ -160,10 +226,15 @@ def choose_config(m: int, n: int, k: int, dtype: torch.dtype, num_sms: int = 132
     (not float32): ``tl.dot`` over 32-row weight tiles (64 from N = 8192) and 256-wide K
     tiles (128), split along K only for long K (32 tiles and more) when fewer programs than
     SMs would run: on a par with cuBLAS. float32 (tests) keeps the broadcast product, ``block_n`` the widest of 32..4 that
-    gives about two programs per SM, ~4k products per step."""
+    gives about two programs per SM, ~4k products per step.
+
+    With the RMSNorm prologue (``norm``) the same, four weight rows per program at one row as
+    with the activation: every program re-reads the whole ``x`` (and residual) row twice
+    out of L2, so wider programs amortize it. Not measured yet (a starting point for the
+    sweep)."""
     bm = min(triton.next_power_of_2(max(m, 1)), MAX_BLOCK_M)
     if m <= 1 and dtype != torch.float32:
-        block_n, block_k, num_warps, stages = (4 if act else 2), 2048, 4, 4
+        block_n, block_k, num_warps, stages = (4 if act or norm else 2), 2048, 4, 4
         use_dot = False
     elif dtype != torch.float32:
         wide = n >= 8192
@@ -200,14 +271,32 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+@overload
 def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: str | None = None,
-                 config: LaunchConfig | None = None) -> torch.Tensor:
+                 norm: None = None, config: LaunchConfig | None = None) -> torch.Tensor: ...
+
+
+@overload
+def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: None = None,
+                 norm: NormPrologue, config: LaunchConfig | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None):
     """``x' @ weight.T`` for ``weight [N, K]`` (contiguous) and ``x [M, K]``, or ``x [M, 2K]``
     = ``[gate | up]`` with ``act_and_mul`` ("silu" or "gelu_tanh"), ``x' = act(gate) * up``.
     bf16, fp16 or fp32 (one dtype for both); float32 accumulation; ``[M, N]`` in ``x``'s
-    dtype. ``config`` overrides ``choose_config``."""
+    dtype. ``config`` overrides ``choose_config``.
+
+    With ``norm`` (a :class:`NormPrologue`), ``x' = rms_norm(h)`` with ``h = x + norm.residual``
+    (or ``x``), and the result is a pair ``(y, h)``: ``h [M, K]`` the new residual, or
+    ``None`` without ``norm.residual``; the same as ``fused_add_rms_norm`` (or ``rms_norm``)
+    followed by ``small_m_gemm`` in one launch. Not with ``act_and_mul``."""
     if act_and_mul not in ACTS:
         raise ValueError(f"act_and_mul must be one of {sorted(a for a in ACTS if a)} or None, got {act_and_mul!r}")
+    if norm is not None and act_and_mul is not None:
+        raise ValueError(f"small_m_gemm takes either a norm prologue or act_and_mul, not both "
+                         f"(got norm and act_and_mul={act_and_mul!r})")
     act = ACTS[act_and_mul]
     assert x.dim() == 2 and weight.dim() == 2, (x.shape, weight.shape)
     assert x.dtype in DTYPES and weight.dtype == x.dtype, (x.dtype, weight.dtype)
@@ -218,12 +307,24 @@ def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: str | No
     assert x.shape[1] == (k if act == NO_ACT else 2 * k), (x.shape, weight.shape, act_and_mul)
     if x.stride(-1) != 1:
         x = x.contiguous()
+    residual = norm.residual if norm is not None else None
+    if norm is not None:
+        assert norm.weight.shape == (k,) and norm.weight.is_contiguous(), (norm.weight.shape, k)
+        assert norm.weight.device == x.device and norm.weight.dtype in DTYPES, (norm.weight.device, norm.weight.dtype)
+        if residual is not None:
+            assert residual.shape == x.shape and residual.dtype == x.dtype, (residual.shape, residual.dtype)
+            assert residual.device == x.device, (residual.device, x.device)
+            if residual.stride(-1) != 1:
+                residual = residual.contiguous()
+    h = torch.empty(m, k, dtype=x.dtype, device=x.device) if residual is not None else None
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    if m == 0 or n == 0:
-        return out
-    if k == 0:
-        return out.zero_()
-    cfg = config or choose_config(m, n, k, x.dtype, _num_sms(x.device), act=act != NO_ACT)
+    if m == 0 or n == 0 or k == 0:
+        if k == 0:
+            out.zero_()
+        if h is not None and m and k:  # no program runs: the residual add alone (n == 0)
+            h = fused_add_rms_norm(x, residual, norm.weight, norm.eps, norm.gemma)[1]
+        return out if norm is None else (out, h)
+    cfg = config or choose_config(m, n, k, x.dtype, _num_sms(x.device), act=act != NO_ACT, norm=norm is not None)
     cfg.check()
     bm = cfg.block_m(m)
     tiles = triton.cdiv(k, cfg.block_k)
@@ -233,9 +334,14 @@ def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: str | No
     target = out if split_k == 1 else torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, cfg.block_n), split_k, triton.cdiv(m, bm))
     pdl = use_pdl(x)
+    r = residual if residual is not None else x
     _small_m_gemm_kernel[grid](
         x, weight, target, m, n, k, x.stride(0), k_per_split,
-        ACT=act, BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        r, r.stride(0), norm.weight if norm is not None else x, h if h is not None else x,
+        norm.eps if norm is not None else 0.0,
+        ACT=act, NORM=norm is not None, HAS_RESIDUAL=residual is not None,
+        GEMMA=norm is not None and norm.gemma,
+        BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         EVEN_K=k % cfg.block_k == 0, USE_DOT=cfg.use_dot,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
@@ -244,7 +350,7 @@ def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: str | No
         _split_k_reduce_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)](
             target, out, m * n, SPLIT_K=split_k, BLOCK=REDUCE_BLOCK, PDL=pdl, num_warps=4, launch_pdl=pdl,
         )
-    return out
+    return out if norm is None else (out, h)
 
 
 def small_m_gemm_ref(x: torch.Tensor, weight: torch.Tensor, act_and_mul: str | None = None) -> torch.Tensor:
