@@ -9,6 +9,13 @@ Tolerance: ``|got - ref| <= 3 u |ref| + 16 sqrt(K) u32 (|x'| @ |w|.T)`` (``u`` t
 dtype's unit roundoff; both round to nearest once, and sum float32 products in different
 orders), plus ``2 u (|x'| @ |w|.T)`` against the torch activation, whose float32 ``silu`` /
 ``gelu`` may round ``x'`` to a neighbouring bf16 value now and then.
+
+The qkv and gate/up projections also with RMSNorm and the residual add in the prologue
+(``norm=NormPrologue(...)``), M = 1, 2, 4, against ``fused_add_rms_norm`` then
+``small_m_gemm`` (same config) and then the reference product, plus ``4 u (|x'| @ |w|.T)``:
+the norm's ``rstd`` is summed over K tiles in the prologue, in one block in ``rms_norm``, so
+a normalized element may round to a neighbouring value now and then; the new residual bit
+for bit; under CUDA-graph capture too.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import math
 import pytest
 import torch
 
+from tests.kernels import small_m
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
@@ -25,7 +34,6 @@ pytestmark = [
 
 CUDA = "cuda"
 BF16 = torch.bfloat16
-UNIT_ROUNDOFF = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 MS = [1, 2, 4, 8, 16]
 # (N, K) of each projection; "down" also runs with act_and_mul (x is [M, 2K] = [gate | up])
 SHAPES = {
@@ -44,20 +52,7 @@ def make(m: int, n: int, k: int, dtype: torch.dtype, act: str | None, seed: int)
 
 
 def assert_within(got, expected, xp, w, *, act_slack: bool = False) -> None:
-    assert got.dtype == expected.dtype and got.shape == expected.shape, (got.dtype, got.shape, expected.shape)
-    u = UNIT_ROUNDOFF[got.dtype]
-    s = xp.float().abs() @ w.float().abs().T
-    bound = 3 * u * expected.float().abs() + 16 * math.sqrt(w.shape[1]) * UNIT_ROUNDOFF[torch.float32] * s + 1e-30
-    if act_slack:
-        bound = bound + 2 * UNIT_ROUNDOFF[xp.dtype] * s
-    err = (got.float() - expected.float()).abs()
-    excess = err / bound
-    worst = int(excess.argmax())
-    r, c = divmod(worst, got.shape[1])
-    assert excess.max().item() <= 1, (
-        f"[{r}, {c}]: got {got[r, c].item()}, expected {expected[r, c].item()}, |err| {err[r, c].item():.3g} "
-        f"> bound {bound[r, c].item():.3g}; {int((excess > 1).sum())} of {excess.numel()} elements outside"
-    )
+    small_m.assert_within(got, expected, xp, w, rel=3, sums=16, slack=2 if act_slack else 0)
 
 
 def check(x, w, act=None, config=None):
@@ -152,3 +147,72 @@ def test_capturable_in_a_cuda_graph(m, act):
             torch.cuda.synchronize()
             assert torch.equal(out, small_m_gemm(x, w, act_and_mul=act, config=cfg)), (cfg, seed)
         check(x, w, act, cfg)
+
+
+# -- RMSNorm (+ residual add) in the prologue ------------------------------------------------
+
+NORM_SHAPES = {k: v for k, v in SHAPES.items() if k.endswith(("qkv", "gate_up"))}
+
+
+def make_norm(m: int, k: int, gemma: bool, seed: int):
+    gen = torch.Generator(CUDA).manual_seed(seed)
+    x = (3 * torch.randn(m, k, device=CUDA, generator=gen)).to(BF16)
+    r = torch.randn(m, k, device=CUDA, generator=gen).to(BF16)
+    nw = (0.5 * torch.randn(k, device=CUDA, generator=gen) + (0.0 if gemma else 1.0)).to(BF16)
+    return x, r, nw
+
+
+def check_norm(x, r, nw, w, gemma: bool, config=None):
+    from infer_core.kernels.rms_norm import fused_add_rms_norm, fused_add_rms_norm_ref
+    from infer_core.kernels.small_m_gemm import NormPrologue, small_m_gemm, small_m_gemm_ref
+
+    y, h = small_m_gemm(x, w, norm=NormPrologue(nw, 1e-6, gemma, r), config=config)
+    xn, h_unfused = fused_add_rms_norm(x, r, nw, 1e-6, gemma)
+    assert torch.equal(h, h_unfused)  # the new residual, bit for bit
+    assert torch.equal(h, x + r)  # eager bf16 add: rounded to nearest
+    small_m.assert_within(y, small_m_gemm(xn, w, config=config), xn, w, rel=3, sums=16, slack=4)
+    small_m.assert_within(y, small_m_gemm_ref(xn, w), xn, w, rel=3, sums=16, slack=4)
+    xn_ref, _ = fused_add_rms_norm_ref(x, r, nw, 1e-6, gemma)
+    small_m.assert_within(y, small_m_gemm_ref(xn_ref, w), xn_ref, w, rel=3, sums=16, slack=8)
+    return y, h
+
+
+@pytest.mark.parametrize("gemma", [False, True], ids=["llama", "gemma"])
+@pytest.mark.parametrize("m", [1, 2, 4])
+@pytest.mark.parametrize("shape", list(NORM_SHAPES), ids=lambda s: s.replace(" ", "-"))
+def test_norm_prologue_real_shapes_bf16(shape, m, gemma):
+    n, k = NORM_SHAPES[shape]
+    x, r, nw = make_norm(m, k, gemma, seed=m + n)
+    w = make(m, n, k, BF16, None, seed=m + n + 1)[1]
+    check_norm(x, r, nw, w, gemma)
+    for cfg in forced_configs():
+        check_norm(x, r, nw, w, gemma, cfg)
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_norm_prologue_capturable_in_a_cuda_graph(m):
+    from infer_core.kernels.small_m_gemm import NormPrologue, small_m_gemm
+
+    n, k = NORM_SHAPES["qwen3-0.6b gate_up"]
+    x, r, nw = make_norm(m, k, False, seed=5)
+    w = make(m, n, k, BF16, None, seed=6)[1]
+    norm = NormPrologue(nw, 1e-6, False, r)
+    for cfg in [None, forced_configs()[1], forced_configs()[3]]:  # chosen, split broadcast, split dot
+        small_m_gemm(x, w, norm=norm, config=cfg)  # compile outside the capture
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            small_m_gemm(x, w, norm=norm, config=cfg)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y, h = small_m_gemm(x, w, norm=norm, config=cfg)
+        for seed in range(3):
+            gen = torch.Generator(CUDA).manual_seed(seed)
+            x.copy_(torch.randn(x.shape, device=CUDA, generator=gen))
+            r.copy_(torch.randn(r.shape, device=CUDA, generator=gen))
+            graph.replay()
+            torch.cuda.synchronize()
+            y_eager, h_eager = small_m_gemm(x, w, norm=norm, config=cfg)
+            assert torch.equal(y, y_eager) and torch.equal(h, h_eager), (cfg, seed)
+        check_norm(x, r, nw, w, False, cfg)
