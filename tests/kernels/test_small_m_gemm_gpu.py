@@ -124,6 +124,21 @@ def test_bitwise_deterministic(m):
             assert torch.equal(small_m_gemm(x, w, act_and_mul="silu", config=cfg), first), cfg
 
 
+def captured(fn):
+    """``fn`` run once (compiles), once on a side stream (warms up), then captured in a CUDA
+    graph: ``(graph, fn's output inside the graph)``."""
+    fn()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 @pytest.mark.parametrize("m", [1, 4, 16])
 @pytest.mark.parametrize("act", [None, "silu"])
 def test_capturable_in_a_cuda_graph(m, act):
@@ -132,15 +147,7 @@ def test_capturable_in_a_cuda_graph(m, act):
     n, k = SHAPES["llama-3.2-1b down"]
     x, w = make(m, n, k, BF16, act, seed=4)
     for cfg in [None, forced_configs()[1], forced_configs()[3]]:  # chosen, split broadcast, split dot
-        small_m_gemm(x, w, act_and_mul=act, config=cfg)  # compile outside the capture
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            small_m_gemm(x, w, act_and_mul=act, config=cfg)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = small_m_gemm(x, w, act_and_mul=act, config=cfg)
+        graph, out = captured(lambda: small_m_gemm(x, w, act_and_mul=act, config=cfg))  # noqa: B023
         for seed in range(3):
             x.copy_(torch.randn(x.shape, device=CUDA, generator=torch.Generator(CUDA).manual_seed(seed)))
             graph.replay()
@@ -198,15 +205,7 @@ def test_norm_prologue_capturable_in_a_cuda_graph(m):
     w = make(m, n, k, BF16, None, seed=6)[1]
     norm = NormPrologue(nw, 1e-6, False, r)
     for cfg in [None, forced_configs()[1], forced_configs()[3]]:  # chosen, split broadcast, split dot
-        small_m_gemm(x, w, norm=norm, config=cfg)  # compile outside the capture
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            small_m_gemm(x, w, norm=norm, config=cfg)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            y, h = small_m_gemm(x, w, norm=norm, config=cfg)
+        graph, (y, h) = captured(lambda: small_m_gemm(x, w, norm=norm, config=cfg))  # noqa: B023
         for seed in range(3):
             gen = torch.Generator(CUDA).manual_seed(seed)
             x.copy_(torch.randn(x.shape, device=CUDA, generator=gen))
