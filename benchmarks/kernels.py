@@ -439,6 +439,19 @@ def markdown(env: dict, ceilings: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_cases(cases) -> int:
+    """Run each zero-argument ``case``; a case that raises is reported (traceback) and the rest
+    go on: one failing kernel must not hide the others. Returns how many failed."""
+    failures = 0
+    for case in cases:
+        try:
+            case()
+        except Exception:
+            failures += 1
+            traceback.print_exc()
+    return failures
+
+
 def save(out: Path, stem: str, env: dict, ceilings: dict, rows: list[dict], md: str) -> None:
     """``<stem>.json`` (environment, ceilings, every row) and ``<stem>.md`` into ``out``, and the
     rows but the sweeps printed."""
@@ -476,13 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     rec = Recorder(ceilings)
     failures = 0
     for model in args.models:
-        for name in args.benches:
-            bench, takes_sweep = BENCHES[name]
-            try:
-                bench(rec, model, *([args.sweep] if takes_sweep else []))
-            except Exception:  # report and go on: one failing kernel must not hide the others
-                failures += 1
-                traceback.print_exc()
+        failures += run_cases(
+            functools.partial(BENCHES[name][0], rec, model, *([args.sweep] if BENCHES[name][1] else []))
+            for name in args.benches)
         torch.cuda.empty_cache()
     save(args.out, "kernels", env, ceilings, rec.rows, markdown(env, ceilings, rec.rows))
     return 1 if failures else 0

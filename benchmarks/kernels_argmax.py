@@ -15,8 +15,8 @@ bandwidth. ``--sweep`` also times every chunk width the kernel allows. Writes
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-import traceback
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ import triton
 from infer_core.kernels.argmax import MAX_BLOCK, MIN_BLOCK, argmax, block_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/kernels.py, run as a script or not
-from kernels import Recorder, environment, measure_ceilings, save, timed
+from kernels import Recorder, environment, measure_ceilings, run_cases, save, timed
 
 BATCHES = (1, 64, 256)
 VOCABS = {"llama-3 (128256)": 128_256, "qwen (151936)": 151_936}
@@ -99,14 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ceilings = measure_ceilings()
     print(f"copy {ceilings['copy_gbps']:.0f} GB/s", flush=True)
     rec = Recorder(ceilings)
-    failures = 0
-    for label, vocab in VOCABS.items():
-        for batch in args.batches:
-            try:
-                bench(rec, label, vocab, batch, args.sweep)
-            except Exception:  # report and go on
-                failures += 1
-                traceback.print_exc()
+    failures = run_cases(functools.partial(bench, rec, label, vocab, batch, args.sweep)
+                         for label, vocab in VOCABS.items() for batch in args.batches)
     save(args.out, "kernels_argmax", env, ceilings, rec.rows, markdown(env, ceilings, rec.rows))
     return 1 if failures else 0
 

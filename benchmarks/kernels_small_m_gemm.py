@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
-import traceback
 from pathlib import Path
 
 import torch
@@ -45,7 +45,7 @@ from infer_core.kernels.small_m_gemm import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/kernels.py, run as a script or not
-from kernels import Recorder, environment, measure_ceilings, save, timed
+from kernels import Recorder, environment, measure_ceilings, run_cases, save, timed
 
 BF16 = torch.bfloat16
 MS = (1, 4, 16)
@@ -293,15 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"copy {ceilings['copy_gbps']:.0f} GB/s", flush=True)
     num_sms = env["multiprocessors"]
     rec = Recorder(ceilings)
-    failures = 0
-    for model in args.models:
-        for proj in args.projections:
-            for m in args.ms:
-                try:
-                    bench(rec, model, proj, m, args.sweep, num_sms)
-                except Exception:  # report and go on
-                    failures += 1
-                    traceback.print_exc()
+    failures = run_cases(functools.partial(bench, rec, model, proj, m, args.sweep, num_sms)
+                         for model in args.models for proj in args.projections for m in args.ms)
     save(args.out, "kernels_small_m_gemm", env, ceilings, rec.rows, markdown(env, ceilings, rec.rows))
     return 1 if failures else 0
 
