@@ -30,7 +30,7 @@ import multiprocessing
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -82,10 +82,9 @@ class CoreFrontend:
 
 @dataclass
 class _Counters:
-    stats: EngineStats | None = None
+    """``metrics.stats`` as ``LLMEngine`` has it: the core's counters after its latest step."""
 
-    def __post_init__(self) -> None:
-        self.stats = self.stats or EngineStats()
+    stats: EngineStats = field(default_factory=EngineStats)
 
 
 class EngineCoreClient(AsyncLLMEngine):
