@@ -24,6 +24,9 @@ with ``OMP_NUM_THREADS=1`` all the work is on this thread) or wall time (``--clo
 - ``deferred_outputs``: the same for requests whose finish was decided from their ids, done
   while the next step runs on the device (``LLMEngine._process_deferred``)
 - ``host``: everything but ``forward`` and ``logits``
+- ``graph_device`` (``--device-time``, CUDA): the device time of the batch's decode graph
+  replayed alone, back to back; with ``--pipelined`` (no sync after each step, as an engine
+  serving runs) ``step_ms`` against it tells whether a step waits for the device or the host
 
 On CUDA, ``forward`` only measures the launches (kernels are asynchronous): the figure to read
 there is the total. Writes ``profile.json`` and ``summary.md`` into
@@ -134,15 +137,25 @@ def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dic
     if args.gc_freeze:  # what an engine would do after start-up: older objects never rescanned
         gc.collect()
         gc.freeze()
+    cuda = engine.layout.device.type == "cuda"
     timer.enabled = True
     step_times = []
-    for _ in range(args.steps):
+    if args.pipelined:  # steps back to back as a serving engine runs them: one clock over all
         start = clock()
-        step()
-        if engine.layout.device.type == "cuda":
+        for _ in range(args.steps):
+            step()
+        if cuda:
             torch.cuda.synchronize()
-        step_times.append(clock() - start)
+        step_times = [(clock() - start) / args.steps] * args.steps
+    else:
+        for _ in range(args.steps):
+            start = clock()
+            step()
+            if cuda:
+                torch.cuda.synchronize()
+            step_times.append(clock() - start)
     timer.enabled = False
+    graph_ms = device_graph_ms(engine, batch) if cuda and args.device_time else None
     if args.gc_freeze:
         gc.unfreeze()
     top_ops = torch_profile(engine, args.torch_profile_ops) if args.torch_profile_ops else []
@@ -150,8 +163,28 @@ def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dic
     total = 1e3 * statistics.fmean(step_times)
     ms["host"] = total - ms.get("forward", 0.0) - ms.get("replay", 0.0) - ms.get("logits", 0.0)
     ms["other"] = total - sum(ms.get(p, 0.0) for p, _, _ in PHASES)
+    if graph_ms is not None:
+        ms["graph_device"] = graph_ms
     return {"batch": batch, "step_ms": total, "step_ms_median": 1e3 * statistics.median(step_times),
             "phases_ms": ms, "host_us_per_request": 1e3 * ms["host"] / batch, "top_ops": top_ops}
+
+
+def device_graph_ms(engine: LLMEngine, batch: int, replays: int = 50) -> float | None:
+    """The device time of the decode graph this batch replays, alone: ``replays`` replays back
+    to back between two CUDA events (no host work in between), in ms per replay."""
+    graphs = engine.runner.graphs
+    size = graphs.size_for(batch) if graphs is not None else None
+    if size is None or size not in graphs.captured:
+        return None
+    graphs.replay(size)
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    begin.record()
+    for _ in range(replays):
+        graphs.replay(size)
+    end.record()
+    end.synchronize()
+    return begin.elapsed_time(end) / replays
 
 
 def median_row(runs: list[dict]) -> dict:
@@ -183,7 +216,8 @@ def torch_profile(engine: LLMEngine, n: int) -> list[dict]:
 
 
 def markdown(result: dict) -> str:
-    cols = ["step_ms", *[p for p, _, _ in PHASES], "other", "host", "host µs/req"]
+    graphs = any("graph_device" in row["phases_ms"] for row in result["rows"])
+    cols = ["step_ms", *[p for p, _, _ in PHASES], "other", "host", "host µs/req", *(["graph_device"] if graphs else [])]
     lines = [f"# Engine step profile — {result['device']} ({result['label']})", "",
              f"{result['date']}; commit {result['commit']}; torch {result['torch']}; "
              f"OMP/torch threads {result['threads']}; {result['command']}", "",
@@ -195,7 +229,8 @@ def markdown(result: dict) -> str:
     for row in result["rows"]:
         p = row["phases_ms"]
         cells = [f"{row['step_ms']:.2f}", *[f"{p.get(c, 0.0):.2f}" for c, _, _ in PHASES],
-                 f"{p['other']:.2f}", f"{p['host']:.2f}", f"{row['host_us_per_request']:.0f}"]
+                 f"{p['other']:.2f}", f"{p['host']:.2f}", f"{row['host_us_per_request']:.0f}",
+                 *([f"{p['graph_device']:.3f}" if "graph_device" in p else "–"] if graphs else [])]
         lines.append(f"| {row['batch']} | " + " | ".join(cells) + " |")
     for row in result["rows"]:
         if row["top_ops"] and "self_device_us" in row["top_ops"][0]:
@@ -232,6 +267,10 @@ def main() -> None:
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before the timed steps")
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (model.enforce_eager)")
     parser.add_argument("--async-scheduling", action="store_true", help="scheduler.async_scheduling")
+    parser.add_argument("--pipelined", action="store_true",
+                        help="no device sync after each step: the step time is the wall time of all steps over their count")
+    parser.add_argument("--device-time", action="store_true",
+                        help="on CUDA, also the device time of the batch's decode graph replayed alone (graph_device)")
     parser.add_argument("--label", default="")
     parser.add_argument("--checkpoint-dir", default="/tmp/infer-profile-step")
     parser.add_argument("--out", default="benchmarks/reports")
@@ -265,6 +304,7 @@ def main() -> None:
         "warmup": args.warmup, "temperature": args.temperature, "clock": args.clock,
         "outputs": args.outputs, "repeats": args.repeats, "gc_freeze": args.gc_freeze,
         "enforce_eager": args.enforce_eager, "async_scheduling": args.async_scheduling,
+        "pipelined": args.pipelined,
         "command": "benchmarks/profile_step.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
             for k, v in vars(args).items() if v not in ("", None, False)),

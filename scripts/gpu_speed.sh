@@ -9,10 +9,12 @@
 #   smoke    scripts/gpu_smoke_async.py: async scheduling on CUDA == in order (same tokens)
 #   profile  benchmarks/profile_step.py per shape in PROFILE_SHAPES (default llama-3.2-1b; also
 #            qwen3-0.6b, all layers) and mode in PROFILE_MODES (default "eager graphs";
-#            "async" = CUDA graphs + scheduler.async_scheduling)
+#            "async" = CUDA graphs + scheduler.async_scheduling); PROFILE_LAYERS="all 4" profiles
+#            those layer counts (default all); PROFILE_ARGS adds flags (e.g. "--pipelined --device-time")
 #   ab       offline W1/W2 for Llama-3.2-1B and Qwen3-0.6B shapes, one report per call, once per
 #            mode in AB_MODES (default "default in-order"; also "async", "small-m" / "no-small-m" =
-#            model.small_m_gemm true / false, "no-pdl" = INFER_PDL=0), AB_REPEATS runs each
+#            model.small_m_gemm true / false, "no-prologues" = model.small_m_prologues false,
+#            "no-pdl" = INFER_PDL=0), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
 #            (they share the activation helper), then benchmarks/kernels_small_m_gemm.py
@@ -41,14 +43,18 @@ if want smoke; then
 fi
 if want profile; then
   for shape in ${PROFILE_SHAPES:-llama-3.2-1b}; do
-    layers=16; [ "$shape" = qwen3-0.6b ] && layers=28
+    all=16; [ "$shape" = qwen3-0.6b ] && all=28
+    for layers in ${PROFILE_LAYERS:-all}; do
+    [ "$layers" = all ] && layers=$all
+    tag=$shape; [ "$layers" = "$all" ] || tag=$shape-L$layers
     for mode in ${PROFILE_MODES:-eager graphs}; do
       flag=(); [ $mode = eager ] && flag=(--enforce-eager); [ $mode = async ] && flag=(--async-scheduling)
       timeout "${PROFILE_TIMEOUT:-150}" python3 benchmarks/profile_step.py --device cuda --dtype bfloat16 \
         --shape "$shape" --layers $layers --hidden 0 --vocab 0 --batch-sizes "${PROFILE_BATCHES:-1,64,256}" \
         --steps 20 --repeats 2 --prompt-len 256 --clock wall --torch-profile-ops "${PROFILE_OPS:-14}" \
-        --label "$shape-$mode" --checkpoint-dir "/tmp/infer-profile-step-$shape" --out "$OUT/profiles" \
-        "${flag[@]}" 2>&1 | grep -v "profiler_st" | tail -6
+        --label "$tag-$mode" --checkpoint-dir "/tmp/infer-profile-step-$shape" --out "$OUT/profiles" \
+        "${flag[@]}" ${PROFILE_ARGS:-} 2>&1 | grep -v "profiler_st" | tail -6
+    done
     done
   done
 fi
@@ -81,6 +87,7 @@ if want ab; then
       in-order) flag+=(--scheduler.async_scheduling false) ;;
       small-m) flag+=(--model.small_m_gemm true) ;;
       no-small-m) flag+=(--model.small_m_gemm false) ;;
+      no-prologues) flag+=(--model.small_m_prologues false) ;;
       no-pdl) pdl=0 ;;
     esac
     for m in llama-3.2-1b qwen3-0.6b; do

@@ -52,6 +52,10 @@ class ModelConfig(Section):
     small_m_gemm: bool | None = Field(
         None, description="Linear layers take the Triton small-M GEMM for one-row inputs (batch-1 decode) instead "
                           "of cuBLAS (1.1-3x faster there on an H200). Default: on for CUDA; true needs CUDA.")
+    small_m_prologues: bool = Field(
+        True, description="With the small-M GEMM, the RMSNorm before the qkv and gate/up projections and the gated "
+                          "activation before down_proj run in the GEMM's prologue at one row (two launches "
+                          "fewer per layer at batch 1).")
     cuda_graph_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
         None, description="Decode batch sizes captured as CUDA graphs; default 1, 2, 4, then every 8 up to "
                           "min(max_num_seqs, 512). Sizes above scheduler.max_num_seqs are dropped.")

@@ -88,14 +88,20 @@ class Qwen3Attention(nn.Module):
         )
         self.attn = Attention(layer, ctx.attn_backend)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm,
+        md: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``norm`` (the layer's input norm, after the residual add) runs with the QKV
+        projection; returns ``(o_proj output, residual)``."""
         layer = self.attn.layer
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv, residual = self.qkv_proj.forward_normed(x, norm, residual)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, layer.num_heads, layer.head_dim)
         k = k.view(-1, layer.num_kv_heads, layer.head_dim)
         v = v.view(-1, layer.num_kv_heads, layer.head_dim)
         out = self.attn.forward_rope(positions, q, k, v, md, self.rotary, self.q_norm, self.k_norm)
-        return self.o_proj(out)
+        return self.o_proj(out), residual
 
 
 class Qwen3MLP(nn.Module):
@@ -104,10 +110,17 @@ class Qwen3MLP(nn.Module):
         size = args.intermediate_size
         self.gate_up_proj = MergedLinear(args.hidden_size, [size, size], bias=False)
         self.down_proj = Linear(size, args.hidden_size, bias=False)
-        self.act_and_mul = ACTIVATIONS[args.hidden_act]
+        if args.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {args.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
+        self.act = args.hidden_act
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_and_mul(self.gate_up_proj(x)))
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``norm`` (after the residual add) runs with gate/up, the gated activation with
+        down; returns ``(down output, residual)``."""
+        gate_up, residual = self.gate_up_proj.forward_normed(x, norm, residual)
+        return self.down_proj.forward_gated(gate_up, self.act), residual
 
 
 class Qwen3DecoderLayer(nn.Module):
@@ -125,13 +138,8 @@ class Qwen3DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(mlp_out, residual)``; the layer's hidden state is their sum, which the
         next norm forms in the same pass (fused add + RMSNorm)."""
-        if residual is None:
-            h, residual = self.input_layernorm(h), h
-        else:
-            h, residual = self.input_layernorm(h, residual)
-        h = self.self_attn(positions, h, md)
-        h, residual = self.post_attention_layernorm(h, residual)
-        return self.mlp(h), residual
+        h, residual = self.self_attn(positions, h, residual, self.input_layernorm, md)
+        return self.mlp(h, residual, self.post_attention_layernorm)
 
 
 class Qwen3Model(nn.Module):

@@ -110,7 +110,9 @@ class LLMEngine:
             if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise ConfigError("model.small_m_gemm runs a Triton kernel and needs a CUDA device; "
                                   "turn it off on the CPU.")
-            log.info("small-M GEMM on for %d linear layers", enable_small_m_gemm(self.model))
+            prologues = config.model.small_m_prologues
+            log.info("small-M GEMM on for %d linear layers (prologues %s)",
+                     enable_small_m_gemm(self.model, prologues), "on" if prologues else "off")
         self.tokenizer = Tokenizer.from_dir(model_dir)
         cache_cls = selection.cache.spec.load()
         block_size = cache_cls.block_size_for(config.cache.block_size, max_model_len)

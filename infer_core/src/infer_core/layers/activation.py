@@ -29,3 +29,10 @@ ACTIVATIONS = {
     "gelu_pytorch_tanh": gelu_tanh_and_mul,
     "gelu_tanh": gelu_tanh_and_mul,
 }
+
+# The same activations by their name in the Triton kernels' prologues (small-M GEMM).
+KERNEL_ACTIVATIONS = {
+    "silu": "silu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_tanh": "gelu_tanh",
+}

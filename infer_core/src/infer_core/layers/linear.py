@@ -1,5 +1,6 @@
 """Linear layers: :class:`Linear` (``nn.Linear`` that can route few-row inputs to the Triton
-small-M GEMM when ``model.small_m_gemm`` is on) and :class:`MergedLinear`, whose weights are
+small-M GEMM when ``model.small_m_gemm`` is on, with the RMSNorm before it or the gated
+activation folded into that GEMM's prologue) and :class:`MergedLinear`, whose weights are
 stacked from several checkpoint tensors at load time (fused QKV, fused gate/up): one GEMM
 where the checkpoint has several."""
 
@@ -8,6 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from infer_core.layers.activation import ACTIVATIONS, KERNEL_ACTIVATIONS
+from infer_core.layers.norm import RMSNorm
 
 # Inputs of at most this many rows take the small-M GEMM when it is enabled. Measured on an
 # H200 (benchmarks/reports/small-m-gemm-2026-12-01-h200): at one row it beats cuBLAS on every
@@ -23,21 +27,54 @@ class Linear(nn.Linear):
     of cuBLAS (docs/kernels.md)."""
 
     small_m = False
+    prologues = False  # with small_m: forward_normed / forward_gated fold their op into the GEMM
+
+    def _takes_small_m(self, x: torch.Tensor) -> bool:
+        return self.small_m and x.dim() == 2 and x.shape[0] <= SMALL_M and self.bias is None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.small_m and x.dim() == 2 and x.shape[0] <= SMALL_M and self.bias is None:
+        if self._takes_small_m(x):
             from infer_core.kernels.small_m_gemm import small_m_gemm
 
             return small_m_gemm(x, self.weight)
         return F.linear(x, self.weight, self.bias)
 
+    def forward_normed(
+        self, x: torch.Tensor, norm: RMSNorm, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pre-norm projection: ``(self(norm(x + residual)), x + residual)``, or
+        ``(self(norm(x)), x)`` without a residual (the decoder layer's first norm). At one row
+        with prologues on, one launch: the (residual add and) RMSNorm run in the small-M
+        GEMM's prologue."""
+        if self.prologues and self._takes_small_m(x) and norm.weight.dtype == x.dtype:
+            from infer_core.kernels.small_m_gemm import NormPrologue, small_m_gemm
 
-def enable_small_m_gemm(model: nn.Module) -> int:
-    """Route the few-row inputs of every :class:`Linear` of ``model`` to the small-M GEMM;
-    returns how many layers were switched."""
+            y, h = small_m_gemm(x, self.weight, norm=NormPrologue(norm.weight, norm.eps, norm.gemma, residual))
+            return y, x if h is None else h
+        if residual is None:
+            return self(norm(x)), x
+        h, residual = norm(x, residual)
+        return self(h), residual
+
+    def forward_gated(self, x: torch.Tensor, act: str) -> torch.Tensor:
+        """``self(act_and_mul(x))`` for ``x = [gate | up]`` and ``act`` a key of
+        :data:`~infer_core.layers.activation.ACTIVATIONS`; at one row with prologues on, the
+        activation runs in the small-M GEMM's prologue (one launch)."""
+        if self.prologues and self._takes_small_m(x) and act in KERNEL_ACTIVATIONS:
+            from infer_core.kernels.small_m_gemm import small_m_gemm
+
+            return small_m_gemm(x, self.weight, act_and_mul=KERNEL_ACTIVATIONS[act])
+        return self(ACTIVATIONS[act](x))
+
+
+def enable_small_m_gemm(model: nn.Module, prologues: bool = True) -> int:
+    """Route the few-row inputs of every :class:`Linear` of ``model`` to the small-M GEMM
+    (with ``prologues``, also the norms and activations their callers fold in); returns how
+    many layers were switched."""
     layers = [m for m in model.modules() if isinstance(m, Linear)]
     for layer in layers:
         layer.small_m = True
+        layer.prologues = prologues
     return len(layers)
 
 
