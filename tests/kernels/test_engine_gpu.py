@@ -4,6 +4,8 @@ runs end to end (its greedy agreement with bf16 KV is printed). Run with ``-m gp
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -82,6 +84,37 @@ def test_cuda_graph_replay_equals_eager(arch):
                 assert x.logprob == pytest.approx(y.logprob, abs=1e-3)
     assert {1, 4, 8, 16} <= set(replays)
     assert graphs.engine.cache.num_free_blocks == 64
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
+def test_greedy_decode_steps_sample_inside_the_graph(arch):
+    """A plain greedy decode step (no logprobs, penalties or min_tokens) takes the argmax its
+    CUDA graph computed, with no sampler call after the replay; tokens equal eager steps'
+    (float32), for a request alone and batched (async scheduling: ids in flight are placed from
+    the graph's argmax); a step with logprobs reads the graph's logits through the sampler;
+    every block back."""
+    checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
+    graphs = make_llm(checkpoint, dtype="float32")
+    eager = make_llm(checkpoint, dtype="float32", enforce_eager=True)
+    runner = graphs.engine.runner
+    events: list[str] = []
+    replay, sampler = runner.graphs.replay, runner.sampler
+    runner.graphs.replay = lambda size: events.append("replay") or replay(size)
+    runner.sampler = lambda logits, meta: events.append("sample") or sampler(logits, meta)
+    for prompts in (batch(512)[:1], batch(512)):
+        events.clear()
+        want = [o.outputs[0].token_ids for o in eager.generate(prompts, GREEDY)]
+        got = [o.outputs[0].token_ids for o in graphs.generate(prompts, GREEDY)]
+        assert got == want
+        assert events.count("replay") >= GREEDY.max_tokens - 4
+        assert all(not (a == "replay" and b == "sample") for a, b in itertools.pairwise(events))
+    events.clear()
+    with_logprobs = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=2)
+    got = graphs.generate(batch(512), with_logprobs)
+    want = eager.generate(batch(512), with_logprobs)
+    assert [o.outputs[0].token_ids for o in got] == [o.outputs[0].token_ids for o in want]
+    assert events.count("replay") and all(b == "sample" for a, b in itertools.pairwise(events) if a == "replay")
+    assert graphs.engine.cache.num_free_blocks == graphs.engine.cache.num_blocks
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])

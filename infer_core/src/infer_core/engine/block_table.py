@@ -68,9 +68,13 @@ class BlockTable:
         staged = self.cpu[index, :width].pin_memory()
         self.table[index.to(self.device, non_blocking=True), :width] = staged.to(self.device, non_blocking=True)
 
+    def view(self, rows: int, width: int) -> torch.Tensor:
+        """The persistent batch buffer as ``[rows, width]`` (what ``gather`` writes)."""
+        return self.batch[: rows * width].view(rows, width)
+
     def gather(self, slots: torch.Tensor, width: int) -> torch.Tensor:
         """The rows of ``slots`` (a device int32 or int64 tensor, batch order), ``width`` blocks each,
         in the persistent batch buffer: ``[len(slots), width]``, contiguous."""
-        out = self.batch[: slots.shape[0] * width].view(slots.shape[0], width)
+        out = self.view(slots.shape[0], width)
         torch.index_select(self.table[:, :width], 0, slots, out=out)
         return out

@@ -6,6 +6,10 @@ captured for ``G``: the model's forward over the runner's persistent device buff
 launch shapes fixed at capture. Replay costs one host call instead of the ~10 launches per
 layer of an eager step, which at small batches is most of a decode step's time.
 
+What a graph holds is the runner's choice (``ModelRunner.capture_cuda_graphs``): the gather
+of the step's block-table rows, the forward, the logits of every row and their argmax, so a
+greedy decode step costs the host one replay and the copy of the sampled ids.
+
 Padding rows ``B..G-1`` read token 0 at position 0 with ``seq_len`` 0 and slot ``-1``: the KV
 write skips them and attention sees no key (their output is zero and is never read). The
 attention launch is captured for the longest sequence (``max_model_len``), so the split count
@@ -22,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import torch
 
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_CAPTURE_SIZE = 512
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def default_capture_sizes(max_num_seqs: int) -> list[int]:
@@ -40,17 +45,17 @@ def default_capture_sizes(max_num_seqs: int) -> list[int]:
 
 
 @dataclass
-class CapturedStep:
+class CapturedStep(Generic[R]):
     graph: torch.cuda.CUDAGraph
-    hidden: torch.Tensor  # [G, hidden_size], written by every replay
+    outputs: R  # the captured forward's outputs (tensors written by every replay)
 
 
-class DecodeGraphs:
+class DecodeGraphs(Generic[R]):
     """The captured decode graphs of one runner, by padded batch size."""
 
     def __init__(self, sizes: Sequence[int]) -> None:
         self.sizes = sorted(set(sizes))
-        self.captured: dict[int, CapturedStep] = {}
+        self.captured: dict[int, CapturedStep[R]] = {}
         self.capture_seconds = 0.0
 
     def size_for(self, num_reqs: int) -> int | None:
@@ -59,7 +64,7 @@ class DecodeGraphs:
         i = bisect.bisect_left(self.sizes, num_reqs)
         return self.sizes[i] if i < len(self.sizes) else None
 
-    def capture(self, prepare: Callable[[int], T], forward: Callable[[T], torch.Tensor]) -> None:
+    def capture(self, prepare: Callable[[int], T], forward: Callable[[T], R]) -> None:
         """For every size, largest first, in one shared memory pool: ``prepare(G)`` writes ``G``
         padding rows into the input buffers (outside the graph), ``forward(inputs)`` runs once
         eagerly (kernels compile outside the capture), then is captured."""
@@ -71,14 +76,14 @@ class DecodeGraphs:
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                hidden = forward(inputs)
-            self.captured[size] = CapturedStep(graph, hidden)
+                outputs = forward(inputs)
+            self.captured[size] = CapturedStep(graph, outputs)
         torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - start
         log.info("captured %d decode CUDA graphs (batch sizes %d..%d) in %.1f s",
                  len(self.sizes), self.sizes[0], self.sizes[-1], self.capture_seconds)
 
-    def replay(self, size: int) -> torch.Tensor:
+    def replay(self, size: int) -> R:
         step = self.captured[size]
         step.graph.replay()
-        return step.hidden
+        return step.outputs

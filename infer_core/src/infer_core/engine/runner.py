@@ -6,8 +6,10 @@ computed with numpy over the batch (no per-token Python) into one int32 staging 
 allocated once at start-up (``input_ids``, ``positions``, ``slot_mapping``, query offsets,
 sequence lengths, batch slots, logits rows; pinned on the host, copied to the device in one
 copy per step) and block tables, so the tensors a decode step reads never move — the
-precondition for replaying it as a CUDA graph. Block-table rows are written only where a
-request gained blocks (``BlockTable``); the sampler's per-row
+precondition for replaying it as a CUDA graph. A decode graph also holds the gather of the
+step's block-table rows, the logits of every row and their argmax (``DecodeOutputs``): a greedy
+decode step launches one graph and one copy of the sampled ids. Block-table rows are written
+only where a request gained blocks (``BlockTable``); the sampler's per-row
 parameters are rebuilt only when the set of sampled requests changes (``SamplingBatch``).
 The step's one device-to-host sync is the read of the sampled ids.
 """
@@ -25,7 +27,14 @@ from infer_core.attention.metadata import AttentionMetadata
 from infer_core.engine.block_table import BlockTable
 from infer_core.engine.buffers import StagingBuffer
 from infer_core.engine.cuda_graphs import DecodeGraphs
-from infer_core.engine.sampler import HostSamples, SampledLists, Sampler, SamplingMetadata
+from infer_core.engine.sampler import (
+    HostSamples,
+    SampledLists,
+    Sampler,
+    SamplerOutput,
+    SamplingMetadata,
+    argmax,
+)
 from infer_core.engine.sampling_metadata import SamplingBatch
 from infer_core.engine.scheduler import SchedulerOutput
 from infer_core.models.base import CausalLM
@@ -52,6 +61,16 @@ class StepInputs:
     num_rows: int  # tokens the model runs over (padding rows included)
     sample_ids: list[str]  # requests sampled this step, in the order of logits_indices
     graph_size: int | None  # the padded size of a uniform decode step, else None
+    all_sampled: bool  # every request samples: logits rows 0..n-1 in a uniform decode step
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOutputs:
+    """What a decode CUDA graph of ``G`` rows writes on every replay."""
+
+    hidden: torch.Tensor  # [G, hidden_size]
+    logits: torch.Tensor  # [G, vocab], rows of the runner's logits buffer
+    greedy: torch.Tensor  # [G] int64, the argmax of each row's logits
 
 
 @dataclass(slots=True)
@@ -89,7 +108,8 @@ class ModelRunner:
         self.max_model_len = max_model_len
         # Uniform decode steps are padded to these sizes; replayed as CUDA graphs once
         # captured (capture_cuda_graphs), run eagerly with the same padding before that.
-        self.graphs = DecodeGraphs(graph_sizes) if graph_sizes else None
+        self.graphs: DecodeGraphs[DecodeOutputs] | None = DecodeGraphs(graph_sizes) if graph_sizes else None
+        self._graph_logits: torch.Tensor | None = None  # [max G, vocab], written by the graphs
         self.block_size = block_size
         self.vocab_size = vocab_size
         self.device = device
@@ -163,18 +183,28 @@ class ModelRunner:
                 while_running()
             return LaunchedStep([], None)
         step = self._prepare_inputs(out)
+        sample_ids = step.sample_ids
+        n = len(sample_ids)
+        graph = None
+        logits = None
         if self.graphs is not None and step.graph_size in self.graphs.captured:
-            hidden = self.graphs.replay(step.graph_size)
+            graph = self.graphs.replay(step.graph_size)  # logits and argmax included
         else:
             rows = step.num_rows
             hidden = self.model(self.input_ids.device[:rows], self.positions.device[:rows], step.metadata)
-        sample_ids = step.sample_ids
-        logits = self.model.compute_logits(hidden, self.logits_indices.device[: len(sample_ids)]) if sample_ids else None
+            logits = self.model.compute_logits(hidden, self.logits_indices.device[:n]) if n else None
         if while_running is not None:
             while_running()
-        if logits is None:
+        if not n:
             return LaunchedStep([], None)
-        sampled = self.sampler(logits, self._sampling_metadata(sample_ids))
+        meta = self._sampling_metadata(sample_ids)
+        if graph is not None and step.all_sampled and meta.argmax_only:
+            sampled = SamplerOutput(graph.greedy[:n])
+        else:
+            if graph is not None:
+                logits = graph.logits[:n] if step.all_sampled else graph.logits[self.logits_indices.device[:n]]
+            assert logits is not None
+            sampled = self.sampler(logits, meta)
         for request_id in sample_ids:
             self.requests[request_id].pending += 1
         self._last_sampled = sampled.sampled_token_ids
@@ -245,21 +275,22 @@ class ModelRunner:
         self.logits_indices.np[: len(sample_rows)] = sample_rows
 
         graph_size = self.graphs.size_for(num_reqs) if self.graphs is not None and num_tokens == num_reqs else None
+        all_sampled = len(sample_ids) == num_reqs
         if graph_size is None:
             seq_lens_cpu = ends.tolist()
             metadata = self._copy_inputs(num_reqs, max(seq_lens_cpu), int(num_sched.max()), seq_lens_cpu)
-            step = StepInputs(metadata, num_tokens, sample_ids, None)
+            step = StepInputs(metadata, num_tokens, sample_ids, None, all_sampled)
         else:
             self._write_padding(num_reqs, graph_size)
+            captured = graph_size in self.graphs.captured  # the graph gathers its block-table rows
             metadata = self._copy_inputs(graph_size, self.max_model_len, 1,
-                                         ends.tolist() + [0] * (graph_size - num_reqs))
-            step = StepInputs(metadata, graph_size, sample_ids, graph_size)
+                                         ends.tolist() + [0] * (graph_size - num_reqs), gather=not captured)
+            step = StepInputs(metadata, graph_size, sample_ids, graph_size, all_sampled)
         if placeholders:  # ids sampled by the step in flight, device to device, after the copy
             n = len(placeholders)
-            rows = self.placeholder_rows.device[:n].long()
-            sources = self.placeholder_sources.device[:n].long()
             assert self._last_sampled is not None
-            self.input_ids.device.index_copy_(0, rows, self._last_sampled.index_select(0, sources).to(torch.int32))
+            ids = self._last_sampled.index_select(0, self.placeholder_sources.device[:n]).to(torch.int32)
+            self.input_ids.device.index_put_((self.placeholder_rows.device[:n],), ids)
         return step
 
     def _write_padding(self, start: int, end: int) -> None:
@@ -273,17 +304,21 @@ class ModelRunner:
         self.batch_slots.np[rows] = 0
         self.query_start_loc.np[start + 1 : end + 1] = self._arange[start + 1 : end + 1]
 
-    def _copy_inputs(self, rows: int, max_seq_len: int, max_query_len: int, seq_lens_cpu: list[int]) -> AttentionMetadata:
-        """Copy the first ``rows`` requests' inputs (one token each when padded) to the device."""
+    def _copy_inputs(self, rows: int, max_seq_len: int, max_query_len: int, seq_lens_cpu: list[int],
+                     gather: bool = True) -> AttentionMetadata:
+        """Copy the first ``rows`` requests' inputs (one token each when padded) to the device;
+        with ``gather`` also lay out their block-table rows (a captured decode graph does it
+        itself, into the same buffer)."""
         num_tokens = int(self.query_start_loc.np[rows])
         self.staging.to_device(self.slot_mapping.start + num_tokens)
         self.block_table.commit()
         size = self.block_size
         width = -(-max_seq_len // size)  # all max_blocks in a padded step (max_model_len)
+        slots = self.batch_slots.device[:rows]
         metadata = AttentionMetadata(
             query_start_loc=self.query_start_loc.device[: rows + 1],
             seq_lens=self.seq_lens.device[:rows],
-            block_tables=self.block_table.gather(self.batch_slots.device[:rows], width),
+            block_tables=self.block_table.gather(slots, width) if gather else self.block_table.view(rows, width),
             slot_mapping=self.slot_mapping.device[:num_tokens],
             block_size=size,
             max_query_len=max_query_len,
@@ -304,11 +339,20 @@ class ModelRunner:
             if self._inputs_copied is not None:
                 self._inputs_copied.synchronize()
             self._write_padding(0, size)
-            return self._copy_inputs(size, self.max_model_len, 1, [0] * size)
+            return self._copy_inputs(size, self.max_model_len, 1, [0] * size, gather=False)
 
-        def forward(metadata: AttentionMetadata) -> torch.Tensor:
+        def forward(metadata: AttentionMetadata) -> DecodeOutputs:
             rows = metadata.num_requests
-            return self.model(self.input_ids.device[:rows], self.positions.device[:rows], metadata)
+            tables = metadata.block_tables
+            assert tables.data_ptr() == self.block_table.view(rows, tables.shape[1]).data_ptr()
+            self.block_table.gather(self.batch_slots.device[:rows], tables.shape[1])
+            hidden = self.model(self.input_ids.device[:rows], self.positions.device[:rows], metadata)
+            logits = self.model.compute_logits(hidden)
+            if self._graph_logits is None:  # the first call: the largest size, eager, before any capture
+                self._graph_logits = torch.empty_like(logits)
+            out = self._graph_logits[:rows]
+            out.copy_(logits)  # one buffer for every size (a graph's own would stay allocated)
+            return DecodeOutputs(hidden, out, argmax(out))
 
         self.graphs.capture(prepare, forward)
         return self.graphs.capture_seconds

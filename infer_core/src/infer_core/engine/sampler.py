@@ -107,7 +107,7 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
         assert logits.dim() == 2 and logits.shape[0] == meta.num_rows, (logits.shape, meta.num_rows)
-        if meta.all_greedy and meta.no_min_tokens and meta.no_penalties and meta.max_num_logprobs is None:
+        if meta.argmax_only:
             # argmax in the model's dtype: widening to float32 is exact, so it picks the same
             # id, without writing a float32 copy of the logits
             return SamplerOutput(argmax(logits))

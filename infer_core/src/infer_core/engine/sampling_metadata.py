@@ -61,6 +61,12 @@ class SamplingMetadata:
     def no_min_tokens(self) -> bool:
         return self.min_tokens_mask.shape[1] == 0
 
+    @property
+    def argmax_only(self) -> bool:
+        """Every row greedy, nothing to mask or penalize, no logprobs: the sample is the
+        argmax of the logits (which a decode CUDA graph has already computed)."""
+        return self.all_greedy and self.no_min_tokens and self.no_penalties and self.max_num_logprobs is None
+
     @classmethod
     def from_params(
         cls,
