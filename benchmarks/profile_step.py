@@ -106,7 +106,7 @@ class PhaseTimer:
 
 
 def make_engine(checkpoint: Path, batch: int, args: argparse.Namespace) -> LLMEngine:
-    max_len = args.prompt_len + args.warmup + args.steps + 8
+    max_len = args.prompt_len + args.warmup + args.steps * (2 if args.cprofile else 1) + 8
     config = EngineConfig(
         model={"path": str(checkpoint), "device": args.device, "dtype": args.dtype, "max_model_len": max_len,
                **({"enforce_eager": True} if args.enforce_eager else {})},
@@ -122,7 +122,7 @@ def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dic
     clock = CLOCKS[args.clock]
     timer = PhaseTimer(engine, clock)
     gen = torch.Generator().manual_seed(batch)
-    params = SamplingParams(temperature=args.temperature, max_tokens=args.warmup + args.steps + 4,
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.warmup + args.steps * (2 if args.cprofile else 1) + 4,
                             ignore_eos=True, seed=None)
     for _ in range(batch):
         ids = torch.randint(0, min(engine.vocab_size, 10_000), (args.prompt_len,), generator=gen).tolist()
@@ -156,6 +156,7 @@ def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dic
             step_times.append(clock() - start)
     timer.enabled = False
     graph_ms = device_graph_ms(engine, batch) if cuda and args.device_time else None
+    host_functions = python_profile(step, args.steps, args.cprofile, cuda) if args.cprofile else []
     if args.gc_freeze:
         gc.unfreeze()
     top_ops = torch_profile(engine, args.torch_profile_ops) if args.torch_profile_ops else []
@@ -166,7 +167,28 @@ def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dic
     if graph_ms is not None:
         ms["graph_device"] = graph_ms
     return {"batch": batch, "step_ms": total, "step_ms_median": 1e3 * statistics.median(step_times),
-            "phases_ms": ms, "host_us_per_request": 1e3 * ms["host"] / batch, "top_ops": top_ops}
+            "phases_ms": ms, "host_us_per_request": 1e3 * ms["host"] / batch, "top_ops": top_ops,
+            "host_functions": host_functions}
+
+
+def python_profile(step, steps: int, n: int, cuda: bool) -> list[dict]:
+    """``steps`` more steps under cProfile: the ``n`` functions with the most own time, in µs
+    per step (cProfile's own overhead inflates small functions; read the ranking)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)
+    rows = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:n]
+    return [{"function": f"{Path(f).name}:{line}({name})", "calls_per_step": nc / steps,
+             "own_us_per_step": round(1e6 * tt / steps, 1), "cum_us_per_step": round(1e6 * ct / steps, 1)}
+            for (f, line, name), (_, nc, tt, ct, _) in rows]
 
 
 def device_graph_ms(engine: LLMEngine, batch: int, replays: int = 50) -> float | None:
@@ -242,6 +264,12 @@ def markdown(result: dict) -> str:
             lines += ["", f"Top ops of one step at batch {row['batch']} (torch.profiler, self CPU time):", "",
                       "| op | calls | self µs |", "|---|---|---|"]
             lines += [f"| `{o['op']}` | {o['calls']} | {o['self_cpu_us']:.0f} |" for o in row["top_ops"]]
+    for row in result["rows"]:
+        if row.get("host_functions"):
+            lines += ["", f"Host functions at batch {row['batch']} (cProfile, own time per step):", "",
+                      "| function | calls/step | own µs | cumulative µs |", "|---|---|---|---|"]
+            lines += [f"| `{f['function']}` | {f['calls_per_step']:.1f} | {f['own_us_per_step']:.0f} | "
+                      f"{f['cum_us_per_step']:.0f} |" for f in row["host_functions"]]
     return "\n".join(lines) + "\n"
 
 
@@ -271,6 +299,8 @@ def main() -> None:
                         help="no device sync after each step: the step time is the wall time of all steps over their count")
     parser.add_argument("--device-time", action="store_true",
                         help="on CUDA, also the device time of the batch's decode graph replayed alone (graph_device)")
+    parser.add_argument("--cprofile", type=int, default=0,
+                        help="also the N Python functions with the most own time over the steps (cProfile)")
     parser.add_argument("--label", default="")
     parser.add_argument("--checkpoint-dir", default="/tmp/infer-profile-step")
     parser.add_argument("--out", default="benchmarks/reports")

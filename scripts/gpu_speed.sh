@@ -13,7 +13,8 @@
 #            those layer counts (default all); PROFILE_ARGS adds flags (e.g. "--pipelined --device-time")
 #   ab       offline W1/W2 for Llama-3.2-1B and Qwen3-0.6B shapes, one report per call, once per
 #            mode in AB_MODES (default "default in-order"; also "async", "small-m" / "no-small-m" =
-#            model.small_m_gemm true / false, "no-prologues" = model.small_m_prologues false,
+#            model.small_m_gemm true / false, "prologues-act" / "prologues-norm" / "prologues-all" =
+#            model.small_m_prologues act / norm / all,
 #            "no-pdl" = INFER_PDL=0), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -87,7 +88,7 @@ if want ab; then
       in-order) flag+=(--scheduler.async_scheduling false) ;;
       small-m) flag+=(--model.small_m_gemm true) ;;
       no-small-m) flag+=(--model.small_m_gemm false) ;;
-      no-prologues) flag+=(--model.small_m_prologues false) ;;
+      prologues-*) flag+=(--model.small_m_prologues "${mode#prologues-}") ;;
       no-pdl) pdl=0 ;;
     esac
     for m in llama-3.2-1b qwen3-0.6b; do

@@ -52,11 +52,12 @@ class ModelConfig(Section):
     small_m_gemm: bool | None = Field(
         None, description="Linear layers take the Triton small-M GEMM for one-row inputs (batch-1 decode) instead "
                           "of cuBLAS (1.1-3x faster there on an H200). Default: on for CUDA; true needs CUDA.")
-    small_m_prologues: bool = Field(
-        False, description="With the small-M GEMM, the RMSNorm before the qkv and gate/up projections and the gated "
-                           "activation before down_proj run in the GEMM's prologue at one row (two launches fewer "
-                           "per layer at batch 1). Off by default: on an H200 it is slower for Llama-3.2-1B (W1 1.19 "
-                           "vs 0.99 ms per token) and within noise for Qwen3-0.6B (0.94 vs 0.98).")
+    small_m_prologues: Literal["none", "act", "norm", "all"] = Field(
+        "none", description="With the small-M GEMM at one row, fold into its prologue the gated activation before "
+                            "down_proj (act), the RMSNorm before the qkv and gate/up projections (norm), or both "
+                            "(all): a launch fewer per fold and layer at batch 1. none by default: on an H200 'all' "
+                            "is slower for Llama-3.2-1B (W1 1.19 vs 0.99 ms per token) and within noise for "
+                            "Qwen3-0.6B (0.94 vs 0.98); docs/kernels.md.")
     cuda_graph_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
         None, description="Decode batch sizes captured as CUDA graphs; default 1, 2, 4, then every 8 up to "
                           "min(max_num_seqs, 512). Sizes above scheduler.max_num_seqs are dropped.")

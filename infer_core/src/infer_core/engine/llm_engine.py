@@ -111,8 +111,8 @@ class LLMEngine:
                 raise ConfigError("model.small_m_gemm runs a Triton kernel and needs a CUDA device; "
                                   "turn it off on the CPU.")
             prologues = config.model.small_m_prologues
-            log.info("small-M GEMM on for %d linear layers (prologues %s)",
-                     enable_small_m_gemm(self.model, prologues), "on" if prologues else "off")
+            log.info("small-M GEMM on for %d linear layers (prologues: %s)",
+                     enable_small_m_gemm(self.model, prologues), prologues)
         self.tokenizer = Tokenizer.from_dir(model_dir)
         cache_cls = selection.cache.spec.load()
         block_size = cache_cls.block_size_for(config.cache.block_size, max_model_len)

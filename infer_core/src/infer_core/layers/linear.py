@@ -27,7 +27,9 @@ class Linear(nn.Linear):
     of cuBLAS (docs/kernels.md)."""
 
     small_m = False
-    prologues = False  # with small_m: forward_normed / forward_gated fold their op into the GEMM
+    # with small_m: forward_normed / forward_gated fold their op into the GEMM's prologue
+    norm_prologue = False
+    act_prologue = False
 
     def _takes_small_m(self, x: torch.Tensor) -> bool:
         return self.small_m and x.dim() == 2 and x.shape[0] <= SMALL_M and self.bias is None
@@ -44,9 +46,9 @@ class Linear(nn.Linear):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A pre-norm projection: ``(self(norm(x + residual)), x + residual)``, or
         ``(self(norm(x)), x)`` without a residual (the decoder layer's first norm). At one row
-        with prologues on, one launch: the (residual add and) RMSNorm run in the small-M
+        with the norm prologue on, one launch: the (residual add and) RMSNorm run in the small-M
         GEMM's prologue."""
-        if self.prologues and self._takes_small_m(x) and norm.weight.dtype == x.dtype:
+        if self.norm_prologue and self._takes_small_m(x) and norm.weight.dtype == x.dtype:
             from infer_core.kernels.small_m_gemm import NormPrologue, small_m_gemm
 
             y, h = small_m_gemm(x, self.weight, norm=NormPrologue(norm.weight, norm.eps, norm.gemma, residual))
@@ -58,23 +60,27 @@ class Linear(nn.Linear):
 
     def forward_gated(self, x: torch.Tensor, act: str) -> torch.Tensor:
         """``self(act_and_mul(x))`` for ``x = [gate | up]`` and ``act`` a key of
-        :data:`~infer_core.layers.activation.ACTIVATIONS`; at one row with prologues on, the
+        :data:`~infer_core.layers.activation.ACTIVATIONS`; at one row with the act prologue on, the
         activation runs in the small-M GEMM's prologue (one launch)."""
-        if self.prologues and self._takes_small_m(x) and act in KERNEL_ACTIVATIONS:
+        if self.act_prologue and self._takes_small_m(x) and act in KERNEL_ACTIVATIONS:
             from infer_core.kernels.small_m_gemm import small_m_gemm
 
             return small_m_gemm(x, self.weight, act_and_mul=KERNEL_ACTIVATIONS[act])
         return self(ACTIVATIONS[act](x))
 
 
-def enable_small_m_gemm(model: nn.Module, prologues: bool = True) -> int:
-    """Route the few-row inputs of every :class:`Linear` of ``model`` to the small-M GEMM
-    (with ``prologues``, also the norms and activations their callers fold in); returns how
-    many layers were switched."""
+PROLOGUES = {"none": (False, False), "act": (False, True), "norm": (True, False), "all": (True, True)}
+
+
+def enable_small_m_gemm(model: nn.Module, prologues: str = "none") -> int:
+    """Route the few-row inputs of every :class:`Linear` of ``model`` to the small-M GEMM,
+    with the norms (``prologues`` "norm" or "all") and gated activations ("act" or "all")
+    their callers hand over folded into its prologue; returns how many layers were switched."""
+    norm, act = PROLOGUES[prologues]
     layers = [m for m in model.modules() if isinstance(m, Linear)]
     for layer in layers:
         layer.small_m = True
-        layer.prologues = prologues
+        layer.norm_prologue, layer.act_prologue = norm, act
     return len(layers)
 
 
