@@ -91,7 +91,7 @@ def test_async_equals_in_order_under_preemption():
     assert pipelined.engine.cache.num_free_blocks == pipelined.engine.cache.num_blocks
 
 
-def test_penalties_and_waiting_requests_run_in_order():
+def test_penalties_run_in_order():
     llm = make_llm("llama", True)
     state = count_pipelined(llm)
     penalized = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, repetition_penalty=1.3,
@@ -99,6 +99,23 @@ def test_penalties_and_waiting_requests_run_in_order():
     want = summary(make_llm("llama", False).generate(prompts(3, 3), penalized))
     assert summary(llm.generate(prompts(3, 3), penalized)) == want
     assert state["pipelined"] == 0
+
+
+def test_waiting_requests_do_not_stop_the_overlap():
+    """A queue of waiting requests (a burst of prompts larger than max_num_seqs, as W3's 32
+    prompts at once) is admitted with steps in flight: the prefill steps overlap too, and the
+    outputs are the in-order engine's."""
+    llm = make_llm("llama", True, max_num_seqs=2)
+    state = count_pipelined(llm)
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    batch = prompts(8, 9)
+    want = summary(make_llm("llama", False, max_num_seqs=2).generate(batch, params))
+    steps = []
+    step = llm.engine.step
+    llm.engine.step = lambda **kw: steps.append(len(llm.engine.scheduler.waiting)) or step(**kw)
+    assert summary(llm.generate(batch, params)) == want
+    waiting_steps = sum(1 for w in steps if w)
+    assert waiting_steps > 5 and state["pipelined"] >= len(steps) - 3
 
 
 def test_streaming_and_abort_while_a_step_is_in_flight():

@@ -300,8 +300,9 @@ class LLMEngine:
         read back after the next one is scheduled and launched, so the host's scheduling and
         input preparation overlap the device's work. Each request's sampled token becomes a
         placeholder (``Request.num_placeholders``) that the next step computes on the device
-        until its id is read. Steps run in order while requests wait for admission or any
-        running request has penalties (they need the ids on the host)."""
+        until its id is read. Steps run in order while a running request has penalties
+        (they need the ids on the host); waiting requests are admitted with a step in
+        flight (a request that finishes in it frees its blocks one step later)."""
         outputs: list[RequestOutput] = []
         while_running = self._take_deferred(outputs, finished_only)
         current, self._inflight = self._inflight, None
@@ -343,10 +344,7 @@ class LLMEngine:
         return sched_out, launched
 
     def _can_pipeline(self) -> bool:
-        scheduler = self.scheduler
-        if scheduler.waiting:
-            return False
-        return not any(_has_penalties(r.sampling_params) for r in scheduler.running)
+        return not any(_has_penalties(r.sampling_params) for r in self.scheduler.running)
 
     def _process_outputs(self, runner_out: ModelRunnerOutput, finished_only: bool) -> list[RequestOutput]:
         outputs = []
