@@ -10,8 +10,9 @@ Protocol (``multiprocessing`` pipe, pickled tuples; one message per loop iterati
   ``("fail", error)``, ``("inspect", fn, token)``, ``("shutdown",)``;
 - core → server: ``("ready", CoreInfo)`` or ``("error", exception)`` once at start-up, then
   ``("step", outputs, snapshot, stats, adds_applied, num_steps, finished)`` after each loop
-  iteration (outputs are ``(request_id, RequestOutput | exception)`` pairs), and
-  ``("inspected", token, ok, value)``.
+  iteration (outputs are ``(request_id, OutputDelta | exception)`` pairs: what the step added,
+  which the server turns back into ``RequestOutput`` s, :mod:`~infer_core.engine.output_wire`),
+  and ``("inspected", token, ok, value)``.
 
 The child is started with ``spawn`` (CUDA cannot be forked). It ignores SIGINT (the server
 decides when it stops) and exits when the pipe closes, so it never outlives the server. A
@@ -38,6 +39,7 @@ from typing import Any
 from infer_core.config import EngineConfig
 from infer_core.engine.async_engine import AsyncLLMEngine, EngineSnapshot
 from infer_core.engine.metrics import EngineStats
+from infer_core.engine.output_wire import DeltaEncoder, OutputAssembler, OutputDelta
 from infer_core.engine.processor import InputProcessor
 from infer_core.errors import InferError
 from infer_core.request import RequestOutput
@@ -102,6 +104,7 @@ class EngineCoreClient(AsyncLLMEngine):
         self._adds_sent = 0
         self._inspections: dict[int, concurrent.futures.Future] = {}
         self._tokens = itertools.count()
+        self._assembler = OutputAssembler()  # each open request's prompt and output so far
         self.failure: str | None = None  # why the core stopped, when it stopped on its own
         self._reader = threading.Thread(target=self._read, name="infer-core-reader", daemon=True)
         self._reader.start()
@@ -177,6 +180,7 @@ class EngineCoreClient(AsyncLLMEngine):
 
     def _post(self, command: tuple) -> None:
         if command[0] == "add":
+            self._assembler.start(command[1], command[2])
             with self._lock:
                 self._adds_sent += 1
         if not self._send(command) and command[0] == "add":
@@ -233,6 +237,20 @@ class EngineCoreClient(AsyncLLMEngine):
         if outputs:
             self._deliver_all(outputs)
 
+    def _deliver_all(self, items: Sequence[tuple[str, OutputDelta | RequestOutput | BaseException]]) -> None:
+        """The core's deltas as full outputs (an error forgets its request's partial output)."""
+        outputs: list[tuple[str, RequestOutput | BaseException]] = []
+        for request_id, item in items:
+            if isinstance(item, OutputDelta):
+                output = self._assembler.assemble(item)
+                if output is not None:
+                    outputs.append((request_id, output))
+            else:
+                if isinstance(item, BaseException):
+                    self._assembler.discard(request_id)
+                outputs.append((request_id, item))
+        super()._deliver_all(outputs)
+
     def _on_core_exit(self) -> None:
         self._process.join(STOP_TIMEOUT_S if self._stopping.is_set() else 1.0)
         if not self._stopping.is_set():
@@ -255,7 +273,8 @@ class _CoreLoop(AsyncLLMEngine):
     def __init__(self, engine: Any, conn: Connection) -> None:
         super().__init__(engine)
         self._conn = conn
-        self._outbox: list[tuple[str, RequestOutput | BaseException]] = []
+        self._outbox: list[tuple[str, OutputDelta | BaseException]] = []
+        self._encoder = DeltaEncoder()
         self._adds_received = 0
 
     def receive(self) -> None:
@@ -289,7 +308,7 @@ class _CoreLoop(AsyncLLMEngine):
         return future
 
     def _deliver_all(self, items: Sequence[tuple[str, RequestOutput | BaseException]]) -> None:
-        self._outbox.extend((rid, _picklable(item) if isinstance(item, BaseException) else item)
+        self._outbox.extend((rid, _picklable(item) if isinstance(item, BaseException) else self._encoder.encode(item))
                             for rid, item in items)
 
     def _notify_finished(self) -> None:
