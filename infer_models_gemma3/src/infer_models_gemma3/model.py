@@ -21,8 +21,14 @@ from infer_core.attention.metadata import AttentionMetadata
 from infer_core.errors import ConfigError
 from infer_core.layers.activation import ACTIVATIONS
 from infer_core.layers.attention import Attention
-from infer_core.layers.linear import Linear, MergedLinear
 from infer_core.layers.norm import RMSNorm
+from infer_core.layers.parallel import (
+    MergedColumnParallelLinear,
+    ParallelLMHead,
+    QKVParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
 from infer_core.layers.rotary import RotaryEmbedding
 from infer_core.loader.hf_config import (
     FULL_ATTENTION,
@@ -32,6 +38,7 @@ from infer_core.loader.hf_config import (
     rope_spec,
 )
 from infer_core.models.base import CausalLM, ModelContext
+from infer_core.parallel.group import TPGroup
 
 # transformers' Gemma3TextConfig defaults, for Hub configs that leave them out.
 HF_DEFAULTS = {
@@ -105,17 +112,18 @@ class Gemma3Attention(nn.Module):
         self, args: Gemma3Args, rotary: RotaryEmbedding, ctx: ModelContext, sliding_window: int | None
     ) -> None:
         super().__init__()
-        self.q_size = args.num_heads * args.head_dim
-        self.kv_size = args.num_kv_heads * args.head_dim
-        self.qkv_proj = MergedLinear(
-            args.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=args.attention_bias
+        self.qkv_proj = QKVParallelLinear(
+            args.hidden_size, args.head_dim, args.num_heads, args.num_kv_heads, bias=args.attention_bias, tp=ctx.tp
         )
-        self.o_proj = Linear(self.q_size, args.hidden_size, bias=args.attention_bias)
+        self.q_size, self.kv_size = self.qkv_proj.sizes[0], self.qkv_proj.sizes[1]  # this rank's heads
+        self.o_proj = RowParallelLinear(
+            args.num_heads * args.head_dim, args.hidden_size, bias=args.attention_bias, tp=ctx.tp
+        )
         self.q_norm = RMSNorm(args.head_dim, args.rms_norm_eps, gemma=True)
         self.k_norm = RMSNorm(args.head_dim, args.rms_norm_eps, gemma=True)
         self.rotary = rotary
         layer = AttentionLayer(
-            args.num_heads, args.num_kv_heads, args.head_dim, args.query_pre_attn_scalar**-0.5,
+            self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, args.head_dim, args.query_pre_attn_scalar**-0.5,
             sliding_window=sliding_window,
         )
         self.attn = Attention(layer, ctx.attn_backend)
@@ -137,11 +145,11 @@ class Gemma3Attention(nn.Module):
 
 
 class Gemma3MLP(nn.Module):
-    def __init__(self, args: Gemma3Args) -> None:
+    def __init__(self, args: Gemma3Args, tp: TPGroup) -> None:
         super().__init__()
         size = args.intermediate_size
-        self.gate_up_proj = MergedLinear(args.hidden_size, [size, size], bias=False)
-        self.down_proj = Linear(size, args.hidden_size, bias=False)
+        self.gate_up_proj = MergedColumnParallelLinear(args.hidden_size, [size, size], bias=False, tp=tp)
+        self.down_proj = RowParallelLinear(size, args.hidden_size, bias=False, tp=tp)
         if args.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {args.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
         self.act = args.hidden_act
@@ -163,7 +171,7 @@ class Gemma3DecoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.self_attn = Gemma3Attention(args, rotary, ctx, sliding_window)
-        self.mlp = Gemma3MLP(args)
+        self.mlp = Gemma3MLP(args, ctx.tp)
         size, eps = args.hidden_size, args.rms_norm_eps
         self.input_layernorm = RMSNorm(size, eps, gemma=True)
         self.post_attention_layernorm = RMSNorm(size, eps, gemma=True)
@@ -184,7 +192,7 @@ class Gemma3DecoderLayer(nn.Module):
 class Gemma3Model(nn.Module):
     def __init__(self, args: Gemma3Args, hf_config: dict[str, Any], ctx: ModelContext) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(args.vocab_size, args.hidden_size, ctx.tp)
         # A buffer so that it takes the model's dtype: transformers rounds sqrt(hidden_size)
         # to the hidden dtype before the multiply (34.0, not 33.94, in bfloat16 at 1152).
         self.register_buffer("embed_scale", torch.tensor(args.hidden_size**0.5), persistent=False)
@@ -222,7 +230,7 @@ class Gemma3ForCausalLM(CausalLM):
         cfg = with_defaults(hf_config)
         self.args = Gemma3Args.from_hf(cfg)
         self.model = Gemma3Model(self.args, cfg, ctx)
-        self.lm_head = nn.Linear(self.args.hidden_size, self.args.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(self.args.vocab_size, self.args.hidden_size, ctx.tp)
         if self.args.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

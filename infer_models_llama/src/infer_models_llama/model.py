@@ -13,11 +13,18 @@ from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.layers.activation import ACTIVATIONS
 from infer_core.layers.attention import Attention
-from infer_core.layers.linear import Linear, MergedLinear
 from infer_core.layers.norm import RMSNorm
+from infer_core.layers.parallel import (
+    MergedColumnParallelLinear,
+    ParallelLMHead,
+    QKVParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
 from infer_core.layers.rotary import RotaryEmbedding
 from infer_core.loader.hf_config import head_dim_of, rope_spec
 from infer_core.models.base import CausalLM, ModelContext
+from infer_core.parallel.group import TPGroup
 
 
 @dataclass(frozen=True)
@@ -56,14 +63,15 @@ class LlamaArgs:
 class LlamaAttention(nn.Module):
     def __init__(self, args: LlamaArgs, rotary: RotaryEmbedding, ctx: ModelContext) -> None:
         super().__init__()
-        self.q_size = args.num_heads * args.head_dim
-        self.kv_size = args.num_kv_heads * args.head_dim
-        self.qkv_proj = MergedLinear(
-            args.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=args.attention_bias
+        self.qkv_proj = QKVParallelLinear(
+            args.hidden_size, args.head_dim, args.num_heads, args.num_kv_heads, bias=args.attention_bias, tp=ctx.tp
         )
-        self.o_proj = Linear(self.q_size, args.hidden_size, bias=args.attention_bias)
+        self.q_size, self.kv_size = self.qkv_proj.sizes[0], self.qkv_proj.sizes[1]  # this rank's heads
+        self.o_proj = RowParallelLinear(
+            args.num_heads * args.head_dim, args.hidden_size, bias=args.attention_bias, tp=ctx.tp
+        )
         self.rotary = rotary
-        layer = AttentionLayer(args.num_heads, args.num_kv_heads, args.head_dim, args.head_dim**-0.5)
+        layer = AttentionLayer(self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, args.head_dim, args.head_dim**-0.5)
         self.attn = Attention(layer, ctx.attn_backend)
 
     def forward(
@@ -82,11 +90,11 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, args: LlamaArgs) -> None:
+    def __init__(self, args: LlamaArgs, tp: TPGroup) -> None:
         super().__init__()
         size = args.intermediate_size
-        self.gate_up_proj = MergedLinear(args.hidden_size, [size, size], bias=args.mlp_bias)
-        self.down_proj = Linear(size, args.hidden_size, bias=args.mlp_bias)
+        self.gate_up_proj = MergedColumnParallelLinear(args.hidden_size, [size, size], bias=args.mlp_bias, tp=tp)
+        self.down_proj = RowParallelLinear(size, args.hidden_size, bias=args.mlp_bias, tp=tp)
         if args.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {args.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
         self.act = args.hidden_act
@@ -104,7 +112,7 @@ class LlamaDecoderLayer(nn.Module):
     def __init__(self, args: LlamaArgs, rotary: RotaryEmbedding, ctx: ModelContext) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(args, rotary, ctx)
-        self.mlp = LlamaMLP(args)
+        self.mlp = LlamaMLP(args, ctx.tp)
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
@@ -120,7 +128,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, args: LlamaArgs, hf_config: dict[str, Any], ctx: ModelContext) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(args.vocab_size, args.hidden_size, ctx.tp)
         rotary = RotaryEmbedding(args.head_dim, rope_spec(hf_config), ctx.max_model_len)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(args, rotary, ctx) for _ in range(args.num_layers)
@@ -147,7 +155,7 @@ class LlamaForCausalLM(CausalLM):
         super().__init__(hf_config, ctx)
         self.args = LlamaArgs.from_hf(hf_config)
         self.model = LlamaModel(self.args, hf_config, ctx)
-        self.lm_head = nn.Linear(self.args.hidden_size, self.args.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(self.args.vocab_size, self.args.hidden_size, ctx.tp)
         if self.args.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

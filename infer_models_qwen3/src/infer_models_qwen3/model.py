@@ -14,11 +14,18 @@ from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.layers.activation import ACTIVATIONS
 from infer_core.layers.attention import Attention
-from infer_core.layers.linear import Linear, MergedLinear
 from infer_core.layers.norm import RMSNorm
+from infer_core.layers.parallel import (
+    MergedColumnParallelLinear,
+    ParallelLMHead,
+    QKVParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
 from infer_core.layers.rotary import RotaryEmbedding
 from infer_core.loader.hf_config import FULL_ATTENTION, SLIDING_ATTENTION, head_dim_of, rope_spec
 from infer_core.models.base import CausalLM, ModelContext
+from infer_core.parallel.group import TPGroup
 
 
 def sliding_windows(cfg: dict[str, Any]) -> list[int | None]:
@@ -73,17 +80,18 @@ class Qwen3Attention(nn.Module):
         self, args: Qwen3Args, rotary: RotaryEmbedding, ctx: ModelContext, sliding_window: int | None
     ) -> None:
         super().__init__()
-        self.q_size = args.num_heads * args.head_dim
-        self.kv_size = args.num_kv_heads * args.head_dim
-        self.qkv_proj = MergedLinear(
-            args.hidden_size, [self.q_size, self.kv_size, self.kv_size], bias=args.attention_bias
+        self.qkv_proj = QKVParallelLinear(
+            args.hidden_size, args.head_dim, args.num_heads, args.num_kv_heads, bias=args.attention_bias, tp=ctx.tp
         )
-        self.o_proj = Linear(self.q_size, args.hidden_size, bias=args.attention_bias)
+        self.q_size, self.kv_size = self.qkv_proj.sizes[0], self.qkv_proj.sizes[1]  # this rank's heads
+        self.o_proj = RowParallelLinear(
+            args.num_heads * args.head_dim, args.hidden_size, bias=args.attention_bias, tp=ctx.tp
+        )
         self.q_norm = RMSNorm(args.head_dim, args.rms_norm_eps)
         self.k_norm = RMSNorm(args.head_dim, args.rms_norm_eps)
         self.rotary = rotary
         layer = AttentionLayer(
-            args.num_heads, args.num_kv_heads, args.head_dim, args.head_dim**-0.5,
+            self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, args.head_dim, args.head_dim**-0.5,
             sliding_window=sliding_window,
         )
         self.attn = Attention(layer, ctx.attn_backend)
@@ -105,11 +113,11 @@ class Qwen3Attention(nn.Module):
 
 
 class Qwen3MLP(nn.Module):
-    def __init__(self, args: Qwen3Args) -> None:
+    def __init__(self, args: Qwen3Args, tp: TPGroup) -> None:
         super().__init__()
         size = args.intermediate_size
-        self.gate_up_proj = MergedLinear(args.hidden_size, [size, size], bias=False)
-        self.down_proj = Linear(size, args.hidden_size, bias=False)
+        self.gate_up_proj = MergedColumnParallelLinear(args.hidden_size, [size, size], bias=False, tp=tp)
+        self.down_proj = RowParallelLinear(size, args.hidden_size, bias=False, tp=tp)
         if args.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {args.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
         self.act = args.hidden_act
@@ -129,7 +137,7 @@ class Qwen3DecoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.self_attn = Qwen3Attention(args, rotary, ctx, sliding_window)
-        self.mlp = Qwen3MLP(args)
+        self.mlp = Qwen3MLP(args, ctx.tp)
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
@@ -145,7 +153,7 @@ class Qwen3DecoderLayer(nn.Module):
 class Qwen3Model(nn.Module):
     def __init__(self, args: Qwen3Args, hf_config: dict[str, Any], ctx: ModelContext) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(args.vocab_size, args.hidden_size, ctx.tp)
         rotary = RotaryEmbedding(args.head_dim, rope_spec(hf_config), ctx.max_model_len)
         self.layers = nn.ModuleList(
             Qwen3DecoderLayer(args, rotary, ctx, window) for window in args.sliding_windows
@@ -172,7 +180,7 @@ class Qwen3ForCausalLM(CausalLM):
         super().__init__(hf_config, ctx)
         self.args = Qwen3Args.from_hf(hf_config)
         self.model = Qwen3Model(self.args, hf_config, ctx)
-        self.lm_head = nn.Linear(self.args.hidden_size, self.args.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(self.args.vocab_size, self.args.hidden_size, ctx.tp)
         if self.args.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

@@ -34,12 +34,17 @@ class Linear(nn.Linear):
     def _takes_small_m(self, x: torch.Tensor) -> bool:
         return self.small_m and x.dim() == 2 and x.shape[0] <= SMALL_M and self.bias is None
 
+    def reduce_output(self, y: torch.Tensor) -> torch.Tensor:
+        """The layer's output from this rank's product (the sum over ranks in a row-parallel
+        layer, ``layers.parallel.RowParallelLinear``)."""
+        return y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._takes_small_m(x):
             from infer_core.kernels.small_m_gemm import small_m_gemm
 
-            return small_m_gemm(x, self.weight)
-        return F.linear(x, self.weight, self.bias)
+            return self.reduce_output(small_m_gemm(x, self.weight))
+        return self.reduce_output(F.linear(x, self.weight, self.bias))
 
     def forward_normed(
         self, x: torch.Tensor, norm: RMSNorm, residual: torch.Tensor | None
@@ -65,7 +70,7 @@ class Linear(nn.Linear):
         if self.act_prologue and self._takes_small_m(x) and act in KERNEL_ACTIVATIONS:
             from infer_core.kernels.small_m_gemm import small_m_gemm
 
-            return small_m_gemm(x, self.weight, act_and_mul=KERNEL_ACTIVATIONS[act])
+            return self.reduce_output(small_m_gemm(x, self.weight, act_and_mul=KERNEL_ACTIVATIONS[act]))
         return self(ACTIVATIONS[act](x))
 
 

@@ -56,12 +56,18 @@ def load_weights(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], 
             continue
         if (name, shard) in loaded:
             raise ModelLoadError(f"{source}: tensor '{hf_name}' is loaded twice (as {name}).")
+        module = model.get_submodule(name.rpartition(".")[0])
         with torch.no_grad():
-            if shard is None:
+            if hasattr(module, "weight_loader"):  # a tensor-parallel layer keeps its rank's part
+                try:
+                    module.weight_loader(param, tensor, shard)
+                except ValueError as exc:
+                    raise ModelLoadError(f"{source}: tensor '{hf_name}' of shape {tuple(tensor.shape)} "
+                                         f"does not fit {name}: {exc}.") from None
+            elif shard is None:
                 _check_shape(hf_name, tensor, param.shape, source)
                 param.copy_(tensor)
             else:
-                module = model.get_submodule(name.rpartition(".")[0])
                 rows = module.shard_rows(shard)
                 _check_shape(hf_name, tensor, param[rows].shape, source)
                 module.load_shard(param, tensor, shard)

@@ -9,7 +9,7 @@ that will be sampled. Weights come from a Hugging Face checkpoint through
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -18,14 +18,18 @@ from torch import nn
 from infer_core.attention.backend import AttentionBackend, AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.layers.attention import Attention
+from infer_core.parallel.group import TPGroup
 
 
 @dataclass(frozen=True)
 class ModelContext:
-    """What the engine hands every model at construction."""
+    """What the engine hands every model at construction. ``tp`` is this rank's
+    tensor-parallel group (one rank by default): a model builds its layers from
+    :mod:`infer_core.layers.parallel` with it, and they hold this rank's part of each weight."""
 
     attn_backend: AttentionBackend
     max_model_len: int
+    tp: TPGroup = field(default_factory=TPGroup)
 
 
 class CausalLM(nn.Module, ABC):

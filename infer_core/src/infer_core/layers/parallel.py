@@ -1,0 +1,131 @@
+"""Tensor-parallel layers (Megatron-LM's split, as vLLM has it). Each holds its rank's part of
+the weight and knows how to cut that part out of the full checkpoint tensor
+(``weight_loader``), so every rank loads the same Hugging Face checkpoint and keeps only its
+shard. With a group of one rank (the default ``TPGroup()``) they are the plain layers.
+
+- :class:`QKVParallelLinear`: the fused q/k/v projection, split by heads (query heads
+  ``num_heads / size`` per rank; KV heads split the same way, or one replicated per rank
+  when there are fewer KV heads than ranks);
+- :class:`MergedColumnParallelLinear`: fused gate/up, each projection split by rows;
+- :class:`RowParallelLinear`: o_proj / down_proj, split along the input; the partial
+  products are summed with one all-reduce;
+- :class:`VocabParallelEmbedding` / :class:`ParallelLMHead`: the vocabulary split in
+  contiguous ranges (padded to a multiple of the size); the embedding sums the ranks'
+  lookups (each rank zeroes the ids it does not own), the LM head gathers the logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infer_core.layers.linear import Linear, MergedLinear
+from infer_core.parallel.group import TPGroup
+
+
+def _check(part: torch.Tensor, target: torch.Tensor) -> None:
+    if part.shape != target.shape:
+        raise ValueError(f"its shard has shape {tuple(part.shape)}, the parameter {tuple(target.shape)}")
+
+
+class QKVParallelLinear(MergedLinear):
+    """``[q | k | v]`` of this rank's heads: checkpoint tensors 0 (q_proj), 1 (k_proj), 2 (v_proj)."""
+
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int,
+                 bias: bool = False, tp: TPGroup | None = None) -> None:
+        self.tp = tp or TPGroup()
+        self.head_dim = head_dim
+        self.num_heads = self.tp.split(num_heads, "attention heads")
+        self.first_kv_head, self.num_kv_heads = self.tp.kv_heads(num_kv_heads)
+        super().__init__(hidden_size, [self.num_heads * head_dim, *[self.num_kv_heads * head_dim] * 2], bias=bias)
+
+    @torch.no_grad()
+    def weight_loader(self, param: nn.Parameter, tensor: torch.Tensor, index: int) -> None:
+        first = self.tp.rank * self.num_heads if index == 0 else self.first_kv_head
+        count = self.num_heads if index == 0 else self.num_kv_heads
+        part = tensor.narrow(0, first * self.head_dim, count * self.head_dim)
+        target = param[self.shard_rows(index)]
+        _check(part, target)
+        target.copy_(part)
+
+
+class MergedColumnParallelLinear(MergedLinear):
+    """Several projections of the same input (gate / up), each split by output rows."""
+
+    def __init__(self, in_features: int, sizes: list[int], bias: bool = False, tp: TPGroup | None = None) -> None:
+        self.tp = tp or TPGroup()
+        super().__init__(in_features, [self.tp.split(n, "intermediate size") for n in sizes], bias=bias)
+
+    @torch.no_grad()
+    def weight_loader(self, param: nn.Parameter, tensor: torch.Tensor, index: int) -> None:
+        rows = self.sizes[index]
+        part = tensor.narrow(0, self.tp.rank * rows, rows)
+        target = param[self.shard_rows(index)]
+        _check(part, target)
+        target.copy_(part)
+
+
+class RowParallelLinear(Linear):
+    """``x [T, in / size] @ weight[:, rank's inputs].T``, summed over ranks (one all-reduce);
+    the bias, whole on every rank, is added once, after the sum."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TPGroup | None = None) -> None:
+        self.tp = tp or TPGroup()
+        super().__init__(self.tp.split(in_features, "projection inputs"), out_features, bias=bias)
+
+    def reduce_output(self, y: torch.Tensor) -> torch.Tensor:
+        return self.tp.all_reduce(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bias is None or self.tp.size == 1:
+            return super().forward(x)
+        return self.tp.all_reduce(F.linear(x, self.weight)) + self.bias
+
+    @torch.no_grad()
+    def weight_loader(self, param: nn.Parameter, tensor: torch.Tensor, index: int | None) -> None:
+        part = tensor.narrow(-1, self.tp.rank * self.in_features, self.in_features) if param is self.weight else tensor
+        _check(part, param)
+        param.copy_(part)
+
+
+class VocabParallelEmbedding(nn.Module):
+    """This rank's rows ``[rank * n, (rank + 1) * n)`` of the embedding, ``n = ceil(vocab / size)``
+    (rows past the vocabulary are zero); the lookup of ids outside the range is zero, and the
+    ranks' lookups are summed."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, tp: TPGroup | None = None) -> None:
+        super().__init__()
+        self.tp = tp or TPGroup()
+        self.vocab_size = vocab_size
+        self.rows = -(-vocab_size // self.tp.size)
+        self.start = self.tp.rank * self.rows
+        self.weight = nn.Parameter(torch.empty(self.rows, hidden_size))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return F.embedding(ids, self.weight)
+        local = ids - self.start
+        outside = (local < 0) | (local >= self.rows)
+        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        return self.tp.all_reduce(out.masked_fill(outside[:, None], 0))
+
+    @torch.no_grad()
+    def weight_loader(self, param: nn.Parameter, tensor: torch.Tensor, index: int | None) -> None:
+        end = min(self.start + self.rows, tensor.shape[0])
+        part = tensor[self.start:end]
+        _check(part, param[: end - self.start])
+        param.zero_()
+        param[: end - self.start].copy_(part)
+
+
+class ParallelLMHead(VocabParallelEmbedding):
+    """The output projection over this rank's vocabulary range (the embedding's, so a tied
+    head shares its shard); :meth:`forward` returns the whole vocabulary's logits on every
+    rank (one all-gather of ``[rows, vocab / size]``)."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(hidden, self.weight)
+        if self.tp.size == 1:
+            return logits
+        return self.tp.all_gather_last(logits)[..., : self.vocab_size]
