@@ -422,7 +422,7 @@ def test_unknown_section(tmp_path):
     path = write(tmp_path, "[frobnicate]\nx = 1\n", "other.toml")
     assert config_error(path) == (
         f"invalid configuration (defaults < file {path}): unknown key 'frobnicate' "
-        f"(known: model, cache, scheduler, attention, server, plugins)."
+        f"(known: model, cache, scheduler, attention, server, parallel, plugins)."
     )
 
 
@@ -843,7 +843,7 @@ def test_env_variable_naming_no_section_is_an_error():
         load_config(environ={"INFER_CACHES__BLOCK_SIZE": "32"})
     assert str(e.value) == (
         "environment variable INFER_CACHES__BLOCK_SIZE names no config section 'caches'; "
-        "sections are model, cache, scheduler, attention, server, plugins "
+        "sections are model, cache, scheduler, attention, server, parallel, plugins "
         "(INFER_<SECTION>__<KEY>)."
     )
     assert load_config(environ={"INFER_DISABLE_PLUGINS": "x", "INFER_CONFIG": ""}).plugins.disable == []

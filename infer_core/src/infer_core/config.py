@@ -121,6 +121,15 @@ class ServerConfig(Section):
         False, description="Serve GET /debug/engine (KV blocks, request states; for soak tests). Keep off in production.")
 
 
+class ParallelConfig(Section):
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="Ranks the model is split over (torch.distributed: NCCL on CUDA, one GPU per rank; gloo "
+                             "on the CPU). The engine starts one worker process per rank beyond the first.")
+    timeout_s: float = Field(
+        120.0, gt=0, description="How long a rank waits in a collective before it gives up (a rank that died "
+                                 "ends the engine with its error instead of a hang).")
+
+
 class PluginsConfig(Section):
     disable: list[str] = Field(default_factory=list, description="Plugins (entry-point names) not to load.")
 
@@ -131,6 +140,7 @@ SECTIONS: dict[str, type[Section]] = {
     "scheduler": SchedulerConfig,
     "attention": AttentionConfig,
     "server": ServerConfig,
+    "parallel": ParallelConfig,
     "plugins": PluginsConfig,
 }
 
@@ -153,6 +163,7 @@ class EngineConfig(BaseSettings):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     attention: AttentionConfig = Field(default_factory=AttentionConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
 
     @classmethod

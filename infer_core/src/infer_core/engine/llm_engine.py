@@ -32,6 +32,9 @@ from infer_core.loader.hf_config import read_hf_config
 from infer_core.loader.model import DTYPES, load_model
 from infer_core.loader.tokenizer import Tokenizer
 from infer_core.models.base import ModelContext
+from infer_core.parallel.executor import TPRunner, WorkerGroup
+from infer_core.parallel.group import TPGroup
+from infer_core.parallel.worker import RankSpec
 from infer_core.plugins import InferPluginManager, make_plugin_manager
 from infer_core.request import (
     CompletionOutput,
@@ -103,9 +106,23 @@ class LLMEngine:
         if kv_dtype == FP8_KV_DTYPE:
             check_fp8_kv(backend, attention_name, device)
 
+        # tensor parallelism: this process is rank 0; ranks 1..N-1 run in worker processes
+        self.workers = WorkerGroup(config, device) if config.parallel.tensor_parallel_size > 1 else None
+        try:
+            self._start(config, model_dir, hf_config, device, dtype, kv_dtype, max_model_len,
+                        selection, backend, attention_name)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _start(self, config: EngineConfig, model_dir: Path, hf_config: dict, device: torch.device,
+               dtype: torch.dtype, kv_dtype: torch.dtype, max_model_len: int, selection, backend: AttentionBackend,
+               attention_name: str) -> None:
+        tp = self.workers.tp if self.workers is not None else TPGroup()
         torch.manual_seed(config.model.seed)
-        self.model = load_model(model_dir, self.pm, ModelContext(backend, max_model_len), dtype=dtype, device=device)
+        self.model = load_model(model_dir, self.pm, ModelContext(backend, max_model_len, tp), dtype=dtype, device=device)
         small_m = config.model.small_m_gemm
+        prologues = None
         if small_m or (small_m is None and device.type == "cuda"):
             if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise ConfigError("model.small_m_gemm runs a Triton kernel and needs a CUDA device; "
@@ -134,12 +151,19 @@ class LLMEngine:
         )
         self.vocab_size = hf_config["vocab_size"]
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)
-        self.runner = ModelRunner(
-            self.model, block_size=block_size, max_num_seqs=s.max_num_seqs,
-            max_num_batched_tokens=s.max_num_batched_tokens, max_model_len=max_model_len,
-            vocab_size=self.vocab_size, device=device, eos_token_ids=self.eos_token_ids,
+        runner_args = dict(
+            block_size=block_size, max_num_seqs=s.max_num_seqs, max_num_batched_tokens=s.max_num_batched_tokens,
+            max_model_len=max_model_len, vocab_size=self.vocab_size, eos_token_ids=self.eos_token_ids,
             graph_sizes=self._graph_sizes(config, backend, device),
         )
+        if self.workers is not None:  # every worker builds the same rank over its shard
+            self.workers.setup(RankSpec(
+                str(model_dir), str(device), dtype, kv_dtype, max_model_len, attention_name,
+                selection.attention.options if selection.attention else None, num_blocks, block_size,
+                prologues, runner_args))
+        self.runner = ModelRunner(self.model, device=device, **runner_args)
+        if self.workers is not None:
+            self.runner = TPRunner(self.runner, self.workers)
         if self.runner.graphs is not None:
             self.runner.capture_cuda_graphs()
         self.layout = RuntimeLayout(
@@ -215,7 +239,15 @@ class LLMEngine:
         """The loaded model's class (the chat-template family and logs use it)."""
         return type(self.model)
 
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel worker processes (nothing with one rank). Also done at
+        interpreter exit; the engine takes no steps afterwards."""
+        if self.workers is not None:
+            self.workers.shutdown()
+
     def add_request(self, request: Request, prompt_text: str | None = None) -> None:
+        if self.workers is not None:
+            self.workers.check()  # a dead rank ends the engine: new requests get its error
         if request.request_id in self.scheduler.requests:
             raise RequestError(f"request id '{request.request_id}' is already in use.")
         self._outputs[request.request_id] = OutputState(

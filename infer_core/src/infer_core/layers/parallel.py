@@ -24,9 +24,8 @@ from infer_core.layers.linear import Linear, MergedLinear
 from infer_core.parallel.group import TPGroup
 
 
-def _check(part: torch.Tensor, target: torch.Tensor) -> None:
-    if part.shape != target.shape:
-        raise ValueError(f"its shard has shape {tuple(part.shape)}, the parameter {tuple(target.shape)}")
+def _full(param: nn.Parameter, rows: int, cols: int) -> tuple[int, ...]:
+    return (rows, cols) if param.dim() == 2 else (rows,)
 
 
 class QKVParallelLinear(MergedLinear):
@@ -38,16 +37,17 @@ class QKVParallelLinear(MergedLinear):
         self.head_dim = head_dim
         self.num_heads = self.tp.split(num_heads, "attention heads")
         self.first_kv_head, self.num_kv_heads = self.tp.kv_heads(num_kv_heads)
+        self.total_heads = (num_heads, num_kv_heads, num_kv_heads)
         super().__init__(hidden_size, [self.num_heads * head_dim, *[self.num_kv_heads * head_dim] * 2], bias=bias)
+
+    def checkpoint_shape(self, param: nn.Parameter, index: int) -> tuple[int, ...]:
+        return _full(param, self.total_heads[index] * self.head_dim, self.in_features)
 
     @torch.no_grad()
     def weight_loader(self, param: nn.Parameter, tensor: torch.Tensor, index: int) -> None:
         first = self.tp.rank * self.num_heads if index == 0 else self.first_kv_head
         count = self.num_heads if index == 0 else self.num_kv_heads
-        part = tensor.narrow(0, first * self.head_dim, count * self.head_dim)
-        target = param[self.shard_rows(index)]
-        _check(part, target)
-        target.copy_(part)
+        param[self.shard_rows(index)].copy_(tensor.narrow(0, first * self.head_dim, count * self.head_dim))
 
 
 class MergedColumnParallelLinear(MergedLinear):
@@ -57,13 +57,13 @@ class MergedColumnParallelLinear(MergedLinear):
         self.tp = tp or TPGroup()
         super().__init__(in_features, [self.tp.split(n, "intermediate size") for n in sizes], bias=bias)
 
+    def checkpoint_shape(self, param: nn.Parameter, index: int) -> tuple[int, ...]:
+        return _full(param, self.sizes[index] * self.tp.size, self.in_features)
+
     @torch.no_grad()
     def weight_loader(self, param: nn.Parameter, tensor: torch.Tensor, index: int) -> None:
         rows = self.sizes[index]
-        part = tensor.narrow(0, self.tp.rank * rows, rows)
-        target = param[self.shard_rows(index)]
-        _check(part, target)
-        target.copy_(part)
+        param[self.shard_rows(index)].copy_(tensor.narrow(0, self.tp.rank * rows, rows))
 
 
 class RowParallelLinear(Linear):
@@ -82,11 +82,12 @@ class RowParallelLinear(Linear):
             return super().forward(x)
         return self.tp.all_reduce(F.linear(x, self.weight)) + self.bias
 
+    def checkpoint_shape(self, param: nn.Parameter, index: int | None) -> tuple[int, ...]:
+        return _full(param, self.out_features, self.in_features * self.tp.size)
+
     @torch.no_grad()
     def weight_loader(self, param: nn.Parameter, tensor: torch.Tensor, index: int | None) -> None:
-        part = tensor.narrow(-1, self.tp.rank * self.in_features, self.in_features) if param is self.weight else tensor
-        _check(part, param)
-        param.copy_(part)
+        param.copy_(tensor.narrow(-1, self.tp.rank * self.in_features, self.in_features) if param is self.weight else tensor)
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -110,13 +111,14 @@ class VocabParallelEmbedding(nn.Module):
         out = F.embedding(local.masked_fill(outside, 0), self.weight)
         return self.tp.all_reduce(out.masked_fill(outside[:, None], 0))
 
+    def checkpoint_shape(self, param: nn.Parameter, index: int | None) -> tuple[int, ...]:
+        return (self.vocab_size, param.shape[1])
+
     @torch.no_grad()
     def weight_loader(self, param: nn.Parameter, tensor: torch.Tensor, index: int | None) -> None:
-        end = min(self.start + self.rows, tensor.shape[0])
-        part = tensor[self.start:end]
-        _check(part, param[: end - self.start])
+        end = min(self.start + self.rows, self.vocab_size)
         param.zero_()
-        param[: end - self.start].copy_(part)
+        param[: max(end - self.start, 0)].copy_(tensor[self.start:end])
 
 
 class ParallelLMHead(VocabParallelEmbedding):

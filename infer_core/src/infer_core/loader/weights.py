@@ -59,11 +59,8 @@ def load_weights(model: nn.Module, tensors: Iterable[tuple[str, torch.Tensor]], 
         module = model.get_submodule(name.rpartition(".")[0])
         with torch.no_grad():
             if hasattr(module, "weight_loader"):  # a tensor-parallel layer keeps its rank's part
-                try:
-                    module.weight_loader(param, tensor, shard)
-                except ValueError as exc:
-                    raise ModelLoadError(f"{source}: tensor '{hf_name}' of shape {tuple(tensor.shape)} "
-                                         f"does not fit {name}: {exc}.") from None
+                _check_shape(hf_name, tensor, torch.Size(module.checkpoint_shape(param, shard)), source)
+                module.weight_loader(param, tensor, shard)
             elif shard is None:
                 _check_shape(hf_name, tensor, param.shape, source)
                 param.copy_(tensor)
