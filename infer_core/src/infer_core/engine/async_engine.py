@@ -140,6 +140,9 @@ class AsyncLLMEngine:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        stop_workers = getattr(self.engine, "shutdown", None)  # tensor-parallel workers, if any
+        if stop_workers is not None:
+            stop_workers()
 
     @property
     def is_running(self) -> bool:

@@ -365,5 +365,8 @@ def run_engine_core(config: EngineConfig, conn: Connection, log_level: int = log
     conn.send(("ready", info))
     reader = threading.Thread(target=loop.receive, name="infer-core-pipe", daemon=True)
     reader.start()
-    loop._run()
-    conn.close()
+    try:
+        loop._run()
+    finally:
+        engine.shutdown()  # tensor-parallel workers, if any
+        conn.close()
