@@ -19,11 +19,10 @@ from torch import nn
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.errors import ConfigError
-from infer_core.layers.activation import ACTIVATIONS
 from infer_core.layers.attention import Attention
+from infer_core.layers.mlp import GatedMLP
 from infer_core.layers.norm import RMSNorm
 from infer_core.layers.parallel import (
-    MergedColumnParallelLinear,
     ParallelLMHead,
     QKVParallelLinear,
     RowParallelLinear,
@@ -38,7 +37,6 @@ from infer_core.loader.hf_config import (
     rope_spec,
 )
 from infer_core.models.base import CausalLM, ModelContext
-from infer_core.parallel.group import TPGroup
 
 # transformers' Gemma3TextConfig defaults, for Hub configs that leave them out.
 HF_DEFAULTS = {
@@ -144,25 +142,6 @@ class Gemma3Attention(nn.Module):
         return self.o_proj(out), residual
 
 
-class Gemma3MLP(nn.Module):
-    def __init__(self, args: Gemma3Args, tp: TPGroup) -> None:
-        super().__init__()
-        size = args.intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(args.hidden_size, [size, size], bias=False, tp=tp)
-        self.down_proj = RowParallelLinear(size, args.hidden_size, bias=False, tp=tp)
-        if args.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {args.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
-        self.act = args.hidden_act
-
-    def forward(
-        self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``norm`` (after the residual add) runs with gate/up, the gated activation with
-        down; returns ``(down output, residual)``."""
-        gate_up, residual = self.gate_up_proj.forward_normed(x, norm, residual)
-        return self.down_proj.forward_gated(gate_up, self.act), residual
-
-
 class Gemma3DecoderLayer(nn.Module):
     """Sandwich norms: each sub-block's output is normed again before the residual add."""
 
@@ -171,7 +150,7 @@ class Gemma3DecoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.self_attn = Gemma3Attention(args, rotary, ctx, sliding_window)
-        self.mlp = Gemma3MLP(args, ctx.tp)
+        self.mlp = GatedMLP(args.hidden_size, args.intermediate_size, args.hidden_act, bias=False, tp=ctx.tp)
         size, eps = args.hidden_size, args.rms_norm_eps
         self.input_layernorm = RMSNorm(size, eps, gemma=True)
         self.post_attention_layernorm = RMSNorm(size, eps, gemma=True)

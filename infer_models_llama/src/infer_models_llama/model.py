@@ -11,11 +11,10 @@ from torch import nn
 
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
-from infer_core.layers.activation import ACTIVATIONS
 from infer_core.layers.attention import Attention
+from infer_core.layers.mlp import GatedMLP
 from infer_core.layers.norm import RMSNorm
 from infer_core.layers.parallel import (
-    MergedColumnParallelLinear,
     ParallelLMHead,
     QKVParallelLinear,
     RowParallelLinear,
@@ -24,7 +23,6 @@ from infer_core.layers.parallel import (
 from infer_core.layers.rotary import RotaryEmbedding
 from infer_core.loader.hf_config import head_dim_of, rope_spec
 from infer_core.models.base import CausalLM, ModelContext
-from infer_core.parallel.group import TPGroup
 
 
 @dataclass(frozen=True)
@@ -89,30 +87,11 @@ class LlamaAttention(nn.Module):
         return self.o_proj(self.attn.forward_rope(positions, q, k, v, md, self.rotary)), residual
 
 
-class LlamaMLP(nn.Module):
-    def __init__(self, args: LlamaArgs, tp: TPGroup) -> None:
-        super().__init__()
-        size = args.intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(args.hidden_size, [size, size], bias=args.mlp_bias, tp=tp)
-        self.down_proj = RowParallelLinear(size, args.hidden_size, bias=args.mlp_bias, tp=tp)
-        if args.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {args.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
-        self.act = args.hidden_act
-
-    def forward(
-        self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``norm`` (after the residual add) runs with gate/up, the gated activation with
-        down; returns ``(down output, residual)``."""
-        gate_up, residual = self.gate_up_proj.forward_normed(x, norm, residual)
-        return self.down_proj.forward_gated(gate_up, self.act), residual
-
-
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, args: LlamaArgs, rotary: RotaryEmbedding, ctx: ModelContext) -> None:
         super().__init__()
         self.self_attn = LlamaAttention(args, rotary, ctx)
-        self.mlp = LlamaMLP(args, ctx.tp)
+        self.mlp = GatedMLP(args.hidden_size, args.intermediate_size, args.hidden_act, bias=args.mlp_bias, tp=ctx.tp)
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 

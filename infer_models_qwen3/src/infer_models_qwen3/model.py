@@ -12,11 +12,10 @@ from torch import nn
 
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
-from infer_core.layers.activation import ACTIVATIONS
 from infer_core.layers.attention import Attention
+from infer_core.layers.mlp import GatedMLP
 from infer_core.layers.norm import RMSNorm
 from infer_core.layers.parallel import (
-    MergedColumnParallelLinear,
     ParallelLMHead,
     QKVParallelLinear,
     RowParallelLinear,
@@ -25,7 +24,6 @@ from infer_core.layers.parallel import (
 from infer_core.layers.rotary import RotaryEmbedding
 from infer_core.loader.hf_config import FULL_ATTENTION, SLIDING_ATTENTION, head_dim_of, rope_spec
 from infer_core.models.base import CausalLM, ModelContext
-from infer_core.parallel.group import TPGroup
 
 
 def sliding_windows(cfg: dict[str, Any]) -> list[int | None]:
@@ -112,32 +110,13 @@ class Qwen3Attention(nn.Module):
         return self.o_proj(out), residual
 
 
-class Qwen3MLP(nn.Module):
-    def __init__(self, args: Qwen3Args, tp: TPGroup) -> None:
-        super().__init__()
-        size = args.intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(args.hidden_size, [size, size], bias=False, tp=tp)
-        self.down_proj = RowParallelLinear(size, args.hidden_size, bias=False, tp=tp)
-        if args.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"hidden_act {args.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
-        self.act = args.hidden_act
-
-    def forward(
-        self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``norm`` (after the residual add) runs with gate/up, the gated activation with
-        down; returns ``(down output, residual)``."""
-        gate_up, residual = self.gate_up_proj.forward_normed(x, norm, residual)
-        return self.down_proj.forward_gated(gate_up, self.act), residual
-
-
 class Qwen3DecoderLayer(nn.Module):
     def __init__(
         self, args: Qwen3Args, rotary: RotaryEmbedding, ctx: ModelContext, sliding_window: int | None
     ) -> None:
         super().__init__()
         self.self_attn = Qwen3Attention(args, rotary, ctx, sliding_window)
-        self.mlp = Qwen3MLP(args, ctx.tp)
+        self.mlp = GatedMLP(args.hidden_size, args.intermediate_size, args.hidden_act, bias=False, tp=ctx.tp)
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
 
