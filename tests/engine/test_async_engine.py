@@ -189,3 +189,22 @@ def test_merging_stops_at_an_error_which_comes_next():
 
     first = asyncio.run(main())
     assert first.outputs[0].delta_token_ids == [1, 2, 3] and first.outputs[0].delta_text == "123"
+
+
+def test_an_applied_add_counts_as_waiting_before_the_next_snapshot(llm):
+    """The server refuses requests from ``num_waiting`` (pending adds + the last snapshot): a
+    request the engine thread has just taken from the queue is still counted, not only from
+    the snapshot published after the step (CI once saw a full queue admit a third request in
+    that window)."""
+    engine = AsyncLLMEngine(llm.engine)  # not started: the loop's pieces are called by hand
+
+    async def add() -> None:
+        engine.add_request(llm.engine.make_request([1, 2, 3], PARAMS))
+
+    asyncio.run(add())
+    assert engine.num_waiting == 1  # on its way to the engine thread
+    engine._apply_commands()
+    assert engine.num_waiting == 1  # in the scheduler, the snapshot not published yet
+    engine._publish()
+    assert engine.num_waiting == 1 and engine.snapshot.num_waiting == 1
+    llm.engine.abort_request(next(iter(llm.engine.scheduler.requests)))

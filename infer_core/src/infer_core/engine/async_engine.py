@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from infer_core.engine.llm_engine import LLMEngine
@@ -264,13 +264,17 @@ class AsyncLLMEngine:
                 return
             if command[0] == "add":
                 request: Request = command[1]
+                added = False
                 try:
                     self.engine.add_request(request, command[2])
+                    added = True
                 except Exception as exc:
                     self._deliver(request.request_id, exc)
                 finally:
-                    with self._lock:
+                    with self._lock:  # counted as waiting from here on, not only from the next snapshot
                         self._pending_adds -= 1
+                        if added:
+                            self.snapshot = replace(self.snapshot, num_waiting=self.snapshot.num_waiting + 1)
             elif command[0] == "inspect":
                 fn, future = command[1], command[2]
                 if future.set_running_or_notify_cancel():
