@@ -124,3 +124,29 @@ def test_shutdown_stops_every_worker():
     llm.engine.shutdown()
     assert processes and not any(p.is_alive() for p in processes)
     assert all(p.exitcode == 0 for p in processes)
+
+
+def test_a_dead_rank_makes_the_served_engine_unhealthy():
+    """Behind the server (the threaded async engine), a rank that died is the engine's failure
+    after the step that found it: ``/health`` and ``/ready`` then answer 503 with it."""
+    import asyncio
+
+    from infer_core.engine.async_engine import AsyncLLMEngine
+
+    llm = make_llm(tiny_checkpoint("llama", tokenizer=True, vocab_size=512), 2)
+    engine = AsyncLLMEngine(llm.engine)  # its loop's pieces called by hand
+    (worker,) = llm.engine.workers._processes
+    engine._publish()
+    assert engine.failure is None and engine.snapshot.failure is None
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.join(10)
+
+    async def add():
+        return engine.add_request(llm.engine.make_request([1, 2, 3], PARAMS))
+
+    asyncio.run(add())
+    engine._apply_commands()  # the add finds the dead rank: the request fails with its error
+    engine._publish()
+    assert "rank 1 (exit code -9) stopped unexpectedly" in engine.failure
+    assert engine.snapshot.failure == engine.failure
+    llm.engine.shutdown()

@@ -51,6 +51,7 @@ class EngineSnapshot:
     num_running: int = 0
     num_waiting: int = 0
     kv_cache_usage: float = 0.0
+    failure: str | None = None  # the engine cannot go on (a tensor-parallel rank died)
 
 
 def _put_all(items: list[tuple[asyncio.Queue, RequestOutput | BaseException]]) -> None:
@@ -124,7 +125,7 @@ class AsyncLLMEngine:
         self._listeners: list[Callable[[list[FinishedRecord]], None]] = []
         self.snapshot = EngineSnapshot()
         self.num_steps = 0
-        self.failure: str | None = None  # set when the engine stopped on its own (a dead core process)
+        self.failure: str | None = None  # set when the engine stopped on its own (a dead core process or rank)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -292,9 +293,12 @@ class AsyncLLMEngine:
 
     def _publish(self) -> None:
         scheduler = self.engine.scheduler
+        failure = getattr(self.engine, "failure", None)
         with self._lock:
             self.snapshot = EngineSnapshot(
-                len(scheduler.running), len(scheduler.waiting), scheduler.cache.usage)
+                len(scheduler.running), len(scheduler.waiting), scheduler.cache.usage, failure)
+            if failure is not None and self.failure is None:
+                self.failure = failure  # /health and /ready answer 503 with it
         self._notify_finished()
 
     def _notify_finished(self) -> None:

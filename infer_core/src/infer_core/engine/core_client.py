@@ -226,6 +226,8 @@ class EngineCoreClient(AsyncLLMEngine):
         with self._lock:
             self.snapshot = snapshot
             self._pending_adds = max(self._adds_sent - adds_applied, 0)
+            if snapshot.failure is not None and self.failure is None:
+                self.failure = snapshot.failure  # a dead tensor-parallel rank of the core
         self.engine.metrics.stats = stats
         self.num_steps = num_steps
         if finished:  # before the outputs: a client that saw its last token finds it in /metrics
@@ -317,7 +319,8 @@ class _CoreLoop(AsyncLLMEngine):
 
     def _publish(self) -> None:
         scheduler = self.engine.scheduler
-        snapshot = EngineSnapshot(len(scheduler.running), len(scheduler.waiting), scheduler.cache.usage)
+        snapshot = EngineSnapshot(len(scheduler.running), len(scheduler.waiting), scheduler.cache.usage,
+                                  self.engine.failure)
         with self._lock:
             applied = self._adds_received - self._pending_adds
         outbox, self._outbox = self._outbox, []

@@ -239,6 +239,11 @@ class LLMEngine:
         """The loaded model's class (the chat-template family and logs use it)."""
         return type(self.model)
 
+    @property
+    def failure(self) -> str | None:
+        """Why the engine cannot step any more (a tensor-parallel rank died), else None."""
+        return self.workers.failure if self.workers is not None else None
+
     def shutdown(self) -> None:
         """Stop the tensor-parallel worker processes (nothing with one rank). Also done at
         interpreter exit; the engine takes no steps afterwards."""
