@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -30,19 +31,8 @@ from infer_core.bench.checkpoints import write_random_checkpoint
 from infer_core.layers.attention import Attention
 from infer_core.layers.linear import Linear
 
-
-def matmul_tflops(device: torch.device, n: int = 8192, reps: int = 20) -> float:
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
-    for _ in range(reps):
-        a @ b
-    end.record()
-    end.synchronize()
-    return 2 * n**3 * reps / (begin.elapsed_time(end) * 1e-3) / 1e12
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/kernels.py, run as a script or not
+from kernels import measure_ceilings
 
 
 def step_flops(llm: LLM, prompts: int, prompt_len: int) -> float:
@@ -107,7 +97,7 @@ def main() -> None:
         torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
     flops = step_flops(llm, args.prompts, args.prompt_len)
-    ceiling = matmul_tflops(device)
+    ceiling = measure_ceilings()["matmul_bf16_tflops"]  # the kernel benchmarks' own ceiling
     median = statistics.median(seconds)
     tokens = args.prompts * args.prompt_len
     result = {

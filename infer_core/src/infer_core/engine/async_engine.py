@@ -291,14 +291,18 @@ class AsyncLLMEngine:
                 ids = self.engine.unfinished_request_ids()
                 self._deliver_all([(o.request_id, o) for o in self.engine.fail_requests(ids, command[1])])
 
-    def _publish(self) -> None:
+    def _snapshot(self) -> EngineSnapshot:
+        """The engine's gauges now (engine thread)."""
         scheduler = self.engine.scheduler
-        failure = getattr(self.engine, "failure", None)
+        return EngineSnapshot(len(scheduler.running), len(scheduler.waiting), scheduler.cache.usage,
+                              getattr(self.engine, "failure", None))
+
+    def _publish(self) -> None:
+        snapshot = self._snapshot()
         with self._lock:
-            self.snapshot = EngineSnapshot(
-                len(scheduler.running), len(scheduler.waiting), scheduler.cache.usage, failure)
-            if failure is not None and self.failure is None:
-                self.failure = failure  # /health and /ready answer 503 with it
+            self.snapshot = snapshot
+            if snapshot.failure is not None and self.failure is None:
+                self.failure = snapshot.failure  # /health and /ready answer 503 with it
         self._notify_finished()
 
     def _notify_finished(self) -> None:

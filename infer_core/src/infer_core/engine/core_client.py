@@ -318,9 +318,7 @@ class _CoreLoop(AsyncLLMEngine):
         calls its listeners before it delivers the outputs."""
 
     def _publish(self) -> None:
-        scheduler = self.engine.scheduler
-        snapshot = EngineSnapshot(len(scheduler.running), len(scheduler.waiting), scheduler.cache.usage,
-                                  self.engine.failure)
+        snapshot = self._snapshot()
         with self._lock:
             applied = self._adds_received - self._pending_adds
         outbox, self._outbox = self._outbox, []

@@ -158,7 +158,7 @@ class LLMEngine:
         )
         if self.workers is not None:  # every worker builds the same rank over its shard
             self.workers.setup(RankSpec(
-                str(model_dir), str(device), dtype, kv_dtype, max_model_len, attention_name,
+                str(model_dir), dtype, kv_dtype, max_model_len, attention_name,
                 selection.attention.options if selection.attention else None, num_blocks, block_size,
                 prologues, runner_args))
         self.runner = ModelRunner(self.model, device=device, **runner_args)

@@ -55,7 +55,7 @@ class WorkerGroup:
         self._conns: list[Any] = []
         for rank in range(1, size):
             parent, child = ctx.Pipe()
-            process = ctx.Process(target=run_worker, args=(config, rank, size, store.port, child),
+            process = ctx.Process(target=run_worker, args=(config, rank, size, store.port, str(device), child),
                                   name=f"infer-tp-rank-{rank}", daemon=True)
             process.start()
             child.close()
@@ -86,7 +86,7 @@ class WorkerGroup:
     def setup(self, spec: RankSpec) -> None:
         """Hand every worker the spec and wait until each has built its rank (or failed)."""
         self.send(("setup", spec))
-        self._wait_for("ready")
+        self.wait_for("ready")
 
     def send(self, command: tuple) -> None:
         """A command to every worker; raises the workers' failure if there is one."""
@@ -126,7 +126,8 @@ class WorkerGroup:
         codes = [f"rank {i + 1} (exit code {p.exitcode})" for i, p in enumerate(self._processes) if not p.is_alive()]
         return f"tensor-parallel worker {', '.join(codes) or 'pipe'} stopped unexpectedly; restart the engine"
 
-    def _wait_for(self, kind: str) -> None:
+    def wait_for(self, kind: str) -> None:
+        """Each worker's next message, which must be ``kind`` (its error is raised instead)."""
         for rank, conn in enumerate(self._conns, start=1):
             try:
                 message = conn.recv()
@@ -168,10 +169,6 @@ class TPRunner:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.local, name)
 
-    @property
-    def failure(self) -> str | None:
-        return self.workers.failure
-
     def launch(self, out: Any, while_running: Callable[[], None] | None = None) -> Any:
         self.workers.send(("launch", out))
         try:
@@ -190,5 +187,5 @@ class TPRunner:
     def capture_cuda_graphs(self) -> float:
         self.workers.send(("capture",))
         seconds = self.local.capture_cuda_graphs()
-        self.workers._wait_for("captured")
+        self.workers.wait_for("captured")
         return seconds

@@ -36,7 +36,6 @@ class RankSpec:
     """What every rank builds, as rank 0 resolved it (the config stays the single source)."""
 
     model_dir: str
-    device: str  # rank 0's device; rank r takes cuda:(index + r) on CUDA
     dtype: torch.dtype
     kv_dtype: torch.dtype
     max_model_len: int
@@ -55,16 +54,16 @@ def rank_device(device: str, rank: int) -> torch.device:
     return torch.device("cuda", (base.index or 0) + rank)
 
 
-def run_worker(config: EngineConfig, rank: int, size: int, port: int, conn: Connection) -> None:
-    """The worker process's main (``spawn``ed by :class:`~infer_core.parallel.executor.WorkerGroup`)."""
+def run_worker(config: EngineConfig, rank: int, size: int, port: int, rank0_device: str, conn: Connection) -> None:
+    """The worker process's main (``spawn``ed by :class:`~infer_core.parallel.executor.WorkerGroup`
+    with rank 0's resolved device; rank ``r`` takes ``cuda:(index + r)`` on CUDA)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        device = rank_device(config.model.device if config.model.device != "auto" else
-                             ("cuda" if torch.cuda.is_available() else "cpu"), rank)
+        device = rank_device(rank0_device, rank)
         tp = connect(rank, size, port, device, config.parallel.timeout_s)
         kind, spec = conn.recv()
         assert kind == "setup", kind
-        runner = _build(config, spec, tp)
+        runner = _build(config, spec, tp, device)
         conn.send(("ready",))
         _serve(conn, runner)
     except (EOFError, OSError, KeyboardInterrupt):
@@ -74,7 +73,7 @@ def run_worker(config: EngineConfig, rank: int, size: int, port: int, conn: Conn
             conn.send(("error", f"tensor-parallel rank {rank} failed: {type(exc).__name__}: {exc}"))
 
 
-def _build(config: EngineConfig, spec: RankSpec, tp) -> Any:
+def _build(config: EngineConfig, spec: RankSpec, tp, device: torch.device) -> Any:
     from infer_core.attention.kv_tensors import allocate_kv_caches
     from infer_core.engine.runner import ModelRunner
     from infer_core.layers.linear import enable_small_m_gemm
@@ -82,7 +81,6 @@ def _build(config: EngineConfig, spec: RankSpec, tp) -> Any:
     from infer_core.models.base import ModelContext
     from infer_core.plugins import make_plugin_manager
 
-    device = rank_device(spec.device, tp.rank)
     pm = make_plugin_manager(blocked=config.plugins.disable)
     backend = pm.attention_backends.get(spec.attention).load()(spec.attention_options)
     torch.manual_seed(config.model.seed)  # the same random draws as rank 0's
