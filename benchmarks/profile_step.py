@@ -109,7 +109,8 @@ def make_engine(checkpoint: Path, batch: int, args: argparse.Namespace) -> LLMEn
     max_len = args.prompt_len + args.warmup + args.steps * (2 if args.cprofile else 1) + 8
     config = EngineConfig(
         model={"path": str(checkpoint), "device": args.device, "dtype": args.dtype, "max_model_len": max_len,
-               **({"enforce_eager": True} if args.enforce_eager else {})},
+               **({"enforce_eager": True} if args.enforce_eager else {}),
+               **({"small_m_prologues": args.prologues} if args.prologues else {})},
         cache={"backend": args.cache, "block_size": 16, "num_blocks": batch * (-(-max_len // 16)) + 8},
         scheduler={"max_num_seqs": batch, "max_num_batched_tokens": max(batch * args.prompt_len, 512),
                    "async_scheduling": args.async_scheduling},
@@ -295,6 +296,8 @@ def main() -> None:
     parser.add_argument("--gc-freeze", action="store_true", help="gc.freeze() before the timed steps")
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (model.enforce_eager)")
     parser.add_argument("--async-scheduling", action="store_true", help="scheduler.async_scheduling")
+    parser.add_argument("--prologues", choices=["none", "act", "norm", "all"], default=None,
+                        help="model.small_m_prologues (default: the engine's)")
     parser.add_argument("--pipelined", action="store_true",
                         help="no device sync after each step: the step time is the wall time of all steps over their count")
     parser.add_argument("--device-time", action="store_true",
@@ -334,6 +337,8 @@ def main() -> None:
         "warmup": args.warmup, "temperature": args.temperature, "clock": args.clock,
         "outputs": args.outputs, "repeats": args.repeats, "gc_freeze": args.gc_freeze,
         "enforce_eager": args.enforce_eager, "async_scheduling": args.async_scheduling,
+        "small_m_prologues": args.prologues, "gemm_prefetch": os.environ.get("INFER_GEMM_PREFETCH", "1"),
+        "pdl": os.environ.get("INFER_PDL", "1"),
         "pipelined": args.pipelined,
         "command": "benchmarks/profile_step.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
