@@ -1,0 +1,250 @@
+"""Where a batch-1 decode step's device time goes: chains of the step's kernels, each kind on
+its own and the whole decoder layer, captured in one CUDA graph per chain and replayed.
+
+A decode step at batch 1 is a chain of ~10 dependent short kernels per layer (Qwen3-0.6B: 28
+layers). Each kernel is timed alone elsewhere (``benchmarks/kernels.py``,
+``kernels_small_m_gemm.py``, from a cold L2); here the question is what a kernel costs *in the
+chain*: its launch and drain, under programmatic dependent launch (PDL) or not, and whether
+the weight prefetch of the small-M GEMM overlaps the kernel before it. Chains, at the real
+shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as in a step):
+
+- ``noop``: the layer's kernel count of one-program kernels that only wait (the floor of a
+  launch in a chain);
+- ``gemm`` / ``gemm-cublas``: the four projections of every layer (small-M GEMM / cuBLAS);
+- ``norm``, ``act``, ``attention`` (QK-norm + RoPE + KV write, then paged attention over
+  ``--context`` keys, with the split-KV reduction a captured decode graph uses);
+- ``layer``: the whole decoder layer as the model runs it; ``layer-prologues``: with the
+  RMSNorms and the SiLU-and-mul folded into the GEMMs' prologues.
+
+Each chain runs with PDL on and off (``INFER_PDL``), the GEMM chains also without the weight
+prefetch (``INFER_GEMM_PREFETCH=0``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
+replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
+
+    python benchmarks/decode_chain.py --shape qwen3-0.6b --out benchmarks/reports/decode-chain-<date>-<device>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kernels import environment, measure_ceilings, timed
+
+from infer_core.attention.backend import AttentionLayer
+from infer_core.attention.metadata import build_attention_metadata
+from infer_core.kernels.act_and_mul import silu_and_mul
+from infer_core.kernels.kv_cache_write import KVWrite
+from infer_core.kernels.paged_attention import paged_attention
+from infer_core.kernels.pdl import use_pdl, wait_for_prior
+from infer_core.kernels.qk_norm_rope import qk_norm_rope
+from infer_core.kernels.rms_norm import fused_add_rms_norm
+from infer_core.kernels.small_m_gemm import LaunchConfig, NormPrologue, small_m_gemm
+
+# (hidden, intermediate, q heads, kv heads, head dim, layers)
+SHAPES = {
+    "qwen3-0.6b": (1024, 3072, 16, 8, 128, 28),
+    "llama-3.2-1b": (2048, 8192, 32, 8, 64, 16),
+}
+BF16 = torch.bfloat16
+KERNELS_PER_LAYER = 10
+# one-row GEMM configs tried in the chain (``--chains sweep``): weight rows per program, K tile, warps, stages
+SWEEP = [LaunchConfig(n, k, 1, num_warps=w, num_stages=st)
+         for n, k, w, st in [(1, 1024, 2, 3), (1, 2048, 4, 3), (2, 1024, 4, 3), (2, 2048, 4, 4), (2, 1024, 2, 3),
+                             (4, 1024, 4, 3), (4, 512, 4, 3), (4, 2048, 8, 3), (8, 512, 4, 3), (8, 1024, 8, 3),
+                             (16, 256, 4, 3), (16, 512, 8, 3)]]  # norm, qkv, qk-norm-rope, attention, reduce, o, norm, gate/up, act, down
+
+
+@triton.jit
+def _noop_kernel(x_ptr, PDL: tl.constexpr):
+    if PDL:
+        wait_for_prior()
+    tl.store(x_ptr + tl.program_id(0), tl.load(x_ptr + tl.program_id(0)) + 1.0)
+
+
+def noop(x: torch.Tensor) -> None:
+    pdl = use_pdl(x)
+    _noop_kernel[(1,)](x, PDL=pdl, num_warps=1, launch_pdl=pdl)
+
+
+class Layer:
+    """One decoder layer's weights and activations at batch 1 (random, bf16)."""
+
+    def __init__(self, shape: tuple, context: int, max_seq_len: int) -> None:
+        hidden, inter, hq, hkv, d, _ = shape
+        dev = "cuda"
+
+        def w(n: int, k: int) -> torch.Tensor:
+            return torch.randn(n, k, device=dev, dtype=BF16) / k**0.5
+
+        self.qkv, self.o = w((hq + 2 * hkv) * d, hidden), w(hidden, hq * d)
+        self.gate_up, self.down = w(2 * inter, hidden), w(hidden, inter)
+        self.norm1 = torch.ones(hidden, device=dev, dtype=BF16)
+        self.norm2 = torch.ones(hidden, device=dev, dtype=BF16)
+        self.q_norm = torch.ones(d, device=dev, dtype=BF16)
+        self.k_norm = torch.ones(d, device=dev, dtype=BF16)
+        self.sizes = (hq * d, hkv * d, hkv * d)
+        self.attn = AttentionLayer(hq, hkv, d, d**-0.5)
+        blocks = -(-(context + 1) // 16)
+        self.cache = torch.randn(2, blocks, 16, hkv, d, device=dev, dtype=BF16)
+        md = build_attention_metadata([1], [context + 1], [list(range(blocks))], 16, dev)
+        self.md = replace(md, max_seq_len=max_seq_len)  # as a captured decode graph sees it
+        self.positions = torch.full((1,), context, device=dev, dtype=torch.int64)
+        half = d // 2
+        self.cos = torch.randn(max_seq_len, half, device=dev, dtype=torch.float32)
+        self.sin = torch.randn(max_seq_len, half, device=dev, dtype=torch.float32)
+        self.x = torch.randn(1, hidden, device=dev, dtype=BF16)
+        self.res = torch.randn(1, hidden, device=dev, dtype=BF16)
+        self.a = torch.randn(1, hq * d, device=dev, dtype=BF16)
+        self.gu = torch.randn(1, 2 * inter, device=dev, dtype=BF16)
+        self.mid = torch.randn(1, inter, device=dev, dtype=BF16)
+        self.qkv_out = torch.randn(1, sum(self.sizes), device=dev, dtype=BF16)
+
+    def bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qkv, self.o, self.gate_up, self.down))
+
+    def attention(self, qkv: torch.Tensor) -> torch.Tensor:
+        hq, hkv, d = self.attn.num_heads, self.attn.num_kv_heads, self.attn.head_dim
+        q, k, v = qkv.split(self.sizes, dim=-1)
+        q, k, v = q.view(1, hq, d), k.view(1, hkv, d), v.view(1, hkv, d)
+        qk_norm_rope(self.positions, q, k, self.q_norm, self.k_norm, self.cos, self.sin, 1e-6,
+                     kv=KVWrite(v, self.cache, self.md.slot_mapping))
+        return paged_attention(self.attn, q, self.cache, self.md).view(1, -1)
+
+    def forward(self, x: torch.Tensor, res: torch.Tensor, prologues: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if prologues:
+            qkv, res = small_m_gemm(x, self.qkv, norm=NormPrologue(self.norm1, 1e-6, False, res))
+        else:
+            h, res = fused_add_rms_norm(x, res, self.norm1, 1e-6)
+            qkv = small_m_gemm(h, self.qkv)
+        o = small_m_gemm(self.attention(qkv), self.o)
+        if prologues:
+            gu, res = small_m_gemm(o, self.gate_up, norm=NormPrologue(self.norm2, 1e-6, False, res))
+            return small_m_gemm(gu, self.down, act_and_mul="silu"), res
+        h, res = fused_add_rms_norm(o, res, self.norm2, 1e-6)
+        return small_m_gemm(silu_and_mul(small_m_gemm(h, self.gate_up)), self.down), res
+
+
+def chains(layers: list[Layer]) -> dict:
+    """name: (function running the chain, kernels in it, weight bytes it streams)."""
+    n = len(layers)
+    wbytes = sum(layer.bytes() for layer in layers)
+    counter = torch.zeros(132, device="cuda")
+
+    def gemm(config: LaunchConfig | None = None):
+        def run() -> None:
+            for layer in layers:
+                small_m_gemm(layer.x, layer.qkv, config=config)
+                small_m_gemm(layer.a, layer.o, config=config)
+                small_m_gemm(layer.x, layer.gate_up, config=config)
+                small_m_gemm(layer.mid, layer.down, config=config)
+        return run
+
+    def gemm_cublas() -> None:
+        for layer in layers:
+            F.linear(layer.x, layer.qkv)
+            F.linear(layer.a, layer.o)
+            F.linear(layer.x, layer.gate_up)
+            F.linear(layer.mid, layer.down)
+
+    def norm() -> None:
+        for layer in layers:
+            fused_add_rms_norm(layer.x, layer.res, layer.norm1, 1e-6)
+            fused_add_rms_norm(layer.x, layer.res, layer.norm2, 1e-6)
+
+    def act() -> None:
+        for layer in layers:
+            silu_and_mul(layer.gu)
+
+    def attention() -> None:
+        for layer in layers:
+            layer.attention(layer.qkv_out)
+
+    def run_layers(prologues: bool):
+        def run() -> None:
+            x, res = layers[0].x, layers[0].res
+            for layer in layers:
+                x, res = layer.forward(x, res, prologues)
+        return run
+
+    return {
+        "noop": (lambda: [noop(counter) for _ in range(KERNELS_PER_LAYER * n)], KERNELS_PER_LAYER * n, 0),
+        "gemm": (gemm(), 4 * n, wbytes),
+        **{f"gemm-n{c.block_n}-k{c.block_k}-w{c.num_warps}-s{c.num_stages}": (gemm(c), 4 * n, wbytes)
+           for c in SWEEP},
+        "gemm-cublas": (gemm_cublas, 4 * n, wbytes),
+        "norm": (norm, 2 * n, 0),
+        "act": (act, n, 0),
+        "attention": (attention, 3 * n, 0),
+        "layer": (run_layers(False), KERNELS_PER_LAYER * n, wbytes),
+        "layer-prologues": (run_layers(True), (KERNELS_PER_LAYER - 3) * n, wbytes),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="qwen3-0.6b", choices=sorted(SHAPES))
+    parser.add_argument("--context", type=int, default=256, help="keys each attention reads")
+    parser.add_argument("--max-seq-len", type=int, default=4096, help="what the captured graph's attention config sees")
+    parser.add_argument("--chains", default="", help="comma-separated subset (default: all but the GEMM config "
+                                                     "sweep; 'sweep' names the sweep's chains)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    shape = SHAPES[args.shape]
+    layers = [Layer(shape, args.context, args.max_seq_len) for _ in range(shape[5])]
+    ceilings = measure_ceilings()
+    env = environment()
+    all_chains = chains(layers)
+    default = [c for c in all_chains if not c.startswith("gemm-n")]
+    sweep = [c for c in all_chains if c.startswith("gemm-n")]
+    wanted = [c for part in args.chains.split(",") if part for c in ({"sweep": sweep}.get(part, [part]))] or default
+    rows = []
+    for name in wanted:
+        fn, kernels, wbytes = all_chains[name]
+        variants = [("1", "1"), ("0", "1")]
+        if name in ("gemm", "layer", "layer-prologues") or name in sweep:
+            variants.append(("1", "0"))
+        for pdl, prefetch in variants:
+            os.environ["INFER_PDL"], os.environ["INFER_GEMM_PREFETCH"] = pdl, prefetch
+            us = timed(fn) * 1e3
+            row = {"chain": name, "pdl": pdl == "1", "prefetch": prefetch == "1", "kernels": kernels,
+                   "us": us, "us_per_kernel": us / kernels, "us_per_layer": us / len(layers),
+                   "weight_bytes": wbytes, "gbps": wbytes / us / 1e3 if wbytes else None}
+            rows.append(row)
+            gbps = f"{row['gbps']:.0f} GB/s" if wbytes else ""
+            print(f"{name:16s} pdl={pdl} prefetch={prefetch}: {us:8.1f} µs, {row['us_per_kernel']:5.2f} µs/kernel, "
+                  f"{row['us_per_layer']:5.1f} µs/layer {gbps}", flush=True)
+    os.environ.pop("INFER_PDL")
+    os.environ.pop("INFER_GEMM_PREFETCH")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"environment": env, "ceilings": ceilings, "shape": args.shape, "context": args.context,
+              "max_seq_len": args.max_seq_len, "rows": rows}
+    (args.out / "decode_chain.json").write_text(json.dumps(result, indent=1))
+    lines = [f"# Decode-step kernel chains — {env['device']}, {args.shape}", "",
+             f"{env['date']}, commit `{env['commit']}`; torch {env['torch']}, triton {env['triton']}; batch 1, "
+             f"{shape[5]} layers, context {args.context}, attention configured for {args.max_seq_len}. "
+             f"Copy ceiling {ceilings['copy_gbps']:.0f} GB/s. CUDA-graph replays, median, minus an L2 flush.", "",
+             "| chain | PDL | prefetch | kernels | µs | µs/kernel | µs/layer | weight GB/s |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        gbps = f"{r['gbps']:.0f}" if r["gbps"] else "–"
+        lines.append(f"| {r['chain']} | {'on' if r['pdl'] else 'off'} | {'on' if r['prefetch'] else 'off'} | "
+                     f"{r['kernels']} | {r['us']:.1f} | {r['us_per_kernel']:.2f} | {r['us_per_layer']:.1f} | {gbps} |")
+    (args.out / "decode_chain.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
