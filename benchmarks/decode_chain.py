@@ -16,8 +16,9 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
 - ``layer``: the whole decoder layer as the model runs it; ``layer-prologues``: with the
   RMSNorms and the SiLU-and-mul folded into the GEMMs' prologues.
 
-Each chain runs with PDL on and off (``INFER_PDL``), the GEMM chains also without the weight
-prefetch (``INFER_GEMM_PREFETCH=0``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
+Each chain runs with PDL on and off (``INFER_PDL``), the GEMM chains also without the first
+weight tile's prefetch (``INFER_GEMM_PREFETCH=0``) and without asking L2 for the next
+projection's weights (``INFER_GEMM_L2_PREFETCH=0``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
 
     python benchmarks/decode_chain.py --shape qwen3-0.6b --out benchmarks/reports/decode-chain-<date>-<device>
@@ -121,18 +122,23 @@ class Layer:
                      kv=KVWrite(v, self.cache, self.md.slot_mapping))
         return paged_attention(self.attn, q, self.cache, self.md).view(1, -1)
 
-    def forward(self, x: torch.Tensor, res: torch.Tensor, prologues: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, res: torch.Tensor, prologues: bool,
+                following: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer; each projection asks L2 for the next one's weight (the last for
+        ``following``, the next layer's qkv) where ``INFER_GEMM_L2_PREFETCH`` allows."""
         if prologues:
-            qkv, res = small_m_gemm(x, self.qkv, norm=NormPrologue(self.norm1, 1e-6, False, res))
+            qkv, res = small_m_gemm(x, self.qkv, norm=NormPrologue(self.norm1, 1e-6, False, res), prefetch=self.o)
         else:
             h, res = fused_add_rms_norm(x, res, self.norm1, 1e-6)
-            qkv = small_m_gemm(h, self.qkv)
-        o = small_m_gemm(self.attention(qkv), self.o)
+            qkv = small_m_gemm(h, self.qkv, prefetch=self.o)
+        o = small_m_gemm(self.attention(qkv), self.o, prefetch=self.gate_up)
         if prologues:
-            gu, res = small_m_gemm(o, self.gate_up, norm=NormPrologue(self.norm2, 1e-6, False, res))
-            return small_m_gemm(gu, self.down, act_and_mul="silu"), res
+            gu, res = small_m_gemm(o, self.gate_up, norm=NormPrologue(self.norm2, 1e-6, False, res),
+                                   prefetch=self.down)
+            return small_m_gemm(gu, self.down, act_and_mul="silu", prefetch=following), res
         h, res = fused_add_rms_norm(o, res, self.norm2, 1e-6)
-        return small_m_gemm(silu_and_mul(small_m_gemm(h, self.gate_up)), self.down), res
+        gu = small_m_gemm(h, self.gate_up, prefetch=self.down)
+        return small_m_gemm(silu_and_mul(gu), self.down, prefetch=following), res
 
 
 def chains(layers: list[Layer]) -> dict:
@@ -143,11 +149,12 @@ def chains(layers: list[Layer]) -> dict:
 
     def gemm(config: LaunchConfig | None = None):
         def run() -> None:
-            for layer in layers:
-                small_m_gemm(layer.x, layer.qkv, config=config)
-                small_m_gemm(layer.a, layer.o, config=config)
-                small_m_gemm(layer.x, layer.gate_up, config=config)
-                small_m_gemm(layer.mid, layer.down, config=config)
+            for i, layer in enumerate(layers):
+                following = layers[(i + 1) % n].qkv
+                small_m_gemm(layer.x, layer.qkv, config=config, prefetch=layer.o)
+                small_m_gemm(layer.a, layer.o, config=config, prefetch=layer.gate_up)
+                small_m_gemm(layer.x, layer.gate_up, config=config, prefetch=layer.down)
+                small_m_gemm(layer.mid, layer.down, config=config, prefetch=following)
         return run
 
     def gemm_cublas() -> None:
@@ -173,8 +180,8 @@ def chains(layers: list[Layer]) -> dict:
     def run_layers(prologues: bool):
         def run() -> None:
             x, res = layers[0].x, layers[0].res
-            for layer in layers:
-                x, res = layer.forward(x, res, prologues)
+            for i, layer in enumerate(layers):
+                x, res = layer.forward(x, res, prologues, layers[(i + 1) % n].qkv)
         return run
 
     return {
@@ -212,21 +219,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in wanted:
         fn, kernels, wbytes = all_chains[name]
-        variants = [("1", "1"), ("0", "1")]
+        variants = [("1", "1", "1"), ("0", "1", "1")]
         if name in ("gemm", "layer", "layer-prologues") or name in sweep:
-            variants.append(("1", "0"))
-        for pdl, prefetch in variants:
+            variants += [("1", "0", "1"), ("1", "1", "0")]
+        for pdl, prefetch, l2 in variants:
             os.environ["INFER_PDL"], os.environ["INFER_GEMM_PREFETCH"] = pdl, prefetch
+            os.environ["INFER_GEMM_L2_PREFETCH"] = l2
             us = timed(fn) * 1e3
-            row = {"chain": name, "pdl": pdl == "1", "prefetch": prefetch == "1", "kernels": kernels,
+            row = {"chain": name, "pdl": pdl == "1", "prefetch": prefetch == "1", "l2_prefetch": l2 == "1",
+                   "kernels": kernels,
                    "us": us, "us_per_kernel": us / kernels, "us_per_layer": us / len(layers),
                    "weight_bytes": wbytes, "gbps": wbytes / us / 1e3 if wbytes else None}
             rows.append(row)
             gbps = f"{row['gbps']:.0f} GB/s" if wbytes else ""
-            print(f"{name:16s} pdl={pdl} prefetch={prefetch}: {us:8.1f} µs, {row['us_per_kernel']:5.2f} µs/kernel, "
+            print(f"{name:16s} pdl={pdl} prefetch={prefetch} l2={l2}: {us:8.1f} µs, {row['us_per_kernel']:5.2f} µs/kernel, "
                   f"{row['us_per_layer']:5.1f} µs/layer {gbps}", flush=True)
-    os.environ.pop("INFER_PDL")
-    os.environ.pop("INFER_GEMM_PREFETCH")
+    for var in ("INFER_PDL", "INFER_GEMM_PREFETCH", "INFER_GEMM_L2_PREFETCH"):
+        os.environ.pop(var)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"environment": env, "ceilings": ceilings, "shape": args.shape, "context": args.context,
               "max_seq_len": args.max_seq_len, "rows": rows}
@@ -235,12 +244,12 @@ def main(argv: list[str] | None = None) -> int:
              f"{env['date']}, commit `{env['commit']}`; torch {env['torch']}, triton {env['triton']}; batch 1, "
              f"{shape[5]} layers, context {args.context}, attention configured for {args.max_seq_len}. "
              f"Copy ceiling {ceilings['copy_gbps']:.0f} GB/s. CUDA-graph replays, median, minus an L2 flush.", "",
-             "| chain | PDL | prefetch | kernels | µs | µs/kernel | µs/layer | weight GB/s |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "| chain | PDL | tile prefetch | L2 prefetch | kernels | µs | µs/kernel | µs/layer | weight GB/s |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         gbps = f"{r['gbps']:.0f}" if r["gbps"] else "–"
         lines.append(f"| {r['chain']} | {'on' if r['pdl'] else 'off'} | {'on' if r['prefetch'] else 'off'} | "
-                     f"{r['kernels']} | {r['us']:.1f} | {r['us_per_kernel']:.2f} | {r['us_per_layer']:.1f} | {gbps} |")
+                     f"{'on' if r['l2_prefetch'] else 'off'} | {r['kernels']} | {r['us']:.1f} | {r['us_per_kernel']:.2f} | {r['us_per_layer']:.1f} | {gbps} |")
     (args.out / "decode_chain.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -94,6 +94,10 @@ ACTS = {None: NO_ACT, "silu": SILU, "gelu_tanh": GELU_TANH}
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_BLOCK_M = 16
 REDUCE_BLOCK = 1024
+# the next projection's weight asked into L2: at most this much of it (H100 / H200 L2: 50 MB),
+# in one bulk prefetch per program of at least this many bytes
+PREFETCH_MAX_BYTES = 16 << 20
+PREFETCH_CHUNK = 16 << 10
 
 
 @triton.jit
@@ -105,6 +109,20 @@ def _norm_input(x_rows, r_rows, ks, mask, HAS_RESIDUAL: tl.constexpr):
         r = tl.load(r_rows + ks[None, :], mask=mask, other=0.0, eviction_policy="evict_last")
         h = add_residual(h, r)
     return h
+
+
+@triton.jit
+def _prefetch_l2(base, nbytes, chunk, program):
+    """Ask L2 to fetch this program's chunk of the bytes ``[base, base + nbytes)`` (an
+    address): one bulk prefetch (``cp.async.bulk.prefetch.L2``, sm_90) of up to ``chunk``
+    bytes, chunks in program order (programs are spread over the SMs, and so are the copy
+    engines' requests). Every thread of the program holds the same operands, so each warp
+    issues one instruction. A hint: no register receives the data and nothing waits for it."""
+    offs = program.to(tl.int64) * chunk + tl.zeros([1], dtype=tl.int64)
+    size = tl.minimum(tl.maximum(nbytes - offs, 0), chunk).to(tl.int32)  # a multiple of 16, or 0
+    tl.inline_asm_elementwise(
+        "{\n.reg .pred p;\nsetp.gt.s32 p, $2, 0;\n@p cp.async.bulk.prefetch.L2.global [$1], $2;\nmov.b32 $0, 0;\n}",
+        "=r,l,r", [base + offs, size], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -151,14 +169,14 @@ def _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
     return x
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["next_addr", "next_bytes", "next_chunk"])
 def _small_m_gemm_kernel(
     x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, k_per_split,
-    r_ptr, stride_rm, nw_ptr, h_ptr, eps,
+    r_ptr, stride_rm, nw_ptr, h_ptr, eps, next_addr, next_bytes, next_chunk,
     ACT: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr, SINGLE_TILE: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    PDL: tl.constexpr, PREFETCH: tl.constexpr,
+    PDL: tl.constexpr, PREFETCH: tl.constexpr, PREFETCH_NEXT: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -180,6 +198,9 @@ def _small_m_gemm_kernel(
         # The weights are never written by the kernel before this one: the first tile is
         # requested before waiting for it (with PDL, while it still runs).
         w = _load_w(w_rows, ks, n_mask, K, EVEN_K)
+    if PREFETCH_NEXT:  # the next projection's weights, into L2 while the chain runs on
+        program = (pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n
+        _prefetch_l2(next_addr, next_bytes, next_chunk, program)
     if PDL:
         wait_for_prior()
     if not PREFETCH:
@@ -327,6 +348,15 @@ def prefetch_weights() -> bool:
     return os.environ.get("INFER_GEMM_PREFETCH", "1") != "0"
 
 
+def l2_prefetch_applies(t: torch.Tensor) -> bool:
+    """Whether a GEMM on ``t``'s device may ask L2 for the next projection's weights: CUDA of
+    compute capability 9.0 and later (``cp.async.bulk.prefetch``), unless the environment sets
+    ``INFER_GEMM_L2_PREFETCH=0`` (for A/B measurements)."""
+    if not t.is_cuda or os.environ.get("INFER_GEMM_L2_PREFETCH", "1") == "0":
+        return False
+    return torch.cuda.get_device_capability(t.device)[0] >= 9
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
@@ -335,16 +365,17 @@ def _num_sms(device: torch.device) -> int:
 
 @overload
 def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: str | None = None,
-                 norm: None = None, config: LaunchConfig | None = None) -> torch.Tensor: ...
+                 norm: None = None, config: LaunchConfig | None = None,
+                 prefetch: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 @overload
 def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: None = None,
                  norm: NormPrologue, config: LaunchConfig | None = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+                 prefetch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
-def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None):
+def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None, prefetch=None):
     """``x' @ weight.T`` for ``weight [N, K]`` (contiguous) and ``x [M, K]``, or ``x [M, 2K]``
     = ``[gate | up]`` with ``act_and_mul`` ("silu" or "gelu_tanh"), ``x' = act(gate) * up``.
     bf16, fp16 or fp32 (one dtype for both); float32 accumulation; ``[M, N]`` in ``x``'s
@@ -353,7 +384,11 @@ def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None):
     With ``norm`` (a :class:`NormPrologue`), ``x' = rms_norm(h)`` with ``h = x + norm.residual``
     (or ``x``), and the result is a pair ``(y, h)``: ``h [M, K]`` the new residual, or
     ``None`` without ``norm.residual``; the same as ``fused_add_rms_norm`` (or ``rms_norm``)
-    followed by ``small_m_gemm`` in one launch. Not with ``act_and_mul``."""
+    followed by ``small_m_gemm`` in one launch. Not with ``act_and_mul``.
+
+    ``prefetch`` (the weight of the projection that runs next, contiguous): its first
+    ``PREFETCH_MAX_BYTES`` are asked into L2 by the first programs (where
+    :func:`l2_prefetch_applies`); a hint that changes no result."""
     if act_and_mul not in ACTS:
         raise ValueError(f"act_and_mul must be one of {sorted(a for a in ACTS if a)} or None, got {act_and_mul!r}")
     if norm is not None and act_and_mul is not None:
@@ -397,16 +432,22 @@ def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None):
     grid = (triton.cdiv(n, cfg.block_n), split_k, triton.cdiv(m, bm))
     pdl = use_pdl(x)
     r = residual if residual is not None else x
+    next_addr = next_bytes = next_chunk = 0
+    if prefetch is not None and prefetch.is_contiguous() and l2_prefetch_applies(x):
+        next_addr = prefetch.data_ptr()
+        next_bytes = min(prefetch.numel() * prefetch.element_size(), PREFETCH_MAX_BYTES) // 16 * 16
+        programs = grid[0] * grid[1] * grid[2]
+        next_chunk = max(PREFETCH_CHUNK, triton.cdiv(triton.cdiv(next_bytes, programs), 16) * 16)
     _small_m_gemm_kernel[grid](
         x, weight, target, m, n, k, x.stride(0), k_per_split,
         r, r.stride(0), norm.weight if norm is not None else x, h if h is not None else x,
-        norm.eps if norm is not None else 0.0,
+        norm.eps if norm is not None else 0.0, next_addr, next_bytes, next_chunk,
         ACT=act, NORM=norm is not None, HAS_RESIDUAL=residual is not None,
         GEMMA=norm is not None and norm.gemma,
         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         EVEN_K=k % cfg.block_k == 0, SINGLE_TILE=k <= cfg.block_k, USE_DOT=cfg.use_dot,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PDL=pdl, PREFETCH=prefetch_weights(),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
+        PREFETCH_NEXT=next_bytes > 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
     if split_k > 1:
         _split_k_reduce_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)](
