@@ -4,8 +4,7 @@ its own and the whole decoder layer, captured in one CUDA graph per chain and re
 A decode step at batch 1 is a chain of ~10 dependent short kernels per layer (Qwen3-0.6B: 28
 layers). Each kernel is timed alone elsewhere (``benchmarks/kernels.py``,
 ``kernels_small_m_gemm.py``, from a cold L2); here the question is what a kernel costs *in the
-chain*: its launch and drain, under programmatic dependent launch (PDL) or not, and whether
-the weight prefetch of the small-M GEMM overlaps the kernel before it. Chains, at the real
+chain*: its launch and drain, under programmatic dependent launch (PDL) or not. Chains, at the real
 shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as in a step):
 
 - ``noop``: the layer's kernel count of one-program kernels that only wait (the floor of a
@@ -16,9 +15,7 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
 - ``layer``: the whole decoder layer as the model runs it; ``layer-prologues``: with the
   RMSNorms and the SiLU-and-mul folded into the GEMMs' prologues.
 
-Each chain runs with PDL on and off (``INFER_PDL``), the GEMM chains also without the first
-weight tile's prefetch (``INFER_GEMM_PREFETCH=0``) and without asking L2 for the next
-projection's weights (``INFER_GEMM_L2_PREFETCH=0``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
+Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
 
     python benchmarks/decode_chain.py --shape qwen3-0.6b --out benchmarks/reports/decode-chain-<date>-<device>
@@ -122,23 +119,18 @@ class Layer:
                      kv=KVWrite(v, self.cache, self.md.slot_mapping))
         return paged_attention(self.attn, q, self.cache, self.md).view(1, -1)
 
-    def forward(self, x: torch.Tensor, res: torch.Tensor, prologues: bool,
-                following: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer; each projection asks L2 for the next one's weight (the last for
-        ``following``, the next layer's qkv) where ``INFER_GEMM_L2_PREFETCH`` allows."""
+    def forward(self, x: torch.Tensor, res: torch.Tensor, prologues: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if prologues:
-            qkv, res = small_m_gemm(x, self.qkv, norm=NormPrologue(self.norm1, 1e-6, False, res), prefetch=self.o)
+            qkv, res = small_m_gemm(x, self.qkv, norm=NormPrologue(self.norm1, 1e-6, False, res))
         else:
             h, res = fused_add_rms_norm(x, res, self.norm1, 1e-6)
-            qkv = small_m_gemm(h, self.qkv, prefetch=self.o)
-        o = small_m_gemm(self.attention(qkv), self.o, prefetch=self.gate_up)
+            qkv = small_m_gemm(h, self.qkv)
+        o = small_m_gemm(self.attention(qkv), self.o)
         if prologues:
-            gu, res = small_m_gemm(o, self.gate_up, norm=NormPrologue(self.norm2, 1e-6, False, res),
-                                   prefetch=self.down)
-            return small_m_gemm(gu, self.down, act_and_mul="silu", prefetch=following), res
+            gu, res = small_m_gemm(o, self.gate_up, norm=NormPrologue(self.norm2, 1e-6, False, res))
+            return small_m_gemm(gu, self.down, act_and_mul="silu"), res
         h, res = fused_add_rms_norm(o, res, self.norm2, 1e-6)
-        gu = small_m_gemm(h, self.gate_up, prefetch=self.down)
-        return small_m_gemm(silu_and_mul(gu), self.down, prefetch=following), res
+        return small_m_gemm(silu_and_mul(small_m_gemm(h, self.gate_up)), self.down), res
 
 
 def chains(layers: list[Layer]) -> dict:
@@ -149,12 +141,11 @@ def chains(layers: list[Layer]) -> dict:
 
     def gemm(config: LaunchConfig | None = None):
         def run() -> None:
-            for i, layer in enumerate(layers):
-                following = layers[(i + 1) % n].qkv
-                small_m_gemm(layer.x, layer.qkv, config=config, prefetch=layer.o)
-                small_m_gemm(layer.a, layer.o, config=config, prefetch=layer.gate_up)
-                small_m_gemm(layer.x, layer.gate_up, config=config, prefetch=layer.down)
-                small_m_gemm(layer.mid, layer.down, config=config, prefetch=following)
+            for layer in layers:
+                small_m_gemm(layer.x, layer.qkv, config=config)
+                small_m_gemm(layer.a, layer.o, config=config)
+                small_m_gemm(layer.x, layer.gate_up, config=config)
+                small_m_gemm(layer.mid, layer.down, config=config)
         return run
 
     def gemm_cublas() -> None:
@@ -180,8 +171,8 @@ def chains(layers: list[Layer]) -> dict:
     def run_layers(prologues: bool):
         def run() -> None:
             x, res = layers[0].x, layers[0].res
-            for i, layer in enumerate(layers):
-                x, res = layer.forward(x, res, prologues, layers[(i + 1) % n].qkv)
+            for layer in layers:
+                x, res = layer.forward(x, res, prologues)
         return run
 
     return {
@@ -219,23 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in wanted:
         fn, kernels, wbytes = all_chains[name]
-        variants = [("1", "1", "1"), ("0", "1", "1")]
-        if name in ("gemm", "layer", "layer-prologues") or name in sweep:
-            variants += [("1", "0", "1"), ("1", "1", "0")]
-        for pdl, prefetch, l2 in variants:
-            os.environ["INFER_PDL"], os.environ["INFER_GEMM_PREFETCH"] = pdl, prefetch
-            os.environ["INFER_GEMM_L2_PREFETCH"] = l2
+        for pdl in ("1", "0"):
+            os.environ["INFER_PDL"] = pdl
             us = timed(fn) * 1e3
-            row = {"chain": name, "pdl": pdl == "1", "prefetch": prefetch == "1", "l2_prefetch": l2 == "1",
-                   "kernels": kernels,
+            row = {"chain": name, "pdl": pdl == "1", "kernels": kernels,
                    "us": us, "us_per_kernel": us / kernels, "us_per_layer": us / len(layers),
                    "weight_bytes": wbytes, "gbps": wbytes / us / 1e3 if wbytes else None}
             rows.append(row)
             gbps = f"{row['gbps']:.0f} GB/s" if wbytes else ""
-            print(f"{name:16s} pdl={pdl} prefetch={prefetch} l2={l2}: {us:8.1f} µs, {row['us_per_kernel']:5.2f} µs/kernel, "
+            print(f"{name:16s} pdl={pdl}: {us:8.1f} µs, {row['us_per_kernel']:5.2f} µs/kernel, "
                   f"{row['us_per_layer']:5.1f} µs/layer {gbps}", flush=True)
-    for var in ("INFER_PDL", "INFER_GEMM_PREFETCH", "INFER_GEMM_L2_PREFETCH"):
-        os.environ.pop(var)
+    os.environ.pop("INFER_PDL")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"environment": env, "ceilings": ceilings, "shape": args.shape, "context": args.context,
               "max_seq_len": args.max_seq_len, "rows": rows}
@@ -244,12 +229,11 @@ def main(argv: list[str] | None = None) -> int:
              f"{env['date']}, commit `{env['commit']}`; torch {env['torch']}, triton {env['triton']}; batch 1, "
              f"{shape[5]} layers, context {args.context}, attention configured for {args.max_seq_len}. "
              f"Copy ceiling {ceilings['copy_gbps']:.0f} GB/s. CUDA-graph replays, median, minus an L2 flush.", "",
-             "| chain | PDL | tile prefetch | L2 prefetch | kernels | µs | µs/kernel | µs/layer | weight GB/s |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+             "| chain | PDL | kernels | µs | µs/kernel | µs/layer | weight GB/s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         gbps = f"{r['gbps']:.0f}" if r["gbps"] else "–"
-        lines.append(f"| {r['chain']} | {'on' if r['pdl'] else 'off'} | {'on' if r['prefetch'] else 'off'} | "
-                     f"{'on' if r['l2_prefetch'] else 'off'} | {r['kernels']} | {r['us']:.1f} | {r['us_per_kernel']:.2f} | {r['us_per_layer']:.1f} | {gbps} |")
+        lines.append(f"| {r['chain']} | {'on' if r['pdl'] else 'off'} | {r['kernels']} | {r['us']:.1f} | {r['us_per_kernel']:.2f} | {r['us_per_layer']:.1f} | {gbps} |")
     (args.out / "decode_chain.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -337,8 +337,7 @@ def main() -> None:
         "warmup": args.warmup, "temperature": args.temperature, "clock": args.clock,
         "outputs": args.outputs, "repeats": args.repeats, "gc_freeze": args.gc_freeze,
         "enforce_eager": args.enforce_eager, "async_scheduling": args.async_scheduling,
-        "small_m_prologues": args.prologues, "gemm_prefetch": os.environ.get("INFER_GEMM_PREFETCH", "1"),
-        "pdl": os.environ.get("INFER_PDL", "1"),
+        "small_m_prologues": args.prologues, "pdl": os.environ.get("INFER_PDL", "1"),
         "pipelined": args.pipelined,
         "command": "benchmarks/profile_step.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")

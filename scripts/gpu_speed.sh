@@ -15,9 +15,7 @@
 #            mode in AB_MODES (default "default in-order"; also "async", "small-m" / "no-small-m" =
 #            model.small_m_gemm true / false, "prologues-act" / "prologues-norm" / "prologues-all" =
 #            model.small_m_prologues act / norm / all,
-#            "no-pdl" = INFER_PDL=0, "no-prefetch" = INFER_GEMM_PREFETCH=0,
-#            "no-l2-prefetch" = INFER_GEMM_L2_PREFETCH=0; "+" joins them:
-#            "prologues-all+no-prefetch"), AB_REPEATS runs each
+#            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
 #            (they share the activation helper), then benchmarks/kernels_small_m_gemm.py
@@ -84,7 +82,7 @@ if want ab; then
   QTOK=(); [ -f benchmarks/.assets/qwen3-tokenizer/tokenizer.json ] && QTOK=(--tokenizer benchmarks/.assets/qwen3-tokenizer)
   [ -f "$AB/qwen3-0.6b/model.safetensors" ] || "${BENCH[@]}" checkpoint qwen3-0.6b --out "$AB/qwen3-0.6b" "${QTOK[@]}" | tail -1
   for mode in ${AB_MODES:-default in-order}; do
-    flag=(--name "$mode"); pdl=1; prefetch=1; l2=1
+    flag=(--name "$mode"); pdl=1
     for part in ${mode//+/ }; do
       case $part in
         async) flag+=(--scheduler.async_scheduling true) ;;
@@ -93,12 +91,10 @@ if want ab; then
         no-small-m) flag+=(--model.small_m_gemm false) ;;
         prologues-*) flag+=(--model.small_m_prologues "${part#prologues-}") ;;
         no-pdl) pdl=0 ;;
-        no-prefetch) prefetch=0 ;;
-        no-l2-prefetch) l2=0 ;;
       esac
     done
     for m in ${AB_MODELS:-llama-3.2-1b qwen3-0.6b}; do
-      INFER_PDL=$pdl INFER_GEMM_PREFETCH=$prefetch INFER_GEMM_L2_PREFETCH=$l2 timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
+      INFER_PDL=$pdl timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
         --workload "${AB_WORKLOADS:-W1,W2}" --repeats "${AB_REPEATS:-3}" --label "$m-random" --out "$REPORT" "${flag[@]}" 2>&1 | tail -4
     done
   done

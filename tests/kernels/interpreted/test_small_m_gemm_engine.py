@@ -56,29 +56,3 @@ def test_small_m_gemm_equals_cublas_path(arch, monkeypatch):
             assert got.token_ids == want.token_ids, mode
             for a, b in zip(got.logprobs, want.logprobs, strict=True):
                 assert a.logprob == pytest.approx(b.logprob, abs=1e-4), mode
-
-
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
-@pytest.mark.parametrize("prologues", ["none", "all"])
-def test_each_projection_prefetches_the_one_that_runs_next(arch, prologues, monkeypatch):
-    """Each one-row GEMM of a decode step asks L2 for the weight of the GEMM that the step runs
-    next (``Linear.prefetch_next``, set from the registration order): checked against the order
-    the step really calls them in, for each architecture; the step's last projection asks for
-    nothing (the LM head is not a small-M GEMM)."""
-    checkpoint = str(tiny_checkpoint(arch, tokenizer=True, vocab_size=512))
-    calls: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-    original = kernel_module.small_m_gemm
-
-    def recorded(x, weight, **kwargs):
-        calls.append((weight, kwargs.get("prefetch")))
-        return original(x, weight, **kwargs)
-
-    monkeypatch.setattr(kernel_module, "small_m_gemm", recorded)
-    llm = LLM(model=checkpoint, device="cpu", dtype="float32", max_model_len=64, small_m_gemm=True,
-              small_m_prologues=prologues, cache={"num_blocks": 16, "block_size": 16})
-    llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))  # one decode step
-    layers = len(llm.engine.model.model.layers)
-    assert len(calls) == 4 * layers
-    for (_, prefetch), (following, _) in zip(calls, calls[1:], strict=False):
-        assert prefetch is following
-    assert calls[-1][1] is None

@@ -10,9 +10,6 @@ before any load of the previous kernel's outputs and before any store (the previ
 still read what this one overwrites), so the order of effects is exactly the stream order,
 and the chain stays transitive (a grid never completes before the one it waited for). The
 kernel also signals at once that the next one may launch (``griddepcontrol.launch_dependents``).
-One exception to "first thing": the small-M GEMM requests its first weight tile before it
-waits (the weights are written once, at load time, and the loader synchronizes after), so with
-PDL a projection's weights stream in while the kernel before it finishes.
 
 Our Triton kernels take a ``PDL`` constexpr and are launched with ``launch_pdl=PDL``;
 :func:`use_pdl` decides: CUDA devices of compute capability 9.0 and later, unless the

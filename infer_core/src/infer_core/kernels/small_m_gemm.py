@@ -54,15 +54,6 @@ up to that and the float32 summation order, and ``h`` is bitwise ``fused_add_rms
 Every N-block program re-reads the ``x`` (and residual) rows twice: cheap at M = 1 from L2,
 to be measured. Not combinable with ``act_and_mul``.
 
-Weight prefetch (``INFER_GEMM_PREFETCH``, on unless set to 0): each program requests its first
-weight tile before :func:`~infer_core.kernels.pdl.wait_for_prior`, the only load a kernel of
-ours issues before that wait. The weights are never written by a kernel in the step (only at
-load, which synchronizes), so under PDL the projection's weight stream starts while the kernel
-before it (a norm, the attention, another projection) still runs: at batch 1 the DRAM latency
-of the first tile, and for a one-tile program (K up to ``BLOCK_K``) all of its weight bytes,
-leave the critical path. With the norm prologue and one K tile, ``h`` (and the residual) is read
-once: the sum of squares and the normalized tile come from the same registers.
-
 Numerics: products and sums in float32, one rounding to ``x``'s dtype at the end (bf16, fp16,
 fp32). Against ``small_m_gemm_ref`` the only differences are the summation order and the
 final rounding. No host synchronization and only ``torch.empty`` allocations: capturable in a
@@ -71,7 +62,6 @@ CUDA graph.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import overload
 
@@ -94,10 +84,6 @@ ACTS = {None: NO_ACT, "silu": SILU, "gelu_tanh": GELU_TANH}
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_BLOCK_M = 16
 REDUCE_BLOCK = 1024
-# the next projection's weight asked into L2: at most this much of it (H100 / H200 L2: 50 MB),
-# in one bulk prefetch per program of at least this many bytes
-PREFETCH_MAX_BYTES = 16 << 20
-PREFETCH_CHUNK = 16 << 10
 
 
 @triton.jit
@@ -112,72 +98,15 @@ def _norm_input(x_rows, r_rows, ks, mask, HAS_RESIDUAL: tl.constexpr):
 
 
 @triton.jit
-def _prefetch_l2(base, nbytes, chunk, program):
-    """Ask L2 to fetch this program's chunk of the bytes ``[base, base + nbytes)`` (an
-    address): one bulk prefetch (``cp.async.bulk.prefetch.L2``, sm_90) of up to ``chunk``
-    bytes, chunks in program order (programs are spread over the SMs, and so are the copy
-    engines' requests). Every thread of the program holds the same operands, so each warp
-    issues one instruction. A hint: no register receives the data and nothing waits for it."""
-    offs = program.to(tl.int64) * chunk + tl.zeros([1], dtype=tl.int64)
-    size = tl.minimum(tl.maximum(nbytes - offs, 0), chunk).to(tl.int32)  # a multiple of 16, or 0
-    tl.inline_asm_elementwise(
-        "{\n.reg .pred p;\nsetp.gt.s32 p, $2, 0;\n@p cp.async.bulk.prefetch.L2.global [$1], $2;\nmov.b32 $0, 0;\n}",
-        "=r,l,r", [base + offs, size], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _load_w(w_rows, ks, n_mask, K, EVEN_K: tl.constexpr):
-    """One ``[BLOCK_N, BLOCK_K]`` weight tile, streamed once (``evict_first``)."""
-    if EVEN_K:
-        return tl.load(w_rows + ks[None, :], mask=n_mask[:, None], other=0.0, eviction_policy="evict_first")
-    return tl.load(w_rows + ks[None, :], mask=n_mask[:, None] & (ks < K)[None, :], other=0.0,
-                   eviction_policy="evict_first")
-
-
-@triton.jit
-def _product(acc, x, w, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """``acc += x @ w.T`` for one K tile, float32 (the MMA or the broadcast product)."""
-    if USE_DOT:
-        acc += tl.dot(x, tl.trans(w), input_precision=DOT_PRECISION)
-    else:
-        acc += tl.sum(x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
-    return acc
-
-
-@triton.jit
-def _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
-                ACT: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr,
-                EVEN_K: tl.constexpr):
-    """One ``[BLOCK_M, BLOCK_K]`` tile of the product's input ``x'``: ``x``, ``act(gate) * up``,
-    or ``rms_norm(h)`` (then the new residual ``h`` is stored by the ``pid_n == 0`` programs)."""
-    if NORM:
-        h = _norm_input(x_rows, r_rows, ks, x_mask, HAS_RESIDUAL)  # again, out of L2
-        if HAS_RESIDUAL:  # noqa: SIM102 (a constexpr branch)
-            if pid_n == 0:  # the new residual: each element written by one program
-                tl.store(h_rows + ks[None, :], h, mask=x_mask)
-        if EVEN_K:
-            nw = tl.load(nw_ptr + ks, eviction_policy="evict_last")
-        else:
-            nw = tl.load(nw_ptr + ks, mask=ks < K, other=0.0, eviction_policy="evict_last")
-        x = normed(h, rstd, nw[None, :], GEMMA)
-    elif ACT < 0:
-        x = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
-    else:
-        gate = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
-        up = tl.load(x_rows + K + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
-        x = gated(gate, up, ACT)
-    return x
-
-
-@triton.jit(do_not_specialize=["next_addr", "next_bytes", "next_chunk"])
 def _small_m_gemm_kernel(
     x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, k_per_split,
-    r_ptr, stride_rm, nw_ptr, h_ptr, eps, next_addr, next_bytes, next_chunk,
+    r_ptr, stride_rm, nw_ptr, h_ptr, eps,
     ACT: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_K: tl.constexpr, SINGLE_TILE: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    PDL: tl.constexpr, PREFETCH: tl.constexpr, PREFETCH_NEXT: tl.constexpr,
+    EVEN_K: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        wait_for_prior()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -190,55 +119,49 @@ def _small_m_gemm_kernel(
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * K  # [BLOCK_N, 1]
     r_rows = r_ptr + rm.to(tl.int64)[:, None] * stride_rm
     h_rows = h_ptr + rm.to(tl.int64)[:, None] * K
-    k_start = pid_k * k_per_split  # a multiple of BLOCK_K, below K (no empty splits)
-    k_end = tl.minimum(k_start + k_per_split, K)
-    ks = k_start + rk
-    x_mask = m_mask[:, None] if EVEN_K else m_mask[:, None] & (ks < K)[None, :]
-    if PREFETCH:
-        # The weights are never written by the kernel before this one: the first tile is
-        # requested before waiting for it (with PDL, while it still runs).
-        w = _load_w(w_rows, ks, n_mask, K, EVEN_K)
-    if PREFETCH_NEXT:  # the next projection's weights, into L2 while the chain runs on
-        program = (pid_m * tl.num_programs(1) + pid_k) * tl.num_programs(0) + pid_n
-        _prefetch_l2(next_addr, next_bytes, next_chunk, program)
-    if PDL:
-        wait_for_prior()
-    if not PREFETCH:
-        w = _load_w(w_rows, ks, n_mask, K, EVEN_K)
-    rstd = 0.0
     if NORM:
-        if SINGLE_TILE:  # the whole row is this tile: one read of x (and the residual)
-            h = _norm_input(x_rows, r_rows, ks, x_mask, HAS_RESIDUAL)
-            hf = h.to(tl.float32)
-            rstd = inv_rms(tl.sum(hf * hf, axis=1), K, eps)[:, None]  # [BLOCK_M, 1]
-        else:  # first pass over the whole row (every split too): float32 sum of squares of h
-            squares = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                kk = k0 + rk
-                mask = m_mask[:, None] if EVEN_K else m_mask[:, None] & (kk < K)[None, :]
-                hk = _norm_input(x_rows, r_rows, kk, mask, HAS_RESIDUAL).to(tl.float32)
-                squares += hk * hk
-            rstd = inv_rms(tl.sum(squares, axis=1), K, eps)[:, None]
-    if NORM and SINGLE_TILE:
-        if HAS_RESIDUAL:  # noqa: SIM102 (a constexpr branch)
-            if pid_n == 0:
-                tl.store(h_rows + ks[None, :], h, mask=x_mask)
-        if EVEN_K:
-            nw = tl.load(nw_ptr + ks, eviction_policy="evict_last")
-        else:
-            nw = tl.load(nw_ptr + ks, mask=ks < K, other=0.0, eviction_policy="evict_last")
-        x = normed(h, rstd, nw[None, :], GEMMA)
-    else:  # the tile's input, as every later tile's
-        x = _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
-                        ACT, NORM, HAS_RESIDUAL, GEMMA, EVEN_K)
-    acc = _product(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x, w, USE_DOT, DOT_PRECISION)
-    for k0 in range(k_start + BLOCK_K, k_end, BLOCK_K):
+        # first pass over the whole row (every split too): float32 sum of squares of h
+        squares = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + rk
+            mask = m_mask[:, None] if EVEN_K else m_mask[:, None] & (ks < K)[None, :]
+            h = _norm_input(x_rows, r_rows, ks, mask, HAS_RESIDUAL).to(tl.float32)
+            squares += h * h
+        rstd = inv_rms(tl.sum(squares, axis=1), K, eps)[:, None]  # [BLOCK_M, 1]
+    k_start = pid_k * k_per_split  # a multiple of BLOCK_K
+    k_end = tl.minimum(k_start + k_per_split, K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + rk
-        x_mask = m_mask[:, None] if EVEN_K else m_mask[:, None] & (ks < K)[None, :]
-        w = _load_w(w_rows, ks, n_mask, K, EVEN_K)
-        x = _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
-                        ACT, NORM, HAS_RESIDUAL, GEMMA, EVEN_K)
-        acc = _product(acc, x, w, USE_DOT, DOT_PRECISION)
+        if EVEN_K:
+            x_mask = m_mask[:, None]
+            w_mask = n_mask[:, None]
+        else:
+            k_mask = ks < K
+            x_mask = m_mask[:, None] & k_mask[None, :]
+            w_mask = n_mask[:, None] & k_mask[None, :]
+        w = tl.load(w_rows + ks[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
+        if NORM:
+            h = _norm_input(x_rows, r_rows, ks, x_mask, HAS_RESIDUAL)  # again, out of L2
+            if HAS_RESIDUAL:  # noqa: SIM102 (a constexpr branch)
+                if pid_n == 0:  # the new residual: each element written by one program
+                    tl.store(h_rows + ks[None, :], h, mask=x_mask)
+            if EVEN_K:
+                nw = tl.load(nw_ptr + ks, eviction_policy="evict_last")
+            else:
+                nw = tl.load(nw_ptr + ks, mask=ks < K, other=0.0, eviction_policy="evict_last")
+            x = normed(h, rstd, nw[None, :], GEMMA)
+        elif ACT < 0:
+            x = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
+        else:
+            gate = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
+            up = tl.load(x_rows + K + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
+            x = gated(gate, up, ACT)
+        if USE_DOT:
+            acc += tl.dot(x, tl.trans(w), input_precision=DOT_PRECISION)
+        else:
+            prod = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+            acc += tl.sum(prod, axis=2)
     out = out_ptr + pid_k.to(tl.int64) * M * N + rm.to(tl.int64)[:, None] * N + rn[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
@@ -342,21 +265,6 @@ def split_k_for(programs: int, k_tiles: int, num_sms: int = 132) -> int:
     return s
 
 
-def prefetch_weights() -> bool:
-    """Request the first weight tile before waiting for the previous kernel (PDL), unless the
-    environment sets ``INFER_GEMM_PREFETCH=0`` (for A/B measurements)."""
-    return os.environ.get("INFER_GEMM_PREFETCH", "1") != "0"
-
-
-def l2_prefetch_applies(t: torch.Tensor) -> bool:
-    """Whether a GEMM on ``t``'s device may ask L2 for the next projection's weights: CUDA of
-    compute capability 9.0 and later (``cp.async.bulk.prefetch``), unless the environment sets
-    ``INFER_GEMM_L2_PREFETCH=0`` (for A/B measurements)."""
-    if not t.is_cuda or os.environ.get("INFER_GEMM_L2_PREFETCH", "1") == "0":
-        return False
-    return torch.cuda.get_device_capability(t.device)[0] >= 9
-
-
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
@@ -365,17 +273,16 @@ def _num_sms(device: torch.device) -> int:
 
 @overload
 def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: str | None = None,
-                 norm: None = None, config: LaunchConfig | None = None,
-                 prefetch: torch.Tensor | None = None) -> torch.Tensor: ...
+                 norm: None = None, config: LaunchConfig | None = None) -> torch.Tensor: ...
 
 
 @overload
 def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: None = None,
                  norm: NormPrologue, config: LaunchConfig | None = None,
-                 prefetch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
-def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None, prefetch=None):
+def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None):
     """``x' @ weight.T`` for ``weight [N, K]`` (contiguous) and ``x [M, K]``, or ``x [M, 2K]``
     = ``[gate | up]`` with ``act_and_mul`` ("silu" or "gelu_tanh"), ``x' = act(gate) * up``.
     bf16, fp16 or fp32 (one dtype for both); float32 accumulation; ``[M, N]`` in ``x``'s
@@ -384,11 +291,7 @@ def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None, prefetc
     With ``norm`` (a :class:`NormPrologue`), ``x' = rms_norm(h)`` with ``h = x + norm.residual``
     (or ``x``), and the result is a pair ``(y, h)``: ``h [M, K]`` the new residual, or
     ``None`` without ``norm.residual``; the same as ``fused_add_rms_norm`` (or ``rms_norm``)
-    followed by ``small_m_gemm`` in one launch. Not with ``act_and_mul``.
-
-    ``prefetch`` (the weight of the projection that runs next, contiguous): its first
-    ``PREFETCH_MAX_BYTES`` are asked into L2 by the first programs (where
-    :func:`l2_prefetch_applies`); a hint that changes no result."""
+    followed by ``small_m_gemm`` in one launch. Not with ``act_and_mul``."""
     if act_and_mul not in ACTS:
         raise ValueError(f"act_and_mul must be one of {sorted(a for a in ACTS if a)} or None, got {act_and_mul!r}")
     if norm is not None and act_and_mul is not None:
@@ -432,22 +335,16 @@ def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None, prefetc
     grid = (triton.cdiv(n, cfg.block_n), split_k, triton.cdiv(m, bm))
     pdl = use_pdl(x)
     r = residual if residual is not None else x
-    next_addr = next_bytes = next_chunk = 0
-    if prefetch is not None and prefetch.is_contiguous() and l2_prefetch_applies(x):
-        next_addr = prefetch.data_ptr()
-        next_bytes = min(prefetch.numel() * prefetch.element_size(), PREFETCH_MAX_BYTES) // 16 * 16
-        programs = grid[0] * grid[1] * grid[2]
-        next_chunk = max(PREFETCH_CHUNK, triton.cdiv(triton.cdiv(next_bytes, programs), 16) * 16)
     _small_m_gemm_kernel[grid](
         x, weight, target, m, n, k, x.stride(0), k_per_split,
         r, r.stride(0), norm.weight if norm is not None else x, h if h is not None else x,
-        norm.eps if norm is not None else 0.0, next_addr, next_bytes, next_chunk,
+        norm.eps if norm is not None else 0.0,
         ACT=act, NORM=norm is not None, HAS_RESIDUAL=residual is not None,
         GEMMA=norm is not None and norm.gemma,
         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        EVEN_K=k % cfg.block_k == 0, SINGLE_TILE=k <= cfg.block_k, USE_DOT=cfg.use_dot,
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PDL=pdl, PREFETCH=prefetch_weights(),
-        PREFETCH_NEXT=next_bytes > 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
+        EVEN_K=k % cfg.block_k == 0, USE_DOT=cfg.use_dot,
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PDL=pdl,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
     if split_k > 1:
         _split_k_reduce_kernel[(triton.cdiv(m * n, REDUCE_BLOCK),)](

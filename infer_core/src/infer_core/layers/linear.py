@@ -6,8 +6,6 @@ where the checkpoint has several."""
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,13 +30,6 @@ class Linear(nn.Linear):
     # with small_m: forward_normed / forward_gated fold their op into the GEMM's prologue
     norm_prologue = False
     act_prologue = False
-    # with small_m: the projection that runs next (in a tuple: not a submodule), whose weight
-    # this one asks into L2
-    runs_before: tuple[Linear, ...] = ()
-
-    @property
-    def prefetch_next(self) -> torch.Tensor | None:
-        return self.runs_before[0].weight if self.runs_before else None
 
     def _takes_small_m(self, x: torch.Tensor) -> bool:
         return self.small_m and x.dim() == 2 and x.shape[0] <= SMALL_M and self.bias is None
@@ -52,7 +43,7 @@ class Linear(nn.Linear):
         if self._takes_small_m(x):
             from infer_core.kernels.small_m_gemm import small_m_gemm
 
-            return self.reduce_output(small_m_gemm(x, self.weight, prefetch=self.prefetch_next))
+            return self.reduce_output(small_m_gemm(x, self.weight))
         return self.reduce_output(F.linear(x, self.weight, self.bias))
 
     def forward_normed(
@@ -65,8 +56,7 @@ class Linear(nn.Linear):
         if self.norm_prologue and self._takes_small_m(x) and norm.weight.dtype == x.dtype:
             from infer_core.kernels.small_m_gemm import NormPrologue, small_m_gemm
 
-            y, h = small_m_gemm(x, self.weight, norm=NormPrologue(norm.weight, norm.eps, norm.gemma, residual),
-                                prefetch=self.prefetch_next)
+            y, h = small_m_gemm(x, self.weight, norm=NormPrologue(norm.weight, norm.eps, norm.gemma, residual))
             return y, x if h is None else h
         if residual is None:
             return self(norm(x)), x
@@ -80,8 +70,7 @@ class Linear(nn.Linear):
         if self.act_prologue and self._takes_small_m(x) and act in KERNEL_ACTIVATIONS:
             from infer_core.kernels.small_m_gemm import small_m_gemm
 
-            return self.reduce_output(small_m_gemm(x, self.weight, act_and_mul=KERNEL_ACTIVATIONS[act],
-                                                   prefetch=self.prefetch_next))
+            return self.reduce_output(small_m_gemm(x, self.weight, act_and_mul=KERNEL_ACTIVATIONS[act]))
         return self(ACTIVATIONS[act](x))
 
 
@@ -91,18 +80,12 @@ PROLOGUES = {"none": (False, False), "act": (False, True), "norm": (True, False)
 def enable_small_m_gemm(model: nn.Module, prologues: str = "none") -> int:
     """Route the few-row inputs of every :class:`Linear` of ``model`` to the small-M GEMM,
     with the norms (``prologues`` "norm" or "all") and gated activations ("act" or "all")
-    their callers hand over folded into its prologue, each asking L2 for the weight of the
-    :class:`Linear` registered after it (``runs_before``); returns how many layers were switched."""
+    their callers hand over folded into its prologue; returns how many layers were switched."""
     norm, act = PROLOGUES[prologues]
     layers = [m for m in model.modules() if isinstance(m, Linear)]
     for layer in layers:
         layer.small_m = True
         layer.norm_prologue, layer.act_prologue = norm, act
-    # The models register their projections in the order they run (qkv, o, gate/up, down,
-    # layer after layer): each one asks L2 for the next one's weight while the latency-bound
-    # kernels between them run. A wrong order would only waste the hint.
-    for layer, following in itertools.pairwise(layers):
-        layer.runs_before = (following,)
     return len(layers)
 
 

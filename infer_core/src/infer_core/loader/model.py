@@ -36,8 +36,4 @@ def load_model(
         model = cls(hf_config, ctx)
     model.to(dtype=dtype)
     load_weights(model, iter_checkpoint(root, dtype), source=f"checkpoint '{root}'")
-    if torch.device(device).type == "cuda":
-        # every weight is in place before any kernel reads it: the small-M GEMM requests its
-        # first weight tile before waiting for the kernel launched before it (PDL)
-        torch.cuda.synchronize(device)
     return model.eval()
