@@ -55,12 +55,12 @@ SHAPES = {
     "llama-3.2-1b": (2048, 8192, 32, 8, 64, 16),
 }
 BF16 = torch.bfloat16
-KERNELS_PER_LAYER = 10
+KERNELS_PER_LAYER = 10  # norm, qkv, qk-norm-rope, attention, reduce, o, norm, gate/up, act, down
 # one-row GEMM configs tried in the chain (``--chains sweep``): weight rows per program, K tile, warps, stages
 SWEEP = [LaunchConfig(n, k, 1, num_warps=w, num_stages=st)
          for n, k, w, st in [(1, 1024, 2, 3), (1, 2048, 4, 3), (2, 1024, 4, 3), (2, 2048, 4, 4), (2, 1024, 2, 3),
                              (4, 1024, 4, 3), (4, 512, 4, 3), (4, 2048, 8, 3), (8, 512, 4, 3), (8, 1024, 8, 3),
-                             (16, 256, 4, 3), (16, 512, 8, 3)]]  # norm, qkv, qk-norm-rope, attention, reduce, o, norm, gate/up, act, down
+                             (16, 256, 4, 3), (16, 512, 8, 3)]]
 
 
 @triton.jit
