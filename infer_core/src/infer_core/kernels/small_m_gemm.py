@@ -54,6 +54,10 @@ up to that and the float32 summation order, and ``h`` is bitwise ``fused_add_rms
 Every N-block program re-reads the ``x`` (and residual) rows twice: cheap at M = 1 from L2,
 to be measured. Not combinable with ``act_and_mul``.
 
+With the norm prologue and one K tile (K up to ``BLOCK_K``), ``h`` (and the residual) is read
+once: the sum of squares and the normalized tile come from the same registers. The first K
+tile is peeled off the loop (computed before it), so a one-tile program has no loop at all.
+
 Numerics: products and sums in float32, one rounding to ``x``'s dtype at the end (bf16, fp16,
 fp32). Against ``small_m_gemm_ref`` the only differences are the summation order and the
 final rounding. No host synchronization and only ``torch.empty`` allocations: capturable in a
@@ -98,12 +102,57 @@ def _norm_input(x_rows, r_rows, ks, mask, HAS_RESIDUAL: tl.constexpr):
 
 
 @triton.jit
+def _load_w(w_rows, ks, n_mask, K, EVEN_K: tl.constexpr):
+    """One ``[BLOCK_N, BLOCK_K]`` weight tile, streamed once (``evict_first``)."""
+    if EVEN_K:
+        return tl.load(w_rows + ks[None, :], mask=n_mask[:, None], other=0.0, eviction_policy="evict_first")
+    return tl.load(w_rows + ks[None, :], mask=n_mask[:, None] & (ks < K)[None, :], other=0.0,
+                   eviction_policy="evict_first")
+
+
+@triton.jit
+def _product(acc, x, w, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``acc += x @ w.T`` for one K tile, float32 (the MMA or the broadcast product)."""
+    if USE_DOT:
+        acc += tl.dot(x, tl.trans(w), input_precision=DOT_PRECISION)
+    else:
+        acc += tl.sum(x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+    return acc
+
+
+@triton.jit
+def _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
+                ACT: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr,
+                EVEN_K: tl.constexpr):
+    """One ``[BLOCK_M, BLOCK_K]`` tile of the product's input ``x'``: ``x``, ``act(gate) * up``,
+    or ``rms_norm(h)`` (then the new residual ``h`` is stored by the ``pid_n == 0`` programs)."""
+    if NORM:
+        h = _norm_input(x_rows, r_rows, ks, x_mask, HAS_RESIDUAL)  # again, out of L2
+        if HAS_RESIDUAL:  # noqa: SIM102 (a constexpr branch)
+            if pid_n == 0:  # the new residual: each element written by one program
+                tl.store(h_rows + ks[None, :], h, mask=x_mask)
+        if EVEN_K:
+            nw = tl.load(nw_ptr + ks, eviction_policy="evict_last")
+        else:
+            nw = tl.load(nw_ptr + ks, mask=ks < K, other=0.0, eviction_policy="evict_last")
+        x = normed(h, rstd, nw[None, :], GEMMA)
+    elif ACT < 0:
+        x = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
+    else:
+        gate = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
+        up = tl.load(x_rows + K + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
+        x = gated(gate, up, ACT)
+    return x
+
+
+@triton.jit
 def _small_m_gemm_kernel(
     x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, k_per_split,
     r_ptr, stride_rm, nw_ptr, h_ptr, eps,
     ACT: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_K: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr, PDL: tl.constexpr,
+    EVEN_K: tl.constexpr, SINGLE_TILE: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     if PDL:
         wait_for_prior()
@@ -119,49 +168,45 @@ def _small_m_gemm_kernel(
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * K  # [BLOCK_N, 1]
     r_rows = r_ptr + rm.to(tl.int64)[:, None] * stride_rm
     h_rows = h_ptr + rm.to(tl.int64)[:, None] * K
-    if NORM:
-        # first pass over the whole row (every split too): float32 sum of squares of h
-        squares = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            ks = k0 + rk
-            mask = m_mask[:, None] if EVEN_K else m_mask[:, None] & (ks < K)[None, :]
-            h = _norm_input(x_rows, r_rows, ks, mask, HAS_RESIDUAL).to(tl.float32)
-            squares += h * h
-        rstd = inv_rms(tl.sum(squares, axis=1), K, eps)[:, None]  # [BLOCK_M, 1]
-    k_start = pid_k * k_per_split  # a multiple of BLOCK_K
+    k_start = pid_k * k_per_split  # a multiple of BLOCK_K, below K (no empty splits)
     k_end = tl.minimum(k_start + k_per_split, K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        ks = k0 + rk
+    ks = k_start + rk
+    x_mask = m_mask[:, None] if EVEN_K else m_mask[:, None] & (ks < K)[None, :]
+    w = _load_w(w_rows, ks, n_mask, K, EVEN_K)
+    rstd = 0.0
+    if NORM:
+        if SINGLE_TILE:  # the whole row is this tile: one read of x (and the residual)
+            h = _norm_input(x_rows, r_rows, ks, x_mask, HAS_RESIDUAL)
+            hf = h.to(tl.float32)
+            rstd = inv_rms(tl.sum(hf * hf, axis=1), K, eps)[:, None]  # [BLOCK_M, 1]
+        else:  # first pass over the whole row (every split too): float32 sum of squares of h
+            squares = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                kk = k0 + rk
+                mask = m_mask[:, None] if EVEN_K else m_mask[:, None] & (kk < K)[None, :]
+                hk = _norm_input(x_rows, r_rows, kk, mask, HAS_RESIDUAL).to(tl.float32)
+                squares += hk * hk
+            rstd = inv_rms(tl.sum(squares, axis=1), K, eps)[:, None]
+    if NORM and SINGLE_TILE:
+        if HAS_RESIDUAL:  # noqa: SIM102 (a constexpr branch)
+            if pid_n == 0:
+                tl.store(h_rows + ks[None, :], h, mask=x_mask)
         if EVEN_K:
-            x_mask = m_mask[:, None]
-            w_mask = n_mask[:, None]
+            nw = tl.load(nw_ptr + ks, eviction_policy="evict_last")
         else:
-            k_mask = ks < K
-            x_mask = m_mask[:, None] & k_mask[None, :]
-            w_mask = n_mask[:, None] & k_mask[None, :]
-        w = tl.load(w_rows + ks[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
-        if NORM:
-            h = _norm_input(x_rows, r_rows, ks, x_mask, HAS_RESIDUAL)  # again, out of L2
-            if HAS_RESIDUAL:  # noqa: SIM102 (a constexpr branch)
-                if pid_n == 0:  # the new residual: each element written by one program
-                    tl.store(h_rows + ks[None, :], h, mask=x_mask)
-            if EVEN_K:
-                nw = tl.load(nw_ptr + ks, eviction_policy="evict_last")
-            else:
-                nw = tl.load(nw_ptr + ks, mask=ks < K, other=0.0, eviction_policy="evict_last")
-            x = normed(h, rstd, nw[None, :], GEMMA)
-        elif ACT < 0:
-            x = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
-        else:
-            gate = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
-            up = tl.load(x_rows + K + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
-            x = gated(gate, up, ACT)
-        if USE_DOT:
-            acc += tl.dot(x, tl.trans(w), input_precision=DOT_PRECISION)
-        else:
-            prod = x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
-            acc += tl.sum(prod, axis=2)
+            nw = tl.load(nw_ptr + ks, mask=ks < K, other=0.0, eviction_policy="evict_last")
+        x = normed(h, rstd, nw[None, :], GEMMA)
+    else:  # the tile's input, as every later tile's
+        x = _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
+                        ACT, NORM, HAS_RESIDUAL, GEMMA, EVEN_K)
+    acc = _product(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x, w, USE_DOT, DOT_PRECISION)
+    for k0 in range(k_start + BLOCK_K, k_end, BLOCK_K):
+        ks = k0 + rk
+        x_mask = m_mask[:, None] if EVEN_K else m_mask[:, None] & (ks < K)[None, :]
+        w = _load_w(w_rows, ks, n_mask, K, EVEN_K)
+        x = _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
+                        ACT, NORM, HAS_RESIDUAL, GEMMA, EVEN_K)
+        acc = _product(acc, x, w, USE_DOT, DOT_PRECISION)
     out = out_ptr + pid_k.to(tl.int64) * M * N + rm.to(tl.int64)[:, None] * N + rn[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
@@ -342,7 +387,7 @@ def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None):
         ACT=act, NORM=norm is not None, HAS_RESIDUAL=residual is not None,
         GEMMA=norm is not None and norm.gemma,
         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        EVEN_K=k % cfg.block_k == 0, USE_DOT=cfg.use_dot,
+        EVEN_K=k % cfg.block_k == 0, SINGLE_TILE=k <= cfg.block_k, USE_DOT=cfg.use_dot,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
