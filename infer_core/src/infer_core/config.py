@@ -53,11 +53,11 @@ class ModelConfig(Section):
         None, description="Linear layers take the Triton small-M GEMM for one-row inputs (batch-1 decode) instead "
                           "of cuBLAS (1.1-3x faster there on an H200). Default: on for CUDA; true needs CUDA.")
     small_m_prologues: Literal["none", "act", "norm", "all"] = Field(
-        "none", description="With the small-M GEMM at one row, fold into its prologue the gated activation before "
+        "norm", description="With the small-M GEMM at one row, fold into its prologue the gated activation before "
                             "down_proj (act), the RMSNorm before the qkv and gate/up projections (norm), or both "
-                            "(all): a launch fewer per fold and layer at batch 1. none by default: on an H200 'all' "
-                            "is slower for Llama-3.2-1B (W1 1.19 vs 0.99 ms per token) and within noise for "
-                            "Qwen3-0.6B (0.94 vs 0.98); docs/kernels.md.")
+                            "(all): a launch fewer per fold and layer at batch 1. norm by default: on an H200 W1 "
+                            "0.92 vs 0.94 ms per token (Llama-3.2-1B) and 0.86 vs 0.90 (Qwen3-0.6B) without; "
+                            "the activation fold measured slower; docs/kernels.md.")
     cuda_graph_sizes: list[Annotated[int, Field(ge=1)]] | None = Field(
         None, description="Decode batch sizes captured as CUDA graphs; default 1, 2, 4, then every 8 up to "
                           "min(max_num_seqs, 512). Sizes above scheduler.max_num_seqs are dropped.")
