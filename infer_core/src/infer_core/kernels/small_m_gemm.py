@@ -122,6 +122,21 @@ def _product(acc, x, w, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _normed_tile(h, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
+                 HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr, EVEN_K: tl.constexpr):
+    """``rms_norm`` of one tile of ``h`` given its ``rstd``; the ``pid_n == 0`` programs also
+    store the tile as the new residual (each element written by one program)."""
+    if HAS_RESIDUAL:  # noqa: SIM102 (a constexpr branch)
+        if pid_n == 0:
+            tl.store(h_rows + ks[None, :], h, mask=x_mask)
+    if EVEN_K:
+        nw = tl.load(nw_ptr + ks, eviction_policy="evict_last")
+    else:
+        nw = tl.load(nw_ptr + ks, mask=ks < K, other=0.0, eviction_policy="evict_last")
+    return normed(h, rstd, nw[None, :], GEMMA)
+
+
+@triton.jit
 def _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
                 ACT: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr,
                 EVEN_K: tl.constexpr):
@@ -129,14 +144,7 @@ def _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
     or ``rms_norm(h)`` (then the new residual ``h`` is stored by the ``pid_n == 0`` programs)."""
     if NORM:
         h = _norm_input(x_rows, r_rows, ks, x_mask, HAS_RESIDUAL)  # again, out of L2
-        if HAS_RESIDUAL:  # noqa: SIM102 (a constexpr branch)
-            if pid_n == 0:  # the new residual: each element written by one program
-                tl.store(h_rows + ks[None, :], h, mask=x_mask)
-        if EVEN_K:
-            nw = tl.load(nw_ptr + ks, eviction_policy="evict_last")
-        else:
-            nw = tl.load(nw_ptr + ks, mask=ks < K, other=0.0, eviction_policy="evict_last")
-        x = normed(h, rstd, nw[None, :], GEMMA)
+        x = _normed_tile(h, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K, HAS_RESIDUAL, GEMMA, EVEN_K)
     elif ACT < 0:
         x = tl.load(x_rows + ks[None, :], mask=x_mask, other=0.0, eviction_policy="evict_last")
     else:
@@ -188,15 +196,8 @@ def _small_m_gemm_kernel(
                 hk = _norm_input(x_rows, r_rows, kk, mask, HAS_RESIDUAL).to(tl.float32)
                 squares += hk * hk
             rstd = inv_rms(tl.sum(squares, axis=1), K, eps)[:, None]
-    if NORM and SINGLE_TILE:
-        if HAS_RESIDUAL:  # noqa: SIM102 (a constexpr branch)
-            if pid_n == 0:
-                tl.store(h_rows + ks[None, :], h, mask=x_mask)
-        if EVEN_K:
-            nw = tl.load(nw_ptr + ks, eviction_policy="evict_last")
-        else:
-            nw = tl.load(nw_ptr + ks, mask=ks < K, other=0.0, eviction_policy="evict_last")
-        x = normed(h, rstd, nw[None, :], GEMMA)
+    if NORM and SINGLE_TILE:  # the row read above
+        x = _normed_tile(h, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K, HAS_RESIDUAL, GEMMA, EVEN_K)
     else:  # the tile's input, as every later tile's
         x = _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
                         ACT, NORM, HAS_RESIDUAL, GEMMA, EVEN_K)
