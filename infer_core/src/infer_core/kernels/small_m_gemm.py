@@ -52,8 +52,8 @@ the arithmetic of ``_rms_norm_kernel``). Only the order of the float32 sum of sq
 (K tiles, not one block), so a normalized element may round to its neighbour now and then:
 the fused result equals ``small_m_gemm(fused_add_rms_norm(x, residual, w, eps)[0], weight)``
 up to that and the float32 summation order, and ``h`` is bitwise ``fused_add_rms_norm``'s.
-Every N-block program re-reads the ``x`` (and residual) rows twice: cheap at M = 1 from L2,
-to be measured. Not combinable with ``act_and_mul``.
+Every N-block program re-reads the ``x`` (and residual) rows twice when they span several K
+tiles (once for one tile, below). Not combinable with ``act_and_mul``.
 
 With the norm prologue and one K tile (K up to ``BLOCK_K``), ``h`` (and the residual) is read
 once: the sum of squares and the normalized tile come from the same registers. The first K
@@ -276,9 +276,9 @@ def choose_config(m: int, n: int, k: int, dtype: torch.dtype, num_sms: int = 132
     gives about two programs per SM, ~4k products per step.
 
     With the RMSNorm prologue (``norm``) the same, four weight rows per program at one row as
-    with the activation: every program re-reads the whole ``x`` (and residual) row twice
-    out of L2, so wider programs amortize it. Not measured yet (a starting point for the
-    sweep)."""
+    with the activation: every program reads the whole ``x`` (and residual) row out of L2,
+    so wider programs amortize it. Not swept on its own; end to end it is the models' default
+    at one row (W1 on an H200, docs/kernels.md)."""
     bm = min(triton.next_power_of_2(max(m, 1)), MAX_BLOCK_M)
     if m <= 1 and dtype != torch.float32:
         block_n, block_k, num_warps, stages = (4 if act or norm else 2), 2048, 4, 4
