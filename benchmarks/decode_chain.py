@@ -41,6 +41,7 @@ from kernels import environment, measure_ceilings, timed
 
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import build_attention_metadata
+from infer_core.bench.checkpoints import SHAPES, shape_config
 from infer_core.kernels.act_and_mul import silu_and_mul
 from infer_core.kernels.kv_cache_write import KVWrite
 from infer_core.kernels.paged_attention import paged_attention
@@ -48,12 +49,8 @@ from infer_core.kernels.pdl import use_pdl, wait_for_prior
 from infer_core.kernels.qk_norm_rope import qk_norm_rope
 from infer_core.kernels.rms_norm import fused_add_rms_norm
 from infer_core.kernels.small_m_gemm import LaunchConfig, NormPrologue, small_m_gemm
+from infer_core.loader.hf_config import head_dim_of
 
-# (hidden, intermediate, q heads, kv heads, head dim, layers)
-SHAPES = {
-    "qwen3-0.6b": (1024, 3072, 16, 8, 128, 28),
-    "llama-3.2-1b": (2048, 8192, 32, 8, 64, 16),
-}
 BF16 = torch.bfloat16
 KERNELS_PER_LAYER = 10  # norm, qkv, qk-norm-rope, attention, reduce, o, norm, gate/up, act, down
 # one-row GEMM configs tried in the chain (``--chains sweep``): weight rows per program, K tile, warps, stages
@@ -68,6 +65,14 @@ def _noop_kernel(x_ptr, PDL: tl.constexpr):
     if PDL:
         wait_for_prior()
     tl.store(x_ptr + tl.program_id(0), tl.load(x_ptr + tl.program_id(0)) + 1.0)
+
+
+def layer_shape(shape: str) -> tuple[int, int, int, int, int, int]:
+    """(hidden, intermediate, q heads, kv heads, head dim, layers) of a model shape of
+    :mod:`infer_core.bench.checkpoints` (its Hub config values)."""
+    cfg = shape_config(shape)
+    return (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"],
+            cfg.get("num_key_value_heads") or cfg["num_attention_heads"], head_dim_of(cfg), cfg["num_hidden_layers"])
 
 
 def noop(x: torch.Tensor) -> None:
@@ -191,7 +196,7 @@ def chains(layers: list[Layer]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="qwen3-0.6b", choices=sorted(SHAPES))
+    parser.add_argument("--shape", default="qwen3-0.6b", choices=sorted(SHAPES))  # checkpoints' shapes
     parser.add_argument("--context", type=int, default=256, help="keys each attention reads")
     parser.add_argument("--max-seq-len", type=int, default=4096, help="what the captured graph's attention config sees")
     parser.add_argument("--chains", default="", help="comma-separated subset (default: all but the GEMM config "
@@ -199,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    shape = SHAPES[args.shape]
+    shape = layer_shape(args.shape)
     layers = [Layer(shape, args.context, args.max_seq_len) for _ in range(shape[5])]
     ceilings = measure_ceilings()
     env = environment()
