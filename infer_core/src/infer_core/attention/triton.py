@@ -1,7 +1,11 @@
 """The ``triton`` attention backend (the default on CUDA): the KV-write kernel, then one
-unified paged-attention launch for the whole flat batch (plus the split-KV reduction when a
-decode-only step is split along the keys). Handles mixed prefill chunks and decodes, GQA,
+unified paged-attention launch for the whole flat batch (a decode-only step split along the
+keys merges its splits in the same launch). Handles mixed prefill chunks and decodes, GQA,
 any block size, sliding windows, logit soft-capping and FP8 (e4m3) KV caches.
+
+In decode-only steps (``fuse_decode_rope``, on by default) the layer's RoPE (and QK-norm) and
+the K/V write run inside that one attention launch too (``attend_rope``): a decode layer's
+attention is one launch.
 
 It declares ``supports_fused_kv_write``: when the model's RoPE kernel has already stored the
 step's K/V (``Attention.forward_rope`` on CUDA), the layer calls :meth:`attend`, the paged
@@ -14,10 +18,10 @@ from dataclasses import replace
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from infer_core.attention.backend import AttentionBackend, AttentionLayer
+from infer_core.attention.backend import AttentionBackend, AttentionLayer, RopeInputs
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.kernels.kv_cache_write import write_kv
-from infer_core.kernels.paged_attention import choose_config, paged_attention
+from infer_core.kernels.paged_attention import choose_config, paged_attention, rope_applies
 
 
 class TritonAttentionOptions(BaseModel):
@@ -27,6 +31,11 @@ class TritonAttentionOptions(BaseModel):
         None, ge=1, le=64,
         description="Split every decode-only step's keys into this many parts (default: chosen "
                     "per step from the batch size and the number of multiprocessors).",
+    )
+    fuse_decode_rope: bool = Field(
+        True,
+        description="In decode-only steps, apply RoPE (and QK-norm) to q and k and store K/V inside "
+                    "the attention launch instead of the RoPE kernel's launch before it.",
     )
 
 
@@ -39,7 +48,12 @@ class TritonAttentionBackend(AttentionBackend):
 
     def __init__(self, options: TritonAttentionOptions | None = None) -> None:
         super().__init__(options)
-        self.kv_splits = options.kv_splits if options is not None else None
+        options = options or TritonAttentionOptions()
+        self.kv_splits = options.kv_splits
+        self.fuse_decode_rope = options.fuse_decode_rope
+        # the split-KV merge's arrival counters, per device: zero between launches (each
+        # launch's last program resets its own), so one buffer serves every layer and graph
+        self._counters: dict[torch.device, torch.Tensor] = {}
 
     def forward(
         self,
@@ -62,7 +76,38 @@ class TritonAttentionBackend(AttentionBackend):
         metadata: AttentionMetadata,
         kv_scales: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        return self._attend(layer, q, kv_cache, metadata, kv_scales, None)
+
+    def rope_fusable(self, layer: AttentionLayer, metadata: AttentionMetadata, q: torch.Tensor) -> bool:
+        return self.fuse_decode_rope and rope_applies(layer, metadata, q)
+
+    def attend_rope(
+        self,
+        layer: AttentionLayer,
+        q: torch.Tensor,
+        rope: RopeInputs,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        kv_scales: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self._attend(layer, q, kv_cache, metadata, kv_scales, rope)
+
+    def _attend(self, layer: AttentionLayer, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
+                kv_scales: torch.Tensor | None, rope: RopeInputs | None) -> torch.Tensor:
         config = choose_config(layer, metadata, q.device, q.dtype, kv_cache.dtype)
         if self.kv_splits is not None and metadata.max_query_len == 1:
             config = replace(config, num_splits=self.kv_splits)
-        return paged_attention(layer, q, kv_cache, metadata, kv_scales, config=config)
+        counters = None
+        if config.num_splits > 1:
+            counters = self._split_counters(q.device, metadata.num_requests * layer.num_kv_heads)
+        return paged_attention(layer, q, kv_cache, metadata, kv_scales, rope=rope, config=config, counters=counters)
+
+    def _split_counters(self, device: torch.device, needed: int) -> torch.Tensor:
+        """A zeroed int32 buffer of at least ``needed`` counters, allocated once per device
+        (and grown, which happens only in an eager step: graphs are captured largest first,
+        each after an eager run of its own size)."""
+        counters = self._counters.get(device)
+        if counters is None or counters.numel() < needed:
+            counters = torch.zeros(max(needed, 1024), dtype=torch.int32, device=device)
+            self._counters[device] = counters
+        return counters
