@@ -459,6 +459,16 @@ def test_wrong_type():
     )
 
 
+def test_small_m_gated_epilogue_is_a_boolean_on_by_default(tmp_path):
+    assert load_config(environ={}).model.small_m_gated_epilogue is True
+    assert load_config(overrides=["--model.small_m_gated_epilogue", "false"], environ={}).model.small_m_gated_epilogue is False
+    cfg = load_config(write(tmp_path, "[model]\nsmall_m_gated_epilogue = false\n"), environ={})
+    assert cfg.model.small_m_gated_epilogue is False
+    assert config_error(overrides=["--model.small_m_gated_epilogue", "maybe"]) == CLI + (
+        "model.small_m_gated_epilogue: Input should be a valid boolean, unable to interpret input (got 'maybe')."
+    )
+
+
 def test_several_field_errors_are_joined():
     assert config_error(overrides=["--cache.block_size", "0", "--server.port", "-1"]) == CLI + (
         "cache.block_size: Input should be greater than or equal to 1 (got 0); "

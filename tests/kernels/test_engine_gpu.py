@@ -133,6 +133,23 @@ def test_small_m_gemm_equals_cublas_fp32(arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
+def test_gated_epilogue_equals_unfused_fp32(arch):
+    """``model.small_m_gated_epilogue`` (on by default): batch-1 decode steps (replayed as CUDA
+    graphs) run the MLP's activation in gate/up's epilogue; greedy tokens equal those with it
+    off (activation launched on its own), and with the act prologue on as well (the epilogue
+    wins), for requests alone and batched."""
+    checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
+    on = make_llm(checkpoint, dtype="float32")
+    both = make_llm(checkpoint, dtype="float32", small_m_prologues="all")
+    off = make_llm(checkpoint, dtype="float32", small_m_gated_epilogue=False)
+    for prompts in [batch(512)[:1], batch(512)[1:2], batch(512)]:
+        theirs = [o.outputs[0].token_ids for o in off.generate(prompts, GREEDY)]
+        assert [o.outputs[0].token_ids for o in on.generate(prompts, GREEDY)] == theirs
+        assert [o.outputs[0].token_ids for o in both.generate(prompts, GREEDY)] == theirs
+    assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
 def test_programmatic_dependent_launch_changes_nothing(arch, monkeypatch):
     """PDL on (the default from compute capability 9.0) vs off (``INFER_PDL=0``, read when
     the kernels are launched, so also when the decode graphs are captured): the same greedy

@@ -16,6 +16,14 @@ The qkv and gate/up projections also with RMSNorm and the residual add in the pr
 the norm's ``rstd`` is summed over K tiles in the prologue, in one block in ``rms_norm``, so
 a normalized element may round to a neighbouring value now and then; the new residual bit
 for bit; under CUDA-graph capture too.
+
+The gate/up projections with the gated activation in the epilogue (``gated="silu"`` /
+``"gelu_tanh"``, weight ``[2I, K]``, output ``[M, I]``), M = 1, 2, 4, 16, alone and after the
+norm prologue: against the unfused kernels with the same config (``small_m_gemm`` then
+``silu_and_mul`` / ``gelu_tanh_and_mul``; the same sums, so within the bound and in practice
+equal) and against the torch references, both through ``small_m.assert_gated_within``
+(the small-M bound carried through the activation); the new residual bit for bit the non-gated
+norm path's; forced configs (a ``split_k`` the epilogue ignores); under CUDA-graph capture.
 """
 
 from __future__ import annotations
@@ -215,3 +223,78 @@ def test_norm_prologue_capturable_in_a_cuda_graph(m):
             y_eager, h_eager = small_m_gemm(x, w, norm=norm, config=cfg)
             assert torch.equal(y, y_eager) and torch.equal(h, h_eager), (cfg, seed)
         check_norm(x, r, nw, w, False, cfg)
+
+
+# -- the gated activation in the epilogue ----------------------------------------------------
+
+GATE_UP_SHAPES = {k: v for k, v in SHAPES.items() if k.endswith("gate_up")}  # (2I, K)
+
+
+def check_gated(x, w, act: str, norm=None, config=None):
+    """The fused launch against the unfused kernels (same config, never split) and the torch
+    references; with ``norm`` also the new residual against the non-gated norm path's."""
+    from infer_core.kernels import act_and_mul
+    from infer_core.kernels.rms_norm import fused_add_rms_norm_ref
+    from infer_core.kernels.small_m_gemm import LaunchConfig, small_m_gemm, small_m_gemm_ref
+
+    act_kernel = {"silu": act_and_mul.silu_and_mul, "gelu_tanh": act_and_mul.gelu_tanh_and_mul}[act]
+    plain = None if config is None else LaunchConfig(config.block_n, config.block_k, 1, config.num_warps,
+                                                      config.num_stages, config.use_dot)
+    if norm is None:
+        got, gate_up, xp = small_m_gemm(x, w, gated=act, config=config), small_m_gemm(x, w, config=plain), x
+    else:
+        (got, h), (gate_up, h_plain) = (small_m_gemm(x, w, gated=act, norm=norm, config=config),
+                                        small_m_gemm(x, w, norm=norm, config=plain))
+        assert torch.equal(h, h_plain)  # the new residual, bit for bit
+        xp = fused_add_rms_norm_ref(x, norm.residual, norm.weight, norm.eps, norm.gemma)[0]
+    assert got.shape == (x.shape[0], w.shape[0] // 2), got.shape
+    small_m.assert_gated_within(got, act_kernel(gate_up), gate_up, xp, w, rel=3, sums=16)  # the unfused kernels
+    small_m.assert_gated_within(got, small_m_gemm_ref(xp, w, gated=act), small_m_gemm_ref(xp, w), xp, w,
+                                rel=3, sums=16, slack=0 if norm is None else 8)  # the torch references
+    return got
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("with_norm", [False, True], ids=["plain", "norm"])
+@pytest.mark.parametrize("m", [1, 2, 4, 16])
+@pytest.mark.parametrize("shape", list(GATE_UP_SHAPES), ids=lambda s: s.replace(" ", "-"))
+def test_gated_epilogue_real_shapes_bf16(shape, m, with_norm, act):
+    from infer_core.kernels.small_m_gemm import NormPrologue
+
+    n, k = GATE_UP_SHAPES[shape]
+    x, r, nw = make_norm(m, k, act == "gelu_tanh", seed=m + n + 2)
+    w = make(m, n, k, BF16, None, seed=m + n + 3)[1]
+    norm = NormPrologue(nw, 1e-6, act == "gelu_tanh", r) if with_norm else None
+    check_gated(x, w, act, norm)
+    for cfg in forced_configs():
+        check_gated(x, w, act, norm, cfg)
+
+
+@pytest.mark.parametrize("m", [1, 5])
+def test_gated_epilogue_ragged_shapes(m):
+    """I and K neither a multiple of the blocks, fp16 and fp32 (bf16: the real shapes above)."""
+    for dtype in (torch.float16, torch.float32):
+        x, w = make(m, 2 * 500, 3000, dtype, None, seed=m + 7)
+        for cfg in [None, *forced_configs()]:
+            check_gated(x, w, "silu", config=cfg)
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_gated_epilogue_capturable_in_a_cuda_graph(m):
+    from infer_core.kernels.small_m_gemm import NormPrologue, small_m_gemm
+
+    n, k = GATE_UP_SHAPES["qwen3-0.6b gate_up"]
+    x, r, nw = make_norm(m, k, False, seed=8)
+    w = make(m, n, k, BF16, None, seed=9)[1]
+    norm = NormPrologue(nw, 1e-6, False, r)
+    for cfg in [None, forced_configs()[0], forced_configs()[2]]:  # chosen, broadcast, dot
+        graph, (y, h) = captured(lambda: small_m_gemm(x, w, gated="silu", norm=norm, config=cfg))  # noqa: B023
+        for seed in range(3):
+            gen = torch.Generator(CUDA).manual_seed(seed)
+            x.copy_(torch.randn(x.shape, device=CUDA, generator=gen))
+            r.copy_(torch.randn(r.shape, device=CUDA, generator=gen))
+            graph.replay()
+            torch.cuda.synchronize()
+            y_eager, h_eager = small_m_gemm(x, w, gated="silu", norm=norm, config=cfg)
+            assert torch.equal(y, y_eager) and torch.equal(h, h_eager), (cfg, seed)
+        check_gated(x, w, "silu", norm, cfg)

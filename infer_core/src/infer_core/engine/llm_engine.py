@@ -127,9 +127,9 @@ class LLMEngine:
             if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise ConfigError("model.small_m_gemm runs a Triton kernel and needs a CUDA device; "
                                   "turn it off on the CPU.")
-            prologues = config.model.small_m_prologues
-            log.info("small-M GEMM on for %d linear layers (prologues: %s)",
-                     enable_small_m_gemm(self.model, prologues), prologues)
+            prologues, epilogue = config.model.small_m_prologues, config.model.small_m_gated_epilogue
+            log.info("small-M GEMM on for %d linear layers (prologues: %s, gated epilogue: %s)",
+                     enable_small_m_gemm(self.model, prologues, epilogue), prologues, epilogue)
         self.tokenizer = Tokenizer.from_dir(model_dir)
         cache_cls = selection.cache.spec.load()
         block_size = cache_cls.block_size_for(config.cache.block_size, max_model_len)
@@ -160,7 +160,7 @@ class LLMEngine:
             self.workers.setup(RankSpec(
                 str(model_dir), dtype, kv_dtype, max_model_len, attention_name,
                 selection.attention.options if selection.attention else None, num_blocks, block_size,
-                prologues, runner_args))
+                prologues, runner_args, config.model.small_m_gated_epilogue))
         self.runner = ModelRunner(self.model, device=device, **runner_args)
         if self.workers is not None:
             self.runner = TPRunner(self.runner, self.workers)

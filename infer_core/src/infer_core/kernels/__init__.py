@@ -13,7 +13,7 @@ which is the test oracle (and, where a layer needs it, the CPU path).
   (split-KV decodes merged in the same launch; decode steps may fuse RoPE / QK-norm + RoPE and
   the KV write into it)
 - :mod:`~infer_core.kernels.argmax` — two-stage argmax over the vocabulary (the greedy sampler)
-- :mod:`~infer_core.kernels.small_m_gemm` — decode-sized (M <= 16) GEMM, optional fused act-and-mul or (residual add +) RMSNorm prologue (model.small_m_gemm)
+- :mod:`~infer_core.kernels.small_m_gemm` — decode-sized (M <= 16) GEMM, optional fused act-and-mul or (residual add +) RMSNorm prologue, gated act-and-mul epilogue (model.small_m_gemm)
 
 Importing this package imports nothing heavy; each kernel module imports Triton.
 """

@@ -1,12 +1,14 @@
 """Linear projections at small M (decode, 1-16 rows): ``y[M, N] = x' @ weight.T``, streaming
 the ``[N, K]`` weight once at (we hope) copy bandwidth, optionally with the gated activation
 of :mod:`~infer_core.kernels.act_and_mul` or the (residual add and) RMSNorm of
-:mod:`~infer_core.kernels.rms_norm` folded into the prologue.
+:mod:`~infer_core.kernels.rms_norm` folded into the prologue, or the gated activation folded
+into the epilogue (after a gate/up product).
 
 The models' linear layers (:class:`infer_core.layers.linear.Linear`, ``MergedLinear``) take it
 for one-row inputs with ``model.small_m_gemm`` (on by default on CUDA); the prologues only
 with ``model.small_m_prologues`` (by default the RMSNorm one: faster end to end on an H200;
-the activation one was slower, docs/kernels.md).
+the activation one was slower, docs/kernels.md); the epilogue with
+``model.small_m_gated_epilogue`` (gate_up_proj).
 
 Why: at batch 1 on an H200, Llama-3.2-1B's projections under cuBLAS reach 1.4-2.1 TB/s for
 the small ones (q/k/v fused, 12.6 MB in 5.9 µs) and down_proj pays a split-K reduction,
@@ -58,6 +60,19 @@ tiles (once for one tile, below). Not combinable with ``act_and_mul``.
 With the norm prologue and one K tile (K up to ``BLOCK_K``), ``h`` (and the residual) is read
 once: the sum of squares and the normalized tile come from the same registers. The first K
 tile is peeled off the loop (computed before it), so a one-tile program has no loop at all.
+
+Fused gated epilogue (``gated="silu"`` or ``"gelu_tanh"``): the MLP's ``act_and_mul`` after
+gate_up_proj, in the gate/up GEMM's launch instead of its own (the activation prologue of the
+down GEMM does the same fold from the other side, but every down program recomputes the
+activation of its K range). ``weight`` is ``[2I, K]`` = ``[gate rows; up rows]`` (how
+``MergedLinear`` stacks gate/up, and each tensor-parallel rank's shard too), the output
+``[M, I]``: a program owning gate rows ``rn`` also streams up rows ``rn + I`` (two weight tiles
+per K step against one input tile), keeps two float32 accumulators, rounds both sums to the
+dtype (as the unfused path stores ``gate_up``) and writes ``act_and_mul``'s ``gated`` of them.
+So the result equals ``silu_and_mul(small_m_gemm(x, weight))`` up to the float32 summation
+order (bitwise when the two launches sum in the same order). K is never split: the activation
+needs whole sums, and at one row gate_up's K fits one tile anyway. Combinable with the norm
+prologue (``(y, h)`` as with it: the models' gate_up_proj), not with ``act_and_mul``.
 
 Numerics: products and sums in float32, one rounding to ``x``'s dtype at the end (bf16, fp16,
 fp32). Against ``small_m_gemm_ref`` the only differences are the summation order and the
@@ -155,10 +170,18 @@ def _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
 
 
 @triton.jit
+def _gated_epilogue(acc_gate, acc_up, dtype: tl.constexpr, ACT: tl.constexpr):
+    """``act(gate) * up`` of the two float32 sums, each rounded to the output dtype first (the
+    unfused path stores ``gate_up`` in it), then :mod:`~infer_core.kernels.act_and_mul`'s own
+    arithmetic (``gated``)."""
+    return gated(acc_gate.to(dtype), acc_up.to(dtype), ACT)
+
+
+@triton.jit
 def _small_m_gemm_kernel(
     x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, k_per_split,
     r_ptr, stride_rm, nw_ptr, h_ptr, eps,
-    ACT: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr,
+    ACT: tl.constexpr, NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr, GATED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr, SINGLE_TILE: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     PDL: tl.constexpr,
@@ -175,6 +198,7 @@ def _small_m_gemm_kernel(
     n_mask = rn < N
     x_rows = x_ptr + rm.to(tl.int64)[:, None] * stride_xm  # [BLOCK_M, 1]
     w_rows = w_ptr + rn.to(tl.int64)[:, None] * K  # [BLOCK_N, 1]
+    w_up_rows = w_ptr + (rn + N).to(tl.int64)[:, None] * K  # the matching up rows (GATED)
     r_rows = r_ptr + rm.to(tl.int64)[:, None] * stride_rm
     h_rows = h_ptr + rm.to(tl.int64)[:, None] * K
     k_start = pid_k * k_per_split  # a multiple of BLOCK_K, below K (no empty splits)
@@ -182,6 +206,8 @@ def _small_m_gemm_kernel(
     ks = k_start + rk
     x_mask = m_mask[:, None] if EVEN_K else m_mask[:, None] & (ks < K)[None, :]
     w = _load_w(w_rows, ks, n_mask, K, EVEN_K)
+    if GATED >= 0:
+        w_up = _load_w(w_up_rows, ks, n_mask, K, EVEN_K)
     rstd = 0.0
     if NORM:
         if SINGLE_TILE:  # the whole row is this tile: one read of x (and the residual)
@@ -202,15 +228,25 @@ def _small_m_gemm_kernel(
         x = _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
                         ACT, NORM, HAS_RESIDUAL, GEMMA, EVEN_K)
     acc = _product(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x, w, USE_DOT, DOT_PRECISION)
+    if GATED >= 0:  # the same input tile against the up rows
+        acc_up = _product(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), x, w_up, USE_DOT, DOT_PRECISION)
     for k0 in range(k_start + BLOCK_K, k_end, BLOCK_K):
         ks = k0 + rk
         x_mask = m_mask[:, None] if EVEN_K else m_mask[:, None] & (ks < K)[None, :]
         w = _load_w(w_rows, ks, n_mask, K, EVEN_K)
+        if GATED >= 0:
+            w_up = _load_w(w_up_rows, ks, n_mask, K, EVEN_K)
         x = _input_tile(x_rows, r_rows, h_rows, nw_ptr, ks, x_mask, rstd, pid_n, K,
                         ACT, NORM, HAS_RESIDUAL, GEMMA, EVEN_K)
         acc = _product(acc, x, w, USE_DOT, DOT_PRECISION)
+        if GATED >= 0:
+            acc_up = _product(acc_up, x, w_up, USE_DOT, DOT_PRECISION)
+    if GATED >= 0:
+        y = _gated_epilogue(acc, acc_up, out_ptr.dtype.element_ty, GATED)
+    else:
+        y = acc.to(out_ptr.dtype.element_ty)
     out = out_ptr + pid_k.to(tl.int64) * M * N + rm.to(tl.int64)[:, None] * N + rn[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    tl.store(out, y, mask=m_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit
@@ -263,7 +299,7 @@ class NormPrologue:
 
 
 def choose_config(m: int, n: int, k: int, dtype: torch.dtype, num_sms: int = 132,
-                  act: bool = False, norm: bool = False) -> LaunchConfig:
+                  act: bool = False, norm: bool = False, gated: bool = False) -> LaunchConfig:
     """Launch shapes from the sweep on an H200 (``benchmarks/kernels_small_m_gemm.py --sweep``,
     Llama-3.2-1B projections, bf16; ``benchmarks/reports/small-m-gemm-2026-12-01-h200``).
 
@@ -278,26 +314,36 @@ def choose_config(m: int, n: int, k: int, dtype: torch.dtype, num_sms: int = 132
     With the RMSNorm prologue (``norm``) the same, four weight rows per program at one row as
     with the activation: every program reads the whole ``x`` (and residual) row out of L2,
     so wider programs amortize it. Not swept on its own; end to end it is the models' default
-    at one row (W1 on an H200, docs/kernels.md)."""
+    at one row (W1 on an H200, docs/kernels.md).
+
+    With the gated epilogue (``gated``; ``n`` is then the output width ``I``, the weight has
+    ``2 n`` rows) a program streams ``block_n`` gate rows and as many up rows, so ``block_n``
+    is halved to keep the weight rows per program as without (at one row with the norm
+    prologue: 2 + 2 instead of 4; 16 + 16 for the MMA, not below its minimum of 16), and K
+    is never split (the activation needs the whole sums). Not swept on its own."""
     bm = min(triton.next_power_of_2(max(m, 1)), MAX_BLOCK_M)
+    halve = 2 if gated else 1
     if m <= 1 and dtype != torch.float32:
-        block_n, block_k, num_warps, stages = (4 if act or norm else 2), 2048, 4, 4
+        block_n, block_k, num_warps, stages = max((4 if act or norm else 2) // halve, 1), 2048, 4, 4
         use_dot = False
     elif dtype != torch.float32:
         wide = n >= 8192
         block_n, block_k, num_warps, stages = (64, 128, 4, 3) if wide else (32, 256, 4, 4)
+        block_n = max(block_n // halve, 16)
         use_dot, bm = True, MAX_BLOCK_M
     else:
         block_n = 32
         while block_n > 4 and triton.cdiv(n, block_n) < 2 * num_sms:
             block_n //= 2
-        block_k = max(128, min(4096 // (bm * block_n), 1024))
-        num_warps, stages, use_dot = (8 if bm * block_n * block_k >= 8192 else 4), 3, False
+        block_k = max(128, min(4096 // (bm * block_n * halve), 1024))
+        num_warps, stages, use_dot = (8 if bm * block_n * halve * block_k >= 8192 else 4), 3, False
     block_k = max(16, min(block_k, triton.next_power_of_2(k)))
     programs = triton.cdiv(n, block_n) * triton.cdiv(m, bm)
     k_tiles = triton.cdiv(k, block_k)
     # the sweep's MMA configs split only long K (down_proj: 32-64 tiles), never 8-16 tiles
     split_k = split_k_for(programs, k_tiles, num_sms) if not use_dot or k_tiles >= 32 else 1
+    if gated:
+        split_k = 1
     return LaunchConfig(block_n, block_k, split_k, num_warps=num_warps, num_stages=stages, use_dot=use_dot)
 
 
@@ -320,16 +366,31 @@ def _num_sms(device: torch.device) -> int:
 
 @overload
 def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: str | None = None,
-                 norm: None = None, config: LaunchConfig | None = None) -> torch.Tensor: ...
+                 norm: None = None, gated: str | None = None, config: LaunchConfig | None = None,
+                 ) -> torch.Tensor: ...
 
 
 @overload
 def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: None = None,
-                 norm: NormPrologue, config: LaunchConfig | None = None,
+                 norm: NormPrologue, gated: str | None = None, config: LaunchConfig | None = None,
                  ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
-def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None):
+def _check_options(act_and_mul: str | None, norm: NormPrologue | None, gated: str | None) -> None:
+    """The prologue / epilogue options a caller may combine: ``norm`` with ``gated``, neither
+    with ``act_and_mul``."""
+    for name, value in (("act_and_mul", act_and_mul), ("gated", gated)):
+        if value not in ACTS:
+            raise ValueError(f"{name} must be one of {sorted(a for a in ACTS if a)} or None, got {value!r}")
+    if norm is not None and act_and_mul is not None:
+        raise ValueError(f"small_m_gemm takes either a norm prologue or act_and_mul, not both "
+                         f"(got norm and act_and_mul={act_and_mul!r})")
+    if gated is not None and act_and_mul is not None:
+        raise ValueError(f"small_m_gemm takes either the act_and_mul prologue or the gated epilogue, not both "
+                         f"(got act_and_mul={act_and_mul!r} and gated={gated!r})")
+
+
+def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, gated=None, config=None):
     """``x' @ weight.T`` for ``weight [N, K]`` (contiguous) and ``x [M, K]``, or ``x [M, 2K]``
     = ``[gate | up]`` with ``act_and_mul`` ("silu" or "gelu_tanh"), ``x' = act(gate) * up``.
     bf16, fp16 or fp32 (one dtype for both); float32 accumulation; ``[M, N]`` in ``x``'s
@@ -338,18 +399,23 @@ def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None):
     With ``norm`` (a :class:`NormPrologue`), ``x' = rms_norm(h)`` with ``h = x + norm.residual``
     (or ``x``), and the result is a pair ``(y, h)``: ``h [M, K]`` the new residual, or
     ``None`` without ``norm.residual``; the same as ``fused_add_rms_norm`` (or ``rms_norm``)
-    followed by ``small_m_gemm`` in one launch. Not with ``act_and_mul``."""
-    if act_and_mul not in ACTS:
-        raise ValueError(f"act_and_mul must be one of {sorted(a for a in ACTS if a)} or None, got {act_and_mul!r}")
-    if norm is not None and act_and_mul is not None:
-        raise ValueError(f"small_m_gemm takes either a norm prologue or act_and_mul, not both "
-                         f"(got norm and act_and_mul={act_and_mul!r})")
-    act = ACTS[act_and_mul]
+    followed by ``small_m_gemm`` in one launch. Not with ``act_and_mul``.
+
+    With ``gated`` ("silu" or "gelu_tanh"; the epilogue) ``weight`` is ``[2I, K]`` =
+    ``[gate rows; up rows]`` and ``y [M, I] = act(x' @ gate.T) * (x' @ up.T)``, the same as
+    ``silu_and_mul`` (or ``gelu_tanh_and_mul``) after the plain product, in one launch;
+    combinable with ``norm``, not with ``act_and_mul``. K is never split then (``config``'s
+    ``split_k`` is ignored): the activation needs the whole sums."""
+    _check_options(act_and_mul, norm, gated)
+    act, epilogue = ACTS[act_and_mul], ACTS[gated]
     assert x.dim() == 2 and weight.dim() == 2, (x.shape, weight.shape)
     assert x.dtype in DTYPES and weight.dtype == x.dtype, (x.dtype, weight.dtype)
     assert x.device == weight.device, (x.device, weight.device)
     assert weight.is_contiguous(), "weight must be row-major [N, K]"
     n, k = weight.shape
+    if epilogue != NO_ACT:
+        assert n % 2 == 0, f"the gated epilogue needs weight [2I, K] = [gate; up], got {tuple(weight.shape)}"
+        n //= 2  # the output width I; the up rows start at row I
     m = x.shape[0]
     assert x.shape[1] == (k if act == NO_ACT else 2 * k), (x.shape, weight.shape, act_and_mul)
     if x.stride(-1) != 1:
@@ -371,11 +437,12 @@ def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None):
         if h is not None and m and k:  # no program runs: the residual add alone (n == 0)
             h = fused_add_rms_norm(x, residual, norm.weight, norm.eps, norm.gemma)[1]
         return out if norm is None else (out, h)
-    cfg = config or choose_config(m, n, k, x.dtype, _num_sms(x.device), act=act != NO_ACT, norm=norm is not None)
+    cfg = config or choose_config(m, n, k, x.dtype, _num_sms(x.device), act=act != NO_ACT, norm=norm is not None,
+                                  gated=epilogue != NO_ACT)
     cfg.check()
     bm = cfg.block_m(m)
     tiles = triton.cdiv(k, cfg.block_k)
-    split_k = min(cfg.split_k, tiles)
+    split_k = 1 if epilogue != NO_ACT else min(cfg.split_k, tiles)  # the activation needs whole sums
     k_per_split = triton.cdiv(tiles, split_k) * cfg.block_k
     split_k = triton.cdiv(k, k_per_split)  # no empty splits
     target = out if split_k == 1 else torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
@@ -387,7 +454,7 @@ def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None):
         r, r.stride(0), norm.weight if norm is not None else x, h if h is not None else x,
         norm.eps if norm is not None else 0.0,
         ACT=act, NORM=norm is not None, HAS_RESIDUAL=residual is not None,
-        GEMMA=norm is not None and norm.gemma,
+        GEMMA=norm is not None and norm.gemma, GATED=epilogue,
         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         EVEN_K=k % cfg.block_k == 0, SINGLE_TILE=k <= cfg.block_k, USE_DOT=cfg.use_dot,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", PDL=pdl,
@@ -400,11 +467,18 @@ def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, config=None):
     return out if norm is None else (out, h)
 
 
-def small_m_gemm_ref(x: torch.Tensor, weight: torch.Tensor, act_and_mul: str | None = None) -> torch.Tensor:
-    if act_and_mul == "silu":
-        x = silu_and_mul_ref(x)
-    elif act_and_mul == "gelu_tanh":
-        x = gelu_tanh_and_mul_ref(x)
-    elif act_and_mul is not None:
-        raise ValueError(f"unknown act_and_mul {act_and_mul!r}")
-    return (x.float() @ weight.float().T).to(x.dtype)
+def _act_and_mul_ref(x: torch.Tensor, act: str | None) -> torch.Tensor:
+    if act is None:
+        return x
+    if act not in ACTS:
+        raise ValueError(f"unknown activation {act!r}")
+    return silu_and_mul_ref(x) if act == "silu" else gelu_tanh_and_mul_ref(x)
+
+
+def small_m_gemm_ref(x: torch.Tensor, weight: torch.Tensor, act_and_mul: str | None = None, *,
+                     gated: str | None = None) -> torch.Tensor:
+    """The torch reference: the activation prologue (``act_and_mul``) in torch, the product in
+    float32 rounded once to ``x``'s dtype, then the gated epilogue (``gated``: torch's
+    activation over the rounded ``[gate | up]`` halves of the product)."""
+    x = _act_and_mul_ref(x, act_and_mul)
+    return _act_and_mul_ref((x.float() @ weight.float().T).to(x.dtype), gated)

@@ -45,6 +45,7 @@ class RankSpec:
     block_size: int
     small_m_prologues: str | None  # the small-M GEMM's prologues when it is on, else None
     runner: dict[str, Any]  # ModelRunner's keyword arguments but model and device
+    small_m_gated_epilogue: bool = False  # with the small-M GEMM: the activation in gate/up's epilogue
 
 
 def rank_device(device: str, rank: int) -> torch.device:
@@ -87,7 +88,7 @@ def _build(config: EngineConfig, spec: RankSpec, tp, device: torch.device) -> An
     model = load_model(Path(spec.model_dir), pm, ModelContext(backend, spec.max_model_len, tp),
                        dtype=spec.dtype, device=device)
     if spec.small_m_prologues is not None:
-        enable_small_m_gemm(model, spec.small_m_prologues)
+        enable_small_m_gemm(model, spec.small_m_prologues, spec.small_m_gated_epilogue)
     allocate_kv_caches(model, spec.num_blocks, spec.block_size, spec.kv_dtype, device)
     return ModelRunner(model, device=device, **spec.runner)
 
