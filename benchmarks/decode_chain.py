@@ -14,7 +14,8 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   ``--context`` keys split as a captured decode graph splits them, the splits merged in its
   launch), ``attention-fused`` (all of it in the attention launch, as decode steps run it);
 - ``layer``: the whole decoder layer, every op its own launch; ``layer-engine``: as the engine
-  runs it at batch 1 (RMSNorms in the GEMMs' prologues, RoPE and the KV write inside attention).
+  runs it at batch 1 (RMSNorms in the GEMMs' prologues, RoPE and the KV write inside attention,
+  the SiLU-and-mul in gate/up's epilogue).
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -54,7 +55,7 @@ from infer_core.loader.hf_config import head_dim_of
 
 BF16 = torch.bfloat16
 KERNELS_PER_LAYER = 9  # norm, qkv, qk-norm-rope, attention, o, norm, gate/up, act, down
-ENGINE_KERNELS_PER_LAYER = 6  # qkv (norm prologue), attention (RoPE fused), o, gate/up (norm prologue), act, down
+ENGINE_KERNELS_PER_LAYER = 5  # qkv (norm prologue), attention (RoPE fused), o, gate/up (norm prologue, act epilogue), down
 # one-row GEMM configs tried in the chain (``--chains sweep``): weight rows per program, K tile, warps, stages
 SWEEP = [LaunchConfig(n, k, 1, num_warps=w, num_stages=st)
          for n, k, w, st in [(1, 1024, 2, 3), (1, 2048, 4, 3), (2, 1024, 4, 3), (2, 2048, 4, 4), (2, 1024, 2, 3),
@@ -139,11 +140,10 @@ class Layer:
             qkv = small_m_gemm(h, self.qkv)
         o = small_m_gemm(self.attention(qkv, fused=engine), self.o)
         if engine:
-            gu, res = small_m_gemm(o, self.gate_up, norm=NormPrologue(self.norm2, 1e-6, False, res))
-        else:
-            h, res = fused_add_rms_norm(o, res, self.norm2, 1e-6)
-            gu = small_m_gemm(h, self.gate_up)
-        return small_m_gemm(silu_and_mul(gu), self.down), res
+            mid, res = small_m_gemm(o, self.gate_up, norm=NormPrologue(self.norm2, 1e-6, False, res), gated="silu")
+            return small_m_gemm(mid, self.down), res
+        h, res = fused_add_rms_norm(o, res, self.norm2, 1e-6)
+        return small_m_gemm(silu_and_mul(small_m_gemm(h, self.gate_up)), self.down), res
 
 
 def chains(layers: list[Layer]) -> dict:
