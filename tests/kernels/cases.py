@@ -368,7 +368,7 @@ def attention_inputs(case: AttentionCase, device: str, dtype: torch.dtype):
 def launch_config(case: AttentionCase, layer: AttentionLayer, md: AttentionMetadata,
                   device: str, dtype: torch.dtype) -> paged_attention.LaunchConfig:
     cfg = paged_attention.choose_config(layer, md, torch.device(device), dtype, FP8 if case.fp8 else dtype)
-    if case.num_splits is not None:
+    if case.num_splits is not None and md.max_query_len == 1:  # split-KV is for decode-only steps
         cfg = paged_attention.LaunchConfig(cfg.block_m, cfg.tile, cfg.num_warps, cfg.num_stages, case.num_splits)
     return cfg
 

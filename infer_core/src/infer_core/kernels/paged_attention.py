@@ -158,26 +158,29 @@ def _rope_write_kv(k_ptr, v_ptr, token, kv_head, stride_kt, stride_kh, stride_vt
 
 
 @triton.jit
-def _merge_splits(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, part, rows_out, row_ok, dims, num_splits,
-                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The split-KV reduction of the program's rows (``part``: each row's first partial),
-    run by the last split to finish: :mod:`~infer_core.kernels.attention_reduce`'s formula,
-    the splits added in order. Partials are read from L2 (``.cg``): other programs wrote them."""
-    top = tl.full(part.shape, float("-inf"), tl.float32)
-    for s in range(num_splits):
-        top = tl.maximum(top, tl.load(part_max_ptr + part + s, mask=row_ok, other=float("-inf"),
-                                      cache_modifier=".cg"))
-    acc = tl.zeros([part.shape[0], BLOCK_D], dtype=tl.float32)
-    total = tl.zeros(part.shape, dtype=tl.float32)
-    for s in range(num_splits):
-        m = tl.load(part_max_ptr + part + s, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+def _merge_splits(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, token, first_head, num_heads, num_splits,
+                  stride_ot, stride_oh, dims,
+                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_POW2: tl.constexpr):
+    """The split-KV reduction of one decode token's ``GROUP`` query heads, run by the last split
+    to finish: ``sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s`` with ``M = max_s m_s``
+    (splits that saw no key weigh nothing; a row no split saw gets 0). Each head's partials
+    are one ``[SPLITS_POW2, BLOCK_D]`` load (the heads unrolled, so their loads overlap), read
+    from L2 (``.cg``): other programs wrote them."""
+    splits = tl.arange(0, SPLITS_POW2)
+    smask = splits < num_splits
+    for r in tl.static_range(GROUP):
+        head = first_head + r
+        part = (token * num_heads + head) * num_splits + splits
+        m = tl.load(part_max_ptr + part, mask=smask, other=float("-inf"), cache_modifier=".cg")
+        sums = tl.load(part_sum_ptr + part, mask=smask, other=0.0, cache_modifier=".cg")
+        acc = tl.load(part_acc_ptr + part[:, None] * BLOCK_D + dims[None, :], mask=smask[:, None], other=0.0,
+                      cache_modifier=".cg")
+        top = tl.max(m, 0)
         w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - top))
-        total += w * tl.load(part_sum_ptr + part + s, mask=row_ok, other=0.0, cache_modifier=".cg")
-        acc += w[:, None] * tl.load(part_acc_ptr + (part + s)[:, None] * BLOCK_D + dims[None, :],
-                                    mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-    out = acc / tl.where(total > 0.0, total, 1.0)[:, None]  # no key in any split (padding): 0
-    tl.store(out_ptr + rows_out + dims[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & (dims[None, :] < HEAD_DIM))
+        total = tl.sum(sums * w, 0)
+        out = tl.sum(acc * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)
+        tl.store(out_ptr + token * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
+                 mask=dims < HEAD_DIM)
 
 
 # Arguments that change from step to step are not specialized on (Triton would otherwise
@@ -194,7 +197,7 @@ def _paged_attention_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, FP8: tl.constexpr, SPLIT: tl.constexpr,
-    DECODE: tl.constexpr, ROPE: tl.constexpr, GEMMA: tl.constexpr, PRECISION: tl.constexpr,
+    SPLITS_POW2: tl.constexpr, DECODE: tl.constexpr, ROPE: tl.constexpr, GEMMA: tl.constexpr, PRECISION: tl.constexpr,
     PDL: tl.constexpr,
 ):
     if PDL:
@@ -297,8 +300,7 @@ def _paged_attention_kernel(
         tl.store(out_ptr + q_rows[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=q_mask)
     else:
-        first_part = (q_rows * num_heads + head) * num_splits
-        part = first_part + split
+        part = (q_rows * num_heads + head) * num_splits + split
         tl.store(part_acc_ptr + part[:, None] * BLOCK_D + dims[None, :], acc, mask=row_ok[:, None])
         tl.store(part_max_ptr + part, m_i, mask=row_ok)
         tl.store(part_sum_ptr + part, l_i, mask=row_ok)
@@ -308,9 +310,8 @@ def _paged_attention_kernel(
         tl.debug_barrier()
         counter = counters_ptr + q_block * num_kv_heads + kv_head
         if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
-            rows_out = q_rows[:, None] * stride_ot + head[:, None] * stride_oh
-            _merge_splits(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, first_part, rows_out, row_ok, dims,
-                          num_splits, HEAD_DIM, BLOCK_D)
+            _merge_splits(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, q_start.to(tl.int64), kv_head * GROUP,
+                          num_heads, num_splits, stride_ot, stride_oh, dims, GROUP, HEAD_DIM, BLOCK_D, SPLITS_POW2)
             tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
 
 
@@ -418,6 +419,7 @@ def paged_attention(
     decode = metadata.max_query_len == 1 and tokens == num_reqs
     grid = (num_reqs if decode else tokens // block_q + num_reqs, num_kv_heads, splits)
     if splits > 1:
+        assert decode, "split-KV is for decode-only steps (one query token per request)"
         part_acc = torch.empty(tokens, num_heads, splits, block_d, dtype=torch.float32, device=q.device)
         part_max = torch.empty(tokens, num_heads, splits, dtype=torch.float32, device=q.device)
         part_sum = torch.empty(tokens, num_heads, splits, dtype=torch.float32, device=q.device)
@@ -442,7 +444,7 @@ def paged_attention(
         *rope_args,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_Q=block_q,
         TILE=cfg.tile, BLOCK_SIZE=block_size, HAS_WINDOW=window > 0, SOFTCAP=softcap > 0, FP8=fp8,
-        SPLIT=splits > 1, DECODE=decode, **rope_flags,
+        SPLIT=splits > 1, SPLITS_POW2=triton.next_power_of_2(splits), DECODE=decode, **rope_flags,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
