@@ -11,8 +11,7 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   launch in a chain);
 - ``gemm`` / ``gemm-cublas``: the four projections of every layer (small-M GEMM / cuBLAS);
 - ``norm``, ``act``, ``attention`` (QK-norm + RoPE + KV write, then paged attention over
-  ``--context`` keys split as a captured decode graph splits them, the splits merged in its
-  launch), ``attention-fused`` (all of it in the attention launch, as decode steps run it);
+  ``--context`` keys, with the split-KV reduction a captured decode graph uses), ``attention-fused`` (all of it in the attention launch, as decode steps run it);
 - ``layer``: the whole decoder layer, every op its own launch; ``layer-engine``: as the engine
   runs it at batch 1 (RMSNorms in the GEMMs' prologues, RoPE and the KV write inside attention,
   the SiLU-and-mul in gate/up's epilogue).
@@ -54,8 +53,8 @@ from infer_core.kernels.small_m_gemm import LaunchConfig, NormPrologue, small_m_
 from infer_core.loader.hf_config import head_dim_of
 
 BF16 = torch.bfloat16
-KERNELS_PER_LAYER = 9  # norm, qkv, qk-norm-rope, attention, o, norm, gate/up, act, down
-ENGINE_KERNELS_PER_LAYER = 5  # qkv (norm prologue), attention (RoPE fused), o, gate/up (norm prologue, act epilogue), down
+KERNELS_PER_LAYER = 10  # norm, qkv, qk-norm-rope, attention, reduce, o, norm, gate/up, act, down
+ENGINE_KERNELS_PER_LAYER = 6  # qkv (norm prologue), attention (RoPE fused), reduce, o, gate/up (norm prologue, act epilogue), down
 # one-row GEMM configs tried in the chain (``--chains sweep``): weight rows per program, K tile, warps, stages
 SWEEP = [LaunchConfig(n, k, 1, num_warps=w, num_stages=st)
          for n, k, w, st in [(1, 1024, 2, 3), (1, 2048, 4, 3), (2, 1024, 4, 3), (2, 2048, 4, 4), (2, 1024, 2, 3),
@@ -115,7 +114,6 @@ class Layer:
         self.gu = torch.randn(1, 2 * inter, device=dev, dtype=BF16)
         self.mid = torch.randn(1, inter, device=dev, dtype=BF16)
         self.qkv_out = torch.randn(1, sum(self.sizes), device=dev, dtype=BF16)
-        self.counters = torch.zeros(1024, device=dev, dtype=torch.int32)  # the split merge's, kept zero
 
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qkv, self.o, self.gate_up, self.down))
@@ -126,10 +124,10 @@ class Layer:
         q, k, v = q.view(1, hq, d), k.view(1, hkv, d), v.view(1, hkv, d)
         if fused:
             rope = RopeInputs(self.positions, k, v, self.cos, self.sin, self.q_norm, self.k_norm, 1e-6)
-            return paged_attention(self.attn, q, self.cache, self.md, rope=rope, counters=self.counters).view(1, -1)
+            return paged_attention(self.attn, q, self.cache, self.md, rope=rope).view(1, -1)
         qk_norm_rope(self.positions, q, k, self.q_norm, self.k_norm, self.cos, self.sin, 1e-6,
                      kv=KVWrite(v, self.cache, self.md.slot_mapping))
-        return paged_attention(self.attn, q, self.cache, self.md, counters=self.counters).view(1, -1)
+        return paged_attention(self.attn, q, self.cache, self.md).view(1, -1)
 
     def forward(self, x: torch.Tensor, res: torch.Tensor, engine: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer with every op its own launch, or (``engine``) as the engine runs it."""
@@ -198,8 +196,8 @@ def chains(layers: list[Layer]) -> dict:
         "gemm-cublas": (gemm_cublas, 4 * n, wbytes),
         "norm": (norm, 2 * n, 0),
         "act": (act, n, 0),
-        "attention": (attention(False), 2 * n, 0),
-        "attention-fused": (attention(True), n, 0),
+        "attention": (attention(False), 3 * n, 0),
+        "attention-fused": (attention(True), 2 * n, 0),
         "layer": (run_layers(False), KERNELS_PER_LAYER * n, wbytes),
         "layer-engine": (run_layers(True), ENGINE_KERNELS_PER_LAYER * n, wbytes),
     }

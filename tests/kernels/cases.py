@@ -21,6 +21,7 @@ from infer_core.kernels import (
     rms_norm,
     rotary,
 )
+from infer_core.kernels.attention_reduce import attention_reduce, attention_reduce_ref
 
 FP8 = torch.float8_e4m3fn
 
@@ -391,7 +392,7 @@ def check_paged_attention_rope(device: str, dtype: torch.dtype, case: AttentionC
     helpers store the same values) and so the output where ``same_bits`` (the interpreter; a
     GPU compiles the two kernels' multiply-adds separately: there within the attention
     tolerance, and the cache within 2 ulps). ``pad_rows`` CUDA-graph padding rows (seq_len 0,
-    slot -1) are appended: they store nothing and give 0. The split-KV counters are left zero."""
+    slot -1) are appended: they store nothing and give 0."""
     assert all(q == 1 for q in case.query_lens)
     layer, _, kv_cache, md, scales = attention_inputs(case, device, dtype)
     gen = generator(case.seed + 1)
@@ -412,13 +413,11 @@ def check_paged_attention_rope(device: str, dtype: torch.dtype, case: AttentionC
 
     before = qkv.clone()
     fused_cache = kv_cache.clone()
-    counters = torch.zeros(tokens * hkv, dtype=torch.int32, device=device)
     rope = RopeInputs(positions, k, v, cos, sin, q_w, k_w, 1e-6, gemma)
     assert paged_attention.rope_applies(layer, md, q)
     out = paged_attention.paged_attention(layer, q, fused_cache, md, scales, rope=rope, config=cfg,
-                                          out=torch.full_like(q, float("nan")), counters=counters)
+                                          out=torch.full_like(q, float("nan")))
     assert torch.equal(qkv, before), "the fused launch must not write q, k or v"
-    assert not counters.any(), "the split-KV counters must be left zero"
 
     row, cache = before.clone(), kv_cache.clone()
     rq, rk, rv = (row[:, :qs].view(tokens, hq, d), row[:, qs: qs + ks].view(tokens, hkv, d),
@@ -469,3 +468,21 @@ def _without_padding_rows(md: AttentionMetadata, rows: int) -> AttentionMetadata
     return AttentionMetadata(md.query_start_loc[: n + 1], md.seq_lens[:n], md.block_tables[:n],
                              md.slot_mapping[:n], md.block_size, md.max_query_len, md.max_seq_len,
                              md.query_start_loc_cpu[: n + 1], md.seq_lens_cpu[:n])
+
+
+def check_attention_reduce(device: str, tokens: int, heads: int, splits: int, head_dim: int, seed: int) -> None:
+    gen = generator(seed)
+    block_d = max(16, 1 << (head_dim - 1).bit_length())
+    acc = randn(gen, tokens, heads, splits, block_d, device=device, dtype=torch.float32)
+    m = randn(gen, tokens, heads, splits, device=device, dtype=torch.float32, scale=4.0)
+    m[..., 1:][torch.rand(tokens, heads, splits - 1, generator=gen).to(device) < 0.3] = float("-inf")
+    sums = torch.rand(tokens, heads, splits, generator=gen).to(device) + 0.5
+    m[0, 0] = float("-inf")  # a row that saw no key in any split (a CUDA-graph padding row)
+    sums[m == float("-inf")] = 0.0
+    acc[m == float("-inf")] = 0.0
+    out = torch.full((tokens, heads, head_dim), float("nan"), device=device)
+    ref = torch.empty_like(out)
+    attention_reduce(out, acc, m, sums)
+    attention_reduce_ref(ref, acc, m, sums)
+    assert torch.equal(out[0, 0], torch.zeros_like(out[0, 0])), "a row with no key must give 0, not NaN"
+    close(out, ref, 1e-5)

@@ -149,6 +149,13 @@ def test_paged_attention_fused_rope_real_shapes(model, fp8):
                                          pad_rows=pad, same_bits=False)
 
 
+@FEW
+@given(tokens=st.integers(1, 300), heads=st.sampled_from([4, 16, 32]), splits=st.integers(2, 16),
+       head_dim=st.sampled_from([64, 128, 256]), seed=SEEDS)
+def test_attention_reduce_gpu(tokens, heads, splits, head_dim, seed):
+    cases.check_attention_reduce(CUDA, tokens, heads, splits, head_dim, seed)
+
+
 class TestTritonAttentionConformanceBF16(AttentionBackendConformance):
     name = "triton"
     device = CUDA

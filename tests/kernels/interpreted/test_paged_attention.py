@@ -1,8 +1,8 @@
 """Unified paged attention against its torch reference under the Triton interpreter: ragged
 flat batches mixing prefill chunks over cached context with decodes, block sizes 1/4/16 and
 one block per sequence (the contiguous cache), GQA ratios 1-8, sliding windows, soft-capping,
-FP8 caches with scales, forced split-KV (merged in the launch); decode steps with RoPE /
-QK-norm + RoPE and the KV write fused in."""
+FP8 caches with scales, forced split-KV; decode steps with RoPE / QK-norm + RoPE and the KV
+write fused in; and the split reduction on its own."""
 
 from __future__ import annotations
 
@@ -56,3 +56,10 @@ def test_fused_rope_needs_a_decode_step_and_a_power_of_two_head_dim():
     odd = cases.AttentionCase(4, 2, 48, 16, (5, 9), (1, 1))
     layer, q, _, md, _ = cases.attention_inputs(odd, "cpu", torch.float32)
     assert not paged_attention.rope_applies(layer, md, q)
+
+
+@settings(max_examples=15, deadline=None)
+@given(tokens=st.integers(1, 6), heads=st.integers(1, 4), splits=st.integers(2, 9),
+       head_dim=st.sampled_from([8, 64]), seed=st.integers(0, 2**16))
+def test_attention_reduce(tokens, heads, splits, head_dim, seed):
+    cases.check_attention_reduce("cpu", tokens, heads, splits, head_dim, seed)

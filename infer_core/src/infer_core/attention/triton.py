@@ -1,11 +1,10 @@
 """The ``triton`` attention backend (the default on CUDA): the KV-write kernel, then one
-unified paged-attention launch for the whole flat batch (a decode-only step split along the
-keys merges its splits in the same launch). Handles mixed prefill chunks and decodes, GQA,
+unified paged-attention launch for the whole flat batch (plus the split-KV reduction when a
+decode-only step is split along the keys). Handles mixed prefill chunks and decodes, GQA,
 any block size, sliding windows, logit soft-capping and FP8 (e4m3) KV caches.
 
 In decode-only steps (``fuse_decode_rope``, on by default) the layer's RoPE (and QK-norm) and
-the K/V write run inside that one attention launch too (``attend_rope``): a decode layer's
-attention is one launch.
+the K/V write run inside that attention launch too (``attend_rope``).
 
 It declares ``supports_fused_kv_write``: when the model's RoPE kernel has already stored the
 step's K/V (``Attention.forward_rope`` on CUDA), the layer calls :meth:`attend`, the paged
@@ -51,9 +50,6 @@ class TritonAttentionBackend(AttentionBackend):
         options = options or TritonAttentionOptions()
         self.kv_splits = options.kv_splits
         self.fuse_decode_rope = options.fuse_decode_rope
-        # the split-KV merge's arrival counters, per device: zero between launches (each
-        # launch's last program resets its own), so one buffer serves every layer and graph
-        self._counters: dict[torch.device, torch.Tensor] = {}
 
     def forward(
         self,
@@ -97,17 +93,4 @@ class TritonAttentionBackend(AttentionBackend):
         config = choose_config(layer, metadata, q.device, q.dtype, kv_cache.dtype)
         if self.kv_splits is not None and metadata.max_query_len == 1:
             config = replace(config, num_splits=self.kv_splits)
-        counters = None
-        if config.num_splits > 1:
-            counters = self._split_counters(q.device, metadata.num_requests * layer.num_kv_heads)
-        return paged_attention(layer, q, kv_cache, metadata, kv_scales, rope=rope, config=config, counters=counters)
-
-    def _split_counters(self, device: torch.device, needed: int) -> torch.Tensor:
-        """A zeroed int32 buffer of at least ``needed`` counters, allocated once per device
-        (and grown, which happens only in an eager step: graphs are captured largest first,
-        each after an eager run of its own size)."""
-        counters = self._counters.get(device)
-        if counters is None or counters.numel() < needed:
-            counters = torch.zeros(max(needed, 1024), dtype=torch.int32, device=device)
-            self._counters[device] = counters
-        return counters
+        return paged_attention(layer, q, kv_cache, metadata, kv_scales, rope=rope, config=config)

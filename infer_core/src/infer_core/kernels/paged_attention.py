@@ -36,6 +36,7 @@ import triton.language as tl
 from infer_core.attention.backend import AttentionLayer, RopeInputs
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.attention.torch import paged_attention_ref as torch_paged_attention_ref
+from infer_core.kernels.attention_reduce import attention_reduce
 from infer_core.kernels.kv_cache_write import store_halves
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
 from infer_core.kernels.qk_norm_rope import norm_rope_halves
@@ -157,39 +158,13 @@ def _rope_write_kv(k_ptr, v_ptr, token, kv_head, stride_kt, stride_kh, stride_vt
                  HALF, stride_kv, stride_slot, stride_head, FP8)
 
 
-@triton.jit
-def _merge_splits(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, token, first_head, num_heads, num_splits,
-                  stride_ot, stride_oh, dims,
-                  GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_POW2: tl.constexpr):
-    """The split-KV reduction of one decode token's ``GROUP`` query heads, run by the last split
-    to finish: ``sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s`` with ``M = max_s m_s``
-    (splits that saw no key weigh nothing; a row no split saw gets 0). Each head's partials
-    are one ``[SPLITS_POW2, BLOCK_D]`` load (the heads unrolled, so their loads overlap), read
-    from L2 (``.cg``): other programs wrote them."""
-    splits = tl.arange(0, SPLITS_POW2)
-    smask = splits < num_splits
-    for r in tl.static_range(GROUP):
-        head = first_head + r
-        part = (token * num_heads + head) * num_splits + splits
-        m = tl.load(part_max_ptr + part, mask=smask, other=float("-inf"), cache_modifier=".cg")
-        sums = tl.load(part_sum_ptr + part, mask=smask, other=0.0, cache_modifier=".cg")
-        acc = tl.load(part_acc_ptr + part[:, None] * BLOCK_D + dims[None, :], mask=smask[:, None], other=0.0,
-                      cache_modifier=".cg")
-        top = tl.max(m, 0)
-        w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - top))
-        total = tl.sum(sums * w, 0)
-        out = tl.sum(acc * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)
-        tl.store(out_ptr + token * stride_ot + head * stride_oh + dims, out.to(out_ptr.dtype.element_ty),
-                 mask=dims < HEAD_DIM)
-
-
 # Arguments that change from step to step are not specialized on (Triton would otherwise
 # compile a variant per "== 1" / "divisible by 16" pattern of them, in the middle of serving).
 @triton.jit(do_not_specialize=["num_reqs", "num_splits", "stride_bt"])
 def _paged_attention_kernel(
     out_ptr, q_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, scales_ptr,
-    part_acc_ptr, part_max_ptr, part_sum_ptr, counters_ptr,
-    num_reqs, num_heads, num_kv_heads, sm_scale, softcap, window, num_splits,
+    part_acc_ptr, part_max_ptr, part_sum_ptr,
+    num_reqs, num_heads, sm_scale, softcap, window, num_splits,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
     stride_kv, stride_block, stride_slot, stride_head,
     positions_ptr, k_ptr, v_ptr, slot_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr,
@@ -197,7 +172,7 @@ def _paged_attention_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, FP8: tl.constexpr, SPLIT: tl.constexpr,
-    SPLITS_POW2: tl.constexpr, DECODE: tl.constexpr, ROPE: tl.constexpr, GEMMA: tl.constexpr, PRECISION: tl.constexpr,
+    DECODE: tl.constexpr, ROPE: tl.constexpr, GEMMA: tl.constexpr, PRECISION: tl.constexpr,
     PDL: tl.constexpr,
 ):
     if PDL:
@@ -304,15 +279,6 @@ def _paged_attention_kernel(
         tl.store(part_acc_ptr + part[:, None] * BLOCK_D + dims[None, :], acc, mask=row_ok[:, None])
         tl.store(part_max_ptr + part, m_i, mask=row_ok)
         tl.store(part_sum_ptr + part, l_i, mask=row_ok)
-        # The last split of this (query block, KV head) to arrive merges them all: every thread's
-        # stores precede the barrier, the counter's acq_rel orders them before the last
-        # program's loads, and that program sets the counter back to 0 for the next launch.
-        tl.debug_barrier()
-        counter = counters_ptr + q_block * num_kv_heads + kv_head
-        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
-            _merge_splits(out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, q_start.to(tl.int64), kv_head * GROUP,
-                          num_heads, num_splits, stride_ot, stride_oh, dims, GROUP, HEAD_DIM, BLOCK_D, SPLITS_POW2)
-            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
 
 
 @dataclass(frozen=True)
@@ -386,7 +352,6 @@ def paged_attention(
     rope: RopeInputs | None = None,
     config: LaunchConfig | None = None,
     out: torch.Tensor | None = None,
-    counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of the step's queries ``q [T, Hq, D]`` over ``kv_cache`` (already holding
     this step's keys and values); returns ``[T, Hq, D]`` in ``q``'s dtype.
@@ -394,10 +359,7 @@ def paged_attention(
     With ``rope`` (a decode-only step, :func:`rope_applies`), ``q`` is the projection's raw
     query: the kernel applies (QK-norm and) RoPE to it and to ``rope.k``, and stores the key
     and ``rope.v`` into the cache at ``metadata.slot_mapping`` itself (padding slots, negative,
-    skipped), in the same launch.
-    ``counters``: int32, at least ``num_requests * Hkv`` (a decode step), zero, left zero: the
-    split-KV merge's arrival counters (default: allocated per call); a CUDA graph passes a
-    persistent buffer."""
+    skipped), in the same launch."""
     tokens, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, cache_dim = kv_cache.shape
     assert num_heads == layer.num_heads and num_kv_heads == layer.num_kv_heads, (q.shape, kv_cache.shape)
@@ -419,16 +381,11 @@ def paged_attention(
     decode = metadata.max_query_len == 1 and tokens == num_reqs
     grid = (num_reqs if decode else tokens // block_q + num_reqs, num_kv_heads, splits)
     if splits > 1:
-        assert decode, "split-KV is for decode-only steps (one query token per request)"
         part_acc = torch.empty(tokens, num_heads, splits, block_d, dtype=torch.float32, device=q.device)
         part_max = torch.empty(tokens, num_heads, splits, dtype=torch.float32, device=q.device)
         part_sum = torch.empty(tokens, num_heads, splits, dtype=torch.float32, device=q.device)
-        if counters is None:
-            counters = torch.zeros(grid[0] * num_kv_heads, dtype=torch.int32, device=q.device)
-        assert counters.dtype == torch.int32 and counters.numel() >= grid[0] * num_kv_heads, counters.shape
     else:
         part_acc = part_max = part_sum = out
-    counters = counters if splits > 1 else metadata.seq_lens
     window = layer.sliding_window or 0
     softcap = layer.logit_softcap or 0.0
     tables = metadata.block_tables
@@ -437,17 +394,19 @@ def paged_attention(
     _paged_attention_kernel[grid](
         out, q, kv_cache, tables, metadata.seq_lens, metadata.query_start_loc,
         kv_scales if fp8 else metadata.seq_lens,
-        part_acc, part_max, part_sum, counters,
-        num_reqs, num_heads, num_kv_heads, layer.scale, softcap, window, splits,
+        part_acc, part_max, part_sum,
+        num_reqs, num_heads, layer.scale, softcap, window, splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), tables.stride(0),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
         *rope_args,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_Q=block_q,
         TILE=cfg.tile, BLOCK_SIZE=block_size, HAS_WINDOW=window > 0, SOFTCAP=softcap > 0, FP8=fp8,
-        SPLIT=splits > 1, SPLITS_POW2=triton.next_power_of_2(splits), DECODE=decode, **rope_flags,
+        SPLIT=splits > 1, DECODE=decode, **rope_flags,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
+    if splits > 1:
+        attention_reduce(out, part_acc, part_max, part_sum)
     return out
 
 
