@@ -11,10 +11,9 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   launch in a chain);
 - ``gemm`` / ``gemm-cublas``: the four projections of every layer (small-M GEMM / cuBLAS);
 - ``norm``, ``act``, ``attention`` (QK-norm + RoPE + KV write, then paged attention over
-  ``--context`` keys, with the split-KV reduction a captured decode graph uses), ``attention-fused`` (all of it in the attention launch, as decode steps run it);
-- ``layer``: the whole decoder layer, every op its own launch; ``layer-engine``: as the engine
-  runs it at batch 1 (RMSNorms in the GEMMs' prologues, RoPE and the KV write inside attention,
-  the SiLU-and-mul in gate/up's epilogue).
+  ``--context`` keys, with the split-KV reduction a captured decode graph uses);
+- ``layer``: the whole decoder layer as the model runs it; ``layer-prologues``: with the
+  RMSNorms and the SiLU-and-mul folded into the GEMMs' prologues.
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kernels import environment, measure_ceilings, timed
 
-from infer_core.attention.backend import AttentionLayer, RopeInputs
+from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import build_attention_metadata
 from infer_core.bench.checkpoints import SHAPES, shape_config
 from infer_core.kernels.act_and_mul import silu_and_mul
@@ -54,7 +53,6 @@ from infer_core.loader.hf_config import head_dim_of
 
 BF16 = torch.bfloat16
 KERNELS_PER_LAYER = 10  # norm, qkv, qk-norm-rope, attention, reduce, o, norm, gate/up, act, down
-ENGINE_KERNELS_PER_LAYER = 6  # qkv (norm prologue), attention (RoPE fused), reduce, o, gate/up (norm prologue, act epilogue), down
 # one-row GEMM configs tried in the chain (``--chains sweep``): weight rows per program, K tile, warps, stages
 SWEEP = [LaunchConfig(n, k, 1, num_warps=w, num_stages=st)
          for n, k, w, st in [(1, 1024, 2, 3), (1, 2048, 4, 3), (2, 1024, 4, 3), (2, 2048, 4, 4), (2, 1024, 2, 3),
@@ -118,28 +116,24 @@ class Layer:
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qkv, self.o, self.gate_up, self.down))
 
-    def attention(self, qkv: torch.Tensor, fused: bool) -> torch.Tensor:
+    def attention(self, qkv: torch.Tensor) -> torch.Tensor:
         hq, hkv, d = self.attn.num_heads, self.attn.num_kv_heads, self.attn.head_dim
         q, k, v = qkv.split(self.sizes, dim=-1)
         q, k, v = q.view(1, hq, d), k.view(1, hkv, d), v.view(1, hkv, d)
-        if fused:
-            rope = RopeInputs(self.positions, k, v, self.cos, self.sin, self.q_norm, self.k_norm, 1e-6)
-            return paged_attention(self.attn, q, self.cache, self.md, rope=rope).view(1, -1)
         qk_norm_rope(self.positions, q, k, self.q_norm, self.k_norm, self.cos, self.sin, 1e-6,
                      kv=KVWrite(v, self.cache, self.md.slot_mapping))
         return paged_attention(self.attn, q, self.cache, self.md).view(1, -1)
 
-    def forward(self, x: torch.Tensor, res: torch.Tensor, engine: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer with every op its own launch, or (``engine``) as the engine runs it."""
-        if engine:
+    def forward(self, x: torch.Tensor, res: torch.Tensor, prologues: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if prologues:
             qkv, res = small_m_gemm(x, self.qkv, norm=NormPrologue(self.norm1, 1e-6, False, res))
         else:
             h, res = fused_add_rms_norm(x, res, self.norm1, 1e-6)
             qkv = small_m_gemm(h, self.qkv)
-        o = small_m_gemm(self.attention(qkv, fused=engine), self.o)
-        if engine:
-            mid, res = small_m_gemm(o, self.gate_up, norm=NormPrologue(self.norm2, 1e-6, False, res), gated="silu")
-            return small_m_gemm(mid, self.down), res
+        o = small_m_gemm(self.attention(qkv), self.o)
+        if prologues:
+            gu, res = small_m_gemm(o, self.gate_up, norm=NormPrologue(self.norm2, 1e-6, False, res))
+            return small_m_gemm(gu, self.down, act_and_mul="silu"), res
         h, res = fused_add_rms_norm(o, res, self.norm2, 1e-6)
         return small_m_gemm(silu_and_mul(small_m_gemm(h, self.gate_up)), self.down), res
 
@@ -175,17 +169,15 @@ def chains(layers: list[Layer]) -> dict:
         for layer in layers:
             silu_and_mul(layer.gu)
 
-    def attention(fused: bool):
-        def run() -> None:
-            for layer in layers:
-                layer.attention(layer.qkv_out, fused)
-        return run
+    def attention() -> None:
+        for layer in layers:
+            layer.attention(layer.qkv_out)
 
-    def run_layers(engine: bool):
+    def run_layers(prologues: bool):
         def run() -> None:
             x, res = layers[0].x, layers[0].res
             for layer in layers:
-                x, res = layer.forward(x, res, engine)
+                x, res = layer.forward(x, res, prologues)
         return run
 
     return {
@@ -196,10 +188,9 @@ def chains(layers: list[Layer]) -> dict:
         "gemm-cublas": (gemm_cublas, 4 * n, wbytes),
         "norm": (norm, 2 * n, 0),
         "act": (act, n, 0),
-        "attention": (attention(False), 3 * n, 0),
-        "attention-fused": (attention(True), 2 * n, 0),
+        "attention": (attention, 3 * n, 0),
         "layer": (run_layers(False), KERNELS_PER_LAYER * n, wbytes),
-        "layer-engine": (run_layers(True), ENGINE_KERNELS_PER_LAYER * n, wbytes),
+        "layer-prologues": (run_layers(True), (KERNELS_PER_LAYER - 3) * n, wbytes),
     }
 
 

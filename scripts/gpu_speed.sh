@@ -14,9 +14,8 @@
 #   ab       offline W1/W2 for Llama-3.2-1B and Qwen3-0.6B shapes, one report per call, once per
 #            mode in AB_MODES (default "default in-order"; also "async", "small-m" / "no-small-m" =
 #            model.small_m_gemm true / false, "prologues-act" / "prologues-norm" / "prologues-all" =
-#            model.small_m_prologues act / norm / all, "no-gated-epilogue" =
-#            model.small_m_gated_epilogue false (the activation launched on its own), "no-fused-rope" =
-#            attention.options.fuse_decode_rope false (decode RoPE + KV write in the RoPE kernel),
+#            model.small_m_prologues act / norm / all, "gated-epilogue" =
+#            model.small_m_gated_epilogue true (the activation in gate/up's epilogue),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -92,8 +91,7 @@ if want ab; then
         small-m) flag+=(--model.small_m_gemm true) ;;
         no-small-m) flag+=(--model.small_m_gemm false) ;;
         prologues-*) flag+=(--model.small_m_prologues "${part#prologues-}") ;;
-        no-gated-epilogue) flag+=(--model.small_m_gated_epilogue false) ;;
-        no-fused-rope) flag+=(--attention.backend triton --attention.options.fuse_decode_rope false) ;;
+        gated-epilogue) flag+=(--model.small_m_gated_epilogue true) ;;
         no-pdl) pdl=0 ;;
       esac
     done

@@ -459,11 +459,11 @@ def test_wrong_type():
     )
 
 
-def test_small_m_gated_epilogue_is_a_boolean_on_by_default(tmp_path):
-    assert load_config(environ={}).model.small_m_gated_epilogue is True
-    assert load_config(overrides=["--model.small_m_gated_epilogue", "false"], environ={}).model.small_m_gated_epilogue is False
-    cfg = load_config(write(tmp_path, "[model]\nsmall_m_gated_epilogue = false\n"), environ={})
-    assert cfg.model.small_m_gated_epilogue is False
+def test_small_m_gated_epilogue_is_a_boolean_off_by_default(tmp_path):
+    assert load_config(environ={}).model.small_m_gated_epilogue is False
+    assert load_config(overrides=["--model.small_m_gated_epilogue", "true"], environ={}).model.small_m_gated_epilogue is True
+    cfg = load_config(write(tmp_path, "[model]\nsmall_m_gated_epilogue = true\n"), environ={})
+    assert cfg.model.small_m_gated_epilogue is True
     assert config_error(overrides=["--model.small_m_gated_epilogue", "maybe"]) == CLI + (
         "model.small_m_gated_epilogue: Input should be a valid boolean, unable to interpret input (got 'maybe')."
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from hypothesis import strategies as st
 
-from infer_core.attention.backend import AttentionLayer, RopeInputs
+from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata, build_attention_metadata
 from infer_core.kernels import (
     act_and_mul,
@@ -369,7 +369,7 @@ def attention_inputs(case: AttentionCase, device: str, dtype: torch.dtype):
 def launch_config(case: AttentionCase, layer: AttentionLayer, md: AttentionMetadata,
                   device: str, dtype: torch.dtype) -> paged_attention.LaunchConfig:
     cfg = paged_attention.choose_config(layer, md, torch.device(device), dtype, FP8 if case.fp8 else dtype)
-    if case.num_splits is not None and md.max_query_len == 1:  # split-KV is for decode-only steps
+    if case.num_splits is not None:
         cfg = paged_attention.LaunchConfig(cfg.block_m, cfg.tile, cfg.num_warps, cfg.num_stages, case.num_splits)
     return cfg
 
@@ -381,93 +381,6 @@ def check_paged_attention(device: str, dtype: torch.dtype, case: AttentionCase) 
     paged_attention.paged_attention(layer, q, kv_cache, md, scales, config=cfg, out=out)
     ref = paged_attention.paged_attention_ref(layer, q, kv_cache, md, scales)
     close(out, ref, ATTENTION_TOL[dtype])
-
-
-def check_paged_attention_rope(device: str, dtype: torch.dtype, case: AttentionCase, *, qk_norm: bool,
-                               gemma: bool = False, pad_rows: int = 0, same_bits: bool = True) -> None:
-    """A decode-only step with RoPE (and QK-norm) and the K/V write fused into the attention
-    launch (``paged_attention(..., rope=...)`` on the projection's raw q, k, v) against the
-    unfused path the engine takes otherwise: the RoPE kernel with its fused KV write, then
-    ``paged_attention`` on the rotated q. The cache must be bit for bit the same (the same
-    helpers store the same values) and so the output where ``same_bits`` (the interpreter; a
-    GPU compiles the two kernels' multiply-adds separately: there within the attention
-    tolerance, and the cache within 2 ulps). ``pad_rows`` CUDA-graph padding rows (seq_len 0,
-    slot -1) are appended: they store nothing and give 0."""
-    assert all(q == 1 for q in case.query_lens)
-    layer, _, kv_cache, md, scales = attention_inputs(case, device, dtype)
-    gen = generator(case.seed + 1)
-    reqs, hq, hkv, d = len(case.query_lens), case.num_heads, case.num_kv_heads, case.head_dim
-    if pad_rows:
-        md = _with_padding_rows(md, pad_rows)
-    tokens = reqs + pad_rows
-    qs, ks = hq * d, hkv * d
-    qkv = randn(gen, tokens, qs + 2 * ks + 8, device=device, dtype=dtype, scale=3.0 if qk_norm else 1.0)
-    q, k, v = (qkv[:, :qs].view(tokens, hq, d), qkv[:, qs: qs + ks].view(tokens, hkv, d),
-               qkv[:, qs + ks: qs + 2 * ks].view(tokens, hkv, d))
-    max_pos = max(md.seq_lens_cpu) + 1
-    cos, sin = rope_tables(d, max_pos, 10_000.0, device)
-    positions = (md.seq_lens - 1).clamp_min(0).to(torch.int64)
-    q_w = randn(gen, d, device=device, dtype=dtype, scale=0.5 if gemma else 1.0) if qk_norm else None
-    k_w = randn(gen, d, device=device, dtype=dtype, scale=0.5 if gemma else 1.0) if qk_norm else None
-    cfg = launch_config(case, layer, md, device, dtype)
-
-    before = qkv.clone()
-    fused_cache = kv_cache.clone()
-    rope = RopeInputs(positions, k, v, cos, sin, q_w, k_w, 1e-6, gemma)
-    assert paged_attention.rope_applies(layer, md, q)
-    out = paged_attention.paged_attention(layer, q, fused_cache, md, scales, rope=rope, config=cfg,
-                                          out=torch.full_like(q, float("nan")))
-    assert torch.equal(qkv, before), "the fused launch must not write q, k or v"
-
-    row, cache = before.clone(), kv_cache.clone()
-    rq, rk, rv = (row[:, :qs].view(tokens, hq, d), row[:, qs: qs + ks].view(tokens, hkv, d),
-                  row[:, qs + ks: qs + 2 * ks].view(tokens, hkv, d))
-    write = kv_cache_write.KVWrite(rv, cache, md.slot_mapping, scales)
-    if qk_norm:
-        qk_norm_rope.qk_norm_rope(positions, rq, rk, q_w, k_w, cos, sin, 1e-6, gemma, kv=write)
-    else:
-        rotary.rotary_embedding(positions, rq, rk, cos, sin, kv=write)
-    unfused = paged_attention.paged_attention(layer, rq, cache, md, scales, config=cfg)
-
-    bits = (lambda c: c.view(torch.uint8)) if case.fp8 else (lambda c: c)
-    if same_bits:
-        assert torch.equal(bits(fused_cache), bits(cache)), "the cache differs from the RoPE kernel's KV write"
-        assert torch.equal(out, unfused), "the output differs from RoPE, then attention"
-    else:
-        changed = bits(fused_cache) != bits(kv_cache)
-        assert torch.equal(changed, bits(cache) != bits(kv_cache)), "other slots written than the RoPE kernel's"
-        if not case.fp8:
-            worst = pair_ulps(fused_cache[0], cache[0]).max().item()
-            assert worst <= 2.0, f"keys differ from the RoPE kernel's by {worst} ulps"
-        close(out, unfused, ATTENTION_TOL[dtype])
-    if pad_rows:
-        assert not out[reqs:].any(), "a padding row must give 0"
-    ref_md = _without_padding_rows(md, pad_rows) if pad_rows else md
-    ref = paged_attention.paged_attention_ref(layer, rq[:reqs], cache, ref_md, scales)
-    close(out[:reqs], ref, ATTENTION_TOL[dtype])
-
-
-def _with_padding_rows(md: AttentionMetadata, rows: int) -> AttentionMetadata:
-    """``md`` plus ``rows`` decode rows as a CUDA graph pads them: seq_len 0, slot -1, block 0."""
-    dev = md.seq_lens.device
-    n = md.num_requests
-    starts = md.query_start_loc_cpu + list(range(n + 1, n + rows + 1))
-    return AttentionMetadata(
-        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
-        seq_lens=torch.cat((md.seq_lens, torch.zeros(rows, dtype=torch.int32, device=dev))),
-        block_tables=torch.cat((md.block_tables, torch.zeros(rows, md.block_tables.shape[1], dtype=torch.int32,
-                                                             device=dev))),
-        slot_mapping=torch.cat((md.slot_mapping, torch.full((rows,), -1, dtype=torch.int64, device=dev))),
-        block_size=md.block_size, max_query_len=1, max_seq_len=md.max_seq_len,
-        query_start_loc_cpu=starts, seq_lens_cpu=md.seq_lens_cpu + [0] * rows,
-    )
-
-
-def _without_padding_rows(md: AttentionMetadata, rows: int) -> AttentionMetadata:
-    n = md.num_requests - rows
-    return AttentionMetadata(md.query_start_loc[: n + 1], md.seq_lens[:n], md.block_tables[:n],
-                             md.slot_mapping[:n], md.block_size, md.max_query_len, md.max_seq_len,
-                             md.query_start_loc_cpu[: n + 1], md.seq_lens_cpu[:n])
 
 
 def check_attention_reduce(device: str, tokens: int, heads: int, splits: int, head_dim: int, seed: int) -> None:

@@ -134,13 +134,13 @@ def test_small_m_gemm_equals_cublas_fp32(arch):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
 def test_gated_epilogue_equals_unfused_fp32(arch):
-    """``model.small_m_gated_epilogue`` (on by default): batch-1 decode steps (replayed as CUDA
+    """``model.small_m_gated_epilogue`` (opt-in): batch-1 decode steps (replayed as CUDA
     graphs) run the MLP's activation in gate/up's epilogue; greedy tokens equal those with it
     off (activation launched on its own), and with the act prologue on as well (the epilogue
     wins), for requests alone and batched."""
     checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
-    on = make_llm(checkpoint, dtype="float32")
-    both = make_llm(checkpoint, dtype="float32", small_m_prologues="all")
+    on = make_llm(checkpoint, dtype="float32", small_m_gated_epilogue=True)
+    both = make_llm(checkpoint, dtype="float32", small_m_prologues="all", small_m_gated_epilogue=True)
     off = make_llm(checkpoint, dtype="float32", small_m_gated_epilogue=False)
     for prompts in [batch(512)[:1], batch(512)[1:2], batch(512)]:
         theirs = [o.outputs[0].token_ids for o in off.generate(prompts, GREEDY)]

@@ -134,21 +134,6 @@ def test_paged_attention_random_batches(dtype, case):
     cases.check_paged_attention(CUDA, dtype, case)
 
 
-@pytest.mark.parametrize("model", SHAPES)
-@pytest.mark.parametrize("fp8", [False, True])
-def test_paged_attention_fused_rope_real_shapes(model, fp8):
-    """Decode steps with (QK-norm and) RoPE and the K/V write inside the attention launch
-    against the RoPE kernel's write, then attention: batch 1 (split-KV) with CUDA-graph padding
-    rows, and a batch of 16; Llama's plain RoPE, Qwen's QK-norm, Gemma's."""
-    _, _, hq, hkv, head_dim, window = SHAPES[model]
-    norm = {"llama-3.2-1b": "none", "qwen3-1.7b": "qk", "gemma-3-1b": "gemma"}[model]
-    for ctx, pad in (((3000,), 3), (tuple(range(500, 4500, 250)), 0), ((40, 700), 1)):
-        case = cases.AttentionCase(hq, hkv, head_dim, 16, ctx, (1,) * len(ctx), sliding_window=window, fp8=fp8,
-                                   seed=len(ctx))
-        cases.check_paged_attention_rope(CUDA, torch.bfloat16, case, qk_norm=norm != "none", gemma=norm == "gemma",
-                                         pad_rows=pad, same_bits=False)
-
-
 @FEW
 @given(tokens=st.integers(1, 300), heads=st.sampled_from([4, 16, 32]), splits=st.integers(2, 16),
        head_dim=st.sampled_from([64, 128, 256]), seed=SEEDS)

@@ -1,8 +1,7 @@
 """Unified paged attention against its torch reference under the Triton interpreter: ragged
 flat batches mixing prefill chunks over cached context with decodes, block sizes 1/4/16 and
 one block per sequence (the contiguous cache), GQA ratios 1-8, sliding windows, soft-capping,
-FP8 caches with scales, forced split-KV; decode steps with RoPE / QK-norm + RoPE and the KV
-write fused in; and the split reduction on its own."""
+FP8 caches with scales, forced split-KV; and the split reduction on its own."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infer_core.kernels import paged_attention
 from tests.kernels import cases
 
 DTYPES = st.sampled_from([torch.float32, torch.float16])
@@ -33,29 +31,6 @@ def test_head_dims_128_and_256_prefill_and_decode():
         for q_lens, ctx in (((33, 1), (20, 70)), ((1, 1), (90, 5))):
             case = cases.AttentionCase(4, 2, head_dim, 16, ctx, q_lens, sliding_window=50, seed=head_dim)
             cases.check_paged_attention("cpu", torch.float32, case)
-
-
-@settings(max_examples=20, deadline=None)
-@given(dtype=DTYPES, case=cases.attention_cases(decode_only=True, max_context=150, max_requests=3),
-       norm=st.sampled_from(["none", "qk", "gemma"]), pad_rows=st.integers(0, 2))
-def test_decode_with_fused_rope(dtype, case, norm, pad_rows):
-    """RoPE (Llama), QK-norm + RoPE (Qwen 3) or Gemma's QK-norm + RoPE, and the K/V write,
-    inside the decode launch == the RoPE kernel with its KV write, then attention; with
-    CUDA-graph padding rows and split-KV."""
-    cases.check_paged_attention_rope("cpu", dtype, case, qk_norm=norm != "none", gemma=norm == "gemma",
-                                     pad_rows=pad_rows)
-
-
-def test_fused_rope_needs_a_decode_step_and_a_power_of_two_head_dim():
-    case = cases.AttentionCase(4, 2, 64, 16, (5, 9), (1, 1))
-    layer, q, _, md, _ = cases.attention_inputs(case, "cpu", torch.float32)
-    assert paged_attention.rope_applies(layer, md, q)
-    mixed = cases.AttentionCase(4, 2, 64, 16, (5, 9), (3, 1))
-    layer, q, _, md, _ = cases.attention_inputs(mixed, "cpu", torch.float32)
-    assert not paged_attention.rope_applies(layer, md, q)
-    odd = cases.AttentionCase(4, 2, 48, 16, (5, 9), (1, 1))
-    layer, q, _, md, _ = cases.attention_inputs(odd, "cpu", torch.float32)
-    assert not paged_attention.rope_applies(layer, md, q)
 
 
 @settings(max_examples=15, deadline=None)

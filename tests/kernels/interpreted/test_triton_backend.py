@@ -1,7 +1,6 @@
 """The ``triton`` attention backend passes the attention-backend conformance suite under the
 Triton interpreter (fp32; with and without forced split-KV; FP8 caches); in the engine, the
-models' RoPE kernels write K/V for it and it only attends (``supports_fused_kv_write``), or in
-decode steps it rotates, writes and attends in one launch (``attend_rope``)."""
+models' RoPE kernels write K/V for it and it only attends (``supports_fused_kv_write``)."""
 
 from __future__ import annotations
 
@@ -48,11 +47,9 @@ def test_rope_kernel_writes_kv_for_the_triton_backend(arch, monkeypatch):
     """With the RoPE kernels on (``RotaryEmbedding.kernel_devices`` extended to the CPU, where
     the interpreter runs them), the ``triton`` backend (``supports_fused_kv_write``) never runs
     its own KV write — ``write_kv`` raises — and only ``attend``s, through prefill and decode
-    steps, with the tokens (and logprobs) of the ``torch`` backend on the plain CPU path. Its
-    decode steps take ``attend_rope`` (RoPE and the write inside the attention launch), or
-    ``attend`` after the RoPE kernel when ``rope_fusable`` says no: the same tokens. The
-    ``torch`` backend, which declares neither, still gets ``forward(q, k, v, ...)`` and gives
-    the same tokens too."""
+    steps, with the tokens (and logprobs) of the ``torch`` backend on the plain CPU path; the
+    ``torch`` backend, which does not declare the flag, still gets ``forward(q, k, v, ...)``
+    and gives the same tokens too."""
     checkpoint = str(tiny_checkpoint(arch, tokenizer=True, vocab_size=512))
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 512, (n,), generator=gen).tolist() for n in (3, 20, 7)]
@@ -75,26 +72,18 @@ def test_rope_kernel_writes_kv_for_the_triton_backend(arch, monkeypatch):
         raise AssertionError("the triton backend wrote K/V itself: the fused write was not taken")
 
     counting(TritonAttentionBackend, "attend")
-    counting(TritonAttentionBackend, "attend_rope")
     counting(TorchAttentionBackend, "forward")
     monkeypatch.setattr(triton_backend, "write_kv", no_separate_write)
     monkeypatch.setattr(LLMEngine, "_attention_name", lambda self, config, device: "triton")
     backend, fused = _generate(checkpoint, prompts)
     assert backend is TritonAttentionBackend
-    # one prefill step attends after the RoPE kernel's write; the four decode steps rotate,
-    # write and attend in the attention launch (attend_rope)
-    assert calls["TritonAttentionBackend", "attend"] >= 1
-    assert calls["TritonAttentionBackend", "attend_rope"] >= 4
-    calls.clear()
-    monkeypatch.setattr(TritonAttentionBackend, "rope_fusable", lambda self, layer, md, q: False)
-    backend, rope_kernel = _generate(checkpoint, prompts)
-    assert calls["TritonAttentionBackend", "attend"] >= 5 and not calls["TritonAttentionBackend", "attend_rope"]
     monkeypatch.setattr(LLMEngine, "_attention_name", lambda self, config, device: "torch")
     backend, unfused = _generate(checkpoint, prompts)
     assert backend is TorchAttentionBackend
-    # 5 steps (one prefill, four decodes) through every layer
+    # 5 steps (one prefill, four decodes) through every layer, for each backend
+    assert calls["TritonAttentionBackend", "attend"] >= 5
     assert calls["TorchAttentionBackend", "forward"] >= 5
-    for result in (fused, rope_kernel, unfused):
+    for result in (fused, unfused):
         for got, want in zip(result, expected, strict=True):
             assert got.token_ids == want.token_ids
             for a, b in zip(got.logprobs, want.logprobs, strict=True):

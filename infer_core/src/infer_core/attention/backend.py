@@ -11,11 +11,6 @@ A backend that sets ``supports_fp8_kv = True`` also accepts a float8 (e4m3) cach
 called with ``kv_scales`` (float32 ``[k_scale, v_scale]`` of that layer): the cache holds
 ``x / scale`` and attention multiplies back.
 
-A backend may also apply RoPE (and QK-norm) itself: where :meth:`rope_fusable` says so for
-a step, the layer hands :meth:`attend_rope` the raw q, k, v with a :class:`RopeInputs` and the
-backend rotates, writes K/V and attends in its own launches (the Triton backend does all of
-it in its one decode launch).
-
 A backend that sets ``supports_fused_kv_write = True`` also implements :meth:`attend`: the
 same attention as :meth:`forward`, over a cache that already holds the step's K/V. The
 attention layer (``layers.attention.Attention.forward_rope``) then lets the RoPE kernel (or
@@ -51,25 +46,6 @@ class AttentionLayer:
 
     def __post_init__(self) -> None:
         assert self.num_heads % self.num_kv_heads == 0, "query heads must group over KV heads"
-
-
-@dataclass(frozen=True, eq=False)
-class RopeInputs:
-    """What a backend needs to apply a layer's RoPE (and QK-norm) itself, inside its attention
-    launch (:meth:`AttentionBackend.attend_rope`): the step's ``positions [T]``, the
-    projection's raw keys and values ``k``/``v [T, Hkv, D]``, the layer's ``cos``/``sin``
-    tables ``[max_positions, D/2]`` (half-split pairs, ``rotate_half``), and for QK-norm both
-    norm weights ``[D]`` with their ``eps`` and flavour (Gemma's ``1 + w``)."""
-
-    positions: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    cos: torch.Tensor
-    sin: torch.Tensor
-    q_norm: torch.Tensor | None = None
-    k_norm: torch.Tensor | None = None
-    eps: float = 1e-6
-    gemma: bool = False
 
 
 class AttentionBackend(ABC):
@@ -121,26 +97,4 @@ class AttentionBackend(ABC):
             f"attention backend {type(self).__name__} does not implement attend(); a backend must "
             f"set supports_fused_kv_write = True and implement attend() to receive a cache that "
             f"already holds the step's K/V."
-        )
-
-    def rope_fusable(self, layer: AttentionLayer, metadata: AttentionMetadata, q: torch.Tensor) -> bool:
-        """Whether :meth:`attend_rope` takes this step of this layer (by default never)."""
-        return False
-
-    def attend_rope(
-        self,
-        layer: AttentionLayer,
-        q: torch.Tensor,
-        rope: RopeInputs,
-        kv_cache: torch.Tensor,
-        metadata: AttentionMetadata,
-        kv_scales: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The attention output ``[T, Hq, D]`` for the projection's raw ``q`` and ``rope.k`` /
-        ``rope.v``: (QK-norm and) RoPE applied to q and k, k and v stored into ``kv_cache`` at
-        ``metadata.slot_mapping``, then attention, all in the backend's own launches. Called
-        only where :meth:`rope_fusable` said yes."""
-        raise NotImplementedError(
-            f"attention backend {type(self).__name__} does not implement attend_rope(); a backend "
-            f"must return True from rope_fusable() only where it implements attend_rope()."
         )

@@ -3,9 +3,6 @@ unified paged-attention launch for the whole flat batch (plus the split-KV reduc
 decode-only step is split along the keys). Handles mixed prefill chunks and decodes, GQA,
 any block size, sliding windows, logit soft-capping and FP8 (e4m3) KV caches.
 
-In decode-only steps (``fuse_decode_rope``, on by default) the layer's RoPE (and QK-norm) and
-the K/V write run inside that attention launch too (``attend_rope``).
-
 It declares ``supports_fused_kv_write``: when the model's RoPE kernel has already stored the
 step's K/V (``Attention.forward_rope`` on CUDA), the layer calls :meth:`attend`, the paged
 attention alone; :meth:`forward` is the KV write followed by :meth:`attend`."""
@@ -17,10 +14,10 @@ from dataclasses import replace
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from infer_core.attention.backend import AttentionBackend, AttentionLayer, RopeInputs
+from infer_core.attention.backend import AttentionBackend, AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.kernels.kv_cache_write import write_kv
-from infer_core.kernels.paged_attention import choose_config, paged_attention, rope_applies
+from infer_core.kernels.paged_attention import choose_config, paged_attention
 
 
 class TritonAttentionOptions(BaseModel):
@@ -30,11 +27,6 @@ class TritonAttentionOptions(BaseModel):
         None, ge=1, le=64,
         description="Split every decode-only step's keys into this many parts (default: chosen "
                     "per step from the batch size and the number of multiprocessors).",
-    )
-    fuse_decode_rope: bool = Field(
-        True,
-        description="In decode-only steps, apply RoPE (and QK-norm) to q and k and store K/V inside "
-                    "the attention launch instead of the RoPE kernel's launch before it.",
     )
 
 
@@ -47,9 +39,7 @@ class TritonAttentionBackend(AttentionBackend):
 
     def __init__(self, options: TritonAttentionOptions | None = None) -> None:
         super().__init__(options)
-        options = options or TritonAttentionOptions()
-        self.kv_splits = options.kv_splits
-        self.fuse_decode_rope = options.fuse_decode_rope
+        self.kv_splits = options.kv_splits if options is not None else None
 
     def forward(
         self,
@@ -72,25 +62,7 @@ class TritonAttentionBackend(AttentionBackend):
         metadata: AttentionMetadata,
         kv_scales: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self._attend(layer, q, kv_cache, metadata, kv_scales, None)
-
-    def rope_fusable(self, layer: AttentionLayer, metadata: AttentionMetadata, q: torch.Tensor) -> bool:
-        return self.fuse_decode_rope and rope_applies(layer, metadata, q)
-
-    def attend_rope(
-        self,
-        layer: AttentionLayer,
-        q: torch.Tensor,
-        rope: RopeInputs,
-        kv_cache: torch.Tensor,
-        metadata: AttentionMetadata,
-        kv_scales: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self._attend(layer, q, kv_cache, metadata, kv_scales, rope)
-
-    def _attend(self, layer: AttentionLayer, q: torch.Tensor, kv_cache: torch.Tensor, metadata: AttentionMetadata,
-                kv_scales: torch.Tensor | None, rope: RopeInputs | None) -> torch.Tensor:
         config = choose_config(layer, metadata, q.device, q.dtype, kv_cache.dtype)
         if self.kv_splits is not None and metadata.max_query_len == 1:
             config = replace(config, num_splits=self.kv_splits)
-        return paged_attention(layer, q, kv_cache, metadata, kv_scales, rope=rope, config=config)
+        return paged_attention(layer, q, kv_cache, metadata, kv_scales, config=config)

@@ -9,9 +9,8 @@ which is the test oracle (and, where a layer needs it, the CPU path).
 - :mod:`~infer_core.kernels.qk_norm_rope` — QK-norm (either RMSNorm) + RoPE in one launch, in place
 - :mod:`~infer_core.kernels.act_and_mul` — SiLU-and-mul, GELU(tanh)-and-mul
 - :mod:`~infer_core.kernels.kv_cache_write` — K/V scatter through the slot mapping (incl. FP8)
-- :mod:`~infer_core.kernels.paged_attention` — unified paged attention over the flat batch
-  (decode steps may fuse RoPE / QK-norm + RoPE and the KV write into it), with its split-KV
-  reduction in :mod:`~infer_core.kernels.attention_reduce`
+- :mod:`~infer_core.kernels.paged_attention` — unified paged attention over the flat batch,
+  with its split-KV reduction in :mod:`~infer_core.kernels.attention_reduce`
 - :mod:`~infer_core.kernels.argmax` — two-stage argmax over the vocabulary (the greedy sampler)
 - :mod:`~infer_core.kernels.small_m_gemm` — decode-sized (M <= 16) GEMM, optional fused act-and-mul or (residual add +) RMSNorm prologue, gated act-and-mul epilogue (model.small_m_gemm)
 

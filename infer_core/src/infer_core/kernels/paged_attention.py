@@ -33,14 +33,11 @@ import torch
 import triton
 import triton.language as tl
 
-from infer_core.attention.backend import AttentionLayer, RopeInputs
+from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.attention.torch import paged_attention_ref as torch_paged_attention_ref
 from infer_core.kernels.attention_reduce import attention_reduce
-from infer_core.kernels.kv_cache_write import store_halves
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
-from infer_core.kernels.qk_norm_rope import norm_rope_halves
-from infer_core.kernels.rotary import rotate_halves
 
 LOG2E = 1.4426950408889634
 
@@ -116,48 +113,6 @@ def _attend_tile(
     return acc, m_new, l_i
 
 
-@triton.jit
-def _rope_query(q_ptr, q_rows, head, row_ok, stride_qt, stride_qh, qw_ptr, cos, sin, eps,
-                HALF: tl.constexpr, ROPE: tl.constexpr, GEMMA: tl.constexpr):
-    """The program's query rows ``[BLOCK_M, 2 * HALF]`` from the projection's raw ``q``: RoPE
-    (``ROPE == 1``) or QK-norm then RoPE (``ROPE == 2``) of each head's two halves, joined
-    back into whole rows (the values the RoPE kernels would have stored into ``q``)."""
-    halves = tl.arange(0, HALF)
-    rows = q_ptr + q_rows[:, None] * stride_qt + head[:, None] * stride_qh + halves[None, :]
-    x1 = tl.load(rows, mask=row_ok[:, None], other=0.0)
-    x2 = tl.load(rows + HALF, mask=row_ok[:, None], other=0.0)
-    if ROPE == 2:
-        w1 = tl.load(qw_ptr + halves).to(tl.float32)[None, :]
-        w2 = tl.load(qw_ptr + HALF + halves).to(tl.float32)[None, :]
-        y1, y2 = norm_rope_halves(x1, x2, w1, w2, cos, sin, eps, HALF, GEMMA)
-    else:
-        y1, y2 = rotate_halves(x1, x2, cos, sin)
-    both = tl.permute(tl.join(y1, y2), (0, 2, 1))  # [BLOCK_M, 2, HALF]: halves side by side
-    return tl.reshape(both, (y1.shape[0], 2 * HALF))
-
-
-@triton.jit
-def _rope_write_kv(k_ptr, v_ptr, token, kv_head, stride_kt, stride_kh, stride_vt, stride_vh, kw_ptr, cos, sin,
-                   eps, cache_ptr, scales_ptr, slot, stride_kv, stride_slot, stride_head,
-                   HALF: tl.constexpr, ROPE: tl.constexpr, GEMMA: tl.constexpr, FP8: tl.constexpr):
-    """The step's key of ``kv_head`` for ``token``: (QK-norm and) RoPE, then stored with its
-    value at ``slot``, exactly as the RoPE kernels' fused KV write stores it."""
-    halves = tl.arange(0, HALF)
-    heads = tl.full([1], 0, tl.int32) + kv_head
-    row = k_ptr + token * stride_kt + heads[:, None] * stride_kh + halves[None, :]  # [1, HALF]
-    x1 = tl.load(row)
-    x2 = tl.load(row + HALF)
-    if ROPE == 2:
-        w1 = tl.load(kw_ptr + halves).to(tl.float32)[None, :]
-        w2 = tl.load(kw_ptr + HALF + halves).to(tl.float32)[None, :]
-        k1, k2 = norm_rope_halves(x1, x2, w1, w2, cos, sin, eps, HALF, GEMMA)
-    else:
-        k1, k2 = rotate_halves(x1, x2, cos, sin)
-    mask = tl.full([1, HALF], 1, tl.int1)
-    store_halves(cache_ptr, scales_ptr, v_ptr, token, stride_vt, stride_vh, slot, heads, halves, mask, k1, k2,
-                 HALF, stride_kv, stride_slot, stride_head, FP8)
-
-
 # Arguments that change from step to step are not specialized on (Triton would otherwise
 # compile a variant per "== 1" / "divisible by 16" pattern of them, in the middle of serving).
 @triton.jit(do_not_specialize=["num_reqs", "num_splits", "stride_bt"])
@@ -167,13 +122,10 @@ def _paged_attention_kernel(
     num_reqs, num_heads, sm_scale, softcap, window, num_splits,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
     stride_kv, stride_block, stride_slot, stride_head,
-    positions_ptr, k_ptr, v_ptr, slot_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr,
-    stride_kt, stride_kh, stride_vt, stride_vh, stride_cos, stride_sin, eps,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HAS_WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, FP8: tl.constexpr, SPLIT: tl.constexpr,
-    DECODE: tl.constexpr, ROPE: tl.constexpr, GEMMA: tl.constexpr, PRECISION: tl.constexpr,
-    PDL: tl.constexpr,
+    DECODE: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
     if PDL:
         wait_for_prior()
@@ -203,15 +155,8 @@ def _paged_attention_kernel(
     dims = tl.arange(0, BLOCK_D)
     q_rows = (q_start + tok).to(tl.int64)
     q_mask = row_ok[:, None] & (dims[None, :] < HEAD_DIM)
-    if ROPE > 0:  # decode: q and k straight from the projection, rotated here
-        pos = tl.load(positions_ptr + q_start).to(tl.int64)
-        cos = tl.load(cos_ptr + pos * stride_cos + tl.arange(0, HEAD_DIM // 2)).to(tl.float32)[None, :]
-        sin = tl.load(sin_ptr + pos * stride_sin + tl.arange(0, HEAD_DIM // 2)).to(tl.float32)[None, :]
-        q = _rope_query(q_ptr, q_rows, head, row_ok, stride_qt, stride_qh, qw_ptr, cos, sin, eps,
-                        HEAD_DIM // 2, ROPE, GEMMA)
-    else:
-        q = tl.load(q_ptr + q_rows[:, None] * stride_qt + head[:, None] * stride_qh + dims[None, :],
-                    mask=q_mask, other=0.0)
+    q = tl.load(q_ptr + q_rows[:, None] * stride_qt + head[:, None] * stride_qh + dims[None, :],
+                mask=q_mask, other=0.0)
 
     lo_pos = context + first  # smallest and largest query position of the block
     hi_pos = context + tl.minimum(first + BLOCK_Q, q_len) - 1
@@ -232,15 +177,6 @@ def _paged_attention_kernel(
         t1 = tile_hi
     mid_lo = tl.minimum(tl.maximum(full_lo, t0), t1)
     mid_hi = tl.minimum(tl.maximum(full_hi, mid_lo), t1)
-    if ROPE > 0:
-        # The program whose keys end with the step's own key stores it (and its value) first;
-        # the barrier makes the store visible to every thread of the program before the tiles.
-        slot = tl.load(slot_ptr + q_start).to(tl.int64)
-        if (slot >= 0) & (t0 < t1) & (t1 == tile_hi):
-            _rope_write_kv(k_ptr, v_ptr, q_start.to(tl.int64), kv_head, stride_kt, stride_kh, stride_vt, stride_vh,
-                           kw_ptr, cos, sin, eps, cache_ptr, scales_ptr, slot, stride_kv, stride_slot, stride_head,
-                           HEAD_DIM // 2, ROPE, GEMMA, FP8)
-        tl.debug_barrier()
 
     qk_scale = sm_scale
     if FP8:
@@ -334,14 +270,6 @@ def choose_config(
     return LaunchConfig(max(128, triton.next_power_of_2(group)), tile=64, num_warps=8, num_stages=3)
 
 
-def rope_applies(layer: AttentionLayer, metadata: AttentionMetadata, q: torch.Tensor) -> bool:
-    """Whether :func:`paged_attention` can take ``rope`` for this step: a decode-only step (one
-    query token per request), a power-of-two head dim (the halves are joined back into rows),
-    and a CUDA device (or the Triton interpreter's tests)."""
-    d = layer.head_dim
-    return metadata.max_query_len == 1 and d >= 16 and d & (d - 1) == 0 and q.dim() == 3
-
-
 def paged_attention(
     layer: AttentionLayer,
     q: torch.Tensor,
@@ -349,17 +277,11 @@ def paged_attention(
     metadata: AttentionMetadata,
     kv_scales: torch.Tensor | None = None,
     *,
-    rope: RopeInputs | None = None,
     config: LaunchConfig | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of the step's queries ``q [T, Hq, D]`` over ``kv_cache`` (already holding
-    this step's keys and values); returns ``[T, Hq, D]`` in ``q``'s dtype.
-
-    With ``rope`` (a decode-only step, :func:`rope_applies`), ``q`` is the projection's raw
-    query: the kernel applies (QK-norm and) RoPE to it and to ``rope.k``, and stores the key
-    and ``rope.v`` into the cache at ``metadata.slot_mapping`` itself (padding slots, negative,
-    skipped), in the same launch."""
+    this step's keys and values); returns ``[T, Hq, D]`` in ``q``'s dtype."""
     tokens, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, cache_dim = kv_cache.shape
     assert num_heads == layer.num_heads and num_kv_heads == layer.num_kv_heads, (q.shape, kv_cache.shape)
@@ -378,8 +300,6 @@ def paged_attention(
     block_d = max(16, triton.next_power_of_2(head_dim))
     splits = cfg.num_splits
     num_reqs = metadata.num_requests
-    decode = metadata.max_query_len == 1 and tokens == num_reqs
-    grid = (num_reqs if decode else tokens // block_q + num_reqs, num_kv_heads, splits)
     if splits > 1:
         part_acc = torch.empty(tokens, num_heads, splits, block_d, dtype=torch.float32, device=q.device)
         part_max = torch.empty(tokens, num_heads, splits, dtype=torch.float32, device=q.device)
@@ -389,7 +309,8 @@ def paged_attention(
     window = layer.sliding_window or 0
     softcap = layer.logit_softcap or 0.0
     tables = metadata.block_tables
-    rope_args, rope_flags = _rope_args(rope, layer, metadata, q, decode)
+    decode = metadata.max_query_len == 1 and tokens == num_reqs
+    grid = (num_reqs if decode else tokens // block_q + num_reqs, num_kv_heads, splits)
     pdl = use_pdl(q)
     _paged_attention_kernel[grid](
         out, q, kv_cache, tables, metadata.seq_lens, metadata.query_start_loc,
@@ -398,41 +319,14 @@ def paged_attention(
         num_reqs, num_heads, layer.scale, softcap, window, splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), tables.stride(0),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
-        *rope_args,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_Q=block_q,
         TILE=cfg.tile, BLOCK_SIZE=block_size, HAS_WINDOW=window > 0, SOFTCAP=softcap > 0, FP8=fp8,
-        SPLIT=splits > 1, DECODE=decode, **rope_flags,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl,
+        SPLIT=splits > 1, DECODE=decode, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", PDL=pdl,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=pdl,
     )
     if splits > 1:
         attention_reduce(out, part_acc, part_max, part_sum)
     return out
-
-
-def _rope_args(rope: RopeInputs | None, layer: AttentionLayer, metadata: AttentionMetadata, q: torch.Tensor,
-               decode: bool) -> tuple[tuple, dict]:
-    """The kernel's RoPE arguments ``(positions, k, v, slots, q_norm, k_norm, cos, sin, strides..., eps)``
-    and constexprs ``ROPE`` (0: none, 1: RoPE, 2: QK-norm + RoPE) and ``GEMMA``; placeholders
-    (never read) without ``rope``."""
-    if rope is None:
-        return (q, q, q, q, q, q, q, q, 0, 0, 0, 0, 0, 0, 0.0), {"ROPE": 0, "GEMMA": False}
-    assert decode and rope_applies(layer, metadata, q), "fused RoPE needs a decode-only step and a power-of-two head dim"
-    k, v = rope.k, rope.v
-    assert k.shape == v.shape == (q.shape[0], layer.num_kv_heads, layer.head_dim), (k.shape, v.shape)
-    assert k.stride(-1) == 1 and v.stride(-1) == 1 and k.dtype == v.dtype == q.dtype
-    assert rope.cos.shape[-1] == rope.sin.shape[-1] == layer.head_dim // 2
-    assert rope.cos.stride(-1) == 1 and rope.sin.stride(-1) == 1
-    norms = rope.q_norm is not None
-    assert norms == (rope.k_norm is not None), "QK-norm needs both weights"
-    qw = rope.q_norm if norms else q
-    kw = rope.k_norm if norms else q
-    if norms:
-        assert qw.shape == kw.shape == (layer.head_dim,) and qw.dtype == kw.dtype == q.dtype
-        assert qw.is_contiguous() and kw.is_contiguous()
-    args = (rope.positions, k, v, metadata.slot_mapping, qw, kw, rope.cos, rope.sin,
-            k.stride(0), k.stride(1), v.stride(0), v.stride(1), rope.cos.stride(0), rope.sin.stride(0), rope.eps)
-    return args, {"ROPE": 2 if norms else 1, "GEMMA": rope.gemma}
 
 
 # The oracle of the kernel tests: the torch backend's attention with float32 probabilities and

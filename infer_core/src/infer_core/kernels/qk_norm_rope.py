@@ -38,32 +38,10 @@ import triton.language as tl
 from infer_core.kernels.kv_cache_write import KVWrite, kv_write_args, store_halves
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
 from infer_core.kernels.rms_norm import rms_norm_ref
-from infer_core.kernels.rotary import rotary_embedding_ref, rotate_halves
+from infer_core.kernels.rotary import rotary_embedding_ref
 
 MAX_ELEMENTS = 2048  # per program, for batches above SMALL_BATCH tokens
 SMALL_BATCH = 32
-
-
-@triton.jit
-def norm_rope_halves(x1, x2, w1, w2, cos, sin, eps, HALF: tl.constexpr, GEMMA: tl.constexpr):
-    """QK-norm then RoPE of heads given as their halves ``x1``/``x2 [R, BLOCK_HALF]`` (zero
-    beyond ``HALF``), with the norm weight's halves ``w1``/``w2`` and ``cos``/``sin`` (float32):
-    the RMSNorm of each row (``rms_norm``'s formula) rounded to the input dtype, then
-    :func:`~infer_core.kernels.rotary.rotate_halves`. Shared with the decode attention kernel,
-    which runs it on its query heads and its key head."""
-    dtype = x1.dtype
-    h1 = x1.to(tl.float32)
-    h2 = x2.to(tl.float32)
-    rstd = 1.0 / tl.sqrt((tl.sum(h1 * h1, axis=1) + tl.sum(h2 * h2, axis=1)) / (2 * HALF) + eps)
-    h1 = h1 * rstd[:, None]
-    h2 = h2 * rstd[:, None]
-    if GEMMA:
-        y1 = h1 * (1.0 + w1)
-        y2 = h2 * (1.0 + w2)
-    else:
-        y1 = h1.to(dtype).to(tl.float32) * w1
-        y2 = h2.to(dtype).to(tl.float32) * w2
-    return rotate_halves(y1.to(dtype), y2.to(dtype), cos, sin)
 
 
 @triton.jit
@@ -97,7 +75,26 @@ def _qk_norm_rope_kernel(
     kw2 = tl.load(kw_ptr + HALF + dims, mask=dmask, other=0.0).to(tl.float32)[None, :]
     w1 = tl.where(is_q[:, None], qw1, kw1)
     w2 = tl.where(is_q[:, None], qw2, kw2)
-    o1, o2 = norm_rope_halves(x1, x2, w1, w2, cos, sin, eps, HALF, GEMMA)
+
+    # RMSNorm of each head (rms_norm's formula), rounded to the input dtype.
+    dtype = x1.dtype
+    h1 = x1.to(tl.float32)
+    h2 = x2.to(tl.float32)
+    rstd = 1.0 / tl.sqrt((tl.sum(h1 * h1, axis=1) + tl.sum(h2 * h2, axis=1)) / (2 * HALF) + eps)
+    h1 = h1 * rstd[:, None]
+    h2 = h2 * rstd[:, None]
+    if GEMMA:
+        y1 = h1 * (1.0 + w1)
+        y2 = h2 * (1.0 + w2)
+    else:
+        y1 = h1.to(dtype).to(tl.float32) * w1
+        y2 = h2.to(dtype).to(tl.float32) * w2
+    y1 = y1.to(dtype).to(tl.float32)
+    y2 = y2.to(dtype).to(tl.float32)
+
+    # RoPE (rotary's formula): float32, rounded once.
+    o1 = (y1 * cos - y2 * sin).to(dtype)
+    o2 = (y2 * cos + y1 * sin).to(dtype)
     tl.store(ptr, o1, mask=mask)
     tl.store(ptr + HALF, o2, mask=mask)
 

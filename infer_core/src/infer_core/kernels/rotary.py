@@ -26,26 +26,17 @@ from infer_core.kernels.pdl import use_pdl, wait_for_prior
 
 
 @triton.jit
-def rotate_halves(x1, x2, cos, sin):
-    """RoPE of heads given as their two halves ``x1``/``x2 [R, HALF]`` (element ``i`` rotates
-    with ``i + D/2``) by ``cos``/``sin`` (float32, ``[1, HALF]``): computed in float32, rounded
-    once to ``x1``'s dtype. Shared with the QK-norm kernel and the decode attention kernel, so
-    every path rotates with the same arithmetic."""
-    a = x1.to(tl.float32)
-    b = x2.to(tl.float32)
-    return (a * cos - b * sin).to(x1.dtype), (b * cos + a * sin).to(x1.dtype)
-
-
-@triton.jit
 def _rotate_heads(x_ptr, token, stride_t, stride_h, num_heads, cos, sin,
                   HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
     heads = tl.arange(0, BLOCK_H)
     dims = tl.arange(0, BLOCK_HALF)
     mask = (heads[:, None] < num_heads) & (dims[None, :] < HALF)
     ptr = x_ptr + token * stride_t + heads[:, None] * stride_h + dims[None, :]
-    x1 = tl.load(ptr, mask=mask, other=0.0)
-    x2 = tl.load(ptr + HALF, mask=mask, other=0.0)
-    y1, y2 = rotate_halves(x1, x2, cos, sin)
+    x1 = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(ptr + HALF, mask=mask, other=0.0).to(tl.float32)
+    out_ty = x_ptr.dtype.element_ty
+    y1 = (x1 * cos - x2 * sin).to(out_ty)
+    y2 = (x2 * cos + x1 * sin).to(out_ty)
     tl.store(ptr, y1, mask=mask)
     tl.store(ptr + HALF, y2, mask=mask)
     return y1, y2

@@ -2,13 +2,10 @@
 (bound by the runner), and the engine's attention backend.
 
 Models call :meth:`Attention.forward_rope` with the projected q, k, v and their rotary module
-(and QK-norms). Where the rotary module's Triton kernel would run
-(``RotaryEmbedding.kernel_applies``) and the backend's ``rope_fusable`` accepts the step (the
-Triton backend's decode-only steps), the backend applies RoPE, writes K/V and attends itself
-(``attend_rope``: one launch). Else, where the backend declares ``supports_fused_kv_write``
-and that kernel runs, the kernel also stores K/V into this layer's cache and the backend only
-attends (``AttentionBackend.attend``); otherwise RoPE, then :meth:`Attention.forward`
-(the backend writes K/V and attends)."""
+(and QK-norms): where the backend declares ``supports_fused_kv_write`` and the rotary module's
+Triton kernel runs (``RotaryEmbedding.kernel_applies``), that kernel also stores K/V into this
+layer's cache and the backend only attends (``AttentionBackend.attend``); otherwise RoPE, then
+:meth:`Attention.forward` (the backend writes K/V and attends)."""
 
 from __future__ import annotations
 
@@ -17,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from infer_core.attention.backend import AttentionBackend, AttentionLayer, RopeInputs
+from infer_core.attention.backend import AttentionBackend, AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 
 if TYPE_CHECKING:
@@ -53,17 +50,8 @@ class Attention(nn.Module):
         """Apply (QK-norm and) RoPE, write K/V, attend: ``q [T, Hq, D]``, ``k``/``v [T, Hkv, D]``
         → ``[T, Hq * D]``. With QK-norm, pass both norms (Qwen 3, Gemma 3)."""
         assert (q_norm is None) == (k_norm is None), "QK-norm needs both q_norm and k_norm"
-        kernels = rotary.kernel_applies(q, k, q_norm, k_norm)
-        if kernels and self.backend.rope_fusable(self.layer, metadata, q):
-            rope = RopeInputs(positions, k, v, rotary.cos, rotary.sin,
-                              q_norm.weight if q_norm is not None else None,
-                              k_norm.weight if k_norm is not None else None,
-                              q_norm.eps if q_norm is not None else 1e-6,
-                              q_norm.gemma if q_norm is not None else False)
-            out = self.backend.attend_rope(self.layer, q, rope, self.kv_cache, metadata, kv_scales=self.kv_scales)
-            return out.reshape(out.shape[0], -1)
         kv = None
-        if self.backend.supports_fused_kv_write and kernels:
+        if self.backend.supports_fused_kv_write and rotary.kernel_applies(q, k, q_norm, k_norm):
             from infer_core.kernels.kv_cache_write import KVWrite
 
             kv = KVWrite(v, self.kv_cache, metadata.slot_mapping, self.kv_scales)

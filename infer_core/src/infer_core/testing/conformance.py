@@ -424,8 +424,7 @@ class AttentionBackendConformance(PluginConformance):
     attention and the cache holds every written K/V at its slot. Backends that declare
     ``supports_fp8_kv`` are checked with an FP8 (e4m3) cache and per-layer scales too; backends
     that declare ``supports_fused_kv_write``: ``attend`` over the cache ``forward`` just filled
-    gives ``forward``'s output, bit for bit; backends whose ``rope_fusable`` takes decode steps:
-    ``attend_rope`` on raw q, k, v equals RoPE (and QK-norm) in torch, then ``forward``."""
+    gives ``forward``'s output, bit for bit."""
 
     kind = "attention backend"
     section = "attention"
@@ -525,69 +524,6 @@ class AttentionBackendConformance(PluginConformance):
                 cached = cached * torch.tensor(self.fp8_kv_scales).view(2, 1, 1, 1)
             torch.testing.assert_close(cached[0, : seq_lens[i]], keys[i].float().cpu(), atol=0, rtol=0)
             torch.testing.assert_close(cached[1, : seq_lens[i]], values[i].float().cpu(), atol=0, rtol=0)
-
-
-    def test_attend_rope_equals_rope_then_forward(self, spec: Spec) -> None:
-        """Where the backend's ``rope_fusable`` takes a decode step, ``attend_rope`` on the raw
-        q, k, v (RoPE, with and without QK-norm) gives what RoPE in torch followed by
-        ``forward`` gives: the same output and the same cache. Skipped for backends that never
-        take one."""
-        backend = self.make_backend(spec)
-        probe = build_attention_metadata([1], [1], [[0]], 1, self.device)
-        if not backend.rope_fusable(AttentionLayer(2, 1, 16, 0.25), probe,
-                                    torch.zeros(1, 2, 16, device=self.device, dtype=self.dtype)):
-            pytest.skip(f"attention backend '{self.name}' takes no decode step in attend_rope")
-
-        @self._settings()
-        @given(case=attention_cases(self.head_dims), qk_norm=st.booleans())
-        def check(case: dict[str, Any], qk_norm: bool) -> None:
-            self.check_rope_case(backend, case, qk_norm)
-
-        check()
-
-    def check_rope_case(self, backend: AttentionBackend, case: dict[str, Any], qk_norm: bool) -> None:
-        from infer_core.attention.backend import RopeInputs
-        from infer_core.layers.norm import RMSNorm
-
-        layer = AttentionLayer(case["num_heads"], case["num_kv_heads"], case["head_dim"], case["head_dim"] ** -0.5,
-                               case["sliding_window"], case["logit_softcap"])
-        ctx_lens, bs, d = case["context_lens"], case["block_size"], case["head_dim"]
-        gen = torch.Generator().manual_seed(case["seed"])
-
-        def rand(*shape: int) -> torch.Tensor:
-            return torch.randn(*shape, generator=gen).to(self.device, self.dtype)
-
-        seq_lens = [c + 1 for c in ctx_lens]
-        blocks_per = [-(-n // bs) for n in seq_lens]
-        order = torch.randperm(sum(blocks_per), generator=gen).tolist()
-        tables = [order[sum(blocks_per[:i]): sum(blocks_per[: i + 1])] for i in range(len(seq_lens))]
-        md = build_attention_metadata([1] * len(seq_lens), seq_lens, tables, bs, self.device)
-        if not backend.rope_fusable(layer, md, rand(len(seq_lens), layer.num_heads, d)):
-            return
-        kv_cache = rand(*backend.kv_cache_shape(sum(blocks_per), bs, layer.num_kv_heads, d))
-        q, k, v = (rand(len(seq_lens), h, d) for h in (layer.num_heads, layer.num_kv_heads, layer.num_kv_heads))
-        positions = md.seq_lens.long() - 1
-        freqs = torch.outer(torch.arange(max(seq_lens), dtype=torch.float32),
-                            1.0 / 10_000.0 ** (torch.arange(0, d, 2, dtype=torch.float32) / d)).to(self.device)
-        cos, sin = freqs.cos(), freqs.sin()
-        norms = None
-        if qk_norm:
-            norms = (RMSNorm(d, 1e-6).to(self.device, self.dtype), RMSNorm(d, 1e-6).to(self.device, self.dtype))
-            for n in norms:
-                n.weight.data = rand(d)
-        rope = RopeInputs(positions, k, v, cos, sin, *(n.weight for n in norms or ()), eps=1e-6)
-        fused_cache = kv_cache.clone()
-        out = backend.attend_rope(layer, q, rope, fused_cache, md)
-
-        def rotate(x: torch.Tensor) -> torch.Tensor:  # in float32, rounded once (the models' kernels)
-            c, s_ = cos[positions].unsqueeze(-2), sin[positions].unsqueeze(-2)
-            x1, x2 = x[..., : d // 2].float(), x[..., d // 2:].float()
-            return torch.cat((x1 * c - x2 * s_, x2 * c + x1 * s_), dim=-1).to(x.dtype)
-
-        qn, kn = (norms[0]._norm(q), norms[1]._norm(k)) if norms else (q, k)
-        expected = backend.forward(layer, rotate(qn), rotate(kn), v, kv_cache, md)
-        torch.testing.assert_close(out.float(), expected.float(), atol=self.atol, rtol=0)
-        torch.testing.assert_close(fused_cache.float(), kv_cache.float(), atol=self.atol, rtol=0)
 
 
 class ArchitectureConformance(PluginConformance):
