@@ -13,7 +13,10 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
 - ``norm``, ``act``, ``attention`` (QK-norm + RoPE + KV write, then paged attention over
   ``--context`` keys, with the split-KV reduction a captured decode graph uses);
 - ``layer``: the whole decoder layer as the model runs it; ``layer-prologues``: with the
-  RMSNorms and the SiLU-and-mul folded into the GEMMs' prologues.
+  RMSNorms and the SiLU-and-mul folded into the GEMMs' prologues;
+- ``layer-persistent``: the whole layer as one persistent launch
+  (:mod:`infer_core.kernels.decode_layer`); ``--chains persistent-sweep`` names its config
+  variants (``layer-persistent-e<weight elements per step>-w<warps>-p<prefetch>``).
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -42,6 +45,7 @@ from kernels import environment, measure_ceilings, timed
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import build_attention_metadata
 from infer_core.bench.checkpoints import SHAPES, shape_config
+from infer_core.kernels import decode_layer as dl
 from infer_core.kernels.act_and_mul import silu_and_mul
 from infer_core.kernels.kv_cache_write import KVWrite
 from infer_core.kernels.paged_attention import paged_attention
@@ -83,7 +87,7 @@ def noop(x: torch.Tensor) -> None:
 class Layer:
     """One decoder layer's weights and activations at batch 1 (random, bf16)."""
 
-    def __init__(self, shape: tuple, context: int, max_seq_len: int) -> None:
+    def __init__(self, shape: tuple, context: int, max_seq_len: int, qk_norm: bool = True) -> None:
         hidden, inter, hq, hkv, d, _ = shape
         dev = "cuda"
 
@@ -112,6 +116,8 @@ class Layer:
         self.gu = torch.randn(1, 2 * inter, device=dev, dtype=BF16)
         self.mid = torch.randn(1, inter, device=dev, dtype=BF16)
         self.qkv_out = torch.randn(1, sum(self.sizes), device=dev, dtype=BF16)
+        self.weights = dl.DecodeLayerWeights(self.qkv, self.o, self.gate_up, self.down, self.norm1, self.norm2, 1e-6,
+                                             self.q_norm if qk_norm else None, self.k_norm if qk_norm else None)
 
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qkv, self.o, self.gate_up, self.down))
@@ -136,6 +142,28 @@ class Layer:
             return small_m_gemm(gu, self.down, act_and_mul="silu"), res
         h, res = fused_add_rms_norm(o, res, self.norm2, 1e-6)
         return small_m_gemm(silu_and_mul(small_m_gemm(h, self.gate_up)), self.down), res
+
+
+PERSISTENT_SWEEP = [(e, w, p) for e in (8192, 16384, 32768) for w in (4, 8, 16) for p in (True, False)
+                    if not (e == 32768 and w == 4)]
+
+
+def persistent(layers: list[Layer], max_elements: int = 16384, num_warps: int = 8, prefetch: bool = True):
+    """The chain of persistent layer launches (one per layer, ping-pong activations)."""
+    first = layers[0]
+    hidden, inter = first.o.shape[0], first.down.shape[1]
+    attn = first.attn
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, sms,
+                                   max_elements=max_elements), num_warps=num_warps, prefetch=prefetch)
+    ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
+
+    def run() -> None:
+        x, res = first.x, first.res
+        for layer in layers:
+            x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
+                                     layer.cos, layer.sin, ws, config=cfg)
+    return run
 
 
 def chains(layers: list[Layer]) -> dict:
@@ -191,6 +219,9 @@ def chains(layers: list[Layer]) -> dict:
         "attention": (attention, 3 * n, 0),
         "layer": (run_layers(False), KERNELS_PER_LAYER * n, wbytes),
         "layer-prologues": (run_layers(True), (KERNELS_PER_LAYER - 3) * n, wbytes),
+        "layer-persistent": (persistent(layers), n, wbytes),
+        **{f"layer-persistent-e{e}-w{w}-p{int(p)}": (persistent(layers, e, w, p), n, wbytes)
+           for e, w, p in PERSISTENT_SWEEP},
     }
 
 
@@ -205,13 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     shape = layer_shape(args.shape)
-    layers = [Layer(shape, args.context, args.max_seq_len) for _ in range(shape[5])]
+    layers = [Layer(shape, args.context, args.max_seq_len, qk_norm=args.shape.startswith("qwen"))
+              for _ in range(shape[5])]
     ceilings = measure_ceilings()
     env = environment()
     all_chains = chains(layers)
-    default = [c for c in all_chains if not c.startswith("gemm-n")]
     sweep = [c for c in all_chains if c.startswith("gemm-n")]
-    wanted = [c for part in args.chains.split(",") if part for c in ({"sweep": sweep}.get(part, [part]))] or default
+    persistent_sweep = [c for c in all_chains if c.startswith("layer-persistent-")]
+    default = [c for c in all_chains if c not in sweep and c not in persistent_sweep]
+    named = {"sweep": sweep, "persistent-sweep": persistent_sweep}
+    wanted = [c for part in args.chains.split(",") if part for c in named.get(part, [part])] or default
     rows = []
     for name in wanted:
         fn, kernels, wbytes = all_chains[name]

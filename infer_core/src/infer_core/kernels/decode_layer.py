@@ -1,0 +1,602 @@
+"""A whole decoder layer of a batch-1 decode step in one persistent launch (Llama / Qwen 3).
+
+At batch 1 the step is a chain of short kernels: per layer (with the RMSNorm prologues) the
+QKV GEMM, QK-norm + RoPE + KV write, attention, the split-KV reduction, o_proj, gate/up,
+the activation and down_proj. Each GEMM streams 4-12 MB (Qwen3-0.6B) and pays a ramp over
+the SMs, a first DRAM round trip and a tail; the chain measured 17.1 µs per layer for the
+four GEMMs against 7.1 µs at the copy ceiling (benchmarks/reports/decode-chain-2026-12-02-h200).
+
+Here one program per SM runs every stage of the layer, with a grid-wide barrier between
+dependent stages instead of a launch:
+
+1. ``qkv = rms_norm(x + residual) @ w_qkv.T`` (the norm recomputed by every program from
+   the input row, as the GEMM prologue does);
+2. per (KV head, key split): QK-norm and RoPE of the head's query group (every split) and,
+   in the split that holds the step's own position, of its key, which it stores with the
+   value into the paged cache before reading its tiles; then attention over the split's
+   keys (online softmax, partials);
+3. per query head: the split-KV merge;
+4. ``o = attn @ w_o.T``;
+5. ``h = o + (x + residual)`` (the new residual, stored once), ``act(rms_norm(h) @ gate.T) *
+   (rms_norm(h) @ up.T)``;
+6. ``out = act @ w_down.T``.
+
+The GEMM stages split their weight rows into chunks of ``rows`` rows, program ``p`` taking
+chunks ``p, p + P, ...`` and walking each in ``bk``-wide K tiles; the next tile's load is
+issued before the current tile's product (register double buffering), and each stage's first
+tile is issued before the barrier that precedes the stage (weights never depend on the step),
+so DRAM keeps streaming while the programs wait for each other.
+
+The barrier: every thread's stores, ``debug_barrier``, one release-``atomic_add`` per program
+on the stage's counter, then acquire-polls until all ``P`` programs arrived. The last program
+to leave the launch (an exit counter) sets every counter back to 0, so the next launch starts
+clean. The polls are bounded (``MAX_SPINS``): a launch whose programs could not all be
+resident at once (``P`` above the SM count) raises an error flag instead of hanging. Data a
+stage reads that another program wrote in this launch is loaded with ``.cg`` (L2, never a
+stale L1 line).
+
+Numerics are those of the unfused path (each intermediate rounded to the dtype where the
+separate kernels store it): the same helpers as :mod:`~infer_core.kernels.rms_norm`,
+:mod:`~infer_core.kernels.qk_norm_rope`, :mod:`~infer_core.kernels.paged_attention` (its tile
+size and split rule, tensor-core products over ``BLOCK_M = 16`` padded query rows),
+:mod:`~infer_core.kernels.attention_reduce` and :mod:`~infer_core.kernels.act_and_mul`; only
+float32 summation orders differ. ``decode_layer_ref`` is the torch reference.
+
+Under the Triton interpreter (programs run one after another, so a spin barrier would never
+open) and for tests, ``stage_by_stage=True`` runs the same kernel once per stage (``STAGE``).
+
+Scope (:func:`supports`): one token, no sliding window, no logit softcap, bf16 / fp16 / fp32
+KV cache of the activations' dtype (no FP8), no biases, SiLU, Llama / Qwen RMSNorm numerics,
+head dims whose half is a power of two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from infer_core.attention.backend import AttentionLayer
+from infer_core.attention.metadata import AttentionMetadata
+from infer_core.kernels.act_and_mul import SILU, gated, silu_and_mul_ref
+from infer_core.kernels.pdl import use_pdl, wait_for_prior
+from infer_core.kernels.rms_norm import add_residual, inv_rms, normed, rms_norm_ref
+from infer_core.kernels.rotary import rotary_embedding_ref
+
+NUM_BARRIERS = tl.constexpr(5)  # between the six stages; counter NUM_BARRIERS counts programs leaving
+MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------- barrier
+
+
+@triton.jit
+def _grid_barrier(counters_ptr, index, num_programs, error_ptr):
+    """Wait until all ``num_programs`` programs reached barrier ``index``; their stores before
+    it are visible after it (release add, acquire polls, CTA barriers around both)."""
+    tl.debug_barrier()
+    counter = counters_ptr + index
+    seen = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") + 1
+    spins = 0
+    while (seen < num_programs) & (spins < MAX_SPINS):
+        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        spins += 1
+    if seen < num_programs:
+        tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
+    tl.debug_barrier()
+
+
+@triton.jit
+def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
+    """The last program out resets every counter (all others passed every barrier)."""
+    tl.debug_barrier()
+    if tl.atomic_add(counters_ptr + NB, 1, sem="acq_rel", scope="gpu") == num_programs - 1:
+        idx = tl.arange(0, NB_POW2)
+        tl.store(counters_ptr + idx, tl.zeros([NB_POW2], dtype=tl.int32), mask=idx <= NB)
+
+
+# ----------------------------------------------------------------------------- GEMM stages
+
+
+@triton.jit
+def _w_tile(w_ptr, chunk, kt, N, K, valid, ROWS: tl.constexpr, BK: tl.constexpr):
+    """Rows ``[chunk * ROWS, +ROWS)``, columns ``[kt * BK, +BK)`` of the row-major ``[N, K]``
+    weight (zeros outside, or everywhere when not ``valid``), streamed once."""
+    rows = chunk * ROWS + tl.arange(0, ROWS)
+    ks = kt * BK + tl.arange(0, BK)
+    mask = (rows < tl.where(valid, N, 0))[:, None] & (ks < K)[None, :]
+    return tl.load(w_ptr + rows.to(tl.int64)[:, None] * K + ks[None, :], mask=mask, other=0.0,
+                   eviction_policy="evict_first")
+
+
+@triton.jit
+def _first_tiles(w_ptr, pid, num_programs, N, K, GATED: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr):
+    """The first weight tile(s) of program ``pid``'s share of a GEMM stage (the up rows' too
+    when ``GATED``), issued ahead of the barrier before the stage."""
+    valid = pid < tl.cdiv(N, ROWS)
+    w = _w_tile(w_ptr, pid, 0, N, K, valid, ROWS, BK)
+    if GATED:  # noqa: SIM108 (a constexpr branch)
+        wu = _w_tile(w_ptr + N * K, pid, 0, N, K, valid, ROWS, BK)
+    else:
+        wu = w
+    return w, wu
+
+
+@triton.jit
+def _stream(x_ptr, r_ptr, o_ptr, ks, mask, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """One tile of the residual stream: ``h1 = x (+ residual)`` (``MODE`` 1, the layer's input),
+    or ``h2 = o + h1`` (``MODE`` 2, after attention; ``o`` written in this launch)."""
+    h = tl.load(x_ptr + ks, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        h = add_residual(h, tl.load(r_ptr + ks, mask=mask, other=0.0))
+    if MODE == 2:
+        h = add_residual(tl.load(o_ptr + ks, mask=mask, other=0.0, cache_modifier=".cg"), h)
+    return h
+
+
+@triton.jit
+def _stream_rstd(x_ptr, r_ptr, o_ptr, h_out_ptr, K, eps, store, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                 BK: tl.constexpr, KT: tl.constexpr):
+    """``1 / rms`` of the residual stream row (float32 sum of squares over its K tiles); with
+    ``store``, the row is also written to ``h_out_ptr`` (the new residual, one program)."""
+    squares = tl.zeros([BK], dtype=tl.float32)
+    for kt in tl.static_range(KT):
+        ks = kt * BK + tl.arange(0, BK)
+        mask = ks < K
+        h = _stream(x_ptr, r_ptr, o_ptr, ks, mask, MODE, HAS_RESIDUAL)
+        if store:
+            tl.store(h_out_ptr + ks, h, mask=mask)
+        hf = h.to(tl.float32)
+        squares += hf * hf
+    return inv_rms(tl.sum(squares, axis=0), K, eps)
+
+
+@triton.jit
+def _gemm_input(kt, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+                BK: tl.constexpr):
+    """K tile ``kt`` of a GEMM stage's input row: a vector written in this launch (``MODE`` 0)
+    or the RMSNorm of the residual stream (``MODE`` 1 / 2, with its ``rstd``)."""
+    ks = kt * BK + tl.arange(0, BK)
+    mask = ks < K
+    if MODE == 0:
+        return tl.load(x_ptr + ks, mask=mask, other=0.0, cache_modifier=".cg")
+    h = _stream(x_ptr, r_ptr, o_ptr, ks, mask, MODE, HAS_RESIDUAL)
+    return normed(h, rstd, tl.load(nw_ptr + ks, mask=mask, other=0.0), False)
+
+
+@triton.jit
+def _gemm_stage(w_ptr, out_ptr, N, K, pid, num_programs, w, wu,
+                x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
+                MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
+                ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr):
+    """``out[:N] = input @ w.T`` (or ``silu(input @ gate.T) * (input @ up.T)`` when ``GATED``,
+    ``w_ptr`` then ``[2N, K]``) over program ``pid``'s row chunks, ``w``/``wu`` its first
+    tiles (already requested). Each tile's successor is requested before its product."""
+    n_chunks = tl.cdiv(N, ROWS)
+    tiles = ((n_chunks - pid + num_programs - 1) // num_programs) * KT
+    acc = tl.zeros([ROWS], dtype=tl.float32)
+    acc_up = tl.zeros([ROWS], dtype=tl.float32)
+    if KT == 1:  # one input tile for every chunk
+        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+    for j in range(tiles):
+        nxt = j + 1
+        chunk_next = pid + (nxt // KT) * num_programs
+        w_next = _w_tile(w_ptr, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
+        if GATED:
+            wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
+        kt = j % KT
+        if KT > 1:
+            x = _gemm_input(kt, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+        acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        if GATED:
+            acc_up += tl.sum(wu.to(tl.float32) * x[None, :], axis=1)
+        if kt == KT - 1:
+            rows = (pid + (j // KT) * num_programs) * ROWS + tl.arange(0, ROWS)
+            dtype = out_ptr.dtype.element_ty
+            if GATED:  # noqa: SIM108 (a constexpr branch)
+                y = gated(acc.to(dtype), acc_up.to(dtype), SILU)
+            else:
+                y = acc.to(dtype)
+            tl.store(out_ptr + rows, y, mask=rows < N)
+            acc = tl.zeros([ROWS], dtype=tl.float32)
+            acc_up = tl.zeros([ROWS], dtype=tl.float32)
+        w = w_next
+        if GATED:
+            wu = wu_next
+
+
+# ----------------------------------------------------------------------------- attention stages
+
+
+@triton.jit
+def _norm_rope(x1, x2, w_ptr, cos, sin, eps, dh, QK_NORM: tl.constexpr, HALF: tl.constexpr):
+    """(QK-norm and) RoPE of rows given as halves ``x1``/``x2 [R, HALF]``: qk_norm_rope's
+    arithmetic (Llama / Qwen numerics), or rotary's without the norm; rounded to the dtype."""
+    dtype = x1.dtype
+    h1 = x1.to(tl.float32)
+    h2 = x2.to(tl.float32)
+    if QK_NORM:
+        rstd = 1.0 / tl.sqrt((tl.sum(h1 * h1, axis=1) + tl.sum(h2 * h2, axis=1)) / (2 * HALF) + eps)
+        w1 = tl.load(w_ptr + dh).to(tl.float32)[None, :]
+        w2 = tl.load(w_ptr + HALF + dh).to(tl.float32)[None, :]
+        h1 = ((h1 * rstd[:, None]).to(dtype).to(tl.float32) * w1).to(dtype).to(tl.float32)
+        h2 = ((h2 * rstd[:, None]).to(dtype).to(tl.float32) * w2).to(dtype).to(tl.float32)
+    return (h1 * cos - h2 * sin).to(dtype), (h2 * cos + h1 * sin).to(dtype)
+
+
+@triton.jit
+def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
+                    qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
+                    stride_kv, stride_block, stride_slot, stride_cos, stride_sin,
+                    HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
+                    BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr):
+    """KV head ``item // SPLITS``, key split ``item % SPLITS``: partial attention of the head's
+    query group over the split's tiles (paged_attention's split rule and tile arithmetic)."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    GROUP: tl.constexpr = HQ // HKV
+    g = item // SPLITS
+    split = item % SPLITS
+    dh = tl.arange(0, HALF)
+    dd = tl.arange(0, HEAD_DIM)
+    cos = tl.load(cos_ptr + pos * stride_cos + dh).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + pos * stride_sin + dh).to(tl.float32)[None, :]
+
+    rows = tl.arange(0, BLOCK_M)
+    row_ok = rows < GROUP
+    head = g * GROUP + rows
+    q_row = qkv_ptr + head[:, None] * HEAD_DIM + dh[None, :]
+    q1 = tl.load(q_row, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+    q2 = tl.load(q_row + HALF, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+    q1, q2 = _norm_rope(q1, q2, qn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
+
+    tiles = tl.cdiv(seq_len, TILE)
+    per_split = tl.cdiv(tiles, SPLITS)
+    t0 = tl.minimum(split * per_split, tiles)
+    t1 = tl.minimum(t0 + per_split, tiles)
+    if (t0 < t1) & (t1 == tiles):  # this split holds the step's own position: store its K and V
+        k_row = qkv_ptr + (HQ + g) * HEAD_DIM + dh[None, :]
+        k1 = tl.load(k_row, cache_modifier=".cg")
+        k2 = tl.load(k_row + HALF, cache_modifier=".cg")
+        k1, k2 = _norm_rope(k1, k2, kn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
+        v = tl.load(qkv_ptr + (HQ + HKV + g) * HEAD_DIM + dd, cache_modifier=".cg")
+        if slot >= 0:
+            dst = cache_ptr + slot * stride_slot + g * HEAD_DIM
+            cdt = cache_ptr.dtype.element_ty
+            tl.store(dst + dh[None, :], k1.to(cdt))
+            tl.store(dst + HALF + dh[None, :], k2.to(cdt))
+            tl.store(dst + stride_kv + dd, v.to(cdt))
+        tl.debug_barrier()  # the stores above before this program's loads of the same slot
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    head_ptr = cache_ptr + g * HEAD_DIM
+    for tile in range(t0, t1):
+        keys = tile * TILE + tl.arange(0, TILE)
+        key_ok = keys < seq_len
+        block = tl.load(table_ptr + keys // BLOCK_SIZE, mask=key_ok, other=0)
+        off = block.to(tl.int64) * stride_block + (keys % BLOCK_SIZE).to(tl.int64) * stride_slot
+        k_ptrs = head_ptr + off[None, :] + dh[:, None]  # [HALF, TILE]: K transposed, first half
+        k1 = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0, cache_modifier=".cg").to(q1.dtype)
+        k2 = tl.load(k_ptrs + HALF, mask=key_ok[None, :], other=0.0, cache_modifier=".cg").to(q1.dtype)
+        v = tl.load(head_ptr + stride_kv + off[:, None] + dd[None, :], mask=key_ok[:, None], other=0.0,
+                    cache_modifier=".cg").to(q1.dtype)
+        s = tl.dot(q1, k1, input_precision=PRECISION)
+        s = tl.dot(q2, k2, s, input_precision=PRECISION) * qk_scale
+        s = tl.where(key_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    part = head * SPLITS + split
+    tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], acc, mask=row_ok[:, None])
+    tl.store(part_max_ptr + part, m_i, mask=row_ok)
+    tl.store(part_sum_ptr + part, l_i, mask=row_ok)
+
+
+@triton.jit
+def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
+                HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+    """attention_reduce's arithmetic for one query head, into the attention output row."""
+    splits = tl.arange(0, SPLITS)
+    dd = tl.arange(0, HEAD_DIM)
+    base = head * SPLITS
+    m = tl.load(part_max_ptr + base + splits, cache_modifier=".cg")
+    sums = tl.load(part_sum_ptr + base + splits, cache_modifier=".cg")
+    top = tl.max(m, 0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - top))
+    acc = tl.load(part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :], cache_modifier=".cg")
+    total = tl.sum(sums * w, 0)
+    out = tl.sum(acc * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)
+    tl.store(attn_ptr + head * HEAD_DIM + dd, out.to(attn_ptr.dtype.element_ty))
+
+
+# ----------------------------------------------------------------------------- the layer
+
+
+@triton.jit
+def _decode_layer_kernel(
+    x_ptr, res_ptr, out_ptr, res_out_ptr,
+    w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, eps,
+    cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
+    stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
+    qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
+    counters_ptr, error_ptr, num_programs,
+    HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
+    SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    ROWS_QKV: tl.constexpr, BK_QKV: tl.constexpr, ROWS_O: tl.constexpr, BK_O: tl.constexpr,
+    ROWS_GU: tl.constexpr, BK_GU: tl.constexpr, ROWS_DOWN: tl.constexpr, BK_DOWN: tl.constexpr,
+    STAGE: tl.constexpr, PREFETCH: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+):
+    ALL: tl.constexpr = STAGE < 0
+    NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
+    NATTN: tl.constexpr = HQ * HEAD_DIM
+    KT_QKV: tl.constexpr = (HIDDEN + BK_QKV - 1) // BK_QKV
+    KT_O: tl.constexpr = (NATTN + BK_O - 1) // BK_O
+    KT_GU: tl.constexpr = (HIDDEN + BK_GU - 1) // BK_GU
+    KT_DOWN: tl.constexpr = (INTER + BK_DOWN - 1) // BK_DOWN
+    pid = tl.program_id(0)
+
+    if ALL or STAGE == 1:
+        w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV)
+    if PDL:
+        wait_for_prior()
+    if ALL or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
+        rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
+        _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV)
+    if ALL:
+        _grid_barrier(counters_ptr, 0, num_programs, error_ptr)
+    if ALL or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
+        seq_len = tl.load(seq_lens_ptr)
+        pos = tl.load(pos_ptr).to(tl.int64)
+        slot = tl.load(slot_ptr).to(tl.int64)
+        for item in range(pid, HKV * SPLITS, num_programs):
+            _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
+                            qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
+                            stride_kv, stride_block, stride_slot, stride_cos, stride_sin,
+                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION)
+    if ALL:
+        _grid_barrier(counters_ptr, 1, num_programs, error_ptr)
+    if ALL or STAGE == 3:  # split-KV merge
+        for head in range(pid, HQ, num_programs):
+            _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, HEAD_DIM, SPLITS)
+    if ALL or STAGE == 4:  # noqa: SIM102 (constexpr branches)
+        if PREFETCH:
+            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
+    if ALL:
+        _grid_barrier(counters_ptr, 2, num_programs, error_ptr)
+    if ALL or STAGE == 4:  # o = attn @ w_o.T
+        if not PREFETCH:
+            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
+        _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O)
+    if ALL or STAGE == 5:  # noqa: SIM102 (constexpr branches)
+        if PREFETCH:
+            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
+    if ALL:
+        _grid_barrier(counters_ptr, 3, num_programs, error_ptr)
+    if ALL or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
+        if not PREFETCH:
+            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
+        rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
+        _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU)
+    if ALL or STAGE == 6:  # noqa: SIM102 (constexpr branches)
+        if PREFETCH:
+            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
+    if ALL:
+        _grid_barrier(counters_ptr, 4, num_programs, error_ptr)
+    if ALL or STAGE == 6:  # out = act @ w_down.T
+        if not PREFETCH:
+            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
+        _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN)
+    if ALL:
+        _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+@dataclass(frozen=True, eq=False)
+class DecodeLayerWeights:
+    """One Llama / Qwen 3 decoder layer's tensors, as the models hold them (``nn.Linear``
+    layout, q/k/v and gate/up stacked): ``qkv [(Hq + 2 Hkv) D, H]``, ``o [H, Hq D]``,
+    ``gate_up [2 I, H]``, ``down [H, I]``, the two RMSNorm weights ``[H]`` and their ``eps``,
+    and Qwen 3's QK-norm weights ``[D]`` (same ``eps``) or ``None``."""
+
+    qkv: torch.Tensor
+    o: torch.Tensor
+    gate_up: torch.Tensor
+    down: torch.Tensor
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    eps: float
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class DecodeLayerConfig:
+    """One launch's shape: ``num_programs`` (at most one per SM: every program must be resident
+    for the barriers), ``splits`` key splits per KV head of ``tile`` keys each step, and per
+    GEMM stage (qkv, o, gate/up, down) the weight rows per chunk and the K tile width;
+    ``prefetch`` requests each GEMM stage's first weight tiles before the barrier before it."""
+
+    num_programs: int
+    splits: int
+    tile: int
+    rows: tuple[int, int, int, int]
+    bk: tuple[int, int, int, int]
+    num_warps: int = 8
+    prefetch: bool = True
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+def gemm_shape(n: int, k: int, programs: int, gated: bool, max_elements: int = 16384,
+               max_bk: int = 2048) -> tuple[int, int]:
+    """``(rows, bk)`` of a GEMM stage with ``n`` output rows over ``k``: a K tile of up to
+    ``max_bk`` that divides ``k`` when it can, then the power-of-two rows (within
+    ``max_elements`` weight elements per step, both tiles' when ``gated``) that give the
+    busiest program the fewest rows, the widest of those."""
+    bk = min(triton.next_power_of_2(k), max_bk)
+    while bk > 128 and k % bk and k > bk:
+        bk //= 2
+    cap = max(_pow2_floor(max_elements // (bk * (2 if gated else 1))), 1)
+    best = None
+    rows = 1
+    while rows <= cap:
+        busiest = triton.cdiv(triton.cdiv(n, rows), programs) * rows
+        if best is None or busiest <= best[0]:
+            best = (busiest, rows)
+        rows *= 2
+    return best[1], bk
+
+
+def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                  num_sms: int, dtype: torch.dtype = torch.bfloat16, *, max_elements: int = 16384,
+                  max_bk: int = 2048) -> DecodeLayerConfig:
+    """One program per SM; key splits so that (KV heads x splits) about fills them (at most 16,
+    paged_attention's rule for a batch-1 decode graph); 64-key tiles (32 in float32); the GEMM
+    stages' shapes from :func:`gemm_shape`."""
+    splits = max(min(_pow2_floor(num_sms // num_kv_heads), 16), 1)
+    q = num_heads * head_dim
+    shapes = [gemm_shape((num_heads + 2 * num_kv_heads) * head_dim, hidden, num_sms, False, max_elements, max_bk),
+              gemm_shape(hidden, q, num_sms, False, max_elements, max_bk),
+              gemm_shape(intermediate, hidden, num_sms, True, max_elements, max_bk),
+              gemm_shape(hidden, intermediate, num_sms, False, max_elements, max_bk)]
+    return DecodeLayerConfig(num_programs=num_sms, splits=splits, tile=32 if dtype == torch.float32 else 64,
+                             rows=tuple(s[0] for s in shapes), bk=tuple(s[1] for s in shapes))
+
+
+def supports(layer: AttentionLayer, kv_cache: torch.Tensor, dtype: torch.dtype) -> str | None:
+    """``None`` when the kernel computes this layer's decode step, else why not."""
+    half = layer.head_dim // 2
+    if layer.head_dim % 2 or half & (half - 1) or half < 16:
+        return f"head_dim {layer.head_dim} (its half must be a power of two, at least 16)"
+    if layer.num_heads % layer.num_kv_heads or layer.num_heads // layer.num_kv_heads > 16:
+        return f"{layer.num_heads} query heads over {layer.num_kv_heads} KV heads"
+    if layer.sliding_window or layer.logit_softcap:
+        return "a sliding window or a logit softcap"
+    if kv_cache.dtype != dtype:
+        return f"a {kv_cache.dtype} KV cache with {dtype} activations"
+    return None
+
+
+class DecodeWorkspace:
+    """The launches' scratch (shared by every layer of a step: the launches are ordered), the
+    barrier counters (zero between launches) and the error flag (set if a barrier timed out)."""
+
+    def __init__(self, hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 splits: int, dtype: torch.dtype, device: torch.device | str) -> None:
+        def empty(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
+            return torch.empty(*shape, dtype=dt, device=device)
+
+        self.splits = splits
+        self.qkv = empty((num_heads + 2 * num_kv_heads) * head_dim)
+        self.part_acc = empty(num_heads * splits * head_dim, dt=torch.float32)
+        self.part_max = empty(num_heads * splits, dt=torch.float32)
+        self.part_sum = empty(num_heads * splits, dt=torch.float32)
+        self.attn = empty(num_heads * head_dim)
+        self.o = empty(hidden)
+        self.act = empty(intermediate)
+        self.counters = torch.zeros(8, dtype=torch.int32, device=device)
+        self.error = torch.zeros(1, dtype=torch.int32, device=device)
+
+
+def decode_layer(
+    x: torch.Tensor, residual: torch.Tensor | None, weights: DecodeLayerWeights, layer: AttentionLayer,
+    kv_cache: torch.Tensor, metadata: AttentionMetadata, positions: torch.Tensor,
+    cos: torch.Tensor, sin: torch.Tensor, workspace: DecodeWorkspace, *,
+    config: DecodeLayerConfig | None = None, stage_by_stage: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step of one layer for one token: ``x``, ``residual [1, H]`` (``None`` for
+    the first layer) → ``(mlp_out, new_residual)``, the step's K/V stored into ``kv_cache``
+    (``[2, blocks, block_size, Hkv, D]``) at ``metadata.slot_mapping[0]``; ``cos``/``sin
+    [positions, D/2]``. ``stage_by_stage`` launches each stage on its own (the interpreter)."""
+    hidden = x.shape[-1]
+    inter = weights.down.shape[1]
+    hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
+    assert x.shape == (1, hidden) and weights.qkv.shape == ((hq + 2 * hkv) * d, hidden), (x.shape, weights.qkv.shape)
+    assert weights.o.shape == (hidden, hq * d) and weights.gate_up.shape == (2 * inter, hidden)
+    reason = supports(layer, kv_cache, x.dtype)
+    assert reason is None, reason
+    assert kv_cache.is_contiguous() and kv_cache.shape[3:] == (hkv, d), kv_cache.shape
+    cfg = config or choose_config(hidden, inter, hq, hkv, d, _num_sms(x.device), x.dtype)
+    assert cfg.splits == workspace.splits, (cfg.splits, workspace.splits)
+    out = torch.empty_like(x)
+    res_out = torch.empty_like(x)
+    qk_norm = weights.q_norm is not None
+    stages = range(1, 7) if stage_by_stage else (-1,)
+    pdl = use_pdl(x) and not stage_by_stage
+    r = residual if residual is not None else x
+    ws = workspace
+    for stage in stages:
+        _decode_layer_kernel[(cfg.num_programs,)](
+            x, r, out, res_out,
+            weights.qkv, weights.o, weights.gate_up, weights.down, weights.input_norm, weights.post_norm,
+            weights.q_norm if qk_norm else weights.input_norm, weights.k_norm if qk_norm else weights.input_norm,
+            weights.eps,
+            cos, sin, positions, kv_cache, metadata.block_tables, metadata.seq_lens, metadata.slot_mapping,
+            kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), cos.stride(0), sin.stride(0),
+            layer.scale * LOG2E,
+            ws.qkv, ws.part_acc, ws.part_max, ws.part_sum, ws.attn, ws.o, ws.act, ws.counters, ws.error,
+            cfg.num_programs,
+            HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=cfg.splits,
+            BLOCK_M=max(16, triton.next_power_of_2(hq // hkv)), TILE=cfg.tile, BLOCK_SIZE=metadata.block_size,
+            QK_NORM=qk_norm, HAS_RESIDUAL=residual is not None,
+            ROWS_QKV=cfg.rows[0], BK_QKV=cfg.bk[0], ROWS_O=cfg.rows[1], BK_O=cfg.bk[1],
+            ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
+            STAGE=stage, PREFETCH=cfg.prefetch, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            PDL=pdl, num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
+        )
+    return out, res_out
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def decode_layer_ref(
+    x: torch.Tensor, residual: torch.Tensor | None, weights: DecodeLayerWeights, layer: AttentionLayer,
+    kv_cache: torch.Tensor, metadata: AttentionMetadata, positions: torch.Tensor,
+    cos: torch.Tensor, sin: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch reference: the separate references in the unfused path's order and roundings
+    (``kv_cache`` written in place)."""
+    from infer_core.kernels.kv_cache_write import write_kv_ref
+    from infer_core.kernels.paged_attention import paged_attention_ref
+
+    dtype = x.dtype
+    hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
+
+    def linear(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (a.float() @ w.float().T).to(dtype)
+
+    h1 = x if residual is None else x + residual
+    qkv = linear(rms_norm_ref(h1, weights.input_norm, weights.eps), weights.qkv)
+    q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
+    q, k, v = q.reshape(1, hq, d), k.reshape(1, hkv, d), v.reshape(1, hkv, d)
+    if weights.q_norm is not None:
+        q, k = rms_norm_ref(q, weights.q_norm, weights.eps), rms_norm_ref(k, weights.k_norm, weights.eps)
+    rotary_embedding_ref(positions, q, k, cos, sin)
+    write_kv_ref(kv_cache, k, v, metadata.slot_mapping)
+    attn = paged_attention_ref(layer, q, kv_cache, metadata).reshape(1, hq * d)
+    h2 = linear(attn, weights.o) + h1
+    gate_up = linear(rms_norm_ref(h2, weights.post_norm, weights.eps), weights.gate_up)
+    return linear(silu_and_mul_ref(gate_up), weights.down), h2

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The persistent decode-layer kernel on the lent GPU machine (from the repository root; carry
+# .whl and benchmarks/.assets, made by scripts/gpu_bench.sh prepare): its GPU tests, then the
+# batch-1 layer chains (benchmarks/decode_chain.py) against the engine's unfused layer.
+#
+#   scripts/gpu_decode_layer.sh [quick] [chain] [sweep] [llama] [tests]
+#
+#   quick   the real-shape and CUDA-graph tests only (fast, before timing anything)
+#   chain   Qwen3-0.6B chains layer-prologues (today's engine path) and layer-persistent
+#   sweep   Qwen3-0.6B persistent config sweep (weight elements per step x warps x prefetch)
+#   llama   Llama-3.2-1B chains layer-prologues and layer-persistent
+#   tests   every GPU test of the kernel
+# Results under $OUT (default ./gpu-decode-layer-out).
+set -u
+OUT=${OUT:-$PWD/gpu-decode-layer-out}
+mkdir -p "$OUT"
+WHAT=${*:-quick chain llama tests}
+want() { [[ " $WHAT " == *" $1 "* ]]; }
+export PYTHONUNBUFFERED=1
+[ -n "${SKIP_INSTALL:-}" ] || source scripts/device_install.sh >/dev/null 2>&1
+[ -f benchmarks/.assets/commit ] && export INFER_BENCH_COMMIT="$(cut -c1-12 benchmarks/.assets/commit)"
+status=0
+T=tests/kernels/test_decode_layer_gpu.py
+if want quick; then
+  timeout "${QUICK_TIMEOUT:-180}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE $T \
+    -k "test_real_shapes and not configs or graph" 2>&1 | tee "$OUT/quick_tests.log" | tail -15
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if want chain; then
+  timeout "${CHAIN_TIMEOUT:-150}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b \
+    --chains layer-prologues,layer-persistent --out "$OUT/chain-qwen3-0.6b" 2>&1 | grep -v "^|" | tail -8
+fi
+if want sweep; then
+  timeout "${SWEEP_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b \
+    --chains persistent-sweep --out "$OUT/sweep-qwen3-0.6b" 2>&1 | grep -v "^|" | tail -40
+fi
+if want llama; then
+  timeout "${CHAIN_TIMEOUT:-150}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b \
+    --chains layer-prologues,layer-persistent --out "$OUT/chain-llama-3.2-1b" 2>&1 | grep -v "^|" | tail -8
+fi
+if want tests; then
+  timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE $T 2>&1 \
+    | tee "$OUT/tests.log" | tail -15
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+exit $status

@@ -1,0 +1,103 @@
+"""The persistent decode-layer kernel on a CUDA device, as one launch with its grid barriers:
+at the real shapes of Qwen3-0.6B (QK-norm) and Llama-3.2-1B over contexts from 0 to 4,000
+keys, bf16, against the torch reference; small hypothesis shapes over fewer programs; the
+stage-by-stage launches against the single one; the counters left at zero and the error flag
+clear after each launch; 28 layers captured in a CUDA graph and replayed (the counters reset
+themselves between launches); determinism. Run with ``pytest -m gpu``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infer_core.kernels import decode_layer as dl
+from tests.kernels import decode_layer_cases as cases
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+SHAPES = {  # hidden, intermediate, kv heads, group, head dim, qk-norm
+    "qwen3-0.6b": (1024, 3072, 8, 2, 128, True),
+    "llama-3.2-1b": (2048, 8192, 8, 4, 64, False),
+}
+
+
+def real_case(shape: str, context: int, residual: bool = True, seed: int = 0) -> cases.LayerCase:
+    hidden, inter, hkv, group, d, qk = SHAPES[shape]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return cases.LayerCase(hidden, inter, hkv, group, d, context, 16, qk, residual, sms, 16, 64, 16384, 2048,
+                           True, seed)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("context", [0, 1, 63, 64, 255, 1000, 4000])
+def test_real_shapes(shape, context):
+    cases.check_decode_layer("cuda", torch.bfloat16, real_case(shape, context, residual=context != 1),
+                             stage_by_stage=False)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("max_elements", [4096, 16384, 32768])
+def test_real_shapes_configs(shape, prefetch, max_elements):
+    case = replace(real_case(shape, 300), prefetch=prefetch, max_elements=max_elements)
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False)
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=cases.layer_cases(programs=(1, 3, 7, 32)), dtype=st.sampled_from([torch.bfloat16, torch.float16]))
+def test_small_shapes_one_launch(case, dtype):
+    cases.check_decode_layer("cuda", dtype, case, stage_by_stage=False)
+
+
+def test_one_launch_equals_stage_by_stage():
+    case = real_case("qwen3-0.6b", 500)
+    outs = []
+    for staged in (False, True):
+        weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
+        cfg = cases.config_for(case, torch.bfloat16)
+        ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                                cfg.splits, torch.bfloat16, "cuda")
+        out, new_res = dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg,
+                                       stage_by_stage=staged)
+        outs.append((out, new_res, cache))
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)  # the same arithmetic; only the barriers differ
+
+
+def test_graph_of_layers_replays():
+    """28 layers in one graph (ping-pong activations), replayed: equal to eager launches, and
+    the same on every replay (the step's K/V slot is rewritten with the same values)."""
+    case = real_case("qwen3-0.6b", 200)
+    weights, layer, md, cache, cos, sin, positions, x, _ = cases.layer_inputs(case, "cuda", torch.bfloat16)
+    cfg = cases.config_for(case, torch.bfloat16)
+    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                            cfg.splits, torch.bfloat16, "cuda")
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        h, r = x, None
+        for _ in range(28):
+            h, r = dl.decode_layer(h, r, weights, layer, cache, md, positions, cos, sin, ws, config=cfg)
+        return h, r
+
+    eager = step()
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # warm-up off the default stream, as the runner captures
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for _ in range(5):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured[0], eager[0]) and torch.equal(captured[1], eager[1])
+    assert ws.error.item() == 0 and not ws.counters.any().item()
