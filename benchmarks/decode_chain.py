@@ -16,7 +16,8 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   RMSNorms and the SiLU-and-mul folded into the GEMMs' prologues;
 - ``layer-persistent``: the whole layer as one persistent launch
   (:mod:`infer_core.kernels.decode_layer`); ``--chains persistent-sweep`` names its config
-  variants (``layer-persistent-e<weight elements per step>-w<warps>-p<prefetch>``).
+  variants (``layer-persistent-e<weight elements per step>-w<warps>-p<prefetch>``), ``--chains
+  persistent-stages`` the launch cut after each stage (``persistent-upto-<k>``).
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -144,18 +145,19 @@ class Layer:
         return small_m_gemm(silu_and_mul(small_m_gemm(h, self.gate_up)), self.down), res
 
 
-PERSISTENT_SWEEP = [(e, w, p) for e in (8192, 16384, 32768) for w in (4, 8, 16) for p in (True, False)
-                    if not (e == 32768 and w == 4)]
+PERSISTENT_SWEEP = [(e, w, True) for e in (8192, 16384, 32768) for w in (4, 8)]
 
 
-def persistent(layers: list[Layer], max_elements: int = 16384, num_warps: int = 8, prefetch: bool = True):
+def persistent(layers: list[Layer], max_elements: int = 16384, num_warps: int = 8, prefetch: bool = True,
+               last_stage: int = 6):
     """The chain of persistent layer launches (one per layer, ping-pong activations)."""
     first = layers[0]
     hidden, inter = first.o.shape[0], first.down.shape[1]
     attn = first.attn
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, sms,
-                                   max_elements=max_elements), num_warps=num_warps, prefetch=prefetch)
+                                   max_elements=max_elements), num_warps=num_warps, prefetch=prefetch,
+                  last_stage=last_stage)
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     def run() -> None:
@@ -222,6 +224,9 @@ def chains(layers: list[Layer]) -> dict:
         "layer-persistent": (persistent(layers), n, wbytes),
         **{f"layer-persistent-e{e}-w{w}-p{int(p)}": (persistent(layers, e, w, p), n, wbytes)
            for e, w, p in PERSISTENT_SWEEP},
+        # the launch cut after stage k (1 qkv, 2 attention, 3 merge, 4 o, 5 gate/up, 6 down): each
+        # stage's cost, its barrier included, is the difference to the one before
+        **{f"persistent-upto-{k}": (persistent(layers, last_stage=k), n, 0) for k in range(1, 7)},
     }
 
 
@@ -243,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     all_chains = chains(layers)
     sweep = [c for c in all_chains if c.startswith("gemm-n")]
     persistent_sweep = [c for c in all_chains if c.startswith("layer-persistent-")]
-    default = [c for c in all_chains if c not in sweep and c not in persistent_sweep]
-    named = {"sweep": sweep, "persistent-sweep": persistent_sweep}
+    upto = [c for c in all_chains if c.startswith("persistent-upto-")]
+    default = [c for c in all_chains if c not in sweep and c not in persistent_sweep and c not in upto]
+    named = {"sweep": sweep, "persistent-sweep": persistent_sweep, "persistent-stages": upto}
     wanted = [c for part in args.chains.split(",") if part for c in named.get(part, [part])] or default
     rows = []
     for name in wanted:

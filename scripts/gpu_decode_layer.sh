@@ -6,9 +6,10 @@
 #   scripts/gpu_decode_layer.sh [quick] [chain] [sweep] [llama] [tests]
 #
 #   quick   the real-shape and CUDA-graph tests only (fast, before timing anything)
-#   chain   Qwen3-0.6B chains layer-prologues (today's engine path) and layer-persistent
+#   chain   Qwen3-0.6B chains layer-prologues (today's engine path), layer-persistent and the
+#           launch cut after each stage (persistent-stages)
 #   sweep   Qwen3-0.6B persistent config sweep (weight elements per step x warps x prefetch)
-#   llama   Llama-3.2-1B chains layer-prologues and layer-persistent
+#   llama   the same chains for Llama-3.2-1B
 #   tests   every GPU test of the kernel
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
@@ -28,7 +29,8 @@ if want quick; then
 fi
 if want chain; then
   timeout "${CHAIN_TIMEOUT:-150}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b \
-    --chains layer-prologues,layer-persistent --out "$OUT/chain-qwen3-0.6b" 2>&1 | grep -v "^|" | tail -8
+    --chains layer-prologues,layer-persistent,persistent-stages --out "$OUT/chain-qwen3-0.6b" 2>&1 \
+    | grep -v "^|" | tail -20
 fi
 if want sweep; then
   timeout "${SWEEP_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b \
@@ -36,7 +38,8 @@ if want sweep; then
 fi
 if want llama; then
   timeout "${CHAIN_TIMEOUT:-150}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b \
-    --chains layer-prologues,layer-persistent --out "$OUT/chain-llama-3.2-1b" 2>&1 | grep -v "^|" | tail -8
+    --chains layer-prologues,layer-persistent,persistent-stages --out "$OUT/chain-llama-3.2-1b" 2>&1 \
+    | grep -v "^|" | tail -20
 fi
 if want tests; then
   timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE $T 2>&1 \

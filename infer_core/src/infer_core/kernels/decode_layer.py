@@ -102,18 +102,22 @@ def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
 
 
 @triton.jit
-def _w_tile(w_ptr, chunk, kt, N, K, valid, ROWS: tl.constexpr, BK: tl.constexpr):
+def _w_tile(w_ptr, chunk, kt, N: tl.constexpr, K: tl.constexpr, valid, ROWS: tl.constexpr, BK: tl.constexpr):
     """Rows ``[chunk * ROWS, +ROWS)``, columns ``[kt * BK, +BK)`` of the row-major ``[N, K]``
-    weight (zeros outside, or everywhere when not ``valid``), streamed once."""
+    weight (zeros outside, or everywhere when not ``valid``), streamed once. The mask is
+    constant along K when ``BK`` divides ``K`` (vectorized loads)."""
     rows = chunk * ROWS + tl.arange(0, ROWS)
     ks = kt * BK + tl.arange(0, BK)
-    mask = (rows < tl.where(valid, N, 0))[:, None] & (ks < K)[None, :]
+    if K % BK == 0:
+        mask = (rows < tl.where(valid, N, 0))[:, None]
+    else:
+        mask = (rows < tl.where(valid, N, 0))[:, None] & (ks < K)[None, :]
     return tl.load(w_ptr + rows.to(tl.int64)[:, None] * K + ks[None, :], mask=mask, other=0.0,
                    eviction_policy="evict_first")
 
 
 @triton.jit
-def _first_tiles(w_ptr, pid, num_programs, N, K, GATED: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr):
+def _first_tiles(w_ptr, pid, num_programs, N: tl.constexpr, K: tl.constexpr, GATED: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr):
     """The first weight tile(s) of program ``pid``'s share of a GEMM stage (the up rows' too
     when ``GATED``), issued ahead of the barrier before the stage."""
     valid = pid < tl.cdiv(N, ROWS)
@@ -123,6 +127,14 @@ def _first_tiles(w_ptr, pid, num_programs, N, K, GATED: tl.constexpr, ROWS: tl.c
     else:
         wu = w
     return w, wu
+
+
+@triton.jit
+def _k_mask(ks, K: tl.constexpr, BK: tl.constexpr):
+    """``ks < K``, a constant (vectorizable) mask when ``BK`` divides ``K``."""
+    if K % BK == 0:
+        return tl.full([BK], 1, tl.int1)
+    return ks < K
 
 
 @triton.jit
@@ -138,14 +150,14 @@ def _stream(x_ptr, r_ptr, o_ptr, ks, mask, MODE: tl.constexpr, HAS_RESIDUAL: tl.
 
 
 @triton.jit
-def _stream_rstd(x_ptr, r_ptr, o_ptr, h_out_ptr, K, eps, store, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+def _stream_rstd(x_ptr, r_ptr, o_ptr, h_out_ptr, K: tl.constexpr, eps, store, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                  BK: tl.constexpr, KT: tl.constexpr):
     """``1 / rms`` of the residual stream row (float32 sum of squares over its K tiles); with
     ``store``, the row is also written to ``h_out_ptr`` (the new residual, one program)."""
     squares = tl.zeros([BK], dtype=tl.float32)
     for kt in tl.static_range(KT):
         ks = kt * BK + tl.arange(0, BK)
-        mask = ks < K
+        mask = _k_mask(ks, K, BK)
         h = _stream(x_ptr, r_ptr, o_ptr, ks, mask, MODE, HAS_RESIDUAL)
         if store:
             tl.store(h_out_ptr + ks, h, mask=mask)
@@ -155,12 +167,12 @@ def _stream_rstd(x_ptr, r_ptr, o_ptr, h_out_ptr, K, eps, store, MODE: tl.constex
 
 
 @triton.jit
-def _gemm_input(kt, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+def _gemm_input(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                 BK: tl.constexpr):
     """K tile ``kt`` of a GEMM stage's input row: a vector written in this launch (``MODE`` 0)
     or the RMSNorm of the residual stream (``MODE`` 1 / 2, with its ``rstd``)."""
     ks = kt * BK + tl.arange(0, BK)
-    mask = ks < K
+    mask = _k_mask(ks, K, BK)
     if MODE == 0:
         return tl.load(x_ptr + ks, mask=mask, other=0.0, cache_modifier=".cg")
     h = _stream(x_ptr, r_ptr, o_ptr, ks, mask, MODE, HAS_RESIDUAL)
@@ -168,7 +180,7 @@ def _gemm_input(kt, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.constexpr, HA
 
 
 @triton.jit
-def _gemm_stage(w_ptr, out_ptr, N, K, pid, num_programs, w, wu,
+def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_programs, w, wu,
                 x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                 MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
                 ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr):
@@ -335,7 +347,8 @@ def _decode_layer_kernel(
     QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     ROWS_QKV: tl.constexpr, BK_QKV: tl.constexpr, ROWS_O: tl.constexpr, BK_O: tl.constexpr,
     ROWS_GU: tl.constexpr, BK_GU: tl.constexpr, ROWS_DOWN: tl.constexpr, BK_DOWN: tl.constexpr,
-    STAGE: tl.constexpr, PREFETCH: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+    STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -346,17 +359,17 @@ def _decode_layer_kernel(
     KT_DOWN: tl.constexpr = (INTER + BK_DOWN - 1) // BK_DOWN
     pid = tl.program_id(0)
 
-    if ALL or STAGE == 1:
+    if (ALL and LAST >= 1) or STAGE == 1:
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV)
     if PDL:
         wait_for_prior()
-    if ALL or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
+    if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
                     rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV)
-    if ALL:
+    if ALL and LAST >= 2:
         _grid_barrier(counters_ptr, 0, num_programs, error_ptr)
-    if ALL or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
+    if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
         seq_len = tl.load(seq_lens_ptr)
         pos = tl.load(pos_ptr).to(tl.int64)
         slot = tl.load(slot_ptr).to(tl.int64)
@@ -365,38 +378,38 @@ def _decode_layer_kernel(
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             stride_kv, stride_block, stride_slot, stride_cos, stride_sin,
                             HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION)
-    if ALL:
+    if ALL and LAST >= 3:
         _grid_barrier(counters_ptr, 1, num_programs, error_ptr)
-    if ALL or STAGE == 3:  # split-KV merge
+    if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
         for head in range(pid, HQ, num_programs):
             _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, HEAD_DIM, SPLITS)
-    if ALL or STAGE == 4:  # noqa: SIM102 (constexpr branches)
+    if (ALL and LAST >= 4) or STAGE == 4:  # noqa: SIM102 (constexpr branches)
         if PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
-    if ALL:
+    if ALL and LAST >= 4:
         _grid_barrier(counters_ptr, 2, num_programs, error_ptr)
-    if ALL or STAGE == 4:  # o = attn @ w_o.T
+    if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
                     0.0, 0, False, False, ROWS_O, BK_O, KT_O)
-    if ALL or STAGE == 5:  # noqa: SIM102 (constexpr branches)
+    if (ALL and LAST >= 5) or STAGE == 5:  # noqa: SIM102 (constexpr branches)
         if PREFETCH:
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
-    if ALL:
+    if ALL and LAST >= 5:
         _grid_barrier(counters_ptr, 3, num_programs, error_ptr)
-    if ALL or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
+    if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
                     rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU)
-    if ALL or STAGE == 6:  # noqa: SIM102 (constexpr branches)
+    if (ALL and LAST >= 6) or STAGE == 6:  # noqa: SIM102 (constexpr branches)
         if PREFETCH:
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
-    if ALL:
+    if ALL and LAST >= 6:
         _grid_barrier(counters_ptr, 4, num_programs, error_ptr)
-    if ALL or STAGE == 6:  # out = act @ w_down.T
+    if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
         if not PREFETCH:
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
@@ -440,6 +453,7 @@ class DecodeLayerConfig:
     bk: tuple[int, int, int, int]
     num_warps: int = 8
     prefetch: bool = True
+    last_stage: int = 6  # benchmarks only: a launch that stops after this stage (timing each stage)
 
 
 def _pow2_floor(n: int) -> int:
@@ -560,7 +574,7 @@ def decode_layer(
             QK_NORM=qk_norm, HAS_RESIDUAL=residual is not None,
             ROWS_QKV=cfg.rows[0], BK_QKV=cfg.bk[0], ROWS_O=cfg.rows[1], BK_O=cfg.bk[1],
             ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
-            STAGE=stage, PREFETCH=cfg.prefetch, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
     return out, res_out
