@@ -16,7 +16,7 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   RMSNorms and the SiLU-and-mul folded into the GEMMs' prologues;
 - ``layer-persistent``: the whole layer as one persistent launch
   (:mod:`infer_core.kernels.decode_layer`); ``--chains persistent-sweep`` names its config
-  variants (``layer-persistent-e<weight elements per step>-w<warps>-p<prefetch>``), ``--chains
+  variants (``layer-persistent-e<weight elements per step>-w<warps>-p<pipeline stages>``), ``--chains
   persistent-stages`` the launch cut after each stage (``persistent-upto-<k>``).
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
@@ -145,10 +145,10 @@ class Layer:
         return small_m_gemm(silu_and_mul(small_m_gemm(h, self.gate_up)), self.down), res
 
 
-PERSISTENT_SWEEP = [(e, w, True) for e in (8192, 16384, 32768) for w in (4, 8)]
+PERSISTENT_SWEEP = [(e, w, p) for e in (8192, 16384, 32768) for w in (4, 8) for p in (1, 2, 3, 4)]
 
 
-def persistent(layers: list[Layer], max_elements: int = 16384, num_warps: int = 8, prefetch: bool = True,
+def persistent(layers: list[Layer], max_elements: int = 16384, num_warps: int = 8, pipeline: int = 3,
                last_stage: int = 6):
     """The chain of persistent layer launches (one per layer, ping-pong activations)."""
     first = layers[0]
@@ -156,7 +156,7 @@ def persistent(layers: list[Layer], max_elements: int = 16384, num_warps: int = 
     attn = first.attn
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, sms,
-                                   max_elements=max_elements), num_warps=num_warps, prefetch=prefetch,
+                                   max_elements=max_elements), num_warps=num_warps, pipeline=pipeline,
                   last_stage=last_stage)
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
@@ -222,7 +222,7 @@ def chains(layers: list[Layer]) -> dict:
         "layer": (run_layers(False), KERNELS_PER_LAYER * n, wbytes),
         "layer-prologues": (run_layers(True), (KERNELS_PER_LAYER - 3) * n, wbytes),
         "layer-persistent": (persistent(layers), n, wbytes),
-        **{f"layer-persistent-e{e}-w{w}-p{int(p)}": (persistent(layers, e, w, p), n, wbytes)
+        **{f"layer-persistent-e{e}-w{w}-p{p}": (persistent(layers, e, w, p), n, wbytes)
            for e, w, p in PERSISTENT_SWEEP},
         # the launch cut after stage k (1 qkv, 2 attention, 3 merge, 4 o, 5 gate/up, 6 down): each
         # stage's cost, its barrier included, is the difference to the one before
@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seq-len", type=int, default=4096, help="what the captured graph's attention config sees")
     parser.add_argument("--chains", default="", help="comma-separated subset (default: all but the GEMM config "
                                                      "sweep; 'sweep' names the sweep's chains)")
+    parser.add_argument("--pdl", default="1,0", help="PDL settings to time each chain with")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in wanted:
         fn, kernels, wbytes = all_chains[name]
-        for pdl in ("1", "0"):
+        for pdl in args.pdl.split(","):
             os.environ["INFER_PDL"] = pdl
             us = timed(fn) * 1e3
             row = {"chain": name, "pdl": pdl == "1", "kernels": kernels,

@@ -34,7 +34,7 @@ if want chain; then
 fi
 if want sweep; then
   timeout "${SWEEP_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b \
-    --chains persistent-sweep --out "$OUT/sweep-qwen3-0.6b" 2>&1 | grep -v "^|" | tail -40
+    --chains persistent-sweep --pdl 1 --out "$OUT/sweep-qwen3-0.6b" 2>&1 | grep -v "^|" | tail -40
 fi
 if want llama; then
   timeout "${CHAIN_TIMEOUT:-150}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b \

@@ -45,8 +45,9 @@ def test_real_shapes(shape, context):
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("max_elements", [4096, 16384, 32768])
-def test_real_shapes_configs(shape, prefetch, max_elements):
-    case = replace(real_case(shape, 300), prefetch=prefetch, max_elements=max_elements)
+@pytest.mark.parametrize("pipeline", [1, 3])
+def test_real_shapes_configs(shape, prefetch, max_elements, pipeline):
+    case = replace(real_case(shape, 300), prefetch=prefetch, max_elements=max_elements, pipeline=pipeline)
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False)
 
 

@@ -180,44 +180,66 @@ def _gemm_input(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl
 
 
 @triton.jit
+def _accumulate(acc, acc_up, w, wu, x, j, chunk, out_ptr, N: tl.constexpr, GATED: tl.constexpr,
+                ROWS: tl.constexpr, KT: tl.constexpr):
+    """Add one tile's products to the chunk's sums; after the chunk's last K tile, store its
+    rows (the gated activation of the two sums when ``GATED``) and start over."""
+    acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+    if GATED:
+        acc_up += tl.sum(wu.to(tl.float32) * x[None, :], axis=1)
+    if j % KT == KT - 1:
+        rows = chunk * ROWS + tl.arange(0, ROWS)
+        dtype = out_ptr.dtype.element_ty
+        if GATED:  # noqa: SIM108 (a constexpr branch)
+            y = gated(acc.to(dtype), acc_up.to(dtype), 0)  # SILU
+        else:
+            y = acc.to(dtype)
+        tl.store(out_ptr + rows, y, mask=rows < N)
+        acc = tl.zeros([ROWS], dtype=tl.float32)
+        acc_up = tl.zeros([ROWS], dtype=tl.float32)
+    return acc, acc_up
+
+
+@triton.jit
 def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_programs, w, wu,
                 x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                 MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
-                ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr):
+                ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, PIPE: tl.constexpr):
     """``out[:N] = input @ w.T`` (or ``silu(input @ gate.T) * (input @ up.T)`` when ``GATED``,
-    ``w_ptr`` then ``[2N, K]``) over program ``pid``'s row chunks, ``w``/``wu`` its first
-    tiles (already requested). Each tile's successor is requested before its product."""
+    ``w_ptr`` then ``[2N, K]``) over program ``pid``'s tiles (row chunk ``pid + i P``, K tile
+    ``kt``), ``w``/``wu`` its first tile(s), already requested. The later tiles: with
+    ``PIPE > 1`` Triton's software pipeline (asynchronous copies into shared memory, ``PIPE``
+    stages); else each tile's successor is requested into registers before its product (the
+    compiler may still schedule it later)."""
     n_chunks = tl.cdiv(N, ROWS)
     tiles = ((n_chunks - pid + num_programs - 1) // num_programs) * KT
     acc = tl.zeros([ROWS], dtype=tl.float32)
     acc_up = tl.zeros([ROWS], dtype=tl.float32)
-    if KT == 1:  # one input tile for every chunk
-        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
-    for j in range(tiles):
-        nxt = j + 1
-        chunk_next = pid + (nxt // KT) * num_programs
-        w_next = _w_tile(w_ptr, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
-        if GATED:
-            wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
-        kt = j % KT
-        if KT > 1:
-            x = _gemm_input(kt, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
-        acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-        if GATED:
-            acc_up += tl.sum(wu.to(tl.float32) * x[None, :], axis=1)
-        if kt == KT - 1:
-            rows = (pid + (j // KT) * num_programs) * ROWS + tl.arange(0, ROWS)
-            dtype = out_ptr.dtype.element_ty
-            if GATED:  # noqa: SIM108 (a constexpr branch)
-                y = gated(acc.to(dtype), acc_up.to(dtype), 0)  # SILU
-            else:
-                y = acc.to(dtype)
-            tl.store(out_ptr + rows, y, mask=rows < N)
-            acc = tl.zeros([ROWS], dtype=tl.float32)
-            acc_up = tl.zeros([ROWS], dtype=tl.float32)
-        w = w_next
-        if GATED:
-            wu = wu_next
+    x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+    if PIPE > 1:
+        acc, acc_up = _accumulate(acc, acc_up, w, wu, x, 0, pid, out_ptr, N, GATED, ROWS, KT)  # tile 0
+        for j in tl.range(1, tiles, num_stages=PIPE):
+            chunk = pid + (j // KT) * num_programs
+            w = _w_tile(w_ptr, chunk, j % KT, N, K, True, ROWS, BK)
+            if GATED:
+                wu = _w_tile(w_ptr + N * K, chunk, j % KT, N, K, True, ROWS, BK)
+            if KT > 1:
+                x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+            acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, chunk, out_ptr, N, GATED, ROWS, KT)
+    else:
+        for j in range(tiles):
+            nxt = j + 1
+            chunk_next = pid + (nxt // KT) * num_programs
+            w_next = _w_tile(w_ptr, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
+            if GATED:
+                wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
+            if KT > 1:
+                x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+            acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, pid + (j // KT) * num_programs, out_ptr, N, GATED,
+                                      ROWS, KT)
+            w = w_next
+            if GATED:
+                wu = wu_next
 
 
 # ----------------------------------------------------------------------------- attention stages
@@ -347,8 +369,8 @@ def _decode_layer_kernel(
     QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     ROWS_QKV: tl.constexpr, BK_QKV: tl.constexpr, ROWS_O: tl.constexpr, BK_O: tl.constexpr,
     ROWS_GU: tl.constexpr, BK_GU: tl.constexpr, ROWS_DOWN: tl.constexpr, BK_DOWN: tl.constexpr,
-    STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PRECISION: tl.constexpr,
-    PDL: tl.constexpr,
+    STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
+    PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -366,7 +388,7 @@ def _decode_layer_kernel(
     if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV)
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE)
     if ALL and LAST >= 2:
         _grid_barrier(counters_ptr, 0, num_programs, error_ptr)
     if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
@@ -392,7 +414,7 @@ def _decode_layer_kernel(
         if not PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_O, BK_O, KT_O)
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE)
     if (ALL and LAST >= 5) or STAGE == 5:  # noqa: SIM102 (constexpr branches)
         if PREFETCH:
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
@@ -403,7 +425,7 @@ def _decode_layer_kernel(
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
-                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU)
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE)
     if (ALL and LAST >= 6) or STAGE == 6:  # noqa: SIM102 (constexpr branches)
         if PREFETCH:
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
@@ -413,7 +435,7 @@ def _decode_layer_kernel(
         if not PREFETCH:
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN)
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE)
     if ALL:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
 
@@ -444,7 +466,8 @@ class DecodeLayerConfig:
     """One launch's shape: ``num_programs`` (at most one per SM: every program must be resident
     for the barriers), ``splits`` key splits per KV head of ``tile`` keys each step, and per
     GEMM stage (qkv, o, gate/up, down) the weight rows per chunk and the K tile width;
-    ``prefetch`` requests each GEMM stage's first weight tiles before the barrier before it."""
+    ``prefetch`` requests each GEMM stage's first weight tiles before the barrier before it;
+    ``pipeline`` the software-pipeline depth of the GEMM loops."""
 
     num_programs: int
     splits: int
@@ -453,6 +476,7 @@ class DecodeLayerConfig:
     bk: tuple[int, int, int, int]
     num_warps: int = 8
     prefetch: bool = True
+    pipeline: int = 3  # software-pipeline stages of the GEMM loops (1: registers, double-buffered)
     last_stage: int = 6  # benchmarks only: a launch that stops after this stage (timing each stage)
 
 
@@ -574,7 +598,7 @@ def decode_layer(
             QK_NORM=qk_norm, HAS_RESIDUAL=residual is not None,
             ROWS_QKV=cfg.rows[0], BK_QKV=cfg.bk[0], ROWS_O=cfg.rows[1], BK_O=cfg.bk[1],
             ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
-            STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
     return out, res_out
