@@ -9,7 +9,7 @@
 #   chain   Qwen3-0.6B chains layer-prologues (today's engine path), layer-persistent and the
 #           launch cut after each stage (persistent-stages)
 #   sweep   Qwen3-0.6B persistent config sweep (weight elements per step x warps x prefetch)
-#   llama   the same chains for Llama-3.2-1B
+#   llama   the same chains for Llama-3.2-1B (llama-sweep: its config sweep)
 #   tests   every GPU test of the kernel
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
@@ -24,7 +24,7 @@ status=0
 T=tests/kernels/test_decode_layer_gpu.py
 if want quick; then
   timeout "${QUICK_TIMEOUT:-180}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE $T \
-    -k "test_real_shapes and not configs or graph" 2>&1 | tee "$OUT/quick_tests.log" | tail -15
+    -k "${QUICK_K:-test_real_shapes and not configs or graph}" 2>&1 | tee "$OUT/quick_tests.log" | tail -15
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if want chain; then
@@ -35,6 +35,10 @@ fi
 if want sweep; then
   timeout "${SWEEP_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b \
     --chains persistent-sweep --pdl 1 --out "$OUT/sweep-qwen3-0.6b" 2>&1 | grep -v "^|" | tail -40
+fi
+if want llama-sweep; then
+  timeout "${SWEEP_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b \
+    --chains persistent-sweep --pdl 1 --out "$OUT/sweep-llama-3.2-1b" 2>&1 | grep -v "^|" | tail -40
 fi
 if want llama; then
   timeout "${CHAIN_TIMEOUT:-150}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b \

@@ -43,11 +43,13 @@ def test_real_shapes(shape, context):
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("prefetch", [False, True])
-@pytest.mark.parametrize("max_elements", [4096, 16384, 32768])
-@pytest.mark.parametrize("pipeline", [1, 3])
-def test_real_shapes_configs(shape, prefetch, max_elements, pipeline):
-    case = replace(real_case(shape, 300), prefetch=prefetch, max_elements=max_elements, pipeline=pipeline)
+@pytest.mark.parametrize(("max_elements", "pipeline", "fewest_steps", "prefetch"), [
+    (4096, 3, False, True), (16384, 1, False, False), (32768, 3, False, True),
+    (16384, 1, True, True), (32768, 1, True, False), (65536, 1, True, True),
+])
+def test_real_shapes_configs(shape, max_elements, pipeline, fewest_steps, prefetch):
+    case = replace(real_case(shape, 300), prefetch=prefetch, max_elements=max_elements, pipeline=pipeline,
+                   fewest_steps=fewest_steps)
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False)
 
 

@@ -485,15 +485,18 @@ def _pow2_floor(n: int) -> int:
 
 
 def gemm_shape(n: int, k: int, programs: int, gated: bool, max_elements: int = 16384,
-               max_bk: int = 2048) -> tuple[int, int]:
+               max_bk: int = 2048, fewest_steps: bool = False) -> tuple[int, int]:
     """``(rows, bk)`` of a GEMM stage with ``n`` output rows over ``k``: a K tile of up to
-    ``max_bk`` that divides ``k`` when it can, then the power-of-two rows (within
-    ``max_elements`` weight elements per step, both tiles' when ``gated``) that give the
-    busiest program the fewest rows, the widest of those."""
+    ``max_bk`` that divides ``k`` when it can, then power-of-two rows within ``max_elements``
+    weight elements per step (both tiles' when ``gated``): those that give the busiest program
+    the fewest rows, the widest of those; or (``fewest_steps``) the fewest loop steps, each
+    program's rows in one chunk when they fit (every step pays a DRAM round trip)."""
     bk = min(triton.next_power_of_2(k), max_bk)
-    while bk > 128 and k % bk and k > bk:
+    while bk > 128 and k % bk and k > bk and not fewest_steps:
         bk //= 2
     cap = max(_pow2_floor(max_elements // (bk * (2 if gated else 1))), 1)
+    if fewest_steps:
+        return min(cap, triton.next_power_of_2(triton.cdiv(n, programs))), bk
     best = None
     rows = 1
     while rows <= cap:
@@ -506,16 +509,17 @@ def gemm_shape(n: int, k: int, programs: int, gated: bool, max_elements: int = 1
 
 def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
                   num_sms: int, dtype: torch.dtype = torch.bfloat16, *, max_elements: int = 16384,
-                  max_bk: int = 2048) -> DecodeLayerConfig:
+                  max_bk: int = 2048, fewest_steps: bool = False) -> DecodeLayerConfig:
     """One program per SM; key splits so that (KV heads x splits) about fills them (at most 16,
     paged_attention's rule for a batch-1 decode graph); 64-key tiles (32 in float32); the GEMM
     stages' shapes from :func:`gemm_shape`."""
     splits = max(min(_pow2_floor(num_sms // num_kv_heads), 16), 1)
     q = num_heads * head_dim
-    shapes = [gemm_shape((num_heads + 2 * num_kv_heads) * head_dim, hidden, num_sms, False, max_elements, max_bk),
-              gemm_shape(hidden, q, num_sms, False, max_elements, max_bk),
-              gemm_shape(intermediate, hidden, num_sms, True, max_elements, max_bk),
-              gemm_shape(hidden, intermediate, num_sms, False, max_elements, max_bk)]
+    max_bk = max(max_bk, 4096) if fewest_steps else max_bk
+    shapes = [gemm_shape((num_heads + 2 * num_kv_heads) * head_dim, hidden, num_sms, False, max_elements, max_bk, fewest_steps),
+              gemm_shape(hidden, q, num_sms, False, max_elements, max_bk, fewest_steps),
+              gemm_shape(intermediate, hidden, num_sms, True, max_elements, max_bk, fewest_steps),
+              gemm_shape(hidden, intermediate, num_sms, False, max_elements, max_bk, fewest_steps)]
     return DecodeLayerConfig(num_programs=num_sms, splits=splits, tile=32 if dtype == torch.float32 else 64,
                              rows=tuple(s[0] for s in shapes), bk=tuple(s[1] for s in shapes))
 
