@@ -104,3 +104,18 @@ def test_graph_of_layers_replays():
         torch.cuda.synchronize()
         assert torch.equal(captured[0], eager[0]) and torch.equal(captured[1], eager[1])
     assert ws.error.item() == 0 and not ws.counters.any().item()
+
+
+def test_several_programs_per_sm():
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    case = replace(real_case("qwen3-0.6b", 300), programs=4 * sms, max_elements=8192)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4)
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
+
+
+def test_refuses_programs_that_cannot_all_be_resident():
+    """More programs than fit at once would wait at the first barrier forever: refused."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    case = replace(real_case("qwen3-0.6b", 300), programs=64 * sms)
+    with pytest.raises(ValueError, match="fit on"):
+        cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False)

@@ -509,18 +509,22 @@ def gemm_shape(n: int, k: int, programs: int, gated: bool, max_elements: int = 1
 
 def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
                   num_sms: int, dtype: torch.dtype = torch.bfloat16, *, max_elements: int = 16384,
-                  max_bk: int = 2048, fewest_steps: bool = False) -> DecodeLayerConfig:
-    """One program per SM; key splits so that (KV heads x splits) about fills them (at most 16,
-    paged_attention's rule for a batch-1 decode graph); 64-key tiles (32 in float32); the GEMM
-    stages' shapes from :func:`gemm_shape`."""
+                  max_bk: int = 2048, fewest_steps: bool = False, programs_per_sm: int = 1,
+                  num_warps: int = 8) -> DecodeLayerConfig:
+    """``programs_per_sm`` programs per SM (all must be resident at once: the launch checks);
+    key splits so that (KV heads x splits) about fills the SMs (at most 16, paged_attention's
+    rule for a batch-1 decode graph); 64-key tiles (32 in float32); the GEMM stages' shapes
+    from :func:`gemm_shape`."""
+    programs = num_sms * programs_per_sm
     splits = max(min(_pow2_floor(num_sms // num_kv_heads), 16), 1)
     q = num_heads * head_dim
     max_bk = max(max_bk, 4096) if fewest_steps else max_bk
-    shapes = [gemm_shape((num_heads + 2 * num_kv_heads) * head_dim, hidden, num_sms, False, max_elements, max_bk, fewest_steps),
-              gemm_shape(hidden, q, num_sms, False, max_elements, max_bk, fewest_steps),
-              gemm_shape(intermediate, hidden, num_sms, True, max_elements, max_bk, fewest_steps),
-              gemm_shape(hidden, intermediate, num_sms, False, max_elements, max_bk, fewest_steps)]
-    return DecodeLayerConfig(num_programs=num_sms, splits=splits, tile=32 if dtype == torch.float32 else 64,
+    args = (max_elements, max_bk, fewest_steps)
+    shapes = [gemm_shape((num_heads + 2 * num_kv_heads) * head_dim, hidden, programs, False, *args),
+              gemm_shape(hidden, q, programs, False, *args),
+              gemm_shape(intermediate, hidden, programs, True, *args),
+              gemm_shape(hidden, intermediate, programs, False, *args)]
+    return DecodeLayerConfig(num_programs=programs, splits=splits, num_warps=num_warps, tile=32 if dtype == torch.float32 else 64,
                              rows=tuple(s[0] for s in shapes), bk=tuple(s[1] for s in shapes))
 
 
@@ -557,6 +561,7 @@ class DecodeWorkspace:
         self.act = empty(intermediate)
         self.counters = torch.zeros(8, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
+        self.resident_ok: set = set()  # launch configurations checked to fit on the device at once
 
 
 def decode_layer(
@@ -587,7 +592,7 @@ def decode_layer(
     r = residual if residual is not None else x
     ws = workspace
     for stage in stages:
-        _decode_layer_kernel[(cfg.num_programs,)](
+        args = (
             x, r, out, res_out,
             weights.qkv, weights.o, weights.gate_up, weights.down, weights.input_norm, weights.post_norm,
             weights.q_norm if qk_norm else weights.input_norm, weights.k_norm if qk_norm else weights.input_norm,
@@ -597,6 +602,8 @@ def decode_layer(
             layer.scale * LOG2E,
             ws.qkv, ws.part_acc, ws.part_max, ws.part_sum, ws.attn, ws.o, ws.act, ws.counters, ws.error,
             cfg.num_programs,
+        )
+        kwargs = dict(
             HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=cfg.splits,
             BLOCK_M=max(16, triton.next_power_of_2(hq // hkv)), TILE=cfg.tile, BLOCK_SIZE=metadata.block_size,
             QK_NORM=qk_norm, HAS_RESIDUAL=residual is not None,
@@ -605,6 +612,9 @@ def decode_layer(
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
+        if stage < 0 and x.is_cuda:
+            _check_resident(workspace, cfg, x.device, args, kwargs)
+        _decode_layer_kernel[(cfg.num_programs,)](*args, **kwargs)
     return out, res_out
 
 
@@ -612,6 +622,36 @@ def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def resident_programs(n_regs: int, shared: int, num_warps: int, device: torch.device) -> int:
+    """How many programs of a compiled kernel fit on the device at once (threads, registers,
+    shared memory per SM)."""
+    props = torch.cuda.get_device_properties(device)
+    threads = 32 * num_warps
+    by_threads = props.max_threads_per_multi_processor // threads
+    regs_per_warp = -(-max(n_regs, 1) * 32 // 256) * 256  # allocated per warp in units of 256
+    by_regs = props.regs_per_multiprocessor // (regs_per_warp * num_warps)
+    smem = getattr(props, "shared_memory_per_multiprocessor", 233472)
+    by_smem = smem // (shared + 1024) if shared else 32
+    return max(min(by_threads, by_regs, by_smem, 32), 0) * props.multi_processor_count
+
+
+def _check_resident(workspace: DecodeWorkspace, cfg: DecodeLayerConfig, device: torch.device, args: tuple,
+                    kwargs: dict) -> None:
+    """Refuse a launch whose programs could not all be resident (its barriers would never
+    open): compile it (once per configuration) and count what fits."""
+    key = (cfg, tuple(sorted((k, v) for k, v in kwargs.items() if isinstance(v, (int, bool, str)))))
+    if key in workspace.resident_ok:
+        return
+    compiled = _decode_layer_kernel.warmup(*args, grid=(cfg.num_programs,), **kwargs)
+    compiled._init_handles()
+    fits = resident_programs(compiled.n_regs, compiled.metadata.shared, cfg.num_warps, device)
+    if cfg.num_programs > fits:
+        raise ValueError(f"the decode-layer launch has {cfg.num_programs} programs but only {fits} fit on "
+                         f"{torch.cuda.get_device_name(device)} at once ({compiled.n_regs} registers per thread, "
+                         f"{compiled.metadata.shared} bytes of shared memory): use fewer programs per SM")
+    workspace.resident_ok.add(key)
 
 
 def decode_layer_ref(
