@@ -152,9 +152,10 @@ PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1
                     (4096, 2, 1, 0, 8), (8192, 2, 1, 1, 8)]
 
 
-def persistent(layers: list[Layer], max_elements: int = 16384, num_warps: int = 8, pipeline: int = 3,
-               fewest_steps: bool = False, programs_per_sm: int = 1, last_stage: int = 6):
-    """The chain of persistent layer launches (one per layer, ping-pong activations)."""
+def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4, pipeline: int = 1,
+               fewest_steps: bool = True, programs_per_sm: int = 4, last_stage: int = 6, default: bool = False):
+    """The chain of persistent layer launches (one per layer, ping-pong activations); with
+    ``default``, each launch picks its own configuration (what a model would run)."""
     first = layers[0]
     hidden, inter = first.o.shape[0], first.down.shape[1]
     attn = first.attn
@@ -169,7 +170,7 @@ def persistent(layers: list[Layer], max_elements: int = 16384, num_warps: int = 
         x, res = first.x, first.res
         for layer in layers:
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
-                                     layer.cos, layer.sin, ws, config=cfg)
+                                     layer.cos, layer.sin, ws, config=None if default else cfg)
     return run
 
 
@@ -226,7 +227,7 @@ def chains(layers: list[Layer]) -> dict:
         "attention": (attention, 3 * n, 0),
         "layer": (run_layers(False), KERNELS_PER_LAYER * n, wbytes),
         "layer-prologues": (run_layers(True), (KERNELS_PER_LAYER - 3) * n, wbytes),
-        "layer-persistent": (persistent(layers), n, wbytes),
+        "layer-persistent": (persistent(layers, default=True), n, wbytes),
         **{f"layer-persistent-e{e}-w{w}-p{p}-f{f}-s{sm}": (persistent(layers, e, w, p, bool(f), sm), n, wbytes)
            for e, w, p, f, sm in PERSISTENT_SWEEP},
         # the launch cut after stage k (1 qkv, 2 attention, 3 merge, 4 o, 5 gate/up, 6 down): each

@@ -85,7 +85,8 @@ def layer_inputs(case: LayerCase, device: str, dtype: torch.dtype):
 def config_for(case: LayerCase, dtype: torch.dtype) -> dl.DecodeLayerConfig:
     hq = case.kv_heads * case.group
     cfg = dl.choose_config(case.hidden, case.intermediate, hq, case.kv_heads, case.head_dim, case.programs, dtype,
-                           max_elements=case.max_elements, max_bk=case.max_bk, fewest_steps=case.fewest_steps)
+                           max_elements=case.max_elements, max_bk=case.max_bk, fewest_steps=case.fewest_steps,
+                           num_warps=8)
     return replace(cfg, splits=case.splits, tile=case.tile, prefetch=case.prefetch, pipeline=case.pipeline)
 
 
@@ -94,11 +95,14 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def check_decode_layer(device: str, dtype: torch.dtype, case: LayerCase, *, stage_by_stage: bool,
-                       config: dl.DecodeLayerConfig | None = None) -> None:
+                       config: dl.DecodeLayerConfig | None = None, default_config: bool = False) -> None:
+    """``default_config``: the launch picks its own (``config=None``), else ``config`` or the case's."""
     weights, layer, md, cache, cos, sin, positions, x, res = layer_inputs(case, device, dtype)
     cfg = config or config_for(case, dtype)
     ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
                             cfg.splits, dtype, device)
+    if default_config:
+        cfg = None
     ref_cache = cache.clone()
     ref_out, ref_res = dl.decode_layer_ref(x, res, weights, layer, ref_cache, md, positions, cos, sin)
     out, new_res = dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg,

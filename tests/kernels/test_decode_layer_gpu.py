@@ -38,8 +38,9 @@ def real_case(shape: str, context: int, residual: bool = True, seed: int = 0) ->
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 1, 63, 64, 255, 1000, 4000])
 def test_real_shapes(shape, context):
+    """The launch's own configuration (as many programs per SM as fit)."""
     cases.check_decode_layer("cuda", torch.bfloat16, real_case(shape, context, residual=context != 1),
-                             stage_by_stage=False)
+                             stage_by_stage=False, default_config=True)
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
@@ -86,7 +87,7 @@ def test_graph_of_layers_replays():
     def step() -> tuple[torch.Tensor, torch.Tensor]:
         h, r = x, None
         for _ in range(28):
-            h, r = dl.decode_layer(h, r, weights, layer, cache, md, positions, cos, sin, ws, config=cfg)
+            h, r = dl.decode_layer(h, r, weights, layer, cache, md, positions, cos, sin, ws)  # its own config
         return h, r
 
     eager = step()

@@ -508,13 +508,15 @@ def gemm_shape(n: int, k: int, programs: int, gated: bool, max_elements: int = 1
 
 
 def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                  num_sms: int, dtype: torch.dtype = torch.bfloat16, *, max_elements: int = 16384,
-                  max_bk: int = 2048, fewest_steps: bool = False, programs_per_sm: int = 1,
-                  num_warps: int = 8) -> DecodeLayerConfig:
+                  num_sms: int, dtype: torch.dtype = torch.bfloat16, *, max_elements: int = 8192,
+                  max_bk: int = 2048, fewest_steps: bool = True, programs_per_sm: int = 1,
+                  num_warps: int = 4, pipeline: int = 1) -> DecodeLayerConfig:
     """``programs_per_sm`` programs per SM (all must be resident at once: the launch checks);
     key splits so that (KV heads x splits) about fills the SMs (at most 16, paged_attention's
     rule for a batch-1 decode graph); 64-key tiles (32 in float32); the GEMM stages' shapes
-    from :func:`gemm_shape`."""
+    from :func:`gemm_shape`. The defaults are the fastest of the sweep on an H200 with 4
+    programs per SM (Qwen3-0.6B and Llama-3.2-1B chains, benchmarks/reports/
+    persistent-decode-layer-2026-12-02-h200)."""
     programs = num_sms * programs_per_sm
     splits = max(min(_pow2_floor(num_sms // num_kv_heads), 16), 1)
     q = num_heads * head_dim
@@ -524,7 +526,7 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
               gemm_shape(hidden, q, programs, False, *args),
               gemm_shape(intermediate, hidden, programs, True, *args),
               gemm_shape(hidden, intermediate, programs, False, *args)]
-    return DecodeLayerConfig(num_programs=programs, splits=splits, num_warps=num_warps, tile=32 if dtype == torch.float32 else 64,
+    return DecodeLayerConfig(num_programs=programs, splits=splits, num_warps=num_warps, pipeline=pipeline, tile=32 if dtype == torch.float32 else 64,
                              rows=tuple(s[0] for s in shapes), bk=tuple(s[1] for s in shapes))
 
 
@@ -561,7 +563,8 @@ class DecodeWorkspace:
         self.act = empty(intermediate)
         self.counters = torch.zeros(8, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
-        self.resident_ok: set = set()  # launch configurations checked to fit on the device at once
+        # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
+        self.resident: dict = {}
 
 
 def decode_layer(
@@ -582,16 +585,14 @@ def decode_layer(
     reason = supports(layer, kv_cache, x.dtype)
     assert reason is None, reason
     assert kv_cache.is_contiguous() and kv_cache.shape[3:] == (hkv, d), kv_cache.shape
-    cfg = config or choose_config(hidden, inter, hq, hkv, d, _num_sms(x.device), x.dtype)
-    assert cfg.splits == workspace.splits, (cfg.splits, workspace.splits)
     out = torch.empty_like(x)
     res_out = torch.empty_like(x)
     qk_norm = weights.q_norm is not None
-    stages = range(1, 7) if stage_by_stage else (-1,)
     pdl = use_pdl(x) and not stage_by_stage
     r = residual if residual is not None else x
     ws = workspace
-    for stage in stages:
+
+    def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
         args = (
             x, r, out, res_out,
             weights.qkv, weights.o, weights.gate_up, weights.down, weights.input_norm, weights.post_norm,
@@ -609,11 +610,26 @@ def decode_layer(
             QK_NORM=qk_norm, HAS_RESIDUAL=residual is not None,
             ROWS_QKV=cfg.rows[0], BK_QKV=cfg.bk[0], ROWS_O=cfg.rows[1], BK_O=cfg.bk[1],
             ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
-            STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline, PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
+            PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
+        return args, kwargs
+
+    if config is None and x.is_cuda and not stage_by_stage:  # the most programs per SM that fit
+        cfg = None
+        for per_sm in (4, 2, 1):
+            candidate = choose_config(hidden, inter, hq, hkv, d, _num_sms(x.device), x.dtype, programs_per_sm=per_sm)
+            if per_sm == 1 or _fits(ws, candidate, x.device, *launch_args(candidate, -1)):
+                cfg = candidate
+                break
+    else:
+        cfg = config or choose_config(hidden, inter, hq, hkv, d, _num_sms(x.device), x.dtype)
+    assert cfg.splits == workspace.splits, (cfg.splits, workspace.splits)
+    for stage in (range(1, 7) if stage_by_stage else (-1,)):
+        args, kwargs = launch_args(cfg, stage)
         if stage < 0 and x.is_cuda:
-            _check_resident(workspace, cfg, x.device, args, kwargs)
+            _check_resident(ws, cfg, x.device, args, kwargs)
         _decode_layer_kernel[(cfg.num_programs,)](*args, **kwargs)
     return out, res_out
 
@@ -637,21 +653,27 @@ def resident_programs(n_regs: int, shared: int, num_warps: int, device: torch.de
     return max(min(by_threads, by_regs, by_smem, 32), 0) * props.multi_processor_count
 
 
+def _fits(workspace: DecodeWorkspace, cfg: DecodeLayerConfig, device: torch.device, args: tuple,
+          kwargs: dict) -> bool:
+    """Whether every program of this launch can be resident at once (else its barriers would
+    never open): compiled once per configuration, registers / shared memory / threads counted."""
+    key = (cfg, tuple(sorted((k, v) for k, v in kwargs.items() if isinstance(v, (int, bool, str)))))
+    if key not in workspace.resident:
+        compiled = _decode_layer_kernel.warmup(*args, grid=(cfg.num_programs,), **kwargs)
+        compiled._init_handles()
+        fits = resident_programs(compiled.n_regs, compiled.metadata.shared, cfg.num_warps, device)
+        workspace.resident[key] = (fits, compiled.n_regs, compiled.metadata.shared)
+    return cfg.num_programs <= workspace.resident[key][0]
+
+
 def _check_resident(workspace: DecodeWorkspace, cfg: DecodeLayerConfig, device: torch.device, args: tuple,
                     kwargs: dict) -> None:
-    """Refuse a launch whose programs could not all be resident (its barriers would never
-    open): compile it (once per configuration) and count what fits."""
-    key = (cfg, tuple(sorted((k, v) for k, v in kwargs.items() if isinstance(v, (int, bool, str)))))
-    if key in workspace.resident_ok:
-        return
-    compiled = _decode_layer_kernel.warmup(*args, grid=(cfg.num_programs,), **kwargs)
-    compiled._init_handles()
-    fits = resident_programs(compiled.n_regs, compiled.metadata.shared, cfg.num_warps, device)
-    if cfg.num_programs > fits:
+    """Refuse a launch whose programs could not all be resident at once."""
+    if not _fits(workspace, cfg, device, args, kwargs):
+        fits, regs, shared = next(v for k, v in workspace.resident.items() if k[0] == cfg)
         raise ValueError(f"the decode-layer launch has {cfg.num_programs} programs but only {fits} fit on "
-                         f"{torch.cuda.get_device_name(device)} at once ({compiled.n_regs} registers per thread, "
-                         f"{compiled.metadata.shared} bytes of shared memory): use fewer programs per SM")
-    workspace.resident_ok.add(key)
+                         f"{torch.cuda.get_device_name(device)} at once ({regs} registers per thread, "
+                         f"{shared} bytes of shared memory): use fewer programs per SM")
 
 
 def decode_layer_ref(
