@@ -16,6 +16,7 @@
 #            model.small_m_gemm true / false, "prologues-act" / "prologues-norm" / "prologues-all" =
 #            model.small_m_prologues act / norm / all, "gated-epilogue" =
 #            model.small_m_gated_epilogue true (the activation in gate/up's epilogue),
+#            "persistent" = model.persistent_decode true (one launch per layer at batch 1),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -92,6 +93,7 @@ if want ab; then
         no-small-m) flag+=(--model.small_m_gemm false) ;;
         prologues-*) flag+=(--model.small_m_prologues "${part#prologues-}") ;;
         gated-epilogue) flag+=(--model.small_m_gated_epilogue true) ;;
+        persistent) flag+=(--model.persistent_decode true) ;;
         no-pdl) pdl=0 ;;
       esac
     done

@@ -459,6 +459,16 @@ def test_wrong_type():
     )
 
 
+def test_persistent_decode_is_a_boolean_off_by_default(tmp_path):
+    assert load_config(environ={}).model.persistent_decode is False
+    assert load_config(overrides=["--model.persistent_decode", "true"], environ={}).model.persistent_decode is True
+    cfg = load_config(write(tmp_path, "[model]\npersistent_decode = true\n"), environ={})
+    assert cfg.model.persistent_decode is True
+    assert config_error(overrides=["--model.persistent_decode", "maybe"]) == CLI + (
+        "model.persistent_decode: Input should be a valid boolean, unable to interpret input (got 'maybe')."
+    )
+
+
 def test_small_m_gated_epilogue_is_a_boolean_off_by_default(tmp_path):
     assert load_config(environ={}).model.small_m_gated_epilogue is False
     assert load_config(overrides=["--model.small_m_gated_epilogue", "true"], environ={}).model.small_m_gated_epilogue is True

@@ -149,6 +149,21 @@ def test_gated_epilogue_equals_unfused_fp32(arch):
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
 
 
+@pytest.mark.parametrize(("arch", "overrides"), [("llama", {"head_dim": 32}), ("qwen3", {})])
+def test_persistent_decode_equals_usual_path_fp32(arch, overrides):
+    """``model.persistent_decode`` (opt-in): batch-1 decode steps (replayed as CUDA graphs)
+    run one persistent launch per layer; greedy tokens equal those of the usual path, for
+    requests alone and batched (those keep the usual path), every block back."""
+    checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512, **overrides)
+    on = make_llm(checkpoint, dtype="float32", persistent_decode=True)
+    off = make_llm(checkpoint, dtype="float32")
+    for prompts in [batch(512)[:1], batch(512)[1:2], batch(512)]:
+        theirs = [o.outputs[0].token_ids for o in off.generate(prompts, GREEDY)]
+        assert [o.outputs[0].token_ids for o in on.generate(prompts, GREEDY)] == theirs
+    assert on.engine.model.model.persistent_decode.active  # the stack qualified and ran
+    assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
 def test_programmatic_dependent_launch_changes_nothing(arch, monkeypatch):
     """PDL on (the default from compute capability 9.0) vs off (``INFER_PDL=0``, read when

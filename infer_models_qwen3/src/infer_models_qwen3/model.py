@@ -21,6 +21,11 @@ from infer_core.layers.parallel import (
     RowParallelLinear,
     VocabParallelEmbedding,
 )
+from infer_core.layers.persistent_decode import (
+    LayerDescription,
+    PersistentDecode,
+    decoder_layer_weights,
+)
 from infer_core.layers.rotary import RotaryEmbedding
 from infer_core.loader.hf_config import FULL_ATTENTION, SLIDING_ATTENTION, head_dim_of, rope_spec
 from infer_core.models.base import CausalLM, ModelContext
@@ -128,6 +133,13 @@ class Qwen3DecoderLayer(nn.Module):
         h, residual = self.self_attn(positions, h, residual, self.input_layernorm, md)
         return self.mlp(h, residual, self.post_attention_layernorm)
 
+    def persistent_decode_weights(self) -> LayerDescription:
+        """This layer's tensors for the persistent batch-1 decode launch (or why not)."""
+        a, m = self.self_attn, self.mlp
+        weights, why = decoder_layer_weights(a.attn, a.qkv_proj, a.o_proj, m.gate_up_proj, m.down_proj, m.act,
+                                             self.input_layernorm, self.post_attention_layernorm, a.q_norm, a.k_norm)
+        return weights, why, a.attn
+
 
 class Qwen3Model(nn.Module):
     def __init__(self, args: Qwen3Args, hf_config: dict[str, Any], ctx: ModelContext) -> None:
@@ -138,9 +150,13 @@ class Qwen3Model(nn.Module):
             Qwen3DecoderLayer(args, rotary, ctx, window) for window in args.sliding_windows
         )
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
+        self.persistent_decode = PersistentDecode(rotary, ctx.tp.size)  # opt-in: model.persistent_decode
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
         h, residual = self.embed_tokens(input_ids), None
+        if self.persistent_decode.applies(h, md, lambda: [layer.persistent_decode_weights() for layer in self.layers]):
+            h, residual = self.persistent_decode(h, positions, md)  # one launch per layer
+            return self.norm(h, residual)[0]
         for layer in self.layers:
             h, residual = layer(positions, h, residual, md)
         return self.norm(h, residual)[0]

@@ -28,6 +28,7 @@ from infer_core.engine.runner import LaunchedStep, ModelRunner, ModelRunnerOutpu
 from infer_core.engine.scheduler import Scheduler, SchedulerLimits, SchedulerOutput
 from infer_core.errors import ConfigError, RequestError
 from infer_core.layers.linear import enable_small_m_gemm
+from infer_core.layers.persistent_decode import enable_persistent_decode
 from infer_core.loader.hf_config import read_hf_config
 from infer_core.loader.model import DTYPES, load_model
 from infer_core.loader.tokenizer import Tokenizer
@@ -130,6 +131,16 @@ class LLMEngine:
             prologues, epilogue = config.model.small_m_prologues, config.model.small_m_gated_epilogue
             log.info("small-M GEMM on for %d linear layers (prologues: %s, gated epilogue: %s)",
                      enable_small_m_gemm(self.model, prologues, epilogue), prologues, epilogue)
+        if config.model.persistent_decode:
+            if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+                raise ConfigError("model.persistent_decode runs a Triton kernel and needs a CUDA device; "
+                                  "turn it off on the CPU.")
+            paths = enable_persistent_decode(self.model)
+            if paths:
+                log.info("persistent decode layers on for batch-1 decode steps")
+            else:
+                log.warning("model.persistent_decode: this model has no persistent decode path "
+                            "(Llama and Qwen 3 have); batch-1 decode takes the usual path")
         self.tokenizer = Tokenizer.from_dir(model_dir)
         cache_cls = selection.cache.spec.load()
         block_size = cache_cls.block_size_for(config.cache.block_size, max_model_len)

@@ -518,7 +518,7 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
     programs per SM (Qwen3-0.6B and Llama-3.2-1B chains, benchmarks/reports/
     persistent-decode-layer-2026-12-02-h200)."""
     programs = num_sms * programs_per_sm
-    splits = max(min(_pow2_floor(num_sms // num_kv_heads), 16), 1)
+    splits = splits_for(num_kv_heads, num_sms)
     q = num_heads * head_dim
     max_bk = max(max_bk, 4096) if fewest_steps else max_bk
     args = (max_elements, max_bk, fewest_steps)
@@ -528,6 +528,11 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
               gemm_shape(hidden, intermediate, programs, False, *args)]
     return DecodeLayerConfig(num_programs=programs, splits=splits, num_warps=num_warps, pipeline=pipeline, tile=32 if dtype == torch.float32 else 64,
                              rows=tuple(s[0] for s in shapes), bk=tuple(s[1] for s in shapes))
+
+
+def splits_for(num_kv_heads: int, num_sms: int) -> int:
+    """Key splits per KV head: (KV heads x splits) about fills the SMs, at most 16."""
+    return max(min(_pow2_floor(num_sms // num_kv_heads), 16), 1)
 
 
 def supports(layer: AttentionLayer, kv_cache: torch.Tensor, dtype: torch.dtype) -> str | None:
@@ -546,10 +551,13 @@ def supports(layer: AttentionLayer, kv_cache: torch.Tensor, dtype: torch.dtype) 
 
 class DecodeWorkspace:
     """The launches' scratch (shared by every layer of a step: the launches are ordered), the
-    barrier counters (zero between launches) and the error flag (set if a barrier timed out)."""
+    barrier counters (zero between launches) and the error flag (set if a barrier timed out).
+    ``splits`` must be the launches' (:func:`splits_for` the device's SMs by default)."""
 
     def __init__(self, hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 splits: int, dtype: torch.dtype, device: torch.device | str) -> None:
+                 splits: int | None, dtype: torch.dtype, device: torch.device | str) -> None:
+        if splits is None:
+            splits = splits_for(num_kv_heads, _num_sms(torch.device(device)))
         def empty(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
             return torch.empty(*shape, dtype=dt, device=device)
 

@@ -1,0 +1,133 @@
+"""Batch-1 decode steps of a Llama / Qwen 3 decoder stack as one persistent launch per layer
+(:mod:`infer_core.kernels.decode_layer`), opt-in with ``model.persistent_decode``.
+
+A model holds one :class:`PersistentDecode` (a plain attribute, not a submodule) and, in
+``forward``, hands it the step when :meth:`PersistentDecode.applies` (the switch on, one
+token, a decode, the stack checked once by :meth:`PersistentDecode.prepare`); each decoder
+layer describes its tensors with :func:`decoder_layer_weights`. The launch stores
+the step's K/V into the layer's cache itself (the standard ``[2, blocks, block_size, Hkv, D]``
+layout) and attends without the attention backend, so the first call checks what the kernel
+needs (one tensor-parallel rank, no biases, SiLU, no sliding window or softcap, a cache of the
+activations' dtype, RoPE over the whole head); a stack that does not qualify keeps the
+ordinary path, with one log line saying why.
+
+On the CPU the kernel runs only under the Triton interpreter, stage by stage (tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from infer_core.attention.metadata import AttentionMetadata
+from infer_core.kernels.decode_layer import (
+    DecodeLayerWeights,
+    DecodeWorkspace,
+    decode_layer,
+    supports,
+)
+from infer_core.layers.attention import Attention
+from infer_core.layers.linear import Linear
+from infer_core.layers.norm import RMSNorm
+from infer_core.layers.rotary import RotaryEmbedding
+
+log = logging.getLogger(__name__)
+
+
+def decoder_layer_weights(
+    attn: Attention, qkv_proj: Linear, o_proj: Linear, gate_up_proj: Linear, down_proj: Linear, act: str,
+    input_norm: RMSNorm, post_norm: RMSNorm, q_norm: RMSNorm | None = None, k_norm: RMSNorm | None = None,
+) -> tuple[DecodeLayerWeights | None, str | None]:
+    """A decoder layer's tensors for the persistent launch, or ``(None, why not)``."""
+    if act != "silu":
+        return None, f"the {act} activation"
+    if any(m.bias is not None for m in (qkv_proj, o_proj, gate_up_proj, down_proj)):
+        return None, "projection biases"
+    if input_norm.eps != post_norm.eps or (q_norm is not None and q_norm.eps != input_norm.eps):
+        return None, "RMSNorms with different eps"
+    if getattr(input_norm, "gemma", False):
+        return None, "Gemma's RMSNorm"
+    weights = DecodeLayerWeights(
+        qkv_proj.weight, o_proj.weight, gate_up_proj.weight, down_proj.weight, input_norm.weight, post_norm.weight,
+        input_norm.eps, q_norm.weight if q_norm is not None else None, k_norm.weight if k_norm is not None else None,
+    )
+    return weights, None
+
+
+# one decoder layer's description: (weights or None, why not, its attention module)
+LayerDescription = tuple[DecodeLayerWeights | None, str | None, Attention]
+
+
+class PersistentDecode:
+    """The stack's batch-1 decode path; off until the engine switches it on."""
+
+    def __init__(self, rotary: RotaryEmbedding, tp_size: int = 1) -> None:
+        self.enabled = False
+        self.rotary = rotary
+        self.tp_size = tp_size
+        self._plan: list[tuple[DecodeLayerWeights, Attention]] | None = None
+        self._workspace: DecodeWorkspace | None = None
+
+    @property
+    def active(self) -> bool:
+        """Switched on and the stack checked: batch-1 decode steps run here."""
+        return self.enabled and self._plan is not None
+
+    def applies(self, h: torch.Tensor, md: AttentionMetadata,
+                describe: Callable[[], Sequence[LayerDescription]]) -> bool:
+        """Whether this step (embedded tokens ``h``) runs here: switched on, one decode token,
+        on a CUDA device (or the Triton interpreter), and the stack (``describe()``, asked
+        once) qualifies."""
+        if not self.enabled or h.shape[0] != 1 or md.max_query_len != 1:
+            return False
+        if not (h.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+            return False
+        return self._plan is not None or self.prepare(describe(), h)
+
+    def prepare(self, layers: Sequence[LayerDescription], h: torch.Tensor) -> bool:
+        """Check the stack once; switch off with a log line when it does not qualify."""
+        reason = "tensor parallelism" if self.tp_size > 1 else None
+        half = self.rotary.cos.shape[-1]
+        for _weights, why, attn in layers:
+            if reason is not None:
+                break
+            cache = attn.kv_cache
+            reason = (why or supports(attn.layer, cache, h.dtype)
+                      or ("an FP8 KV cache" if attn.kv_scales is not None else None)
+                      or (f"a KV cache of shape {tuple(cache.shape)}" if cache.dim() != 5 or cache.shape[0] != 2
+                          else None)
+                      or (f"partial rotary ({2 * half} of {attn.layer.head_dim})" if 2 * half != attn.layer.head_dim
+                          else None))
+        if reason is not None:
+            log.warning("model.persistent_decode: off for this model (%s); batch-1 decode takes the usual path", reason)
+            self.enabled = False
+            return False
+        self._plan = [(weights, attn) for weights, _, attn in layers]
+        first = self._plan[0][1].layer
+        w = self._plan[0][0]
+        self._workspace = DecodeWorkspace(w.o.shape[0], w.down.shape[1], first.num_heads, first.num_kv_heads,
+                                          first.head_dim, None, h.dtype, h.device)
+        return True
+
+    def __call__(self, h: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder stack over one token: ``(mlp_out, residual)`` of the last layer."""
+        residual = None
+        staged = not h.is_cuda  # the interpreter: a spin barrier cannot open there
+        for weights, attn in self._plan:
+            h, residual = decode_layer(h, residual, weights, attn.layer, attn.kv_cache, md, positions,
+                                       self.rotary.cos, self.rotary.sin, self._workspace, stage_by_stage=staged)
+        return h, residual
+
+
+def enable_persistent_decode(model: nn.Module) -> int:
+    """Switch on every :class:`PersistentDecode` of ``model`` (an attribute of one of its
+    modules); returns how many there are."""
+    paths = [p for m in model.modules() for p in vars(m).values() if isinstance(p, PersistentDecode)]
+    for path in paths:
+        path.enabled = True
+    return len(paths)
