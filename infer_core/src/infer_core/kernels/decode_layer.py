@@ -668,9 +668,15 @@ def _fits(workspace: DecodeWorkspace, cfg: DecodeLayerConfig, device: torch.devi
     key = (cfg, tuple(sorted((k, v) for k, v in kwargs.items() if isinstance(v, (int, bool, str)))))
     if key not in workspace.resident:
         compiled = _decode_layer_kernel.warmup(*args, grid=(cfg.num_programs,), **kwargs)
-        compiled._init_handles()
-        fits = resident_programs(compiled.n_regs, compiled.metadata.shared, cfg.num_warps, device)
-        workspace.resident[key] = (fits, compiled.n_regs, compiled.metadata.shared)
+        init = getattr(compiled, "_init_handles", None)  # Triton loads the binary (and counts) lazily
+        if init is not None:
+            init()
+        regs, shared = getattr(compiled, "n_regs", None), compiled.metadata.shared
+        if regs is None:  # a Triton that does not say: only one program per SM is safe
+            fits = _num_sms(device)
+        else:
+            fits = resident_programs(regs, shared, cfg.num_warps, device)
+        workspace.resident[key] = (fits, regs, shared)
     return cfg.num_programs <= workspace.resident[key][0]
 
 
