@@ -61,6 +61,8 @@ import triton.language as tl
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.kernels.act_and_mul import gated, silu_and_mul_ref
+from infer_core.kernels.kv_cache_write import write_kv_ref
+from infer_core.kernels.paged_attention import online_softmax_step, paged_attention_ref
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
 from infer_core.kernels.rms_norm import add_residual, inv_rms, normed, rms_norm_ref
 from infer_core.kernels.rotary import rotary_embedding_ref
@@ -322,13 +324,7 @@ def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos
         s = tl.dot(q1, k1, input_precision=PRECISION)
         s = tl.dot(q2, k2, s, input_precision=PRECISION) * qk_scale
         s = tl.where(key_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, PRECISION)
 
     part = head * SPLITS + split
     tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], acc, mask=row_ok[:, None])
@@ -697,9 +693,6 @@ def decode_layer_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The torch reference: the separate references in the unfused path's order and roundings
     (``kv_cache`` written in place)."""
-    from infer_core.kernels.kv_cache_write import write_kv_ref
-    from infer_core.kernels.paged_attention import paged_attention_ref
-
     dtype = x.dtype
     hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
 

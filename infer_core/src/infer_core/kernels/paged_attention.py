@@ -63,6 +63,21 @@ def _tanh(x):
 
 
 @triton.jit
+def online_softmax_step(acc, m_i, l_i, s, v, PRECISION: tl.constexpr):
+    """One key tile of the online softmax: scores ``s [M, TILE]`` (log2 units, masked keys at
+    ``-inf``) and values ``v [TILE, D]`` into the running ``acc``, maximum ``m_i`` and sum
+    ``l_i``; the probabilities are rounded to ``v``'s dtype for the product. Shared with
+    :mod:`~infer_core.kernels.decode_layer`."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _attend_tile(
     acc, m_i, l_i, q, tile, cache_ptr, table_ptr, q_pos, kv_end, dims, qk_scale, softcap, window,
     stride_kv, stride_block, stride_slot,
@@ -104,13 +119,7 @@ def _attend_tile(
         if HAS_WINDOW:
             visible = visible & (q_pos[:, None] - keys[None, :] < window)
         s = tl.where(visible, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.exp2(s - m_safe[:, None])
-    alpha = tl.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    return acc, m_new, l_i
+    return online_softmax_step(acc, m_i, l_i, s, v, PRECISION)
 
 
 # Arguments that change from step to step are not specialized on (Triton would otherwise
