@@ -110,7 +110,8 @@ def make_engine(checkpoint: Path, batch: int, args: argparse.Namespace) -> LLMEn
     config = EngineConfig(
         model={"path": str(checkpoint), "device": args.device, "dtype": args.dtype, "max_model_len": max_len,
                **({"enforce_eager": True} if args.enforce_eager else {}),
-               **({"small_m_prologues": args.prologues} if args.prologues else {})},
+               **({"small_m_prologues": args.prologues} if args.prologues else {}),
+               **({"persistent_decode": True} if args.persistent_decode else {})},
         cache={"backend": args.cache, "block_size": 16, "num_blocks": batch * (-(-max_len // 16)) + 8},
         scheduler={"max_num_seqs": batch, "max_num_batched_tokens": max(batch * args.prompt_len, 512),
                    "async_scheduling": args.async_scheduling},
@@ -298,6 +299,8 @@ def main() -> None:
     parser.add_argument("--async-scheduling", action="store_true", help="scheduler.async_scheduling")
     parser.add_argument("--prologues", choices=["none", "act", "norm", "all"], default=None,
                         help="model.small_m_prologues (default: the engine's)")
+    parser.add_argument("--persistent-decode", action="store_true",
+                        help="model.persistent_decode (batch-1 decode steps: one launch per layer)")
     parser.add_argument("--pipelined", action="store_true",
                         help="no device sync after each step: the step time is the wall time of all steps over their count")
     parser.add_argument("--device-time", action="store_true",
@@ -338,7 +341,7 @@ def main() -> None:
         "outputs": args.outputs, "repeats": args.repeats, "gc_freeze": args.gc_freeze,
         "enforce_eager": args.enforce_eager, "async_scheduling": args.async_scheduling,
         "small_m_prologues": args.prologues, "pdl": os.environ.get("INFER_PDL", "1"),
-        "pipelined": args.pipelined,
+        "pipelined": args.pipelined, "persistent_decode": args.persistent_decode,
         "command": "benchmarks/profile_step.py " + " ".join(
             f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
             for k, v in vars(args).items() if v not in ("", None, False)),

@@ -22,16 +22,22 @@ dependent stages instead of a launch:
 6. ``out = act @ w_down.T``.
 
 The GEMM stages split their weight rows into chunks of ``rows`` rows, program ``p`` taking
-chunks ``p, p + P, ...`` and walking each in ``bk``-wide K tiles; the next tile's load is
-issued before the current tile's product (register double buffering), and each stage's first
-tile is issued before the barrier that precedes the stage (weights never depend on the step),
-so DRAM keeps streaming while the programs wait for each other.
+chunks ``p, p + P, ...`` and walking each in ``bk``-wide K tiles. Each stage's first tile is
+requested before the barrier that precedes the stage (weights never depend on the step). The
+later tiles: the next one is requested into registers before the current one's product
+(``pipeline = 1``, the default; ptxas still schedules those loads after the product, so every
+loop step pays a DRAM round trip: the defaults take few, large steps and several programs per
+SM) or through Triton's software pipeline (``pipeline > 1``, cp.async into shared memory;
+measured no faster on an H200).
 
 The barrier: every thread's stores, ``debug_barrier``, one release-``atomic_add`` per program
 on the stage's counter, then acquire-polls until all ``P`` programs arrived. The last program
 to leave the launch (an exit counter) sets every counter back to 0, so the next launch starts
-clean. The polls are bounded (``MAX_SPINS``): a launch whose programs could not all be
-resident at once (``P`` above the SM count) raises an error flag instead of hanging. Data a
+clean. Every program must be resident at once: the launch compiles first and refuses more
+programs than fit (registers, shared memory, threads; :func:`resident_programs`), and with no
+config takes the most programs per SM (4, 2, 1) that fit. The polls are bounded
+(``MAX_SPINS``) as a last guard: a barrier that never opens raises an error flag instead of
+hanging. Data a
 stage reads that another program wrote in this launch is loaded with ``.cg`` (L2, never a
 stale L1 line).
 
