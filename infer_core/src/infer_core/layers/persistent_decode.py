@@ -107,6 +107,8 @@ class PersistentDecode:
             self.enabled = False
             return False
         self._plan = [(weights, attn) for weights, _, attn in layers]
+        log.info("model.persistent_decode: batch-1 decode steps run %d decoder layers as one launch each",
+                 len(self._plan))
         first = self._plan[0][1].layer
         w = self._plan[0][0]
         self._workspace = DecodeWorkspace(w.o.shape[0], w.down.shape[1], first.num_heads, first.num_kv_heads,
