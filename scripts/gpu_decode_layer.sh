@@ -11,6 +11,9 @@
 #   sweep   Qwen3-0.6B persistent config sweep (weight elements per step x warps x prefetch)
 #   llama   the same chains for Llama-3.2-1B (llama-sweep: its config sweep)
 #   tests   every GPU test of the kernel
+#   e2e     Qwen3-0.6B engine step profiles (async scheduling, pipelined, device time of the
+#           batch-1 graph) with model.persistent_decode off and on: does the step wait for
+#           the device or the host, and does the graph get shorter by what the chain says?
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
 OUT=${OUT:-$PWD/gpu-decode-layer-out}
@@ -49,5 +52,14 @@ if want tests; then
   timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE $T 2>&1 \
     | tee "$OUT/tests.log" | tail -15
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if want e2e; then
+  for flag in "" --persistent-decode; do
+    timeout "${E2E_TIMEOUT:-200}" python3 benchmarks/profile_step.py --device cuda --dtype bfloat16 \
+      --shape qwen3-0.6b --layers 28 --hidden 0 --vocab 0 --batch-sizes 1 --steps 20 --repeats 2 \
+      --prompt-len 256 --clock wall --async-scheduling --pipelined --device-time $flag \
+      --label "qwen3-0.6b-async${flag:+-persistent}" --checkpoint-dir /tmp/infer-profile-step-qwen3-0.6b \
+      --out "$OUT/profiles" 2>&1 | grep -v "profiler_st" | grep -E "persistent|batch|^\|" | tail -6
+  done
 fi
 exit $status
