@@ -111,7 +111,7 @@ class LlamaDecoderLayer(nn.Module):
     def persistent_decode_weights(self) -> LayerDescription:
         """This layer's tensors for the persistent batch-1 decode launch (or why not)."""
         a, m = self.self_attn, self.mlp
-        weights, why = decoder_layer_weights(a.attn, a.qkv_proj, a.o_proj, m.gate_up_proj, m.down_proj, m.act,
+        weights, why = decoder_layer_weights(a.qkv_proj, a.o_proj, m.gate_up_proj, m.down_proj, m.act,
                                              self.input_layernorm, self.post_attention_layernorm)
         return weights, why, a.attn
 

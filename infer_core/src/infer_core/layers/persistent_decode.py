@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 def decoder_layer_weights(
-    attn: Attention, qkv_proj: Linear, o_proj: Linear, gate_up_proj: Linear, down_proj: Linear, act: str,
+    qkv_proj: Linear, o_proj: Linear, gate_up_proj: Linear, down_proj: Linear, act: str,
     input_norm: RMSNorm, post_norm: RMSNorm, q_norm: RMSNorm | None = None, k_norm: RMSNorm | None = None,
 ) -> tuple[DecodeLayerWeights | None, str | None]:
     """A decoder layer's tensors for the persistent launch, or ``(None, why not)``."""
@@ -60,6 +60,12 @@ def decoder_layer_weights(
 
 # one decoder layer's description: (weights or None, why not, its attention module)
 LayerDescription = tuple[DecodeLayerWeights | None, str | None, Attention]
+
+
+def _shape(weights: DecodeLayerWeights | None, attn: Attention) -> tuple:
+    """What the launches' shared scratch is sized by."""
+    sizes = () if weights is None else tuple(t.shape for t in (weights.qkv, weights.o, weights.gate_up, weights.down))
+    return sizes, attn.layer.num_heads, attn.layer.num_kv_heads, attn.layer.head_dim
 
 
 class PersistentDecode:
@@ -92,11 +98,13 @@ class PersistentDecode:
         """Check the stack once; switch off with a log line when it does not qualify."""
         reason = "tensor parallelism" if self.tp_size > 1 else None
         half = self.rotary.cos.shape[-1]
-        for _weights, why, attn in layers:
+        for weights, why, attn in layers:
             if reason is not None:
                 break
             cache = attn.kv_cache
             reason = (why or supports(attn.layer, cache, h.dtype)
+                      or ("layers of different shapes" if _shape(weights, attn) != _shape(layers[0][0], layers[0][2])
+                          else None)
                       or ("an FP8 KV cache" if attn.kv_scales is not None else None)
                       or (f"a KV cache of shape {tuple(cache.shape)}" if cache.dim() != 5 or cache.shape[0] != 2
                           else None)
