@@ -67,15 +67,15 @@ import triton.language as tl
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.kernels.act_and_mul import gated, silu_and_mul_ref
+from infer_core.kernels.device import num_sms
 from infer_core.kernels.kv_cache_write import write_kv_ref
-from infer_core.kernels.paged_attention import online_softmax_step, paged_attention_ref
+from infer_core.kernels.paged_attention import LOG2E, online_softmax_step, paged_attention_ref
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
 from infer_core.kernels.rms_norm import add_residual, inv_rms, normed, rms_norm_ref
 from infer_core.kernels.rotary import rotary_embedding_ref
 
 NUM_BARRIERS = tl.constexpr(5)  # between the six stages; counter NUM_BARRIERS counts programs leaving
 MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
-LOG2E = 1.4426950408889634
 
 
 # ----------------------------------------------------------------------------- barrier
@@ -559,7 +559,7 @@ class DecodeWorkspace:
     def __init__(self, hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  splits: int | None, dtype: torch.dtype, device: torch.device | str) -> None:
         if splits is None:
-            splits = splits_for(num_kv_heads, _num_sms(torch.device(device)))
+            splits = splits_for(num_kv_heads, num_sms(torch.device(device)))
         def empty(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
             return torch.empty(*shape, dtype=dt, device=device)
 
@@ -629,12 +629,12 @@ def decode_layer(
     if config is None and x.is_cuda and not stage_by_stage:  # the most programs per SM that fit
         cfg = None
         for per_sm in (4, 2, 1):
-            candidate = choose_config(hidden, inter, hq, hkv, d, _num_sms(x.device), x.dtype, programs_per_sm=per_sm)
+            candidate = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm)
             if per_sm == 1 or _fits(ws, candidate, x.device, *launch_args(candidate, -1)):
                 cfg = candidate
                 break
     else:
-        cfg = config or choose_config(hidden, inter, hq, hkv, d, _num_sms(x.device), x.dtype)
+        cfg = config or choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
     assert cfg.splits == workspace.splits, (cfg.splits, workspace.splits)
     for stage in (range(1, 7) if stage_by_stage else (-1,)):
         args, kwargs = launch_args(cfg, stage)
@@ -642,12 +642,6 @@ def decode_layer(
             _check_resident(ws, cfg, x.device, args, kwargs)
         _decode_layer_kernel[(cfg.num_programs,)](*args, **kwargs)
     return out, res_out
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def resident_programs(n_regs: int, shared: int, num_warps: int, device: torch.device) -> int:
@@ -675,7 +669,7 @@ def _fits(workspace: DecodeWorkspace, cfg: DecodeLayerConfig, device: torch.devi
             init()
         regs, shared = getattr(compiled, "n_regs", None), compiled.metadata.shared
         if regs is None:  # a Triton that does not say: only one program per SM is safe
-            fits = _num_sms(device)
+            fits = num_sms(device)
         else:
             fits = resident_programs(regs, shared, cfg.num_warps, device)
         workspace.resident[key] = (fits, regs, shared)

@@ -37,6 +37,7 @@ from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.attention.torch import paged_attention_ref as torch_paged_attention_ref
 from infer_core.kernels.attention_reduce import attention_reduce
+from infer_core.kernels.device import num_sms
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
 
 LOG2E = 1.4426950408889634
@@ -238,12 +239,6 @@ class LaunchConfig:
     num_splits: int = 1
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def choose_config(
     layer: AttentionLayer,
     metadata: AttentionMetadata,
@@ -267,7 +262,7 @@ def choose_config(
         else:
             tile = 64
         programs = metadata.num_requests * layer.num_kv_heads
-        sms = _num_sms(device)
+        sms = num_sms(device)
         splits = 1
         if programs < 2 * sms:
             tiles = triton.cdiv(metadata.max_seq_len, tile)

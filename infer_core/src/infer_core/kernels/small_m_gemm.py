@@ -96,6 +96,7 @@ from infer_core.kernels.act_and_mul import (
     gelu_tanh_and_mul_ref,
     silu_and_mul_ref,
 )
+from infer_core.kernels.device import num_sms
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
 from infer_core.kernels.rms_norm import add_residual, fused_add_rms_norm, inv_rms, normed
 
@@ -358,12 +359,6 @@ def split_k_for(programs: int, k_tiles: int, num_sms: int = 132) -> int:
     return s
 
 
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 @overload
 def small_m_gemm(x: torch.Tensor, weight: torch.Tensor, *, act_and_mul: str | None = None,
                  norm: None = None, gated: str | None = None, config: LaunchConfig | None = None,
@@ -437,7 +432,7 @@ def small_m_gemm(x, weight, *, act_and_mul=None, norm=None, gated=None, config=N
         if h is not None and m and k:  # no program runs: the residual add alone (n == 0)
             h = fused_add_rms_norm(x, residual, norm.weight, norm.eps, norm.gemma)[1]
         return out if norm is None else (out, h)
-    cfg = config or choose_config(m, n, k, x.dtype, _num_sms(x.device), act=act != NO_ACT, norm=norm is not None,
+    cfg = config or choose_config(m, n, k, x.dtype, num_sms(x.device), act=act != NO_ACT, norm=norm is not None,
                                   gated=epilogue != NO_ACT)
     cfg.check()
     bm = cfg.block_m(m)
