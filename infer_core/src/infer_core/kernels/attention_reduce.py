@@ -17,6 +17,17 @@ from infer_core.kernels.pdl import use_pdl, wait_for_prior
 
 
 @triton.jit
+def merge_splits(m, sums, acc):
+    """One row's output from its splits' running maxima ``m [S]``, sums ``sums [S]`` and
+    unnormalized outputs ``acc [S, D]`` (float32); a row no split saw a key of gets 0. Shared
+    with :mod:`~infer_core.kernels.decode_layer`."""
+    top = tl.max(m, 0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - top))
+    total = tl.sum(sums * w, 0)
+    return tl.sum(acc * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)
+
+
+@triton.jit
 def _attention_reduce_kernel(
     out_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
     stride_ot, stride_oh, num_heads, num_splits,
@@ -32,12 +43,9 @@ def _attention_reduce_kernel(
     base = (token * num_heads + head) * num_splits
     m = tl.load(part_max_ptr + base + splits, mask=smask, other=float("-inf"))
     sums = tl.load(part_sum_ptr + base + splits, mask=smask, other=0.0)
-    top = tl.max(m, 0)
-    w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - top))
     acc = tl.load(part_acc_ptr + (base + splits)[:, None] * BLOCK_D + dims[None, :],
                   mask=smask[:, None], other=0.0)
-    total = tl.sum(sums * w, 0)
-    out = tl.sum(acc * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)  # no key at all: 0
+    out = merge_splits(m, sums, acc)
     tl.store(out_ptr + token * stride_ot + head * stride_oh + dims,
              out.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM)
 

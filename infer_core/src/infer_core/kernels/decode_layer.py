@@ -67,6 +67,7 @@ import triton.language as tl
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.kernels.act_and_mul import gated, silu_and_mul_ref
+from infer_core.kernels.attention_reduce import merge_splits
 from infer_core.kernels.device import num_sms
 from infer_core.kernels.kv_cache_write import write_kv_ref
 from infer_core.kernels.paged_attention import LOG2E, online_softmax_step, paged_attention_ref
@@ -341,17 +342,14 @@ def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos
 @triton.jit
 def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
                 HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
-    """attention_reduce's arithmetic for one query head, into the attention output row."""
+    """attention_reduce's merge for one query head, into the attention output row."""
     splits = tl.arange(0, SPLITS)
     dd = tl.arange(0, HEAD_DIM)
     base = head * SPLITS
     m = tl.load(part_max_ptr + base + splits, cache_modifier=".cg")
     sums = tl.load(part_sum_ptr + base + splits, cache_modifier=".cg")
-    top = tl.max(m, 0)
-    w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - top))
     acc = tl.load(part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :], cache_modifier=".cg")
-    total = tl.sum(sums * w, 0)
-    out = tl.sum(acc * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)
+    out = merge_splits(m, sums, acc)
     tl.store(attn_ptr + head * HEAD_DIM + dd, out.to(attn_ptr.dtype.element_ty))
 
 
