@@ -72,6 +72,7 @@ from infer_core.kernels.device import num_sms
 from infer_core.kernels.kv_cache_write import write_kv_ref
 from infer_core.kernels.paged_attention import LOG2E, online_softmax_step, paged_attention_ref
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
+from infer_core.kernels.qk_norm_rope import norm_rope
 from infer_core.kernels.rms_norm import add_residual, inv_rms, normed, rms_norm_ref
 from infer_core.kernels.rotary import rotary_embedding_ref
 
@@ -258,16 +259,13 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
 def _norm_rope(x1, x2, w_ptr, cos, sin, eps, dh, QK_NORM: tl.constexpr, HALF: tl.constexpr):
     """(QK-norm and) RoPE of rows given as halves ``x1``/``x2 [R, HALF]``: qk_norm_rope's
     arithmetic (Llama / Qwen numerics), or rotary's without the norm; rounded to the dtype."""
-    dtype = x1.dtype
-    h1 = x1.to(tl.float32)
-    h2 = x2.to(tl.float32)
     if QK_NORM:
-        rstd = 1.0 / tl.sqrt((tl.sum(h1 * h1, axis=1) + tl.sum(h2 * h2, axis=1)) / (2 * HALF) + eps)
         w1 = tl.load(w_ptr + dh).to(tl.float32)[None, :]
         w2 = tl.load(w_ptr + HALF + dh).to(tl.float32)[None, :]
-        h1 = ((h1 * rstd[:, None]).to(dtype).to(tl.float32) * w1).to(dtype).to(tl.float32)
-        h2 = ((h2 * rstd[:, None]).to(dtype).to(tl.float32) * w2).to(dtype).to(tl.float32)
-    return (h1 * cos - h2 * sin).to(dtype), (h2 * cos + h1 * sin).to(dtype)
+        return norm_rope(x1, x2, w1, w2, cos, sin, eps, HALF, False)
+    h1 = x1.to(tl.float32)
+    h2 = x2.to(tl.float32)
+    return (h1 * cos - h2 * sin).to(x1.dtype), (h2 * cos + h1 * sin).to(x1.dtype)
 
 
 @triton.jit

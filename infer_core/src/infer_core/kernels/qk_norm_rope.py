@@ -45,6 +45,29 @@ SMALL_BATCH = 32
 
 
 @triton.jit
+def norm_rope(x1, x2, w1, w2, cos, sin, eps, HALF: tl.constexpr, GEMMA: tl.constexpr):
+    """RMSNorm of each row given as halves ``x1``/``x2 [R, BLOCK_HALF]`` (rms_norm's formula,
+    weight halves ``w1``/``w2`` in float32), rounded to the input dtype, then RoPE (rotary's
+    formula, float32 ``cos``/``sin``), rounded once. Shared with
+    :mod:`~infer_core.kernels.decode_layer`."""
+    dtype = x1.dtype
+    h1 = x1.to(tl.float32)
+    h2 = x2.to(tl.float32)
+    rstd = 1.0 / tl.sqrt((tl.sum(h1 * h1, axis=1) + tl.sum(h2 * h2, axis=1)) / (2 * HALF) + eps)
+    h1 = h1 * rstd[:, None]
+    h2 = h2 * rstd[:, None]
+    if GEMMA:
+        y1 = h1 * (1.0 + w1)
+        y2 = h2 * (1.0 + w2)
+    else:
+        y1 = h1.to(dtype).to(tl.float32) * w1
+        y2 = h2.to(dtype).to(tl.float32) * w2
+    y1 = y1.to(dtype).to(tl.float32)
+    y2 = y2.to(dtype).to(tl.float32)
+    return (y1 * cos - y2 * sin).to(dtype), (y2 * cos + y1 * sin).to(dtype)
+
+
+@triton.jit
 def _qk_norm_rope_kernel(
     positions_ptr, q_ptr, k_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_cos, stride_sin,
@@ -76,25 +99,7 @@ def _qk_norm_rope_kernel(
     w1 = tl.where(is_q[:, None], qw1, kw1)
     w2 = tl.where(is_q[:, None], qw2, kw2)
 
-    # RMSNorm of each head (rms_norm's formula), rounded to the input dtype.
-    dtype = x1.dtype
-    h1 = x1.to(tl.float32)
-    h2 = x2.to(tl.float32)
-    rstd = 1.0 / tl.sqrt((tl.sum(h1 * h1, axis=1) + tl.sum(h2 * h2, axis=1)) / (2 * HALF) + eps)
-    h1 = h1 * rstd[:, None]
-    h2 = h2 * rstd[:, None]
-    if GEMMA:
-        y1 = h1 * (1.0 + w1)
-        y2 = h2 * (1.0 + w2)
-    else:
-        y1 = h1.to(dtype).to(tl.float32) * w1
-        y2 = h2.to(dtype).to(tl.float32) * w2
-    y1 = y1.to(dtype).to(tl.float32)
-    y2 = y2.to(dtype).to(tl.float32)
-
-    # RoPE (rotary's formula): float32, rounded once.
-    o1 = (y1 * cos - y2 * sin).to(dtype)
-    o2 = (y2 * cos + y1 * sin).to(dtype)
+    o1, o2 = norm_rope(x1, x2, w1, w2, cos, sin, eps, HALF, GEMMA)
     tl.store(ptr, o1, mask=mask)
     tl.store(ptr + HALF, o2, mask=mask)
 
