@@ -472,9 +472,9 @@ class DecodeLayerConfig:
     tile: int
     rows: tuple[int, int, int, int]
     bk: tuple[int, int, int, int]
-    num_warps: int = 8
+    num_warps: int = 4
     prefetch: bool = True
-    pipeline: int = 3  # software-pipeline stages of the GEMM loops (1: registers, double-buffered)
+    pipeline: int = 1  # software-pipeline stages of the GEMM loops (1: registers, double-buffered)
     last_stage: int = 6  # benchmarks only: a launch that stops after this stage (timing each stage)
 
 
@@ -524,8 +524,9 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
               gemm_shape(hidden, q, programs, False, *args),
               gemm_shape(intermediate, hidden, programs, True, *args),
               gemm_shape(hidden, intermediate, programs, False, *args)]
-    return DecodeLayerConfig(num_programs=programs, splits=splits, num_warps=num_warps, pipeline=pipeline, tile=32 if dtype == torch.float32 else 64,
-                             rows=tuple(s[0] for s in shapes), bk=tuple(s[1] for s in shapes))
+    return DecodeLayerConfig(num_programs=programs, splits=splits, tile=32 if dtype == torch.float32 else 64,
+                             rows=tuple(s[0] for s in shapes), bk=tuple(s[1] for s in shapes),
+                             num_warps=num_warps, pipeline=pipeline)
 
 
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
@@ -556,6 +557,7 @@ class DecodeWorkspace:
                  splits: int | None, dtype: torch.dtype, device: torch.device | str) -> None:
         if splits is None:
             splits = splits_for(num_kv_heads, num_sms(torch.device(device)))
+
         def empty(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
             return torch.empty(*shape, dtype=dt, device=device)
 
@@ -571,6 +573,8 @@ class DecodeWorkspace:
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
+        # a launch's shape -> the configuration decode_layer chose for it (config=None)
+        self.chosen: dict = {}
 
 
 def decode_layer(
@@ -622,15 +626,19 @@ def decode_layer(
         )
         return args, kwargs
 
-    if config is None and x.is_cuda and not stage_by_stage:  # the most programs per SM that fit
-        cfg = None
+    shape = (hidden, inter, hq, hkv, d, x.dtype, x.device, qk_norm, residual is not None, metadata.block_size, pdl)
+    if config is not None:
+        cfg = config
+    elif not x.is_cuda or stage_by_stage:
+        cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
+    elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
         for per_sm in (4, 2, 1):
-            candidate = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm)
-            if per_sm == 1 or _fits(ws, candidate, x.device, *launch_args(candidate, -1)):
-                cfg = candidate
+            cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm)
+            if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
+        ws.chosen[shape] = cfg
     else:
-        cfg = config or choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
+        cfg = ws.chosen[shape]
     assert cfg.splits == workspace.splits, (cfg.splits, workspace.splits)
     for stage in (range(1, 7) if stage_by_stage else (-1,)):
         args, kwargs = launch_args(cfg, stage)
@@ -653,10 +661,10 @@ def resident_programs(n_regs: int, shared: int, num_warps: int, device: torch.de
     return max(min(by_threads, by_regs, by_smem, 32), 0) * props.multi_processor_count
 
 
-def _fits(workspace: DecodeWorkspace, cfg: DecodeLayerConfig, device: torch.device, args: tuple,
-          kwargs: dict) -> bool:
-    """Whether every program of this launch can be resident at once (else its barriers would
-    never open): compiled once per configuration, registers / shared memory / threads counted."""
+def _residency(workspace: DecodeWorkspace, cfg: DecodeLayerConfig, device: torch.device, args: tuple,
+               kwargs: dict) -> tuple[int, int | None, int]:
+    """``(programs that fit at once, registers per thread, shared memory)`` of this launch:
+    compiled once per configuration, registers / shared memory / threads counted."""
     key = (cfg, tuple(sorted((k, v) for k, v in kwargs.items() if isinstance(v, (int, bool, str)))))
     if key not in workspace.resident:
         compiled = _decode_layer_kernel.warmup(*args, grid=(cfg.num_programs,), **kwargs)
@@ -669,14 +677,21 @@ def _fits(workspace: DecodeWorkspace, cfg: DecodeLayerConfig, device: torch.devi
         else:
             fits = resident_programs(regs, shared, cfg.num_warps, device)
         workspace.resident[key] = (fits, regs, shared)
-    return cfg.num_programs <= workspace.resident[key][0]
+    return workspace.resident[key]
+
+
+def _fits(workspace: DecodeWorkspace, cfg: DecodeLayerConfig, device: torch.device, args: tuple,
+          kwargs: dict) -> bool:
+    """Whether every program of this launch can be resident at once (else its barriers would
+    never open)."""
+    return cfg.num_programs <= _residency(workspace, cfg, device, args, kwargs)[0]
 
 
 def _check_resident(workspace: DecodeWorkspace, cfg: DecodeLayerConfig, device: torch.device, args: tuple,
                     kwargs: dict) -> None:
     """Refuse a launch whose programs could not all be resident at once."""
-    if not _fits(workspace, cfg, device, args, kwargs):
-        fits, regs, shared = next(v for k, v in workspace.resident.items() if k[0] == cfg)
+    fits, regs, shared = _residency(workspace, cfg, device, args, kwargs)
+    if cfg.num_programs > fits:
         raise ValueError(f"the decode-layer launch has {cfg.num_programs} programs but only {fits} fit on "
                          f"{torch.cuda.get_device_name(device)} at once ({regs} registers per thread, "
                          f"{shared} bytes of shared memory): use fewer programs per SM")
