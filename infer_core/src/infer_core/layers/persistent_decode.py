@@ -49,7 +49,7 @@ def decoder_layer_weights(
         return None, "projection biases"
     if input_norm.eps != post_norm.eps or (q_norm is not None and q_norm.eps != input_norm.eps):
         return None, "RMSNorms with different eps"
-    if getattr(input_norm, "gemma", False):
+    if input_norm.gemma:
         return None, "Gemma's RMSNorm"
     weights = DecodeLayerWeights(
         qkv_proj.weight, o_proj.weight, gate_up_proj.weight, down_proj.weight, input_norm.weight, post_norm.weight,
@@ -97,19 +97,9 @@ class PersistentDecode:
     def prepare(self, layers: Sequence[LayerDescription], h: torch.Tensor) -> bool:
         """Check the stack once; switch off with a log line when it does not qualify."""
         reason = "tensor parallelism" if self.tp_size > 1 else None
-        half = self.rotary.cos.shape[-1]
+        first = _shape(layers[0][0], layers[0][2])
         for weights, why, attn in layers:
-            if reason is not None:
-                break
-            cache = attn.kv_cache
-            reason = (why or supports(attn.layer, cache, h.dtype)
-                      or ("layers of different shapes" if _shape(weights, attn) != _shape(layers[0][0], layers[0][2])
-                          else None)
-                      or ("an FP8 KV cache" if attn.kv_scales is not None else None)
-                      or (f"a KV cache of shape {tuple(cache.shape)}" if cache.dim() != 5 or cache.shape[0] != 2
-                          else None)
-                      or (f"partial rotary ({2 * half} of {attn.layer.head_dim})" if 2 * half != attn.layer.head_dim
-                          else None))
+            reason = reason or why or self._why_not(weights, attn, first, h.dtype)
         if reason is not None:
             log.warning("model.persistent_decode: off for this model (%s); batch-1 decode takes the usual path", reason)
             self.enabled = False
@@ -117,11 +107,27 @@ class PersistentDecode:
         self._plan = [(weights, attn) for weights, _, attn in layers]
         log.info("model.persistent_decode: batch-1 decode steps run %d decoder layers as one launch each",
                  len(self._plan))
-        first = self._plan[0][1].layer
-        w = self._plan[0][0]
-        self._workspace = DecodeWorkspace(w.o.shape[0], w.down.shape[1], first.num_heads, first.num_kv_heads,
-                                          first.head_dim, None, h.dtype, h.device)
+        w, layer0 = self._plan[0][0], self._plan[0][1].layer
+        self._workspace = DecodeWorkspace(w.o.shape[0], w.down.shape[1], layer0.num_heads, layer0.num_kv_heads,
+                                          layer0.head_dim, None, h.dtype, h.device)
         return True
+
+    def _why_not(self, weights: DecodeLayerWeights, attn: Attention, first: tuple, dtype: torch.dtype) -> str | None:
+        """Why the kernel cannot take this layer (its cache and rotary included), or ``None``."""
+        cache = attn.kv_cache
+        half = self.rotary.cos.shape[-1]
+        unsupported = supports(attn.layer, cache, dtype)
+        if unsupported is not None:
+            return unsupported
+        if _shape(weights, attn) != first:
+            return "layers of different shapes"
+        if attn.kv_scales is not None:
+            return "an FP8 KV cache"
+        if cache.dim() != 5 or cache.shape[0] != 2:
+            return f"a KV cache of shape {tuple(cache.shape)}"
+        if 2 * half != attn.layer.head_dim:
+            return f"partial rotary ({2 * half} of {attn.layer.head_dim})"
+        return None
 
     def __call__(self, h: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata
                  ) -> tuple[torch.Tensor, torch.Tensor]:
