@@ -48,6 +48,7 @@ from infer_core.attention.metadata import build_attention_metadata
 from infer_core.bench.checkpoints import SHAPES, shape_config
 from infer_core.kernels import decode_layer as dl
 from infer_core.kernels.act_and_mul import silu_and_mul
+from infer_core.kernels.device import num_sms
 from infer_core.kernels.kv_cache_write import KVWrite
 from infer_core.kernels.paged_attention import paged_attention
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
@@ -159,8 +160,8 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
     first = layers[0]
     hidden, inter = first.o.shape[0], first.down.shape[1]
     attn = first.attn
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, sms,
+    cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
+                                   num_sms(torch.device("cuda")),
                                    max_elements=max_elements, fewest_steps=fewest_steps,
                                    programs_per_sm=programs_per_sm), num_warps=num_warps, pipeline=pipeline,
                   last_stage=last_stage)

@@ -88,6 +88,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _need_triton_device(device: torch.device, option: str) -> None:
+    """An option that runs a Triton kernel needs a CUDA device (or the Triton interpreter)."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(f"{option} runs a Triton kernel and needs a CUDA device; turn it off on the CPU.")
+
+
 class LLMEngine:
     def __init__(self, config: EngineConfig, pm: InferPluginManager | None = None) -> None:
         self.config = config
@@ -125,16 +131,12 @@ class LLMEngine:
         small_m = config.model.small_m_gemm
         prologues = None
         if small_m or (small_m is None and device.type == "cuda"):
-            if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-                raise ConfigError("model.small_m_gemm runs a Triton kernel and needs a CUDA device; "
-                                  "turn it off on the CPU.")
+            _need_triton_device(device, "model.small_m_gemm")
             prologues, epilogue = config.model.small_m_prologues, config.model.small_m_gated_epilogue
             log.info("small-M GEMM on for %d linear layers (prologues: %s, gated epilogue: %s)",
                      enable_small_m_gemm(self.model, prologues, epilogue), prologues, epilogue)
         if config.model.persistent_decode:
-            if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-                raise ConfigError("model.persistent_decode runs a Triton kernel and needs a CUDA device; "
-                                  "turn it off on the CPU.")
+            _need_triton_device(device, "model.persistent_decode")
             paths = enable_persistent_decode(self.model)
             if paths:
                 log.info("persistent decode layers on for batch-1 decode steps")
