@@ -461,8 +461,8 @@ class DecodeLayerWeights:
 
 @dataclass(frozen=True)
 class DecodeLayerConfig:
-    """One launch's shape: ``num_programs`` (at most one per SM: every program must be resident
-    for the barriers), ``splits`` key splits per KV head of ``tile`` keys each step, and per
+    """One launch's shape: ``num_programs`` (every one must be resident at once for the
+    barriers: the launch checks), ``splits`` key splits per KV head of ``tile`` keys each step, and per
     GEMM stage (qkv, o, gate/up, down) the weight rows per chunk and the K tile width;
     ``prefetch`` requests each GEMM stage's first weight tiles before the barrier before it;
     ``pipeline`` the software-pipeline depth of the GEMM loops."""
