@@ -11,9 +11,13 @@
 #   sweep   Qwen3-0.6B persistent config sweep (weight elements per step x warps x prefetch)
 #   llama   the same chains for Llama-3.2-1B (llama-sweep: its config sweep)
 #   tests   every GPU test of the kernel
+#   l2      Qwen3-0.6B chains with the later weights asked into L2 ahead (budgets, first stage,
+#           programs per SM; stage cuts), against the engine path and the launch without it
+#   l2-llama the same sweep for Llama-3.2-1B
 #   e2e     Qwen3-0.6B engine step profiles (async scheduling, pipelined, device time of the
-#           batch-1 graph) with model.persistent_decode off and on: does the step wait for
-#           the device or the host, and does the graph get shorter by what the chain says?
+#           batch-1 graph) with model.persistent_decode off, on, and on with E2E_L2_MIB (24)
+#           asked into L2 ahead (E2E_RUNS picks): does the step wait for the device or the
+#           host, and does the graph get shorter by what the chain says?
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
 OUT=${OUT:-$PWD/gpu-decode-layer-out}
@@ -43,6 +47,15 @@ if want llama-sweep; then
   timeout "${SWEEP_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b \
     --chains persistent-sweep --pdl 1 --out "$OUT/sweep-llama-3.2-1b" 2>&1 | grep -v "^|" | tail -40
 fi
+if want l2; then
+  timeout "${L2_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b --pdl 1 \
+    --chains layer-prologues,layer-persistent,persistent-l2,persistent-stages,persistent-l2-stages \
+    --out "$OUT/l2-qwen3-0.6b" 2>&1 | grep -v "^|" | tail -40
+fi
+if want l2-llama; then
+  timeout "${L2_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b --pdl 1 \
+    --chains layer-persistent,persistent-l2 --out "$OUT/l2-llama-3.2-1b" 2>&1 | grep -v "^|" | tail -40
+fi
 if want llama; then
   timeout "${CHAIN_TIMEOUT:-150}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b \
     --chains layer-prologues,layer-persistent,persistent-stages --out "$OUT/chain-llama-3.2-1b" 2>&1 \
@@ -54,11 +67,13 @@ if want tests; then
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if want e2e; then
-  for flag in "" --persistent-decode; do
-    timeout "${E2E_TIMEOUT:-200}" python3 benchmarks/profile_step.py --device cuda --dtype bfloat16 \
+  for run in ${E2E_RUNS:-off on on-l2}; do
+    flag=; [ "$run" = off ] || flag=--persistent-decode
+    l2=0; [ "$run" = on-l2 ] && l2=${E2E_L2_MIB:-24}
+    INFER_DECODE_L2_MIB=$l2 timeout "${E2E_TIMEOUT:-200}" python3 benchmarks/profile_step.py --device cuda --dtype bfloat16 \
       --shape qwen3-0.6b --layers 28 --hidden 0 --vocab 0 --batch-sizes 1 --steps 20 --repeats 2 \
       --prompt-len 256 --clock wall --async-scheduling --pipelined --device-time $flag \
-      --label "qwen3-0.6b-async${flag:+-persistent}" --checkpoint-dir /tmp/infer-profile-step-qwen3-0.6b \
+      --label "qwen3-0.6b-async-$run" --checkpoint-dir /tmp/infer-profile-step-qwen3-0.6b \
       --out "$OUT/profiles" 2>&1 | grep -v "profiler_st" | grep -E "persistent|batch|^\|" | tail -6
   done
 fi

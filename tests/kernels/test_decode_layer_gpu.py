@@ -120,3 +120,27 @@ def test_refuses_programs_that_cannot_all_be_resident():
     case = replace(real_case("qwen3-0.6b", 300), programs=64 * sms)
     with pytest.raises(ValueError, match="fit on"):
         cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize(("budget_mib", "at"), [(8, 2), (24, 1), (24, 2), (24, 3), (64, 2)])
+def test_l2_prefetch_changes_no_result(shape, budget_mib, at):
+    """Asking L2 for the later stages' weights (and the next layer's QKV) ahead is a hint: the
+    launch's outputs and cache equal those without it, bit for bit."""
+    case = real_case(shape, 300)
+    results = []
+    for budget in (0, budget_mib << 20):
+        weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
+        following = torch.randn_like(weights.qkv)
+        ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                                None, torch.bfloat16, "cuda")
+        cfg = dl.choose_config(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                               torch.cuda.get_device_properties(0).multi_processor_count, programs_per_sm=2,
+                               l2_budget=budget, l2_at=at)
+        out, new_res = dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg,
+                                       prefetch_next=following)
+        torch.cuda.synchronize()
+        assert ws.error.item() == 0 and not ws.counters.any().item()
+        results.append((out, new_res, cache))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

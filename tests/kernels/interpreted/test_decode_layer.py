@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from infer_core.kernels import decode_layer as dl
 from infer_core.kernels.decode_layer import choose_config, gemm_shape
 from tests.kernels import decode_layer_cases as cases
 
@@ -27,3 +28,29 @@ def test_gemm_shape_balances_rows_over_programs():
     assert gemm_shape(1024, 3072, 132, False) == (8, 1024)  # K tiles that divide K
     cfg = choose_config(1024, 3072, 16, 8, 128, 132)
     assert cfg.splits == 16 and cfg.num_programs == 132 and cfg.tile == 64
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 1 << 16).map(lambda n: 16 * n), min_size=4, max_size=4),
+       budget=st.integers(0, 1 << 21))
+def test_l2_windows_ask_each_byte_once_and_never_behind(sizes, budget):
+    """The three windows (before attention, at gate/up, at down) are disjoint, in order, within
+    the bytes, multiples of 16; never more than the budget ahead of what the stage before
+    them consumed; never bytes a stage already read; and everything when the budget covers
+    the rest of the layer at each point."""
+    o, gu, down, nxt = sizes
+    windows = dl.l2_windows(budget, o, gu, down, nxt)
+    total = o + gu + down + nxt
+    consumed = (0, o, o + gu)  # bytes read before each window's stage
+    ahead = budget // 16 * 16
+    end = 0
+    for (lo, hi), done in zip(windows, consumed, strict=True):
+        assert lo % 16 == 0 and hi % 16 == 0 and 0 <= lo <= hi <= total
+        assert hi == lo or (lo >= end and lo >= done)
+        assert hi <= done + ahead
+        end = max(end, hi)
+    if budget >= total:
+        assert windows[0] == (0, total)
+    asked = sum(hi - lo for lo, hi in windows)
+    if ahead >= gu + down + nxt and ahead >= o:  # every stage's window reaches the end
+        assert asked == total

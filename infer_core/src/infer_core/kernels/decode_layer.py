@@ -58,6 +58,7 @@ head dims whose half is a power of two.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,7 @@ from infer_core.kernels.rms_norm import add_residual, inv_rms, normed, rms_norm_
 from infer_core.kernels.rotary import rotary_embedding_ref
 
 NUM_BARRIERS = tl.constexpr(5)  # between the six stages; counter NUM_BARRIERS counts programs leaving
+DEFAULT_L2_MIB = 0  # weights asked into L2 ahead by default (default_l2_budget)
 MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
 
 
@@ -106,6 +108,44 @@ def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
     if tl.atomic_add(counters_ptr + NB, 1, sem="acq_rel", scope="gpu") == num_programs - 1:
         idx = tl.arange(0, NB_POW2)
         tl.store(counters_ptr + idx, tl.zeros([NB_POW2], dtype=tl.int32), mask=idx <= NB)
+
+
+# ----------------------------------------------------------------------------- L2 prefetch
+
+
+@triton.jit
+def _l2_segment(addr, start: tl.constexpr, size: tl.constexpr, lo: tl.constexpr, hi: tl.constexpr,
+                pid, num_programs, LANES: tl.constexpr, MIN_CHUNK: tl.constexpr):
+    """Ask L2 for the bytes of ``[lo, hi)`` that fall in the segment ``[start, start + size)``
+    of the prefetch order (its bytes at address ``addr``): split over every thread of every
+    program (lane-major, so each program takes a share), one ``cp.async.bulk.prefetch.L2``
+    (sm_90) of at least ``MIN_CHUNK`` bytes per thread. A hint: nothing receives the data and
+    nothing waits for it; a size that is not a multiple of 16 loses its tail."""
+    a: tl.constexpr = (lo if lo > start else start) - start
+    b: tl.constexpr = (hi if hi < start + size else start + size) - start
+    if b > a:
+        lanes = num_programs.to(tl.int64) * LANES
+        chunk = tl.maximum((tl.cdiv(tl.cdiv(b - a, lanes), 16) * 16), MIN_CHUNK)
+        lane = tl.arange(0, LANES).to(tl.int64) * num_programs + pid
+        off = a + lane * chunk
+        nbytes = (tl.minimum(tl.maximum(b - off, 0), chunk) // 16 * 16).to(tl.int32)
+        tl.inline_asm_elementwise(
+            "{\n.reg .pred p;\nsetp.gt.s32 p, $2, 0;\n@p cp.async.bulk.prefetch.L2.global [$1], $2;\nmov.b32 $0, 0;\n}",
+            "=r,l,r", [addr + off, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _l2_window(lo: tl.constexpr, hi: tl.constexpr, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
+               O_BYTES: tl.constexpr, GU_BYTES: tl.constexpr, DOWN_BYTES: tl.constexpr, NEXT_BYTES: tl.constexpr,
+               LANES: tl.constexpr, MIN_CHUNK: tl.constexpr):
+    """Bytes ``[lo, hi)`` of the prefetch order: o_proj, gate/up, down_proj, then the next
+    layer's QKV weight."""
+    if hi > lo:
+        _l2_segment(o_addr, 0, O_BYTES, lo, hi, pid, num_programs, LANES, MIN_CHUNK)
+        _l2_segment(gu_addr, O_BYTES, GU_BYTES, lo, hi, pid, num_programs, LANES, MIN_CHUNK)
+        _l2_segment(down_addr, O_BYTES + GU_BYTES, DOWN_BYTES, lo, hi, pid, num_programs, LANES, MIN_CHUNK)
+        _l2_segment(next_addr, O_BYTES + GU_BYTES + DOWN_BYTES, NEXT_BYTES, lo, hi, pid, num_programs, LANES,
+                    MIN_CHUNK)
 
 
 # ----------------------------------------------------------------------------- GEMM stages
@@ -361,7 +401,7 @@ def _decode_layer_kernel(
     cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
     qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
-    counters_ptr, error_ptr, num_programs,
+    counters_ptr, error_ptr, num_programs, o_addr, gu_addr, down_addr, next_addr,
     HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
     SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
@@ -369,6 +409,9 @@ def _decode_layer_kernel(
     ROWS_GU: tl.constexpr, BK_GU: tl.constexpr, ROWS_DOWN: tl.constexpr, BK_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr,
+    L2_AT: tl.constexpr, L2_A_LO: tl.constexpr, L2_A_HI: tl.constexpr, L2_B_LO: tl.constexpr, L2_B_HI: tl.constexpr,
+    L2_C_LO: tl.constexpr, L2_C_HI: tl.constexpr, O_BYTES: tl.constexpr, GU_BYTES: tl.constexpr,
+    DOWN_BYTES: tl.constexpr, NEXT_BYTES: tl.constexpr, LANES: tl.constexpr, L2_CHUNK: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -381,6 +424,9 @@ def _decode_layer_kernel(
 
     if (ALL and LAST >= 1) or STAGE == 1:
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV)
+        if L2_AT == 1:
+            _l2_window(L2_A_LO, L2_A_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
+                       O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
     if PDL:
         wait_for_prior()
     if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
@@ -398,9 +444,15 @@ def _decode_layer_kernel(
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             stride_kv, stride_block, stride_slot, stride_cos, stride_sin,
                             HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION)
+        if L2_AT == 2:  # DRAM is idle through attention: the later stages' weights into L2
+            _l2_window(L2_A_LO, L2_A_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
+                       O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
     if ALL and LAST >= 3:
         _grid_barrier(counters_ptr, 1, num_programs, error_ptr)
     if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
+        if L2_AT == 3:
+            _l2_window(L2_A_LO, L2_A_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
+                       O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
         for head in range(pid, HQ, num_programs):
             _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, HEAD_DIM, SPLITS)
     if (ALL and LAST >= 4) or STAGE == 4:  # noqa: SIM102 (constexpr branches)
@@ -413,9 +465,12 @@ def _decode_layer_kernel(
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
                     0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE)
-    if (ALL and LAST >= 5) or STAGE == 5:  # noqa: SIM102 (constexpr branches)
+    if (ALL and LAST >= 5) or STAGE == 5:
         if PREFETCH:
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
+        if L2_AT > 0:  # o_proj's bytes are read: as many more ahead
+            _l2_window(L2_B_LO, L2_B_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
+                       O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
     if ALL and LAST >= 5:
         _grid_barrier(counters_ptr, 3, num_programs, error_ptr)
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
@@ -424,9 +479,12 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
                     rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE)
-    if (ALL and LAST >= 6) or STAGE == 6:  # noqa: SIM102 (constexpr branches)
+    if (ALL and LAST >= 6) or STAGE == 6:
         if PREFETCH:
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
+        if L2_AT > 0:  # gate/up's too
+            _l2_window(L2_C_LO, L2_C_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
+                       O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
     if ALL and LAST >= 6:
         _grid_barrier(counters_ptr, 4, num_programs, error_ptr)
     if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
@@ -465,7 +523,12 @@ class DecodeLayerConfig:
     barriers: the launch checks), ``splits`` key splits per KV head of ``tile`` keys each step, and per
     GEMM stage (qkv, o, gate/up, down) the weight rows per chunk and the K tile width;
     ``prefetch`` requests each GEMM stage's first weight tiles before the barrier before it;
-    ``pipeline`` the software-pipeline depth of the GEMM loops."""
+    ``pipeline`` the software-pipeline depth of the GEMM loops. ``l2_budget`` bytes of the later
+    stages' weights (o_proj, gate/up, down_proj, then the next layer's QKV) are asked into L2
+    ahead of their stage (0: none; CUDA of compute capability 9.0 and later): the first window
+    at stage ``l2_at`` (1 the launch's start, 2 after attention, 3 the merge), then, at the
+    gate/up and down stages, as many more bytes as the stages before them consumed; in bulk
+    requests of at least ``l2_chunk`` bytes per thread."""
 
     num_programs: int
     splits: int
@@ -476,6 +539,9 @@ class DecodeLayerConfig:
     prefetch: bool = True
     pipeline: int = 1  # software-pipeline stages of the GEMM loops (1: registers, double-buffered)
     last_stage: int = 6  # benchmarks only: a launch that stops after this stage (timing each stage)
+    l2_budget: int = 0
+    l2_at: int = 2
+    l2_chunk: int = 4096
 
 
 def _pow2_floor(n: int) -> int:
@@ -508,7 +574,7 @@ def gemm_shape(n: int, k: int, programs: int, gated: bool, max_elements: int = 1
 def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
                   num_sms: int, dtype: torch.dtype = torch.bfloat16, *, max_elements: int = 8192,
                   max_bk: int = 2048, fewest_steps: bool = True, programs_per_sm: int = 1,
-                  num_warps: int = 4, pipeline: int = 1) -> DecodeLayerConfig:
+                  num_warps: int = 4, pipeline: int = 1, l2_budget: int = 0, l2_at: int = 2) -> DecodeLayerConfig:
     """``programs_per_sm`` programs per SM (all must be resident at once: the launch checks);
     key splits so that (KV heads x splits) about fills the SMs (at most 16, paged_attention's
     rule for a batch-1 decode graph); 64-key tiles (32 in float32); the GEMM stages' shapes
@@ -526,7 +592,7 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
               gemm_shape(hidden, intermediate, programs, False, *args)]
     return DecodeLayerConfig(num_programs=programs, splits=splits, tile=32 if dtype == torch.float32 else 64,
                              rows=tuple(s[0] for s in shapes), bk=tuple(s[1] for s in shapes),
-                             num_warps=num_warps, pipeline=pipeline)
+                             num_warps=num_warps, pipeline=pipeline, l2_budget=l2_budget, l2_at=l2_at)
 
 
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
@@ -577,16 +643,46 @@ class DecodeWorkspace:
         self.chosen: dict = {}
 
 
+def l2_prefetch_applies(device: torch.device) -> bool:
+    """Whether the launch can ask L2 for weights ahead (``cp.async.bulk.prefetch``, sm_90 and
+    later; not under the Triton interpreter)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def default_l2_budget() -> int:
+    """Bytes the launch asks into L2 ahead when it picks its own configuration:
+    ``DEFAULT_L2_MIB`` MiB, or ``INFER_DECODE_L2_MIB`` from the environment (0 turns it off;
+    for A/B measurements)."""
+    return int(os.environ.get("INFER_DECODE_L2_MIB") or DEFAULT_L2_MIB) << 20
+
+
+def l2_windows(budget: int, o_bytes: int, gu_bytes: int, down_bytes: int, next_bytes: int
+               ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """The three prefetch windows ``[lo, hi)`` over the prefetch order (o_proj, gate/up,
+    down_proj, the next layer's QKV): ``budget`` bytes ahead of the attention stage, and at the
+    gate/up and down stages the window moved on by what was consumed (bytes of stages already
+    run are skipped). Multiples of 16."""
+    total = o_bytes + gu_bytes + down_bytes + next_bytes
+    budget = budget // 16 * 16
+    a = (0, min(total, budget))
+    b = (max(a[1], o_bytes), min(total, o_bytes + budget))
+    c = (max(b[1], o_bytes + gu_bytes), min(total, o_bytes + gu_bytes + budget))
+    return a, (b[0], max(b)), (c[0], max(c))
+
+
 def decode_layer(
     x: torch.Tensor, residual: torch.Tensor | None, weights: DecodeLayerWeights, layer: AttentionLayer,
     kv_cache: torch.Tensor, metadata: AttentionMetadata, positions: torch.Tensor,
     cos: torch.Tensor, sin: torch.Tensor, workspace: DecodeWorkspace, *,
     config: DecodeLayerConfig | None = None, stage_by_stage: bool = False,
+    prefetch_next: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step of one layer for one token: ``x``, ``residual [1, H]`` (``None`` for
     the first layer) → ``(mlp_out, new_residual)``, the step's K/V stored into ``kv_cache``
     (``[2, blocks, block_size, Hkv, D]``) at ``metadata.slot_mapping[0]``; ``cos``/``sin
-    [positions, D/2]``. ``stage_by_stage`` launches each stage on its own (the interpreter)."""
+    [positions, D/2]``. ``stage_by_stage`` launches each stage on its own (the interpreter).
+    ``prefetch_next``: the next layer's QKV weight, asked into L2 after this layer's own (with
+    ``config.l2_budget``; a hint that changes no result)."""
     hidden = x.shape[-1]
     inter = weights.down.shape[1]
     hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
@@ -603,6 +699,15 @@ def decode_layer(
     ws = workspace
 
     def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
+        segments = [weights.o, weights.gate_up, weights.down]
+        if prefetch_next is not None:
+            segments.append(prefetch_next)
+        sizes = [t.numel() * t.element_size() for t in segments] + [0] * (4 - len(segments))
+        l2 = (cfg.l2_budget > 0 and l2_prefetch_applies(x.device)
+              and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in segments)
+              and all(n % 16 == 0 for n in sizes))
+        windows = l2_windows(cfg.l2_budget, *sizes) if l2 else ((0, 0),) * 3
+        addrs = [t.data_ptr() for t in segments] + [0] * (4 - len(segments))
         args = (
             x, r, out, res_out,
             weights.qkv, weights.o, weights.gate_up, weights.down, weights.input_norm, weights.post_norm,
@@ -612,7 +717,7 @@ def decode_layer(
             kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), cos.stride(0), sin.stride(0),
             layer.scale * LOG2E,
             ws.qkv, ws.part_acc, ws.part_max, ws.part_sum, ws.attn, ws.o, ws.act, ws.counters, ws.error,
-            cfg.num_programs,
+            cfg.num_programs, *addrs,
         )
         kwargs = dict(
             HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=cfg.splits,
@@ -622,7 +727,12 @@ def decode_layer(
             ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-            PDL=pdl, num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
+            PDL=pdl, L2_AT=cfg.l2_at if l2 else 0,
+            L2_A_LO=windows[0][0], L2_A_HI=windows[0][1], L2_B_LO=windows[1][0], L2_B_HI=windows[1][1],
+            L2_C_LO=windows[2][0], L2_C_HI=windows[2][1],
+            O_BYTES=sizes[0], GU_BYTES=sizes[1], DOWN_BYTES=sizes[2], NEXT_BYTES=sizes[3],
+            LANES=32 * cfg.num_warps, L2_CHUNK=cfg.l2_chunk,
+            num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
 
@@ -633,7 +743,8 @@ def decode_layer(
         cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
         for per_sm in (4, 2, 1):
-            cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm)
+            cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
+                                l2_budget=default_l2_budget())
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg

@@ -1,0 +1,113 @@
+"""Compile the persistent decode-layer kernel for an sm_90 GPU on a machine without one, and
+print what the residency check would see (registers per thread, shared memory, spills) and,
+with ``--sass``, the disassembly (Triton's bundled ``cuobjdump`` / ``nvdisasm``).
+
+    python benchmarks/offline_compile.py --shape qwen3-0.6b [--l2-budget 24] [--sass out.sass]
+
+A tool for kernel work between device calls: register pressure and instruction order can be
+read here; timing still needs the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from infer_core.bench.checkpoints import shape_config
+from infer_core.kernels import decode_layer as dl
+from infer_core.loader.hf_config import head_dim_of
+
+POINTERS = {"x_ptr", "res_ptr", "out_ptr", "res_out_ptr", "w_qkv_ptr", "w_o_ptr", "w_gu_ptr", "w_down_ptr",
+            "ln1_ptr", "ln2_ptr", "qn_ptr", "kn_ptr", "cos_ptr", "sin_ptr", "cache_ptr", "qkv_ptr", "attn_ptr",
+            "o_ptr", "act_ptr"}
+FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}
+INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr"}
+INT64_PTR = {"pos_ptr", "slot_ptr"}
+INT64 = {"o_addr", "gu_addr", "down_addr", "next_addr"}
+FLOATS = {"eps", "qk_scale"}
+
+
+def constexprs(shape: str, l2_budget: int, l2_at: int, programs_per_sm: int, num_sms: int) -> tuple[dict, dict]:
+    """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
+    when the shape has it, a residual, PDL on, 16-token cache blocks), and the config."""
+    cfg = shape_config(shape)
+    hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    hq, hkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim_of(cfg)
+    conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm)
+    conf = dl.DecodeLayerConfig(**{**conf.__dict__, "l2_budget": l2_budget << 20, "l2_at": l2_at})
+    es = 2
+    sizes = [hidden * hq * d * es, 2 * inter * hidden * es, hidden * inter * es, (hq + 2 * hkv) * d * hidden * es]
+    windows = dl.l2_windows(conf.l2_budget, *sizes) if l2_budget else ((0, 0),) * 3
+    values = dict(
+        HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=conf.splits,
+        BLOCK_M=max(16, triton.next_power_of_2(hq // hkv)), TILE=conf.tile, BLOCK_SIZE=16,
+        QK_NORM="qwen3" in shape, HAS_RESIDUAL=True,
+        ROWS_QKV=conf.rows[0], BK_QKV=conf.bk[0], ROWS_O=conf.rows[1], BK_O=conf.bk[1],
+        ROWS_GU=conf.rows[2], BK_GU=conf.bk[2], ROWS_DOWN=conf.rows[3], BK_DOWN=conf.bk[3],
+        STAGE=-1, LAST=6, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
+        L2_AT=l2_at if l2_budget else 0,
+        L2_A_LO=windows[0][0], L2_A_HI=windows[0][1], L2_B_LO=windows[1][0], L2_B_HI=windows[1][1],
+        L2_C_LO=windows[2][0], L2_C_HI=windows[2][1],
+        O_BYTES=sizes[0], GU_BYTES=sizes[1], DOWN_BYTES=sizes[2], NEXT_BYTES=sizes[3],
+        LANES=32 * conf.num_warps, L2_CHUNK=conf.l2_chunk,
+    )
+    return values, conf.__dict__
+
+
+def compile_kernel(values: dict, num_warps: int):
+    fn = dl._decode_layer_kernel
+    names = list(inspect.signature(fn.fn).parameters)
+    signature, attrs = {}, {}
+    for i, name in enumerate(names):
+        if name in values:
+            signature[name] = "constexpr"
+            continue
+        kind = ("*bf16" if name in POINTERS else "*fp32" if name in FLOAT32 else "*i32" if name in INT32
+                else "*i64" if name in INT64_PTR else "i64" if name in INT64 else "fp32" if name in FLOATS else "i32")
+        signature[name] = kind
+        if kind.startswith("*"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn, signature, {(names.index(k),): v for k, v in values.items()}, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="qwen3-0.6b")
+    parser.add_argument("--l2-budget", type=int, default=0, help="MiB asked into L2 ahead (0: off)")
+    parser.add_argument("--l2-at", type=int, default=2)
+    parser.add_argument("--programs-per-sm", type=int, default=4)
+    parser.add_argument("--num-sms", type=int, default=132)
+    parser.add_argument("--sass", type=Path, help="write the disassembly here")
+    args = parser.parse_args(argv)
+    values, conf = constexprs(args.shape, args.l2_budget, args.l2_at, args.programs_per_sm, args.num_sms)
+    compiled = compile_kernel(values, conf["num_warps"])
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        usage = subprocess.run([str(bin_dir / "cuobjdump"), "--dump-resource-usage", str(cubin)],
+                               capture_output=True, text=True).stdout
+        print(f"{args.shape}: {conf['num_programs']} programs, rows {conf['rows']}, bk {conf['bk']}, "
+              f"L2 budget {args.l2_budget} MiB at stage {args.l2_at}")
+        print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
+        if args.sass:
+            sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout
+            args.sass.write_text(sass)
+            print(f"{args.sass}: {sass.count(chr(10))} lines, "
+                  f"{sass.count('UBLKPF')} bulk L2 prefetch instructions")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TRITON_INTERPRET", "0")
+    raise SystemExit(main())
