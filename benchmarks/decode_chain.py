@@ -20,7 +20,8 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   persistent-stages`` the launch cut after each stage (``persistent-upto-<k>``); ``--chains
   persistent-l2`` the launch asking L2 for the later weights ahead
   (``layer-persistent-l2-<MiB>-at<first stage>-s<programs per SM>``), ``persistent-l2-stages``
-  its stage cuts.
+  its stage cuts; ``persistent-sync`` the merge done by each KV head's last split and barrier
+  polls that are loads (``layer-persistent-{base,fused,pollload,fused-pollload}-s<programs per SM>``).
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -154,6 +155,9 @@ class Layer:
 L2_SWEEP = [(8, 2, 4), (16, 2, 4), (24, 2, 4), (32, 2, 4), (40, 2, 4), (24, 1, 4), (24, 3, 4),
             (24, 2, 2), (32, 2, 2), (24, 2, 1)]
 L2_STAGES_BUDGET = 24
+# stage-synchronisation variants of the persistent launch
+SYNC_VARIANTS = {"base": {}, "fused": {"fused_merge": True}, "pollload": {"poll_load": True},
+                 "fused-pollload": {"fused_merge": True, "poll_load": True}}
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
                     (4096, 4, 1, 0, 4), (8192, 4, 1, 0, 4), (8192, 4, 1, 1, 4), (16384, 4, 1, 1, 4),
@@ -162,9 +166,12 @@ PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1
 
 def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4, pipeline: int = 1,
                fewest_steps: bool = True, programs_per_sm: int = 4, last_stage: int = 6, default: bool = False,
-               l2_budget: int = 0, l2_at: int = 2):
+               l2_budget: int = 0, l2_at: int = 2, fused_merge: bool = False, poll_load: bool = False,
+               timelines: list[torch.Tensor] | None = None):
     """The chain of persistent layer launches (one per layer, ping-pong activations); with
-    ``default``, each launch picks its own configuration (what a model would run)."""
+    ``default``, each launch picks its own configuration (what a model would run); with
+    ``timelines`` (one int64 ``[programs, 16]`` tensor per layer), each launch stamps its stage
+    boundaries there."""
     first = layers[0]
     hidden, inter = first.o.shape[0], first.down.shape[1]
     attn = first.attn
@@ -172,7 +179,8 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                                    num_sms(torch.device("cuda")),
                                    max_elements=max_elements, fewest_steps=fewest_steps,
                                    programs_per_sm=programs_per_sm), num_warps=num_warps, pipeline=pipeline,
-                  last_stage=last_stage, l2_budget=l2_budget << 20, l2_at=l2_at)
+                  last_stage=last_stage, l2_budget=l2_budget << 20, l2_at=l2_at, fused_merge=fused_merge,
+                  poll_load=poll_load)
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     def run() -> None:
@@ -181,7 +189,8 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
             following = layers[i + 1].weights.qkv if i + 1 < len(layers) else None
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
-                                     prefetch_next=following)
+                                     prefetch_next=following, timeline=timelines[i] if timelines else None)
+    run.config = cfg
     return run
 
 
@@ -244,6 +253,9 @@ def chains(layers: list[Layer]) -> dict:
         # the launch cut after stage k (1 qkv, 2 attention, 3 merge, 4 o, 5 gate/up, 6 down): each
         # stage's cost, its barrier included, is the difference to the one before
         **{f"persistent-upto-{k}": (persistent(layers, last_stage=k), n, 0) for k in range(1, 7)},
+        # the merge in the attention stage, barrier polls that are loads: --chains persistent-sync
+        **{f"layer-persistent-{name}-s{sm}": (persistent(layers, programs_per_sm=sm, **flags), n, wbytes)
+           for name, flags in SYNC_VARIANTS.items() for sm in (4, 2)},
         # the later weights asked into L2 ahead (MiB, from stage k): --chains persistent-l2
         **{f"layer-persistent-l2-{mb}-at{k}-s{sm}": (persistent(layers, programs_per_sm=sm, l2_budget=mb, l2_at=k),
                                                      n, wbytes)
@@ -271,13 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     all_chains = chains(layers)
     sweep = [c for c in all_chains if c.startswith("gemm-n")]
-    persistent_sweep = [c for c in all_chains if c.startswith("layer-persistent-") and "-l2-" not in c]
+    sync = [f"layer-persistent-{name}-s{sm}" for name in SYNC_VARIANTS for sm in (4, 2)]
+    persistent_sweep = [c for c in all_chains if c.startswith("layer-persistent-") and "-l2-" not in c
+                        and c not in sync]
     upto = [c for c in all_chains if c.startswith("persistent-upto-")]
     l2 = [c for c in all_chains if c.startswith(("layer-persistent-l2-", "persistent-l2-"))]
-    default = [c for c in all_chains if c not in sweep + persistent_sweep + upto + l2]
+    default = [c for c in all_chains if c not in sweep + persistent_sweep + upto + l2 + sync]
     l2_stages = [c for c in l2 if c.startswith("persistent-l2-")]
     named = {"sweep": sweep, "persistent-sweep": persistent_sweep, "persistent-stages": upto,
-             "persistent-l2": [c for c in l2 if c not in l2_stages], "persistent-l2-stages": l2_stages}
+             "persistent-l2": [c for c in l2 if c not in l2_stages], "persistent-l2-stages": l2_stages,
+             "persistent-sync": sync}
     wanted = [c for part in args.chains.split(",") if part for c in named.get(part, [part])] or default
     rows = []
     for name in wanted:

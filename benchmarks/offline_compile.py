@@ -30,13 +30,14 @@ POINTERS = {"x_ptr", "res_ptr", "out_ptr", "res_out_ptr", "w_qkv_ptr", "w_o_ptr"
             "ln1_ptr", "ln2_ptr", "qn_ptr", "kn_ptr", "cos_ptr", "sin_ptr", "cache_ptr", "qkv_ptr", "attn_ptr",
             "o_ptr", "act_ptr"}
 FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}
-INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr"}
-INT64_PTR = {"pos_ptr", "slot_ptr"}
+INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr", "merge_counters_ptr"}
+INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr"}
 INT64 = {"o_addr", "gu_addr", "down_addr", "next_addr"}
 FLOATS = {"eps", "qk_scale"}
 
 
-def constexprs(shape: str, l2_budget: int, l2_at: int, programs_per_sm: int, num_sms: int) -> tuple[dict, dict]:
+def constexprs(shape: str, l2_budget: int, l2_at: int, programs_per_sm: int, num_sms: int,
+               flags: dict) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config."""
     cfg = shape_config(shape)
@@ -59,6 +60,7 @@ def constexprs(shape: str, l2_budget: int, l2_at: int, programs_per_sm: int, num
         L2_C_LO=windows[2][0], L2_C_HI=windows[2][1],
         O_BYTES=sizes[0], GU_BYTES=sizes[1], DOWN_BYTES=sizes[2], NEXT_BYTES=sizes[3],
         LANES=32 * conf.num_warps, L2_CHUNK=conf.l2_chunk,
+        FUSED_MERGE=flags["fused_merge"], POLL_LOAD=flags["poll_load"], TIMELINE=flags["timeline"],
     )
     return values, conf.__dict__
 
@@ -88,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--programs-per-sm", type=int, default=4)
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument("--sass", type=Path, help="write the disassembly here")
+    for flag in ("fused-merge", "poll-load", "timeline"):
+        parser.add_argument(f"--{flag}", action="store_true")
     args = parser.parse_args(argv)
-    values, conf = constexprs(args.shape, args.l2_budget, args.l2_at, args.programs_per_sm, args.num_sms)
+    flags = {k: getattr(args, k) for k in ("fused_merge", "poll_load", "timeline")}
+    values, conf = constexprs(args.shape, args.l2_budget, args.l2_at, args.programs_per_sm, args.num_sms, flags)
     compiled = compile_kernel(values, conf["num_warps"])
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         usage = subprocess.run([str(bin_dir / "cuobjdump"), "--dump-resource-usage", str(cubin)],
                                capture_output=True, text=True).stdout
         print(f"{args.shape}: {conf['num_programs']} programs, rows {conf['rows']}, bk {conf['bk']}, "
-              f"L2 budget {args.l2_budget} MiB at stage {args.l2_at}")
+              f"L2 budget {args.l2_budget} MiB at stage {args.l2_at}, {flags}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout

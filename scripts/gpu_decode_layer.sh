@@ -11,6 +11,10 @@
 #   sweep   Qwen3-0.6B persistent config sweep (weight elements per step x warps x prefetch)
 #   llama   the same chains for Llama-3.2-1B (llama-sweep: its config sweep)
 #   tests   every GPU test of the kernel
+#   timeline where each stage's time goes (benchmarks/decode_layer_timeline.py: per-program clock
+#           stamps at the stage boundaries; TIMELINE_VARIANTS, TIMELINE_SHAPE)
+#   sync    chains of the synchronisation variants (merge in the attention stage, barrier polls
+#           that are loads; SYNC_SHAPE)
 #   l2      Qwen3-0.6B chains with the later weights asked into L2 ahead (budgets, first stage,
 #           programs per SM; stage cuts), against the engine path and the launch without it
 #   l2-llama the same sweep for Llama-3.2-1B
@@ -46,6 +50,16 @@ fi
 if want llama-sweep; then
   timeout "${SWEEP_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b \
     --chains persistent-sweep --pdl 1 --out "$OUT/sweep-llama-3.2-1b" 2>&1 | grep -v "^|" | tail -40
+fi
+if want timeline; then
+  timeout "${TIMELINE_TIMEOUT:-200}" python3 benchmarks/decode_layer_timeline.py --shape "${TIMELINE_SHAPE:-qwen3-0.6b}" \
+    --variants "${TIMELINE_VARIANTS:-base,fused,pollload,fused-pollload}" --out "$OUT/timeline-${TIMELINE_SHAPE:-qwen3-0.6b}" \
+    2>&1 | tail -30
+fi
+if want sync; then
+  timeout "${SYNC_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape "${SYNC_SHAPE:-qwen3-0.6b}" --pdl 1 \
+    --chains layer-prologues,layer-persistent,persistent-sync --out "$OUT/sync-${SYNC_SHAPE:-qwen3-0.6b}" 2>&1 \
+    | grep -v "^|" | tail -20
 fi
 if want l2; then
   timeout "${L2_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b --pdl 1 \

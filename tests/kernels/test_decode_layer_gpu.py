@@ -144,3 +144,59 @@ def test_l2_prefetch_changes_no_result(shape, budget_mib, at):
         results.append((out, new_res, cache))
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("context", [0, 63, 300, 4000])
+@pytest.mark.parametrize(("fused_merge", "poll_load"), [(True, False), (False, True), (True, True)])
+def test_synchronisation_variants(shape, context, fused_merge, poll_load):
+    """The merge done by each KV head's last split, and barrier polls that are acquire loads:
+    against the reference, counters left at zero."""
+    case = replace(real_case(shape, context), max_elements=8192)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, fused_merge=fused_merge, poll_load=poll_load)
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
+
+
+def test_fused_merge_graph_replays():
+    """28 fused-merge launches in a graph, replayed: the per-head counters reset themselves."""
+    case = real_case("qwen3-0.6b", 200)
+    weights, layer, md, cache, cos, sin, positions, x, _ = cases.layer_inputs(case, "cuda", torch.bfloat16)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, fused_merge=True, poll_load=True)
+    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                            cfg.splits, torch.bfloat16, "cuda")
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        h, r = x, None
+        for _ in range(28):
+            h, r = dl.decode_layer(h, r, weights, layer, cache, md, positions, cos, sin, ws, config=cfg,
+                                   prefetch_next=weights.qkv)
+        return h, r
+
+    eager = step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph):
+        captured = step()
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured[0], eager[0]) and torch.equal(captured[1], eager[1])
+    assert ws.error.item() == 0 and not ws.counters.any().item() and not ws.merge_counters.any().item()
+
+
+def test_timeline_stamps_every_boundary_in_order():
+    """decode_layer(timeline=...) (benchmarks): every program's 14 clock stamps rise."""
+    case = replace(real_case("qwen3-0.6b", 300), max_elements=8192)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4)
+    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
+    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                            cfg.splits, torch.bfloat16, "cuda")
+    timeline = torch.zeros(cfg.num_programs, 16, dtype=torch.int64, device="cuda")
+    dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg, timeline=timeline)
+    clocks = timeline[:, :14].cpu()
+    assert (clocks[:, 1:] >= clocks[:, :-1]).all() and (timeline[:, 15] > timeline[:, 14]).all().item()

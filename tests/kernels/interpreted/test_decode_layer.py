@@ -5,6 +5,8 @@ programs, several K tiles and row chunks per program, key splits that find no ke
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -54,3 +56,12 @@ def test_l2_windows_ask_each_byte_once_and_never_behind(sizes, budget):
     asked = sum(hi - lo for lo, hi in windows)
     if ahead >= gu + down + nxt and ahead >= o:  # every stage's window reaches the end
         assert asked == total
+
+
+@settings(max_examples=10, deadline=None)
+@given(case=cases.layer_cases(), dtype=st.sampled_from([torch.float32, torch.float16]))
+def test_decode_layer_with_the_merge_in_the_attention_stage(case, dtype):
+    """``fused_merge``: each KV head's last split merges its query group; the same result, and
+    the per-head counters left at zero for the next launch (checked in check_decode_layer)."""
+    config = replace(cases.config_for(case, dtype), fused_merge=True)
+    cases.check_decode_layer("cpu", dtype, case, stage_by_stage=True, config=config)

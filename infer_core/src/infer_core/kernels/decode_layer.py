@@ -86,15 +86,26 @@ MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seco
 
 
 @triton.jit
-def _grid_barrier(counters_ptr, index, num_programs, error_ptr):
+def _load_acquire(ptr):
+    """``*ptr`` loaded with acquire semantics at GPU scope (a poll that is not a read-modify-write)."""
+    return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+
+
+@triton.jit
+def _grid_barrier(counters_ptr, index, num_programs, error_ptr, POLL_LOAD: tl.constexpr):
     """Wait until all ``num_programs`` programs reached barrier ``index``; their stores before
-    it are visible after it (release add, acquire polls, CTA barriers around both)."""
+    it are visible after it (release add, acquire polls, CTA barriers around both). The polls
+    are atomic adds of 0, or with ``POLL_LOAD`` acquire loads (CUDA only)."""
     tl.debug_barrier()
     counter = counters_ptr + index
     seen = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") + 1
     spins = 0
     while (seen < num_programs) & (spins < MAX_SPINS):
-        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        if POLL_LOAD:
+            seen = _load_acquire(counter)
+        else:
+            seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
         spins += 1
     if seen < num_programs:
         tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
@@ -108,6 +119,21 @@ def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
     if tl.atomic_add(counters_ptr + NB, 1, sem="acq_rel", scope="gpu") == num_programs - 1:
         idx = tl.arange(0, NB_POW2)
         tl.store(counters_ptr + idx, tl.zeros([NB_POW2], dtype=tl.int32), mask=idx <= NB)
+
+
+@triton.jit
+def _stamp(timeline_ptr, pid, index, TIMELINE: tl.constexpr):
+    """With ``TIMELINE``, program ``pid``'s SM clock (``%clock64``) at point ``index`` (and the
+    global nanosecond timer at points 0 and 13, in slots 14 and 15) into ``timeline_ptr [P, 16]``
+    (benchmarks only: where the layer's time goes)."""
+    if TIMELINE:
+        clock = tl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [pid], dtype=tl.int64,
+                                          is_pure=False, pack=1)
+        tl.store(timeline_ptr + pid * 16 + index, clock)
+        if index == 0 or index == 13:
+            now = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [pid], dtype=tl.int64,
+                                            is_pure=False, pack=1)
+            tl.store(timeline_ptr + pid * 16 + 14 + index // 13, now)
 
 
 # ----------------------------------------------------------------------------- L2 prefetch
@@ -391,6 +417,21 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
     tl.store(attn_ptr + head * HEAD_DIM + dd, out.to(attn_ptr.dtype.element_ty))
 
 
+@triton.jit
+def _merge_if_last(g, merge_counters_ptr, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
+                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+    """After a split of KV head ``g`` stored its partials: the head's last split to arrive (a
+    release/acquire counter per KV head) merges its query group, and sets the counter back to
+    0 for the next launch (no grid barrier and no merge stage)."""
+    tl.debug_barrier()  # every thread's partial stores before the release
+    arrived = tl.atomic_add(merge_counters_ptr + g, 1, sem="acq_rel", scope="gpu")
+    if arrived == SPLITS - 1:
+        tl.debug_barrier()
+        for r in range(GROUP):
+            _merge_head(g * GROUP + r, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, HEAD_DIM, SPLITS)
+        tl.atomic_xchg(merge_counters_ptr + g, 0, sem="relaxed", scope="gpu")
+
+
 # ----------------------------------------------------------------------------- the layer
 
 
@@ -401,7 +442,7 @@ def _decode_layer_kernel(
     cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
     qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
-    counters_ptr, error_ptr, num_programs, o_addr, gu_addr, down_addr, next_addr,
+    counters_ptr, error_ptr, merge_counters_ptr, timeline_ptr, num_programs, o_addr, gu_addr, down_addr, next_addr,
     HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
     SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
@@ -412,6 +453,7 @@ def _decode_layer_kernel(
     L2_AT: tl.constexpr, L2_A_LO: tl.constexpr, L2_A_HI: tl.constexpr, L2_B_LO: tl.constexpr, L2_B_HI: tl.constexpr,
     L2_C_LO: tl.constexpr, L2_C_HI: tl.constexpr, O_BYTES: tl.constexpr, GU_BYTES: tl.constexpr,
     DOWN_BYTES: tl.constexpr, NEXT_BYTES: tl.constexpr, LANES: tl.constexpr, L2_CHUNK: tl.constexpr,
+    FUSED_MERGE: tl.constexpr, POLL_LOAD: tl.constexpr, TIMELINE: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -421,6 +463,7 @@ def _decode_layer_kernel(
     KT_GU: tl.constexpr = (HIDDEN + BK_GU - 1) // BK_GU
     KT_DOWN: tl.constexpr = (INTER + BK_DOWN - 1) // BK_DOWN
     pid = tl.program_id(0)
+    _stamp(timeline_ptr, pid, 0, TIMELINE)
 
     if (ALL and LAST >= 1) or STAGE == 1:
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV)
@@ -429,13 +472,16 @@ def _decode_layer_kernel(
                        O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
     if PDL:
         wait_for_prior()
+    _stamp(timeline_ptr, pid, 1, TIMELINE)
     if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
                     rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE)
+    _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ALL and LAST >= 2:
-        _grid_barrier(counters_ptr, 0, num_programs, error_ptr)
-    if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
+        _grid_barrier(counters_ptr, 0, num_programs, error_ptr, POLL_LOAD)
+    _stamp(timeline_ptr, pid, 3, TIMELINE)
+    if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention (FUSED_MERGE: + merge)
         seq_len = tl.load(seq_lens_ptr)
         pos = tl.load(pos_ptr).to(tl.int64)
         slot = tl.load(slot_ptr).to(tl.int64)
@@ -444,22 +490,31 @@ def _decode_layer_kernel(
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             stride_kv, stride_block, stride_slot, stride_cos, stride_sin,
                             HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION)
+            if FUSED_MERGE:
+                _merge_if_last(item // SPLITS, merge_counters_ptr, attn_ptr, part_acc_ptr, part_max_ptr,
+                               part_sum_ptr, HQ // HKV, HEAD_DIM, SPLITS)
         if L2_AT == 2:  # DRAM is idle through attention: the later stages' weights into L2
             _l2_window(L2_A_LO, L2_A_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
                        O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
+    if FUSED_MERGE and PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):  # o_proj's first tiles, early
+        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
+    _stamp(timeline_ptr, pid, 4, TIMELINE)
     if ALL and LAST >= 3:
-        _grid_barrier(counters_ptr, 1, num_programs, error_ptr)
-    if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
+        _grid_barrier(counters_ptr, 1, num_programs, error_ptr, POLL_LOAD)
+    _stamp(timeline_ptr, pid, 5, TIMELINE)
+    if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge (done in stage 2 with FUSED_MERGE)
         if L2_AT == 3:
             _l2_window(L2_A_LO, L2_A_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
                        O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
-        for head in range(pid, HQ, num_programs):
-            _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, HEAD_DIM, SPLITS)
-    if (ALL and LAST >= 4) or STAGE == 4:  # noqa: SIM102 (constexpr branches)
-        if PREFETCH:
-            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
-    if ALL and LAST >= 4:
-        _grid_barrier(counters_ptr, 2, num_programs, error_ptr)
+        if not FUSED_MERGE:
+            for head in range(pid, HQ, num_programs):
+                _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, HEAD_DIM, SPLITS)
+    if not FUSED_MERGE and PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):
+        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
+    _stamp(timeline_ptr, pid, 6, TIMELINE)
+    if ALL and LAST >= 4 and not FUSED_MERGE:
+        _grid_barrier(counters_ptr, 2, num_programs, error_ptr, POLL_LOAD)
+    _stamp(timeline_ptr, pid, 7, TIMELINE)
     if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
@@ -471,8 +526,10 @@ def _decode_layer_kernel(
         if L2_AT > 0:  # o_proj's bytes are read: as many more ahead
             _l2_window(L2_B_LO, L2_B_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
                        O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
+    _stamp(timeline_ptr, pid, 8, TIMELINE)
     if ALL and LAST >= 5:
-        _grid_barrier(counters_ptr, 3, num_programs, error_ptr)
+        _grid_barrier(counters_ptr, 3, num_programs, error_ptr, POLL_LOAD)
+    _stamp(timeline_ptr, pid, 9, TIMELINE)
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
@@ -485,15 +542,19 @@ def _decode_layer_kernel(
         if L2_AT > 0:  # gate/up's too
             _l2_window(L2_C_LO, L2_C_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
                        O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
+    _stamp(timeline_ptr, pid, 10, TIMELINE)
     if ALL and LAST >= 6:
-        _grid_barrier(counters_ptr, 4, num_programs, error_ptr)
+        _grid_barrier(counters_ptr, 4, num_programs, error_ptr, POLL_LOAD)
+    _stamp(timeline_ptr, pid, 11, TIMELINE)
     if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
         if not PREFETCH:
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
                     0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE)
+    _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
+    _stamp(timeline_ptr, pid, 13, TIMELINE)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -528,7 +589,10 @@ class DecodeLayerConfig:
     ahead of their stage (0: none; CUDA of compute capability 9.0 and later): the first window
     at stage ``l2_at`` (1 the launch's start, 2 after attention, 3 the merge), then, at the
     gate/up and down stages, as many more bytes as the stages before them consumed; in bulk
-    requests of at least ``l2_chunk`` bytes per thread."""
+    requests of at least ``l2_chunk`` bytes per thread. ``fused_merge``: the last split of each
+    KV head to finish merges the head's query group (a counter per KV head), which removes the
+    merge stage and its barrier. ``poll_load``: the barriers poll with acquire loads instead of
+    atomic adds of 0."""
 
     num_programs: int
     splits: int
@@ -542,6 +606,8 @@ class DecodeLayerConfig:
     l2_budget: int = 0
     l2_at: int = 2
     l2_chunk: int = 4096
+    fused_merge: bool = False  # each KV head's last split merges its query group (no merge stage)
+    poll_load: bool = False  # barrier polls are acquire loads, not atomic adds of 0
 
 
 def _pow2_floor(n: int) -> int:
@@ -636,6 +702,7 @@ class DecodeWorkspace:
         self.o = empty(hidden)
         self.act = empty(intermediate)
         self.counters = torch.zeros(8, dtype=torch.int32, device=device)
+        self.merge_counters = torch.zeros(num_kv_heads, dtype=torch.int32, device=device)  # fused_merge
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
@@ -675,14 +742,16 @@ def decode_layer(
     kv_cache: torch.Tensor, metadata: AttentionMetadata, positions: torch.Tensor,
     cos: torch.Tensor, sin: torch.Tensor, workspace: DecodeWorkspace, *,
     config: DecodeLayerConfig | None = None, stage_by_stage: bool = False,
-    prefetch_next: torch.Tensor | None = None,
+    prefetch_next: torch.Tensor | None = None, timeline: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step of one layer for one token: ``x``, ``residual [1, H]`` (``None`` for
     the first layer) → ``(mlp_out, new_residual)``, the step's K/V stored into ``kv_cache``
     (``[2, blocks, block_size, Hkv, D]``) at ``metadata.slot_mapping[0]``; ``cos``/``sin
     [positions, D/2]``. ``stage_by_stage`` launches each stage on its own (the interpreter).
     ``prefetch_next``: the next layer's QKV weight, asked into L2 after this layer's own (with
-    ``config.l2_budget``; a hint that changes no result)."""
+    ``config.l2_budget``; a hint that changes no result). ``timeline`` (benchmarks, CUDA):
+    an int64 ``[programs, 16]`` tensor that receives each program's clock at the stage
+    boundaries (:func:`_stamp`)."""
     hidden = x.shape[-1]
     inter = weights.down.shape[1]
     hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
@@ -717,7 +786,7 @@ def decode_layer(
             kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), cos.stride(0), sin.stride(0),
             layer.scale * LOG2E,
             ws.qkv, ws.part_acc, ws.part_max, ws.part_sum, ws.attn, ws.o, ws.act, ws.counters, ws.error,
-            cfg.num_programs, *addrs,
+            ws.merge_counters, timeline if timeline is not None else ws.counters, cfg.num_programs, *addrs,
         )
         kwargs = dict(
             HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=cfg.splits,
@@ -732,6 +801,7 @@ def decode_layer(
             L2_C_LO=windows[2][0], L2_C_HI=windows[2][1],
             O_BYTES=sizes[0], GU_BYTES=sizes[1], DOWN_BYTES=sizes[2], NEXT_BYTES=sizes[3],
             LANES=32 * cfg.num_warps, L2_CHUNK=cfg.l2_chunk,
+            FUSED_MERGE=cfg.fused_merge, POLL_LOAD=cfg.poll_load and x.is_cuda, TIMELINE=timeline is not None,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
