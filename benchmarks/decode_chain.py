@@ -20,8 +20,9 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   persistent-stages`` the launch cut after each stage (``persistent-upto-<k>``); ``--chains
   persistent-l2`` the launch asking L2 for the later weights ahead
   (``layer-persistent-l2-<MiB>-at<first stage>-s<programs per SM>``), ``persistent-l2-stages``
-  its stage cuts; ``persistent-sync`` the merge done by each KV head's last split and barrier
-  polls that are loads (``layer-persistent-{base,fused,pollload,fused-pollload}-s<programs per SM>``).
+  its stage cuts; ``persistent-sync`` the merge done by each KV head's last split, barrier
+  polls that are loads, the first key tile loaded before the attention stage
+  (``layer-persistent-{base,fused,pollload,fused-pollload,kvpre,kvpre-fused}-s<programs per SM>``).
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -157,7 +158,8 @@ L2_SWEEP = [(8, 2, 4), (16, 2, 4), (24, 2, 4), (32, 2, 4), (40, 2, 4), (24, 1, 4
 L2_STAGES_BUDGET = 24
 # stage-synchronisation variants of the persistent launch
 SYNC_VARIANTS = {"base": {}, "fused": {"fused_merge": True}, "pollload": {"poll_load": True},
-                 "fused-pollload": {"fused_merge": True, "poll_load": True}}
+                 "fused-pollload": {"fused_merge": True, "poll_load": True}, "kvpre": {"kv_prefetch": True},
+                 "kvpre-fused": {"kv_prefetch": True, "fused_merge": True}}
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
                     (4096, 4, 1, 0, 4), (8192, 4, 1, 0, 4), (8192, 4, 1, 1, 4), (16384, 4, 1, 1, 4),
@@ -167,7 +169,7 @@ PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1
 def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4, pipeline: int = 1,
                fewest_steps: bool = True, programs_per_sm: int = 4, last_stage: int = 6, default: bool = False,
                l2_budget: int = 0, l2_at: int = 2, fused_merge: bool = False, poll_load: bool = False,
-               timelines: list[torch.Tensor] | None = None):
+               kv_prefetch: bool = False, timelines: list[torch.Tensor] | None = None):
     """The chain of persistent layer launches (one per layer, ping-pong activations); with
     ``default``, each launch picks its own configuration (what a model would run); with
     ``timelines`` (one int64 ``[programs, 16]`` tensor per layer), each launch stamps its stage
@@ -180,7 +182,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                                    max_elements=max_elements, fewest_steps=fewest_steps,
                                    programs_per_sm=programs_per_sm), num_warps=num_warps, pipeline=pipeline,
                   last_stage=last_stage, l2_budget=l2_budget << 20, l2_at=l2_at, fused_merge=fused_merge,
-                  poll_load=poll_load)
+                  poll_load=poll_load, kv_prefetch=kv_prefetch)
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     def run() -> None:

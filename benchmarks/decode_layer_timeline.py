@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                                                         "context": args.context, "results": results}, indent=1))
     names = list(results)
     lines = [f"# Persistent decode layer timeline — {env['device']}, {args.shape}", "",
-             f"{env['date']}, commit `{env['commit']}`; triton {env['triton']}; context {args.context}; "
+             f"commit `{env.get('commit')}`; {env.get('versions')}; context {args.context}; "
              "µs per layer, min / median / max over programs, median over layers 1.. and 5 replays.", "",
              "| interval | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for key in [name for name, _, _ in INTERVALS] + ["start skew (max)", "gap after previous layer", "ns per clock"]:

@@ -61,6 +61,7 @@ def constexprs(shape: str, l2_budget: int, l2_at: int, programs_per_sm: int, num
         O_BYTES=sizes[0], GU_BYTES=sizes[1], DOWN_BYTES=sizes[2], NEXT_BYTES=sizes[3],
         LANES=32 * conf.num_warps, L2_CHUNK=conf.l2_chunk,
         FUSED_MERGE=flags["fused_merge"], POLL_LOAD=flags["poll_load"], TIMELINE=flags["timeline"],
+        KV_PREFETCH=flags["kv_prefetch"],
     )
     return values, conf.__dict__
 
@@ -90,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--programs-per-sm", type=int, default=4)
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument("--sass", type=Path, help="write the disassembly here")
-    for flag in ("fused-merge", "poll-load", "timeline"):
+    for flag in ("fused-merge", "poll-load", "timeline", "kv-prefetch"):
         parser.add_argument(f"--{flag}", action="store_true")
     args = parser.parse_args(argv)
-    flags = {k: getattr(args, k) for k in ("fused_merge", "poll_load", "timeline")}
+    flags = {k: getattr(args, k) for k in ("fused_merge", "poll_load", "timeline", "kv_prefetch")}
     values, conf = constexprs(args.shape, args.l2_budget, args.l2_at, args.programs_per_sm, args.num_sms, flags)
     compiled = compile_kernel(values, conf["num_warps"])
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"

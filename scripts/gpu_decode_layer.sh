@@ -58,7 +58,7 @@ if want timeline; then
 fi
 if want sync; then
   timeout "${SYNC_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape "${SYNC_SHAPE:-qwen3-0.6b}" --pdl 1 \
-    --chains layer-prologues,layer-persistent,persistent-sync --out "$OUT/sync-${SYNC_SHAPE:-qwen3-0.6b}" 2>&1 \
+    --chains "${SYNC_CHAINS:-layer-prologues,layer-persistent,persistent-sync}" --out "$OUT/sync-${SYNC_SHAPE:-qwen3-0.6b}" 2>&1 \
     | grep -v "^|" | tail -20
 fi
 if want l2; then

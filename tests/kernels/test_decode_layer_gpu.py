@@ -148,12 +148,15 @@ def test_l2_prefetch_changes_no_result(shape, budget_mib, at):
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 63, 300, 4000])
-@pytest.mark.parametrize(("fused_merge", "poll_load"), [(True, False), (False, True), (True, True)])
-def test_synchronisation_variants(shape, context, fused_merge, poll_load):
-    """The merge done by each KV head's last split, and barrier polls that are acquire loads:
-    against the reference, counters left at zero."""
+@pytest.mark.parametrize(("fused_merge", "poll_load", "kv_prefetch"),
+                         [(True, False, False), (False, True, False), (False, False, True), (True, True, True)])
+def test_synchronisation_variants(shape, context, fused_merge, poll_load, kv_prefetch):
+    """The merge done by each KV head's last split, barrier polls that are acquire loads, the
+    first key tile loaded before the attention stage: against the reference, counters left at
+    zero."""
     case = replace(real_case(shape, context), max_elements=8192)
-    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, fused_merge=fused_merge, poll_load=poll_load)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, fused_merge=fused_merge, poll_load=poll_load,
+                  kv_prefetch=kv_prefetch)
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 
@@ -161,7 +164,8 @@ def test_fused_merge_graph_replays():
     """28 fused-merge launches in a graph, replayed: the per-head counters reset themselves."""
     case = real_case("qwen3-0.6b", 200)
     weights, layer, md, cache, cos, sin, positions, x, _ = cases.layer_inputs(case, "cuda", torch.bfloat16)
-    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, fused_merge=True, poll_load=True)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, fused_merge=True, poll_load=True,
+                  kv_prefetch=True)
     ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
                             cfg.splits, torch.bfloat16, "cuda")
 

@@ -58,10 +58,13 @@ def test_l2_windows_ask_each_byte_once_and_never_behind(sizes, budget):
         assert asked == total
 
 
-@settings(max_examples=10, deadline=None)
-@given(case=cases.layer_cases(), dtype=st.sampled_from([torch.float32, torch.float16]))
-def test_decode_layer_with_the_merge_in_the_attention_stage(case, dtype):
-    """``fused_merge``: each KV head's last split merges its query group; the same result, and
-    the per-head counters left at zero for the next launch (checked in check_decode_layer)."""
-    config = replace(cases.config_for(case, dtype), fused_merge=True)
+@settings(max_examples=6, deadline=None)
+@given(case=cases.layer_cases(), dtype=st.sampled_from([torch.float32, torch.float16]),
+       flags=st.sampled_from([(True, False), (False, True), (True, True)]))
+def test_decode_layer_variants(case, dtype, flags):
+    """``fused_merge`` (each KV head's last split merges its query group; the per-head counters
+    left at zero, checked in check_decode_layer) and ``kv_prefetch`` (each attention program's
+    first key tile loaded before the stage, the step's own key patched in): the same result."""
+    fused_merge, kv_prefetch = flags
+    config = replace(cases.config_for(case, dtype), fused_merge=fused_merge, kv_prefetch=kv_prefetch)
     cases.check_decode_layer("cpu", dtype, case, stage_by_stage=True, config=config)

@@ -335,18 +335,52 @@ def _norm_rope(x1, x2, w_ptr, cos, sin, eps, dh, QK_NORM: tl.constexpr, HALF: tl
 
 
 @triton.jit
+def _split_tiles(item, seq_len, TILE: tl.constexpr, SPLITS: tl.constexpr):
+    """Key tiles ``[t0, t1)`` of split ``item % SPLITS`` (paged_attention's split rule) and the
+    number of tiles."""
+    tiles = tl.cdiv(seq_len, TILE)
+    per_split = tl.cdiv(tiles, SPLITS)
+    t0 = tl.minimum((item % SPLITS) * per_split, tiles)
+    t1 = tl.minimum(t0 + per_split, tiles)
+    return t0, t1, tiles
+
+
+@triton.jit
+def _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, valid, stride_kv, stride_block, stride_slot,
+             HEAD_DIM: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """KV head ``g``'s keys of ``tile`` as two transposed halves ``[HALF, TILE]`` and its values
+    ``[TILE, HEAD_DIM]`` from the paged cache (zeros past ``seq_len`` or when not ``valid``)."""
+    HALF: tl.constexpr = HEAD_DIM // 2
+    dh = tl.arange(0, HALF)
+    dd = tl.arange(0, HEAD_DIM)
+    keys = tile * TILE + tl.arange(0, TILE)
+    key_ok = keys < tl.where(valid, seq_len, 0)
+    block = tl.load(table_ptr + keys // BLOCK_SIZE, mask=key_ok, other=0)
+    off = block.to(tl.int64) * stride_block + (keys % BLOCK_SIZE).to(tl.int64) * stride_slot
+    head_ptr = cache_ptr + g * HEAD_DIM
+    k_ptrs = head_ptr + off[None, :] + dh[:, None]  # [HALF, TILE]: K transposed, first half
+    k1 = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0, cache_modifier=".cg")
+    k2 = tl.load(k_ptrs + HALF, mask=key_ok[None, :], other=0.0, cache_modifier=".cg")
+    v = tl.load(head_ptr + stride_kv + off[:, None] + dd[None, :], mask=key_ok[:, None], other=0.0,
+                cache_modifier=".cg")
+    return k1, k2, v
+
+
+@triton.jit
 def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                     qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
-                    stride_kv, stride_block, stride_slot, stride_cos, stride_sin,
+                    stride_kv, stride_block, stride_slot, stride_cos, stride_sin, k1p, k2p, vp, prefetched,
                     HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
                     BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr):
+                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr, KV_PREFETCH: tl.constexpr):
     """KV head ``item // SPLITS``, key split ``item % SPLITS``: partial attention of the head's
-    query group over the split's tiles (paged_attention's split rule and tile arithmetic)."""
+    query group over the split's tiles (paged_attention's split rule and tile arithmetic).
+    With ``KV_PREFETCH`` and ``prefetched``, the split's first tile is ``k1p, k2p, vp`` (loaded
+    before the barrier in front of this stage; the step's own key and value, stored here, are
+    put in their column / row)."""
     HALF: tl.constexpr = HEAD_DIM // 2
     GROUP: tl.constexpr = HQ // HKV
     g = item // SPLITS
-    split = item % SPLITS
     dh = tl.arange(0, HALF)
     dd = tl.arange(0, HEAD_DIM)
     cos = tl.load(cos_ptr + pos * stride_cos + dh).to(tl.float32)[None, :]
@@ -360,10 +394,7 @@ def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos
     q2 = tl.load(q_row + HALF, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
     q1, q2 = _norm_rope(q1, q2, qn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
 
-    tiles = tl.cdiv(seq_len, TILE)
-    per_split = tl.cdiv(tiles, SPLITS)
-    t0 = tl.minimum(split * per_split, tiles)
-    t1 = tl.minimum(t0 + per_split, tiles)
+    t0, t1, tiles = _split_tiles(item, seq_len, TILE, SPLITS)
     if (t0 < t1) & (t1 == tiles):  # this split holds the step's own position: store its K and V
         k_row = qkv_ptr + (HQ + g) * HEAD_DIM + dh[None, :]
         k1 = tl.load(k_row, cache_modifier=".cg")
@@ -376,28 +407,34 @@ def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos
             tl.store(dst + dh[None, :], k1.to(cdt))
             tl.store(dst + HALF + dh[None, :], k2.to(cdt))
             tl.store(dst + stride_kv + dd, v.to(cdt))
+            if KV_PREFETCH:  # the prefetched first tile holds the slot's old contents: patch them
+                new = (t0 * TILE + tl.arange(0, TILE)) == pos
+                k1p = tl.where(new[None, :], tl.trans(k1.to(cdt)), k1p)
+                k2p = tl.where(new[None, :], tl.trans(k2.to(cdt)), k2p)
+                vp = tl.where(new[:, None], v.to(cdt)[None, :], vp)
         tl.debug_barrier()  # the stores above before this program's loads of the same slot
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    head_ptr = cache_ptr + g * HEAD_DIM
     for tile in range(t0, t1):
-        keys = tile * TILE + tl.arange(0, TILE)
-        key_ok = keys < seq_len
-        block = tl.load(table_ptr + keys // BLOCK_SIZE, mask=key_ok, other=0)
-        off = block.to(tl.int64) * stride_block + (keys % BLOCK_SIZE).to(tl.int64) * stride_slot
-        k_ptrs = head_ptr + off[None, :] + dh[:, None]  # [HALF, TILE]: K transposed, first half
-        k1 = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0, cache_modifier=".cg").to(q1.dtype)
-        k2 = tl.load(k_ptrs + HALF, mask=key_ok[None, :], other=0.0, cache_modifier=".cg").to(q1.dtype)
-        v = tl.load(head_ptr + stride_kv + off[:, None] + dd[None, :], mask=key_ok[:, None], other=0.0,
-                    cache_modifier=".cg").to(q1.dtype)
+        key_ok = tile * TILE + tl.arange(0, TILE) < seq_len
+        if KV_PREFETCH:
+            if prefetched & (tile == t0):
+                k1, k2, v = k1p, k2p, vp
+            else:
+                k1, k2, v = _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, True, stride_kv, stride_block,
+                                     stride_slot, HEAD_DIM, TILE, BLOCK_SIZE)
+        else:
+            k1, k2, v = _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, True, stride_kv, stride_block, stride_slot,
+                                 HEAD_DIM, TILE, BLOCK_SIZE)
+        k1, k2, v = k1.to(q1.dtype), k2.to(q1.dtype), v.to(q1.dtype)
         s = tl.dot(q1, k1, input_precision=PRECISION)
         s = tl.dot(q2, k2, s, input_precision=PRECISION) * qk_scale
         s = tl.where(key_ok[None, :], s, float("-inf"))
         acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, PRECISION)
 
-    part = head * SPLITS + split
+    part = head * SPLITS + item % SPLITS
     tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], acc, mask=row_ok[:, None])
     tl.store(part_max_ptr + part, m_i, mask=row_ok)
     tl.store(part_sum_ptr + part, l_i, mask=row_ok)
@@ -453,7 +490,7 @@ def _decode_layer_kernel(
     L2_AT: tl.constexpr, L2_A_LO: tl.constexpr, L2_A_HI: tl.constexpr, L2_B_LO: tl.constexpr, L2_B_HI: tl.constexpr,
     L2_C_LO: tl.constexpr, L2_C_HI: tl.constexpr, O_BYTES: tl.constexpr, GU_BYTES: tl.constexpr,
     DOWN_BYTES: tl.constexpr, NEXT_BYTES: tl.constexpr, LANES: tl.constexpr, L2_CHUNK: tl.constexpr,
-    FUSED_MERGE: tl.constexpr, POLL_LOAD: tl.constexpr, TIMELINE: tl.constexpr,
+    FUSED_MERGE: tl.constexpr, POLL_LOAD: tl.constexpr, TIMELINE: tl.constexpr, KV_PREFETCH: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -477,6 +514,19 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
                     rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE)
+    if KV_PREFETCH and ((ALL and LAST >= 2) or STAGE == 2):
+        # the first key tile of this program's first attention item, before the barrier (the
+        # cache's old keys never depend on this step)
+        seq_len = tl.load(seq_lens_ptr)
+        t0, t1, _ = _split_tiles(pid, seq_len, TILE, SPLITS)
+        prefetched = (pid < HKV * SPLITS) & (t0 < t1)
+        k1p, k2p, vp = _kv_tile(cache_ptr, table_ptr, pid // SPLITS, t0, seq_len, prefetched, stride_kv,
+                                stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE)
+    else:
+        prefetched = False
+        k1p = tl.zeros([HEAD_DIM // 2, TILE], dtype=cache_ptr.dtype.element_ty)
+        k2p = k1p
+        vp = tl.zeros([TILE, HEAD_DIM], dtype=cache_ptr.dtype.element_ty)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ALL and LAST >= 2:
         _grid_barrier(counters_ptr, 0, num_programs, error_ptr, POLL_LOAD)
@@ -488,8 +538,9 @@ def _decode_layer_kernel(
         for item in range(pid, HKV * SPLITS, num_programs):
             _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
-                            stride_kv, stride_block, stride_slot, stride_cos, stride_sin,
-                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION)
+                            stride_kv, stride_block, stride_slot, stride_cos, stride_sin, k1p, k2p, vp,
+                            prefetched & (item == pid),
+                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, KV_PREFETCH)
             if FUSED_MERGE:
                 _merge_if_last(item // SPLITS, merge_counters_ptr, attn_ptr, part_acc_ptr, part_max_ptr,
                                part_sum_ptr, HQ // HKV, HEAD_DIM, SPLITS)
@@ -592,7 +643,9 @@ class DecodeLayerConfig:
     requests of at least ``l2_chunk`` bytes per thread. ``fused_merge``: the last split of each
     KV head to finish merges the head's query group (a counter per KV head), which removes the
     merge stage and its barrier. ``poll_load``: the barriers poll with acquire loads instead of
-    atomic adds of 0."""
+    atomic adds of 0. ``kv_prefetch``: each program loads its first attention item's first key
+    tile before the barrier in front of the attention stage (old keys never depend on the
+    step; the step's own key is patched in)."""
 
     num_programs: int
     splits: int
@@ -608,6 +661,7 @@ class DecodeLayerConfig:
     l2_chunk: int = 4096
     fused_merge: bool = False  # each KV head's last split merges its query group (no merge stage)
     poll_load: bool = False  # barrier polls are acquire loads, not atomic adds of 0
+    kv_prefetch: bool = False  # each attention program's first key tile loaded before the barrier
 
 
 def _pow2_floor(n: int) -> int:
@@ -802,6 +856,7 @@ def decode_layer(
             O_BYTES=sizes[0], GU_BYTES=sizes[1], DOWN_BYTES=sizes[2], NEXT_BYTES=sizes[3],
             LANES=32 * cfg.num_warps, L2_CHUNK=cfg.l2_chunk,
             FUSED_MERGE=cfg.fused_merge, POLL_LOAD=cfg.poll_load and x.is_cuda, TIMELINE=timeline is not None,
+            KV_PREFETCH=cfg.kv_prefetch,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
