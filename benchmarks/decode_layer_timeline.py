@@ -31,13 +31,16 @@ INTERVALS = [("pdl wait", 0, 1), ("1 norm + qkv", 1, 2), ("barrier 0", 2, 3), ("
              ("barrier 1", 4, 5), ("3 merge", 5, 6), ("barrier 2", 6, 7), ("4 o_proj", 7, 8),
              ("barrier 3", 8, 9), ("5 gate/up", 9, 10), ("barrier 4", 10, 11), ("6 down", 11, 12),
              ("leave", 12, 13), ("whole launch", 0, 13)]
+# inside the attention stage (programs with an attention item) and the merge (programs with a head)
+INNER = [("2a q load + norm + rope", 3, 16), ("2b own K/V: norm, rope, store", 16, 17), ("2c key tiles", 17, 18),
+         ("2d partials stored", 18, 19), ("3a merge of a head", 5, 20)]
 
 
 def stamps(layers: list[Layer], programs_per_sm: int, flags: dict) -> torch.Tensor:
-    """``[layers, programs, 16]`` clocks of one graph replay after an L2 flush."""
+    """``[layers, programs, 24]`` clocks of one graph replay after an L2 flush."""
     probe = persistent(layers, programs_per_sm=programs_per_sm, **flags)
     programs = probe.config.num_programs
-    timelines = [torch.zeros(programs, 16, dtype=torch.int64, device="cuda") for _ in layers]
+    timelines = [torch.zeros(programs, 24, dtype=torch.int64, device="cuda") for _ in layers]
     run = persistent(layers, programs_per_sm=programs_per_sm, timelines=timelines, **flags)
     flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device="cuda")
     run()
@@ -71,6 +74,11 @@ def summarize(samples: list[torch.Tensor]) -> dict:
             for name, a, b in INTERVALS:
                 d = (clocks[:, b] - clocks[:, a]) * ns_per_clock / 1e3
                 per_interval[name].append((d.min().item(), d.median().item(), d.max().item()))
+            for name, a, b in INNER:
+                rows = clocks[:, b] > 0
+                if rows.any():
+                    d = (clocks[rows, b] - clocks[rows, a]) * ns_per_clock / 1e3
+                    per_interval.setdefault(name, []).append((d.min().item(), d.median().item(), d.max().item()))
             start = t[layer, :, 14]
             skews.append(((start - start.min()) / 1e3).max().item())
             gaps.append(((start.min() - t[layer - 1, :, 15].max()) / 1e3).item())
@@ -113,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
              f"commit `{env.get('commit')}`; {env.get('versions')}; context {args.context}; "
              "µs per layer, min / median / max over programs, median over layers 1.. and 5 replays.", "",
              "| interval | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for key in [name for name, _, _ in INTERVALS] + ["start skew (max)", "gap after previous layer", "ns per clock"]:
-        cells = [" / ".join(f"{v:.2f}" for v in results[n][key]) for n in names]
+    keys = [name for name, _, _ in INTERVALS + INNER] + ["start skew (max)", "gap after previous layer", "ns per clock"]
+    for key in keys:
+        cells = [" / ".join(f"{v:.2f}" for v in results[n].get(key, [float("nan")] * 3)) for n in names]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     (args.out / "timeline.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -124,16 +124,17 @@ def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
 @triton.jit
 def _stamp(timeline_ptr, pid, index, TIMELINE: tl.constexpr):
     """With ``TIMELINE``, program ``pid``'s SM clock (``%clock64``) at point ``index`` (and the
-    global nanosecond timer at points 0 and 13, in slots 14 and 15) into ``timeline_ptr [P, 16]``
+    global nanosecond timer at points 0 and 13, in slots 14 and 15) into ``timeline_ptr [P, 24]``
+    (slots 16-23: points inside the attention and merge stages)
     (benchmarks only: where the layer's time goes)."""
     if TIMELINE:
         clock = tl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [pid], dtype=tl.int64,
                                           is_pure=False, pack=1)
-        tl.store(timeline_ptr + pid * 16 + index, clock)
+        tl.store(timeline_ptr + pid * 24 + index, clock)
         if index == 0 or index == 13:
             now = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [pid], dtype=tl.int64,
                                             is_pure=False, pack=1)
-            tl.store(timeline_ptr + pid * 16 + 14 + index // 13, now)
+            tl.store(timeline_ptr + pid * 24 + 14 + index // 13, now)
 
 
 # ----------------------------------------------------------------------------- L2 prefetch
@@ -370,6 +371,7 @@ def _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, valid, stride_kv, stride_bl
 def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                     qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, k1p, k2p, vp, prefetched,
+                    timeline_ptr, pid, TIMELINE: tl.constexpr,
                     HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
                     BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                     QK_NORM: tl.constexpr, PRECISION: tl.constexpr, KV_PREFETCH: tl.constexpr):
@@ -393,6 +395,7 @@ def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos
     q1 = tl.load(q_row, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
     q2 = tl.load(q_row + HALF, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
     q1, q2 = _norm_rope(q1, q2, qn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
+    _stamp(timeline_ptr, pid, 16, TIMELINE)
 
     t0, t1, tiles = _split_tiles(item, seq_len, TILE, SPLITS)
     if (t0 < t1) & (t1 == tiles):  # this split holds the step's own position: store its K and V
@@ -413,6 +416,7 @@ def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos
                 k2p = tl.where(new[None, :], tl.trans(k2.to(cdt)), k2p)
                 vp = tl.where(new[:, None], v.to(cdt)[None, :], vp)
         tl.debug_barrier()  # the stores above before this program's loads of the same slot
+    _stamp(timeline_ptr, pid, 17, TIMELINE)
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -433,11 +437,13 @@ def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos
         s = tl.dot(q2, k2, s, input_precision=PRECISION) * qk_scale
         s = tl.where(key_ok[None, :], s, float("-inf"))
         acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, PRECISION)
+    _stamp(timeline_ptr, pid, 18, TIMELINE)
 
     part = head * SPLITS + item % SPLITS
     tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], acc, mask=row_ok[:, None])
     tl.store(part_max_ptr + part, m_i, mask=row_ok)
     tl.store(part_sum_ptr + part, l_i, mask=row_ok)
+    _stamp(timeline_ptr, pid, 19, TIMELINE)
 
 
 @triton.jit
@@ -539,7 +545,7 @@ def _decode_layer_kernel(
             _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             stride_kv, stride_block, stride_slot, stride_cos, stride_sin, k1p, k2p, vp,
-                            prefetched & (item == pid),
+                            prefetched & (item == pid), timeline_ptr, pid, TIMELINE,
                             HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, KV_PREFETCH)
             if FUSED_MERGE:
                 _merge_if_last(item // SPLITS, merge_counters_ptr, attn_ptr, part_acc_ptr, part_max_ptr,
@@ -560,6 +566,7 @@ def _decode_layer_kernel(
         if not FUSED_MERGE:
             for head in range(pid, HQ, num_programs):
                 _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, HEAD_DIM, SPLITS)
+                _stamp(timeline_ptr, pid, 20, TIMELINE)
     if not FUSED_MERGE and PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):
         w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
     _stamp(timeline_ptr, pid, 6, TIMELINE)
@@ -804,7 +811,7 @@ def decode_layer(
     [positions, D/2]``. ``stage_by_stage`` launches each stage on its own (the interpreter).
     ``prefetch_next``: the next layer's QKV weight, asked into L2 after this layer's own (with
     ``config.l2_budget``; a hint that changes no result). ``timeline`` (benchmarks, CUDA):
-    an int64 ``[programs, 16]`` tensor that receives each program's clock at the stage
+    an int64 ``[programs, 24]`` tensor that receives each program's clock at the stage
     boundaries (:func:`_stamp`)."""
     hidden = x.shape[-1]
     inter = weights.down.shape[1]
