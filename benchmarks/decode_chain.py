@@ -159,7 +159,8 @@ L2_STAGES_BUDGET = 24
 # stage-synchronisation variants of the persistent launch
 SYNC_VARIANTS = {"base": {}, "fused": {"fused_merge": True}, "pollload": {"poll_load": True},
                  "fused-pollload": {"fused_merge": True, "poll_load": True}, "kvpre": {"kv_prefetch": True},
-                 "kvpre-fused": {"kv_prefetch": True, "fused_merge": True}}
+                 "kvpre-fused": {"kv_prefetch": True, "fused_merge": True},
+                 **{f"sleep{ns}": {"poll_sleep": ns} for ns in (32, 100, 200, 400)}}
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
                     (4096, 4, 1, 0, 4), (8192, 4, 1, 0, 4), (8192, 4, 1, 1, 4), (16384, 4, 1, 1, 4),
@@ -169,7 +170,7 @@ PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1
 def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4, pipeline: int = 1,
                fewest_steps: bool = True, programs_per_sm: int = 4, last_stage: int = 6, default: bool = False,
                l2_budget: int = 0, l2_at: int = 2, fused_merge: bool = False, poll_load: bool = False,
-               kv_prefetch: bool = False, timelines: list[torch.Tensor] | None = None):
+               kv_prefetch: bool = False, poll_sleep: int = 0, timelines: list[torch.Tensor] | None = None):
     """The chain of persistent layer launches (one per layer, ping-pong activations); with
     ``default``, each launch picks its own configuration (what a model would run); with
     ``timelines`` (one int64 ``[programs, 24]`` tensor per layer), each launch stamps its stage
@@ -182,7 +183,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                                    max_elements=max_elements, fewest_steps=fewest_steps,
                                    programs_per_sm=programs_per_sm), num_warps=num_warps, pipeline=pipeline,
                   last_stage=last_stage, l2_budget=l2_budget << 20, l2_at=l2_at, fused_merge=fused_merge,
-                  poll_load=poll_load, kv_prefetch=kv_prefetch)
+                  poll_load=poll_load, kv_prefetch=kv_prefetch, poll_sleep=poll_sleep)
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     def run() -> None:

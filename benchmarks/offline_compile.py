@@ -61,7 +61,7 @@ def constexprs(shape: str, l2_budget: int, l2_at: int, programs_per_sm: int, num
         O_BYTES=sizes[0], GU_BYTES=sizes[1], DOWN_BYTES=sizes[2], NEXT_BYTES=sizes[3],
         LANES=32 * conf.num_warps, L2_CHUNK=conf.l2_chunk,
         FUSED_MERGE=flags["fused_merge"], POLL_LOAD=flags["poll_load"], TIMELINE=flags["timeline"],
-        KV_PREFETCH=flags["kv_prefetch"],
+        KV_PREFETCH=flags["kv_prefetch"], POLL_SLEEP=100,
     )
     return values, conf.__dict__
 

@@ -204,3 +204,11 @@ def test_timeline_stamps_every_boundary_in_order():
     dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg, timeline=timeline)
     clocks = timeline[:, :14].cpu()
     assert (clocks[:, 1:] >= clocks[:, :-1]).all() and (timeline[:, 15] > timeline[:, 14]).all().item()
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_barrier_polls_with_sleep(shape):
+    """``poll_sleep``: a nanosleep before each barrier poll changes no result."""
+    case = replace(real_case(shape, 300), max_elements=8192)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, poll_sleep=100)
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)

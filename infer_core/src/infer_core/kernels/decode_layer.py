@@ -93,15 +93,20 @@ def _load_acquire(ptr):
 
 
 @triton.jit
-def _grid_barrier(counters_ptr, index, num_programs, error_ptr, POLL_LOAD: tl.constexpr):
+def _grid_barrier(counters_ptr, index, num_programs, error_ptr, POLL_LOAD: tl.constexpr, POLL_SLEEP: tl.constexpr):
     """Wait until all ``num_programs`` programs reached barrier ``index``; their stores before
     it are visible after it (release add, acquire polls, CTA barriers around both). The polls
-    are atomic adds of 0, or with ``POLL_LOAD`` acquire loads (CUDA only)."""
+    are atomic adds of 0, or with ``POLL_LOAD`` acquire loads (CUDA only); ``POLL_SLEEP`` > 0:
+    each poll after a ``nanosleep`` of that many nanoseconds (CUDA only: fewer requests on the
+    counter's L2 slice while the last programs arrive)."""
     tl.debug_barrier()
     counter = counters_ptr + index
     seen = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") + 1
     spins = 0
     while (seen < num_programs) & (spins < MAX_SPINS):
+        if POLL_SLEEP > 0:
+            tl.inline_asm_elementwise("nanosleep.u32 $1;\nmov.b32 $0, 0;", "=r,r", [spins * 0 + POLL_SLEEP],
+                                      dtype=tl.int32, is_pure=False, pack=1)
         if POLL_LOAD:
             seen = _load_acquire(counter)
         else:
@@ -497,6 +502,7 @@ def _decode_layer_kernel(
     L2_C_LO: tl.constexpr, L2_C_HI: tl.constexpr, O_BYTES: tl.constexpr, GU_BYTES: tl.constexpr,
     DOWN_BYTES: tl.constexpr, NEXT_BYTES: tl.constexpr, LANES: tl.constexpr, L2_CHUNK: tl.constexpr,
     FUSED_MERGE: tl.constexpr, POLL_LOAD: tl.constexpr, TIMELINE: tl.constexpr, KV_PREFETCH: tl.constexpr,
+    POLL_SLEEP: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -535,7 +541,7 @@ def _decode_layer_kernel(
         vp = tl.zeros([TILE, HEAD_DIM], dtype=cache_ptr.dtype.element_ty)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ALL and LAST >= 2:
-        _grid_barrier(counters_ptr, 0, num_programs, error_ptr, POLL_LOAD)
+        _grid_barrier(counters_ptr, 0, num_programs, error_ptr, POLL_LOAD, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 3, TIMELINE)
     if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention (FUSED_MERGE: + merge)
         seq_len = tl.load(seq_lens_ptr)
@@ -557,7 +563,7 @@ def _decode_layer_kernel(
         w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
     _stamp(timeline_ptr, pid, 4, TIMELINE)
     if ALL and LAST >= 3:
-        _grid_barrier(counters_ptr, 1, num_programs, error_ptr, POLL_LOAD)
+        _grid_barrier(counters_ptr, 1, num_programs, error_ptr, POLL_LOAD, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
     if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge (done in stage 2 with FUSED_MERGE)
         if L2_AT == 3:
@@ -571,7 +577,7 @@ def _decode_layer_kernel(
         w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
     _stamp(timeline_ptr, pid, 6, TIMELINE)
     if ALL and LAST >= 4 and not FUSED_MERGE:
-        _grid_barrier(counters_ptr, 2, num_programs, error_ptr, POLL_LOAD)
+        _grid_barrier(counters_ptr, 2, num_programs, error_ptr, POLL_LOAD, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 7, TIMELINE)
     if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
@@ -586,7 +592,7 @@ def _decode_layer_kernel(
                        O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
     _stamp(timeline_ptr, pid, 8, TIMELINE)
     if ALL and LAST >= 5:
-        _grid_barrier(counters_ptr, 3, num_programs, error_ptr, POLL_LOAD)
+        _grid_barrier(counters_ptr, 3, num_programs, error_ptr, POLL_LOAD, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 9, TIMELINE)
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
@@ -602,7 +608,7 @@ def _decode_layer_kernel(
                        O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
     _stamp(timeline_ptr, pid, 10, TIMELINE)
     if ALL and LAST >= 6:
-        _grid_barrier(counters_ptr, 4, num_programs, error_ptr, POLL_LOAD)
+        _grid_barrier(counters_ptr, 4, num_programs, error_ptr, POLL_LOAD, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 11, TIMELINE)
     if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
         if not PREFETCH:
@@ -669,6 +675,7 @@ class DecodeLayerConfig:
     fused_merge: bool = False  # each KV head's last split merges its query group (no merge stage)
     poll_load: bool = False  # barrier polls are acquire loads, not atomic adds of 0
     kv_prefetch: bool = False  # each attention program's first key tile loaded before the barrier
+    poll_sleep: int = 0  # ns slept before each barrier poll (0: none)
 
 
 def _pow2_floor(n: int) -> int:
@@ -863,7 +870,7 @@ def decode_layer(
             O_BYTES=sizes[0], GU_BYTES=sizes[1], DOWN_BYTES=sizes[2], NEXT_BYTES=sizes[3],
             LANES=32 * cfg.num_warps, L2_CHUNK=cfg.l2_chunk,
             FUSED_MERGE=cfg.fused_merge, POLL_LOAD=cfg.poll_load and x.is_cuda, TIMELINE=timeline is not None,
-            KV_PREFETCH=cfg.kv_prefetch,
+            KV_PREFETCH=cfg.kv_prefetch, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
