@@ -18,11 +18,8 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   (:mod:`infer_core.kernels.decode_layer`); ``--chains persistent-sweep`` names its config
   variants (``layer-persistent-e<weight elements per step>-w<warps>-p<pipeline stages>-f<fewest steps>-s<programs per SM>``), ``--chains
   persistent-stages`` the launch cut after each stage (``persistent-upto-<k>``); ``--chains
-  persistent-l2`` the launch asking L2 for the later weights ahead
-  (``layer-persistent-l2-<MiB>-at<first stage>-s<programs per SM>``), ``persistent-l2-stages``
-  its stage cuts; ``persistent-sync`` the merge done by each KV head's last split, barrier
-  polls that are loads, the first key tile loaded before the attention stage
-  (``layer-persistent-{base,fused,pollload,fused-pollload,kvpre,kvpre-fused}-s<programs per SM>``).
+  persistent-sync`` the barrier polls without and with a nanosleep before each
+  (``layer-persistent-{nosleep,sleep<ns>}-s<programs per SM>``).
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -152,15 +149,8 @@ class Layer:
 
 
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
-# L2 prefetch variants (MiB ahead, the stage of the first window, programs per SM); the stage costs with this budget
-L2_SWEEP = [(8, 2, 4), (16, 2, 4), (24, 2, 4), (32, 2, 4), (40, 2, 4), (24, 1, 4), (24, 3, 4),
-            (24, 2, 2), (32, 2, 2), (24, 2, 1)]
-L2_STAGES_BUDGET = 24
-# stage-synchronisation variants of the persistent launch
-SYNC_VARIANTS = {"base": {}, "fused": {"fused_merge": True}, "pollload": {"poll_load": True},
-                 "fused-pollload": {"fused_merge": True, "poll_load": True}, "kvpre": {"kv_prefetch": True},
-                 "kvpre-fused": {"kv_prefetch": True, "fused_merge": True},
-                 **{f"sleep{ns}": {"poll_sleep": ns} for ns in (32, 100, 200, 400)}}
+# barrier-poll variants of the persistent launch: nanoseconds slept before each poll
+SLEEP_VARIANTS = {"nosleep": 0, **{f"sleep{ns}": ns for ns in (32, 100, 200, 400)}}
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
                     (4096, 4, 1, 0, 4), (8192, 4, 1, 0, 4), (8192, 4, 1, 1, 4), (16384, 4, 1, 1, 4),
@@ -169,8 +159,7 @@ PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1
 
 def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4, pipeline: int = 1,
                fewest_steps: bool = True, programs_per_sm: int = 4, last_stage: int = 6, default: bool = False,
-               l2_budget: int = 0, l2_at: int = 2, fused_merge: bool = False, poll_load: bool = False,
-               kv_prefetch: bool = False, poll_sleep: int = 0, timelines: list[torch.Tensor] | None = None):
+               poll_sleep: int | None = None, timelines: list[torch.Tensor] | None = None):
     """The chain of persistent layer launches (one per layer, ping-pong activations); with
     ``default``, each launch picks its own configuration (what a model would run); with
     ``timelines`` (one int64 ``[programs, 24]`` tensor per layer), each launch stamps its stage
@@ -182,17 +171,17 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                                    num_sms(torch.device("cuda")),
                                    max_elements=max_elements, fewest_steps=fewest_steps,
                                    programs_per_sm=programs_per_sm), num_warps=num_warps, pipeline=pipeline,
-                  last_stage=last_stage, l2_budget=l2_budget << 20, l2_at=l2_at, fused_merge=fused_merge,
-                  poll_load=poll_load, kv_prefetch=kv_prefetch, poll_sleep=poll_sleep)
+                  last_stage=last_stage)
+    if poll_sleep is not None:
+        cfg = replace(cfg, poll_sleep=poll_sleep)
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     def run() -> None:
         x, res = first.x, first.res
         for i, layer in enumerate(layers):
-            following = layers[i + 1].weights.qkv if i + 1 < len(layers) else None
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
-                                     prefetch_next=following, timeline=timelines[i] if timelines else None)
+                                     timeline=timelines[i] if timelines else None)
     run.config = cfg
     return run
 
@@ -256,15 +245,9 @@ def chains(layers: list[Layer]) -> dict:
         # the launch cut after stage k (1 qkv, 2 attention, 3 merge, 4 o, 5 gate/up, 6 down): each
         # stage's cost, its barrier included, is the difference to the one before
         **{f"persistent-upto-{k}": (persistent(layers, last_stage=k), n, 0) for k in range(1, 7)},
-        # the merge in the attention stage, barrier polls that are loads: --chains persistent-sync
-        **{f"layer-persistent-{name}-s{sm}": (persistent(layers, programs_per_sm=sm, **flags), n, wbytes)
-           for name, flags in SYNC_VARIANTS.items() for sm in (4, 2)},
-        # the later weights asked into L2 ahead (MiB, from stage k): --chains persistent-l2
-        **{f"layer-persistent-l2-{mb}-at{k}-s{sm}": (persistent(layers, programs_per_sm=sm, l2_budget=mb, l2_at=k),
-                                                     n, wbytes)
-           for mb, k, sm in L2_SWEEP},
-        **{f"persistent-l2-{L2_STAGES_BUDGET}-upto-{k}": (persistent(layers, last_stage=k, l2_budget=L2_STAGES_BUDGET),
-                                                          n, 0) for k in range(1, 7)},
+        # barrier polls without and with a nanosleep before each: --chains persistent-sync
+        **{f"layer-persistent-{name}-s{sm}": (persistent(layers, programs_per_sm=sm, poll_sleep=ns), n, wbytes)
+           for name, ns in SLEEP_VARIANTS.items() for sm in (4, 2)},
     }
 
 
@@ -286,16 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     all_chains = chains(layers)
     sweep = [c for c in all_chains if c.startswith("gemm-n")]
-    sync = [f"layer-persistent-{name}-s{sm}" for name in SYNC_VARIANTS for sm in (4, 2)]
-    persistent_sweep = [c for c in all_chains if c.startswith("layer-persistent-") and "-l2-" not in c
-                        and c not in sync]
+    sync = [f"layer-persistent-{name}-s{sm}" for name in SLEEP_VARIANTS for sm in (4, 2)]
+    persistent_sweep = [c for c in all_chains if c.startswith("layer-persistent-") and c not in sync]
     upto = [c for c in all_chains if c.startswith("persistent-upto-")]
-    l2 = [c for c in all_chains if c.startswith(("layer-persistent-l2-", "persistent-l2-"))]
-    default = [c for c in all_chains if c not in sweep + persistent_sweep + upto + l2 + sync]
-    l2_stages = [c for c in l2 if c.startswith("persistent-l2-")]
-    named = {"sweep": sweep, "persistent-sweep": persistent_sweep, "persistent-stages": upto,
-             "persistent-l2": [c for c in l2 if c not in l2_stages], "persistent-l2-stages": l2_stages,
-             "persistent-sync": sync}
+    default = [c for c in all_chains if c not in sweep + persistent_sweep + upto + sync]
+    named = {"sweep": sweep, "persistent-sweep": persistent_sweep, "persistent-stages": upto, "persistent-sync": sync}
     wanted = [c for part in args.chains.split(",") if part for c in named.get(part, [part])] or default
     rows = []
     for name in wanted:

@@ -10,7 +10,7 @@ waits only for that), its maximum adds the slowest program's lead. ``start skew`
 each program started after the layer's first one (global timer), ``gap`` the time from the
 previous layer's last program leaving to this layer's first program starting.
 
-    python benchmarks/decode_layer_timeline.py --shape qwen3-0.6b --variants base,fused --out DIR
+    python benchmarks/decode_layer_timeline.py --shape qwen3-0.6b --variants nosleep,sleep100 --out DIR
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.decode_chain import SYNC_VARIANTS, Layer, layer_shape, persistent
+from benchmarks.decode_chain import SLEEP_VARIANTS, Layer, layer_shape, persistent
 from benchmarks.kernels import FLUSH_BYTES
 from infer_core.bench.report import environment
 
@@ -36,12 +36,12 @@ INNER = [("2a q load + norm + rope", 3, 16), ("2b own K/V: norm, rope, store", 1
          ("2d partials stored", 18, 19), ("3a merge of a head", 5, 20)]
 
 
-def stamps(layers: list[Layer], programs_per_sm: int, flags: dict) -> torch.Tensor:
+def stamps(layers: list[Layer], programs_per_sm: int, poll_sleep: int) -> list[torch.Tensor]:
     """``[layers, programs, 24]`` clocks of one graph replay after an L2 flush."""
-    probe = persistent(layers, programs_per_sm=programs_per_sm, **flags)
+    probe = persistent(layers, programs_per_sm=programs_per_sm, poll_sleep=poll_sleep)
     programs = probe.config.num_programs
     timelines = [torch.zeros(programs, 24, dtype=torch.int64, device="cuda") for _ in layers]
-    run = persistent(layers, programs_per_sm=programs_per_sm, timelines=timelines, **flags)
+    run = persistent(layers, programs_per_sm=programs_per_sm, poll_sleep=poll_sleep, timelines=timelines)
     flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device="cuda")
     run()
     torch.cuda.synchronize()
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="qwen3-0.6b")
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--max-seq-len", type=int, default=4096)
-    parser.add_argument("--variants", default="base,fused",
-                        help=f"comma-separated, of {sorted(SYNC_VARIANTS)}, each with -s<programs per SM>")
+    parser.add_argument("--variants", default="nosleep,sleep100",
+                        help=f"comma-separated, of {sorted(SLEEP_VARIANTS)}, each with -s<programs per SM>")
     parser.add_argument("--programs-per-sm", default="4,2", help="tried in order: the first that fits")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants.split(","):
         for sm in (int(s) for s in args.programs_per_sm.split(",")):
             try:
-                results[f"{variant}-s{sm}"] = summarize(stamps(layers, sm, SYNC_VARIANTS[variant]))
+                results[f"{variant}-s{sm}"] = summarize(stamps(layers, sm, SLEEP_VARIANTS[variant]))
                 break
             except ValueError as e:  # does not fit at this many programs per SM
                 print(f"{variant}-s{sm} skipped: {e}", flush=True)

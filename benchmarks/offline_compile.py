@@ -2,7 +2,7 @@
 print what the residency check would see (registers per thread, shared memory, spills) and,
 with ``--sass``, the disassembly (Triton's bundled ``cuobjdump`` / ``nvdisasm``).
 
-    python benchmarks/offline_compile.py --shape qwen3-0.6b [--l2-budget 24] [--sass out.sass]
+    python benchmarks/offline_compile.py --shape qwen3-0.6b [--timeline] [--sass out.sass]
 
 A tool for kernel work between device calls: register pressure and instruction order can be
 read here; timing still needs the GPU.
@@ -30,24 +30,18 @@ POINTERS = {"x_ptr", "res_ptr", "out_ptr", "res_out_ptr", "w_qkv_ptr", "w_o_ptr"
             "ln1_ptr", "ln2_ptr", "qn_ptr", "kn_ptr", "cos_ptr", "sin_ptr", "cache_ptr", "qkv_ptr", "attn_ptr",
             "o_ptr", "act_ptr"}
 FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}
-INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr", "merge_counters_ptr"}
+INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr"}
 INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr"}
-INT64 = {"o_addr", "gu_addr", "down_addr", "next_addr"}
 FLOATS = {"eps", "qk_scale"}
 
 
-def constexprs(shape: str, l2_budget: int, l2_at: int, programs_per_sm: int, num_sms: int,
-               flags: dict) -> tuple[dict, dict]:
+def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config."""
     cfg = shape_config(shape)
     hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
     hq, hkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim_of(cfg)
     conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm)
-    conf = dl.DecodeLayerConfig(**{**conf.__dict__, "l2_budget": l2_budget << 20, "l2_at": l2_at})
-    es = 2
-    sizes = [hidden * hq * d * es, 2 * inter * hidden * es, hidden * inter * es, (hq + 2 * hkv) * d * hidden * es]
-    windows = dl.l2_windows(conf.l2_budget, *sizes) if l2_budget else ((0, 0),) * 3
     values = dict(
         HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=conf.splits,
         BLOCK_M=max(16, triton.next_power_of_2(hq // hkv)), TILE=conf.tile, BLOCK_SIZE=16,
@@ -55,13 +49,7 @@ def constexprs(shape: str, l2_budget: int, l2_at: int, programs_per_sm: int, num
         ROWS_QKV=conf.rows[0], BK_QKV=conf.bk[0], ROWS_O=conf.rows[1], BK_O=conf.bk[1],
         ROWS_GU=conf.rows[2], BK_GU=conf.bk[2], ROWS_DOWN=conf.rows[3], BK_DOWN=conf.bk[3],
         STAGE=-1, LAST=6, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
-        L2_AT=l2_at if l2_budget else 0,
-        L2_A_LO=windows[0][0], L2_A_HI=windows[0][1], L2_B_LO=windows[1][0], L2_B_HI=windows[1][1],
-        L2_C_LO=windows[2][0], L2_C_HI=windows[2][1],
-        O_BYTES=sizes[0], GU_BYTES=sizes[1], DOWN_BYTES=sizes[2], NEXT_BYTES=sizes[3],
-        LANES=32 * conf.num_warps, L2_CHUNK=conf.l2_chunk,
-        FUSED_MERGE=flags["fused_merge"], POLL_LOAD=flags["poll_load"], TIMELINE=flags["timeline"],
-        KV_PREFETCH=flags["kv_prefetch"], POLL_SLEEP=100,
+        POLL_SLEEP=poll_sleep, TIMELINE=timeline,
     )
     return values, conf.__dict__
 
@@ -75,7 +63,7 @@ def compile_kernel(values: dict, num_warps: int):
             signature[name] = "constexpr"
             continue
         kind = ("*bf16" if name in POINTERS else "*fp32" if name in FLOAT32 else "*i32" if name in INT32
-                else "*i64" if name in INT64_PTR else "i64" if name in INT64 else "fp32" if name in FLOATS else "i32")
+                else "*i64" if name in INT64_PTR else "fp32" if name in FLOATS else "i32")
         signature[name] = kind
         if kind.startswith("*"):
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -86,16 +74,13 @@ def compile_kernel(values: dict, num_warps: int):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="qwen3-0.6b")
-    parser.add_argument("--l2-budget", type=int, default=0, help="MiB asked into L2 ahead (0: off)")
-    parser.add_argument("--l2-at", type=int, default=2)
+    parser.add_argument("--poll-sleep", type=int, default=dl.DecodeLayerConfig.poll_sleep)
+    parser.add_argument("--timeline", action="store_true")
     parser.add_argument("--programs-per-sm", type=int, default=4)
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument("--sass", type=Path, help="write the disassembly here")
-    for flag in ("fused-merge", "poll-load", "timeline", "kv-prefetch"):
-        parser.add_argument(f"--{flag}", action="store_true")
     args = parser.parse_args(argv)
-    flags = {k: getattr(args, k) for k in ("fused_merge", "poll_load", "timeline", "kv_prefetch")}
-    values, conf = constexprs(args.shape, args.l2_budget, args.l2_at, args.programs_per_sm, args.num_sms, flags)
+    values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline)
     compiled = compile_kernel(values, conf["num_warps"])
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,13 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         usage = subprocess.run([str(bin_dir / "cuobjdump"), "--dump-resource-usage", str(cubin)],
                                capture_output=True, text=True).stdout
         print(f"{args.shape}: {conf['num_programs']} programs, rows {conf['rows']}, bk {conf['bk']}, "
-              f"L2 budget {args.l2_budget} MiB at stage {args.l2_at}, {flags}")
+              f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout
             args.sass.write_text(sass)
-            print(f"{args.sass}: {sass.count(chr(10))} lines, "
-                  f"{sass.count('UBLKPF')} bulk L2 prefetch instructions")
+            print(f"{args.sass}: {sass.count(chr(10))} lines")
     return 0
 
 

@@ -3,7 +3,7 @@
 # .whl and benchmarks/.assets, made by scripts/gpu_bench.sh prepare): its GPU tests, then the
 # batch-1 layer chains (benchmarks/decode_chain.py) against the engine's unfused layer.
 #
-#   scripts/gpu_decode_layer.sh [quick] [chain] [sweep] [llama] [tests]
+#   scripts/gpu_decode_layer.sh [quick] [chain] [sweep] [llama] [tests] [timeline] [sync] [e2e]
 #
 #   quick   the real-shape and CUDA-graph tests only (fast, before timing anything)
 #   chain   Qwen3-0.6B chains layer-prologues (today's engine path), layer-persistent and the
@@ -13,15 +13,12 @@
 #   tests   every GPU test of the kernel
 #   timeline where each stage's time goes (benchmarks/decode_layer_timeline.py: per-program clock
 #           stamps at the stage boundaries; TIMELINE_VARIANTS, TIMELINE_SHAPE)
-#   sync    chains of the synchronisation variants (merge in the attention stage, barrier polls
-#           that are loads; SYNC_SHAPE)
-#   l2      Qwen3-0.6B chains with the later weights asked into L2 ahead (budgets, first stage,
-#           programs per SM; stage cuts), against the engine path and the launch without it
-#   l2-llama the same sweep for Llama-3.2-1B
+#   sync    chains of the barrier-poll variants (no sleep, nanosleeps of 32-400 ns before each
+#           poll; SYNC_SHAPE, SYNC_CHAINS)
 #   e2e     Qwen3-0.6B engine step profiles (async scheduling, pipelined, device time of the
-#           batch-1 graph) with model.persistent_decode off, on, and on with E2E_L2_MIB (24)
-#           asked into L2 ahead (E2E_RUNS picks): does the step wait for the device or the
-#           host, and does the graph get shorter by what the chain says?
+#           batch-1 graph) with model.persistent_decode off and on (E2E_RUNS): does the step
+#           wait for the device or the host, and does the graph get shorter by what the chain
+#           says?
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
 OUT=${OUT:-$PWD/gpu-decode-layer-out}
@@ -53,22 +50,13 @@ if want llama-sweep; then
 fi
 if want timeline; then
   timeout "${TIMELINE_TIMEOUT:-200}" python3 benchmarks/decode_layer_timeline.py --shape "${TIMELINE_SHAPE:-qwen3-0.6b}" \
-    --variants "${TIMELINE_VARIANTS:-base,fused,pollload,fused-pollload}" --out "$OUT/timeline-${TIMELINE_SHAPE:-qwen3-0.6b}" \
+    --variants "${TIMELINE_VARIANTS:-nosleep,sleep100}" --out "$OUT/timeline-${TIMELINE_SHAPE:-qwen3-0.6b}" \
     2>&1 | tail -30
 fi
 if want sync; then
   timeout "${SYNC_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape "${SYNC_SHAPE:-qwen3-0.6b}" --pdl 1 \
     --chains "${SYNC_CHAINS:-layer-prologues,layer-persistent,persistent-sync}" --out "$OUT/sync-${SYNC_SHAPE:-qwen3-0.6b}" 2>&1 \
     | grep -v "^|" | tail -20
-fi
-if want l2; then
-  timeout "${L2_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b --pdl 1 \
-    --chains layer-prologues,layer-persistent,persistent-l2,persistent-stages,persistent-l2-stages \
-    --out "$OUT/l2-qwen3-0.6b" 2>&1 | grep -v "^|" | tail -40
-fi
-if want l2-llama; then
-  timeout "${L2_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b --pdl 1 \
-    --chains layer-persistent,persistent-l2 --out "$OUT/l2-llama-3.2-1b" 2>&1 | grep -v "^|" | tail -40
 fi
 if want llama; then
   timeout "${CHAIN_TIMEOUT:-150}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b \
@@ -81,10 +69,9 @@ if want tests; then
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if want e2e; then
-  for run in ${E2E_RUNS:-off on on-l2}; do
+  for run in ${E2E_RUNS:-off on}; do
     flag=; [ "$run" = off ] || flag=--persistent-decode
-    l2=0; [ "$run" = on-l2 ] && l2=${E2E_L2_MIB:-24}
-    INFER_DECODE_L2_MIB=$l2 timeout "${E2E_TIMEOUT:-200}" python3 benchmarks/profile_step.py --device cuda --dtype bfloat16 \
+    timeout "${E2E_TIMEOUT:-200}" python3 benchmarks/profile_step.py --device cuda --dtype bfloat16 \
       --shape qwen3-0.6b --layers 28 --hidden 0 --vocab 0 --batch-sizes 1 --steps 20 --repeats 2 \
       --prompt-len 256 --clock wall --async-scheduling --pipelined --device-time $flag \
       --label "qwen3-0.6b-async-$run" --checkpoint-dir /tmp/infer-profile-step-qwen3-0.6b \

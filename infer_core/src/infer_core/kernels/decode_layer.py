@@ -58,7 +58,6 @@ head dims whose half is a power of two.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +77,6 @@ from infer_core.kernels.rms_norm import add_residual, inv_rms, normed, rms_norm_
 from infer_core.kernels.rotary import rotary_embedding_ref
 
 NUM_BARRIERS = tl.constexpr(5)  # between the six stages; counter NUM_BARRIERS counts programs leaving
-DEFAULT_L2_MIB = 0  # weights asked into L2 ahead by default (default_l2_budget)
 MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
 
 
@@ -86,19 +84,11 @@ MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seco
 
 
 @triton.jit
-def _load_acquire(ptr):
-    """``*ptr`` loaded with acquire semantics at GPU scope (a poll that is not a read-modify-write)."""
-    return tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
-                                     is_pure=False, pack=1)
-
-
-@triton.jit
-def _grid_barrier(counters_ptr, index, num_programs, error_ptr, POLL_LOAD: tl.constexpr, POLL_SLEEP: tl.constexpr):
+def _grid_barrier(counters_ptr, index, num_programs, error_ptr, POLL_SLEEP: tl.constexpr):
     """Wait until all ``num_programs`` programs reached barrier ``index``; their stores before
-    it are visible after it (release add, acquire polls, CTA barriers around both). The polls
-    are atomic adds of 0, or with ``POLL_LOAD`` acquire loads (CUDA only); ``POLL_SLEEP`` > 0:
-    each poll after a ``nanosleep`` of that many nanoseconds (CUDA only: fewer requests on the
-    counter's L2 slice while the last programs arrive)."""
+    it are visible after it (release add, acquire polls, CTA barriers around both). With
+    ``POLL_SLEEP`` > 0 (CUDA only), each poll comes after a ``nanosleep`` of that many
+    nanoseconds: fewer atomics on the counter's L2 slice while the last programs arrive."""
     tl.debug_barrier()
     counter = counters_ptr + index
     seen = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") + 1
@@ -107,10 +97,7 @@ def _grid_barrier(counters_ptr, index, num_programs, error_ptr, POLL_LOAD: tl.co
         if POLL_SLEEP > 0:
             tl.inline_asm_elementwise("nanosleep.u32 $1;\nmov.b32 $0, 0;", "=r,r", [spins * 0 + POLL_SLEEP],
                                       dtype=tl.int32, is_pure=False, pack=1)
-        if POLL_LOAD:
-            seen = _load_acquire(counter)
-        else:
-            seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
         spins += 1
     if seen < num_programs:
         tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
@@ -129,9 +116,9 @@ def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
 @triton.jit
 def _stamp(timeline_ptr, pid, index, TIMELINE: tl.constexpr):
     """With ``TIMELINE``, program ``pid``'s SM clock (``%clock64``) at point ``index`` (and the
-    global nanosecond timer at points 0 and 13, in slots 14 and 15) into ``timeline_ptr [P, 24]``
-    (slots 16-23: points inside the attention and merge stages)
-    (benchmarks only: where the layer's time goes)."""
+    global nanosecond timer at points 0 and 13, in slots 14 and 15; points 16-20 lie inside the
+    attention and merge stages) into ``timeline_ptr [P, 24]`` (benchmarks only: where the
+    layer's time goes)."""
     if TIMELINE:
         clock = tl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [pid], dtype=tl.int64,
                                           is_pure=False, pack=1)
@@ -140,44 +127,6 @@ def _stamp(timeline_ptr, pid, index, TIMELINE: tl.constexpr):
             now = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [pid], dtype=tl.int64,
                                             is_pure=False, pack=1)
             tl.store(timeline_ptr + pid * 24 + 14 + index // 13, now)
-
-
-# ----------------------------------------------------------------------------- L2 prefetch
-
-
-@triton.jit
-def _l2_segment(addr, start: tl.constexpr, size: tl.constexpr, lo: tl.constexpr, hi: tl.constexpr,
-                pid, num_programs, LANES: tl.constexpr, MIN_CHUNK: tl.constexpr):
-    """Ask L2 for the bytes of ``[lo, hi)`` that fall in the segment ``[start, start + size)``
-    of the prefetch order (its bytes at address ``addr``): split over every thread of every
-    program (lane-major, so each program takes a share), one ``cp.async.bulk.prefetch.L2``
-    (sm_90) of at least ``MIN_CHUNK`` bytes per thread. A hint: nothing receives the data and
-    nothing waits for it; a size that is not a multiple of 16 loses its tail."""
-    a: tl.constexpr = (lo if lo > start else start) - start
-    b: tl.constexpr = (hi if hi < start + size else start + size) - start
-    if b > a:
-        lanes = num_programs.to(tl.int64) * LANES
-        chunk = tl.maximum((tl.cdiv(tl.cdiv(b - a, lanes), 16) * 16), MIN_CHUNK)
-        lane = tl.arange(0, LANES).to(tl.int64) * num_programs + pid
-        off = a + lane * chunk
-        nbytes = (tl.minimum(tl.maximum(b - off, 0), chunk) // 16 * 16).to(tl.int32)
-        tl.inline_asm_elementwise(
-            "{\n.reg .pred p;\nsetp.gt.s32 p, $2, 0;\n@p cp.async.bulk.prefetch.L2.global [$1], $2;\nmov.b32 $0, 0;\n}",
-            "=r,l,r", [addr + off, nbytes], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _l2_window(lo: tl.constexpr, hi: tl.constexpr, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
-               O_BYTES: tl.constexpr, GU_BYTES: tl.constexpr, DOWN_BYTES: tl.constexpr, NEXT_BYTES: tl.constexpr,
-               LANES: tl.constexpr, MIN_CHUNK: tl.constexpr):
-    """Bytes ``[lo, hi)`` of the prefetch order: o_proj, gate/up, down_proj, then the next
-    layer's QKV weight."""
-    if hi > lo:
-        _l2_segment(o_addr, 0, O_BYTES, lo, hi, pid, num_programs, LANES, MIN_CHUNK)
-        _l2_segment(gu_addr, O_BYTES, GU_BYTES, lo, hi, pid, num_programs, LANES, MIN_CHUNK)
-        _l2_segment(down_addr, O_BYTES + GU_BYTES, DOWN_BYTES, lo, hi, pid, num_programs, LANES, MIN_CHUNK)
-        _l2_segment(next_addr, O_BYTES + GU_BYTES + DOWN_BYTES, NEXT_BYTES, lo, hi, pid, num_programs, LANES,
-                    MIN_CHUNK)
 
 
 # ----------------------------------------------------------------------------- GEMM stages
@@ -352,15 +301,15 @@ def _split_tiles(item, seq_len, TILE: tl.constexpr, SPLITS: tl.constexpr):
 
 
 @triton.jit
-def _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, valid, stride_kv, stride_block, stride_slot,
+def _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, stride_kv, stride_block, stride_slot,
              HEAD_DIM: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
     """KV head ``g``'s keys of ``tile`` as two transposed halves ``[HALF, TILE]`` and its values
-    ``[TILE, HEAD_DIM]`` from the paged cache (zeros past ``seq_len`` or when not ``valid``)."""
+    ``[TILE, HEAD_DIM]`` from the paged cache (zeros past ``seq_len``)."""
     HALF: tl.constexpr = HEAD_DIM // 2
     dh = tl.arange(0, HALF)
     dd = tl.arange(0, HEAD_DIM)
     keys = tile * TILE + tl.arange(0, TILE)
-    key_ok = keys < tl.where(valid, seq_len, 0)
+    key_ok = keys < seq_len
     block = tl.load(table_ptr + keys // BLOCK_SIZE, mask=key_ok, other=0)
     off = block.to(tl.int64) * stride_block + (keys % BLOCK_SIZE).to(tl.int64) * stride_slot
     head_ptr = cache_ptr + g * HEAD_DIM
@@ -375,16 +324,13 @@ def _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, valid, stride_kv, stride_bl
 @triton.jit
 def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                     qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
-                    stride_kv, stride_block, stride_slot, stride_cos, stride_sin, k1p, k2p, vp, prefetched,
-                    timeline_ptr, pid, TIMELINE: tl.constexpr,
+                    stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid,
+                    TIMELINE: tl.constexpr,
                     HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
                     BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr, KV_PREFETCH: tl.constexpr):
+                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr):
     """KV head ``item // SPLITS``, key split ``item % SPLITS``: partial attention of the head's
-    query group over the split's tiles (paged_attention's split rule and tile arithmetic).
-    With ``KV_PREFETCH`` and ``prefetched``, the split's first tile is ``k1p, k2p, vp`` (loaded
-    before the barrier in front of this stage; the step's own key and value, stored here, are
-    put in their column / row)."""
+    query group over the split's tiles (paged_attention's split rule and tile arithmetic)."""
     HALF: tl.constexpr = HEAD_DIM // 2
     GROUP: tl.constexpr = HQ // HKV
     g = item // SPLITS
@@ -415,11 +361,6 @@ def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos
             tl.store(dst + dh[None, :], k1.to(cdt))
             tl.store(dst + HALF + dh[None, :], k2.to(cdt))
             tl.store(dst + stride_kv + dd, v.to(cdt))
-            if KV_PREFETCH:  # the prefetched first tile holds the slot's old contents: patch them
-                new = (t0 * TILE + tl.arange(0, TILE)) == pos
-                k1p = tl.where(new[None, :], tl.trans(k1.to(cdt)), k1p)
-                k2p = tl.where(new[None, :], tl.trans(k2.to(cdt)), k2p)
-                vp = tl.where(new[:, None], v.to(cdt)[None, :], vp)
         tl.debug_barrier()  # the stores above before this program's loads of the same slot
     _stamp(timeline_ptr, pid, 17, TIMELINE)
 
@@ -428,15 +369,8 @@ def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for tile in range(t0, t1):
         key_ok = tile * TILE + tl.arange(0, TILE) < seq_len
-        if KV_PREFETCH:
-            if prefetched & (tile == t0):
-                k1, k2, v = k1p, k2p, vp
-            else:
-                k1, k2, v = _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, True, stride_kv, stride_block,
-                                     stride_slot, HEAD_DIM, TILE, BLOCK_SIZE)
-        else:
-            k1, k2, v = _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, True, stride_kv, stride_block, stride_slot,
-                                 HEAD_DIM, TILE, BLOCK_SIZE)
+        k1, k2, v = _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, stride_kv, stride_block, stride_slot, HEAD_DIM,
+                             TILE, BLOCK_SIZE)
         k1, k2, v = k1.to(q1.dtype), k2.to(q1.dtype), v.to(q1.dtype)
         s = tl.dot(q1, k1, input_precision=PRECISION)
         s = tl.dot(q2, k2, s, input_precision=PRECISION) * qk_scale
@@ -465,21 +399,6 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
     tl.store(attn_ptr + head * HEAD_DIM + dd, out.to(attn_ptr.dtype.element_ty))
 
 
-@triton.jit
-def _merge_if_last(g, merge_counters_ptr, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
-                   GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
-    """After a split of KV head ``g`` stored its partials: the head's last split to arrive (a
-    release/acquire counter per KV head) merges its query group, and sets the counter back to
-    0 for the next launch (no grid barrier and no merge stage)."""
-    tl.debug_barrier()  # every thread's partial stores before the release
-    arrived = tl.atomic_add(merge_counters_ptr + g, 1, sem="acq_rel", scope="gpu")
-    if arrived == SPLITS - 1:
-        tl.debug_barrier()
-        for r in range(GROUP):
-            _merge_head(g * GROUP + r, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, HEAD_DIM, SPLITS)
-        tl.atomic_xchg(merge_counters_ptr + g, 0, sem="relaxed", scope="gpu")
-
-
 # ----------------------------------------------------------------------------- the layer
 
 
@@ -490,19 +409,14 @@ def _decode_layer_kernel(
     cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
     qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
-    counters_ptr, error_ptr, merge_counters_ptr, timeline_ptr, num_programs, o_addr, gu_addr, down_addr, next_addr,
+    counters_ptr, error_ptr, timeline_ptr, num_programs,
     HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
     SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     ROWS_QKV: tl.constexpr, BK_QKV: tl.constexpr, ROWS_O: tl.constexpr, BK_O: tl.constexpr,
     ROWS_GU: tl.constexpr, BK_GU: tl.constexpr, ROWS_DOWN: tl.constexpr, BK_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
-    PRECISION: tl.constexpr, PDL: tl.constexpr,
-    L2_AT: tl.constexpr, L2_A_LO: tl.constexpr, L2_A_HI: tl.constexpr, L2_B_LO: tl.constexpr, L2_B_HI: tl.constexpr,
-    L2_C_LO: tl.constexpr, L2_C_HI: tl.constexpr, O_BYTES: tl.constexpr, GU_BYTES: tl.constexpr,
-    DOWN_BYTES: tl.constexpr, NEXT_BYTES: tl.constexpr, LANES: tl.constexpr, L2_CHUNK: tl.constexpr,
-    FUSED_MERGE: tl.constexpr, POLL_LOAD: tl.constexpr, TIMELINE: tl.constexpr, KV_PREFETCH: tl.constexpr,
-    POLL_SLEEP: tl.constexpr,
+    PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -516,9 +430,6 @@ def _decode_layer_kernel(
 
     if (ALL and LAST >= 1) or STAGE == 1:
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV)
-        if L2_AT == 1:
-            _l2_window(L2_A_LO, L2_A_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
-                       O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
     if PDL:
         wait_for_prior()
     _stamp(timeline_ptr, pid, 1, TIMELINE)
@@ -526,73 +437,43 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
                     rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE)
-    if KV_PREFETCH and ((ALL and LAST >= 2) or STAGE == 2):
-        # the first key tile of this program's first attention item, before the barrier (the
-        # cache's old keys never depend on this step)
-        seq_len = tl.load(seq_lens_ptr)
-        t0, t1, _ = _split_tiles(pid, seq_len, TILE, SPLITS)
-        prefetched = (pid < HKV * SPLITS) & (t0 < t1)
-        k1p, k2p, vp = _kv_tile(cache_ptr, table_ptr, pid // SPLITS, t0, seq_len, prefetched, stride_kv,
-                                stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE)
-    else:
-        prefetched = False
-        k1p = tl.zeros([HEAD_DIM // 2, TILE], dtype=cache_ptr.dtype.element_ty)
-        k2p = k1p
-        vp = tl.zeros([TILE, HEAD_DIM], dtype=cache_ptr.dtype.element_ty)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ALL and LAST >= 2:
-        _grid_barrier(counters_ptr, 0, num_programs, error_ptr, POLL_LOAD, POLL_SLEEP)
+        _grid_barrier(counters_ptr, 0, num_programs, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 3, TIMELINE)
-    if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention (FUSED_MERGE: + merge)
+    if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
         seq_len = tl.load(seq_lens_ptr)
         pos = tl.load(pos_ptr).to(tl.int64)
         slot = tl.load(slot_ptr).to(tl.int64)
         for item in range(pid, HKV * SPLITS, num_programs):
             _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
-                            stride_kv, stride_block, stride_slot, stride_cos, stride_sin, k1p, k2p, vp,
-                            prefetched & (item == pid), timeline_ptr, pid, TIMELINE,
-                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, KV_PREFETCH)
-            if FUSED_MERGE:
-                _merge_if_last(item // SPLITS, merge_counters_ptr, attn_ptr, part_acc_ptr, part_max_ptr,
-                               part_sum_ptr, HQ // HKV, HEAD_DIM, SPLITS)
-        if L2_AT == 2:  # DRAM is idle through attention: the later stages' weights into L2
-            _l2_window(L2_A_LO, L2_A_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
-                       O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
-    if FUSED_MERGE and PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):  # o_proj's first tiles, early
-        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
+                            stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
+                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION)
     _stamp(timeline_ptr, pid, 4, TIMELINE)
     if ALL and LAST >= 3:
-        _grid_barrier(counters_ptr, 1, num_programs, error_ptr, POLL_LOAD, POLL_SLEEP)
+        _grid_barrier(counters_ptr, 1, num_programs, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
-    if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge (done in stage 2 with FUSED_MERGE)
-        if L2_AT == 3:
-            _l2_window(L2_A_LO, L2_A_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
-                       O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
-        if not FUSED_MERGE:
-            for head in range(pid, HQ, num_programs):
-                _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, HEAD_DIM, SPLITS)
-                _stamp(timeline_ptr, pid, 20, TIMELINE)
-    if not FUSED_MERGE and PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):
+    if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
+        for head in range(pid, HQ, num_programs):
+            _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, HEAD_DIM, SPLITS)
+            _stamp(timeline_ptr, pid, 20, TIMELINE)
+    if PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):
         w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
     _stamp(timeline_ptr, pid, 6, TIMELINE)
-    if ALL and LAST >= 4 and not FUSED_MERGE:
-        _grid_barrier(counters_ptr, 2, num_programs, error_ptr, POLL_LOAD, POLL_SLEEP)
+    if ALL and LAST >= 4:
+        _grid_barrier(counters_ptr, 2, num_programs, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 7, TIMELINE)
     if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
                     0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE)
-    if (ALL and LAST >= 5) or STAGE == 5:
-        if PREFETCH:
-            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
-        if L2_AT > 0:  # o_proj's bytes are read: as many more ahead
-            _l2_window(L2_B_LO, L2_B_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
-                       O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
+    if PREFETCH and ((ALL and LAST >= 5) or STAGE == 5):
+        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
     _stamp(timeline_ptr, pid, 8, TIMELINE)
     if ALL and LAST >= 5:
-        _grid_barrier(counters_ptr, 3, num_programs, error_ptr, POLL_LOAD, POLL_SLEEP)
+        _grid_barrier(counters_ptr, 3, num_programs, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 9, TIMELINE)
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
@@ -600,15 +481,11 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
                     rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE)
-    if (ALL and LAST >= 6) or STAGE == 6:
-        if PREFETCH:
-            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
-        if L2_AT > 0:  # gate/up's too
-            _l2_window(L2_C_LO, L2_C_HI, pid, num_programs, o_addr, gu_addr, down_addr, next_addr,
-                       O_BYTES, GU_BYTES, DOWN_BYTES, NEXT_BYTES, LANES, L2_CHUNK)
+    if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
+        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
     _stamp(timeline_ptr, pid, 10, TIMELINE)
     if ALL and LAST >= 6:
-        _grid_barrier(counters_ptr, 4, num_programs, error_ptr, POLL_LOAD, POLL_SLEEP)
+        _grid_barrier(counters_ptr, 4, num_programs, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 11, TIMELINE)
     if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
         if not PREFETCH:
@@ -648,17 +525,8 @@ class DecodeLayerConfig:
     barriers: the launch checks), ``splits`` key splits per KV head of ``tile`` keys each step, and per
     GEMM stage (qkv, o, gate/up, down) the weight rows per chunk and the K tile width;
     ``prefetch`` requests each GEMM stage's first weight tiles before the barrier before it;
-    ``pipeline`` the software-pipeline depth of the GEMM loops. ``l2_budget`` bytes of the later
-    stages' weights (o_proj, gate/up, down_proj, then the next layer's QKV) are asked into L2
-    ahead of their stage (0: none; CUDA of compute capability 9.0 and later): the first window
-    at stage ``l2_at`` (1 the launch's start, 2 after attention, 3 the merge), then, at the
-    gate/up and down stages, as many more bytes as the stages before them consumed; in bulk
-    requests of at least ``l2_chunk`` bytes per thread. ``fused_merge``: the last split of each
-    KV head to finish merges the head's query group (a counter per KV head), which removes the
-    merge stage and its barrier. ``poll_load``: the barriers poll with acquire loads instead of
-    atomic adds of 0. ``kv_prefetch``: each program loads its first attention item's first key
-    tile before the barrier in front of the attention stage (old keys never depend on the
-    step; the step's own key is patched in)."""
+    ``pipeline`` the software-pipeline depth of the GEMM loops; ``poll_sleep`` nanoseconds slept
+    before each barrier poll (0: none; CUDA only)."""
 
     num_programs: int
     splits: int
@@ -669,13 +537,7 @@ class DecodeLayerConfig:
     prefetch: bool = True
     pipeline: int = 1  # software-pipeline stages of the GEMM loops (1: registers, double-buffered)
     last_stage: int = 6  # benchmarks only: a launch that stops after this stage (timing each stage)
-    l2_budget: int = 0
-    l2_at: int = 2
-    l2_chunk: int = 4096
-    fused_merge: bool = False  # each KV head's last split merges its query group (no merge stage)
-    poll_load: bool = False  # barrier polls are acquire loads, not atomic adds of 0
-    kv_prefetch: bool = False  # each attention program's first key tile loaded before the barrier
-    poll_sleep: int = 0  # ns slept before each barrier poll (0: none)
+    poll_sleep: int = 100
 
 
 def _pow2_floor(n: int) -> int:
@@ -708,7 +570,7 @@ def gemm_shape(n: int, k: int, programs: int, gated: bool, max_elements: int = 1
 def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
                   num_sms: int, dtype: torch.dtype = torch.bfloat16, *, max_elements: int = 8192,
                   max_bk: int = 2048, fewest_steps: bool = True, programs_per_sm: int = 1,
-                  num_warps: int = 4, pipeline: int = 1, l2_budget: int = 0, l2_at: int = 2) -> DecodeLayerConfig:
+                  num_warps: int = 4, pipeline: int = 1) -> DecodeLayerConfig:
     """``programs_per_sm`` programs per SM (all must be resident at once: the launch checks);
     key splits so that (KV heads x splits) about fills the SMs (at most 16, paged_attention's
     rule for a batch-1 decode graph); 64-key tiles (32 in float32); the GEMM stages' shapes
@@ -726,7 +588,7 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
               gemm_shape(hidden, intermediate, programs, False, *args)]
     return DecodeLayerConfig(num_programs=programs, splits=splits, tile=32 if dtype == torch.float32 else 64,
                              rows=tuple(s[0] for s in shapes), bk=tuple(s[1] for s in shapes),
-                             num_warps=num_warps, pipeline=pipeline, l2_budget=l2_budget, l2_at=l2_at)
+                             num_warps=num_warps, pipeline=pipeline)
 
 
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
@@ -770,7 +632,6 @@ class DecodeWorkspace:
         self.o = empty(hidden)
         self.act = empty(intermediate)
         self.counters = torch.zeros(8, dtype=torch.int32, device=device)
-        self.merge_counters = torch.zeros(num_kv_heads, dtype=torch.int32, device=device)  # fused_merge
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
@@ -778,48 +639,18 @@ class DecodeWorkspace:
         self.chosen: dict = {}
 
 
-def l2_prefetch_applies(device: torch.device) -> bool:
-    """Whether the launch can ask L2 for weights ahead (``cp.async.bulk.prefetch``, sm_90 and
-    later; not under the Triton interpreter)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
-
-
-def default_l2_budget() -> int:
-    """Bytes the launch asks into L2 ahead when it picks its own configuration:
-    ``DEFAULT_L2_MIB`` MiB, or ``INFER_DECODE_L2_MIB`` from the environment (0 turns it off;
-    for A/B measurements)."""
-    return int(os.environ.get("INFER_DECODE_L2_MIB") or DEFAULT_L2_MIB) << 20
-
-
-def l2_windows(budget: int, o_bytes: int, gu_bytes: int, down_bytes: int, next_bytes: int
-               ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """The three prefetch windows ``[lo, hi)`` over the prefetch order (o_proj, gate/up,
-    down_proj, the next layer's QKV): ``budget`` bytes ahead of the attention stage, and at the
-    gate/up and down stages the window moved on by what was consumed (bytes of stages already
-    run are skipped). Multiples of 16."""
-    total = o_bytes + gu_bytes + down_bytes + next_bytes
-    budget = budget // 16 * 16
-    a = (0, min(total, budget))
-    b = (max(a[1], o_bytes), min(total, o_bytes + budget))
-    c = (max(b[1], o_bytes + gu_bytes), min(total, o_bytes + gu_bytes + budget))
-    return a, (b[0], max(b)), (c[0], max(c))
-
-
 def decode_layer(
     x: torch.Tensor, residual: torch.Tensor | None, weights: DecodeLayerWeights, layer: AttentionLayer,
     kv_cache: torch.Tensor, metadata: AttentionMetadata, positions: torch.Tensor,
     cos: torch.Tensor, sin: torch.Tensor, workspace: DecodeWorkspace, *,
-    config: DecodeLayerConfig | None = None, stage_by_stage: bool = False,
-    prefetch_next: torch.Tensor | None = None, timeline: torch.Tensor | None = None,
+    config: DecodeLayerConfig | None = None, stage_by_stage: bool = False, timeline: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step of one layer for one token: ``x``, ``residual [1, H]`` (``None`` for
     the first layer) → ``(mlp_out, new_residual)``, the step's K/V stored into ``kv_cache``
     (``[2, blocks, block_size, Hkv, D]``) at ``metadata.slot_mapping[0]``; ``cos``/``sin
     [positions, D/2]``. ``stage_by_stage`` launches each stage on its own (the interpreter).
-    ``prefetch_next``: the next layer's QKV weight, asked into L2 after this layer's own (with
-    ``config.l2_budget``; a hint that changes no result). ``timeline`` (benchmarks, CUDA):
-    an int64 ``[programs, 24]`` tensor that receives each program's clock at the stage
-    boundaries (:func:`_stamp`)."""
+    ``timeline`` (benchmarks, CUDA): an int64 ``[programs, 24]`` tensor that receives each
+    program's clock at the stage boundaries (:func:`_stamp`)."""
     hidden = x.shape[-1]
     inter = weights.down.shape[1]
     hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
@@ -828,6 +659,8 @@ def decode_layer(
     reason = supports(layer, kv_cache, x.dtype)
     assert reason is None, reason
     assert kv_cache.is_contiguous() and kv_cache.shape[3:] == (hkv, d), kv_cache.shape
+    if timeline is not None and (not x.is_cuda or timeline.dtype != torch.int64 or timeline.shape[1:] != (24,)):
+        raise ValueError("timeline must be an int64 CUDA tensor of shape [programs, 24]")
     out = torch.empty_like(x)
     res_out = torch.empty_like(x)
     qk_norm = weights.q_norm is not None
@@ -836,15 +669,6 @@ def decode_layer(
     ws = workspace
 
     def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
-        segments = [weights.o, weights.gate_up, weights.down]
-        if prefetch_next is not None:
-            segments.append(prefetch_next)
-        sizes = [t.numel() * t.element_size() for t in segments] + [0] * (4 - len(segments))
-        l2 = (cfg.l2_budget > 0 and l2_prefetch_applies(x.device)
-              and all(t.is_contiguous() and t.data_ptr() % 16 == 0 for t in segments)
-              and all(n % 16 == 0 for n in sizes))
-        windows = l2_windows(cfg.l2_budget, *sizes) if l2 else ((0, 0),) * 3
-        addrs = [t.data_ptr() for t in segments] + [0] * (4 - len(segments))
         args = (
             x, r, out, res_out,
             weights.qkv, weights.o, weights.gate_up, weights.down, weights.input_norm, weights.post_norm,
@@ -854,7 +678,7 @@ def decode_layer(
             kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), cos.stride(0), sin.stride(0),
             layer.scale * LOG2E,
             ws.qkv, ws.part_acc, ws.part_max, ws.part_sum, ws.attn, ws.o, ws.act, ws.counters, ws.error,
-            ws.merge_counters, timeline if timeline is not None else ws.counters, cfg.num_programs, *addrs,
+            timeline if timeline is not None else ws.counters, cfg.num_programs,
         )
         kwargs = dict(
             HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=cfg.splits,
@@ -864,13 +688,7 @@ def decode_layer(
             ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-            PDL=pdl, L2_AT=cfg.l2_at if l2 else 0,
-            L2_A_LO=windows[0][0], L2_A_HI=windows[0][1], L2_B_LO=windows[1][0], L2_B_HI=windows[1][1],
-            L2_C_LO=windows[2][0], L2_C_HI=windows[2][1],
-            O_BYTES=sizes[0], GU_BYTES=sizes[1], DOWN_BYTES=sizes[2], NEXT_BYTES=sizes[3],
-            LANES=32 * cfg.num_warps, L2_CHUNK=cfg.l2_chunk,
-            FUSED_MERGE=cfg.fused_merge, POLL_LOAD=cfg.poll_load and x.is_cuda, TIMELINE=timeline is not None,
-            KV_PREFETCH=cfg.kv_prefetch, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0,
+            PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -882,8 +700,7 @@ def decode_layer(
         cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
         for per_sm in (4, 2, 1):
-            cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
-                                l2_budget=default_l2_budget())
+            cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm)
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg

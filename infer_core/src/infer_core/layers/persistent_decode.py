@@ -134,11 +134,9 @@ class PersistentDecode:
         """The decoder stack over one token: ``(mlp_out, residual)`` of the last layer."""
         residual = None
         staged = not h.is_cuda  # the interpreter: a spin barrier cannot open there
-        for i, (weights, attn) in enumerate(self._plan):
-            following = self._plan[i + 1][0].qkv if i + 1 < len(self._plan) else None
+        for weights, attn in self._plan:
             h, residual = decode_layer(h, residual, weights, attn.layer, attn.kv_cache, md, positions,
-                                       self.rotary.cos, self.rotary.sin, self._workspace, stage_by_stage=staged,
-                                       prefetch_next=following)
+                                       self.rotary.cos, self.rotary.sin, self._workspace, stage_by_stage=staged)
         return h, residual
 
 
