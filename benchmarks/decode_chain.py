@@ -251,20 +251,31 @@ def chains(layers: list[Layer]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_layer_args(parser: argparse.ArgumentParser) -> None:
+    """The model shape and attention context of the layers a chain runs."""
     parser.add_argument("--shape", default="qwen3-0.6b", choices=sorted(SHAPES))  # checkpoints' shapes
     parser.add_argument("--context", type=int, default=256, help="keys each attention reads")
     parser.add_argument("--max-seq-len", type=int, default=4096, help="what the captured graph's attention config sees")
+
+
+def model_layers(args: argparse.Namespace) -> list[Layer]:
+    """Every layer of ``args.shape`` with distinct random weights (seed 0)."""
+    torch.manual_seed(0)
+    shape = layer_shape(args.shape)
+    return [Layer(shape, args.context, args.max_seq_len, qk_norm=args.shape.startswith("qwen"))
+            for _ in range(shape[5])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_layer_args(parser)
     parser.add_argument("--chains", default="", help="comma-separated subset (default: all but the GEMM config "
                                                      "sweep; 'sweep' names the sweep's chains)")
     parser.add_argument("--pdl", default="1,0", help="PDL settings to time each chain with")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
     shape = layer_shape(args.shape)
-    layers = [Layer(shape, args.context, args.max_seq_len, qk_norm=args.shape.startswith("qwen"))
-              for _ in range(shape[5])]
+    layers = model_layers(args)
     ceilings = measure_ceilings()
     env = environment()
     all_chains = chains(layers)

@@ -22,8 +22,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.decode_chain import SLEEP_VARIANTS, Layer, layer_shape, persistent
-from benchmarks.kernels import FLUSH_BYTES
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from decode_chain import SLEEP_VARIANTS, Layer, add_layer_args, model_layers, persistent
+from kernels import FLUSH_BYTES
+
 from infer_core.bench.report import environment
 
 # the stamps' points (decode_layer._stamp) and the intervals between them
@@ -92,18 +95,13 @@ def summarize(samples: list[torch.Tensor]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="qwen3-0.6b")
-    parser.add_argument("--context", type=int, default=256)
-    parser.add_argument("--max-seq-len", type=int, default=4096)
+    add_layer_args(parser)
     parser.add_argument("--variants", default="nosleep,sleep100",
                         help=f"comma-separated, of {sorted(SLEEP_VARIANTS)}, each with -s<programs per SM>")
     parser.add_argument("--programs-per-sm", default="4,2", help="tried in order: the first that fits")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    shape = layer_shape(args.shape)
-    layers = [Layer(shape, args.context, args.max_seq_len, qk_norm=args.shape.startswith("qwen"))
-              for _ in range(shape[5])]
+    layers = model_layers(args)
     env = environment()
     results = {}
     for variant in args.variants.split(","):
