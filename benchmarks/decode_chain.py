@@ -148,9 +148,9 @@ class Layer:
         return small_m_gemm(silu_and_mul(small_m_gemm(h, self.gate_up)), self.down), res
 
 
-# (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 # barrier-poll variants of the persistent launch: nanoseconds slept before each poll
 SLEEP_VARIANTS = {"nosleep": 0, **{f"sleep{ns}": ns for ns in (32, 100, 200, 400)}}
+# (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
                     (4096, 4, 1, 0, 4), (8192, 4, 1, 0, 4), (8192, 4, 1, 1, 4), (16384, 4, 1, 1, 4),
@@ -182,7 +182,6 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
                                      timeline=timelines[i] if timelines else None)
-    run.config = cfg
     return run
 
 

@@ -28,6 +28,7 @@ from decode_chain import SLEEP_VARIANTS, Layer, add_layer_args, model_layers, pe
 from kernels import FLUSH_BYTES
 
 from infer_core.bench.report import environment
+from infer_core.kernels.device import num_sms
 
 # the stamps' points (decode_layer._stamp) and the intervals between them
 INTERVALS = [("pdl wait", 0, 1), ("1 norm + qkv", 1, 2), ("barrier 0", 2, 3), ("2 attention", 3, 4),
@@ -40,9 +41,9 @@ INNER = [("2a q load + norm + rope", 3, 16), ("2b own K/V: norm, rope, store", 1
 
 
 def stamps(layers: list[Layer], programs_per_sm: int, poll_sleep: int) -> list[torch.Tensor]:
-    """``[layers, programs, 24]`` clocks of one graph replay after an L2 flush."""
-    probe = persistent(layers, programs_per_sm=programs_per_sm, poll_sleep=poll_sleep)
-    programs = probe.config.num_programs
+    """The clocks of five graph replays of the chain, each after an L2 flush and each
+    ``[layers, programs, 24]``."""
+    programs = num_sms(torch.device("cuda")) * programs_per_sm  # persistent()'s launches
     timelines = [torch.zeros(programs, 24, dtype=torch.int64, device="cuda") for _ in layers]
     run = persistent(layers, programs_per_sm=programs_per_sm, poll_sleep=poll_sleep, timelines=timelines)
     flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device="cuda")

@@ -31,15 +31,18 @@ SM) or through Triton's software pipeline (``pipeline > 1``, cp.async into share
 measured no faster on an H200).
 
 The barrier: every thread's stores, ``debug_barrier``, one release-``atomic_add`` per program
-on the stage's counter, then acquire-polls until all ``P`` programs arrived. The last program
-to leave the launch (an exit counter) sets every counter back to 0, so the next launch starts
-clean. Every program must be resident at once: the launch compiles first and refuses more
-programs than fit (registers, shared memory, threads; :func:`resident_programs`), and with no
-config takes the most programs per SM (4, 2, 1) that fit. The polls are bounded
-(``MAX_SPINS``) as a last guard: a barrier that never opens raises an error flag instead of
-hanging. Data a
-stage reads that another program wrote in this launch is loaded with ``.cg`` (L2, never a
-stale L1 line).
+on the stage's counter, then acquire-polls (each after a ``poll_sleep`` nanosleep, 100 ns by
+default: measured 0.7 µs per layer faster than polling flat out) until all ``P`` programs
+arrived. The last program to leave the launch (an exit counter) sets every counter back to
+0, so the next launch starts clean. Every program must be resident at once: the launch
+compiles first and refuses more programs than fit (registers, shared memory, threads;
+:func:`resident_programs`), and with no config takes the most programs per SM (4, 2, 1) that
+fit. The polls are bounded (``MAX_SPINS``) as a last guard: a barrier that never opens raises
+an error flag instead of hanging. Data a stage reads that another program wrote in this
+launch is loaded with ``.cg`` (L2, never a stale L1 line).
+
+``timeline`` (benchmarks): every program stamps its SM clock at each stage boundary and inside
+the attention and merge stages (:func:`_stamp`; ``benchmarks/decode_layer_timeline.py``).
 
 Numerics are those of the unfused path (each intermediate rounded to the dtype where the
 separate kernels store it): the same helpers as :mod:`~infer_core.kernels.rms_norm`,
