@@ -18,8 +18,9 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   (:mod:`infer_core.kernels.decode_layer`); ``--chains persistent-sweep`` names its config
   variants (``layer-persistent-e<weight elements per step>-w<warps>-p<pipeline stages>-f<fewest steps>-s<programs per SM>``), ``--chains
   persistent-stages`` the launch cut after each stage (``persistent-upto-<k>``); ``--chains
-  persistent-sync`` the barrier polls without and with a nanosleep before each
-  (``layer-persistent-{nosleep,sleep<ns>}-s<programs per SM>``).
+  persistent-sync`` the barrier variants: polls without and with a nanosleep before each,
+  arriving before the next stage's first tiles are requested
+  (``layer-persistent-{nosleep,sleep<ns>,arrivefirst,nosleep-arrivefirst}-s<programs per SM>``).
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -148,8 +149,10 @@ class Layer:
         return small_m_gemm(silu_and_mul(small_m_gemm(h, self.gate_up)), self.down), res
 
 
-# barrier-poll variants of the persistent launch: nanoseconds slept before each poll
-SLEEP_VARIANTS = {"nosleep": 0, **{f"sleep{ns}": ns for ns in (32, 100, 200, 400)}}
+# barrier variants of the persistent launch (DecodeLayerConfig fields): nanoseconds slept before
+# each poll; arriving before the next stage's first tiles are requested
+SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": ns} for ns in (32, 100, 200, 400)},
+                 "arrivefirst": {"arrive_first": True}, "nosleep-arrivefirst": {"poll_sleep": 0, "arrive_first": True}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
@@ -159,10 +162,10 @@ PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1
 
 def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4, pipeline: int = 1,
                fewest_steps: bool = True, programs_per_sm: int = 4, last_stage: int = 6, default: bool = False,
-               poll_sleep: int | None = None, timelines: list[torch.Tensor] | None = None):
+               sync: dict | None = None, timelines: list[torch.Tensor] | None = None):
     """The chain of persistent layer launches (one per layer, ping-pong activations); with
-    ``default``, each launch picks its own configuration (what a model would run); with
-    ``timelines`` (one int64 ``[programs, 24]`` tensor per layer), each launch stamps its stage
+    ``default``, each launch picks its own configuration (what a model would run); ``sync``
+    overrides config fields (:data:`SYNC_VARIANTS`); with ``timelines`` (one int64 ``[programs, 24]`` tensor per layer), each launch stamps its stage
     boundaries there."""
     first = layers[0]
     hidden, inter = first.o.shape[0], first.down.shape[1]
@@ -172,8 +175,8 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                                    max_elements=max_elements, fewest_steps=fewest_steps,
                                    programs_per_sm=programs_per_sm), num_warps=num_warps, pipeline=pipeline,
                   last_stage=last_stage)
-    if poll_sleep is not None:
-        cfg = replace(cfg, poll_sleep=poll_sleep)
+    if sync:
+        cfg = replace(cfg, **sync)
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     def run() -> None:
@@ -244,9 +247,9 @@ def chains(layers: list[Layer]) -> dict:
         # the launch cut after stage k (1 qkv, 2 attention, 3 merge, 4 o, 5 gate/up, 6 down): each
         # stage's cost, its barrier included, is the difference to the one before
         **{f"persistent-upto-{k}": (persistent(layers, last_stage=k), n, 0) for k in range(1, 7)},
-        # barrier polls without and with a nanosleep before each: --chains persistent-sync
-        **{f"layer-persistent-{name}-s{sm}": (persistent(layers, programs_per_sm=sm, poll_sleep=ns), n, wbytes)
-           for name, ns in SLEEP_VARIANTS.items() for sm in (4, 2)},
+        # the barrier variants: --chains persistent-sync
+        **{f"layer-persistent-{name}-s{sm}": (persistent(layers, programs_per_sm=sm, sync=sync), n, wbytes)
+           for name, sync in SYNC_VARIANTS.items() for sm in (4, 2)},
     }
 
 
@@ -279,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     all_chains = chains(layers)
     sweep = [c for c in all_chains if c.startswith("gemm-n")]
-    sync = [f"layer-persistent-{name}-s{sm}" for name in SLEEP_VARIANTS for sm in (4, 2)]
+    sync = [f"layer-persistent-{name}-s{sm}" for name in SYNC_VARIANTS for sm in (4, 2)]
     persistent_sweep = [c for c in all_chains if c.startswith("layer-persistent-") and c not in sync]
     upto = [c for c in all_chains if c.startswith("persistent-upto-")]
     default = [c for c in all_chains if c not in sweep + persistent_sweep + upto + sync]

@@ -10,7 +10,7 @@ waits only for that), its maximum adds the slowest program's lead. ``start skew`
 each program started after the layer's first one (global timer), ``gap`` the time from the
 previous layer's last program leaving to this layer's first program starting.
 
-    python benchmarks/decode_layer_timeline.py --shape qwen3-0.6b --variants nosleep,sleep100 --out DIR
+    python benchmarks/decode_layer_timeline.py --shape qwen3-0.6b --variants sleep100,arrivefirst --out DIR
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode_chain import SLEEP_VARIANTS, Layer, add_layer_args, model_layers, persistent
+from decode_chain import SYNC_VARIANTS, Layer, add_layer_args, model_layers, persistent
 from kernels import FLUSH_BYTES
 
 from infer_core.bench.report import environment
@@ -40,12 +40,12 @@ INNER = [("2a q load + norm + rope", 3, 16), ("2b own K/V: norm, rope, store", 1
          ("2d partials stored", 18, 19), ("3a merge of a head", 5, 20)]
 
 
-def stamps(layers: list[Layer], programs_per_sm: int, poll_sleep: int) -> list[torch.Tensor]:
+def stamps(layers: list[Layer], programs_per_sm: int, sync: dict) -> list[torch.Tensor]:
     """The clocks of five graph replays of the chain, each after an L2 flush and each
     ``[layers, programs, 24]``."""
     programs = num_sms(torch.device("cuda")) * programs_per_sm  # persistent()'s launches
     timelines = [torch.zeros(programs, 24, dtype=torch.int64, device="cuda") for _ in layers]
-    run = persistent(layers, programs_per_sm=programs_per_sm, poll_sleep=poll_sleep, timelines=timelines)
+    run = persistent(layers, programs_per_sm=programs_per_sm, sync=sync, timelines=timelines)
     flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device="cuda")
     run()
     torch.cuda.synchronize()
@@ -97,8 +97,8 @@ def summarize(samples: list[torch.Tensor]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_layer_args(parser)
-    parser.add_argument("--variants", default="nosleep,sleep100",
-                        help=f"comma-separated, of {sorted(SLEEP_VARIANTS)}, each with -s<programs per SM>")
+    parser.add_argument("--variants", default="sleep100,arrivefirst",
+                        help=f"comma-separated, of {sorted(SYNC_VARIANTS)}, each with -s<programs per SM>")
     parser.add_argument("--programs-per-sm", default="4,2", help="tried in order: the first that fits")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants.split(","):
         for sm in (int(s) for s in args.programs_per_sm.split(",")):
             try:
-                results[f"{variant}-s{sm}"] = summarize(stamps(layers, sm, SLEEP_VARIANTS[variant]))
+                results[f"{variant}-s{sm}"] = summarize(stamps(layers, sm, SYNC_VARIANTS[variant]))
                 break
             except ValueError as e:  # does not fit at this many programs per SM
                 print(f"{variant}-s{sm} skipped: {e}", flush=True)

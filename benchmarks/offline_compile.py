@@ -35,7 +35,8 @@ INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr"}
 FLOATS = {"eps", "qk_scale"}
 
 
-def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool) -> tuple[dict, dict]:
+def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
+               arrive_first: bool = False) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config."""
     cfg = shape_config(shape)
@@ -49,7 +50,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         ROWS_QKV=conf.rows[0], BK_QKV=conf.bk[0], ROWS_O=conf.rows[1], BK_O=conf.bk[1],
         ROWS_GU=conf.rows[2], BK_GU=conf.bk[2], ROWS_DOWN=conf.rows[3], BK_DOWN=conf.bk[3],
         STAGE=-1, LAST=6, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
-        POLL_SLEEP=poll_sleep, TIMELINE=timeline,
+        POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=arrive_first,
     )
     return values, conf.__dict__
 
@@ -76,11 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="qwen3-0.6b")
     parser.add_argument("--poll-sleep", type=int, default=dl.DecodeLayerConfig.poll_sleep)
     parser.add_argument("--timeline", action="store_true")
+    parser.add_argument("--arrive-first", action="store_true")
     parser.add_argument("--programs-per-sm", type=int, default=4)
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument("--sass", type=Path, help="write the disassembly here")
     args = parser.parse_args(argv)
-    values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline)
+    values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
+                              args.arrive_first)
     compiled = compile_kernel(values, conf["num_warps"])
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         usage = subprocess.run([str(bin_dir / "cuobjdump"), "--dump-resource-usage", str(cubin)],
                                capture_output=True, text=True).stdout
         print(f"{args.shape}: {conf['num_programs']} programs, rows {conf['rows']}, bk {conf['bk']}, "
-              f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}")
+              f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {args.arrive_first}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout

@@ -13,8 +13,8 @@
 #   tests   every GPU test of the kernel
 #   timeline where each stage's time goes (benchmarks/decode_layer_timeline.py: per-program clock
 #           stamps at the stage boundaries; TIMELINE_VARIANTS, TIMELINE_SHAPE)
-#   sync    chains of the barrier-poll variants (no sleep, nanosleeps of 32-400 ns before each
-#           poll; SYNC_SHAPE, SYNC_CHAINS)
+#   sync    chains of the barrier variants (no sleep, nanosleeps of 32-400 ns before each poll,
+#           arriving before the next stage's first tiles; SYNC_SHAPE, SYNC_CHAINS)
 #   e2e     Qwen3-0.6B engine step profiles (async scheduling, pipelined, device time of the
 #           batch-1 graph) with model.persistent_decode off and on (E2E_RUNS): does the step
 #           wait for the device or the host, and does the graph get shorter by what the chain
@@ -50,7 +50,7 @@ if want llama-sweep; then
 fi
 if want timeline; then
   timeout "${TIMELINE_TIMEOUT:-200}" python3 benchmarks/decode_layer_timeline.py --shape "${TIMELINE_SHAPE:-qwen3-0.6b}" \
-    --variants "${TIMELINE_VARIANTS:-nosleep,sleep100}" --out "$OUT/timeline-${TIMELINE_SHAPE:-qwen3-0.6b}" \
+    --variants "${TIMELINE_VARIANTS:-sleep100,arrivefirst}" --out "$OUT/timeline-${TIMELINE_SHAPE:-qwen3-0.6b}" \
     2>&1 | tail -30
 fi
 if want sync; then

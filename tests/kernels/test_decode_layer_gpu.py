@@ -126,11 +126,14 @@ def test_refuses_programs_that_cannot_all_be_resident():
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 63, 300, 4000])
 @pytest.mark.parametrize("poll_sleep", [0, 100])
-def test_barrier_polls_with_and_without_sleep(shape, context, poll_sleep):
-    """``poll_sleep``: a nanosleep before each barrier poll (the default) or none: against the
+@pytest.mark.parametrize("arrive_first", [False, True])
+def test_barrier_variants(shape, context, poll_sleep, arrive_first):
+    """``poll_sleep``: a nanosleep before each barrier poll (the default) or none;
+    ``arrive_first``: the arrival before the next stage's first tiles are requested. Against the
     reference, counters left at zero."""
     case = replace(real_case(shape, context), max_elements=8192)
-    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, poll_sleep=poll_sleep)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, poll_sleep=poll_sleep,
+                  arrive_first=arrive_first)
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 

@@ -89,12 +89,27 @@ MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seco
 @triton.jit
 def _grid_barrier(counters_ptr, index, num_programs, error_ptr, POLL_SLEEP: tl.constexpr):
     """Wait until all ``num_programs`` programs reached barrier ``index``; their stores before
-    it are visible after it (release add, acquire polls, CTA barriers around both). With
+    it are visible after it (release add, acquire polls, CTA barriers around both)."""
+    seen = _arrive(counters_ptr, index)
+    _wait(counters_ptr, index, seen, num_programs, error_ptr, POLL_SLEEP)
+
+
+@triton.jit
+def _arrive(counters_ptr, index):
+    """This program's arrival at barrier ``index`` (its stores before it released): the count
+    of programs arrived so far. The release is a GPU-scope fence, which also waits for the
+    program's loads in flight: a load issued between :func:`_arrive` and :func:`_wait`
+    overlaps the wait instead of delaying the arrival."""
+    tl.debug_barrier()
+    return tl.atomic_add(counters_ptr + index, 1, sem="acq_rel", scope="gpu") + 1
+
+
+@triton.jit
+def _wait(counters_ptr, index, seen, num_programs, error_ptr, POLL_SLEEP: tl.constexpr):
+    """Poll barrier ``index`` (acquire) until all ``num_programs`` programs arrived. With
     ``POLL_SLEEP`` > 0 (CUDA only), each poll comes after a ``nanosleep`` of that many
     nanoseconds: fewer atomics on the counter's L2 slice while the last programs arrive."""
-    tl.debug_barrier()
     counter = counters_ptr + index
-    seen = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") + 1
     spins = 0
     while (seen < num_programs) & (spins < MAX_SPINS):
         if POLL_SLEEP > 0:
@@ -420,6 +435,7 @@ def _decode_layer_kernel(
     ROWS_GU: tl.constexpr, BK_GU: tl.constexpr, ROWS_DOWN: tl.constexpr, BK_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
+    ARRIVE_FIRST: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -461,22 +477,30 @@ def _decode_layer_kernel(
         for head in range(pid, HQ, num_programs):
             _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, HEAD_DIM, SPLITS)
             _stamp(timeline_ptr, pid, 20, TIMELINE)
+    if ARRIVE_FIRST and ALL and LAST >= 4:
+        seen = _arrive(counters_ptr, 2)
     if PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):
         w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
     _stamp(timeline_ptr, pid, 6, TIMELINE)
     if ALL and LAST >= 4:
-        _grid_barrier(counters_ptr, 2, num_programs, error_ptr, POLL_SLEEP)
+        if not ARRIVE_FIRST:
+            seen = _arrive(counters_ptr, 2)
+        _wait(counters_ptr, 2, seen, num_programs, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 7, TIMELINE)
     if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
                     0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE)
+    if ARRIVE_FIRST and ALL and LAST >= 5:
+        seen = _arrive(counters_ptr, 3)
     if PREFETCH and ((ALL and LAST >= 5) or STAGE == 5):
         w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
     _stamp(timeline_ptr, pid, 8, TIMELINE)
     if ALL and LAST >= 5:
-        _grid_barrier(counters_ptr, 3, num_programs, error_ptr, POLL_SLEEP)
+        if not ARRIVE_FIRST:
+            seen = _arrive(counters_ptr, 3)
+        _wait(counters_ptr, 3, seen, num_programs, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 9, TIMELINE)
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
@@ -484,11 +508,15 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
                     rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE)
+    if ARRIVE_FIRST and ALL and LAST >= 6:
+        seen = _arrive(counters_ptr, 4)
     if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
         w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
     _stamp(timeline_ptr, pid, 10, TIMELINE)
     if ALL and LAST >= 6:
-        _grid_barrier(counters_ptr, 4, num_programs, error_ptr, POLL_SLEEP)
+        if not ARRIVE_FIRST:
+            seen = _arrive(counters_ptr, 4)
+        _wait(counters_ptr, 4, seen, num_programs, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 11, TIMELINE)
     if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
         if not PREFETCH:
@@ -529,7 +557,11 @@ class DecodeLayerConfig:
     GEMM stage (qkv, o, gate/up, down) the weight rows per chunk and the K tile width;
     ``prefetch`` requests each GEMM stage's first weight tiles before the barrier before it;
     ``pipeline`` the software-pipeline depth of the GEMM loops; ``poll_sleep`` nanoseconds slept
-    before each barrier poll (0: none; CUDA only)."""
+    before each barrier poll (0: none; CUDA only). ``arrive_first``: at the barriers in front of
+    o_proj, gate/up and down, arrive before requesting the stage's first tiles (the arrival's
+    GPU-scope fence waits for the loads in flight; in the sm_90 SASS it is a ``MEMBAR.ALL.GPU``
+    ahead of the atomic), so the tiles' DRAM round trip overlaps the wait instead of delaying
+    the arrival. Not yet measured: off by default."""
 
     num_programs: int
     splits: int
@@ -541,6 +573,7 @@ class DecodeLayerConfig:
     pipeline: int = 1  # software-pipeline stages of the GEMM loops (1: registers, double-buffered)
     last_stage: int = 6  # benchmarks only: a launch that stops after this stage (timing each stage)
     poll_sleep: int = 100
+    arrive_first: bool = False
 
 
 def _pow2_floor(n: int) -> int:
@@ -692,6 +725,7 @@ def decode_layer(
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
+            ARRIVE_FIRST=cfg.arrive_first,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
