@@ -7,8 +7,12 @@ configs (both inner products; a ``split_k`` that the epilogue must ignore).
 Against the unfused kernels with the same launch config (``small_m_gemm`` over the whole
 ``[2I, K]`` weight, then ``silu_and_mul`` / ``gelu_tanh_and_mul``): the same float32 sums
 (per output element the same K tiles in the same order), the same roundings, the same
-``gated`` arithmetic, so bit for bit; the new residual ``h`` bit for bit the non-gated norm
-path's.
+``gated`` arithmetic, so bit for bit with the broadcast product. With ``tl.dot`` the order
+inside a tile's product is the implementation's (BLAS under the interpreter, the tensor cores
+on a GPU) and may change with a row's place in the tile: the gated kernel holds a row's gate
+and up in two tiles where the unfused one holds them in one, and a hypothesis case differed in
+the last bit of a float32. So there the two agree within a few units in the last place of the
+output. The new residual ``h`` is bit for bit the non-gated norm path's.
 
 Against the torch references (``small_m_gemm_ref(..., gated=act)``, after ``fused_add_rms_norm_ref``
 with the norm) the small-M bound carried through the activation
@@ -81,7 +85,11 @@ def check(x, w, norm: NormPrologue | None, act: str, cfg: LaunchConfig | None) -
         if h is not None:
             assert torch.equal(h, h_unfused)  # the new residual, bit for bit
     assert got.shape == (m, n // 2) and got.dtype == x.dtype and got.is_contiguous()
-    assert torch.equal(got, want), (got - want).abs().max()  # the unfused kernels, bit for bit
+    if cfg.use_dot:  # the same sums, each tile's inner order the dot implementation's
+        ulp = torch.finfo(got.dtype).eps * want.float().abs().max().clamp_min(torch.finfo(torch.float32).tiny)
+        assert (got.float() - want.float()).abs().max() <= 4 * ulp, (got - want).abs().max()
+    else:
+        assert torch.equal(got, want), (got - want).abs().max()  # the unfused kernels, bit for bit
     xp = reference_input(x, norm)
     assert_gated_within(got, small_m_gemm_ref(xp, w, gated=act), small_m_gemm_ref(xp, w), xp, w,
                         slack=0 if norm is None else 8)  # the torch references
