@@ -165,7 +165,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                sync: dict | None = None, timelines: list[torch.Tensor] | None = None):
     """The chain of persistent layer launches (one per layer, ping-pong activations); with
     ``default``, each launch picks its own configuration (what a model would run); ``sync``
-    overrides config fields (:data:`SYNC_VARIANTS`); with ``timelines`` (one int64 ``[programs, 24]`` tensor per layer), each launch stamps its stage
+    overrides config fields (:data:`SYNC_VARIANTS`); with ``timelines`` (one int64 ``[programs, TIMELINE_SLOTS]`` tensor per layer), each launch stamps its stage
     boundaries there."""
     first = layers[0]
     hidden, inter = first.o.shape[0], first.down.shape[1]

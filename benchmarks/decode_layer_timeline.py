@@ -28,6 +28,7 @@ from decode_chain import SYNC_VARIANTS, Layer, add_layer_args, model_layers, per
 from kernels import FLUSH_BYTES
 
 from infer_core.bench.report import environment
+from infer_core.kernels import decode_layer as dl
 from infer_core.kernels.device import num_sms
 
 # the stamps' points (decode_layer._stamp) and the intervals between them
@@ -42,9 +43,9 @@ INNER = [("2a q load + norm + rope", 3, 16), ("2b own K/V: norm, rope, store", 1
 
 def stamps(layers: list[Layer], programs_per_sm: int, sync: dict) -> list[torch.Tensor]:
     """The clocks of five graph replays of the chain, each after an L2 flush and each
-    ``[layers, programs, 24]``."""
+    ``[layers, programs, TIMELINE_SLOTS]``."""
     programs = num_sms(torch.device("cuda")) * programs_per_sm  # persistent()'s launches
-    timelines = [torch.zeros(programs, 24, dtype=torch.int64, device="cuda") for _ in layers]
+    timelines = [torch.zeros(programs, dl.TIMELINE_SLOTS.value, dtype=torch.int64, device="cuda") for _ in layers]
     run = persistent(layers, programs_per_sm=programs_per_sm, sync=sync, timelines=timelines)
     flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device="cuda")
     run()

@@ -145,7 +145,7 @@ def test_timeline_stamps_every_boundary_in_order():
     weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
     ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
                             cfg.splits, torch.bfloat16, "cuda")
-    timeline = torch.zeros(cfg.num_programs, 24, dtype=torch.int64, device="cuda")
+    timeline = torch.zeros(cfg.num_programs, dl.TIMELINE_SLOTS.value, dtype=torch.int64, device="cuda")
     dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg, timeline=timeline)
     clocks = timeline[:, :14].cpu()
     assert (clocks[:, 1:] >= clocks[:, :-1]).all() and (timeline[:, 15] > timeline[:, 14]).all().item()

@@ -5,10 +5,12 @@ programs, several K tiles and row chunks per program, key splits that find no ke
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from infer_core.kernels import decode_layer as dl
 from infer_core.kernels.decode_layer import choose_config, gemm_shape
 from tests.kernels import decode_layer_cases as cases
 
@@ -27,3 +29,17 @@ def test_gemm_shape_balances_rows_over_programs():
     assert gemm_shape(1024, 3072, 132, False) == (8, 1024)  # K tiles that divide K
     cfg = choose_config(1024, 3072, 16, 8, 128, 132)
     assert cfg.splits == 16 and cfg.num_programs == 132 and cfg.tile == 64
+
+
+def test_timeline_must_hold_one_row_per_program():
+    """``timeline`` (benchmarks) is CUDA-only and sized by the launch: a clear error, no launch."""
+    case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)
+    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cpu", torch.float32)
+    cfg = cases.config_for(case, torch.float32)
+    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                            cfg.splits, torch.float32, "cpu")
+    timeline = torch.zeros(cfg.num_programs, dl.TIMELINE_SLOTS.value, dtype=torch.int64)
+    before = cache.clone()
+    with pytest.raises(ValueError, match="timeline must be an int64 CUDA tensor"):
+        dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg, timeline=timeline)
+    assert torch.equal(cache, before)

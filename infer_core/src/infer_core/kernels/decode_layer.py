@@ -80,6 +80,7 @@ from infer_core.kernels.rms_norm import add_residual, inv_rms, normed, rms_norm_
 from infer_core.kernels.rotary import rotary_embedding_ref
 
 NUM_BARRIERS = tl.constexpr(5)  # between the six stages; counter NUM_BARRIERS counts programs leaving
+TIMELINE_SLOTS = tl.constexpr(24)  # clock stamps per program in a timeline (_stamp)
 MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
 
 
@@ -135,16 +136,16 @@ def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
 def _stamp(timeline_ptr, pid, index, TIMELINE: tl.constexpr):
     """With ``TIMELINE``, program ``pid``'s SM clock (``%clock64``) at point ``index`` (and the
     global nanosecond timer at points 0 and 13, in slots 14 and 15; points 16-20 lie inside the
-    attention and merge stages) into ``timeline_ptr [P, 24]`` (benchmarks only: where the
-    layer's time goes)."""
+    attention and merge stages) into ``timeline_ptr [P, TIMELINE_SLOTS]`` (benchmarks only: where
+    the layer's time goes)."""
     if TIMELINE:
         clock = tl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [pid], dtype=tl.int64,
                                           is_pure=False, pack=1)
-        tl.store(timeline_ptr + pid * 24 + index, clock)
+        tl.store(timeline_ptr + pid * TIMELINE_SLOTS + index, clock)
         if index == 0 or index == 13:
             now = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [pid], dtype=tl.int64,
                                             is_pure=False, pack=1)
-            tl.store(timeline_ptr + pid * 24 + 14 + index // 13, now)
+            tl.store(timeline_ptr + pid * TIMELINE_SLOTS + 14 + index // 13, now)
 
 
 # ----------------------------------------------------------------------------- GEMM stages
@@ -321,8 +322,9 @@ def _split_tiles(item, seq_len, TILE: tl.constexpr, SPLITS: tl.constexpr):
 @triton.jit
 def _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, stride_kv, stride_block, stride_slot,
              HEAD_DIM: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
-    """KV head ``g``'s keys of ``tile`` as two transposed halves ``[HALF, TILE]`` and its values
-    ``[TILE, HEAD_DIM]`` from the paged cache (zeros past ``seq_len``)."""
+    """KV head ``g``'s keys of ``tile`` as two transposed halves ``[HALF, TILE]``, its values
+    ``[TILE, HEAD_DIM]`` from the paged cache (zeros past ``seq_len``) and which keys lie before
+    ``seq_len``."""
     HALF: tl.constexpr = HEAD_DIM // 2
     dh = tl.arange(0, HALF)
     dd = tl.arange(0, HEAD_DIM)
@@ -336,7 +338,7 @@ def _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, stride_kv, stride_block, st
     k2 = tl.load(k_ptrs + HALF, mask=key_ok[None, :], other=0.0, cache_modifier=".cg")
     v = tl.load(head_ptr + stride_kv + off[:, None] + dd[None, :], mask=key_ok[:, None], other=0.0,
                 cache_modifier=".cg")
-    return k1, k2, v
+    return k1, k2, v, key_ok
 
 
 @triton.jit
@@ -386,9 +388,8 @@ def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for tile in range(t0, t1):
-        key_ok = tile * TILE + tl.arange(0, TILE) < seq_len
-        k1, k2, v = _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, stride_kv, stride_block, stride_slot, HEAD_DIM,
-                             TILE, BLOCK_SIZE)
+        k1, k2, v, key_ok = _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, stride_kv, stride_block, stride_slot,
+                                     HEAD_DIM, TILE, BLOCK_SIZE)
         k1, k2, v = k1.to(q1.dtype), k2.to(q1.dtype), v.to(q1.dtype)
         s = tl.dot(q1, k1, input_precision=PRECISION)
         s = tl.dot(q2, k2, s, input_precision=PRECISION) * qk_scale
@@ -685,8 +686,8 @@ def decode_layer(
     the first layer) → ``(mlp_out, new_residual)``, the step's K/V stored into ``kv_cache``
     (``[2, blocks, block_size, Hkv, D]``) at ``metadata.slot_mapping[0]``; ``cos``/``sin
     [positions, D/2]``. ``stage_by_stage`` launches each stage on its own (the interpreter).
-    ``timeline`` (benchmarks, CUDA): an int64 ``[programs, 24]`` tensor that receives each
-    program's clock at the stage boundaries (:func:`_stamp`)."""
+    ``timeline`` (benchmarks, CUDA): an int64 ``[programs, TIMELINE_SLOTS]`` tensor that
+    receives each program's clock at the stage boundaries (:func:`_stamp`)."""
     hidden = x.shape[-1]
     inter = weights.down.shape[1]
     hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
@@ -695,8 +696,6 @@ def decode_layer(
     reason = supports(layer, kv_cache, x.dtype)
     assert reason is None, reason
     assert kv_cache.is_contiguous() and kv_cache.shape[3:] == (hkv, d), kv_cache.shape
-    if timeline is not None and (not x.is_cuda or timeline.dtype != torch.int64 or timeline.shape[1:] != (24,)):
-        raise ValueError("timeline must be an int64 CUDA tensor of shape [programs, 24]")
     out = torch.empty_like(x)
     res_out = torch.empty_like(x)
     qk_norm = weights.q_norm is not None
@@ -744,6 +743,11 @@ def decode_layer(
     else:
         cfg = ws.chosen[shape]
     assert cfg.splits == workspace.splits, (cfg.splits, workspace.splits)
+    slots = TIMELINE_SLOTS.value
+    if timeline is not None and (not x.is_cuda or timeline.dtype != torch.int64
+                                 or timeline.shape != (cfg.num_programs, slots)):
+        raise ValueError(f"timeline must be an int64 CUDA tensor of shape [{cfg.num_programs}, {slots}] "
+                         "(the launch's programs x the stamps)")
     for stage in (range(1, 7) if stage_by_stage else (-1,)):
         args, kwargs = launch_args(cfg, stage)
         if stage < 0 and x.is_cuda:
