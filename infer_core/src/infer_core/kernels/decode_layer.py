@@ -133,9 +133,20 @@ def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
 
 
 @triton.jit
+def _stamp_after(timeline_ptr, pid, index, value, TIMELINE: tl.constexpr):
+    """:func:`_stamp` once the scalar ``value`` is computed (the clock read depends on it: the
+    stamp marks when loaded data was used, not when its load was issued)."""
+    if TIMELINE:
+        dep = (value != value).to(tl.int32)  # 0, but not known to be before ``value`` exists
+        clock = tl.inline_asm_elementwise("mov.u64 $0, %clock64;", "=l,r", [dep], dtype=tl.int64,
+                                          is_pure=False, pack=1)
+        tl.store(timeline_ptr + pid * TIMELINE_SLOTS + index, clock)
+
+
+@triton.jit
 def _stamp(timeline_ptr, pid, index, TIMELINE: tl.constexpr):
     """With ``TIMELINE``, program ``pid``'s SM clock (``%clock64``) at point ``index`` (and the
-    global nanosecond timer at points 0 and 13, in slots 14 and 15; points 16-20 lie inside the
+    global nanosecond timer at points 0 and 13, in slots 14 and 15; points 16-23 lie inside the
     attention and merge stages) into ``timeline_ptr [P, TIMELINE_SLOTS]`` (benchmarks only: where
     the layer's time goes)."""
     if TIMELINE:
@@ -394,7 +405,11 @@ def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos
         s = tl.dot(q1, k1, input_precision=PRECISION)
         s = tl.dot(q2, k2, s, input_precision=PRECISION) * qk_scale
         s = tl.where(key_ok[None, :], s, float("-inf"))
+        if tile == t0:
+            _stamp_after(timeline_ptr, pid, 21, tl.max(tl.max(s, 1), 0), TIMELINE)
         acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v, PRECISION)
+        if tile == t0:
+            _stamp_after(timeline_ptr, pid, 22, tl.max(tl.max(acc, 1), 0), TIMELINE)
     _stamp(timeline_ptr, pid, 18, TIMELINE)
 
     part = head * SPLITS + item % SPLITS
@@ -405,8 +420,8 @@ def _attention_item(item, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos
 
 
 @triton.jit
-def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
-                HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
+def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid,
+                TIMELINE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
     """attention_reduce's merge for one query head, into the attention output row."""
     splits = tl.arange(0, SPLITS)
     dd = tl.arange(0, HEAD_DIM)
@@ -414,6 +429,7 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
     m = tl.load(part_max_ptr + base + splits, cache_modifier=".cg")
     sums = tl.load(part_sum_ptr + base + splits, cache_modifier=".cg")
     acc = tl.load(part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :], cache_modifier=".cg")
+    _stamp_after(timeline_ptr, pid, 23, tl.max(tl.max(acc, 1), 0) + tl.max(m + sums, 0), TIMELINE)
     out = merge_splits(m, sums, acc)
     tl.store(attn_ptr + head * HEAD_DIM + dd, out.to(attn_ptr.dtype.element_ty))
 
@@ -476,7 +492,8 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 5, TIMELINE)
     if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
         for head in range(pid, HQ, num_programs):
-            _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, HEAD_DIM, SPLITS)
+            _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
+                        HEAD_DIM, SPLITS)
             _stamp(timeline_ptr, pid, 20, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 4:
         seen = _arrive(counters_ptr, 2)
