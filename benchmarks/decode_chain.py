@@ -18,9 +18,10 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   (:mod:`infer_core.kernels.decode_layer`); ``--chains persistent-sweep`` names its config
   variants (``layer-persistent-e<weight elements per step>-w<warps>-p<pipeline stages>-f<fewest steps>-s<programs per SM>``), ``--chains
   persistent-stages`` the launch cut after each stage (``persistent-upto-<k>``); ``--chains
-  persistent-sync`` the barrier variants: polls without and with a nanosleep before each,
-  arriving before the next stage's first tiles are requested
-  (``layer-persistent-{nosleep,sleep<ns>,arrivefirst,nosleep-arrivefirst}-s<programs per SM>``).
+  persistent-sync`` the barrier variants over the defaults: polls without and with a nanosleep
+  before each, arriving before or after the next stage's first tiles are requested, the first key
+  tile requested before barrier 0's wait or after it
+  (``layer-persistent-<variant>-s<programs per SM>``, variants in :data:`SYNC_VARIANTS`).
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -149,10 +150,13 @@ class Layer:
         return small_m_gemm(silu_and_mul(small_m_gemm(h, self.gate_up)), self.down), res
 
 
-# barrier variants of the persistent launch (DecodeLayerConfig fields): nanoseconds slept before
-# each poll; arriving before the next stage's first tiles are requested
+# barrier variants of the persistent launch (DecodeLayerConfig fields over the defaults): nanoseconds
+# slept before each poll; arriving before the next stage's first tiles are requested (default on);
+# the first key tile requested before barrier 0's wait (default on)
 SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": ns} for ns in (32, 100, 200, 400)},
-                 "arrivefirst": {"arrive_first": True}, "nosleep-arrivefirst": {"poll_sleep": 0, "arrive_first": True}}
+                 "arrivefirst": {"arrive_first": True}, "nosleep-arrivefirst": {"poll_sleep": 0, "arrive_first": True},
+                 "arrivelate": {"arrive_first": False}, "kvlate": {"kv_early": False},
+                 "plain": {"arrive_first": False, "kv_early": False}, "default": {}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
@@ -179,12 +183,18 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
         cfg = replace(cfg, **sync)
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
+    reported = []
+
     def run() -> None:
         x, res = first.x, first.res
         for i, layer in enumerate(layers):
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
                                      timeline=timelines[i] if timelines else None)
+        if not reported and ws.resident:  # once: what the compiled launch needs (programs that fit, regs, smem)
+            reported.append(True)
+            print(f"  persistent {sync or ''}: (programs that fit, registers, shared bytes) "
+                  f"{sorted(set(ws.resident.values()))}", flush=True)
     return run
 
 

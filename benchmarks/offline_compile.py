@@ -15,6 +15,7 @@ import inspect
 import os
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,13 +37,15 @@ FLOATS = {"eps", "qk_scale"}
 
 
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
-               arrive_first: bool = False) -> tuple[dict, dict]:
+               arrive_first: bool | None = None, kv_early: bool | None = None) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
-    when the shape has it, a residual, PDL on, 16-token cache blocks), and the config."""
+    when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
+    (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
     cfg = shape_config(shape)
     hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
     hq, hkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim_of(cfg)
     conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm)
+    conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early)) if v is not None})
     values = dict(
         HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=conf.splits,
         BLOCK_M=max(16, triton.next_power_of_2(hq // hkv)), TILE=conf.tile, BLOCK_SIZE=16,
@@ -50,7 +53,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         ROWS_QKV=conf.rows[0], BK_QKV=conf.bk[0], ROWS_O=conf.rows[1], BK_O=conf.bk[1],
         ROWS_GU=conf.rows[2], BK_GU=conf.bk[2], ROWS_DOWN=conf.rows[3], BK_DOWN=conf.bk[3],
         STAGE=-1, LAST=6, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
-        POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=arrive_first,
+        POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
     )
     return values, conf.__dict__
 
@@ -77,13 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", default="qwen3-0.6b")
     parser.add_argument("--poll-sleep", type=int, default=dl.DecodeLayerConfig.poll_sleep)
     parser.add_argument("--timeline", action="store_true")
-    parser.add_argument("--arrive-first", action="store_true")
+    parser.add_argument("--arrive-first", type=int, choices=(0, 1), help="default: the config's")
+    parser.add_argument("--kv-early", type=int, choices=(0, 1), help="default: the config's")
     parser.add_argument("--programs-per-sm", type=int, default=4)
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument("--sass", type=Path, help="write the disassembly here")
     args = parser.parse_args(argv)
     values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
-                              args.arrive_first)
+                              None if args.arrive_first is None else bool(args.arrive_first),
+                              None if args.kv_early is None else bool(args.kv_early))
     compiled = compile_kernel(values, conf["num_warps"])
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         usage = subprocess.run([str(bin_dir / "cuobjdump"), "--dump-resource-usage", str(cubin)],
                                capture_output=True, text=True).stdout
         print(f"{args.shape}: {conf['num_programs']} programs, rows {conf['rows']}, bk {conf['bk']}, "
-              f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {args.arrive_first}")
+              f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
+              f"kv early {conf['kv_early']}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout

@@ -126,14 +126,15 @@ def test_refuses_programs_that_cannot_all_be_resident():
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 63, 300, 4000])
 @pytest.mark.parametrize("poll_sleep", [0, 100])
-@pytest.mark.parametrize("arrive_first", [False, True])
-def test_barrier_variants(shape, context, poll_sleep, arrive_first):
+@pytest.mark.parametrize(("arrive_first", "kv_early"), [(False, False), (True, False), (False, True), (True, True)])
+def test_barrier_variants(shape, context, poll_sleep, arrive_first, kv_early):
     """``poll_sleep``: a nanosleep before each barrier poll (the default) or none;
-    ``arrive_first``: the arrival before the next stage's first tiles are requested. Against the
-    reference, counters left at zero."""
+    ``arrive_first``: the arrival before the next stage's first tiles are requested;
+    ``kv_early``: the first key tile requested before barrier 0's wait. Against the reference,
+    counters left at zero."""
     case = replace(real_case(shape, context), max_elements=8192)
     cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, poll_sleep=poll_sleep,
-                  arrive_first=arrive_first)
+                  arrive_first=arrive_first, kv_early=kv_early)
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 
