@@ -156,7 +156,9 @@ class Layer:
 SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": ns} for ns in (32, 100, 200, 400)},
                  "arrivefirst": {"arrive_first": True}, "nosleep-arrivefirst": {"poll_sleep": 0, "arrive_first": True},
                  "arrivelate": {"arrive_first": False}, "kvlate": {"kv_early": False},
-                 "plain": {"arrive_first": False, "kv_early": False}, "default": {}}
+                 "plain": {"arrive_first": False, "kv_early": False}, "default": {},
+                 # choose_config's balanced GEMM stages (a share of up to that many weight elements)
+                 **{f"balanced{e // 1024}k": {"balanced_elements": e} for e in (16384, 32768)}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
@@ -174,11 +176,13 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
     first = layers[0]
     hidden, inter = first.o.shape[0], first.down.shape[1]
     attn = first.attn
+    sync = dict(sync or {})
     cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
                                    num_sms(torch.device("cuda")),
                                    max_elements=max_elements, fewest_steps=fewest_steps,
-                                   programs_per_sm=programs_per_sm), num_warps=num_warps, pipeline=pipeline,
-                  last_stage=last_stage)
+                                   programs_per_sm=programs_per_sm,
+                                   balanced_elements=sync.pop("balanced_elements", 0)),
+                  num_warps=num_warps, pipeline=pipeline, last_stage=last_stage)
     if sync:
         cfg = replace(cfg, **sync)
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")

@@ -31,6 +31,18 @@ def test_gemm_shape_balances_rows_over_programs():
     assert cfg.splits == 16 and cfg.num_programs == 132 and cfg.tile == 64
 
 
+def test_balanced_stages_where_a_share_fits():
+    # Qwen3-0.6B at 4 programs per SM on 132 SMs: every share fits 16384 elements (gate/up: 6 rows
+    # in an 8-row tile, both halves); Llama-3.2-1B's gate/up (16 x 2048 x 2) and down (4 x 8192) do not
+    cfg = choose_config(1024, 3072, 16, 8, 128, 132, programs_per_sm=4, balanced_elements=16384)
+    assert cfg.balanced == (True, True, True, True)
+    assert cfg.rows == (8, 2, 8, 2) and cfg.bk == (1024, 2048, 1024, 4096)
+    cfg = choose_config(2048, 8192, 32, 8, 64, 132, programs_per_sm=4, balanced_elements=16384)
+    assert cfg.balanced == (True, True, False, False)
+    assert cfg.rows[:2] == (8, 4) and cfg.bk[:2] == (2048, 2048)
+    assert choose_config(1024, 3072, 16, 8, 128, 132, programs_per_sm=4).balanced == (False,) * 4
+
+
 def test_timeline_must_hold_one_row_per_program():
     """``timeline`` (benchmarks) is CUDA-only and sized by the launch: a clear error, no launch."""
     case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)

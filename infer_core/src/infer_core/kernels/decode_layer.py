@@ -163,30 +163,54 @@ def _stamp(timeline_ptr, pid, index, TIMELINE: tl.constexpr):
 
 
 @triton.jit
-def _w_tile(w_ptr, chunk, kt, N: tl.constexpr, K: tl.constexpr, valid, ROWS: tl.constexpr, BK: tl.constexpr):
-    """Rows ``[chunk * ROWS, +ROWS)``, columns ``[kt * BK, +BK)`` of the row-major ``[N, K]``
-    weight (zeros outside, or everywhere when not ``valid``), streamed once. The mask is
-    constant along K when ``BK`` divides ``K`` (vectorized loads)."""
-    rows = chunk * ROWS + tl.arange(0, ROWS)
+def _w_rows(w_ptr, row0, row_end, kt, K: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr):
+    """Rows ``[row0, row0 + ROWS)`` below ``row_end``, columns ``[kt * BK, +BK)`` of a
+    row-major weight with ``K`` columns (zeros outside), streamed once. The mask is constant
+    along K when ``BK`` divides ``K`` (vectorized loads)."""
+    rows = row0 + tl.arange(0, ROWS)
     ks = kt * BK + tl.arange(0, BK)
     if K % BK == 0:
-        mask = (rows < tl.where(valid, N, 0))[:, None]
+        mask = (rows < row_end)[:, None]
     else:
-        mask = (rows < tl.where(valid, N, 0))[:, None] & (ks < K)[None, :]
+        mask = (rows < row_end)[:, None] & (ks < K)[None, :]
     return tl.load(w_ptr + rows.to(tl.int64)[:, None] * K + ks[None, :], mask=mask, other=0.0,
                    eviction_policy="evict_first")
 
 
 @triton.jit
-def _first_tiles(w_ptr, pid, num_programs, N: tl.constexpr, K: tl.constexpr, GATED: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr):
+def _w_tile(w_ptr, chunk, kt, N: tl.constexpr, K: tl.constexpr, valid, ROWS: tl.constexpr, BK: tl.constexpr):
+    """Row chunk ``chunk`` (rows ``[chunk * ROWS, +ROWS)`` of the ``[N, K]`` weight), K tile
+    ``kt`` (:func:`_w_rows`; zeros everywhere when not ``valid``)."""
+    return _w_rows(w_ptr, chunk * ROWS, tl.where(valid, N, 0), kt, K, ROWS, BK)
+
+
+@triton.jit
+def _share(pid, num_programs, N: tl.constexpr):
+    """Program ``pid``'s rows ``[lo, hi)`` of a balanced stage: ``N`` rows cut into
+    ``num_programs`` contiguous shares that differ by at most one row."""
+    return (pid * N) // num_programs, ((pid + 1) * N) // num_programs
+
+
+@triton.jit
+def _first_tiles(w_ptr, pid, num_programs, N: tl.constexpr, K: tl.constexpr, GATED: tl.constexpr, ROWS: tl.constexpr,
+                 BK: tl.constexpr, BALANCED: tl.constexpr):
     """The first weight tile(s) of program ``pid``'s share of a GEMM stage (the up rows' too
-    when ``GATED``), issued ahead of the barrier before the stage."""
-    valid = pid < tl.cdiv(N, ROWS)
-    w = _w_tile(w_ptr, pid, 0, N, K, valid, ROWS, BK)
-    if GATED:  # noqa: SIM108 (a constexpr branch)
-        wu = _w_tile(w_ptr + N * K, pid, 0, N, K, valid, ROWS, BK)
+    when ``GATED``), issued ahead of the barrier before the stage: its first row chunk, or
+    (``BALANCED``) its whole share."""
+    if BALANCED:
+        lo, hi = _share(pid, num_programs, N)
+        w = _w_rows(w_ptr, lo, hi, 0, K, ROWS, BK)
+        if GATED:  # noqa: SIM108 (a constexpr branch)
+            wu = _w_rows(w_ptr + N * K, lo, hi, 0, K, ROWS, BK)
+        else:
+            wu = w
     else:
-        wu = w
+        valid = pid < tl.cdiv(N, ROWS)
+        w = _w_tile(w_ptr, pid, 0, N, K, valid, ROWS, BK)
+        if GATED:  # noqa: SIM108 (a constexpr branch)
+            wu = _w_tile(w_ptr + N * K, pid, 0, N, K, valid, ROWS, BK)
+        else:
+            wu = w
     return w, wu
 
 
@@ -241,21 +265,22 @@ def _gemm_input(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl
 
 
 @triton.jit
-def _accumulate(acc, acc_up, w, wu, x, j, chunk, out_ptr, N: tl.constexpr, GATED: tl.constexpr,
+def _accumulate(acc, acc_up, w, wu, x, j, row0, row_end, out_ptr, GATED: tl.constexpr,
                 ROWS: tl.constexpr, KT: tl.constexpr):
-    """Add one tile's products to the chunk's sums; after the chunk's last K tile, store its
-    rows (the gated activation of the two sums when ``GATED``) and start over."""
+    """Add one tile's products to the sums of rows ``[row0, +ROWS)``; after the last K tile,
+    store those below ``row_end`` (the gated activation of the two sums when ``GATED``) and
+    start over."""
     acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
     if GATED:
         acc_up += tl.sum(wu.to(tl.float32) * x[None, :], axis=1)
     if j % KT == KT - 1:
-        rows = chunk * ROWS + tl.arange(0, ROWS)
+        rows = row0 + tl.arange(0, ROWS)
         dtype = out_ptr.dtype.element_ty
         if GATED:  # noqa: SIM108 (a constexpr branch)
             y = gated(acc.to(dtype), acc_up.to(dtype), 0)  # SILU
         else:
             y = acc.to(dtype)
-        tl.store(out_ptr + rows, y, mask=rows < N)
+        tl.store(out_ptr + rows, y, mask=rows < row_end)
         acc = tl.zeros([ROWS], dtype=tl.float32)
         acc_up = tl.zeros([ROWS], dtype=tl.float32)
     return acc, acc_up
@@ -265,42 +290,50 @@ def _accumulate(acc, acc_up, w, wu, x, j, chunk, out_ptr, N: tl.constexpr, GATED
 def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_programs, w, wu,
                 x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                 MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
-                ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, PIPE: tl.constexpr):
+                ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, PIPE: tl.constexpr,
+                BALANCED: tl.constexpr):
     """``out[:N] = input @ w.T`` (or ``silu(input @ gate.T) * (input @ up.T)`` when ``GATED``,
     ``w_ptr`` then ``[2N, K]``) over program ``pid``'s tiles (row chunk ``pid + i P``, K tile
     ``kt``), ``w``/``wu`` its first tile(s), already requested. The later tiles: with
     ``PIPE > 1`` Triton's software pipeline (asynchronous copies into shared memory, ``PIPE``
     stages); else each tile's successor is requested into registers before its product (the
-    compiler may still schedule it later)."""
-    n_chunks = tl.cdiv(N, ROWS)
-    tiles = ((n_chunks - pid + num_programs - 1) // num_programs) * KT
-    acc = tl.zeros([ROWS], dtype=tl.float32)
-    acc_up = tl.zeros([ROWS], dtype=tl.float32)
-    x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
-    if PIPE > 1:
-        acc, acc_up = _accumulate(acc, acc_up, w, wu, x, 0, pid, out_ptr, N, GATED, ROWS, KT)  # tile 0
-        for j in tl.range(1, tiles, num_stages=PIPE):
-            chunk = pid + (j // KT) * num_programs
-            w = _w_tile(w_ptr, chunk, j % KT, N, K, True, ROWS, BK)
-            if GATED:
-                wu = _w_tile(w_ptr + N * K, chunk, j % KT, N, K, True, ROWS, BK)
-            if KT > 1:
-                x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
-            acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, chunk, out_ptr, N, GATED, ROWS, KT)
+    compiler may still schedule it later). ``BALANCED`` (one K tile, ``ROWS`` at least the
+    largest share): ``w``/``wu`` hold the program's whole share (:func:`_share`), one product."""
+    if BALANCED:
+        lo, hi = _share(pid, num_programs, N)
+        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+        acc = tl.zeros([ROWS], dtype=tl.float32)
+        _accumulate(acc, acc, w, wu, x, 0, lo, hi, out_ptr, GATED, ROWS, 1)
     else:
-        for j in range(tiles):
-            nxt = j + 1
-            chunk_next = pid + (nxt // KT) * num_programs
-            w_next = _w_tile(w_ptr, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
-            if GATED:
-                wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
-            if KT > 1:
-                x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
-            acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, pid + (j // KT) * num_programs, out_ptr, N, GATED,
-                                      ROWS, KT)
-            w = w_next
-            if GATED:
-                wu = wu_next
+        n_chunks = tl.cdiv(N, ROWS)
+        tiles = ((n_chunks - pid + num_programs - 1) // num_programs) * KT
+        acc = tl.zeros([ROWS], dtype=tl.float32)
+        acc_up = tl.zeros([ROWS], dtype=tl.float32)
+        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+        if PIPE > 1:
+            acc, acc_up = _accumulate(acc, acc_up, w, wu, x, 0, pid * ROWS, N, out_ptr, GATED, ROWS, KT)  # tile 0
+            for j in tl.range(1, tiles, num_stages=PIPE):
+                chunk = pid + (j // KT) * num_programs
+                w = _w_tile(w_ptr, chunk, j % KT, N, K, True, ROWS, BK)
+                if GATED:
+                    wu = _w_tile(w_ptr + N * K, chunk, j % KT, N, K, True, ROWS, BK)
+                if KT > 1:
+                    x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+                acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, chunk * ROWS, N, out_ptr, GATED, ROWS, KT)
+        else:
+            for j in range(tiles):
+                nxt = j + 1
+                chunk_next = pid + (nxt // KT) * num_programs
+                w_next = _w_tile(w_ptr, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
+                if GATED:
+                    wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
+                if KT > 1:
+                    x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+                acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, (pid + (j // KT) * num_programs) * ROWS, N, out_ptr,
+                                          GATED, ROWS, KT)
+                w = w_next
+                if GATED:
+                    wu = wu_next
 
 
 # ----------------------------------------------------------------------------- attention stages
@@ -483,6 +516,7 @@ def _decode_layer_kernel(
     QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     ROWS_QKV: tl.constexpr, BK_QKV: tl.constexpr, ROWS_O: tl.constexpr, BK_O: tl.constexpr,
     ROWS_GU: tl.constexpr, BK_GU: tl.constexpr, ROWS_DOWN: tl.constexpr, BK_DOWN: tl.constexpr,
+    BAL_QKV: tl.constexpr, BAL_O: tl.constexpr, BAL_GU: tl.constexpr, BAL_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr,
@@ -498,14 +532,14 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 0, TIMELINE)
 
     if (ALL and LAST >= 1) or STAGE == 1:
-        w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV)
+        w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV)
     if PDL:
         wait_for_prior()
     _stamp(timeline_ptr, pid, 1, TIMELINE)
     if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE)
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 2:
         seen = _arrive(counters_ptr, 0)
@@ -546,7 +580,7 @@ def _decode_layer_kernel(
     if ARRIVE_FIRST and ALL and LAST >= 4:
         seen = _arrive(counters_ptr, 2)
     if PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):
-        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
+        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
     _stamp(timeline_ptr, pid, 6, TIMELINE)
     if ALL and LAST >= 4:
         if not ARRIVE_FIRST:
@@ -555,13 +589,13 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 7, TIMELINE)
     if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
-            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O)
+            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE)
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O)
     if ARRIVE_FIRST and ALL and LAST >= 5:
         seen = _arrive(counters_ptr, 3)
     if PREFETCH and ((ALL and LAST >= 5) or STAGE == 5):
-        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
+        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
     _stamp(timeline_ptr, pid, 8, TIMELINE)
     if ALL and LAST >= 5:
         if not ARRIVE_FIRST:
@@ -570,14 +604,14 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 9, TIMELINE)
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
-            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU)
+            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
-                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE)
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU)
     if ARRIVE_FIRST and ALL and LAST >= 6:
         seen = _arrive(counters_ptr, 4)
     if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
-        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
+        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
     _stamp(timeline_ptr, pid, 10, TIMELINE)
     if ALL and LAST >= 6:
         if not ARRIVE_FIRST:
@@ -586,9 +620,9 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 11, TIMELINE)
     if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
         if not PREFETCH:
-            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN)
+            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE)
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
@@ -630,7 +664,10 @@ class DecodeLayerConfig:
     the arrival (measured 0.7 µs per layer faster at 4 programs per SM, 1.3 at 2: on by
     default). ``kv_early``: each attention program's first key tile (earlier steps' keys) is
     requested before barrier 0's wait (after the arrival with ``arrive_first``), not at the
-    start of the attention stage."""
+    start of the attention stage. ``balanced`` (per GEMM stage, see :func:`choose_config`): each
+    program's rows are one contiguous share of the stage (:func:`_share`, shares differ by at
+    most a row), all of it requested before the barrier, one product; ``rows`` is then the
+    tile's height (at least the largest share) and ``bk`` covers K."""
 
     num_programs: int
     splits: int
@@ -644,6 +681,7 @@ class DecodeLayerConfig:
     poll_sleep: int = 100
     arrive_first: bool = True
     kv_early: bool = True
+    balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
 
 
 def _pow2_floor(n: int) -> int:
@@ -676,11 +714,12 @@ def gemm_shape(n: int, k: int, programs: int, gated: bool, max_elements: int = 1
 def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
                   num_sms: int, dtype: torch.dtype = torch.bfloat16, *, max_elements: int = 8192,
                   max_bk: int = 2048, fewest_steps: bool = True, programs_per_sm: int = 1,
-                  num_warps: int = 4, pipeline: int = 1) -> DecodeLayerConfig:
+                  num_warps: int = 4, pipeline: int = 1, balanced_elements: int = 0) -> DecodeLayerConfig:
     """``programs_per_sm`` programs per SM (all must be resident at once: the launch checks);
     key splits so that (KV heads x splits) about fills the SMs (at most 16, paged_attention's
     rule for a batch-1 decode graph); 64-key tiles (32 in float32); the GEMM stages' shapes
-    from :func:`gemm_shape`. The defaults are the fastest of the sweep on an H200 with 4
+    from :func:`gemm_shape`, or (``balanced_elements`` > 0) balanced (:class:`DecodeLayerConfig`)
+    where a program's whole share fits that many weight elements (both tiles' when gated). The defaults are the fastest of the sweep on an H200 with 4
     programs per SM (Qwen3-0.6B and Llama-3.2-1B chains, benchmarks/reports/
     persistent-decode-layer-2026-12-02-h200)."""
     programs = num_sms * programs_per_sm
@@ -688,13 +727,17 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
     q = num_heads * head_dim
     max_bk = max(max_bk, 4096) if fewest_steps else max_bk
     args = (max_elements, max_bk, fewest_steps)
-    shapes = [gemm_shape((num_heads + 2 * num_kv_heads) * head_dim, hidden, programs, False, *args),
-              gemm_shape(hidden, q, programs, False, *args),
-              gemm_shape(intermediate, hidden, programs, True, *args),
-              gemm_shape(hidden, intermediate, programs, False, *args)]
+    stages = [((num_heads + 2 * num_kv_heads) * head_dim, hidden, False), (hidden, q, False),
+              (intermediate, hidden, True), (hidden, intermediate, False)]
+    shapes, balanced = [], []
+    for n, k, is_gated in stages:
+        rows, bk = triton.next_power_of_2(triton.cdiv(n, programs)), triton.next_power_of_2(k)
+        fits = rows * bk * (2 if is_gated else 1) <= balanced_elements
+        shapes.append((rows, bk) if fits else gemm_shape(n, k, programs, is_gated, *args))
+        balanced.append(fits)
     return DecodeLayerConfig(num_programs=programs, splits=splits, tile=32 if dtype == torch.float32 else 64,
                              rows=tuple(s[0] for s in shapes), bk=tuple(s[1] for s in shapes),
-                             num_warps=num_warps, pipeline=pipeline)
+                             num_warps=num_warps, pipeline=pipeline, balanced=tuple(balanced))
 
 
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
@@ -790,6 +833,7 @@ def decode_layer(
             QK_NORM=qk_norm, HAS_RESIDUAL=residual is not None,
             ROWS_QKV=cfg.rows[0], BK_QKV=cfg.bk[0], ROWS_O=cfg.rows[1], BK_O=cfg.bk[1],
             ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
+            BAL_QKV=cfg.balanced[0], BAL_O=cfg.balanced[1], BAL_GU=cfg.balanced[2], BAL_DOWN=cfg.balanced[3],
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
