@@ -61,6 +61,7 @@ head dims whose half is a power of two.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -740,6 +741,12 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
                              num_warps=num_warps, pipeline=pipeline, balanced=tuple(balanced))
 
 
+def default_balanced_elements() -> int:
+    """``balanced_elements`` of the configuration a launch picks for itself: 0 (no balanced
+    stage), or ``INFER_DECODE_BALANCED_ELEMENTS`` from the environment (A/B measurements)."""
+    return int(os.environ.get("INFER_DECODE_BALANCED_ELEMENTS") or 0)
+
+
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
     """Key splits per KV head: (KV heads x splits) about fills the SMs, at most 16."""
     return max(min(_pow2_floor(num_sms // num_kv_heads), 16), 1)
@@ -849,7 +856,8 @@ def decode_layer(
         cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
         for per_sm in (4, 2, 1):
-            cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm)
+            cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
+                                balanced_elements=default_balanced_elements())
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg
