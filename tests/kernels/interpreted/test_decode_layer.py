@@ -43,6 +43,13 @@ def test_balanced_stages_where_a_share_fits():
     assert choose_config(1024, 3072, 16, 8, 128, 132, programs_per_sm=4).balanced == (False,) * 4
 
 
+def test_default_balanced_elements_reads_the_environment(monkeypatch):
+    monkeypatch.delenv("INFER_DECODE_BALANCED_ELEMENTS", raising=False)
+    assert dl.default_balanced_elements() == 0
+    monkeypatch.setenv("INFER_DECODE_BALANCED_ELEMENTS", "16384")
+    assert dl.default_balanced_elements() == 16384
+
+
 def test_timeline_must_hold_one_row_per_program():
     """``timeline`` (benchmarks) is CUDA-only and sized by the launch: a clear error, no launch."""
     case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)
