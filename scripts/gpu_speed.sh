@@ -17,7 +17,7 @@
 #            model.small_m_prologues act / norm / all, "gated-epilogue" =
 #            model.small_m_gated_epilogue true (the activation in gate/up's epilogue),
 #            "persistent" = model.persistent_decode true (one launch per layer at batch 1),
-#            "balanced[N]" = INFER_DECODE_BALANCED_ELEMENTS=N (default 16384: its balanced GEMM stages),
+#            "balanced[N]" / "unbalanced" = INFER_DECODE_BALANCED_ELEMENTS=N (default 16384) / 0,
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -85,7 +85,7 @@ if want ab; then
   QTOK=(); [ -f benchmarks/.assets/qwen3-tokenizer/tokenizer.json ] && QTOK=(--tokenizer benchmarks/.assets/qwen3-tokenizer)
   [ -f "$AB/qwen3-0.6b/model.safetensors" ] || "${BENCH[@]}" checkpoint qwen3-0.6b --out "$AB/qwen3-0.6b" "${QTOK[@]}" | tail -1
   for mode in ${AB_MODES:-default in-order}; do
-    flag=(--name "$mode"); pdl=1; bal=0
+    flag=(--name "$mode"); pdl=1; bal=
     for part in ${mode//+/ }; do
       case $part in
         async) flag+=(--scheduler.async_scheduling true) ;;
@@ -96,6 +96,7 @@ if want ab; then
         gated-epilogue) flag+=(--model.small_m_gated_epilogue true) ;;
         persistent) flag+=(--model.persistent_decode true) ;;
         balanced*) bal=${part#balanced}; bal=${bal:-16384} ;;
+        unbalanced) bal=0 ;;
         no-pdl) pdl=0 ;;
       esac
     done

@@ -45,9 +45,9 @@ def test_balanced_stages_where_a_share_fits():
 
 def test_default_balanced_elements_reads_the_environment(monkeypatch):
     monkeypatch.delenv("INFER_DECODE_BALANCED_ELEMENTS", raising=False)
-    assert dl.default_balanced_elements() == 0
-    monkeypatch.setenv("INFER_DECODE_BALANCED_ELEMENTS", "16384")
     assert dl.default_balanced_elements() == 16384
+    monkeypatch.setenv("INFER_DECODE_BALANCED_ELEMENTS", "0")
+    assert dl.default_balanced_elements() == 0
 
 
 def test_timeline_must_hold_one_row_per_program():

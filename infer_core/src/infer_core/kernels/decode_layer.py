@@ -742,9 +742,12 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
 
 
 def default_balanced_elements() -> int:
-    """``balanced_elements`` of the configuration a launch picks for itself: 0 (no balanced
-    stage), or ``INFER_DECODE_BALANCED_ELEMENTS`` from the environment (A/B measurements)."""
-    return int(os.environ.get("INFER_DECODE_BALANCED_ELEMENTS") or 0)
+    """``balanced_elements`` of the configuration a launch picks for itself: 16,384 (W1 on an
+    H200, Qwen3-0.6B at 2 programs per SM: 0.76 ms per token against 0.79 without, 3 runs
+    each), or ``INFER_DECODE_BALANCED_ELEMENTS`` from the environment (0 turns it off; A/B
+    measurements)."""
+    value = os.environ.get("INFER_DECODE_BALANCED_ELEMENTS")
+    return 16384 if value is None or value == "" else int(value)
 
 
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
