@@ -13,8 +13,9 @@ dependent stages instead of a launch:
    the input row, as the GEMM prologue does);
 2. per (KV head, key split): QK-norm and RoPE of the head's query group (every split) and,
    in the split that holds the step's own position, of its key, which it stores with the
-   value into the paged cache before reading its tiles; then attention over the split's
-   keys (online softmax, partials);
+   value into the paged cache for later steps; then attention over the split's keys (online
+   softmax, partials): the tiles hold earlier steps' keys (the first one requested before
+   barrier 0's wait, ``kv_early``), the step's own key comes from registers, last;
 3. per query head: the split-KV merge;
 4. ``o = attn @ w_o.T``;
 5. ``h = o + (x + residual)`` (the new residual, stored once), ``act(rms_norm(h) @ gate.T) *
@@ -22,7 +23,8 @@ dependent stages instead of a launch:
 6. ``out = act @ w_down.T``.
 
 The GEMM stages split their weight rows into chunks of ``rows`` rows, program ``p`` taking
-chunks ``p, p + P, ...`` and walking each in ``bk``-wide K tiles. Each stage's first tile is
+chunks ``p, p + P, ...`` and walking each in ``bk``-wide K tiles; or (a balanced stage) each
+program takes one contiguous share of the rows in one tile. Each stage's first tile is
 requested before the barrier that precedes the stage (weights never depend on the step). The
 later tiles: the next one is requested into registers before the current one's product
 (``pipeline = 1``, the default; ptxas still schedules those loads after the product, so every
@@ -31,7 +33,8 @@ SM) or through Triton's software pipeline (``pipeline > 1``, cp.async into share
 measured no faster on an H200).
 
 The barrier: every thread's stores, ``debug_barrier``, one release-``atomic_add`` per program
-on the stage's counter, then acquire-polls (each after a ``poll_sleep`` nanosleep, 100 ns by
+on the stage's counter (the arrival; with ``arrive_first`` the next stage's first loads are
+requested after it), then acquire-polls (each after a ``poll_sleep`` nanosleep, 100 ns by
 default: measured 0.7 µs per layer faster than polling flat out) until all ``P`` programs
 arrived. The last program to leave the launch (an exit counter) sets every counter back to
 0, so the next launch starts clean. Every program must be resident at once: the launch
