@@ -263,7 +263,7 @@ def chains(layers: list[Layer]) -> dict:
         **{f"persistent-upto-{k}": (persistent(layers, last_stage=k), n, 0) for k in range(1, 7)},
         # the barrier variants: --chains persistent-sync
         **{f"layer-persistent-{name}-s{sm}": (persistent(layers, programs_per_sm=sm, sync=sync), n, wbytes)
-           for name, sync in SYNC_VARIANTS.items() for sm in (4, 2)},
+           for name, sync in SYNC_VARIANTS.items() for sm in (4, 3, 2)},
     }
 
 
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     all_chains = chains(layers)
     sweep = [c for c in all_chains if c.startswith("gemm-n")]
-    sync = [f"layer-persistent-{name}-s{sm}" for name in SYNC_VARIANTS for sm in (4, 2)]
+    sync = [f"layer-persistent-{name}-s{sm}" for name in SYNC_VARIANTS for sm in (4, 3, 2)]
     persistent_sweep = [c for c in all_chains if c.startswith("layer-persistent-") and c not in sync]
     upto = [c for c in all_chains if c.startswith("persistent-upto-")]
     default = [c for c in all_chains if c not in sweep + persistent_sweep + upto + sync]

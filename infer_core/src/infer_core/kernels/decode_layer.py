@@ -462,18 +462,25 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for tile in range(t0, t1):
-        if tile != t0:
-            k1, k2, v, key_ok = _kv_tile(cache_ptr, table_ptr, g, tile, seq_len - 1, stride_kv, stride_block,
-                                         stride_slot, HEAD_DIM, TILE, BLOCK_SIZE)
+    # the first tile, outside the loop (a tile carried into the loop would hold its registers
+    # twice); an empty split's is all masked and changes nothing
+    s = tl.dot(q1, k1.to(q1.dtype), input_precision=PRECISION)
+    s = tl.dot(q2, k2.to(q1.dtype), s, input_precision=PRECISION) * qk_scale
+    s = tl.where(key_ok[None, :], s, float("-inf"))
+    if TIMELINE:  # noqa: SIM102 (a constexpr branch around a runtime one)
+        if t0 < t1:
+            _stamp_after(timeline_ptr, pid, 21, tl.max(tl.max(s, 1), 0), TIMELINE)
+    acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v.to(q1.dtype), PRECISION)
+    if TIMELINE:  # noqa: SIM102 (a constexpr branch around a runtime one)
+        if t0 < t1:
+            _stamp_after(timeline_ptr, pid, 22, tl.max(tl.max(acc, 1), 0), TIMELINE)
+    for tile in range(t0 + 1, t1):
+        k1, k2, v, key_ok = _kv_tile(cache_ptr, table_ptr, g, tile, seq_len - 1, stride_kv, stride_block,
+                                     stride_slot, HEAD_DIM, TILE, BLOCK_SIZE)
         s = tl.dot(q1, k1.to(q1.dtype), input_precision=PRECISION)
         s = tl.dot(q2, k2.to(q1.dtype), s, input_precision=PRECISION) * qk_scale
         s = tl.where(key_ok[None, :], s, float("-inf"))
-        if tile == t0:
-            _stamp_after(timeline_ptr, pid, 21, tl.max(tl.max(s, 1), 0), TIMELINE)
         acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v.to(q1.dtype), PRECISION)
-        if tile == t0:
-            _stamp_after(timeline_ptr, pid, 22, tl.max(tl.max(acc, 1), 0), TIMELINE)
     if own:  # the step's own key, from registers (the same rounding as a cache load)
         kq1 = kn1.to(cache_ptr.dtype.element_ty).to(tl.float32)
         kq2 = kn2.to(cache_ptr.dtype.element_ty).to(tl.float32)
