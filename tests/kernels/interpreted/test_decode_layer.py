@@ -43,6 +43,28 @@ def test_balanced_stages_where_a_share_fits():
     assert choose_config(1024, 3072, 16, 8, 128, 132, programs_per_sm=4).balanced == (False,) * 4
 
 
+@settings(max_examples=200, deadline=None)
+@given(hidden=st.sampled_from([64, 1024, 2048, 2560]), inter=st.sampled_from([128, 3072, 6144, 8192]),
+       kv_heads=st.sampled_from([1, 4, 8]), group=st.sampled_from([1, 2, 4]), head_dim=st.sampled_from([64, 128]),
+       sms=st.integers(1, 160), per_sm=st.integers(1, 4), cap=st.sampled_from([0, 4096, 16384, 65536]))
+def test_balanced_tiles_hold_every_share(hidden, inter, kv_heads, group, head_dim, sms, per_sm, cap):
+    """A balanced stage's tile covers the largest share (shares differ by at most a row) and all
+    of K, within the cap; the other stages keep their chunked shapes."""
+    cfg = choose_config(hidden, inter, kv_heads * group, kv_heads, head_dim, sms, programs_per_sm=per_sm,
+                        balanced_elements=cap)
+    plain = choose_config(hidden, inter, kv_heads * group, kv_heads, head_dim, sms, programs_per_sm=per_sm)
+    q = kv_heads * group * head_dim
+    stages = [(q + 2 * kv_heads * head_dim, hidden, 1), (hidden, q, 1), (inter, hidden, 2), (hidden, inter, 1)]
+    for i, (n, k, halves) in enumerate(stages):
+        if cfg.balanced[i]:
+            shares = [(p + 1) * n // cfg.num_programs - p * n // cfg.num_programs for p in range(cfg.num_programs)]
+            assert max(shares) - min(shares) <= 1 and sum(shares) == n
+            assert cfg.rows[i] >= max(shares) and cfg.bk[i] >= k
+            assert cfg.rows[i] * cfg.bk[i] * halves <= cap
+        else:
+            assert (cfg.rows[i], cfg.bk[i]) == (plain.rows[i], plain.bk[i])
+
+
 def test_default_balanced_elements_reads_the_environment(monkeypatch):
     monkeypatch.delenv("INFER_DECODE_BALANCED_ELEMENTS", raising=False)
     assert dl.default_balanced_elements() == 16384
