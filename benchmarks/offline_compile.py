@@ -5,7 +5,16 @@ with ``--sass``, the disassembly (Triton's bundled ``cuobjdump`` / ``nvdisasm``)
     python benchmarks/offline_compile.py --shape qwen3-0.6b [--timeline] [--sass out.sass]
 
 A tool for kernel work between device calls: register pressure and instruction order can be
-read here; timing still needs the GPU.
+read here; timing still needs the GPU. ``--last-stage k`` compiles the launch cut after stage
+``k`` (which stage sets the peak). Shared memory is Triton's dynamic allocation, which
+``cuobjdump`` does not count (the launch's check reads it from the compiled metadata).
+
+The counts match the device's only with the device's Triton (3.6 on the lent H200; put its
+wheel's ``triton`` package first on ``PYTHONPATH``) and with the launch's specialization:
+pointers, strides and the program count are marked divisible by 16, as the real launch sees
+them. Without those marks every K/V element got its own address register (255 registers
+offline against 128 on the device for the fifth session's kernel; with them: 128, and 150
+with the timeline against 146-149 measured).
 """
 
 from __future__ import annotations
@@ -37,14 +46,17 @@ FLOATS = {"eps", "qk_scale"}
 
 
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
-               arrive_first: bool | None = None, kv_early: bool | None = None) -> tuple[dict, dict]:
+               arrive_first: bool | None = None, kv_early: bool | None = None,
+               balanced_elements: int | None = None, last_stage: int = 6) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
     cfg = shape_config(shape)
     hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
     hq, hkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim_of(cfg)
-    conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm)
+    balanced = dl.default_balanced_elements() if balanced_elements is None else balanced_elements
+    conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm,
+                            balanced_elements=balanced)
     conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early)) if v is not None})
     values = dict(
         HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=conf.splits,
@@ -52,7 +64,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         QK_NORM="qwen3" in shape, HAS_RESIDUAL=True,
         ROWS_QKV=conf.rows[0], BK_QKV=conf.bk[0], ROWS_O=conf.rows[1], BK_O=conf.bk[1],
         ROWS_GU=conf.rows[2], BK_GU=conf.bk[2], ROWS_DOWN=conf.rows[3], BK_DOWN=conf.bk[3],
-        STAGE=-1, LAST=6, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
+        STAGE=-1, LAST=last_stage, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
         BAL_QKV=conf.balanced[0], BAL_O=conf.balanced[1], BAL_GU=conf.balanced[2], BAL_DOWN=conf.balanced[3],
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
     )
@@ -70,7 +82,9 @@ def compile_kernel(values: dict, num_warps: int):
         kind = ("*bf16" if name in POINTERS else "*fp32" if name in FLOAT32 else "*i32" if name in INT32
                 else "*i64" if name in INT64_PTR else "fp32" if name in FLOATS else "i32")
         signature[name] = kind
-        if kind.startswith("*"):
+        if kind.startswith("*") or name.startswith("stride_") or name == "num_programs":
+            # what the launch's specialization sees: aligned pointers, strides and program counts
+            # that are multiples of 16 (the cache / rotary strides of real shapes, 132 SMs x 4)
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn, signature, {(names.index(k),): v for k, v in values.items()}, attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1})
@@ -83,13 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeline", action="store_true")
     parser.add_argument("--arrive-first", type=int, choices=(0, 1), help="default: the config's")
     parser.add_argument("--kv-early", type=int, choices=(0, 1), help="default: the config's")
+    parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
+    parser.add_argument("--last-stage", type=int, default=6, choices=range(1, 7),
+                        help="compile the launch cut after this stage: which stage sets the register peak")
     parser.add_argument("--programs-per-sm", type=int, default=4)
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument("--sass", type=Path, help="write the disassembly here")
     args = parser.parse_args(argv)
     values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
                               None if args.arrive_first is None else bool(args.arrive_first),
-                              None if args.kv_early is None else bool(args.kv_early))
+                              None if args.kv_early is None else bool(args.kv_early), args.balanced_elements,
+                              args.last_stage)
     compiled = compile_kernel(values, conf["num_warps"])
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                                capture_output=True, text=True).stdout
         print(f"{args.shape}: {conf['num_programs']} programs, rows {conf['rows']}, bk {conf['bk']}, "
               f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-              f"kv early {conf['kv_early']}")
+              f"kv early {conf['kv_early']}, balanced {conf['balanced']}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout

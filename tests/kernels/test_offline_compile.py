@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("args", [["--shape", "qwen3-0.6b", "--arrive-first", "0", "--kv-early", "0"], ["--shape", "llama-3.2-1b", "--timeline"]])
+@pytest.mark.parametrize("args", [["--shape", "qwen3-0.6b", "--arrive-first", "0", "--kv-early", "0", "--last-stage", "2"], ["--shape", "llama-3.2-1b", "--timeline"]])
 def test_offline_compile_reports_registers(args):
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "offline_compile.py"), *args],
