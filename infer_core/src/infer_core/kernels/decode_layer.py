@@ -401,6 +401,15 @@ def _first_kv(item, valid, cache_ptr, table_ptr, seq_len, stride_kv, stride_bloc
 
 
 @triton.jit
+def _tile_scores(q1, q2, k1, k2, key_ok, qk_scale, PRECISION: tl.constexpr):
+    """Scores ``[M, TILE]`` (log2 units) of the query halves against a key tile's transposed
+    halves, ``-inf`` where ``key_ok`` is false."""
+    s = tl.dot(q1, k1.to(q1.dtype), input_precision=PRECISION)
+    s = tl.dot(q2, k2.to(q1.dtype), s, input_precision=PRECISION) * qk_scale
+    return tl.where(key_ok[None, :], s, float("-inf"))
+
+
+@triton.jit
 def _own_key_step(acc, m_i, l_i, s, v):
     """:func:`online_softmax_step` for one key held in registers: scores ``s [M]`` (log2
     units), value ``v [1, D]``; the probabilities rounded to ``v``'s dtype for the product."""
@@ -464,9 +473,7 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     # the first tile, outside the loop (a tile carried into the loop would hold its registers
     # twice); an empty split's is all masked and changes nothing
-    s = tl.dot(q1, k1.to(q1.dtype), input_precision=PRECISION)
-    s = tl.dot(q2, k2.to(q1.dtype), s, input_precision=PRECISION) * qk_scale
-    s = tl.where(key_ok[None, :], s, float("-inf"))
+    s = _tile_scores(q1, q2, k1, k2, key_ok, qk_scale, PRECISION)
     if TIMELINE:  # noqa: SIM102 (a constexpr branch around a runtime one)
         if t0 < t1:
             _stamp_after(timeline_ptr, pid, 21, tl.max(tl.max(s, 1), 0), TIMELINE)
@@ -477,9 +484,7 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     for tile in range(t0 + 1, t1):
         k1, k2, v, key_ok = _kv_tile(cache_ptr, table_ptr, g, tile, seq_len - 1, stride_kv, stride_block,
                                      stride_slot, HEAD_DIM, TILE, BLOCK_SIZE)
-        s = tl.dot(q1, k1.to(q1.dtype), input_precision=PRECISION)
-        s = tl.dot(q2, k2.to(q1.dtype), s, input_precision=PRECISION) * qk_scale
-        s = tl.where(key_ok[None, :], s, float("-inf"))
+        s = _tile_scores(q1, q2, k1, k2, key_ok, qk_scale, PRECISION)
         acc, m_i, l_i = online_softmax_step(acc, m_i, l_i, s, v.to(q1.dtype), PRECISION)
     if own:  # the step's own key, from registers (the same rounding as a cache load)
         kq1 = kn1.to(cache_ptr.dtype.element_ty).to(tl.float32)
@@ -572,7 +577,7 @@ def _decode_layer_kernel(
                 if item != pid:  # a later item of this program (fewer programs than items)
                     k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv,
                                                   stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-            else:
+            else:  # (requested here, not before the loop: carried into it, the tile's registers double)
                 k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv, stride_block,
                                               stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
             _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
