@@ -40,7 +40,9 @@ INTERVALS = [("pdl wait", 0, 1), ("1 norm + qkv", 1, 2), ("barrier 0", 2, 3), ("
 INNER = [("2a q load + norm + rope", 3, 16), ("2b own K/V: norm, rope, store", 16, 17), ("2c key tiles", 17, 18),
          ("2c1 first tile: table, K/V loads, QK", 17, 21), ("2c2 first tile: softmax, PV", 21, 22),
          ("2d partials stored", 18, 19), ("3a merge of a head", 5, 20), ("3a1 merge: partials loaded", 5, 23),
-         ("3a2 merge: arithmetic, store", 23, 20)]
+         ("3a2 merge: arithmetic, store", 23, 20), ("1a input norm (x, residual loaded)", 1, 24),
+         ("1b qkv product, store", 24, 2), ("5a input norm (o, x, residual loaded)", 9, 25),
+         ("5b gate/up product, store, next tiles requested", 25, 10)]
 
 
 def stamps(layers: list[Layer], programs_per_sm: int, sync: dict) -> list[torch.Tensor]:

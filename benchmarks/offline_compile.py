@@ -47,7 +47,8 @@ FLOATS = {"eps", "qk_scale"}
 
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
                arrive_first: bool | None = None, kv_early: bool | None = None,
-               balanced_elements: int | None = None, last_stage: int = 6) -> tuple[dict, dict]:
+               balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
+               mma: bool = False) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -56,8 +57,9 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
     hq, hkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim_of(cfg)
     balanced = dl.default_balanced_elements() if balanced_elements is None else balanced_elements
     conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm,
-                            balanced_elements=balanced)
-    conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early)) if v is not None})
+                            balanced_elements=balanced, num_warps=num_warps)
+    conf = replace(conf, mma=mma, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early))
+                                     if v is not None})
     values = dict(
         HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=conf.splits,
         BLOCK_M=max(16, triton.next_power_of_2(hq // hkv)), TILE=conf.tile, BLOCK_SIZE=16,
@@ -67,6 +69,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         STAGE=-1, LAST=last_stage, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
         BAL_QKV=conf.balanced[0], BAL_O=conf.balanced[1], BAL_GU=conf.balanced[2], BAL_DOWN=conf.balanced[3],
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
+        MMA=conf.mma,
     )
     return values, conf.__dict__
 
@@ -102,12 +105,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="compile the launch cut after this stage: which stage sets the register peak")
     parser.add_argument("--programs-per-sm", type=int, default=4)
     parser.add_argument("--num-sms", type=int, default=132)
+    parser.add_argument("--num-warps", type=int, default=4)
+    parser.add_argument("--mma", action="store_true", help="balanced stages of 16+ rows on tensor cores")
     parser.add_argument("--sass", type=Path, help="write the disassembly here")
     args = parser.parse_args(argv)
     values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
                               None if args.arrive_first is None else bool(args.arrive_first),
                               None if args.kv_early is None else bool(args.kv_early), args.balanced_elements,
-                              args.last_stage)
+                              args.last_stage, args.num_warps, args.mma)
     compiled = compile_kernel(values, conf["num_warps"])
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         cubin.write_bytes(compiled.asm["cubin"])
         usage = subprocess.run([str(bin_dir / "cuobjdump"), "--dump-resource-usage", str(cubin)],
                                capture_output=True, text=True).stdout
-        print(f"{args.shape}: {conf['num_programs']} programs, rows {conf['rows']}, bk {conf['bk']}, "
+        print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
               f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-              f"kv early {conf['kv_early']}, balanced {conf['balanced']}")
+              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, mma {conf['mma']}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout

@@ -117,11 +117,14 @@ def test_several_programs_per_sm():
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 300])
 @pytest.mark.parametrize("per_sm", [1, 2])
-def test_balanced_stages(shape, context, per_sm):
+@pytest.mark.parametrize("mma", [False, True])
+def test_balanced_stages(shape, context, per_sm, mma):
     """choose_config(balanced_elements=...): the stages whose shares fit take one contiguous
-    share per program, requested whole before the barrier."""
+    share per program, requested whole before the barrier (their product on tensor cores with
+    ``mma``, where a share has 16 rows or more)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    case = replace(real_case(shape, context), programs=per_sm * sms, max_elements=8192 // per_sm, balanced=True)
+    case = replace(real_case(shape, context), programs=per_sm * sms, max_elements=8192 // per_sm, balanced=True,
+                   mma=mma)
     cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4)
     assert any(cfg.balanced), cfg
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
@@ -166,3 +169,6 @@ def test_timeline_stamps_every_boundary_in_order():
     merged = timeline[:, 20].cpu() > 0
     assert merged.sum().item() == layer.num_heads  # one program per query head
     assert (timeline[merged, 20].cpu() >= clocks[merged, 5]).all()
+    inner = timeline[:, 24:26].cpu()  # after the qkv and gate/up stages' input norms
+    assert ((inner[:, 0] >= clocks[:, 1]) & (inner[:, 0] <= clocks[:, 2])).all()
+    assert ((inner[:, 1] >= clocks[:, 9]) & (inner[:, 1] <= clocks[:, 10])).all()

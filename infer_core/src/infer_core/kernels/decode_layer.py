@@ -84,7 +84,7 @@ from infer_core.kernels.rms_norm import add_residual, inv_rms, normed, rms_norm_
 from infer_core.kernels.rotary import rotary_embedding_ref
 
 NUM_BARRIERS = tl.constexpr(5)  # between the six stages; counter NUM_BARRIERS counts programs leaving
-TIMELINE_SLOTS = tl.constexpr(24)  # clock stamps per program in a timeline (_stamp)
+TIMELINE_SLOTS = tl.constexpr(32)  # clock stamps per program in a timeline (_stamp)
 MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
 
 
@@ -270,14 +270,15 @@ def _gemm_input(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl
 
 @triton.jit
 def _accumulate(acc, acc_up, w, wu, x, j, row0, row_end, out_ptr, GATED: tl.constexpr,
-                ROWS: tl.constexpr, KT: tl.constexpr):
+                ROWS: tl.constexpr, KT: tl.constexpr, SUMMED: tl.constexpr = False):
     """Add one tile's products to the sums of rows ``[row0, +ROWS)``; after the last K tile,
     store those below ``row_end`` (the gated activation of the two sums when ``GATED``) and
-    start over."""
-    acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-    if GATED:
-        acc_up += tl.sum(wu.to(tl.float32) * x[None, :], axis=1)
-    if j % KT == KT - 1:
+    start over. ``SUMMED``: the sums are complete already (a tensor-core product), only store."""
+    if not SUMMED:
+        acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        if GATED:
+            acc_up += tl.sum(wu.to(tl.float32) * x[None, :], axis=1)
+    if SUMMED or (j % KT == KT - 1):
         rows = row0 + tl.arange(0, ROWS)
         dtype = out_ptr.dtype.element_ty
         if GATED:  # noqa: SIM108 (a constexpr branch)
@@ -295,7 +296,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                 MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
                 ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, PIPE: tl.constexpr,
-                BALANCED: tl.constexpr):
+                BALANCED: tl.constexpr, MMA: tl.constexpr = False, PRECISION: tl.constexpr = "ieee"):
     """``out[:N] = input @ w.T`` (or ``silu(input @ gate.T) * (input @ up.T)`` when ``GATED``,
     ``w_ptr`` then ``[2N, K]``) over program ``pid``'s tiles (row chunk ``pid + i P``, K tile
     ``kt``), ``w``/``wu`` its first tile(s), already requested. The later tiles: with
@@ -303,7 +304,17 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
     stages); else each tile's successor is requested into registers before its product (the
     compiler may still schedule it later). ``BALANCED`` (one K tile, ``ROWS`` at least the
     largest share): ``w``/``wu`` hold the program's whole share (:func:`_share`), one product."""
-    if BALANCED:
+    if BALANCED and MMA:  # the share's product on tensor cores: [ROWS, K] @ x broadcast to [K, 16]
+        lo, hi = _share(pid, num_programs, N)
+        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(w.dtype)
+        xb = tl.broadcast_to(x[:, None], [BK, 16])
+        acc = tl.max(tl.dot(w, xb, input_precision=PRECISION), axis=1)  # the 16 columns are equal
+        if GATED:  # noqa: SIM108 (a constexpr branch)
+            acc_up = tl.max(tl.dot(wu, xb, input_precision=PRECISION), axis=1)
+        else:
+            acc_up = acc
+        _accumulate(acc, acc_up, w, wu, x, 0, lo, hi, out_ptr, GATED, ROWS, 1, True)
+    elif BALANCED:
         lo, hi = _share(pid, num_programs, N)
         x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
         acc = tl.zeros([ROWS], dtype=tl.float32)
@@ -535,7 +546,7 @@ def _decode_layer_kernel(
     BAL_QKV: tl.constexpr, BAL_O: tl.constexpr, BAL_GU: tl.constexpr, BAL_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
-    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr,
+    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, MMA: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -544,6 +555,11 @@ def _decode_layer_kernel(
     KT_O: tl.constexpr = (NATTN + BK_O - 1) // BK_O
     KT_GU: tl.constexpr = (HIDDEN + BK_GU - 1) // BK_GU
     KT_DOWN: tl.constexpr = (INTER + BK_DOWN - 1) // BK_DOWN
+    # balanced stages of at least 16 rows per program take their product on tensor cores
+    MMA_QKV: tl.constexpr = MMA and BAL_QKV and ROWS_QKV >= 16
+    MMA_O: tl.constexpr = MMA and BAL_O and ROWS_O >= 16
+    MMA_GU: tl.constexpr = MMA and BAL_GU and ROWS_GU >= 16
+    MMA_DOWN: tl.constexpr = MMA and BAL_DOWN and ROWS_DOWN >= 16
     pid = tl.program_id(0)
     _stamp(timeline_ptr, pid, 0, TIMELINE)
 
@@ -554,8 +570,9 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 1, TIMELINE)
     if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
+        _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV)
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, MMA_QKV, PRECISION)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 2:
         seen = _arrive(counters_ptr, 0)
@@ -607,7 +624,7 @@ def _decode_layer_kernel(
         if not PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O)
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, MMA_O, PRECISION)
     if ARRIVE_FIRST and ALL and LAST >= 5:
         seen = _arrive(counters_ptr, 3)
     if PREFETCH and ((ALL and LAST >= 5) or STAGE == 5):
@@ -622,8 +639,9 @@ def _decode_layer_kernel(
         if not PREFETCH:
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
+        _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
-                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU)
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, MMA_GU, PRECISION)
     if ARRIVE_FIRST and ALL and LAST >= 6:
         seen = _arrive(counters_ptr, 4)
     if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
@@ -638,7 +656,7 @@ def _decode_layer_kernel(
         if not PREFETCH:
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN)
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, MMA_DOWN, PRECISION)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
@@ -698,6 +716,7 @@ class DecodeLayerConfig:
     arrive_first: bool = True
     kv_early: bool = True
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
+    mma: bool = False
 
 
 def _pow2_floor(n: int) -> int:
@@ -862,7 +881,7 @@ def decode_layer(
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
-            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early,
+            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, MMA=cfg.mma,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
