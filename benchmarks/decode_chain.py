@@ -160,7 +160,11 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # choose_config's balanced GEMM stages (a share of up to that many weight elements)
                  **{f"balanced{e // 1024}k": {"balanced_elements": e} for e in (16384, 32768)},
                  # and their products of 16+ rows per program on tensor cores
-                 **{f"balanced{e // 1024}k-mma": {"balanced_elements": e, "mma": True} for e in (16384, 32768)}}
+                 **{f"balanced{e // 1024}k-mma": {"balanced_elements": e, "mma": True} for e in (16384, 32768)},
+                 # o_proj's, gate/up's and down's weights prefetched into L2 after barrier 0's
+                 # arrival (1) or at the launch's start (2)
+                 **{f"balanced{e // 1024}k-l2pf{w}": {"balanced_elements": e, "l2_prefetch": w}
+                    for e in (16384, 32768) for w in (1, 2)}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),

@@ -167,6 +167,36 @@ def _stamp(timeline_ptr, pid, index, TIMELINE: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_l2(ptr, n_elements: tl.constexpr, pid, num_programs, THREADS: tl.constexpr):
+    """Ask L2 for program ``pid``'s piece of the ``n_elements`` elements at ``ptr`` (16-byte
+    aligned): the range cut over every warp of every program, one bulk prefetch per warp
+    (``cp.async.bulk.prefetch.L2``, sm_90: its operands are warp-uniform, so every lane of a
+    warp computes the same piece). Nothing waits for it and no register holds the data: the
+    later loads of those weights hit L2."""
+    ESIZE: tl.constexpr = ptr.dtype.element_ty.primitive_bitwidth // 8
+    WARPS: tl.constexpr = THREADS // 32
+    warp = tl.arange(0, THREADS) // 32
+    per = tl.cdiv(tl.cdiv(n_elements, num_programs * WARPS), 16) * 16  # elements per piece: 16-byte multiples
+    lo = (pid * WARPS + warp).to(tl.int64) * per
+    nbytes = (tl.minimum(tl.maximum(n_elements - lo, 0), per) * ESIZE // 16 * 16).to(tl.int32)
+    addr = (ptr + lo).to(tl.int64, bitcast=True)
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.b32 $0, 0; }",
+        "=r,l,r", [addr, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_later_weights(w_o_ptr, w_gu_ptr, w_down_ptr, pid, num_programs, HIDDEN: tl.constexpr,
+                            INTER: tl.constexpr, NATTN: tl.constexpr, THREADS: tl.constexpr):
+    """o_proj's, gate/up's and down's weights into L2 (:func:`_prefetch_l2`): requested while
+    DRAM idles through the attention stages, they stream in behind them."""
+    _prefetch_l2(w_o_ptr, HIDDEN * NATTN, pid, num_programs, THREADS)
+    _prefetch_l2(w_gu_ptr, 2 * INTER * HIDDEN, pid, num_programs, THREADS)
+    _prefetch_l2(w_down_ptr, HIDDEN * INTER, pid, num_programs, THREADS)
+
+
+
+@triton.jit
 def _w_rows(w_ptr, row0, row_end, kt, K: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr):
     """Rows ``[row0, row0 + ROWS)`` below ``row_end``, columns ``[kt * BK, +BK)`` of a
     row-major weight with ``K`` columns (zeros outside), streamed once. The mask is constant
@@ -546,7 +576,8 @@ def _decode_layer_kernel(
     BAL_QKV: tl.constexpr, BAL_O: tl.constexpr, BAL_GU: tl.constexpr, BAL_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
-    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, MMA: tl.constexpr,
+    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, MMA: tl.constexpr, L2_PREFETCH: tl.constexpr,
+    THREADS: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -565,6 +596,8 @@ def _decode_layer_kernel(
 
     if (ALL and LAST >= 1) or STAGE == 1:
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV)
+    if L2_PREFETCH == 2 and ALL:  # the later stages' weights into L2, at the launch's start
+        _prefetch_later_weights(w_o_ptr, w_gu_ptr, w_down_ptr, pid, num_programs, HIDDEN, INTER, NATTN, THREADS)
     if PDL:
         wait_for_prior()
     _stamp(timeline_ptr, pid, 1, TIMELINE)
@@ -583,6 +616,8 @@ def _decode_layer_kernel(
         if KV_EARLY:
             k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
                                           stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+    if L2_PREFETCH == 1 and ALL:  # after the arrival at barrier 0: the stages that follow attention
+        _prefetch_later_weights(w_o_ptr, w_gu_ptr, w_down_ptr, pid, num_programs, HIDDEN, INTER, NATTN, THREADS)
     if ALL and LAST >= 2:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 0)
@@ -717,6 +752,7 @@ class DecodeLayerConfig:
     kv_early: bool = True
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
     mma: bool = False
+    l2_prefetch: int = 0
 
 
 def _pow2_floor(n: int) -> int:
@@ -858,6 +894,7 @@ def decode_layer(
     pdl = use_pdl(x) and not stage_by_stage
     r = residual if residual is not None else x
     ws = workspace
+    aligned = all(t.data_ptr() % 16 == 0 for t in (weights.o, weights.gate_up, weights.down))  # bulk prefetches
 
     def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
         args = (
@@ -882,6 +919,7 @@ def decode_layer(
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, MMA=cfg.mma,
+            L2_PREFETCH=cfg.l2_prefetch if x.is_cuda and aligned else 0, THREADS=32 * cfg.num_warps,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
