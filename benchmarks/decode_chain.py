@@ -159,8 +159,6 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  "plain": {"arrive_first": False, "kv_early": False}, "default": {},
                  # choose_config's balanced GEMM stages (a share of up to that many weight elements)
                  **{f"balanced{e // 1024}k": {"balanced_elements": e} for e in (16384, 32768)},
-                 # and their products of 16+ rows per program on tensor cores
-                 **{f"balanced{e // 1024}k-mma": {"balanced_elements": e, "mma": True} for e in (16384, 32768)},
                  # o_proj's, gate/up's and down's weights prefetched into L2 after barrier 0's
                  # arrival (1) or at the launch's start (2)
                  **{f"balanced{e // 1024}k-l2pf{w}": {"balanced_elements": e, "l2_prefetch": w}
@@ -278,14 +276,23 @@ def add_layer_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", default="qwen3-0.6b", choices=sorted(SHAPES))  # checkpoints' shapes
     parser.add_argument("--context", type=int, default=256, help="keys each attention reads")
     parser.add_argument("--max-seq-len", type=int, default=4096, help="what the captured graph's attention config sees")
+    parser.add_argument("--shared-weights", action="store_true",
+                        help="every layer reads the first layer's weights (they stay in L2: a diagnostic of how "
+                             "much of a stage's time is DRAM)")
 
 
 def model_layers(args: argparse.Namespace) -> list[Layer]:
-    """Every layer of ``args.shape`` with distinct random weights (seed 0)."""
+    """Every layer of ``args.shape`` with distinct random weights (seed 0), or (``--shared-weights``)
+    all with the first layer's."""
     torch.manual_seed(0)
     shape = layer_shape(args.shape)
-    return [Layer(shape, args.context, args.max_seq_len, qk_norm=args.shape.startswith("qwen"))
-            for _ in range(shape[5])]
+    layers = [Layer(shape, args.context, args.max_seq_len, qk_norm=args.shape.startswith("qwen"))
+              for _ in range(shape[5])]
+    if getattr(args, "shared_weights", False):
+        for layer in layers[1:]:
+            layer.qkv, layer.o, layer.gate_up, layer.down = layers[0].qkv, layers[0].o, layers[0].gate_up, layers[0].down
+            layer.weights = replace(layer.weights, qkv=layer.qkv, o=layer.o, gate_up=layer.gate_up, down=layer.down)
+    return layers
 
 
 def main(argv: list[str] | None = None) -> int:

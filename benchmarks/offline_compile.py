@@ -48,7 +48,7 @@ FLOATS = {"eps", "qk_scale"}
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
                arrive_first: bool | None = None, kv_early: bool | None = None,
                balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
-               mma: bool = False, l2_prefetch: int = 0) -> tuple[dict, dict]:
+               l2_prefetch: int = 0) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -58,7 +58,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
     balanced = dl.default_balanced_elements() if balanced_elements is None else balanced_elements
     conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm,
                             balanced_elements=balanced, num_warps=num_warps)
-    conf = replace(conf, mma=mma, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early))
+    conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early))
                                      if v is not None})
     values = dict(
         HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=conf.splits,
@@ -69,7 +69,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         STAGE=-1, LAST=last_stage, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
         BAL_QKV=conf.balanced[0], BAL_O=conf.balanced[1], BAL_GU=conf.balanced[2], BAL_DOWN=conf.balanced[3],
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
-        MMA=conf.mma, L2_PREFETCH=l2_prefetch, THREADS=32 * num_warps,
+        L2_PREFETCH=l2_prefetch, THREADS=32 * num_warps,
     )
     return values, conf.__dict__
 
@@ -106,15 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--programs-per-sm", type=int, default=4)
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument("--num-warps", type=int, default=4)
-    parser.add_argument("--mma", action="store_true", help="balanced stages of 16+ rows on tensor cores")
     parser.add_argument("--l2-prefetch", type=int, default=0, choices=(0, 1, 2))
     parser.add_argument("--sass", type=Path, help="write the disassembly here")
     args = parser.parse_args(argv)
     values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
                               None if args.arrive_first is None else bool(args.arrive_first),
                               None if args.kv_early is None else bool(args.kv_early), args.balanced_elements,
-                              args.last_stage, args.num_warps, args.mma,
-                              args.l2_prefetch)
+                              args.last_stage, args.num_warps, args.l2_prefetch)
     compiled = compile_kernel(values, conf["num_warps"])
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                                capture_output=True, text=True).stdout
         print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
               f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, mma {conf['mma']}")
+              f"kv early {conf['kv_early']}, balanced {conf['balanced']}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout

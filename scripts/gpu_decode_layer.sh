@@ -52,9 +52,14 @@ if want timeline; then
   timeout "${TIMELINE_TIMEOUT:-200}" python3 benchmarks/decode_layer_timeline.py --shape "${TIMELINE_SHAPE:-qwen3-0.6b}" \
     --variants "${TIMELINE_VARIANTS:-sleep100,arrivefirst}" --out "$OUT/timeline-${TIMELINE_SHAPE:-qwen3-0.6b}" \
     2>&1 | tail -30
+  if [ -n "${TIMELINE_SHARED:-}" ]; then  # the same variants with every layer reading layer 0's weights (L2)
+    timeout "${TIMELINE_TIMEOUT:-200}" python3 benchmarks/decode_layer_timeline.py --shape "${TIMELINE_SHAPE:-qwen3-0.6b}" \
+      --shared-weights --variants "${TIMELINE_VARIANTS:-sleep100,arrivefirst}" \
+      --out "$OUT/timeline-shared-${TIMELINE_SHAPE:-qwen3-0.6b}" 2>&1 | tail -30
+  fi
 fi
 if want sync; then
-  timeout "${SYNC_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape "${SYNC_SHAPE:-qwen3-0.6b}" --pdl 1 \
+  timeout "${SYNC_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape "${SYNC_SHAPE:-qwen3-0.6b}" --pdl 1 ${SYNC_ARGS:-} \
     --chains "${SYNC_CHAINS:-layer-prologues,layer-persistent,persistent-sync}" --out "$OUT/sync-${SYNC_SHAPE:-qwen3-0.6b}" 2>&1 \
     | grep -v "^|" | tail -20
 fi

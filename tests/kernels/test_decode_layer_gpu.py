@@ -117,14 +117,11 @@ def test_several_programs_per_sm():
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 300])
 @pytest.mark.parametrize("per_sm", [1, 2])
-@pytest.mark.parametrize("mma", [False, True])
-def test_balanced_stages(shape, context, per_sm, mma):
+def test_balanced_stages(shape, context, per_sm):
     """choose_config(balanced_elements=...): the stages whose shares fit take one contiguous
-    share per program, requested whole before the barrier (their product on tensor cores with
-    ``mma``, where a share has 16 rows or more)."""
+    share per program, requested whole before the barrier."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    case = replace(real_case(shape, context), programs=per_sm * sms, max_elements=8192 // per_sm, balanced=True,
-                   mma=mma)
+    case = replace(real_case(shape, context), programs=per_sm * sms, max_elements=8192 // per_sm, balanced=True)
     cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4)
     assert any(cfg.balanced), cfg
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)

@@ -21,19 +21,6 @@ def test_decode_layer_matches_reference(case, dtype):
     cases.check_decode_layer("cpu", dtype, case, stage_by_stage=True)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("programs", [1, 3])
-def test_tensor_core_products_match_reference(dtype, programs):
-    """``mma``: every balanced stage here has 16+ rows per program (shares of 8-24 rows in
-    16- or 32-row tiles, masked), so its product is a ``tl.dot`` with x broadcast over 16 columns."""
-    case = cases.LayerCase(hidden=64, intermediate=96, kv_heads=2, group=2, head_dim=32, context=40, block_size=4,
-                           qk_norm=True, residual=True, programs=programs, splits=2, tile=16, max_elements=16384,
-                           max_bk=2048, prefetch=True, seed=5, balanced=True, mma=True)
-    cfg = cases.config_for(case, dtype)
-    assert all(cfg.balanced) and min(cfg.rows) >= 16 and cfg.mma, cfg
-    cases.check_decode_layer("cpu", dtype, case, stage_by_stage=True, config=cfg)
-
-
 def test_gemm_shape_balances_rows_over_programs():
     # Qwen3-0.6B on 132 SMs: qkv 4096 rows over K 1024, o 1024 over 2048, gate/up 3072 (x2), down 1024 over 3072
     assert gemm_shape(4096, 1024, 132, False) == (16, 1024)  # 32 rows for the busiest either way; widest
