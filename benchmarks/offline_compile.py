@@ -74,7 +74,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
     return values, conf.__dict__
 
 
-def compile_kernel(values: dict, num_warps: int):
+def compile_kernel(values: dict, num_warps: int, maxnreg: int = 0):
     fn = dl._decode_layer_kernel
     names = list(inspect.signature(fn.fn).parameters)
     signature, attrs = {}, {}
@@ -90,7 +90,10 @@ def compile_kernel(values: dict, num_warps: int):
             # that are multiples of 16 (the cache / rotary strides of real shapes, 132 SMs x 4)
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn, signature, {(names.index(k),): v for k, v in values.items()}, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1})
+    options = {"num_warps": num_warps, "num_stages": 1}
+    if maxnreg:
+        options["maxnreg"] = maxnreg
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,13 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument("--num-warps", type=int, default=4)
     parser.add_argument("--l2-prefetch", type=int, default=0, choices=(0, 1, 2))
+    parser.add_argument("--maxnreg", type=int, default=0, help="cap the registers per thread (0: ptxas' choice)")
     parser.add_argument("--sass", type=Path, help="write the disassembly here")
     args = parser.parse_args(argv)
     values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
                               None if args.arrive_first is None else bool(args.arrive_first),
                               None if args.kv_early is None else bool(args.kv_early), args.balanced_elements,
                               args.last_stage, args.num_warps, args.l2_prefetch)
-    compiled = compile_kernel(values, conf["num_warps"])
+    compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"

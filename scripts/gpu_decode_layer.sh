@@ -51,7 +51,7 @@ fi
 if want timeline; then
   timeout "${TIMELINE_TIMEOUT:-200}" python3 benchmarks/decode_layer_timeline.py --shape "${TIMELINE_SHAPE:-qwen3-0.6b}" \
     --variants "${TIMELINE_VARIANTS:-sleep100,arrivefirst}" --out "$OUT/timeline-${TIMELINE_SHAPE:-qwen3-0.6b}" \
-    2>&1 | tail -30
+    --programs-per-sm "${TIMELINE_PER_SM:-4,2}" 2>&1 | tail -30
   if [ -n "${TIMELINE_SHARED:-}" ]; then  # the same variants with every layer reading layer 0's weights (L2)
     timeout "${TIMELINE_TIMEOUT:-200}" python3 benchmarks/decode_layer_timeline.py --shape "${TIMELINE_SHAPE:-qwen3-0.6b}" \
       --shared-weights --variants "${TIMELINE_VARIANTS:-sleep100,arrivefirst}" \

@@ -761,6 +761,7 @@ class DecodeLayerConfig:
     kv_early: bool = True
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
     l2_prefetch: int = 0
+    maxnreg: int = 0  # registers per thread the compiler may use (0: its choice; fewer spill, more fit)
 
 
 def _pow2_floor(n: int) -> int:
@@ -930,6 +931,8 @@ def decode_layer(
             L2_PREFETCH=cfg.l2_prefetch if x.is_cuda and aligned else 0, THREADS=32 * cfg.num_warps,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
+        if cfg.maxnreg and x.is_cuda:
+            kwargs["maxnreg"] = cfg.maxnreg
         return args, kwargs
 
     shape = (hidden, inter, hq, hkv, d, x.dtype, x.device, qk_norm, residual is not None, metadata.block_size, pdl)
