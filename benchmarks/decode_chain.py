@@ -158,15 +158,7 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  "arrivelate": {"arrive_first": False}, "kvlate": {"kv_early": False},
                  "plain": {"arrive_first": False, "kv_early": False}, "default": {},
                  # choose_config's balanced GEMM stages (a share of up to that many weight elements)
-                 **{f"balanced{e // 1024}k": {"balanced_elements": e} for e in (16384, 32768)},
-                 # o_proj's, gate/up's and down's weights prefetched into L2 after barrier 0's
-                 # arrival (1) or at the launch's start (2)
-                 **{f"balanced{e // 1024}k-l2pf{w}": {"balanced_elements": e, "l2_prefetch": w}
-                    for e in (16384, 32768) for w in (1, 2)},
-                 # more warps per SM: one program of 16 warps (128 registers), or two of 8 capped at 128
-                 **{f"w16-b{e // 1024}k": {"num_warps": 16, "balanced_elements": e} for e in (32768, 65536)},
-                 **{f"w8-r128-b{e // 1024}k": {"num_warps": 8, "maxnreg": 128, "balanced_elements": e}
-                    for e in (16384, 32768)}}
+                 **{f"balanced{e // 1024}k": {"balanced_elements": e} for e in (16384, 32768)}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),

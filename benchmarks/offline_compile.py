@@ -47,8 +47,7 @@ FLOATS = {"eps", "qk_scale"}
 
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
                arrive_first: bool | None = None, kv_early: bool | None = None,
-               balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
-               l2_prefetch: int = 0) -> tuple[dict, dict]:
+               balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -69,7 +68,6 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         STAGE=-1, LAST=last_stage, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
         BAL_QKV=conf.balanced[0], BAL_O=conf.balanced[1], BAL_GU=conf.balanced[2], BAL_DOWN=conf.balanced[3],
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
-        L2_PREFETCH=l2_prefetch, THREADS=32 * num_warps,
     )
     return values, conf.__dict__
 
@@ -109,14 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--programs-per-sm", type=int, default=4)
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument("--num-warps", type=int, default=4)
-    parser.add_argument("--l2-prefetch", type=int, default=0, choices=(0, 1, 2))
     parser.add_argument("--maxnreg", type=int, default=0, help="cap the registers per thread (0: ptxas' choice)")
     parser.add_argument("--sass", type=Path, help="write the disassembly here")
     args = parser.parse_args(argv)
     values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
                               None if args.arrive_first is None else bool(args.arrive_first),
                               None if args.kv_early is None else bool(args.kv_early), args.balanced_elements,
-                              args.last_stage, args.num_warps, args.l2_prefetch)
+                              args.last_stage, args.num_warps)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:

@@ -127,20 +127,6 @@ def test_balanced_stages(shape, context, per_sm):
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("where", [1, 2])
-@pytest.mark.parametrize("balanced", [16384, 32768])
-def test_l2_prefetch(shape, where, balanced):
-    """config.l2_prefetch: the later stages' weights requested into L2 (bulk prefetches of
-    every warp's piece) change no result."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    case = replace(real_case(shape, 300), programs=2 * sms, max_elements=4096)
-    hq = case.kv_heads * case.group
-    cfg = replace(dl.choose_config(case.hidden, case.intermediate, hq, case.kv_heads, case.head_dim, sms,
-                                   programs_per_sm=2, balanced_elements=balanced), l2_prefetch=where)
-    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
-
-
 def test_refuses_programs_that_cannot_all_be_resident():
     """More programs than fit at once would wait at the first barrier forever: refused."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count

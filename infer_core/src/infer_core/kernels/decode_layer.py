@@ -167,70 +167,25 @@ def _stamp(timeline_ptr, pid, index, TIMELINE: tl.constexpr):
 
 
 @triton.jit
-def _prefetch_l2(ptr, n_elements: tl.constexpr, pid, num_programs, THREADS: tl.constexpr):
-    """Ask L2 for program ``pid``'s piece of the ``n_elements`` elements at ``ptr`` (16-byte
-    aligned): the range cut over every warp of every program, one bulk prefetch per warp
-    (``cp.async.bulk.prefetch.L2``, sm_90: its operands are warp-uniform, so every lane of a
-    warp computes the same piece). Nothing waits for it and no register holds the data: the
-    later loads of those weights hit L2."""
-    ESIZE: tl.constexpr = ptr.dtype.element_ty.primitive_bitwidth // 8
-    WARPS: tl.constexpr = THREADS // 32
-    warp = tl.arange(0, THREADS) // 32
-    per = tl.cdiv(tl.cdiv(n_elements, num_programs * WARPS), 16) * 16  # elements per piece: 16-byte multiples
-    lo = (pid * WARPS + warp).to(tl.int64) * per
-    nbytes = (tl.minimum(tl.maximum(n_elements - lo, 0), per) * ESIZE // 16 * 16).to(tl.int32)
-    addr = (ptr + lo).to(tl.int64, bitcast=True)
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.b32 $0, 0; }",
-        "=r,l,r", [addr, nbytes], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _prefetch_later_weights(w_o_ptr, w_gu_ptr, w_down_ptr, pid, num_programs, HIDDEN: tl.constexpr,
-                            INTER: tl.constexpr, NATTN: tl.constexpr, THREADS: tl.constexpr):
-    """o_proj's, gate/up's and down's weights into L2 (:func:`_prefetch_l2`): requested while
-    DRAM idles through the attention stages, they stream in behind them."""
-    _prefetch_l2(w_o_ptr, HIDDEN * NATTN, pid, num_programs, THREADS)
-    _prefetch_l2(w_gu_ptr, 2 * INTER * HIDDEN, pid, num_programs, THREADS)
-    _prefetch_l2(w_down_ptr, HIDDEN * INTER, pid, num_programs, THREADS)
-
-
-
-@triton.jit
-def _k_offsets(kt, BK: tl.constexpr, WR: tl.constexpr):
-    """Columns ``[kt * BK, +BK)`` of a GEMM stage's input row, ``WR`` copies: ``[WR, 1, BK /
-    KSUB, KSUB]`` (``KSUB = min(BK, 256)``), the layout of :func:`_w_rows`' tiles (one copy per
-    warp, which then multiplies without a layout conversion)."""
-    KSUB: tl.constexpr = BK if BK < 256 else 256
-    ks = kt * BK + tl.arange(0, BK // KSUB)[None, None, :, None] * KSUB + tl.arange(0, KSUB)[None, None, None, :]
-    return ks + 0 * tl.arange(0, WR)[:, None, None, None]
-
-
-@triton.jit
-def _w_rows(w_ptr, row0, row_end, kt, K: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr, WR: tl.constexpr):
+def _w_rows(w_ptr, row0, row_end, kt, K: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr):
     """Rows ``[row0, row0 + ROWS)`` below ``row_end``, columns ``[kt * BK, +BK)`` of a
-    row-major weight with ``K`` columns (zeros outside), streamed once, as ``[WR, ROWS / WR,
-    BK / KSUB, KSUB]``: a warp's lanes cover ``KSUB`` columns of one row and the ``WR`` warps
-    split the rows (Triton orders the outer dimensions, all non-contiguous, by index, and
-    gives the warps the first), so a row's sum is in-thread additions and one warp's shuffles,
-    never a reduction across warps. The mask is constant along K when ``BK`` divides ``K``
-    (vectorized loads)."""
-    KSUB: tl.constexpr = BK if BK < 256 else 256
-    rows = row0 + tl.arange(0, WR)[:, None, None, None] * (ROWS // WR) + tl.arange(0, ROWS // WR)[None, :, None, None]
-    ks = kt * BK + tl.arange(0, BK // KSUB)[None, None, :, None] * KSUB + tl.arange(0, KSUB)[None, None, None, :]
-    if K % BK == 0:  # noqa: SIM108 (a constexpr branch)
-        mask = rows < row_end
+    row-major weight with ``K`` columns (zeros outside), streamed once. The mask is constant
+    along K when ``BK`` divides ``K`` (vectorized loads)."""
+    rows = row0 + tl.arange(0, ROWS)
+    ks = kt * BK + tl.arange(0, BK)
+    if K % BK == 0:
+        mask = (rows < row_end)[:, None]
     else:
-        mask = (rows < row_end) & (ks < K)
-    return tl.load(w_ptr + rows.to(tl.int64) * K + ks, mask=mask, other=0.0, eviction_policy="evict_first")
+        mask = (rows < row_end)[:, None] & (ks < K)[None, :]
+    return tl.load(w_ptr + rows.to(tl.int64)[:, None] * K + ks[None, :], mask=mask, other=0.0,
+                   eviction_policy="evict_first")
 
 
 @triton.jit
-def _w_tile(w_ptr, chunk, kt, N: tl.constexpr, K: tl.constexpr, valid, ROWS: tl.constexpr, BK: tl.constexpr,
-            WR: tl.constexpr):
+def _w_tile(w_ptr, chunk, kt, N: tl.constexpr, K: tl.constexpr, valid, ROWS: tl.constexpr, BK: tl.constexpr):
     """Row chunk ``chunk`` (rows ``[chunk * ROWS, +ROWS)`` of the ``[N, K]`` weight), K tile
     ``kt`` (:func:`_w_rows`; zeros everywhere when not ``valid``)."""
-    return _w_rows(w_ptr, chunk * ROWS, tl.where(valid, N, 0), kt, K, ROWS, BK, WR)
+    return _w_rows(w_ptr, chunk * ROWS, tl.where(valid, N, 0), kt, K, ROWS, BK)
 
 
 @triton.jit
@@ -242,23 +197,22 @@ def _share(pid, num_programs, N: tl.constexpr):
 
 @triton.jit
 def _first_tiles(w_ptr, pid, num_programs, N: tl.constexpr, K: tl.constexpr, GATED: tl.constexpr, ROWS: tl.constexpr,
-                 BK: tl.constexpr, BALANCED: tl.constexpr, WARPS: tl.constexpr):
+                 BK: tl.constexpr, BALANCED: tl.constexpr):
     """The first weight tile(s) of program ``pid``'s share of a GEMM stage (the up rows' too
     when ``GATED``), issued ahead of the barrier before the stage: its first row chunk, or
     (``BALANCED``) its whole share."""
-    WR: tl.constexpr = WARPS if WARPS < ROWS else ROWS
     if BALANCED:
         lo, hi = _share(pid, num_programs, N)
-        w = _w_rows(w_ptr, lo, hi, 0, K, ROWS, BK, WR)
+        w = _w_rows(w_ptr, lo, hi, 0, K, ROWS, BK)
         if GATED:  # noqa: SIM108 (a constexpr branch)
-            wu = _w_rows(w_ptr + N * K, lo, hi, 0, K, ROWS, BK, WR)
+            wu = _w_rows(w_ptr + N * K, lo, hi, 0, K, ROWS, BK)
         else:
             wu = w
     else:
         valid = pid < tl.cdiv(N, ROWS)
-        w = _w_tile(w_ptr, pid, 0, N, K, valid, ROWS, BK, WR)
+        w = _w_tile(w_ptr, pid, 0, N, K, valid, ROWS, BK)
         if GATED:  # noqa: SIM108 (a constexpr branch)
-            wu = _w_tile(w_ptr + N * K, pid, 0, N, K, valid, ROWS, BK, WR)
+            wu = _w_tile(w_ptr + N * K, pid, 0, N, K, valid, ROWS, BK)
         else:
             wu = w
     return w, wu
@@ -268,7 +222,7 @@ def _first_tiles(w_ptr, pid, num_programs, N: tl.constexpr, K: tl.constexpr, GAT
 def _k_mask(ks, K: tl.constexpr, BK: tl.constexpr):
     """``ks < K``, a constant (vectorizable) mask when ``BK`` divides ``K``."""
     if K % BK == 0:
-        return tl.full(ks.shape, 1, tl.int1)
+        return tl.full([BK], 1, tl.int1)
     return ks < K
 
 
@@ -303,11 +257,10 @@ def _stream_rstd(x_ptr, r_ptr, o_ptr, h_out_ptr, K: tl.constexpr, eps, store, MO
 
 @triton.jit
 def _gemm_input(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                BK: tl.constexpr, WR: tl.constexpr):
-    """K tile ``kt`` of a GEMM stage's input row (``[WR, 1, BK / KSUB, KSUB]``, :func:`_k_offsets`):
-    a vector written in this launch (``MODE`` 0) or the RMSNorm of the residual stream
-    (``MODE`` 1 / 2, with its ``rstd``)."""
-    ks = _k_offsets(kt, BK, WR)
+                BK: tl.constexpr):
+    """K tile ``kt`` of a GEMM stage's input row: a vector written in this launch (``MODE`` 0)
+    or the RMSNorm of the residual stream (``MODE`` 1 / 2, with its ``rstd``)."""
+    ks = kt * BK + tl.arange(0, BK)
     mask = _k_mask(ks, K, BK)
     if MODE == 0:
         return tl.load(x_ptr + ks, mask=mask, other=0.0, cache_modifier=".cg")
@@ -316,21 +269,14 @@ def _gemm_input(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl
 
 
 @triton.jit
-def _row_sums(w, x, ROWS: tl.constexpr):
-    """``[ROWS]`` sums of a :func:`_w_rows` tile times its input (:func:`_k_offsets`): in-thread
-    over the K blocks, then along a row within its warp."""
-    return tl.reshape(tl.sum(tl.sum(w.to(tl.float32) * x, axis=2), axis=2), [ROWS])
-
-
-@triton.jit
 def _accumulate(acc, acc_up, w, wu, x, j, row0, row_end, out_ptr, GATED: tl.constexpr,
                 ROWS: tl.constexpr, KT: tl.constexpr):
     """Add one tile's products to the sums of rows ``[row0, +ROWS)``; after the last K tile,
     store those below ``row_end`` (the gated activation of the two sums when ``GATED``) and
     start over."""
-    acc += _row_sums(w, x, ROWS)
+    acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
     if GATED:
-        acc_up += _row_sums(wu, x, ROWS)
+        acc_up += tl.sum(wu.to(tl.float32) * x[None, :], axis=1)
     if j % KT == KT - 1:
         rows = row0 + tl.arange(0, ROWS)
         dtype = out_ptr.dtype.element_ty
@@ -349,7 +295,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                 MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
                 ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, PIPE: tl.constexpr,
-                BALANCED: tl.constexpr, WARPS: tl.constexpr):
+                BALANCED: tl.constexpr):
     """``out[:N] = input @ w.T`` (or ``silu(input @ gate.T) * (input @ up.T)`` when ``GATED``,
     ``w_ptr`` then ``[2N, K]``) over program ``pid``'s tiles (row chunk ``pid + i P``, K tile
     ``kt``), ``w``/``wu`` its first tile(s), already requested. The later tiles: with
@@ -357,10 +303,9 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
     stages); else each tile's successor is requested into registers before its product (the
     compiler may still schedule it later). ``BALANCED`` (one K tile, ``ROWS`` at least the
     largest share): ``w``/``wu`` hold the program's whole share (:func:`_share`), one product."""
-    WR: tl.constexpr = WARPS if WARPS < ROWS else ROWS
     if BALANCED:
         lo, hi = _share(pid, num_programs, N)
-        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, WR).to(tl.float32)
+        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
         acc = tl.zeros([ROWS], dtype=tl.float32)
         _accumulate(acc, acc, w, wu, x, 0, lo, hi, out_ptr, GATED, ROWS, 1)
     else:
@@ -368,26 +313,26 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
         tiles = ((n_chunks - pid + num_programs - 1) // num_programs) * KT
         acc = tl.zeros([ROWS], dtype=tl.float32)
         acc_up = tl.zeros([ROWS], dtype=tl.float32)
-        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, WR).to(tl.float32)
+        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
         if PIPE > 1:
             acc, acc_up = _accumulate(acc, acc_up, w, wu, x, 0, pid * ROWS, N, out_ptr, GATED, ROWS, KT)  # tile 0
             for j in tl.range(1, tiles, num_stages=PIPE):
                 chunk = pid + (j // KT) * num_programs
-                w = _w_tile(w_ptr, chunk, j % KT, N, K, True, ROWS, BK, WR)
+                w = _w_tile(w_ptr, chunk, j % KT, N, K, True, ROWS, BK)
                 if GATED:
-                    wu = _w_tile(w_ptr + N * K, chunk, j % KT, N, K, True, ROWS, BK, WR)
+                    wu = _w_tile(w_ptr + N * K, chunk, j % KT, N, K, True, ROWS, BK)
                 if KT > 1:
-                    x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, WR).to(tl.float32)
+                    x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
                 acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, chunk * ROWS, N, out_ptr, GATED, ROWS, KT)
         else:
             for j in range(tiles):
                 nxt = j + 1
                 chunk_next = pid + (nxt // KT) * num_programs
-                w_next = _w_tile(w_ptr, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK, WR)
+                w_next = _w_tile(w_ptr, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
                 if GATED:
-                    wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK, WR)
+                    wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
                 if KT > 1:
-                    x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, WR).to(tl.float32)
+                    x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
                 acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, (pid + (j // KT) * num_programs) * ROWS, N, out_ptr,
                                           GATED, ROWS, KT)
                 w = w_next
@@ -590,8 +535,7 @@ def _decode_layer_kernel(
     BAL_QKV: tl.constexpr, BAL_O: tl.constexpr, BAL_GU: tl.constexpr, BAL_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
-    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, L2_PREFETCH: tl.constexpr,
-    THREADS: tl.constexpr,
+    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -604,9 +548,7 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 0, TIMELINE)
 
     if (ALL and LAST >= 1) or STAGE == 1:
-        w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, THREADS // 32)
-    if L2_PREFETCH == 2 and ALL:  # the later stages' weights into L2, at the launch's start
-        _prefetch_later_weights(w_o_ptr, w_gu_ptr, w_down_ptr, pid, num_programs, HIDDEN, INTER, NATTN, THREADS)
+        w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV)
     if PDL:
         wait_for_prior()
     _stamp(timeline_ptr, pid, 1, TIMELINE)
@@ -614,7 +556,7 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, THREADS // 32)
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 2:
         seen = _arrive(counters_ptr, 0)
@@ -625,8 +567,6 @@ def _decode_layer_kernel(
         if KV_EARLY:
             k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
                                           stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-    if L2_PREFETCH == 1 and ALL:  # after the arrival at barrier 0: the stages that follow attention
-        _prefetch_later_weights(w_o_ptr, w_gu_ptr, w_down_ptr, pid, num_programs, HIDDEN, INTER, NATTN, THREADS)
     if ALL and LAST >= 2:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 0)
@@ -657,7 +597,7 @@ def _decode_layer_kernel(
     if ARRIVE_FIRST and ALL and LAST >= 4:
         seen = _arrive(counters_ptr, 2)
     if PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):
-        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, THREADS // 32)
+        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
     _stamp(timeline_ptr, pid, 6, TIMELINE)
     if ALL and LAST >= 4:
         if not ARRIVE_FIRST:
@@ -666,13 +606,13 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 7, TIMELINE)
     if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
-            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, THREADS // 32)
+            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, THREADS // 32)
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O)
     if ARRIVE_FIRST and ALL and LAST >= 5:
         seen = _arrive(counters_ptr, 3)
     if PREFETCH and ((ALL and LAST >= 5) or STAGE == 5):
-        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, THREADS // 32)
+        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
     _stamp(timeline_ptr, pid, 8, TIMELINE)
     if ALL and LAST >= 5:
         if not ARRIVE_FIRST:
@@ -681,15 +621,15 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 9, TIMELINE)
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
-            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, THREADS // 32)
+            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
-                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, THREADS // 32)
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU)
     if ARRIVE_FIRST and ALL and LAST >= 6:
         seen = _arrive(counters_ptr, 4)
     if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
-        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, THREADS // 32)
+        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
     _stamp(timeline_ptr, pid, 10, TIMELINE)
     if ALL and LAST >= 6:
         if not ARRIVE_FIRST:
@@ -698,9 +638,9 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 11, TIMELINE)
     if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
         if not PREFETCH:
-            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, THREADS // 32)
+            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, THREADS // 32)
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
@@ -760,8 +700,6 @@ class DecodeLayerConfig:
     arrive_first: bool = True
     kv_early: bool = True
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
-    l2_prefetch: int = 0
-    maxnreg: int = 0  # registers per thread the compiler may use (0: its choice; fewer spill, more fit)
 
 
 def _pow2_floor(n: int) -> int:
@@ -903,7 +841,6 @@ def decode_layer(
     pdl = use_pdl(x) and not stage_by_stage
     r = residual if residual is not None else x
     ws = workspace
-    aligned = all(t.data_ptr() % 16 == 0 for t in (weights.o, weights.gate_up, weights.down))  # bulk prefetches
 
     def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
         args = (
@@ -928,11 +865,8 @@ def decode_layer(
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early,
-            L2_PREFETCH=cfg.l2_prefetch if x.is_cuda and aligned else 0, THREADS=32 * cfg.num_warps,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
-        if cfg.maxnreg and x.is_cuda:
-            kwargs["maxnreg"] = cfg.maxnreg
         return args, kwargs
 
     shape = (hidden, inter, hq, hkv, d, x.dtype, x.device, qk_norm, residual is not None, metadata.block_size, pdl)
