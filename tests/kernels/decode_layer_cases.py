@@ -120,3 +120,41 @@ def check_decode_layer(device: str, dtype: torch.dtype, case: LayerCase, *, stag
     assert torch.equal(flat[:, others], ref_flat[:, others]), case  # nothing else written
     assert ws.error.item() == 0, "a grid barrier timed out"
     assert not ws.counters.any().item(), ws.counters  # left clean for the next launch
+
+
+def check_decode_layers(device: str, dtype: torch.dtype, case: LayerCase, num_layers: int, *, stage_by_stage: bool,
+                        config: dl.DecodeLayerConfig | None = None, default_config: bool = False) -> None:
+    """``decode_layers`` over ``num_layers`` layers (distinct weights and caches) in one launch:
+    equal to ``decode_layer`` launched layer by layer (bit for bit: the same arithmetic), and
+    to the chained torch references; every layer's cache gets its step's K/V.
+    ``default_config``: the launches pick their own configuration."""
+    inputs = [layer_inputs(replace(case, seed=case.seed + i), device, dtype) for i in range(num_layers)]
+    _, layer, md, _, cos, sin, positions, x, res = inputs[0]
+    weights = [inp[0] for inp in inputs]
+    caches = [inp[3] for inp in inputs]
+    cfg = None if default_config else config or config_for(case, dtype)
+    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                            None if cfg is None else cfg.splits, dtype, device)
+    ref_caches = [c.clone() for c in caches]
+    one_caches = [c.clone() for c in caches]
+    ref_out, ref_res, one_out, one_res = x, res, x, res
+    for w, ref_cache, one_cache in zip(weights, ref_caches, one_caches, strict=True):
+        ref_out, ref_res = dl.decode_layer_ref(ref_out, ref_res, w, layer, ref_cache, md, positions, cos, sin)
+        one_out, one_res = dl.decode_layer(one_out, one_res, w, layer, one_cache, md, positions, cos, sin, ws,
+                                           config=cfg, stage_by_stage=stage_by_stage)
+    out, new_res = dl.decode_layers(x, res, weights, layer, caches, md, positions, cos, sin, ws, config=cfg,
+                                    stage_by_stage=stage_by_stage)
+    tol = LAYER_TOL[dtype] * num_layers
+    if cfg is not None or len(set(ws.chosen.values())) == 1:  # the same configuration: the same arithmetic
+        assert torch.equal(out, one_out) and torch.equal(new_res, one_res), case
+        assert all(torch.equal(c, one) for c, one in zip(caches, one_caches, strict=True)), case
+    else:  # the launches chose differently (programs per SM): only float32 summation orders differ
+        assert relative_error(out, one_out) <= tol and relative_error(new_res, one_res) <= tol, ws.chosen
+    assert relative_error(new_res, ref_res) <= tol, (relative_error(new_res, ref_res), case)
+    assert relative_error(out, ref_out) <= tol, (relative_error(out, ref_out), case)
+    slot = md.slot_mapping[0].item()
+    for c, ref_c in zip(caches, ref_caches, strict=True):
+        flat = c.view(2, -1, layer.num_kv_heads, layer.head_dim)
+        assert relative_error(flat[:, slot], ref_c.view_as(flat)[:, slot]) <= tol, case
+    assert ws.error.item() == 0, "a grid barrier timed out"
+    assert not ws.counters.any().item(), ws.counters
