@@ -168,9 +168,8 @@ PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1
 
 def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4, pipeline: int = 1,
                fewest_steps: bool = True, programs_per_sm: int = 4, last_stage: int = 6, default: bool = False,
-               sync: dict | None = None, timelines: list[torch.Tensor] | None = None, stack: bool = False):
-    """The chain of persistent layer launches (one per layer, ping-pong activations; with
-    ``stack``, one launch for every layer: ``decode_layers``); with
+               sync: dict | None = None, timelines: list[torch.Tensor] | None = None):
+    """The chain of persistent layer launches (one per layer, ping-pong activations); with
     ``default``, each launch picks its own configuration (what a model would run); ``sync``
     overrides config fields (:data:`SYNC_VARIANTS`); with ``timelines`` (one int64 ``[programs, TIMELINE_SLOTS]`` tensor per layer), each launch stamps its stage
     boundaries there."""
@@ -192,10 +191,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
 
     def run() -> None:
         x, res = first.x, first.res
-        if stack:
-            dl.decode_layers(x, res, [layer.weights for layer in layers], first.attn, [layer.cache for layer in layers],
-                             first.md, first.positions, first.cos, first.sin, ws, config=None if default else cfg)
-        for i, layer in enumerate([] if stack else layers):
+        for i, layer in enumerate(layers):
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
                                      timeline=timelines[i] if timelines else None)
@@ -260,7 +256,6 @@ def chains(layers: list[Layer]) -> dict:
         "layer": (run_layers(False), KERNELS_PER_LAYER * n, wbytes),
         "layer-prologues": (run_layers(True), (KERNELS_PER_LAYER - 3) * n, wbytes),
         "layer-persistent": (persistent(layers, default=True), n, wbytes),
-        "layer-persistent-stack": (persistent(layers, default=True, stack=True), 1, wbytes),
         **{f"layer-persistent-e{e}-w{w}-p{p}-f{f}-s{sm}": (persistent(layers, e, w, p, bool(f), sm), n, wbytes)
            for e, w, p, f, sm in PERSISTENT_SWEEP},
         # the launch cut after stage k (1 qkv, 2 attention, 3 merge, 4 o, 5 gate/up, 6 down): each

@@ -38,10 +38,10 @@ from infer_core.loader.hf_config import head_dim_of
 
 POINTERS = {"x_ptr", "res_ptr", "out_ptr", "res_out_ptr", "w_qkv_ptr", "w_o_ptr", "w_gu_ptr", "w_down_ptr",
             "ln1_ptr", "ln2_ptr", "qn_ptr", "kn_ptr", "cos_ptr", "sin_ptr", "cache_ptr", "qkv_ptr", "attn_ptr",
-            "o_ptr", "act_ptr", "ping_ptr"}
+            "o_ptr", "act_ptr"}
 FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}
 INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr"}
-INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr", "offsets_ptr"}
+INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr"}
 FLOATS = {"eps", "qk_scale"}
 
 

@@ -127,15 +127,6 @@ def test_balanced_stages(shape, context, per_sm):
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("context", [0, 300])
-def test_layers_in_one_launch(shape, context):
-    """decode_layers with the launch's own configuration: 4 layers behind grid barriers in one
-    launch equal the layers launched one by one, bit for bit, and the chained references."""
-    cases.check_decode_layers("cuda", torch.bfloat16, real_case(shape, context, residual=context != 0), 4,
-                              stage_by_stage=False, default_config=True)
-
-
 def test_refuses_programs_that_cannot_all_be_resident():
     """More programs than fit at once would wait at the first barrier forever: refused."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count

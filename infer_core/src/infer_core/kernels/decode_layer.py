@@ -83,8 +83,7 @@ from infer_core.kernels.qk_norm_rope import norm_rope
 from infer_core.kernels.rms_norm import add_residual, inv_rms, normed, rms_norm_ref
 from infer_core.kernels.rotary import rotary_embedding_ref
 
-NUM_BARRIERS = tl.constexpr(6)  # between the six stages and between layers; counter NUM_BARRIERS counts leavers
-LAYER_TENSORS = tl.constexpr(9)  # per layer: qkv, o, gate/up, down, the two norms, q/k norms, the KV cache
+NUM_BARRIERS = tl.constexpr(5)  # between the six stages; counter NUM_BARRIERS counts programs leaving
 TIMELINE_SLOTS = tl.constexpr(32)  # clock stamps per program in a timeline (_stamp)
 MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
 
@@ -164,14 +163,6 @@ def _stamp(timeline_ptr, pid, index, TIMELINE: tl.constexpr):
             tl.store(timeline_ptr + pid * TIMELINE_SLOTS + 14 + index // 13, now)
 
 
-@triton.jit
-def _layer_ptr(base, offsets_ptr, layer, which: tl.constexpr):
-    """Tensor ``which`` of ``layer``: ``base`` (the first layer's) plus its element offset from
-    ``offsets_ptr [layers, LAYER_TENSORS]`` (int64, multiples of 16 bytes: aligned loads)."""
-    ALIGN: tl.constexpr = 16 // (base.dtype.element_ty.primitive_bitwidth // 8)
-    return base + tl.multiple_of(tl.load(offsets_ptr + layer * LAYER_TENSORS + which), ALIGN)
-
-
 # ----------------------------------------------------------------------------- GEMM stages
 
 
@@ -206,20 +197,19 @@ def _share(pid, num_programs, N: tl.constexpr):
 
 @triton.jit
 def _first_tiles(w_ptr, pid, num_programs, N: tl.constexpr, K: tl.constexpr, GATED: tl.constexpr, ROWS: tl.constexpr,
-                 BK: tl.constexpr, BALANCED: tl.constexpr, wanted=True):
+                 BK: tl.constexpr, BALANCED: tl.constexpr):
     """The first weight tile(s) of program ``pid``'s share of a GEMM stage (the up rows' too
     when ``GATED``), issued ahead of the barrier before the stage: its first row chunk, or
-    (``BALANCED``) its whole share; zeros, nothing loaded, when not ``wanted``."""
+    (``BALANCED``) its whole share."""
     if BALANCED:
         lo, hi = _share(pid, num_programs, N)
-        hi = tl.where(wanted, hi, lo)
         w = _w_rows(w_ptr, lo, hi, 0, K, ROWS, BK)
         if GATED:  # noqa: SIM108 (a constexpr branch)
             wu = _w_rows(w_ptr + N * K, lo, hi, 0, K, ROWS, BK)
         else:
             wu = w
     else:
-        valid = (pid < tl.cdiv(N, ROWS)) & wanted
+        valid = pid < tl.cdiv(N, ROWS)
         w = _w_tile(w_ptr, pid, 0, N, K, valid, ROWS, BK)
         if GATED:  # noqa: SIM108 (a constexpr branch)
             wu = _w_tile(w_ptr + N * K, pid, 0, N, K, valid, ROWS, BK)
@@ -537,7 +527,6 @@ def _decode_layer_kernel(
     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
     qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
     counters_ptr, error_ptr, timeline_ptr, num_programs,
-    offsets_ptr, first_layer, end_layer, num_layers, ping_ptr,
     HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
     SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
@@ -558,132 +547,101 @@ def _decode_layer_kernel(
     pid = tl.program_id(0)
     _stamp(timeline_ptr, pid, 0, TIMELINE)
 
-    # the first layer's qkv tiles (weights never depend on the step: requested before the PDL wait)
-    wq, wqu = _first_tiles(_layer_ptr(w_qkv_ptr, offsets_ptr, first_layer, 0), pid, num_programs, NQKV, HIDDEN,
-                           False, ROWS_QKV, BK_QKV, BAL_QKV, (ALL and LAST >= 1) or STAGE == 1)
+    if (ALL and LAST >= 1) or STAGE == 1:
+        w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV)
     if PDL:
         wait_for_prior()
-    for layer in range(first_layer, end_layer):
-        # this layer's tensors; its input is the previous layer's output (two ping-pong rows of
-        # [out, residual]), its output the caller's tensors after the last layer
-        # (each of the layer's tensors is looked up where it is first needed: fewer live registers)
-        prev = ping_ptr + ((layer + 1) % 2) * (2 * HIDDEN)
-        here = ping_ptr + (layer % 2) * (2 * HIDDEN)
-        x_l = tl.where(layer == 0, x_ptr, prev)
-        res_l = tl.where(layer == 0, res_ptr, prev + HIDDEN)
-        last = layer == num_layers - 1
-        out_l = tl.where(last, out_ptr, here)
-        res_out_l = tl.where(last, res_out_ptr, here + HIDDEN)
-        gen = (layer - first_layer + 1) * num_programs  # the barriers' counters only grow: this layer's target
-        _stamp(timeline_ptr, pid, 1, TIMELINE)
-        w_qkv = _layer_ptr(w_qkv_ptr, offsets_ptr, layer, 0)
-        ln1 = _layer_ptr(ln1_ptr, offsets_ptr, layer, 4)
-        if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
-            rstd = _stream_rstd(x_l, res_l, o_ptr, res_out_l, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
-            _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
-            _gemm_stage(w_qkv, qkv_ptr, NQKV, HIDDEN, pid, num_programs, wq, wqu, x_l, res_l, o_ptr, ln1,
-                        rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV)
-        _stamp(timeline_ptr, pid, 2, TIMELINE)
-        if ARRIVE_FIRST and ALL and LAST >= 2:
+    _stamp(timeline_ptr, pid, 1, TIMELINE)
+    if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
+        rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
+        _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
+        _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV)
+    _stamp(timeline_ptr, pid, 2, TIMELINE)
+    if ARRIVE_FIRST and ALL and LAST >= 2:
+        seen = _arrive(counters_ptr, 0)
+    if (ALL and LAST >= 2) or STAGE == 2:  # the first key tile (earlier steps' keys: no dependence on qkv)
+        seq_len = tl.load(seq_lens_ptr)
+        pos = tl.load(pos_ptr).to(tl.int64)
+        slot = tl.load(slot_ptr).to(tl.int64)
+        if KV_EARLY:
+            k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
+                                          stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+    if ALL and LAST >= 2:
+        if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 0)
-        cache = _layer_ptr(cache_ptr, offsets_ptr, layer, 8)
-        if (ALL and LAST >= 2) or STAGE == 2:  # the first key tile (earlier steps' keys: no dependence on qkv)
-            seq_len = tl.load(seq_lens_ptr)
-            pos = tl.load(pos_ptr).to(tl.int64)
-            slot = tl.load(slot_ptr).to(tl.int64)
+        _wait(counters_ptr, 0, seen, num_programs, error_ptr, POLL_SLEEP)
+    _stamp(timeline_ptr, pid, 3, TIMELINE)
+    if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
+        for item in range(pid, HKV * SPLITS, num_programs):
             if KV_EARLY:
-                k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache, table_ptr, seq_len, stride_kv,
-                                              stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-        if ALL and LAST >= 2:
-            if not ARRIVE_FIRST:
-                seen = _arrive(counters_ptr, 0)
-            _wait(counters_ptr, 0, seen, gen, error_ptr, POLL_SLEEP)
-        _stamp(timeline_ptr, pid, 3, TIMELINE)
-        qn = _layer_ptr(qn_ptr, offsets_ptr, layer, 6)
-        kn = _layer_ptr(kn_ptr, offsets_ptr, layer, 7)
-        if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
-            for item in range(pid, HKV * SPLITS, num_programs):
-                if KV_EARLY:
-                    if item != pid:  # a later item of this program (fewer programs than items)
-                        k1, k2, v, key_ok = _first_kv(item, True, cache, table_ptr, seq_len, stride_kv,
-                                                      stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-                else:  # (requested here, not before the loop: carried into it, the tile's registers double)
-                    k1, k2, v, key_ok = _first_kv(item, True, cache, table_ptr, seq_len, stride_kv, stride_block,
-                                                  stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-                _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
-                                qn, kn, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
-                                stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
-                                HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION)
-        _stamp(timeline_ptr, pid, 4, TIMELINE)
-        if ALL and LAST >= 3:
-            _grid_barrier(counters_ptr, 1, gen, error_ptr, POLL_SLEEP)
-        _stamp(timeline_ptr, pid, 5, TIMELINE)
-        if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
-            for head in range(pid, HQ, num_programs):
-                _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
-                            HEAD_DIM, SPLITS)
-                _stamp(timeline_ptr, pid, 20, TIMELINE)
-        if ARRIVE_FIRST and ALL and LAST >= 4:
+                if item != pid:  # a later item of this program (fewer programs than items)
+                    k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv,
+                                                  stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+            else:  # (requested here, not before the loop: carried into it, the tile's registers double)
+                k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv, stride_block,
+                                              stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+            _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
+                            qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
+                            stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
+                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION)
+    _stamp(timeline_ptr, pid, 4, TIMELINE)
+    if ALL and LAST >= 3:
+        _grid_barrier(counters_ptr, 1, num_programs, error_ptr, POLL_SLEEP)
+    _stamp(timeline_ptr, pid, 5, TIMELINE)
+    if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
+        for head in range(pid, HQ, num_programs):
+            _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
+                        HEAD_DIM, SPLITS)
+            _stamp(timeline_ptr, pid, 20, TIMELINE)
+    if ARRIVE_FIRST and ALL and LAST >= 4:
+        seen = _arrive(counters_ptr, 2)
+    if PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):
+        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
+    _stamp(timeline_ptr, pid, 6, TIMELINE)
+    if ALL and LAST >= 4:
+        if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 2)
-        w_o = _layer_ptr(w_o_ptr, offsets_ptr, layer, 1)
-        if PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):
-            w, wu = _first_tiles(w_o, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
-        _stamp(timeline_ptr, pid, 6, TIMELINE)
-        if ALL and LAST >= 4:
-            if not ARRIVE_FIRST:
-                seen = _arrive(counters_ptr, 2)
-            _wait(counters_ptr, 2, seen, gen, error_ptr, POLL_SLEEP)
-        _stamp(timeline_ptr, pid, 7, TIMELINE)
-        if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
-            if not PREFETCH:
-                w, wu = _first_tiles(w_o, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
-            _gemm_stage(w_o, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_l, o_ptr, ln2_ptr,
-                        0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O)
-        if ARRIVE_FIRST and ALL and LAST >= 5:
+        _wait(counters_ptr, 2, seen, num_programs, error_ptr, POLL_SLEEP)
+    _stamp(timeline_ptr, pid, 7, TIMELINE)
+    if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
+        if not PREFETCH:
+            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
+        _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O)
+    if ARRIVE_FIRST and ALL and LAST >= 5:
+        seen = _arrive(counters_ptr, 3)
+    if PREFETCH and ((ALL and LAST >= 5) or STAGE == 5):
+        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
+    _stamp(timeline_ptr, pid, 8, TIMELINE)
+    if ALL and LAST >= 5:
+        if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 3)
-        w_gu = _layer_ptr(w_gu_ptr, offsets_ptr, layer, 2)
-        ln2 = _layer_ptr(ln2_ptr, offsets_ptr, layer, 5)
-        if PREFETCH and ((ALL and LAST >= 5) or STAGE == 5):
-            w, wu = _first_tiles(w_gu, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
-        _stamp(timeline_ptr, pid, 8, TIMELINE)
-        if ALL and LAST >= 5:
-            if not ARRIVE_FIRST:
-                seen = _arrive(counters_ptr, 3)
-            _wait(counters_ptr, 3, seen, gen, error_ptr, POLL_SLEEP)
-        _stamp(timeline_ptr, pid, 9, TIMELINE)
-        if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
-            if not PREFETCH:
-                w, wu = _first_tiles(w_gu, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
-            rstd = _stream_rstd(x_l, res_l, o_ptr, res_out_l, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
-            _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
-            _gemm_stage(w_gu, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_l, res_l, o_ptr, ln2,
-                        rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU)
-        if ARRIVE_FIRST and ALL and LAST >= 6:
+        _wait(counters_ptr, 3, seen, num_programs, error_ptr, POLL_SLEEP)
+    _stamp(timeline_ptr, pid, 9, TIMELINE)
+    if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
+        if not PREFETCH:
+            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
+        rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
+        _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
+        _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU)
+    if ARRIVE_FIRST and ALL and LAST >= 6:
+        seen = _arrive(counters_ptr, 4)
+    if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
+        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
+    _stamp(timeline_ptr, pid, 10, TIMELINE)
+    if ALL and LAST >= 6:
+        if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 4)
-        w_down = _layer_ptr(w_down_ptr, offsets_ptr, layer, 3)
-        if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
-            w, wu = _first_tiles(w_down, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
-        _stamp(timeline_ptr, pid, 10, TIMELINE)
-        if ALL and LAST >= 6:
-            if not ARRIVE_FIRST:
-                seen = _arrive(counters_ptr, 4)
-            _wait(counters_ptr, 4, seen, gen, error_ptr, POLL_SLEEP)
-        _stamp(timeline_ptr, pid, 11, TIMELINE)
-        if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
-            if not PREFETCH:
-                w, wu = _first_tiles(w_down, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
-            _gemm_stage(w_down, out_l, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_l, o_ptr, ln2,
-                        0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN)
-        _stamp(timeline_ptr, pid, 12, TIMELINE)
-        # between layers: arrive, request the next layer's qkv tiles, wait for every program's down rows
-        more = layer + 1 < end_layer
-        seen = 0
-        if ALL and more:
-            seen = _arrive(counters_ptr, 5)
-        wq, wqu = _first_tiles(_layer_ptr(w_qkv_ptr, offsets_ptr, layer + 1, 0), pid, num_programs, NQKV, HIDDEN,
-                               False, ROWS_QKV, BK_QKV, BAL_QKV, more & ((ALL and LAST >= 1) or STAGE == 1))
-        if ALL and more:
-            _wait(counters_ptr, 5, seen, gen, error_ptr, POLL_SLEEP)
+        _wait(counters_ptr, 4, seen, num_programs, error_ptr, POLL_SLEEP)
+    _stamp(timeline_ptr, pid, 11, TIMELINE)
+    if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
+        if not PREFETCH:
+            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
+        _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN)
+    _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
     _stamp(timeline_ptr, pid, 13, TIMELINE)
@@ -809,14 +767,6 @@ def default_balanced_elements() -> int:
     return 16384 if value is None or value == "" else int(value)
 
 
-def layers_per_launch() -> int:
-    """How many decoder layers one persistent launch runs (0: the whole stack, the default), or
-    ``INFER_DECODE_LAYERS_PER_LAUNCH`` from the environment (1: a launch per layer; A/B
-    measurements)."""
-    value = os.environ.get("INFER_DECODE_LAYERS_PER_LAUNCH")
-    return 0 if value is None or value == "" else int(value)
-
-
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
     """Key splits per KV head: (KV heads x splits) about fills the SMs, at most 16."""
     return max(min(_pow2_floor(num_sms // num_kv_heads), 16), 1)
@@ -858,11 +808,6 @@ class DecodeWorkspace:
         self.o = empty(hidden)
         self.act = empty(intermediate)
         self.counters = torch.zeros(8, dtype=torch.int32, device=device)
-        # a multi-layer launch's layer-to-layer activations: two rows of [out, residual]
-        self.ping = empty(2, 2, hidden)
-        self.zeros = torch.zeros(1, hidden, dtype=dtype, device=device)  # the first layer's residual
-        # the layers' tensors as element offsets from the first's ([layers + 1, LAYER_TENSORS]), by data pointers
-        self.offsets: dict = {}
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
@@ -882,87 +827,32 @@ def decode_layer(
     [positions, D/2]``. ``stage_by_stage`` launches each stage on its own (the interpreter).
     ``timeline`` (benchmarks, CUDA): an int64 ``[programs, TIMELINE_SLOTS]`` tensor that
     receives each program's clock at the stage boundaries (:func:`_stamp`)."""
-    return decode_layers(x, residual, [weights], layer, [kv_cache], metadata, positions, cos, sin, workspace,
-                         config=config, stage_by_stage=stage_by_stage, timeline=timeline)
-
-
-def layer_tensors(weights: list[DecodeLayerWeights], kv_caches: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """Each layer's tensors in the launch's order (``LAYER_TENSORS`` of them; the input norm
-    stands in for absent QK-norm weights)."""
-    return [[w.qkv, w.o, w.gate_up, w.down, w.input_norm, w.post_norm,
-             w.q_norm if w.q_norm is not None else w.input_norm, w.k_norm if w.k_norm is not None else w.input_norm,
-             cache] for w, cache in zip(weights, kv_caches, strict=True)]
-
-
-def layer_offsets(workspace: DecodeWorkspace, tensors: list[list[torch.Tensor]]) -> torch.Tensor:
-    """``[layers + 1, LAYER_TENSORS]`` int64 element offsets of each layer's tensors from the
-    first layer's (a last row of zeros: the launch reads one row past the last layer), built
-    once per set of tensors (a captured graph replays the same table: build it before capture).
-    Raises ``ValueError`` unless every offset is a multiple of 16 bytes."""
-    key = tuple(t.data_ptr() for row in tensors for t in row)
-    if key not in workspace.offsets:
-        rows = []
-        for row in tensors:
-            offsets = []
-            for t, first in zip(row, tensors[0], strict=True):
-                delta = t.data_ptr() - first.data_ptr()
-                if delta % 16 or t.dtype != first.dtype:
-                    raise ValueError("the persistent decode launch needs every layer's tensors 16-byte aligned and "
-                                     "of one dtype per kind")
-                offsets.append(delta // t.element_size())
-            rows.append(offsets)
-        rows.append([0] * LAYER_TENSORS.value)
-        workspace.offsets[key] = torch.tensor(rows, dtype=torch.int64, device=tensors[0][0].device)
-    return workspace.offsets[key]
-
-
-def decode_layers(
-    x: torch.Tensor, residual: torch.Tensor | None, weights: list[DecodeLayerWeights], layer: AttentionLayer,
-    kv_caches: list[torch.Tensor], metadata: AttentionMetadata, positions: torch.Tensor,
-    cos: torch.Tensor, sin: torch.Tensor, workspace: DecodeWorkspace, *,
-    config: DecodeLayerConfig | None = None, stage_by_stage: bool = False, timeline: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`decode_layer` over a stack of layers of one shape (``weights[i]`` with
-    ``kv_caches[i]``) in one launch: the layers follow each other behind one more grid barrier
-    (the next layer's first qkv tiles requested between its arrival and its wait), the
-    activations pass through the workspace. ``x``, ``residual`` enter the first layer; returns
-    the last layer's ``(mlp_out, new_residual)``. ``stage_by_stage`` launches each stage of
-    each layer on its own (the interpreter)."""
-    first = weights[0]
     hidden = x.shape[-1]
-    inter = first.down.shape[1]
+    inter = weights.down.shape[1]
     hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
-    assert len(weights) == len(kv_caches) >= 1, (len(weights), len(kv_caches))
-    for w, cache in zip(weights, kv_caches, strict=True):
-        assert x.shape == (1, hidden) and w.qkv.shape == ((hq + 2 * hkv) * d, hidden), (x.shape, w.qkv.shape)
-        assert w.o.shape == (hidden, hq * d) and w.gate_up.shape == (2 * inter, hidden) and w.down.shape == (hidden, inter)
-        assert (w.q_norm is None) == (first.q_norm is None) and w.eps == first.eps
-        reason = supports(layer, cache, x.dtype)
-        assert reason is None, reason
-        assert cache.is_contiguous() and cache.shape == kv_caches[0].shape and cache.shape[3:] == (hkv, d), cache.shape
-    kv_cache = kv_caches[0]
-    num_layers = len(weights)
+    assert x.shape == (1, hidden) and weights.qkv.shape == ((hq + 2 * hkv) * d, hidden), (x.shape, weights.qkv.shape)
+    assert weights.o.shape == (hidden, hq * d) and weights.gate_up.shape == (2 * inter, hidden)
+    reason = supports(layer, kv_cache, x.dtype)
+    assert reason is None, reason
+    assert kv_cache.is_contiguous() and kv_cache.shape[3:] == (hkv, d), kv_cache.shape
     out = torch.empty_like(x)
     res_out = torch.empty_like(x)
-    qk_norm = first.q_norm is not None
+    qk_norm = weights.q_norm is not None
     pdl = use_pdl(x) and not stage_by_stage
-    ws = workspace
-    if residual is None and num_layers > 1:  # layers after the first always add one: the first adds zeros
-        residual = ws.zeros
     r = residual if residual is not None else x
-    tensors = layer_tensors(weights, kv_caches)
-    offsets = layer_offsets(ws, tensors)
+    ws = workspace
 
-    def launch_args(cfg: DecodeLayerConfig, stage: int, first_layer: int = 0, end_layer: int = num_layers
-                    ) -> tuple[tuple, dict]:
+    def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
         args = (
-            x, r, out, res_out, *tensors[0][:6], tensors[0][6], tensors[0][7], first.eps,
+            x, r, out, res_out,
+            weights.qkv, weights.o, weights.gate_up, weights.down, weights.input_norm, weights.post_norm,
+            weights.q_norm if qk_norm else weights.input_norm, weights.k_norm if qk_norm else weights.input_norm,
+            weights.eps,
             cos, sin, positions, kv_cache, metadata.block_tables, metadata.seq_lens, metadata.slot_mapping,
             kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), cos.stride(0), sin.stride(0),
             layer.scale * LOG2E,
             ws.qkv, ws.part_acc, ws.part_max, ws.part_sum, ws.attn, ws.o, ws.act, ws.counters, ws.error,
             timeline if timeline is not None else ws.counters, cfg.num_programs,
-            offsets, first_layer, end_layer, num_layers, ws.ping,
         )
         kwargs = dict(
             HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=cfg.splits,
@@ -979,8 +869,7 @@ def decode_layers(
         )
         return args, kwargs
 
-    shape = (hidden, inter, hq, hkv, d, x.dtype, x.device, qk_norm, residual is not None, metadata.block_size, pdl,
-             num_layers > 1)
+    shape = (hidden, inter, hq, hkv, d, x.dtype, x.device, qk_norm, residual is not None, metadata.block_size, pdl)
     if config is not None:
         cfg = config
     elif not x.is_cuda or stage_by_stage:
@@ -996,20 +885,15 @@ def decode_layers(
         cfg = ws.chosen[shape]
     assert cfg.splits == workspace.splits, (cfg.splits, workspace.splits)
     slots = TIMELINE_SLOTS.value
-    if timeline is not None and (not x.is_cuda or timeline.dtype != torch.int64 or num_layers > 1
+    if timeline is not None and (not x.is_cuda or timeline.dtype != torch.int64
                                  or timeline.shape != (cfg.num_programs, slots)):
         raise ValueError(f"timeline must be an int64 CUDA tensor of shape [{cfg.num_programs}, {slots}] "
-                         "(the launch's programs x the stamps), for a one-layer launch")
-    if stage_by_stage:
-        for i in range(num_layers):
-            for stage in range(1, 7):
-                _decode_layer_kernel[(cfg.num_programs,)](*launch_args(cfg, stage, i, i + 1)[0],
-                                                          **launch_args(cfg, stage, i, i + 1)[1])
-        return out, res_out
-    args, kwargs = launch_args(cfg, -1)
-    if x.is_cuda:
-        _check_resident(ws, cfg, x.device, args, kwargs)
-    _decode_layer_kernel[(cfg.num_programs,)](*args, **kwargs)
+                         "(the launch's programs x the stamps)")
+    for stage in (range(1, 7) if stage_by_stage else (-1,)):
+        args, kwargs = launch_args(cfg, stage)
+        if stage < 0 and x.is_cuda:
+            _check_resident(ws, cfg, x.device, args, kwargs)
+        _decode_layer_kernel[(cfg.num_programs,)](*args, **kwargs)
     return out, res_out
 
 

@@ -1,6 +1,5 @@
-"""Batch-1 decode steps of a Llama / Qwen 3 decoder stack as one persistent launch
-(:mod:`infer_core.kernels.decode_layer`: every layer behind grid barriers; one launch per
-layer with ``INFER_DECODE_LAYERS_PER_LAUNCH=1``), opt-in with ``model.persistent_decode``.
+"""Batch-1 decode steps of a Llama / Qwen 3 decoder stack as one persistent launch per layer
+(:mod:`infer_core.kernels.decode_layer`), opt-in with ``model.persistent_decode``.
 
 A model holds one :class:`PersistentDecode` (a plain attribute, not a submodule) and, in
 ``forward``, hands it the step when :meth:`PersistentDecode.applies` (the switch on, one
@@ -28,10 +27,7 @@ from infer_core.attention.metadata import AttentionMetadata
 from infer_core.kernels.decode_layer import (
     DecodeLayerWeights,
     DecodeWorkspace,
-    decode_layers,
-    layer_offsets,
-    layer_tensors,
-    layers_per_launch,
+    decode_layer,
     supports,
 )
 from infer_core.layers.attention import Attention
@@ -80,7 +76,6 @@ class PersistentDecode:
         self.rotary = rotary
         self.tp_size = tp_size
         self._plan: list[tuple[DecodeLayerWeights, Attention]] | None = None
-        self._per_launch = 1
         self._workspace: DecodeWorkspace | None = None
 
     @property
@@ -110,23 +105,12 @@ class PersistentDecode:
             self.enabled = False
             return False
         self._plan = [(weights, attn) for weights, _, attn in layers]
+        log.info("model.persistent_decode: batch-1 decode steps run %d decoder layers as one launch each",
+                 len(self._plan))
         w, layer0 = self._plan[0][0], self._plan[0][1].layer
         self._workspace = DecodeWorkspace(w.o.shape[0], w.down.shape[1], layer0.num_heads, layer0.num_kv_heads,
                                           layer0.head_dim, None, h.dtype, h.device)
-        self._per_launch = layers_per_launch() or len(self._plan)
-        try:  # the launches' tables of the layers' tensors, built now (never inside a graph capture)
-            for part in self._parts():
-                layer_offsets(self._workspace, layer_tensors([w for w, _ in part], [a.kv_cache for _, a in part]))
-        except ValueError as e:
-            log.warning("model.persistent_decode: one launch per layer (%s)", e)
-            self._per_launch = 1
-        log.info("model.persistent_decode: batch-1 decode steps run %d decoder layers, %d per persistent launch",
-                 len(self._plan), self._per_launch)
         return True
-
-    def _parts(self) -> list[list[tuple[DecodeLayerWeights, Attention]]]:
-        """The plan cut into the launches' layers."""
-        return [self._plan[i:i + self._per_launch] for i in range(0, len(self._plan), self._per_launch)]
 
     def _why_not(self, weights: DecodeLayerWeights, attn: Attention, first: tuple, dtype: torch.dtype) -> str | None:
         """Why the kernel cannot take this layer (its cache and rotary included), or ``None``."""
@@ -150,10 +134,9 @@ class PersistentDecode:
         """The decoder stack over one token: ``(mlp_out, residual)`` of the last layer."""
         residual = None
         staged = not h.is_cuda  # the interpreter: a spin barrier cannot open there
-        for part in self._parts():
-            h, residual = decode_layers(h, residual, [weights for weights, _ in part], part[0][1].layer,
-                                        [attn.kv_cache for _, attn in part], md, positions, self.rotary.cos,
-                                        self.rotary.sin, self._workspace, stage_by_stage=staged)
+        for weights, attn in self._plan:
+            h, residual = decode_layer(h, residual, weights, attn.layer, attn.kv_cache, md, positions,
+                                       self.rotary.cos, self.rotary.sin, self._workspace, stage_by_stage=staged)
         return h, residual
 
 
