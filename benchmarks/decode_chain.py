@@ -157,6 +157,8 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  "arrivefirst": {"arrive_first": True}, "nosleep-arrivefirst": {"poll_sleep": 0, "arrive_first": True},
                  "arrivelate": {"arrive_first": False}, "kvlate": {"kv_early": False},
                  "plain": {"arrive_first": False, "kv_early": False}, "default": {},
+                 # the first key tile at the launch's start (kv_early = 2), with balanced stages
+                 "kvstart": {"kv_early": 2, "balanced_elements": 16384},
                  # choose_config's balanced GEMM stages (a share of up to that many weight elements)
                  **{f"balanced{e // 1024}k": {"balanced_elements": e} for e in (16384, 32768)}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)

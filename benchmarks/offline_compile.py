@@ -46,7 +46,7 @@ FLOATS = {"eps", "qk_scale"}
 
 
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
-               arrive_first: bool | None = None, kv_early: bool | None = None,
+               arrive_first: bool | None = None, kv_early: int | None = None,
                balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-sleep", type=int, default=dl.DecodeLayerConfig.poll_sleep)
     parser.add_argument("--timeline", action="store_true")
     parser.add_argument("--arrive-first", type=int, choices=(0, 1), help="default: the config's")
-    parser.add_argument("--kv-early", type=int, choices=(0, 1), help="default: the config's")
+    parser.add_argument("--kv-early", type=int, choices=(0, 1, 2), help="default: the config's")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
     parser.add_argument("--last-stage", type=int, default=6, choices=range(1, 7),
                         help="compile the launch cut after this stage: which stage sets the register peak")
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
                               None if args.arrive_first is None else bool(args.arrive_first),
-                              None if args.kv_early is None else bool(args.kv_early), args.balanced_elements,
+                              args.kv_early, args.balanced_elements,
                               args.last_stage, args.num_warps)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"

@@ -139,12 +139,12 @@ def test_refuses_programs_that_cannot_all_be_resident():
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 63, 300, 4000])
 @pytest.mark.parametrize("poll_sleep", [0, 100])
-@pytest.mark.parametrize(("arrive_first", "kv_early"), [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize(("arrive_first", "kv_early"), [(False, 0), (True, 0), (False, 1), (True, 1), (True, 2)])
 def test_barrier_variants(shape, context, poll_sleep, arrive_first, kv_early):
     """``poll_sleep``: a nanosleep before each barrier poll (the default) or none;
     ``arrive_first``: the arrival before the next stage's first tiles are requested;
-    ``kv_early``: the first key tile requested before barrier 0's wait. Against the reference,
-    counters left at zero."""
+    ``kv_early``: the first key tile requested before barrier 0's wait (1) or at the launch's
+    start (2). Against the reference, counters left at zero."""
     case = replace(real_case(shape, context), max_elements=8192)
     cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, poll_sleep=poll_sleep,
                   arrive_first=arrive_first, kv_early=kv_early)

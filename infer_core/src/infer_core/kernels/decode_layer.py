@@ -65,7 +65,7 @@ head dims whose half is a power of two.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -547,8 +547,18 @@ def _decode_layer_kernel(
     pid = tl.program_id(0)
     _stamp(timeline_ptr, pid, 0, TIMELINE)
 
+    # kv_early = 2: the step's metadata and the first key tile (earlier steps' keys) at the launch's
+    # start, with the qkv tiles: all were written before the previous launch began (see pdl)
+    KV_START: tl.constexpr = KV_EARLY == 2 and ALL and LAST >= 2
     if (ALL and LAST >= 1) or STAGE == 1:
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV)
+    if KV_START:
+        tl.debug_barrier()  # keeps the qkv tiles' requests first (ptxas would put the key tile's chain ahead)
+        seq_len = tl.load(seq_lens_ptr)
+        pos = tl.load(pos_ptr).to(tl.int64)
+        slot = tl.load(slot_ptr).to(tl.int64)
+        k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
+                                      stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
     if PDL:
         wait_for_prior()
     _stamp(timeline_ptr, pid, 1, TIMELINE)
@@ -560,7 +570,7 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 2:
         seen = _arrive(counters_ptr, 0)
-    if (ALL and LAST >= 2) or STAGE == 2:  # the first key tile (earlier steps' keys: no dependence on qkv)
+    if ((ALL and LAST >= 2) or STAGE == 2) and not KV_START:  # the first key tile (no dependence on qkv)
         seq_len = tl.load(seq_lens_ptr)
         pos = tl.load(pos_ptr).to(tl.int64)
         slot = tl.load(slot_ptr).to(tl.int64)
@@ -681,8 +691,10 @@ class DecodeLayerConfig:
     ahead of the atomic), so the tiles' DRAM round trip overlaps the wait instead of delaying
     the arrival (measured 0.7 µs per layer faster at 4 programs per SM, 1.3 at 2: on by
     default). ``kv_early``: each attention program's first key tile (earlier steps' keys) is
-    requested before barrier 0's wait (after the arrival with ``arrive_first``), not at the
-    start of the attention stage. ``balanced`` (per GEMM stage, see :func:`choose_config`): each
+    requested before barrier 0's wait (after the arrival with ``arrive_first``; 1), or at the
+    launch's start with the qkv tiles, before the PDL wait (2: the step's metadata and those
+    keys were written before the previous launch began), not at the start of the attention
+    stage (0). ``balanced`` (per GEMM stage, see :func:`choose_config`): each
     program's rows are one contiguous share of the stage (:func:`_share`, shares differ by at
     most a row), all of it requested before the barrier, one product; ``rows`` is then the
     tile's height (at least the largest share) and ``bk`` covers K."""
@@ -698,7 +710,7 @@ class DecodeLayerConfig:
     last_stage: int = 6  # benchmarks only: a launch that stops after this stage (timing each stage)
     poll_sleep: int = 100
     arrive_first: bool = True
-    kv_early: bool = True
+    kv_early: int = 1
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
 
 
@@ -765,6 +777,13 @@ def default_balanced_elements() -> int:
     measurements)."""
     value = os.environ.get("INFER_DECODE_BALANCED_ELEMENTS")
     return 16384 if value is None or value == "" else int(value)
+
+
+def default_kv_early() -> int:
+    """``kv_early`` of the configuration a launch picks for itself: 1, or ``INFER_DECODE_KV_EARLY``
+    from the environment (A/B measurements)."""
+    value = os.environ.get("INFER_DECODE_KV_EARLY")
+    return 1 if value is None or value == "" else int(value)
 
 
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
@@ -876,8 +895,8 @@ def decode_layer(
         cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
         for per_sm in (4, 2, 1):
-            cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
-                                balanced_elements=default_balanced_elements())
+            cfg = replace(choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
+                                        balanced_elements=default_balanced_elements()), kv_early=default_kv_early())
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg
