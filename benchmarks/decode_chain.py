@@ -155,8 +155,8 @@ class Layer:
 # the first key tile requested before barrier 0's wait (default on)
 SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": ns} for ns in (32, 100, 200, 400)},
                  "arrivefirst": {"arrive_first": True}, "nosleep-arrivefirst": {"poll_sleep": 0, "arrive_first": True},
-                 "arrivelate": {"arrive_first": False}, "kvlate": {"kv_early": False},
-                 "plain": {"arrive_first": False, "kv_early": False}, "default": {},
+                 "arrivelate": {"arrive_first": False}, "kvlate": {"kv_early": 0}, "kvbarrier": {"kv_early": 1},
+                 "plain": {"arrive_first": False, "kv_early": 0}, "default": {},
                  # the first key tile at the launch's start (kv_early = 2), with balanced stages
                  "kvstart": {"kv_early": 2, "balanced_elements": 16384},
                  # choose_config's balanced GEMM stages (a share of up to that many weight elements)
