@@ -14,8 +14,8 @@ dependent stages instead of a launch:
 2. per (KV head, key split): QK-norm and RoPE of the head's query group (every split) and,
    in the split that holds the step's own position, of its key, which it stores with the
    value into the paged cache for later steps; then attention over the split's keys (online
-   softmax, partials): the tiles hold earlier steps' keys (the first one requested before
-   barrier 0's wait, ``kv_early``), the step's own key comes from registers, last;
+   softmax, partials): the tiles hold earlier steps' keys (the first one requested at the
+   launch's start, ``kv_early``), the step's own key comes from registers, last;
 3. per query head: the split-KV merge;
 4. ``o = attn @ w_o.T``;
 5. ``h = o + (x + residual)`` (the new residual, stored once), ``act(rms_norm(h) @ gate.T) *
