@@ -152,7 +152,8 @@ class Layer:
 
 # barrier variants of the persistent launch (DecodeLayerConfig fields over the defaults): nanoseconds
 # slept before each poll; arriving before the next stage's first tiles are requested (default on);
-# the first key tile requested before barrier 0's wait (default on)
+# the first key tile requested at the launch's start (kv_early 2, the default), before barrier 0's
+# wait (1) or in the attention stage (0)
 SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": ns} for ns in (32, 100, 200, 400)},
                  "arrivefirst": {"arrive_first": True}, "nosleep-arrivefirst": {"poll_sleep": 0, "arrive_first": True},
                  "arrivelate": {"arrive_first": False}, "kvlate": {"kv_early": 0}, "kvbarrier": {"kv_early": 1},

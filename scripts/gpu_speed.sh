@@ -18,7 +18,8 @@
 #            model.small_m_gated_epilogue true (the activation in gate/up's epilogue),
 #            "persistent" = model.persistent_decode true (one launch per layer at batch 1),
 #            "balanced[N]" / "unbalanced" = INFER_DECODE_BALANCED_ELEMENTS=N (default 16384) / 0,
-#            "kvstart" = INFER_DECODE_KV_EARLY=2 (the first key tile at the launch's start),
+#            "kvbarrier" / "kvstart" = INFER_DECODE_KV_EARLY=1 / 2 (the first key tile requested at
+#            barrier 0, or at the launch's start: the default),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -99,6 +100,7 @@ if want ab; then
         balanced*) bal=${part#balanced}; bal=${bal:-16384} ;;
         unbalanced) bal=0 ;;
         kvstart) kve=2 ;;
+        kvbarrier) kve=1 ;;
         no-pdl) pdl=0 ;;
       esac
     done
