@@ -72,6 +72,13 @@ def test_default_balanced_elements_reads_the_environment(monkeypatch):
     assert dl.default_balanced_elements() == 0
 
 
+def test_default_kv_early_reads_the_environment(monkeypatch):
+    monkeypatch.delenv("INFER_DECODE_KV_EARLY", raising=False)
+    assert dl.default_kv_early() == 2 == dl.DecodeLayerConfig(1, 1, 16, (1,) * 4, (16,) * 4).kv_early
+    monkeypatch.setenv("INFER_DECODE_KV_EARLY", "1")
+    assert dl.default_kv_early() == 1
+
+
 def test_timeline_must_hold_one_row_per_program():
     """``timeline`` (benchmarks) is CUDA-only and sized by the launch: a clear error, no launch."""
     case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)
