@@ -401,6 +401,12 @@ def _first_kv(item, valid, cache_ptr, table_ptr, seq_len, stride_kv, stride_bloc
 
 
 @triton.jit
+def _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr):
+    """The step's sequence length, position and cache slot."""
+    return tl.load(seq_lens_ptr), tl.load(pos_ptr).to(tl.int64), tl.load(slot_ptr).to(tl.int64)
+
+
+@triton.jit
 def _tile_scores(q1, q2, k1, k2, key_ok, qk_scale, PRECISION: tl.constexpr):
     """Scores ``[M, TILE]`` (log2 units) of the query halves against a key tile's transposed
     halves, ``-inf`` where ``key_ok`` is false."""
@@ -554,9 +560,7 @@ def _decode_layer_kernel(
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV)
     if KV_START:
         tl.debug_barrier()  # keeps the qkv tiles' requests first (ptxas would put the key tile's chain ahead)
-        seq_len = tl.load(seq_lens_ptr)
-        pos = tl.load(pos_ptr).to(tl.int64)
-        slot = tl.load(slot_ptr).to(tl.int64)
+        seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
         k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
                                       stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
     if PDL:
@@ -571,9 +575,7 @@ def _decode_layer_kernel(
     if ARRIVE_FIRST and ALL and LAST >= 2:
         seen = _arrive(counters_ptr, 0)
     if ((ALL and LAST >= 2) or STAGE == 2) and not KV_START:  # the first key tile (no dependence on qkv)
-        seq_len = tl.load(seq_lens_ptr)
-        pos = tl.load(pos_ptr).to(tl.int64)
-        slot = tl.load(slot_ptr).to(tl.int64)
+        seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
         if KV_EARLY:
             k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
                                           stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
@@ -770,21 +772,25 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
                              num_warps=num_warps, pipeline=pipeline, balanced=tuple(balanced))
 
 
+def _env_int(name: str, default: int) -> int:
+    """The integer in environment variable ``name``, or ``default`` when unset or empty."""
+    value = os.environ.get(name)
+    return default if value is None or value == "" else int(value)
+
+
 def default_balanced_elements() -> int:
     """``balanced_elements`` of the configuration a launch picks for itself: 16,384 (W1 on an
     H200, Qwen3-0.6B at 2 programs per SM: 0.76 ms per token against 0.79 without, 3 runs
     each), or ``INFER_DECODE_BALANCED_ELEMENTS`` from the environment (0 turns it off; A/B
     measurements)."""
-    value = os.environ.get("INFER_DECODE_BALANCED_ELEMENTS")
-    return 16384 if value is None or value == "" else int(value)
+    return _env_int("INFER_DECODE_BALANCED_ELEMENTS", 16384)
 
 
 def default_kv_early() -> int:
-    """``kv_early`` of the configuration a launch picks for itself: 2 (Qwen3-0.6B chain on an
-    H200: 22.1 µs per layer against 22.7 with 1; W1 0.74 ms per token against 0.75), or
-    ``INFER_DECODE_KV_EARLY`` from the environment (A/B measurements)."""
-    value = os.environ.get("INFER_DECODE_KV_EARLY")
-    return 2 if value is None or value == "" else int(value)
+    """``kv_early`` of the configuration a launch picks for itself: the config's default, 2
+    (Qwen3-0.6B chain on an H200: 22.1 µs per layer against 22.7 with 1; W1 0.74 ms per token
+    against 0.75), or ``INFER_DECODE_KV_EARLY`` from the environment (A/B measurements)."""
+    return _env_int("INFER_DECODE_KV_EARLY", DecodeLayerConfig.kv_early)
 
 
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
