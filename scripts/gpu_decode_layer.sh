@@ -19,6 +19,10 @@
 #           batch-1 graph) with model.persistent_decode off and on (E2E_RUNS): does the step
 #           wait for the device or the host, and does the graph get shorter by what the chain
 #           says?
+#   ncu     Nsight Compute on one layer's launch of the Qwen3-0.6B chain (benchmarks/ncu_decode_layer.py,
+#           --set full, warp-stall sampling every 32 cycles) for each of NCU_VARIANTS (default: the
+#           launch's own configuration; else decode_chain variants); per-PC stall samples extracted
+#           (benchmarks/ncu_stalls.py extract) and summed per stage (summarize)
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
 OUT=${OUT:-$PWD/gpu-decode-layer-out}
@@ -81,6 +85,19 @@ if want e2e; then
       --prompt-len 256 --clock wall --async-scheduling --pipelined --device-time $flag \
       --label "qwen3-0.6b-async-$run" --checkpoint-dir /tmp/infer-profile-step-qwen3-0.6b \
       --out "$OUT/profiles" 2>&1 | grep -v "profiler_st" | grep -E "persistent|batch|^\|" | tail -6
+  done
+fi
+if want ncu; then
+  mkdir -p "$OUT/ncu"
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for v in ${NCU_VARIANTS:-default}; do
+    timeout "${NCU_TIMEOUT:-240}" "$NCU" --clock-control none -k regex:_decode_layer_kernel \
+      --launch-skip "${NCU_SKIP:-40}" --launch-count 1 --set full --import-source yes --sampling-interval 0 \
+      -f -o "$OUT/ncu/$v" python3 benchmarks/ncu_decode_layer.py --variant "$v" ${NCU_ARGS:-} 2>&1 | tail -4
+    python3 benchmarks/ncu_stalls.py extract "$OUT/ncu/$v.ncu-rep" "$OUT/ncu/$v.json" 2>&1 | tail -4
+    "$NCU" -i "$OUT/ncu/$v.ncu-rep" --page details --csv > "$OUT/ncu/$v-details.csv" 2>&1
+    "$NCU" -i "$OUT/ncu/$v.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu/$v-source.csv" 2>&1
+    python3 benchmarks/ncu_stalls.py summarize "$OUT/ncu/$v.json" --top 30 2>&1 | head -70
   done
 fi
 exit $status
