@@ -6,6 +6,8 @@ GPU machine only:
 
     python benchmarks/ncu_stalls.py extract REPORT.ncu-rep OUT.json   # there: per-PC samples + SASS
     python benchmarks/ncu_stalls.py summarize OUT.json [--top 40]     # anywhere: per-region table
+    python benchmarks/ncu_stalls.py summarize SOURCE.csv              # the same from the SASS page export
+                                              # (ncu -i REPORT --page source --csv --print-source sass)
 
 ``extract`` writes, per instruction address, its SASS text and every ``smsp__pcsamp_*`` sample
 count (all samples, and per stall reason). ``summarize`` cuts the kernel into regions at the
@@ -76,19 +78,21 @@ def extract(report: Path, out: Path) -> int:
 
 
 def regions(per_pc: dict[int, dict]) -> list[tuple[str, int, int]]:
-    """(name, first pc, last pc) cut at each grid barrier's arrival (an ``ATOMG.E.ADD``)."""
-    stages = ["qkv (+ start, PDL wait)", "attention", "merge", "o_proj", "gate/up", "down", "leave"]
+    """(name, first pc, last pc) cut after each global atomic add (``ATOMG.E.ADD``): the grid
+    barriers' arrivals (adding 1) and their polls (adding ``RZ``, 0), so a stage is the region
+    that follows its barrier's last poll. Each name carries the atomic that ends it."""
     cuts = [pc for pc, v in sorted(per_pc.items()) if re.search(r"ATOMG\.E\.ADD", v.get("sass", ""))]
     bounds, start = [], 0
     for i, cut in enumerate(cuts):
-        bounds.append((stages[i] if i < len(stages) else f"region {i}", start, cut))
+        kind = "poll" if re.search(r",\s*RZ\b", per_pc[cut].get("sass", "")) else "arrival"
+        bounds.append((f"region {i} (to the {kind} at {cut:#x})", start, cut))
         start = cut + 1
-    bounds.append(("after the last arrival", start, 1 << 62))
+    bounds.append(("after the last atomic", start, 1 << 62))
     return bounds
 
 
 def summarize(path: Path, top: int) -> int:
-    data = json.loads(path.read_text())
+    data = from_source_csv(path) if path.suffix == ".csv" else json.loads(path.read_text())
     per_pc = {int(pc): v for pc, v in data["per_pc"].items()}
     total_key = next((k for k in ("smsp__pcsamp_sample_count", "smsp__pcsamp_warps_issue_stalled_all")
                       if any(k in v for v in per_pc.values())), None)
