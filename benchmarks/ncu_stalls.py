@@ -91,6 +91,47 @@ def regions(per_pc: dict[int, dict]) -> list[tuple[str, int, int]]:
     return bounds
 
 
+def from_source_csv(path: Path) -> dict:
+    """The per-PC table out of ``ncu --page source --csv --print-source sass``: the address and
+    SASS columns, and every numeric column (the warp-stall sample columns among them) under a
+    ``smsp__pcsamp_``-style key so that ``summarize`` reads both sources alike."""
+    import csv
+
+    lines = path.read_text(errors="replace").splitlines()
+    start = next(i for i, line in enumerate(lines) if "Address" in line and "Source" in line)
+    rows = list(csv.reader(lines[start:]))
+    header = rows[0]
+    addr = next(i for i, h in enumerate(header) if "Address" in h)
+    src = next(i for i, h in enumerate(header) if h.strip() == "Source")
+
+    def key(name: str) -> str:
+        low = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        if low.startswith("warp_stall_sampling_all"):
+            return "smsp__pcsamp_sample_count"
+        if low.startswith("warp_stall_sampling_not_issued"):
+            return "smsp__pcsamp_sample_count_not_issued"
+        if "stall" in low:
+            return "smsp__pcsamp_warps_issue_stalled_" + low.removeprefix("stall_")
+        return low
+
+    per_pc: dict[str, dict] = {}
+    for row in rows[1:]:
+        if len(row) <= max(addr, src):
+            continue
+        try:
+            pc = int(row[addr], 16) if row[addr].lower().startswith("0x") else int(row[addr])
+        except ValueError:
+            continue
+        entry: dict = {"sass": row[src]}
+        for i, cell in enumerate(row):
+            if i in (addr, src):
+                continue
+            with contextlib.suppress(ValueError):
+                entry[key(header[i])] = int(float(cell.replace(",", "")))
+        per_pc[str(pc)] = entry
+    return {"kernel": path.stem, "summary": {"columns": header}, "per_pc": per_pc}
+
+
 def summarize(path: Path, top: int) -> int:
     data = from_source_csv(path) if path.suffix == ".csv" else json.loads(path.read_text())
     per_pc = {int(pc): v for pc, v in data["per_pc"].items()}
