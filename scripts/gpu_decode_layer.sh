@@ -89,7 +89,8 @@ if want e2e; then
 fi
 if want ncu; then
   mkdir -p "$OUT/ncu"
-  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
+  "$NCU" --version | tail -1
   for v in ${NCU_VARIANTS:-default}; do
     timeout "${NCU_TIMEOUT:-240}" "$NCU" --clock-control none -k regex:_decode_layer_kernel \
       --launch-skip "${NCU_SKIP:-40}" --launch-count 1 --set full --import-source yes --sampling-interval 0 \
@@ -97,7 +98,9 @@ if want ncu; then
     python3 benchmarks/ncu_stalls.py extract "$OUT/ncu/$v.ncu-rep" "$OUT/ncu/$v.json" 2>&1 | tail -4
     "$NCU" -i "$OUT/ncu/$v.ncu-rep" --page details --csv > "$OUT/ncu/$v-details.csv" 2>&1
     "$NCU" -i "$OUT/ncu/$v.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu/$v-source.csv" 2>&1
-    python3 benchmarks/ncu_stalls.py summarize "$OUT/ncu/$v.json" --top 30 2>&1 | head -70
+    python3 benchmarks/ncu_stalls.py summarize "$OUT/ncu/$v.json" --top 30 > "$OUT/ncu/$v-stalls.txt" 2>&1 \
+      || python3 benchmarks/ncu_stalls.py summarize "$OUT/ncu/$v-source.csv" --top 30 > "$OUT/ncu/$v-stalls.txt" 2>&1
+    head -c 5000 "$OUT/ncu/$v-stalls.txt"; head -3 "$OUT/ncu/$v-source.csv" | cut -c1-600
   done
 fi
 exit $status
