@@ -93,7 +93,7 @@ if want ncu; then
   "$NCU" --version | tail -1
   for v in ${NCU_VARIANTS:-default}; do
     timeout "${NCU_TIMEOUT:-240}" "$NCU" --clock-control none -k regex:_decode_layer_kernel \
-      --launch-skip "${NCU_SKIP:-40}" --launch-count 1 --set full --import-source yes --sampling-interval 0 \
+      --launch-skip "${NCU_SKIP:-40}" --launch-count 1 --set full --import-source yes --warp-sampling-interval 0 \
       -f -o "$OUT/ncu/$v" python3 benchmarks/ncu_decode_layer.py --variant "$v" ${NCU_ARGS:-} 2>&1 | tail -4
     python3 benchmarks/ncu_stalls.py extract "$OUT/ncu/$v.ncu-rep" "$OUT/ncu/$v.json" 2>&1 | tail -4
     "$NCU" -i "$OUT/ncu/$v.ncu-rep" --page details --csv > "$OUT/ncu/$v-details.csv" 2>&1
