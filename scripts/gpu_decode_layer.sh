@@ -22,7 +22,8 @@
 #   ncu     Nsight Compute on one layer's launch of the Qwen3-0.6B chain (benchmarks/ncu_decode_layer.py,
 #           --set full, warp-stall sampling every 32 cycles) for each of NCU_VARIANTS (default: the
 #           launch's own configuration; else decode_chain variants); per-PC stall samples extracted
-#           (benchmarks/ncu_stalls.py extract) and summed per stage (summarize)
+#           (benchmarks/ncu_stalls.py extract) and summed per stage (summarize); NCU_OPTS: more ncu
+#           options (--cache-control none: keep the caches, the instruction cache too, warm)
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
 OUT=${OUT:-$PWD/gpu-decode-layer-out}
@@ -92,7 +93,7 @@ if want ncu; then
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
   "$NCU" --version | tail -1
   for v in ${NCU_VARIANTS:-default}; do
-    timeout "${NCU_TIMEOUT:-240}" "$NCU" --clock-control none -k regex:_decode_layer_kernel \
+    timeout "${NCU_TIMEOUT:-240}" "$NCU" --clock-control none ${NCU_OPTS:-} -k regex:_decode_layer_kernel \
       --launch-skip "${NCU_SKIP:-40}" --launch-count 1 --set full --import-source yes --warp-sampling-interval 0 \
       -f -o "$OUT/ncu/$v" python3 benchmarks/ncu_decode_layer.py --variant "$v" ${NCU_ARGS:-} 2>&1 | tail -4
     python3 benchmarks/ncu_stalls.py extract "$OUT/ncu/$v.ncu-rep" "$OUT/ncu/$v.json" 2>&1 | tail -4
