@@ -47,18 +47,16 @@ FLOATS = {"eps", "qk_scale"}
 
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
                arrive_first: bool | None = None, kv_early: int | None = None,
-               balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
-               row_warps: tuple[bool, bool, bool, bool] | None = None) -> tuple[dict, dict]:
+               balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
-    (``arrive_first`` / ``kv_early`` / ``row_warps``: the launch's own when ``None``)."""
+    (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
     cfg = shape_config(shape)
     hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
     hq, hkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim_of(cfg)
     balanced = dl.default_balanced_elements() if balanced_elements is None else balanced_elements
     conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm,
                             balanced_elements=balanced, num_warps=num_warps)
-    conf = replace(conf, row_warps=dl.default_row_warps() if row_warps is None else row_warps)
     conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early))
                                      if v is not None})
     values = dict(
@@ -69,7 +67,6 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         ROWS_GU=conf.rows[2], BK_GU=conf.bk[2], ROWS_DOWN=conf.rows[3], BK_DOWN=conf.bk[3],
         STAGE=-1, LAST=last_stage, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
         BAL_QKV=conf.balanced[0], BAL_O=conf.balanced[1], BAL_GU=conf.balanced[2], BAL_DOWN=conf.balanced[3],
-        **{f"WR_{name}": dl.row_warps(conf, i) for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
     )
     return values, conf.__dict__
@@ -105,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arrive-first", type=int, choices=(0, 1), help="default: the config's")
     parser.add_argument("--kv-early", type=int, choices=(0, 1, 2), help="default: the config's")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
-    parser.add_argument("--row-warps", help="four digits 0/1 (qkv, o_proj, gate/up, down); default: the launch's own")
     parser.add_argument("--last-stage", type=int, default=6, choices=range(1, 7),
                         help="compile the launch cut after this stage: which stage sets the register peak")
     parser.add_argument("--programs-per-sm", type=int, default=4)
@@ -117,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
                               None if args.arrive_first is None else bool(args.arrive_first),
                               args.kv_early, args.balanced_elements,
-                              args.last_stage, args.num_warps,
-                              None if args.row_warps is None else tuple(c == "1" for c in args.row_warps))
+                              args.last_stage, args.num_warps)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                                capture_output=True, text=True).stdout
         print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
               f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, row warps {conf['row_warps']}")
+              f"kv early {conf['kv_early']}, balanced {conf['balanced']}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout

@@ -167,49 +167,25 @@ def _stamp(timeline_ptr, pid, index, TIMELINE: tl.constexpr):
 
 
 @triton.jit
-def _k_offsets(kt, BK: tl.constexpr, WR: tl.constexpr):
-    """Columns ``[kt * BK, +BK)`` of a GEMM stage's input row: ``[BK]``, or with ``WR`` > 0,
-    ``WR`` copies as ``[WR, 1, BK / KSUB, KSUB]`` (``KSUB = min(BK, 256)``), the layout of
-    :func:`_w_rows`' tiles (one copy per warp, which then multiplies without a layout
-    conversion)."""
-    KSUB: tl.constexpr = BK if BK < 256 else 256
-    if WR == 0:  # (one return: Triton compiles the statements after a constexpr branch's return too)
-        ks = kt * BK + tl.arange(0, BK)
-    else:
-        ks = kt * BK + tl.arange(0, BK // KSUB)[None, None, :, None] * KSUB + tl.arange(0, KSUB)[None, None, None, :]
-        ks = ks + 0 * tl.arange(0, WR)[:, None, None, None]
-    return ks
-
-
-@triton.jit
-def _w_rows(w_ptr, row0, row_end, kt, K: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr, WR: tl.constexpr):
+def _w_rows(w_ptr, row0, row_end, kt, K: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr):
     """Rows ``[row0, row0 + ROWS)`` below ``row_end``, columns ``[kt * BK, +BK)`` of a
-    row-major weight with ``K`` columns (zeros outside), streamed once. ``WR`` 0: a ``[ROWS,
-    BK]`` tile (a row's sum crosses the warps). ``WR`` > 0 (the stage's warps split its rows):
-    ``[WR, ROWS / WR, BK / KSUB, KSUB]``, a warp's lanes cover ``KSUB`` columns of one row and
-    the ``WR`` warps split the rows (Triton orders the outer dimensions, all non-contiguous, by
-    index, and gives the warps the first), so a row's sum is in-thread additions and one warp's
-    shuffles, never a reduction across warps through shared memory. The mask is constant along
-    K when ``BK`` divides ``K`` (vectorized loads)."""
-    if WR == 0:
-        rows = (row0 + tl.arange(0, ROWS))[:, None]
-        ks = (kt * BK + tl.arange(0, BK))[None, :]
+    row-major weight with ``K`` columns (zeros outside), streamed once. The mask is constant
+    along K when ``BK`` divides ``K`` (vectorized loads)."""
+    rows = row0 + tl.arange(0, ROWS)
+    ks = kt * BK + tl.arange(0, BK)
+    if K % BK == 0:
+        mask = (rows < row_end)[:, None]
     else:
-        rows = row0 + tl.arange(0, WR)[:, None, None, None] * (ROWS // WR) + tl.arange(0, ROWS // WR)[None, :, None, None]
-        ks = _k_offsets(kt, BK, 1)
-    if K % BK == 0:  # noqa: SIM108 (a constexpr branch)
-        mask = rows < row_end
-    else:
-        mask = (rows < row_end) & (ks < K)
-    return tl.load(w_ptr + rows.to(tl.int64) * K + ks, mask=mask, other=0.0, eviction_policy="evict_first")
+        mask = (rows < row_end)[:, None] & (ks < K)[None, :]
+    return tl.load(w_ptr + rows.to(tl.int64)[:, None] * K + ks[None, :], mask=mask, other=0.0,
+                   eviction_policy="evict_first")
 
 
 @triton.jit
-def _w_tile(w_ptr, chunk, kt, N: tl.constexpr, K: tl.constexpr, valid, ROWS: tl.constexpr, BK: tl.constexpr,
-            WR: tl.constexpr):
+def _w_tile(w_ptr, chunk, kt, N: tl.constexpr, K: tl.constexpr, valid, ROWS: tl.constexpr, BK: tl.constexpr):
     """Row chunk ``chunk`` (rows ``[chunk * ROWS, +ROWS)`` of the ``[N, K]`` weight), K tile
     ``kt`` (:func:`_w_rows`; zeros everywhere when not ``valid``)."""
-    return _w_rows(w_ptr, chunk * ROWS, tl.where(valid, N, 0), kt, K, ROWS, BK, WR)
+    return _w_rows(w_ptr, chunk * ROWS, tl.where(valid, N, 0), kt, K, ROWS, BK)
 
 
 @triton.jit
@@ -221,22 +197,22 @@ def _share(pid, num_programs, N: tl.constexpr):
 
 @triton.jit
 def _first_tiles(w_ptr, pid, num_programs, N: tl.constexpr, K: tl.constexpr, GATED: tl.constexpr, ROWS: tl.constexpr,
-                 BK: tl.constexpr, BALANCED: tl.constexpr, WR: tl.constexpr):
+                 BK: tl.constexpr, BALANCED: tl.constexpr):
     """The first weight tile(s) of program ``pid``'s share of a GEMM stage (the up rows' too
     when ``GATED``), issued ahead of the barrier before the stage: its first row chunk, or
-    (``BALANCED``) its whole share; ``WR``: :func:`_w_rows`."""
+    (``BALANCED``) its whole share."""
     if BALANCED:
         lo, hi = _share(pid, num_programs, N)
-        w = _w_rows(w_ptr, lo, hi, 0, K, ROWS, BK, WR)
+        w = _w_rows(w_ptr, lo, hi, 0, K, ROWS, BK)
         if GATED:  # noqa: SIM108 (a constexpr branch)
-            wu = _w_rows(w_ptr + N * K, lo, hi, 0, K, ROWS, BK, WR)
+            wu = _w_rows(w_ptr + N * K, lo, hi, 0, K, ROWS, BK)
         else:
             wu = w
     else:
         valid = pid < tl.cdiv(N, ROWS)
-        w = _w_tile(w_ptr, pid, 0, N, K, valid, ROWS, BK, WR)
+        w = _w_tile(w_ptr, pid, 0, N, K, valid, ROWS, BK)
         if GATED:  # noqa: SIM108 (a constexpr branch)
-            wu = _w_tile(w_ptr + N * K, pid, 0, N, K, valid, ROWS, BK, WR)
+            wu = _w_tile(w_ptr + N * K, pid, 0, N, K, valid, ROWS, BK)
         else:
             wu = w
     return w, wu
@@ -246,7 +222,7 @@ def _first_tiles(w_ptr, pid, num_programs, N: tl.constexpr, K: tl.constexpr, GAT
 def _k_mask(ks, K: tl.constexpr, BK: tl.constexpr):
     """``ks < K``, a constant (vectorizable) mask when ``BK`` divides ``K``."""
     if K % BK == 0:
-        return tl.full(ks.shape, 1, tl.int1)
+        return tl.full([BK], 1, tl.int1)
     return ks < K
 
 
@@ -281,11 +257,10 @@ def _stream_rstd(x_ptr, r_ptr, o_ptr, h_out_ptr, K: tl.constexpr, eps, store, MO
 
 @triton.jit
 def _gemm_input(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                BK: tl.constexpr, WR: tl.constexpr):
-    """K tile ``kt`` of a GEMM stage's input row, laid out as :func:`_k_offsets`: a vector
-    written in this launch (``MODE`` 0) or the RMSNorm of the residual stream (``MODE`` 1 / 2,
-    with its ``rstd``)."""
-    ks = _k_offsets(kt, BK, WR)
+                BK: tl.constexpr):
+    """K tile ``kt`` of a GEMM stage's input row: a vector written in this launch (``MODE`` 0)
+    or the RMSNorm of the residual stream (``MODE`` 1 / 2, with its ``rstd``)."""
+    ks = kt * BK + tl.arange(0, BK)
     mask = _k_mask(ks, K, BK)
     if MODE == 0:
         return tl.load(x_ptr + ks, mask=mask, other=0.0, cache_modifier=".cg")
@@ -294,25 +269,14 @@ def _gemm_input(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl
 
 
 @triton.jit
-def _row_sums(w, x, ROWS: tl.constexpr, WR: tl.constexpr):
-    """``[ROWS]`` sums of a :func:`_w_rows` tile times its input (:func:`_gemm_input`, the same
-    ``WR``): along the rows; with ``WR`` > 0 in-thread over the K blocks, then within a warp."""
-    if WR == 0:
-        sums = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-    else:
-        sums = tl.reshape(tl.sum(tl.sum(w.to(tl.float32) * x, axis=2), axis=2), [ROWS])
-    return sums
-
-
-@triton.jit
 def _accumulate(acc, acc_up, w, wu, x, j, row0, row_end, out_ptr, GATED: tl.constexpr,
-                ROWS: tl.constexpr, KT: tl.constexpr, WR: tl.constexpr):
+                ROWS: tl.constexpr, KT: tl.constexpr):
     """Add one tile's products to the sums of rows ``[row0, +ROWS)``; after the last K tile,
     store those below ``row_end`` (the gated activation of the two sums when ``GATED``) and
     start over."""
-    acc += _row_sums(w, x, ROWS, WR)
+    acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
     if GATED:
-        acc_up += _row_sums(wu, x, ROWS, WR)
+        acc_up += tl.sum(wu.to(tl.float32) * x[None, :], axis=1)
     if j % KT == KT - 1:
         rows = row0 + tl.arange(0, ROWS)
         dtype = out_ptr.dtype.element_ty
@@ -331,47 +295,46 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                 MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
                 ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, PIPE: tl.constexpr,
-                BALANCED: tl.constexpr, WR: tl.constexpr):
+                BALANCED: tl.constexpr):
     """``out[:N] = input @ w.T`` (or ``silu(input @ gate.T) * (input @ up.T)`` when ``GATED``,
     ``w_ptr`` then ``[2N, K]``) over program ``pid``'s tiles (row chunk ``pid + i P``, K tile
     ``kt``), ``w``/``wu`` its first tile(s), already requested. The later tiles: with
     ``PIPE > 1`` Triton's software pipeline (asynchronous copies into shared memory, ``PIPE``
     stages); else each tile's successor is requested into registers before its product (the
     compiler may still schedule it later). ``BALANCED`` (one K tile, ``ROWS`` at least the
-    largest share): ``w``/``wu`` hold the program's whole share (:func:`_share`), one product.
-    ``WR``: the tiles' layout (:func:`_w_rows`)."""
+    largest share): ``w``/``wu`` hold the program's whole share (:func:`_share`), one product."""
     if BALANCED:
         lo, hi = _share(pid, num_programs, N)
-        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, WR).to(tl.float32)
+        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
         acc = tl.zeros([ROWS], dtype=tl.float32)
-        _accumulate(acc, acc, w, wu, x, 0, lo, hi, out_ptr, GATED, ROWS, 1, WR)
+        _accumulate(acc, acc, w, wu, x, 0, lo, hi, out_ptr, GATED, ROWS, 1)
     else:
         n_chunks = tl.cdiv(N, ROWS)
         tiles = ((n_chunks - pid + num_programs - 1) // num_programs) * KT
         acc = tl.zeros([ROWS], dtype=tl.float32)
         acc_up = tl.zeros([ROWS], dtype=tl.float32)
-        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, WR).to(tl.float32)
+        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
         if PIPE > 1:
-            acc, acc_up = _accumulate(acc, acc_up, w, wu, x, 0, pid * ROWS, N, out_ptr, GATED, ROWS, KT, WR)  # tile 0
+            acc, acc_up = _accumulate(acc, acc_up, w, wu, x, 0, pid * ROWS, N, out_ptr, GATED, ROWS, KT)  # tile 0
             for j in tl.range(1, tiles, num_stages=PIPE):
                 chunk = pid + (j // KT) * num_programs
-                w = _w_tile(w_ptr, chunk, j % KT, N, K, True, ROWS, BK, WR)
+                w = _w_tile(w_ptr, chunk, j % KT, N, K, True, ROWS, BK)
                 if GATED:
-                    wu = _w_tile(w_ptr + N * K, chunk, j % KT, N, K, True, ROWS, BK, WR)
+                    wu = _w_tile(w_ptr + N * K, chunk, j % KT, N, K, True, ROWS, BK)
                 if KT > 1:
-                    x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, WR).to(tl.float32)
-                acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, chunk * ROWS, N, out_ptr, GATED, ROWS, KT, WR)
+                    x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+                acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, chunk * ROWS, N, out_ptr, GATED, ROWS, KT)
         else:
             for j in range(tiles):
                 nxt = j + 1
                 chunk_next = pid + (nxt // KT) * num_programs
-                w_next = _w_tile(w_ptr, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK, WR)
+                w_next = _w_tile(w_ptr, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
                 if GATED:
-                    wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK, WR)
+                    wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
                 if KT > 1:
-                    x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, WR).to(tl.float32)
+                    x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
                 acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, (pid + (j // KT) * num_programs) * ROWS, N, out_ptr,
-                                          GATED, ROWS, KT, WR)
+                                          GATED, ROWS, KT)
                 w = w_next
                 if GATED:
                     wu = wu_next
@@ -576,7 +539,6 @@ def _decode_layer_kernel(
     ROWS_QKV: tl.constexpr, BK_QKV: tl.constexpr, ROWS_O: tl.constexpr, BK_O: tl.constexpr,
     ROWS_GU: tl.constexpr, BK_GU: tl.constexpr, ROWS_DOWN: tl.constexpr, BK_DOWN: tl.constexpr,
     BAL_QKV: tl.constexpr, BAL_O: tl.constexpr, BAL_GU: tl.constexpr, BAL_DOWN: tl.constexpr,
-    WR_QKV: tl.constexpr, WR_O: tl.constexpr, WR_GU: tl.constexpr, WR_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr,
@@ -595,7 +557,7 @@ def _decode_layer_kernel(
     # start, with the qkv tiles: all were written before the previous launch began (see pdl)
     KV_START: tl.constexpr = KV_EARLY == 2 and ALL and LAST >= 2
     if (ALL and LAST >= 1) or STAGE == 1:
-        w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, WR_QKV)
+        w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV)
     if KV_START:
         tl.debug_barrier()  # keeps the qkv tiles' requests first (ptxas would put the key tile's chain ahead)
         seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
@@ -608,7 +570,7 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, WR_QKV)
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 2:
         seen = _arrive(counters_ptr, 0)
@@ -647,7 +609,7 @@ def _decode_layer_kernel(
     if ARRIVE_FIRST and ALL and LAST >= 4:
         seen = _arrive(counters_ptr, 2)
     if PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):
-        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, WR_O)
+        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
     _stamp(timeline_ptr, pid, 6, TIMELINE)
     if ALL and LAST >= 4:
         if not ARRIVE_FIRST:
@@ -656,13 +618,13 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 7, TIMELINE)
     if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
-            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, WR_O)
+            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, WR_O)
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O)
     if ARRIVE_FIRST and ALL and LAST >= 5:
         seen = _arrive(counters_ptr, 3)
     if PREFETCH and ((ALL and LAST >= 5) or STAGE == 5):
-        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, WR_GU)
+        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
     _stamp(timeline_ptr, pid, 8, TIMELINE)
     if ALL and LAST >= 5:
         if not ARRIVE_FIRST:
@@ -671,15 +633,15 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 9, TIMELINE)
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
-            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, WR_GU)
+            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
-                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, WR_GU)
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU)
     if ARRIVE_FIRST and ALL and LAST >= 6:
         seen = _arrive(counters_ptr, 4)
     if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
-        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, WR_DOWN)
+        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
     _stamp(timeline_ptr, pid, 10, TIMELINE)
     if ALL and LAST >= 6:
         if not ARRIVE_FIRST:
@@ -688,9 +650,9 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 11, TIMELINE)
     if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
         if not PREFETCH:
-            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, WR_DOWN)
+            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, WR_DOWN)
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
@@ -737,13 +699,7 @@ class DecodeLayerConfig:
     stage (0). ``balanced`` (per GEMM stage, see :func:`choose_config`): each
     program's rows are one contiguous share of the stage (:func:`_share`, shares differ by at
     most a row), all of it requested before the barrier, one product; ``rows`` is then the
-    tile's height (at least the largest share) and ``bk`` covers K. ``row_warps`` (per GEMM
-    stage): the program's warps split the tile's rows, each row summed within one warp, instead
-    of every warp holding a slice of every row (sums across the warps through shared memory and
-    CTA barriers); on for gate/up, whose 4-row tiles over K = 1,024 are the layer's largest
-    stage (Qwen3-0.6B on an H200: the stage 5.5 against 6.1 µs, the seventh session); off for
-    qkv, o_proj and down, where a share of 2-4 rows over K up to 4,096 then loads the input
-    once per warp (o_proj 1.7 against 1.3 µs, down 1.1 against 0.6)."""
+    tile's height (at least the largest share) and ``bk`` covers K."""
 
     num_programs: int
     splits: int
@@ -758,14 +714,6 @@ class DecodeLayerConfig:
     arrive_first: bool = True
     kv_early: int = 2
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
-    row_warps: tuple[bool, bool, bool, bool] = (False, False, True, False)
-
-
-def row_warps(cfg: DecodeLayerConfig, stage: int) -> int:
-    """The warps that split GEMM stage ``stage``'s rows (:func:`_w_rows`' ``WR``): 0 when its
-    ``row_warps`` is off (a row's sum then crosses the warps), else one warp per row chunk
-    ``rows / WR`` (at most ``num_warps``, at most the tile's rows)."""
-    return min(cfg.num_warps, cfg.rows[stage]) if cfg.row_warps[stage] else 0
 
 
 def _pow2_floor(n: int) -> int:
@@ -843,18 +791,6 @@ def default_kv_early() -> int:
     (Qwen3-0.6B chain on an H200: 22.1 µs per layer against 22.7 with 1; W1 0.74 ms per token
     against 0.75), or ``INFER_DECODE_KV_EARLY`` from the environment (A/B measurements)."""
     return _env_int("INFER_DECODE_KV_EARLY", DecodeLayerConfig.kv_early)
-
-
-def default_row_warps() -> tuple[bool, bool, bool, bool]:
-    """``row_warps`` of the configuration a launch picks for itself: the config's default (gate/up
-    only), or ``INFER_DECODE_ROW_WARPS`` from the environment, four digits 0/1 for qkv, o_proj,
-    gate/up and down (A/B measurements: ``0000`` is the sixth session's layout)."""
-    value = os.environ.get("INFER_DECODE_ROW_WARPS") or ""
-    if not value:
-        return DecodeLayerConfig.row_warps
-    if len(value) != 4 or set(value) - {"0", "1"}:
-        raise ValueError(f"INFER_DECODE_ROW_WARPS must be four digits 0/1 (qkv, o_proj, gate/up, down), got {value!r}")
-    return tuple(c == "1" for c in value)  # type: ignore[return-value]
 
 
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
@@ -951,7 +887,6 @@ def decode_layer(
             ROWS_QKV=cfg.rows[0], BK_QKV=cfg.bk[0], ROWS_O=cfg.rows[1], BK_O=cfg.bk[1],
             ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
             BAL_QKV=cfg.balanced[0], BAL_O=cfg.balanced[1], BAL_GU=cfg.balanced[2], BAL_DOWN=cfg.balanced[3],
-            **{f"WR_{name}": row_warps(cfg, i) for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
@@ -968,8 +903,7 @@ def decode_layer(
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
         for per_sm in (4, 2, 1):
             cfg = replace(choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
-                                        balanced_elements=default_balanced_elements()), kv_early=default_kv_early(),
-                          row_warps=default_row_warps())
+                                        balanced_elements=default_balanced_elements()), kv_early=default_kv_early())
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg
