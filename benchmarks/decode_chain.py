@@ -161,10 +161,7 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # the first key tile at the launch's start (kv_early = 2), with balanced stages
                  "kvstart": {"kv_early": 2, "balanced_elements": 16384},
                  # choose_config's balanced GEMM stages (a share of up to that many weight elements)
-                 **{f"balanced{e // 1024}k": {"balanced_elements": e} for e in (16384, 32768)},
-                 # the split-KV merge by each KV head's last split (the default) or after a grid barrier
-                 "mergelast": {"balanced_elements": 16384, "merge_last": True},
-                 "mergebarrier": {"balanced_elements": 16384, "merge_last": False}}
+                 **{f"balanced{e // 1024}k": {"balanced_elements": e} for e in (16384, 32768)}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),

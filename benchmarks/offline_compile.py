@@ -57,7 +57,6 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
     balanced = dl.default_balanced_elements() if balanced_elements is None else balanced_elements
     conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm,
                             balanced_elements=balanced, num_warps=num_warps)
-    conf = replace(conf, merge_last=dl.default_merge_last())
     conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early))
                                      if v is not None})
     values = dict(
@@ -69,7 +68,6 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         STAGE=-1, LAST=last_stage, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
         BAL_QKV=conf.balanced[0], BAL_O=conf.balanced[1], BAL_GU=conf.balanced[2], BAL_DOWN=conf.balanced[3],
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
-        MERGE_LAST=conf.merge_last,
     )
     return values, conf.__dict__
 

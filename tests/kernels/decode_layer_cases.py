@@ -39,7 +39,6 @@ class LayerCase:
     pipeline: int = 3
     fewest_steps: bool = False
     balanced: bool = False  # the GEMM stages whose shares fit are balanced (choose_config)
-    merge_last: bool = dl.DecodeLayerConfig.merge_last
 
 
 @st.composite
@@ -53,7 +52,6 @@ def layer_cases(draw, *, programs=(1, 3, 4, 5)) -> LayerCase:
         tile=draw(st.sampled_from([16, 32])), max_elements=draw(st.sampled_from([256, 1024, 16384])),
         max_bk=draw(st.sampled_from([16, 32, 2048])), prefetch=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
         pipeline=draw(st.sampled_from([1, 2, 3])), fewest_steps=draw(st.booleans()), balanced=draw(st.booleans()),
-        merge_last=draw(st.booleans()),
     )
 
 
@@ -90,8 +88,7 @@ def config_for(case: LayerCase, dtype: torch.dtype) -> dl.DecodeLayerConfig:
     cfg = dl.choose_config(case.hidden, case.intermediate, hq, case.kv_heads, case.head_dim, case.programs, dtype,
                            max_elements=case.max_elements, max_bk=case.max_bk, fewest_steps=case.fewest_steps,
                            num_warps=8, balanced_elements=4 * case.max_elements if case.balanced else 0)
-    return replace(cfg, splits=case.splits, tile=case.tile, prefetch=case.prefetch, pipeline=case.pipeline,
-                   merge_last=case.merge_last)
+    return replace(cfg, splits=case.splits, tile=case.tile, prefetch=case.prefetch, pipeline=case.pipeline)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -84,7 +84,6 @@ from infer_core.kernels.rms_norm import add_residual, inv_rms, normed, rms_norm_
 from infer_core.kernels.rotary import rotary_embedding_ref
 
 NUM_BARRIERS = tl.constexpr(5)  # between the six stages; counter NUM_BARRIERS counts programs leaving
-HEAD_COUNTERS = tl.constexpr(8)  # the first KV head's split counter (merge_last), after the barriers'
 TIMELINE_SLOTS = tl.constexpr(32)  # clock stamps per program in a timeline (_stamp)
 MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
 
@@ -435,16 +434,12 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
                     TIMELINE: tl.constexpr,
                     HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
                     BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr,
-                    MERGE_LAST: tl.constexpr, counters_ptr, attn_ptr):
+                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr):
     """KV head ``item // SPLITS``, key split ``item % SPLITS``: partial attention of the head's
     query group over the split's tiles (paged_attention's split rule and tile arithmetic), the
     first tile ``k1``/``k2``/``v``/``key_ok`` already requested (:func:`_first_kv`). The tiles
     hold the keys of earlier steps only; the split that holds the step's own position stores
-    the step's K and V into the cache and takes that key from registers, last. ``MERGE_LAST``:
-    the last of the head's splits to store its partials (a counter per KV head, after the
-    barriers', acquire-release) merges the group's query heads into ``attn_ptr`` and resets the
-    counter, so the merge needs no grid barrier of its own."""
+    the step's K and V into the cache and takes that key from registers, last."""
     HALF: tl.constexpr = HEAD_DIM // 2
     GROUP: tl.constexpr = HQ // HKV
     g = item // SPLITS
@@ -510,14 +505,6 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     tl.store(part_max_ptr + part, m_i, mask=row_ok)
     tl.store(part_sum_ptr + part, l_i, mask=row_ok)
     _stamp(timeline_ptr, pid, 19, TIMELINE)
-    if MERGE_LAST:
-        tl.debug_barrier()  # every thread's partials stored before the release
-        counter = counters_ptr + HEAD_COUNTERS + g
-        if tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == SPLITS - 1:  # the head's last split
-            for r in tl.static_range(GROUP):
-                _merge_head(g * GROUP + r, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid,
-                            TIMELINE, HEAD_DIM, SPLITS)
-            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")  # (no other split reads it in this launch)
 
 
 @triton.jit
@@ -554,7 +541,7 @@ def _decode_layer_kernel(
     BAL_QKV: tl.constexpr, BAL_O: tl.constexpr, BAL_GU: tl.constexpr, BAL_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
-    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, MERGE_LAST: tl.constexpr,
+    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -609,13 +596,12 @@ def _decode_layer_kernel(
             _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
-                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION,
-                            MERGE_LAST, counters_ptr, attn_ptr)
+                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION)
     _stamp(timeline_ptr, pid, 4, TIMELINE)
-    if ALL and LAST >= 3 and not MERGE_LAST:
+    if ALL and LAST >= 3:
         _grid_barrier(counters_ptr, 1, num_programs, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
-    if ((ALL and LAST >= 3) or STAGE == 3) and not MERGE_LAST:  # split-KV merge (else done in the attention stage)
+    if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
         for head in range(pid, HQ, num_programs):
             _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
                         HEAD_DIM, SPLITS)
@@ -713,9 +699,7 @@ class DecodeLayerConfig:
     stage (0). ``balanced`` (per GEMM stage, see :func:`choose_config`): each
     program's rows are one contiguous share of the stage (:func:`_share`, shares differ by at
     most a row), all of it requested before the barrier, one product; ``rows`` is then the
-    tile's height (at least the largest share) and ``bk`` covers K. ``merge_last``: the split-KV
-    merge is done by each KV head's last split to finish (a counter per KV head), not by a
-    stage of its own after a grid barrier."""
+    tile's height (at least the largest share) and ``bk`` covers K."""
 
     num_programs: int
     splits: int
@@ -730,7 +714,6 @@ class DecodeLayerConfig:
     arrive_first: bool = True
     kv_early: int = 2
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
-    merge_last: bool = True
 
 
 def _pow2_floor(n: int) -> int:
@@ -810,12 +793,6 @@ def default_kv_early() -> int:
     return _env_int("INFER_DECODE_KV_EARLY", DecodeLayerConfig.kv_early)
 
 
-def default_merge_last() -> bool:
-    """``merge_last`` of the configuration a launch picks for itself: the config's default, or
-    ``INFER_DECODE_MERGE_LAST`` (0 / 1) from the environment (A/B measurements)."""
-    return bool(_env_int("INFER_DECODE_MERGE_LAST", int(DecodeLayerConfig.merge_last)))
-
-
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
     """Key splits per KV head: (KV heads x splits) about fills the SMs, at most 16."""
     return max(min(_pow2_floor(num_sms // num_kv_heads), 16), 1)
@@ -856,8 +833,7 @@ class DecodeWorkspace:
         self.attn = empty(num_heads * head_dim)
         self.o = empty(hidden)
         self.act = empty(intermediate)
-        # the barriers' counters, then one per KV head (its splits done, merge_last)
-        self.counters = torch.zeros(HEAD_COUNTERS.value + num_kv_heads, dtype=torch.int32, device=device)
+        self.counters = torch.zeros(8, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
@@ -914,7 +890,7 @@ def decode_layer(
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
-            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, MERGE_LAST=cfg.merge_last,
+            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -927,8 +903,7 @@ def decode_layer(
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
         for per_sm in (4, 2, 1):
             cfg = replace(choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
-                                        balanced_elements=default_balanced_elements()), kv_early=default_kv_early(),
-                          merge_last=default_merge_last())
+                                        balanced_elements=default_balanced_elements()), kv_early=default_kv_early())
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg
