@@ -161,7 +161,10 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # the first key tile at the launch's start (kv_early = 2), with balanced stages
                  "kvstart": {"kv_early": 2, "balanced_elements": 16384},
                  # choose_config's balanced GEMM stages (a share of up to that many weight elements)
-                 **{f"balanced{e // 1024}k": {"balanced_elements": e} for e in (16384, 32768)}}
+                 **{f"balanced{e // 1024}k": {"balanced_elements": e} for e in (16384, 32768)},
+                 # bf16 pair tiles in the GEMM stages: the input in the tiles' shape (1) or split (2)
+                 "pairs": {"pairs": 1, "balanced_elements": 16384}, "pairs2": {"pairs": 2, "balanced_elements": 16384},
+                 "nopairs": {"pairs": 0, "balanced_elements": 16384}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),

@@ -47,7 +47,8 @@ FLOATS = {"eps", "qk_scale"}
 
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
                arrive_first: bool | None = None, kv_early: int | None = None,
-               balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4) -> tuple[dict, dict]:
+               balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
+               pairs: int | None = None) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -57,8 +58,9 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
     balanced = dl.default_balanced_elements() if balanced_elements is None else balanced_elements
     conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm,
                             balanced_elements=balanced, num_warps=num_warps)
-    conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early))
-                                     if v is not None})
+    conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early),
+                                              ("pairs", pairs)) if v is not None})
+    ks = (hidden, hq * d, hidden, inter)
     values = dict(
         HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=conf.splits,
         BLOCK_M=max(16, triton.next_power_of_2(hq // hkv)), TILE=conf.tile, BLOCK_SIZE=16,
@@ -67,6 +69,9 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         ROWS_GU=conf.rows[2], BK_GU=conf.bk[2], ROWS_DOWN=conf.rows[3], BK_DOWN=conf.bk[3],
         STAGE=-1, LAST=last_stage, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
         BAL_QKV=conf.balanced[0], BAL_O=conf.balanced[1], BAL_GU=conf.balanced[2], BAL_DOWN=conf.balanced[3],
+        **{f"SUB_{name}": dl.pair_sub(conf.rows[i], conf.bk[i], ks[i], conf.num_warps) if conf.pairs else 0
+           for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
+        SPLIT_X=conf.pairs == 2,
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
     )
     return values, conf.__dict__
@@ -101,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeline", action="store_true")
     parser.add_argument("--arrive-first", type=int, choices=(0, 1), help="default: the config's")
     parser.add_argument("--kv-early", type=int, choices=(0, 1, 2), help="default: the config's")
+    parser.add_argument("--pairs", type=int, choices=(0, 1, 2), help="bf16 pair tiles (default: the config's)")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
     parser.add_argument("--last-stage", type=int, default=6, choices=range(1, 7),
                         help="compile the launch cut after this stage: which stage sets the register peak")
@@ -113,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
                               None if args.arrive_first is None else bool(args.arrive_first),
                               args.kv_early, args.balanced_elements,
-                              args.last_stage, args.num_warps)
+                              args.last_stage, args.num_warps,
+                              args.pairs)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                                capture_output=True, text=True).stdout
         print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
               f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-              f"kv early {conf['kv_early']}, balanced {conf['balanced']}")
+              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout

@@ -20,6 +20,8 @@
 #            "balanced[N]" / "unbalanced" = INFER_DECODE_BALANCED_ELEMENTS=N (default 16384) / 0,
 #            "kvbarrier" / "kvstart" = INFER_DECODE_KV_EARLY=1 / 2 (the first key tile requested at
 #            barrier 0, or at the launch's start: the default),
+#            "pairs" / "pairs2" / "nopairs" = INFER_DECODE_PAIRS=1 / 2 / 0 (bf16 pair tiles in the
+#            persistent layer's GEMM stages: the input in the tiles' shape, or split from the row),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -87,7 +89,7 @@ if want ab; then
   QTOK=(); [ -f benchmarks/.assets/qwen3-tokenizer/tokenizer.json ] && QTOK=(--tokenizer benchmarks/.assets/qwen3-tokenizer)
   [ -f "$AB/qwen3-0.6b/model.safetensors" ] || "${BENCH[@]}" checkpoint qwen3-0.6b --out "$AB/qwen3-0.6b" "${QTOK[@]}" | tail -1
   for mode in ${AB_MODES:-default in-order}; do
-    flag=(--name "$mode"); pdl=1; bal=; kve=
+    flag=(--name "$mode"); pdl=1; bal=; kve=; prs=
     for part in ${mode//+/ }; do
       case $part in
         async) flag+=(--scheduler.async_scheduling true) ;;
@@ -101,11 +103,14 @@ if want ab; then
         unbalanced) bal=0 ;;
         kvstart) kve=2 ;;
         kvbarrier) kve=1 ;;
+        pairs) prs=1 ;;
+        pairs2) prs=2 ;;
+        nopairs) prs=0 ;;
         no-pdl) pdl=0 ;;
       esac
     done
     for m in ${AB_MODELS:-llama-3.2-1b qwen3-0.6b}; do
-      INFER_PDL=$pdl INFER_DECODE_BALANCED_ELEMENTS=$bal INFER_DECODE_KV_EARLY=$kve timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
+      INFER_PDL=$pdl INFER_DECODE_BALANCED_ELEMENTS=$bal INFER_DECODE_KV_EARLY=$kve INFER_DECODE_PAIRS=$prs timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
         --workload "${AB_WORKLOADS:-W1,W2}" --repeats "${AB_REPEATS:-3}" --label "$m-random" --out "$REPORT" "${flag[@]}" 2>&1 | tail -4
     done
   done

@@ -39,6 +39,7 @@ class LayerCase:
     pipeline: int = 3
     fewest_steps: bool = False
     balanced: bool = False  # the GEMM stages whose shares fit are balanced (choose_config)
+    pairs: int = dl.DecodeLayerConfig.pairs  # bf16 pair tiles (bf16 launches only)
 
 
 @st.composite
@@ -52,6 +53,7 @@ def layer_cases(draw, *, programs=(1, 3, 4, 5)) -> LayerCase:
         tile=draw(st.sampled_from([16, 32])), max_elements=draw(st.sampled_from([256, 1024, 16384])),
         max_bk=draw(st.sampled_from([16, 32, 2048])), prefetch=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
         pipeline=draw(st.sampled_from([1, 2, 3])), fewest_steps=draw(st.booleans()), balanced=draw(st.booleans()),
+        pairs=draw(st.sampled_from([0, 1, 2])),
     )
 
 
@@ -88,7 +90,8 @@ def config_for(case: LayerCase, dtype: torch.dtype) -> dl.DecodeLayerConfig:
     cfg = dl.choose_config(case.hidden, case.intermediate, hq, case.kv_heads, case.head_dim, case.programs, dtype,
                            max_elements=case.max_elements, max_bk=case.max_bk, fewest_steps=case.fewest_steps,
                            num_warps=8, balanced_elements=4 * case.max_elements if case.balanced else 0)
-    return replace(cfg, splits=case.splits, tile=case.tile, prefetch=case.prefetch, pipeline=case.pipeline)
+    return replace(cfg, splits=case.splits, tile=case.tile, prefetch=case.prefetch, pipeline=case.pipeline,
+                   pairs=case.pairs)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

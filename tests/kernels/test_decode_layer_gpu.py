@@ -44,6 +44,19 @@ def test_real_shapes(shape, context):
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("context", [0, 63, 300, 4000])
+@pytest.mark.parametrize("pairs", [0, 1, 2])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_pair_tiles(shape, context, pairs, balanced):
+    """bf16 pair tiles (``pairs``: the input computed in the tiles' shape, or split from the flat
+    row), chunked or balanced GEMM stages, at 2 programs per SM."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    case = replace(real_case(shape, context), programs=2 * sms, max_elements=8192, fewest_steps=True,
+                   pipeline=1, balanced=balanced, pairs=pairs)
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize(("max_elements", "pipeline", "fewest_steps", "prefetch"), [
     (4096, 3, False, True), (16384, 1, False, False), (32768, 3, False, True),
     (16384, 1, True, True), (32768, 1, True, False), (65536, 1, True, True),

@@ -167,25 +167,50 @@ def _stamp(timeline_ptr, pid, index, TIMELINE: tl.constexpr):
 
 
 @triton.jit
-def _w_rows(w_ptr, row0, row_end, kt, K: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr):
+def _w_rows(w_ptr, row0, row_end, kt, K: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr, SUB: tl.constexpr):
     """Rows ``[row0, row0 + ROWS)`` below ``row_end``, columns ``[kt * BK, +BK)`` of a
     row-major weight with ``K`` columns (zeros outside), streamed once. The mask is constant
-    along K when ``BK`` divides ``K`` (vectorized loads)."""
+    along K when ``BK`` divides ``K`` (vectorized loads). With ``SUB`` > 0 (bf16 weights,
+    :func:`_pair_dot`), the tile is ``[ROWS, BK / SUB, SUB / 2]`` uint32 words, each holding
+    two neighbouring bf16 weights."""
     rows = row0 + tl.arange(0, ROWS)
-    ks = kt * BK + tl.arange(0, BK)
-    if K % BK == 0:
-        mask = (rows < row_end)[:, None]
+    if SUB > 0:
+        HALF_SUB: tl.constexpr = SUB // 2
+        pairs = kt * (BK // 2) + tl.arange(0, BK // SUB)[:, None] * HALF_SUB + tl.arange(0, HALF_SUB)[None, :]
+        ptrs = w_ptr.to(tl.pointer_type(tl.uint32)) + rows.to(tl.int64)[:, None, None] * (K // 2) + pairs[None, :, :]
+        if K % BK == 0:
+            mask = (rows < row_end)[:, None, None]
+        else:
+            mask = (rows < row_end)[:, None, None] & (pairs < K // 2)[None, :, :]
+        return tl.load(ptrs, mask=mask, other=0, eviction_policy="evict_first")
     else:
-        mask = (rows < row_end)[:, None] & (ks < K)[None, :]
-    return tl.load(w_ptr + rows.to(tl.int64)[:, None] * K + ks[None, :], mask=mask, other=0.0,
-                   eviction_policy="evict_first")
+        ks = kt * BK + tl.arange(0, BK)
+        if K % BK == 0:
+            mask = (rows < row_end)[:, None]
+        else:
+            mask = (rows < row_end)[:, None] & (ks < K)[None, :]
+        return tl.load(w_ptr + rows.to(tl.int64)[:, None] * K + ks[None, :], mask=mask, other=0.0,
+                       eviction_policy="evict_first")
 
 
 @triton.jit
-def _w_tile(w_ptr, chunk, kt, N: tl.constexpr, K: tl.constexpr, valid, ROWS: tl.constexpr, BK: tl.constexpr):
+def _pair_dot(w, x_even, x_odd):
+    """The row sums of a word tile ``w [R, BK / SUB, SUB / 2]`` (two bf16 weights per uint32)
+    times the input's even and odd elements: each bf16 widened to float32 by one integer
+    instruction (the low weight shifted up, the high one masked: exactly the bf16 value), the
+    products accumulated by FMA chains along the middle axis (each thread's own registers),
+    then across the threads. Half the instructions of the bf16 tile's
+    ``sum(w.to(float32) * x)`` (measured offline in the sm_90 SASS)."""
+    lo, hi = _widen_pairs(w)
+    return tl.sum(tl.sum(lo * x_even[None, :, :], axis=1) + tl.sum(hi * x_odd[None, :, :], axis=1), axis=1)
+
+
+@triton.jit
+def _w_tile(w_ptr, chunk, kt, N: tl.constexpr, K: tl.constexpr, valid, ROWS: tl.constexpr, BK: tl.constexpr,
+            SUB: tl.constexpr):
     """Row chunk ``chunk`` (rows ``[chunk * ROWS, +ROWS)`` of the ``[N, K]`` weight), K tile
     ``kt`` (:func:`_w_rows`; zeros everywhere when not ``valid``)."""
-    return _w_rows(w_ptr, chunk * ROWS, tl.where(valid, N, 0), kt, K, ROWS, BK)
+    return _w_rows(w_ptr, chunk * ROWS, tl.where(valid, N, 0), kt, K, ROWS, BK, SUB)
 
 
 @triton.jit
@@ -197,22 +222,22 @@ def _share(pid, num_programs, N: tl.constexpr):
 
 @triton.jit
 def _first_tiles(w_ptr, pid, num_programs, N: tl.constexpr, K: tl.constexpr, GATED: tl.constexpr, ROWS: tl.constexpr,
-                 BK: tl.constexpr, BALANCED: tl.constexpr):
+                 BK: tl.constexpr, BALANCED: tl.constexpr, SUB: tl.constexpr):
     """The first weight tile(s) of program ``pid``'s share of a GEMM stage (the up rows' too
     when ``GATED``), issued ahead of the barrier before the stage: its first row chunk, or
     (``BALANCED``) its whole share."""
     if BALANCED:
         lo, hi = _share(pid, num_programs, N)
-        w = _w_rows(w_ptr, lo, hi, 0, K, ROWS, BK)
+        w = _w_rows(w_ptr, lo, hi, 0, K, ROWS, BK, SUB)
         if GATED:  # noqa: SIM108 (a constexpr branch)
-            wu = _w_rows(w_ptr + N * K, lo, hi, 0, K, ROWS, BK)
+            wu = _w_rows(w_ptr + N * K, lo, hi, 0, K, ROWS, BK, SUB)
         else:
             wu = w
     else:
         valid = pid < tl.cdiv(N, ROWS)
-        w = _w_tile(w_ptr, pid, 0, N, K, valid, ROWS, BK)
+        w = _w_tile(w_ptr, pid, 0, N, K, valid, ROWS, BK, SUB)
         if GATED:  # noqa: SIM108 (a constexpr branch)
-            wu = _w_tile(w_ptr + N * K, pid, 0, N, K, valid, ROWS, BK)
+            wu = _w_tile(w_ptr + N * K, pid, 0, N, K, valid, ROWS, BK, SUB)
         else:
             wu = w
     return w, wu
@@ -236,6 +261,37 @@ def _stream(x_ptr, r_ptr, o_ptr, ks, mask, MODE: tl.constexpr, HAS_RESIDUAL: tl.
     if MODE == 2:
         h = add_residual(tl.load(o_ptr + ks, mask=mask, other=0.0, cache_modifier=".cg"), h)
     return h
+
+
+@triton.jit
+def _widen_pairs(words):
+    """uint32 words of two bf16 values each → the low and high values as float32 (exact: a
+    shift and a mask)."""
+    return (words << 16).to(tl.float32, bitcast=True), (words & 0xFFFF0000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _load_pairs(ptr, pairs, mask, CG: tl.constexpr):
+    """The bf16 values at words ``pairs`` of ``ptr`` (two values per word) as float32, even and
+    odd; ``.cg`` (L2) when ``CG`` (written in this launch)."""
+    words_ptr = ptr.to(tl.pointer_type(tl.uint32)) + pairs
+    if CG:
+        words = tl.load(words_ptr, mask=mask, other=0, cache_modifier=".cg")
+    else:
+        words = tl.load(words_ptr, mask=mask, other=0)
+    return _widen_pairs(words)
+
+
+@triton.jit
+def _normed_half(x, r, o, nw, rstd, dtype: tl.constexpr, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """:func:`_stream` and the RMSNorm of :func:`_gemm_input` on values already loaded (float32
+    holding values of ``dtype``), with the same roundings; float32 out."""
+    h = x.to(dtype)
+    if HAS_RESIDUAL:
+        h = add_residual(h, r.to(dtype))
+    if MODE == 2:
+        h = add_residual(o.to(dtype), h)
+    return normed(h, rstd, nw.to(dtype), False).to(tl.float32)
 
 
 @triton.jit
@@ -269,14 +325,57 @@ def _gemm_input(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl
 
 
 @triton.jit
-def _accumulate(acc, acc_up, w, wu, x, j, row0, row_end, out_ptr, GATED: tl.constexpr,
-                ROWS: tl.constexpr, KT: tl.constexpr):
-    """Add one tile's products to the sums of rows ``[row0, +ROWS)``; after the last K tile,
-    store those below ``row_end`` (the gated activation of the two sums when ``GATED``) and
-    start over."""
-    acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-    if GATED:
-        acc_up += tl.sum(wu.to(tl.float32) * x[None, :], axis=1)
+def _gemm_x(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+            BK: tl.constexpr, SUB: tl.constexpr, SPLIT_X: tl.constexpr):
+    """:func:`_gemm_input` in float32, as ``(x, x)``; or with ``SUB`` > 0 its even and odd
+    elements, each ``[BK / SUB, SUB / 2]`` (the columns of :func:`_w_rows`' word tile), loaded
+    and computed in that shape: no reshuffle of a flat row into the tile's layout
+    (``SPLIT_X``: the flat row computed, then split and reshaped, for A/B)."""
+    if SUB > 0 and SPLIT_X:
+        x = _gemm_input(kt, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+        x_even, x_odd = tl.split(tl.reshape(x, (BK // 2, 2)))
+        return tl.reshape(x_even, (BK // SUB, SUB // 2)), tl.reshape(x_odd, (BK // SUB, SUB // 2))
+    elif SUB > 0:
+        HALF_SUB: tl.constexpr = SUB // 2
+        pairs = kt * (BK // 2) + tl.arange(0, BK // SUB)[:, None] * HALF_SUB + tl.arange(0, HALF_SUB)[None, :]
+        if K % BK == 0:  # noqa: SIM108 (a constexpr branch)
+            mask = pairs >= 0
+        else:
+            mask = pairs < K // 2
+        if MODE == 0:
+            return _load_pairs(x_ptr, pairs, mask, True)
+        else:
+            dtype = x_ptr.dtype.element_ty
+            x_lo, x_hi = _load_pairs(x_ptr, pairs, mask, False)
+            r_lo, r_hi = x_lo, x_hi
+            if HAS_RESIDUAL:
+                r_lo, r_hi = _load_pairs(r_ptr, pairs, mask, False)
+            o_lo, o_hi = x_lo, x_hi
+            if MODE == 2:
+                o_lo, o_hi = _load_pairs(o_ptr, pairs, mask, True)
+            w_lo, w_hi = _load_pairs(nw_ptr, pairs, mask, False)
+            return (_normed_half(x_lo, r_lo, o_lo, w_lo, rstd, dtype, MODE, HAS_RESIDUAL),
+                    _normed_half(x_hi, r_hi, o_hi, w_hi, rstd, dtype, MODE, HAS_RESIDUAL))
+    else:
+        x = _gemm_input(kt, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+        return x, x
+
+
+@triton.jit
+def _accumulate(acc, acc_up, w, wu, x, x_odd, j, row0, row_end, out_ptr, GATED: tl.constexpr,
+                ROWS: tl.constexpr, KT: tl.constexpr, SUB: tl.constexpr):
+    """Add one tile's products to the sums of rows ``[row0, +ROWS)`` (``x`` the input tile, or
+    with ``SUB`` > 0 its even elements and ``x_odd`` its odd ones: :func:`_pair_dot`); after
+    the last K tile, store those below ``row_end`` (the gated activation of the two sums when
+    ``GATED``) and start over."""
+    if SUB > 0:
+        acc += _pair_dot(w, x, x_odd)
+        if GATED:
+            acc_up += _pair_dot(wu, x, x_odd)
+    else:
+        acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        if GATED:
+            acc_up += tl.sum(wu.to(tl.float32) * x[None, :], axis=1)
     if j % KT == KT - 1:
         rows = row0 + tl.arange(0, ROWS)
         dtype = out_ptr.dtype.element_ty
@@ -295,46 +394,49 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                 MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
                 ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, PIPE: tl.constexpr,
-                BALANCED: tl.constexpr):
+                BALANCED: tl.constexpr, SUB: tl.constexpr, SPLIT_X: tl.constexpr):
     """``out[:N] = input @ w.T`` (or ``silu(input @ gate.T) * (input @ up.T)`` when ``GATED``,
     ``w_ptr`` then ``[2N, K]``) over program ``pid``'s tiles (row chunk ``pid + i P``, K tile
     ``kt``), ``w``/``wu`` its first tile(s), already requested. The later tiles: with
     ``PIPE > 1`` Triton's software pipeline (asynchronous copies into shared memory, ``PIPE``
     stages); else each tile's successor is requested into registers before its product (the
     compiler may still schedule it later). ``BALANCED`` (one K tile, ``ROWS`` at least the
-    largest share): ``w``/``wu`` hold the program's whole share (:func:`_share`), one product."""
+    largest share): ``w``/``wu`` hold the program's whole share (:func:`_share`), one product.
+    ``SUB`` > 0: the tiles are bf16 pairs (:func:`_w_rows`, :func:`_pair_dot`)."""
     if BALANCED:
         lo, hi = _share(pid, num_programs, N)
-        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB, SPLIT_X)
         acc = tl.zeros([ROWS], dtype=tl.float32)
-        _accumulate(acc, acc, w, wu, x, 0, lo, hi, out_ptr, GATED, ROWS, 1)
+        _accumulate(acc, acc, w, wu, x, x_odd, 0, lo, hi, out_ptr, GATED, ROWS, 1, SUB)
     else:
         n_chunks = tl.cdiv(N, ROWS)
         tiles = ((n_chunks - pid + num_programs - 1) // num_programs) * KT
         acc = tl.zeros([ROWS], dtype=tl.float32)
         acc_up = tl.zeros([ROWS], dtype=tl.float32)
-        x = _gemm_input(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
+        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB, SPLIT_X)
         if PIPE > 1:
-            acc, acc_up = _accumulate(acc, acc_up, w, wu, x, 0, pid * ROWS, N, out_ptr, GATED, ROWS, KT)  # tile 0
+            acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, 0, pid * ROWS, N, out_ptr, GATED, ROWS, KT,
+                                      SUB)  # tile 0
             for j in tl.range(1, tiles, num_stages=PIPE):
                 chunk = pid + (j // KT) * num_programs
-                w = _w_tile(w_ptr, chunk, j % KT, N, K, True, ROWS, BK)
+                w = _w_tile(w_ptr, chunk, j % KT, N, K, True, ROWS, BK, SUB)
                 if GATED:
-                    wu = _w_tile(w_ptr + N * K, chunk, j % KT, N, K, True, ROWS, BK)
+                    wu = _w_tile(w_ptr + N * K, chunk, j % KT, N, K, True, ROWS, BK, SUB)
                 if KT > 1:
-                    x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
-                acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, chunk * ROWS, N, out_ptr, GATED, ROWS, KT)
+                    x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB, SPLIT_X)
+                acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, j, chunk * ROWS, N, out_ptr, GATED, ROWS, KT,
+                                          SUB)
         else:
             for j in range(tiles):
                 nxt = j + 1
                 chunk_next = pid + (nxt // KT) * num_programs
-                w_next = _w_tile(w_ptr, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
+                w_next = _w_tile(w_ptr, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK, SUB)
                 if GATED:
-                    wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK)
+                    wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK, SUB)
                 if KT > 1:
-                    x = _gemm_input(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
-                acc, acc_up = _accumulate(acc, acc_up, w, wu, x, j, (pid + (j // KT) * num_programs) * ROWS, N, out_ptr,
-                                          GATED, ROWS, KT)
+                    x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB, SPLIT_X)
+                acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, j, (pid + (j // KT) * num_programs) * ROWS, N,
+                                          out_ptr, GATED, ROWS, KT, SUB)
                 w = w_next
                 if GATED:
                     wu = wu_next
@@ -539,6 +641,7 @@ def _decode_layer_kernel(
     ROWS_QKV: tl.constexpr, BK_QKV: tl.constexpr, ROWS_O: tl.constexpr, BK_O: tl.constexpr,
     ROWS_GU: tl.constexpr, BK_GU: tl.constexpr, ROWS_DOWN: tl.constexpr, BK_DOWN: tl.constexpr,
     BAL_QKV: tl.constexpr, BAL_O: tl.constexpr, BAL_GU: tl.constexpr, BAL_DOWN: tl.constexpr,
+    SUB_QKV: tl.constexpr, SUB_O: tl.constexpr, SUB_GU: tl.constexpr, SUB_DOWN: tl.constexpr, SPLIT_X: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr,
@@ -557,7 +660,7 @@ def _decode_layer_kernel(
     # start, with the qkv tiles: all were written before the previous launch began (see pdl)
     KV_START: tl.constexpr = KV_EARLY == 2 and ALL and LAST >= 2
     if (ALL and LAST >= 1) or STAGE == 1:
-        w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV)
+        w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, SUB_QKV)
     if KV_START:
         tl.debug_barrier()  # keeps the qkv tiles' requests first (ptxas would put the key tile's chain ahead)
         seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
@@ -570,7 +673,7 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV)
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, SPLIT_X)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 2:
         seen = _arrive(counters_ptr, 0)
@@ -609,7 +712,7 @@ def _decode_layer_kernel(
     if ARRIVE_FIRST and ALL and LAST >= 4:
         seen = _arrive(counters_ptr, 2)
     if PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):
-        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
+        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
     _stamp(timeline_ptr, pid, 6, TIMELINE)
     if ALL and LAST >= 4:
         if not ARRIVE_FIRST:
@@ -618,13 +721,13 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 7, TIMELINE)
     if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
-            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O)
+            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O)
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, SPLIT_X)
     if ARRIVE_FIRST and ALL and LAST >= 5:
         seen = _arrive(counters_ptr, 3)
     if PREFETCH and ((ALL and LAST >= 5) or STAGE == 5):
-        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
+        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
     _stamp(timeline_ptr, pid, 8, TIMELINE)
     if ALL and LAST >= 5:
         if not ARRIVE_FIRST:
@@ -633,15 +736,15 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 9, TIMELINE)
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
-            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU)
+            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
-                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU)
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, SPLIT_X)
     if ARRIVE_FIRST and ALL and LAST >= 6:
         seen = _arrive(counters_ptr, 4)
     if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
-        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
+        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
     _stamp(timeline_ptr, pid, 10, TIMELINE)
     if ALL and LAST >= 6:
         if not ARRIVE_FIRST:
@@ -650,9 +753,9 @@ def _decode_layer_kernel(
     _stamp(timeline_ptr, pid, 11, TIMELINE)
     if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
         if not PREFETCH:
-            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN)
+            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN)
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, SPLIT_X)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
@@ -699,7 +802,10 @@ class DecodeLayerConfig:
     stage (0). ``balanced`` (per GEMM stage, see :func:`choose_config`): each
     program's rows are one contiguous share of the stage (:func:`_share`, shares differ by at
     most a row), all of it requested before the barrier, one product; ``rows`` is then the
-    tile's height (at least the largest share) and ``bk`` covers K."""
+    tile's height (at least the largest share) and ``bk`` covers K. ``pairs`` (bf16 only):
+    the GEMM stages load their weights as uint32 words of two bf16 values and multiply them
+    by the input's even and odd elements (:func:`_pair_dot`, :func:`pair_sub`), the input
+    computed in that shape (1) or as a flat row then split (2)."""
 
     num_programs: int
     splits: int
@@ -714,6 +820,7 @@ class DecodeLayerConfig:
     arrive_first: bool = True
     kv_early: int = 2
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
+    pairs: int = 0
 
 
 def _pow2_floor(n: int) -> int:
@@ -772,6 +879,16 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
                              num_warps=num_warps, pipeline=pipeline, balanced=tuple(balanced))
 
 
+def pair_sub(rows: int, bk: int, k: int, num_warps: int) -> int:
+    """The sub-tile width (weights per row and middle index) of a GEMM stage's word tiles
+    (:func:`_w_rows` with ``SUB``): as wide as lets the program's threads, 16-byte words per
+    thread, cover the tile's ``rows`` once (each row's sum within as few threads as possible),
+    within ``bk``; 0 (the bf16 tile) when ``k`` is odd or ``bk`` is below 8."""
+    if k % 2 or bk < 8:
+        return 0
+    return min(bk, max(8, _pow2_floor(8 * 32 * num_warps // rows)))
+
+
 def _env_int(name: str, default: int) -> int:
     """The integer in environment variable ``name``, or ``default`` when unset or empty."""
     value = os.environ.get(name)
@@ -784,6 +901,12 @@ def default_balanced_elements() -> int:
     each), or ``INFER_DECODE_BALANCED_ELEMENTS`` from the environment (0 turns it off; A/B
     measurements)."""
     return _env_int("INFER_DECODE_BALANCED_ELEMENTS", 16384)
+
+
+def default_pairs() -> int:
+    """``pairs`` of the configuration a launch picks for itself: the config's default, or
+    ``INFER_DECODE_PAIRS`` (0, 1 or 2) from the environment (A/B measurements)."""
+    return _env_int("INFER_DECODE_PAIRS", DecodeLayerConfig.pairs)
 
 
 def default_kv_early() -> int:
@@ -868,7 +991,10 @@ def decode_layer(
     r = residual if residual is not None else x
     ws = workspace
 
+    ks = (hidden, hq * d, hidden, inter)  # each GEMM stage's K
+
     def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
+        pairs = cfg.pairs > 0 and x.dtype == torch.bfloat16
         args = (
             x, r, out, res_out,
             weights.qkv, weights.o, weights.gate_up, weights.down, weights.input_norm, weights.post_norm,
@@ -887,6 +1013,9 @@ def decode_layer(
             ROWS_QKV=cfg.rows[0], BK_QKV=cfg.bk[0], ROWS_O=cfg.rows[1], BK_O=cfg.bk[1],
             ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
             BAL_QKV=cfg.balanced[0], BAL_O=cfg.balanced[1], BAL_GU=cfg.balanced[2], BAL_DOWN=cfg.balanced[3],
+            **{f"SUB_{name}": pair_sub(cfg.rows[i], cfg.bk[i], ks[i], cfg.num_warps) if pairs else 0
+               for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
+            SPLIT_X=cfg.pairs == 2,
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
@@ -903,7 +1032,8 @@ def decode_layer(
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
         for per_sm in (4, 2, 1):
             cfg = replace(choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
-                                        balanced_elements=default_balanced_elements()), kv_early=default_kv_early())
+                                        balanced_elements=default_balanced_elements()), kv_early=default_kv_early(),
+                          pairs=default_pairs())
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg
