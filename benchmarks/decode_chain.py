@@ -162,9 +162,9 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  "kvstart": {"kv_early": 2, "balanced_elements": 16384},
                  # choose_config's balanced GEMM stages (a share of up to that many weight elements)
                  **{f"balanced{e // 1024}k": {"balanced_elements": e} for e in (16384, 32768)},
-                 # bf16 pair tiles in the GEMM stages: the input in the tiles' shape (1) or split (2)
-                 "pairs": {"pairs": 1, "balanced_elements": 16384}, "pairs2": {"pairs": 2, "balanced_elements": 16384},
-                 "nopairs": {"pairs": 0, "balanced_elements": 16384}}
+                 # bf16 pair tiles in the GEMM stages (qkv, o, gate/up, down) whose digit is 1
+                 **{f"pairs{d}": {"pairs": tuple(c == "1" for c in d), "balanced_elements": 16384}
+                    for d in ("0000", "1111", "0010", "1010", "1011", "1110")}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),

@@ -48,7 +48,7 @@ FLOATS = {"eps", "qk_scale"}
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
                arrive_first: bool | None = None, kv_early: int | None = None,
                balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
-               pairs: int | None = None) -> tuple[dict, dict]:
+               pairs: tuple[bool, bool, bool, bool] | None = None) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -69,9 +69,8 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         ROWS_GU=conf.rows[2], BK_GU=conf.bk[2], ROWS_DOWN=conf.rows[3], BK_DOWN=conf.bk[3],
         STAGE=-1, LAST=last_stage, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
         BAL_QKV=conf.balanced[0], BAL_O=conf.balanced[1], BAL_GU=conf.balanced[2], BAL_DOWN=conf.balanced[3],
-        **{f"SUB_{name}": dl.pair_sub(conf.rows[i], conf.bk[i], ks[i], conf.num_warps) if conf.pairs else 0
+        **{f"SUB_{name}": dl.pair_sub(conf.rows[i], conf.bk[i], ks[i], conf.num_warps) if conf.pairs[i] else 0
            for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
-        SPLIT_X=conf.pairs == 2,
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
     )
     return values, conf.__dict__
@@ -106,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeline", action="store_true")
     parser.add_argument("--arrive-first", type=int, choices=(0, 1), help="default: the config's")
     parser.add_argument("--kv-early", type=int, choices=(0, 1, 2), help="default: the config's")
-    parser.add_argument("--pairs", type=int, choices=(0, 1, 2), help="bf16 pair tiles (default: the config's)")
+    parser.add_argument("--pairs", help="bf16 pair tiles per GEMM stage, four digits 0 / 1 (qkv, o, gate/up, "
+                        "down; default: the config's)")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
     parser.add_argument("--last-stage", type=int, default=6, choices=range(1, 7),
                         help="compile the launch cut after this stage: which stage sets the register peak")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                               None if args.arrive_first is None else bool(args.arrive_first),
                               args.kv_early, args.balanced_elements,
                               args.last_stage, args.num_warps,
-                              args.pairs)
+                              None if args.pairs is None else tuple(c == "1" for c in args.pairs))
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:

@@ -20,8 +20,8 @@
 #            "balanced[N]" / "unbalanced" = INFER_DECODE_BALANCED_ELEMENTS=N (default 16384) / 0,
 #            "kvbarrier" / "kvstart" = INFER_DECODE_KV_EARLY=1 / 2 (the first key tile requested at
 #            barrier 0, or at the launch's start: the default),
-#            "pairs" / "pairs2" / "nopairs" = INFER_DECODE_PAIRS=1 / 2 / 0 (bf16 pair tiles in the
-#            persistent layer's GEMM stages: the input in the tiles' shape, or split from the row),
+#            "pairs<4 digits>" = INFER_DECODE_PAIRS=<digits> (bf16 pair tiles in the persistent
+#            layer's GEMM stages qkv, o, gate/up, down whose digit is 1),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -103,9 +103,7 @@ if want ab; then
         unbalanced) bal=0 ;;
         kvstart) kve=2 ;;
         kvbarrier) kve=1 ;;
-        pairs) prs=1 ;;
-        pairs2) prs=2 ;;
-        nopairs) prs=0 ;;
+        pairs[01][01][01][01]) prs=${part#pairs} ;;
         no-pdl) pdl=0 ;;
       esac
     done

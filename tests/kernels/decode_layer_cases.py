@@ -39,7 +39,7 @@ class LayerCase:
     pipeline: int = 3
     fewest_steps: bool = False
     balanced: bool = False  # the GEMM stages whose shares fit are balanced (choose_config)
-    pairs: int = dl.DecodeLayerConfig.pairs  # bf16 pair tiles (bf16 launches only)
+    pairs: tuple[bool, bool, bool, bool] = dl.DecodeLayerConfig.pairs  # bf16 pair tiles per GEMM stage (bf16 only)
 
 
 @st.composite
@@ -53,7 +53,7 @@ def layer_cases(draw, *, programs=(1, 3, 4, 5)) -> LayerCase:
         tile=draw(st.sampled_from([16, 32])), max_elements=draw(st.sampled_from([256, 1024, 16384])),
         max_bk=draw(st.sampled_from([16, 32, 2048])), prefetch=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
         pipeline=draw(st.sampled_from([1, 2, 3])), fewest_steps=draw(st.booleans()), balanced=draw(st.booleans()),
-        pairs=draw(st.sampled_from([0, 1, 2])),
+        pairs=tuple(draw(st.lists(st.booleans(), min_size=4, max_size=4))),
     )
 
 

@@ -45,15 +45,15 @@ def test_real_shapes(shape, context):
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 63, 300, 4000])
-@pytest.mark.parametrize("pairs", [0, 1, 2])
 @pytest.mark.parametrize("balanced", [False, True])
-def test_pair_tiles(shape, context, pairs, balanced):
-    """bf16 pair tiles (``pairs``: the input computed in the tiles' shape, or split from the flat
-    row), chunked or balanced GEMM stages, at 2 programs per SM."""
+def test_pair_tiles(shape, context, balanced):
+    """bf16 pair tiles in every GEMM stage, chunked or balanced, at 2 programs per SM (4 warps,
+    fewest steps: the launch's own kind of configuration)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     case = replace(real_case(shape, context), programs=2 * sms, max_elements=8192, fewest_steps=True,
-                   pipeline=1, balanced=balanced, pairs=pairs)
-    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False)
+                   pipeline=1, balanced=balanced, pairs=(True,) * 4)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4)
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))

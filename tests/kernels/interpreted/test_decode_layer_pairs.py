@@ -27,7 +27,7 @@ from tests.kernels.cases import generator, randn
 def _one_stage(w_ptr, out_ptr, x_ptr, r_ptr, o_ptr, nw_ptr, eps, num_programs,
                N: tl.constexpr, K: tl.constexpr, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                GATED: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr, PIPE: tl.constexpr,
-               BALANCED: tl.constexpr, SUB: tl.constexpr, SPLIT_X: tl.constexpr):
+               BALANCED: tl.constexpr, SUB: tl.constexpr):
     KT: tl.constexpr = (K + BK - 1) // BK
     pid = tl.program_id(0)
     rstd = 0.0
@@ -35,7 +35,7 @@ def _one_stage(w_ptr, out_ptr, x_ptr, r_ptr, o_ptr, nw_ptr, eps, num_programs,
         rstd = dl._stream_rstd(x_ptr, r_ptr, o_ptr, out_ptr, K, eps, False, MODE, HAS_RESIDUAL, BK, KT)
     w, wu = dl._first_tiles(w_ptr, pid, num_programs, N, K, GATED, ROWS, BK, BALANCED, SUB)
     dl._gemm_stage(w_ptr, out_ptr, N, K, pid, num_programs, w, wu, x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
-                   MODE, HAS_RESIDUAL, GATED, ROWS, BK, KT, PIPE, BALANCED, SUB, SPLIT_X)
+                   MODE, HAS_RESIDUAL, GATED, ROWS, BK, KT, PIPE, BALANCED, SUB)
 
 
 @st.composite
@@ -52,7 +52,7 @@ def stage_cases(draw):
     sub = draw(st.sampled_from([s for s in (8, 16, 32, 64) if s <= bk]))
     return dict(n=n, k=k, programs=programs, balanced=balanced, rows=rows, bk=bk, sub=sub,
                 mode=draw(st.sampled_from([0, 1, 2])), residual=draw(st.booleans()), gated=draw(st.booleans()),
-                pipe=1 if balanced else draw(st.sampled_from([1, 2])), split_x=draw(st.booleans()),
+                pipe=1 if balanced else draw(st.sampled_from([1, 2])),
                 seed=draw(st.integers(0, 2**16)))
 
 
@@ -68,7 +68,7 @@ def run_stage(c: dict, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
     _one_stage[(c["programs"],)](w, out, x, r if residual else x, o, nw, 1e-6, c["programs"],
                                  N=n, K=k, MODE=c["mode"], HAS_RESIDUAL=residual, GATED=c["gated"],
                                  ROWS=c["rows"], BK=c["bk"], PIPE=c["pipe"], BALANCED=c["balanced"],
-                                 SUB=sub, SPLIT_X=c["split_x"], num_warps=4)
+                                 SUB=sub, num_warps=4)
     h = x + r if residual else x
     if c["mode"] == 2:
         h = o + h
@@ -89,7 +89,8 @@ def test_pair_tiles_match_bf16_tiles_and_torch(c):
     pairs, _ = run_stage(c, c["sub"])
     assert not pairs.isnan().any(), c  # every row written
     assert relative(pairs, plain) <= 2e-2, (relative(pairs, plain), c)
-    assert relative(pairs, ref) <= 3e-2, (relative(pairs, ref), c)
+    # against torch, the gated activation's roundings (silu, then the product) as in the layer tests
+    assert relative(pairs, ref) <= 5e-2, (relative(pairs, ref), c)
 
 
 def test_pair_sub_fills_the_threads_once():
@@ -99,9 +100,18 @@ def test_pair_sub_fills_the_threads_once():
     assert dl.pair_sub(4, 1024, 1023, 4) == 0  # odd K: bf16 tiles
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, dl.DecodeLayerConfig.pairs), ("0", 0), ("2", 2)])
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, dl.DecodeLayerConfig.pairs), ("", dl.DecodeLayerConfig.pairs), ("0010", (False, False, True, False)),
+    ("1111", (True,) * 4)])
 def test_default_pairs_reads_the_environment(monkeypatch, value, expected):
     monkeypatch.delenv("INFER_DECODE_PAIRS", raising=False)
     if value is not None:
         monkeypatch.setenv("INFER_DECODE_PAIRS", value)
     assert dl.default_pairs() == expected
+
+
+@pytest.mark.parametrize("value", ["1", "00100", "0020"])
+def test_default_pairs_refuses_other_values(monkeypatch, value):
+    monkeypatch.setenv("INFER_DECODE_PAIRS", value)
+    with pytest.raises(ValueError, match="four digits"):
+        dl.default_pairs()

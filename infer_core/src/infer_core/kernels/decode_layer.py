@@ -326,16 +326,12 @@ def _gemm_input(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl
 
 @triton.jit
 def _gemm_x(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-            BK: tl.constexpr, SUB: tl.constexpr, SPLIT_X: tl.constexpr):
+            BK: tl.constexpr, SUB: tl.constexpr):
     """:func:`_gemm_input` in float32, as ``(x, x)``; or with ``SUB`` > 0 its even and odd
     elements, each ``[BK / SUB, SUB / 2]`` (the columns of :func:`_w_rows`' word tile), loaded
-    and computed in that shape: no reshuffle of a flat row into the tile's layout
-    (``SPLIT_X``: the flat row computed, then split and reshaped, for A/B)."""
-    if SUB > 0 and SPLIT_X:
-        x = _gemm_input(kt, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
-        x_even, x_odd = tl.split(tl.reshape(x, (BK // 2, 2)))
-        return tl.reshape(x_even, (BK // SUB, SUB // 2)), tl.reshape(x_odd, (BK // SUB, SUB // 2))
-    elif SUB > 0:
+    and computed in that shape (a flat row split into even and odd elements measured slower:
+    Triton reshuffles it through 16-bit shared-memory reads)."""
+    if SUB > 0:
         HALF_SUB: tl.constexpr = SUB // 2
         pairs = kt * (BK // 2) + tl.arange(0, BK // SUB)[:, None] * HALF_SUB + tl.arange(0, HALF_SUB)[None, :]
         if K % BK == 0:  # noqa: SIM108 (a constexpr branch)
@@ -394,7 +390,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                 MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
                 ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, PIPE: tl.constexpr,
-                BALANCED: tl.constexpr, SUB: tl.constexpr, SPLIT_X: tl.constexpr):
+                BALANCED: tl.constexpr, SUB: tl.constexpr):
     """``out[:N] = input @ w.T`` (or ``silu(input @ gate.T) * (input @ up.T)`` when ``GATED``,
     ``w_ptr`` then ``[2N, K]``) over program ``pid``'s tiles (row chunk ``pid + i P``, K tile
     ``kt``), ``w``/``wu`` its first tile(s), already requested. The later tiles: with
@@ -405,7 +401,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
     ``SUB`` > 0: the tiles are bf16 pairs (:func:`_w_rows`, :func:`_pair_dot`)."""
     if BALANCED:
         lo, hi = _share(pid, num_programs, N)
-        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB, SPLIT_X)
+        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
         acc = tl.zeros([ROWS], dtype=tl.float32)
         _accumulate(acc, acc, w, wu, x, x_odd, 0, lo, hi, out_ptr, GATED, ROWS, 1, SUB)
     else:
@@ -413,7 +409,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
         tiles = ((n_chunks - pid + num_programs - 1) // num_programs) * KT
         acc = tl.zeros([ROWS], dtype=tl.float32)
         acc_up = tl.zeros([ROWS], dtype=tl.float32)
-        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB, SPLIT_X)
+        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
         if PIPE > 1:
             acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, 0, pid * ROWS, N, out_ptr, GATED, ROWS, KT,
                                       SUB)  # tile 0
@@ -423,7 +419,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 if GATED:
                     wu = _w_tile(w_ptr + N * K, chunk, j % KT, N, K, True, ROWS, BK, SUB)
                 if KT > 1:
-                    x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB, SPLIT_X)
+                    x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
                 acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, j, chunk * ROWS, N, out_ptr, GATED, ROWS, KT,
                                           SUB)
         else:
@@ -434,7 +430,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 if GATED:
                     wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK, SUB)
                 if KT > 1:
-                    x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB, SPLIT_X)
+                    x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
                 acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, j, (pid + (j // KT) * num_programs) * ROWS, N,
                                           out_ptr, GATED, ROWS, KT, SUB)
                 w = w_next
@@ -641,7 +637,7 @@ def _decode_layer_kernel(
     ROWS_QKV: tl.constexpr, BK_QKV: tl.constexpr, ROWS_O: tl.constexpr, BK_O: tl.constexpr,
     ROWS_GU: tl.constexpr, BK_GU: tl.constexpr, ROWS_DOWN: tl.constexpr, BK_DOWN: tl.constexpr,
     BAL_QKV: tl.constexpr, BAL_O: tl.constexpr, BAL_GU: tl.constexpr, BAL_DOWN: tl.constexpr,
-    SUB_QKV: tl.constexpr, SUB_O: tl.constexpr, SUB_GU: tl.constexpr, SUB_DOWN: tl.constexpr, SPLIT_X: tl.constexpr,
+    SUB_QKV: tl.constexpr, SUB_O: tl.constexpr, SUB_GU: tl.constexpr, SUB_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr,
@@ -673,7 +669,7 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, SPLIT_X)
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 2:
         seen = _arrive(counters_ptr, 0)
@@ -723,7 +719,7 @@ def _decode_layer_kernel(
         if not PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, SPLIT_X)
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O)
     if ARRIVE_FIRST and ALL and LAST >= 5:
         seen = _arrive(counters_ptr, 3)
     if PREFETCH and ((ALL and LAST >= 5) or STAGE == 5):
@@ -740,7 +736,7 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
-                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, SPLIT_X)
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU)
     if ARRIVE_FIRST and ALL and LAST >= 6:
         seen = _arrive(counters_ptr, 4)
     if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
@@ -755,7 +751,7 @@ def _decode_layer_kernel(
         if not PREFETCH:
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, SPLIT_X)
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
@@ -802,10 +798,9 @@ class DecodeLayerConfig:
     stage (0). ``balanced`` (per GEMM stage, see :func:`choose_config`): each
     program's rows are one contiguous share of the stage (:func:`_share`, shares differ by at
     most a row), all of it requested before the barrier, one product; ``rows`` is then the
-    tile's height (at least the largest share) and ``bk`` covers K. ``pairs`` (bf16 only):
-    the GEMM stages load their weights as uint32 words of two bf16 values and multiply them
-    by the input's even and odd elements (:func:`_pair_dot`, :func:`pair_sub`), the input
-    computed in that shape (1) or as a flat row then split (2)."""
+    tile's height (at least the largest share) and ``bk`` covers K. ``pairs`` (per GEMM stage,
+    bf16 only): the stage loads its weights as uint32 words of two bf16 values and multiplies
+    them by the input's even and odd elements (:func:`_pair_dot`, :func:`pair_sub`)."""
 
     num_programs: int
     splits: int
@@ -820,7 +815,7 @@ class DecodeLayerConfig:
     arrive_first: bool = True
     kv_early: int = 2
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
-    pairs: int = 0
+    pairs: tuple[bool, bool, bool, bool] = (False, False, False, False)
 
 
 def _pow2_floor(n: int) -> int:
@@ -903,10 +898,17 @@ def default_balanced_elements() -> int:
     return _env_int("INFER_DECODE_BALANCED_ELEMENTS", 16384)
 
 
-def default_pairs() -> int:
+def default_pairs() -> tuple[bool, bool, bool, bool]:
     """``pairs`` of the configuration a launch picks for itself: the config's default, or
-    ``INFER_DECODE_PAIRS`` (0, 1 or 2) from the environment (A/B measurements)."""
-    return _env_int("INFER_DECODE_PAIRS", DecodeLayerConfig.pairs)
+    ``INFER_DECODE_PAIRS`` from the environment, four digits 0 / 1 for the qkv, o, gate/up and
+    down stages (A/B measurements)."""
+    value = os.environ.get("INFER_DECODE_PAIRS") or ""
+    if not value:
+        return DecodeLayerConfig.pairs
+    if len(value) != 4 or set(value) - {"0", "1"}:
+        raise ValueError(f"INFER_DECODE_PAIRS={value!r}: give four digits 0 or 1 (qkv, o, gate/up, down), "
+                         "e.g. 0010")
+    return tuple(c == "1" for c in value)
 
 
 def default_kv_early() -> int:
@@ -994,7 +996,7 @@ def decode_layer(
     ks = (hidden, hq * d, hidden, inter)  # each GEMM stage's K
 
     def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
-        pairs = cfg.pairs > 0 and x.dtype == torch.bfloat16
+        pairs = x.dtype == torch.bfloat16
         args = (
             x, r, out, res_out,
             weights.qkv, weights.o, weights.gate_up, weights.down, weights.input_norm, weights.post_norm,
@@ -1013,9 +1015,8 @@ def decode_layer(
             ROWS_QKV=cfg.rows[0], BK_QKV=cfg.bk[0], ROWS_O=cfg.rows[1], BK_O=cfg.bk[1],
             ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
             BAL_QKV=cfg.balanced[0], BAL_O=cfg.balanced[1], BAL_GU=cfg.balanced[2], BAL_DOWN=cfg.balanced[3],
-            **{f"SUB_{name}": pair_sub(cfg.rows[i], cfg.bk[i], ks[i], cfg.num_warps) if pairs else 0
+            **{f"SUB_{name}": pair_sub(cfg.rows[i], cfg.bk[i], ks[i], cfg.num_warps) if pairs and cfg.pairs[i] else 0
                for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
-            SPLIT_X=cfg.pairs == 2,
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
