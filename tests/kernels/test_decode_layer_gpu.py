@@ -46,12 +46,14 @@ def test_real_shapes(shape, context):
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 63, 300, 4000])
 @pytest.mark.parametrize("balanced", [False, True])
-def test_pair_tiles(shape, context, balanced):
-    """bf16 pair tiles in every GEMM stage, chunked or balanced, at 2 programs per SM (4 warps,
-    fewest steps: the launch's own kind of configuration)."""
+@pytest.mark.parametrize("pairs", ["1111", "0000", "1010"])
+def test_pair_tiles(shape, context, balanced, pairs):
+    """bf16 pair tiles in the GEMM stages whose digit is 1 (qkv, o, gate/up, down), bf16 tiles
+    in the others, chunked or balanced, at 2 programs per SM (4 warps, fewest steps: the
+    launch's own kind of configuration)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     case = replace(real_case(shape, context), programs=2 * sms, max_elements=8192, fewest_steps=True,
-                   pipeline=1, balanced=balanced, pairs=(True,) * 4)
+                   pipeline=1, balanced=balanced, pairs=tuple(c == "1" for c in pairs))
     cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4)
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
