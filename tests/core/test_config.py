@@ -144,7 +144,7 @@ def test_example_comments_out_exactly_the_unset_keys():
     }
     assert commented == {
         "model.path", "model.max_model_len", "model.served_model_name", "model.cuda_graph_sizes",
-        "model.small_m_gemm", "cache.num_blocks",
+        "model.small_m_gemm", "model.persistent_decode", "cache.num_blocks",
         "scheduler.prefill_chunk_size", "server.api_key",
     }
 
@@ -459,8 +459,8 @@ def test_wrong_type():
     )
 
 
-def test_persistent_decode_is_a_boolean_off_by_default(tmp_path):
-    assert load_config(environ={}).model.persistent_decode is False
+def test_persistent_decode_is_a_boolean_unset_by_default(tmp_path):
+    assert load_config(environ={}).model.persistent_decode is None  # on with CUDA, off on the CPU
     assert load_config(overrides=["--model.persistent_decode", "true"], environ={}).model.persistent_decode is True
     cfg = load_config(write(tmp_path, "[model]\npersistent_decode = true\n"), environ={})
     assert cfg.model.persistent_decode is True

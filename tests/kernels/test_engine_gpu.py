@@ -151,12 +151,14 @@ def test_gated_epilogue_equals_unfused_fp32(arch):
 
 @pytest.mark.parametrize(("arch", "overrides"), [("llama", {"head_dim": 32}), ("qwen3", {})])
 def test_persistent_decode_equals_usual_path_fp32(arch, overrides):
-    """``model.persistent_decode`` (opt-in): batch-1 decode steps (replayed as CUDA graphs)
+    """``model.persistent_decode`` (on by default with CUDA): batch-1 decode steps (replayed as CUDA graphs)
     run one persistent launch per layer; greedy tokens equal those of the usual path, for
     requests alone and batched (those keep the usual path), every block back."""
     checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512, **overrides)
     on = make_llm(checkpoint, dtype="float32", persistent_decode=True)
-    off = make_llm(checkpoint, dtype="float32")
+    off = make_llm(checkpoint, dtype="float32", persistent_decode=False)
+    default = make_llm(checkpoint, dtype="float32")
+    assert default.engine.model.model.persistent_decode.enabled  # on by default with CUDA
     for prompts in [batch(512)[:1], batch(512)[1:2], batch(512)]:
         theirs = [o.outputs[0].token_ids for o in off.generate(prompts, GREEDY)]
         assert [o.outputs[0].token_ids for o in on.generate(prompts, GREEDY)] == theirs

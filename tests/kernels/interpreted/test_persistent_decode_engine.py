@@ -69,3 +69,6 @@ def test_persistent_decode_needs_cuda_outside_the_interpreter(monkeypatch):
     with pytest.raises(ConfigError, match="persistent_decode runs a Triton kernel and needs a CUDA device"):
         LLM(model=checkpoint, device="cpu", dtype="float32", max_model_len=64, persistent_decode=True,
             cache={"num_blocks": 16, "block_size": 16})
+    unset = LLM(model=checkpoint, device="cpu", dtype="float32", max_model_len=64,
+                cache={"num_blocks": 16, "block_size": 16})
+    assert not unset.engine.model.model.persistent_decode.enabled  # on by default only with CUDA

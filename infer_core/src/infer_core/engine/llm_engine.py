@@ -135,12 +135,14 @@ class LLMEngine:
             prologues, epilogue = config.model.small_m_prologues, config.model.small_m_gated_epilogue
             log.info("small-M GEMM on for %d linear layers (prologues: %s, gated epilogue: %s)",
                      enable_small_m_gemm(self.model, prologues, epilogue), prologues, epilogue)
-        if config.model.persistent_decode:
-            _need_triton_device(device, "model.persistent_decode")
-            paths = enable_persistent_decode(self.model)
+        persistent = config.model.persistent_decode
+        if persistent or (persistent is None and device.type == "cuda"):
+            if persistent:
+                _need_triton_device(device, "model.persistent_decode")
+            paths = enable_persistent_decode(self.model, explicit=bool(persistent))
             if paths:
                 log.info("persistent decode layers on for batch-1 decode steps")
-            else:
+            elif persistent:
                 log.warning("model.persistent_decode: this model has no persistent decode path "
                             "(Llama and Qwen 3 have); batch-1 decode takes the usual path")
         self.tokenizer = Tokenizer.from_dir(model_dir)

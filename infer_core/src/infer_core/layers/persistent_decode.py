@@ -1,5 +1,6 @@
 """Batch-1 decode steps of a Llama / Qwen 3 decoder stack as one persistent launch per layer
-(:mod:`infer_core.kernels.decode_layer`), opt-in with ``model.persistent_decode``.
+(:mod:`infer_core.kernels.decode_layer`): ``model.persistent_decode``, on by default with a
+CUDA device.
 
 A model holds one :class:`PersistentDecode` (a plain attribute, not a submodule) and, in
 ``forward``, hands it the step when :meth:`PersistentDecode.applies` (the switch on, one
@@ -9,7 +10,8 @@ the step's K/V into the layer's cache itself (the standard ``[2, blocks, block_s
 layout) and attends without the attention backend, so the first call checks what the kernel
 needs (one tensor-parallel rank, no biases, SiLU, no sliding window or softcap, a cache of the
 activations' dtype, RoPE over the whole head); a stack that does not qualify keeps the
-ordinary path, with one log line saying why.
+ordinary path, with one log line saying why (a warning when the option was asked for, else
+an info line).
 
 On the CPU the kernel runs only under the Triton interpreter, stage by stage (tests).
 """
@@ -73,6 +75,7 @@ class PersistentDecode:
 
     def __init__(self, rotary: RotaryEmbedding, tp_size: int = 1) -> None:
         self.enabled = False
+        self.explicit = False  # asked for by the configuration (not only the CUDA default)
         self.rotary = rotary
         self.tp_size = tp_size
         self._plan: list[tuple[DecodeLayerWeights, Attention]] | None = None
@@ -101,7 +104,8 @@ class PersistentDecode:
         for weights, why, attn in layers:
             reason = reason or why or self._why_not(weights, attn, first, h.dtype)
         if reason is not None:
-            log.warning("model.persistent_decode: off for this model (%s); batch-1 decode takes the usual path", reason)
+            log.log(logging.WARNING if self.explicit else logging.INFO,
+                    "model.persistent_decode: off for this model (%s); batch-1 decode takes the usual path", reason)
             self.enabled = False
             return False
         self._plan = [(weights, attn) for weights, _, attn in layers]
@@ -140,10 +144,12 @@ class PersistentDecode:
         return h, residual
 
 
-def enable_persistent_decode(model: nn.Module) -> int:
+def enable_persistent_decode(model: nn.Module, explicit: bool = True) -> int:
     """Switch on every :class:`PersistentDecode` of ``model`` (an attribute of one of its
-    modules); returns how many there are."""
+    modules); returns how many there are. ``explicit``: the configuration asked for it (a stack
+    that does not qualify then says so as a warning)."""
     paths = [p for m in model.modules() for p in vars(m).values() if isinstance(p, PersistentDecode)]
     for path in paths:
         path.enabled = True
+        path.explicit = explicit
     return len(paths)
