@@ -164,7 +164,11 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  **{f"balanced{e // 1024}k": {"balanced_elements": e} for e in (16384, 32768)},
                  # bf16 pair tiles in the GEMM stages (qkv, o, gate/up, down) whose digit is 1
                  **{f"pairs{d}": {"pairs": tuple(c == "1" for c in d), "balanced_elements": 16384}
-                    for d in ("0000", "1111", "0010", "1010", "1011", "1110")}}
+                    for d in ("0000", "1111", "0010", "1010", "1011", "1110")},
+                 # every warp polls the barriers (ld.acquire in PTX), warp w's first poll w * stagger ns late,
+                 # a nanosleep of sleep ns between polls
+                 **{f"warps{st}-sleep{ns}": {"poll_stagger": st, "poll_sleep": ns, "balanced_elements": 16384}
+                    for st in (0, 50, 100, 200) for ns in (0, 100, 200, 400)}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),

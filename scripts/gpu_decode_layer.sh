@@ -19,6 +19,9 @@
 #           batch-1 graph) with model.persistent_decode off and on (E2E_RUNS): does the step
 #           wait for the device or the host, and does the graph get shorter by what the chain
 #           says?
+#   barrier benchmarks/grid_barrier.py: what one grid-wide exchange costs (the counter barrier with
+#           one or every warp polling, with and without a vector; flags; self-flagged words)
+#           for BARRIER_WORDS (default 1024) at BARRIER_PER_SM programs per SM (default 2)
 #   ncu     Nsight Compute on one layer's launch of the Qwen3-0.6B chain (benchmarks/ncu_decode_layer.py,
 #           --set full, warp-stall sampling every 32 cycles) for each of NCU_VARIANTS (default: the
 #           launch's own configuration; else decode_chain variants); per-PC stall samples extracted
@@ -67,6 +70,10 @@ if want sync; then
   timeout "${SYNC_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape "${SYNC_SHAPE:-qwen3-0.6b}" --pdl 1 ${SYNC_ARGS:-} \
     --chains "${SYNC_CHAINS:-layer-prologues,layer-persistent,persistent-sync}" --out "$OUT/sync-${SYNC_SHAPE:-qwen3-0.6b}" 2>&1 \
     | grep -v "^|" | tail -20
+fi
+if want barrier; then
+  timeout "${BARRIER_TIMEOUT:-150}" python3 benchmarks/grid_barrier.py --programs-per-sm "${BARRIER_PER_SM:-2}" \
+    --words "${BARRIER_WORDS:-1024}" ${BARRIER_ARGS:-} --out "$OUT/barrier" 2>&1 | tail -30
 fi
 if want llama; then
   timeout "${CHAIN_TIMEOUT:-150}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b \

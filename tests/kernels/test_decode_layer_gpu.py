@@ -168,6 +168,20 @@ def test_barrier_variants(shape, context, poll_sleep, arrive_first, kv_early):
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("context", [0, 300, 4000])
+@pytest.mark.parametrize(("poll_stagger", "poll_sleep"), [(0, 0), (100, 100), (200, 400)])
+def test_warp_polls(shape, context, poll_stagger, poll_sleep):
+    """``poll_stagger`` >= 0: every warp polls the barriers in PTX (ld.acquire), each warp's
+    first poll later than the one before; against the reference, counters left at zero and
+    no timeout flagged, over 2 programs per SM (the launch's own kind)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    case = replace(real_case(shape, context), programs=2 * sms, max_elements=8192, fewest_steps=True)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, poll_stagger=poll_stagger,
+                  poll_sleep=poll_sleep)
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
+
+
 def test_timeline_stamps_every_boundary_in_order():
     """decode_layer(timeline=...) (benchmarks): every program's 14 boundary stamps rise, and
     the programs that merged a head stamped inside the merge."""

@@ -92,11 +92,12 @@ MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seco
 
 
 @triton.jit
-def _grid_barrier(counters_ptr, index, num_programs, error_ptr, POLL_SLEEP: tl.constexpr):
+def _grid_barrier(counters_ptr, index, num_programs, error_ptr, POLL_SLEEP: tl.constexpr,
+                  POLL_STAGGER: tl.constexpr):
     """Wait until all ``num_programs`` programs reached barrier ``index``; their stores before
     it are visible after it (release add, acquire polls, CTA barriers around both)."""
     seen = _arrive(counters_ptr, index)
-    _wait(counters_ptr, index, seen, num_programs, error_ptr, POLL_SLEEP)
+    _wait(counters_ptr, index, seen, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
 
 
 @triton.jit
@@ -110,20 +111,64 @@ def _arrive(counters_ptr, index):
 
 
 @triton.jit
-def _wait(counters_ptr, index, seen, num_programs, error_ptr, POLL_SLEEP: tl.constexpr):
+def _wait(counters_ptr, index, seen, num_programs, error_ptr, POLL_SLEEP: tl.constexpr,
+          POLL_STAGGER: tl.constexpr):
     """Poll barrier ``index`` (acquire) until all ``num_programs`` programs arrived. With
     ``POLL_SLEEP`` > 0 (CUDA only), each poll comes after a ``nanosleep`` of that many
-    nanoseconds: fewer atomics on the counter's L2 slice while the last programs arrive."""
-    counter = counters_ptr + index
-    spins = 0
-    while (seen < num_programs) & (spins < MAX_SPINS):
-        if POLL_SLEEP > 0:
-            tl.inline_asm_elementwise("nanosleep.u32 $1;\nmov.b32 $0, 0;", "=r,r", [spins * 0 + POLL_SLEEP],
-                                      dtype=tl.int32, is_pure=False, pack=1)
-        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
-        spins += 1
-    if seen < num_programs:
-        tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
+    nanoseconds: fewer atomics on the counter's L2 slice while the last programs arrive.
+    ``POLL_STAGGER`` >= 0 (CUDA only): every warp polls (:func:`_wait_warps`), else one thread."""
+    if POLL_STAGGER >= 0:
+        _wait_warps(counters_ptr, index, seen, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
+    else:
+        counter = counters_ptr + index
+        spins = 0
+        while (seen < num_programs) & (spins < MAX_SPINS):
+            if POLL_SLEEP > 0:
+                tl.inline_asm_elementwise("nanosleep.u32 $1;\nmov.b32 $0, 0;", "=r,r", [spins * 0 + POLL_SLEEP],
+                                          dtype=tl.int32, is_pure=False, pack=1)
+            seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+            spins += 1
+        if seen < num_programs:
+            tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
+        tl.debug_barrier()
+
+
+@triton.jit
+def _wait_warps(counters_ptr, index, seen, num_programs, error_ptr, POLL_SLEEP: tl.constexpr,
+                STAGGER: tl.constexpr):
+    """:func:`_wait` with every warp polling on its own (``poll_stagger`` >= 0, CUDA only):
+    each thread runs the poll loop in PTX (``ld.acquire.gpu``, the warp's 32 loads of one
+    address coalesce into one), warp ``w``'s first poll ``w * STAGGER`` ns late, a ``POLL_SLEEP``
+    nanosleep between polls; the CTA barrier after it lets the program on when its first warp
+    saw every arrival. Several pollers in flight per program: the last arrival is seen a
+    fraction of a poll period after it lands, not half a period on average. A timeout sets the
+    error flag from the asm (a branch on a per-warp value around Triton's scalar atomic could
+    split the CTA barrier inside it)."""
+    if seen < num_programs:  # (uniform: the arrival's count is broadcast to the program)
+        tl.inline_asm_elementwise(
+            f"""{{
+            .reg .pred %bw_p;
+            .reg .b32 %bw_t, %bw_v, %bw_n;
+            mov.u32 %bw_t, %tid.x;
+            shr.u32 %bw_t, %bw_t, 5;
+            mul.lo.u32 %bw_t, %bw_t, {STAGGER};
+            nanosleep.u32 %bw_t;
+            mov.u32 %bw_n, 0;
+            BW_POLL:
+            ld.acquire.gpu.global.b32 %bw_v, [$1];
+            setp.ge.s32 %bw_p, %bw_v, $2;
+            @%bw_p bra BW_DONE;
+            add.u32 %bw_n, %bw_n, 1;
+            setp.ge.u32 %bw_p, %bw_n, {MAX_SPINS};
+            @%bw_p bra BW_TIMEOUT;
+            nanosleep.u32 {POLL_SLEEP};
+            bra BW_POLL;
+            BW_TIMEOUT:
+            st.relaxed.gpu.global.b32 [$3], 1;
+            BW_DONE:
+            mov.b32 $0, %bw_v;
+            }}""",
+            "=r,l,r,l", [counters_ptr + index, num_programs, error_ptr], dtype=tl.int32, is_pure=False, pack=1)
     tl.debug_barrier()
 
 
@@ -639,7 +684,8 @@ def _decode_layer_kernel(
     BAL_QKV: tl.constexpr, BAL_O: tl.constexpr, BAL_GU: tl.constexpr, BAL_DOWN: tl.constexpr,
     SUB_QKV: tl.constexpr, SUB_O: tl.constexpr, SUB_GU: tl.constexpr, SUB_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
-    PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
+    PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, POLL_STAGGER: tl.constexpr,
+    TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
@@ -681,7 +727,7 @@ def _decode_layer_kernel(
     if ALL and LAST >= 2:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 0)
-        _wait(counters_ptr, 0, seen, num_programs, error_ptr, POLL_SLEEP)
+        _wait(counters_ptr, 0, seen, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
     _stamp(timeline_ptr, pid, 3, TIMELINE)
     if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
         for item in range(pid, HKV * SPLITS, num_programs):
@@ -698,7 +744,7 @@ def _decode_layer_kernel(
                             HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION)
     _stamp(timeline_ptr, pid, 4, TIMELINE)
     if ALL and LAST >= 3:
-        _grid_barrier(counters_ptr, 1, num_programs, error_ptr, POLL_SLEEP)
+        _grid_barrier(counters_ptr, 1, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
     if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
         for head in range(pid, HQ, num_programs):
@@ -713,7 +759,7 @@ def _decode_layer_kernel(
     if ALL and LAST >= 4:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 2)
-        _wait(counters_ptr, 2, seen, num_programs, error_ptr, POLL_SLEEP)
+        _wait(counters_ptr, 2, seen, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
     _stamp(timeline_ptr, pid, 7, TIMELINE)
     if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
@@ -728,7 +774,7 @@ def _decode_layer_kernel(
     if ALL and LAST >= 5:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 3)
-        _wait(counters_ptr, 3, seen, num_programs, error_ptr, POLL_SLEEP)
+        _wait(counters_ptr, 3, seen, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
     _stamp(timeline_ptr, pid, 9, TIMELINE)
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
@@ -745,7 +791,7 @@ def _decode_layer_kernel(
     if ALL and LAST >= 6:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 4)
-        _wait(counters_ptr, 4, seen, num_programs, error_ptr, POLL_SLEEP)
+        _wait(counters_ptr, 4, seen, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
     _stamp(timeline_ptr, pid, 11, TIMELINE)
     if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
         if not PREFETCH:
@@ -814,6 +860,7 @@ class DecodeLayerConfig:
     pipeline: int = 1  # software-pipeline stages of the GEMM loops (1: registers, double-buffered)
     last_stage: int = 6  # benchmarks only: a launch that stops after this stage (timing each stage)
     poll_sleep: int = 100
+    poll_stagger: int = -1  # >= 0: every warp polls the barriers, each this many ns after the one before
     arrive_first: bool = True
     kv_early: int = 2
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
@@ -911,6 +958,13 @@ def default_pairs() -> tuple[bool, bool, bool, bool]:
         raise ValueError(f"INFER_DECODE_PAIRS={value!r}: give four digits 0 or 1 (qkv, o, gate/up, down), "
                          "e.g. 0010")
     return tuple(c == "1" for c in value)
+
+
+def default_poll_stagger() -> int:
+    """``poll_stagger`` of the configuration a launch picks for itself: the config's default,
+    or ``INFER_DECODE_POLL_STAGGER`` from the environment (A/B measurements; -1: one poller per
+    program)."""
+    return _env_int("INFER_DECODE_POLL_STAGGER", DecodeLayerConfig.poll_stagger)
 
 
 def default_kv_early() -> int:
@@ -1021,7 +1075,8 @@ def decode_layer(
                for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-            PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
+            PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0,
+            POLL_STAGGER=cfg.poll_stagger if x.is_cuda else -1, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
@@ -1036,7 +1091,7 @@ def decode_layer(
         for per_sm in (4, 2, 1):
             cfg = replace(choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
                                         balanced_elements=default_balanced_elements()), kv_early=default_kv_early(),
-                          pairs=default_pairs())
+                          pairs=default_pairs(), poll_stagger=default_poll_stagger())
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg
