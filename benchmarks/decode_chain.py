@@ -165,10 +165,9 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # bf16 pair tiles in the GEMM stages (qkv, o, gate/up, down) whose digit is 1
                  **{f"pairs{d}": {"pairs": tuple(c == "1" for c in d), "balanced_elements": 16384}
                     for d in ("0000", "1111", "0010", "1010", "1011", "1110")},
-                 # every warp polls the barriers (ld.acquire in PTX), warp w's first poll w * stagger ns late,
-                 # a nanosleep of sleep ns between polls
-                 **{f"warps{st}-sleep{ns}": {"poll_stagger": st, "poll_sleep": ns, "balanced_elements": 16384}
-                    for st in (0, 50, 100, 200) for ns in (0, 100, 200, 400)}}
+                 # the exit counter resets the barrier counters at each launch's end (before the epoch)
+                 "exitcounter": {"epoch": False, "balanced_elements": 16384},
+                 "epoch": {"epoch": True, "balanced_elements": 16384}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),

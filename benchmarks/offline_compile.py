@@ -48,7 +48,7 @@ FLOATS = {"eps", "qk_scale"}
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
                arrive_first: bool | None = None, kv_early: int | None = None,
                balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
-               pairs: tuple[bool, bool, bool, bool] | None = None, poll_stagger: int = -1) -> tuple[dict, dict]:
+               pairs: tuple[bool, bool, bool, bool] | None = None) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -71,7 +71,8 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         BAL_QKV=conf.balanced[0], BAL_O=conf.balanced[1], BAL_GU=conf.balanced[2], BAL_DOWN=conf.balanced[3],
         **{f"SUB_{name}": dl.pair_sub(conf.rows[i], conf.bk[i], ks[i], conf.num_warps) if conf.pairs[i] else 0
            for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
-        POLL_SLEEP=poll_sleep, POLL_STAGGER=poll_stagger, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
+        POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
+        EPOCH=conf.epoch,
     )
     return values, conf.__dict__
 
@@ -102,8 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="qwen3-0.6b")
     parser.add_argument("--poll-sleep", type=int, default=dl.DecodeLayerConfig.poll_sleep)
-    parser.add_argument("--poll-stagger", type=int, default=dl.DecodeLayerConfig.poll_stagger,
-                        help=">= 0: every warp polls the barriers, each this many ns after the one before")
     parser.add_argument("--timeline", action="store_true")
     parser.add_argument("--arrive-first", type=int, choices=(0, 1), help="default: the config's")
     parser.add_argument("--kv-early", type=int, choices=(0, 1, 2), help="default: the config's")
@@ -122,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                               None if args.arrive_first is None else bool(args.arrive_first),
                               args.kv_early, args.balanced_elements,
                               args.last_stage, args.num_warps,
-                              None if args.pairs is None else tuple(c == "1" for c in args.pairs),
-                              args.poll_stagger)
+                              None if args.pairs is None else tuple(c == "1" for c in args.pairs))
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:

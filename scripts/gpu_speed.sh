@@ -22,8 +22,8 @@
 #            barrier 0, or at the launch's start: the default),
 #            "pairs<4 digits>" = INFER_DECODE_PAIRS=<digits> (bf16 pair tiles in the persistent
 #            layer's GEMM stages qkv, o, gate/up, down whose digit is 1),
-#            "stagger<N>" = INFER_DECODE_POLL_STAGGER=N (every warp polls the persistent layer's
-#            barriers, each N ns after the one before; -1: one poller per program),
+#            "exitcounter" = INFER_DECODE_EPOCH=0 (the persistent layer's exit counter resets its
+#            barrier counters at each launch's end instead of the epoch),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -91,7 +91,7 @@ if want ab; then
   QTOK=(); [ -f benchmarks/.assets/qwen3-tokenizer/tokenizer.json ] && QTOK=(--tokenizer benchmarks/.assets/qwen3-tokenizer)
   [ -f "$AB/qwen3-0.6b/model.safetensors" ] || "${BENCH[@]}" checkpoint qwen3-0.6b --out "$AB/qwen3-0.6b" "${QTOK[@]}" | tail -1
   for mode in ${AB_MODES:-default in-order}; do
-    flag=(--name "$mode"); pdl=1; bal=; kve=; prs=; stg=
+    flag=(--name "$mode"); pdl=1; bal=; kve=; prs=; epo=
     for part in ${mode//+/ }; do
       case $part in
         async) flag+=(--scheduler.async_scheduling true) ;;
@@ -106,12 +106,12 @@ if want ab; then
         kvstart) kve=2 ;;
         kvbarrier) kve=1 ;;
         pairs[01][01][01][01]) prs=${part#pairs} ;;
-        stagger*) stg=${part#stagger} ;;
+        exitcounter) epo=0 ;;
         no-pdl) pdl=0 ;;
       esac
     done
     for m in ${AB_MODELS:-llama-3.2-1b qwen3-0.6b}; do
-      INFER_PDL=$pdl INFER_DECODE_BALANCED_ELEMENTS=$bal INFER_DECODE_KV_EARLY=$kve INFER_DECODE_PAIRS=$prs INFER_DECODE_POLL_STAGGER=$stg timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
+      INFER_PDL=$pdl INFER_DECODE_BALANCED_ELEMENTS=$bal INFER_DECODE_KV_EARLY=$kve INFER_DECODE_PAIRS=$prs INFER_DECODE_EPOCH=$epo timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
         --workload "${AB_WORKLOADS:-W1,W2}" --repeats "${AB_REPEATS:-3}" --label "$m-random" --out "$REPORT" "${flag[@]}" 2>&1 | tail -4
     done
   done

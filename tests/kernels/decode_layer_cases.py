@@ -122,4 +122,16 @@ def check_decode_layer(device: str, dtype: torch.dtype, case: LayerCase, *, stag
     others[slot] = False
     assert torch.equal(flat[:, others], ref_flat[:, others]), case  # nothing else written
     assert ws.error.item() == 0, "a grid barrier timed out"
-    assert not ws.counters.any().item(), ws.counters  # left clean for the next launch
+    check_counters(ws, 0 if stage_by_stage else 1)
+
+
+def check_counters(ws: dl.DecodeWorkspace, launches: int) -> None:
+    """The barrier counters after ``launches`` one-launch layers on a fresh workspace: with
+    ``epoch`` every barrier's counter holds ``launches`` times the programs and the epoch
+    ``launches`` (never reset); else all zero (the exit counter resets them)."""
+    counters = ws.counters.tolist()
+    if ws.epoch and launches:
+        programs = counters[0] // launches
+        assert programs > 0 and counters == [programs * launches] * 5 + [0, launches, 0], counters
+    else:
+        assert not any(counters), counters  # left clean for the next launch

@@ -36,8 +36,13 @@ The barrier: every thread's stores, ``debug_barrier``, one release-``atomic_add`
 on the stage's counter (the arrival; with ``arrive_first`` the next stage's first loads are
 requested after it), then acquire-polls (each after a ``poll_sleep`` nanosleep, 100 ns by
 default: measured 0.7 µs per layer faster than polling flat out) until all ``P`` programs
-arrived. The last program to leave the launch (an exit counter) sets every counter back to
-0, so the next launch starts clean. Every program must be resident at once: the launch
+arrived. The counters are never reset (``epoch``, the default): launch ``e`` (the count in
+``counters[EPOCH_SLOT]``, read after the PDL wait, when the launch before has finished) waits
+at every barrier for the counter to reach ``(e + 1) P`` (int32 differences, so wrapping
+around is harmless), and program 0 adds 1 to the epoch when it passed its last barrier (every
+program had read it before arriving at barrier 0). That saves the exit counter: its arrival
+(a GPU-scope fence and an atomic round trip in the last program out) delayed the launch's end
+(``epoch = False`` keeps it: the last program to leave sets every counter back to 0). Every program must be resident at once: the launch
 compiles first and refuses more programs than fit (registers, shared memory, threads;
 :func:`resident_programs`), and with no config takes the most programs per SM (4, 2, 1) that
 fit. The polls are bounded (``MAX_SPINS``) as a last guard: a barrier that never opens raises
@@ -84,6 +89,7 @@ from infer_core.kernels.rms_norm import add_residual, inv_rms, normed, rms_norm_
 from infer_core.kernels.rotary import rotary_embedding_ref
 
 NUM_BARRIERS = tl.constexpr(5)  # between the six stages; counter NUM_BARRIERS counts programs leaving
+EPOCH_SLOT = tl.constexpr(6)  # with epoch: the launches' count (counters[6]); the barrier counters never reset
 TIMELINE_SLOTS = tl.constexpr(32)  # clock stamps per program in a timeline (_stamp)
 MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
 
@@ -92,12 +98,29 @@ MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seco
 
 
 @triton.jit
-def _grid_barrier(counters_ptr, index, num_programs, error_ptr, POLL_SLEEP: tl.constexpr,
-                  POLL_STAGGER: tl.constexpr):
-    """Wait until all ``num_programs`` programs reached barrier ``index``; their stores before
-    it are visible after it (release add, acquire polls, CTA barriers around both)."""
+def _grid_barrier(counters_ptr, index, target, error_ptr, POLL_SLEEP: tl.constexpr):
+    """Wait until all programs reached barrier ``index`` (its counter reached ``target``,
+    :func:`_target`); their stores before it are visible after it (release add, acquire polls,
+    CTA barriers around both)."""
     seen = _arrive(counters_ptr, index)
-    _wait(counters_ptr, index, seen, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
+    _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP)
+
+
+@triton.jit
+def _target(counters_ptr, num_programs, EPOCH: tl.constexpr):
+    """``(target, epoch)``: the count every barrier counter reaches when all programs of this
+    launch arrived. With ``EPOCH`` the counters are never reset: launch ``e`` (the epoch in
+    ``counters[EPOCH_SLOT]``, read after the PDL wait, when the launch before finished) waits
+    for ``(e + 1) * num_programs``, in int32 arithmetic that wraps (the comparisons take the
+    difference); else the counters start at 0 (``_leave`` resets them) and the target is
+    ``num_programs``."""
+    if EPOCH:
+        epoch = tl.load(counters_ptr + EPOCH_SLOT, cache_modifier=".cg")
+        target = (epoch + 1) * num_programs
+    else:
+        epoch = 0
+        target = num_programs + 0
+    return target, epoch
 
 
 @triton.jit
@@ -111,64 +134,21 @@ def _arrive(counters_ptr, index):
 
 
 @triton.jit
-def _wait(counters_ptr, index, seen, num_programs, error_ptr, POLL_SLEEP: tl.constexpr,
-          POLL_STAGGER: tl.constexpr):
-    """Poll barrier ``index`` (acquire) until all ``num_programs`` programs arrived. With
+def _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP: tl.constexpr):
+    """Poll barrier ``index`` (acquire) until its counter reached ``target`` (all programs
+    arrived; ``seen - target`` is compared, so a counter that wrapped around compares right). With
     ``POLL_SLEEP`` > 0 (CUDA only), each poll comes after a ``nanosleep`` of that many
-    nanoseconds: fewer atomics on the counter's L2 slice while the last programs arrive.
-    ``POLL_STAGGER`` >= 0 (CUDA only): every warp polls (:func:`_wait_warps`), else one thread."""
-    if POLL_STAGGER >= 0:
-        _wait_warps(counters_ptr, index, seen, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
-    else:
-        counter = counters_ptr + index
-        spins = 0
-        while (seen < num_programs) & (spins < MAX_SPINS):
-            if POLL_SLEEP > 0:
-                tl.inline_asm_elementwise("nanosleep.u32 $1;\nmov.b32 $0, 0;", "=r,r", [spins * 0 + POLL_SLEEP],
-                                          dtype=tl.int32, is_pure=False, pack=1)
-            seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
-            spins += 1
-        if seen < num_programs:
-            tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
-        tl.debug_barrier()
-
-
-@triton.jit
-def _wait_warps(counters_ptr, index, seen, num_programs, error_ptr, POLL_SLEEP: tl.constexpr,
-                STAGGER: tl.constexpr):
-    """:func:`_wait` with every warp polling on its own (``poll_stagger`` >= 0, CUDA only):
-    each thread runs the poll loop in PTX (``ld.acquire.gpu``, the warp's 32 loads of one
-    address coalesce into one), warp ``w``'s first poll ``w * STAGGER`` ns late, a ``POLL_SLEEP``
-    nanosleep between polls; the CTA barrier after it lets the program on when its first warp
-    saw every arrival. Several pollers in flight per program: the last arrival is seen a
-    fraction of a poll period after it lands, not half a period on average. A timeout sets the
-    error flag from the asm (a branch on a per-warp value around Triton's scalar atomic could
-    split the CTA barrier inside it)."""
-    if seen < num_programs:  # (uniform: the arrival's count is broadcast to the program)
-        tl.inline_asm_elementwise(
-            f"""{{
-            .reg .pred %bw_p;
-            .reg .b32 %bw_t, %bw_v, %bw_n;
-            mov.u32 %bw_t, %tid.x;
-            shr.u32 %bw_t, %bw_t, 5;
-            mul.lo.u32 %bw_t, %bw_t, {STAGGER};
-            nanosleep.u32 %bw_t;
-            mov.u32 %bw_n, 0;
-            BW_POLL:
-            ld.acquire.gpu.global.b32 %bw_v, [$1];
-            setp.ge.s32 %bw_p, %bw_v, $2;
-            @%bw_p bra BW_DONE;
-            add.u32 %bw_n, %bw_n, 1;
-            setp.ge.u32 %bw_p, %bw_n, {MAX_SPINS};
-            @%bw_p bra BW_TIMEOUT;
-            nanosleep.u32 {POLL_SLEEP};
-            bra BW_POLL;
-            BW_TIMEOUT:
-            st.relaxed.gpu.global.b32 [$3], 1;
-            BW_DONE:
-            mov.b32 $0, %bw_v;
-            }}""",
-            "=r,l,r,l", [counters_ptr + index, num_programs, error_ptr], dtype=tl.int32, is_pure=False, pack=1)
+    nanoseconds: fewer atomics on the counter's L2 slice while the last programs arrive."""
+    counter = counters_ptr + index
+    spins = 0
+    while (seen - target < 0) & (spins < MAX_SPINS):
+        if POLL_SLEEP > 0:
+            tl.inline_asm_elementwise("nanosleep.u32 $1;\nmov.b32 $0, 0;", "=r,r", [spins * 0 + POLL_SLEEP],
+                                      dtype=tl.int32, is_pure=False, pack=1)
+        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        spins += 1
+    if seen - target < 0:
+        tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
     tl.debug_barrier()
 
 
@@ -684,9 +664,8 @@ def _decode_layer_kernel(
     BAL_QKV: tl.constexpr, BAL_O: tl.constexpr, BAL_GU: tl.constexpr, BAL_DOWN: tl.constexpr,
     SUB_QKV: tl.constexpr, SUB_O: tl.constexpr, SUB_GU: tl.constexpr, SUB_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
-    PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, POLL_STAGGER: tl.constexpr,
-    TIMELINE: tl.constexpr,
-    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr,
+    PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
+    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -710,6 +689,8 @@ def _decode_layer_kernel(
                                       stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
     if PDL:
         wait_for_prior()
+    if ALL and LAST >= 2:
+        target, epoch = _target(counters_ptr, num_programs, EPOCH)
     _stamp(timeline_ptr, pid, 1, TIMELINE)
     if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
@@ -727,7 +708,7 @@ def _decode_layer_kernel(
     if ALL and LAST >= 2:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 0)
-        _wait(counters_ptr, 0, seen, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
+        _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 3, TIMELINE)
     if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
         for item in range(pid, HKV * SPLITS, num_programs):
@@ -744,7 +725,7 @@ def _decode_layer_kernel(
                             HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION)
     _stamp(timeline_ptr, pid, 4, TIMELINE)
     if ALL and LAST >= 3:
-        _grid_barrier(counters_ptr, 1, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
+        _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
     if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
         for head in range(pid, HQ, num_programs):
@@ -759,7 +740,7 @@ def _decode_layer_kernel(
     if ALL and LAST >= 4:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 2)
-        _wait(counters_ptr, 2, seen, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
+        _wait(counters_ptr, 2, seen, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 7, TIMELINE)
     if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
@@ -774,7 +755,7 @@ def _decode_layer_kernel(
     if ALL and LAST >= 5:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 3)
-        _wait(counters_ptr, 3, seen, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
+        _wait(counters_ptr, 3, seen, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 9, TIMELINE)
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
@@ -791,7 +772,7 @@ def _decode_layer_kernel(
     if ALL and LAST >= 6:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 4)
-        _wait(counters_ptr, 4, seen, num_programs, error_ptr, POLL_SLEEP, POLL_STAGGER)
+        _wait(counters_ptr, 4, seen, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 11, TIMELINE)
     if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
         if not PREFETCH:
@@ -799,7 +780,10 @@ def _decode_layer_kernel(
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
                     0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
-    if ALL:
+    if ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
+        if pid == 0:  # (every program read the epoch before it arrived at barrier 0, passed here)
+            tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
+    if ALL and not EPOCH:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
     _stamp(timeline_ptr, pid, 13, TIMELINE)
 
@@ -860,11 +844,11 @@ class DecodeLayerConfig:
     pipeline: int = 1  # software-pipeline stages of the GEMM loops (1: registers, double-buffered)
     last_stage: int = 6  # benchmarks only: a launch that stops after this stage (timing each stage)
     poll_sleep: int = 100
-    poll_stagger: int = -1  # >= 0: every warp polls the barriers, each this many ns after the one before
     arrive_first: bool = True
     kv_early: int = 2
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
     pairs: tuple[bool, bool, bool, bool] = (True, True, True, True)
+    epoch: bool = True
 
 
 def _pow2_floor(n: int) -> int:
@@ -960,11 +944,11 @@ def default_pairs() -> tuple[bool, bool, bool, bool]:
     return tuple(c == "1" for c in value)
 
 
-def default_poll_stagger() -> int:
-    """``poll_stagger`` of the configuration a launch picks for itself: the config's default,
-    or ``INFER_DECODE_POLL_STAGGER`` from the environment (A/B measurements; -1: one poller per
-    program)."""
-    return _env_int("INFER_DECODE_POLL_STAGGER", DecodeLayerConfig.poll_stagger)
+def default_epoch() -> bool:
+    """``epoch`` of the configuration a launch picks for itself: the config's default, or
+    ``INFER_DECODE_EPOCH`` from the environment (0: the exit counter resets the barrier
+    counters at the end of each launch; A/B measurements)."""
+    return bool(_env_int("INFER_DECODE_EPOCH", int(DecodeLayerConfig.epoch)))
 
 
 def default_kv_early() -> int:
@@ -995,7 +979,8 @@ def supports(layer: AttentionLayer, kv_cache: torch.Tensor, dtype: torch.dtype) 
 
 class DecodeWorkspace:
     """The launches' scratch (shared by every layer of a step: the launches are ordered), the
-    barrier counters (zero between launches) and the error flag (set if a barrier timed out).
+    barrier counters (with ``epoch`` never reset, else zero between launches) and the error flag
+    (set if a barrier timed out). Every launch on one workspace must agree on ``epoch``.
     ``splits`` must be the launches' (:func:`splits_for` the device's SMs by default)."""
 
     def __init__(self, hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -1016,6 +1001,7 @@ class DecodeWorkspace:
         self.act = empty(intermediate)
         self.counters = torch.zeros(8, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
+        self.epoch: bool | None = None  # the launches' DecodeLayerConfig.epoch, once one ran
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
         # a launch's shape -> the configuration decode_layer chose for it (config=None)
@@ -1075,9 +1061,8 @@ def decode_layer(
                for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-            PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0,
-            POLL_STAGGER=cfg.poll_stagger if x.is_cuda else -1, TIMELINE=timeline is not None,
-            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early,
+            PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
+            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -1091,7 +1076,7 @@ def decode_layer(
         for per_sm in (4, 2, 1):
             cfg = replace(choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
                                         balanced_elements=default_balanced_elements()), kv_early=default_kv_early(),
-                          pairs=default_pairs(), poll_stagger=default_poll_stagger())
+                          pairs=default_pairs(), epoch=default_epoch())
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg
@@ -1103,6 +1088,12 @@ def decode_layer(
                                  or timeline.shape != (cfg.num_programs, slots)):
         raise ValueError(f"timeline must be an int64 CUDA tensor of shape [{cfg.num_programs}, {slots}] "
                          "(the launch's programs x the stamps)")
+    if not stage_by_stage:  # the counters' meaning differs: one workspace, one kind of launch
+        if ws.epoch is None:
+            ws.epoch = cfg.epoch
+        elif ws.epoch != cfg.epoch:
+            raise ValueError(f"this decode workspace's launches ran with epoch={ws.epoch}: a launch with "
+                             f"epoch={cfg.epoch} would misread its barrier counters (use another workspace)")
     for stage in (range(1, 7) if stage_by_stage else (-1,)):
         args, kwargs = launch_args(cfg, stage)
         if stage < 0 and x.is_cuda:
