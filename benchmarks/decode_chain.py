@@ -166,8 +166,13 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  **{f"pairs{d}": {"pairs": tuple(c == "1" for c in d), "balanced_elements": 16384}
                     for d in ("0000", "1111", "0010", "1010", "1011", "1110")},
                  # the exit counter resets the barrier counters at each launch's end (before the epoch)
-                 "exitcounter": {"epoch": False, "balanced_elements": 16384},
-                 "epoch": {"epoch": True, "balanced_elements": 16384}}
+                 "exitcounter": {"epoch": False, "ll": False, "balanced_elements": 16384},
+                 "epoch": {"epoch": True, "ll": False, "balanced_elements": 16384},
+                 # qkv and the attention partials as self-flagged words (no barriers 0 and 1)
+                 "ll": {"epoch": True, "ll": True, "balanced_elements": 16384},
+                 # with fewer key splits per KV head (8: one 64-key tile each up to 512 keys), or other poll sleeps
+                 "ll-splits8": {"ll": True, "splits": 8, "balanced_elements": 16384},
+                 **{f"ll-sleep{ns}": {"ll": True, "poll_sleep": ns, "balanced_elements": 16384} for ns in (0, 50, 200)}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),

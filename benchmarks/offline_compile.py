@@ -39,7 +39,7 @@ from infer_core.loader.hf_config import head_dim_of
 POINTERS = {"x_ptr", "res_ptr", "out_ptr", "res_out_ptr", "w_qkv_ptr", "w_o_ptr", "w_gu_ptr", "w_down_ptr",
             "ln1_ptr", "ln2_ptr", "qn_ptr", "kn_ptr", "cos_ptr", "sin_ptr", "cache_ptr", "qkv_ptr", "attn_ptr",
             "o_ptr", "act_ptr"}
-FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}
+FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}  # (int64 words with ll)
 INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr"}
 INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr"}
 FLOATS = {"eps", "qk_scale"}
@@ -72,7 +72,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         **{f"SUB_{name}": dl.pair_sub(conf.rows[i], conf.bk[i], ks[i], conf.num_warps) if conf.pairs[i] else 0
            for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
-        EPOCH=conf.epoch,
+        EPOCH=conf.epoch, LL=conf.ll,
     )
     return values, conf.__dict__
 
@@ -85,7 +85,8 @@ def compile_kernel(values: dict, num_warps: int, maxnreg: int = 0):
         if name in values:
             signature[name] = "constexpr"
             continue
-        kind = ("*bf16" if name in POINTERS else "*fp32" if name in FLOAT32 else "*i32" if name in INT32
+        ll_words = values.get("LL") and name in FLOAT32 | {"qkv_ptr"}
+        kind = ("*i64" if ll_words else "*bf16" if name in POINTERS else "*fp32" if name in FLOAT32 else "*i32" if name in INT32
                 else "*i64" if name in INT64_PTR else "fp32" if name in FLOATS else "i32")
         signature[name] = kind
         if kind.startswith("*") or name.startswith("stride_") or name == "num_programs":

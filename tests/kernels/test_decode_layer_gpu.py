@@ -124,20 +124,50 @@ def test_graph_of_layers_replays():
 
 
 def test_exit_counter_and_epoch():
-    """``epoch=False``: the last program out resets the counters (all zero after each launch);
-    with the default, 3 launches leave every barrier counter at 3 x the programs and the epoch
-    at 3; a workspace refuses a launch of the other kind."""
+    """``epoch=False`` (and so ``ll=False``): the last program out resets the counters (all zero
+    after each launch); with the default, 3 launches leave barriers 2-4's counters at 3 x the
+    programs (0 and 1 unused: ``ll``) and the epoch at 3; a workspace refuses a launch of
+    another kind; ``ll`` without ``epoch`` is refused."""
     case = real_case("qwen3-0.6b", 300)
     cfg = cases.config_for(case, torch.bfloat16)
-    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=replace(cfg, epoch=False))
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=replace(cfg, epoch=False, ll=False))
     weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
     ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
                             cfg.splits, torch.bfloat16, "cuda")
     outs = [dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg) for _ in range(3)]
     assert all(torch.equal(o[0], outs[0][0]) for o in outs)
     cases.check_counters(ws, 3)
-    with pytest.raises(ValueError, match="epoch"):
+    for other in (replace(cfg, ll=False), replace(cfg, epoch=False, ll=False)):
+        with pytest.raises(ValueError, match="workspace"):
+            dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=other)
+    with pytest.raises(ValueError, match="needs epoch"):
         dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=replace(cfg, epoch=False))
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("context", [0, 1, 63, 300, 4000])
+@pytest.mark.parametrize("ll", [False, True])
+def test_self_flagged_words(shape, context, ll):
+    """``ll``: qkv and the attention partials as self-flagged words, no barriers 0 and 1 (the
+    default), or the barriers; at 2 programs per SM, three launches with different inputs on
+    one workspace, each against its reference (a reader that took a word left by the launch
+    before, which carries the last epoch's flag, would compute the previous input's layer)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    case = replace(real_case(shape, context), programs=2 * sms, max_elements=8192, fewest_steps=True)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, ll=ll)
+    ws = None
+    for seed in range(3):
+        weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(replace(case, seed=seed), "cuda",
+                                                                                   torch.bfloat16)
+        if ws is None:
+            ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads,
+                                    layer.head_dim, cfg.splits, torch.bfloat16, "cuda")
+        ref_out, ref_res = dl.decode_layer_ref(x, res, weights, layer, cache.clone(), md, positions, cos, sin)
+        out, new_res = dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg)
+        tol = cases.LAYER_TOL[torch.bfloat16]
+        assert cases.relative_error(out, ref_out) <= tol and cases.relative_error(new_res, ref_res) <= tol, seed
+    assert ws.error.item() == 0
+    cases.check_counters(ws, 3)
 
 
 def test_several_programs_per_sm():
@@ -182,7 +212,7 @@ def test_barrier_variants(shape, context, poll_sleep, arrive_first, kv_early):
     start (2). Against the reference, the counters as a launch leaves them."""
     case = replace(real_case(shape, context), max_elements=8192)
     cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, poll_sleep=poll_sleep,
-                  arrive_first=arrive_first, kv_early=kv_early)
+                  arrive_first=arrive_first, kv_early=kv_early, ll=False)
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 

@@ -5,6 +5,8 @@ programs, several K tiles and row chunks per program, key splits that find no ke
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -77,6 +79,28 @@ def test_default_kv_early_reads_the_environment(monkeypatch):
     assert dl.default_kv_early() == 2 == dl.DecodeLayerConfig(1, 1, 16, (1,) * 4, (16,) * 4).kv_early
     monkeypatch.setenv("INFER_DECODE_KV_EARLY", "1")
     assert dl.default_kv_early() == 1
+
+
+def test_default_epoch_and_ll_read_the_environment(monkeypatch):
+    monkeypatch.delenv("INFER_DECODE_EPOCH", raising=False)
+    monkeypatch.delenv("INFER_DECODE_LL", raising=False)
+    assert dl.default_epoch() is True and dl.default_ll() is True
+    monkeypatch.setenv("INFER_DECODE_EPOCH", "0")
+    monkeypatch.setenv("INFER_DECODE_LL", "0")
+    assert dl.default_epoch() is False and dl.default_ll() is False
+
+
+def test_self_flagged_words_need_the_epoch():
+    """``ll`` without ``epoch`` (the words' flag is the launch's epoch): a clear error, no launch."""
+    case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)
+    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cpu", torch.float32)
+    cfg = replace(cases.config_for(case, torch.float32), epoch=False, ll=True)
+    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                            cfg.splits, torch.float32, "cpu")
+    before = cache.clone()
+    with pytest.raises(ValueError, match="needs epoch=True"):
+        dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg, stage_by_stage=True)
+    assert torch.equal(cache, before)
 
 
 def test_timeline_must_hold_one_row_per_program():

@@ -35,7 +35,7 @@ def _one_stage(w_ptr, out_ptr, x_ptr, r_ptr, o_ptr, nw_ptr, eps, num_programs,
         rstd = dl._stream_rstd(x_ptr, r_ptr, o_ptr, out_ptr, K, eps, False, MODE, HAS_RESIDUAL, BK, KT)
     w, wu = dl._first_tiles(w_ptr, pid, num_programs, N, K, GATED, ROWS, BK, BALANCED, SUB)
     dl._gemm_stage(w_ptr, out_ptr, N, K, pid, num_programs, w, wu, x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
-                   MODE, HAS_RESIDUAL, GATED, ROWS, BK, KT, PIPE, BALANCED, SUB)
+                   MODE, HAS_RESIDUAL, GATED, ROWS, BK, KT, PIPE, BALANCED, SUB, 0, x_ptr.dtype.element_ty)
 
 
 @st.composite

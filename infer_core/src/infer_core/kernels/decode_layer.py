@@ -162,6 +162,27 @@ def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
 
 
 @triton.jit
+def _ll_pack(y, flag):
+    """Self-flagged words (``ll``): ``flag`` in the high 32 bits, the float32 bits of ``y`` in
+    the low ones. One aligned 64-bit store is single-copy atomic, so a reader that sees the
+    flag sees the value: no fence, no barrier between the writer and the reader."""
+    return (flag.to(tl.int64) << 32) | (y.to(tl.float32).to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF)
+
+
+@triton.jit
+def _ll_value(words):
+    """The float32 values of self-flagged words (:func:`_ll_pack`)."""
+    return (words & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _ll_ok(words, flag, mask):
+    """1 when every word of a 2-D tile where ``mask`` holds carries ``flag``, else 0."""
+    fresh = tl.where(mask, ((words >> 32).to(tl.int32) == flag).to(tl.int32), 1)
+    return tl.min(tl.min(fresh, axis=1), axis=0)
+
+
+@triton.jit
 def _stamp_after(timeline_ptr, pid, index, value, TIMELINE: tl.constexpr):
     """:func:`_stamp` once the scalar ``value`` is computed (the clock read depends on it: the
     stamp marks when loaded data was used, not when its load was issued)."""
@@ -384,11 +405,12 @@ def _gemm_x(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.con
 
 @triton.jit
 def _accumulate(acc, acc_up, w, wu, x, x_odd, j, row0, row_end, out_ptr, GATED: tl.constexpr,
-                ROWS: tl.constexpr, KT: tl.constexpr, SUB: tl.constexpr):
+                ROWS: tl.constexpr, KT: tl.constexpr, SUB: tl.constexpr, flag, VAL_DT: tl.constexpr):
     """Add one tile's products to the sums of rows ``[row0, +ROWS)`` (``x`` the input tile, or
     with ``SUB`` > 0 its even elements and ``x_odd`` its odd ones: :func:`_pair_dot`); after
     the last K tile, store those below ``row_end`` (the gated activation of the two sums when
-    ``GATED``) and start over."""
+    ``GATED``) and start over. An int64 ``out_ptr`` takes self-flagged words (:func:`_ll_pack`,
+    ``flag``) of the values rounded to ``VAL_DT``."""
     if SUB > 0:
         acc += _pair_dot(w, x, x_odd)
         if GATED:
@@ -399,12 +421,19 @@ def _accumulate(acc, acc_up, w, wu, x, x_odd, j, row0, row_end, out_ptr, GATED: 
             acc_up += tl.sum(wu.to(tl.float32) * x[None, :], axis=1)
     if j % KT == KT - 1:
         rows = row0 + tl.arange(0, ROWS)
-        dtype = out_ptr.dtype.element_ty
+        LL: tl.constexpr = out_ptr.dtype.element_ty == tl.int64
+        if LL:  # noqa: SIM108 (a constexpr branch)
+            dtype = VAL_DT
+        else:
+            dtype = out_ptr.dtype.element_ty
         if GATED:  # noqa: SIM108 (a constexpr branch)
             y = gated(acc.to(dtype), acc_up.to(dtype), 0)  # SILU
         else:
             y = acc.to(dtype)
-        tl.store(out_ptr + rows, y, mask=rows < row_end)
+        if LL:
+            tl.store(out_ptr + rows, _ll_pack(y, flag), mask=rows < row_end)
+        else:
+            tl.store(out_ptr + rows, y, mask=rows < row_end)
         acc = tl.zeros([ROWS], dtype=tl.float32)
         acc_up = tl.zeros([ROWS], dtype=tl.float32)
     return acc, acc_up
@@ -415,7 +444,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                 MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
                 ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, PIPE: tl.constexpr,
-                BALANCED: tl.constexpr, SUB: tl.constexpr):
+                BALANCED: tl.constexpr, SUB: tl.constexpr, flag, VAL_DT: tl.constexpr):
     """``out[:N] = input @ w.T`` (or ``silu(input @ gate.T) * (input @ up.T)`` when ``GATED``,
     ``w_ptr`` then ``[2N, K]``) over program ``pid``'s tiles (row chunk ``pid + i P``, K tile
     ``kt``), ``w``/``wu`` its first tile(s), already requested. The later tiles: with
@@ -428,7 +457,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
         lo, hi = _share(pid, num_programs, N)
         x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
         acc = tl.zeros([ROWS], dtype=tl.float32)
-        _accumulate(acc, acc, w, wu, x, x_odd, 0, lo, hi, out_ptr, GATED, ROWS, 1, SUB)
+        _accumulate(acc, acc, w, wu, x, x_odd, 0, lo, hi, out_ptr, GATED, ROWS, 1, SUB, flag, VAL_DT)
     else:
         n_chunks = tl.cdiv(N, ROWS)
         tiles = ((n_chunks - pid + num_programs - 1) // num_programs) * KT
@@ -437,7 +466,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
         x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
         if PIPE > 1:
             acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, 0, pid * ROWS, N, out_ptr, GATED, ROWS, KT,
-                                      SUB)  # tile 0
+                                      SUB, flag, VAL_DT)  # tile 0
             for j in tl.range(1, tiles, num_stages=PIPE):
                 chunk = pid + (j // KT) * num_programs
                 w = _w_tile(w_ptr, chunk, j % KT, N, K, True, ROWS, BK, SUB)
@@ -446,7 +475,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 if KT > 1:
                     x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
                 acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, j, chunk * ROWS, N, out_ptr, GATED, ROWS, KT,
-                                          SUB)
+                                          SUB, flag, VAL_DT)
         else:
             for j in range(tiles):
                 nxt = j + 1
@@ -457,7 +486,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 if KT > 1:
                     x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
                 acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, j, (pid + (j // KT) * num_programs) * ROWS, N,
-                                          out_ptr, GATED, ROWS, KT, SUB)
+                                          out_ptr, GATED, ROWS, KT, SUB, flag, VAL_DT)
                 w = w_next
                 if GATED:
                     wu = wu_next
@@ -557,12 +586,14 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
                     TIMELINE: tl.constexpr,
                     HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
                     BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr):
+                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr, flag, LL: tl.constexpr):
     """KV head ``item // SPLITS``, key split ``item % SPLITS``: partial attention of the head's
     query group over the split's tiles (paged_attention's split rule and tile arithmetic), the
     first tile ``k1``/``k2``/``v``/``key_ok`` already requested (:func:`_first_kv`). The tiles
     hold the keys of earlier steps only; the split that holds the step's own position stores
-    the step's K and V into the cache and takes that key from registers, last."""
+    the step's K and V into the cache and takes that key from registers, last. ``LL``: q, k, v
+    and the partials are self-flagged words (:func:`_ll_pack`): the loads repeat until every
+    word carries ``flag`` (no barrier before the stage, none after it)."""
     HALF: tl.constexpr = HEAD_DIM // 2
     GROUP: tl.constexpr = HQ // HKV
     g = item // SPLITS
@@ -578,14 +609,36 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     row_ok = rows < GROUP
     head = g * GROUP + rows
     q_row = qkv_ptr + head[:, None] * HEAD_DIM + dh[None, :]
-    q1 = tl.load(q_row, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
-    q2 = tl.load(q_row + HALF, mask=row_ok[:, None], other=0.0, cache_modifier=".cg")
+    q_ok = row_ok[:, None] & (dh[None, :] < HALF)
     k_row = qkv_ptr + (HQ + g) * HEAD_DIM + dh[None, :]
+    v_row = qkv_ptr + (HQ + HKV + g) * HEAD_DIM + dd[None, :]
     own_h = tl.where(own, dh[None, :] < HALF, False)  # block masks (the interpreter takes no scalar one)
     own_d = tl.where(own, dd[None, :] < HEAD_DIM, False)
-    kn1 = tl.load(k_row, mask=own_h, other=0.0, cache_modifier=".cg")
-    kn2 = tl.load(k_row + HALF, mask=own_h, other=0.0, cache_modifier=".cg")
-    vn = tl.load(qkv_ptr + (HQ + HKV + g) * HEAD_DIM + dd[None, :], mask=own_d, other=0.0, cache_modifier=".cg")
+    if LL:
+        q1 = tl.load(q_row, mask=q_ok, other=0, cache_modifier=".cg")
+        q2 = tl.load(q_row + HALF, mask=q_ok, other=0, cache_modifier=".cg")
+        kn1 = tl.load(k_row, mask=own_h, other=0, cache_modifier=".cg")
+        kn2 = tl.load(k_row + HALF, mask=own_h, other=0, cache_modifier=".cg")
+        vn = tl.load(v_row, mask=own_d, other=0, cache_modifier=".cg")
+        ready = (_ll_ok(q1, flag, q_ok) & _ll_ok(q2, flag, q_ok) & _ll_ok(kn1, flag, own_h)
+                 & _ll_ok(kn2, flag, own_h) & _ll_ok(vn, flag, own_d))
+        while ready == 0:
+            q1 = tl.load(q_row, mask=q_ok, other=0, cache_modifier=".cg")
+            q2 = tl.load(q_row + HALF, mask=q_ok, other=0, cache_modifier=".cg")
+            kn1 = tl.load(k_row, mask=own_h, other=0, cache_modifier=".cg")
+            kn2 = tl.load(k_row + HALF, mask=own_h, other=0, cache_modifier=".cg")
+            vn = tl.load(v_row, mask=own_d, other=0, cache_modifier=".cg")
+            ready = (_ll_ok(q1, flag, q_ok) & _ll_ok(q2, flag, q_ok) & _ll_ok(kn1, flag, own_h)
+                     & _ll_ok(kn2, flag, own_h) & _ll_ok(vn, flag, own_d))
+        dt = cache_ptr.dtype.element_ty
+        q1, q2 = _ll_value(q1).to(dt), _ll_value(q2).to(dt)
+        kn1, kn2, vn = _ll_value(kn1).to(dt), _ll_value(kn2).to(dt), _ll_value(vn).to(dt)
+    else:
+        q1 = tl.load(q_row, mask=q_ok, other=0.0, cache_modifier=".cg")
+        q2 = tl.load(q_row + HALF, mask=q_ok, other=0.0, cache_modifier=".cg")
+        kn1 = tl.load(k_row, mask=own_h, other=0.0, cache_modifier=".cg")
+        kn2 = tl.load(k_row + HALF, mask=own_h, other=0.0, cache_modifier=".cg")
+        vn = tl.load(v_row, mask=own_d, other=0.0, cache_modifier=".cg")
     q1, q2 = _norm_rope(q1, q2, qn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
     _stamp(timeline_ptr, pid, 16, TIMELINE)
     kn1, kn2 = _norm_rope(kn1, kn2, kn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
@@ -624,22 +677,46 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     _stamp(timeline_ptr, pid, 18, TIMELINE)
 
     part = head * SPLITS + item % SPLITS
-    tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], acc, mask=row_ok[:, None])
-    tl.store(part_max_ptr + part, m_i, mask=row_ok)
-    tl.store(part_sum_ptr + part, l_i, mask=row_ok)
+    if LL:
+        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], _ll_pack(acc, flag), mask=row_ok[:, None])
+        tl.store(part_max_ptr + part, _ll_pack(m_i, flag), mask=row_ok)
+        tl.store(part_sum_ptr + part, _ll_pack(l_i, flag), mask=row_ok)
+    else:
+        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], acc, mask=row_ok[:, None])
+        tl.store(part_max_ptr + part, m_i, mask=row_ok)
+        tl.store(part_sum_ptr + part, l_i, mask=row_ok)
     _stamp(timeline_ptr, pid, 19, TIMELINE)
 
 
 @triton.jit
 def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid,
-                TIMELINE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):
-    """attention_reduce's merge for one query head, into the attention output row."""
+                TIMELINE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, flag, LL: tl.constexpr):
+    """attention_reduce's merge for one query head, into the attention output row (``LL``: the
+    partials' loads repeat until every word carries ``flag``)."""
     splits = tl.arange(0, SPLITS)
     dd = tl.arange(0, HEAD_DIM)
     base = head * SPLITS
-    m = tl.load(part_max_ptr + base + splits, cache_modifier=".cg")
-    sums = tl.load(part_sum_ptr + base + splits, cache_modifier=".cg")
-    acc = tl.load(part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :], cache_modifier=".cg")
+    stats = base + splits[:, None] + tl.arange(0, 1)[None, :]  # [SPLITS, 1]: _ll_ok takes 2-D tiles
+    acc_ptrs = part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :]
+    if LL:
+        every = stats >= 0
+        mw = tl.load(part_max_ptr + stats, cache_modifier=".cg")
+        sw = tl.load(part_sum_ptr + stats, cache_modifier=".cg")
+        aw = tl.load(acc_ptrs, cache_modifier=".cg")
+        every_acc = (splits[:, None] >= 0) & (dd[None, :] >= 0)
+        ready = _ll_ok(mw, flag, every) & _ll_ok(sw, flag, every) & _ll_ok(aw, flag, every_acc)
+        while ready == 0:
+            mw = tl.load(part_max_ptr + stats, cache_modifier=".cg")
+            sw = tl.load(part_sum_ptr + stats, cache_modifier=".cg")
+            aw = tl.load(acc_ptrs, cache_modifier=".cg")
+            ready = _ll_ok(mw, flag, every) & _ll_ok(sw, flag, every) & _ll_ok(aw, flag, every_acc)
+        m = tl.sum(_ll_value(mw), axis=1)
+        sums = tl.sum(_ll_value(sw), axis=1)
+        acc = _ll_value(aw)
+    else:
+        m = tl.load(part_max_ptr + base + splits, cache_modifier=".cg")
+        sums = tl.load(part_sum_ptr + base + splits, cache_modifier=".cg")
+        acc = tl.load(acc_ptrs, cache_modifier=".cg")
     _stamp_after(timeline_ptr, pid, 23, tl.max(tl.max(acc, 1), 0) + tl.max(m + sums, 0), TIMELINE)
     out = merge_splits(m, sums, acc)
     tl.store(attn_ptr + head * HEAD_DIM + dd, out.to(attn_ptr.dtype.element_ty))
@@ -665,7 +742,7 @@ def _decode_layer_kernel(
     SUB_QKV: tl.constexpr, SUB_O: tl.constexpr, SUB_GU: tl.constexpr, SUB_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
-    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr,
+    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -691,21 +768,30 @@ def _decode_layer_kernel(
         wait_for_prior()
     if ALL and LAST >= 2:
         target, epoch = _target(counters_ptr, num_programs, EPOCH)
+    # ll: qkv and the attention partials go out as self-flagged words (this launch's flag: the
+    # epoch + 1, never 0, never the last launch's), read without barriers 0 and 1
+    if LL and ALL and LAST >= 2:
+        flag = epoch + 1
+    elif LL:  # (stage by stage: the epoch does not advance; each stage reads what a launch before wrote)
+        flag = tl.load(counters_ptr + EPOCH_SLOT, cache_modifier=".cg") + 1
+    else:
+        flag = 0
+    DT: tl.constexpr = x_ptr.dtype.element_ty
     _stamp(timeline_ptr, pid, 1, TIMELINE)
     if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV)
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
-    if ARRIVE_FIRST and ALL and LAST >= 2:
+    if ARRIVE_FIRST and ALL and LAST >= 2 and not LL:
         seen = _arrive(counters_ptr, 0)
     if ((ALL and LAST >= 2) or STAGE == 2) and not KV_START:  # the first key tile (no dependence on qkv)
         seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
         if KV_EARLY:
             k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
                                           stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-    if ALL and LAST >= 2:
+    if ALL and LAST >= 2 and not LL:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 0)
         _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP)
@@ -722,15 +808,15 @@ def _decode_layer_kernel(
             _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
-                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION)
+                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL)
     _stamp(timeline_ptr, pid, 4, TIMELINE)
-    if ALL and LAST >= 3:
+    if ALL and LAST >= 3 and not LL:
         _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
     if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
         for head in range(pid, HQ, num_programs):
             _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
-                        HEAD_DIM, SPLITS)
+                        HEAD_DIM, SPLITS, flag, LL)
             _stamp(timeline_ptr, pid, 20, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 4:
         seen = _arrive(counters_ptr, 2)
@@ -746,7 +832,7 @@ def _decode_layer_kernel(
         if not PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O)
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT)
     if ARRIVE_FIRST and ALL and LAST >= 5:
         seen = _arrive(counters_ptr, 3)
     if PREFETCH and ((ALL and LAST >= 5) or STAGE == 5):
@@ -763,7 +849,7 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
-                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU)
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT)
     if ARRIVE_FIRST and ALL and LAST >= 6:
         seen = _arrive(counters_ptr, 4)
     if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
@@ -778,7 +864,7 @@ def _decode_layer_kernel(
         if not PREFETCH:
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN)
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
         if pid == 0:  # (every program read the epoch before it arrived at barrier 0, passed here)
@@ -832,7 +918,12 @@ class DecodeLayerConfig:
     bf16 only): the stage loads its weights as uint32 words of two bf16 values and multiplies
     them by the input's even and odd elements (:func:`_pair_dot`, :func:`pair_sub`); on in
     every stage by default (chains on an H200, µs per layer: Qwen3-0.6B 21.2 against 22.2,
-    Llama-3.2-1B 45.2 against 50.1; benchmarks/reports/decode-layer-pairs-2026-12-03-h200)."""
+    Llama-3.2-1B 45.2 against 50.1; benchmarks/reports/decode-layer-pairs-2026-12-03-h200).
+    ``epoch``: the barrier counters are never reset (see the module's docstring). ``ll`` (needs
+    ``epoch``): qkv and the attention partials are stored as self-flagged 64-bit words
+    (:func:`_ll_pack`: the launch's flag and the value), and their readers (attention, merge)
+    load until every word they need carries the flag: no barrier 0 or 1, so no fence, atomic
+    round trip or poll between qkv and attention or attention and merge."""
 
     num_programs: int
     splits: int
@@ -849,6 +940,7 @@ class DecodeLayerConfig:
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
     pairs: tuple[bool, bool, bool, bool] = (True, True, True, True)
     epoch: bool = True
+    ll: bool = True
 
 
 def _pow2_floor(n: int) -> int:
@@ -951,6 +1043,13 @@ def default_epoch() -> bool:
     return bool(_env_int("INFER_DECODE_EPOCH", int(DecodeLayerConfig.epoch)))
 
 
+def default_ll() -> bool:
+    """``ll`` of the configuration a launch picks for itself: the config's default, or
+    ``INFER_DECODE_LL`` from the environment (0: barriers 0 and 1 instead of self-flagged
+    words; A/B measurements)."""
+    return bool(_env_int("INFER_DECODE_LL", int(DecodeLayerConfig.ll)))
+
+
 def default_kv_early() -> int:
     """``kv_early`` of the configuration a launch picks for itself: the config's default, 2
     (Qwen3-0.6B chain on an H200: 22.1 µs per layer against 22.7 with 1; W1 0.74 ms per token
@@ -996,12 +1095,17 @@ class DecodeWorkspace:
         self.part_acc = empty(num_heads * splits * head_dim, dt=torch.float32)
         self.part_max = empty(num_heads * splits, dt=torch.float32)
         self.part_sum = empty(num_heads * splits, dt=torch.float32)
+        # the same as self-flagged words (DecodeLayerConfig.ll): zeros, a flag no launch writes
+        self.qkv_ll = torch.zeros(self.qkv.numel(), dtype=torch.int64, device=device)
+        self.part_acc_ll = torch.zeros(self.part_acc.numel(), dtype=torch.int64, device=device)
+        self.part_max_ll = torch.zeros(self.part_max.numel(), dtype=torch.int64, device=device)
+        self.part_sum_ll = torch.zeros(self.part_sum.numel(), dtype=torch.int64, device=device)
         self.attn = empty(num_heads * head_dim)
         self.o = empty(hidden)
         self.act = empty(intermediate)
         self.counters = torch.zeros(8, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
-        self.epoch: bool | None = None  # the launches' DecodeLayerConfig.epoch, once one ran
+        self.kind: tuple[bool, bool] | None = None  # the launches' (epoch, ll), once one ran
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
         # a launch's shape -> the configuration decode_layer chose for it (config=None)
@@ -1047,7 +1151,9 @@ def decode_layer(
             cos, sin, positions, kv_cache, metadata.block_tables, metadata.seq_lens, metadata.slot_mapping,
             kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), cos.stride(0), sin.stride(0),
             layer.scale * LOG2E,
-            ws.qkv, ws.part_acc, ws.part_max, ws.part_sum, ws.attn, ws.o, ws.act, ws.counters, ws.error,
+            *((ws.qkv_ll, ws.part_acc_ll, ws.part_max_ll, ws.part_sum_ll) if cfg.ll else
+              (ws.qkv, ws.part_acc, ws.part_max, ws.part_sum)),
+            ws.attn, ws.o, ws.act, ws.counters, ws.error,
             timeline if timeline is not None else ws.counters, cfg.num_programs,
         )
         kwargs = dict(
@@ -1062,7 +1168,7 @@ def decode_layer(
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
-            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch,
+            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=cfg.ll,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -1076,7 +1182,8 @@ def decode_layer(
         for per_sm in (4, 2, 1):
             cfg = replace(choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
                                         balanced_elements=default_balanced_elements()), kv_early=default_kv_early(),
-                          pairs=default_pairs(), epoch=default_epoch())
+                          pairs=default_pairs(), epoch=default_epoch(),
+                          ll=default_ll() and default_epoch())
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg
@@ -1088,12 +1195,15 @@ def decode_layer(
                                  or timeline.shape != (cfg.num_programs, slots)):
         raise ValueError(f"timeline must be an int64 CUDA tensor of shape [{cfg.num_programs}, {slots}] "
                          "(the launch's programs x the stamps)")
+    if cfg.ll and not cfg.epoch:
+        raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
     if not stage_by_stage:  # the counters' meaning differs: one workspace, one kind of launch
-        if ws.epoch is None:
-            ws.epoch = cfg.epoch
-        elif ws.epoch != cfg.epoch:
-            raise ValueError(f"this decode workspace's launches ran with epoch={ws.epoch}: a launch with "
-                             f"epoch={cfg.epoch} would misread its barrier counters (use another workspace)")
+        kind = (cfg.epoch, cfg.ll)
+        if ws.kind is None:
+            ws.kind = kind
+        elif ws.kind != kind:
+            raise ValueError(f"this decode workspace's launches ran with (epoch, ll)={ws.kind}: a launch with "
+                             f"{kind} would misread its barrier counters (use another workspace)")
     for stage in (range(1, 7) if stage_by_stage else (-1,)):
         args, kwargs = launch_args(cfg, stage)
         if stage < 0 and x.is_cuda:
