@@ -37,7 +37,7 @@ import triton
 
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import build_attention_metadata
-from infer_core.kernels import act_and_mul, kv_cache_write, qk_norm_rope, rms_norm, rotary
+from infer_core.kernels import act_and_mul, fill_ids, kv_cache_write, qk_norm_rope, rms_norm, rotary
 from infer_core.kernels.paged_attention import LaunchConfig, choose_config, paged_attention
 
 # (hidden, intermediate, q heads, kv heads, head dim, sliding window of the local layers)
@@ -190,6 +190,17 @@ def bench_elementwise(rec: Recorder, model: str) -> None:
             rec.add(f"kv_cache_write ({label})", model, f"T={tokens} [{hkv},{d}] bs=16",
                     timed(kv_cache_write.write_kv, cache, kv[0], kv[1], slots, scales),
                     bytes_=kv.numel() * e + kv.numel() * cache.element_size() + tokens * 8)
+
+
+def bench_fill_ids(rec: Recorder, model: str) -> None:
+    """The decode graph's placeholder fill (async scheduling) at batch 1 and DECODE_BATCH: every
+    row's id from the last step's samples (the most any step fills). Bytes: src and ids read,
+    the sampled ids read, ids written. A launch-latency figure: the bytes are a few KB."""
+    for rows in (1, DECODE_BATCH):
+        ids = torch.zeros(rows, dtype=torch.int32, device="cuda")
+        src = torch.randperm(rows, device="cuda").to(torch.int32)
+        sampled = torch.randint(0, 150_000, (rows,), device="cuda")
+        rec.add("fill_ids", model, f"[{rows}]", timed(fill_ids.fill_ids, ids, src, sampled), bytes_=rows * (4 + 4 + 8 + 4))
 
 
 def bench_qk_norm_rope(rec: Recorder, model: str, sweep: bool) -> None:
@@ -468,6 +479,7 @@ BENCHES = {
     "qk_norm_rope": (bench_qk_norm_rope, True),
     "rope_kv_write": (bench_rope_kv_write, False),
     "attention": (bench_attention, True),
+    "fill_ids": (bench_fill_ids, False),
 }
 
 

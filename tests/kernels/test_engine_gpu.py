@@ -166,6 +166,27 @@ def test_persistent_decode_equals_usual_path_fp32(arch, overrides):
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_placeholders_filled_inside_the_graph(arch, monkeypatch):
+    """Async scheduling: a decode graph fills the ids still in flight itself (kernels.fill_ids,
+    from the buffer its argmax writes; ``INFER_GRAPH_FILL=0``: three torch launches outside the
+    graph, as before): the same greedy tokens (bf16), alone and batched, with a logprobs request
+    in the batch (its ids come through the sampler, copied into that buffer); every block back."""
+    checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
+    on = make_llm(checkpoint, dtype="bfloat16")
+    assert on.engine.runner.graph_fill
+    with monkeypatch.context() as env:
+        env.setenv("INFER_GRAPH_FILL", "0")
+        off = make_llm(checkpoint, dtype="bfloat16")
+    assert not off.engine.runner.graph_fill
+    mixed = [GREEDY, GREEDY, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=1), GREEDY]
+    for prompts, params in ((batch(512)[:1], GREEDY), (batch(512), GREEDY), (batch(512), mixed)):
+        got = [o.outputs[0].token_ids for o in on.generate(prompts, params)]
+        want = [o.outputs[0].token_ids for o in off.generate(prompts, params)]
+        assert got == want
+    assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
 def test_programmatic_dependent_launch_changes_nothing(arch, monkeypatch):
     """PDL on (the default from compute capability 9.0) vs off (``INFER_PDL=0``, read when

@@ -169,3 +169,16 @@ def test_sampler_with_the_kernel_samples_as_with_torch(dtype, monkeypatch):
         monkeypatch.undo()
         assert torch.equal(got, expected), (got, expected)
     assert len(calls) == 1 + 1 + 2 + 1, calls
+
+
+def test_out_takes_the_result_and_a_wrong_out_is_refused():
+    """``out=``: the ids land in the given view (what a decode graph's placeholder fill reads);
+    a tensor of another dtype or shape is refused before any launch."""
+    x = (torch.randn(3, 5000, generator=torch.Generator().manual_seed(1)) * 4).to(torch.bfloat16)
+    buffer = torch.full((8,), -7, dtype=torch.int64)
+    got = argmax(x, out=buffer[2:5])
+    assert got.data_ptr() == buffer[2:5].data_ptr()
+    assert buffer[2:5].tolist() == argmax_ref(x).tolist() and buffer[:2].tolist() == [-7, -7]
+    for bad in (torch.zeros(3, dtype=torch.int32), torch.zeros(4, dtype=torch.int64)):
+        with pytest.raises(ValueError, match=r"argmax\(out=\.\.\.\)"):
+            argmax(x, out=bad)

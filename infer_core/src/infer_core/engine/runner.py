@@ -7,8 +7,10 @@ allocated once at start-up (``input_ids``, ``positions``, ``slot_mapping``, quer
 sequence lengths, batch slots, logits rows; pinned on the host, copied to the device in one
 copy per step) and block tables, so the tensors a decode step reads never move — the
 precondition for replaying it as a CUDA graph. A decode graph also holds the gather of the
-step's block-table rows, the logits of every row and their argmax (``DecodeOutputs``): a greedy
-decode step launches one graph and one copy of the sampled ids. Block-table rows are written
+step's block-table rows, the logits of every row and their argmax (``DecodeOutputs``), and
+with async scheduling the fill of the ids still in flight (``kernels.fill_ids``, from the
+buffer the last step's argmax or sampled ids went to): a greedy decode step launches one
+graph and one copy of the sampled ids. Block-table rows are written
 only where a request gained blocks (``BlockTable``); the sampler's per-row
 parameters are rebuilt only when the set of sampled requests changes (``SamplingBatch``).
 The step's one device-to-host sync is the read of the sampled ids.
@@ -17,6 +19,7 @@ The step's one device-to-host sync is the read of the sampled ids.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -124,19 +127,27 @@ class ModelRunner:
         # ends at its last slot_mapping value, in one host-to-device copy
         self.staging = StagingBuffer({
             "query_start_loc": seqs + 1, "seq_lens": seqs, "batch_slots": seqs, "logits_indices": seqs,
-            "placeholder_rows": seqs, "placeholder_sources": seqs,
+            "placeholder_rows": seqs, "placeholder_sources": seqs, "fill_from": seqs,
             "input_ids": tokens, "positions": tokens, "slot_mapping": tokens,
         }, device)
         regions = self.staging.regions
         self.query_start_loc, self.seq_lens = regions["query_start_loc"], regions["seq_lens"]
         self.batch_slots, self.logits_indices = regions["batch_slots"], regions["logits_indices"]
         self.placeholder_rows, self.placeholder_sources = regions["placeholder_rows"], regions["placeholder_sources"]
+        # a captured decode graph fills its placeholders itself (kernels.fill_ids): per row, the
+        # row of the last step's sampled ids (self._sampled_ids) or -1
+        self.fill_from = regions["fill_from"]
         self.input_ids, self.positions = regions["input_ids"], regions["positions"]
         self.slot_mapping = regions["slot_mapping"]
         # the last launched step's sampled ids (device) and each sampled request's row in them:
         # the next step reads a token still in flight from there (async scheduling)
         self._last_sampled: torch.Tensor | None = None
         self._last_rows: dict[str, int] = {}
+        # with graph_fill (CUDA graphs; INFER_GRAPH_FILL=0 turns it off for A/B runs) the decode
+        # graphs write their argmax here and read their placeholders from here; every other step
+        # copies its sampled ids here, so _last_sampled always views this buffer
+        self.graph_fill = self.graphs is not None and os.environ.get("INFER_GRAPH_FILL", "1") != "0"
+        self._sampled_ids = torch.zeros(seqs, dtype=torch.int64, device=device)
         self._arange = np.arange(max(tokens, seqs) + 1, dtype=np.int64)
         self._uids = itertools.count()
         self._sampling: SamplingBatch | None = None
@@ -207,7 +218,11 @@ class ModelRunner:
             sampled = self.sampler(logits, meta)
         for request_id in sample_ids:
             self.requests[request_id].pending += 1
-        self._last_sampled = sampled.sampled_token_ids
+        ids = sampled.sampled_token_ids
+        if self.graph_fill and ids.data_ptr() != self._sampled_ids.data_ptr():  # (a graph's argmax is there)
+            self._sampled_ids[:n].copy_(ids)
+            ids = self._sampled_ids[:n]
+        self._last_sampled = ids
         self._last_rows = {request_id: row for row, request_id in enumerate(sample_ids)}
         return LaunchedStep(sample_ids, sampled.to_host())
 
@@ -283,9 +298,16 @@ class ModelRunner:
         else:
             self._write_padding(num_reqs, graph_size)
             captured = graph_size in self.graphs.captured  # the graph gathers its block-table rows
+            in_graph = captured and self.graph_fill  # and fills its placeholders
+            if in_graph:
+                self.fill_from.np[:num_reqs] = -1
+                for k, i in enumerate(placeholders):
+                    self.fill_from.np[i] = self.placeholder_sources.np[k]
             metadata = self._copy_inputs(graph_size, self.max_model_len, 1,
                                          ends.tolist() + [0] * (graph_size - num_reqs), gather=not captured)
             step = StepInputs(metadata, graph_size, sample_ids, graph_size, all_sampled)
+            if in_graph:
+                return step
         if placeholders:  # ids sampled by the step in flight, device to device, after the copy
             n = len(placeholders)
             assert self._last_sampled is not None
@@ -300,6 +322,7 @@ class ModelRunner:
         self.input_ids.np[rows] = 0
         self.positions.np[rows] = 0
         self.slot_mapping.np[rows] = -1
+        self.fill_from.np[rows] = -1
         self.seq_lens.np[rows] = 0
         self.batch_slots.np[rows] = 0
         self.query_start_loc.np[start + 1 : end + 1] = self._arange[start + 1 : end + 1]
@@ -345,6 +368,10 @@ class ModelRunner:
             rows = metadata.num_requests
             tables = metadata.block_tables
             assert tables.data_ptr() == self.block_table.view(rows, tables.shape[1]).data_ptr()
+            if self.graph_fill:  # the placeholders (async scheduling) from the last step's sampled ids
+                from infer_core.kernels.fill_ids import fill_ids
+
+                fill_ids(self.input_ids.device[:rows], self.fill_from.device[:rows], self._sampled_ids)
             self.block_table.gather(self.batch_slots.device[:rows], tables.shape[1])
             hidden = self.model(self.input_ids.device[:rows], self.positions.device[:rows], metadata)
             logits = self.model.compute_logits(hidden)
@@ -352,7 +379,8 @@ class ModelRunner:
                 self._graph_logits = torch.empty_like(logits)
             out = self._graph_logits[:rows]
             out.copy_(logits)  # one buffer for every size (a graph's own would stay allocated)
-            return DecodeOutputs(hidden, out, argmax(out))
+            greedy = argmax(out, out=self._sampled_ids[:rows] if self.graph_fill else None)
+            return DecodeOutputs(hidden, out, greedy)
 
         self.graphs.capture(prepare, forward)
         return self.graphs.capture_seconds

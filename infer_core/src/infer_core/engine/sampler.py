@@ -207,14 +207,17 @@ class Sampler:
         return best if ids is None else ids.gather(1, best[:, None]).squeeze(1)
 
 
-def argmax(x: torch.Tensor) -> torch.Tensor:
+def argmax(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``x.argmax(dim=-1)`` of [B, V] (first index of the maximum, NaN above all): on CUDA the
-    two-stage Triton kernel (a few µs where torch's generic reduction takes 40-50), else torch."""
+    two-stage Triton kernel (a few µs where torch's generic reduction takes 40-50), else torch;
+    into ``out`` (int64 [B]) when given."""
     if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16, torch.float32):
         from infer_core.kernels.argmax import argmax as triton_argmax
 
-        return triton_argmax(x)
-    return x.argmax(dim=-1)
+        return triton_argmax(x, out=out)
+    if out is None:
+        return x.argmax(dim=-1)
+    return torch.argmax(x, dim=-1, out=out)
 
 
 def _apply_penalties(work: torch.Tensor, meta: SamplingMetadata) -> None:

@@ -74,9 +74,11 @@ def block_for(rows: int, n_cols: int) -> int:
     return min(BLOCK, max(triton.next_power_of_2(n_cols), 16))
 
 
-def argmax(logits: torch.Tensor, block: int | None = None) -> torch.Tensor:
+def argmax(logits: torch.Tensor, block: int | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """``torch.argmax(logits, dim=-1)`` of a 2-D float tensor (bf16, fp16 or fp32; any row
-    stride): int64 ``[B]``. ``block`` overrides the chunk width (a power of two)."""
+    stride): int64 ``[B]``, written into ``out`` when given (a contiguous int64 ``[B]``, e.g.
+    a view of a buffer a CUDA graph reads later). ``block`` overrides the chunk width (a power
+    of two)."""
     assert logits.dim() == 2, logits.shape
     assert logits.dtype in (torch.bfloat16, torch.float16, torch.float32), logits.dtype
     rows, n_cols = logits.shape
@@ -84,7 +86,11 @@ def argmax(logits: torch.Tensor, block: int | None = None) -> torch.Tensor:
     assert n_cols < 2**31, n_cols
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
-    out = torch.empty(rows, dtype=torch.int64, device=logits.device)
+    if out is None:
+        out = torch.empty(rows, dtype=torch.int64, device=logits.device)
+    elif out.shape != (rows,) or out.dtype != torch.int64 or not out.is_contiguous() or out.device != logits.device:
+        raise ValueError(f"argmax(out=...) takes a contiguous int64 tensor of shape ({rows},) on {logits.device}, "
+                         f"got {out.dtype} {tuple(out.shape)} on {out.device}")
     if rows == 0:
         return out
     block = block or block_for(rows, n_cols)
