@@ -25,6 +25,8 @@
 #            "exitcounter" = INFER_DECODE_EPOCH=0 (the persistent layer's exit counter resets its
 #            barrier counters at each launch's end instead of the epoch; no self-flagged words),
 #            "no-ll" = INFER_DECODE_LL=0 (barriers 0 and 1 instead of self-flagged qkv / partials),
+#            "no-graph-fill" = INFER_GRAPH_FILL=0 (async scheduling's ids in flight filled by torch
+#            launches outside the decode graph, not by kernels.fill_ids inside it),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -92,7 +94,7 @@ if want ab; then
   QTOK=(); [ -f benchmarks/.assets/qwen3-tokenizer/tokenizer.json ] && QTOK=(--tokenizer benchmarks/.assets/qwen3-tokenizer)
   [ -f "$AB/qwen3-0.6b/model.safetensors" ] || "${BENCH[@]}" checkpoint qwen3-0.6b --out "$AB/qwen3-0.6b" "${QTOK[@]}" | tail -1
   for mode in ${AB_MODES:-default in-order}; do
-    flag=(--name "$mode"); pdl=1; bal=; kve=; prs=; epo=; ll=
+    flag=(--name "$mode"); pdl=1; bal=; kve=; prs=; epo=; ll=; gfill=
     for part in ${mode//+/ }; do
       case $part in
         async) flag+=(--scheduler.async_scheduling true) ;;
@@ -109,11 +111,12 @@ if want ab; then
         pairs[01][01][01][01]) prs=${part#pairs} ;;
         exitcounter) epo=0 ;;
         no-ll) ll=0 ;;
+        no-graph-fill) gfill=0 ;;
         no-pdl) pdl=0 ;;
       esac
     done
     for m in ${AB_MODELS:-llama-3.2-1b qwen3-0.6b}; do
-      INFER_PDL=$pdl INFER_DECODE_BALANCED_ELEMENTS=$bal INFER_DECODE_KV_EARLY=$kve INFER_DECODE_PAIRS=$prs INFER_DECODE_EPOCH=$epo INFER_DECODE_LL=$ll timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
+      INFER_PDL=$pdl INFER_DECODE_BALANCED_ELEMENTS=$bal INFER_DECODE_KV_EARLY=$kve INFER_DECODE_PAIRS=$prs INFER_DECODE_EPOCH=$epo INFER_DECODE_LL=$ll INFER_GRAPH_FILL=$gfill timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
         --workload "${AB_WORKLOADS:-W1,W2}" --repeats "${AB_REPEATS:-3}" --label "$m-random" --out "$REPORT" "${flag[@]}" 2>&1 | tail -4
     done
   done
