@@ -24,9 +24,11 @@
 #            layer's GEMM stages qkv, o, gate/up, down whose digit is 1),
 #            "exitcounter" = INFER_DECODE_EPOCH=0 (the persistent layer's exit counter resets its
 #            barrier counters at each launch's end instead of the epoch; no self-flagged words),
-#            "no-ll" = INFER_DECODE_LL=0 (barriers 0 and 1 instead of self-flagged qkv / partials),
-#            "no-graph-fill" = INFER_GRAPH_FILL=0 (async scheduling's ids in flight filled by torch
-#            launches outside the decode graph, not by kernels.fill_ids inside it),
+#            "ll" / "no-ll" = INFER_DECODE_LL=1 / 0 (self-flagged qkv / partials instead of barriers
+#            0 and 1, or not),
+#            "graph-fill" / "no-graph-fill" = INFER_GRAPH_FILL=1 / 0 (async scheduling's ids in
+#            flight filled by kernels.fill_ids inside the decode graph, or by torch launches
+#            outside it),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -111,7 +113,9 @@ if want ab; then
         pairs[01][01][01][01]) prs=${part#pairs} ;;
         exitcounter) epo=0 ;;
         no-ll) ll=0 ;;
+        ll) ll=1 ;;
         no-graph-fill) gfill=0 ;;
+        graph-fill) gfill=1 ;;
         no-pdl) pdl=0 ;;
       esac
     done

@@ -125,9 +125,9 @@ def test_graph_of_layers_replays():
 
 def test_exit_counter_and_epoch():
     """``epoch=False`` (and so ``ll=False``): the last program out resets the counters (all zero
-    after each launch); with the default, 3 launches leave barriers 2-4's counters at 3 x the
-    programs (0 and 1 unused: ``ll``) and the epoch at 3; a workspace refuses a launch of
-    another kind; ``ll`` without ``epoch`` is refused."""
+    after each launch); with the default, 3 launches leave the barrier counters at 3 x the
+    programs (barriers 0 and 1 unused with ``ll``) and the epoch at 3; a workspace refuses a
+    launch of another kind; ``ll`` without ``epoch`` is refused."""
     case = real_case("qwen3-0.6b", 300)
     cfg = cases.config_for(case, torch.bfloat16)
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=replace(cfg, epoch=False, ll=False))
@@ -137,19 +137,20 @@ def test_exit_counter_and_epoch():
     outs = [dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg) for _ in range(3)]
     assert all(torch.equal(o[0], outs[0][0]) for o in outs)
     cases.check_counters(ws, 3)
-    for other in (replace(cfg, ll=False), replace(cfg, epoch=False, ll=False)):
+    for other in (replace(cfg, ll=not cfg.ll), replace(cfg, epoch=False, ll=False)):
         with pytest.raises(ValueError, match="workspace"):
             dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=other)
     with pytest.raises(ValueError, match="needs epoch"):
-        dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=replace(cfg, epoch=False))
+        dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws,
+                        config=replace(cfg, epoch=False, ll=True))
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 1, 63, 300, 4000])
 @pytest.mark.parametrize("ll", [False, True])
 def test_self_flagged_words(shape, context, ll):
-    """``ll``: qkv and the attention partials as self-flagged words, no barriers 0 and 1 (the
-    default), or the barriers; at 2 programs per SM, three launches with different inputs on
+    """``ll``: qkv and the attention partials as self-flagged words, no barriers 0 and 1, or the
+    barriers (the default); at 2 programs per SM, three launches with different inputs on
     one workspace, each against its reference (a reader that took a word left by the launch
     before, which carries the last epoch's flag, would compute the previous input's layer)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count

@@ -84,10 +84,10 @@ def test_default_kv_early_reads_the_environment(monkeypatch):
 def test_default_epoch_and_ll_read_the_environment(monkeypatch):
     monkeypatch.delenv("INFER_DECODE_EPOCH", raising=False)
     monkeypatch.delenv("INFER_DECODE_LL", raising=False)
-    assert dl.default_epoch() is True and dl.default_ll() is True
+    assert dl.default_epoch() is True and dl.default_ll() is False
     monkeypatch.setenv("INFER_DECODE_EPOCH", "0")
-    monkeypatch.setenv("INFER_DECODE_LL", "0")
-    assert dl.default_epoch() is False and dl.default_ll() is False
+    monkeypatch.setenv("INFER_DECODE_LL", "1")
+    assert dl.default_epoch() is False and dl.default_ll() is True
 
 
 def test_self_flagged_words_need_the_epoch():
