@@ -580,6 +580,20 @@ def _own_key_step(acc, m_i, l_i, s, v):
 
 
 @triton.jit
+def _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF: tl.constexpr):
+    """One load of an attention item's self-flagged q halves, own key halves and value
+    (``ll``), and 1 when every word it needs carries ``flag``."""
+    q1 = tl.load(q_row, mask=q_ok, other=0, cache_modifier=".cg")
+    q2 = tl.load(q_row + HALF, mask=q_ok, other=0, cache_modifier=".cg")
+    kn1 = tl.load(k_row, mask=own_h, other=0, cache_modifier=".cg")
+    kn2 = tl.load(k_row + HALF, mask=own_h, other=0, cache_modifier=".cg")
+    vn = tl.load(v_row, mask=own_d, other=0, cache_modifier=".cg")
+    ready = (_ll_ok(q1, flag, q_ok) & _ll_ok(q2, flag, q_ok) & _ll_ok(kn1, flag, own_h)
+             & _ll_ok(kn2, flag, own_h) & _ll_ok(vn, flag, own_d))
+    return q1, q2, kn1, kn2, vn, ready
+
+
+@triton.jit
 def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                     qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid,
@@ -615,21 +629,9 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     own_h = tl.where(own, dh[None, :] < HALF, False)  # block masks (the interpreter takes no scalar one)
     own_d = tl.where(own, dd[None, :] < HEAD_DIM, False)
     if LL:
-        q1 = tl.load(q_row, mask=q_ok, other=0, cache_modifier=".cg")
-        q2 = tl.load(q_row + HALF, mask=q_ok, other=0, cache_modifier=".cg")
-        kn1 = tl.load(k_row, mask=own_h, other=0, cache_modifier=".cg")
-        kn2 = tl.load(k_row + HALF, mask=own_h, other=0, cache_modifier=".cg")
-        vn = tl.load(v_row, mask=own_d, other=0, cache_modifier=".cg")
-        ready = (_ll_ok(q1, flag, q_ok) & _ll_ok(q2, flag, q_ok) & _ll_ok(kn1, flag, own_h)
-                 & _ll_ok(kn2, flag, own_h) & _ll_ok(vn, flag, own_d))
+        q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF)
         while ready == 0:
-            q1 = tl.load(q_row, mask=q_ok, other=0, cache_modifier=".cg")
-            q2 = tl.load(q_row + HALF, mask=q_ok, other=0, cache_modifier=".cg")
-            kn1 = tl.load(k_row, mask=own_h, other=0, cache_modifier=".cg")
-            kn2 = tl.load(k_row + HALF, mask=own_h, other=0, cache_modifier=".cg")
-            vn = tl.load(v_row, mask=own_d, other=0, cache_modifier=".cg")
-            ready = (_ll_ok(q1, flag, q_ok) & _ll_ok(q2, flag, q_ok) & _ll_ok(kn1, flag, own_h)
-                     & _ll_ok(kn2, flag, own_h) & _ll_ok(vn, flag, own_d))
+            q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF)
         dt = cache_ptr.dtype.element_ty
         q1, q2 = _ll_value(q1).to(dt), _ll_value(q2).to(dt)
         kn1, kn2, vn = _ll_value(kn1).to(dt), _ll_value(kn2).to(dt), _ll_value(vn).to(dt)
@@ -689,6 +691,17 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
 
 
 @triton.jit
+def _partial_words(max_ptrs, sum_ptrs, acc_ptrs, flag):
+    """One load of a head's self-flagged split partials (``ll``: maxima and sums ``[SPLITS, 1]``,
+    accumulators ``[SPLITS, D]``), and 1 when every word carries ``flag``."""
+    mw = tl.load(max_ptrs, cache_modifier=".cg")
+    sw = tl.load(sum_ptrs, cache_modifier=".cg")
+    aw = tl.load(acc_ptrs, cache_modifier=".cg")
+    ready = _ll_ok(mw, flag, mw == mw) & _ll_ok(sw, flag, sw == sw) & _ll_ok(aw, flag, aw == aw)
+    return mw, sw, aw, ready
+
+
+@triton.jit
 def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid,
                 TIMELINE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, flag, LL: tl.constexpr):
     """attention_reduce's merge for one query head, into the attention output row (``LL``: the
@@ -699,17 +712,9 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeli
     stats = base + splits[:, None] + tl.arange(0, 1)[None, :]  # [SPLITS, 1]: _ll_ok takes 2-D tiles
     acc_ptrs = part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :]
     if LL:
-        every = stats >= 0
-        mw = tl.load(part_max_ptr + stats, cache_modifier=".cg")
-        sw = tl.load(part_sum_ptr + stats, cache_modifier=".cg")
-        aw = tl.load(acc_ptrs, cache_modifier=".cg")
-        every_acc = (splits[:, None] >= 0) & (dd[None, :] >= 0)
-        ready = _ll_ok(mw, flag, every) & _ll_ok(sw, flag, every) & _ll_ok(aw, flag, every_acc)
+        mw, sw, aw, ready = _partial_words(part_max_ptr + stats, part_sum_ptr + stats, acc_ptrs, flag)
         while ready == 0:
-            mw = tl.load(part_max_ptr + stats, cache_modifier=".cg")
-            sw = tl.load(part_sum_ptr + stats, cache_modifier=".cg")
-            aw = tl.load(acc_ptrs, cache_modifier=".cg")
-            ready = _ll_ok(mw, flag, every) & _ll_ok(sw, flag, every) & _ll_ok(aw, flag, every_acc)
+            mw, sw, aw, ready = _partial_words(part_max_ptr + stats, part_sum_ptr + stats, acc_ptrs, flag)
         m = tl.sum(_ll_value(mw), axis=1)
         sums = tl.sum(_ll_value(sw), axis=1)
         acc = _ll_value(aw)
