@@ -144,9 +144,9 @@ class ModelRunner:
         self._last_sampled: torch.Tensor | None = None
         self._last_rows: dict[str, int] = {}
         # with graph_fill (CUDA graphs and INFER_GRAPH_FILL=1: off by default until a GPU run has
-        # measured it; A/B runs) the decode
-        # graphs write their argmax here and read their placeholders from here; every other step
-        # copies its sampled ids here, so _last_sampled always views this buffer
+        # measured it; A/B runs) the decode graphs write their argmax here and read their
+        # placeholders from here; every other step copies its sampled ids here, so _last_sampled
+        # always views this buffer
         self.graph_fill = self.graphs is not None and os.environ.get("INFER_GRAPH_FILL", "0") == "1"
         self._sampled_ids = torch.zeros(seqs, dtype=torch.int64, device=device)
         self._arange = np.arange(max(tokens, seqs) + 1, dtype=np.int64)
@@ -300,10 +300,10 @@ class ModelRunner:
             self._write_padding(num_reqs, graph_size)
             captured = graph_size in self.graphs.captured  # the graph gathers its block-table rows
             in_graph = captured and self.graph_fill  # and fills its placeholders
-            if in_graph:
+            if in_graph:  # (one token per row: a placeholder's row is its request's index)
+                n = len(placeholders)
                 self.fill_from.np[:num_reqs] = -1
-                for k, i in enumerate(placeholders):
-                    self.fill_from.np[i] = self.placeholder_sources.np[k]
+                self.fill_from.np[self.placeholder_rows.np[:n]] = self.placeholder_sources.np[:n]
             metadata = self._copy_inputs(graph_size, self.max_model_len, 1,
                                          ends.tolist() + [0] * (graph_size - num_reqs), gather=not captured)
             step = StepInputs(metadata, graph_size, sample_ids, graph_size, all_sampled)

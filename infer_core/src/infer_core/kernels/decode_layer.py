@@ -42,8 +42,9 @@ at every barrier for the counter to reach ``(e + 1) P`` (int32 differences, so w
 around is harmless), and program 0 adds 1 to the epoch when it passed its last barrier (every
 program had read it before arriving at barrier 0). That saves the exit counter: its arrival
 (a GPU-scope fence and an atomic round trip in the last program out) delayed the launch's end
-(``epoch = False`` keeps it: the last program to leave sets every counter back to 0). Every program must be resident at once: the launch
-compiles first and refuses more programs than fit (registers, shared memory, threads;
+(``epoch = False`` keeps it: the last program to leave sets every counter back to 0).
+
+Every program must be resident at once: the launch compiles first and refuses more programs than fit (registers, shared memory, threads;
 :func:`resident_programs`), and with no config takes the most programs per SM (4, 2, 1) that
 fit. The polls are bounded (``MAX_SPINS``) as a last guard: a barrier that never opens raises
 an error flag instead of hanging. Data a stage reads that another program wrote in this
@@ -1084,7 +1085,8 @@ def supports(layer: AttentionLayer, kv_cache: torch.Tensor, dtype: torch.dtype) 
 class DecodeWorkspace:
     """The launches' scratch (shared by every layer of a step: the launches are ordered), the
     barrier counters (with ``epoch`` never reset, else zero between launches) and the error flag
-    (set if a barrier timed out). Every launch on one workspace must agree on ``epoch``.
+    (set if a barrier timed out). Every launch on one workspace must agree on ``epoch`` and
+    ``ll`` (their counters mean different things).
     ``splits`` must be the launches' (:func:`splits_for` the device's SMs by default)."""
 
     def __init__(self, hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -1184,11 +1186,11 @@ def decode_layer(
     elif not x.is_cuda or stage_by_stage:
         cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
+        epoch = default_epoch()
         for per_sm in (4, 2, 1):
             cfg = replace(choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
                                         balanced_elements=default_balanced_elements()), kv_early=default_kv_early(),
-                          pairs=default_pairs(), epoch=default_epoch(),
-                          ll=default_ll() and default_epoch())
+                          pairs=default_pairs(), epoch=epoch, ll=default_ll() and epoch)
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg
