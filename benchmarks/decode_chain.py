@@ -172,7 +172,10 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  "ll": {"epoch": True, "ll": True, "balanced_elements": 16384},
                  # with fewer key splits per KV head (8: one 64-key tile each up to 512 keys), or other poll sleeps
                  "ll-splits8": {"ll": True, "splits": 8, "balanced_elements": 16384},
-                 **{f"ll-sleep{ns}": {"ll": True, "poll_sleep": ns, "balanced_elements": 16384} for ns in (0, 50, 200)}}
+                 **{f"ll-sleep{ns}": {"ll": True, "poll_sleep": ns, "balanced_elements": 16384} for ns in (0, 50, 200)},
+                 # gate/up's row chunks of r rows (fewer, larger tiles: fewer dependent round trips per program)
+                 **{f"gu{r}": {"rows_gu": r, "balanced_elements": 16384} for r in (2, 8)},
+                 **{f"ll-gu{r}": {"ll": True, "rows_gu": r, "balanced_elements": 16384} for r in (2, 8)}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
@@ -191,6 +194,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
     hidden, inter = first.o.shape[0], first.down.shape[1]
     attn = first.attn
     sync = dict(sync or {})
+    rows_gu = sync.pop("rows_gu", None)
     cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
                                    num_sms(torch.device("cuda")),
                                    max_elements=max_elements, fewest_steps=fewest_steps,
@@ -199,6 +203,9 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                   num_warps=num_warps, pipeline=pipeline, last_stage=last_stage)
     if sync:
         cfg = replace(cfg, **sync)
+    if rows_gu:
+        cfg = replace(cfg, rows=(*cfg.rows[:2], rows_gu, cfg.rows[3]),
+                      balanced=(*cfg.balanced[:2], False, cfg.balanced[3]))
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     reported = []

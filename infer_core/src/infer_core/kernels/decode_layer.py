@@ -601,7 +601,7 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
                     TIMELINE: tl.constexpr,
                     HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
                     BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr, flag, LL: tl.constexpr):
+                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr, flag, LL: tl.constexpr, error_ptr):
     """KV head ``item // SPLITS``, key split ``item % SPLITS``: partial attention of the head's
     query group over the split's tiles (paged_attention's split rule and tile arithmetic), the
     first tile ``k1``/``k2``/``v``/``key_ok`` already requested (:func:`_first_kv`). The tiles
@@ -631,8 +631,12 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     own_d = tl.where(own, dd[None, :] < HEAD_DIM, False)
     if LL:
         q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF)
-        while ready == 0:
+        spins = 0
+        while (ready == 0) & (spins < MAX_SPINS):
             q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF)
+            spins += 1
+        if ready == 0:  # (as a barrier's poll: an error flag, never a hang)
+            tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
         dt = cache_ptr.dtype.element_ty
         q1, q2 = _ll_value(q1).to(dt), _ll_value(q2).to(dt)
         kn1, kn2, vn = _ll_value(kn1).to(dt), _ll_value(kn2).to(dt), _ll_value(vn).to(dt)
@@ -704,7 +708,7 @@ def _partial_words(max_ptrs, sum_ptrs, acc_ptrs, flag):
 
 @triton.jit
 def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid,
-                TIMELINE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, flag, LL: tl.constexpr):
+                TIMELINE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, flag, LL: tl.constexpr, error_ptr):
     """attention_reduce's merge for one query head, into the attention output row (``LL``: the
     partials' loads repeat until every word carries ``flag``)."""
     splits = tl.arange(0, SPLITS)
@@ -714,8 +718,12 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeli
     acc_ptrs = part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :]
     if LL:
         mw, sw, aw, ready = _partial_words(part_max_ptr + stats, part_sum_ptr + stats, acc_ptrs, flag)
-        while ready == 0:
+        spins = 0
+        while (ready == 0) & (spins < MAX_SPINS):
             mw, sw, aw, ready = _partial_words(part_max_ptr + stats, part_sum_ptr + stats, acc_ptrs, flag)
+            spins += 1
+        if ready == 0:
+            tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
         m = tl.sum(_ll_value(mw), axis=1)
         sums = tl.sum(_ll_value(sw), axis=1)
         acc = _ll_value(aw)
@@ -814,7 +822,8 @@ def _decode_layer_kernel(
             _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
-                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL)
+                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
+                            error_ptr)
     _stamp(timeline_ptr, pid, 4, TIMELINE)
     if ALL and LAST >= 3 and not LL:
         _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
@@ -822,7 +831,7 @@ def _decode_layer_kernel(
     if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
         for head in range(pid, HQ, num_programs):
             _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
-                        HEAD_DIM, SPLITS, flag, LL)
+                        HEAD_DIM, SPLITS, flag, LL, error_ptr)
             _stamp(timeline_ptr, pid, 20, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 4:
         seen = _arrive(counters_ptr, 2)
