@@ -40,7 +40,7 @@ class LayerCase:
     fewest_steps: bool = False
     balanced: bool = False  # the GEMM stages whose shares fit are balanced (choose_config)
     pairs: tuple[bool, bool, bool, bool] = dl.DecodeLayerConfig.pairs  # bf16 pair tiles per GEMM stage (bf16 only)
-    ll: bool = dl.DecodeLayerConfig.ll  # qkv and the attention partials as self-flagged words
+    ll: int = dl.DecodeLayerConfig.ll  # qkv and the attention partials as self-flagged words
 
 
 @st.composite
@@ -55,7 +55,7 @@ def layer_cases(draw, *, programs=(1, 3, 4, 5)) -> LayerCase:
         max_bk=draw(st.sampled_from([16, 32, 2048])), prefetch=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
         pipeline=draw(st.sampled_from([1, 2, 3])), fewest_steps=draw(st.booleans()), balanced=draw(st.booleans()),
         pairs=tuple(draw(st.lists(st.booleans(), min_size=4, max_size=4))),
-        ll=draw(st.booleans()),
+        ll=draw(st.sampled_from([0, 1, 2])),
     )
 
 

@@ -84,10 +84,10 @@ def test_default_kv_early_reads_the_environment(monkeypatch):
 def test_default_epoch_and_ll_read_the_environment(monkeypatch):
     monkeypatch.delenv("INFER_DECODE_EPOCH", raising=False)
     monkeypatch.delenv("INFER_DECODE_LL", raising=False)
-    assert dl.default_epoch() is True and dl.default_ll() is False
+    assert dl.default_epoch() is True and dl.default_ll() == dl.DecodeLayerConfig.ll
     monkeypatch.setenv("INFER_DECODE_EPOCH", "0")
-    monkeypatch.setenv("INFER_DECODE_LL", "1")
-    assert dl.default_epoch() is False and dl.default_ll() is True
+    monkeypatch.setenv("INFER_DECODE_LL", "2")
+    assert dl.default_epoch() is False and dl.default_ll() == 2
 
 
 def test_self_flagged_words_need_the_epoch():

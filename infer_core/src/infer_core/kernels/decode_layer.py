@@ -581,14 +581,30 @@ def _own_key_step(acc, m_i, l_i, s, v):
 
 
 @triton.jit
-def _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF: tl.constexpr):
+def _poll(ptrs, mask, VOLATILE: tl.constexpr):
+    """One read of self-flagged words (``ll``): ``.cg`` (L2), or ``VOLATILE`` (``ld.volatile``)."""
+    if VOLATILE:
+        return tl.load(ptrs, mask=mask, other=0, volatile=True)
+    return tl.load(ptrs, mask=mask, other=0, cache_modifier=".cg")
+
+
+@triton.jit
+def _poll_all(ptrs, VOLATILE: tl.constexpr):
+    """:func:`_poll` without a mask."""
+    if VOLATILE:
+        return tl.load(ptrs, volatile=True)
+    return tl.load(ptrs, cache_modifier=".cg")
+
+
+@triton.jit
+def _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF: tl.constexpr, VOLATILE: tl.constexpr):
     """One load of an attention item's self-flagged q halves, own key halves and value
     (``ll``), and 1 when every word it needs carries ``flag``."""
-    q1 = tl.load(q_row, mask=q_ok, other=0, cache_modifier=".cg")
-    q2 = tl.load(q_row + HALF, mask=q_ok, other=0, cache_modifier=".cg")
-    kn1 = tl.load(k_row, mask=own_h, other=0, cache_modifier=".cg")
-    kn2 = tl.load(k_row + HALF, mask=own_h, other=0, cache_modifier=".cg")
-    vn = tl.load(v_row, mask=own_d, other=0, cache_modifier=".cg")
+    q1 = _poll(q_row, q_ok, VOLATILE)
+    q2 = _poll(q_row + HALF, q_ok, VOLATILE)
+    kn1 = _poll(k_row, own_h, VOLATILE)
+    kn2 = _poll(k_row + HALF, own_h, VOLATILE)
+    vn = _poll(v_row, own_d, VOLATILE)
     ready = (_ll_ok(q1, flag, q_ok) & _ll_ok(q2, flag, q_ok) & _ll_ok(kn1, flag, own_h)
              & _ll_ok(kn2, flag, own_h) & _ll_ok(vn, flag, own_d))
     return q1, q2, kn1, kn2, vn, ready
@@ -630,13 +646,13 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     own_h = tl.where(own, dh[None, :] < HALF, False)  # block masks (the interpreter takes no scalar one)
     own_d = tl.where(own, dd[None, :] < HEAD_DIM, False)
     if LL:
-        q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF)
+        q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF, LL == 2)
         spins = 0
         while (ready == 0) & (spins < MAX_SPINS):
-            q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF)
+            q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF, LL == 2)
             spins += 1
-        if ready == 0:  # (as a barrier's poll: an error flag, never a hang)
-            tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
+        if ready == 0:  # (as a barrier's poll: an error flag, never a hang; 2: attention's words)
+            tl.atomic_xchg(error_ptr, 2, sem="relaxed", scope="gpu")
         dt = cache_ptr.dtype.element_ty
         q1, q2 = _ll_value(q1).to(dt), _ll_value(q2).to(dt)
         kn1, kn2, vn = _ll_value(kn1).to(dt), _ll_value(kn2).to(dt), _ll_value(vn).to(dt)
@@ -696,12 +712,12 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
 
 
 @triton.jit
-def _partial_words(max_ptrs, sum_ptrs, acc_ptrs, flag):
+def _partial_words(max_ptrs, sum_ptrs, acc_ptrs, flag, VOLATILE: tl.constexpr):
     """One load of a head's self-flagged split partials (``ll``: maxima and sums ``[SPLITS, 1]``,
     accumulators ``[SPLITS, D]``), and 1 when every word carries ``flag``."""
-    mw = tl.load(max_ptrs, cache_modifier=".cg")
-    sw = tl.load(sum_ptrs, cache_modifier=".cg")
-    aw = tl.load(acc_ptrs, cache_modifier=".cg")
+    mw = _poll_all(max_ptrs, VOLATILE)
+    sw = _poll_all(sum_ptrs, VOLATILE)
+    aw = _poll_all(acc_ptrs, VOLATILE)
     ready = _ll_ok(mw, flag, mw == mw) & _ll_ok(sw, flag, sw == sw) & _ll_ok(aw, flag, aw == aw)
     return mw, sw, aw, ready
 
@@ -717,13 +733,13 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeli
     stats = base + splits[:, None] + tl.arange(0, 1)[None, :]  # [SPLITS, 1]: _ll_ok takes 2-D tiles
     acc_ptrs = part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :]
     if LL:
-        mw, sw, aw, ready = _partial_words(part_max_ptr + stats, part_sum_ptr + stats, acc_ptrs, flag)
+        mw, sw, aw, ready = _partial_words(part_max_ptr + stats, part_sum_ptr + stats, acc_ptrs, flag, LL == 2)
         spins = 0
         while (ready == 0) & (spins < MAX_SPINS):
-            mw, sw, aw, ready = _partial_words(part_max_ptr + stats, part_sum_ptr + stats, acc_ptrs, flag)
+            mw, sw, aw, ready = _partial_words(part_max_ptr + stats, part_sum_ptr + stats, acc_ptrs, flag, LL == 2)
             spins += 1
-        if ready == 0:
-            tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
+        if ready == 0:  # (3: the merge's words)
+            tl.atomic_xchg(error_ptr, 3, sem="relaxed", scope="gpu")
         m = tl.sum(_ll_value(mw), axis=1)
         sums = tl.sum(_ll_value(sw), axis=1)
         acc = _ll_value(aw)
@@ -955,7 +971,7 @@ class DecodeLayerConfig:
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
     pairs: tuple[bool, bool, bool, bool] = (True, True, True, True)
     epoch: bool = True
-    ll: bool = False  # not yet measured on a GPU: off until a device run shows it faster (and correct)
+    ll: int = 0  # 1: self-flagged words polled with .cg loads, 2: with volatile loads; 0: barriers 0 and 1
 
 
 def _pow2_floor(n: int) -> int:
@@ -1058,11 +1074,11 @@ def default_epoch() -> bool:
     return bool(_env_int("INFER_DECODE_EPOCH", int(DecodeLayerConfig.epoch)))
 
 
-def default_ll() -> bool:
+def default_ll() -> int:
     """``ll`` of the configuration a launch picks for itself: the config's default (off), or
     ``INFER_DECODE_LL`` from the environment (1: self-flagged words instead of barriers 0 and
     1; A/B measurements)."""
-    return bool(_env_int("INFER_DECODE_LL", int(DecodeLayerConfig.ll)))
+    return _env_int("INFER_DECODE_LL", int(DecodeLayerConfig.ll))
 
 
 def default_kv_early() -> int:
@@ -1184,7 +1200,7 @@ def decode_layer(
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
-            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=cfg.ll,
+            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll),
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
