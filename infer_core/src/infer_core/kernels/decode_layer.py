@@ -432,7 +432,7 @@ def _accumulate(acc, acc_up, w, wu, x, x_odd, j, row0, row_end, out_ptr, GATED: 
         else:
             y = acc.to(dtype)
         if LL:
-            tl.store(out_ptr + rows, _ll_pack(y, flag), mask=rows < row_end)
+            tl.store(out_ptr + rows, _ll_pack(y, flag), mask=rows < row_end, cache_modifier=".cg")
         else:
             tl.store(out_ptr + rows, y, mask=rows < row_end)
         acc = tl.zeros([ROWS], dtype=tl.float32)
@@ -701,9 +701,10 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
 
     part = head * SPLITS + item % SPLITS
     if LL:
-        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], _ll_pack(acc, flag), mask=row_ok[:, None])
-        tl.store(part_max_ptr + part, _ll_pack(m_i, flag), mask=row_ok)
-        tl.store(part_sum_ptr + part, _ll_pack(l_i, flag), mask=row_ok)
+        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], _ll_pack(acc, flag), mask=row_ok[:, None],
+                 cache_modifier=".cg")
+        tl.store(part_max_ptr + part, _ll_pack(m_i, flag), mask=row_ok, cache_modifier=".cg")
+        tl.store(part_sum_ptr + part, _ll_pack(l_i, flag), mask=row_ok, cache_modifier=".cg")
     else:
         tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], acc, mask=row_ok[:, None])
         tl.store(part_max_ptr + part, m_i, mask=row_ok)
