@@ -168,17 +168,19 @@ def test_persistent_decode_equals_usual_path_fp32(arch, overrides):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_placeholders_filled_inside_the_graph(arch, monkeypatch):
-    """Async scheduling with ``INFER_GRAPH_FILL=1``: a decode graph fills the ids still in
-    flight itself (kernels.fill_ids, from the buffer its argmax writes; the default: three torch
-    launches outside the graph): the same greedy tokens (bf16), alone and batched, with a
+    """Async scheduling with the in-graph fill (the default): a decode graph fills the ids still
+    in flight itself (kernels.fill_ids, from the buffer its argmax writes; ``INFER_GRAPH_FILL=0``:
+    three torch launches outside the graph): the same greedy tokens (bf16), alone and batched, with a
     logprobs request in the batch (its ids come through the sampler, copied into that buffer);
     every block back."""
     checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
     with monkeypatch.context() as env:
-        env.setenv("INFER_GRAPH_FILL", "1")
+        env.delenv("INFER_GRAPH_FILL", raising=False)
         on = make_llm(checkpoint, dtype="bfloat16")
     assert on.engine.runner.graph_fill
-    off = make_llm(checkpoint, dtype="bfloat16")
+    with monkeypatch.context() as env:
+        env.setenv("INFER_GRAPH_FILL", "0")
+        off = make_llm(checkpoint, dtype="bfloat16")
     assert not off.engine.runner.graph_fill
     mixed = [GREEDY, GREEDY, SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=1), GREEDY]
     for prompts, params in ((batch(512)[:1], GREEDY), (batch(512), GREEDY), (batch(512), mixed)):
