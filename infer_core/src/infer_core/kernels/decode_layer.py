@@ -646,16 +646,30 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     own_h = tl.where(own, dh[None, :] < HALF, False)  # block masks (the interpreter takes no scalar one)
     own_d = tl.where(own, dd[None, :] < HEAD_DIM, False)
     if LL:
-        q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF, LL == 2)
+        # the own key and value are polled as [BLOCK_M, D] tiles whose rows all read the same
+        # words (a runtime zero keeps the compiler from folding the rows into one): each element
+        # then has one owning thread, all of which check their words, and the readiness crosses
+        # the warps (a [1, D] tile would sit in replicated lanes: copies loaded at different
+        # times, a readiness some warps disagree on, so a divergent loop)
+        dup = rows[:, None] * (seq_len < 0).to(tl.int32)
+        k_rows = k_row + dup
+        v_rows = v_row + dup
+        own_hb = own_h & (dup == 0)
+        own_db = own_d & (dup == 0)
+        q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_rows, v_rows, q_ok, own_hb, own_db, flag, HALF, LL == 2)
         spins = 0
         while (ready == 0) & (spins < MAX_SPINS):
-            q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF, LL == 2)
+            q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_rows, v_rows, q_ok, own_hb, own_db, flag, HALF,
+                                                     LL == 2)
             spins += 1
         if ready == 0:  # (as a barrier's poll: an error flag, never a hang; 2: attention's words)
             tl.atomic_xchg(error_ptr, 2, sem="relaxed", scope="gpu")
         dt = cache_ptr.dtype.element_ty
         q1, q2 = _ll_value(q1).to(dt), _ll_value(q2).to(dt)
-        kn1, kn2, vn = _ll_value(kn1).to(dt), _ll_value(kn2).to(dt), _ll_value(vn).to(dt)
+        # every row holds the same values: the max takes one row ([1, D])
+        kn1 = tl.max(_ll_value(kn1), axis=0, keep_dims=True).to(dt)
+        kn2 = tl.max(_ll_value(kn2), axis=0, keep_dims=True).to(dt)
+        vn = tl.max(_ll_value(vn), axis=0, keep_dims=True).to(dt)
     else:
         q1 = tl.load(q_row, mask=q_ok, other=0.0, cache_modifier=".cg")
         q2 = tl.load(q_row + HALF, mask=q_ok, other=0.0, cache_modifier=".cg")
@@ -731,9 +745,11 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeli
     splits = tl.arange(0, SPLITS)
     dd = tl.arange(0, HEAD_DIM)
     base = head * SPLITS
-    stats = base + splits[:, None] + tl.arange(0, 1)[None, :]  # [SPLITS, 1]: _ll_ok takes 2-D tiles
     acc_ptrs = part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :]
     if LL:
+        # the maxima and sums polled as [SPLITS, D] tiles, every column the same word (see
+        # _attention_item: one owning thread per element, no replicated lanes)
+        stats = base + splits[:, None] + dd[None, :] * ((base + splits)[:, None] < 0).to(tl.int32)
         mw, sw, aw, ready = _partial_words(part_max_ptr + stats, part_sum_ptr + stats, acc_ptrs, flag, LL == 2)
         spins = 0
         while (ready == 0) & (spins < MAX_SPINS):
@@ -741,8 +757,8 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeli
             spins += 1
         if ready == 0:  # (3: the merge's words)
             tl.atomic_xchg(error_ptr, 3, sem="relaxed", scope="gpu")
-        m = tl.sum(_ll_value(mw), axis=1)
-        sums = tl.sum(_ll_value(sw), axis=1)
+        m = tl.max(_ll_value(mw), axis=1)
+        sums = tl.max(_ll_value(sw), axis=1)
         acc = _ll_value(aw)
     else:
         m = tl.load(part_max_ptr + base + splits, cache_modifier=".cg")
