@@ -728,8 +728,9 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
 
 @triton.jit
 def _partial_words(max_ptrs, sum_ptrs, acc_ptrs, flag, VOLATILE: tl.constexpr):
-    """One load of a head's self-flagged split partials (``ll``: maxima and sums ``[SPLITS, 1]``,
-    accumulators ``[SPLITS, D]``), and 1 when every word carries ``flag``."""
+    """One load of a head's self-flagged split partials (``ll``: maxima, sums and accumulators
+    as ``[SPLITS, D]`` tiles, the maxima and sums the same word along a row), and 1 when every
+    word carries ``flag``."""
     mw = _poll_all(max_ptrs, VOLATILE)
     sw = _poll_all(sum_ptrs, VOLATILE)
     aw = _poll_all(acc_ptrs, VOLATILE)
@@ -971,7 +972,10 @@ class DecodeLayerConfig:
     ``epoch``): qkv and the attention partials are stored as self-flagged 64-bit words
     (:func:`_ll_pack`: the launch's flag and the value), and their readers (attention, merge)
     load until every word they need carries the flag: no barrier 0 or 1, so no fence, atomic
-    round trip or poll between qkv and attention or attention and merge."""
+    round trip or poll between qkv and attention or attention and merge. Off by default: right
+    on an H200 but slower (Qwen3-0.6B 24.1 against 20.8 µs per layer: the CTA-wide readiness
+    reduction in every spin costs more than the two barriers;
+    benchmarks/reports/decode-layer-ll-2026-12-03-h200)."""
 
     num_programs: int
     splits: int
