@@ -172,6 +172,9 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  "ll": {"epoch": True, "ll": True, "balanced_elements": 16384},
                  # with fewer key splits per KV head (8: one 64-key tile each up to 512 keys), or other poll sleeps
                  "ll-splits8": {"ll": True, "splits": 8, "balanced_elements": 16384},
+                 # each thread settles its own words (a PTX loop: no CTA-wide readiness per poll)
+                 "ll3": {"epoch": True, "ll": 3, "balanced_elements": 16384},
+                 "ll3-splits8": {"ll": 3, "splits": 8, "balanced_elements": 16384},
                  **{f"ll-sleep{ns}": {"ll": True, "poll_sleep": ns, "balanced_elements": 16384} for ns in (0, 50, 200)},
                  # gate/up's row chunks of r rows (fewer, larger tiles: fewer dependent round trips per program)
                  **{f"gu{r}": {"rows_gu": r, "balanced_elements": 16384} for r in (2, 8)},

@@ -4,7 +4,7 @@ chains them as in a model's graph), each output against the torch reference, the
 (1: a barrier's poll, 2: attention's words, 3: the merge's words timed out) and the time per
 launch of each chain of 20 (CUDA events). For every shape and ``ll`` mode given:
 
-    python scripts/gpu_ll_probe.py --shapes qwen3-0.6b,llama-3.2-1b --modes 0,1,2 --launches 200
+    python scripts/gpu_ll_probe.py --shapes qwen3-0.6b,llama-3.2-1b --modes 0,1,2,3 --launches 200
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def probe(shape: str, ll: int, launches: int, context: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="qwen3-0.6b,llama-3.2-1b")
-    parser.add_argument("--modes", default="0,1,2")
+    parser.add_argument("--modes", default="0,1,2,3")
     parser.add_argument("--launches", type=int, default=200)
     parser.add_argument("--context", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)

@@ -24,7 +24,7 @@
 #            layer's GEMM stages qkv, o, gate/up, down whose digit is 1),
 #            "exitcounter" = INFER_DECODE_EPOCH=0 (the persistent layer's exit counter resets its
 #            barrier counters at each launch's end instead of the epoch; no self-flagged words),
-#            "ll" / "no-ll" = INFER_DECODE_LL=1 / 0 (self-flagged qkv / partials instead of barriers
+#            "ll" / "ll3" / "no-ll" = INFER_DECODE_LL=1 / 3 / 0 (self-flagged qkv / partials instead of barriers
 #            0 and 1, or not),
 #            "graph-fill" / "no-graph-fill" = INFER_GRAPH_FILL=1 / 0 (async scheduling's ids in
 #            flight filled by kernels.fill_ids inside the decode graph, or by torch launches
@@ -114,6 +114,7 @@ if want ab; then
         exitcounter) epo=0 ;;
         no-ll) ll=0 ;;
         ll) ll=1 ;;
+        ll3) ll=3 ;;
         no-graph-fill) gfill=0 ;;
         graph-fill) gfill=1 ;;
         no-pdl) pdl=0 ;;

@@ -147,10 +147,11 @@ def test_exit_counter_and_epoch():
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 1, 63, 300, 4000])
-@pytest.mark.parametrize("ll", [0, 1, 2])
+@pytest.mark.parametrize("ll", [0, 1, 2, 3])
 def test_self_flagged_words(shape, context, ll):
-    """``ll``: qkv and the attention partials as self-flagged words (stored strong, polled with
-    ``.cg`` (1) or volatile (2) loads), no barriers 0 and 1, or the barriers (0, the default);
+    """``ll``: qkv and the attention partials as self-flagged words (stored strong, polled as
+    CTA-wide tiles with ``.cg`` (1) or volatile (2) loads, or settled by each thread on its own
+    (3)), no barriers 0 and 1, or the barriers (0, the default);
     at 2 programs per SM, three launches with different inputs on
     one workspace, each against its reference (a reader that took a word left by the launch
     before, which carries the last epoch's flag, would compute the previous input's layer)."""

@@ -597,6 +597,43 @@ def _poll_all(ptrs, VOLATILE: tl.constexpr):
 
 
 @triton.jit
+def _settle(words, ptrs, mask, flag, code, error_ptr):
+    """``ll`` 3: ``words`` (one load of the whole tile, all in flight together) where every
+    thread re-reads its own elements that do not yet carry ``flag``, in a PTX loop of strong
+    (``ld.relaxed.gpu``) loads, on its own: no CTA-wide agreement, so no barrier or shared
+    memory in a poll, and nothing at all when the words were ready. Each thread's copy is
+    checked, so tiles whose lanes are replicated across warps are fine. Masked-off elements
+    stay as loaded (0). A word still stale after ``MAX_SPINS`` reads stores ``code`` into
+    the error flag (as a barrier's poll: an error, never a hang)."""
+    return tl.inline_asm_elementwise(
+        """{
+        .reg .pred %llon, %llstale, %llspent;
+        .reg .b32 %lllo, %llhi, %llspins;
+        .reg .b64 %llword;
+        mov.b64 %llword, $1;
+        mov.b32 %llspins, 0;
+        setp.ne.b32 %llon, $3, 0;
+        LL_CHECK:
+        mov.b64 {%lllo, %llhi}, %llword;
+        setp.ne.and.b32 %llstale, %llhi, $4, %llon;
+        @!%llstale bra LL_DONE;
+        setp.ge.u32 %llspent, %llspins, $7;
+        @%llspent bra LL_FAIL;
+        add.u32 %llspins, %llspins, 1;
+        ld.relaxed.gpu.global.b64 %llword, [$2];
+        bra LL_CHECK;
+        LL_FAIL:
+        st.relaxed.gpu.global.b32 [$5], $6;
+        LL_DONE:
+        mov.b64 $0, %llword;
+        }""",
+        "=l,l,l,r,r,l,r,r",
+        [words, ptrs, mask.to(tl.int32), flag + 0 * mask.to(tl.int32), error_ptr + 0 * mask.to(tl.int32),
+         code + 0 * mask.to(tl.int32), MAX_SPINS + 0 * mask.to(tl.int32)],
+        dtype=tl.int64, is_pure=False, pack=1)
+
+
+@triton.jit
 def _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF: tl.constexpr, VOLATILE: tl.constexpr):
     """One load of an attention item's self-flagged q halves, own key halves and value
     (``ll``), and 1 when every word it needs carries ``flag``."""
@@ -645,7 +682,20 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     v_row = qkv_ptr + (HQ + HKV + g) * HEAD_DIM + dd[None, :]
     own_h = tl.where(own, dh[None, :] < HALF, False)  # block masks (the interpreter takes no scalar one)
     own_d = tl.where(own, dd[None, :] < HEAD_DIM, False)
-    if LL:
+    if LL == 3:
+        # every tile loaded once, then each thread settles its own words (_settle)
+        q1 = tl.load(q_row, mask=q_ok, other=0, cache_modifier=".cg")
+        q2 = tl.load(q_row + HALF, mask=q_ok, other=0, cache_modifier=".cg")
+        kn1 = tl.load(k_row, mask=own_h, other=0, cache_modifier=".cg")
+        kn2 = tl.load(k_row + HALF, mask=own_h, other=0, cache_modifier=".cg")
+        vn = tl.load(v_row, mask=own_d, other=0, cache_modifier=".cg")
+        dt = cache_ptr.dtype.element_ty
+        q1 = _ll_value(_settle(q1, q_row, q_ok, flag, 2, error_ptr)).to(dt)
+        q2 = _ll_value(_settle(q2, q_row + HALF, q_ok, flag, 2, error_ptr)).to(dt)
+        kn1 = _ll_value(_settle(kn1, k_row, own_h, flag, 2, error_ptr)).to(dt)
+        kn2 = _ll_value(_settle(kn2, k_row + HALF, own_h, flag, 2, error_ptr)).to(dt)
+        vn = _ll_value(_settle(vn, v_row, own_d, flag, 2, error_ptr)).to(dt)
+    elif LL:
         # the own key and value are polled as [BLOCK_M, D] tiles whose rows all read the same
         # words (a runtime zero keeps the compiler from folding the rows into one): each element
         # then has one owning thread, all of which check their words, and the readiness crosses
@@ -747,7 +797,15 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeli
     dd = tl.arange(0, HEAD_DIM)
     base = head * SPLITS
     acc_ptrs = part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :]
-    if LL:
+    if LL == 3:
+        mw = tl.load(part_max_ptr + base + splits, cache_modifier=".cg")
+        sw = tl.load(part_sum_ptr + base + splits, cache_modifier=".cg")
+        aw = tl.load(acc_ptrs, cache_modifier=".cg")
+        every = splits >= 0
+        m = _ll_value(_settle(mw, part_max_ptr + base + splits, every, flag, 3, error_ptr))
+        sums = _ll_value(_settle(sw, part_sum_ptr + base + splits, every, flag, 3, error_ptr))
+        acc = _ll_value(_settle(aw, acc_ptrs, every[:, None] & (dd[None, :] >= 0), flag, 3, error_ptr))
+    elif LL:
         # the maxima and sums polled as [SPLITS, D] tiles, every column the same word (see
         # _attention_item: one owning thread per element, no replicated lanes)
         stats = base + splits[:, None] + dd[None, :] * ((base + splits)[:, None] < 0).to(tl.int32)
@@ -992,7 +1050,8 @@ class DecodeLayerConfig:
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
     pairs: tuple[bool, bool, bool, bool] = (True, True, True, True)
     epoch: bool = True
-    ll: int = 0  # 1: self-flagged words polled with .cg loads, 2: with volatile loads; 0: barriers 0 and 1
+    ll: int = 0  # 1 / 2: self-flagged words polled as CTA-wide tiles (.cg / volatile loads), 3: each thread
+    # settles its own words (a PTX loop, CUDA only; the interpreter runs 1); 0: barriers 0 and 1
 
 
 def _pow2_floor(n: int) -> int:
@@ -1221,7 +1280,7 @@ def decode_layer(
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
-            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll),
+            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -1251,7 +1310,7 @@ def decode_layer(
     if cfg.ll and not cfg.epoch:
         raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
     if not stage_by_stage:  # the counters' meaning differs: one workspace, one kind of launch
-        kind = (cfg.epoch, cfg.ll)
+        kind = (cfg.epoch, bool(cfg.ll))
         if ws.kind is None:
             ws.kind = kind
         elif ws.kind != kind:
