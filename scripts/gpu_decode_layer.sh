@@ -3,7 +3,7 @@
 # .whl and benchmarks/.assets, made by scripts/gpu_bench.sh prepare): its GPU tests, then the
 # batch-1 layer chains (benchmarks/decode_chain.py) against the engine's unfused layer.
 #
-#   scripts/gpu_decode_layer.sh [quick] [chain] [sweep] [llama] [tests] [timeline] [sync] [e2e]
+#   scripts/gpu_decode_layer.sh [quick] [chain] [sweep] [llama] [tests] [timeline] [sync] [e2e] [ll]
 #
 #   quick   the real-shape and CUDA-graph tests only (fast, before timing anything)
 #   chain   Qwen3-0.6B chains layer-prologues (today's engine path), layer-persistent and the
@@ -27,6 +27,10 @@
 #           launch's own configuration; else decode_chain variants); per-PC stall samples extracted
 #           (benchmarks/ncu_stalls.py extract) and summed per stage (summarize); NCU_OPTS: more ncu
 #           options (--cache-control none: keep the caches, the instruction cache too, warm)
+#   ll      the self-flagged words: scripts/gpu_ll_probe.py for LL_MODES (default 3,1) on both
+#           shapes, the GPU tests -k self_flagged, then the Qwen3-0.6B and Llama-3.2-1B chains
+#           epoch / ll / ll3 / ll3-splits8 (LL_CHAINS overrides; ll is measured correct but slower,
+#           ll3 is the candidate)
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
 OUT=${OUT:-$PWD/gpu-decode-layer-out}
@@ -79,6 +83,17 @@ if want llama; then
   timeout "${CHAIN_TIMEOUT:-150}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b \
     --chains layer-prologues,layer-persistent,persistent-stages --out "$OUT/chain-llama-3.2-1b" 2>&1 \
     | grep -v "^|" | tail -20
+fi
+if want ll; then
+  timeout "${LL_PROBE_TIMEOUT:-150}" python3 scripts/gpu_ll_probe.py --shapes qwen3-0.6b,llama-3.2-1b \
+    --modes "${LL_MODES:-3,1}" --launches 200 --rounds 1 2>&1 | tee "$OUT/ll-probe.txt" | tail -8
+  timeout "${LL_TEST_TIMEOUT:-150}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
+    tests/kernels/test_decode_layer_gpu.py -k self_flagged 2>&1 | tee "$OUT/ll-tests.log" | tail -4
+  for shape in qwen3-0.6b llama-3.2-1b; do
+    timeout "${LL_CHAIN_TIMEOUT:-120}" python3 benchmarks/decode_chain.py --shape "$shape" --pdl 1 \
+      --chains "${LL_CHAINS:-layer-persistent-epoch-s2,layer-persistent-ll3-s2,layer-persistent-ll3-splits8-s2,layer-persistent-epoch-s2,layer-persistent-ll3-s2}" \
+      --out "$OUT/ll-$shape" 2>&1 | grep -v "^|" | tail -8
+  done
 fi
 if want tests; then
   timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE $T 2>&1 \
