@@ -23,3 +23,20 @@ def test_offline_compile_reports_registers(args):
     assert done.returncode == 0, done.stderr[-2000:]
     regs = re.search(r"REG:(\d+)", done.stdout)
     assert regs and 0 < int(regs.group(1)) <= 255, done.stdout
+
+
+def test_settled_words_poll_without_cta_barriers(tmp_path):
+    """``ll`` 3's inline PTX (each thread re-reads its own stale words) assembles for sm_90, and
+    its polls add no CTA barrier: the launch has fewer ``BAR.SYNC`` than with ``ll`` 1 (whose
+    polls agree on readiness across the CTA), and its re-reads are strong 64-bit loads."""
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    sass = {}
+    for ll in (1, 3):
+        out = tmp_path / f"ll{ll}.sass"
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "offline_compile.py"), "--shape", "qwen3-0.6b",
+                               "--programs-per-sm", "2", "--ll", str(ll), "--sass", str(out)],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        sass[ll] = out.read_text()
+    assert sass[3].count("BAR.SYNC") < sass[1].count("BAR.SYNC")
+    assert "LDG.E.64.STRONG.GPU" in sass[3]
