@@ -90,6 +90,16 @@ def test_default_epoch_and_ll_read_the_environment(monkeypatch):
     assert dl.default_epoch() is False and dl.default_ll() == 2
 
 
+@pytest.mark.parametrize(("epoch", "ll", "expected"), [("1", "3", 3), ("1", "2", 2), ("0", "3", 0), ("1", "0", 0)])
+def test_launch_config_takes_ll_from_the_environment(monkeypatch, epoch, ll, expected):
+    """The configuration a launch picks for itself keeps ``INFER_DECODE_LL``'s mode (3 stays 3),
+    and turns ``ll`` off without the epoch (its flag)."""
+    monkeypatch.setenv("INFER_DECODE_EPOCH", epoch)
+    monkeypatch.setenv("INFER_DECODE_LL", ll)
+    cfg = dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2)
+    assert cfg.ll == expected and cfg.epoch is (epoch == "1")
+
+
 def test_self_flagged_words_need_the_epoch():
     """``ll`` without ``epoch`` (the words' flag is the launch's epoch): a clear error, no launch."""
     case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)

@@ -1161,6 +1161,17 @@ def default_ll() -> int:
     return _env_int("INFER_DECODE_LL", int(DecodeLayerConfig.ll))
 
 
+def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, dtype: torch.dtype,
+                  programs_per_sm: int) -> DecodeLayerConfig:
+    """The configuration a launch without ``config`` takes at that many programs per SM:
+    :func:`choose_config` with the balanced stages, then the defaults the environment may
+    override (``kv_early``, ``pairs``, ``epoch``, and ``ll`` only with ``epoch``)."""
+    epoch = default_epoch()
+    return replace(choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
+                                 balanced_elements=default_balanced_elements()),
+                   kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0)
+
+
 def default_kv_early() -> int:
     """``kv_early`` of the configuration a launch picks for itself: the config's default, 2
     (Qwen3-0.6B chain on an H200: 22.1 µs per layer against 22.7 with 1; W1 0.74 ms per token
@@ -1291,11 +1302,8 @@ def decode_layer(
     elif not x.is_cuda or stage_by_stage:
         cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
-        epoch = default_epoch()
         for per_sm in (4, 2, 1):
-            cfg = replace(choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, programs_per_sm=per_sm,
-                                        balanced_elements=default_balanced_elements()), kv_early=default_kv_early(),
-                          pairs=default_pairs(), epoch=epoch, ll=default_ll() and epoch)
+            cfg = launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, per_sm)
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg
