@@ -605,6 +605,7 @@ def _settle(words, ptrs, mask, flag, code, error_ptr):
     checked, so tiles whose lanes are replicated across warps are fine. Masked-off elements
     stay as loaded (0). A word still stale after ``MAX_SPINS`` reads stores ``code`` into
     the error flag (as a barrier's poll: an error, never a hang)."""
+    on = mask.to(tl.int32)
     return tl.inline_asm_elementwise(
         """{
         .reg .pred %llon, %llstale, %llspent;
@@ -628,8 +629,7 @@ def _settle(words, ptrs, mask, flag, code, error_ptr):
         mov.b64 $0, %llword;
         }""",
         "=l,l,l,r,r,l,r,r",
-        [words, ptrs, mask.to(tl.int32), flag + 0 * mask.to(tl.int32), error_ptr + 0 * mask.to(tl.int32),
-         code + 0 * mask.to(tl.int32), MAX_SPINS + 0 * mask.to(tl.int32)],
+        [words, ptrs, on, flag + 0 * on, error_ptr + 0 * on, code + 0 * on, MAX_SPINS + 0 * on],
         dtype=tl.int64, is_pure=False, pack=1)
 
 
@@ -682,20 +682,7 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     v_row = qkv_ptr + (HQ + HKV + g) * HEAD_DIM + dd[None, :]
     own_h = tl.where(own, dh[None, :] < HALF, False)  # block masks (the interpreter takes no scalar one)
     own_d = tl.where(own, dd[None, :] < HEAD_DIM, False)
-    if LL == 3:
-        # every tile loaded once, then each thread settles its own words (_settle)
-        q1 = tl.load(q_row, mask=q_ok, other=0, cache_modifier=".cg")
-        q2 = tl.load(q_row + HALF, mask=q_ok, other=0, cache_modifier=".cg")
-        kn1 = tl.load(k_row, mask=own_h, other=0, cache_modifier=".cg")
-        kn2 = tl.load(k_row + HALF, mask=own_h, other=0, cache_modifier=".cg")
-        vn = tl.load(v_row, mask=own_d, other=0, cache_modifier=".cg")
-        dt = cache_ptr.dtype.element_ty
-        q1 = _ll_value(_settle(q1, q_row, q_ok, flag, 2, error_ptr)).to(dt)
-        q2 = _ll_value(_settle(q2, q_row + HALF, q_ok, flag, 2, error_ptr)).to(dt)
-        kn1 = _ll_value(_settle(kn1, k_row, own_h, flag, 2, error_ptr)).to(dt)
-        kn2 = _ll_value(_settle(kn2, k_row + HALF, own_h, flag, 2, error_ptr)).to(dt)
-        vn = _ll_value(_settle(vn, v_row, own_d, flag, 2, error_ptr)).to(dt)
-    elif LL:
+    if LL == 1 or LL == 2:
         # the own key and value are polled as [BLOCK_M, D] tiles whose rows all read the same
         # words (a runtime zero keeps the compiler from folding the rows into one): each element
         # then has one owning thread, all of which check their words, and the readiness crosses
@@ -720,12 +707,19 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
         kn1 = tl.max(_ll_value(kn1), axis=0, keep_dims=True).to(dt)
         kn2 = tl.max(_ll_value(kn2), axis=0, keep_dims=True).to(dt)
         vn = tl.max(_ll_value(vn), axis=0, keep_dims=True).to(dt)
-    else:
-        q1 = tl.load(q_row, mask=q_ok, other=0.0, cache_modifier=".cg")
-        q2 = tl.load(q_row + HALF, mask=q_ok, other=0.0, cache_modifier=".cg")
-        kn1 = tl.load(k_row, mask=own_h, other=0.0, cache_modifier=".cg")
-        kn2 = tl.load(k_row + HALF, mask=own_h, other=0.0, cache_modifier=".cg")
-        vn = tl.load(v_row, mask=own_d, other=0.0, cache_modifier=".cg")
+    else:  # (ll 3: every tile loaded once, then each thread settles its own words, _settle)
+        q1 = tl.load(q_row, mask=q_ok, other=0, cache_modifier=".cg")
+        q2 = tl.load(q_row + HALF, mask=q_ok, other=0, cache_modifier=".cg")
+        kn1 = tl.load(k_row, mask=own_h, other=0, cache_modifier=".cg")
+        kn2 = tl.load(k_row + HALF, mask=own_h, other=0, cache_modifier=".cg")
+        vn = tl.load(v_row, mask=own_d, other=0, cache_modifier=".cg")
+        if LL == 3:
+            dt = cache_ptr.dtype.element_ty
+            q1 = _ll_value(_settle(q1, q_row, q_ok, flag, 2, error_ptr)).to(dt)
+            q2 = _ll_value(_settle(q2, q_row + HALF, q_ok, flag, 2, error_ptr)).to(dt)
+            kn1 = _ll_value(_settle(kn1, k_row, own_h, flag, 2, error_ptr)).to(dt)
+            kn2 = _ll_value(_settle(kn2, k_row + HALF, own_h, flag, 2, error_ptr)).to(dt)
+            vn = _ll_value(_settle(vn, v_row, own_d, flag, 2, error_ptr)).to(dt)
     q1, q2 = _norm_rope(q1, q2, qn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
     _stamp(timeline_ptr, pid, 16, TIMELINE)
     kn1, kn2 = _norm_rope(kn1, kn2, kn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
@@ -797,15 +791,7 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeli
     dd = tl.arange(0, HEAD_DIM)
     base = head * SPLITS
     acc_ptrs = part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :]
-    if LL == 3:
-        mw = tl.load(part_max_ptr + base + splits, cache_modifier=".cg")
-        sw = tl.load(part_sum_ptr + base + splits, cache_modifier=".cg")
-        aw = tl.load(acc_ptrs, cache_modifier=".cg")
-        every = splits >= 0
-        m = _ll_value(_settle(mw, part_max_ptr + base + splits, every, flag, 3, error_ptr))
-        sums = _ll_value(_settle(sw, part_sum_ptr + base + splits, every, flag, 3, error_ptr))
-        acc = _ll_value(_settle(aw, acc_ptrs, every[:, None] & (dd[None, :] >= 0), flag, 3, error_ptr))
-    elif LL:
+    if LL == 1 or LL == 2:
         # the maxima and sums polled as [SPLITS, D] tiles, every column the same word (see
         # _attention_item: one owning thread per element, no replicated lanes)
         stats = base + splits[:, None] + dd[None, :] * ((base + splits)[:, None] < 0).to(tl.int32)
@@ -819,10 +805,15 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeli
         m = tl.max(_ll_value(mw), axis=1)
         sums = tl.max(_ll_value(sw), axis=1)
         acc = _ll_value(aw)
-    else:
+    else:  # (ll 3: loaded once, then settled by each thread, _settle)
         m = tl.load(part_max_ptr + base + splits, cache_modifier=".cg")
         sums = tl.load(part_sum_ptr + base + splits, cache_modifier=".cg")
         acc = tl.load(acc_ptrs, cache_modifier=".cg")
+        if LL == 3:
+            every = splits >= 0
+            m = _ll_value(_settle(m, part_max_ptr + base + splits, every, flag, 3, error_ptr))
+            sums = _ll_value(_settle(sums, part_sum_ptr + base + splits, every, flag, 3, error_ptr))
+            acc = _ll_value(_settle(acc, acc_ptrs, every[:, None] & (dd[None, :] >= 0), flag, 3, error_ptr))
     _stamp_after(timeline_ptr, pid, 23, tl.max(tl.max(acc, 1), 0) + tl.max(m + sums, 0), TIMELINE)
     out = merge_splits(m, sums, acc)
     tl.store(attn_ptr + head * HEAD_DIM + dd, out.to(attn_ptr.dtype.element_ty))
