@@ -31,6 +31,9 @@
 #           shapes, the GPU tests -k self_flagged, then the Qwen3-0.6B and Llama-3.2-1B chains
 #           epoch / ll / ll3 / ll3-splits8 (LL_CHAINS overrides; ll is measured correct but slower,
 #           ll3 is the candidate)
+#   stack   consecutive layers in one launch (decode_layers): its GPU tests, then the chains of both
+#           shapes, a launch per layer (epoch) against the whole stack / 14 / 7 layers per launch
+#           (STACK_CHAINS overrides)
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
 OUT=${OUT:-$PWD/gpu-decode-layer-out}
@@ -93,6 +96,16 @@ if want ll; then
     timeout "${LL_CHAIN_TIMEOUT:-120}" python3 benchmarks/decode_chain.py --shape "$shape" --pdl 1 \
       --chains "${LL_CHAINS:-layer-persistent-epoch-s2,layer-persistent-ll3-s2,layer-persistent-ll3-splits8-s2,layer-persistent-epoch-s2,layer-persistent-ll3-s2}" \
       --out "$OUT/ll-$shape" 2>&1 | grep -v "^|" | tail -8
+  done
+fi
+if want stack; then
+  timeout "${STACK_TEST_TIMEOUT:-200}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
+    tests/kernels/test_decode_layer_gpu.py -k "one_launch or stacked" 2>&1 | tee "$OUT/stack-tests.log" | tail -4
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  for shape in qwen3-0.6b llama-3.2-1b; do
+    timeout "${STACK_CHAIN_TIMEOUT:-120}" python3 benchmarks/decode_chain.py --shape "$shape" --pdl 1 \
+      --chains "${STACK_CHAINS:-layer-persistent-epoch-s2,layer-persistent-stack-s2,layer-persistent-stack7-s2,layer-persistent-epoch-s2,layer-persistent-stack-s2,layer-persistent-stack14-s2}" \
+      --out "$OUT/stack-$shape" 2>&1 | grep -v "^|" | tail -8
   done
 fi
 if want tests; then
