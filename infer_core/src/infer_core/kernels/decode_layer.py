@@ -883,27 +883,19 @@ def _decode_layer_kernel(
     DT: tl.constexpr = x_ptr.dtype.element_ty
     # LAYERS > 1: consecutive layers in one launch, a grid barrier between them; layer l reads its
     # tensors at element offsets (layers_ptr row l) from layer 0's, its input from layer l - 1's
-    # outputs (rows of out / res_out), and its qkv tiles and first key tile are requested before
-    # the barrier that ends layer l - 1
-    x_in, r_in, w_qkv_in, cache_in = x_ptr, res_ptr, w_qkv_ptr, cache_ptr
+    # outputs (rows of out / res_out); layer l + 1's offsets are loaded during layer l's down stage
+    # (no dependent round trip where they are used), its qkv tiles and first key tile requested
+    # before the barrier that ends layer l
+    w_qkv_l, w_o_l, w_gu_l, w_down_l = w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr
+    ln1_l, ln2_l, qn_l, kn_l, cache_l = ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, cache_ptr
+    x_l, r_l = x_ptr, res_ptr
     for layer in range(LAYERS):
         if LAYERS > 1:
-            row = layers_ptr + layer * LAYER_OFFSETS
-            w_qkv_l, cache_l, x_l, r_l = w_qkv_in, cache_in, x_in, r_in
-            w_o_l = w_o_ptr + tl.multiple_of(tl.load(row + 1), 8)
-            w_gu_l = w_gu_ptr + tl.multiple_of(tl.load(row + 2), 8)
-            w_down_l = w_down_ptr + tl.multiple_of(tl.load(row + 3), 8)
-            ln1_l = ln1_ptr + tl.multiple_of(tl.load(row + 4), 8)
-            ln2_l = ln2_ptr + tl.multiple_of(tl.load(row + 5), 8)
-            qn_l = qn_ptr + tl.multiple_of(tl.load(row + 6), 8)
-            kn_l = kn_ptr + tl.multiple_of(tl.load(row + 7), 8)
             out_l, res_out_l = out_ptr + layer * HIDDEN, res_out_ptr + layer * HIDDEN
             if ALL and LAST >= 2:
                 t = target + layer * num_programs
         else:
-            w_qkv_l, w_o_l, w_gu_l, w_down_l = w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr
-            ln1_l, ln2_l, qn_l, kn_l, cache_l = ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, cache_ptr
-            x_l, r_l, out_l, res_out_l = x_ptr, res_ptr, out_ptr, res_out_ptr
+            out_l, res_out_l = out_ptr, res_out_ptr
             if ALL and LAST >= 2:
                 t = target
         _stamp(timeline_ptr, pid, 1, TIMELINE)
@@ -982,6 +974,17 @@ def _decode_layer_kernel(
                         rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT)
         if ARRIVE_FIRST and ALL and LAST >= 6:
             seen = _arrive(counters_ptr, 4)
+        if LAYERS > 1:  # the next layer's offsets (the table's last row repeats: always a row to read)
+            nxt = layers_ptr + (layer + 1) * LAYER_OFFSETS
+            w_qkv_n = w_qkv_ptr + tl.multiple_of(tl.load(nxt), 8)
+            w_o_n = w_o_ptr + tl.multiple_of(tl.load(nxt + 1), 8)
+            w_gu_n = w_gu_ptr + tl.multiple_of(tl.load(nxt + 2), 8)
+            w_down_n = w_down_ptr + tl.multiple_of(tl.load(nxt + 3), 8)
+            ln1_n = ln1_ptr + tl.multiple_of(tl.load(nxt + 4), 8)
+            ln2_n = ln2_ptr + tl.multiple_of(tl.load(nxt + 5), 8)
+            qn_n = qn_ptr + tl.multiple_of(tl.load(nxt + 6), 8)
+            kn_n = kn_ptr + tl.multiple_of(tl.load(nxt + 7), 8)
+            cache_n = cache_ptr + tl.multiple_of(tl.load(nxt + 8), 8)
         if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
             wd, wdu = _first_tiles(w_down_l, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN,
                                    SUB_DOWN)
@@ -1000,16 +1003,15 @@ def _decode_layer_kernel(
         if LAYERS > 1:
             if layer + 1 < LAYERS:  # the next layer's qkv tiles and first key tile overlap the barrier's wait
                 seen = _arrive(counters_ptr, LINK_SLOT)
-                nxt = layers_ptr + (layer + 1) * LAYER_OFFSETS
-                w_qkv_in = w_qkv_ptr + tl.multiple_of(tl.load(nxt), 8)
-                cache_in = cache_ptr + tl.multiple_of(tl.load(nxt + 8), 8)
-                w, wu = _first_tiles(w_qkv_in, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV,
+                w, wu = _first_tiles(w_qkv_n, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV,
                                      SUB_QKV)
                 if KV_START:
-                    k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_in, table_ptr, seq_len, stride_kv,
+                    k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_n, table_ptr, seq_len, stride_kv,
                                                   stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
                 _wait(counters_ptr, LINK_SLOT, seen, (link_epoch + layer + 1) * num_programs, error_ptr, POLL_SLEEP)
-            x_in, r_in = out_l, res_out_l
+            w_qkv_l, w_o_l, w_gu_l, w_down_l = w_qkv_n, w_o_n, w_gu_n, w_down_n
+            ln1_l, ln2_l, qn_l, kn_l, cache_l = ln1_n, ln2_n, qn_n, kn_n, cache_n
+            x_l, r_l = out_l, res_out_l
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
         if pid == 0:  # (every program read the epochs before it arrived at barrier 0, passed here)
@@ -1339,7 +1341,7 @@ def _layer_tensors(w: DecodeLayerWeights, cache: torch.Tensor) -> tuple[torch.Te
 
 def _layer_table(workspace: DecodeWorkspace, weights: Sequence[DecodeLayerWeights], kv_caches: Sequence[torch.Tensor],
                  layer: AttentionLayer) -> torch.Tensor | None:
-    """The int64 ``[layers, LAYER_OFFSETS]`` table of each layer's tensors' element offsets from
+    """The int64 ``[layers + 1, LAYER_OFFSETS]`` table of each layer's tensors' element offsets from
     layer 0's (cached in ``workspace`` by the tensors' addresses), or ``None`` when one layer
     cannot be reached that way: an offset that is not a multiple of 16 bytes (the kernel's
     vector loads assume it), tensors of another shape, dtype or layout than layer 0's, or a table
@@ -1361,7 +1363,9 @@ def _layer_table(workspace: DecodeWorkspace, weights: Sequence[DecodeLayerWeight
             offsets[-1].append(delta // t.element_size())
     if first[0].is_cuda and torch.cuda.is_current_stream_capturing():
         return None
-    table = torch.tensor(offsets, dtype=torch.int64, device=first[0].device)
+    # one row more than layers (the last repeated): the kernel reads the next layer's row during the
+    # last layer too
+    table = torch.tensor([*offsets, offsets[-1]], dtype=torch.int64, device=first[0].device)
     workspace.layer_tables[key] = table
     return table
 
