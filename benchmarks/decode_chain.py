@@ -182,6 +182,9 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # n consecutive layers per launch (decode_layers: a grid barrier between layers instead of a
                  # launch boundary; "stack": all of them)
                  "stack": {"stack": 1 << 10, "balanced_elements": 16384},
+                 # every stage its own launch (stage_by_stage, PDL between them): launch boundaries instead
+                 # of grid barriers
+                 "stages": {"stages": True, "balanced_elements": 16384},
                  **{f"stack{n}": {"stack": n, "balanced_elements": 16384} for n in (2, 4, 7, 14)}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
@@ -203,6 +206,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
     sync = dict(sync or {})
     rows_gu = sync.pop("rows_gu", None)
     stack = sync.pop("stack", 0)
+    staged = sync.pop("stages", False)
     cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
                                    num_sms(torch.device("cuda")),
                                    max_elements=max_elements, fewest_steps=fewest_steps,
@@ -228,7 +232,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
         for i, layer in enumerate([] if stack else layers):
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
-                                     timeline=timelines[i] if timelines else None)
+                                     timeline=timelines[i] if timelines else None, stage_by_stage=staged)
         if not reported and ws.resident:  # once: what the compiled launch needs (programs that fit, regs, smem)
             reported.append(True)
             print(f"  persistent {sync or ''}: (programs that fit, registers, shared bytes) "

@@ -858,9 +858,17 @@ def _decode_layer_kernel(
 
     # kv_early = 2: the step's metadata and the first key tile (earlier steps' keys) at the launch's
     # start, with the qkv tiles: all were written before the previous launch began (see pdl)
-    KV_START: tl.constexpr = KV_EARLY == 2 and ALL and LAST >= 2
+    # (stage by stage: each stage's first tiles and first key tile before the PDL wait too)
+    KV_START: tl.constexpr = KV_EARLY == 2 and ((ALL and LAST >= 2) or STAGE == 2)
     if (ALL and LAST >= 1) or STAGE == 1:
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, SUB_QKV)
+    if PREFETCH and STAGE == 4:
+        wo, wou = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
+    if PREFETCH and STAGE == 5:
+        wg, wgu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
+    if PREFETCH and STAGE == 6:
+        wd, wdu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN,
+                               SUB_DOWN)
     if KV_START:
         tl.debug_barrier()  # keeps the qkv tiles' requests first (ptxas would put the key tile's chain ahead)
         seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
@@ -942,7 +950,7 @@ def _decode_layer_kernel(
                 _stamp(timeline_ptr, pid, 20, TIMELINE)
         if ARRIVE_FIRST and ALL and LAST >= 4:
             seen = _arrive(counters_ptr, 2)
-        if PREFETCH and ((ALL and LAST >= 4) or STAGE == 4):
+        if PREFETCH and ALL and LAST >= 4:
             wo, wou = _first_tiles(w_o_l, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
         _stamp(timeline_ptr, pid, 6, TIMELINE)
         if ALL and LAST >= 4:
@@ -957,7 +965,7 @@ def _decode_layer_kernel(
                         0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT)
         if ARRIVE_FIRST and ALL and LAST >= 5:
             seen = _arrive(counters_ptr, 3)
-        if PREFETCH and ((ALL and LAST >= 5) or STAGE == 5):
+        if PREFETCH and ALL and LAST >= 5:
             wg, wgu = _first_tiles(w_gu_l, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
         _stamp(timeline_ptr, pid, 8, TIMELINE)
         if ALL and LAST >= 5:
@@ -985,7 +993,7 @@ def _decode_layer_kernel(
             qn_n = qn_ptr + tl.multiple_of(tl.load(nxt + 6), 8)
             kn_n = kn_ptr + tl.multiple_of(tl.load(nxt + 7), 8)
             cache_n = cache_ptr + tl.multiple_of(tl.load(nxt + 8), 8)
-        if PREFETCH and ((ALL and LAST >= 6) or STAGE == 6):
+        if PREFETCH and ALL and LAST >= 6:
             wd, wdu = _first_tiles(w_down_l, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN,
                                    SUB_DOWN)
         _stamp(timeline_ptr, pid, 10, TIMELINE)
@@ -1391,7 +1399,7 @@ def _launch(
     out = torch.empty(n_layers, hidden, dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(out)
     qk_norm = first.q_norm is not None
-    pdl = use_pdl(x) and not stage_by_stage
+    pdl = use_pdl(x)  # (stage by stage too: each stage's launch waits for the one before)
     ws = workspace
     if residual is not None:
         r = residual
