@@ -179,13 +179,9 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # gate/up's row chunks of r rows (fewer, larger tiles: fewer dependent round trips per program)
                  **{f"gu{r}": {"rows_gu": r, "balanced_elements": 16384} for r in (2, 8)},
                  **{f"ll-gu{r}": {"ll": True, "rows_gu": r, "balanced_elements": 16384} for r in (2, 8)},
-                 # n consecutive layers per launch (decode_layers: a grid barrier between layers instead of a
-                 # launch boundary; "stack": all of them)
-                 "stack": {"stack": 1 << 10, "balanced_elements": 16384},
-                 # every stage its own launch (stage_by_stage, PDL between them): launch boundaries instead
-                 # of grid barriers
-                 "stages": {"stages": True, "balanced_elements": 16384},
-                 **{f"stack{n}": {"stack": n, "balanced_elements": 16384} for n in (2, 4, 7, 14)}}
+                 # every stage its own launch (stage_by_stage, PDL between them): launch boundaries instead of
+                 # grid barriers
+                 "stages": {"stages": True, "balanced_elements": 16384}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
@@ -205,7 +201,6 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
     attn = first.attn
     sync = dict(sync or {})
     rows_gu = sync.pop("rows_gu", None)
-    stack = sync.pop("stack", 0)
     staged = sync.pop("stages", False)
     cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
                                    num_sms(torch.device("cuda")),
@@ -224,12 +219,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
 
     def run() -> None:
         x, res = first.x, first.res
-        for lo in range(0, len(layers) if stack else 0, stack or 1):  # (the step's metadata: layer 0's)
-            part = layers[lo:lo + stack]
-            x, res = dl.decode_layers(x, res, [layer.weights for layer in part], first.attn,
-                                      [layer.cache for layer in part], first.md, first.positions, first.cos,
-                                      first.sin, ws, config=None if default else cfg)
-        for i, layer in enumerate([] if stack else layers):
+        for i, layer in enumerate(layers):
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
                                      timeline=timelines[i] if timelines else None, stage_by_stage=staged)

@@ -41,15 +41,14 @@ POINTERS = {"x_ptr", "res_ptr", "out_ptr", "res_out_ptr", "w_qkv_ptr", "w_o_ptr"
             "o_ptr", "act_ptr"}
 FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}  # (int64 words with ll)
 INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr"}
-INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr", "layers_ptr"}
+INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr"}
 FLOATS = {"eps", "qk_scale"}
 
 
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
                arrive_first: bool | None = None, kv_early: int | None = None,
                balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
-               pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None,
-               layers: int = 1) -> tuple[dict, dict]:
+               pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -73,7 +72,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         **{f"SUB_{name}": dl.pair_sub(conf.rows[i], conf.bk[i], ks[i], conf.num_warps) if conf.pairs[i] else 0
            for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
-        EPOCH=conf.epoch, LL=conf.ll, LAYERS=layers,
+        EPOCH=conf.epoch, LL=conf.ll,
     )
     return values, conf.__dict__
 
@@ -118,14 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument("--num-warps", type=int, default=4)
     parser.add_argument("--maxnreg", type=int, default=0, help="cap the registers per thread (0: ptxas' choice)")
-    parser.add_argument("--layers", type=int, default=1, help="decoder layers per launch (decode_layers)")
     parser.add_argument("--sass", type=Path, help="write the disassembly here")
     args = parser.parse_args(argv)
     values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
                               None if args.arrive_first is None else bool(args.arrive_first),
                               args.kv_early, args.balanced_elements,
                               args.last_stage, args.num_warps,
-                              None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll, args.layers)
+                              None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                                capture_output=True, text=True).stdout
         print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
               f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}, layers {args.layers}")
+              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout

@@ -31,9 +31,9 @@
 #           shapes, the GPU tests -k self_flagged, then the Qwen3-0.6B and Llama-3.2-1B chains
 #           epoch / ll / ll3 / ll3-splits8 (LL_CHAINS overrides; ll is measured correct but slower,
 #           ll3 is the candidate)
-#   stack   consecutive layers in one launch (decode_layers): its GPU tests, then the chains of both
-#           shapes, a launch per layer (epoch) against the whole stack / 14 / 7 layers per launch
-#           (STACK_CHAINS overrides)
+#   stages  each stage its own launch (PDL between them, no grid barrier): the stage-by-stage GPU test,
+#           the engine's (INFER_DECODE_STAGES) and the chains of both shapes against the one-launch
+#           layer at 2 / 3 / 4 programs per SM (STAGES_CHAINS overrides)
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
 OUT=${OUT:-$PWD/gpu-decode-layer-out}
@@ -98,14 +98,15 @@ if want ll; then
       --out "$OUT/ll-$shape" 2>&1 | grep -v "^|" | tail -8
   done
 fi
-if want stack; then
-  timeout "${STACK_TEST_TIMEOUT:-200}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
-    tests/kernels/test_decode_layer_gpu.py -k "one_launch or stacked" 2>&1 | tee "$OUT/stack-tests.log" | tail -4
+if want stages; then
+  timeout "${STAGES_TEST_TIMEOUT:-200}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
+    tests/kernels/test_decode_layer_gpu.py tests/kernels/test_engine_gpu.py -k "stage_by_stage or persistent_decode_equals" \
+    2>&1 | tee "$OUT/stages-tests.log" | tail -4
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   for shape in qwen3-0.6b llama-3.2-1b; do
-    timeout "${STACK_CHAIN_TIMEOUT:-120}" python3 benchmarks/decode_chain.py --shape "$shape" --pdl 1 \
-      --chains "${STACK_CHAINS:-layer-persistent-epoch-s2,layer-persistent-stack-s2,layer-persistent-stack7-s2,layer-persistent-epoch-s2,layer-persistent-stack-s2,layer-persistent-stack14-s2}" \
-      --out "$OUT/stack-$shape" 2>&1 | grep -v "^|" | tail -8
+    timeout "${STAGES_CHAIN_TIMEOUT:-120}" python3 benchmarks/decode_chain.py --shape "$shape" --pdl 1 \
+      --chains "${STAGES_CHAINS:-layer-persistent-epoch-s2,layer-persistent-stages-s2,layer-persistent-stages-s3,layer-persistent-stages-s4,layer-persistent-epoch-s2,layer-persistent-stages-s2}" \
+      --out "$OUT/stages-$shape" 2>&1 | grep -v "^|" | tail -8
   done
 fi
 if want tests; then

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from infer_core.kernels import decode_layer as dl
 from tests.kernels import decode_layer_cases as cases
-from tests.kernels import decode_layers_cases as layers_cases
 
 pytestmark = [
     pytest.mark.gpu,
@@ -238,52 +237,3 @@ def test_timeline_stamps_every_boundary_in_order():
     inner = timeline[:, 24:26].cpu()  # after the qkv and gate/up stages' input norms
     assert ((inner[:, 0] >= clocks[:, 1]) & (inner[:, 0] <= clocks[:, 2])).all()
     assert ((inner[:, 1] >= clocks[:, 9]) & (inner[:, 1] <= clocks[:, 10])).all()
-
-
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("context", [0, 63, 300, 2000])
-@pytest.mark.parametrize("n_layers", [2, 5])
-def test_layers_in_one_launch(shape, context, n_layers):
-    """``decode_layers``: consecutive layers (each its own weights and cache) in one launch, the
-    launch's own configuration, first layer (no residual) or not, against the references layer
-    after layer; the counters show one launch (the barrier between layers passed n - 1 times)."""
-    case = real_case(shape, context, residual=context != 63)
-    layers_cases.check_decode_layers("cuda", torch.bfloat16, case, n_layers, None)
-
-
-def test_graph_of_stacked_layers_replays_and_equals_launches_per_layer():
-    """28 Qwen3-0.6B-shaped layers as one launch, captured and replayed: the same on every
-    replay, equal to eager, and equal to 28 launches of one layer (the same kernel and roundings:
-    bit for bit)."""
-    case = real_case("qwen3-0.6b", 200)
-    weights, caches, attn, md, cos, sin, positions, x, _ = layers_cases.stack_inputs(case, 28, "cuda", torch.bfloat16)
-    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, attn.num_heads, attn.num_kv_heads, attn.head_dim,
-                            None, torch.bfloat16, "cuda")
-
-    def step() -> tuple[torch.Tensor, torch.Tensor]:
-        return dl.decode_layers(x, None, weights, attn, caches, md, positions, cos, sin, ws)
-
-    eager = step()
-    h, r = x, None
-    per_layer_ws = dl.DecodeWorkspace(case.hidden, case.intermediate, attn.num_heads, attn.num_kv_heads,
-                                      attn.head_dim, None, torch.bfloat16, "cuda")
-    (cfg,) = ws.chosen.values()  # the stacked launch's configuration, so the products' orders match
-    for w, c in zip(weights, caches, strict=True):
-        h, r = dl.decode_layer(h, r, w, attn, c, md, positions, cos, sin, per_layer_ws, config=cfg)
-    assert torch.equal(h, eager[0]) and torch.equal(r, eager[1])
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step()
-    for _ in range(5):
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(captured[0], eager[0]) and torch.equal(captured[1], eager[1])
-    assert ws.error.item() == 0
-    counters = ws.counters.tolist()
-    programs = counters[4] // (7 * 28)
-    assert counters == [programs * 7 * 28] * 5 + [programs * 7 * 27, 7 * 28, 7 * 27], counters

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from infer_core.kernels import decode_layer as dl
 from infer_core.kernels.decode_layer import choose_config, gemm_shape
 from tests.kernels import decode_layer_cases as cases
-from tests.kernels import decode_layers_cases as layers_cases
 
 
 @settings(max_examples=25, deadline=None)
@@ -128,41 +127,8 @@ def test_timeline_must_hold_one_row_per_program():
     assert torch.equal(cache, before)
 
 
-@settings(max_examples=6, deadline=None)
-@given(case=cases.layer_cases(programs=(1,)), n_layers=st.integers(2, 3))
-def test_layers_in_one_launch_match_the_references(case, n_layers):
-    """One program (its grid barriers open at once in the interpreter) runs every stage of
-    every layer, the barrier between layers included; fp32, so the tolerance is tight."""
-    cfg = replace(cases.config_for(case, torch.float32), ll=0)
-    layers_cases.check_decode_layers("cpu", torch.float32, case, n_layers, cfg)
-
-
-def test_layers_not_16_byte_apart_run_one_launch_each():
-    """A layer whose tensor is not a multiple of 16 bytes from layer 0's cannot be reached by
-    the one-launch path's offsets: the layers run one launch each, with the same results."""
-    case = cases.LayerCase(hidden=64, intermediate=64, kv_heads=1, group=2, head_dim=32, context=5, block_size=4,
-                           qk_norm=False, residual=False, programs=1, splits=2, tile=16, max_elements=1024,
-                           max_bk=64, prefetch=True, seed=3, ll=0)
-    cfg = cases.config_for(case, torch.float32)
-    weights, caches, attn, md, cos, sin, positions, x, res = layers_cases.stack_inputs(case, 2, "cpu", torch.float32)
-    shifted = torch.empty(weights[1].down.numel() + 1)[1:].view_as(weights[1].down)  # 4 bytes off
-    shifted.copy_(weights[1].down)
-    weights[1] = replace(weights[1], down=shifted)
-    ws = dl.DecodeWorkspace(64, 64, 2, 1, 32, cfg.splits, torch.float32, "cpu")
-    out, new_res = dl.decode_layers(x, res, weights, attn, caches, md, positions, cos, sin, ws, config=cfg)
-    assert list(ws.layer_tables.values()) == [None]
-    ref_x, ref_res = x, res
-    for w, c in zip(weights, [c.clone() for c in caches], strict=True):
-        ref_x, ref_res = dl.decode_layer_ref(ref_x, ref_res, w, attn, c, md, positions, cos, sin)
-    assert cases.relative_error(out, ref_x) <= 2e-4 and cases.relative_error(new_res, ref_res) <= 2e-4
-
-
-def test_layers_in_one_launch_refuse_self_flagged_words():
-    case = cases.LayerCase(hidden=32, intermediate=48, kv_heads=1, group=1, head_dim=32, context=3, block_size=4,
-                           qk_norm=True, residual=True, programs=1, splits=1, tile=16, max_elements=1024,
-                           max_bk=32, prefetch=True, seed=5, ll=1)
-    cfg = cases.config_for(case, torch.float32)
-    weights, caches, attn, md, cos, sin, positions, x, res = layers_cases.stack_inputs(case, 2, "cpu", torch.float32)
-    ws = dl.DecodeWorkspace(32, 48, 1, 1, 32, cfg.splits, torch.float32, "cpu")
-    with pytest.raises(ValueError, match="several layers in one launch need"):
-        dl.decode_layers(x, res, weights, attn, caches, md, positions, cos, sin, ws, config=cfg)
+def test_stage_programs_per_sm_reads_the_environment(monkeypatch):
+    monkeypatch.delenv("INFER_DECODE_STAGES", raising=False)
+    assert dl.stage_programs_per_sm() == 0  # off: one launch per layer
+    monkeypatch.setenv("INFER_DECODE_STAGES", "4")
+    assert dl.stage_programs_per_sm() == 4

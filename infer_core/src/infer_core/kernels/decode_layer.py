@@ -71,7 +71,6 @@ head dims whose half is a power of two.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -92,9 +91,6 @@ from infer_core.kernels.rotary import rotary_embedding_ref
 
 NUM_BARRIERS = tl.constexpr(5)  # between the six stages; counter NUM_BARRIERS counts programs leaving
 EPOCH_SLOT = tl.constexpr(6)  # with epoch: the launches' count (counters[6]); the barrier counters never reset
-LINK_SLOT = tl.constexpr(5)  # with epoch and several layers per launch: the barrier between layers
-LINK_EPOCH_SLOT = tl.constexpr(7)  # ... and its count of layer boundaries passed (never reset)
-LAYER_OFFSETS = tl.constexpr(9)  # per layer: element offsets of qkv, o, gate/up, down, the four norms, the cache
 TIMELINE_SLOTS = tl.constexpr(32)  # clock stamps per program in a timeline (_stamp)
 MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
 
@@ -833,7 +829,7 @@ def _decode_layer_kernel(
     cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
     qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
-    counters_ptr, error_ptr, timeline_ptr, layers_ptr, num_programs,
+    counters_ptr, error_ptr, timeline_ptr, num_programs,
     HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
     SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
@@ -844,7 +840,6 @@ def _decode_layer_kernel(
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
-    LAYERS: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -858,17 +853,17 @@ def _decode_layer_kernel(
 
     # kv_early = 2: the step's metadata and the first key tile (earlier steps' keys) at the launch's
     # start, with the qkv tiles: all were written before the previous launch began (see pdl)
-    # (stage by stage: each stage's first tiles and first key tile before the PDL wait too)
+    # (stage by stage: each stage's first weight tiles, and attention's first key tile, before its PDL wait)
     KV_START: tl.constexpr = KV_EARLY == 2 and ((ALL and LAST >= 2) or STAGE == 2)
     if (ALL and LAST >= 1) or STAGE == 1:
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, SUB_QKV)
     if PREFETCH and STAGE == 4:
-        wo, wou = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
+        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
     if PREFETCH and STAGE == 5:
-        wg, wgu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
+        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
     if PREFETCH and STAGE == 6:
-        wd, wdu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN,
-                               SUB_DOWN)
+        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN,
+                             SUB_DOWN)
     if KV_START:
         tl.debug_barrier()  # keeps the qkv tiles' requests first (ptxas would put the key tile's chain ahead)
         seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
@@ -878,8 +873,6 @@ def _decode_layer_kernel(
         wait_for_prior()
     if ALL and LAST >= 2:
         target, epoch = _target(counters_ptr, num_programs, EPOCH)
-    if LAYERS > 1:  # the barrier between layers (counted in its own epoch: one fewer per launch than layers)
-        link_epoch = tl.load(counters_ptr + LINK_EPOCH_SLOT, cache_modifier=".cg")
     # ll: qkv and the attention partials go out as self-flagged words (this launch's flag: the
     # epoch + 1, never 0, never the last launch's), read without barriers 0 and 1
     if LL and ALL and LAST >= 2:
@@ -889,143 +882,99 @@ def _decode_layer_kernel(
     else:
         flag = 0
     DT: tl.constexpr = x_ptr.dtype.element_ty
-    # LAYERS > 1: consecutive layers in one launch, a grid barrier between them; layer l reads its
-    # tensors at element offsets (layers_ptr row l) from layer 0's, its input from layer l - 1's
-    # outputs (rows of out / res_out); layer l + 1's offsets are loaded during layer l's down stage
-    # (no dependent round trip where they are used), its qkv tiles and first key tile requested
-    # before the barrier that ends layer l
-    w_qkv_l, w_o_l, w_gu_l, w_down_l = w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr
-    ln1_l, ln2_l, qn_l, kn_l, cache_l = ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, cache_ptr
-    x_l, r_l = x_ptr, res_ptr
-    for layer in range(LAYERS):
-        if LAYERS > 1:
-            out_l, res_out_l = out_ptr + layer * HIDDEN, res_out_ptr + layer * HIDDEN
-            if ALL and LAST >= 2:
-                t = target + layer * num_programs
-        else:
-            out_l, res_out_l = out_ptr, res_out_ptr
-            if ALL and LAST >= 2:
-                t = target
-        _stamp(timeline_ptr, pid, 1, TIMELINE)
-        if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
-            rstd = _stream_rstd(x_l, r_l, o_ptr, res_out_l, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
-            _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
-            _gemm_stage(w_qkv_l, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_l, r_l, o_ptr, ln1_l,
-                        rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT)
-        _stamp(timeline_ptr, pid, 2, TIMELINE)
-        if ARRIVE_FIRST and ALL and LAST >= 2 and not LL:
+    _stamp(timeline_ptr, pid, 1, TIMELINE)
+    if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
+        rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
+        _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
+        _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT)
+    _stamp(timeline_ptr, pid, 2, TIMELINE)
+    if ARRIVE_FIRST and ALL and LAST >= 2 and not LL:
+        seen = _arrive(counters_ptr, 0)
+    if ((ALL and LAST >= 2) or STAGE == 2) and not KV_START:  # the first key tile (no dependence on qkv)
+        seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
+        if KV_EARLY:
+            k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
+                                          stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+    if ALL and LAST >= 2 and not LL:
+        if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 0)
-        if ((ALL and LAST >= 2) or STAGE == 2) and not KV_START:  # the first key tile (no dependence on qkv)
-            seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
+        _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP)
+    _stamp(timeline_ptr, pid, 3, TIMELINE)
+    if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
+        for item in range(pid, HKV * SPLITS, num_programs):
             if KV_EARLY:
-                k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_l, table_ptr, seq_len, stride_kv,
-                                              stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-        if ALL and LAST >= 2 and not LL:
-            if not ARRIVE_FIRST:
-                seen = _arrive(counters_ptr, 0)
-            _wait(counters_ptr, 0, seen, t, error_ptr, POLL_SLEEP)
-        _stamp(timeline_ptr, pid, 3, TIMELINE)
-        if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
-            for item in range(pid, HKV * SPLITS, num_programs):
-                if KV_EARLY:
-                    if item != pid:  # a later item of this program (fewer programs than items)
-                        k1, k2, v, key_ok = _first_kv(item, True, cache_l, table_ptr, seq_len, stride_kv,
-                                                      stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-                else:  # (requested here, not before the loop: carried into it, the tile's registers double)
-                    k1, k2, v, key_ok = _first_kv(item, True, cache_l, table_ptr, seq_len, stride_kv, stride_block,
-                                                  stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-                _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_l, table_ptr, seq_len, pos, slot, cos_ptr,
-                                sin_ptr, qn_l, kn_l, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
-                                stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
-                                HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
-                                error_ptr)
-        _stamp(timeline_ptr, pid, 4, TIMELINE)
-        if ALL and LAST >= 3 and not LL:
-            _grid_barrier(counters_ptr, 1, t, error_ptr, POLL_SLEEP)
-        _stamp(timeline_ptr, pid, 5, TIMELINE)
-        if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
-            for head in range(pid, HQ, num_programs):
-                _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
-                            HEAD_DIM, SPLITS, flag, LL, error_ptr)
-                _stamp(timeline_ptr, pid, 20, TIMELINE)
-        if ARRIVE_FIRST and ALL and LAST >= 4:
-            seen = _arrive(counters_ptr, 2)
-        if PREFETCH and ALL and LAST >= 4:
-            wo, wou = _first_tiles(w_o_l, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
-        _stamp(timeline_ptr, pid, 6, TIMELINE)
-        if ALL and LAST >= 4:
-            if not ARRIVE_FIRST:
-                seen = _arrive(counters_ptr, 2)
-            _wait(counters_ptr, 2, seen, t, error_ptr, POLL_SLEEP)
-        _stamp(timeline_ptr, pid, 7, TIMELINE)
-        if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
-            if not PREFETCH:
-                wo, wou = _first_tiles(w_o_l, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
-            _gemm_stage(w_o_l, o_ptr, HIDDEN, NATTN, pid, num_programs, wo, wou, attn_ptr, r_l, o_ptr, ln2_l,
-                        0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT)
-        if ARRIVE_FIRST and ALL and LAST >= 5:
-            seen = _arrive(counters_ptr, 3)
-        if PREFETCH and ALL and LAST >= 5:
-            wg, wgu = _first_tiles(w_gu_l, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
-        _stamp(timeline_ptr, pid, 8, TIMELINE)
-        if ALL and LAST >= 5:
-            if not ARRIVE_FIRST:
-                seen = _arrive(counters_ptr, 3)
-            _wait(counters_ptr, 3, seen, t, error_ptr, POLL_SLEEP)
-        _stamp(timeline_ptr, pid, 9, TIMELINE)
-        if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
-            if not PREFETCH:
-                wg, wgu = _first_tiles(w_gu_l, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
-            rstd = _stream_rstd(x_l, r_l, o_ptr, res_out_l, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
-            _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
-            _gemm_stage(w_gu_l, act_ptr, INTER, HIDDEN, pid, num_programs, wg, wgu, x_l, r_l, o_ptr, ln2_l,
-                        rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT)
-        if ARRIVE_FIRST and ALL and LAST >= 6:
-            seen = _arrive(counters_ptr, 4)
-        if LAYERS > 1:  # the next layer's offsets (the table's last row repeats: always a row to read)
-            nxt = layers_ptr + (layer + 1) * LAYER_OFFSETS
-            w_qkv_n = w_qkv_ptr + tl.multiple_of(tl.load(nxt), 8)
-            w_o_n = w_o_ptr + tl.multiple_of(tl.load(nxt + 1), 8)
-            w_gu_n = w_gu_ptr + tl.multiple_of(tl.load(nxt + 2), 8)
-            w_down_n = w_down_ptr + tl.multiple_of(tl.load(nxt + 3), 8)
-            ln1_n = ln1_ptr + tl.multiple_of(tl.load(nxt + 4), 8)
-            ln2_n = ln2_ptr + tl.multiple_of(tl.load(nxt + 5), 8)
-            qn_n = qn_ptr + tl.multiple_of(tl.load(nxt + 6), 8)
-            kn_n = kn_ptr + tl.multiple_of(tl.load(nxt + 7), 8)
-            cache_n = cache_ptr + tl.multiple_of(tl.load(nxt + 8), 8)
-        if PREFETCH and ALL and LAST >= 6:
-            wd, wdu = _first_tiles(w_down_l, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN,
-                                   SUB_DOWN)
-        _stamp(timeline_ptr, pid, 10, TIMELINE)
-        if ALL and LAST >= 6:
-            if not ARRIVE_FIRST:
-                seen = _arrive(counters_ptr, 4)
-            _wait(counters_ptr, 4, seen, t, error_ptr, POLL_SLEEP)
-        _stamp(timeline_ptr, pid, 11, TIMELINE)
-        if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
-            if not PREFETCH:
-                wd, wdu = _first_tiles(w_down_l, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN,
-                                       SUB_DOWN)
-            _gemm_stage(w_down_l, out_l, HIDDEN, INTER, pid, num_programs, wd, wdu, act_ptr, r_l, o_ptr, ln2_l,
-                        0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT)
-        if LAYERS > 1:
-            if layer + 1 < LAYERS:  # the next layer's qkv tiles and first key tile overlap the barrier's wait
-                seen = _arrive(counters_ptr, LINK_SLOT)
-                w, wu = _first_tiles(w_qkv_n, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV,
-                                     SUB_QKV)
-                if KV_START:
-                    k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_n, table_ptr, seq_len, stride_kv,
+                if item != pid:  # a later item of this program (fewer programs than items)
+                    k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv,
                                                   stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-                _wait(counters_ptr, LINK_SLOT, seen, (link_epoch + layer + 1) * num_programs, error_ptr, POLL_SLEEP)
-            w_qkv_l, w_o_l, w_gu_l, w_down_l = w_qkv_n, w_o_n, w_gu_n, w_down_n
-            ln1_l, ln2_l, qn_l, kn_l, cache_l = ln1_n, ln2_n, qn_n, kn_n, cache_n
-            x_l, r_l = out_l, res_out_l
+            else:  # (requested here, not before the loop: carried into it, the tile's registers double)
+                k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv, stride_block,
+                                              stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+            _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
+                            qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
+                            stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
+                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
+                            error_ptr)
+    _stamp(timeline_ptr, pid, 4, TIMELINE)
+    if ALL and LAST >= 3 and not LL:
+        _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
+    _stamp(timeline_ptr, pid, 5, TIMELINE)
+    if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
+        for head in range(pid, HQ, num_programs):
+            _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
+                        HEAD_DIM, SPLITS, flag, LL, error_ptr)
+            _stamp(timeline_ptr, pid, 20, TIMELINE)
+    if ARRIVE_FIRST and ALL and LAST >= 4:
+        seen = _arrive(counters_ptr, 2)
+    if PREFETCH and ALL and LAST >= 4:
+        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
+    _stamp(timeline_ptr, pid, 6, TIMELINE)
+    if ALL and LAST >= 4:
+        if not ARRIVE_FIRST:
+            seen = _arrive(counters_ptr, 2)
+        _wait(counters_ptr, 2, seen, target, error_ptr, POLL_SLEEP)
+    _stamp(timeline_ptr, pid, 7, TIMELINE)
+    if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
+        if not PREFETCH:
+            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
+        _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT)
+    if ARRIVE_FIRST and ALL and LAST >= 5:
+        seen = _arrive(counters_ptr, 3)
+    if PREFETCH and ALL and LAST >= 5:
+        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
+    _stamp(timeline_ptr, pid, 8, TIMELINE)
+    if ALL and LAST >= 5:
+        if not ARRIVE_FIRST:
+            seen = _arrive(counters_ptr, 3)
+        _wait(counters_ptr, 3, seen, target, error_ptr, POLL_SLEEP)
+    _stamp(timeline_ptr, pid, 9, TIMELINE)
+    if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
+        if not PREFETCH:
+            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
+        rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
+        _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
+        _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT)
+    if ARRIVE_FIRST and ALL and LAST >= 6:
+        seen = _arrive(counters_ptr, 4)
+    if PREFETCH and ALL and LAST >= 6:
+        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
+    _stamp(timeline_ptr, pid, 10, TIMELINE)
+    if ALL and LAST >= 6:
+        if not ARRIVE_FIRST:
+            seen = _arrive(counters_ptr, 4)
+        _wait(counters_ptr, 4, seen, target, error_ptr, POLL_SLEEP)
+    _stamp(timeline_ptr, pid, 11, TIMELINE)
+    if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
+        if not PREFETCH:
+            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
+        _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
-        if pid == 0:  # (every program read the epochs before it arrived at barrier 0, passed here)
-            tl.store(counters_ptr + EPOCH_SLOT, epoch + LAYERS)
-            if LAYERS > 1:
-                tl.store(counters_ptr + LINK_EPOCH_SLOT, link_epoch + (LAYERS - 1))
+        if pid == 0:  # (every program read the epoch before it arrived at barrier 0, passed here)
+            tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
     if ALL and not EPOCH:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
     _stamp(timeline_ptr, pid, 13, TIMELINE)
@@ -1082,7 +1031,8 @@ class DecodeLayerConfig:
     load until every word they need carries the flag: no barrier 0 or 1, so no fence, atomic
     round trip or poll between qkv and attention or attention and merge. Off by default: right
     on an H200 but slower (Qwen3-0.6B 24.1 against 20.8 µs per layer: the CTA-wide readiness
-    reduction in every spin costs more than the two barriers;
+    reduction in every spin costs more than the two barriers; ``ll = 3``, each thread settling
+    its own words, 36.8: its re-reads are dependent L2 round trips;
     benchmarks/reports/decode-layer-ll-2026-12-03-h200)."""
 
     num_programs: int
@@ -1211,14 +1161,13 @@ def default_ll() -> int:
     return _env_int("INFER_DECODE_LL", int(DecodeLayerConfig.ll))
 
 
-def default_layers_per_launch() -> int:
-    """Decoder layers per persistent launch in a model's batch-1 decode step
-    (:func:`decode_layers`): 1, or ``INFER_DECODE_LAYERS_PER_LAUNCH`` from the environment (0:
-    the whole stack in one launch; A/B measurements)."""
-    value = _env_int("INFER_DECODE_LAYERS_PER_LAUNCH", 1)
-    if value < 0:
-        raise ValueError(f"INFER_DECODE_LAYERS_PER_LAUNCH={value}: give a count of layers, or 0 for all of them")
-    return value
+def stage_programs_per_sm() -> int:
+    """``INFER_DECODE_STAGES`` from the environment: programs per SM of a model's decode steps
+    run stage by stage on CUDA (each stage its own launch, PDL between them, no grid barrier), or
+    0 (unset: one launch per layer). A/B measurements: the Qwen3-0.6B chain on an H200 ran 20.4 µs
+    per layer so (2 per SM) against 20.7 with the barriers, Llama-3.2-1B 42.2 (4 per SM) against
+    44.6 (benchmarks/reports/decode-layer-stack-stages-2026-12-03-h200)."""
+    return _env_int("INFER_DECODE_STAGES", 0)
 
 
 def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, dtype: torch.dtype,
@@ -1293,9 +1242,6 @@ class DecodeWorkspace:
         self.resident: dict = {}
         # a launch's shape -> the configuration decode_layer chose for it (config=None)
         self.chosen: dict = {}
-        # decode_layers: the layers' tensors' addresses -> their offsets table (None: not reachable so)
-        self.layer_tables: dict[tuple, torch.Tensor | None] = {}
-        self.zero_row: torch.Tensor | None = None  # the first layer's residual in a launch of several
 
 
 def decode_layer(
@@ -1310,106 +1256,20 @@ def decode_layer(
     [positions, D/2]``. ``stage_by_stage`` launches each stage on its own (the interpreter).
     ``timeline`` (benchmarks, CUDA): an int64 ``[programs, TIMELINE_SLOTS]`` tensor that
     receives each program's clock at the stage boundaries (:func:`_stamp`)."""
-    return _launch(x, residual, [weights], layer, [kv_cache], metadata, positions, cos, sin, workspace, None,
-                   config=config, stage_by_stage=stage_by_stage, timeline=timeline)
-
-
-def decode_layers(
-    x: torch.Tensor, residual: torch.Tensor | None, weights: Sequence[DecodeLayerWeights], layer: AttentionLayer,
-    kv_caches: Sequence[torch.Tensor], metadata: AttentionMetadata, positions: torch.Tensor,
-    cos: torch.Tensor, sin: torch.Tensor, workspace: DecodeWorkspace, *,
-    config: DecodeLayerConfig | None = None, stage_by_stage: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Consecutive decoder layers of one shape (``weights[i]`` and ``kv_caches[i]`` layer
-    ``i``'s, ``layer`` their attention shape) over one token, as :func:`decode_layer` one after
-    another would: ``(mlp_out, new_residual)`` of the last. One launch runs them all, with a
-    grid barrier between layers instead of a launch boundary (each layer's qkv tiles and first
-    key tile are requested before that barrier); layer ``i`` finds its tensors at element
-    offsets from layer 0's (a table built once per set of tensors, in ``workspace``). Layer by
-    layer instead (same results) when ``stage_by_stage``, with one layer, or when a tensor is not
-    16-byte aligned to layer 0's or the table would have to be built inside a CUDA-graph capture."""
-    table = None
-    if len(weights) > 1 and not stage_by_stage:
-        table = _layer_table(workspace, weights, kv_caches, layer)
-    if table is None:
-        for w, cache in zip(weights, kv_caches, strict=True):
-            x, residual = decode_layer(x, residual, w, layer, cache, metadata, positions, cos, sin, workspace,
-                                       config=config, stage_by_stage=stage_by_stage)
-        return x, residual
-    return _launch(x, residual, weights, layer, kv_caches, metadata, positions, cos, sin, workspace, table,
-                   config=config, stage_by_stage=False, timeline=None)
-
-
-def _layer_tensors(w: DecodeLayerWeights, cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """A layer's tensors in the order of a row of the layers' table (``LAYER_OFFSETS``)."""
-    qn = w.q_norm if w.q_norm is not None else w.input_norm
-    kn = w.k_norm if w.k_norm is not None else w.input_norm
-    return w.qkv, w.o, w.gate_up, w.down, w.input_norm, w.post_norm, qn, kn, cache
-
-
-def _layer_table(workspace: DecodeWorkspace, weights: Sequence[DecodeLayerWeights], kv_caches: Sequence[torch.Tensor],
-                 layer: AttentionLayer) -> torch.Tensor | None:
-    """The int64 ``[layers + 1, LAYER_OFFSETS]`` table of each layer's tensors' element offsets from
-    layer 0's (cached in ``workspace`` by the tensors' addresses), or ``None`` when one layer
-    cannot be reached that way: an offset that is not a multiple of 16 bytes (the kernel's
-    vector loads assume it), tensors of another shape, dtype or layout than layer 0's, or a table
-    not built yet inside a CUDA-graph capture (a host copy cannot be captured)."""
-    rows = [_layer_tensors(w, cache) for w, cache in zip(weights, kv_caches, strict=True)]
-    key = tuple(t.data_ptr() for row in rows for t in row)
-    table = workspace.layer_tables.get(key)
-    if table is not None or key in workspace.layer_tables:
-        return table
-    first = rows[0]
-    offsets = []
-    for row in rows:
-        offsets.append([])
-        for t, t0 in zip(row, first, strict=True):
-            delta = t.data_ptr() - t0.data_ptr()
-            if (t.shape, t.stride(), t.dtype) != (t0.shape, t0.stride(), t0.dtype) or delta % (8 * t.element_size()):
-                workspace.layer_tables[key] = None
-                return None
-            offsets[-1].append(delta // t.element_size())
-    if first[0].is_cuda and torch.cuda.is_current_stream_capturing():
-        return None
-    # one row more than layers (the last repeated): the kernel reads the next layer's row during the
-    # last layer too
-    table = torch.tensor([*offsets, offsets[-1]], dtype=torch.int64, device=first[0].device)
-    workspace.layer_tables[key] = table
-    return table
-
-
-def _launch(
-    x: torch.Tensor, residual: torch.Tensor | None, weights: Sequence[DecodeLayerWeights], layer: AttentionLayer,
-    kv_caches: Sequence[torch.Tensor], metadata: AttentionMetadata, positions: torch.Tensor,
-    cos: torch.Tensor, sin: torch.Tensor, workspace: DecodeWorkspace, table: torch.Tensor | None, *,
-    config: DecodeLayerConfig | None, stage_by_stage: bool, timeline: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`decode_layer` (one layer, ``table`` None) or :func:`decode_layers` (the layers'
-    ``table``): the checks, the configuration, the launch(es)."""
-    first, kv_cache = weights[0], kv_caches[0]
-    n_layers = len(weights)
     hidden = x.shape[-1]
-    inter = first.down.shape[1]
+    inter = weights.down.shape[1]
     hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
-    assert x.shape == (1, hidden) and first.qkv.shape == ((hq + 2 * hkv) * d, hidden), (x.shape, first.qkv.shape)
-    assert first.o.shape == (hidden, hq * d) and first.gate_up.shape == (2 * inter, hidden)
+    assert x.shape == (1, hidden) and weights.qkv.shape == ((hq + 2 * hkv) * d, hidden), (x.shape, weights.qkv.shape)
+    assert weights.o.shape == (hidden, hq * d) and weights.gate_up.shape == (2 * inter, hidden)
     reason = supports(layer, kv_cache, x.dtype)
     assert reason is None, reason
     assert kv_cache.is_contiguous() and kv_cache.shape[3:] == (hkv, d), kv_cache.shape
-    out = torch.empty(n_layers, hidden, dtype=x.dtype, device=x.device)
-    res_out = torch.empty_like(out)
-    qk_norm = first.q_norm is not None
+    out = torch.empty_like(x)
+    res_out = torch.empty_like(x)
+    qk_norm = weights.q_norm is not None
     pdl = use_pdl(x)  # (stage by stage too: each stage's launch waits for the one before)
+    r = residual if residual is not None else x
     ws = workspace
-    if residual is not None:
-        r = residual
-    elif n_layers > 1:  # every layer of the launch adds a residual: the first adds zeros (exact)
-        if ws.zero_row is None or ws.zero_row.shape != (1, hidden):
-            ws.zero_row = torch.zeros(1, hidden, dtype=x.dtype, device=x.device)
-        r = ws.zero_row
-    else:
-        r = x
-    has_residual = residual is not None or n_layers > 1
 
     ks = (hidden, hq * d, hidden, inter)  # each GEMM stage's K
 
@@ -1417,22 +1277,21 @@ def _launch(
         pairs = x.dtype == torch.bfloat16
         args = (
             x, r, out, res_out,
-            first.qkv, first.o, first.gate_up, first.down, first.input_norm, first.post_norm,
-            first.q_norm if qk_norm else first.input_norm, first.k_norm if qk_norm else first.input_norm,
-            first.eps,
+            weights.qkv, weights.o, weights.gate_up, weights.down, weights.input_norm, weights.post_norm,
+            weights.q_norm if qk_norm else weights.input_norm, weights.k_norm if qk_norm else weights.input_norm,
+            weights.eps,
             cos, sin, positions, kv_cache, metadata.block_tables, metadata.seq_lens, metadata.slot_mapping,
             kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), cos.stride(0), sin.stride(0),
             layer.scale * LOG2E,
             *((ws.qkv_ll, ws.part_acc_ll, ws.part_max_ll, ws.part_sum_ll) if cfg.ll else
               (ws.qkv, ws.part_acc, ws.part_max, ws.part_sum)),
             ws.attn, ws.o, ws.act, ws.counters, ws.error,
-            timeline if timeline is not None else ws.counters, table if table is not None else ws.counters,
-            cfg.num_programs,
+            timeline if timeline is not None else ws.counters, cfg.num_programs,
         )
         kwargs = dict(
             HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=cfg.splits,
             BLOCK_M=max(16, triton.next_power_of_2(hq // hkv)), TILE=cfg.tile, BLOCK_SIZE=metadata.block_size,
-            QK_NORM=qk_norm, HAS_RESIDUAL=has_residual,
+            QK_NORM=qk_norm, HAS_RESIDUAL=residual is not None,
             ROWS_QKV=cfg.rows[0], BK_QKV=cfg.bk[0], ROWS_O=cfg.rows[1], BK_O=cfg.bk[1],
             ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
             BAL_QKV=cfg.balanced[0], BAL_O=cfg.balanced[1], BAL_GU=cfg.balanced[2], BAL_DOWN=cfg.balanced[3],
@@ -1442,20 +1301,20 @@ def _launch(
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
-            LAYERS=n_layers, num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
+            num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
 
-    shape = (hidden, inter, hq, hkv, d, x.dtype, x.device, qk_norm, has_residual, metadata.block_size, pdl, n_layers)
+    shape = (hidden, inter, hq, hkv, d, x.dtype, x.device, qk_norm, residual is not None, metadata.block_size, pdl)
     if config is not None:
         cfg = config
-    elif not x.is_cuda or stage_by_stage:
+    elif not x.is_cuda:
         cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
+    elif stage_by_stage:  # (no grid barrier: the programs need not all be resident at once)
+        cfg = launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, stage_programs_per_sm() or 2)
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
         for per_sm in (4, 2, 1):
             cfg = launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, per_sm)
-            if n_layers > 1:
-                cfg = replace(cfg, ll=0)
             if per_sm == 1 or _fits(ws, cfg, x.device, *launch_args(cfg, -1)):
                 break
         ws.chosen[shape] = cfg
@@ -1469,9 +1328,6 @@ def _launch(
                          "(the launch's programs x the stamps)")
     if cfg.ll and not cfg.epoch:
         raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
-    if n_layers > 1 and (cfg.ll or not cfg.epoch):
-        raise ValueError("several layers in one launch need DecodeLayerConfig(epoch=True, ll=0) (their barriers "
-                         "count layers in the epoch)")
     if not stage_by_stage:  # the counters' meaning differs: one workspace, one kind of launch
         kind = (cfg.epoch, bool(cfg.ll))
         if ws.kind is None:
@@ -1484,7 +1340,7 @@ def _launch(
         if stage < 0 and x.is_cuda:
             _check_resident(ws, cfg, x.device, args, kwargs)
         _decode_layer_kernel[(cfg.num_programs,)](*args, **kwargs)
-    return out[-1:], res_out[-1:]
+    return out, res_out
 
 
 def resident_programs(n_regs: int, shared: int, num_warps: int, device: torch.device) -> int:

@@ -30,8 +30,7 @@ from infer_core.kernels.decode_layer import (
     DecodeLayerWeights,
     DecodeWorkspace,
     decode_layer,
-    decode_layers,
-    default_layers_per_launch,
+    stage_programs_per_sm,
     supports,
 )
 from infer_core.layers.attention import Attention
@@ -81,9 +80,8 @@ class PersistentDecode:
         self.rotary = rotary
         self.tp_size = tp_size
         self._plan: list[tuple[DecodeLayerWeights, Attention]] | None = None
-        # consecutive layers per launch (decode_layers; 0: all of them)
-        self.layers_per_launch = default_layers_per_launch()
         self._workspace: DecodeWorkspace | None = None
+        self.stages = stage_programs_per_sm() > 0  # each stage of a layer its own launch (A/B)
 
     @property
     def active(self) -> bool:
@@ -113,9 +111,8 @@ class PersistentDecode:
             self.enabled = False
             return False
         self._plan = [(weights, attn) for weights, _, attn in layers]
-        per_launch = self.layers_per_launch or len(self._plan)
-        log.info("model.persistent_decode: batch-1 decode steps run %d decoder layers, %d per launch",
-                 len(self._plan), min(per_launch, len(self._plan)))
+        log.info("model.persistent_decode: batch-1 decode steps run %d decoder layers as one launch each",
+                 len(self._plan))
         w, layer0 = self._plan[0][0], self._plan[0][1].layer
         self._workspace = DecodeWorkspace(w.o.shape[0], w.down.shape[1], layer0.num_heads, layer0.num_kv_heads,
                                           layer0.head_dim, None, h.dtype, h.device)
@@ -142,17 +139,11 @@ class PersistentDecode:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder stack over one token: ``(mlp_out, residual)`` of the last layer."""
         residual = None
-        if not h.is_cuda:  # the interpreter: a spin barrier cannot open there, so stage by stage
-            for weights, attn in self._plan:
-                h, residual = decode_layer(h, residual, weights, attn.layer, attn.kv_cache, md, positions,
-                                           self.rotary.cos, self.rotary.sin, self._workspace, stage_by_stage=True)
-            return h, residual
-        per_launch = self.layers_per_launch or len(self._plan)
-        for lo in range(0, len(self._plan), per_launch):
-            part = self._plan[lo:lo + per_launch]
-            h, residual = decode_layers(h, residual, [w for w, _ in part], part[0][1].layer,
-                                        [attn.kv_cache for _, attn in part], md, positions, self.rotary.cos,
-                                        self.rotary.sin, self._workspace)
+        # the interpreter (a spin barrier cannot open there), or INFER_DECODE_STAGES (A/B): each stage its own launch
+        staged = not h.is_cuda or self.stages
+        for weights, attn in self._plan:
+            h, residual = decode_layer(h, residual, weights, attn.layer, attn.kv_cache, md, positions,
+                                       self.rotary.cos, self.rotary.sin, self._workspace, stage_by_stage=staged)
         return h, residual
 
 
