@@ -35,7 +35,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -181,7 +181,11 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  **{f"ll-gu{r}": {"ll": True, "rows_gu": r, "balanced_elements": 16384} for r in (2, 8)},
                  # every stage its own launch (stage_by_stage, PDL between them): launch boundaries instead of
                  # grid barriers
-                 "stages": {"stages": True, "balanced_elements": 16384}}
+                 "stages": {"stages": True, "balanced_elements": 16384},
+                 # ... each stage's launch with its own programs per SM (qkv, attention, merge, o, gate/up, down)
+                 **{f"stages{''.join(map(str, c))}": {"stages": c, "balanced_elements": 16384}
+                    for c in ((2, 1, 1, 4, 4, 4), (2, 1, 1, 2, 4, 4), (4, 1, 1, 4, 4, 4), (2, 1, 1, 2, 2, 2),
+                              (3, 1, 1, 3, 3, 3), (2, 2, 2, 4, 4, 4))}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
@@ -206,13 +210,21 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                                    num_sms(torch.device("cuda")),
                                    max_elements=max_elements, fewest_steps=fewest_steps,
                                    programs_per_sm=programs_per_sm,
-                                   balanced_elements=sync.pop("balanced_elements", 0)),
+                                   balanced_elements=(balanced := sync.pop("balanced_elements", 0))),
                   num_warps=num_warps, pipeline=pipeline, last_stage=last_stage)
     if sync:
         cfg = replace(cfg, **sync)
     if rows_gu:
         cfg = replace(cfg, rows=(*cfg.rows[:2], rows_gu, cfg.rows[3]),
                       balanced=(*cfg.balanced[:2], False, cfg.balanced[3]))
+    stage_configs = None
+    if isinstance(staged, tuple):  # each stage's launch at its own programs per SM (else all at programs_per_sm)
+        stage_configs = [replace(cfg, **{f.name: getattr(c, f.name) for f in fields(c)
+                                         if f.name in ("num_programs", "rows", "bk", "balanced")})
+                         for c in (dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
+                                                    num_sms(torch.device("cuda")), max_elements=max_elements,
+                                                    fewest_steps=fewest_steps, programs_per_sm=n,
+                                                    balanced_elements=balanced) for n in staged)]
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     reported = []
@@ -222,7 +234,8 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
         for i, layer in enumerate(layers):
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
-                                     timeline=timelines[i] if timelines else None, stage_by_stage=staged)
+                                     timeline=timelines[i] if timelines else None, stage_by_stage=bool(staged),
+                                     stage_configs=stage_configs)
         if not reported and ws.resident:  # once: what the compiled launch needs (programs that fit, regs, smem)
             reported.append(True)
             print(f"  persistent {sync or ''}: (programs that fit, registers, shared bytes) "

@@ -33,7 +33,8 @@
 #           ll3 is the candidate)
 #   stages  each stage its own launch (PDL between them, no grid barrier): the stage-by-stage GPU test,
 #           the engine's (INFER_DECODE_STAGES) and the chains of both shapes against the one-launch
-#           layer at 2 / 3 / 4 programs per SM (STAGES_CHAINS overrides)
+#           layer at 2 / 3 / 4 programs per SM, and with each stage at its own programs per SM
+#           (stages<qkv><attention><merge><o><gate/up><down>; STAGES_CHAINS overrides)
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
 OUT=${OUT:-$PWD/gpu-decode-layer-out}
@@ -100,12 +101,12 @@ if want ll; then
 fi
 if want stages; then
   timeout "${STAGES_TEST_TIMEOUT:-200}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
-    tests/kernels/test_decode_layer_gpu.py tests/kernels/test_engine_gpu.py -k "stage_by_stage or persistent_decode_equals" \
+    tests/kernels/test_decode_layer_gpu.py tests/kernels/test_engine_gpu.py -k "stage_by_stage or own_program_count or persistent_decode_equals" \
     2>&1 | tee "$OUT/stages-tests.log" | tail -4
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   for shape in qwen3-0.6b llama-3.2-1b; do
     timeout "${STAGES_CHAIN_TIMEOUT:-120}" python3 benchmarks/decode_chain.py --shape "$shape" --pdl 1 \
-      --chains "${STAGES_CHAINS:-layer-persistent-epoch-s2,layer-persistent-stages-s2,layer-persistent-stages-s3,layer-persistent-stages-s4,layer-persistent-epoch-s2,layer-persistent-stages-s2}" \
+      --chains "${STAGES_CHAINS:-layer-persistent-epoch-s2,layer-persistent-stages-s2,layer-persistent-stages-s3,layer-persistent-stages-s4,layer-persistent-stages211444-s2,layer-persistent-stages211244-s2,layer-persistent-stages411444-s2,layer-persistent-stages221444-s2,layer-persistent-epoch-s2,layer-persistent-stages-s2}" \
       --out "$OUT/stages-$shape" 2>&1 | grep -v "^|" | tail -8
   done
 fi

@@ -101,8 +101,10 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def check_decode_layer(device: str, dtype: torch.dtype, case: LayerCase, *, stage_by_stage: bool,
-                       config: dl.DecodeLayerConfig | None = None, default_config: bool = False) -> None:
-    """``default_config``: the launch picks its own (``config=None``), else ``config`` or the case's."""
+                       config: dl.DecodeLayerConfig | None = None, default_config: bool = False,
+                       stage_configs: list[dl.DecodeLayerConfig] | None = None) -> None:
+    """``default_config``: the launch picks its own (``config=None``), else ``config`` or the case's;
+    ``stage_configs``: each stage's launch its own (stage by stage)."""
     weights, layer, md, cache, cos, sin, positions, x, res = layer_inputs(case, device, dtype)
     cfg = config or config_for(case, dtype)
     ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
@@ -112,7 +114,7 @@ def check_decode_layer(device: str, dtype: torch.dtype, case: LayerCase, *, stag
     ref_cache = cache.clone()
     ref_out, ref_res = dl.decode_layer_ref(x, res, weights, layer, ref_cache, md, positions, cos, sin)
     out, new_res = dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg,
-                                   stage_by_stage=stage_by_stage)
+                                   stage_by_stage=stage_by_stage, stage_configs=stage_configs)
     tol = LAYER_TOL[dtype]
     assert relative_error(new_res, ref_res) <= tol, (relative_error(new_res, ref_res), case)
     assert relative_error(out, ref_out) <= tol, (relative_error(out, ref_out), case)

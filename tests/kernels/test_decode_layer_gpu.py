@@ -237,3 +237,16 @@ def test_timeline_stamps_every_boundary_in_order():
     inner = timeline[:, 24:26].cpu()  # after the qkv and gate/up stages' input norms
     assert ((inner[:, 0] >= clocks[:, 1]) & (inner[:, 0] <= clocks[:, 2])).all()
     assert ((inner[:, 1] >= clocks[:, 9]) & (inner[:, 1] <= clocks[:, 10])).all()
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("context", [0, 300, 4000])
+@pytest.mark.parametrize("per_sm", [(2, 1, 1, 4, 4, 4), (4, 1, 1, 2, 2, 2)])
+def test_stages_each_with_its_own_program_count(shape, context, per_sm):
+    """Stage by stage with PDL, each stage's launch at its own programs per SM (the tiles chosen
+    for that count), against the reference."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    case = real_case(shape, context)
+    configs = [dl.launch_config(case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads,
+                                case.head_dim, sms, torch.bfloat16, n) for n in per_sm]
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=True, stage_configs=configs)

@@ -129,6 +129,31 @@ def test_timeline_must_hold_one_row_per_program():
 
 def test_stage_programs_per_sm_reads_the_environment(monkeypatch):
     monkeypatch.delenv("INFER_DECODE_STAGES", raising=False)
-    assert dl.stage_programs_per_sm() == 0  # off: one launch per layer
+    assert dl.stage_programs_per_sm() == ()  # off: one launch per layer
     monkeypatch.setenv("INFER_DECODE_STAGES", "4")
-    assert dl.stage_programs_per_sm() == 4
+    assert dl.stage_programs_per_sm() == (4,) * 6
+    monkeypatch.setenv("INFER_DECODE_STAGES", "2,1,1,4,4,3")
+    assert dl.stage_programs_per_sm() == (2, 1, 1, 4, 4, 3)
+    for bad in ("2,1", "x", "2,0,1,1,1,1"):
+        monkeypatch.setenv("INFER_DECODE_STAGES", bad)
+        with pytest.raises(ValueError, match="INFER_DECODE_STAGES"):
+            dl.stage_programs_per_sm()
+
+
+@settings(max_examples=8, deadline=None)
+@given(case=cases.layer_cases(), programs=st.lists(st.sampled_from([1, 2, 3, 5]), min_size=6, max_size=6))
+def test_each_stage_with_its_own_program_count(case, programs):
+    """Stage by stage, each stage's launch with its own configuration (program count and the
+    tiles chosen for it) == the reference."""
+    configs = [cases.config_for(replace(case, programs=p), torch.float32) for p in programs]
+    cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=True, stage_configs=configs)
+
+
+def test_stage_configs_need_six_and_stage_by_stage():
+    case = cases.LayerCase(hidden=32, intermediate=48, kv_heads=1, group=1, head_dim=32, context=3, block_size=4,
+                           qk_norm=False, residual=True, programs=2, splits=1, tile=16, max_elements=1024,
+                           max_bk=32, prefetch=True, seed=5)
+    cfg = cases.config_for(case, torch.float32)
+    for configs, staged in (([cfg] * 5, True), ([cfg] * 6, False)):
+        with pytest.raises(ValueError, match="six configurations"):
+            cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=staged, stage_configs=configs)

@@ -71,6 +71,7 @@ head dims whose half is a power of two.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -1161,13 +1162,27 @@ def default_ll() -> int:
     return _env_int("INFER_DECODE_LL", int(DecodeLayerConfig.ll))
 
 
-def stage_programs_per_sm() -> int:
-    """``INFER_DECODE_STAGES`` from the environment: programs per SM of a model's decode steps
-    run stage by stage on CUDA (each stage its own launch, PDL between them, no grid barrier), or
-    0 (unset: one launch per layer). A/B measurements: the Qwen3-0.6B chain on an H200 ran 20.4 µs
-    per layer so (2 per SM) against 20.7 with the barriers, Llama-3.2-1B 42.2 (4 per SM) against
-    44.6 (benchmarks/reports/decode-layer-stack-stages-2026-12-03-h200)."""
-    return _env_int("INFER_DECODE_STAGES", 0)
+def stage_programs_per_sm() -> tuple[int, ...]:
+    """``INFER_DECODE_STAGES`` from the environment: the programs per SM of each stage's launch
+    when a model's decode steps run stage by stage on CUDA (each stage its own launch, PDL
+    between them, no grid barrier): one count for all six stages (``2``) or six (``2,1,1,4,4,4``
+    for qkv, attention, merge, o, gate/up, down); ``()`` when unset or 0 (one launch per layer).
+    A/B measurements: the Qwen3-0.6B chain on an H200 ran 20.4 µs per layer at 2 per SM against
+    20.7 with the barriers, Llama-3.2-1B 42.2 at 4 per SM against 44.6
+    (benchmarks/reports/decode-layer-stack-stages-2026-12-03-h200)."""
+    value = (os.environ.get("INFER_DECODE_STAGES") or "").strip()
+    if value in ("", "0"):
+        return ()
+    try:
+        counts = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) == 1:
+        counts *= 6
+    if len(counts) != 6 or min(counts) < 1:
+        raise ValueError(f"INFER_DECODE_STAGES={value!r}: give programs per SM for all stages (e.g. 2) or for each "
+                         "of the six (e.g. 2,1,1,4,4,4), or 0 for one launch per layer")
+    return counts
 
 
 def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, dtype: torch.dtype,
@@ -1249,11 +1264,15 @@ def decode_layer(
     kv_cache: torch.Tensor, metadata: AttentionMetadata, positions: torch.Tensor,
     cos: torch.Tensor, sin: torch.Tensor, workspace: DecodeWorkspace, *,
     config: DecodeLayerConfig | None = None, stage_by_stage: bool = False, timeline: torch.Tensor | None = None,
+    stage_configs: Sequence[DecodeLayerConfig] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step of one layer for one token: ``x``, ``residual [1, H]`` (``None`` for
     the first layer) → ``(mlp_out, new_residual)``, the step's K/V stored into ``kv_cache``
     (``[2, blocks, block_size, Hkv, D]``) at ``metadata.slot_mapping[0]``; ``cos``/``sin
-    [positions, D/2]``. ``stage_by_stage`` launches each stage on its own (the interpreter).
+    [positions, D/2]``. ``stage_by_stage`` launches each stage on its own (the interpreter; on
+    CUDA with PDL between the launches); ``stage_configs`` (six, stage by stage only) gives each
+    stage's launch its own configuration (program count, tiles): no grid barrier ties the
+    stages to one. Without them, on CUDA, stage by stage takes :func:`stage_programs_per_sm`.
     ``timeline`` (benchmarks, CUDA): an int64 ``[programs, TIMELINE_SLOTS]`` tensor that
     receives each program's clock at the stage boundaries (:func:`_stamp`)."""
     hidden = x.shape[-1]
@@ -1311,7 +1330,10 @@ def decode_layer(
     elif not x.is_cuda:
         cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
     elif stage_by_stage:  # (no grid barrier: the programs need not all be resident at once)
-        cfg = launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, stage_programs_per_sm() or 2)
+        if stage_configs is None:
+            per_sm = stage_programs_per_sm() or (2,) * 6
+            stage_configs = [launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, n) for n in per_sm]
+        cfg = stage_configs[0]
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
         for per_sm in (4, 2, 1):
             cfg = launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, per_sm)
@@ -1320,7 +1342,9 @@ def decode_layer(
         ws.chosen[shape] = cfg
     else:
         cfg = ws.chosen[shape]
-    assert cfg.splits == workspace.splits, (cfg.splits, workspace.splits)
+    if stage_configs is not None and (not stage_by_stage or len(stage_configs) != 6):
+        raise ValueError("stage_configs: give six configurations (stages 1-6), with stage_by_stage=True")
+    assert all(c.splits == workspace.splits for c in [cfg, *(stage_configs or [])]), workspace.splits
     slots = TIMELINE_SLOTS.value
     if timeline is not None and (not x.is_cuda or timeline.dtype != torch.int64
                                  or timeline.shape != (cfg.num_programs, slots)):
@@ -1336,10 +1360,11 @@ def decode_layer(
             raise ValueError(f"this decode workspace's launches ran with (epoch, ll)={ws.kind}: a launch with "
                              f"{kind} would misread its barrier counters (use another workspace)")
     for stage in (range(1, 7) if stage_by_stage else (-1,)):
-        args, kwargs = launch_args(cfg, stage)
+        stage_cfg = stage_configs[stage - 1] if stage_configs is not None else cfg
+        args, kwargs = launch_args(stage_cfg, stage)
         if stage < 0 and x.is_cuda:
             _check_resident(ws, cfg, x.device, args, kwargs)
-        _decode_layer_kernel[(cfg.num_programs,)](*args, **kwargs)
+        _decode_layer_kernel[(stage_cfg.num_programs,)](*args, **kwargs)
     return out, res_out
 
 

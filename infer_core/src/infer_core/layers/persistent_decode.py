@@ -81,7 +81,7 @@ class PersistentDecode:
         self.tp_size = tp_size
         self._plan: list[tuple[DecodeLayerWeights, Attention]] | None = None
         self._workspace: DecodeWorkspace | None = None
-        self.stages = stage_programs_per_sm() > 0  # each stage of a layer its own launch (A/B)
+        self.stages = bool(stage_programs_per_sm())  # each stage of a layer its own launch (A/B)
 
     @property
     def active(self) -> bool:
