@@ -54,7 +54,12 @@ def check(x: torch.Tensor, w: torch.Tensor, act: str | None, cfg: LaunchConfig |
     else:
         xp = ACT_KERNELS[act](x)  # the unfused path: exactly the prologue's arithmetic
         assert_within(got, small_m_gemm_ref(xp, w), xp, w)
-        assert_within(got, small_m_gemm_ref(x, w, act), ACT_REFS[act](x), w, slack=4)
+        # against torch's activation: the two activations differ by a few float32 ulps of the
+        # gate (not of act(gate), which cancels towards 0 for negative gates), so the slack is
+        # scaled by |gate * up| where that is larger than |act(gate) * up|
+        k2 = x.shape[1] // 2
+        mag = torch.maximum(ACT_REFS[act](x).float().abs(), (x[:, :k2].float() * x[:, k2:].float()).abs())
+        assert_within(got, small_m_gemm_ref(x, w, act), mag.to(x.dtype), w, slack=4)
     return got
 
 
