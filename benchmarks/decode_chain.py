@@ -35,7 +35,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -219,8 +219,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                       balanced=(*cfg.balanced[:2], False, cfg.balanced[3]))
     stage_configs = None
     if isinstance(staged, tuple):  # each stage's launch at its own programs per SM (else all at programs_per_sm)
-        stage_configs = [replace(cfg, **{f.name: getattr(c, f.name) for f in fields(c)
-                                         if f.name in ("num_programs", "rows", "bk", "balanced")})
+        stage_configs = [replace(cfg, num_programs=c.num_programs, rows=c.rows, bk=c.bk, balanced=c.balanced)
                          for c in (dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
                                                     num_sms(torch.device("cuda")), max_elements=max_elements,
                                                     fewest_steps=fewest_steps, programs_per_sm=n,

@@ -46,6 +46,13 @@ export PYTHONUNBUFFERED=1
 [ -f benchmarks/.assets/commit ] && export INFER_BENCH_COMMIT="$(cut -c1-12 benchmarks/.assets/commit)"
 status=0
 T=tests/kernels/test_decode_layer_gpu.py
+# chains_both_shapes NAME TIMEOUT CHAINS: the chains (PDL on) for Qwen3-0.6B and Llama-3.2-1B, into $OUT/NAME-<shape>
+chains_both_shapes() {
+  for shape in qwen3-0.6b llama-3.2-1b; do
+    timeout "$2" python3 benchmarks/decode_chain.py --shape "$shape" --pdl 1 --chains "$3" --out "$OUT/$1-$shape" 2>&1 \
+      | grep -v "^|" | tail -8
+  done
+}
 if want quick; then
   timeout "${QUICK_TIMEOUT:-180}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE $T \
     -k "${QUICK_K:-test_real_shapes and not configs or graph}" 2>&1 | tee "$OUT/quick_tests.log" | tail -15
@@ -93,22 +100,16 @@ if want ll; then
     --modes "${LL_MODES:-3,1}" --launches 200 --rounds 1 2>&1 | tee "$OUT/ll-probe.txt" | tail -8
   timeout "${LL_TEST_TIMEOUT:-150}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
     tests/kernels/test_decode_layer_gpu.py -k self_flagged 2>&1 | tee "$OUT/ll-tests.log" | tail -4
-  for shape in qwen3-0.6b llama-3.2-1b; do
-    timeout "${LL_CHAIN_TIMEOUT:-120}" python3 benchmarks/decode_chain.py --shape "$shape" --pdl 1 \
-      --chains "${LL_CHAINS:-layer-persistent-epoch-s2,layer-persistent-ll3-s2,layer-persistent-ll3-splits8-s2,layer-persistent-epoch-s2,layer-persistent-ll3-s2}" \
-      --out "$OUT/ll-$shape" 2>&1 | grep -v "^|" | tail -8
-  done
+  chains_both_shapes ll "${LL_CHAIN_TIMEOUT:-120}" \
+    "${LL_CHAINS:-layer-persistent-epoch-s2,layer-persistent-ll3-s2,layer-persistent-ll3-splits8-s2,layer-persistent-epoch-s2,layer-persistent-ll3-s2}"
 fi
 if want stages; then
   timeout "${STAGES_TEST_TIMEOUT:-200}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
     tests/kernels/test_decode_layer_gpu.py tests/kernels/test_engine_gpu.py -k "stage_by_stage or own_program_count or persistent_decode_equals" \
     2>&1 | tee "$OUT/stages-tests.log" | tail -4
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  for shape in qwen3-0.6b llama-3.2-1b; do
-    timeout "${STAGES_CHAIN_TIMEOUT:-120}" python3 benchmarks/decode_chain.py --shape "$shape" --pdl 1 \
-      --chains "${STAGES_CHAINS:-layer-persistent-epoch-s2,layer-persistent-stages-s2,layer-persistent-stages-s3,layer-persistent-stages-s4,layer-persistent-stages211444-s2,layer-persistent-stages211244-s2,layer-persistent-stages411444-s2,layer-persistent-stages221444-s2,layer-persistent-epoch-s2,layer-persistent-stages-s2}" \
-      --out "$OUT/stages-$shape" 2>&1 | grep -v "^|" | tail -8
-  done
+  chains_both_shapes stages "${STAGES_CHAIN_TIMEOUT:-120}" \
+    "${STAGES_CHAINS:-layer-persistent-epoch-s2,layer-persistent-stages-s2,layer-persistent-stages-s3,layer-persistent-stages-s4,layer-persistent-stages211444-s2,layer-persistent-stages211244-s2,layer-persistent-stages411444-s2,layer-persistent-stages221444-s2,layer-persistent-epoch-s2,layer-persistent-stages-s2}"
 fi
 if want tests; then
   timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE $T 2>&1 \

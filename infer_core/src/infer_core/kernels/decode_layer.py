@@ -1330,9 +1330,12 @@ def decode_layer(
     elif not x.is_cuda:
         cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
     elif stage_by_stage:  # (no grid barrier: the programs need not all be resident at once)
-        if stage_configs is None:
+        if stage_configs is None:  # chosen once per launch shape and programs per SM
             per_sm = stage_programs_per_sm() or (2,) * 6
-            stage_configs = [launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, n) for n in per_sm]
+            if (shape, per_sm) not in ws.chosen:
+                ws.chosen[shape, per_sm] = [launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, n)
+                                            for n in per_sm]
+            stage_configs = ws.chosen[shape, per_sm]
         cfg = stage_configs[0]
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
         for per_sm in (4, 2, 1):
