@@ -30,7 +30,8 @@
 #            flight filled by kernels.fill_ids inside the decode graph, or by torch launches
 #            outside it),
 #            "stages<N>" = INFER_DECODE_STAGES=N (each stage of the persistent layer its own launch, PDL
-#            between them, N programs per SM),
+#            between them, N programs per SM; "stages<six digits>" = per stage: qkv, attention,
+#            merge, o, gate/up, down, e.g. "stages211444"),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -119,6 +120,7 @@ if want ab; then
         ll3) ll=3 ;;
         no-graph-fill) gfill=0 ;;
         stages[0-9]) stg=${part#stages} ;;
+        stages[0-9][0-9][0-9][0-9][0-9][0-9]) stg=$(echo "${part#stages}" | sed 's/./&,/g; s/,$//') ;;
         graph-fill) gfill=1 ;;
         no-pdl) pdl=0 ;;
       esac
