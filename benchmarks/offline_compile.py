@@ -48,8 +48,7 @@ FLOATS = {"eps", "qk_scale"}
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
                arrive_first: bool | None = None, kv_early: int | None = None,
                balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
-               pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None,
-               merge_in_o: bool | None = None, merge_chunk: int | None = None) -> tuple[dict, dict]:
+               pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -60,8 +59,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
     conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm,
                             balanced_elements=balanced, num_warps=num_warps)
     conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early),
-                                              ("pairs", pairs), ("ll", ll), ("merge_in_o", merge_in_o),
-                                              ("merge_chunk", merge_chunk)) if v is not None})
+                                              ("pairs", pairs), ("ll", ll)) if v is not None})
     ks = (hidden, hq * d, hidden, inter)
     values = dict(
         HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=conf.splits,
@@ -71,8 +69,8 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         ROWS_GU=conf.rows[2], BK_GU=conf.bk[2], ROWS_DOWN=conf.rows[3], BK_DOWN=conf.bk[3],
         STAGE=-1, LAST=last_stage, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
         BAL_QKV=conf.balanced[0], BAL_O=conf.balanced[1], BAL_GU=conf.balanced[2], BAL_DOWN=conf.balanced[3],
-        **dict(zip(("SUB_QKV", "SUB_O", "SUB_GU", "SUB_DOWN"), dl.pair_subs(conf, ks, d), strict=True)),
-        MERGE_O=conf.merge_in_o, MERGE_CHUNK=max(min(conf.merge_chunk, conf.splits), 1),
+        **{f"SUB_{name}": dl.pair_sub(conf.rows[i], conf.bk[i], ks[i], conf.num_warps) if conf.pairs[i] else 0
+           for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
         EPOCH=conf.epoch, LL=conf.ll,
     )
@@ -112,9 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", help="bf16 pair tiles per GEMM stage, four digits 0 / 1 (qkv, o, gate/up, "
                         "down; default: the config's)")
     parser.add_argument("--ll", type=int, choices=(0, 1, 2, 3), help="self-flagged words (default: the config's)")
-    parser.add_argument("--merge-in-o", type=int, choices=(0, 1), help="o_proj merges the attention partials "
-                        "(default: the config's)")
-    parser.add_argument("--merge-chunk", type=int, help="with --merge-in-o 1: splits per round of loads")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
     parser.add_argument("--last-stage", type=int, default=6, choices=range(1, 7),
                         help="compile the launch cut after this stage: which stage sets the register peak")
@@ -128,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                               None if args.arrive_first is None else bool(args.arrive_first),
                               args.kv_early, args.balanced_elements,
                               args.last_stage, args.num_warps,
-                              None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll,
-                              None if args.merge_in_o is None else bool(args.merge_in_o), args.merge_chunk)
+                              None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                                capture_output=True, text=True).stdout
         print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
               f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}, "
-              f"merge in o {conf['merge_in_o']} (chunk {conf['merge_chunk']})")
+              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout

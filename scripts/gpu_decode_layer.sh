@@ -35,9 +35,6 @@
 #           the engine's (INFER_DECODE_STAGES) and the chains of both shapes against the one-launch
 #           layer at 2 / 3 / 4 programs per SM, and with each stage at its own programs per SM
 #           (stages<qkv><attention><merge><o><gate/up><down>; STAGES_CHAINS overrides)
-#   mergeo  no merge stage, o_proj merges the attention partials (merge_in_o): its GPU tests (one launch,
-#           stage by stage, the CUDA graph, the engine), then the chains of both shapes against the
-#           barriers' default at contexts 256 and 500 (MERGEO_CHAINS overrides)
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
 OUT=${OUT:-$PWD/gpu-decode-layer-out}
@@ -116,16 +113,6 @@ if want stages; then
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   chains_both_shapes stages "${STAGES_CHAIN_TIMEOUT:-120}" \
     "${STAGES_CHAINS:-layer-persistent-epoch-s2,layer-persistent-stages-s2,layer-persistent-stages-s3,layer-persistent-stages-s4,layer-persistent-stages211444-s2,layer-persistent-stages211244-s2,layer-persistent-stages411444-s2,layer-persistent-stages222444-s2,layer-persistent-epoch-s2,layer-persistent-stages-s2}"
-fi
-if want mergeo; then
-  timeout "${MERGEO_TEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
-    tests/kernels/test_decode_layer_gpu.py tests/kernels/test_engine_gpu.py \
-    -k "merge_in_o or stage_by_stage or graph_of_layers or persistent_decode_equals" \
-    2>&1 | tee "$OUT/mergeo-tests.log" | tail -4
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  chains=${MERGEO_CHAINS:-layer-persistent-epoch-s2,layer-persistent-mergeo-s2,layer-persistent-mergeo-c4-s2,layer-persistent-mergeo-c2-s2,layer-persistent-mergeo-stages-s2,layer-persistent-stages-s2,layer-persistent-epoch-s2,layer-persistent-mergeo-s2}
-  chains_both_shapes mergeo "${MERGEO_CHAIN_TIMEOUT:-120}" "$chains"
-  chains_both_shapes mergeo-ctx500 "${MERGEO_CHAIN_TIMEOUT:-120}" "$chains" --context 500
 fi
 if want tests; then
   timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE $T 2>&1 \

@@ -41,8 +41,6 @@ class LayerCase:
     balanced: bool = False  # the GEMM stages whose shares fit are balanced (choose_config)
     pairs: tuple[bool, bool, bool, bool] = dl.DecodeLayerConfig.pairs  # bf16 pair tiles per GEMM stage (bf16 only)
     ll: int = dl.DecodeLayerConfig.ll  # qkv and the attention partials as self-flagged words
-    merge_in_o: bool = False  # o_proj merges the attention partials (no merge stage; not with ll)
-    merge_chunk: int = dl.DecodeLayerConfig.merge_chunk
 
 
 @st.composite
@@ -57,8 +55,7 @@ def layer_cases(draw, *, programs=(1, 3, 4, 5)) -> LayerCase:
         max_bk=draw(st.sampled_from([16, 32, 2048])), prefetch=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
         pipeline=draw(st.sampled_from([1, 2, 3])), fewest_steps=draw(st.booleans()), balanced=draw(st.booleans()),
         pairs=tuple(draw(st.lists(st.booleans(), min_size=4, max_size=4))),
-        ll=(ll := draw(st.sampled_from([0, 1, 2, 3]))),  # (3 runs as 1 in the interpreter)
-        merge_in_o=not ll and draw(st.booleans()), merge_chunk=draw(st.sampled_from([1, 2, 8])),
+        ll=draw(st.sampled_from([0, 1, 2, 3])),  # (3 runs as 1 in the interpreter)
     )
 
 
@@ -96,7 +93,7 @@ def config_for(case: LayerCase, dtype: torch.dtype) -> dl.DecodeLayerConfig:
                            max_elements=case.max_elements, max_bk=case.max_bk, fewest_steps=case.fewest_steps,
                            num_warps=8, balanced_elements=4 * case.max_elements if case.balanced else 0)
     return replace(cfg, splits=case.splits, tile=case.tile, prefetch=case.prefetch, pipeline=case.pipeline,
-                   pairs=case.pairs, ll=case.ll, merge_in_o=case.merge_in_o, merge_chunk=case.merge_chunk)
+                   pairs=case.pairs, ll=case.ll)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -135,14 +132,13 @@ def check_decode_layer(device: str, dtype: torch.dtype, case: LayerCase, *, stag
 def check_counters(ws: dl.DecodeWorkspace, launches: int) -> None:
     """The barrier counters after ``launches`` one-launch layers on a fresh workspace: with
     ``epoch`` every barrier's counter holds ``launches`` times the programs and the epoch
-    ``launches`` (never reset; with ``ll`` barriers 0 and 1 are not used, with ``merge_in_o``
-    barrier 2); else all zero (the exit counter resets them)."""
+    ``launches`` (never reset; with ``ll`` barriers 0 and 1 are not used); else all zero (the
+    exit counter resets them)."""
     counters = ws.counters.tolist()
-    epoch, ll, merge_in_o = ws.kind or (False, False, False)
+    epoch, ll = ws.kind or (False, False)
     if epoch and launches:
         programs = counters[4] // launches
-        full = programs * launches
-        used = [0, 0, full] if ll else [full, full, 0 if merge_in_o else full]  # barriers 0, 1 and 2
-        assert programs > 0 and counters == used + [full] * 2 + [0, launches, 0], counters
+        used = [0] * 2 if ll else [programs * launches] * 2  # barriers 0 and 1 (none with ll)
+        assert programs > 0 and counters == used + [programs * launches] * 3 + [0, launches, 0], counters
     else:
         assert not any(counters), counters  # left clean for the next launch

@@ -75,9 +75,8 @@ def test_small_shapes_one_launch(case, dtype):
     cases.check_decode_layer("cuda", dtype, case, stage_by_stage=False)
 
 
-@pytest.mark.parametrize("merge_in_o", [False, True])
-def test_one_launch_equals_stage_by_stage(merge_in_o):
-    case = replace(real_case("qwen3-0.6b", 500), merge_in_o=merge_in_o)
+def test_one_launch_equals_stage_by_stage():
+    case = real_case("qwen3-0.6b", 500)
     outs = []
     for staged in (False, True):
         weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
@@ -91,11 +90,9 @@ def test_one_launch_equals_stage_by_stage(merge_in_o):
         assert torch.equal(a, b)  # the same arithmetic; only the barriers differ
 
 
-@pytest.mark.parametrize("merge_in_o", ["", "1"])
-def test_graph_of_layers_replays(merge_in_o, monkeypatch):
+def test_graph_of_layers_replays():
     """28 layers in one graph (ping-pong activations), replayed: equal to eager launches, and
     the same on every replay (the step's K/V slot is rewritten with the same values)."""
-    monkeypatch.setenv("INFER_DECODE_MERGE_O", merge_in_o)  # the launches' own config takes it
     case = real_case("qwen3-0.6b", 200)
     weights, layer, md, cache, cos, sin, positions, x, _ = cases.layer_inputs(case, "cuda", torch.bfloat16)
     cfg = cases.config_for(case, torch.bfloat16)
@@ -253,18 +250,3 @@ def test_stages_each_with_its_own_program_count(shape, context, per_sm):
     configs = [dl.launch_config(case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads,
                                 case.head_dim, sms, torch.bfloat16, n) for n in per_sm]
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=True, stage_configs=configs)
-
-
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("context", [0, 1, 63, 64, 300, 1000, 4000])
-@pytest.mark.parametrize(("chunk", "pairs"), [(8, "1111"), (2, "1111"), (8, "0000")])
-def test_merge_in_o(shape, context, chunk, pairs):
-    """No merge stage: o_proj merges the split partials itself (one launch, 2 programs per SM,
-    the launch's kind of configuration; ``chunk`` splits per round of loads: several rounds at
-    long contexts; pair tiles with one head per row of the input, or bf16 tiles)."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    case = real_case(shape, context)
-    cfg = replace(dl.launch_config(case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads,
-                                   case.head_dim, sms, torch.bfloat16, 2),
-                  merge_in_o=True, merge_chunk=chunk, pairs=tuple(c == "1" for c in pairs), ll=0)
-    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)

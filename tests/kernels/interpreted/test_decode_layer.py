@@ -157,37 +157,3 @@ def test_stage_configs_need_six_and_stage_by_stage():
     for configs, staged in (([cfg] * 5, True), ([cfg] * 6, False)):
         with pytest.raises(ValueError, match="six configurations"):
             cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=staged, stage_configs=configs)
-
-
-@settings(max_examples=15, deadline=None)
-@given(case=cases.layer_cases(), dtype=st.sampled_from([torch.float32, torch.float16]),
-       chunk=st.sampled_from([1, 2, 3, 8]))
-def test_merge_in_o_matches_reference(case, dtype, chunk):
-    """No merge stage: o_proj merges the attention partials of the splits that saw keys itself,
-    ``chunk`` splits per round of loads (more rounds than one when fewer than the splits)."""
-    cases.check_decode_layer("cpu", dtype, replace(case, ll=0, merge_in_o=True, merge_chunk=chunk),
-                             stage_by_stage=True)
-
-
-def test_merge_in_o_refuses_self_flagged_words_and_mixed_stages():
-    case = cases.LayerCase(hidden=32, intermediate=48, kv_heads=1, group=1, head_dim=32, context=3, block_size=4,
-                           qk_norm=False, residual=True, programs=2, splits=2, tile=16, max_elements=1024,
-                           max_bk=32, prefetch=True, seed=5)
-    cfg = cases.config_for(case, torch.float32)
-    with pytest.raises(ValueError, match="cannot take ll"):
-        cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=True,
-                                 config=replace(cfg, merge_in_o=True, ll=1))
-    with pytest.raises(ValueError, match="merge_in_o must be the same"):
-        cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=True,
-                                 stage_configs=[cfg] * 5 + [replace(cfg, merge_in_o=True)])
-
-
-def test_default_merge_in_o_reads_the_environment(monkeypatch):
-    monkeypatch.delenv("INFER_DECODE_MERGE_O", raising=False)
-    assert dl.default_merge_in_o() is dl.DecodeLayerConfig.merge_in_o
-    monkeypatch.setenv("INFER_DECODE_MERGE_O", "1")
-    assert dl.default_merge_in_o() is True
-    cfg = dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2)
-    assert cfg.merge_in_o and cfg.ll == 0
-    monkeypatch.setenv("INFER_DECODE_LL", "1")  # not with merge_in_o
-    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).ll == 0

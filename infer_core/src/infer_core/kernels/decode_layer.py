@@ -374,15 +374,11 @@ def _gemm_input(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl
 
 @triton.jit
 def _gemm_x(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-            BK: tl.constexpr, SUB: tl.constexpr, HD: tl.constexpr, NSPLIT: tl.constexpr, CHUNK: tl.constexpr,
-            VAL_DT: tl.constexpr):
+            BK: tl.constexpr, SUB: tl.constexpr):
     """:func:`_gemm_input` in float32, as ``(x, x)``; or with ``SUB`` > 0 its even and odd
     elements, each ``[BK / SUB, SUB / 2]`` (the columns of :func:`_w_rows`' word tile), loaded
     and computed in that shape (a flat row split into even and odd elements measured slower:
-    Triton reshuffles it through 16-bit shared-memory reads). ``MODE`` 3: the attention output
-    merged from its split partials here (:func:`_merged_x`: ``x_ptr`` the accumulators,
-    ``r_ptr`` the maxima, ``o_ptr`` the sums, ``rstd`` the splits that saw keys; ``HD`` the head
-    dim, ``NSPLIT`` the splits, ``CHUNK`` splits per round of loads), rounded to ``VAL_DT``."""
+    Triton reshuffles it through 16-bit shared-memory reads)."""
     if SUB > 0:
         HALF_SUB: tl.constexpr = SUB // 2
         pairs = kt * (BK // 2) + tl.arange(0, BK // SUB)[:, None] * HALF_SUB + tl.arange(0, HALF_SUB)[None, :]
@@ -390,14 +386,6 @@ def _gemm_x(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.con
             mask = pairs >= 0
         else:
             mask = pairs < K // 2
-        if MODE == 3:
-            if HD % SUB == 0:  # one head per row of the tile
-                head = (kt * BK + tl.arange(0, BK // SUB)[:, None] * SUB) // HD
-            else:
-                head = (2 * pairs) // HD
-            head = tl.minimum(head, K // HD - 1)
-            return _merged_x(x_ptr, r_ptr, o_ptr, rstd, head, 2 * pairs - head * HD, mask, VAL_DT, HD, NSPLIT,
-                             CHUNK, True)
         if MODE == 0:
             return _load_pairs(x_ptr, pairs, mask, True)
         else:
@@ -412,65 +400,9 @@ def _gemm_x(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.con
             w_lo, w_hi = _load_pairs(nw_ptr, pairs, mask, False)
             return (_normed_half(x_lo, r_lo, o_lo, w_lo, rstd, dtype, MODE, HAS_RESIDUAL),
                     _normed_half(x_hi, r_hi, o_hi, w_hi, rstd, dtype, MODE, HAS_RESIDUAL))
-    elif MODE == 3:
-        ks = kt * BK + tl.arange(0, BK)
-        head = tl.minimum(ks // HD, K // HD - 1)
-        x, _ = _merged_x(x_ptr, r_ptr, o_ptr, rstd, head, ks - head * HD, _k_mask(ks, K, BK), VAL_DT, HD, NSPLIT,
-                         CHUNK, False)
-        return x, x
     else:
         x = _gemm_input(kt, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK).to(tl.float32)
         return x, x
-
-
-@triton.jit
-def _merge_chunk(acc_ptr, max_ptr, sum_ptr, used, s0, head, d, ok, top, total, lo, hi,
-                 HD: tl.constexpr, NSPLIT: tl.constexpr, CHUNK: tl.constexpr, PAIRED: tl.constexpr):
-    """Splits ``[s0, s0 + CHUNK)`` (those below ``used``) added to the merge's sums: each
-    split's weight ``2^(m_s - top)``, its sum times that into ``total``, its accumulator's
-    elements ``d`` (and ``d + 1`` when ``PAIRED``: one 64-bit word) times that into ``lo``
-    (``hi``). All loads of a chunk are independent: one round trip."""
-    for j in tl.static_range(CHUNK):
-        s = s0 + j
-        on = (head * 0 + s) < used  # (head's shape; a scalar-and-tensor & makes no int1 mask in the interpreter)
-        m = tl.load(max_ptr + head * NSPLIT + s, mask=on, other=float("-inf"), cache_modifier=".cg")
-        w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - top))
-        total += tl.load(sum_ptr + head * NSPLIT + s, mask=on, other=0.0, cache_modifier=".cg") * w
-        element = (head * NSPLIT + s) * HD + d
-        if PAIRED:
-            words = tl.load(acc_ptr.to(tl.pointer_type(tl.uint64)) + element // 2, mask=ok & on, other=0,
-                            cache_modifier=".cg")
-            lo += (words & 0xFFFFFFFF).to(tl.uint32).to(tl.float32, bitcast=True) * w
-            hi += (words >> 32).to(tl.uint32).to(tl.float32, bitcast=True) * w
-        else:
-            lo += tl.load(acc_ptr + element, mask=ok & on, other=0.0, cache_modifier=".cg") * w
-    return total, lo, hi
-
-
-@triton.jit
-def _merged_x(acc_ptr, max_ptr, sum_ptr, used, head, d, ok, VAL_DT: tl.constexpr, HD: tl.constexpr,
-              NSPLIT: tl.constexpr, CHUNK: tl.constexpr, PAIRED: tl.constexpr):
-    """The split-KV merge of elements ``d`` (``PAIRED``: ``d`` and ``d + 1``, as two tiles) of
-    query heads ``head`` (broadcast against ``d``): :func:`merge_splits`' arithmetic with the
-    splits summed in order, over the first ``used`` splits (the later ones saw no key, weigh
-    nothing), rounded to ``VAL_DT`` where the merge stage stores it; float32 out, 0 where not
-    ``ok``. Every split's maximum is requested together with the first chunk's partials (one
-    round trip for up to ``CHUNK`` splits), each later chunk is one more. o_proj computes its
-    input this way (``merge_in_o``): no merge stage, no barrier between it and o_proj."""
-    top = tl.full(head.shape, float("-inf"), tl.float32)
-    for s in tl.static_range(NSPLIT):
-        top = tl.maximum(top, tl.load(max_ptr + head * NSPLIT + s, mask=(head * 0 + s) < used,
-                                      other=float("-inf"), cache_modifier=".cg"))
-    total = tl.zeros(head.shape, tl.float32)
-    lo = tl.zeros(d.shape, tl.float32)
-    total, lo, hi = _merge_chunk(acc_ptr, max_ptr, sum_ptr, used, 0, head, d, ok, top, total, lo, lo,
-                                 HD, NSPLIT, CHUNK, PAIRED)
-    for s0 in range(CHUNK, used, CHUNK):
-        total, lo, hi = _merge_chunk(acc_ptr, max_ptr, sum_ptr, used, s0, head, d, ok, top, total, lo, hi,
-                                     HD, NSPLIT, CHUNK, PAIRED)
-    den = tl.where(total > 0.0, total, 1.0)
-    return (tl.where(ok, (lo / den).to(VAL_DT).to(tl.float32), 0.0),
-            tl.where(ok, (hi / den).to(VAL_DT).to(tl.float32), 0.0))
 
 
 @triton.jit
@@ -514,8 +446,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                 MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
                 ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, PIPE: tl.constexpr,
-                BALANCED: tl.constexpr, SUB: tl.constexpr, flag, VAL_DT: tl.constexpr,
-                HD: tl.constexpr, NSPLIT: tl.constexpr, CHUNK: tl.constexpr):
+                BALANCED: tl.constexpr, SUB: tl.constexpr, flag, VAL_DT: tl.constexpr):
     """``out[:N] = input @ w.T`` (or ``silu(input @ gate.T) * (input @ up.T)`` when ``GATED``,
     ``w_ptr`` then ``[2N, K]``) over program ``pid``'s tiles (row chunk ``pid + i P``, K tile
     ``kt``), ``w``/``wu`` its first tile(s), already requested. The later tiles: with
@@ -526,8 +457,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
     ``SUB`` > 0: the tiles are bf16 pairs (:func:`_w_rows`, :func:`_pair_dot`)."""
     if BALANCED:
         lo, hi = _share(pid, num_programs, N)
-        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB, HD, NSPLIT, CHUNK,
-                           VAL_DT)
+        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
         acc = tl.zeros([ROWS], dtype=tl.float32)
         _accumulate(acc, acc, w, wu, x, x_odd, 0, lo, hi, out_ptr, GATED, ROWS, 1, SUB, flag, VAL_DT)
     else:
@@ -535,8 +465,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
         tiles = ((n_chunks - pid + num_programs - 1) // num_programs) * KT
         acc = tl.zeros([ROWS], dtype=tl.float32)
         acc_up = tl.zeros([ROWS], dtype=tl.float32)
-        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB, HD, NSPLIT, CHUNK,
-                           VAL_DT)
+        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
         if PIPE > 1:
             acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, 0, pid * ROWS, N, out_ptr, GATED, ROWS, KT,
                                       SUB, flag, VAL_DT)  # tile 0
@@ -546,8 +475,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 if GATED:
                     wu = _w_tile(w_ptr + N * K, chunk, j % KT, N, K, True, ROWS, BK, SUB)
                 if KT > 1:
-                    x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB, HD,
-                                       NSPLIT, CHUNK, VAL_DT)
+                    x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
                 acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, j, chunk * ROWS, N, out_ptr, GATED, ROWS, KT,
                                           SUB, flag, VAL_DT)
         else:
@@ -558,8 +486,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 if GATED:
                     wu_next = _w_tile(w_ptr + N * K, chunk_next, nxt % KT, N, K, nxt < tiles, ROWS, BK, SUB)
                 if KT > 1:
-                    x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB, HD,
-                                       NSPLIT, CHUNK, VAL_DT)
+                    x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
                 acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, j, (pid + (j // KT) * num_programs) * ROWS, N,
                                           out_ptr, GATED, ROWS, KT, SUB, flag, VAL_DT)
                 w = w_next
@@ -914,7 +841,6 @@ def _decode_layer_kernel(
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
-    MERGE_O: tl.constexpr, MERGE_CHUNK: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -934,8 +860,6 @@ def _decode_layer_kernel(
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, SUB_QKV)
     if PREFETCH and STAGE == 4:
         w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
-    if MERGE_O and STAGE == 4:
-        seq_len = tl.load(seq_lens_ptr)
     if PREFETCH and STAGE == 5:
         w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
     if PREFETCH and STAGE == 6:
@@ -964,7 +888,7 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT, 1, 1, 1)
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 2 and not LL:
         seen = _arrive(counters_ptr, 0)
@@ -993,38 +917,29 @@ def _decode_layer_kernel(
                             HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
                             error_ptr)
     _stamp(timeline_ptr, pid, 4, TIMELINE)
-    if ALL and LAST >= 3 and not LL and not MERGE_O:
+    if ALL and LAST >= 3 and not LL:
         _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
-    # (merge_in_o: no merge stage; o_proj merges its input itself, after barrier 1)
-    BAR_O: tl.constexpr = 1 if MERGE_O else 2
-    if ((ALL and LAST >= 3) or STAGE == 3) and not MERGE_O:  # split-KV merge
+    if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
         for head in range(pid, HQ, num_programs):
             _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
                         HEAD_DIM, SPLITS, flag, LL, error_ptr)
             _stamp(timeline_ptr, pid, 20, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 4:
-        seen = _arrive(counters_ptr, BAR_O)
+        seen = _arrive(counters_ptr, 2)
     if PREFETCH and ALL and LAST >= 4:
         w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
     _stamp(timeline_ptr, pid, 6, TIMELINE)
     if ALL and LAST >= 4:
         if not ARRIVE_FIRST:
-            seen = _arrive(counters_ptr, BAR_O)
-        _wait(counters_ptr, BAR_O, seen, target, error_ptr, POLL_SLEEP)
+            seen = _arrive(counters_ptr, 2)
+        _wait(counters_ptr, 2, seen, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 7, TIMELINE)
     if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
-        if MERGE_O:  # the input merged from the attention partials (the splits that saw keys)
-            tiles = tl.cdiv(seq_len, TILE)
-            used = tl.cdiv(tiles, tl.cdiv(tiles, SPLITS))
-            _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, part_acc_ptr, part_max_ptr,
-                        part_sum_ptr, ln2_ptr, used, 3, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT,
-                        HEAD_DIM, SPLITS, MERGE_CHUNK)
-        else:
-            _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
-                        0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT, 1, 1, 1)
+        _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT)
     if ARRIVE_FIRST and ALL and LAST >= 5:
         seen = _arrive(counters_ptr, 3)
     if PREFETCH and ALL and LAST >= 5:
@@ -1041,7 +956,7 @@ def _decode_layer_kernel(
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
-                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT, 1, 1, 1)
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT)
     if ARRIVE_FIRST and ALL and LAST >= 6:
         seen = _arrive(counters_ptr, 4)
     if PREFETCH and ALL and LAST >= 6:
@@ -1056,7 +971,7 @@ def _decode_layer_kernel(
         if not PREFETCH:
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT, 1, 1, 1)
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
         if pid == 0:  # (every program read the epoch before it arrived at barrier 0, passed here)
@@ -1119,10 +1034,7 @@ class DecodeLayerConfig:
     on an H200 but slower (Qwen3-0.6B 24.1 against 20.8 µs per layer: the CTA-wide readiness
     reduction in every spin costs more than the two barriers; ``ll = 3``, each thread settling
     its own words, 36.8: its re-reads are dependent L2 round trips;
-    benchmarks/reports/decode-layer-ll-2026-12-03-h200). ``merge_in_o`` (not with ``ll``): no
-    merge stage and no barrier between it and o_proj; every o_proj program merges the split
-    partials of the heads its input needs (all of them) itself, ``merge_chunk`` splits per round
-    of loads (:func:`_merged_x`); the pair tiles of o_proj then hold one head per row."""
+    benchmarks/reports/decode-layer-ll-2026-12-03-h200)."""
 
     num_programs: int
     splits: int
@@ -1141,8 +1053,6 @@ class DecodeLayerConfig:
     epoch: bool = True
     ll: int = 0  # 1 / 2: self-flagged words polled as CTA-wide tiles (.cg / volatile loads), 3: each thread
     # settles its own words (a PTX loop, CUDA only; the interpreter runs 1); 0: barriers 0 and 1
-    merge_in_o: bool = False  # no merge stage: o_proj merges the attention partials into its input (_merged_x)
-    merge_chunk: int = 8  # with merge_in_o: splits whose partials o_proj requests in one round
 
 
 def _pow2_floor(n: int) -> int:
@@ -1211,16 +1121,6 @@ def pair_sub(rows: int, bk: int, k: int, num_warps: int) -> int:
     return min(bk, max(8, _pow2_floor(8 * 32 * num_warps // rows)))
 
 
-def pair_subs(cfg: DecodeLayerConfig, ks: tuple[int, int, int, int], head_dim: int) -> tuple[int, int, int, int]:
-    """Each GEMM stage's :func:`pair_sub` (0 where ``cfg.pairs`` is off), over K ``ks`` (qkv,
-    o, gate/up, down); with ``merge_in_o`` o_proj's at most ``head_dim`` (one head per row of its
-    input tile: :func:`_merged_x` loads each split's maximum and sum once per row)."""
-    subs = [pair_sub(cfg.rows[i], cfg.bk[i], ks[i], cfg.num_warps) if cfg.pairs[i] else 0 for i in range(4)]
-    if cfg.merge_in_o:
-        subs[1] = min(subs[1], head_dim)
-    return tuple(subs)
-
-
 def _env_int(name: str, default: int) -> int:
     """The integer in environment variable ``name``, or ``default`` when unset or empty."""
     value = os.environ.get(name)
@@ -1262,13 +1162,6 @@ def default_ll() -> int:
     return _env_int("INFER_DECODE_LL", int(DecodeLayerConfig.ll))
 
 
-def default_merge_in_o() -> bool:
-    """``merge_in_o`` of the configuration a launch picks for itself: the config's default, or
-    ``INFER_DECODE_MERGE_O`` from the environment (1: o_proj merges the attention partials, no
-    merge stage; A/B measurements)."""
-    return bool(_env_int("INFER_DECODE_MERGE_O", int(DecodeLayerConfig.merge_in_o)))
-
-
 def stage_programs_per_sm() -> tuple[int, ...]:
     """``INFER_DECODE_STAGES`` from the environment: the programs per SM of each stage's launch
     when a model's decode steps run stage by stage on CUDA (each stage its own launch, PDL
@@ -1296,13 +1189,11 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
                   programs_per_sm: int) -> DecodeLayerConfig:
     """The configuration a launch without ``config`` takes at that many programs per SM:
     :func:`choose_config` with the balanced stages, then the defaults the environment may
-    override (``kv_early``, ``pairs``, ``epoch``, ``merge_in_o``, and ``ll`` only with ``epoch`` and
-    without ``merge_in_o``)."""
-    epoch, merge_in_o = default_epoch(), default_merge_in_o()
+    override (``kv_early``, ``pairs``, ``epoch``, and ``ll`` only with ``epoch``)."""
+    epoch = default_epoch()
     return replace(choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
                                  balanced_elements=default_balanced_elements()),
-                   kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, merge_in_o=merge_in_o,
-                   ll=default_ll() if epoch and not merge_in_o else 0)
+                   kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0)
 
 
 def default_kv_early() -> int:
@@ -1361,7 +1252,7 @@ class DecodeWorkspace:
         self.act = empty(intermediate)
         self.counters = torch.zeros(8, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
-        self.kind: tuple[bool, bool, bool] | None = None  # the launches' (epoch, ll, merge_in_o), once one ran
+        self.kind: tuple[bool, bool] | None = None  # the launches' (epoch, ll), once one ran
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
         # a launch's shape -> the configuration decode_layer chose for it (config=None)
@@ -1423,12 +1314,12 @@ def decode_layer(
             ROWS_QKV=cfg.rows[0], BK_QKV=cfg.bk[0], ROWS_O=cfg.rows[1], BK_O=cfg.bk[1],
             ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
             BAL_QKV=cfg.balanced[0], BAL_O=cfg.balanced[1], BAL_GU=cfg.balanced[2], BAL_DOWN=cfg.balanced[3],
-            **dict(zip(("SUB_QKV", "SUB_O", "SUB_GU", "SUB_DOWN"), pair_subs(cfg, ks, d) if pairs else (0,) * 4, strict=True)),
+            **{f"SUB_{name}": pair_sub(cfg.rows[i], cfg.bk[i], ks[i], cfg.num_warps) if pairs and cfg.pairs[i] else 0
+               for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
-            MERGE_O=cfg.merge_in_o, MERGE_CHUNK=max(min(cfg.merge_chunk, cfg.splits), 1),
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -1464,23 +1355,14 @@ def decode_layer(
                          "(the launch's programs x the stamps)")
     if cfg.ll and not cfg.epoch:
         raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
-    merge_in_o = {c.merge_in_o for c in [cfg, *(stage_configs or [])]}
-    if len(merge_in_o) > 1:
-        raise ValueError("stage_configs: merge_in_o must be the same in every stage's configuration (o_proj reads "
-                         "what the merge stage would have written)")
-    if cfg.merge_in_o and any(c.ll for c in [cfg, *(stage_configs or [])]):
-        raise ValueError("DecodeLayerConfig(merge_in_o=True) cannot take ll: o_proj reads the attention partials "
-                         "as plain values")
     if not stage_by_stage:  # the counters' meaning differs: one workspace, one kind of launch
-        kind = (cfg.epoch, bool(cfg.ll), cfg.merge_in_o)
+        kind = (cfg.epoch, bool(cfg.ll))
         if ws.kind is None:
             ws.kind = kind
         elif ws.kind != kind:
-            raise ValueError(f"this decode workspace's launches ran with (epoch, ll, merge_in_o)={ws.kind}: a launch with "
+            raise ValueError(f"this decode workspace's launches ran with (epoch, ll)={ws.kind}: a launch with "
                              f"{kind} would misread its barrier counters (use another workspace)")
     for stage in (range(1, 7) if stage_by_stage else (-1,)):
-        if stage == 3 and cfg.merge_in_o:  # (o_proj merges)
-            continue
         stage_cfg = stage_configs[stage - 1] if stage_configs is not None else cfg
         args, kwargs = launch_args(stage_cfg, stage)
         if stage < 0 and x.is_cuda:
