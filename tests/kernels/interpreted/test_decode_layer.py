@@ -129,9 +129,15 @@ def test_timeline_must_hold_one_row_per_program():
 
 def test_stage_programs_per_sm_reads_the_environment(monkeypatch):
     monkeypatch.delenv("INFER_DECODE_STAGES", raising=False)
-    assert dl.stage_programs_per_sm() == ()  # off: one launch per layer
+    assert dl.stage_programs_per_sm() == ()  # small layers: one launch per layer
+    qwen3_0_6b, llama_3_2_1b = 2 * (4096 * 1024 + 1024 * 2048 + 6144 * 1024 + 1024 * 3072), 2 * (
+        3072 * 2048 + 2048 * 2048 + 16384 * 2048 + 2048 * 8192)
+    assert dl.stage_programs_per_sm(qwen3_0_6b) == ()
+    assert dl.stage_programs_per_sm(llama_3_2_1b) == dl.STAGED_PROGRAMS_PER_SM  # large layers: stage by stage
+    monkeypatch.setenv("INFER_DECODE_STAGES", "0")
+    assert dl.stage_programs_per_sm(llama_3_2_1b) == ()  # one launch, whatever the size
     monkeypatch.setenv("INFER_DECODE_STAGES", "4")
-    assert dl.stage_programs_per_sm() == (4,) * 6
+    assert dl.stage_programs_per_sm() == dl.stage_programs_per_sm(qwen3_0_6b) == (4,) * 6
     monkeypatch.setenv("INFER_DECODE_STAGES", "2,1,1,4,4,3")
     assert dl.stage_programs_per_sm() == (2, 1, 1, 4, 4, 3)
     for bad in ("2,1", "x", "2,0,1,1,1,1"):

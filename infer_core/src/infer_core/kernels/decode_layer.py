@@ -1162,16 +1162,28 @@ def default_ll() -> int:
     return _env_int("INFER_DECODE_LL", int(DecodeLayerConfig.ll))
 
 
-def stage_programs_per_sm() -> tuple[int, ...]:
-    """``INFER_DECODE_STAGES`` from the environment: the programs per SM of each stage's launch
-    when a model's decode steps run stage by stage on CUDA (each stage its own launch, PDL
-    between them, no grid barrier): one count for all six stages (``2``) or six (``2,1,1,4,4,4``
-    for qkv, attention, merge, o, gate/up, down); ``()`` when unset or 0 (one launch per layer).
-    A/B measurements: the Qwen3-0.6B chain on an H200 ran 20.4 µs per layer at 2 per SM against
-    20.7 with the barriers, Llama-3.2-1B 42.2 at 4 per SM against 44.6
-    (benchmarks/reports/decode-layer-stack-stages-2026-12-03-h200)."""
+# layers of at least this many weight bytes run stage by stage by default, at these programs per SM
+# (qkv, attention, merge, o, gate/up, down): see stage_programs_per_sm
+STAGED_LAYER_BYTES = 64 << 20
+STAGED_PROGRAMS_PER_SM = (4, 1, 1, 4, 4, 4)
+
+
+def stage_programs_per_sm(layer_bytes: int = 0) -> tuple[int, ...]:
+    """The programs per SM of each stage's launch when a model's batch-1 decode steps run stage
+    by stage on CUDA (each stage its own launch, PDL between them, no grid barrier), or ``()``
+    for one launch per layer. By default, stage by stage at :data:`STAGED_PROGRAMS_PER_SM` for
+    layers of at least :data:`STAGED_LAYER_BYTES` weight bytes (``layer_bytes``), else one launch.
+    Measured on an H200, W1 (medians of 3): Llama-3.2-1B (122 MB per layer) 0.81 ms per token
+    against 0.84 with one launch (0.82 at 4 per SM in every stage); Qwen3-0.6B (31 MB) 0.69 at 2
+    per SM or 2,1,1,4,4,4 and 0.71 at 4 against 0.68. The stages' GEMMs take 4 programs per SM,
+    which the one launch (attention's registers) cannot
+    (benchmarks/reports/decode-layer-stages-w1-mergeo-2026-12-03-h200). ``INFER_DECODE_STAGES``
+    overrides it: one count for all six stages (``2``), six (``2,1,1,4,4,4`` for qkv, attention,
+    merge, o, gate/up, down), or 0 (one launch per layer)."""
     value = (os.environ.get("INFER_DECODE_STAGES") or "").strip()
-    if value in ("", "0"):
+    if value == "":
+        return STAGED_PROGRAMS_PER_SM if layer_bytes >= STAGED_LAYER_BYTES else ()
+    if value == "0":
         return ()
     try:
         counts = tuple(int(part) for part in value.split(","))
@@ -1183,6 +1195,11 @@ def stage_programs_per_sm() -> tuple[int, ...]:
         raise ValueError(f"INFER_DECODE_STAGES={value!r}: give programs per SM for all stages (e.g. 2) or for each "
                          "of the six (e.g. 2,1,1,4,4,4), or 0 for one launch per layer")
     return counts
+
+
+def layer_bytes(weights: DecodeLayerWeights) -> int:
+    """The bytes of a layer's four projections (what a decode step reads of it, the norms aside)."""
+    return sum(t.numel() * t.element_size() for t in (weights.qkv, weights.o, weights.gate_up, weights.down))
 
 
 def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, dtype: torch.dtype,
@@ -1331,7 +1348,7 @@ def decode_layer(
         cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
     elif stage_by_stage:  # (no grid barrier: the programs need not all be resident at once)
         if stage_configs is None:  # chosen once per launch shape and programs per SM
-            per_sm = stage_programs_per_sm() or (2,) * 6
+            per_sm = stage_programs_per_sm(layer_bytes(weights)) or (2,) * 6
             if (shape, per_sm) not in ws.chosen:
                 ws.chosen[shape, per_sm] = [launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, n)
                                             for n in per_sm]

@@ -30,6 +30,7 @@ from infer_core.kernels.decode_layer import (
     DecodeLayerWeights,
     DecodeWorkspace,
     decode_layer,
+    layer_bytes,
     stage_programs_per_sm,
     supports,
 )
@@ -81,7 +82,9 @@ class PersistentDecode:
         self.tp_size = tp_size
         self._plan: list[tuple[DecodeLayerWeights, Attention]] | None = None
         self._workspace: DecodeWorkspace | None = None
-        self.stages = bool(stage_programs_per_sm())  # each stage of a layer its own launch (A/B)
+        # each stage of a layer its own launch (large layers, or INFER_DECODE_STAGES; set again once the
+        # stack is known)
+        self.stages = bool(stage_programs_per_sm())
 
     @property
     def active(self) -> bool:
@@ -111,8 +114,9 @@ class PersistentDecode:
             self.enabled = False
             return False
         self._plan = [(weights, attn) for weights, _, attn in layers]
-        log.info("model.persistent_decode: batch-1 decode steps run %d decoder layers as one launch each",
-                 len(self._plan))
+        self.stages = bool(stage_programs_per_sm(layer_bytes(self._plan[0][0])))
+        log.info("model.persistent_decode: batch-1 decode steps run %d decoder layers as %s", len(self._plan),
+                 "six launches each (stage by stage)" if self.stages else "one launch each")
         w, layer0 = self._plan[0][0], self._plan[0][1].layer
         self._workspace = DecodeWorkspace(w.o.shape[0], w.down.shape[1], layer0.num_heads, layer0.num_kv_heads,
                                           layer0.head_dim, None, h.dtype, h.device)
@@ -139,7 +143,8 @@ class PersistentDecode:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder stack over one token: ``(mlp_out, residual)`` of the last layer."""
         residual = None
-        # the interpreter (a spin barrier cannot open there), or INFER_DECODE_STAGES (A/B): each stage its own launch
+        # the interpreter (a spin barrier cannot open there), or large layers / INFER_DECODE_STAGES: each stage its
+        # own launch
         staged = not h.is_cuda or self.stages
         for weights, attn in self._plan:
             h, residual = decode_layer(h, residual, weights, attn.layer, attn.kv_cache, md, positions,
