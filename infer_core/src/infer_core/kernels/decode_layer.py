@@ -1272,7 +1272,8 @@ class DecodeWorkspace:
         self.kind: tuple[bool, bool] | None = None  # the launches' (epoch, ll), once one ran
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
-        # a launch's shape -> the configuration decode_layer chose for it (config=None)
+        # a launch's shape -> the configuration decode_layer chose for it (config=None); (shape, "stages") -> the
+        # six of stage by stage on CUDA
         self.chosen: dict = {}
 
 
@@ -1347,12 +1348,12 @@ def decode_layer(
     elif not x.is_cuda:
         cfg = choose_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype)
     elif stage_by_stage:  # (no grid barrier: the programs need not all be resident at once)
-        if stage_configs is None:  # chosen once per launch shape and programs per SM
-            per_sm = stage_programs_per_sm(layer_bytes(weights)) or (2,) * 6
-            if (shape, per_sm) not in ws.chosen:
-                ws.chosen[shape, per_sm] = [launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, n)
-                                            for n in per_sm]
-            stage_configs = ws.chosen[shape, per_sm]
+        if stage_configs is None:  # chosen once per launch shape (programs per SM and tiles of each stage)
+            if (shape, "stages") not in ws.chosen:
+                per_sm = stage_programs_per_sm(layer_bytes(weights)) or (2,) * 6
+                ws.chosen[shape, "stages"] = [launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, n)
+                                              for n in per_sm]
+            stage_configs = ws.chosen[shape, "stages"]
         cfg = stage_configs[0]
     elif shape not in ws.chosen:  # the most programs per SM that fit, found once per launch shape
         for per_sm in (4, 2, 1):
