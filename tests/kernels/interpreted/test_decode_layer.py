@@ -23,6 +23,72 @@ def test_decode_layer_matches_reference(case, dtype):
     cases.check_decode_layer("cpu", dtype, case, stage_by_stage=True)
 
 
+@settings(max_examples=12, deadline=None)
+@given(case=cases.layer_cases(programs=(1, 3, 8, 17)), dtype=st.sampled_from([torch.float32, torch.float16]))
+def test_o_by_head_matches_reference(case, dtype):
+    """o_proj by query head (each (head, row share) merging its head's partials, int64
+    fixed-point sums): the same layer, with fewer and more programs than items; o's sums are
+    left at zero for the next layer."""
+    case = replace(case, o_heads=True, ll=0)
+    cases.check_decode_layer("cpu", dtype, case, stage_by_stage=True)
+
+
+def test_o_by_head_leaves_its_sums_at_zero_and_repeats_exactly():
+    """Two layers in a row on one workspace (the second reads the first's output): o's int64
+    sums are zero between them, and a repeat gives the same bits (integer sums do not depend
+    on the order of the additions)."""
+    case = cases.LayerCase(96, 160, 2, 4, 32, 40, 4, True, True, 5, 4, 16, 4096, 64, True, 7, o_heads=True)
+    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cpu", torch.float32)
+    cfg = cases.config_for(case, torch.float32)
+    assert cfg.o_parts == 1 and cfg.rows[1] == 128 and cfg.bk[1] == 32
+    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                            cfg.splits, torch.float32, "cpu")
+    outs = []
+    for _ in range(2):
+        kv = cache.clone()
+        out, new_res = dl.decode_layer(x, res, weights, layer, kv, md, positions, cos, sin, ws, config=cfg,
+                                       stage_by_stage=True)
+        assert not ws.o_fixed.any()
+        out2, res2 = dl.decode_layer(out, new_res, weights, layer, kv, md, positions, cos, sin, ws, config=cfg,
+                                     stage_by_stage=True)
+        assert not ws.o_fixed.any()
+        outs.append((out, new_res, out2, res2))
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+    ref_cache = cache.clone()
+    ref_out, ref_res = dl.decode_layer_ref(x, res, weights, layer, ref_cache, md, positions, cos, sin)
+    assert cases.relative_error(outs[0][0], ref_out) <= cases.LAYER_TOL[torch.float32]
+    assert cases.relative_error(outs[0][1], ref_res) <= cases.LAYER_TOL[torch.float32]
+
+
+def test_o_by_head_shares_and_environment(monkeypatch):
+    # Qwen3-0.6B at 2 programs per SM on 132 SMs: 16 heads x 16 shares of 64 rows, head_dim wide
+    assert dl.o_heads_shape(1024, 16, 128, 264) == (16, 64, 128)
+    assert dl.o_heads_shape(2048, 32, 64, 528) == (16, 128, 64)  # Llama-3.2-1B at 4 per SM
+    assert dl.o_heads_shape(96, 8, 32, 3) == (1, 128, 32)  # fewer programs than heads: one share each
+    cfg = choose_config(1024, 3072, 16, 8, 128, 132, programs_per_sm=2, balanced_elements=16384, o_heads=True)
+    assert cfg.o_parts == 16 and cfg.rows[1] == 64 and cfg.bk[1] == 128 and cfg.balanced[1]
+    monkeypatch.delenv("INFER_DECODE_O_HEADS", raising=False)
+    monkeypatch.delenv("INFER_DECODE_LL", raising=False)
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).o_parts == 0
+    monkeypatch.setenv("INFER_DECODE_O_HEADS", "1")
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).o_parts == 16
+    monkeypatch.setenv("INFER_DECODE_LL", "1")  # (the self-flagged partials need the merge stage)
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).o_parts == 0
+
+
+def test_o_by_head_refuses_self_flagged_words():
+    case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0, o_heads=True)
+    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cpu", torch.float32)
+    cfg = replace(cases.config_for(case, torch.float32), ll=1)
+    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                            cfg.splits, torch.float32, "cpu")
+    before = cache.clone()
+    with pytest.raises(ValueError, match="o by head"):
+        dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg, stage_by_stage=True)
+    assert torch.equal(cache, before)
+
+
 def test_gemm_shape_balances_rows_over_programs():
     # Qwen3-0.6B on 132 SMs: qkv 4096 rows over K 1024, o 1024 over 2048, gate/up 3072 (x2), down 1024 over 3072
     assert gemm_shape(4096, 1024, 132, False) == (16, 1024)  # 32 rows for the busiest either way; widest
