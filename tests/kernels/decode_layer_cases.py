@@ -42,6 +42,7 @@ class LayerCase:
     pairs: tuple[bool, bool, bool, bool] = dl.DecodeLayerConfig.pairs  # bf16 pair tiles per GEMM stage (bf16 only)
     ll: int = dl.DecodeLayerConfig.ll  # qkv and the attention partials as self-flagged words
     o_heads: bool = False  # o_proj by query head, int64 fixed-point sums (dl.o_heads_shape); needs ll 0
+    gu_early: bool = False  # one launch: gate/up's first tiles requested across barrier 1
 
 
 @st.composite
@@ -57,7 +58,7 @@ def layer_cases(draw, *, programs=(1, 3, 4, 5)) -> LayerCase:
         pipeline=draw(st.sampled_from([1, 2, 3])), fewest_steps=draw(st.booleans()), balanced=draw(st.booleans()),
         pairs=tuple(draw(st.lists(st.booleans(), min_size=4, max_size=4))),
         ll=(ll := draw(st.sampled_from([0, 1, 2, 3]))),  # (3 runs as 1 in the interpreter)
-        o_heads=not ll and draw(st.booleans()),
+        o_heads=not ll and draw(st.booleans()), gu_early=draw(st.booleans()),
     )
 
 
@@ -96,7 +97,7 @@ def config_for(case: LayerCase, dtype: torch.dtype) -> dl.DecodeLayerConfig:
                            num_warps=8, balanced_elements=4 * case.max_elements if case.balanced else 0,
                            o_heads=case.o_heads)
     return replace(cfg, splits=case.splits, tile=case.tile, prefetch=case.prefetch, pipeline=case.pipeline,
-                   pairs=case.pairs, ll=case.ll)
+                   pairs=case.pairs, ll=case.ll, gu_early=case.gu_early)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

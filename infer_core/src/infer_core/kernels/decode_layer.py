@@ -898,11 +898,13 @@ def _decode_layer_kernel(
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
-    O_PARTS: tl.constexpr,
+    O_PARTS: tl.constexpr, GU_EARLY: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     # o by head (an int64 o): stage 4 merges the split partials itself, no merge stage, no barrier 2
     O_HEADS: tl.constexpr = o_ptr.dtype.element_ty == tl.int64
+    # gate/up's first tiles (with a balanced gate/up: all of them) requested across barrier 1, not barrier 3
+    GU_AHEAD: tl.constexpr = GU_EARLY and PREFETCH and ALL and LAST >= 5 and not LL
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
     NATTN: tl.constexpr = HQ * HEAD_DIM
     KT_QKV: tl.constexpr = (HIDDEN + BK_QKV - 1) // BK_QKV
@@ -979,16 +981,16 @@ def _decode_layer_kernel(
                             HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
                             error_ptr)
     _stamp(timeline_ptr, pid, 4, TIMELINE)
-    if ALL and LAST >= 3 and not LL and O_HEADS:  # (o by head: its weights requested across barrier 1)
+    if ALL and LAST >= 3 and not LL:  # (o by head: its weights requested across barrier 1; gate/up's, GU_AHEAD)
         if ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 1)
-        if PREFETCH and LAST >= 4:
+        if O_HEADS and PREFETCH and LAST >= 4:
             w = _o_head_tile(w_o_ptr, pid, pid < HQ * O_PARTS, HIDDEN, NATTN, HEAD_DIM, O_PARTS, ROWS_O, SUB_O)
+        if GU_AHEAD:
+            gw, gwu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 1)
         _wait(counters_ptr, 1, seen, target, error_ptr, POLL_SLEEP)
-    elif ALL and LAST >= 3 and not LL:
-        _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
     if ((ALL and LAST >= 3) or STAGE == 3) and not O_HEADS:  # split-KV merge
         for head in range(pid, HQ, num_programs):
@@ -1020,7 +1022,7 @@ def _decode_layer_kernel(
                     0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT)
     if ARRIVE_FIRST and ALL and LAST >= 5:
         seen = _arrive(counters_ptr, 3)
-    if PREFETCH and ALL and LAST >= 5:
+    if PREFETCH and ALL and LAST >= 5 and not GU_AHEAD:
         w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
     _stamp(timeline_ptr, pid, 8, TIMELINE)
     if ALL and LAST >= 5:
@@ -1031,6 +1033,8 @@ def _decode_layer_kernel(
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
+        if GU_AHEAD:
+            w, wu = gw, gwu
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
@@ -1136,6 +1140,7 @@ class DecodeLayerConfig:
     ll: int = 0  # 1 / 2: self-flagged words polled as CTA-wide tiles (.cg / volatile loads), 3: each thread
     # settles its own words (a PTX loop, CUDA only; the interpreter runs 1); 0: barriers 0 and 1
     o_parts: int = 0  # o by head (see o_heads_shape): each query head's o_proj rows in this many shares; 0: off
+    gu_early: bool = False  # one launch: gate/up's first tiles (all of a balanced share) requested across barrier 1
 
 
 def _pow2_floor(n: int) -> int:
@@ -1264,6 +1269,12 @@ def default_o_heads() -> bool:
     return bool(_env_int("INFER_DECODE_O_HEADS", 0))
 
 
+def default_gu_early() -> bool:
+    """``gu_early`` of the configuration a launch picks for itself: off by default, or
+    ``INFER_DECODE_GU_EARLY`` from the environment (1: on; A/B measurements)."""
+    return bool(_env_int("INFER_DECODE_GU_EARLY", 0))
+
+
 def default_ll() -> int:
     """``ll`` of the configuration a launch picks for itself: the config's default (off), or
     ``INFER_DECODE_LL`` from the environment (1: self-flagged words instead of barriers 0 and
@@ -1320,7 +1331,7 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
     ll = default_ll() if epoch else 0
     return replace(choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
                                  balanced_elements=default_balanced_elements(), o_heads=default_o_heads() and not ll),
-                   kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=ll)
+                   kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=ll, gu_early=default_gu_early())
 
 
 def default_kv_early() -> int:
@@ -1451,7 +1462,7 @@ def decode_layer(
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
-            O_PARTS=o_parts,
+            O_PARTS=o_parts, GU_EARLY=cfg.gu_early,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
