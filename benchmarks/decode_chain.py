@@ -190,8 +190,9 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # sums by atomics): no merge stage, no barrier 2; one launch or stage by stage
                  "oheads": {"o_heads": True, "balanced_elements": 16384},
                  # gate/up's first tiles requested across barrier 1 (gu32k: balanced, so all of them), with o by head
-                 **{f"{o}gu{e}": {"o_heads": bool(o), "gu_early": True, "balanced_elements": 1024 * int(e[:-1])}
-                    for o in ("", "oheads-") for e in ("16k", "32k")},
+                 **{f"{o}gu{e}{b}": {"o_heads": bool(o), "gu_early": 2 if b else 1,
+                                      "balanced_elements": 1024 * int(e[:-1])}
+                    for o in ("", "oheads-") for e in ("16k", "32k") for b in ("", "-b2")},
                  **{f"oheads-stages{''.join(map(str, c))}": {"o_heads": True, "stages": c, "balanced_elements": 16384}
                     for c in ((2, 1, 1, 4, 4, 4), (4, 1, 1, 4, 4, 4))}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)

@@ -49,7 +49,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
                arrive_first: bool | None = None, kv_early: int | None = None,
                balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
                pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None,
-               o_heads: bool = False, gu_early: bool = False) -> tuple[dict, dict]:
+               o_heads: bool = False, gu_early: int = 0) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ll", type=int, choices=(0, 1, 2, 3), help="self-flagged words (default: the config's)")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
     parser.add_argument("--o-heads", action="store_true", help="o_proj by query head (DecodeLayerConfig.o_parts)")
-    parser.add_argument("--gu-early", action="store_true", help="gate/up's first tiles across barrier 1")
+    parser.add_argument("--gu-early", type=int, default=0, help="gate/up's first tiles across barrier 1 or 2")
     parser.add_argument("--last-stage", type=int, default=6, choices=range(1, 7),
                         help="compile the launch cut after this stage: which stage sets the register peak")
     parser.add_argument("--programs-per-sm", type=int, default=4)

@@ -42,7 +42,7 @@ class LayerCase:
     pairs: tuple[bool, bool, bool, bool] = dl.DecodeLayerConfig.pairs  # bf16 pair tiles per GEMM stage (bf16 only)
     ll: int = dl.DecodeLayerConfig.ll  # qkv and the attention partials as self-flagged words
     o_heads: bool = False  # o_proj by query head, int64 fixed-point sums (dl.o_heads_shape); needs ll 0
-    gu_early: bool = False  # one launch: gate/up's first tiles requested across barrier 1
+    gu_early: int = 0  # one launch: gate/up's first tiles requested across barrier 1 / 2
 
 
 @st.composite
@@ -58,7 +58,7 @@ def layer_cases(draw, *, programs=(1, 3, 4, 5)) -> LayerCase:
         pipeline=draw(st.sampled_from([1, 2, 3])), fewest_steps=draw(st.booleans()), balanced=draw(st.booleans()),
         pairs=tuple(draw(st.lists(st.booleans(), min_size=4, max_size=4))),
         ll=(ll := draw(st.sampled_from([0, 1, 2, 3]))),  # (3 runs as 1 in the interpreter)
-        o_heads=not ll and draw(st.booleans()), gu_early=draw(st.booleans()),
+        o_heads=not ll and draw(st.booleans()), gu_early=draw(st.sampled_from([0, 1, 2])),
     )
 
 

@@ -129,13 +129,14 @@ def test_graph_of_layers_replays(o_heads, monkeypatch):
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 300, 4000])
-@pytest.mark.parametrize(("balanced", "o_heads"), [(16384, False), (32768, False), (32768, True)])
-def test_gate_up_tiles_early(shape, context, balanced, o_heads):
+@pytest.mark.parametrize(("balanced", "o_heads", "early"), [(16384, False, 1), (32768, False, 1), (32768, True, 1),
+                                                             (32768, False, 2), (16384, False, 2)])
+def test_gate_up_tiles_early(shape, context, balanced, o_heads, early):
     """``gu_early``: gate/up's first tiles (all of them when its share is balanced) requested
-    across barrier 1, held through the merge and o_proj: against the reference, at 2 programs per SM."""
+    across barrier 1 or 2, held until gate/up: against the reference, at 2 programs per SM."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     case = replace(real_case(shape, context), programs=2 * sms, max_elements=balanced // 4, fewest_steps=True,
-                   pipeline=1, balanced=True, o_heads=o_heads, gu_early=True)
+                   pipeline=1, balanced=True, o_heads=o_heads, gu_early=early)
     cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4)
     assert cfg.gu_early
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)

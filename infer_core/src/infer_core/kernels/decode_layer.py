@@ -903,8 +903,10 @@ def _decode_layer_kernel(
     ALL: tl.constexpr = STAGE < 0
     # o by head (an int64 o): stage 4 merges the split partials itself, no merge stage, no barrier 2
     O_HEADS: tl.constexpr = o_ptr.dtype.element_ty == tl.int64
-    # gate/up's first tiles (with a balanced gate/up: all of them) requested across barrier 1, not barrier 3
-    GU_AHEAD: tl.constexpr = GU_EARLY and PREFETCH and ALL and LAST >= 5 and not LL
+    # gate/up's first tiles (with a balanced gate/up: all of them) requested across barrier 1 (GU_EARLY 1) or
+    # barrier 2 (2), not barrier 3
+    GU_AHEAD: tl.constexpr = GU_EARLY > 0 and PREFETCH and ALL and LAST >= 5 and not LL
+    GU_B1: tl.constexpr = GU_AHEAD and (GU_EARLY == 1 or O_HEADS)
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
     NATTN: tl.constexpr = HQ * HEAD_DIM
     KT_QKV: tl.constexpr = (HIDDEN + BK_QKV - 1) // BK_QKV
@@ -986,7 +988,7 @@ def _decode_layer_kernel(
             seen = _arrive(counters_ptr, 1)
         if O_HEADS and PREFETCH and LAST >= 4:
             w = _o_head_tile(w_o_ptr, pid, pid < HQ * O_PARTS, HIDDEN, NATTN, HEAD_DIM, O_PARTS, ROWS_O, SUB_O)
-        if GU_AHEAD:
+        if GU_B1:
             gw, gwu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 1)
@@ -1001,6 +1003,8 @@ def _decode_layer_kernel(
         seen = _arrive(counters_ptr, 2)
     if PREFETCH and ALL and LAST >= 4 and not O_HEADS:
         w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
+    if GU_AHEAD and not GU_B1:
+        gw, gwu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
     _stamp(timeline_ptr, pid, 6, TIMELINE)
     if ALL and LAST >= 4 and not O_HEADS:
         if not ARRIVE_FIRST:
@@ -1140,7 +1144,7 @@ class DecodeLayerConfig:
     ll: int = 0  # 1 / 2: self-flagged words polled as CTA-wide tiles (.cg / volatile loads), 3: each thread
     # settles its own words (a PTX loop, CUDA only; the interpreter runs 1); 0: barriers 0 and 1
     o_parts: int = 0  # o by head (see o_heads_shape): each query head's o_proj rows in this many shares; 0: off
-    gu_early: bool = False  # one launch: gate/up's first tiles (all of a balanced share) requested across barrier 1
+    gu_early: int = 0  # one launch: gate/up's first tiles (all of a balanced share) requested across barrier 1 / 2
 
 
 def _pow2_floor(n: int) -> int:
@@ -1269,10 +1273,10 @@ def default_o_heads() -> bool:
     return bool(_env_int("INFER_DECODE_O_HEADS", 0))
 
 
-def default_gu_early() -> bool:
+def default_gu_early() -> int:
     """``gu_early`` of the configuration a launch picks for itself: off by default, or
-    ``INFER_DECODE_GU_EARLY`` from the environment (1: on; A/B measurements)."""
-    return bool(_env_int("INFER_DECODE_GU_EARLY", 0))
+    ``INFER_DECODE_GU_EARLY`` from the environment (1 / 2: across barrier 1 / 2; A/B measurements)."""
+    return _env_int("INFER_DECODE_GU_EARLY", 0)
 
 
 def default_ll() -> int:
