@@ -185,16 +185,7 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # ... each stage's launch with its own programs per SM (qkv, attention, merge, o, gate/up, down)
                  **{f"stages{''.join(map(str, c))}": {"stages": c, "balanced_elements": 16384}
                     for c in ((2, 1, 1, 4, 4, 4), (2, 1, 1, 2, 4, 4), (4, 1, 1, 4, 4, 4), (2, 1, 1, 2, 2, 2),
-                              (3, 1, 1, 3, 3, 3), (2, 2, 2, 4, 4, 4))},
-                 # o_proj by query head (each (head, row share) merges its head's partials; int64 fixed-point
-                 # sums by atomics): no merge stage, no barrier 2; one launch or stage by stage
-                 "oheads": {"o_heads": True, "balanced_elements": 16384},
-                 # gate/up's first tiles requested across barrier 1 (gu32k: balanced, so all of them), with o by head
-                 **{f"{o}gu{e}{b}": {"o_heads": bool(o), "gu_early": 2 if b else 1,
-                                      "balanced_elements": 1024 * int(e[:-1])}
-                    for o in ("", "oheads-") for e in ("16k", "32k") for b in ("", "-b2")},
-                 **{f"oheads-stages{''.join(map(str, c))}": {"o_heads": True, "stages": c, "balanced_elements": 16384}
-                    for c in ((2, 1, 1, 4, 4, 4), (4, 1, 1, 4, 4, 4))}}
+                              (3, 1, 1, 3, 3, 3), (2, 2, 2, 4, 4, 4))}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
@@ -215,11 +206,10 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
     sync = dict(sync or {})
     rows_gu = sync.pop("rows_gu", None)
     staged = sync.pop("stages", False)
-    o_heads = sync.pop("o_heads", False)
     cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
                                    num_sms(torch.device("cuda")),
                                    max_elements=max_elements, fewest_steps=fewest_steps,
-                                   programs_per_sm=programs_per_sm, o_heads=o_heads,
+                                   programs_per_sm=programs_per_sm,
                                    balanced_elements=(balanced := sync.pop("balanced_elements", 0))),
                   num_warps=num_warps, pipeline=pipeline, last_stage=last_stage)
     if sync:
@@ -229,12 +219,11 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                       balanced=(*cfg.balanced[:2], False, cfg.balanced[3]))
     stage_configs = None
     if isinstance(staged, tuple):  # each stage's launch at its own programs per SM (else all at programs_per_sm)
-        stage_configs = [replace(cfg, num_programs=c.num_programs, rows=c.rows, bk=c.bk, balanced=c.balanced,
-                                 o_parts=c.o_parts)
+        stage_configs = [replace(cfg, num_programs=c.num_programs, rows=c.rows, bk=c.bk, balanced=c.balanced)
                          for c in (dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
                                                     num_sms(torch.device("cuda")), max_elements=max_elements,
                                                     fewest_steps=fewest_steps, programs_per_sm=n,
-                                                    balanced_elements=balanced, o_heads=o_heads) for n in staged)]
+                                                    balanced_elements=balanced) for n in staged)]
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     reported = []

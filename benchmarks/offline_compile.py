@@ -48,8 +48,7 @@ FLOATS = {"eps", "qk_scale"}
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
                arrive_first: bool | None = None, kv_early: int | None = None,
                balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
-               pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None,
-               o_heads: bool = False, gu_early: int = 0) -> tuple[dict, dict]:
+               pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -58,7 +57,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
     hq, hkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim_of(cfg)
     balanced = dl.default_balanced_elements() if balanced_elements is None else balanced_elements
     conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm,
-                            balanced_elements=balanced, num_warps=num_warps, o_heads=o_heads)
+                            balanced_elements=balanced, num_warps=num_warps)
     conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early),
                                               ("pairs", pairs), ("ll", ll)) if v is not None})
     ks = (hidden, hq * d, hidden, inter)
@@ -73,7 +72,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         **{f"SUB_{name}": dl.pair_sub(conf.rows[i], conf.bk[i], ks[i], conf.num_warps) if conf.pairs[i] else 0
            for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
-        EPOCH=conf.epoch, LL=conf.ll, O_PARTS=conf.o_parts, GU_EARLY=gu_early,
+        EPOCH=conf.epoch, LL=conf.ll,
     )
     return values, conf.__dict__
 
@@ -87,8 +86,7 @@ def compile_kernel(values: dict, num_warps: int, maxnreg: int = 0):
             signature[name] = "constexpr"
             continue
         ll_words = values.get("LL") and name in FLOAT32 | {"qkv_ptr"}
-        o_fixed = values.get("O_PARTS") and name == "o_ptr"  # (o by head: int64 fixed-point sums)
-        kind = ("*i64" if ll_words or o_fixed else "*bf16" if name in POINTERS else "*fp32" if name in FLOAT32 else "*i32" if name in INT32
+        kind = ("*i64" if ll_words else "*bf16" if name in POINTERS else "*fp32" if name in FLOAT32 else "*i32" if name in INT32
                 else "*i64" if name in INT64_PTR else "fp32" if name in FLOATS else "i32")
         signature[name] = kind
         if kind.startswith("*") or name.startswith("stride_") or name == "num_programs":
@@ -113,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
                         "down; default: the config's)")
     parser.add_argument("--ll", type=int, choices=(0, 1, 2, 3), help="self-flagged words (default: the config's)")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
-    parser.add_argument("--o-heads", action="store_true", help="o_proj by query head (DecodeLayerConfig.o_parts)")
-    parser.add_argument("--gu-early", type=int, default=0, help="gate/up's first tiles across barrier 1 or 2")
     parser.add_argument("--last-stage", type=int, default=6, choices=range(1, 7),
                         help="compile the launch cut after this stage: which stage sets the register peak")
     parser.add_argument("--programs-per-sm", type=int, default=4)
@@ -127,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                               None if args.arrive_first is None else bool(args.arrive_first),
                               args.kv_early, args.balanced_elements,
                               args.last_stage, args.num_warps,
-                              None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll,
-                              args.o_heads, args.gu_early)
+                              None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                                capture_output=True, text=True).stdout
         print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
               f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}, "
-              f"o parts {conf['o_parts']}")
+              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout

@@ -41,8 +41,6 @@ class LayerCase:
     balanced: bool = False  # the GEMM stages whose shares fit are balanced (choose_config)
     pairs: tuple[bool, bool, bool, bool] = dl.DecodeLayerConfig.pairs  # bf16 pair tiles per GEMM stage (bf16 only)
     ll: int = dl.DecodeLayerConfig.ll  # qkv and the attention partials as self-flagged words
-    o_heads: bool = False  # o_proj by query head, int64 fixed-point sums (dl.o_heads_shape); needs ll 0
-    gu_early: int = 0  # one launch: gate/up's first tiles requested across barrier 1 / 2
 
 
 @st.composite
@@ -57,8 +55,7 @@ def layer_cases(draw, *, programs=(1, 3, 4, 5)) -> LayerCase:
         max_bk=draw(st.sampled_from([16, 32, 2048])), prefetch=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
         pipeline=draw(st.sampled_from([1, 2, 3])), fewest_steps=draw(st.booleans()), balanced=draw(st.booleans()),
         pairs=tuple(draw(st.lists(st.booleans(), min_size=4, max_size=4))),
-        ll=(ll := draw(st.sampled_from([0, 1, 2, 3]))),  # (3 runs as 1 in the interpreter)
-        o_heads=not ll and draw(st.booleans()), gu_early=draw(st.sampled_from([0, 1, 2])),
+        ll=draw(st.sampled_from([0, 1, 2, 3])),  # (3 runs as 1 in the interpreter)
     )
 
 
@@ -94,10 +91,9 @@ def config_for(case: LayerCase, dtype: torch.dtype) -> dl.DecodeLayerConfig:
     hq = case.kv_heads * case.group
     cfg = dl.choose_config(case.hidden, case.intermediate, hq, case.kv_heads, case.head_dim, case.programs, dtype,
                            max_elements=case.max_elements, max_bk=case.max_bk, fewest_steps=case.fewest_steps,
-                           num_warps=8, balanced_elements=4 * case.max_elements if case.balanced else 0,
-                           o_heads=case.o_heads)
+                           num_warps=8, balanced_elements=4 * case.max_elements if case.balanced else 0)
     return replace(cfg, splits=case.splits, tile=case.tile, prefetch=case.prefetch, pipeline=case.pipeline,
-                   pairs=case.pairs, ll=case.ll, gu_early=case.gu_early)
+                   pairs=case.pairs, ll=case.ll)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -139,11 +135,10 @@ def check_counters(ws: dl.DecodeWorkspace, launches: int) -> None:
     ``launches`` (never reset; with ``ll`` barriers 0 and 1 are not used); else all zero (the
     exit counter resets them)."""
     counters = ws.counters.tolist()
-    epoch, ll, o_heads = ws.kind or (False, False, False)
+    epoch, ll = ws.kind or (False, False)
     if epoch and launches:
-        n = (programs := counters[4] // launches) * launches
-        used = [0] * 2 if ll else [n] * 2  # barriers 0 and 1 (none with ll)
-        used += [0 if o_heads else n, n, n]  # barrier 2 (none with o by head), 3, 4
-        assert programs > 0 and counters == [*used, 0, launches, 0], counters
+        programs = counters[4] // launches
+        used = [0] * 2 if ll else [programs * launches] * 2  # barriers 0 and 1 (none with ll)
+        assert programs > 0 and counters == used + [programs * launches] * 3 + [0, launches, 0], counters
     else:
         assert not any(counters), counters  # left clean for the next launch

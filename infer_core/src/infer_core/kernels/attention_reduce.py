@@ -17,22 +17,14 @@ from infer_core.kernels.pdl import use_pdl, wait_for_prior
 
 
 @triton.jit
-def split_weights(m, sums):
-    """``(w [S], denominator)``: each split's weight ``2^(m_s - M)`` (0 for a split that saw no
-    key) and the output's divisor (1 when no split saw a key, so the row gets 0)."""
-    top = tl.max(m, 0)
-    w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - top))
-    total = tl.sum(sums * w, 0)
-    return w, tl.where(total > 0.0, total, 1.0)
-
-
-@triton.jit
 def merge_splits(m, sums, acc):
     """One row's output from its splits' running maxima ``m [S]``, sums ``sums [S]`` and
     unnormalized outputs ``acc [S, D]`` (float32); a row no split saw a key of gets 0. Shared
     with :mod:`~infer_core.kernels.decode_layer`."""
-    w, denominator = split_weights(m, sums)
-    return tl.sum(acc * w[:, None], 0) / denominator
+    top = tl.max(m, 0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - top))
+    total = tl.sum(sums * w, 0)
+    return tl.sum(acc * w[:, None], 0) / tl.where(total > 0.0, total, 1.0)
 
 
 @triton.jit

@@ -81,7 +81,7 @@ import triton.language as tl
 from infer_core.attention.backend import AttentionLayer
 from infer_core.attention.metadata import AttentionMetadata
 from infer_core.kernels.act_and_mul import gated, silu_and_mul_ref
-from infer_core.kernels.attention_reduce import merge_splits, split_weights
+from infer_core.kernels.attention_reduce import merge_splits
 from infer_core.kernels.device import num_sms
 from infer_core.kernels.kv_cache_write import write_kv_ref
 from infer_core.kernels.paged_attention import LOG2E, online_softmax_step, paged_attention_ref
@@ -94,7 +94,6 @@ NUM_BARRIERS = tl.constexpr(5)  # between the six stages; counter NUM_BARRIERS c
 EPOCH_SLOT = tl.constexpr(6)  # with epoch: the launches' count (counters[6]); the barrier counters never reset
 TIMELINE_SLOTS = tl.constexpr(32)  # clock stamps per program in a timeline (_stamp)
 MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
-O_SCALE = tl.constexpr(4294967296.0)  # o by head: o_proj's sums as int64 fixed point, in units of 2^-32
 
 
 # ----------------------------------------------------------------------------- barrier
@@ -308,18 +307,8 @@ def _stream(x_ptr, r_ptr, o_ptr, ks, mask, MODE: tl.constexpr, HAS_RESIDUAL: tl.
     if HAS_RESIDUAL:
         h = add_residual(h, tl.load(r_ptr + ks, mask=mask, other=0.0))
     if MODE == 2:
-        if o_ptr.dtype.element_ty == tl.int64:  # (o by head: fixed point, rounded as o_proj's store)
-            o = _from_fixed(tl.load(o_ptr + ks, mask=mask, other=0, cache_modifier=".cg")).to(h.dtype)
-        else:
-            o = tl.load(o_ptr + ks, mask=mask, other=0.0, cache_modifier=".cg")
-        h = add_residual(o, h)
+        h = add_residual(tl.load(o_ptr + ks, mask=mask, other=0.0, cache_modifier=".cg"), h)
     return h
-
-
-@triton.jit
-def _from_fixed(words):
-    """int64 fixed-point sums (:data:`O_SCALE`) as float32."""
-    return words.to(tl.float32) * (1.0 / O_SCALE)
 
 
 @triton.jit
@@ -406,10 +395,7 @@ def _gemm_x(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.con
             if HAS_RESIDUAL:
                 r_lo, r_hi = _load_pairs(r_ptr, pairs, mask, False)
             o_lo, o_hi = x_lo, x_hi
-            if MODE == 2 and o_ptr.dtype.element_ty == tl.int64:  # (o by head: fixed point)
-                o_lo = _from_fixed(tl.load(o_ptr + 2 * pairs, mask=mask, other=0, cache_modifier=".cg"))
-                o_hi = _from_fixed(tl.load(o_ptr + 2 * pairs + 1, mask=mask, other=0, cache_modifier=".cg"))
-            elif MODE == 2:
+            if MODE == 2:
                 o_lo, o_hi = _load_pairs(o_ptr, pairs, mask, True)
             w_lo, w_hi = _load_pairs(nw_ptr, pairs, mask, False)
             return (_normed_half(x_lo, r_lo, o_lo, w_lo, rstd, dtype, MODE, HAS_RESIDUAL),
@@ -834,49 +820,6 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeli
     tl.store(attn_ptr + head * HEAD_DIM + dd, out.to(attn_ptr.dtype.element_ty))
 
 
-@triton.jit
-def _o_head_tile(w_o_ptr, item, valid, HIDDEN: tl.constexpr, NATTN: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 O_PARTS: tl.constexpr, ROWS: tl.constexpr, SUB: tl.constexpr):
-    """o by head: item ``item``'s weights, its head's ``HEAD_DIM`` columns of its share of
-    o_proj's rows (:func:`_share` of ``O_PARTS``), one tile (zeros when not ``valid``)."""
-    lo, hi = _share(item % O_PARTS, O_PARTS, HIDDEN)
-    return _w_rows(w_o_ptr + (item // O_PARTS) * HEAD_DIM, lo, tl.where(valid, hi, 0), 0, NATTN, ROWS, HEAD_DIM,
-                   SUB)
-
-
-@triton.jit
-def _o_head_item(item, w, part_acc_ptr, part_max_ptr, part_sum_ptr, o_ptr, HIDDEN: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, O_PARTS: tl.constexpr, ROWS: tl.constexpr,
-                 SUB: tl.constexpr, DT: tl.constexpr):
-    """o by head: item ``item`` = (query head, share of o_proj's rows) merges its head's split
-    partials (attention_reduce's arithmetic, rounded to ``DT`` as the merge stage stores them)
-    and multiplies them by its weights ``w`` (:func:`_o_head_tile`); the products go into ``o``'s
-    int64 fixed-point sums (:data:`O_SCALE`) by atomic adds. Integer sums do not depend on the
-    order the heads arrive in, so the result is the same on every run."""
-    base = (item // O_PARTS) * SPLITS
-    splits = tl.arange(0, SPLITS)
-    m = tl.load(part_max_ptr + base + splits, cache_modifier=".cg")
-    sums = tl.load(part_sum_ptr + base + splits, cache_modifier=".cg")
-    weights, denominator = split_weights(m, sums)
-    if SUB > 0:  # the even and odd elements in the pair tile's column shape (_gemm_x)
-        HALF_SUB: tl.constexpr = SUB // 2
-        pairs = tl.arange(0, HEAD_DIM // SUB)[:, None] * HALF_SUB + tl.arange(0, HALF_SUB)[None, :]
-        ptrs = part_acc_ptr + (base + splits)[:, None, None] * HEAD_DIM + 2 * pairs[None, :, :]
-        even = tl.load(ptrs, cache_modifier=".cg")
-        odd = tl.load(ptrs + 1, cache_modifier=".cg")
-        x = (tl.sum(even * weights[:, None, None], 0) / denominator).to(DT).to(tl.float32)
-        x_odd = (tl.sum(odd * weights[:, None, None], 0) / denominator).to(DT).to(tl.float32)
-        y = _pair_dot(w, x, x_odd)
-    else:
-        dd = tl.arange(0, HEAD_DIM)
-        acc = tl.load(part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :], cache_modifier=".cg")
-        x = (tl.sum(acc * weights[:, None], 0) / denominator).to(DT).to(tl.float32)
-        y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-    lo, hi = _share(item % O_PARTS, O_PARTS, HIDDEN)
-    rows = lo + tl.arange(0, ROWS)
-    tl.atomic_add(o_ptr + rows, (y * O_SCALE).to(tl.int64), mask=rows < hi, sem="relaxed", scope="gpu")
-
-
 # ----------------------------------------------------------------------------- the layer
 
 
@@ -898,15 +841,8 @@ def _decode_layer_kernel(
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
-    O_PARTS: tl.constexpr, GU_EARLY: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
-    # o by head (an int64 o): stage 4 merges the split partials itself, no merge stage, no barrier 2
-    O_HEADS: tl.constexpr = o_ptr.dtype.element_ty == tl.int64
-    # gate/up's first tiles (with a balanced gate/up: all of them) requested across barrier 1 (GU_EARLY 1) or
-    # barrier 2 (2), not barrier 3
-    GU_AHEAD: tl.constexpr = GU_EARLY > 0 and PREFETCH and ALL and LAST >= 5 and not LL
-    GU_B1: tl.constexpr = GU_AHEAD and (GU_EARLY == 1 or O_HEADS)
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
     NATTN: tl.constexpr = HQ * HEAD_DIM
     KT_QKV: tl.constexpr = (HIDDEN + BK_QKV - 1) // BK_QKV
@@ -922,9 +858,7 @@ def _decode_layer_kernel(
     KV_START: tl.constexpr = KV_EARLY == 2 and ((ALL and LAST >= 2) or STAGE == 2)
     if (ALL and LAST >= 1) or STAGE == 1:
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, SUB_QKV)
-    if PREFETCH and STAGE == 4 and O_HEADS:
-        w = _o_head_tile(w_o_ptr, pid, pid < HQ * O_PARTS, HIDDEN, NATTN, HEAD_DIM, O_PARTS, ROWS_O, SUB_O)
-    elif PREFETCH and STAGE == 4:
+    if PREFETCH and STAGE == 4:
         w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
     if PREFETCH and STAGE == 5:
         w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
@@ -983,50 +917,32 @@ def _decode_layer_kernel(
                             HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
                             error_ptr)
     _stamp(timeline_ptr, pid, 4, TIMELINE)
-    if ALL and LAST >= 3 and not LL:  # (o by head: its weights requested across barrier 1; gate/up's, GU_AHEAD)
-        if ARRIVE_FIRST:
-            seen = _arrive(counters_ptr, 1)
-        if O_HEADS and PREFETCH and LAST >= 4:
-            w = _o_head_tile(w_o_ptr, pid, pid < HQ * O_PARTS, HIDDEN, NATTN, HEAD_DIM, O_PARTS, ROWS_O, SUB_O)
-        if GU_B1:
-            gw, gwu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
-        if not ARRIVE_FIRST:
-            seen = _arrive(counters_ptr, 1)
-        _wait(counters_ptr, 1, seen, target, error_ptr, POLL_SLEEP)
+    if ALL and LAST >= 3 and not LL:
+        _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
-    if ((ALL and LAST >= 3) or STAGE == 3) and not O_HEADS:  # split-KV merge
+    if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
         for head in range(pid, HQ, num_programs):
             _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
                         HEAD_DIM, SPLITS, flag, LL, error_ptr)
             _stamp(timeline_ptr, pid, 20, TIMELINE)
-    if ARRIVE_FIRST and ALL and LAST >= 4 and not O_HEADS:
+    if ARRIVE_FIRST and ALL and LAST >= 4:
         seen = _arrive(counters_ptr, 2)
-    if PREFETCH and ALL and LAST >= 4 and not O_HEADS:
+    if PREFETCH and ALL and LAST >= 4:
         w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
-    if GU_AHEAD and not GU_B1:
-        gw, gwu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
     _stamp(timeline_ptr, pid, 6, TIMELINE)
-    if ALL and LAST >= 4 and not O_HEADS:
+    if ALL and LAST >= 4:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 2)
         _wait(counters_ptr, 2, seen, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 7, TIMELINE)
-    if ((ALL and LAST >= 4) or STAGE == 4) and O_HEADS:  # o += merge(partials of a head) @ w_o[rows, head].T
-        if not PREFETCH:
-            w = _o_head_tile(w_o_ptr, pid, pid < HQ * O_PARTS, HIDDEN, NATTN, HEAD_DIM, O_PARTS, ROWS_O, SUB_O)
-        for item in range(pid, HQ * O_PARTS, num_programs):
-            if item != pid:  # a later item of this program (fewer programs than items)
-                w = _o_head_tile(w_o_ptr, item, True, HIDDEN, NATTN, HEAD_DIM, O_PARTS, ROWS_O, SUB_O)
-            _o_head_item(item, w, part_acc_ptr, part_max_ptr, part_sum_ptr, o_ptr, HIDDEN, HEAD_DIM, SPLITS,
-                         O_PARTS, ROWS_O, SUB_O, DT)
-    elif (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
+    if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
                     0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT)
     if ARRIVE_FIRST and ALL and LAST >= 5:
         seen = _arrive(counters_ptr, 3)
-    if PREFETCH and ALL and LAST >= 5 and not GU_AHEAD:
+    if PREFETCH and ALL and LAST >= 5:
         w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
     _stamp(timeline_ptr, pid, 8, TIMELINE)
     if ALL and LAST >= 5:
@@ -1037,8 +953,6 @@ def _decode_layer_kernel(
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
-        if GU_AHEAD:
-            w, wu = gw, gwu
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
         _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
@@ -1058,10 +972,6 @@ def _decode_layer_kernel(
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
                     0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT)
-        if O_HEADS and pid == 0:  # o's sums back to 0 for the next layer (every gate/up program read them)
-            for c in tl.static_range(0, HIDDEN, 1024):
-                hs = c + tl.arange(0, 1024)
-                tl.store(o_ptr + hs, tl.zeros([1024], dtype=tl.int64), mask=hs < HIDDEN)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
         if pid == 0:  # (every program read the epoch before it arrived at barrier 0, passed here)
@@ -1143,8 +1053,6 @@ class DecodeLayerConfig:
     epoch: bool = True
     ll: int = 0  # 1 / 2: self-flagged words polled as CTA-wide tiles (.cg / volatile loads), 3: each thread
     # settles its own words (a PTX loop, CUDA only; the interpreter runs 1); 0: barriers 0 and 1
-    o_parts: int = 0  # o by head (see o_heads_shape): each query head's o_proj rows in this many shares; 0: off
-    gu_early: int = 0  # one launch: gate/up's first tiles (all of a balanced share) requested across barrier 1 / 2
 
 
 def _pow2_floor(n: int) -> int:
@@ -1177,14 +1085,12 @@ def gemm_shape(n: int, k: int, programs: int, gated: bool, max_elements: int = 1
 def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
                   num_sms: int, dtype: torch.dtype = torch.bfloat16, *, max_elements: int = 8192,
                   max_bk: int = 2048, fewest_steps: bool = True, programs_per_sm: int = 1,
-                  num_warps: int = 4, pipeline: int = 1, balanced_elements: int = 0,
-                  o_heads: bool = False) -> DecodeLayerConfig:
+                  num_warps: int = 4, pipeline: int = 1, balanced_elements: int = 0) -> DecodeLayerConfig:
     """``programs_per_sm`` programs per SM (all must be resident at once: the launch checks);
     key splits so that (KV heads x splits) about fills the SMs (at most 16, paged_attention's
     rule for a batch-1 decode graph); 64-key tiles (32 in float32); the GEMM stages' shapes
     from :func:`gemm_shape`, or (``balanced_elements`` > 0) balanced (:class:`DecodeLayerConfig`)
-    where a program's whole share fits that many weight elements (both tiles' when gated);
-    ``o_heads``: o_proj by query head (:func:`o_heads_shape`). The defaults are the fastest of the sweep on an H200 with 4
+    where a program's whole share fits that many weight elements (both tiles' when gated). The defaults are the fastest of the sweep on an H200 with 4
     programs per SM (Qwen3-0.6B and Llama-3.2-1B chains, benchmarks/reports/
     persistent-decode-layer-2026-12-02-h200)."""
     programs = num_sms * programs_per_sm
@@ -1200,27 +1106,9 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
         fits = rows * bk * (2 if is_gated else 1) <= balanced_elements
         shapes.append((rows, bk) if fits else gemm_shape(n, k, programs, is_gated, *args))
         balanced.append(fits)
-    o_parts = 0
-    if o_heads:
-        o_parts, rows, bk = o_heads_shape(hidden, num_heads, head_dim, programs)
-        shapes[1] = (rows, bk)
-        balanced[1] = True
     return DecodeLayerConfig(num_programs=programs, splits=splits, tile=32 if dtype == torch.float32 else 64,
                              rows=tuple(s[0] for s in shapes), bk=tuple(s[1] for s in shapes),
-                             num_warps=num_warps, pipeline=pipeline, balanced=tuple(balanced), o_parts=o_parts)
-
-
-def o_heads_shape(hidden: int, num_heads: int, head_dim: int, programs: int) -> tuple[int, int, int]:
-    """``(o_parts, rows, bk)`` of o by head (``DecodeLayerConfig.o_parts``): o_proj cut along
-    K by query head, each head's ``hidden`` rows in ``o_parts`` shares (as many as give every
-    program one (head, share) item), a tile of ``rows`` (the largest share) by ``head_dim``.
-    Each item merges its head's split partials itself (no merge stage, no barrier 2: each head's
-    partials are read by ``o_parts`` programs, not all of them, which measured slower:
-    ``merge_in_o`` in benchmarks/reports/decode-layer-stages-w1-mergeo-2026-12-03-h200) and adds
-    its products into int64 fixed-point sums (:data:`O_SCALE`) with atomics: the sum does not
-    depend on the order of the additions, so outputs stay the same from run to run."""
-    parts = max(programs // num_heads, 1)
-    return parts, triton.next_power_of_2(triton.cdiv(hidden, parts)), head_dim
+                             num_warps=num_warps, pipeline=pipeline, balanced=tuple(balanced))
 
 
 def pair_sub(rows: int, bk: int, k: int, num_warps: int) -> int:
@@ -1265,18 +1153,6 @@ def default_epoch() -> bool:
     ``INFER_DECODE_EPOCH`` from the environment (0: the exit counter resets the barrier
     counters at the end of each launch; A/B measurements)."""
     return bool(_env_int("INFER_DECODE_EPOCH", int(DecodeLayerConfig.epoch)))
-
-
-def default_o_heads() -> bool:
-    """Whether a launch that picks its own configuration runs o by head (:func:`o_heads_shape`):
-    off by default, or ``INFER_DECODE_O_HEADS`` from the environment (1: on; A/B measurements)."""
-    return bool(_env_int("INFER_DECODE_O_HEADS", 0))
-
-
-def default_gu_early() -> int:
-    """``gu_early`` of the configuration a launch picks for itself: off by default, or
-    ``INFER_DECODE_GU_EARLY`` from the environment (1 / 2: across barrier 1 / 2; A/B measurements)."""
-    return _env_int("INFER_DECODE_GU_EARLY", 0)
 
 
 def default_ll() -> int:
@@ -1330,12 +1206,11 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
                   programs_per_sm: int) -> DecodeLayerConfig:
     """The configuration a launch without ``config`` takes at that many programs per SM:
     :func:`choose_config` with the balanced stages, then the defaults the environment may
-    override (``kv_early``, ``pairs``, ``epoch``, ``ll`` only with ``epoch``, o by head only without ``ll``)."""
+    override (``kv_early``, ``pairs``, ``epoch``, and ``ll`` only with ``epoch``)."""
     epoch = default_epoch()
-    ll = default_ll() if epoch else 0
     return replace(choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
-                                 balanced_elements=default_balanced_elements(), o_heads=default_o_heads() and not ll),
-                   kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=ll, gu_early=default_gu_early())
+                                 balanced_elements=default_balanced_elements()),
+                   kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0)
 
 
 def default_kv_early() -> int:
@@ -1367,8 +1242,8 @@ def supports(layer: AttentionLayer, kv_cache: torch.Tensor, dtype: torch.dtype) 
 class DecodeWorkspace:
     """The launches' scratch (shared by every layer of a step: the launches are ordered), the
     barrier counters (with ``epoch`` never reset, else zero between launches) and the error flag
-    (set if a barrier timed out). Every launch on one workspace must agree on ``epoch``, ``ll``
-    and o by head (their counters mean different things).
+    (set if a barrier timed out). Every launch on one workspace must agree on ``epoch`` and
+    ``ll`` (their counters mean different things).
     ``splits`` must be the launches' (:func:`splits_for` the device's SMs by default)."""
 
     def __init__(self, hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -1391,11 +1266,10 @@ class DecodeWorkspace:
         self.part_sum_ll = torch.zeros(self.part_sum.numel(), dtype=torch.int64, device=device)
         self.attn = empty(num_heads * head_dim)
         self.o = empty(hidden)
-        self.o_fixed = torch.zeros(hidden, dtype=torch.int64, device=device)  # o by head's sums (zero between layers)
         self.act = empty(intermediate)
         self.counters = torch.zeros(8, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
-        self.kind: tuple[bool, bool, bool] | None = None  # the launches' (epoch, ll, o by head), once one ran
+        self.kind: tuple[bool, bool] | None = None  # the launches' (epoch, ll), once one ran
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
         # a launch's shape -> the configuration decode_layer chose for it (config=None); (shape, "stages") -> the
@@ -1436,9 +1310,7 @@ def decode_layer(
 
     ks = (hidden, hq * d, hidden, inter)  # each GEMM stage's K
 
-    def launch_args(cfg: DecodeLayerConfig, stage: int, o_parts: int | None = None) -> tuple[tuple, dict]:
-        """The launch's arguments; ``o_parts``: o by head's shares (stage 4's, stage by stage), else ``cfg``'s."""
-        o_parts = cfg.o_parts if o_parts is None else o_parts
+    def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
         pairs = x.dtype == torch.bfloat16
         args = (
             x, r, out, res_out,
@@ -1450,7 +1322,7 @@ def decode_layer(
             layer.scale * LOG2E,
             *((ws.qkv_ll, ws.part_acc_ll, ws.part_max_ll, ws.part_sum_ll) if cfg.ll else
               (ws.qkv, ws.part_acc, ws.part_max, ws.part_sum)),
-            ws.attn, ws.o_fixed if o_parts else ws.o, ws.act, ws.counters, ws.error,
+            ws.attn, ws.o, ws.act, ws.counters, ws.error,
             timeline if timeline is not None else ws.counters, cfg.num_programs,
         )
         kwargs = dict(
@@ -1466,7 +1338,6 @@ def decode_layer(
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
-            O_PARTS=o_parts, GU_EARLY=cfg.gu_early,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -1502,21 +1373,16 @@ def decode_layer(
                          "(the launch's programs x the stamps)")
     if cfg.ll and not cfg.epoch:
         raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
-    o_parts = (stage_configs[3] if stage_configs is not None else cfg).o_parts  # o by head: stage 4's choice
-    if o_parts and any(c.ll for c in [cfg, *(stage_configs or [])]):
-        raise ValueError("DecodeLayerConfig: o by head (o_parts > 0) needs ll=0 (it reads the partials after barrier 1)")
     if not stage_by_stage:  # the counters' meaning differs: one workspace, one kind of launch
-        kind = (cfg.epoch, bool(cfg.ll), bool(o_parts))
+        kind = (cfg.epoch, bool(cfg.ll))
         if ws.kind is None:
             ws.kind = kind
         elif ws.kind != kind:
-            raise ValueError(f"this decode workspace's launches ran with (epoch, ll, o by head)={ws.kind}: a launch with "
+            raise ValueError(f"this decode workspace's launches ran with (epoch, ll)={ws.kind}: a launch with "
                              f"{kind} would misread its barrier counters (use another workspace)")
     for stage in (range(1, 7) if stage_by_stage else (-1,)):
-        if stage == 3 and o_parts:  # (o by head: no merge stage)
-            continue
         stage_cfg = stage_configs[stage - 1] if stage_configs is not None else cfg
-        args, kwargs = launch_args(stage_cfg, stage, o_parts)
+        args, kwargs = launch_args(stage_cfg, stage)
         if stage < 0 and x.is_cuda:
             _check_resident(ws, cfg, x.device, args, kwargs)
         _decode_layer_kernel[(stage_cfg.num_programs,)](*args, **kwargs)
