@@ -185,9 +185,7 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # ... each stage's launch with its own programs per SM (qkv, attention, merge, o, gate/up, down)
                  **{f"stages{''.join(map(str, c))}": {"stages": c, "balanced_elements": 16384}
                     for c in ((2, 1, 1, 4, 4, 4), (2, 1, 1, 2, 4, 4), (4, 1, 1, 4, 4, 4), (2, 1, 1, 2, 2, 2),
-                              (3, 1, 1, 3, 3, 3), (2, 2, 2, 4, 4, 4))},
-                 # the qkv stage applies QK-norm's weight and RoPE (attention scales by the head's 1 / rms)
-                 "qkearly": {"qk_early": True, "balanced_elements": 16384}}
+                              (3, 1, 1, 3, 3, 3), (2, 2, 2, 4, 4, 4))}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
@@ -208,11 +206,10 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
     sync = dict(sync or {})
     rows_gu = sync.pop("rows_gu", None)
     staged = sync.pop("stages", False)
-    qk_early = sync.pop("qk_early", False)
     cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
                                    num_sms(torch.device("cuda")),
                                    max_elements=max_elements, fewest_steps=fewest_steps,
-                                   programs_per_sm=programs_per_sm, qk_early=qk_early,
+                                   programs_per_sm=programs_per_sm,
                                    balanced_elements=(balanced := sync.pop("balanced_elements", 0))),
                   num_warps=num_warps, pipeline=pipeline, last_stage=last_stage)
     if sync:
@@ -222,12 +219,11 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                       balanced=(*cfg.balanced[:2], False, cfg.balanced[3]))
     stage_configs = None
     if isinstance(staged, tuple):  # each stage's launch at its own programs per SM (else all at programs_per_sm)
-        stage_configs = [replace(cfg, num_programs=c.num_programs, rows=c.rows, bk=c.bk, balanced=c.balanced,
-                                 qk_parts=c.qk_parts)
+        stage_configs = [replace(cfg, num_programs=c.num_programs, rows=c.rows, bk=c.bk, balanced=c.balanced)
                          for c in (dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
                                                     num_sms(torch.device("cuda")), max_elements=max_elements,
                                                     fewest_steps=fewest_steps, programs_per_sm=n,
-                                                    balanced_elements=balanced, qk_early=qk_early) for n in staged)]
+                                                    balanced_elements=balanced) for n in staged)]
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     reported = []

@@ -39,7 +39,7 @@ from infer_core.loader.hf_config import head_dim_of
 POINTERS = {"x_ptr", "res_ptr", "out_ptr", "res_out_ptr", "w_qkv_ptr", "w_o_ptr", "w_gu_ptr", "w_down_ptr",
             "ln1_ptr", "ln2_ptr", "qn_ptr", "kn_ptr", "cos_ptr", "sin_ptr", "cache_ptr", "qkv_ptr", "attn_ptr",
             "o_ptr", "act_ptr"}
-FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr", "qk_rot_ptr", "qk_sq_ptr"}  # (int64 words with ll)
+FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}  # (int64 words with ll)
 INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr"}
 INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr"}
 FLOATS = {"eps", "qk_scale"}
@@ -48,8 +48,7 @@ FLOATS = {"eps", "qk_scale"}
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
                arrive_first: bool | None = None, kv_early: int | None = None,
                balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
-               pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None,
-               qk_early: bool = False) -> tuple[dict, dict]:
+               pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -58,7 +57,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
     hq, hkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim_of(cfg)
     balanced = dl.default_balanced_elements() if balanced_elements is None else balanced_elements
     conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm,
-                            balanced_elements=balanced, num_warps=num_warps, qk_early=qk_early)
+                            balanced_elements=balanced, num_warps=num_warps)
     conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early),
                                               ("pairs", pairs), ("ll", ll)) if v is not None})
     ks = (hidden, hq * d, hidden, inter)
@@ -73,7 +72,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         **{f"SUB_{name}": dl.pair_sub(conf.rows[i], conf.bk[i], ks[i], conf.num_warps) if conf.pairs[i] else 0
            for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
-        EPOCH=conf.epoch, LL=conf.ll, QK_PARTS=conf.qk_parts,
+        EPOCH=conf.epoch, LL=conf.ll,
     )
     return values, conf.__dict__
 
@@ -112,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
                         "down; default: the config's)")
     parser.add_argument("--ll", type=int, choices=(0, 1, 2, 3), help="self-flagged words (default: the config's)")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
-    parser.add_argument("--qk-early", action="store_true", help="the qkv stage applies QK-norm's weight and RoPE")
     parser.add_argument("--last-stage", type=int, default=6, choices=range(1, 7),
                         help="compile the launch cut after this stage: which stage sets the register peak")
     parser.add_argument("--programs-per-sm", type=int, default=4)
@@ -125,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                               None if args.arrive_first is None else bool(args.arrive_first),
                               args.kv_early, args.balanced_elements,
                               args.last_stage, args.num_warps,
-                              None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll,
-                              args.qk_early)
+                              None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                                capture_output=True, text=True).stdout
         print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
               f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}, "
-              f"qk parts {conf['qk_parts']}")
+              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
         if args.sass:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout

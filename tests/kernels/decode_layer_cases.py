@@ -41,7 +41,6 @@ class LayerCase:
     balanced: bool = False  # the GEMM stages whose shares fit are balanced (choose_config)
     pairs: tuple[bool, bool, bool, bool] = dl.DecodeLayerConfig.pairs  # bf16 pair tiles per GEMM stage (bf16 only)
     ll: int = dl.DecodeLayerConfig.ll  # qkv and the attention partials as self-flagged words
-    qk_early: bool = False  # the qkv stage applies QK-norm weight + RoPE (dl.qk_early_shape); needs ll 0
 
 
 @st.composite
@@ -56,8 +55,7 @@ def layer_cases(draw, *, programs=(1, 3, 4, 5)) -> LayerCase:
         max_bk=draw(st.sampled_from([16, 32, 2048])), prefetch=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
         pipeline=draw(st.sampled_from([1, 2, 3])), fewest_steps=draw(st.booleans()), balanced=draw(st.booleans()),
         pairs=tuple(draw(st.lists(st.booleans(), min_size=4, max_size=4))),
-        ll=(ll := draw(st.sampled_from([0, 1, 2, 3]))),  # (3 runs as 1 in the interpreter)
-        qk_early=not ll and draw(st.booleans()),
+        ll=draw(st.sampled_from([0, 1, 2, 3])),  # (3 runs as 1 in the interpreter)
     )
 
 
@@ -93,8 +91,7 @@ def config_for(case: LayerCase, dtype: torch.dtype) -> dl.DecodeLayerConfig:
     hq = case.kv_heads * case.group
     cfg = dl.choose_config(case.hidden, case.intermediate, hq, case.kv_heads, case.head_dim, case.programs, dtype,
                            max_elements=case.max_elements, max_bk=case.max_bk, fewest_steps=case.fewest_steps,
-                           num_warps=8, balanced_elements=4 * case.max_elements if case.balanced else 0,
-                           qk_early=case.qk_early)
+                           num_warps=8, balanced_elements=4 * case.max_elements if case.balanced else 0)
     return replace(cfg, splits=case.splits, tile=case.tile, prefetch=case.prefetch, pipeline=case.pipeline,
                    pairs=case.pairs, ll=case.ll)
 

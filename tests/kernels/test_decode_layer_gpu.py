@@ -90,48 +90,9 @@ def test_one_launch_equals_stage_by_stage():
         assert torch.equal(a, b)  # the same arithmetic; only the barriers differ
 
 
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("context", [0, 1, 63, 300, 4000])
-@pytest.mark.parametrize("pairs", ["1111", "0000"])
-def test_qk_early(shape, context, pairs):
-    """qk early (the qkv stage applies QK-norm's weight and RoPE; attention scales by the head's
-    1 / rms), one launch at 2 programs per SM: against the reference, the same bits on a
-    repeat; stage by stage (each stage at its own programs per SM) close to the one launch."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    case = replace(real_case(shape, context, residual=context != 1), programs=2 * sms, max_elements=8192,
-                   fewest_steps=True, pipeline=1, balanced=True, pairs=tuple(c == "1" for c in pairs), qk_early=True)
-    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4)
-    assert cfg.qk_parts > 0
-    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
-    outs = []
-    for staged in (False, False, True):
-        weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
-        ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
-                                cfg.splits, torch.bfloat16, "cuda")
-        configs = None
-        if staged:
-            configs = [replace(cfg, num_programs=c.num_programs, rows=c.rows, bk=c.bk, balanced=c.balanced,
-                               qk_parts=c.qk_parts)
-                       for c in (dl.choose_config(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads,
-                                                  layer.head_dim, sms, programs_per_sm=n, max_elements=8192,
-                                                  balanced_elements=4 * 8192, qk_early=True)
-                                 for n in (4, 1, 1, 4, 4, 4))]
-        out, new_res = dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws,
-                                       config=None if staged else cfg, stage_by_stage=staged, stage_configs=configs)
-        assert ws.error.item() == 0
-        outs.append((out, new_res, cache))
-    for a, b in zip(outs[0], outs[1], strict=True):
-        assert torch.equal(a, b)
-    for a, b in zip(outs[0], outs[2], strict=True):  # (other tiles: other float32 summation orders)
-        assert cases.relative_error(a, b) <= cases.LAYER_TOL[torch.bfloat16]
-
-
-@pytest.mark.parametrize("qk_early", ["0", "1"])
-def test_graph_of_layers_replays(qk_early, monkeypatch):
+def test_graph_of_layers_replays():
     """28 layers in one graph (ping-pong activations), replayed: equal to eager launches, and
-    the same on every replay (the step's K/V slot is rewritten with the same values); with qk
-    early too (``INFER_DECODE_QK_EARLY=1``)."""
-    monkeypatch.setenv("INFER_DECODE_QK_EARLY", qk_early)
+    the same on every replay (the step's K/V slot is rewritten with the same values)."""
     case = real_case("qwen3-0.6b", 200)
     weights, layer, md, cache, cos, sin, positions, x, _ = cases.layer_inputs(case, "cuda", torch.bfloat16)
     cfg = cases.config_for(case, torch.bfloat16)

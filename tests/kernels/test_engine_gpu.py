@@ -150,15 +150,13 @@ def test_gated_epilogue_equals_unfused_fp32(arch):
 
 
 @pytest.mark.parametrize(("arch", "overrides"), [("llama", {"head_dim": 32}), ("qwen3", {})])
-@pytest.mark.parametrize(("stages", "qk_early"), [("", "0"), ("2", "0"), ("", "1"), ("2", "1")])
-def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, qk_early, monkeypatch):
+@pytest.mark.parametrize("stages", ["", "2"])
+def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, monkeypatch):
     """``model.persistent_decode`` (on by default with CUDA): batch-1 decode steps (replayed as CUDA graphs)
     run one persistent launch per layer (``INFER_DECODE_STAGES=2``: each stage its own launch, PDL
-    between them; ``INFER_DECODE_QK_EARLY=1``: the qkv stage applies QK-norm's weight and RoPE);
-    greedy tokens equal those of the usual path, for requests alone and batched (those keep the
-    usual path), every block back."""
+    between them); greedy tokens equal those of the usual path, for requests alone and batched
+    (those keep the usual path), every block back."""
     checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512, **overrides)
-    monkeypatch.setenv("INFER_DECODE_QK_EARLY", qk_early)
     with monkeypatch.context() as env:
         env.setenv("INFER_DECODE_STAGES", stages)
         on = make_llm(checkpoint, dtype="float32", persistent_decode=True)

@@ -23,53 +23,6 @@ def test_decode_layer_matches_reference(case, dtype):
     cases.check_decode_layer("cpu", dtype, case, stage_by_stage=True)
 
 
-@settings(max_examples=15, deadline=None)
-@given(case=cases.layer_cases(programs=(2, 5, 9, 17, 40)), dtype=st.sampled_from([torch.float32, torch.float16]))
-def test_qk_early_matches_reference(case, dtype):
-    """qk early: the qkv stage's programs hold whole rotary pairs of a q or k head and apply its
-    QK-norm weight and RoPE (attention only scales by the head's 1 / rms), the others share v:
-    the same layer, with one part per head or several; too few programs fall back to the usual
-    stage."""
-    case = replace(case, qk_early=True, ll=0)
-    cfg = cases.config_for(case, dtype)
-    heads = case.kv_heads * (case.group + 1)
-    assert (cfg.qk_parts > 0) == (case.programs > heads)
-    if cfg.qk_parts:
-        assert heads * cfg.qk_parts < case.programs and cfg.rows[0] >= case.head_dim // cfg.qk_parts
-    cases.check_decode_layer("cpu", dtype, case, stage_by_stage=True)
-
-
-def test_qk_early_shapes_and_environment(monkeypatch):
-    # Qwen3-0.6B at 2 programs per SM on 132 SMs: 24 q/k heads x 8 parts of 8 rotary pairs (16 rows),
-    # 72 programs for v's 1,024 rows (15 each); Llama-3.2-1B: 40 heads x 4 parts of 8 pairs
-    assert dl.qk_early_shape(1024, 16, 8, 128, 264) == (8, 16, 1024)
-    assert dl.qk_early_shape(2048, 32, 8, 64, 264) == (4, 16, 2048)
-    assert dl.qk_early_shape(64, 4, 2, 32, 6) is None  # one program per head and none left for v
-    assert dl.qk_early_shape(64, 4, 2, 32, 7) == (1, 64, 64)  # the one v program takes all 64 of v's rows
-    cfg = choose_config(1024, 3072, 16, 8, 128, 132, programs_per_sm=2, balanced_elements=16384, qk_early=True)
-    assert cfg.qk_parts == 8 and cfg.rows[0] == 16 and cfg.bk[0] == 1024 and cfg.balanced[0]
-    monkeypatch.delenv("INFER_DECODE_QK_EARLY", raising=False)
-    monkeypatch.delenv("INFER_DECODE_LL", raising=False)
-    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).qk_parts == 0
-    monkeypatch.setenv("INFER_DECODE_QK_EARLY", "1")
-    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).qk_parts == 8
-    monkeypatch.setenv("INFER_DECODE_LL", "1")  # (self-flagged qkv words: the usual qkv stage)
-    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).qk_parts == 0
-
-
-def test_qk_early_refuses_self_flagged_words():
-    case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 9, 4, 32, 4096, 64, True, 0, qk_early=True)
-    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cpu", torch.float32)
-    cfg = replace(cases.config_for(case, torch.float32), ll=1)
-    assert cfg.qk_parts > 0
-    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
-                            cfg.splits, torch.float32, "cpu")
-    before = cache.clone()
-    with pytest.raises(ValueError, match="qk early"):
-        dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg, stage_by_stage=True)
-    assert torch.equal(cache, before)
-
-
 def test_gemm_shape_balances_rows_over_programs():
     # Qwen3-0.6B on 132 SMs: qkv 4096 rows over K 1024, o 1024 over 2048, gate/up 3072 (x2), down 1024 over 3072
     assert gemm_shape(4096, 1024, 132, False) == (16, 1024)  # 32 rows for the busiest either way; widest

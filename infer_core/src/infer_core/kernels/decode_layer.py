@@ -222,27 +222,21 @@ def _w_rows(w_ptr, row0, row_end, kt, K: tl.constexpr, ROWS: tl.constexpr, BK: t
     :func:`_pair_dot`), the tile is ``[ROWS, BK / SUB, SUB / 2]`` uint32 words, each holding
     two neighbouring bf16 weights."""
     rows = row0 + tl.arange(0, ROWS)
-    return _w_gather(w_ptr, rows, rows < row_end, kt, K, BK, SUB)
-
-
-@triton.jit
-def _w_gather(w_ptr, rows, row_ok, kt, K: tl.constexpr, BK: tl.constexpr, SUB: tl.constexpr):
-    """:func:`_w_rows` for any rows ``rows`` (those with ``row_ok``; zeros in the others)."""
     if SUB > 0:
         HALF_SUB: tl.constexpr = SUB // 2
         pairs = kt * (BK // 2) + tl.arange(0, BK // SUB)[:, None] * HALF_SUB + tl.arange(0, HALF_SUB)[None, :]
         ptrs = w_ptr.to(tl.pointer_type(tl.uint32)) + rows.to(tl.int64)[:, None, None] * (K // 2) + pairs[None, :, :]
         if K % BK == 0:
-            mask = row_ok[:, None, None]
+            mask = (rows < row_end)[:, None, None]
         else:
-            mask = row_ok[:, None, None] & (pairs < K // 2)[None, :, :]
+            mask = (rows < row_end)[:, None, None] & (pairs < K // 2)[None, :, :]
         return tl.load(ptrs, mask=mask, other=0, eviction_policy="evict_first")
     else:
         ks = kt * BK + tl.arange(0, BK)
-        if K % BK == 0:  # noqa: SIM108 (a constexpr branch)
-            mask = row_ok[:, None]
+        if K % BK == 0:
+            mask = (rows < row_end)[:, None]
         else:
-            mask = row_ok[:, None] & (ks < K)[None, :]
+            mask = (rows < row_end)[:, None] & (ks < K)[None, :]
         return tl.load(w_ptr + rows.to(tl.int64)[:, None] * K + ks[None, :], mask=mask, other=0.0,
                        eviction_policy="evict_first")
 
@@ -500,107 +494,6 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                     wu = wu_next
 
 
-# ----------------------------------------------------------------------------- qk early (the qkv stage's QK-norm + RoPE)
-
-
-@triton.jit
-def _qk_rows(pid, num_programs, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, QK_PARTS: tl.constexpr,
-             ROWS: tl.constexpr):
-    """qk early: program ``pid``'s rows of ``w_qkv`` and which of them are real. Each of the
-    first ``(HQ + HKV) QK_PARTS`` programs takes one part of a q or k head: rotary pairs
-    ``(m, m + D/2)`` interleaved (tile row ``2i`` is ``m_i``, ``2i + 1`` is ``m_i + D/2``); the
-    other programs share v's rows."""
-    HALF: tl.constexpr = HEAD_DIM // 2
-    PP: tl.constexpr = HALF // QK_PARTS
-    QKP: tl.constexpr = (HQ + HKV) * QK_PARTS
-    i = tl.arange(0, ROWS)
-    qk_rows = (pid // QK_PARTS) * HEAD_DIM + (pid % QK_PARTS) * PP + i // 2 + (i % 2) * HALF
-    lo, hi = _share(pid - QKP, num_programs - QKP, HKV * HEAD_DIM)
-    is_qk = (i * 0 + pid) < QKP  # (a block, not a scalar: the interpreter's masks must be int1 blocks)
-    rows = tl.where(is_qk, qk_rows, (HQ + HKV) * HEAD_DIM + lo + i)
-    return rows, tl.where(is_qk, i // 2 < PP, lo + i < hi)
-
-
-@triton.jit
-def _qk_prologue(pid, pos_ptr, cos_ptr, sin_ptr, stride_cos, stride_sin, qn_ptr, kn_ptr, HQ: tl.constexpr,
-                 HKV: tl.constexpr, HEAD_DIM: tl.constexpr, QK_PARTS: tl.constexpr, ROWS: tl.constexpr,
-                 QK_NORM: tl.constexpr):
-    """qk early: what a q/k program's epilogue needs besides its product, all written before the
-    launch (requested with the first weight tile): the rotary rows at the step's position and
-    the QK-norm weights of its pairs (ones without ``QK_NORM``), as ``[ROWS / 2]`` halves."""
-    HALF: tl.constexpr = HEAD_DIM // 2
-    PP: tl.constexpr = HALF // QK_PARTS
-    j = tl.arange(0, ROWS // 2)
-    m = (pid % QK_PARTS) * PP + j
-    ok = (j < PP) & ((j * 0 + pid) < (HQ + HKV) * QK_PARTS)
-    pos = tl.load(pos_ptr).to(tl.int64)
-    cos = tl.load(cos_ptr + pos * stride_cos + m, mask=ok, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + pos * stride_sin + m, mask=ok, other=0.0).to(tl.float32)
-    if QK_NORM:
-        is_q = (j * 0 + pid) // QK_PARTS < HQ
-        w1 = tl.where(is_q, tl.load(qn_ptr + m, mask=ok & is_q, other=0.0),
-                      tl.load(kn_ptr + m, mask=ok & ~is_q, other=0.0)).to(tl.float32)
-        w2 = tl.where(is_q, tl.load(qn_ptr + HALF + m, mask=ok & is_q, other=0.0),
-                      tl.load(kn_ptr + HALF + m, mask=ok & ~is_q, other=0.0)).to(tl.float32)
-    else:
-        w1 = tl.full([ROWS // 2], 1.0, tl.float32)
-        w2 = w1
-    return cos, sin, w1, w2
-
-
-@triton.jit
-def _qkv_early_stage(w, pid, num_programs, x_ptr, r_ptr, o_ptr, ln1_ptr, rstd, qkv_ptr, qk_rot_ptr, qk_sq_ptr,
-                     cos, sin, w1, w2, HIDDEN: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr,
-                     HEAD_DIM: tl.constexpr, QK_PARTS: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr,
-                     SUB: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DT: tl.constexpr):
-    """qk early, the qkv stage (one tile per program, :func:`_qk_rows`): a v program stores its
-    rows; a q/k program rounds its products to ``DT`` (the qkv GEMM's store), then stores
-    ``rope(q ⊙ w)`` in float32 (the QK-norm weight and RoPE are linear; the norm's ``1 / rms``,
-    a scalar per head, is applied by attention) and its pairs' sum of squares, so attention
-    needs no reduction across the head and no RoPE (qk_norm_rope's roundings move: within the
-    layer's tolerance, the same bits without QK-norm)."""
-    HALF: tl.constexpr = HEAD_DIM // 2
-    PP: tl.constexpr = HALF // QK_PARTS
-    x, x_odd = _gemm_x(0, HIDDEN, x_ptr, r_ptr, o_ptr, ln1_ptr, rstd, 1, HAS_RESIDUAL, BK, SUB)
-    if SUB > 0:  # noqa: SIM108 (a constexpr branch)
-        y = _pair_dot(w, x, x_odd)
-    else:
-        y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-    y = y.to(DT)
-    if pid < (HQ + HKV) * QK_PARTS:
-        a1, a2 = tl.split(tl.reshape(y.to(tl.float32), [ROWS // 2, 2]))
-        j = tl.arange(0, ROWS // 2)
-        pair_ok = j < PP
-        head = pid // QK_PARTS
-        m = (pid % QK_PARTS) * PP + j
-        tl.store(qk_sq_ptr + pid, tl.sum(tl.where(pair_ok, a1 * a1 + a2 * a2, 0.0), axis=0))
-        b1 = a1 * w1
-        b2 = a2 * w2
-        tl.store(qk_rot_ptr + head * HEAD_DIM + m, b1 * cos - b2 * sin, mask=pair_ok)
-        tl.store(qk_rot_ptr + head * HEAD_DIM + HALF + m, b2 * cos + b1 * sin, mask=pair_ok)
-    else:
-        v_rows, v_ok = _qk_rows(pid, num_programs, HQ, HKV, HEAD_DIM, QK_PARTS, ROWS)
-        tl.store(qkv_ptr + v_rows, y, mask=v_ok)
-
-
-@triton.jit
-def _qk_early_head(qk_rot_ptr, qk_sq_ptr, heads, ok, sq_ok, eps, dh, HEAD_DIM: tl.constexpr,
-                   QK_PARTS: tl.constexpr, QK_NORM: tl.constexpr, DT: tl.constexpr):
-    """qk early, attention's side: heads ``heads`` (``[R, 1]`` or one) of q or k as halves
-    ``[R, D/2]`` (loaded where ``ok``), normed (``1 / rms`` from the head's parts' sums of
-    squares, loaded where ``sq_ok [R, QK_PARTS]``) and rotated, rounded to ``DT``."""
-    HALF: tl.constexpr = HEAD_DIM // 2
-    r1 = tl.load(qk_rot_ptr + heads * HEAD_DIM + dh[None, :], mask=ok, other=0.0, cache_modifier=".cg")
-    r2 = tl.load(qk_rot_ptr + heads * HEAD_DIM + HALF + dh[None, :], mask=ok, other=0.0, cache_modifier=".cg")
-    if QK_NORM:
-        parts = tl.arange(0, QK_PARTS)[None, :]
-        squares = tl.load(qk_sq_ptr + heads * QK_PARTS + parts, mask=sq_ok, other=0.0, cache_modifier=".cg")
-        rstd = 1.0 / tl.sqrt(tl.sum(squares, axis=1) / HEAD_DIM + eps)
-        r1 = r1 * rstd[:, None]
-        r2 = r2 * rstd[:, None]
-    return r1.to(DT), r2.to(DT)
-
-
 # ----------------------------------------------------------------------------- attention stages
 
 
@@ -762,16 +655,14 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
                     TIMELINE: tl.constexpr,
                     HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
                     BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr, flag, LL: tl.constexpr, error_ptr,
-                    qk_rot_ptr, qk_sq_ptr, QK_PARTS: tl.constexpr):
+                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr, flag, LL: tl.constexpr, error_ptr):
     """KV head ``item // SPLITS``, key split ``item % SPLITS``: partial attention of the head's
     query group over the split's tiles (paged_attention's split rule and tile arithmetic), the
     first tile ``k1``/``k2``/``v``/``key_ok`` already requested (:func:`_first_kv`). The tiles
     hold the keys of earlier steps only; the split that holds the step's own position stores
     the step's K and V into the cache and takes that key from registers, last. ``LL``: q, k, v
     and the partials are self-flagged words (:func:`_ll_pack`): the loads repeat until every
-    word carries ``flag`` (no barrier before the stage, none after it). ``QK_PARTS`` > 0 (qk
-    early): q and k come normed and rotated from the qkv stage (:func:`_qk_early_head`)."""
+    word carries ``flag`` (no barrier before the stage, none after it)."""
     HALF: tl.constexpr = HEAD_DIM // 2
     GROUP: tl.constexpr = HQ // HKV
     g = item // SPLITS
@@ -781,9 +672,8 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     own = (t0 < t1) & (t1 == tiles)  # this split holds the step's own position
     # every load of the stage at once: the query group, the own key and value (masked off in the
     # other splits), the rotary row
-    if QK_PARTS == 0:
-        cos = tl.load(cos_ptr + pos * stride_cos + dh).to(tl.float32)[None, :]
-        sin = tl.load(sin_ptr + pos * stride_sin + dh).to(tl.float32)[None, :]
+    cos = tl.load(cos_ptr + pos * stride_cos + dh).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + pos * stride_sin + dh).to(tl.float32)[None, :]
     rows = tl.arange(0, BLOCK_M)
     row_ok = rows < GROUP
     head = g * GROUP + rows
@@ -818,14 +708,6 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
         kn1 = tl.max(_ll_value(kn1), axis=0, keep_dims=True).to(dt)
         kn2 = tl.max(_ll_value(kn2), axis=0, keep_dims=True).to(dt)
         vn = tl.max(_ll_value(vn), axis=0, keep_dims=True).to(dt)
-    elif QK_PARTS > 0:  # (qk early: no ll)
-        dt = cache_ptr.dtype.element_ty
-        parts = tl.arange(0, QK_PARTS)[None, :]
-        q1, q2 = _qk_early_head(qk_rot_ptr, qk_sq_ptr, head[:, None], q_ok, row_ok[:, None] & (parts >= 0), eps, dh,
-                                HEAD_DIM, QK_PARTS, QK_NORM, dt)
-        kn1, kn2 = _qk_early_head(qk_rot_ptr, qk_sq_ptr, HQ + g, own_h, tl.where(own, parts >= 0, False), eps, dh,
-                                  HEAD_DIM, QK_PARTS, QK_NORM, dt)
-        vn = tl.load(v_row, mask=own_d, other=0, cache_modifier=".cg")
     else:  # (ll 3: every tile loaded once, then each thread settles its own words, _settle)
         q1 = tl.load(q_row, mask=q_ok, other=0, cache_modifier=".cg")
         q2 = tl.load(q_row + HALF, mask=q_ok, other=0, cache_modifier=".cg")
@@ -839,11 +721,9 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
             kn1 = _ll_value(_settle(kn1, k_row, own_h, flag, 2, error_ptr)).to(dt)
             kn2 = _ll_value(_settle(kn2, k_row + HALF, own_h, flag, 2, error_ptr)).to(dt)
             vn = _ll_value(_settle(vn, v_row, own_d, flag, 2, error_ptr)).to(dt)
-    if QK_PARTS == 0:
-        q1, q2 = _norm_rope(q1, q2, qn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
+    q1, q2 = _norm_rope(q1, q2, qn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
     _stamp(timeline_ptr, pid, 16, TIMELINE)
-    if QK_PARTS == 0:
-        kn1, kn2 = _norm_rope(kn1, kn2, kn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
+    kn1, kn2 = _norm_rope(kn1, kn2, kn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
     if own & (slot >= 0):  # the step's K and V into the paged cache (no load in this launch reads them)
         dst = cache_ptr + slot * stride_slot + g * HEAD_DIM
         cdt = cache_ptr.dtype.element_ty
@@ -949,7 +829,7 @@ def _decode_layer_kernel(
     w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, eps,
     cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
-    qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr, qk_rot_ptr, qk_sq_ptr,
+    qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
     counters_ptr, error_ptr, timeline_ptr, num_programs,
     HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
     SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
@@ -961,7 +841,6 @@ def _decode_layer_kernel(
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
-    QK_PARTS: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -977,12 +856,7 @@ def _decode_layer_kernel(
     # start, with the qkv tiles: all were written before the previous launch began (see pdl)
     # (stage by stage: each stage's first weight tiles, and attention's first key tile, before its PDL wait)
     KV_START: tl.constexpr = KV_EARLY == 2 and ((ALL and LAST >= 2) or STAGE == 2)
-    if ((ALL and LAST >= 1) or STAGE == 1) and QK_PARTS > 0:  # (qk early: rotary pairs of a head, or v's rows)
-        rows, ok = _qk_rows(pid, num_programs, HQ, HKV, HEAD_DIM, QK_PARTS, ROWS_QKV)
-        w = _w_gather(w_qkv_ptr, rows, ok, 0, HIDDEN, BK_QKV, SUB_QKV)
-        cos, sin, wn1, wn2 = _qk_prologue(pid, pos_ptr, cos_ptr, sin_ptr, stride_cos, stride_sin, qn_ptr, kn_ptr,
-                                          HQ, HKV, HEAD_DIM, QK_PARTS, ROWS_QKV, QK_NORM)
-    elif (ALL and LAST >= 1) or STAGE == 1:
+    if (ALL and LAST >= 1) or STAGE == 1:
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, SUB_QKV)
     if PREFETCH and STAGE == 4:
         w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
@@ -1013,13 +887,8 @@ def _decode_layer_kernel(
     if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
         rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
         _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
-        if QK_PARTS > 0:
-            _qkv_early_stage(w, pid, num_programs, x_ptr, res_ptr, o_ptr, ln1_ptr, rstd, qkv_ptr, qk_rot_ptr, qk_sq_ptr,
-                             cos, sin, wn1, wn2, HIDDEN, HQ, HKV, HEAD_DIM, QK_PARTS, ROWS_QKV, BK_QKV, SUB_QKV,
-                             HAS_RESIDUAL, DT)
-        else:
-            _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                        rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT)
+        _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 2 and not LL:
         seen = _arrive(counters_ptr, 0)
@@ -1046,7 +915,7 @@ def _decode_layer_kernel(
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
                             HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
-                            error_ptr, qk_rot_ptr, qk_sq_ptr, QK_PARTS)
+                            error_ptr)
     _stamp(timeline_ptr, pid, 4, TIMELINE)
     if ALL and LAST >= 3 and not LL:
         _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
@@ -1184,7 +1053,6 @@ class DecodeLayerConfig:
     epoch: bool = True
     ll: int = 0  # 1 / 2: self-flagged words polled as CTA-wide tiles (.cg / volatile loads), 3: each thread
     # settles its own words (a PTX loop, CUDA only; the interpreter runs 1); 0: barriers 0 and 1
-    qk_parts: int = 0  # qk early (see qk_early_shape): programs per q / k head in the qkv stage; 0: off
 
 
 def _pow2_floor(n: int) -> int:
@@ -1217,15 +1085,12 @@ def gemm_shape(n: int, k: int, programs: int, gated: bool, max_elements: int = 1
 def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
                   num_sms: int, dtype: torch.dtype = torch.bfloat16, *, max_elements: int = 8192,
                   max_bk: int = 2048, fewest_steps: bool = True, programs_per_sm: int = 1,
-                  num_warps: int = 4, pipeline: int = 1, balanced_elements: int = 0,
-                  qk_early: bool = False) -> DecodeLayerConfig:
+                  num_warps: int = 4, pipeline: int = 1, balanced_elements: int = 0) -> DecodeLayerConfig:
     """``programs_per_sm`` programs per SM (all must be resident at once: the launch checks);
     key splits so that (KV heads x splits) about fills the SMs (at most 16, paged_attention's
     rule for a batch-1 decode graph); 64-key tiles (32 in float32); the GEMM stages' shapes
     from :func:`gemm_shape`, or (``balanced_elements`` > 0) balanced (:class:`DecodeLayerConfig`)
-    where a program's whole share fits that many weight elements (both tiles' when gated);
-    ``qk_early``: the qkv stage applies the QK-norm weight and RoPE (:func:`qk_early_shape`,
-    off when the programs are too few). The defaults are the fastest of the sweep on an H200 with 4
+    where a program's whole share fits that many weight elements (both tiles' when gated). The defaults are the fastest of the sweep on an H200 with 4
     programs per SM (Qwen3-0.6B and Llama-3.2-1B chains, benchmarks/reports/
     persistent-decode-layer-2026-12-02-h200)."""
     programs = num_sms * programs_per_sm
@@ -1241,32 +1106,9 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
         fits = rows * bk * (2 if is_gated else 1) <= balanced_elements
         shapes.append((rows, bk) if fits else gemm_shape(n, k, programs, is_gated, *args))
         balanced.append(fits)
-    early = qk_early_shape(hidden, num_heads, num_kv_heads, head_dim, programs) if qk_early else None
-    if early is not None:
-        shapes[0], balanced[0] = early[1:], True
     return DecodeLayerConfig(num_programs=programs, splits=splits, tile=32 if dtype == torch.float32 else 64,
                              rows=tuple(s[0] for s in shapes), bk=tuple(s[1] for s in shapes),
-                             num_warps=num_warps, pipeline=pipeline, balanced=tuple(balanced),
-                             qk_parts=early[0] if early else 0)
-
-
-def qk_early_shape(hidden: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                   programs: int) -> tuple[int, int, int] | None:
-    """``(qk_parts, rows, bk)`` of qk early (``DecodeLayerConfig.qk_parts``), or ``None`` when
-    the programs are too few (at least one per q / k head and one for v). The qkv stage gives
-    each q and k head ``qk_parts`` programs (a power of two, as many as leave programs for v),
-    each holding whole rotary pairs of its head, so it can apply the head's QK-norm weight and
-    RoPE itself and sum its squares: attention then scales by ``1 / rms`` from the parts' sums
-    instead of reducing across the head and rotating (:func:`_qkv_early_stage`). One tile of
-    ``rows`` (a part's pairs, or a share of v's rows) over all of K."""
-    heads, half = num_heads + num_kv_heads, head_dim // 2
-    parts, p = 0, 1
-    while p <= half and heads * p < programs:
-        parts, p = p, 2 * p
-    if not parts:
-        return None
-    v_rows = triton.cdiv(num_kv_heads * head_dim, programs - heads * parts)
-    return parts, triton.next_power_of_2(max(2 * (half // parts), v_rows)), triton.next_power_of_2(hidden)
+                             num_warps=num_warps, pipeline=pipeline, balanced=tuple(balanced))
 
 
 def pair_sub(rows: int, bk: int, k: int, num_warps: int) -> int:
@@ -1311,12 +1153,6 @@ def default_epoch() -> bool:
     ``INFER_DECODE_EPOCH`` from the environment (0: the exit counter resets the barrier
     counters at the end of each launch; A/B measurements)."""
     return bool(_env_int("INFER_DECODE_EPOCH", int(DecodeLayerConfig.epoch)))
-
-
-def default_qk_early() -> bool:
-    """Whether a launch that picks its own configuration runs qk early (:func:`qk_early_shape`):
-    off by default, or ``INFER_DECODE_QK_EARLY`` from the environment (1: on; A/B measurements)."""
-    return bool(_env_int("INFER_DECODE_QK_EARLY", 0))
 
 
 def default_ll() -> int:
@@ -1370,13 +1206,11 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
                   programs_per_sm: int) -> DecodeLayerConfig:
     """The configuration a launch without ``config`` takes at that many programs per SM:
     :func:`choose_config` with the balanced stages, then the defaults the environment may
-    override (``kv_early``, ``pairs``, ``epoch``, ``ll`` only with ``epoch``, qk early only without ``ll``)."""
+    override (``kv_early``, ``pairs``, ``epoch``, and ``ll`` only with ``epoch``)."""
     epoch = default_epoch()
-    ll = default_ll() if epoch else 0
     return replace(choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
-                                 balanced_elements=default_balanced_elements(),
-                                 qk_early=default_qk_early() and not ll),
-                   kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=ll)
+                                 balanced_elements=default_balanced_elements()),
+                   kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0)
 
 
 def default_kv_early() -> int:
@@ -1433,9 +1267,6 @@ class DecodeWorkspace:
         self.attn = empty(num_heads * head_dim)
         self.o = empty(hidden)
         self.act = empty(intermediate)
-        # qk early: q and k normed-weighted and rotated (float32), and each part's sum of squares
-        self.qk_rot = empty((num_heads + num_kv_heads) * head_dim, dt=torch.float32)
-        self.qk_sq = empty((num_heads + num_kv_heads) * head_dim // 2, dt=torch.float32)
         self.counters = torch.zeros(8, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
         self.kind: tuple[bool, bool] | None = None  # the launches' (epoch, ll), once one ran
@@ -1479,9 +1310,7 @@ def decode_layer(
 
     ks = (hidden, hq * d, hidden, inter)  # each GEMM stage's K
 
-    def launch_args(cfg: DecodeLayerConfig, stage: int, qk_parts: int | None = None) -> tuple[tuple, dict]:
-        """The launch's arguments; ``qk_parts``: qk early's (stage 1's, stage by stage), else ``cfg``'s."""
-        qk_parts = cfg.qk_parts if qk_parts is None else qk_parts
+    def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
         pairs = x.dtype == torch.bfloat16
         args = (
             x, r, out, res_out,
@@ -1493,7 +1322,7 @@ def decode_layer(
             layer.scale * LOG2E,
             *((ws.qkv_ll, ws.part_acc_ll, ws.part_max_ll, ws.part_sum_ll) if cfg.ll else
               (ws.qkv, ws.part_acc, ws.part_max, ws.part_sum)),
-            ws.attn, ws.o, ws.act, ws.qk_rot, ws.qk_sq, ws.counters, ws.error,
+            ws.attn, ws.o, ws.act, ws.counters, ws.error,
             timeline if timeline is not None else ws.counters, cfg.num_programs,
         )
         kwargs = dict(
@@ -1509,7 +1338,6 @@ def decode_layer(
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
-            QK_PARTS=qk_parts,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -1545,9 +1373,6 @@ def decode_layer(
                          "(the launch's programs x the stamps)")
     if cfg.ll and not cfg.epoch:
         raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
-    qk_parts = (stage_configs[0] if stage_configs is not None else cfg).qk_parts  # qk early: stage 1's choice
-    if qk_parts and any(c.ll for c in [cfg, *(stage_configs or [])]):
-        raise ValueError("DecodeLayerConfig: qk early (qk_parts > 0) needs ll=0 (attention reads q and k after barrier 0)")
     if not stage_by_stage:  # the counters' meaning differs: one workspace, one kind of launch
         kind = (cfg.epoch, bool(cfg.ll))
         if ws.kind is None:
@@ -1557,7 +1382,7 @@ def decode_layer(
                              f"{kind} would misread its barrier counters (use another workspace)")
     for stage in (range(1, 7) if stage_by_stage else (-1,)):
         stage_cfg = stage_configs[stage - 1] if stage_configs is not None else cfg
-        args, kwargs = launch_args(stage_cfg, stage, qk_parts)
+        args, kwargs = launch_args(stage_cfg, stage)
         if stage < 0 and x.is_cuda:
             _check_resident(ws, cfg, x.device, args, kwargs)
         _decode_layer_kernel[(stage_cfg.num_programs,)](*args, **kwargs)
