@@ -82,9 +82,9 @@ class PersistentDecode:
         self.tp_size = tp_size
         self._plan: list[tuple[DecodeLayerWeights, Attention]] | None = None
         self._workspace: DecodeWorkspace | None = None
-        # each stage of a layer its own launch (large layers, or INFER_DECODE_STAGES; set again once the
-        # stack is known)
-        self.stages = bool(stage_programs_per_sm())
+        # each stage of a layer its own launch (large layers, or INFER_DECODE_STAGES): set by prepare, from the
+        # stack's layer size
+        self.stages = False
 
     @property
     def active(self) -> bool:
