@@ -105,8 +105,13 @@ class PhaseTimer:
         self.totals = {}
 
 
+def extra_steps(args: argparse.Namespace) -> int:
+    """Decode steps after the warm-up: the timed ones, cProfile's, the torch.profiler step, the device trace's."""
+    return args.steps * (2 if args.cprofile else 1) + 1 + (args.device_trace + 1 if args.device_trace else 0)
+
+
 def make_engine(checkpoint: Path, batch: int, args: argparse.Namespace) -> LLMEngine:
-    max_len = args.prompt_len + args.warmup + args.steps * (2 if args.cprofile else 1) + 8
+    max_len = args.prompt_len + args.warmup + extra_steps(args) + 8
     config = EngineConfig(
         model={"path": str(checkpoint), "device": args.device, "dtype": args.dtype, "max_model_len": max_len,
                **({"enforce_eager": True} if args.enforce_eager else {}),
@@ -124,7 +129,7 @@ def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dic
     clock = CLOCKS[args.clock]
     timer = PhaseTimer(engine, clock)
     gen = torch.Generator().manual_seed(batch)
-    params = SamplingParams(temperature=args.temperature, max_tokens=args.warmup + args.steps * (2 if args.cprofile else 1) + 4,
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.warmup + extra_steps(args) + 4,
                             ignore_eos=True, seed=None)
     for _ in range(batch):
         ids = torch.randint(0, min(engine.vocab_size, 10_000), (args.prompt_len,), generator=gen).tolist()
@@ -162,6 +167,7 @@ def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dic
     if args.gc_freeze:
         gc.unfreeze()
     top_ops = torch_profile(engine, args.torch_profile_ops) if args.torch_profile_ops else []
+    trace = device_trace(engine, step, args.device_trace) if cuda and args.device_trace else None
     ms = {phase: 1e3 * total / args.steps for phase, total in timer.totals.items()}
     total = 1e3 * statistics.fmean(step_times)
     ms["host"] = total - ms.get("forward", 0.0) - ms.get("replay", 0.0) - ms.get("logits", 0.0)
@@ -170,7 +176,7 @@ def profile_batch(checkpoint: Path, batch: int, args: argparse.Namespace) -> dic
         ms["graph_device"] = graph_ms
     return {"batch": batch, "step_ms": total, "step_ms_median": 1e3 * statistics.median(step_times),
             "phases_ms": ms, "host_us_per_request": 1e3 * ms["host"] / batch, "top_ops": top_ops,
-            "host_functions": host_functions}
+            "host_functions": host_functions, **({"device_trace": trace} if trace else {})}
 
 
 def python_profile(step, steps: int, n: int, cuda: bool) -> list[dict]:
@@ -239,6 +245,28 @@ def torch_profile(engine: LLMEngine, n: int) -> list[dict]:
              **({"self_device_us": round(device_us(e), 1)} if cuda else {})} for e in events[:n]]
 
 
+def device_trace(engine: LLMEngine, step, steps: int) -> dict:
+    """``steps`` more steps back to back under torch.profiler (CUDA activity): the device's
+    period, busy and idle time per step and each op's duration and the idle time before it
+    (``infer_core.bench.device_trace``)."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from infer_core.bench.device_trace import load_intervals, summarize
+
+    step()  # the first step's launch under the profiler would start the window early
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        return summarize(load_intervals(path), steps)
+
+
 def markdown(result: dict) -> str:
     graphs = any("graph_device" in row["phases_ms"] for row in result["rows"])
     cols = ["step_ms", *[p for p, _, _ in PHASES], "other", "host", "host µs/req", *(["graph_device"] if graphs else [])]
@@ -266,6 +294,11 @@ def markdown(result: dict) -> str:
             lines += ["", f"Top ops of one step at batch {row['batch']} (torch.profiler, self CPU time):", "",
                       "| op | calls | self µs |", "|---|---|---|"]
             lines += [f"| `{o['op']}` | {o['calls']} | {o['self_cpu_us']:.0f} |" for o in row["top_ops"]]
+    for row in result["rows"]:
+        if row.get("device_trace"):
+            from infer_core.bench.device_trace import markdown as trace_markdown
+
+            lines += ["", f"Batch {row['batch']}:", "", *trace_markdown(row["device_trace"])]
     for row in result["rows"]:
         if row.get("host_functions"):
             lines += ["", f"Host functions at batch {row['batch']} (cProfile, own time per step):", "",
@@ -305,6 +338,9 @@ def main() -> None:
                         help="no device sync after each step: the step time is the wall time of all steps over their count")
     parser.add_argument("--device-time", action="store_true",
                         help="on CUDA, also the device time of the batch's decode graph replayed alone (graph_device)")
+    parser.add_argument("--device-trace", type=int, default=0,
+                        help="CUDA: this many steps under torch.profiler, summarized per step (device busy, idle, "
+                             "each op's duration and the idle time before it)")
     parser.add_argument("--cprofile", type=int, default=0,
                         help="also the N Python functions with the most own time over the steps (cProfile)")
     parser.add_argument("--label", default="")

@@ -172,6 +172,35 @@ def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, monke
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_lm_head_equals_cublas_path(arch, dtype, monkeypatch):
+    """A batch-1 decode graph takes its logits and their argmax from one launch
+    (``kernels.lm_head``; ``INFER_LM_HEAD_ARGMAX=0``: cuBLAS, a copy, the two-stage argmax): the
+    same greedy tokens, alone and batched, logprobs within rounding; every block back."""
+    from infer_core.kernels import lm_head
+
+    checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
+    calls = []
+    original = lm_head.lm_head_argmax
+    monkeypatch.setattr(lm_head, "lm_head_argmax", lambda *a, **k: calls.append(1) or original(*a, **k))
+    on = make_llm(checkpoint, dtype=dtype)
+    assert calls  # captured into the size-1 graph (the switch is read at capture)
+    with monkeypatch.context() as env:
+        env.setenv("INFER_LM_HEAD_ARGMAX", "0")
+        off = make_llm(checkpoint, dtype=dtype)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=1)
+    for prompts in (batch(512)[:1], batch(512)[1:2], batch(512)):
+        got = [o.outputs[0].token_ids for o in on.generate(prompts, GREEDY)]
+        assert got == [o.outputs[0].token_ids for o in off.generate(prompts, GREEDY)]
+        want, got = off.generate(prompts, params), on.generate(prompts, params)  # the graph's logits, sampled
+        for a, b in zip(want, got, strict=True):
+            assert a.outputs[0].token_ids == b.outputs[0].token_ids
+            for x, y in zip(a.outputs[0].logprobs, b.outputs[0].logprobs, strict=True):
+                assert x.logprob == pytest.approx(y.logprob, abs=1e-3 if dtype == "float32" else 0.1)
+    assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_placeholders_filled_inside_the_graph(arch, monkeypatch):
     """Async scheduling with the in-graph fill (the default): a decode graph fills the ids still
     in flight itself (kernels.fill_ids, from the buffer its argmax writes; ``INFER_GRAPH_FILL=0``:

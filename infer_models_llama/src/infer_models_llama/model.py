@@ -160,6 +160,9 @@ class LlamaForCausalLM(CausalLM):
     def compute_logits(self, hidden: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         return self.lm_head(hidden if indices is None else hidden[indices])
 
+    def compute_logits_greedy(self, hidden: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor) -> bool:
+        return self.lm_head.forward_greedy(hidden, logits, ids)
+
     def map_weight_name(self, name: str) -> str | None:
         if "rotary_emb.inv_freq" in name:
             return None

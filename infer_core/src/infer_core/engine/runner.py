@@ -375,12 +375,14 @@ class ModelRunner:
                 fill_ids(self.input_ids.device[:rows], self.fill_from.device[:rows], self._sampled_ids)
             self.block_table.gather(self.batch_slots.device[:rows], tables.shape[1])
             hidden = self.model(self.input_ids.device[:rows], self.positions.device[:rows], metadata)
-            logits = self.model.compute_logits(hidden)
             if self._graph_logits is None:  # the first call: the largest size, eager, before any capture
-                self._graph_logits = torch.empty_like(logits)
-            out = self._graph_logits[:rows]
-            out.copy_(logits)  # one buffer for every size (a graph's own would stay allocated)
-            greedy = argmax(out, out=self._sampled_ids[:rows] if self.graph_fill else None)
+                self._graph_logits = torch.empty_like(self.model.compute_logits(hidden))
+            out = self._graph_logits[:rows]  # one buffer for every size (a graph's own would stay allocated)
+            greedy = self._sampled_ids[:rows] if self.graph_fill else torch.empty(rows, dtype=torch.int64,
+                                                                                  device=hidden.device)
+            if not self.model.compute_logits_greedy(hidden, out, greedy):  # (one launch at one row)
+                out.copy_(self.model.compute_logits(hidden))
+                argmax(out, out=greedy)
             return DecodeOutputs(hidden, out, greedy)
 
         self.graphs.capture(prepare, forward)

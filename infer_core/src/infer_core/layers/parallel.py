@@ -16,6 +16,8 @@ shard. With a group of one rank (the default ``TPGroup()``) they are the plain l
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -126,8 +128,27 @@ class ParallelLMHead(VocabParallelEmbedding):
     head shares its shard); :meth:`forward` returns the whole vocabulary's logits on every
     rank (one all-gather of ``[rows, vocab / size]``)."""
 
+    def __init__(self, vocab_size: int, hidden_size: int, tp: TPGroup | None = None) -> None:
+        super().__init__(vocab_size, hidden_size, tp)
+        self._head_workspace = None  # kernels.lm_head's partials and ticket, made on first use
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = F.linear(hidden, self.weight)
         if self.tp.size == 1:
             return logits
         return self.tp.all_gather_last(logits)[..., : self.vocab_size]
+
+    def forward_greedy(self, hidden: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor) -> bool:
+        """``logits = forward(hidden)`` and ``ids = logits.argmax(-1)`` in one launch
+        (``kernels.lm_head``) where it applies: one row, CUDA, one rank, the weight's dtype,
+        unless ``INFER_LM_HEAD_ARGMAX=0`` (A/B runs). Returns whether it did; else nothing is
+        written."""
+        if (hidden.shape[0] != 1 or not hidden.is_cuda or self.tp.size != 1 or hidden.dtype != self.weight.dtype
+                or logits.dtype != self.weight.dtype or os.environ.get("INFER_LM_HEAD_ARGMAX", "1") == "0"):
+            return False
+        from infer_core.kernels.lm_head import LMHeadWorkspace, lm_head_argmax
+
+        if self._head_workspace is None:
+            self._head_workspace = LMHeadWorkspace()
+        lm_head_argmax(hidden.contiguous(), self.weight, logits, ids, self._head_workspace)
+        return True

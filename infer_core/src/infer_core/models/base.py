@@ -52,6 +52,13 @@ class CausalLM(nn.Module, ABC):
     def compute_logits(self, hidden: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         """Logits ``[len(indices), vocab]`` of the rows ``indices`` (all rows if ``None``)."""
 
+    def compute_logits_greedy(self, hidden: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor) -> bool:
+        """Optional: write ``compute_logits(hidden)`` into ``logits`` and their argmax into ``ids``
+        (int64) in one pass, and return True; or return False (the default) and leave both to
+        the caller. A decode CUDA graph asks for it (e.g. ``ParallelLMHead.forward_greedy``:
+        one launch at one row)."""
+        return False
+
     def map_weight_name(self, name: str) -> str | None:
         """The parameter name of checkpoint tensor ``name``; ``None`` to skip it."""
         return name

@@ -1,0 +1,140 @@
+"""The LM head of a one-row decode step and its greedy pick in one launch: ``logits = x @ W.T``
+written where the caller wants them, and ``argmax(logits)`` beside them.
+
+At batch 1 the head is a GEMV over the whole vocabulary (Qwen3-0.6B: 151,936 x 1,024 bf16,
+311 MB, the largest single read of the step). The usual path is cuBLAS, a copy of its output
+into the engine's logits buffer, and the two-stage argmax: three launches after the final norm,
+none of which may start before the one ahead of it finished. Here:
+
+- grid ``cdiv(V, BLOCK_N)``; a program owns ``BLOCK_N`` whole weight rows (``evict_first``),
+  requested **before** the PDL wait, so the weight stream starts while the kernel ahead (the
+  final norm) still runs;
+- each row's product is a float32 sum over ``K`` (``x`` from L2), rounded once to the logits'
+  dtype and stored;
+- the program's maximum of its rounded logits and the first row holding it go to per-program
+  partials; the last program to finish (an acq_rel ticket) reduces them in program order and
+  writes the int64 token id, then resets the ticket for the next launch (a CUDA graph replays
+  it as is).
+
+Exactly ``torch.argmax`` of the stored logits: the first index of the maximum, NaN above
+everything (``kernels.argmax``'s rule). The logits equal ``(x.float() @ W.float().T)`` rounded
+once, up to float32 summation order (:func:`lm_head_argmax_ref`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from infer_core.kernels.argmax import _first_max
+from infer_core.kernels.pdl import use_pdl, wait_for_prior
+
+NO_INDEX = tl.constexpr(2147483647)
+
+
+@dataclass(frozen=True)
+class LMHeadConfig:
+    block_n: int  # weight rows per program
+    num_warps: int
+    block_c: int = 1024  # partials the last program reduces per step
+
+
+def choose_config(vocab: int, hidden: int) -> LMHeadConfig:
+    """About 32 KB of weights per program (the tile in registers), 4 warps."""
+    k = triton.next_power_of_2(hidden)
+    block_n = max(1, min(64, 16384 // k))
+    return LMHeadConfig(block_n=block_n, num_warps=4 if block_n * k <= 16384 else 8)
+
+
+@triton.jit
+def _lm_head_argmax_kernel(x_ptr, w_ptr, logits_ptr, part_val_ptr, part_idx_ptr, ticket_ptr, ids_ptr,
+                           V, stride_w, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           BLOCK_C: tl.constexpr, PDL: tl.constexpr):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < V
+    ks = tl.arange(0, BLOCK_K)
+    k_ok = ks < K
+    # the weights do not depend on the step: requested before the wait for the kernel ahead
+    w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                other=0.0, eviction_policy="evict_first")
+    if PDL:
+        wait_for_prior()
+    x = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+    y = tl.sum(w.to(tl.float32) * x[None, :], axis=1).to(logits_ptr.dtype.element_ty)
+    tl.store(logits_ptr + rows, y, mask=row_ok)
+    m, first = _first_max(y.to(tl.float32), rows, row_ok, NO_INDEX)
+    tl.store(part_val_ptr + pid, m)
+    tl.store(part_idx_ptr + pid, first)
+    # the last program out reduces every program's partial (acq_rel: their stores are visible)
+    ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel", scope="gpu")
+    if ticket == programs - 1:
+        c = tl.arange(0, BLOCK_C)
+        ok = c < programs
+        v = tl.load(part_val_ptr + c, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        i = tl.load(part_idx_ptr + c, mask=ok, other=NO_INDEX, cache_modifier=".cg")
+        best_v, best_i = _first_max(v, i, ok, NO_INDEX)
+        for c0 in range(BLOCK_C, programs, BLOCK_C):  # later chunks hold later rows: a tie keeps best
+            ok = (c0 + c) < programs
+            v = tl.load(part_val_ptr + c0 + c, mask=ok, other=float("-inf"), cache_modifier=".cg")
+            i = tl.load(part_idx_ptr + c0 + c, mask=ok, other=NO_INDEX, cache_modifier=".cg")
+            m, f = _first_max(v, i, ok, NO_INDEX)
+            take = ((m != m) & (best_v == best_v)) | (m > best_v)
+            best_v = tl.where(take, m, best_v)
+            best_i = tl.where(take, f, best_i)
+        tl.store(ids_ptr, best_i.to(tl.int64))
+        tl.store(ticket_ptr, 0)
+
+
+def lm_head_argmax(x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
+                   workspace: LMHeadWorkspace, config: LMHeadConfig | None = None) -> None:
+    """``logits[0] = x[0] @ weight.T`` (rounded once to ``logits``' dtype) and
+    ``ids[0] = argmax(logits[0])``. ``x`` ``[1, K]``; ``weight`` ``[V, K]`` (rows contiguous);
+    ``logits`` ``[1, V]`` contiguous; ``ids`` int64 ``[1]``; all on one device.
+    ``workspace`` holds the partials and the ticket (:class:`LMHeadWorkspace`)."""
+    if x.dim() != 2 or x.shape[0] != 1 or weight.dim() != 2 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"lm_head_argmax takes one row [1, K] and a weight [V, K], got {tuple(x.shape)} and "
+                         f"{tuple(weight.shape)}")
+    vocab, hidden = weight.shape
+    if logits.shape != (1, vocab) or not logits.is_contiguous():
+        raise ValueError(f"lm_head_argmax writes contiguous logits of shape (1, {vocab}), got {tuple(logits.shape)}")
+    if ids.shape != (1,) or ids.dtype != torch.int64:
+        raise ValueError(f"lm_head_argmax writes one int64 id, got {ids.dtype} {tuple(ids.shape)}")
+    if weight.stride(1) != 1 or not x.is_contiguous():
+        raise ValueError("lm_head_argmax needs a row-major weight and a contiguous input row")
+    cfg = config or choose_config(vocab, hidden)
+    programs = triton.cdiv(vocab, cfg.block_n)
+    part_val, part_idx, ticket = workspace.buffers(programs, x.device)
+    pdl = use_pdl(x)
+    _lm_head_argmax_kernel[(programs,)](
+        x, weight, logits, part_val, part_idx, ticket, ids, vocab, weight.stride(0),
+        K=hidden, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(hidden), BLOCK_C=cfg.block_c, PDL=pdl,
+        num_warps=cfg.num_warps, launch_pdl=pdl,
+    )
+
+
+class LMHeadWorkspace:
+    """The launch's partials and its ticket (zero between launches: the last program resets it),
+    allocated on first use and kept: a CUDA graph replays the same addresses."""
+
+    def __init__(self) -> None:
+        self._buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def buffers(self, programs: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        held = self._buffers
+        if held is None or held[0].numel() < programs or held[0].device != device:
+            held = (torch.empty(programs, dtype=torch.float32, device=device),
+                    torch.empty(programs, dtype=torch.int32, device=device),
+                    torch.zeros(1, dtype=torch.int32, device=device))
+            self._buffers = held
+        return held
+
+
+def lm_head_argmax_ref(x: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits [1, V] in dtype, ids [1] int64)``: float32 product rounded once, then argmax."""
+    logits = (x.float() @ weight.float().T).to(dtype)
+    return logits, torch.argmax(logits, dim=-1)
