@@ -72,13 +72,16 @@ def bench(rec: Recorder, model: str, sweep: bool) -> None:
     rec.add("norm+fused", model, shape, timed(with_norm, fused, h, res, norm_w, w, logits, ids), bytes_=nbytes,
             group="chain", config={"block_n": cfg.block_n, "num_warps": cfg.num_warps})
     if sweep:
-        for block_n in (2, 4, 8, 16, 32, 64):
-            for warps in (2, 4, 8):
-                c = LMHeadConfig(block_n, warps)
-                if c == cfg or block_n * hidden > 65536:
-                    continue
-                rec.add("fused sweep", model, shape, timed(fused, x, w, logits, ids, config=c), bytes_=nbytes,
-                        config={"block_n": block_n, "num_warps": warps}, group="sweep")
+        configs = [LMHeadConfig(b, w) for b in (8, 16, 32) for w in (4, 8)]
+        configs += [LMHeadConfig(b, w, programs_per_sm=p, num_stages=st) for b in (8, 16, 32) for w in (4, 8)
+                    for p in (1, 2) for st in (2, 3, 4)]
+        for c in configs:
+            if c == cfg or c.block_n * hidden > 65536 or c.block_n * hidden * c.num_stages * 2 > 200_000:
+                continue
+            fused(x, w, logits, ids, config=c)
+            assert ids.item() == torch.argmax(logits).item(), f"{c}: the pick is not the argmax of its logits"
+            rec.add("fused sweep", model, shape, timed(fused, x, w, logits, ids, config=c), bytes_=nbytes,
+                    config={k: v for k, v in vars(c).items() if k != "block_c"}, group="sweep")
 
 
 def markdown(env: dict, ceilings: dict, rows: list[dict]) -> str:

@@ -46,7 +46,8 @@ def cases(draw: st.DrawFn):
         x = torch.randn(1, hidden, generator=gen).to(dtype)
         w = (torch.randn(vocab, hidden, generator=gen) / hidden**0.5).to(dtype)
     config = draw(st.sampled_from([None, LMHeadConfig(1, 1, 16), LMHeadConfig(4, 2, 16), LMHeadConfig(16, 4, 32),
-                                   LMHeadConfig(64, 4, 1024)]))
+                                   LMHeadConfig(64, 4, 1024), LMHeadConfig(4, 2, 16, programs_per_sm=1),
+                                   LMHeadConfig(8, 4, 4, programs_per_sm=3), LMHeadConfig(2, 1, 2, 2, 2)]))
     return x, w, exact, config
 
 
@@ -87,9 +88,10 @@ def test_special_values(dtype, special):
         w[:, 0] = 0
         w[5, 0] = 1
         w[290, 0] = 1
-    logits, ids = run(x, w, LMHeadWorkspace(), LMHeadConfig(4, 2, 16))
-    want = {"nan": 123, "inf": 77, "all_neg_inf": 0, "tie_across_programs": 5}[special]
-    assert ids.item() == want == torch.argmax(logits, dim=-1).item()
+    for config in (LMHeadConfig(4, 2, 16), LMHeadConfig(4, 2, 4, programs_per_sm=2)):
+        logits, ids = run(x, w, LMHeadWorkspace(), config)
+        want = {"nan": 123, "inf": 77, "all_neg_inf": 0, "tie_across_programs": 5}[special]
+        assert ids.item() == want == torch.argmax(logits, dim=-1).item()
 
 
 def test_the_lm_head_layer_takes_it_only_where_it_applies(monkeypatch):
@@ -126,3 +128,13 @@ def test_config_and_errors():
         lm_head_argmax(torch.zeros(1, 8), w, torch.zeros(1, 11), torch.zeros(1, dtype=torch.int64), ws)
     with pytest.raises(ValueError, match="int64 id"):
         lm_head_argmax(torch.zeros(1, 8), w, torch.zeros(1, 10), torch.zeros(1, dtype=torch.int32), ws)
+
+
+def test_config_override(monkeypatch):
+    monkeypatch.setenv("INFER_LM_HEAD_CONFIG", "8,4,2,3")
+    assert choose_config(151_936, 1024) == LMHeadConfig(8, 4, programs_per_sm=2, num_stages=3)
+    monkeypatch.setenv("INFER_LM_HEAD_CONFIG", "32,8")
+    assert choose_config(151_936, 1024) == LMHeadConfig(32, 8)
+    monkeypatch.setenv("INFER_LM_HEAD_CONFIG", "a,b")
+    with pytest.raises(ValueError, match="INFER_LM_HEAD_CONFIG takes"):
+        choose_config(151_936, 1024)

@@ -23,6 +23,7 @@ once, up to float32 summation order (:func:`lm_head_argmax_ref`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ import triton
 import triton.language as tl
 
 from infer_core.kernels.argmax import _first_max
+from infer_core.kernels.device import num_sms
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
 
 NO_INDEX = tl.constexpr(2147483647)
@@ -37,39 +39,82 @@ NO_INDEX = tl.constexpr(2147483647)
 
 @dataclass(frozen=True)
 class LMHeadConfig:
-    block_n: int  # weight rows per program
+    block_n: int  # weight rows per step of a program
     num_warps: int
     block_c: int = 1024  # partials the last program reduces per step
+    programs_per_sm: int = 0  # 0: one program per block of rows; else a persistent grid
+    num_stages: int = 3  # the persistent loop's weight tiles in flight (Triton's pipeliner)
 
 
 def choose_config(vocab: int, hidden: int) -> LMHeadConfig:
-    """About 32 KB of weights per program (the tile in registers), 4 warps."""
+    """About 32 KB of weights per program (the tile in registers), 4 warps.
+    ``INFER_LM_HEAD_CONFIG="block_n,num_warps[,programs_per_sm,num_stages]"`` overrides it (sweeps)."""
+    override = os.environ.get("INFER_LM_HEAD_CONFIG", "")
+    if override:
+        try:
+            values = [int(v) for v in override.split(",")]
+            if len(values) not in (2, 3, 4):
+                raise ValueError(override)
+            return LMHeadConfig(values[0], values[1], 1024, *values[2:])
+        except ValueError as e:
+            raise ValueError(f"INFER_LM_HEAD_CONFIG takes block_n,num_warps[,programs_per_sm,num_stages] "
+                             f"(integers), got {override!r}") from e
     k = triton.next_power_of_2(hidden)
     block_n = max(1, min(64, 16384 // k))
     return LMHeadConfig(block_n=block_n, num_warps=4 if block_n * k <= 16384 else 8)
 
 
 @triton.jit
-def _lm_head_argmax_kernel(x_ptr, w_ptr, logits_ptr, part_val_ptr, part_idx_ptr, ticket_ptr, ids_ptr,
-                           V, stride_w, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                           BLOCK_C: tl.constexpr, PDL: tl.constexpr):
-    pid = tl.program_id(0)
-    programs = tl.num_programs(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < V
-    ks = tl.arange(0, BLOCK_K)
-    k_ok = ks < K
-    # the weights do not depend on the step: requested before the wait for the kernel ahead
-    w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                other=0.0, eviction_policy="evict_first")
-    if PDL:
-        wait_for_prior()
-    x = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+def _take(m, f, best_v, best_i):
+    """The running (max, first index) after a later block's (max, first index): NaN first, a
+    tie keeps the earlier index; nothing yet (``best_i`` NO_INDEX) takes the block's."""
+    take = ((m != m) & (best_v == best_v)) | (m > best_v) | (best_i == NO_INDEX)
+    return tl.where(take, m, best_v), tl.where(take, f, best_i)
+
+
+@triton.jit
+def _block_logits(w, x, rows, row_ok, logits_ptr):
     y = tl.sum(w.to(tl.float32) * x[None, :], axis=1).to(logits_ptr.dtype.element_ty)
     tl.store(logits_ptr + rows, y, mask=row_ok)
-    m, first = _first_max(y.to(tl.float32), rows, row_ok, NO_INDEX)
-    tl.store(part_val_ptr + pid, m)
-    tl.store(part_idx_ptr + pid, first)
+    return _first_max(y.to(tl.float32), rows, row_ok, NO_INDEX)
+
+
+@triton.jit
+def _lm_head_argmax_kernel(x_ptr, w_ptr, logits_ptr, part_val_ptr, part_idx_ptr, ticket_ptr, ids_ptr,
+                           V, stride_w, blocks_per_program, K: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PERSISTENT: tl.constexpr,
+                           NUM_STAGES: tl.constexpr, PDL: tl.constexpr):
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    ks = tl.arange(0, BLOCK_K)
+    k_ok = ks < K
+    lanes = tl.arange(0, BLOCK_N)
+    if PERSISTENT:  # blocks [pid * per, (pid + 1) * per) of BLOCK_N rows, streamed through the pipeliner
+        if PDL:
+            wait_for_prior()
+        x = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+        best_v = tl.full([], float("-inf"), tl.float32)
+        best_i = tl.full([], NO_INDEX, tl.int32)
+        first_block = pid * blocks_per_program
+        for b in tl.range(first_block, first_block + blocks_per_program, num_stages=NUM_STAGES):
+            rows = b * BLOCK_N + lanes
+            row_ok = rows < V
+            w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + ks[None, :],
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0, eviction_policy="evict_first")
+            m, f = _block_logits(w, x, rows, row_ok, logits_ptr)  # (-inf, NO_INDEX) past the vocabulary
+            best_v, best_i = _take(m, f, best_v, best_i)
+    else:
+        rows = pid * BLOCK_N + lanes
+        row_ok = rows < V
+        # the weights do not depend on the step: requested before the wait for the kernel ahead
+        w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0, eviction_policy="evict_first")
+        if PDL:
+            wait_for_prior()
+        x = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+        best_v, best_i = _block_logits(w, x, rows, row_ok, logits_ptr)
+    tl.store(part_val_ptr + pid, best_v)
+    tl.store(part_idx_ptr + pid, best_i)
     # the last program out reduces every program's partial (acq_rel: their stores are visible)
     ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel", scope="gpu")
     if ticket == programs - 1:
@@ -78,14 +123,12 @@ def _lm_head_argmax_kernel(x_ptr, w_ptr, logits_ptr, part_val_ptr, part_idx_ptr,
         v = tl.load(part_val_ptr + c, mask=ok, other=float("-inf"), cache_modifier=".cg")
         i = tl.load(part_idx_ptr + c, mask=ok, other=NO_INDEX, cache_modifier=".cg")
         best_v, best_i = _first_max(v, i, ok, NO_INDEX)
-        for c0 in range(BLOCK_C, programs, BLOCK_C):  # later chunks hold later rows: a tie keeps best
+        for c0 in range(BLOCK_C, programs, BLOCK_C):  # later chunks hold later rows
             ok = (c0 + c) < programs
             v = tl.load(part_val_ptr + c0 + c, mask=ok, other=float("-inf"), cache_modifier=".cg")
             i = tl.load(part_idx_ptr + c0 + c, mask=ok, other=NO_INDEX, cache_modifier=".cg")
             m, f = _first_max(v, i, ok, NO_INDEX)
-            take = ((m != m) & (best_v == best_v)) | (m > best_v)
-            best_v = tl.where(take, m, best_v)
-            best_i = tl.where(take, f, best_i)
+            best_v, best_i = _take(m, f, best_v, best_i)
         tl.store(ids_ptr, best_i.to(tl.int64))
         tl.store(ticket_ptr, 0)
 
@@ -107,12 +150,17 @@ def lm_head_argmax(x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, 
     if weight.stride(1) != 1 or not x.is_contiguous():
         raise ValueError("lm_head_argmax needs a row-major weight and a contiguous input row")
     cfg = config or choose_config(vocab, hidden)
-    programs = triton.cdiv(vocab, cfg.block_n)
+    blocks = triton.cdiv(vocab, cfg.block_n)
+    programs, per_program = blocks, 1
+    if cfg.programs_per_sm:
+        per_program = triton.cdiv(blocks, min(blocks, cfg.programs_per_sm * num_sms(x.device)))
+        programs = triton.cdiv(blocks, per_program)  # every program has at least one block
     part_val, part_idx, ticket = workspace.buffers(programs, x.device)
     pdl = use_pdl(x)
     _lm_head_argmax_kernel[(programs,)](
-        x, weight, logits, part_val, part_idx, ticket, ids, vocab, weight.stride(0),
-        K=hidden, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(hidden), BLOCK_C=cfg.block_c, PDL=pdl,
+        x, weight, logits, part_val, part_idx, ticket, ids, vocab, weight.stride(0), per_program,
+        K=hidden, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(hidden), BLOCK_C=cfg.block_c,
+        PERSISTENT=bool(cfg.programs_per_sm), NUM_STAGES=cfg.num_stages, PDL=pdl,
         num_warps=cfg.num_warps, launch_pdl=pdl,
     )
 
