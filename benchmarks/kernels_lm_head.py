@@ -72,11 +72,12 @@ def bench(rec: Recorder, model: str, sweep: bool) -> None:
     rec.add("norm+fused", model, shape, timed(with_norm, fused, h, res, norm_w, w, logits, ids), bytes_=nbytes,
             group="chain", config={"block_n": cfg.block_n, "num_warps": cfg.num_warps})
     if sweep:
-        configs = [LMHeadConfig(b, w) for b in (8, 16, 32) for w in (4, 8)]
-        configs += [LMHeadConfig(b, w, programs_per_sm=p, num_stages=st) for b in (8, 16, 32) for w in (4, 8)
-                    for p in (1, 2) for st in (2, 3, 4)]
-        for c in configs:
-            if c == cfg or c.block_n * hidden > 65536 or c.block_n * hidden * c.num_stages * 2 > 200_000:
+        configs = [LMHeadConfig(b, 4, programs_per_sm=p, num_stages=st) for b in (8, 16) for p in (2, 3, 4)
+                   for st in (2, 3, 4)]
+        configs += [LMHeadConfig(b, w, programs_per_sm=p, num_stages=st, tma=True) for b in (8, 16, 32) for w in (4, 8)
+                    for p in (1, 2, 3) for st in (2, 3, 4)]
+        for c in configs:  # (shared memory: the stages of every program on an SM)
+            if c == cfg or c.block_n * hidden * 2 * c.num_stages * c.programs_per_sm > 220_000:
                 continue
             fused(x, w, logits, ids, config=c)
             assert ids.item() == torch.argmax(logits).item(), f"{c}: the pick is not the argmax of its logits"

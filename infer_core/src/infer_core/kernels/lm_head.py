@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from infer_core.kernels.argmax import _first_max
 from infer_core.kernels.device import num_sms
@@ -44,20 +45,21 @@ class LMHeadConfig:
     block_c: int = 1024  # partials the last program reduces per step
     programs_per_sm: int = 0  # 0: one program per block of rows; else a persistent grid
     num_stages: int = 3  # the persistent loop's weight tiles in flight (Triton's pipeliner)
+    tma: bool = False  # persistent: weight tiles by TMA (a host tensor descriptor) instead of pointer loads
 
 
 def choose_config(vocab: int, hidden: int) -> LMHeadConfig:
     """About 32 KB of weights per program (the tile in registers), 4 warps.
-    ``INFER_LM_HEAD_CONFIG="block_n,num_warps[,programs_per_sm,num_stages]"`` overrides it (sweeps)."""
+    ``INFER_LM_HEAD_CONFIG="block_n,num_warps[,programs_per_sm,num_stages,tma]"`` overrides it (sweeps)."""
     override = os.environ.get("INFER_LM_HEAD_CONFIG", "")
     if override:
         try:
             values = [int(v) for v in override.split(",")]
-            if len(values) not in (2, 3, 4):
+            if len(values) not in (2, 3, 4, 5):
                 raise ValueError(override)
-            return LMHeadConfig(values[0], values[1], 1024, *values[2:])
+            return LMHeadConfig(values[0], values[1], 1024, *values[2:4], *(bool(v) for v in values[4:]))
         except ValueError as e:
-            raise ValueError(f"INFER_LM_HEAD_CONFIG takes block_n,num_warps[,programs_per_sm,num_stages] "
+            raise ValueError(f"INFER_LM_HEAD_CONFIG takes block_n,num_warps[,programs_per_sm,num_stages,tma] "
                              f"(integers), got {override!r}") from e
     k = triton.next_power_of_2(hidden)
     block_n = max(1, min(64, 16384 // k))
@@ -73,17 +75,20 @@ def _take(m, f, best_v, best_i):
 
 
 @triton.jit
-def _block_logits(w, x, rows, row_ok, logits_ptr):
-    y = tl.sum(w.to(tl.float32) * x[None, :], axis=1).to(logits_ptr.dtype.element_ty)
-    tl.store(logits_ptr + rows, y, mask=row_ok)
-    return _first_max(y.to(tl.float32), rows, row_ok, NO_INDEX)
+def _lanes_take(y, rows, row_ok, best_v, best_i):
+    """Per row lane: the running (max, first row) after a later block's logits ``y`` (float32),
+    elementwise (no reduction in the loop): NaN first, a tie keeps the earlier row."""
+    v = tl.where(row_ok, y, float("-inf"))
+    i = tl.where(row_ok, rows, NO_INDEX)
+    take = ((v != v) & (best_v == best_v)) | (v > best_v) | (best_i == NO_INDEX)
+    return tl.where(take, v, best_v), tl.where(take, i, best_i)
 
 
 @triton.jit
-def _lm_head_argmax_kernel(x_ptr, w_ptr, logits_ptr, part_val_ptr, part_idx_ptr, ticket_ptr, ids_ptr,
+def _lm_head_argmax_kernel(x_ptr, w_ptr, w_desc, logits_ptr, part_val_ptr, part_idx_ptr, ticket_ptr, ids_ptr,
                            V, stride_w, blocks_per_program, K: tl.constexpr, BLOCK_N: tl.constexpr,
                            BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PERSISTENT: tl.constexpr,
-                           NUM_STAGES: tl.constexpr, PDL: tl.constexpr):
+                           NUM_STAGES: tl.constexpr, TMA_K: tl.constexpr, PDL: tl.constexpr):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     ks = tl.arange(0, BLOCK_K)
@@ -92,17 +97,33 @@ def _lm_head_argmax_kernel(x_ptr, w_ptr, logits_ptr, part_val_ptr, part_idx_ptr,
     if PERSISTENT:  # blocks [pid * per, (pid + 1) * per) of BLOCK_N rows, streamed through the pipeliner
         if PDL:
             wait_for_prior()
-        x = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-        best_v = tl.full([], float("-inf"), tl.float32)
-        best_i = tl.full([], NO_INDEX, tl.int32)
+        lane_v = tl.full([BLOCK_N], float("-inf"), tl.float32)
+        lane_i = tl.full([BLOCK_N], NO_INDEX, tl.int32)
         first_block = pid * blocks_per_program
-        for b in tl.range(first_block, first_block + blocks_per_program, num_stages=NUM_STAGES):
-            rows = b * BLOCK_N + lanes
-            row_ok = rows < V
-            w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + ks[None, :],
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0, eviction_policy="evict_first")
-            m, f = _block_logits(w, x, rows, row_ok, logits_ptr)  # (-inf, NO_INDEX) past the vocabulary
-            best_v, best_i = _take(m, f, best_v, best_i)
+        if TMA_K > 0:  # weight tiles [BLOCK_N, TMA_K] by TMA (rows past V come in as zeros)
+            kk = tl.arange(0, TMA_K)
+            for b in tl.range(first_block, first_block + blocks_per_program, num_stages=NUM_STAGES):
+                rows = b * BLOCK_N + lanes
+                row_ok = rows < V
+                acc = tl.zeros([BLOCK_N], tl.float32)
+                for k0 in tl.static_range(0, K, TMA_K):
+                    w = w_desc.load([b * BLOCK_N, k0])
+                    xk = tl.load(x_ptr + k0 + kk).to(tl.float32)
+                    acc += tl.sum(w.to(tl.float32) * xk[None, :], axis=1)
+                y = acc.to(logits_ptr.dtype.element_ty)
+                tl.store(logits_ptr + rows, y, mask=row_ok)
+                lane_v, lane_i = _lanes_take(y.to(tl.float32), rows, row_ok, lane_v, lane_i)
+        else:
+            x = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+            for b in tl.range(first_block, first_block + blocks_per_program, num_stages=NUM_STAGES):
+                rows = b * BLOCK_N + lanes
+                row_ok = rows < V
+                w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + ks[None, :],
+                            mask=row_ok[:, None] & k_ok[None, :], other=0.0, eviction_policy="evict_first")
+                y = tl.sum(w.to(tl.float32) * x[None, :], axis=1).to(logits_ptr.dtype.element_ty)
+                tl.store(logits_ptr + rows, y, mask=row_ok)
+                lane_v, lane_i = _lanes_take(y.to(tl.float32), rows, row_ok, lane_v, lane_i)
+        best_v, best_i = _first_max(lane_v, lane_i, lane_i != NO_INDEX, NO_INDEX)
     else:
         rows = pid * BLOCK_N + lanes
         row_ok = rows < V
@@ -112,7 +133,9 @@ def _lm_head_argmax_kernel(x_ptr, w_ptr, logits_ptr, part_val_ptr, part_idx_ptr,
         if PDL:
             wait_for_prior()
         x = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-        best_v, best_i = _block_logits(w, x, rows, row_ok, logits_ptr)
+        y = tl.sum(w.to(tl.float32) * x[None, :], axis=1).to(logits_ptr.dtype.element_ty)
+        tl.store(logits_ptr + rows, y, mask=row_ok)
+        best_v, best_i = _first_max(y.to(tl.float32), rows, row_ok, NO_INDEX)
     tl.store(part_val_ptr + pid, best_v)
     tl.store(part_idx_ptr + pid, best_i)
     # the last program out reduces every program's partial (acq_rel: their stores are visible)
@@ -156,13 +179,26 @@ def lm_head_argmax(x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, 
         per_program = triton.cdiv(blocks, min(blocks, cfg.programs_per_sm * num_sms(x.device)))
         programs = triton.cdiv(blocks, per_program)  # every program has at least one block
     part_val, part_idx, ticket = workspace.buffers(programs, x.device)
+    tma_k = _tma_k(cfg, hidden, weight)
+    desc = TensorDescriptor.from_tensor(weight, [cfg.block_n, tma_k]) if tma_k else None
     pdl = use_pdl(x)
     _lm_head_argmax_kernel[(programs,)](
-        x, weight, logits, part_val, part_idx, ticket, ids, vocab, weight.stride(0), per_program,
+        x, weight, desc, logits, part_val, part_idx, ticket, ids, vocab, weight.stride(0), per_program,
         K=hidden, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(hidden), BLOCK_C=cfg.block_c,
-        PERSISTENT=bool(cfg.programs_per_sm), NUM_STAGES=cfg.num_stages, PDL=pdl,
+        PERSISTENT=bool(cfg.programs_per_sm), NUM_STAGES=cfg.num_stages, TMA_K=tma_k, PDL=pdl,
         num_warps=cfg.num_warps, launch_pdl=pdl,
     )
+
+
+def _tma_k(cfg: LMHeadConfig, hidden: int, weight: torch.Tensor) -> int:
+    """The TMA tile's width (``cfg.tma``, persistent only): the widest power of two up to 256
+    (a TMA box's limit) dividing ``K``, with 16-byte rows; else 0 (pointer loads)."""
+    if not (cfg.tma and cfg.programs_per_sm) or weight.stride(0) * weight.element_size() % 16 or cfg.block_n > 256:
+        return 0
+    for width in (256, 128, 64, 32, 16, 8):
+        if hidden % width == 0 and width * weight.element_size() >= 16:
+            return width
+    return 0
 
 
 class LMHeadWorkspace:
