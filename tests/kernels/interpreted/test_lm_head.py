@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,9 +120,14 @@ def test_the_lm_head_layer_takes_it_only_where_it_applies(monkeypatch):
 
 
 def test_config_and_errors():
-    assert choose_config(151_936, 1024) == LMHeadConfig(16, 4)
-    assert choose_config(128_256, 2048) == LMHeadConfig(8, 4)
-    assert choose_config(262_144, 640).block_n * 1024 <= 16384
+    assert choose_config(151_936, 1024) == LMHeadConfig(8, 4, programs_per_sm=4, num_stages=3)
+    assert choose_config(128_256, 2048) == LMHeadConfig(8, 4, programs_per_sm=2, num_stages=3)
+    assert choose_config(151_936, 2560) == LMHeadConfig(8, 8, programs_per_sm=1, num_stages=3)
+    for hidden in (64, 640, 1024, 2048, 2560, 5120, 8192, 16384):
+        for size in (2, 4):
+            c = choose_config(1000, hidden, size)
+            assert c.programs_per_sm * c.num_stages * c.block_n * triton.next_power_of_2(hidden) * size <= 192 * 1024 \
+                or c.block_n == c.num_stages == c.programs_per_sm == 1
     ws = LMHeadWorkspace()
     w = torch.zeros(10, 8)
     with pytest.raises(ValueError, match="one row"):

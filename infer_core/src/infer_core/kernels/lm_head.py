@@ -3,22 +3,27 @@ written where the caller wants them, and ``argmax(logits)`` beside them.
 
 At batch 1 the head is a GEMV over the whole vocabulary (Qwen3-0.6B: 151,936 x 1,024 bf16,
 311 MB, the largest single read of the step). The usual path is cuBLAS, a copy of its output
-into the engine's logits buffer, and the two-stage argmax: three launches after the final norm,
-none of which may start before the one ahead of it finished. Here:
+into the engine's logits buffer and the two-stage argmax: four graph nodes after the final norm.
+Here, by default (``choose_config``):
 
-- grid ``cdiv(V, BLOCK_N)``; a program owns ``BLOCK_N`` whole weight rows (``evict_first``),
-  requested **before** the PDL wait, so the weight stream starts while the kernel ahead (the
-  final norm) still runs;
-- each row's product is a float32 sum over ``K`` (``x`` from L2), rounded once to the logits'
-  dtype and stored;
-- the program's maximum of its rounded logits and the first row holding it go to per-program
-  partials; the last program to finish (an acq_rel ticket) reduces them in program order and
-  writes the int64 token id, then resets the ticket for the next launch (a CUDA graph replays
-  it as is).
+- a **persistent** grid (up to 4 programs per SM); program ``p`` streams a contiguous range of
+  blocks of ``BLOCK_N`` weight rows through Triton's software pipeline (``num_stages`` tiles in
+  flight in shared memory, ``evict_first``), optionally by TMA (``tma``, a host tensor
+  descriptor; measured no faster);
+- each row's product is a float32 sum over ``K``, rounded once to the logits' dtype and stored;
+- each row lane keeps its running maximum and the first row holding it, elementwise (no
+  reduction inside the loop); after the loop one reduction gives the program's partial;
+- the last program to finish (an acq_rel ticket) reduces the partials in program order and writes
+  the int64 token id, then resets the ticket for the next launch (a CUDA graph replays it as is).
+
+``programs_per_sm = 0`` is the first version, one program per block with its weights requested
+before the PDL wait: slower (many programs, one ticket each).
 
 Exactly ``torch.argmax`` of the stored logits: the first index of the maximum, NaN above
 everything (``kernels.argmax``'s rule). The logits equal ``(x.float() @ W.float().T)`` rounded
-once, up to float32 summation order (:func:`lm_head_argmax_ref`).
+once, up to float32 summation order (:func:`lm_head_argmax_ref`). Measured on an H200
+(``benchmarks/reports/lm-head-2026-12-03-h200/``): Qwen3-0.6B's head 83.4 against 87.5 µs for
+cuBLAS + copy + argmax, Llama-3.2-1B's 128.6 against 136.3.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from infer_core.kernels.device import num_sms
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
 
 NO_INDEX = tl.constexpr(2147483647)
+SHARED_BYTES = 192 * 1024  # the pipelined weight stages of one SM's programs (of 227 KB on Hopper)
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,10 @@ class LMHeadConfig:
     tma: bool = False  # persistent: weight tiles by TMA (a host tensor descriptor) instead of pointer loads
 
 
-def choose_config(vocab: int, hidden: int) -> LMHeadConfig:
-    """About 32 KB of weights per program (the tile in registers), 4 warps.
+def choose_config(vocab: int, hidden: int, element_size: int = 2) -> LMHeadConfig:
+    """The persistent loop (the H200 sweep's fastest, ``benchmarks/kernels_lm_head.py``): blocks of
+    8 rows, 3 stages in flight, as many programs per SM (up to 4) as 192 KB of shared memory
+    holds stages for (Qwen3-0.6B's head: 4, Llama-3.2-1B's: 2), 8 warps from 4,096 columns.
     ``INFER_LM_HEAD_CONFIG="block_n,num_warps[,programs_per_sm,num_stages,tma]"`` overrides it (sweeps)."""
     override = os.environ.get("INFER_LM_HEAD_CONFIG", "")
     if override:
@@ -61,9 +69,15 @@ def choose_config(vocab: int, hidden: int) -> LMHeadConfig:
         except ValueError as e:
             raise ValueError(f"INFER_LM_HEAD_CONFIG takes block_n,num_warps[,programs_per_sm,num_stages,tma] "
                              f"(integers), got {override!r}") from e
-    k = triton.next_power_of_2(hidden)
-    block_n = max(1, min(64, 16384 // k))
-    return LMHeadConfig(block_n=block_n, num_warps=4 if block_n * k <= 16384 else 8)
+    stage_bytes = triton.next_power_of_2(hidden) * element_size
+    stages, block_n = 3, 8
+    while block_n > 1 and stages * block_n * stage_bytes > SHARED_BYTES:
+        block_n //= 2
+    while stages > 1 and stages * block_n * stage_bytes > SHARED_BYTES:
+        stages -= 1
+    per_sm = max(1, min(4, SHARED_BYTES // (stages * block_n * stage_bytes)))
+    warps = 8 if triton.next_power_of_2(hidden) >= 4096 else 4
+    return LMHeadConfig(block_n, warps, programs_per_sm=per_sm, num_stages=stages)
 
 
 @triton.jit
@@ -172,7 +186,7 @@ def lm_head_argmax(x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, 
         raise ValueError(f"lm_head_argmax writes one int64 id, got {ids.dtype} {tuple(ids.shape)}")
     if weight.stride(1) != 1 or not x.is_contiguous():
         raise ValueError("lm_head_argmax needs a row-major weight and a contiguous input row")
-    cfg = config or choose_config(vocab, hidden)
+    cfg = config or choose_config(vocab, hidden, weight.element_size())
     blocks = triton.cdiv(vocab, cfg.block_n)
     programs, per_program = blocks, 1
     if cfg.programs_per_sm:
