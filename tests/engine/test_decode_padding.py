@@ -94,27 +94,3 @@ def test_bad_capture_sizes_are_a_config_error():
 
     with pytest.raises(ConfigError, match="cuda_graph_sizes"):
         load_config(overrides={"model": {"cuda_graph_sizes": [0, 8]}}, environ={})
-
-
-def test_graph_copies_replay_in_turn(monkeypatch):
-    """``INFER_GRAPH_COPIES=N``: each size's graph is captured N times and replayed in turn."""
-    monkeypatch.setenv("INFER_GRAPH_COPIES", "3")
-    graphs = DecodeGraphs([1, 2])
-    assert graphs.copies == 3
-    monkeypatch.setenv("INFER_GRAPH_COPIES", "")
-    assert DecodeGraphs([1]).copies == 1
-
-    class FakeGraph:
-        def __init__(self, name):
-            self.name, self.replays = name, 0
-
-        def replay(self):
-            self.replays += 1
-
-    from infer_core.engine.cuda_graphs import CapturedStep
-
-    steps = [CapturedStep(FakeGraph(i), f"out{i}") for i in range(3)]
-    graphs.captured[1] = steps[0]
-    graphs._spares[1] = steps
-    assert [graphs.replay(1) for _ in range(7)] == ["out0", "out1", "out2", "out0", "out1", "out2", "out0"]
-    assert [s.graph.replays for s in steps] == [3, 2, 2]

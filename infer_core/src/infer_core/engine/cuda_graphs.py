@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,15 +53,10 @@ class CapturedStep(Generic[R]):
 class DecodeGraphs(Generic[R]):
     """The captured decode graphs of one runner, by padded batch size."""
 
-    def __init__(self, sizes: Sequence[int], copies: int | None = None) -> None:
+    def __init__(self, sizes: Sequence[int]) -> None:
         self.sizes = sorted(set(sizes))
         self.captured: dict[int, CapturedStep[R]] = {}
         self.capture_seconds = 0.0
-        # copies > 1: each size captured that many times, replayed in turn (INFER_GRAPH_COPIES, A/B
-        # runs: a graph launched while its previous launch still runs may wait for it to finish)
-        self.copies = max(1, int(os.environ.get("INFER_GRAPH_COPIES") or "1") if copies is None else copies)
-        self._spares: dict[int, list[CapturedStep[R]]] = {}
-        self._turn: dict[int, int] = {}
 
     def size_for(self, num_reqs: int) -> int | None:
         """The smallest capture size that holds ``num_reqs`` rows, or None when it is larger
@@ -80,23 +74,16 @@ class DecodeGraphs(Generic[R]):
             inputs = prepare(size)
             forward(inputs)
             torch.cuda.synchronize()
-            steps = []
-            for _ in range(self.copies):
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    outputs = forward(inputs)
-                steps.append(CapturedStep(graph, outputs))
-            self.captured[size] = steps[0]
-            self._spares[size] = steps
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                outputs = forward(inputs)
+            self.captured[size] = CapturedStep(graph, outputs)
         torch.cuda.synchronize()
         self.capture_seconds = time.perf_counter() - start
         log.info("captured %d decode CUDA graphs (batch sizes %d..%d) in %.1f s",
                  len(self.sizes), self.sizes[0], self.sizes[-1], self.capture_seconds)
 
     def replay(self, size: int) -> R:
-        steps = self._spares.get(size) or [self.captured[size]]
-        turn = self._turn.get(size, 0)
-        self._turn[size] = (turn + 1) % len(steps)
-        step = steps[turn]
+        step = self.captured[size]
         step.graph.replay()
         return step.outputs
