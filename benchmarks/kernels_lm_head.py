@@ -5,8 +5,8 @@ and Llama-3.2-1B's 128,256 x 2,048):
 - ``cublas``: ``F.linear`` (cuBLAS), the copy into the engine's logits buffer, the two-stage
   argmax (``kernels.argmax``): the decode graph's path before ``kernels.lm_head``;
 - ``fused``: ``kernels.lm_head.lm_head_argmax``, one launch.
-Each alone and behind the final norm (``fused_add_rms_norm``, a PDL launch, so the fused
-kernel's weight requests start while it runs). ``--sweep`` also times other configs.
+Each alone and behind the final norm (``fused_add_rms_norm``). ``--sweep`` also times other
+configs (block rows, warps, programs per SM, stages).
 
 Timing, the device's copy-bandwidth ceiling and the environment record are those of
 ``benchmarks/kernels.py`` (CUDA-graph replays from a cold L2). Bytes charged: the weight read
@@ -66,16 +66,14 @@ def bench(rec: Recorder, model: str, sweep: bool) -> None:
     rec.add("cublas+copy+argmax", model, shape, timed(cublas_head, x, w, logits, ids), bytes_=nbytes,
             group="reference")
     rec.add("fused", model, shape, timed(fused, x, w, logits, ids), bytes_=nbytes,
-            config={"block_n": cfg.block_n, "num_warps": cfg.num_warps})
+            config={k: v for k, v in vars(cfg).items() if k != "block_c"})
     rec.add("norm+cublas path", model, shape, timed(with_norm, cublas_head, h, res, norm_w, w, logits, ids),
             bytes_=nbytes, group="chain")
     rec.add("norm+fused", model, shape, timed(with_norm, fused, h, res, norm_w, w, logits, ids), bytes_=nbytes,
-            group="chain", config={"block_n": cfg.block_n, "num_warps": cfg.num_warps})
+            group="chain", config={k: v for k, v in vars(cfg).items() if k != "block_c"})
     if sweep:
-        configs = [LMHeadConfig(b, 4, programs_per_sm=p, num_stages=st) for b in (8, 16) for p in (2, 3, 4)
-                   for st in (2, 3, 4)]
-        configs += [LMHeadConfig(b, w, programs_per_sm=p, num_stages=st, tma=True) for b in (8, 16, 32) for w in (4, 8)
-                    for p in (1, 2, 3) for st in (2, 3, 4)]
+        configs = [LMHeadConfig(b, w, programs_per_sm=p, num_stages=st) for b in (8, 16, 32) for w in (4, 8)
+                   for p in (1, 2, 3, 4) for st in (2, 3, 4)]
         for c in configs:  # (shared memory: the stages of every program on an SM)
             if c == cfg or c.block_n * hidden * 2 * c.num_stages * c.programs_per_sm > 220_000:
                 continue

@@ -46,10 +46,10 @@ def cases(draw: st.DrawFn):
     else:
         x = torch.randn(1, hidden, generator=gen).to(dtype)
         w = (torch.randn(vocab, hidden, generator=gen) / hidden**0.5).to(dtype)
-    config = draw(st.sampled_from([None, LMHeadConfig(1, 1, 16), LMHeadConfig(4, 2, 16), LMHeadConfig(16, 4, 32),
-                                   LMHeadConfig(64, 4, 1024), LMHeadConfig(4, 2, 16, programs_per_sm=1),
-                                   LMHeadConfig(8, 4, 4, programs_per_sm=3), LMHeadConfig(2, 1, 2, 2, 2),
-                                   LMHeadConfig(4, 2, 16, 1, 2, tma=True), LMHeadConfig(16, 4, 4, 2, 3, tma=True)]))
+    config = draw(st.sampled_from([None, LMHeadConfig(1, 1, 1, block_c=16), LMHeadConfig(4, 2, 1, block_c=16),
+                                   LMHeadConfig(16, 4, 2, block_c=32), LMHeadConfig(64, 4, 1),
+                                   LMHeadConfig(8, 4, 3, block_c=4), LMHeadConfig(2, 1, 2, 2, block_c=2),
+                                   LMHeadConfig(16, 4, 2, 3, block_c=4)]))
     return x, w, exact, config
 
 
@@ -90,8 +90,7 @@ def test_special_values(dtype, special):
         w[:, 0] = 0
         w[5, 0] = 1
         w[290, 0] = 1
-    for config in (LMHeadConfig(4, 2, 16), LMHeadConfig(4, 2, 4, programs_per_sm=2),
-                   LMHeadConfig(4, 2, 4, programs_per_sm=2, tma=True)):
+    for config in (LMHeadConfig(4, 2, 1, block_c=16), LMHeadConfig(4, 2, 2, block_c=4)):
         logits, ids = run(x, w, LMHeadWorkspace(), config)
         want = {"nan": 123, "inf": 77, "all_neg_inf": 0, "tie_across_programs": 5}[special]
         assert ids.item() == want == torch.argmax(logits, dim=-1).item()
@@ -141,10 +140,9 @@ def test_config_and_errors():
 def test_config_override(monkeypatch):
     monkeypatch.setenv("INFER_LM_HEAD_CONFIG", "8,4,2,3")
     assert choose_config(151_936, 1024) == LMHeadConfig(8, 4, programs_per_sm=2, num_stages=3)
-    monkeypatch.setenv("INFER_LM_HEAD_CONFIG", "8,4,2,3,1")
-    assert choose_config(151_936, 1024) == LMHeadConfig(8, 4, programs_per_sm=2, num_stages=3, tma=True)
-    monkeypatch.setenv("INFER_LM_HEAD_CONFIG", "32,8")
-    assert choose_config(151_936, 1024) == LMHeadConfig(32, 8)
-    monkeypatch.setenv("INFER_LM_HEAD_CONFIG", "a,b")
-    with pytest.raises(ValueError, match="INFER_LM_HEAD_CONFIG takes"):
-        choose_config(151_936, 1024)
+    monkeypatch.setenv("INFER_LM_HEAD_CONFIG", "32,8,1")
+    assert choose_config(151_936, 1024) == LMHeadConfig(32, 8, programs_per_sm=1)
+    for bad in ("a,b", "32,8", "8,4,0", "8,4,2,3,1"):
+        monkeypatch.setenv("INFER_LM_HEAD_CONFIG", bad)
+        with pytest.raises(ValueError, match="INFER_LM_HEAD_CONFIG takes"):
+            choose_config(151_936, 1024)

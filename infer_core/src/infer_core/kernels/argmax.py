@@ -30,7 +30,7 @@ MIN_BLOCK, MAX_BLOCK = 1024, 8192  # the range benchmarks/kernels_argmax.py --sw
 
 
 @triton.jit
-def _first_max(v, idx, valid, NO_INDEX: tl.constexpr):
+def first_max(v, idx, valid, NO_INDEX: tl.constexpr):
     """(max, first index of it) of ``v`` where ``valid``, NaN above everything."""
     is_nan = (v != v) & valid
     has_nan = tl.max(is_nan.to(tl.int32), axis=0) > 0
@@ -50,7 +50,7 @@ def _argmax_chunk_kernel(x_ptr, part_val_ptr, part_idx_ptr, stride_x, n_cols, n_
     cols = chunk * BLOCK + tl.arange(0, BLOCK)
     valid = cols < n_cols
     v = tl.load(x_ptr + row * stride_x + cols, mask=valid, other=float("-inf")).to(tl.float32)
-    m, first = _first_max(v, cols, valid, 2147483647)
+    m, first = first_max(v, cols, valid, 2147483647)
     tl.store(part_val_ptr + row * n_chunks + chunk, m)
     tl.store(part_idx_ptr + row * n_chunks + chunk, first)
 
@@ -64,7 +64,7 @@ def _argmax_reduce_kernel(part_val_ptr, part_idx_ptr, out_ptr, n_chunks, BLOCK_C
     valid = c < n_chunks
     v = tl.load(part_val_ptr + row * n_chunks + c, mask=valid, other=float("-inf"))
     idx = tl.load(part_idx_ptr + row * n_chunks + c, mask=valid, other=2147483647)
-    _, first = _first_max(v, idx, valid, 2147483647)
+    _, first = first_max(v, idx, valid, 2147483647)
     tl.store(out_ptr + row, first.to(tl.int64))
 
 

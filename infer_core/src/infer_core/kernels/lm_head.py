@@ -8,16 +8,16 @@ Here, by default (``choose_config``):
 
 - a **persistent** grid (up to 4 programs per SM); program ``p`` streams a contiguous range of
   blocks of ``BLOCK_N`` weight rows through Triton's software pipeline (``num_stages`` tiles in
-  flight in shared memory, ``evict_first``), optionally by TMA (``tma``, a host tensor
-  descriptor; measured no faster);
+  flight in shared memory, ``evict_first``);
 - each row's product is a float32 sum over ``K``, rounded once to the logits' dtype and stored;
 - each row lane keeps its running maximum and the first row holding it, elementwise (no
   reduction inside the loop); after the loop one reduction gives the program's partial;
 - the last program to finish (an acq_rel ticket) reduces the partials in program order and writes
   the int64 token id, then resets the ticket for the next launch (a CUDA graph replays it as is).
 
-``programs_per_sm = 0`` is the first version, one program per block with its weights requested
-before the PDL wait: slower (many programs, one ticket each).
+Two variants measured slower on the H200 were removed (code in commit ecae8fb): one program per
+block with its weights requested before the PDL wait (117 µs: 9,496 tickets on one address), and
+TMA weight tiles from a host tensor descriptor (no faster).
 
 Exactly ``torch.argmax`` of the stored logits: the first index of the maximum, NaN above
 everything (``kernels.argmax``'s rule). The logits equal ``(x.float() @ W.float().T)`` rounded
@@ -34,9 +34,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 
-from infer_core.kernels.argmax import _first_max
+from infer_core.kernels.argmax import first_max
 from infer_core.kernels.device import num_sms
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
 
@@ -48,27 +47,26 @@ SHARED_BYTES = 192 * 1024  # the pipelined weight stages of one SM's programs (o
 class LMHeadConfig:
     block_n: int  # weight rows per step of a program
     num_warps: int
+    programs_per_sm: int  # the persistent grid: programs per SM (at least 1)
+    num_stages: int = 3  # weight tiles in flight in each program (Triton's pipeliner)
     block_c: int = 1024  # partials the last program reduces per step
-    programs_per_sm: int = 0  # 0: one program per block of rows; else a persistent grid
-    num_stages: int = 3  # the persistent loop's weight tiles in flight (Triton's pipeliner)
-    tma: bool = False  # persistent: weight tiles by TMA (a host tensor descriptor) instead of pointer loads
 
 
 def choose_config(vocab: int, hidden: int, element_size: int = 2) -> LMHeadConfig:
     """The persistent loop (the H200 sweep's fastest, ``benchmarks/kernels_lm_head.py``): blocks of
     8 rows, 3 stages in flight, as many programs per SM (up to 4) as 192 KB of shared memory
     holds stages for (Qwen3-0.6B's head: 4, Llama-3.2-1B's: 2), 8 warps from 4,096 columns.
-    ``INFER_LM_HEAD_CONFIG="block_n,num_warps[,programs_per_sm,num_stages,tma]"`` overrides it (sweeps)."""
+    ``INFER_LM_HEAD_CONFIG="block_n,num_warps,programs_per_sm[,num_stages]"`` overrides it (sweeps)."""
     override = os.environ.get("INFER_LM_HEAD_CONFIG", "")
     if override:
         try:
             values = [int(v) for v in override.split(",")]
-            if len(values) not in (2, 3, 4, 5):
+            if len(values) not in (3, 4) or min(values) < 1:
                 raise ValueError(override)
-            return LMHeadConfig(values[0], values[1], 1024, *values[2:4], *(bool(v) for v in values[4:]))
+            return LMHeadConfig(*values)
         except ValueError as e:
-            raise ValueError(f"INFER_LM_HEAD_CONFIG takes block_n,num_warps[,programs_per_sm,num_stages,tma] "
-                             f"(integers), got {override!r}") from e
+            raise ValueError(f"INFER_LM_HEAD_CONFIG takes block_n,num_warps,programs_per_sm[,num_stages] "
+                             f"(positive integers), got {override!r}") from e
     stage_bytes = triton.next_power_of_2(hidden) * element_size
     stages, block_n = 3, 8
     while block_n > 1 and stages * block_n * stage_bytes > SHARED_BYTES:
@@ -82,74 +80,39 @@ def choose_config(vocab: int, hidden: int, element_size: int = 2) -> LMHeadConfi
 
 @triton.jit
 def _take(m, f, best_v, best_i):
-    """The running (max, first index) after a later block's (max, first index): NaN first, a
-    tie keeps the earlier index; nothing yet (``best_i`` NO_INDEX) takes the block's."""
+    """The running (max, first index) after a later block's (max, first index), elementwise: NaN
+    first, a tie keeps the earlier index; nothing yet (``best_i`` NO_INDEX) takes the block's."""
     take = ((m != m) & (best_v == best_v)) | (m > best_v) | (best_i == NO_INDEX)
     return tl.where(take, m, best_v), tl.where(take, f, best_i)
 
 
 @triton.jit
-def _lanes_take(y, rows, row_ok, best_v, best_i):
-    """Per row lane: the running (max, first row) after a later block's logits ``y`` (float32),
-    elementwise (no reduction in the loop): NaN first, a tie keeps the earlier row."""
-    v = tl.where(row_ok, y, float("-inf"))
-    i = tl.where(row_ok, rows, NO_INDEX)
-    take = ((v != v) & (best_v == best_v)) | (v > best_v) | (best_i == NO_INDEX)
-    return tl.where(take, v, best_v), tl.where(take, i, best_i)
-
-
-@triton.jit
-def _lm_head_argmax_kernel(x_ptr, w_ptr, w_desc, logits_ptr, part_val_ptr, part_idx_ptr, ticket_ptr, ids_ptr,
+def _lm_head_argmax_kernel(x_ptr, w_ptr, logits_ptr, part_val_ptr, part_idx_ptr, ticket_ptr, ids_ptr,
                            V, stride_w, blocks_per_program, K: tl.constexpr, BLOCK_N: tl.constexpr,
-                           BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, PERSISTENT: tl.constexpr,
-                           NUM_STAGES: tl.constexpr, TMA_K: tl.constexpr, PDL: tl.constexpr):
+                           BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, NUM_STAGES: tl.constexpr,
+                           PDL: tl.constexpr):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     ks = tl.arange(0, BLOCK_K)
     k_ok = ks < K
     lanes = tl.arange(0, BLOCK_N)
-    if PERSISTENT:  # blocks [pid * per, (pid + 1) * per) of BLOCK_N rows, streamed through the pipeliner
-        if PDL:
-            wait_for_prior()
-        lane_v = tl.full([BLOCK_N], float("-inf"), tl.float32)
-        lane_i = tl.full([BLOCK_N], NO_INDEX, tl.int32)
-        first_block = pid * blocks_per_program
-        if TMA_K > 0:  # weight tiles [BLOCK_N, TMA_K] by TMA (rows past V come in as zeros)
-            kk = tl.arange(0, TMA_K)
-            for b in tl.range(first_block, first_block + blocks_per_program, num_stages=NUM_STAGES):
-                rows = b * BLOCK_N + lanes
-                row_ok = rows < V
-                acc = tl.zeros([BLOCK_N], tl.float32)
-                for k0 in tl.static_range(0, K, TMA_K):
-                    w = w_desc.load([b * BLOCK_N, k0])
-                    xk = tl.load(x_ptr + k0 + kk).to(tl.float32)
-                    acc += tl.sum(w.to(tl.float32) * xk[None, :], axis=1)
-                y = acc.to(logits_ptr.dtype.element_ty)
-                tl.store(logits_ptr + rows, y, mask=row_ok)
-                lane_v, lane_i = _lanes_take(y.to(tl.float32), rows, row_ok, lane_v, lane_i)
-        else:
-            x = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-            for b in tl.range(first_block, first_block + blocks_per_program, num_stages=NUM_STAGES):
-                rows = b * BLOCK_N + lanes
-                row_ok = rows < V
-                w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + ks[None, :],
-                            mask=row_ok[:, None] & k_ok[None, :], other=0.0, eviction_policy="evict_first")
-                y = tl.sum(w.to(tl.float32) * x[None, :], axis=1).to(logits_ptr.dtype.element_ty)
-                tl.store(logits_ptr + rows, y, mask=row_ok)
-                lane_v, lane_i = _lanes_take(y.to(tl.float32), rows, row_ok, lane_v, lane_i)
-        best_v, best_i = _first_max(lane_v, lane_i, lane_i != NO_INDEX, NO_INDEX)
-    else:
-        rows = pid * BLOCK_N + lanes
+    if PDL:
+        wait_for_prior()
+    x = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+    # per row lane, the running (max, first row): no reduction inside the loop
+    lane_v = tl.full([BLOCK_N], float("-inf"), tl.float32)
+    lane_i = tl.full([BLOCK_N], NO_INDEX, tl.int32)
+    first_block = pid * blocks_per_program  # blocks [pid * per, (pid + 1) * per), through the pipeliner
+    for b in tl.range(first_block, first_block + blocks_per_program, num_stages=NUM_STAGES):
+        rows = b * BLOCK_N + lanes
         row_ok = rows < V
-        # the weights do not depend on the step: requested before the wait for the kernel ahead
-        w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + ks[None, :], mask=row_ok[:, None] & k_ok[None, :],
-                    other=0.0, eviction_policy="evict_first")
-        if PDL:
-            wait_for_prior()
-        x = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + ks[None, :],
+                    mask=row_ok[:, None] & k_ok[None, :], other=0.0, eviction_policy="evict_first")
         y = tl.sum(w.to(tl.float32) * x[None, :], axis=1).to(logits_ptr.dtype.element_ty)
         tl.store(logits_ptr + rows, y, mask=row_ok)
-        best_v, best_i = _first_max(y.to(tl.float32), rows, row_ok, NO_INDEX)
+        lane_v, lane_i = _take(tl.where(row_ok, y.to(tl.float32), float("-inf")), tl.where(row_ok, rows, NO_INDEX),
+                               lane_v, lane_i)
+    best_v, best_i = first_max(lane_v, lane_i, lane_i != NO_INDEX, NO_INDEX)
     tl.store(part_val_ptr + pid, best_v)
     tl.store(part_idx_ptr + pid, best_i)
     # the last program out reduces every program's partial (acq_rel: their stores are visible)
@@ -159,12 +122,12 @@ def _lm_head_argmax_kernel(x_ptr, w_ptr, w_desc, logits_ptr, part_val_ptr, part_
         ok = c < programs
         v = tl.load(part_val_ptr + c, mask=ok, other=float("-inf"), cache_modifier=".cg")
         i = tl.load(part_idx_ptr + c, mask=ok, other=NO_INDEX, cache_modifier=".cg")
-        best_v, best_i = _first_max(v, i, ok, NO_INDEX)
+        best_v, best_i = first_max(v, i, ok, NO_INDEX)
         for c0 in range(BLOCK_C, programs, BLOCK_C):  # later chunks hold later rows
             ok = (c0 + c) < programs
             v = tl.load(part_val_ptr + c0 + c, mask=ok, other=float("-inf"), cache_modifier=".cg")
             i = tl.load(part_idx_ptr + c0 + c, mask=ok, other=NO_INDEX, cache_modifier=".cg")
-            m, f = _first_max(v, i, ok, NO_INDEX)
+            m, f = first_max(v, i, ok, NO_INDEX)
             best_v, best_i = _take(m, f, best_v, best_i)
         tl.store(ids_ptr, best_i.to(tl.int64))
         tl.store(ticket_ptr, 0)
@@ -188,31 +151,15 @@ def lm_head_argmax(x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, 
         raise ValueError("lm_head_argmax needs a row-major weight and a contiguous input row")
     cfg = config or choose_config(vocab, hidden, weight.element_size())
     blocks = triton.cdiv(vocab, cfg.block_n)
-    programs, per_program = blocks, 1
-    if cfg.programs_per_sm:
-        per_program = triton.cdiv(blocks, min(blocks, cfg.programs_per_sm * num_sms(x.device)))
-        programs = triton.cdiv(blocks, per_program)  # every program has at least one block
+    per_program = triton.cdiv(blocks, min(blocks, cfg.programs_per_sm * num_sms(x.device)))
+    programs = triton.cdiv(blocks, per_program)  # every program has at least one block
     part_val, part_idx, ticket = workspace.buffers(programs, x.device)
-    tma_k = _tma_k(cfg, hidden, weight)
-    desc = TensorDescriptor.from_tensor(weight, [cfg.block_n, tma_k]) if tma_k else None
     pdl = use_pdl(x)
     _lm_head_argmax_kernel[(programs,)](
-        x, weight, desc, logits, part_val, part_idx, ticket, ids, vocab, weight.stride(0), per_program,
+        x, weight, logits, part_val, part_idx, ticket, ids, vocab, weight.stride(0), per_program,
         K=hidden, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(hidden), BLOCK_C=cfg.block_c,
-        PERSISTENT=bool(cfg.programs_per_sm), NUM_STAGES=cfg.num_stages, TMA_K=tma_k, PDL=pdl,
-        num_warps=cfg.num_warps, launch_pdl=pdl,
+        NUM_STAGES=cfg.num_stages, PDL=pdl, num_warps=cfg.num_warps, launch_pdl=pdl,
     )
-
-
-def _tma_k(cfg: LMHeadConfig, hidden: int, weight: torch.Tensor) -> int:
-    """The TMA tile's width (``cfg.tma``, persistent only): the widest power of two up to 256
-    (a TMA box's limit) dividing ``K``, with 16-byte rows; else 0 (pointer loads)."""
-    if not (cfg.tma and cfg.programs_per_sm) or weight.stride(0) * weight.element_size() % 16 or cfg.block_n > 256:
-        return 0
-    for width in (256, 128, 64, 32, 16, 8):
-        if hidden % width == 0 and width * weight.element_size() >= 16:
-            return width
-    return 0
 
 
 class LMHeadWorkspace:
