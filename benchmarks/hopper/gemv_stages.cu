@@ -1,0 +1,392 @@
+// How fast one batch-1 projection stage of a persistent decode layer can stream its weights when
+// it is written for Hopper by hand: y = W x (W [n, k] bf16, x [k] bf16, y float32), one stage per
+// round, rounds separated by the layer's grid barrier, as in the Triton persistent layer, whose
+// stages take (H200 timeline, Qwen3-0.6B) qkv 2.2, o 1.6, gate/up 4.2 and down 1.9 µs.
+//
+// All SMs x ctas_per_sm CTAs stay resident; CTA c owns rows [c r, (c + 1) r) (r = ceil(n / CTAs)),
+// whose weights are one contiguous range. A round: (weights requested early), the grid barrier,
+// x read from L2 into shared memory, the products, y stored. Round i reads weight copy i % copies
+// (copies x n x k x 2 bytes > 2 x L2: every round streams from DRAM). Per stage:
+// (t(rounds) - t(1)) / (rounds - 1) minus the barrier alone (the same launch with no rows), CUDA
+// events, medians of the launches. The last round's y is checked against the host's sums.
+//
+// --ctas runs the stage on that many CTAs instead (fewer than the SMs: what a grid of clusters that
+// leaves some SMs out streams).
+//
+// Variants:
+//   ldg        16-byte ld.global.nc.L1::no_allocate loads into registers, 16 per thread in flight,
+//              issued after the barrier.
+//   ldg-early  the same, the first 16 per thread issued before the barrier (the Triton layer's
+//              default: a stage's weights never depend on the step).
+//   bulk       cp.async.bulk (the TMA's 1-D copies) of `chunk`-byte pieces into a ring of `stages`
+//              shared-memory slots, each with an mbarrier; the first `stages` pieces issued before
+//              the barrier, the next one as soon as a slot is read.
+//
+// Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a gemv_stages.cu -o gemv_stages
+// (benchmarks/hopper_programs.py builds, runs and reports). Output: one JSON object per line.
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#define CHECK(call)                                                                          \
+  do {                                                                                       \
+    cudaError_t err_ = (call);                                                               \
+    if (err_ != cudaSuccess) {                                                               \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                     \
+                   cudaGetErrorString(err_));                                                \
+      std::exit(2);                                                                          \
+    }                                                                                        \
+  } while (0)
+
+constexpr int kThreads = 256;
+constexpr int kInFlight = 16;  // 16-byte loads in flight per thread (ldg variants)
+constexpr long long kMaxSpins = 1ll << 24;
+
+enum Variant { kLdg = 0, kLdgEarly = 1, kBulk = 2 };
+static const char* kVariantNames[] = {"ldg", "ldg-early", "bulk"};
+
+__host__ __device__ inline float weight_value(unsigned copy, unsigned row, unsigned col) {
+  unsigned h = copy * 0x9E3779B1u ^ row * 0x85EBCA77u ^ col * 0xC2B2AE3Du;
+  h ^= h >> 15, h *= 0x2C1B3C6Du, h ^= h >> 12;
+  return static_cast<float>(static_cast<int>(h & 255u) - 128) / 128.0f;  // exact in bf16
+}
+
+__host__ __device__ inline float x_value(unsigned col) { return weight_value(7919u, 104729u, col); }
+
+__global__ void init(__nv_bfloat16* w, __nv_bfloat16* x, int copies, int n, int k) {
+  const long long total = static_cast<long long>(copies) * n * k;
+  for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const long long per_copy = static_cast<long long>(n) * k;
+    const unsigned c = static_cast<unsigned>(i / per_copy), r = static_cast<unsigned>(i % per_copy / k),
+                   col = static_cast<unsigned>(i % k);
+    w[i] = __float2bfloat16(weight_value(c, r, col));
+    if (i < k) x[i] = __float2bfloat16(x_value(static_cast<unsigned>(i)));
+  }
+}
+
+__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target, unsigned* timeouts) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+    unsigned seen = 0;
+    long long spins = 0;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+    } while (static_cast<int>(seen - target) < 0 && ++spins < kMaxSpins);
+    if (spins >= kMaxSpins) atomicAdd(timeouts, 1u);
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ float dot8(uint4 w, const float* x) {
+  const __nv_bfloat162* pair = reinterpret_cast<const __nv_bfloat162*>(&w);
+  float s = 0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __bfloat1622float2(pair[j]);
+    s = fmaf(f.x, x[2 * j], s);
+    s = fmaf(f.y, x[2 * j + 1], s);
+  }
+  return s;
+}
+
+// One vector's product into its row's sum: the 32 lanes of a warp hold 32 vectors of one row
+// (k / 8 is a multiple of 32 and every group of loads starts at a multiple of 256 vectors).
+__device__ __forceinline__ void add_to_row(float* acc, int row, float s) {
+#pragma unroll
+  for (int offset = 16; offset; offset >>= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
+  if ((threadIdx.x & 31) == 0) atomicAdd(acc + row, s);
+}
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+          smem_addr(dst)),
+      "l"(src), "r"(bytes), "r"(smem_addr(bar))
+      : "memory");
+}
+
+__device__ __forceinline__ void wait_parity(uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n .reg .pred done;\n WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      " @!done bra WAIT_%=;\n}" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+
+// errors[1]: barrier time-outs
+__global__ void gemv_rounds(int variant, int rounds, int copies, int n, int k, int stages, int chunk,
+                            const __nv_bfloat16* w, const __nv_bfloat16* x, float* y, unsigned* counter,
+                            unsigned* errors) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem);  // [stages] (bulk)
+  float* acc = reinterpret_cast<float*>(smem + 128);   // [rows of this CTA], at most 256
+  float* xs = acc + 256;                               // [k]
+  unsigned char* ring = reinterpret_cast<unsigned char*>(xs + k);  // [stages][chunk] (bulk), 128-aligned
+  ring += (128 - smem_addr(ring) % 128) % 128;
+
+  const int programs = gridDim.x;
+  const int per_cta = n ? (n + programs - 1) / programs : 0;
+  const int row0 = min(n, blockIdx.x * per_cta), rows = min(n, row0 + per_cta) - row0;
+  const int row_vectors = k / 8;
+  const int vectors = rows * row_vectors;  // this CTA's 16-byte weight vectors (contiguous)
+  const int chunk_vectors = chunk / 16;
+  const int chunks = (vectors + chunk_vectors - 1) / chunk_vectors;
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) acc[i] = 0;
+  if (variant == kBulk && threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s)
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bars + s)) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  long long issued = 0, consumed = 0;  // bulk: pieces issued / read over the launch (ring position)
+  auto issue = [&](const uint4* base, int piece) {  // thread 0
+    const int slot = static_cast<int>(issued % stages);
+    const int first = piece * chunk_vectors, count = min(chunk_vectors, vectors - first);
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    bulk_load(ring + static_cast<size_t>(slot) * chunk, base + first, 16u * count, bars + slot);
+    ++issued;
+  };
+  uint4 regs[kInFlight];
+  for (int r = 0; r < rounds; ++r) {
+    const uint4* base = reinterpret_cast<const uint4*>(w + (static_cast<size_t>(r % copies) * n + row0) * k);
+    const int early_pieces = min(stages, chunks);
+    if (variant == kLdgEarly) {
+#pragma unroll
+      for (int i = 0; i < kInFlight; ++i) {
+        const int v = threadIdx.x + i * kThreads;
+        if (v < vectors) regs[i] = load_stream(base + v);
+      }
+    } else if (variant == kBulk && threadIdx.x == 0) {
+      for (int p = 0; p < early_pieces; ++p) issue(base, p);
+    }
+    grid_barrier(counter, static_cast<unsigned>(r + 1) * programs, errors + 1);
+    for (int i = threadIdx.x; i < k; i += blockDim.x) xs[i] = __bfloat162float(__ldcg(x + i));
+    __syncthreads();
+    if (variant == kBulk) {
+      for (int p = 0; p < chunks; ++p) {
+        const int slot = static_cast<int>(consumed % stages);
+        wait_parity(bars + slot, static_cast<unsigned>((consumed / stages) & 1));
+        const uint4* piece = reinterpret_cast<const uint4*>(ring + static_cast<size_t>(slot) * chunk);
+        const int first = p * chunk_vectors, count = min(chunk_vectors, vectors - first);
+        for (int i = threadIdx.x; i < count; i += kThreads) {
+          const int v = first + i;
+          add_to_row(acc, v / row_vectors, dot8(piece[i], xs + (v % row_vectors) * 8));
+        }
+        ++consumed;
+        __syncthreads();  // the slot is read: refill it
+        if (threadIdx.x == 0 && p + stages < chunks) issue(base, p + stages);
+      }
+    } else {
+      for (int start = 0; start < vectors; start += kInFlight * kThreads) {
+        if (variant == kLdg || start > 0) {
+#pragma unroll
+          for (int i = 0; i < kInFlight; ++i) {
+            const int v = start + threadIdx.x + i * kThreads;
+            if (v < vectors) regs[i] = load_stream(base + v);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < kInFlight; ++i) {
+          const int v = start + threadIdx.x + i * kThreads;
+          if (v < vectors) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
+        }
+      }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) {
+      y[row0 + i] = acc[i];
+      acc[i] = 0;
+    }
+  }
+}
+
+struct Shape {
+  const char* name;
+  int n, k;
+};
+
+static const Shape kShapes[] = {
+    {"qwen3-0.6b.qkv", 4096, 1024},      {"qwen3-0.6b.o", 1024, 2048},
+    {"qwen3-0.6b.gate_up", 6144, 1024},  {"qwen3-0.6b.down", 1024, 3072},
+    {"llama-3.2-1b.qkv", 3072, 2048},    {"llama-3.2-1b.o", 2048, 2048},
+    {"llama-3.2-1b.gate_up", 16384, 2048}, {"llama-3.2-1b.down", 2048, 8192},
+};
+
+static double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size();
+  return m % 2 ? v[m / 2] : 0.5 * (v[m / 2 - 1] + v[m / 2]);
+}
+
+struct Bench {
+  int sms, rounds, repeats;
+  cudaEvent_t start, stop;
+  unsigned *counter, *errors;
+
+  // median µs of one launch of `rounds` rounds
+  double launch_us(int variant, int ctas, int rnds, int copies, int n, int k, int stages, int chunk, int smem,
+                   const __nv_bfloat16* w, const __nv_bfloat16* x, float* y) {
+    std::vector<double> t;
+    for (int i = 0; i < repeats + 1; ++i) {
+      CHECK(cudaMemset(counter, 0, sizeof(unsigned)));
+      CHECK(cudaEventRecord(start));
+      gemv_rounds<<<ctas, kThreads, smem>>>(variant, rnds, copies, n, k, stages, chunk, w, x, y, counter, errors);
+      CHECK(cudaGetLastError());
+      CHECK(cudaEventRecord(stop));
+      CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (i) t.push_back(1000.0 * ms);  // the first launch warms up
+    }
+    return median(t);
+  }
+
+  double round_us(int variant, int ctas, int copies, int n, int k, int stages, int chunk, int smem,
+                  const __nv_bfloat16* w, const __nv_bfloat16* x, float* y) {
+    const double one = launch_us(variant, ctas, 1, copies, n, k, stages, chunk, smem, w, x, y);
+    const double many = launch_us(variant, ctas, rounds, copies, n, k, stages, chunk, smem, w, x, y);
+    return (many - one) / (rounds - 1);
+  }
+};
+
+static std::vector<int> ints(const char* text) {
+  std::vector<int> out;
+  for (const char* p = text; *p;) {
+    out.push_back(std::atoi(p));
+    while (*p && *p != ',') ++p;
+    if (*p == ',') ++p;
+  }
+  return out;
+}
+
+int main(int argc, char** argv) {
+  int rounds = 201, repeats = 7, chunk = 16384;
+  std::vector<int> per_sm = {1, 2}, stage_counts = {2, 4, 8}, cta_counts;
+  std::string only;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string key = argv[i];
+    if (key == "--rounds") rounds = std::atoi(argv[i + 1]);
+    else if (key == "--repeats") repeats = std::atoi(argv[i + 1]);
+    else if (key == "--chunk") chunk = std::atoi(argv[i + 1]);
+    else if (key == "--ctas-per-sm") per_sm = ints(argv[i + 1]);
+    else if (key == "--ctas") cta_counts = ints(argv[i + 1]);
+    else if (key == "--stages") stage_counts = ints(argv[i + 1]);
+    else if (key == "--shape") only = argv[i + 1];
+    else {
+      std::fprintf(stderr, "unknown option %s (--rounds N --repeats N --chunk BYTES --ctas-per-sm a,b "
+                   "--ctas a,b --stages a,b --shape NAME)\n", key.c_str());
+      return 2;
+    }
+  }
+  if (rounds < 2 || repeats < 1 || chunk < 16 || chunk % 4096) {
+    std::fprintf(stderr, "--rounds >= 2, --repeats >= 1, --chunk a multiple of 4096 bytes\n");
+    return 2;
+  }
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("{\"device\": \"%s\", \"sms\": %d, \"cc\": \"%d.%d\", \"l2_bytes\": %d, \"smem_per_sm\": %zu}\n",
+              prop.name, prop.multiProcessorCount, prop.major, prop.minor, prop.l2CacheSize,
+              prop.sharedMemPerMultiprocessor);
+  if (prop.major < 9) {
+    std::fprintf(stderr, "cp.async.bulk needs compute capability 9.0 or newer (this device: %d.%d)\n", prop.major,
+                 prop.minor);
+    return 3;
+  }
+  Bench bench{prop.multiProcessorCount, rounds, repeats};
+  CHECK(cudaEventCreate(&bench.start));
+  CHECK(cudaEventCreate(&bench.stop));
+  CHECK(cudaMalloc(&bench.counter, sizeof(unsigned)));
+  CHECK(cudaMalloc(&bench.errors, 2 * sizeof(unsigned)));
+  CHECK(cudaFuncSetAttribute(gemv_rounds, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(prop.sharedMemPerBlockOptin)));
+  CHECK(cudaFuncSetAttribute(gemv_rounds, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+  const size_t target_bytes = 2 * static_cast<size_t>(prop.l2CacheSize) + (64u << 20);
+  for (const Shape& shape : kShapes) {
+    if (!only.empty() && only != shape.name) continue;
+    const size_t bytes = static_cast<size_t>(shape.n) * shape.k * 2;
+    const int copies = static_cast<int>((target_bytes + bytes - 1) / bytes);
+    __nv_bfloat16 *w = nullptr, *x = nullptr;
+    float* y = nullptr;
+    CHECK(cudaMalloc(&w, bytes * copies));
+    CHECK(cudaMalloc(&x, sizeof(__nv_bfloat16) * shape.k));
+    CHECK(cudaMalloc(&y, sizeof(float) * shape.n));
+    init<<<4 * prop.multiProcessorCount, 256>>>(w, x, copies, shape.n, shape.k);
+    CHECK(cudaGetLastError());
+    // the host's sums for the last round's copy (every run checks its final y against them)
+    const int last_copy = (rounds - 1) % copies;
+    std::vector<double> ref(shape.n);
+    for (int r = 0; r < shape.n; ++r) {
+      double s = 0;
+      for (int c = 0; c < shape.k; ++c) s += static_cast<double>(weight_value(last_copy, r, c)) * x_value(c);
+      ref[r] = s;
+    }
+    std::vector<float> got(shape.n);
+    std::vector<int> grids = cta_counts;  // --ctas (e.g. the SMs a cluster size covers), else --ctas-per-sm
+    if (grids.empty())
+      for (int k_per_sm : per_sm) grids.push_back(prop.multiProcessorCount * k_per_sm);
+    for (int ctas : grids) {
+      const int k_per_sm = (ctas + prop.multiProcessorCount - 1) / prop.multiProcessorCount;
+      if ((shape.n + ctas - 1) / ctas > 256) continue;  // (the row sums' shared memory holds 256)
+      const int base_smem = 128 + 4 * 256 + 4 * shape.k;
+      const double barrier = bench.round_us(kLdg, ctas, copies, 0, shape.k, 1, chunk, base_smem, w, x, y);
+      std::vector<std::pair<int, int>> runs = {{kLdg, 0}, {kLdgEarly, 0}};
+      for (int s : stage_counts) runs.push_back({kBulk, s});
+      for (auto [variant, stages] : runs) {
+        const int smem = base_smem + (variant == kBulk ? 128 + stages * chunk : 0);
+        if (smem > static_cast<int>(prop.sharedMemPerMultiprocessor / k_per_sm - prop.reservedSharedMemPerBlock) ||
+            smem > static_cast<int>(prop.sharedMemPerBlockOptin)) {
+          std::fprintf(stderr, "skipped: %s %s %d stages at %d CTAs per SM (shared memory)\n", shape.name,
+                       kVariantNames[variant], stages, k_per_sm);
+          continue;
+        }
+        CHECK(cudaMemset(bench.errors, 0, 2 * sizeof(unsigned)));
+        CHECK(cudaMemset(y, 0, sizeof(float) * shape.n));
+        const double us = bench.round_us(variant, ctas, copies, shape.n, shape.k, std::max(stages, 1), chunk, smem,
+                                         w, x, y);
+        unsigned host_errors[2];
+        CHECK(cudaMemcpy(host_errors, bench.errors, sizeof(host_errors), cudaMemcpyDeviceToHost));
+        CHECK(cudaMemcpy(got.data(), y, sizeof(float) * shape.n, cudaMemcpyDeviceToHost));
+        double max_err = 0;
+        for (int r = 0; r < shape.n; ++r) max_err = std::max(max_err, std::fabs(got[r] - ref[r]) / (1.0 + std::fabs(ref[r])));
+        const double stage = us - barrier;
+        std::printf("{\"shape\": \"%s\", \"n\": %d, \"k\": %d, \"variant\": \"%s\", \"stages\": %d, \"chunk\": %d, "
+                    "\"ctas\": %d, \"ctas_per_sm\": %d, \"rounds\": %d, \"copies\": %d, \"us_per_round\": %.4f, "
+                    "\"barrier_us\": %.4f, \"stage_us\": %.4f, \"gbps\": %.1f, \"max_rel_err\": %.2e, "
+                    "\"errors\": %u, \"timeouts\": %u}\n",
+                    shape.name, shape.n, shape.k, kVariantNames[variant], stages, variant == kBulk ? chunk : 0, ctas,
+                    k_per_sm, rounds, copies, us, barrier, stage, bytes / (stage * 1e3), max_err,
+                    max_err > 1e-3 ? 1u : 0u, host_errors[1]);
+        std::fflush(stdout);
+      }
+    }
+    CHECK(cudaFree(w));
+    CHECK(cudaFree(x));
+    CHECK(cudaFree(y));
+  }
+  return 0;
+}

@@ -1,0 +1,150 @@
+"""Builds, runs and reports the CUDA programs under ``benchmarks/hopper/``: what a Hopper-specific
+batch-1 decode layer kernel could save, measured before it is written.
+
+- ``handoffs`` (``hopper/handoffs.cu``): one stage handoff, a grid barrier with the vector the next
+  stage reads (the persistent Triton layer's, written in CUDA) against a thread-block cluster's
+  barrier with the vector exchanged through distributed shared memory (pull or push), for cluster
+  sizes 2-16 at 1 or 2 CTAs per SM, as many clusters as are resident at once (the ``ctas`` column
+  says how many SMs a cluster size covers).
+- ``gemv_stages`` (``hopper/gemv_stages.cu``): one projection stage (y = W x, batch 1, bf16) at
+  the layers' shapes between grid barriers, its weights streamed by 16-byte loads (after or
+  before the barrier) or by the TMA's 1-D bulk copies into a ring of shared-memory slots; µs per
+  stage beside the Triton layer's stage times and GB/s beside the copy ceiling.
+
+Each program checks every value it reads back (a wrong word or a barrier time-out fails the run
+instead of reporting a time) and prints one JSON line per row; this script writes
+``<program>.json`` and ``<program>.md`` into ``--out``. Arguments after ``--`` go to the program
+(its header lists them).
+
+    python benchmarks/hopper_programs.py handoffs --out benchmarks/reports/hopper-<date>-<device>
+    python benchmarks/hopper_programs.py gemv_stages --out benchmarks/reports/hopper-<date>-<device> -- --stages 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent / "hopper"
+NVCC_FLAGS = ["-std=c++17", "-O3", "-gencode=arch=compute_90a,code=sm_90a"]
+
+# program: the markdown table's (heading, row key or a function of the row)
+COLUMNS = {
+    "handoffs": [
+        ("mode", "mode"), ("cluster", lambda r: r["cluster"] or "–"), ("CTAs", "ctas"),
+        ("CTAs/SM", "ctas_per_sm"), ("words", "words"), ("µs per exchange", lambda r: f"{r['us_per_round']:.3f}"),
+        ("launch µs", lambda r: f"{r['launch_us']:.1f}"),
+    ],
+    "gemv_stages": [
+        ("shape", "shape"), ("n x k", lambda r: f"{r['n']} x {r['k']}"), ("variant", "variant"),
+        ("stages", lambda r: r["stages"] if r["variant"] == "bulk" else "–"), ("CTAs/SM", "ctas_per_sm"),
+        ("µs per stage", lambda r: f"{r['stage_us']:.3f}"), ("barrier + x µs", lambda r: f"{r['barrier_us']:.3f}"),
+        ("GB/s", lambda r: f"{r['gbps']:.0f}"),
+    ],
+}
+TITLES = {
+    "handoffs": "Stage handoffs: grid barrier against thread-block clusters",
+    "gemv_stages": "Projection stages between grid barriers: 16-byte loads against TMA bulk copies",
+}
+NOTES = {
+    "handoffs": "µs per exchange: (t(rounds) - t(1)) / (rounds - 1), medians of the launches; `words`: "
+                "float32 words per vector (one per grid, one per cluster).",
+    "gemv_stages": "µs per stage: (t(rounds) - t(1)) / (rounds - 1) minus the same launch with no rows "
+                   "(the barrier and the read of x), medians of the launches; every round streams its "
+                   "weights from DRAM (copies over 2 x L2).",
+}
+
+
+class ProgramError(RuntimeError):
+    """A program read back a wrong value or a barrier timed out: it has a bug."""
+
+
+def source(program: str) -> Path:
+    if program not in COLUMNS:
+        raise ValueError(f"unknown program {program!r}: choose one of {', '.join(COLUMNS)}")
+    return HERE / f"{program}.cu"
+
+
+def build(program: str, out_dir: Path, nvcc: str | None = None) -> Path:
+    """Compile ``program`` into ``out_dir``; returns the executable's path."""
+    nvcc = nvcc or shutil.which("nvcc")
+    if nvcc is None:
+        raise FileNotFoundError(f"nvcc is not on PATH: install the CUDA toolkit (13.0 or newer) to build {program}")
+    binary = out_dir / program
+    subprocess.run([nvcc, *NVCC_FLAGS, str(source(program)), "-o", str(binary)], check=True)
+    return binary
+
+
+def parse(lines: list[str]) -> tuple[dict, list[dict]]:
+    """A program's output: its first JSON line describes the device, each other one a row."""
+    objects = [json.loads(line) for line in lines if line.strip().startswith("{")]
+    if not objects or "device" not in objects[0]:
+        raise ValueError("the program printed no device line: did it run on a GPU?")
+    rows = objects[1:]
+    broken = [r for r in rows if r["errors"] or r["timeouts"]]
+    if broken:
+        raise ProgramError(f"{len(broken)} rows read back wrong values or timed out, first: {broken[0]}")
+    return objects[0], rows
+
+
+def markdown(program: str, device: dict, env: dict, rows: list[dict]) -> str:
+    columns = COLUMNS[program]
+    lines = [
+        f"# {TITLES[program]} — {device['device']}", "",
+        f"{env['date']}, commit `{env['commit']}`, {env['nvcc']}; {device['sms']} SMs, "
+        f"{device['smem_per_sm'] // 1024} KB shared memory per SM. {NOTES[program]}", "",
+        "| " + " | ".join(h for h, _ in columns) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|",
+    ]
+    for row in rows:
+        cells = [value(row) if callable(value) else row[value] for _, value in columns]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def environment(nvcc: str) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
+    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+            "nvcc": version[-1] if version else "nvcc", "flags": NVCC_FLAGS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("program", choices=sorted(COLUMNS))
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    nvcc = shutil.which("nvcc")
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = build(args.program, Path(tmp), nvcc)
+        run = subprocess.run([str(binary), *extra], capture_output=True, text=True)
+    sys.stderr.write(run.stderr)
+    if run.returncode:
+        print(run.stdout)
+        raise SystemExit(f"{args.program} exited with {run.returncode}")
+    device, rows = parse(run.stdout.splitlines())
+    env = environment(nvcc)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.program}.json").write_text(
+        json.dumps({"environment": env, "device": device, "args": extra, "rows": rows}, indent=1))
+    md = markdown(args.program, device, env, rows)
+    (args.out / f"{args.program}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
