@@ -8,8 +8,9 @@ batch-1 decode layer kernel could save, measured before it is written.
   says how many SMs a cluster size covers).
 - ``gemv_stages`` (``hopper/gemv_stages.cu``): one projection stage (y = W x, batch 1, bf16) at
   the layers' shapes between grid barriers, its weights streamed by 16-byte loads (after or
-  before the barrier) or by the TMA's 1-D bulk copies into a ring of shared-memory slots; µs per
-  stage beside the Triton layer's stage times and GB/s beside the copy ceiling.
+  before the barrier) or by the TMA's 1-D bulk copies into a ring of shared-memory slots, and
+  between cluster barriers with the row sums pushed into the peers' shared memory (``cluster``);
+  µs per stage beside the Triton layer's stage times and GB/s beside the copy ceiling.
 
 Each program checks every value it reads back (a wrong word or a barrier time-out fails the run
 instead of reporting a time) and prints one JSON line per row; this script writes
@@ -43,9 +44,10 @@ COLUMNS = {
     ],
     "gemv_stages": [
         ("shape", "shape"), ("n x k", lambda r: f"{r['n']} x {r['k']}"), ("variant", "variant"),
-        ("stages", lambda r: r["stages"] if r["variant"] == "bulk" else "–"), ("CTAs/SM", "ctas_per_sm"),
-        ("µs per stage", lambda r: f"{r['stage_us']:.3f}"), ("barrier + x µs", lambda r: f"{r['barrier_us']:.3f}"),
-        ("GB/s", lambda r: f"{r['gbps']:.0f}"),
+        ("stages", lambda r: r["stages"] if r["variant"] == "bulk" else "–"),
+        ("cluster", lambda r: r["cluster"] or "–"), ("CTAs", "ctas"), ("CTAs/SM", "ctas_per_sm"),
+        ("µs per round", lambda r: f"{r['us_per_round']:.3f}"), ("µs per stage", lambda r: f"{r['stage_us']:.3f}"),
+        ("barrier µs", lambda r: f"{r['barrier_us']:.3f}"), ("GB/s", lambda r: f"{r['gbps']:.0f}"),
     ],
 }
 TITLES = {
@@ -55,9 +57,10 @@ TITLES = {
 NOTES = {
     "handoffs": "µs per exchange: (t(rounds) - t(1)) / (rounds - 1), medians of the launches; `words`: "
                 "float32 words per vector (one per grid, one per cluster).",
-    "gemv_stages": "µs per stage: (t(rounds) - t(1)) / (rounds - 1) minus the same launch with no rows "
-                   "(the barrier and the read of x), medians of the launches; every round streams its "
-                   "weights from DRAM (copies over 2 x L2).",
+    "gemv_stages": "µs per round: (t(rounds) - t(1)) / (rounds - 1), medians of the launches: the stage and "
+                   "its handoff (compare rounds across variants); µs per stage: minus the same launch with no "
+                   "rows (the grid variants: the grid barrier and the read of x from L2; `cluster`: the "
+                   "cluster barrier). Every round streams its weights from DRAM (copies over 2 x L2).",
 }
 
 

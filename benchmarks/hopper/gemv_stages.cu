@@ -21,10 +21,15 @@
 //   bulk       cp.async.bulk (the TMA's 1-D copies) of `chunk`-byte pieces into a ring of `stages`
 //              shared-memory slots, each with an mbarrier; the first `stages` pieces issued before
 //              the barrier, the next one as soon as a slot is read.
+//   cluster    clusters of `--clusters` CTAs (as many as are resident) each own a slice of the rows;
+//              16-byte loads issued before a cluster barrier (instead of the grid's), the row sums
+//              pushed into every peer's shared memory (the cluster layer's handoff). Its barrier
+//              column is the cluster barrier alone.
 //
 // Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a gemv_stages.cu -o gemv_stages
 // (benchmarks/hopper_programs.py builds, runs and reports). Output: one JSON object per line.
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -35,6 +40,8 @@
 #include <cstdlib>
 #include <string>
 #include <vector>
+
+namespace cg = cooperative_groups;
 
 #define CHECK(call)                                                                          \
   do {                                                                                       \
@@ -225,6 +232,64 @@ __global__ void gemv_rounds(int variant, int rounds, int copies, int n, int k, i
   }
 }
 
+// The cluster variant: clusters of `size` CTAs each own a contiguous slice of the rows (`slice`
+// per cluster); every CTA pushes its row sums into every peer's shared memory (the cluster's
+// vector, double-buffered by the round's parity) and the rounds are separated by a cluster
+// barrier instead of the grid's. x is read once into shared memory: in a cluster layer the
+// stage's input is already there, pushed by the stage before. After the last round rank 0
+// stores the cluster's vector (every peer's pushes) as y.
+__global__ void gemv_rounds_cluster(int rounds, int copies, int n, int k, int slice, const __nv_bfloat16* w,
+                                    const __nv_bfloat16* x, float* y) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* acc = reinterpret_cast<float*>(smem);  // [256]
+  float* xs = acc + 256;                         // [k]
+  float* vec = xs + k;                           // [2][slice]
+  cg::cluster_group cluster = cg::this_cluster();
+  const int size = static_cast<int>(cluster.num_blocks()), rank = static_cast<int>(cluster.block_rank());
+  const int slice_row0 = min(n, static_cast<int>(blockIdx.x) / size * slice);
+  const int slice_rows = min(n, slice_row0 + slice) - slice_row0;
+  const int per_cta = (slice_rows + size - 1) / size;
+  const int local0 = min(slice_rows, rank * per_cta), rows = min(slice_rows, local0 + per_cta) - local0;
+  const int row_vectors = k / 8, vectors = rows * row_vectors;
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) acc[i] = 0;
+  for (int i = threadIdx.x; i < k; i += blockDim.x) xs[i] = __bfloat162float(x[i]);
+  __syncthreads();
+  uint4 regs[kInFlight];
+  for (int r = 0; r < rounds; ++r) {
+    const uint4* base =
+        reinterpret_cast<const uint4*>(w + (static_cast<size_t>(r % copies) * n + slice_row0 + local0) * k);
+#pragma unroll
+    for (int i = 0; i < kInFlight; ++i) {
+      const int v = threadIdx.x + i * kThreads;
+      if (v < vectors) regs[i] = load_stream(base + v);
+    }
+    cluster.sync();  // the handoff: the last round's pushes landed
+    for (int start = 0; start < vectors; start += kInFlight * kThreads) {
+      if (start > 0) {
+#pragma unroll
+        for (int i = 0; i < kInFlight; ++i) {
+          const int v = start + threadIdx.x + i * kThreads;
+          if (v < vectors) regs[i] = load_stream(base + v);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kInFlight; ++i) {
+        const int v = start + threadIdx.x + i * kThreads;
+        if (v < vectors) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
+      }
+    }
+    __syncthreads();
+    float* out = vec + (r & 1) * slice;
+    for (int i = threadIdx.x; i < rows * size; i += blockDim.x)
+      cluster.map_shared_rank(out, i % size)[local0 + i / size] = acc[i / size];
+    __syncthreads();
+    for (int i = threadIdx.x; i < rows; i += blockDim.x) acc[i] = 0;
+  }
+  cluster.sync();
+  if (rank == 0)
+    for (int i = threadIdx.x; i < slice_rows; i += blockDim.x) y[slice_row0 + i] = vec[((rounds - 1) & 1) * slice + i];
+}
+
 struct Shape {
   const char* name;
   int n, k;
@@ -244,35 +309,70 @@ static double median(std::vector<double> v) {
 }
 
 struct Bench {
-  int sms, rounds, repeats;
+  int rounds, repeats;
   cudaEvent_t start, stop;
   unsigned *counter, *errors;
 
-  // median µs of one launch of `rounds` rounds
-  double launch_us(int variant, int ctas, int rnds, int copies, int n, int k, int stages, int chunk, int smem,
-                   const __nv_bfloat16* w, const __nv_bfloat16* x, float* y) {
+  // median µs of one launch(rnds), the counter reset before each (untimed); the first launch warms up
+  template <class Launch>
+  double launch_us(int rnds, Launch&& launch) {
     std::vector<double> t;
     for (int i = 0; i < repeats + 1; ++i) {
       CHECK(cudaMemset(counter, 0, sizeof(unsigned)));
       CHECK(cudaEventRecord(start));
-      gemv_rounds<<<ctas, kThreads, smem>>>(variant, rnds, copies, n, k, stages, chunk, w, x, y, counter, errors);
+      launch(rnds);
       CHECK(cudaGetLastError());
       CHECK(cudaEventRecord(stop));
       CHECK(cudaEventSynchronize(stop));
       float ms = 0;
       CHECK(cudaEventElapsedTime(&ms, start, stop));
-      if (i) t.push_back(1000.0 * ms);  // the first launch warms up
+      if (i) t.push_back(1000.0 * ms);
     }
     return median(t);
   }
 
-  double round_us(int variant, int ctas, int copies, int n, int k, int stages, int chunk, int smem,
-                  const __nv_bfloat16* w, const __nv_bfloat16* x, float* y) {
-    const double one = launch_us(variant, ctas, 1, copies, n, k, stages, chunk, smem, w, x, y);
-    const double many = launch_us(variant, ctas, rounds, copies, n, k, stages, chunk, smem, w, x, y);
-    return (many - one) / (rounds - 1);
+  template <class Launch>
+  double round_us(Launch&& launch) {
+    const double one = launch_us(1, launch);
+    return (launch_us(rounds, launch) - one) / (rounds - 1);
   }
 };
+
+// A CTA's shared memory that leaves room for `ctas_per_sm` CTAs on one SM (and no more).
+static int smem_for(const cudaDeviceProp& prop, int ctas_per_sm) {
+  const int per_sm = static_cast<int>(prop.sharedMemPerMultiprocessor);
+  const int reserved = static_cast<int>(prop.reservedSharedMemPerBlock);
+  const int fit = per_sm / ctas_per_sm - reserved;
+  const int exclude = per_sm / (ctas_per_sm + 1) - reserved + 1024;
+  return std::min(std::max(exclude, 0), fit) / 1024 * 1024;
+}
+
+struct Row {
+  const Shape* shape;
+  const char* variant;
+  int stages = 0, chunk = 0, cluster = 0, ctas = 0, ctas_per_sm = 0, copies = 0;
+  double us = 0, barrier = 0;
+};
+
+// Checks y (the last round's) against the host's sums and prints the row.
+static void report(const Row& row, int rounds, const float* y, const std::vector<double>& ref, unsigned* errors) {
+  const Shape& shape = *row.shape;
+  std::vector<float> got(shape.n);
+  unsigned host_errors[2];
+  CHECK(cudaMemcpy(host_errors, errors, sizeof(host_errors), cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(got.data(), y, sizeof(float) * shape.n, cudaMemcpyDeviceToHost));
+  double max_err = 0;
+  for (int r = 0; r < shape.n; ++r) max_err = std::max(max_err, std::fabs(got[r] - ref[r]) / (1.0 + std::fabs(ref[r])));
+  const double stage = row.us - row.barrier, bytes = 2.0 * shape.n * shape.k;
+  std::printf("{\"shape\": \"%s\", \"n\": %d, \"k\": %d, \"variant\": \"%s\", \"stages\": %d, \"chunk\": %d, "
+              "\"cluster\": %d, \"ctas\": %d, \"ctas_per_sm\": %d, \"rounds\": %d, \"copies\": %d, "
+              "\"us_per_round\": %.4f, \"barrier_us\": %.4f, \"stage_us\": %.4f, \"gbps\": %.1f, "
+              "\"max_rel_err\": %.2e, \"errors\": %u, \"timeouts\": %u}\n",
+              shape.name, shape.n, shape.k, row.variant, row.stages, row.chunk, row.cluster, row.ctas, row.ctas_per_sm,
+              rounds, row.copies, row.us, row.barrier, stage, bytes / (stage * 1e3), max_err, max_err > 1e-3 ? 1u : 0u,
+              host_errors[1]);
+  std::fflush(stdout);
+}
 
 static std::vector<int> ints(const char* text) {
   std::vector<int> out;
@@ -286,7 +386,7 @@ static std::vector<int> ints(const char* text) {
 
 int main(int argc, char** argv) {
   int rounds = 201, repeats = 7, chunk = 16384;
-  std::vector<int> per_sm = {1, 2}, stage_counts = {2, 4, 8}, cta_counts;
+  std::vector<int> per_sm = {1, 2}, stage_counts = {2, 4, 8}, cta_counts, cluster_sizes = {4, 8, 16};
   std::string only;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string key = argv[i];
@@ -296,10 +396,11 @@ int main(int argc, char** argv) {
     else if (key == "--ctas-per-sm") per_sm = ints(argv[i + 1]);
     else if (key == "--ctas") cta_counts = ints(argv[i + 1]);
     else if (key == "--stages") stage_counts = ints(argv[i + 1]);
+    else if (key == "--clusters") cluster_sizes = ints(argv[i + 1]);
     else if (key == "--shape") only = argv[i + 1];
     else {
       std::fprintf(stderr, "unknown option %s (--rounds N --repeats N --chunk BYTES --ctas-per-sm a,b "
-                   "--ctas a,b --stages a,b --shape NAME)\n", key.c_str());
+                   "--ctas a,b --stages a,b --clusters a,b --shape NAME)\n", key.c_str());
       return 2;
     }
   }
@@ -313,18 +414,21 @@ int main(int argc, char** argv) {
               prop.name, prop.multiProcessorCount, prop.major, prop.minor, prop.l2CacheSize,
               prop.sharedMemPerMultiprocessor);
   if (prop.major < 9) {
-    std::fprintf(stderr, "cp.async.bulk needs compute capability 9.0 or newer (this device: %d.%d)\n", prop.major,
-                 prop.minor);
+    std::fprintf(stderr, "cp.async.bulk and clusters need compute capability 9.0 or newer (this device: %d.%d)\n",
+                 prop.major, prop.minor);
     return 3;
   }
-  Bench bench{prop.multiProcessorCount, rounds, repeats};
+  Bench bench{rounds, repeats};
   CHECK(cudaEventCreate(&bench.start));
   CHECK(cudaEventCreate(&bench.stop));
   CHECK(cudaMalloc(&bench.counter, sizeof(unsigned)));
   CHECK(cudaMalloc(&bench.errors, 2 * sizeof(unsigned)));
-  CHECK(cudaFuncSetAttribute(gemv_rounds, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(prop.sharedMemPerBlockOptin)));
-  CHECK(cudaFuncSetAttribute(gemv_rounds, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+  const int max_smem = static_cast<int>(prop.sharedMemPerBlockOptin);
+  for (auto kernel : {reinterpret_cast<const void*>(gemv_rounds), reinterpret_cast<const void*>(gemv_rounds_cluster)}) {
+    CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
+    CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+  }
+  CHECK(cudaFuncSetAttribute(gemv_rounds_cluster, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   const size_t target_bytes = 2 * static_cast<size_t>(prop.l2CacheSize) + (64u << 20);
   for (const Shape& shape : kShapes) {
     if (!only.empty() && only != shape.name) continue;
@@ -345,7 +449,6 @@ int main(int argc, char** argv) {
       for (int c = 0; c < shape.k; ++c) s += static_cast<double>(weight_value(last_copy, r, c)) * x_value(c);
       ref[r] = s;
     }
-    std::vector<float> got(shape.n);
     std::vector<int> grids = cta_counts;  // --ctas (e.g. the SMs a cluster size covers), else --ctas-per-sm
     if (grids.empty())
       for (int k_per_sm : per_sm) grids.push_back(prop.multiProcessorCount * k_per_sm);
@@ -353,35 +456,70 @@ int main(int argc, char** argv) {
       const int k_per_sm = (ctas + prop.multiProcessorCount - 1) / prop.multiProcessorCount;
       if ((shape.n + ctas - 1) / ctas > 256) continue;  // (the row sums' shared memory holds 256)
       const int base_smem = 128 + 4 * 256 + 4 * shape.k;
-      const double barrier = bench.round_us(kLdg, ctas, copies, 0, shape.k, 1, chunk, base_smem, w, x, y);
+      const double barrier = bench.round_us([&](int n_rounds) {
+        gemv_rounds<<<ctas, kThreads, base_smem>>>(kLdg, n_rounds, copies, 0, shape.k, 1, chunk, w, x, y,
+                                                   bench.counter, bench.errors);
+      });
       std::vector<std::pair<int, int>> runs = {{kLdg, 0}, {kLdgEarly, 0}};
       for (int s : stage_counts) runs.push_back({kBulk, s});
-      for (auto [variant, stages] : runs) {
+      for (const auto& run : runs) {
+        const int variant = run.first, stages = run.second;
         const int smem = base_smem + (variant == kBulk ? 128 + stages * chunk : 0);
         if (smem > static_cast<int>(prop.sharedMemPerMultiprocessor / k_per_sm - prop.reservedSharedMemPerBlock) ||
-            smem > static_cast<int>(prop.sharedMemPerBlockOptin)) {
+            smem > max_smem) {
           std::fprintf(stderr, "skipped: %s %s %d stages at %d CTAs per SM (shared memory)\n", shape.name,
                        kVariantNames[variant], stages, k_per_sm);
           continue;
         }
         CHECK(cudaMemset(bench.errors, 0, 2 * sizeof(unsigned)));
         CHECK(cudaMemset(y, 0, sizeof(float) * shape.n));
-        const double us = bench.round_us(variant, ctas, copies, shape.n, shape.k, std::max(stages, 1), chunk, smem,
-                                         w, x, y);
-        unsigned host_errors[2];
-        CHECK(cudaMemcpy(host_errors, bench.errors, sizeof(host_errors), cudaMemcpyDeviceToHost));
-        CHECK(cudaMemcpy(got.data(), y, sizeof(float) * shape.n, cudaMemcpyDeviceToHost));
-        double max_err = 0;
-        for (int r = 0; r < shape.n; ++r) max_err = std::max(max_err, std::fabs(got[r] - ref[r]) / (1.0 + std::fabs(ref[r])));
-        const double stage = us - barrier;
-        std::printf("{\"shape\": \"%s\", \"n\": %d, \"k\": %d, \"variant\": \"%s\", \"stages\": %d, \"chunk\": %d, "
-                    "\"ctas\": %d, \"ctas_per_sm\": %d, \"rounds\": %d, \"copies\": %d, \"us_per_round\": %.4f, "
-                    "\"barrier_us\": %.4f, \"stage_us\": %.4f, \"gbps\": %.1f, \"max_rel_err\": %.2e, "
-                    "\"errors\": %u, \"timeouts\": %u}\n",
-                    shape.name, shape.n, shape.k, kVariantNames[variant], stages, variant == kBulk ? chunk : 0, ctas,
-                    k_per_sm, rounds, copies, us, barrier, stage, bytes / (stage * 1e3), max_err,
-                    max_err > 1e-3 ? 1u : 0u, host_errors[1]);
-        std::fflush(stdout);
+        Row row{&shape, kVariantNames[variant], stages, variant == kBulk ? chunk : 0, 0, ctas, k_per_sm, copies};
+        row.barrier = barrier;
+        row.us = bench.round_us([&](int n_rounds) {
+          gemv_rounds<<<ctas, kThreads, smem>>>(variant, n_rounds, copies, shape.n, shape.k, std::max(stages, 1),
+                                                chunk, w, x, y, bench.counter, bench.errors);
+        });
+        report(row, rounds, y, ref, bench.errors);
+      }
+    }
+    for (int size : cluster_sizes) {
+      for (int k_per_sm : per_sm) {
+        cudaLaunchAttribute attribute;
+        attribute.id = cudaLaunchAttributeClusterDimension;
+        attribute.val.clusterDim.x = size, attribute.val.clusterDim.y = 1, attribute.val.clusterDim.z = 1;
+        cudaLaunchConfig_t config = {};
+        config.blockDim = dim3(kThreads);
+        config.attrs = &attribute;
+        config.numAttrs = 1;
+        config.gridDim = dim3(size);
+        config.dynamicSmemBytes = smem_for(prop, k_per_sm);
+        int clusters = 0;
+        if (cudaOccupancyMaxActiveClusters(&clusters, gemv_rounds_cluster, &config) != cudaSuccess || !clusters) {
+          cudaGetLastError();
+          std::fprintf(stderr, "skipped: clusters of %d at %d CTAs per SM (none resident)\n", size, k_per_sm);
+          continue;
+        }
+        const int slice = (shape.n + clusters - 1) / clusters;
+        const int need = 4 * (256 + shape.k + 2 * slice);
+        if (need > static_cast<int>(config.dynamicSmemBytes) || (slice + size - 1) / size > 256) {
+          std::fprintf(stderr, "skipped: %s clusters of %d at %d CTAs per SM (shared memory)\n", shape.name, size,
+                       k_per_sm);
+          continue;
+        }
+        config.gridDim = dim3(clusters * size);
+        const double barrier = bench.round_us([&](int n_rounds) {
+          CHECK(cudaLaunchKernelEx(&config, gemv_rounds_cluster, n_rounds, copies, 0, shape.k, 0,
+                                   static_cast<const __nv_bfloat16*>(w), static_cast<const __nv_bfloat16*>(x), y));
+        });
+        CHECK(cudaMemset(bench.errors, 0, 2 * sizeof(unsigned)));
+        CHECK(cudaMemset(y, 0, sizeof(float) * shape.n));
+        Row row{&shape, "cluster", 0, 0, size, clusters * size, k_per_sm, copies};
+        row.barrier = barrier;
+        row.us = bench.round_us([&](int n_rounds) {
+          CHECK(cudaLaunchKernelEx(&config, gemv_rounds_cluster, n_rounds, copies, shape.n, shape.k, slice,
+                                   static_cast<const __nv_bfloat16*>(w), static_cast<const __nv_bfloat16*>(x), y));
+        });
+        report(row, rounds, y, ref, bench.errors);
       }
     }
     CHECK(cudaFree(w));

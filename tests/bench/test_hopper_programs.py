@@ -57,6 +57,7 @@ def test_gemv_stages_compile_to_bulk_copies_and_streaming_loads(tmp_path):
     assert "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes" in text
     assert "mbarrier.try_wait.parity" in text and "mbarrier.arrive.expect_tx" in text
     assert "ld.global.nc.L1::no_allocate.v4.u32" in text
+    assert "barrier.cluster.arrive" in text and "mapa" in text  # the cluster variant's handoff
     assert hp.build("gemv_stages", tmp_path).exists()
 
 
@@ -78,11 +79,11 @@ def test_markdown_has_a_line_per_row():
     md = hp.markdown("handoffs", DEVICE, ENV, [_handoff(), _handoff("cluster-pull", cluster=8)])
     assert "| grid | – | 264 | 2 | 512 | 0.900 | 5.0 |" in md
     assert "| cluster-pull | 8 | 264 | 2 | 512 | 0.900 | 5.0 |" in md
-    stage = {"shape": "qwen3-0.6b.gate_up", "n": 6144, "k": 1024, "variant": "bulk", "stages": 4, "ctas_per_sm": 1,
-             "stage_us": 3.1, "barrier_us": 1.2, "gbps": 4058.6}
-    md = hp.markdown("gemv_stages", DEVICE, ENV, [stage, {**stage, "variant": "ldg"}])
-    assert "| qwen3-0.6b.gate_up | 6144 x 1024 | bulk | 4 | 1 | 3.100 | 1.200 | 4059 |" in md
-    assert "| qwen3-0.6b.gate_up | 6144 x 1024 | ldg | – | 1 | 3.100 | 1.200 | 4059 |" in md
+    stage = {"shape": "qwen3-0.6b.gate_up", "n": 6144, "k": 1024, "variant": "bulk", "stages": 4, "cluster": 0,
+             "ctas": 132, "ctas_per_sm": 1, "us_per_round": 4.3, "stage_us": 3.1, "barrier_us": 1.2, "gbps": 4058.6}
+    md = hp.markdown("gemv_stages", DEVICE, ENV, [stage, {**stage, "variant": "cluster", "cluster": 16, "ctas": 128}])
+    assert "| qwen3-0.6b.gate_up | 6144 x 1024 | bulk | 4 | – | 132 | 1 | 4.300 | 3.100 | 1.200 | 4059 |" in md
+    assert "| qwen3-0.6b.gate_up | 6144 x 1024 | cluster | – | 16 | 128 | 1 | 4.300 | 3.100 | 1.200 | 4059 |" in md
 
 
 def test_unknown_program_is_named():
@@ -108,9 +109,11 @@ def test_gemv_stages_run_every_variant_and_match_the_host_sums(tmp_path):
     binary = hp.build("gemv_stages", tmp_path)
     rows = []
     for shape in ("qwen3-0.6b.gate_up", "llama-3.2-1b.down"):
-        run = subprocess.run([str(binary), "--rounds", "5", "--repeats", "1", "--stages", "2,4", "--shape", shape],
+        run = subprocess.run([str(binary), "--rounds", "5", "--repeats", "1", "--stages", "2,4", "--clusters", "4,16",
+                              "--shape", shape],
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr
         rows += hp.parse(run.stdout.splitlines())[1]  # raises on a wrong sum or a timeout
-    assert {r["variant"] for r in rows} == {"ldg", "ldg-early", "bulk"}
+    assert {r["variant"] for r in rows} == {"ldg", "ldg-early", "bulk", "cluster"}
+    assert {r["cluster"] for r in rows if r["variant"] == "cluster"} == {4, 16}
     assert {r["shape"] for r in rows} == {"qwen3-0.6b.gate_up", "llama-3.2-1b.down"}
