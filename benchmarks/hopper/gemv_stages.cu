@@ -347,6 +347,13 @@ static int smem_for(const cudaDeviceProp& prop, int ctas_per_sm) {
   return std::min(std::max(exclude, 0), fit) / 1024 * 1024;
 }
 
+// Whether `ctas` CTAs of `kernel` with `smem` bytes of shared memory are all resident at once.
+static bool resident(const cudaDeviceProp& prop, const void* kernel, int ctas, int smem) {
+  int per_sm = 0;
+  CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+  return per_sm * prop.multiProcessorCount >= ctas;
+}
+
 struct Row {
   const Shape* shape;
   const char* variant;
@@ -456,6 +463,10 @@ int main(int argc, char** argv) {
       const int k_per_sm = (ctas + prop.multiProcessorCount - 1) / prop.multiProcessorCount;
       if ((shape.n + ctas - 1) / ctas > 256) continue;  // (the row sums' shared memory holds 256)
       const int base_smem = 128 + 4 * 256 + 4 * shape.k;
+      if (!resident(prop, reinterpret_cast<const void*>(gemv_rounds), ctas, base_smem)) {
+        std::fprintf(stderr, "skipped: %d CTAs (not all resident: the grid barrier would hang)\n", ctas);
+        continue;
+      }
       const double barrier = bench.round_us([&](int n_rounds) {
         gemv_rounds<<<ctas, kThreads, base_smem>>>(kLdg, n_rounds, copies, 0, shape.k, 1, chunk, w, x, y,
                                                    bench.counter, bench.errors);
@@ -469,6 +480,11 @@ int main(int argc, char** argv) {
             smem > max_smem) {
           std::fprintf(stderr, "skipped: %s %s %d stages at %d CTAs per SM (shared memory)\n", shape.name,
                        kVariantNames[variant], stages, k_per_sm);
+          continue;
+        }
+        if (!resident(prop, reinterpret_cast<const void*>(gemv_rounds), ctas, smem)) {
+          std::fprintf(stderr, "skipped: %s %s at %d CTAs (not all resident: the grid barrier would hang)\n",
+                       shape.name, kVariantNames[variant], ctas);
           continue;
         }
         CHECK(cudaMemset(bench.errors, 0, 2 * sizeof(unsigned)));

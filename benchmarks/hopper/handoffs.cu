@@ -172,13 +172,17 @@ static void print(const Row& row) {
   std::fflush(stdout);
 }
 
-static Row run_grid(int ctas, int ctas_per_sm, int words, int rounds, int repeats, unsigned* errors) {
+static bool run_grid(const cudaDeviceProp& prop, int ctas, int ctas_per_sm, int words, int rounds, int repeats,
+                     unsigned* errors, Row& row) {
+  int per_sm = 0;
+  CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, grid_exchange, kThreads, 0));
+  if (per_sm * prop.multiProcessorCount < ctas) return false;  // (the barrier would hang)
   float* vec = nullptr;
   unsigned* counter = nullptr;
   CHECK(cudaMalloc(&vec, sizeof(float) * 2 * std::max(words, 1)));
   CHECK(cudaMalloc(&counter, sizeof(unsigned)));
   CHECK(cudaMemset(errors, 0, 2 * sizeof(unsigned)));
-  Row row{"grid", 0, ctas, ctas_per_sm, words};
+  row = Row{"grid", 0, ctas, ctas_per_sm, words};
   time_rounds(
       row, rounds, repeats, [&] { CHECK(cudaMemset(counter, 0, sizeof(unsigned))); },
       [&](int n) {
@@ -190,7 +194,7 @@ static Row run_grid(int ctas, int ctas_per_sm, int words, int rounds, int repeat
   row.errors = host[0], row.timeouts = host[1];
   CHECK(cudaFree(vec));
   CHECK(cudaFree(counter));
-  return row;
+  return true;
 }
 
 // A CTA's shared memory that leaves room for `ctas_per_sm` CTAs on one SM (and no more).
@@ -280,7 +284,11 @@ int main(int argc, char** argv) {
   unsigned* errors = nullptr;
   CHECK(cudaMalloc(&errors, 2 * sizeof(unsigned)));
   for (int k : per_sm)
-    for (int w : words) print(run_grid(prop.multiProcessorCount * k, k, w, rounds, repeats, errors));
+    for (int w : words) {
+      Row row;
+      if (run_grid(prop, prop.multiProcessorCount * k, k, w, rounds, repeats, errors, row)) print(row);
+      else std::fprintf(stderr, "skipped: grid of %d CTAs per SM (not all resident)\n", k);
+    }
   for (int push = 0; push < 2; ++push)
     for (int k : per_sm)
       for (int size : sizes)
