@@ -38,3 +38,8 @@ class RequestError(InferError, ValueError):
 
 class ModelLoadError(InferError):
     """A model directory cannot be loaded: missing files, tensors or an unsupported format."""
+
+
+class CudaSourceError(InferError):
+    """A CUDA C++ kernel source did not compile, or cannot be compiled or launched here (no NVRTC,
+    no driver, no GPU of the architecture it needs)."""

@@ -17,6 +17,9 @@ which is the test oracle (and, where a layer needs it, the CPU path).
   decode step as one persistent launch (model.persistent_decode)
 
 :mod:`~infer_core.kernels.device` and :mod:`~infer_core.kernels.pdl` hold what the launches share.
+:mod:`~infer_core.kernels.nvrtc` and :mod:`~infer_core.kernels.cuda_launch` compile CUDA C++
+sources at run time and launch them through the driver (thread-block clusters, PDL, large
+shared memory): for kernels Triton cannot express; no kernel of core uses them yet.
 
 Importing this package imports nothing heavy; each kernel module imports Triton.
 """

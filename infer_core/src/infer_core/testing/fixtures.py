@@ -59,6 +59,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from infer_core.cache_dir import cache_dir
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: builds are not locked
@@ -146,17 +148,6 @@ GEMMA3_EOS_TOKEN_IDS = [1, 106]  # <eos>, <end_of_turn>
 
 
 # --- cache -----------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """The root of infer's cache: ``$INFER_CACHE_DIR``, else ``${XDG_CACHE_HOME:-~/.cache}/infer``.
-    Checkpoints live in its ``checkpoints/`` sub-folder."""
-    explicit = os.environ.get("INFER_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "infer"
 
 
 def checkpoints_dir() -> Path:
