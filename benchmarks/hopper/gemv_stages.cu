@@ -31,31 +31,16 @@
 
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
-#include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <string>
-#include <vector>
+
+#include "common.cuh"
 
 namespace cg = cooperative_groups;
 
-#define CHECK(call)                                                                          \
-  do {                                                                                       \
-    cudaError_t err_ = (call);                                                               \
-    if (err_ != cudaSuccess) {                                                               \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                     \
-                   cudaGetErrorString(err_));                                                \
-      std::exit(2);                                                                          \
-    }                                                                                        \
-  } while (0)
-
-constexpr int kThreads = 256;
 constexpr int kInFlight = 16;  // 16-byte loads in flight per thread (ldg variants)
-constexpr long long kMaxSpins = 1ll << 24;
 
 enum Variant { kLdg = 0, kLdgEarly = 1, kBulk = 2 };
 static const char* kVariantNames[] = {"ldg", "ldg-early", "bulk"};
@@ -78,20 +63,6 @@ __global__ void init(__nv_bfloat16* w, __nv_bfloat16* x, int copies, int n, int 
     w[i] = __float2bfloat16(weight_value(c, r, col));
     if (i < k) x[i] = __float2bfloat16(x_value(static_cast<unsigned>(i)));
   }
-}
-
-__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target, unsigned* timeouts) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
-    unsigned seen = 0;
-    long long spins = 0;
-    do {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
-    } while (static_cast<int>(seen - target) < 0 && ++spins < kMaxSpins);
-    if (spins >= kMaxSpins) atomicAdd(timeouts, 1u);
-  }
-  __syncthreads();
 }
 
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
@@ -120,6 +91,35 @@ __device__ __forceinline__ void add_to_row(float* acc, int row, float s) {
 #pragma unroll
   for (int offset = 16; offset; offset >>= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
   if ((threadIdx.x & 31) == 0) atomicAdd(acc + row, s);
+}
+
+// The products of a CTA's `vectors` weight vectors (from `base`) with xs into acc's rows, 16
+// loads per thread in flight; with `loaded`, the first 16 are in regs already (requested early).
+__device__ __forceinline__ void stream_rows(const uint4* base, int vectors, int row_vectors, const float* xs,
+                                            float* acc, uint4 (&regs)[kInFlight], bool loaded) {
+  for (int start = 0; start < vectors; start += kInFlight * kThreads) {
+    if (!loaded || start > 0) {
+#pragma unroll
+      for (int i = 0; i < kInFlight; ++i) {
+        const int v = start + threadIdx.x + i * kThreads;
+        if (v < vectors) regs[i] = load_stream(base + v);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kInFlight; ++i) {
+      const int v = start + threadIdx.x + i * kThreads;
+      if (v < vectors) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
+    }
+  }
+}
+
+// The first 16 loads per thread of stream_rows, issued ahead.
+__device__ __forceinline__ void request_rows(const uint4* base, int vectors, uint4 (&regs)[kInFlight]) {
+#pragma unroll
+  for (int i = 0; i < kInFlight; ++i) {
+    const int v = threadIdx.x + i * kThreads;
+    if (v < vectors) regs[i] = load_stream(base + v);
+  }
 }
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
@@ -183,11 +183,7 @@ __global__ void gemv_rounds(int variant, int rounds, int copies, int n, int k, i
     const uint4* base = reinterpret_cast<const uint4*>(w + (static_cast<size_t>(r % copies) * n + row0) * k);
     const int early_pieces = min(stages, chunks);
     if (variant == kLdgEarly) {
-#pragma unroll
-      for (int i = 0; i < kInFlight; ++i) {
-        const int v = threadIdx.x + i * kThreads;
-        if (v < vectors) regs[i] = load_stream(base + v);
-      }
+      request_rows(base, vectors, regs);
     } else if (variant == kBulk && threadIdx.x == 0) {
       for (int p = 0; p < early_pieces; ++p) issue(base, p);
     }
@@ -209,20 +205,7 @@ __global__ void gemv_rounds(int variant, int rounds, int copies, int n, int k, i
         if (threadIdx.x == 0 && p + stages < chunks) issue(base, p + stages);
       }
     } else {
-      for (int start = 0; start < vectors; start += kInFlight * kThreads) {
-        if (variant == kLdg || start > 0) {
-#pragma unroll
-          for (int i = 0; i < kInFlight; ++i) {
-            const int v = start + threadIdx.x + i * kThreads;
-            if (v < vectors) regs[i] = load_stream(base + v);
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < kInFlight; ++i) {
-          const int v = start + threadIdx.x + i * kThreads;
-          if (v < vectors) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
-        }
-      }
+      stream_rows(base, vectors, row_vectors, xs, acc, regs, variant == kLdgEarly);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < rows; i += blockDim.x) {
@@ -258,26 +241,9 @@ __global__ void gemv_rounds_cluster(int rounds, int copies, int n, int k, int sl
   for (int r = 0; r < rounds; ++r) {
     const uint4* base =
         reinterpret_cast<const uint4*>(w + (static_cast<size_t>(r % copies) * n + slice_row0 + local0) * k);
-#pragma unroll
-    for (int i = 0; i < kInFlight; ++i) {
-      const int v = threadIdx.x + i * kThreads;
-      if (v < vectors) regs[i] = load_stream(base + v);
-    }
+    request_rows(base, vectors, regs);
     cluster.sync();  // the handoff: the last round's pushes landed
-    for (int start = 0; start < vectors; start += kInFlight * kThreads) {
-      if (start > 0) {
-#pragma unroll
-        for (int i = 0; i < kInFlight; ++i) {
-          const int v = start + threadIdx.x + i * kThreads;
-          if (v < vectors) regs[i] = load_stream(base + v);
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < kInFlight; ++i) {
-        const int v = start + threadIdx.x + i * kThreads;
-        if (v < vectors) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
-      }
-    }
+    stream_rows(base, vectors, row_vectors, xs, acc, regs, true);
     __syncthreads();
     float* out = vec + (r & 1) * slice;
     for (int i = threadIdx.x; i < rows * size; i += blockDim.x)
@@ -301,12 +267,6 @@ static const Shape kShapes[] = {
     {"llama-3.2-1b.qkv", 3072, 2048},    {"llama-3.2-1b.o", 2048, 2048},
     {"llama-3.2-1b.gate_up", 16384, 2048}, {"llama-3.2-1b.down", 2048, 8192},
 };
-
-static double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t m = v.size();
-  return m % 2 ? v[m / 2] : 0.5 * (v[m / 2 - 1] + v[m / 2]);
-}
 
 struct Bench {
   int rounds, repeats;
@@ -337,15 +297,6 @@ struct Bench {
     return (launch_us(rounds, launch) - one) / (rounds - 1);
   }
 };
-
-// A CTA's shared memory that leaves room for `ctas_per_sm` CTAs on one SM (and no more).
-static int smem_for(const cudaDeviceProp& prop, int ctas_per_sm) {
-  const int per_sm = static_cast<int>(prop.sharedMemPerMultiprocessor);
-  const int reserved = static_cast<int>(prop.reservedSharedMemPerBlock);
-  const int fit = per_sm / ctas_per_sm - reserved;
-  const int exclude = per_sm / (ctas_per_sm + 1) - reserved + 1024;
-  return std::min(std::max(exclude, 0), fit) / 1024 * 1024;
-}
 
 // Whether `ctas` CTAs of `kernel` with `smem` bytes of shared memory are all resident at once.
 static bool resident(const cudaDeviceProp& prop, const void* kernel, int ctas, int smem) {
@@ -381,16 +332,6 @@ static void report(const Row& row, int rounds, const float* y, const std::vector
   std::fflush(stdout);
 }
 
-static std::vector<int> ints(const char* text) {
-  std::vector<int> out;
-  for (const char* p = text; *p;) {
-    out.push_back(std::atoi(p));
-    while (*p && *p != ',') ++p;
-    if (*p == ',') ++p;
-  }
-  return out;
-}
-
 int main(int argc, char** argv) {
   int rounds = 201, repeats = 7, chunk = 16384;
   std::vector<int> per_sm = {1, 2}, stage_counts = {2, 4, 8}, cta_counts, cluster_sizes = {4, 8, 16};
@@ -415,16 +356,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--rounds >= 2, --repeats >= 1, --chunk a multiple of 4096 bytes\n");
     return 2;
   }
-  cudaDeviceProp prop;
-  CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("{\"device\": \"%s\", \"sms\": %d, \"cc\": \"%d.%d\", \"l2_bytes\": %d, \"smem_per_sm\": %zu}\n",
-              prop.name, prop.multiProcessorCount, prop.major, prop.minor, prop.l2CacheSize,
-              prop.sharedMemPerMultiprocessor);
-  if (prop.major < 9) {
-    std::fprintf(stderr, "cp.async.bulk and clusters need compute capability 9.0 or newer (this device: %d.%d)\n",
-                 prop.major, prop.minor);
-    return 3;
-  }
+  const cudaDeviceProp prop = describe_device("cp.async.bulk and clusters");
   Bench bench{rounds, repeats};
   CHECK(cudaEventCreate(&bench.start));
   CHECK(cudaEventCreate(&bench.stop));

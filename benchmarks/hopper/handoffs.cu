@@ -24,29 +24,12 @@
 // (benchmarks/hopper_programs.py builds, runs and reports). Output: one JSON object per line.
 
 #include <cooperative_groups.h>
-#include <cuda_runtime.h>
 
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <string>
-#include <vector>
+
+#include "common.cuh"
 
 namespace cg = cooperative_groups;
-
-#define CHECK(call)                                                                          \
-  do {                                                                                       \
-    cudaError_t err_ = (call);                                                               \
-    if (err_ != cudaSuccess) {                                                               \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                     \
-                   cudaGetErrorString(err_));                                                \
-      std::exit(2);                                                                          \
-    }                                                                                        \
-  } while (0)
-
-constexpr int kThreads = 256;
-constexpr long long kMaxSpins = 1ll << 24;  // polls of one barrier before giving up (a bug, never a wait)
 
 __device__ __forceinline__ float expected(int round, int index) {
   return static_cast<float>((round * 131 + index) & 0xffff);  // exact in float32
@@ -63,18 +46,7 @@ __global__ void grid_exchange(int rounds, int words, float* vec, unsigned* count
       const int index = blockIdx.x * share + i;
       if (index < words) buf[index] = expected(r, index);
     }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      const unsigned target = static_cast<unsigned>(r + 1) * programs;
-      asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
-      unsigned seen = 0;
-      long long spins = 0;
-      do {
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
-      } while (static_cast<int>(seen - target) < 0 && ++spins < kMaxSpins);
-      if (spins >= kMaxSpins) atomicAdd(errors + 1, 1u);
-    }
-    __syncthreads();
+    grid_barrier(counter, static_cast<unsigned>(r + 1) * programs, errors + 1);
     for (int i = threadIdx.x; i < words; i += blockDim.x) bad += __ldcg(buf + i) != expected(r, i);
   }
   if (bad) atomicAdd(errors, bad);
@@ -117,12 +89,6 @@ struct Row {
   double us_per_round = 0, launch_us = 0;
   unsigned errors = 0, timeouts = 0;
 };
-
-static double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 struct Timer {
   cudaEvent_t start, stop;
@@ -197,15 +163,6 @@ static bool run_grid(const cudaDeviceProp& prop, int ctas, int ctas_per_sm, int 
   return true;
 }
 
-// A CTA's shared memory that leaves room for `ctas_per_sm` CTAs on one SM (and no more).
-static int smem_for(const cudaDeviceProp& prop, int ctas_per_sm) {
-  const int per_sm = static_cast<int>(prop.sharedMemPerMultiprocessor);
-  const int reserved = static_cast<int>(prop.reservedSharedMemPerBlock);
-  const int fit = per_sm / ctas_per_sm - reserved;
-  const int exclude = per_sm / (ctas_per_sm + 1) - reserved + 1024;  // one more would not fit
-  return std::min(std::max(exclude, 0), fit) / 1024 * 1024;
-}
-
 static bool run_cluster(const cudaDeviceProp& prop, bool push, int size, int ctas_per_sm, int words,
                         int rounds, int repeats, unsigned* errors, Row& row) {
   auto kernel = push ? cluster_exchange<true> : cluster_exchange<false>;
@@ -241,16 +198,6 @@ static bool run_cluster(const cudaDeviceProp& prop, bool push, int size, int cta
   return true;
 }
 
-static std::vector<int> ints(const char* text) {
-  std::vector<int> out;
-  for (const char* p = text; *p;) {
-    out.push_back(std::atoi(p));
-    while (*p && *p != ',') ++p;
-    if (*p == ',') ++p;
-  }
-  return out;
-}
-
 int main(int argc, char** argv) {
   int rounds = 2001, repeats = 7;
   std::vector<int> words = {0, 512, 1024, 2048}, sizes = {2, 4, 8, 16}, per_sm = {1, 2};
@@ -271,16 +218,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--rounds must be at least 2 and --repeats at least 1\n");
     return 2;
   }
-  cudaDeviceProp prop;
-  CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("{\"device\": \"%s\", \"sms\": %d, \"cc\": \"%d.%d\", \"l2_bytes\": %d, \"smem_per_sm\": %zu}\n",
-              prop.name, prop.multiProcessorCount, prop.major, prop.minor, prop.l2CacheSize,
-              prop.sharedMemPerMultiprocessor);
-  if (prop.major < 9) {
-    std::fprintf(stderr, "thread-block clusters need compute capability 9.0 or newer (this device: %d.%d)\n",
-                 prop.major, prop.minor);
-    return 3;
-  }
+  const cudaDeviceProp prop = describe_device("thread-block clusters");
   unsigned* errors = nullptr;
   CHECK(cudaMalloc(&errors, 2 * sizeof(unsigned)));
   for (int k : per_sm)

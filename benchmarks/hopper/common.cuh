@@ -1,0 +1,81 @@
+// What the Hopper probes (handoffs.cu, gemv_stages.cu) share: error checks, the layer's grid
+// barrier, medians, option lists and the shared memory that fixes the CTAs per SM.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#define CHECK(call)                                                                          \
+  do {                                                                                       \
+    cudaError_t err_ = (call);                                                               \
+    if (err_ != cudaSuccess) {                                                               \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call,                     \
+                   cudaGetErrorString(err_));                                                \
+      std::exit(2);                                                                          \
+    }                                                                                        \
+  } while (0)
+
+constexpr int kThreads = 256;
+constexpr long long kMaxSpins = 1ll << 24;  // polls of one barrier before giving up (a bug, never a wait)
+
+// The persistent layer's counter barrier: every thread's stores, a CTA barrier, one release add
+// per CTA, thread 0 polls with acquire loads until the counter reaches `target`, a CTA barrier.
+// A poll that gives up counts in *timeouts.
+__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target, unsigned* timeouts) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+    unsigned seen = 0;
+    long long spins = 0;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+    } while (static_cast<int>(seen - target) < 0 && ++spins < kMaxSpins);
+    if (spins >= kMaxSpins) atomicAdd(timeouts, 1u);
+  }
+  __syncthreads();
+}
+
+static double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size();
+  return m % 2 ? v[m / 2] : 0.5 * (v[m / 2 - 1] + v[m / 2]);
+}
+
+static std::vector<int> ints(const char* text) {
+  std::vector<int> out;
+  for (const char* p = text; *p;) {
+    out.push_back(std::atoi(p));
+    while (*p && *p != ',') ++p;
+    if (*p == ',') ++p;
+  }
+  return out;
+}
+
+// A CTA's shared memory that leaves room for `ctas_per_sm` CTAs on one SM (and no more).
+static int smem_for(const cudaDeviceProp& prop, int ctas_per_sm) {
+  const int per_sm = static_cast<int>(prop.sharedMemPerMultiprocessor);
+  const int reserved = static_cast<int>(prop.reservedSharedMemPerBlock);
+  const int fit = per_sm / ctas_per_sm - reserved;
+  const int exclude = per_sm / (ctas_per_sm + 1) - reserved + 1024;  // one more would not fit
+  return std::min(std::max(exclude, 0), fit) / 1024 * 1024;
+}
+
+// Prints the device line (the first JSON line of a probe's output) and returns the device's
+// properties; exits with status 3 on a device older than Hopper (`needs`: what needs it).
+static cudaDeviceProp describe_device(const char* needs) {
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("{\"device\": \"%s\", \"sms\": %d, \"cc\": \"%d.%d\", \"l2_bytes\": %d, \"smem_per_sm\": %zu}\n",
+              prop.name, prop.multiProcessorCount, prop.major, prop.minor, prop.l2CacheSize,
+              prop.sharedMemPerMultiprocessor);
+  if (prop.major < 9) {
+    std::fprintf(stderr, "%s need compute capability 9.0 or newer (this device: %d.%d)\n", needs, prop.major,
+                 prop.minor);
+    std::exit(3);
+  }
+  return prop;
+}
