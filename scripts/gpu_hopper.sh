@@ -5,13 +5,13 @@
 # scripts), then benchmarks/hopper_programs.py for each program (nvcc and python3 only).
 # Everything lands under $OUT (default ./gpu-hopper-out).
 #
-#   scripts/gpu_hopper.sh [tests] [handoffs] [gemv_stages]   (default: all three)
+#   scripts/gpu_hopper.sh [tests] [handoffs] [gemv_stages] [decode_layer]   (default: all four)
 #
-# HANDOFFS_ARGS / GEMV_ARGS go to the programs (e.g. GEMV_ARGS="--stages 4 --chunk 8192").
+# HANDOFFS_ARGS / GEMV_ARGS / LAYER_ARGS go to the programs (e.g. GEMV_ARGS="--stages 4 --chunk 8192").
 set -u
 OUT=${OUT:-$PWD/gpu-hopper-out}
 mkdir -p "$OUT"
-WHAT=${*:-tests handoffs gemv_stages}
+WHAT=${*:-tests handoffs gemv_stages decode_layer}
 want() { [[ " $WHAT " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 status=0
@@ -27,6 +27,10 @@ if want handoffs; then
 fi
 if want gemv_stages; then
   timeout "${RUN_TIMEOUT:-240}" python3 benchmarks/hopper_programs.py gemv_stages --out "$OUT" -- ${GEMV_ARGS:-} \
+    || status=1
+fi
+if want decode_layer; then
+  timeout "${RUN_TIMEOUT:-240}" python3 benchmarks/hopper_programs.py decode_layer --out "$OUT" -- ${LAYER_ARGS:-} \
     || status=1
 fi
 exit $status

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 NEEDS_NVCC = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs the CUDA toolkit's nvcc")
@@ -87,7 +88,7 @@ def test_markdown_has_a_line_per_row():
 
 
 def test_unknown_program_is_named():
-    with pytest.raises(ValueError, match="choose one of handoffs, gemv_stages"):
+    with pytest.raises(ValueError, match="choose one of handoffs, gemv_stages, decode_layer"):
         _module().source("gemm")
 
 
@@ -117,3 +118,91 @@ def test_gemv_stages_run_every_variant_and_match_the_host_sums(tmp_path):
     assert {r["variant"] for r in rows} == {"ldg", "ldg-early", "bulk", "cluster"}
     assert {r["cluster"] for r in rows if r["variant"] == "cluster"} == {4, 16}
     assert {r["shape"] for r in rows} == {"qwen3-0.6b.gate_up", "llama-3.2-1b.down"}
+
+
+# --- decode_layer.cu: the host reference its GPU check trusts, against the same layer in torch
+
+H, NQ, NKV, D, INTER = 1024, 16, 8, 128, 3072
+QROWS, KVROWS = NQ * D, NKV * D
+SPECS = {  # name: (tensor id, rows, cols, 1 / scale, offset), as decode_layer.cu's spec()
+    "qkv": (0, QROWS + 2 * KVROWS, H, 32, 0), "o": (1, H, QROWS, 45, 0), "gu": (2, 2 * INTER, H, 32, 0),
+    "down": (3, H, INTER, 55, 0), "n1": (4, 1, H, 4, 1), "n2": (5, 1, H, 4, 1), "qn": (6, 1, D, 4, 1),
+    "kn": (7, 1, D, 4, 1), "kc": (8, None, D, 1, 0), "vc": (9, None, D, 1, 0), "x": (10, 1, H, 1, 0),
+    "res": (11, 1, H, 1, 0),
+}
+
+
+def _hashed(name: str, ctx: int) -> torch.Tensor:
+    """decode_layer.cu's hashed() values of layer 0's tensor ``name``, as bf16, in float64."""
+    import numpy as np
+
+    tid, rows, cols, divisor, offset = SPECS[name]
+    rows = ctx * NKV if rows is None else rows
+    r = np.arange(rows, dtype=np.uint64)[:, None]
+    c = np.arange(cols, dtype=np.uint64)[None, :]
+    mask = np.uint64(0xFFFFFFFF)
+    h = ((np.uint64(tid) * np.uint64(0x9E3779B1)) & mask) ^ ((r * np.uint64(0x85EBCA77)) & mask) ^ (
+        (c * np.uint64(0xC2B2AE3D)) & mask)
+    h ^= h >> np.uint64(15)
+    h = (h * np.uint64(0x2C1B3C6D)) & mask
+    h ^= h >> np.uint64(12)
+    value = ((h & np.uint64(255)).astype(np.int64) - 128).astype(np.float32) / np.float32(128)
+    value = value * (np.float32(1) / np.float32(divisor)) + np.float32(offset)  # (float32, as the program)
+    return torch.from_numpy(value.astype(np.float32)).to(torch.bfloat16).double()
+
+
+def _torch_layer(pos: int):
+    ctx = pos + 1
+    w = {name: _hashed(name, ctx) for name in SPECS}
+
+    def rms(v, weight):
+        return v / torch.sqrt((v * v).mean(-1, keepdim=True) + 1e-6) * weight
+
+    r = w["x"][0] + w["res"][0]
+    qkv = w["qkv"] @ rms(r, w["n1"][0])
+    q, k, v = qkv[:QROWS].view(NQ, D), qkv[QROWS:QROWS + KVROWS].view(NKV, D), qkv[QROWS + KVROWS:].view(NKV, D)
+    angle = pos * torch.pow(torch.tensor(1e6, dtype=torch.float64), -2.0 * torch.arange(D // 2, dtype=torch.float64) / D)
+    cos, sin = angle.cos().float().double(), angle.sin().float().double()  # (the program's float table)
+
+    def rope(x):
+        x1, x2 = x[..., : D // 2], x[..., D // 2:]
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+
+    q, k = rope(rms(q, w["qn"][0])), rope(rms(k, w["kn"][0]))
+    keys = w["kc"].view(ctx, NKV, D).clone()
+    values = w["vc"].view(ctx, NKV, D).clone()
+    keys[pos], values[pos] = k, v
+    scores = torch.einsum("hgd,jhd->hgj", q.view(NKV, NQ // NKV, D), keys) / D**0.5
+    attn = torch.einsum("hgj,jhd->hgd", scores.softmax(-1), values).reshape(QROWS)
+    r2 = w["o"] @ attn + r
+    gu = w["gu"] @ rms(r2, w["n2"][0])
+    act = torch.nn.functional.silu(gu[:INTER]) * gu[INTER:]
+    return {"x_out": w["down"] @ act, "res_out": r2, "k": k.reshape(-1), "v": v.reshape(-1)}
+
+
+@NEEDS_NVCC
+def test_decode_layer_reference_is_the_torch_layer(tmp_path):
+    """The double-precision layer the program checks its GPU output against (``--reference-only``,
+    no GPU needed) is Qwen 3's decode layer: the same values through torch agree to 1e-9."""
+    hp = _module()
+    binary = hp.build("decode_layer", tmp_path)
+    pos = 20
+    run = subprocess.run([str(binary), "--reference-only", "1", "--context", str(pos)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    want = _torch_layer(pos)
+    for name, values in want.items():
+        assert torch.allclose(torch.tensor(got[name], dtype=torch.float64), values, rtol=1e-9, atol=1e-9), name
+
+
+@pytest.mark.gpu
+def test_decode_layer_variants_match_the_host_layer(tmp_path):
+    hp = _module()
+    binary = hp.build("decode_layer", tmp_path)
+    run = subprocess.run([str(binary), "--layers", "2", "--repeats", "2", "--context", "100", "--clusters", "8,16"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    _, rows = hp.parse(run.stdout.splitlines())  # raises on a mismatch or a timeout
+    assert {r["variant"] for r in rows} == {"grid", "cluster"}, run.stderr
+    assert all(r["us_per_layer"] > 0 for r in rows)
