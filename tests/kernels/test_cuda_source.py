@@ -67,10 +67,17 @@ def test_compile_error_names_the_kernel_and_quotes_the_compiler(tmp_path):
     with pytest.raises(CudaSourceError, match=r"kernel source 'broken' did not compile for sm_90a:\n.*undefined"):
         nvrtc.compile_cubin('extern "C" __global__ void broken() { undefined_name(); }', "broken", "sm_90a",
                             cache=tmp_path)
-    with pytest.raises(CudaSourceError, match="compiled without the CUDA headers"):
+    with pytest.raises(CudaSourceError, match="not cooperative_groups: write cluster operations as inline PTX"):
         nvrtc.compile_cubin('#include <cooperative_groups.h>\nextern "C" __global__ void k() {}', "k", "sm_90a",
                             cache=tmp_path)
     assert not list(tmp_path.glob("*.cubin"))
+
+
+@needs_nvrtc
+@pytest.mark.skipif(not nvrtc.cuda_include_dirs(), reason="needs Triton's CUDA headers")
+def test_bf16_header_is_on_the_include_path(tmp_path):
+    source = '#include <cuda_bf16.h>\nextern "C" __global__ void k(__nv_bfloat16* y) { y[0] = __float2bfloat16(1.0f); }'
+    assert nvrtc.compile_cubin(source, "k", "sm_90", cache=tmp_path)[:4] == b"\x7fELF"
 
 
 def test_missing_or_broken_nvrtc_says_what_to_do(monkeypatch, tmp_path):

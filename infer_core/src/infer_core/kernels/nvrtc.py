@@ -3,8 +3,9 @@
 For what Triton cannot express on Hopper (thread-block clusters, distributed shared memory),
 without a build step or a CUDA toolkit: NVRTC ships as the ``nvidia-cuda-nvrtc`` wheel that CUDA
 builds of torch depend on, and it compiles for any architecture on any machine (no GPU needed).
-Sources are compiled without the CUDA headers: write cluster, bf16 and synchronization
-operations as inline PTX or bit operations, and give kernels ``extern "C"`` names.
+The include path holds the CUDA headers that Triton's wheel ships (``cuda_bf16.h``,
+``cuda_fp16.h``, ...), not cooperative groups (they need CCCL): write cluster operations as
+inline PTX, and give kernels ``extern "C"`` names.
 
 A cubin is cached under ``cache_dir()/cuda/`` by the hash of the source, the architecture, the
 options and NVRTC's version, so an engine start compiles each kernel once per machine.
@@ -29,8 +30,19 @@ from infer_core.errors import CudaSourceError
 NO_NVRTC = ("CUDA kernels compiled at run time need NVRTC, and none was found: install the "
             "nvidia-cuda-nvrtc wheel that matches your CUDA (CUDA builds of torch bring it), or set "
             "INFER_NVRTC to the path of libnvrtc.so.")
-HEADER_HINT = (" (kernel sources are compiled without the CUDA headers: write cluster, bf16 and "
-               "synchronization operations as inline PTX)")
+HEADER_HINT = (" (the include path holds only the CUDA headers that Triton ships, such as cuda_bf16.h and "
+               "cuda_fp16.h, not cooperative_groups: write cluster operations as inline PTX)")
+
+
+def cuda_include_dirs() -> list[str]:
+    """The CUDA headers on NVRTC's include path: those that Triton's wheel ships
+    (``triton/backends/nvidia/include``: cuda_bf16.h, cuda_fp16.h, ...), when Triton is installed."""
+    try:
+        import triton
+    except ImportError:
+        return []
+    found = Path(triton.__file__).parent / "backends" / "nvidia" / "include"
+    return [str(found)] if (found / "cuda_bf16.h").exists() else []
 
 
 def find_nvrtc() -> str | None:
@@ -76,7 +88,8 @@ class Nvrtc:
         self._check(lib.nvrtcCreateProgram(ctypes.byref(program), source.encode(), f"{name}.cu".encode(), 0,
                                            None, None), "nvrtcCreateProgram")
         try:
-            flags = [f"--gpu-architecture={arch}", "-std=c++17", *options]
+            flags = [f"--gpu-architecture={arch}", "-std=c++17",
+                     *(f"--include-path={d}" for d in cuda_include_dirs()), *options]
             status = lib.nvrtcCompileProgram(program, len(flags), (ctypes.c_char_p * len(flags))(
                 *(f.encode() for f in flags)))
             size = ctypes.c_size_t()
