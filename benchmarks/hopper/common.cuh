@@ -1,5 +1,5 @@
-// What the Hopper probes (handoffs.cu, gemv_stages.cu) share: error checks, the layer's grid
-// barrier, medians, option lists and the shared memory that fixes the CTAs per SM.
+// What the Hopper probes' host code shares: error checks, medians, option lists, the shared memory
+// that fixes the CTAs per SM, the device line (and device.cuh: the grid barrier, cluster operations).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
+
+#include "device.cuh"
 
 #define CHECK(call)                                                                          \
   do {                                                                                       \
@@ -18,26 +20,6 @@
       std::exit(2);                                                                          \
     }                                                                                        \
   } while (0)
-
-constexpr int kThreads = 256;
-constexpr long long kMaxSpins = 1ll << 24;  // polls of one barrier before giving up (a bug, never a wait)
-
-// The persistent layer's counter barrier: every thread's stores, a CTA barrier, one release add
-// per CTA, thread 0 polls with acquire loads until the counter reaches `target`, a CTA barrier.
-// A poll that gives up counts in *timeouts.
-__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target, unsigned* timeouts) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
-    unsigned seen = 0;
-    long long spins = 0;
-    do {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
-    } while (static_cast<int>(seen - target) < 0 && ++spins < kMaxSpins);
-    if (spins >= kMaxSpins) atomicAdd(timeouts, 1u);
-  }
-  __syncthreads();
-}
 
 static double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());

@@ -40,7 +40,6 @@
 
 namespace cg = cooperative_groups;
 
-constexpr int kInFlight = 16;  // 16-byte loads in flight per thread (ldg variants)
 
 enum Variant { kLdg = 0, kLdgEarly = 1, kBulk = 2 };
 static const char* kVariantNames[] = {"ldg", "ldg-early", "bulk"};
@@ -62,63 +61,6 @@ __global__ void init(__nv_bfloat16* w, __nv_bfloat16* x, int copies, int n, int 
                    col = static_cast<unsigned>(i % k);
     w[i] = __float2bfloat16(weight_value(c, r, col));
     if (i < k) x[i] = __float2bfloat16(x_value(static_cast<unsigned>(i)));
-  }
-}
-
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-__device__ __forceinline__ float dot8(uint4 w, const float* x) {
-  const __nv_bfloat162* pair = reinterpret_cast<const __nv_bfloat162*>(&w);
-  float s = 0;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const float2 f = __bfloat1622float2(pair[j]);
-    s = fmaf(f.x, x[2 * j], s);
-    s = fmaf(f.y, x[2 * j + 1], s);
-  }
-  return s;
-}
-
-// One vector's product into its row's sum: the 32 lanes of a warp hold 32 vectors of one row
-// (k / 8 is a multiple of 32 and every group of loads starts at a multiple of 256 vectors).
-__device__ __forceinline__ void add_to_row(float* acc, int row, float s) {
-#pragma unroll
-  for (int offset = 16; offset; offset >>= 1) s += __shfl_xor_sync(0xffffffffu, s, offset);
-  if ((threadIdx.x & 31) == 0) atomicAdd(acc + row, s);
-}
-
-// The products of a CTA's `vectors` weight vectors (from `base`) with xs into acc's rows, 16
-// loads per thread in flight; with `loaded`, the first 16 are in regs already (requested early).
-__device__ __forceinline__ void stream_rows(const uint4* base, int vectors, int row_vectors, const float* xs,
-                                            float* acc, uint4 (&regs)[kInFlight], bool loaded) {
-  for (int start = 0; start < vectors; start += kInFlight * kThreads) {
-    if (!loaded || start > 0) {
-#pragma unroll
-      for (int i = 0; i < kInFlight; ++i) {
-        const int v = start + threadIdx.x + i * kThreads;
-        if (v < vectors) regs[i] = load_stream(base + v);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kInFlight; ++i) {
-      const int v = start + threadIdx.x + i * kThreads;
-      if (v < vectors) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
-    }
-  }
-}
-
-// The first 16 loads per thread of stream_rows, issued ahead.
-__device__ __forceinline__ void request_rows(const uint4* base, int vectors, uint4 (&regs)[kInFlight]) {
-#pragma unroll
-  for (int i = 0; i < kInFlight; ++i) {
-    const int v = threadIdx.x + i * kThreads;
-    if (v < vectors) regs[i] = load_stream(base + v);
   }
 }
 

@@ -206,3 +206,17 @@ def test_decode_layer_variants_match_the_host_layer(tmp_path):
     _, rows = hp.parse(run.stdout.splitlines())  # raises on a mismatch or a timeout
     assert {r["variant"] for r in rows} == {"grid", "cluster"}, run.stderr
     assert all(r["us_per_layer"] > 0 for r in rows)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("infer_core") is None, reason="needs infer_core")
+def test_decode_layer_kernel_compiles_under_nvrtc(tmp_path):
+    """The layer's device code compiles as it is with the engine's run-time compiler (NVRTC, no
+    CUDA toolkit), so a kernel that wins on the GPU can move into infer_core unchanged."""
+    from infer_core.kernels import nvrtc
+
+    if nvrtc.find_nvrtc() is None:
+        pytest.skip("needs NVRTC (the nvidia-cuda-nvrtc wheel)")
+    hopper = ROOT / "benchmarks" / "hopper"
+    cubin = nvrtc.compile_cubin((hopper / "decode_layer_kernel.cuh").read_text(), "decode_layer", "sm_90a",
+                                [f"--include-path={hopper}"], cache=tmp_path)
+    assert cubin[:4] == b"\x7fELF" and b"decode_layer_grid" in cubin and b"decode_layer_cluster" in cubin

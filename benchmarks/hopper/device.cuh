@@ -1,0 +1,116 @@
+// Device helpers of the Hopper probes that NVRTC compiles too (no CUDA runtime headers, no
+// cooperative groups): the layer's grid barrier, the cluster operations as inline PTX, weight streaming.
+#pragma once
+
+#include <cuda_bf16.h>
+
+constexpr int kThreads = 256;
+constexpr long long kMaxSpins = 1ll << 24;  // polls of one barrier before giving up (a bug, never a wait)
+constexpr int kInFlight = 16;               // 16-byte weight loads in flight per thread
+
+// The persistent layer's counter barrier: every thread's stores, a CTA barrier, one release add
+// per CTA, thread 0 polls with acquire loads until the counter reaches `target`, a CTA barrier.
+// A poll that gives up counts in *timeouts.
+__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target, unsigned* timeouts) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+    unsigned seen = 0;
+    long long spins = 0;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+    } while (static_cast<int>(seen - target) < 0 && ++spins < kMaxSpins);
+    if (spins >= kMaxSpins) atomicAdd(timeouts, 1u);
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned rank;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  return rank;
+}
+
+__device__ __forceinline__ unsigned cluster_size() {
+  unsigned size;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(size));
+  return size;
+}
+
+// Every thread of every CTA of the cluster: its stores (shared memory of any CTA included)
+// released before, the others' acquired after.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// The address of *p (this CTA's shared memory) in the shared memory of cluster CTA `rank`.
+template <class T>
+__device__ __forceinline__ T* map_shared(T* p, unsigned rank) {
+  T* out;
+  asm volatile("mapa.u64 %0, %1, %2;" : "=l"(out) : "l"(p), "r"(rank));
+  return out;
+}
+
+// A 16-byte weight load that streams past L1 (read once per step).
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+// Eight bf16 weights (one 16-byte load) times eight float inputs.
+__device__ __forceinline__ float dot8(uint4 w, const float* x) {
+  const __nv_bfloat162* pair = reinterpret_cast<const __nv_bfloat162*>(&w);
+  float s = 0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 f = __bfloat1622float2(pair[j]);
+    s = fmaf(f.x, x[2 * j], s);
+    s = fmaf(f.y, x[2 * j + 1], s);
+  }
+  return s;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One vector's product into its row's sum: the 32 lanes of a warp hold 32 vectors of one row
+// (k / 8 is a multiple of 32 and every group of loads starts at a multiple of 256 vectors).
+__device__ __forceinline__ void add_to_row(float* acc, int row, float s) {
+  s = warp_sum(s);
+  if ((threadIdx.x & 31) == 0) atomicAdd(acc + row, s);
+}
+
+// The first kInFlight loads per thread of stream_rows, issued ahead.
+__device__ __forceinline__ void request_rows(const uint4* base, int vectors, uint4 (&regs)[kInFlight]) {
+#pragma unroll
+  for (int i = 0; i < kInFlight; ++i) {
+    const int v = threadIdx.x + i * kThreads;
+    if (v < vectors) regs[i] = load_stream(base + v);
+  }
+}
+
+// The products of a CTA's `vectors` weight vectors (from `base`) with xs into acc's rows, 16
+// loads per thread in flight; with `loaded`, the first 16 are in regs already (requested early).
+__device__ __forceinline__ void stream_rows(const uint4* base, int vectors, int row_vectors, const float* xs,
+                                            float* acc, uint4 (&regs)[kInFlight], bool loaded) {
+  for (int start = 0; start < vectors; start += kInFlight * kThreads) {
+    if (!loaded || start > 0) {
+#pragma unroll
+      for (int i = 0; i < kInFlight; ++i) {
+        const int v = start + threadIdx.x + i * kThreads;
+        if (v < vectors) regs[i] = load_stream(base + v);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kInFlight; ++i) {
+      const int v = start + threadIdx.x + i * kThreads;
+      if (v < vectors) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
+    }
+  }
+}
