@@ -16,7 +16,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -160,7 +160,7 @@ class CudaKernel:
         if config.cluster is None:
             raise CudaSourceError("max_active_clusters needs a LaunchConfig with a cluster size.")
         device = torch.cuda.current_device() if device is None else device
-        lib, function, cfg, _keep = self._config(config, device, None)
+        lib, function, cfg, _keep = self._config(replace(config, pdl=False), device, None)
         count = ctypes.c_int()
         check(lib, lib.cuOccupancyMaxActiveClusters(ctypes.byref(count), function, ctypes.byref(cfg)),
               f"counting resident clusters of {self.name!r}")
