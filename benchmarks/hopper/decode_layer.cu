@@ -5,7 +5,8 @@
 //
 //   grid     the Triton layer's structure: six stages separated by five grid barriers
 //            (qkv | attention splits | merge | o_proj | gate/up | down), each GEMV stage's first
-//            16 loads per thread requested before the barrier in front of it.
+//            16 loads per thread requested before the barrier in front of it, the attention
+//            split's older keys and values copied into shared memory at the launch's start.
 //   cluster  qkv, attention and the merge of one KV head inside one thread-block cluster: the
 //            cluster computes its head's 512 qkv rows and pushes them into every CTA's shared
 //            memory, each CTA attends over one split of the keys and pushes its partials to the

@@ -44,7 +44,10 @@ constexpr int SM_HEAD = SM_RED + 32;                           // [HEAD_ROWS] q 
 constexpr int SM_PART = SM_HEAD + HEAD_ROWS;                   // [GROUP][PART] this CTA's attention partial
 constexpr int SM_WARP = SM_PART + GROUP * PART;                // [kWarps][GROUP][PART] per-warp partials
 constexpr int SM_MERGE = SM_WARP + kWarps * GROUP * PART;      // [kMaxCluster][GROUP][PART] pushed partials
-constexpr int SM_FLOATS = SM_MERGE + kMaxCluster * GROUP * PART;
+constexpr int SM_KV = SM_MERGE + kMaxCluster * GROUP * PART;   // bf16 [2][KV_CAP][D]: the split's keys, values
+constexpr int KV_CAP = 64;                                      // keys per split prefetched into shared memory
+constexpr int SM_FLOATS = SM_KV + KV_CAP * D;
+static_assert(SM_KV % 4 == 0, "cp.async copies 16-byte pieces into kv[]");
 
 __device__ float block_sum(float v, float* red) {
   v = warp_sum(v);
@@ -98,6 +101,21 @@ __device__ void norm_input(const bf16* a, const float* b_f, const bf16* b_h, con
   __syncthreads();
 }
 
+// The keys [key0, key1) of KV head h older than the step (all but `pos`), their first KV_CAP, copied
+// into kv[] (K rows, then V rows) by cp.async at the launch's start: earlier steps wrote them, so
+// their DRAM round trip overlaps qkv instead of following barrier 1 (the Triton layer's kv_early).
+__device__ void prefetch_keys(const Params& p, int h, int key0, int key1, bf16* kv) {
+  const int n = max(0, min(min(key1, p.pos), key0 + KV_CAP) - key0), chunks = D / 8;
+  for (int i = threadIdx.x; i < n * 2 * chunks; i += kThreads) {
+    const int key = i / (2 * chunks), which = i / chunks % 2, chunk = i % chunks;
+    const bf16* src = (which ? p.w.v_cache : p.w.k_cache) + (static_cast<size_t>(key0 + key) * NKV + h) * D + chunk * 8;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(kv + (which * KV_CAP + key) * D + chunk * 8)),
+                 "l"(src)
+                 : "memory");
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
 __device__ __forceinline__ void grid_sync(const Params& p, int index, unsigned epoch) {
   grid_barrier(p.sync + index, (epoch + 1) * gridDim.x, p.errors);
 }
@@ -107,8 +125,9 @@ __device__ __forceinline__ void grid_sync(const Params& p, int index, unsigned e
 // in place, `writer` stores the new k, v into the cache, then every warp takes keys in turn with
 // an online softmax; part[g] gets the unnormalized output, its max and its sum. Ends with a CTA barrier.
 __device__ void attend(const Params& p, int h, int key0, int key1, bool writer, float* head, float* part,
-                       float* warp_part) {
+                       float* warp_part, const bf16* kv) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's share of prefetch_keys (the CTA barrier below: all)
   if (warp <= GROUP) {  // warps 0..GROUP-1: the query heads, warp GROUP: k
     float* vec = head + warp * D;
     const bf16* w = warp < GROUP ? p.w.q_norm : p.w.k_norm;
@@ -151,9 +170,12 @@ __device__ void attend(const Params& p, int h, int key0, int key1, bool writer, 
 #pragma unroll
       for (int i = 0; i < 4; ++i) k[i] = k_new[lane * 4 + i], v[i] = v_new[lane * 4 + i];
     } else {
+      const bool near = j - key0 < KV_CAP;  // prefetched
       const size_t row = (static_cast<size_t>(j) * NKV + h) * D + lane * 4;
-      const uint2 kk = *reinterpret_cast<const uint2*>(p.w.k_cache + row);
-      const uint2 vv = *reinterpret_cast<const uint2*>(p.w.v_cache + row);
+      const uint2 kk = near ? *reinterpret_cast<const uint2*>(kv + (j - key0) * D + lane * 4)
+                            : *reinterpret_cast<const uint2*>(p.w.k_cache + row);
+      const uint2 vv = near ? *reinterpret_cast<const uint2*>(kv + (KV_CAP + j - key0) * D + lane * 4)
+                            : *reinterpret_cast<const uint2*>(p.w.v_cache + row);
       const __nv_bfloat162* kp = reinterpret_cast<const __nv_bfloat162*>(&kk);
       const __nv_bfloat162* vp = reinterpret_cast<const __nv_bfloat162*>(&vv);
       const float2 k0 = __bfloat1622float2(kp[0]), k1 = __bfloat1622float2(kp[1]);
@@ -219,6 +241,7 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
   extern __shared__ __align__(16) float smem[];
   float *xs = smem + SM_XS, *acc = smem + SM_ACC, *red = smem + SM_RED, *head = smem + SM_HEAD;
   float *part = smem + SM_PART, *warp_part = smem + SM_WARP, *merge = smem + SM_MERGE;
+  bf16* kv = reinterpret_cast<bf16*>(smem + SM_KV);
   const int P = gridDim.x, c = blockIdx.x;
   for (int i = threadIdx.x; i < 256; i += kThreads) acc[i] = 0;
   uint4 regs[kInFlight];
@@ -243,6 +266,11 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
     split_rows(QKV, P, c, row0, rows);
   }
   request(p.w.qkv, H, row0, rows, regs);  // weights never depend on the step: before the wait
+  const int keys = p.pos + 1;
+  const int kv_head = kCluster ? cid : c / p.splits, kv_splits = kCluster ? csize : p.splits;
+  const int kv_split = kCluster ? rank : c % p.splits, chunk = (keys + kv_splits - 1) / kv_splits;
+  const int key0 = min(keys, kv_split * chunk), key1 = min(keys, (kv_split + 1) * chunk);
+  if (kv_head < NKV) prefetch_keys(p, kv_head, key0, key1, kv);  // (nor do the older keys)
   asm volatile("griddepcontrol.wait;" ::: "memory");
   const unsigned epoch = *reinterpret_cast<volatile unsigned*>(p.sync);
   norm_input(p.x, nullptr, p.res, p.w.norm1, xs, red, c == 0 ? p.r : nullptr);
@@ -258,8 +286,7 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
     for (int i = threadIdx.x; i < rows; i += kThreads) acc[i] = 0;
     cluster_sync();  // handoff 1: the head's q, k, v in every CTA of the cluster
     if (attends) {
-      const int keys = p.pos + 1, chunk = (keys + csize - 1) / csize;
-      attend(p, cid, min(keys, rank * chunk), min(keys, (rank + 1) * chunk), rank == 0, head, part, warp_part);
+      attend(p, cid, key0, key1, rank == 0, head, part, warp_part, kv);
       const int dims = D / csize;  // push (m, l, acc of peer r's dims) to every peer r
       for (int i = threadIdx.x; i < csize * GROUP * (dims + 2); i += kThreads) {
         const int peer = i / (GROUP * (dims + 2)), rest = i % (GROUP * (dims + 2));
@@ -289,8 +316,7 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
         head[i] = __ldcg(p.qkv + src);
       }
       __syncthreads();
-      const int keys = p.pos + 1, chunk = (keys + p.splits - 1) / p.splits;
-      attend(p, h, min(keys, s * chunk), min(keys, (s + 1) * chunk), s == 0, head, part, warp_part);
+      attend(p, h, key0, key1, s == 0, head, part, warp_part, kv);
       for (int i = threadIdx.x; i < GROUP * PART; i += kThreads)
         p.partials[(static_cast<size_t>(s) * NQ + h * GROUP) * PART + i] = part[i];
     }
