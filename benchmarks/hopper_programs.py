@@ -57,7 +57,7 @@ COLUMNS = {
     ],
     "decode_layer": [
         ("variant", "variant"), ("cluster", lambda r: r["cluster"] or "–"), ("CTAs", "ctas"),
-        ("CTAs/SM", "ctas_per_sm"), ("splits", "splits"), ("context", "context"),
+        ("CTAs/SM", "ctas_per_sm"), ("splits", "splits"), ("poll ns", "poll_ns"), ("context", "context"),
         ("µs per layer", lambda r: f"{r['us_per_layer']:.2f}"), ("min", lambda r: f"{r['us_per_layer_min']:.2f}"),
         ("max rel. error", lambda r: f"{r['max_rel_err']:.1e}"),
     ],

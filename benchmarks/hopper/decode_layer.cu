@@ -19,6 +19,9 @@
 // query head over keys 0..pos of its KV head; r2 = W_o attn + r; h2 = rmsnorm(r2) * w2;
 // act = silu(W_gate h2) * (W_up h2); x_out = W_down act; res_out = r2.
 //
+// `--poll-ns` runs each variant with these sleeps before each poll of a grid barrier (0 and 100
+// by default; the Triton layer is faster with 100).
+//
 // The program checks one launch of layer 0 (both outputs and the cache row written) against the
 // host's double-precision layer, then times chains of `--layers` layers of distinct weights
 // (captured in one CUDA graph, PDL between the launches, medians of `--repeats` replays):
@@ -165,7 +168,7 @@ static std::vector<float> fetch(const bf16* src, size_t n) {
 
 int main(int argc, char** argv) {
   int layers = 28, pos = 384, repeats = 30, reference_only = 0;
-  std::vector<int> per_sm = {1, 2}, cluster_sizes = {8, 16};
+  std::vector<int> per_sm = {1, 2}, cluster_sizes = {8, 16}, poll_ns = {0, 100};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string key = argv[i];
     if (key == "--layers") layers = std::atoi(argv[i + 1]);
@@ -174,9 +177,10 @@ int main(int argc, char** argv) {
     else if (key == "--ctas-per-sm") per_sm = ints(argv[i + 1]);
     else if (key == "--clusters") cluster_sizes = ints(argv[i + 1]);
     else if (key == "--reference-only") reference_only = std::atoi(argv[i + 1]);
+    else if (key == "--poll-ns") poll_ns = ints(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown option %s (--layers N --context N --repeats N --ctas-per-sm a,b --clusters a,b "
-                   "--reference-only 1)\n",
+                   "--poll-ns a,b --reference-only 1)\n",
                    key.c_str());
       return 2;
     }
@@ -234,22 +238,24 @@ int main(int argc, char** argv) {
   CHECK(cudaDeviceSynchronize());
   const Reference ref = reference(pos, rope);
 
-  auto params = [&](int l, int splits, const bf16* x, const bf16* res, bf16* x_out, bf16* res_out) {
+  auto params = [&](int l, int splits, unsigned poll, const bf16* x, const bf16* res, bf16* x_out, bf16* res_out) {
     Params p{};
     const auto& t = tensors[l];
     p.w = Layer{t[T_QKV], t[T_O], t[T_GU], t[T_DOWN], t[T_N1], t[T_N2], t[T_QN], t[T_KN], t[T_KC], t[T_VC]};
-    p.x = x, p.res = res, p.x_out = x_out, p.res_out = res_out, p.rope = rope_d, p.pos = pos, p.splits = splits;
+    p.x = x, p.res = res, p.x_out = x_out, p.res_out = res_out, p.rope = rope_d, p.pos = pos, p.splits = splits, p.poll_ns = poll;
     p.qkv = scratch, p.partials = p.qkv + QKV, p.attn = p.partials + static_cast<size_t>(kMaxSplits) * NQ * PART;
     p.r = p.attn + QROWS, p.r2 = p.r + H, p.act = p.r2 + H;
     p.sync = sync, p.errors = errors;
     return p;
   };
 
-  struct Variant { bool cluster; int size, per_sm; };
+  struct Variant { bool cluster; int size, per_sm, poll_ns; };
   std::vector<Variant> variants;
-  for (int k : per_sm) variants.push_back({false, 0, k});
-  for (int k : per_sm)
-    for (int size : cluster_sizes) variants.push_back({true, size, k});
+  for (int ns : poll_ns)
+    for (int k : per_sm) variants.push_back({false, 0, k, ns});
+  for (int ns : poll_ns)
+    for (int k : per_sm)
+      for (int size : cluster_sizes) variants.push_back({true, size, k, ns});
   const int smem_need = SM_FLOATS * static_cast<int>(sizeof(float));
   for (auto kernel : {decode_layer_grid, decode_layer_cluster}) {
     CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -299,7 +305,7 @@ int main(int argc, char** argv) {
     CHECK(cudaMemset(sync, 0, 8 * sizeof(unsigned)));
     CHECK(cudaMemset(errors, 0, sizeof(unsigned)));
     // the check: one launch of layer 0 on the hashed inputs
-    CHECK(cudaLaunchKernelEx(&config, kernel, params(0, splits, tensors[0][T_X], tensors[0][T_RES], xbuf[0], rbuf[0])));
+    CHECK(cudaLaunchKernelEx(&config, kernel, params(0, splits, var.poll_ns, tensors[0][T_X], tensors[0][T_RES], xbuf[0], rbuf[0])));
     CHECK(cudaStreamSynchronize(stream));
     const std::vector<float> x_out = fetch(xbuf[0], H), res_out = fetch(rbuf[0], H);
     const std::vector<float> k_row = fetch(tensors[0][T_KC] + static_cast<size_t>(pos) * NKV * D, NKV * D);
@@ -310,10 +316,10 @@ int main(int argc, char** argv) {
     CHECK(cudaMemcpy(&check_timeouts, errors, sizeof(unsigned), cudaMemcpyDeviceToHost));
     if (check_timeouts || !(err <= 2e-2)) {  // no timing of a wrong layer (nor 33 x layers of time-outs)
       std::printf("{\"variant\": \"%s\", \"cluster\": %d, \"ctas\": %d, \"ctas_per_sm\": %d, \"splits\": %d, "
-                  "\"context\": %d, \"layers\": 0, \"us_per_layer\": 0, \"us_per_layer_min\": 0, "
+                  "\"poll_ns\": %d, \"context\": %d, \"layers\": 0, \"us_per_layer\": 0, \"us_per_layer_min\": 0, "
                   "\"max_rel_err\": %.2e, \"errors\": 1, \"timeouts\": %u}\n",
                   var.cluster ? "cluster" : "grid", var.cluster ? var.size : 0, ctas, var.per_sm,
-                  var.cluster ? var.size : splits, pos, err, check_timeouts);
+                  var.cluster ? var.size : splits, var.poll_ns, pos, err, check_timeouts);
       std::fflush(stdout);
       continue;
     }
@@ -322,7 +328,7 @@ int main(int argc, char** argv) {
     cudaGraphExec_t exec;
     CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     for (int l = 0; l < layers; ++l)
-      CHECK(cudaLaunchKernelEx(&config, kernel, params(l, splits, xbuf[l % 2], rbuf[l % 2], xbuf[(l + 1) % 2],
+      CHECK(cudaLaunchKernelEx(&config, kernel, params(l, splits, var.poll_ns, xbuf[l % 2], rbuf[l % 2], xbuf[(l + 1) % 2],
                                                        rbuf[(l + 1) % 2])));
     CHECK(cudaStreamEndCapture(stream, &graph));
     CHECK(cudaGraphInstantiate(&exec, graph, 0));
@@ -342,10 +348,10 @@ int main(int argc, char** argv) {
     unsigned timeouts = 0;
     CHECK(cudaMemcpy(&timeouts, errors, sizeof(unsigned), cudaMemcpyDeviceToHost));
     std::printf("{\"variant\": \"%s\", \"cluster\": %d, \"ctas\": %d, \"ctas_per_sm\": %d, \"splits\": %d, "
-                "\"context\": %d, \"layers\": %d, \"us_per_layer\": %.3f, \"us_per_layer_min\": %.3f, "
+                "\"poll_ns\": %d, \"context\": %d, \"layers\": %d, \"us_per_layer\": %.3f, \"us_per_layer_min\": %.3f, "
                 "\"max_rel_err\": %.2e, \"errors\": %u, \"timeouts\": %u}\n",
                 var.cluster ? "cluster" : "grid", var.cluster ? var.size : 0, ctas, var.per_sm,
-                var.cluster ? var.size : splits, pos, layers, median(times),
+                var.cluster ? var.size : splits, var.poll_ns, pos, layers, median(times),
                 *std::min_element(times.begin(), times.end()), err, 0u, timeouts);
     std::fflush(stdout);
     CHECK(cudaGraphExecDestroy(exec));

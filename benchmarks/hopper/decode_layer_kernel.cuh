@@ -31,6 +31,7 @@ struct Params {
   bf16 *x_out, *res_out;
   const float* rope;  // cos[D / 2], sin[D / 2] of position pos
   int pos, splits;    // the new token's position (keys 0..pos); the grid variant's splits per KV head
+  unsigned poll_ns;   // the grid barriers' sleep before each poll
   float *qkv, *partials, *attn, *r, *r2, *act;  // scratch: [QKV], [splits][NQ][PART], [QROWS], [H], [H], [I]
   unsigned* sync;     // [0]: the launches' epoch, [1..5]: barrier counters (never reset)
   unsigned* errors;   // [0]: barrier time-outs
@@ -117,7 +118,7 @@ __device__ void prefetch_keys(const Params& p, int h, int key0, int key1, bf16* 
 }
 
 __device__ __forceinline__ void grid_sync(const Params& p, int index, unsigned epoch) {
-  grid_barrier(p.sync + index, (epoch + 1) * gridDim.x, p.errors);
+  grid_barrier(p.sync + index, (epoch + 1) * gridDim.x, p.errors, p.poll_ns);
 }
 
 // One KV head's attention over keys [key0, key1) (key `pos` is the new one, in head[]):

@@ -10,14 +10,17 @@ constexpr int kInFlight = 16;               // 16-byte weight loads in flight pe
 
 // The persistent layer's counter barrier: every thread's stores, a CTA barrier, one release add
 // per CTA, thread 0 polls with acquire loads until the counter reaches `target`, a CTA barrier.
-// A poll that gives up counts in *timeouts.
-__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target, unsigned* timeouts) {
+// A poll that gives up counts in *timeouts; `poll_ns` > 0 sleeps that long before each poll (fewer
+// reads of the counter's line while the last CTAs arrive: the Triton layer's default is 100 ns).
+__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target, unsigned* timeouts,
+                                             unsigned poll_ns = 0) {
   __syncthreads();
   if (threadIdx.x == 0) {
     asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
     unsigned seen = 0;
     long long spins = 0;
     do {
+      if (poll_ns) __nanosleep(poll_ns);
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
     } while (static_cast<int>(seen - target) < 0 && ++spins < kMaxSpins);
     if (spins >= kMaxSpins) atomicAdd(timeouts, 1u);
