@@ -92,9 +92,17 @@ def source(program: str) -> Path:
     return HERE / f"{program}.cu"
 
 
+def find_nvcc() -> str | None:
+    """``nvcc`` on PATH, else the CUDA toolkit's default place."""
+    found = shutil.which("nvcc")
+    if found is None and Path("/usr/local/cuda/bin/nvcc").exists():
+        found = "/usr/local/cuda/bin/nvcc"
+    return found
+
+
 def build(program: str, out_dir: Path, nvcc: str | None = None) -> Path:
     """Compile ``program`` into ``out_dir``; returns the executable's path."""
-    nvcc = nvcc or shutil.which("nvcc")
+    nvcc = nvcc or find_nvcc()
     if nvcc is None:
         raise FileNotFoundError(f"nvcc is not on PATH: install the CUDA toolkit (13.0 or newer) to build {program}")
     binary = out_dir / program
@@ -148,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("program", choices=sorted(COLUMNS))
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    nvcc = shutil.which("nvcc")
+    nvcc = find_nvcc()
     with tempfile.TemporaryDirectory() as tmp:
         binary = build(args.program, Path(tmp), nvcc)
         run = subprocess.run([str(binary), *extra], capture_output=True, text=True)
