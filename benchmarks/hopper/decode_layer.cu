@@ -35,7 +35,9 @@
 #include <string>
 
 #include "common.cuh"
-#include "decode_layer_kernel.cuh"
+#include "decode_layer.cuh"
+
+constexpr float EPS = 1e-6f;
 
 // ------------------------------------------------------------------------------------ host
 
@@ -227,25 +229,46 @@ int main(int argc, char** argv) {
     CHECK(cudaMalloc(&xbuf[j], H * sizeof(bf16)));
     CHECK(cudaMalloc(&rbuf[j], H * sizeof(bf16)));
   }
-  float *rope_d, *scratch;
+  std::vector<float> cos_table(static_cast<size_t>(ctx) * (D / 2)), sin_table(cos_table.size());
+  for (int t = 0; t < ctx; ++t)
+    for (int d = 0; d < D / 2; ++d) {
+      const double angle = t * std::pow(1e6, -2.0 * d / D);
+      cos_table[static_cast<size_t>(t) * (D / 2) + d] = static_cast<float>(std::cos(angle));
+      sin_table[static_cast<size_t>(t) * (D / 2) + d] = static_cast<float>(std::sin(angle));
+    }
+  float *cos_d, *sin_d, *scratch;
   unsigned *sync, *errors;
   const size_t scratch_floats = QKV + static_cast<size_t>(kMaxSplits) * NQ * PART + QROWS + 2 * H + I;
-  CHECK(cudaMalloc(&rope_d, D * sizeof(float)));
-  CHECK(cudaMemcpy(rope_d, rope.data(), D * sizeof(float), cudaMemcpyHostToDevice));
+  CHECK(cudaMalloc(&cos_d, cos_table.size() * sizeof(float)));
+  CHECK(cudaMalloc(&sin_d, sin_table.size() * sizeof(float)));
+  CHECK(cudaMemcpy(cos_d, cos_table.data(), cos_table.size() * sizeof(float), cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(sin_d, sin_table.data(), sin_table.size() * sizeof(float), cudaMemcpyHostToDevice));
   CHECK(cudaMalloc(&scratch, scratch_floats * sizeof(float)));
   CHECK(cudaMalloc(&sync, 8 * sizeof(unsigned)));
   CHECK(cudaMalloc(&errors, sizeof(unsigned)));
   CHECK(cudaDeviceSynchronize());
   const Reference ref = reference(pos, rope);
 
+  // the cache in blocks of 16 slots, the block table the identity; the step's metadata on the device
+  const int block_size = 16, blocks = (ctx + block_size - 1) / block_size;
+  std::vector<int> meta(blocks + 3);
+  for (int b = 0; b < blocks; ++b) meta[b] = b;
+  meta[blocks] = pos, meta[blocks + 1] = pos, meta[blocks + 2] = ctx;  // position, slot, keys
+  int* meta_d;
+  CHECK(cudaMalloc(&meta_d, meta.size() * sizeof(int)));
+  CHECK(cudaMemcpy(meta_d, meta.data(), meta.size() * sizeof(int), cudaMemcpyHostToDevice));
   auto params = [&](int l, int splits, unsigned poll, const bf16* x, const bf16* res, bf16* x_out, bf16* res_out) {
     Params p{};
     const auto& t = tensors[l];
-    p.w = Layer{t[T_QKV], t[T_O], t[T_GU], t[T_DOWN], t[T_N1], t[T_N2], t[T_QN], t[T_KN], t[T_KC], t[T_VC]};
-    p.x = x, p.res = res, p.x_out = x_out, p.res_out = res_out, p.rope = rope_d, p.pos = pos, p.splits = splits, p.poll_ns = poll;
+    p.w_qkv = t[T_QKV], p.w_o = t[T_O], p.w_gu = t[T_GU], p.w_down = t[T_DOWN], p.norm1 = t[T_N1], p.norm2 = t[T_N2];
+    p.q_norm = t[T_QN], p.k_norm = t[T_KN], p.k_cache = t[T_KC], p.v_cache = t[T_VC];
+    p.block_table = meta_d, p.positions = meta_d + blocks, p.slot_mapping = meta_d + blocks + 1;
+    p.seq_lens = meta_d + blocks + 2, p.cos = cos_d, p.sin = sin_d;
+    p.x = x, p.res = res, p.x_out = x_out, p.res_out = res_out;
     p.qkv = scratch, p.partials = p.qkv + QKV, p.attn = p.partials + static_cast<size_t>(kMaxSplits) * NQ * PART;
     p.r = p.attn + QROWS, p.r2 = p.r + H, p.act = p.r2 + H;
     p.sync = sync, p.errors = errors;
+    p.eps = EPS, p.block_size = block_size, p.splits = splits, p.pos64 = 0, p.slot64 = 0, p.poll_ns = poll;
     return p;
   };
 
@@ -256,7 +279,7 @@ int main(int argc, char** argv) {
   for (int ns : poll_ns)
     for (int k : per_sm)
       for (int size : cluster_sizes) variants.push_back({true, size, k, ns});
-  const int smem_need = SM_FLOATS * static_cast<int>(sizeof(float));
+  const int smem_need = SMEM_BYTES;
   for (auto kernel : {decode_layer_grid, decode_layer_cluster}) {
     CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(prop.sharedMemPerBlockOptin)));

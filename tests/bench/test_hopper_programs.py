@@ -217,7 +217,7 @@ def test_decode_layer_kernel_compiles_under_nvrtc(tmp_path):
 
     if nvrtc.find_nvrtc() is None:
         pytest.skip("needs NVRTC (the nvidia-cuda-nvrtc wheel)")
-    hopper = ROOT / "benchmarks" / "hopper"
-    cubin = nvrtc.compile_cubin((hopper / "decode_layer_kernel.cuh").read_text(), "decode_layer", "sm_90a",
-                                [f"--include-path={hopper}"], cache=tmp_path)
+    cuda = ROOT / "infer_core" / "src" / "infer_core" / "kernels" / "cuda"
+    cubin = nvrtc.compile_cubin((cuda / "decode_layer.cuh").read_text(), "decode_layer", "sm_90a",
+                                [f"--include-path={cuda}"], cache=tmp_path)
     assert cubin[:4] == b"\x7fELF" and b"decode_layer_grid" in cubin and b"decode_layer_cluster" in cubin

@@ -1,0 +1,431 @@
+// A whole Llama / Qwen 3 decoder layer of a batch-1 decode step as one persistent CUDA launch
+// (kernels.decode_layer_cuda compiles it with NVRTC per shape; benchmarks/hopper/decode_layer.cu
+// builds it with nvcc as a probe). The shape comes from macros (defaults: Qwen3-0.6B):
+// DL_HIDDEN, DL_INTER, DL_HEADS, DL_KV_HEADS, DL_HEAD_DIM, DL_QK_NORM.
+//
+// Two variants (extern "C" kernels at the end):
+//   decode_layer_grid     six stages separated by five grid barriers (qkv | attention splits |
+//                         merge | o_proj | gate/up | down), each GEMV stage's first 16 loads per
+//                         thread requested before the barrier in front of it, each attention
+//                         split's older keys and values copied into shared memory (cp.async)
+//                         while qkv runs.
+//   decode_layer_cluster  qkv, attention and the merge of one KV head inside one thread-block
+//                         cluster: the cluster computes its head's qkv rows and pushes them into
+//                         every CTA's shared memory, each CTA attends over one split of the keys
+//                         and pushes its partials to the CTAs that merge them (distributed shared
+//                         memory, cluster barriers); o_proj, gate/up and down stay grid-wide.
+//
+// Numerics are the unfused path's (decode_layer_ref): every intermediate the separate kernels
+// store is rounded to bf16 where they round it (the residual sum, the norms' outputs, qkv, q
+// and k after the norm and after RoPE, attention's output, each projection, the activation);
+// attention keeps its probabilities and values in float32 and rounds its output once.
+//
+// Every CTA must be resident at once (the grid barriers); the counters are never reset: launch
+// e (sync[0], read after the PDL wait) waits at barrier b for sync[b] to reach (e + 1) x CTAs,
+// and CTA 0 adds 1 to the epoch after the last barrier. A poll that gives up counts in errors[0].
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include "device.cuh"
+
+using bf16 = __nv_bfloat16;
+
+#ifndef DL_HIDDEN
+#define DL_HIDDEN 1024
+#define DL_INTER 3072
+#define DL_HEADS 16
+#define DL_KV_HEADS 8
+#define DL_HEAD_DIM 128
+#define DL_QK_NORM 1
+#endif
+
+constexpr int H = DL_HIDDEN, I = DL_INTER, NQ = DL_HEADS, NKV = DL_KV_HEADS, D = DL_HEAD_DIM;
+constexpr bool QK_NORM = DL_QK_NORM;
+constexpr int GROUP = NQ / NKV, DPL = D / 32;  // query heads per KV head; head dims per lane
+constexpr int QROWS = NQ * D, KVROWS = NKV * D, QKV = QROWS + 2 * KVROWS;
+constexpr int HEAD_ROWS = (GROUP + 2) * D;  // one KV head's qkv rows (its queries, k, v)
+constexpr int kMaxSplits = 32;
+constexpr int kMaxCluster = 16;
+constexpr int kWarps = kThreads / 32;
+constexpr int PART = D + 2;  // an attention partial: acc[D], max, sum
+constexpr int KV_CAP = 64;   // keys per split prefetched into shared memory
+constexpr int XS_LEN = I > QROWS ? (I > H ? I : H) : (QROWS > H ? QROWS : H);
+#define kNegInf __int_as_float(0xff800000)
+
+static_assert(NQ % NKV == 0 && GROUP + 1 <= kWarps, "a KV head's queries and its key: one warp each");
+static_assert(D % 32 == 0 && DPL % 2 == 0 && D <= 256, "head dims: pairs per lane, rotate-half across lanes l, l + 16");
+static_assert(H % kThreads == 0 && H % 256 == 0 && I % 256 == 0 && QROWS % 256 == 0,
+              "GEMV inputs: a warp's 32 16-byte loads within one row");
+
+struct Params {
+  const bf16 *w_qkv, *w_o, *w_gu, *w_down, *norm1, *norm2, *q_norm, *k_norm;
+  bf16 *k_cache, *v_cache;     // [blocks x block_size][NKV][D] each
+  const int* block_table;      // the sequence's row of block ids
+  const void *positions, *slot_mapping;  // [1] each, int32 or int64 (pos64 / slot64)
+  const int* seq_lens;         // [1]: keys after this step (the new one last)
+  const float *cos, *sin;      // [positions][D / 2]
+  const bf16 *x, *res;         // [H]; res null on the first layer
+  bf16 *x_out, *res_out;       // [H]
+  float *qkv, *partials, *attn, *r, *r2, *act;  // scratch [QKV], [splits][NQ][PART], [QROWS], [H], [H], [I]
+  unsigned *sync, *errors;     // [0]: the epoch, [1..5]: barrier counters; [0]: barrier time-outs
+  float eps;
+  int block_size, splits, pos64, slot64;
+  unsigned poll_ns;
+};
+
+// --- shared memory (floats)
+constexpr int SM_XS = 0;                                   // [XS_LEN] a GEMV stage's input
+constexpr int SM_ACC = SM_XS + XS_LEN;                     // [256] row sums
+constexpr int SM_RED = SM_ACC + 256;                       // [32] reductions
+constexpr int SM_HEAD = SM_RED + 32;                       // [HEAD_ROWS] q (GROUP x D), k, v of one KV head
+constexpr int SM_PART = SM_HEAD + HEAD_ROWS;               // [GROUP][PART] this CTA's attention partial
+constexpr int SM_WARP = SM_PART + GROUP * PART;            // [kWarps][GROUP][PART] per-warp partials
+constexpr int SM_MERGE = SM_WARP + kWarps * GROUP * PART;  // [kMaxCluster][GROUP][PART] pushed partials
+constexpr int SM_KV = (SM_MERGE + kMaxCluster * GROUP * PART + 3) / 4 * 4;  // bf16 [2][KV_CAP][D]
+constexpr int SM_FLOATS = SM_KV + KV_CAP * D;
+constexpr int SMEM_BYTES = SM_FLOATS * 4;
+
+__device__ __forceinline__ float rnd(float v) { return __bfloat162float(__float2bfloat16(v)); }
+
+__device__ __forceinline__ int load_index(const void* p, int is64) {
+  return is64 ? static_cast<int>(*static_cast<const long long*>(p)) : *static_cast<const int*>(p);
+}
+
+__device__ float block_sum(float v, float* red) {
+  v = warp_sum(v);
+  __syncthreads();  // (red is reused)
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float s = 0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) s += red[w];
+  return s;
+}
+
+__device__ __forceinline__ void split_rows(int n, int parts, int part, int& row0, int& rows) {
+  const int per = (n + parts - 1) / parts;
+  row0 = min(n, part * per);
+  rows = min(n, row0 + per) - row0;
+}
+
+// The first kInFlight loads per thread of rows [row0, row0 + rows) of W [*, K], issued ahead.
+__device__ __forceinline__ void request(const bf16* W, int K, int row0, int rows, uint4 (&regs)[kInFlight]) {
+  request_rows(reinterpret_cast<const uint4*>(W + static_cast<size_t>(row0) * K), rows * (K / 8), regs);
+}
+
+// acc[i] += W[row0 + i] . xs for i < rows; with `loaded` the first loads are in regs already.
+// Ends with a CTA barrier.
+__device__ void gemv(const bf16* W, int K, int row0, int rows, const float* xs, float* acc, uint4 (&regs)[kInFlight],
+                     bool loaded) {
+  stream_rows(reinterpret_cast<const uint4*>(W + static_cast<size_t>(row0) * K), rows * (K / 8), K / 8, xs, acc, regs,
+              loaded);
+  __syncthreads();
+}
+
+// xs = rmsnorm(v) * w (bf16 roundings of rms_norm_ref) with v = a + b (a, b bf16; b may be null) or
+// v = f (float, already rounded); `store` gets v.
+__device__ void norm_input(const bf16* a, const bf16* b, const float* f, const bf16* w, float eps, float* xs,
+                           float* red, float* store) {
+  float v[H / kThreads], sq = 0;
+#pragma unroll
+  for (int j = 0; j < H / kThreads; ++j) {
+    const int i = threadIdx.x + j * kThreads;
+    v[j] = f ? __ldcg(f + i) : rnd(__bfloat162float(a[i]) + (b ? __bfloat162float(b[i]) : 0.0f));
+    sq += v[j] * v[j];
+  }
+  const float rstd = rsqrtf(block_sum(sq, red) / H + eps);
+#pragma unroll
+  for (int j = 0; j < H / kThreads; ++j) {
+    const int i = threadIdx.x + j * kThreads;
+    xs[i] = rnd(__bfloat162float(w[i]) * rnd(v[j] * rstd));
+    if (store) store[i] = v[j];
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ size_t cache_row(const Params& p, int key, int h) {
+  const int slot = p.block_table[key / p.block_size] * p.block_size + key % p.block_size;
+  return (static_cast<size_t>(slot) * NKV + h) * D;
+}
+
+// The older keys [key0, min(key1, own)) of KV head h, their first KV_CAP, copied into kv[] (K rows,
+// then V rows) by cp.async: their DRAM round trip overlaps qkv instead of following barrier 1.
+__device__ void prefetch_keys(const Params& p, int h, int key0, int key1, int own, bf16* kv) {
+  const int n = max(0, min(min(key1, own), key0 + KV_CAP) - key0), chunks = D / 8;
+  for (int i = threadIdx.x; i < n * 2 * chunks; i += kThreads) {
+    const int key = i / (2 * chunks), which = i / chunks % 2, chunk = i % chunks;
+    const bf16* src = (which ? p.v_cache : p.k_cache) + cache_row(p, key0 + key, h) + chunk * 8;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(kv + (which * KV_CAP + key) * D + chunk * 8)),
+                 "l"(src)
+                 : "memory");
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+__device__ __forceinline__ void grid_sync(const Params& p, int index, unsigned epoch) {
+  grid_barrier(p.sync + index, (epoch + 1) * gridDim.x, p.errors, p.poll_ns);
+}
+
+__device__ __forceinline__ void load_dims(const bf16* src, float (&out)[DPL]) {
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(src);
+#pragma unroll
+  for (int i = 0; i < DPL / 2; ++i) {
+    const float2 f = __bfloat1622float2(pairs[i]);
+    out[2 * i] = f.x, out[2 * i + 1] = f.y;
+  }
+}
+
+// One KV head's attention over keys [key0, key1); key `own` (the step's) is the new one, in head[]
+// with the head's queries: head[] holds q (GROUP x D), k, v after qkv. The first warps norm and
+// rotate q and k in place, `writer` stores the new k, v at the step's slot, then every warp takes
+// keys in turn with an online softmax; part[g] gets the unnormalized output, its max and its sum.
+// Ends with a CTA barrier.
+__device__ void attend(const Params& p, int h, int key0, int key1, int own, int pos, int slot, bool writer,
+                       float* head, float* part, float* warp_part, const bf16* kv) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  asm volatile("cp.async.wait_all;" ::: "memory");  // this thread's share of prefetch_keys (the barrier below: all)
+  if (warp <= GROUP) {  // warps 0..GROUP-1: the query heads, warp GROUP: the key
+    float* vec = head + warp * D;
+    float x[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) x[i] = vec[lane * DPL + i];
+    if (QK_NORM) {
+      const bf16* w = warp < GROUP ? p.q_norm : p.k_norm;
+      float sq = 0;
+#pragma unroll
+      for (int i = 0; i < DPL; ++i) sq += x[i] * x[i];
+      const float rstd = rsqrtf(warp_sum(sq) / D + p.eps);
+#pragma unroll
+      for (int i = 0; i < DPL; ++i) x[i] = rnd(__bfloat162float(w[lane * DPL + i]) * rnd(x[i] * rstd));
+    }
+    const float* cos = p.cos + static_cast<size_t>(pos) * (D / 2);
+    const float* sin = p.sin + static_cast<size_t>(pos) * (D / 2);
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) {  // rotate-half: dims d and d + D/2 sit in lanes l and l + 16
+      const float other = __shfl_xor_sync(0xffffffffu, x[i], 16);
+      const int d = (lane & 15) * DPL + i;
+      x[i] = rnd(lane < 16 ? x[i] * cos[d] - other * sin[d] : x[i] * cos[d] + other * sin[d]);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) vec[lane * DPL + i] = x[i];
+  }
+  __syncthreads();
+  const float* k_new = head + GROUP * D;
+  const float* v_new = k_new + D;
+  if (writer && slot >= 0) {
+    const size_t row = (static_cast<size_t>(slot) * NKV + h) * D;
+    for (int i = threadIdx.x; i < 2 * D; i += kThreads) {
+      if (i < D) p.k_cache[row + i] = __float2bfloat16(k_new[i]);
+      else p.v_cache[row + i - D] = __float2bfloat16(v_new[i - D]);
+    }
+  }
+  const float scale = rsqrtf(static_cast<float>(D));
+  float q[GROUP][DPL], m[GROUP], l[GROUP], acc[GROUP][DPL];
+#pragma unroll
+  for (int g = 0; g < GROUP; ++g) {
+    m[g] = kNegInf, l[g] = 0;
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) q[g][i] = head[g * D + lane * DPL + i] * scale, acc[g][i] = 0;
+  }
+  for (int j = key0 + warp; j < key1; j += kWarps) {
+    float k[DPL], v[DPL];
+    if (j == own) {
+#pragma unroll
+      for (int i = 0; i < DPL; ++i) k[i] = k_new[lane * DPL + i], v[i] = v_new[lane * DPL + i];
+    } else if (j - key0 < KV_CAP) {  // prefetched
+      load_dims(kv + (j - key0) * D + lane * DPL, k);
+      load_dims(kv + (KV_CAP + j - key0) * D + lane * DPL, v);
+    } else {
+      const size_t row = cache_row(p, j, h) + lane * DPL;
+      load_dims(p.k_cache + row, k);
+      load_dims(p.v_cache + row, v);
+    }
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g) {
+      float s = 0;
+#pragma unroll
+      for (int i = 0; i < DPL; ++i) s += q[g][i] * k[i];
+      s = warp_sum(s);
+      const float m_new = fmaxf(m[g], s);
+      const float corr = __expf(m[g] - m_new), e = __expf(s - m_new);  // (exp(-inf) = 0 on the first key)
+      l[g] = l[g] * corr + e;
+#pragma unroll
+      for (int i = 0; i < DPL; ++i) acc[g][i] = acc[g][i] * corr + e * v[i];
+      m[g] = m_new;
+    }
+  }
+#pragma unroll
+  for (int g = 0; g < GROUP; ++g) {
+    float* mine = warp_part + (warp * GROUP + g) * PART;
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) mine[lane * DPL + i] = acc[g][i];
+    if (lane == 0) mine[D] = m[g], mine[D + 1] = l[g];
+  }
+  __syncthreads();
+  for (int t = threadIdx.x; t < GROUP * D; t += kThreads) {  // combine the warps: (g, d) = (t / D, t % D)
+    const int g = t / D, d = t % D;
+    float big = kNegInf;
+    for (int w = 0; w < kWarps; ++w) big = fmaxf(big, warp_part[(w * GROUP + g) * PART + D]);
+    float sum = 0, out = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      const float* wp = warp_part + (w * GROUP + g) * PART;
+      const float f = wp[D] == kNegInf ? 0.0f : __expf(wp[D] - big);
+      sum += wp[D + 1] * f, out += wp[d] * f;
+    }
+    part[g * PART + d] = out;
+    if (d == 0) part[g * PART + D] = big, part[g * PART + D + 1] = sum;
+  }
+  __syncthreads();
+}
+
+// The merge of `n` partials of one query head (stride floats apart) at dim d, rounded:
+// sum_s acc_s[d] e^(m_s - M) / sum_s l_s e^(m_s - M) (0 when no split had a key).
+__device__ __forceinline__ float merge_dim(const float* parts, int n, int stride, int d, bool global) {
+  float big = kNegInf;
+  for (int s = 0; s < n; ++s) big = fmaxf(big, global ? __ldcg(parts + s * stride + D) : parts[s * stride + D]);
+  float sum = 0, out = 0;
+  for (int s = 0; s < n; ++s) {
+    const float* ps = parts + s * stride;
+    const float ms = global ? __ldcg(ps + D) : ps[D];
+    if (ms == kNegInf) continue;
+    const float f = __expf(ms - big);
+    sum += (global ? __ldcg(ps + D + 1) : ps[D + 1]) * f;
+    out += (global ? __ldcg(ps + d) : ps[d]) * f;
+  }
+  return sum > 0 ? rnd(out / sum) : 0.0f;
+}
+
+// The qkv rows of KV head h, local row i (queries, then k, then v) -> its row of W_qkv.
+__device__ __forceinline__ int head_row(int h, int i) {
+  return i < GROUP * D ? h * GROUP * D + i
+         : i < (GROUP + 1) * D ? QROWS + h * D + (i - GROUP * D)
+                               : QROWS + KVROWS + h * D + (i - (GROUP + 1) * D);
+}
+
+template <bool kCluster>
+__device__ __forceinline__ void decode_layer(const Params& p) {
+  extern __shared__ __align__(16) float smem[];
+  float *xs = smem + SM_XS, *acc = smem + SM_ACC, *red = smem + SM_RED, *head = smem + SM_HEAD;
+  float *part = smem + SM_PART, *warp_part = smem + SM_WARP, *merge = smem + SM_MERGE;
+  bf16* kv = reinterpret_cast<bf16*>(smem + SM_KV);
+  const int P = gridDim.x, c = blockIdx.x;
+  for (int i = threadIdx.x; i < 256; i += kThreads) acc[i] = 0;
+  uint4 regs[kInFlight];
+
+  // ---- stage 1: qkv (grid: rows over all CTAs; cluster: one KV head's rows per cluster)
+  int csize = 1, rank = 0, cid = 0;
+  if constexpr (kCluster) {
+    csize = static_cast<int>(cluster_size()), rank = static_cast<int>(cluster_rank());
+    cid = c / csize;
+  }
+  int row0 = 0, rows = 0;
+  if constexpr (kCluster) {
+    if (cid < NKV) {  // local rows [rank * per, +per): one contiguous range of W_qkv (the host checks)
+      rows = HEAD_ROWS / csize;
+      row0 = head_row(cid, rank * rows);
+    }
+  } else {
+    split_rows(QKV, P, c, row0, rows);
+  }
+  request(p.w_qkv, H, row0, rows, regs);  // weights never depend on the step: before the wait
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  const unsigned epoch = *reinterpret_cast<volatile unsigned*>(p.sync);
+  const int pos = load_index(p.positions, p.pos64), slot = load_index(p.slot_mapping, p.slot64);
+  const int keys = p.seq_lens[0], own = keys - 1;
+  const int kv_head = kCluster ? cid : c / p.splits, kv_splits = kCluster ? csize : p.splits;
+  const int kv_split = kCluster ? rank : c % p.splits, chunk = (keys + kv_splits - 1) / kv_splits;
+  const int key0 = min(keys, kv_split * chunk), key1 = min(keys, (kv_split + 1) * chunk);
+  const bool attends = kv_head < NKV;
+  if (attends) prefetch_keys(p, kv_head, key0, key1, own, kv);
+  norm_input(p.x, p.res, nullptr, p.norm1, p.eps, xs, red, c == 0 ? p.r : nullptr);
+  gemv(p.w_qkv, H, row0, rows, xs, acc, regs, true);
+
+  if constexpr (kCluster) {
+    if (attends) {  // push this CTA's rows (rounded as the qkv store rounds) into every peer's head[]
+      const int local = rank * rows;
+      for (int i = threadIdx.x; i < rows * csize; i += kThreads)
+        map_shared(head, i % csize)[local + i / csize] = rnd(acc[i / csize]);
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < rows; i += kThreads) acc[i] = 0;
+    cluster_sync();  // handoff 1: the head's q, k, v in every CTA of the cluster
+    const int dims = D / csize;
+    if (attends) {
+      attend(p, kv_head, key0, key1, own, pos, slot, rank == 0, head, part, warp_part, kv);
+      for (int i = threadIdx.x; i < csize * GROUP * (dims + 2); i += kThreads) {  // peer r: its dims, max, sum
+        const int peer = i / (GROUP * (dims + 2)), rest = i % (GROUP * (dims + 2));
+        const int g = rest / (dims + 2), j = rest % (dims + 2);
+        const int d = j < dims ? peer * dims + j : D + (j - dims);
+        map_shared(merge, peer)[(rank * GROUP + g) * PART + d] = part[g * PART + d];
+      }
+    }
+    cluster_sync();  // handoff 2: every split's partial of this CTA's dims here
+    if (attends) {
+      for (int t = threadIdx.x; t < GROUP * dims; t += kThreads) {
+        const int g = t / dims, d = rank * dims + t % dims;
+        p.attn[(kv_head * GROUP + g) * D + d] = merge_dim(merge + g * PART, csize, GROUP * PART, d, false);
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < rows; i += kThreads) p.qkv[row0 + i] = rnd(acc[i]), acc[i] = 0;
+    grid_sync(p, 1, epoch);
+    // ---- stage 2: attention, item (KV head, split) per CTA
+    if (attends) {
+      for (int i = threadIdx.x; i < HEAD_ROWS; i += kThreads) head[i] = __ldcg(p.qkv + head_row(kv_head, i));
+      __syncthreads();
+      attend(p, kv_head, key0, key1, own, pos, slot, kv_split == 0, head, part, warp_part, kv);
+      for (int i = threadIdx.x; i < GROUP * PART; i += kThreads)
+        p.partials[(static_cast<size_t>(kv_split) * NQ + kv_head * GROUP) * PART + i] = part[i];
+    }
+    grid_sync(p, 2, epoch);
+    // ---- stage 3: merge, one query head per CTA
+    for (int head_q = c; head_q < NQ; head_q += P)
+      for (int d = threadIdx.x; d < D; d += kThreads)
+        p.attn[head_q * D + d] = merge_dim(p.partials + head_q * PART, p.splits, NQ * PART, d, true);
+  }
+
+  // ---- stage 4: o_proj + the residual
+  split_rows(H, P, c, row0, rows);
+  request(p.w_o, QROWS, row0, rows, regs);
+  grid_sync(p, 3, epoch);
+  for (int i = threadIdx.x; i < QROWS; i += kThreads) xs[i] = __ldcg(p.attn + i);
+  __syncthreads();
+  gemv(p.w_o, QROWS, row0, rows, xs, acc, regs, true);
+  for (int i = threadIdx.x; i < rows; i += kThreads)
+    p.r2[row0 + i] = rnd(rnd(acc[i]) + __ldcg(p.r + row0 + i)), acc[i] = 0;
+
+  // ---- stage 5: gate/up (gate rows and the matching up rows) + SiLU-and-mul
+  split_rows(I, P, c, row0, rows);
+  request(p.w_gu, H, row0, rows, regs);
+  grid_sync(p, 4, epoch);
+  norm_input(nullptr, nullptr, p.r2, p.norm2, p.eps, xs, red, nullptr);
+  gemv(p.w_gu, H, row0, rows, xs, acc, regs, true);
+  gemv(p.w_gu, H, I + row0, rows, xs, acc + rows, regs, false);
+  for (int i = threadIdx.x; i < rows; i += kThreads) {
+    const float g = rnd(acc[i]), u = rnd(acc[rows + i]);
+    p.act[row0 + i] = rnd(rnd(g / (1.0f + __expf(-g))) * u);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < 2 * rows; i += kThreads) acc[i] = 0;
+
+  // ---- stage 6: down
+  split_rows(H, P, c, row0, rows);
+  request(p.w_down, I, row0, rows, regs);
+  grid_sync(p, 5, epoch);
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  for (int i = threadIdx.x; i < I; i += kThreads) xs[i] = __ldcg(p.act + i);
+  __syncthreads();
+  gemv(p.w_down, I, row0, rows, xs, acc, regs, true);
+  for (int i = threadIdx.x; i < rows; i += kThreads) {
+    p.x_out[row0 + i] = __float2bfloat16(acc[i]);
+    p.res_out[row0 + i] = __float2bfloat16(__ldcg(p.r2 + row0 + i));
+  }
+  // every CTA read the epoch after the PDL wait and passed barrier 5: the next launch's turn
+  if (c == 0 && threadIdx.x == 0) atomicAdd(p.sync, 1u);
+}
+
+extern "C" __global__ void __launch_bounds__(kThreads) decode_layer_grid(Params p) { decode_layer<false>(p); }
+extern "C" __global__ void __launch_bounds__(kThreads) decode_layer_cluster(Params p) { decode_layer<true>(p); }
+extern "C" __global__ void decode_layer_smem_bytes(int* out) { *out = SMEM_BYTES; }
