@@ -85,10 +85,12 @@ def check(lib: ctypes.CDLL, status: int, what: str) -> None:
 
 class CudaKernel:
     """One ``extern "C"`` kernel of a cubin with its argument types (``ARG_TYPES``: ``ptr`` takes
-    a tensor or an address), loaded into each device's primary context on first use."""
+    a tensor or an address; a ``ctypes.Structure`` subclass, an instance of it passed by value,
+    for a struct argument of the same layout), loaded into each device's primary context on
+    first use."""
 
-    def __init__(self, cubin: bytes, name: str, signature: Sequence[str]) -> None:
-        unknown = [t for t in signature if t not in ARG_TYPES]
+    def __init__(self, cubin: bytes, name: str, signature: Sequence[str | type[ctypes.Structure]]) -> None:
+        unknown = [t for t in signature if not (t in ARG_TYPES or _is_struct(t))]
         if unknown:
             raise CudaSourceError(f"kernel {name!r} has argument types {unknown} that are not among "
                                   f"{sorted(ARG_TYPES)}.")
@@ -99,7 +101,8 @@ class CudaKernel:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_source(cls, source: str, name: str, signature: Sequence[str], *, arch: str | None = None,
+    def from_source(cls, source: str, name: str, signature: Sequence[str | type[ctypes.Structure]], *,
+                    arch: str | None = None,
                     options: Sequence[str] = ()) -> CudaKernel:
         """Compile ``source`` (cached, ``kernels.nvrtc``) for ``arch``, by default the current
         CUDA device's (``sm_90`` on an H100 or H200; ``sm_90a`` for wgmma and setmaxnreg)."""
@@ -123,6 +126,13 @@ class CudaKernel:
                 self._functions[device] = function
             return self._functions[device]
 
+    def _allow_shared(self, lib: ctypes.CDLL, function: ctypes.c_void_p, device: int, nbytes: int) -> None:
+        """Raise the kernel's dynamic shared memory limit to ``nbytes`` when it is above 48 KB."""
+        if nbytes > self._shared_mem.get(device, 48 << 10):
+            check(lib, lib.cuFuncSetAttribute(function, MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes),
+                  f"giving {self.name!r} {nbytes} bytes of shared memory")
+            self._shared_mem[device] = nbytes
+
     def _config(self, config: LaunchConfig, device: int, stream: torch.cuda.Stream | None):
         lib = Driver.lib()
         function = self._function(device)
@@ -143,16 +153,27 @@ class CudaKernel:
             attr = _Attribute(id=PROGRAMMATIC_STREAM_SERIALIZATION)
             attr.value[0] = 1
             attrs.append(attr)
-        if config.shared_mem > self._shared_mem.get(device, 48 << 10):
-            check(lib, lib.cuFuncSetAttribute(function, MAX_DYNAMIC_SHARED_SIZE_BYTES, config.shared_mem),
-                  f"giving {self.name!r} {config.shared_mem} bytes of shared memory")
-            self._shared_mem[device] = config.shared_mem
+        self._allow_shared(lib, function, device, config.shared_mem)
         stream = stream if stream is not None else torch.cuda.current_stream(device)
         array = (_Attribute * max(1, len(attrs)))(*attrs)
         cfg = _Config(grid=(ctypes.c_uint * 3)(*grid), block=(ctypes.c_uint * 3)(*block),
                       shared_mem=config.shared_mem, stream=ctypes.c_void_p(stream.cuda_stream),
                       attrs=array, num_attrs=len(attrs))
         return lib, function, cfg, array
+
+    def max_blocks_per_sm(self, block: int, shared_mem: int = 0, device: int | None = None) -> int:
+        """How many CTAs of ``block`` threads with ``shared_mem`` bytes of dynamic shared memory
+        fit on one SM at once (``cuOccupancyMaxActiveBlocksPerMultiprocessor``)."""
+        device = torch.cuda.current_device() if device is None else device
+        lib = Driver.lib()
+        function = self._function(device)
+        _ensure_context(lib, device)
+        self._allow_shared(lib, function, device, shared_mem)
+        count = ctypes.c_int()
+        check(lib, lib.cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(count), function, block,
+                                                                   ctypes.c_size_t(shared_mem)),
+              f"counting resident CTAs of {self.name!r}")
+        return count.value
 
     def max_active_clusters(self, config: LaunchConfig, device: int | None = None) -> int:
         """How many clusters of ``config.cluster`` CTAs (with its block and shared memory) can be
@@ -168,11 +189,17 @@ class CudaKernel:
 
     def __call__(self, config: LaunchConfig, *args: object, stream: torch.cuda.Stream | None = None) -> None:
         if len(args) != len(self.signature):
-            raise CudaSourceError(f"kernel {self.name!r} takes {len(self.signature)} arguments "
-                                  f"({', '.join(self.signature)}), not {len(args)}.")
+            names = ", ".join(k if isinstance(k, str) else k.__name__ for k in self.signature)
+            raise CudaSourceError(f"kernel {self.name!r} takes {len(self.signature)} arguments ({names}), "
+                                  f"not {len(args)}.")
         values = []
         device = None
         for kind, arg in zip(self.signature, args, strict=True):
+            if _is_struct(kind):
+                if not isinstance(arg, kind):
+                    raise CudaSourceError(f"kernel {self.name!r} takes a {kind.__name__}, not {type(arg).__name__}.")
+                values.append(arg)
+                continue
             if kind == "ptr" and isinstance(arg, torch.Tensor):
                 if arg.is_cuda:
                     device = arg.device.index if device is None else device
@@ -185,6 +212,10 @@ class CudaKernel:
         lib, function, cfg, _keep = self._config(config, device, stream)
         params = (ctypes.c_void_p * len(values))(*(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values))
         check(lib, lib.cuLaunchKernelEx(ctypes.byref(cfg), function, params, None), f"launching {self.name!r}")
+
+
+def _is_struct(kind: object) -> bool:
+    return isinstance(kind, type) and issubclass(kind, ctypes.Structure)
 
 
 def _ensure_context(lib: ctypes.CDLL, device: int) -> None:

@@ -14,6 +14,10 @@ ordinary path, with one log line saying why (a warning when the option was asked
 an info line).
 
 On the CPU the kernel runs only under the Triton interpreter, stage by stage (tests).
+
+``INFER_DECODE_CUDA=grid`` / ``cluster`` launches the CUDA C++ layer instead
+(:mod:`infer_core.kernels.decode_layer_cuda`, bf16; ``INFER_DECODE_CLUSTER`` CTAs per cluster);
+a stack or device it cannot take keeps the Triton layer, with a warning that says why.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import nn
 
 from infer_core.attention.metadata import AttentionMetadata
+from infer_core.errors import CudaSourceError
 from infer_core.kernels.decode_layer import (
     DecodeLayerWeights,
     DecodeWorkspace,
@@ -33,6 +38,12 @@ from infer_core.kernels.decode_layer import (
     layer_bytes,
     stage_programs_per_sm,
     supports,
+)
+from infer_core.kernels.decode_layer_cuda import (
+    CudaDecodeLayer,
+    LayerShape,
+    cluster_from_env,
+    variant_from_env,
 )
 from infer_core.layers.attention import Attention
 from infer_core.layers.linear import Linear
@@ -82,6 +93,8 @@ class PersistentDecode:
         self.tp_size = tp_size
         self._plan: list[tuple[DecodeLayerWeights, Attention]] | None = None
         self._workspace: DecodeWorkspace | None = None
+        self._cuda: CudaDecodeLayer | None = None  # INFER_DECODE_CUDA: the CUDA C++ layer instead of Triton's
+        self._rope32: tuple[torch.Tensor, torch.Tensor] | None = None
         # each stage of a layer its own launch (large layers, or INFER_DECODE_STAGES): set by prepare, from the
         # stack's layer size
         self.stages = False
@@ -120,6 +133,19 @@ class PersistentDecode:
         w, layer0 = self._plan[0][0], self._plan[0][1].layer
         self._workspace = DecodeWorkspace(w.o.shape[0], w.down.shape[1], layer0.num_heads, layer0.num_kv_heads,
                                           layer0.head_dim, None, h.dtype, h.device)
+        variant = variant_from_env()
+        if variant is not None and h.is_cuda:
+            shape = LayerShape(w.o.shape[0], w.down.shape[1], layer0.num_heads, layer0.num_kv_heads, layer0.head_dim,
+                               w.q_norm is not None)
+            try:
+                if h.dtype != torch.bfloat16:
+                    raise CudaSourceError(f"the CUDA decode layer is bf16 only, the model runs in {h.dtype}.")
+                self._cuda = CudaDecodeLayer(shape, h.device, variant, cluster=cluster_from_env())
+                # float32 tables (a model cast to bf16 casts its buffers too; the kernel reads float32)
+                self._rope32 = (self.rotary.cos.float().contiguous(), self.rotary.sin.float().contiguous())
+                log.info("model.persistent_decode: the CUDA C++ layer (%s, %d CTAs)", variant, self._cuda.ctas)
+            except CudaSourceError as e:
+                log.warning("INFER_DECODE_CUDA=%s: %s Batch-1 decode keeps the Triton layer.", variant, e)
         return True
 
     def _why_not(self, weights: DecodeLayerWeights, attn: Attention, first: tuple, dtype: torch.dtype) -> str | None:
@@ -143,6 +169,10 @@ class PersistentDecode:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder stack over one token: ``(mlp_out, residual)`` of the last layer."""
         residual = None
+        if self._cuda is not None:
+            for weights, attn in self._plan:
+                h, residual = self._cuda(h, residual, weights, attn.kv_cache, md, positions, *self._rope32)
+            return h, residual
         # the interpreter (a spin barrier cannot open there), or large layers / INFER_DECODE_STAGES: each stage its
         # own launch
         staged = not h.is_cuda or self.stages

@@ -1,0 +1,186 @@
+"""The CUDA C++ decode layer (``kernels.decode_layer_cuda``, ``kernels/cuda/decode_layer.cuh``).
+
+On the CPU: the ctypes ``DecodeParams`` has the kernel's ``Params`` layout (nvcc prints the
+offsets), every supported model shape compiles under NVRTC, unsupported shapes and switches say
+why. On a GPU (``pytest -m gpu``): both variants against ``decode_layer_ref`` at the real shapes
+over contexts from 0 to 1,000 keys, with and without a residual, the cache written at the step's
+slot only and no barrier timing out; a chain of layers replayed from a CUDA graph equals its eager
+run; an engine with ``INFER_DECODE_CUDA`` gives the Triton layer's greedy tokens."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from infer_core.errors import ConfigError, CudaSourceError
+from infer_core.kernels import decode_layer_cuda as dlc
+from infer_core.kernels import nvrtc
+from infer_core.layers.persistent_decode import PersistentDecode
+
+SHAPES = {  # hidden, intermediate, heads, kv heads, head dim, qk-norm
+    "qwen3-0.6b": dlc.LayerShape(1024, 3072, 16, 8, 128, True),
+    "qwen3-1.7b": dlc.LayerShape(2048, 6144, 16, 8, 128, True),
+    "qwen3-4b": dlc.LayerShape(2560, 9728, 32, 8, 128, True),
+    "llama-3.2-1b": dlc.LayerShape(2048, 8192, 32, 8, 64, False),
+}
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs the CUDA toolkit's nvcc")
+def test_params_layout_is_the_kernels(tmp_path):
+    names = [name for name, _ in dlc.DecodeParams._fields_]
+    program = tmp_path / "layout.cu"
+    program.write_text('#include <cstddef>\n#include <cstdio>\n#include "decode_layer.cuh"\nint main() {\n'
+                       + "".join(f'  std::printf("{n} %zu\\n", offsetof(Params, {n}));\n' for n in names)
+                       + '  std::printf("sizeof %zu\\n", sizeof(Params));\n}\n')
+    binary = tmp_path / "layout"
+    subprocess.run(["nvcc", "-std=c++17", "-gencode=arch=compute_90,code=sm_90", f"-I{dlc.SOURCE_DIR}", str(program),
+                    "-o", str(binary)], check=True, timeout=300)
+    printed = dict(line.split() for line in subprocess.run([str(binary)], capture_output=True, text=True,
+                                                          check=True).stdout.splitlines())
+    assert {n: int(printed[n]) for n in names} == {n: getattr(dlc.DecodeParams, n).offset for n in names}
+    assert int(printed["sizeof"]) == ctypes.sizeof(dlc.DecodeParams)
+
+
+@pytest.mark.skipif(nvrtc.find_nvrtc() is None, reason="needs NVRTC (the nvidia-cuda-nvrtc wheel)")
+@pytest.mark.parametrize("model", sorted(SHAPES))
+def test_every_supported_shape_compiles_under_nvrtc(model, tmp_path):
+    shape = SHAPES[model]
+    assert dlc.unsupported(shape, torch.bfloat16) is None
+    cubin = nvrtc.compile_cubin((dlc.SOURCE_DIR / "decode_layer.cuh").read_text(), "decode_layer", "sm_90",
+                                [f"--include-path={dlc.SOURCE_DIR}", *shape.defines()], cache=tmp_path)
+    assert all(name in cubin for name in (b"decode_layer_grid", b"decode_layer_cluster", b"decode_layer_smem_bytes"))
+
+
+def test_unsupported_shapes_and_dtypes_say_why():
+    qwen = SHAPES["qwen3-0.6b"]
+    assert "bf16 only" in dlc.unsupported(qwen, torch.float16)
+    assert "head dim 96" in dlc.unsupported(dlc.LayerShape(1024, 3072, 16, 8, 96, True), torch.bfloat16)
+    assert "16 query heads over 1 KV heads" in dlc.unsupported(dlc.LayerShape(1024, 3072, 16, 1, 128, True),
+                                                               torch.bfloat16)
+    assert "multiples of 256" in dlc.unsupported(dlc.LayerShape(1000, 3072, 16, 8, 128, True), torch.bfloat16)
+    with pytest.raises(CudaSourceError, match="cannot take this model: head dim 96"):
+        dlc.CudaDecodeLayer(dlc.LayerShape(1024, 3072, 16, 8, 96, True), torch.device("cuda"))
+
+
+def test_cluster_sizes_that_split_a_head_into_contiguous_rows():
+    assert dlc._cluster_fits(SHAPES["qwen3-0.6b"], 16) and dlc._cluster_fits(SHAPES["qwen3-0.6b"], 8)
+    assert not dlc._cluster_fits(SHAPES["llama-3.2-1b"], 16)  # 384 rows per head: 24 per CTA straddle q / k
+    assert dlc._cluster_fits(SHAPES["qwen3-1.7b"], 16)
+    assert not dlc._cluster_fits(SHAPES["qwen3-4b"], 16)  # 768 rows per head: 48 per CTA straddle q / k
+
+
+def test_switches_from_the_environment(monkeypatch):
+    for value, variant in (("", None), ("0", None), ("1", "grid"), ("grid", "grid"), ("Cluster", "cluster")):
+        monkeypatch.setenv("INFER_DECODE_CUDA", value)
+        assert dlc.variant_from_env() == variant
+    monkeypatch.setenv("INFER_DECODE_CUDA", "triton")
+    with pytest.raises(ConfigError, match="use grid, cluster or 0"):
+        dlc.variant_from_env()
+    monkeypatch.setenv("INFER_DECODE_CLUSTER", "8")
+    assert dlc.cluster_from_env() == 8
+    monkeypatch.setenv("INFER_DECODE_CLUSTER", "12")
+    with pytest.raises(ConfigError, match="use 2, 4, 8 or 16"):
+        dlc.cluster_from_env()
+
+
+# --- on a GPU
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _case(model: str, context: int, residual: bool, seed: int = 0):
+    from tests.kernels import decode_layer_cases as cases
+
+    s = SHAPES[model]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return cases.LayerCase(s.hidden, s.intermediate, s.kv_heads, s.heads // s.kv_heads, s.head_dim, context, 16,
+                           s.qk_norm, residual, sms, 16, 64, 16384, 2048, True, seed)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("variant", ["grid", "cluster"])
+@pytest.mark.parametrize("model", ["qwen3-0.6b", "llama-3.2-1b"])
+@pytest.mark.parametrize("context", [0, 1, 63, 300, 1000])
+def test_layer_equals_the_reference(variant, model, context):
+    from infer_core.kernels import decode_layer as dl
+    from tests.kernels import decode_layer_cases as cases
+
+    if variant == "cluster" and not dlc._cluster_fits(SHAPES[model], 16):
+        pytest.skip(f"{model}: clusters of 16 do not split a head into contiguous rows")
+    case = _case(model, context, residual=context != 1)
+    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
+    kernel = dlc.CudaDecodeLayer(SHAPES[model], torch.device("cuda"), variant)
+    ref_cache = cache.clone()
+    ref_out, ref_res = dl.decode_layer_ref(x, res, weights, layer, ref_cache, md, positions, cos, sin)
+    out, new_res = kernel(x, res, weights, cache, md, positions, cos, sin)
+    torch.cuda.synchronize()
+    tol = cases.LAYER_TOL[torch.bfloat16]
+    assert cases.relative_error(new_res, ref_res) <= tol
+    assert cases.relative_error(out, ref_out) <= tol, cases.relative_error(out, ref_out)
+    slot = md.slot_mapping[0].item()
+    flat, ref_flat = cache.view(2, -1, layer.num_kv_heads, layer.head_dim), ref_cache.view(
+        2, -1, layer.num_kv_heads, layer.head_dim)
+    assert cases.relative_error(flat[:, slot], ref_flat[:, slot]) <= tol  # the step's K/V
+    others = torch.ones(flat.shape[1], dtype=torch.bool, device="cuda")
+    others[slot] = False
+    assert torch.equal(flat[:, others], ref_flat[:, others])  # nothing else written
+    assert kernel.errors.item() == 0, "a grid barrier timed out"
+    assert kernel.sync[0].item() == 1  # one launch: the epoch advanced once
+
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("variant", ["grid", "cluster"])
+def test_graph_of_layers_replays_its_eager_run(variant):
+    from tests.kernels import decode_layer_cases as cases
+
+    case = _case("qwen3-0.6b", 200, residual=True)
+    weights, _, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
+    kernel = dlc.CudaDecodeLayer(SHAPES["qwen3-0.6b"], torch.device("cuda"), variant)
+
+    def chain():
+        h, r = x, res
+        for _ in range(4):  # (one layer's weights four times: the chain's data flow is what is checked)
+            h, r = kernel(h, r, weights, cache, md, positions, cos, sin)
+        return h, r
+
+    eager = chain()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        chain()  # (warm)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = chain()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured[0], eager[0]) and torch.equal(captured[1], eager[1])
+    assert kernel.errors.item() == 0
+
+
+@pytest.mark.gpu
+@gpu
+def test_engine_with_the_cuda_layer_gives_the_triton_layers_tokens(monkeypatch):
+    from infer_core.testing.fixtures import tiny_checkpoint
+    from tests.kernels.test_engine_gpu import GREEDY, batch, make_llm
+
+    checkpoint = tiny_checkpoint("qwen3", tokenizer=True, vocab_size=512, hidden_size=256, intermediate_size=512,
+                                 num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    monkeypatch.delenv("INFER_DECODE_CUDA", raising=False)
+    triton_layer = make_llm(checkpoint, dtype="bfloat16")
+    monkeypatch.setenv("INFER_DECODE_CUDA", "grid")
+    cuda_layer = make_llm(checkpoint, dtype="bfloat16")
+    prompts = batch(512)[:1]
+    got = [o.outputs[0].token_ids for o in cuda_layer.generate(prompts, GREEDY)]
+    assert got == [o.outputs[0].token_ids for o in triton_layer.generate(prompts, GREEDY)]
+    paths = [v for m in cuda_layer.engine.runner.model.modules() for v in vars(m).values()
+             if isinstance(v, PersistentDecode)]
+    assert paths and all(p._cuda is not None for p in paths)  # the CUDA layer ran, not a fallback
+    assert cuda_layer.engine.cache.num_free_blocks == cuda_layer.engine.cache.num_blocks
