@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA probes of a Hopper-specific decode layer (benchmarks/hopper/, from the repository root on
 # the lent GPU machine): the GPU tests of the probes and of the run-time CUDA C++ kernels
-# (kernels.nvrtc, kernels.cuda_launch; the project is installed for them, as by the other GPU
+# (kernels.nvrtc, kernels.cuda_launch, kernels.decode_layer_cuda; the project is installed for them, as by the other GPU
 # scripts), then benchmarks/hopper_programs.py for each program (nvcc and python3 only).
 # Everything lands under $OUT (default ./gpu-hopper-out).
 #
@@ -18,7 +18,7 @@ status=0
 if want tests; then
   source scripts/device_install.sh
   timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
-    tests/bench/test_hopper_programs.py tests/kernels/test_cuda_source.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+    tests/bench/test_hopper_programs.py tests/kernels/test_cuda_source.py tests/kernels/test_decode_layer_cuda.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if want handoffs; then
