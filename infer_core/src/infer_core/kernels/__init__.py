@@ -19,7 +19,9 @@ which is the test oracle (and, where a layer needs it, the CPU path).
 :mod:`~infer_core.kernels.device` and :mod:`~infer_core.kernels.pdl` hold what the launches share.
 :mod:`~infer_core.kernels.nvrtc` and :mod:`~infer_core.kernels.cuda_launch` compile CUDA C++
 sources at run time and launch them through the driver (thread-block clusters, PDL, large
-shared memory): for kernels Triton cannot express; no kernel of core uses them yet.
+shared memory): for kernels Triton cannot express. :mod:`~infer_core.kernels.decode_layer_cuda`
+(``kernels/cuda/decode_layer.cuh``) is the persistent decode layer in CUDA C++, opt-in
+(``INFER_DECODE_CUDA``), its torch reference that of :mod:`~infer_core.kernels.decode_layer`.
 
 Importing this package imports nothing heavy; each kernel module imports Triton.
 """
