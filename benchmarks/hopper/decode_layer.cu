@@ -13,7 +13,11 @@
 //            CTAs that merge them (distributed shared memory, cluster barriers): barriers 0 and 1
 //            and their L2 reloads become cluster handoffs. o_proj, gate/up and down stay grid-wide.
 //
-// Semantics (the engine's layer, float between stages): r = x + res; h = rmsnorm(r) * w1;
+// The kernel is the engine's (infer_core/kernels/cuda/decode_layer.cuh, kernels.decode_layer_cuda):
+// this program gives it a paged cache of 16-slot blocks with the identity block table.
+//
+// Semantics (the engine's layer; the kernel rounds to bf16 where the unfused path does, the host
+// reference here does not): r = x + res; h = rmsnorm(r) * w1;
 // q, k, v = W_qkv h; q, k = rmsnorm_head(q, k) * (q_norm, k_norm), rotated (rotate-half, the
 // cos/sin of position `pos`); k, v stored at `pos` of the layer's KV cache; attention of each
 // query head over keys 0..pos of its KV head; r2 = W_o attn + r; h2 = rmsnorm(r2) * w2;
@@ -27,7 +31,8 @@
 // (captured in one CUDA graph, PDL between the launches, medians of `--repeats` replays):
 // µs per layer. Barrier time-outs and a mismatch are counted: a row with either is a bug.
 //
-// Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a decode_layer.cu -o decode_layer
+// Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I../../infer_core/src/infer_core/kernels/cuda
+//   decode_layer.cu -o decode_layer
 // (benchmarks/hopper_programs.py builds, runs and reports). Output: one JSON object per line.
 
 #include <cmath>

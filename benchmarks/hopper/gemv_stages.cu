@@ -26,7 +26,7 @@
 //              pushed into every peer's shared memory (the cluster layer's handoff). Its barrier
 //              column is the cluster barrier alone.
 //
-// Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a gemv_stages.cu -o gemv_stages
+// Build (-I: device.cuh): nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I../../infer_core/src/infer_core/kernels/cuda gemv_stages.cu -o gemv_stages
 // (benchmarks/hopper_programs.py builds, runs and reports). Output: one JSON object per line.
 
 #include <cooperative_groups.h>

@@ -20,7 +20,7 @@
 //                 before the barrier and reads the whole vector from its own after it.
 // words = 0 times the synchronization alone.
 //
-// Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a handoffs.cu -o handoffs
+// Build (-I: device.cuh): nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I../../infer_core/src/infer_core/kernels/cuda handoffs.cu -o handoffs
 // (benchmarks/hopper_programs.py builds, runs and reports). Output: one JSON object per line.
 
 #include <cooperative_groups.h>
