@@ -107,12 +107,10 @@ def unsupported(shape: LayerShape, dtype: torch.dtype) -> str | None:
 
 
 def _cluster_fits(shape: LayerShape, size: int) -> bool:
-    """A cluster of ``size`` CTAs splits one KV head's qkv rows into contiguous ranges of W_qkv,
-    its head dims evenly over the CTAs, and holds every split's partial."""
+    """A cluster of ``size`` CTAs splits one KV head's qkv rows and its head dims evenly over
+    its CTAs (at most ``MAX_ROWS`` rows each) and holds every split's partial."""
     head_rows = (shape.heads // shape.kv_heads + 2) * shape.head_dim
-    per = head_rows // size
-    return (head_rows % size == 0 and per <= MAX_ROWS and shape.head_dim % per == 0
-            and shape.head_dim % size == 0 and size <= 16)
+    return head_rows % size == 0 and head_rows // size <= MAX_ROWS and shape.head_dim % size == 0 and size <= 16
 
 
 class CudaDecodeLayer:

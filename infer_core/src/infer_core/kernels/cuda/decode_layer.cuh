@@ -45,7 +45,7 @@ constexpr bool QK_NORM = DL_QK_NORM;
 constexpr int GROUP = NQ / NKV, DPL = D / 32;  // query heads per KV head; head dims per lane
 constexpr int QROWS = NQ * D, KVROWS = NKV * D, QKV = QROWS + 2 * KVROWS;
 constexpr int HEAD_ROWS = (GROUP + 2) * D;  // one KV head's qkv rows (its queries, k, v)
-constexpr int kMaxSplits = 32;
+constexpr int kMaxSplits = 32;  // (the host's MAX_SPLITS: the partials' scratch)
 constexpr int kMaxCluster = 16;
 constexpr int kWarps = kThreads / 32;
 constexpr int PART = D + 2;  // an attention partial: acc[D], max, sum
@@ -297,6 +297,11 @@ __device__ __forceinline__ float merge_dim(const float* parts, int n, int stride
   return sum > 0 ? rnd(out / sum) : 0.0f;
 }
 
+// Where the part (queries, k, v) of a head's local row i ends: its rows are contiguous in W_qkv up to there.
+__device__ __forceinline__ int next_part(int i) {
+  return i < GROUP * D ? GROUP * D : i < (GROUP + 1) * D ? (GROUP + 1) * D : HEAD_ROWS;
+}
+
 // The qkv rows of KV head h, local row i (queries, then k, then v) -> its row of W_qkv.
 __device__ __forceinline__ int head_row(int h, int i) {
   return i < GROUP * D ? h * GROUP * D + i
@@ -320,11 +325,12 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
     csize = static_cast<int>(cluster_size()), rank = static_cast<int>(cluster_rank());
     cid = c / csize;
   }
-  int row0 = 0, rows = 0;
+  int row0 = 0, rows = 0, local0 = 0, per = 0;
   if constexpr (kCluster) {
-    if (cid < NKV) {  // local rows [rank * per, +per): one contiguous range of W_qkv (the host checks)
-      rows = HEAD_ROWS / csize;
-      row0 = head_row(cid, rank * rows);
+    if (cid < NKV) {  // local rows [local0, local0 + per) of the head: contiguous in W_qkv up to q | k | v
+      per = HEAD_ROWS / csize, local0 = rank * per;
+      row0 = head_row(cid, local0);
+      rows = min(per, next_part(local0) - local0);  // the first contiguous piece
     }
   } else {
     split_rows(QKV, P, c, row0, rows);
@@ -341,12 +347,19 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
   if (attends) prefetch_keys(p, kv_head, key0, key1, own, kv);
   norm_input(p.x, p.res, nullptr, p.norm1, p.eps, xs, red, c == 0 ? p.r : nullptr);
   gemv(p.w_qkv, H, row0, rows, xs, acc, regs, true);
+  if constexpr (kCluster) {  // the rest of this CTA's rows, when they run past q or k
+    for (int done = rows; done < per;) {
+      const int local = local0 + done, n = min(per - done, next_part(local) - local);
+      gemv(p.w_qkv, H, head_row(cid, local), n, xs, acc + done, regs, false);
+      done += n;
+    }
+    rows = per;
+  }
 
   if constexpr (kCluster) {
     if (attends) {  // push this CTA's rows (rounded as the qkv store rounds) into every peer's head[]
-      const int local = rank * rows;
       for (int i = threadIdx.x; i < rows * csize; i += kThreads)
-        map_shared(head, i % csize)[local + i / csize] = rnd(acc[i / csize]);
+        map_shared(head, i % csize)[local0 + i / csize] = rnd(acc[i / csize]);
     }
     __syncthreads();
     for (int i = threadIdx.x; i < rows; i += kThreads) acc[i] = 0;
