@@ -46,12 +46,6 @@ constexpr float EPS = 1e-6f;
 
 // ------------------------------------------------------------------------------------ host
 
-__host__ __device__ inline float hashed(unsigned tensor, unsigned row, unsigned col) {
-  unsigned h = tensor * 0x9E3779B1u ^ row * 0x85EBCA77u ^ col * 0xC2B2AE3Du;
-  h ^= h >> 15, h *= 0x2C1B3C6Du, h ^= h >> 12;
-  return static_cast<float>(static_cast<int>(h & 255u) - 128) / 128.0f;  // exact in bf16
-}
-
 // tensor t of layer l: values hashed(l * 16 + t, row, col) * scale + offset
 __global__ void fill(bf16* out, size_t n, int cols, unsigned tensor, float scale, float offset) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;

@@ -44,13 +44,7 @@ namespace cg = cooperative_groups;
 enum Variant { kLdg = 0, kLdgEarly = 1, kBulk = 2 };
 static const char* kVariantNames[] = {"ldg", "ldg-early", "bulk"};
 
-__host__ __device__ inline float weight_value(unsigned copy, unsigned row, unsigned col) {
-  unsigned h = copy * 0x9E3779B1u ^ row * 0x85EBCA77u ^ col * 0xC2B2AE3Du;
-  h ^= h >> 15, h *= 0x2C1B3C6Du, h ^= h >> 12;
-  return static_cast<float>(static_cast<int>(h & 255u) - 128) / 128.0f;  // exact in bf16
-}
-
-__host__ __device__ inline float x_value(unsigned col) { return weight_value(7919u, 104729u, col); }
+__host__ __device__ inline float x_value(unsigned col) { return hashed(7919u, 104729u, col); }
 
 __global__ void init(__nv_bfloat16* w, __nv_bfloat16* x, int copies, int n, int k) {
   const long long total = static_cast<long long>(copies) * n * k;
@@ -59,7 +53,7 @@ __global__ void init(__nv_bfloat16* w, __nv_bfloat16* x, int copies, int n, int 
     const long long per_copy = static_cast<long long>(n) * k;
     const unsigned c = static_cast<unsigned>(i / per_copy), r = static_cast<unsigned>(i % per_copy / k),
                    col = static_cast<unsigned>(i % k);
-    w[i] = __float2bfloat16(weight_value(c, r, col));
+    w[i] = __float2bfloat16(hashed(c, r, col));
     if (i < k) x[i] = __float2bfloat16(x_value(static_cast<unsigned>(i)));
   }
 }
@@ -323,7 +317,7 @@ int main(int argc, char** argv) {
     std::vector<double> ref(shape.n);
     for (int r = 0; r < shape.n; ++r) {
       double s = 0;
-      for (int c = 0; c < shape.k; ++c) s += static_cast<double>(weight_value(last_copy, r, c)) * x_value(c);
+      for (int c = 0; c < shape.k; ++c) s += static_cast<double>(hashed(last_copy, r, c)) * x_value(c);
       ref[r] = s;
     }
     std::vector<int> grids = cta_counts;  // --ctas (e.g. the SMs a cluster size covers), else --ctas-per-sm

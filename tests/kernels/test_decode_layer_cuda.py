@@ -64,6 +64,8 @@ def test_unsupported_shapes_and_dtypes_say_why():
     assert "multiples of 256" in dlc.unsupported(dlc.LayerShape(1000, 3072, 16, 8, 128, True), torch.bfloat16)
     with pytest.raises(CudaSourceError, match="cannot take this model: head dim 96"):
         dlc.CudaDecodeLayer(dlc.LayerShape(1024, 3072, 16, 8, 96, True), torch.device("cuda"))
+    with pytest.raises(CudaSourceError, match=r"cannot take this model: torch\.float16 activations"):
+        dlc.CudaDecodeLayer(qwen, torch.device("cuda"), dtype=torch.float16)
 
 
 def test_cluster_sizes_that_split_a_head_evenly():

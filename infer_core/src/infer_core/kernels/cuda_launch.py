@@ -133,10 +133,17 @@ class CudaKernel:
                   f"giving {self.name!r} {nbytes} bytes of shared memory")
             self._shared_mem[device] = nbytes
 
-    def _config(self, config: LaunchConfig, device: int, stream: torch.cuda.Stream | None):
+    def _ready(self, device: int, shared_mem: int) -> tuple[ctypes.CDLL, ctypes.c_void_p]:
+        """The driver and this kernel's function on ``device`` (its context current), allowed
+        ``shared_mem`` bytes of dynamic shared memory."""
         lib = Driver.lib()
         function = self._function(device)
         _ensure_context(lib, device)
+        self._allow_shared(lib, function, device, shared_mem)
+        return lib, function
+
+    def _config(self, config: LaunchConfig, device: int, stream: torch.cuda.Stream | None):
+        lib, function = self._ready(device, config.shared_mem)
         grid, block = _dim3(config.grid), _dim3(config.block)
         attrs = []
         if config.cluster is not None:
@@ -153,7 +160,6 @@ class CudaKernel:
             attr = _Attribute(id=PROGRAMMATIC_STREAM_SERIALIZATION)
             attr.value[0] = 1
             attrs.append(attr)
-        self._allow_shared(lib, function, device, config.shared_mem)
         stream = stream if stream is not None else torch.cuda.current_stream(device)
         array = (_Attribute * max(1, len(attrs)))(*attrs)
         cfg = _Config(grid=(ctypes.c_uint * 3)(*grid), block=(ctypes.c_uint * 3)(*block),
@@ -165,10 +171,7 @@ class CudaKernel:
         """How many CTAs of ``block`` threads with ``shared_mem`` bytes of dynamic shared memory
         fit on one SM at once (``cuOccupancyMaxActiveBlocksPerMultiprocessor``)."""
         device = torch.cuda.current_device() if device is None else device
-        lib = Driver.lib()
-        function = self._function(device)
-        _ensure_context(lib, device)
-        self._allow_shared(lib, function, device, shared_mem)
+        lib, function = self._ready(device, shared_mem)
         count = ctypes.c_int()
         check(lib, lib.cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(count), function, block,
                                                                    ctypes.c_size_t(shared_mem)),

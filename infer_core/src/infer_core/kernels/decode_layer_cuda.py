@@ -117,9 +117,9 @@ class CudaDecodeLayer:
     """The compiled kernel for one layer shape on one device, its launch configuration and its
     workspace (barrier counters, scratch); call it per layer."""
 
-    def __init__(self, shape: LayerShape, device: torch.device, variant: str = "grid", *, cluster: int = 16,
-                 poll_ns: int = 100) -> None:
-        reason = unsupported(shape, torch.bfloat16)
+    def __init__(self, shape: LayerShape, device: torch.device, variant: str = "grid", *,
+                 dtype: torch.dtype = torch.bfloat16, cluster: int = 16, poll_ns: int = 100) -> None:
+        reason = unsupported(shape, dtype)
         if reason is not None:
             raise CudaSourceError(f"the CUDA decode layer cannot take this model: {reason}.")
         if variant not in VARIANTS:
@@ -159,17 +159,13 @@ class CudaDecodeLayer:
         if rows > MAX_ROWS:
             raise CudaSourceError(f"{ctas} CTAs would each hold {rows} rows of a projection (at most {MAX_ROWS}).")
         self.ctas = ctas
-        h, q = shape.hidden, shape.heads * shape.head_dim
-        scratch = shape.qkv_rows + MAX_SPLITS * shape.heads * (shape.head_dim + 2) + q + 2 * h + shape.intermediate
-        self.scratch = torch.zeros(scratch, dtype=torch.float32, device=self.device)
+        h = shape.hidden
+        sizes = (shape.qkv_rows, MAX_SPLITS * shape.heads * (shape.head_dim + 2), shape.heads * shape.head_dim, h, h,
+                 shape.intermediate)  # qkv, partials, attn, r, r2, act (float32)
+        self.scratch = torch.zeros(sum(sizes), dtype=torch.float32, device=self.device)
         self.sync = torch.zeros(8, dtype=torch.int32, device=self.device)  # the epoch, five barrier counters
         self.errors = torch.zeros(1, dtype=torch.int32, device=self.device)  # barrier time-outs
-        offsets, at = [], 0
-        for n in (shape.qkv_rows, MAX_SPLITS * shape.heads * (shape.head_dim + 2), q, h, h, shape.intermediate):
-            offsets.append(at)
-            at += n
-        base = self.scratch.data_ptr()
-        self._scratch = [base + 4 * o for o in offsets]  # qkv, partials, attn, r, r2, act
+        self._scratch = [region.data_ptr() for region in self.scratch.split(sizes)]
 
     def __call__(self, x: torch.Tensor, residual: torch.Tensor | None, weights: DecodeLayerWeights,
                  kv_cache: torch.Tensor, metadata: AttentionMetadata, positions: torch.Tensor,
