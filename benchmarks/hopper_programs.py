@@ -163,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         binary = build(args.program, Path(tmp), nvcc)
         run = subprocess.run([str(binary), *extra], capture_output=True, text=True)
     sys.stderr.write(run.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.program}.log").write_text(run.stdout + run.stderr)  # kept when a row is wrong
     if run.returncode:
         print(run.stdout)
         raise SystemExit(f"{args.program} exited with {run.returncode}")
     device, rows = parse(run.stdout.splitlines())
     env = environment(nvcc)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.program}.json").write_text(
         json.dumps({"environment": env, "device": device, "args": extra, "rows": rows}, indent=1))
     md = markdown(args.program, device, env, rows)
