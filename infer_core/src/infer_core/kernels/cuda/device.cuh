@@ -115,11 +115,19 @@ __device__ __forceinline__ int loads_per_lane(int vectors) {
   return min(kInFlight, (vectors + kThreads - 1) / kThreads);
 }
 
-// Load i of this thread in the pass of kThreads x p vectors from `start`: warp w takes the pass's
-// w-th run of 32 x p vectors, a lane every 32nd of them, so its loads walk along a row (a row is
-// a multiple of 32 vectors: the row of a load is the same in every lane of the warp).
+// Load i of this thread in the pass of kThreads x p vectors from `start`. DL_LOAD_ORDER 1: warp w
+// takes the pass's w-th run of 32 x p vectors, a lane every 32nd of them, so its loads walk along
+// a row (a row is a multiple of 32 vectors: the row of a load is the same in every lane of the
+// warp); 2: the same runs, each warp starting at its own offset into its run; 0: load i of the
+// CTA's threads covers the pass's i-th 256 vectors (a lane's loads change rows).
+#ifndef DL_LOAD_ORDER
+#define DL_LOAD_ORDER 1
+#endif
 __device__ __forceinline__ int load_vector(int start, int p, int i) {
-  return start + ((threadIdx.x >> 5) * p + i) * 32 + (threadIdx.x & 31);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (DL_LOAD_ORDER == 0) return start + i * kThreads + threadIdx.x;
+  if (DL_LOAD_ORDER == 2) return start + (warp * p + (i + warp) % p) * 32 + lane;
+  return start + (warp * p + i) * 32 + lane;
 }
 
 // The first pass of stream(), issued ahead (a stage's weights never depend on the step).
