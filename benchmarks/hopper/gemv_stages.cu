@@ -128,19 +128,10 @@ __global__ void gemv_rounds(int variant, int rounds, int copies, int n, int k, i
         wait_parity(bars + slot, static_cast<unsigned>((consumed / stages) & 1));
         const uint4* piece = reinterpret_cast<const uint4*>(ring + static_cast<size_t>(slot) * chunk);
         const int first = p * chunk_vectors, count = min(chunk_vectors, vectors - first);
-        // warp w: the piece's w-th run of vectors (a multiple of 32), one reduction per row it touches
-        const int run = (count / 32 + kThreads / 32 - 1) / (kThreads / 32) * 32, w0 = (threadIdx.x >> 5) * run;
-        float sum = 0;
-        int row = -1;
-        for (int i = w0 + (threadIdx.x & 31); i < min(count, w0 + run); i += 32) {
+        for (int i = threadIdx.x; i < count; i += kThreads) {
           const int v = first + i;
-          if (v / row_vectors != row) {
-            if (row >= 0) add_to_row(acc, row, sum);
-            sum = 0, row = v / row_vectors;
-          }
-          sum += dot8(piece[i], xs + (v % row_vectors) * 8);
+          add_to_row(acc, v / row_vectors, dot8(piece[i], xs + (v % row_vectors) * 8));
         }
-        if (row >= 0) add_to_row(acc, row, sum);
         ++consumed;
         __syncthreads();  // the slot is read: refill it
         if (threadIdx.x == 0 && p + stages < chunks) issue(base, p + stages);

@@ -109,15 +109,17 @@ __device__ __forceinline__ void split_rows(int n, int parts, int part, int& row0
   rows = min(n, row0 + per) - row0;
 }
 
-// Rows [row0, row0 + rows) of W [*, K] as one piece.
-__device__ __forceinline__ Pieces rows_of(const bf16* W, int K, int row0, int rows) {
-  return one_piece(reinterpret_cast<const uint4*>(W + static_cast<size_t>(row0) * K), rows * (K / 8));
+// The first kInFlight loads per thread of rows [row0, row0 + rows) of W [*, K], issued ahead.
+__device__ __forceinline__ void request(const bf16* W, int K, int row0, int rows, uint4 (&regs)[kInFlight]) {
+  request_rows(reinterpret_cast<const uint4*>(W + static_cast<size_t>(row0) * K), rows * (K / 8), regs);
 }
 
-// acc[i] += W[row i of the pieces] . xs; with `loaded` the first pass is in regs already
-// (request()). Ends with a CTA barrier.
-__device__ void gemv(const Pieces& rows, int K, const float* xs, float* acc, uint4 (&regs)[kInFlight], bool loaded) {
-  stream(rows, K / 8, xs, acc, regs, loaded);
+// acc[i] += W[row0 + i] . xs for i < rows; with `loaded` the first loads are in regs already.
+// Ends with a CTA barrier.
+__device__ void gemv(const bf16* W, int K, int row0, int rows, const float* xs, float* acc, uint4 (&regs)[kInFlight],
+                     bool loaded) {
+  stream_rows(reinterpret_cast<const uint4*>(W + static_cast<size_t>(row0) * K), rows * (K / 8), K / 8, xs, acc, regs,
+              loaded);
   __syncthreads();
 }
 
@@ -307,21 +309,6 @@ __device__ __forceinline__ int head_row(int h, int i) {
                                : QROWS + KVROWS + h * D + (i - (GROUP + 1) * D);
 }
 
-// KV head h's local qkv rows [local0, local0 + n) of W_qkv: up to three contiguous pieces (they may
-// run past its queries or its k).
-__device__ __forceinline__ Pieces head_pieces(const bf16* W, int h, int local0, int n) {
-  Pieces s;
-  int done = 0;
-#pragma unroll
-  for (int k = 0; k < 3; ++k) {
-    const int local = local0 + done, m = done < n ? min(n - done, next_part(local) - local) : 0;
-    s.base[k] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(head_row(h, min(local, HEAD_ROWS - 1))) * H);
-    done += m;
-    s.end[k] = done * (H / 8);
-  }
-  return s;
-}
-
 template <bool kCluster>
 __device__ __forceinline__ void decode_layer(const Params& p) {
   extern __shared__ __align__(16) float smem[];
@@ -338,16 +325,17 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
     csize = static_cast<int>(cluster_size()), rank = static_cast<int>(cluster_rank());
     cid = c / csize;
   }
-  int row0 = 0, rows = 0, local0 = 0;
-  Pieces qkv_rows;
-  if constexpr (kCluster) {  // local rows [local0, local0 + rows) of the head
-    rows = cid < NKV ? HEAD_ROWS / csize : 0, local0 = rank * rows;
-    qkv_rows = head_pieces(p.w_qkv, cid < NKV ? cid : 0, local0, rows);
+  int row0 = 0, rows = 0, local0 = 0, per = 0;
+  if constexpr (kCluster) {
+    if (cid < NKV) {  // local rows [local0, local0 + per) of the head: contiguous in W_qkv up to q | k | v
+      per = HEAD_ROWS / csize, local0 = rank * per;
+      row0 = head_row(cid, local0);
+      rows = min(per, next_part(local0) - local0);  // the first contiguous piece
+    }
   } else {
     split_rows(QKV, P, c, row0, rows);
-    qkv_rows = rows_of(p.w_qkv, H, row0, rows);
   }
-  request(qkv_rows, regs);  // weights never depend on the step: before the wait
+  request(p.w_qkv, H, row0, rows, regs);  // weights never depend on the step: before the wait
   asm volatile("griddepcontrol.wait;" ::: "memory");
   const unsigned epoch = *reinterpret_cast<volatile unsigned*>(p.sync);
   const int pos = load_index(p.positions, p.pos64), slot = load_index(p.slot_mapping, p.slot64);
@@ -358,7 +346,15 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
   const bool attends = kv_head < NKV;
   if (attends) prefetch_keys(p, kv_head, key0, key1, own, kv);
   norm_input(p.x, p.res, nullptr, p.norm1, p.eps, xs, red, c == 0 ? p.r : nullptr);
-  gemv(qkv_rows, H, xs, acc, regs, true);
+  gemv(p.w_qkv, H, row0, rows, xs, acc, regs, true);
+  if constexpr (kCluster) {  // the rest of this CTA's rows, when they run past q or k
+    for (int done = rows; done < per;) {
+      const int local = local0 + done, n = min(per - done, next_part(local) - local);
+      gemv(p.w_qkv, H, head_row(cid, local), n, xs, acc + done, regs, false);
+      done += n;
+    }
+    rows = per;
+  }
 
   if constexpr (kCluster) {
     if (attends) {  // push this CTA's rows (rounded as the qkv store rounds) into every peer's head[]
@@ -405,23 +401,21 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
 
   // ---- stage 4: o_proj + the residual
   split_rows(H, P, c, row0, rows);
-  const Pieces o_rows = rows_of(p.w_o, QROWS, row0, rows);
-  request(o_rows, regs);
+  request(p.w_o, QROWS, row0, rows, regs);
   grid_sync(p, 3, epoch);
   for (int i = threadIdx.x; i < QROWS; i += kThreads) xs[i] = __ldcg(p.attn + i);
   __syncthreads();
-  gemv(o_rows, QROWS, xs, acc, regs, true);
+  gemv(p.w_o, QROWS, row0, rows, xs, acc, regs, true);
   for (int i = threadIdx.x; i < rows; i += kThreads)
     p.r2[row0 + i] = rnd(rnd(acc[i]) + __ldcg(p.r + row0 + i)), acc[i] = 0;
 
   // ---- stage 5: gate/up (gate rows and the matching up rows) + SiLU-and-mul
   split_rows(I, P, c, row0, rows);
-  const Pieces gate = rows_of(p.w_gu, H, row0, rows), up = rows_of(p.w_gu, H, I + row0, rows);
-  const Pieces gu_rows = {{gate.base[0], up.base[0], up.base[0]}, {gate.end[0], 2 * gate.end[0], 2 * gate.end[0]}};
-  request(gu_rows, regs);  // gate rows in acc[0, rows), the matching up rows in acc[rows, 2 rows)
+  request(p.w_gu, H, row0, rows, regs);
   grid_sync(p, 4, epoch);
   norm_input(nullptr, nullptr, p.r2, p.norm2, p.eps, xs, red, nullptr);
-  gemv(gu_rows, H, xs, acc, regs, true);
+  gemv(p.w_gu, H, row0, rows, xs, acc, regs, true);
+  gemv(p.w_gu, H, I + row0, rows, xs, acc + rows, regs, false);
   for (int i = threadIdx.x; i < rows; i += kThreads) {
     const float g = rnd(acc[i]), u = rnd(acc[rows + i]);
     p.act[row0 + i] = rnd(rnd(g / (1.0f + __expf(-g))) * u);
@@ -431,13 +425,12 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
 
   // ---- stage 6: down
   split_rows(H, P, c, row0, rows);
-  const Pieces down_rows = rows_of(p.w_down, I, row0, rows);
-  request(down_rows, regs);
+  request(p.w_down, I, row0, rows, regs);
   grid_sync(p, 5, epoch);
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   for (int i = threadIdx.x; i < I; i += kThreads) xs[i] = __ldcg(p.act + i);
   __syncthreads();
-  gemv(down_rows, I, xs, acc, regs, true);
+  gemv(p.w_down, I, row0, rows, xs, acc, regs, true);
   for (int i = threadIdx.x; i < rows; i += kThreads) {
     p.x_out[row0 + i] = __float2bfloat16(acc[i]);
     p.res_out[row0 + i] = __float2bfloat16(__ldcg(p.r2 + row0 + i));

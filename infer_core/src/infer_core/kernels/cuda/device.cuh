@@ -87,96 +87,38 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// A lane's sum of one row's products into the row: the warp's lanes hold the same row (see
-// load_vector), so one warp reduction and one shared-memory add per row a warp touches.
+// One vector's product into its row's sum: the 32 lanes of a warp hold 32 vectors of one row
+// (k / 8 is a multiple of 32 and every group of loads starts at a multiple of 256 vectors).
 __device__ __forceinline__ void add_to_row(float* acc, int row, float s) {
   s = warp_sum(s);
   if ((threadIdx.x & 31) == 0) atomicAdd(acc + row, s);
 }
 
-// The weight vectors (16 bytes) of one stage of a CTA: up to three pieces of whole rows, each
-// contiguous in memory, whose rows add into acc's consecutive rows in this order. end[]: the
-// vectors up to each piece's end (the last ones repeat when there are fewer pieces).
-struct Pieces {
-  const uint4* base[3];
-  int end[3];
-};
-
-__device__ __forceinline__ Pieces one_piece(const uint4* base, int vectors) {
-  return {{base, base, base}, {vectors, vectors, vectors}};
-}
-
-__device__ __forceinline__ const uint4* piece_vector(const Pieces& s, int v) {
-  return v < s.end[0] ? s.base[0] + v : v < s.end[1] ? s.base[1] + (v - s.end[0]) : s.base[2] + (v - s.end[1]);
-}
-
-// Loads per lane of one pass: all of the CTA's vectors at once when at most kInFlight per thread.
-__device__ __forceinline__ int loads_per_lane(int vectors) {
-  return min(kInFlight, (vectors + kThreads - 1) / kThreads);
-}
-
-// Load i of this thread in the pass of kThreads x p vectors from `start`. DL_LOAD_ORDER 1: warp w
-// takes the pass's w-th run of 32 x p vectors, a lane every 32nd of them, so its loads walk along
-// a row (a row is a multiple of 32 vectors: the row of a load is the same in every lane of the
-// warp); 2: the same runs, each warp starting at its own offset into its run; 0: load i of the
-// CTA's threads covers the pass's i-th 256 vectors (a lane's loads change rows).
-#ifndef DL_LOAD_ORDER
-#define DL_LOAD_ORDER 1
-#endif
-__device__ __forceinline__ int load_vector(int start, int p, int i) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (DL_LOAD_ORDER == 0) return start + i * kThreads + threadIdx.x;
-  if (DL_LOAD_ORDER == 2) return start + (warp * p + (i + warp) % p) * 32 + lane;
-  return start + (warp * p + i) * 32 + lane;
-}
-
-// The first pass of stream(), issued ahead (a stage's weights never depend on the step).
-__device__ __forceinline__ void request(const Pieces& s, uint4 (&regs)[kInFlight]) {
-  const int total = s.end[2], p = loads_per_lane(total);
+// The first kInFlight loads per thread of stream_rows, issued ahead.
+__device__ __forceinline__ void request_rows(const uint4* base, int vectors, uint4 (&regs)[kInFlight]) {
 #pragma unroll
   for (int i = 0; i < kInFlight; ++i) {
-    const int v = load_vector(0, p, i);
-    if (i < p && v < total) regs[i] = load_stream(piece_vector(s, v));
+    const int v = threadIdx.x + i * kThreads;
+    if (v < vectors) regs[i] = load_stream(base + v);
   }
 }
 
-// acc[row] += W[row] . xs over the pieces' rows (`row_vectors` vectors each), up to kInFlight
-// loads per thread in flight; with `loaded` the first pass is in regs already (request()).
-__device__ __forceinline__ void stream(const Pieces& s, int row_vectors, const float* xs, float* acc,
-                                       uint4 (&regs)[kInFlight], bool loaded) {
-  const int total = s.end[2], p = loads_per_lane(total);
-  for (int start = 0; start < total; start += kThreads * p) {
+// The products of a CTA's `vectors` weight vectors (from `base`) with xs into acc's rows, 16
+// loads per thread in flight; with `loaded`, the first 16 are in regs already (requested early).
+__device__ __forceinline__ void stream_rows(const uint4* base, int vectors, int row_vectors, const float* xs,
+                                            float* acc, uint4 (&regs)[kInFlight], bool loaded) {
+  for (int start = 0; start < vectors; start += kInFlight * kThreads) {
     if (!loaded || start > 0) {
 #pragma unroll
       for (int i = 0; i < kInFlight; ++i) {
-        const int v = load_vector(start, p, i);
-        if (i < p && v < total) regs[i] = load_stream(piece_vector(s, v));
+        const int v = start + threadIdx.x + i * kThreads;
+        if (v < vectors) regs[i] = load_stream(base + v);
       }
     }
-    float sum = 0;
-    int row = -1;
 #pragma unroll
     for (int i = 0; i < kInFlight; ++i) {
-      const int v = load_vector(start, p, i);
-      if (i < p && v < total) {  // (warp-uniform, as the row)
-        const int r = v / row_vectors;
-        if (r != row) {
-          if (row >= 0) add_to_row(acc, row, sum);
-          sum = 0, row = r;
-        }
-        sum += dot8(regs[i], xs + (v % row_vectors) * 8);
-      }
+      const int v = start + threadIdx.x + i * kThreads;
+      if (v < vectors) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
     }
-    if (row >= 0) add_to_row(acc, row, sum);
   }
-}
-
-// One contiguous range of `vectors` weight vectors from `base`: request() / stream() of one piece.
-__device__ __forceinline__ void request_rows(const uint4* base, int vectors, uint4 (&regs)[kInFlight]) {
-  request(one_piece(base, vectors), regs);
-}
-
-__device__ __forceinline__ void stream_rows(const uint4* base, int vectors, int row_vectors, const float* xs,
-                                            float* acc, uint4 (&regs)[kInFlight], bool loaded) {
-  stream(one_piece(base, vectors), row_vectors, xs, acc, regs, loaded);
 }
