@@ -31,6 +31,9 @@
 // (captured in one CUDA graph, PDL between the launches, medians of `--repeats` replays):
 // µs per layer. Barrier time-outs and a mismatch are counted: a row with either is a bug.
 //
+// -DDL_TIMELINE also prints each variant's stage intervals (the last launch, min / median / max over
+// the CTAs; not through benchmarks/hopper_programs.py).
+//
 // Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -I../../infer_core/src/infer_core/kernels/cuda
 //   decode_layer.cu -o decode_layer
 // (benchmarks/hopper_programs.py builds, runs and reports). Output: one JSON object per line.
@@ -367,6 +370,28 @@ int main(int argc, char** argv) {
       CHECK(cudaEventElapsedTime(&ms, start, stop));
       if (r >= 3) times.push_back(1000.0 * ms / layers);
     }
+#ifdef DL_TIMELINE
+    {  // the last launch's stage intervals (thread 0 of each CTA, its SM clock), over the CTAs
+      std::vector<long long> st(static_cast<size_t>(1024) * kStamps);
+      CHECK(cudaMemcpyFromSymbol(st.data(), dl_stamps, st.size() * sizeof(long long)));
+      int khz = 0;
+      CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, 0));
+      static const char* names[kStamps - 1] = {"prologue, PDL wait", "norm 1", "qkv", "qkv store, barrier 1 / handoff 1",
+                                               "attention", "barrier 2 / handoff 2", "merge", "barrier 3", "o_proj",
+                                               "barrier 4", "norm 2", "gate/up, act", "barrier 5", "down, store"};
+      std::printf("{\"timeline\": \"%s\", \"cluster\": %d, \"ctas\": %d, \"clock_khz\": %d, \"intervals\": [",
+                  var.cluster ? "cluster" : "grid", var.cluster ? var.size : 0, ctas, khz);
+      for (int k = 0; k + 1 < kStamps; ++k) {
+        std::vector<double> us;
+        for (int b = 0; b < std::min(ctas, 1024); ++b)
+          us.push_back(static_cast<double>(st[b * kStamps + k + 1] - st[b * kStamps + k]) * 1e3 / khz);
+        std::sort(us.begin(), us.end());
+        std::printf("%s{\"name\": \"%s\", \"min\": %.3f, \"median\": %.3f, \"max\": %.3f}", k ? ", " : "",
+                    names[k], us.front(), us[us.size() / 2], us.back());
+      }
+      std::printf("]}\n");
+    }
+#endif
     unsigned timeouts = 0;
     CHECK(cudaMemcpy(&timeouts, errors, sizeof(unsigned), cudaMemcpyDeviceToHost));
     std::printf("{\"variant\": \"%s\", \"cluster\": %d, \"ctas\": %d, \"ctas_per_sm\": %d, \"splits\": %d, "

@@ -53,6 +53,21 @@ constexpr int KV_CAP = 64;   // keys per split prefetched into shared memory
 constexpr int XS_LEN = I > QROWS ? (I > H ? I : H) : (QROWS > H ? QROWS : H);
 #define kNegInf __int_as_float(0xff800000)
 
+// DL_TIMELINE (the probe's timeline build only): thread 0 of every CTA stamps its SM clock at the
+// stage boundaries into dl_stamps[CTA][i] (each launch overwrites them: the last one stays).
+#ifdef DL_TIMELINE
+constexpr int kStamps = 15;
+__device__ long long dl_stamps[1024][kStamps];
+#define STAMP(i)                                                      \
+  do {                                                                \
+    if (threadIdx.x == 0 && blockIdx.x < 1024) dl_stamps[blockIdx.x][i] = clock64(); \
+  } while (0)
+#else
+#define STAMP(i) \
+  do {           \
+  } while (0)
+#endif
+
 static_assert(NQ % NKV == 0 && GROUP + 1 <= kWarps, "a KV head's queries and its key: one warp each");
 static_assert(D % 32 == 0 && DPL % 2 == 0 && D <= 256, "head dims: pairs per lane, rotate-half across lanes l, l + 16");
 static_assert(H % kThreads == 0 && H % 256 == 0 && I % 256 == 0 && QROWS % 256 == 0,
@@ -318,6 +333,7 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
   const int P = gridDim.x, c = blockIdx.x;
   for (int i = threadIdx.x; i < 256; i += kThreads) acc[i] = 0;
   uint4 regs[kInFlight];
+  STAMP(0);
 
   // ---- stage 1: qkv (grid: rows over all CTAs; cluster: one KV head's rows per cluster)
   int csize = 1, rank = 0, cid = 0;
@@ -337,6 +353,7 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
   }
   request(p.w_qkv, H, row0, rows, regs);  // weights never depend on the step: before the wait
   asm volatile("griddepcontrol.wait;" ::: "memory");
+  STAMP(1);
   const unsigned epoch = *reinterpret_cast<volatile unsigned*>(p.sync);
   const int pos = load_index(p.positions, p.pos64), slot = load_index(p.slot_mapping, p.slot64);
   const int keys = p.seq_lens[0], own = keys - 1;
@@ -346,6 +363,7 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
   const bool attends = kv_head < NKV;
   if (attends) prefetch_keys(p, kv_head, key0, key1, own, kv);
   norm_input(p.x, p.res, nullptr, p.norm1, p.eps, xs, red, c == 0 ? p.r : nullptr);
+  STAMP(2);
   gemv(p.w_qkv, H, row0, rows, xs, acc, regs, true);
   if constexpr (kCluster) {  // the rest of this CTA's rows, when they run past q or k
     for (int done = rows; done < per;) {
@@ -355,6 +373,7 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
     }
     rows = per;
   }
+  STAMP(3);
 
   if constexpr (kCluster) {
     if (attends) {  // push this CTA's rows (rounded as the qkv store rounds) into every peer's head[]
@@ -364,6 +383,7 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
     __syncthreads();
     for (int i = threadIdx.x; i < rows; i += kThreads) acc[i] = 0;
     cluster_sync();  // handoff 1: the head's q, k, v in every CTA of the cluster
+    STAMP(4);
     const int dims = D / csize;
     if (attends) {
       attend(p, kv_head, key0, key1, own, pos, slot, rank == 0, head, part, warp_part, kv);
@@ -374,16 +394,20 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
         map_shared(merge, peer)[(rank * GROUP + g) * PART + d] = part[g * PART + d];
       }
     }
+    STAMP(5);
     cluster_sync();  // handoff 2: every split's partial of this CTA's dims here
+    STAMP(6);
     if (attends) {
       for (int t = threadIdx.x; t < GROUP * dims; t += kThreads) {
         const int g = t / dims, d = rank * dims + t % dims;
         p.attn[(kv_head * GROUP + g) * D + d] = merge_dim(merge + g * PART, csize, GROUP * PART, d, false);
       }
     }
+    STAMP(7);
   } else {
     for (int i = threadIdx.x; i < rows; i += kThreads) p.qkv[row0 + i] = rnd(acc[i]), acc[i] = 0;
     grid_sync(p, 1, epoch);
+    STAMP(4);
     // ---- stage 2: attention, item (KV head, split) per CTA
     if (attends) {
       for (int i = threadIdx.x; i < HEAD_ROWS; i += kThreads) head[i] = __ldcg(p.qkv + head_row(kv_head, i));
@@ -392,28 +416,35 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
       for (int i = threadIdx.x; i < GROUP * PART; i += kThreads)
         p.partials[(static_cast<size_t>(kv_split) * NQ + kv_head * GROUP) * PART + i] = part[i];
     }
+    STAMP(5);
     grid_sync(p, 2, epoch);
+    STAMP(6);
     // ---- stage 3: merge, one query head per CTA
     for (int head_q = c; head_q < NQ; head_q += P)
       for (int d = threadIdx.x; d < D; d += kThreads)
         p.attn[head_q * D + d] = merge_dim(p.partials + head_q * PART, p.splits, NQ * PART, d, true);
+    STAMP(7);
   }
 
   // ---- stage 4: o_proj + the residual
   split_rows(H, P, c, row0, rows);
   request(p.w_o, QROWS, row0, rows, regs);
   grid_sync(p, 3, epoch);
+  STAMP(8);
   for (int i = threadIdx.x; i < QROWS; i += kThreads) xs[i] = __ldcg(p.attn + i);
   __syncthreads();
   gemv(p.w_o, QROWS, row0, rows, xs, acc, regs, true);
   for (int i = threadIdx.x; i < rows; i += kThreads)
     p.r2[row0 + i] = rnd(rnd(acc[i]) + __ldcg(p.r + row0 + i)), acc[i] = 0;
+  STAMP(9);
 
   // ---- stage 5: gate/up (gate rows and the matching up rows) + SiLU-and-mul
   split_rows(I, P, c, row0, rows);
   request(p.w_gu, H, row0, rows, regs);
   grid_sync(p, 4, epoch);
+  STAMP(10);
   norm_input(nullptr, nullptr, p.r2, p.norm2, p.eps, xs, red, nullptr);
+  STAMP(11);
   gemv(p.w_gu, H, row0, rows, xs, acc, regs, true);
   gemv(p.w_gu, H, I + row0, rows, xs, acc + rows, regs, false);
   for (int i = threadIdx.x; i < rows; i += kThreads) {
@@ -422,11 +453,13 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
   }
   __syncthreads();
   for (int i = threadIdx.x; i < 2 * rows; i += kThreads) acc[i] = 0;
+  STAMP(12);
 
   // ---- stage 6: down
   split_rows(H, P, c, row0, rows);
   request(p.w_down, I, row0, rows, regs);
   grid_sync(p, 5, epoch);
+  STAMP(13);
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   for (int i = threadIdx.x; i < I; i += kThreads) xs[i] = __ldcg(p.act + i);
   __syncthreads();
@@ -436,6 +469,7 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
     p.res_out[row0 + i] = __float2bfloat16(__ldcg(p.r2 + row0 + i));
   }
   // every CTA read the epoch after the PDL wait and passed barrier 5: the next launch's turn
+  STAMP(14);
   if (c == 0 && threadIdx.x == 0) atomicAdd(p.sync, 1u);
 }
 
