@@ -326,10 +326,12 @@ __device__ void merge_head(const Params& p, int q, float* sm) {
   for (int s = 0; s < p.splits; ++s)
     if (sm[s] != kNegInf) sum += sm[kMaxSplits + s] * __expf(sm[s] - big);
   for (int d = threadIdx.x; d < D; d += kThreads) {
-    float out = 0;
+    float v[kMaxSplits], out = 0;
+#pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s) v[s] = s < p.splits ? __ldcg(parts + s * NQ * PART + d) : 0.0f;
 #pragma unroll
     for (int s = 0; s < kMaxSplits; ++s)
-      if (s < p.splits && sm[s] != kNegInf) out += __ldcg(parts + s * NQ * PART + d) * __expf(sm[s] - big);
+      if (s < p.splits && sm[s] != kNegInf) out += v[s] * __expf(sm[s] - big);
     p.attn[q * D + d] = sum > 0 ? rnd(out / sum) : 0.0f;
   }
   __syncthreads();
