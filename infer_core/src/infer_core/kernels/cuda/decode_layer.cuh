@@ -295,47 +295,21 @@ __device__ void attend(const Params& p, int h, int key0, int key1, int own, int 
   __syncthreads();
 }
 
-// The merge of `n` partials of one query head in shared memory (stride floats apart) at dim d,
-// rounded: sum_s acc_s[d] e^(m_s - M) / sum_s l_s e^(m_s - M) (0 when no split had a key).
-__device__ __forceinline__ float merge_dim(const float* parts, int n, int stride, int d) {
+// The merge of `n` partials of one query head (stride floats apart) at dim d, rounded:
+// sum_s acc_s[d] e^(m_s - M) / sum_s l_s e^(m_s - M) (0 when no split had a key).
+__device__ __forceinline__ float merge_dim(const float* parts, int n, int stride, int d, bool global) {
   float big = kNegInf;
-  for (int s = 0; s < n; ++s) big = fmaxf(big, parts[s * stride + D]);
+  for (int s = 0; s < n; ++s) big = fmaxf(big, global ? __ldcg(parts + s * stride + D) : parts[s * stride + D]);
   float sum = 0, out = 0;
   for (int s = 0; s < n; ++s) {
     const float* ps = parts + s * stride;
-    if (ps[D] == kNegInf) continue;
-    const float f = __expf(ps[D] - big);
-    sum += ps[D + 1] * f, out += ps[d] * f;
+    const float ms = global ? __ldcg(ps + D) : ps[D];
+    if (ms == kNegInf) continue;
+    const float f = __expf(ms - big);
+    sum += (global ? __ldcg(ps + D + 1) : ps[D + 1]) * f;
+    out += (global ? __ldcg(ps + d) : ps[d]) * f;
   }
   return sum > 0 ? rnd(out / sum) : 0.0f;
-}
-
-// Stage 3 of the grid variant: query head q's output from the splits' partials in global memory,
-// merge_dim's sums in its order, with every load of a round trip in flight together: thread s
-// reads split s's max and sum into sm[s], sm[32 + s] (acc, zero here and zero again after), then
-// each thread sums its dim over the splits. Ends with a CTA barrier.
-__device__ void merge_head(const Params& p, int q, float* sm) {
-  const float* parts = p.partials + q * PART;  // split s at parts + s * NQ * PART
-  if (threadIdx.x < p.splits) {
-    sm[threadIdx.x] = __ldcg(parts + threadIdx.x * NQ * PART + D);
-    sm[kMaxSplits + threadIdx.x] = __ldcg(parts + threadIdx.x * NQ * PART + D + 1);
-  }
-  __syncthreads();
-  float big = kNegInf, sum = 0;
-  for (int s = 0; s < p.splits; ++s) big = fmaxf(big, sm[s]);
-  for (int s = 0; s < p.splits; ++s)
-    if (sm[s] != kNegInf) sum += sm[kMaxSplits + s] * __expf(sm[s] - big);
-  for (int d = threadIdx.x; d < D; d += kThreads) {
-    float v[kMaxSplits], out = 0;
-#pragma unroll
-    for (int s = 0; s < kMaxSplits; ++s) v[s] = s < p.splits ? __ldcg(parts + s * NQ * PART + d) : 0.0f;
-#pragma unroll
-    for (int s = 0; s < kMaxSplits; ++s)
-      if (s < p.splits && sm[s] != kNegInf) out += v[s] * __expf(sm[s] - big);
-    p.attn[q * D + d] = sum > 0 ? rnd(out / sum) : 0.0f;
-  }
-  __syncthreads();
-  if (threadIdx.x < 2 * kMaxSplits) sm[threadIdx.x] = 0;
 }
 
 // Where the part (queries, k, v) of a head's local row i ends: its rows are contiguous in W_qkv up to there.
@@ -426,7 +400,7 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
     if (attends) {
       for (int t = threadIdx.x; t < GROUP * dims; t += kThreads) {
         const int g = t / dims, d = rank * dims + t % dims;
-        p.attn[(kv_head * GROUP + g) * D + d] = merge_dim(merge + g * PART, csize, GROUP * PART, d);
+        p.attn[(kv_head * GROUP + g) * D + d] = merge_dim(merge + g * PART, csize, GROUP * PART, d, false);
       }
     }
     STAMP(7);
@@ -446,7 +420,9 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
     grid_sync(p, 2, epoch);
     STAMP(6);
     // ---- stage 3: merge, one query head per CTA
-    for (int head_q = c; head_q < NQ; head_q += P) merge_head(p, head_q, acc);
+    for (int head_q = c; head_q < NQ; head_q += P)
+      for (int d = threadIdx.x; d < D; d += kThreads)
+        p.attn[head_q * D + d] = merge_dim(p.partials + head_q * PART, p.splits, NQ * PART, d, true);
     STAMP(7);
   }
 
