@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -58,7 +59,7 @@ COLUMNS = {
         ("barrier µs", lambda r: f"{r['barrier_us']:.3f}"), ("GB/s", lambda r: f"{r['gbps']:.0f}"),
     ],
     "decode_layer": [
-        ("variant", "variant"), ("cluster", lambda r: r["cluster"] or "–"), ("CTAs", "ctas"),
+        ("build", lambda r: r.get("build", "default")), ("variant", "variant"), ("cluster", lambda r: r["cluster"] or "–"), ("CTAs", "ctas"),
         ("CTAs/SM", "ctas_per_sm"), ("splits", "splits"), ("poll ns", "poll_ns"), ("context", "context"),
         ("µs per layer", lambda r: f"{r['us_per_layer']:.2f}"), ("min", lambda r: f"{r['us_per_layer_min']:.2f}"),
         ("max rel. error", lambda r: f"{r['max_rel_err']:.1e}"),
@@ -102,14 +103,30 @@ def find_nvcc() -> str | None:
     return found
 
 
-def build(program: str, out_dir: Path, nvcc: str | None = None) -> Path:
-    """Compile ``program`` into ``out_dir``; returns the executable's path."""
+def build(program: str, out_dir: Path, nvcc: str | None = None, defines: list[str] | None = None,
+          name: str = "") -> Path:
+    """Compile ``program`` into ``out_dir`` (with ``defines``, e.g. ``-DDL_ROWS=1``); returns the
+    executable's path."""
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
         raise FileNotFoundError(f"nvcc is not on PATH: install the CUDA toolkit (13.0 or newer) to build {program}")
-    binary = out_dir / program
-    subprocess.run([nvcc, *NVCC_FLAGS, str(source(program)), "-o", str(binary)], check=True)
+    binary = out_dir / (f"{program}-{name}" if name else program)
+    subprocess.run([nvcc, *NVCC_FLAGS, *(defines or []), str(source(program)), "-o", str(binary)], check=True)
     return binary
+
+
+def builds(specs: list[str]) -> list[tuple[str, list[str]]]:
+    """``--build NAME=FLAGS`` values -> (name, flags; FLAGS split at spaces or commas); ``default``
+    (no flags) first unless named."""
+    out = []
+    for spec in specs:
+        name, sep, flags = spec.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise ValueError(f"--build {spec!r}: write NAME=FLAGS, e.g. rows1=-DDL_ROWS=1")
+        out.append((name, [f for f in re.split(r"[\s,]+", flags) if f]))
+    if "default" not in {n for n, _ in out}:
+        out.insert(0, ("default", []))
+    return out
 
 
 def parse(lines: list[str]) -> tuple[dict, list[dict]]:
@@ -117,11 +134,37 @@ def parse(lines: list[str]) -> tuple[dict, list[dict]]:
     objects = [json.loads(line) for line in lines if line.strip().startswith("{")]
     if not objects or "device" not in objects[0]:
         raise ValueError("the program printed no device line: did it run on a GPU?")
-    rows = objects[1:]
-    broken = [r for r in rows if r["errors"] or r["timeouts"]]
+    rows = [o for o in objects[1:] if "timeline" not in o]
+    broken = broken_rows(rows)
     if broken:
         raise ProgramError(f"{len(broken)} rows read back wrong values or timed out, first: {broken[0]}")
     return objects[0], rows
+
+
+def broken_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["errors"] or r["timeouts"]]
+
+
+def timelines(lines: list[str]) -> list[dict]:
+    """The stage intervals a ``-DDL_TIMELINE`` build of decode_layer prints, one object per variant."""
+    return [o for o in (json.loads(line) for line in lines if line.strip().startswith("{")) if "timeline" in o]
+
+
+def timeline_markdown(items: list[dict]) -> str:
+    """One column per (build, variant): each interval's median over the CTAs (their max)."""
+    if not items:
+        return ""
+    heads = [f"{t.get('build', 'default')} {t['timeline']}{' ' + str(t['cluster']) if t['cluster'] else ''}"
+             for t in items]
+    names = [i["name"] for i in items[0]["intervals"]]
+    lines = ["", "## Stage intervals (µs: median over the CTAs, their max)", "",
+             "| interval | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(items)]
+    for k, name in enumerate(names):
+        cells = [f"{t['intervals'][k]['median']:.2f} ({t['intervals'][k]['max']:.2f})" for t in items]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    sums = [f"{sum(i['median'] for i in t['intervals']):.2f}" for t in items]
+    lines.append("| sum of medians | " + " | ".join(sums) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def markdown(program: str, device: dict, env: dict, rows: list[dict]) -> str:
@@ -157,25 +200,63 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("program", choices=sorted(COLUMNS))
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--build", action="append", default=[], metavar="NAME=FLAGS",
+                   help="decode_layer: also build with these flags (e.g. rows1=-DDL_ROWS=1; repeat it); "
+                        "each row names its build")
+    p.add_argument("--timeline", action="store_true",
+                   help="decode_layer: build with -DDL_TIMELINE and report each variant's stage intervals")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds one build's run may take")
     args = p.parse_args(argv)
+    if (args.build or args.timeline) and args.program != "decode_layer":
+        p.error("--build and --timeline are decode_layer's")
     nvcc = find_nvcc()
-    with tempfile.TemporaryDirectory() as tmp:
-        binary = build(args.program, Path(tmp), nvcc)
-        run = subprocess.run([str(binary), *extra], capture_output=True, text=True)
-    sys.stderr.write(run.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.program}.log").write_text(run.stdout + run.stderr)  # kept when a row is wrong
-    if run.returncode:
-        print(run.stdout)
-        raise SystemExit(f"{args.program} exited with {run.returncode}")
-    device, rows = parse(run.stdout.splitlines())
+    device, rows, stages, failed = None, [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, flags in builds(args.build):
+            defines = [*flags, *(["-DDL_TIMELINE"] if args.timeline else [])]
+            binary = build(args.program, Path(tmp), nvcc, defines, name if args.build else "")
+            try:
+                run = subprocess.run([str(binary), *extra], capture_output=True, text=True, timeout=args.timeout)
+                stdout, stderr, code = run.stdout, run.stderr, run.returncode
+            except subprocess.TimeoutExpired as e:
+                stdout, stderr, code = _text(e.stdout), _text(e.stderr), "timeout"
+            sys.stderr.write(stderr)
+            suffix = f"-{name}" if args.build else ""
+            (args.out / f"{args.program}{suffix}.log").write_text(stdout + stderr)  # kept when a row is wrong
+            lines = stdout.splitlines()
+            if code != 0:  # what it printed before it died still counts
+                failed.append(f"{name}: exited with {code}")
+            try:
+                objects = [json.loads(line) for line in lines if line.strip().startswith("{")]
+            except json.JSONDecodeError:
+                objects = []
+            if not objects or "device" not in objects[0]:
+                failed.append(f"{name}: no device line")
+                continue
+            device = objects[0]
+            tag = {"build": name, "flags": " ".join(flags)} if args.build else {}
+            rows += [{**r, **tag} for r in objects[1:] if "timeline" not in r]
+            stages += [{**t, **tag} for t in timelines(lines)]
+    if device is None:
+        raise SystemExit(f"{args.program}: nothing ran ({'; '.join(failed)})")
     env = environment(nvcc)
     (args.out / f"{args.program}.json").write_text(
-        json.dumps({"environment": env, "device": device, "args": extra, "rows": rows}, indent=1))
-    md = markdown(args.program, device, env, rows)
+        json.dumps({"environment": env, "device": device, "args": extra, "builds": args.build, "rows": rows,
+                    "timelines": stages, "failed": failed}, indent=1))
+    md = markdown(args.program, device, env, rows) + timeline_markdown(stages)
+    if failed:
+        md += "\nDid not finish: " + "; ".join(failed) + ".\n"
     (args.out / f"{args.program}.md").write_text(md)
     print(md)
-    return 0
+    broken = broken_rows(rows)
+    if broken:
+        raise ProgramError(f"{len(broken)} rows read back wrong values or timed out, first: {broken[0]}")
+    return 1 if failed else 0
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value or ""
 
 
 if __name__ == "__main__":

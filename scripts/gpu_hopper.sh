@@ -5,13 +5,18 @@
 # scripts), then benchmarks/hopper_programs.py for each program (nvcc and python3 only).
 # Everything lands under $OUT (default ./gpu-hopper-out).
 #
-#   scripts/gpu_hopper.sh [tests] [handoffs] [gemv_stages] [decode_layer]   (default: all four)
+#   scripts/gpu_hopper.sh [tests] [handoffs] [gemv_stages] [decode_layer] [layer-matrix]
+#                                                       (default: the first four)
 #
 # HANDOFFS_ARGS / GEMV_ARGS / LAYER_ARGS go to the programs (e.g. GEMV_ARGS="--stages 4 --chunk 8192").
+# layer-matrix: decode_layer built once per kernel switch (decode_layer.cuh's DL_ROWS, DL_KEEP_RES,
+# DL_MERGE; LAYER_BUILDS="name=-DFLAG,-DFLAG2 ..." picks others) with per-stage timelines, grid and clusters
+# of 16 at 2 CTAs per SM (MATRIX_ARGS), into $OUT/matrix/ (decode_layer.json / .md).
 set -u
 OUT=${OUT:-$PWD/gpu-hopper-out}
 mkdir -p "$OUT"
 WHAT=${*:-tests handoffs gemv_stages decode_layer}
+LAYER_BUILDS=${LAYER_BUILDS:-rows1=-DDL_ROWS=1 rows2=-DDL_ROWS=2 keepres=-DDL_KEEP_RES=1 merge=-DDL_MERGE=1 rows2-keepres=-DDL_ROWS=2,-DDL_KEEP_RES=1}
 want() { [[ " $WHAT " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 status=0
@@ -32,5 +37,10 @@ fi
 if want decode_layer; then
   timeout "${RUN_TIMEOUT:-240}" python3 benchmarks/hopper_programs.py decode_layer --out "$OUT" -- ${LAYER_ARGS:-} \
     || status=1
+fi
+if want layer-matrix; then
+  builds=(); for b in $LAYER_BUILDS; do builds+=(--build "$b"); done
+  timeout "${MATRIX_TIMEOUT:-400}" python3 benchmarks/hopper_programs.py decode_layer --out "$OUT/matrix" --timeline \
+    --timeout 60 "${builds[@]}" -- ${MATRIX_ARGS:---poll-ns 100 --ctas-per-sm 2 --clusters 16} || status=1
 fi
 exit $status

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,84 @@ def test_markdown_has_a_line_per_row():
     md = hp.markdown("gemv_stages", DEVICE, ENV, [stage, {**stage, "variant": "cluster", "cluster": 16, "ctas": 128}])
     assert "| qwen3-0.6b.gate_up | 6144 x 1024 | bulk | 4 | – | 132 | 1 | 4.300 | 3.100 | 1.200 | 4059 |" in md
     assert "| qwen3-0.6b.gate_up | 6144 x 1024 | cluster | – | 16 | 128 | 1 | 4.300 | 3.100 | 1.200 | 4059 |" in md
+
+
+def _layer_row(variant="grid", errors=0):
+    return {"variant": variant, "cluster": 16 if variant == "cluster" else 0, "ctas": 224, "ctas_per_sm": 2,
+            "splits": 16, "poll_ns": 100, "context": 384, "layers": 28, "us_per_layer": 37.0, "us_per_layer_min": 36.8,
+            "max_rel_err": 8.5e-3, "errors": errors, "timeouts": 0}
+
+
+def _timeline(variant="grid", qkv=2.5):
+    names = ["prologue, PDL wait", "norm 1", "qkv"]
+    return {"timeline": variant, "cluster": 16 if variant == "cluster" else 0, "ctas": 224, "clock_khz": 1980000,
+            "intervals": [{"name": n, "min": 0.1, "median": qkv if n == "qkv" else 1.0, "max": 3.0} for n in names]}
+
+
+def test_builds_name_their_flags():
+    hp = _module()
+    assert hp.builds([]) == [("default", [])]
+    assert hp.builds(["rows1=-DDL_ROWS=1", "both=-DDL_ROWS=2 -DDL_MERGE=1", "three=-DA,-DB=2,-DC"]) == [
+        ("default", []), ("rows1", ["-DDL_ROWS=1"]), ("both", ["-DDL_ROWS=2", "-DDL_MERGE=1"]),
+        ("three", ["-DA", "-DB=2", "-DC"])]
+    assert hp.builds(["default=-DDL_KEEP_RES=1"]) == [("default", ["-DDL_KEEP_RES=1"])]
+    for bad in ("-DDL_ROWS=1", "=x", "a b=-DX"):
+        with pytest.raises(ValueError, match="NAME=FLAGS"):
+            hp.builds([bad])
+
+
+def test_timelines_are_not_rows_and_get_their_own_table():
+    hp = _module()
+    lines = [json.dumps(DEVICE), json.dumps(_layer_row()), json.dumps(_timeline()),
+             json.dumps(_timeline("cluster", qkv=4.4))]
+    _, rows = hp.parse(lines)
+    assert [r["variant"] for r in rows] == ["grid"]
+    items = hp.timelines(lines)
+    assert [t["timeline"] for t in items] == ["grid", "cluster"]
+    md = hp.timeline_markdown([{**items[0], "build": "rows1"}, items[1]])
+    assert "| interval | rows1 grid | default cluster 16 |" in md
+    assert "| qkv | 2.50 (3.00) | 4.40 (3.00) |" in md
+    assert "| sum of medians | 4.50 | 6.40 |" in md
+    assert hp.timeline_markdown([]) == ""
+
+
+def test_main_runs_every_build_and_keeps_what_a_hung_one_printed(tmp_path, monkeypatch):
+    """Each ``--build`` is compiled and run in turn; one that hangs past ``--timeout`` keeps the
+    rows it printed, the others still run, and both files name every build."""
+    hp = _module()
+    built = []
+
+    def fake_build(program, out_dir, nvcc=None, defines=None, name=""):
+        built.append((name, defines))
+        hang = "time.sleep(30)" if "-DHANG" in defines else ""
+        variant = "cluster" if "-DDL_ROWS=1" in defines else "grid"
+        script = out_dir / f"fake-{name}"
+        script.write_text(f"""#!{sys.executable}
+import json, sys, time
+print(json.dumps({DEVICE!r}))
+print(json.dumps({_layer_row(variant)!r}), flush=True)
+print(json.dumps({_timeline(variant)!r}), flush=True)
+{hang}
+""")
+        script.chmod(0o755)
+        return script
+
+    monkeypatch.setattr(hp, "build", fake_build)
+    monkeypatch.setattr(hp, "find_nvcc", lambda: "nvcc")
+    monkeypatch.setattr(hp, "environment", lambda nvcc: ENV)
+    code = hp.main(["decode_layer", "--out", str(tmp_path), "--timeline", "--timeout", "2",
+                    "--build", "rows1=-DDL_ROWS=1", "--build", "stuck=-DHANG"])
+    assert code == 1  # one build did not finish
+    assert built == [("default", ["-DDL_TIMELINE"]), ("rows1", ["-DDL_ROWS=1", "-DDL_TIMELINE"]),
+                     ("stuck", ["-DHANG", "-DDL_TIMELINE"])]
+    report = json.loads((tmp_path / "decode_layer.json").read_text())
+    assert [(r["build"], r["variant"]) for r in report["rows"]] == [
+        ("default", "grid"), ("rows1", "cluster"), ("stuck", "grid")]
+    assert [t["build"] for t in report["timelines"]] == ["default", "rows1", "stuck"]
+    assert report["failed"] == ["stuck: exited with timeout"]
+    md = (tmp_path / "decode_layer.md").read_text()
+    assert "| rows1 | cluster | 16 |" in md and "Did not finish: stuck" in md
+    assert (tmp_path / "decode_layer-stuck.log").read_text().count("{") >= 3
 
 
 def test_unknown_program_is_named():
@@ -201,12 +280,27 @@ def test_decode_layer_reference_is_the_torch_layer(tmp_path):
 def test_decode_layer_variants_match_the_host_layer(tmp_path):
     hp = _module()
     binary = hp.build("decode_layer", tmp_path)
-    run = subprocess.run([str(binary), "--layers", "2", "--repeats", "2", "--context", "100", "--clusters", "8,16"],
+    # (clusters of 4 or 8 at 2 CTAs per SM overran the co-resident CTAs on an H200: 16 only)
+    run = subprocess.run([str(binary), "--layers", "2", "--repeats", "2", "--context", "100", "--clusters", "16"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     _, rows = hp.parse(run.stdout.splitlines())  # raises on a mismatch or a timeout
     assert {r["variant"] for r in rows} == {"grid", "cluster"}, run.stderr
     assert all(r["us_per_layer"] > 0 for r in rows)
+
+
+@NEEDS_NVCC
+@pytest.mark.parametrize("defines", [["-DDL_ROWS=1", "-DDL_KEEP_RES=1", "-DDL_MERGE=1"],
+                                     ["-DDL_ROWS=2", "-DDL_TIMELINE"]])
+def test_decode_layer_variants_compile(defines, tmp_path):
+    """The kernel's switches the probe compares (``--build NAME=FLAGS``) all compile for sm_90a."""
+    hp = _module()
+    ptx = tmp_path / "decode_layer.ptx"
+    subprocess.run([hp.find_nvcc(), *hp.NVCC_FLAGS, *defines, "-ptx", str(hp.source("decode_layer")), "-o", str(ptx)],
+                   check=True, timeout=300)
+    text = ptx.read_text()
+    assert ".entry decode_layer_grid" in text and ".entry decode_layer_cluster" in text
+    assert ("dl_stamps" in text) == ("-DDL_TIMELINE" in defines)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("infer_core") is None, reason="needs infer_core")

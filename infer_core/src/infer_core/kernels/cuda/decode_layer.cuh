@@ -40,6 +40,27 @@ using bf16 = __nv_bfloat16;
 #define DL_QK_NORM 1
 #endif
 
+// Variants the Hopper probe compares (benchmarks/hopper/decode_layer.cu builds each with -D; the
+// engine compiles the defaults):
+//   DL_ROWS 0       a stage's products reduced across the warp per 16-byte vector, its pieces of
+//                   rows one after another, the first requested early (the default);
+//           1       each warp's loads walk along rows (one reduction per row a warp touches), all
+//                   pieces (gate and up, a cluster's qkv) in one pass, all requested early;
+//           2       as 1, the pieces one after another (only the first requested early).
+//   DL_KEEP_RES 1   o_proj reads its residual with its input, and keeps the new residual in a
+//                   register for down's store (0: each reloads it from L2 after its products).
+//   DL_MERGE 1      the grid variant's merge reads every split's max and sum at once (a thread
+//                   each), then a dim's partials with all loads in flight (0: split by split).
+#ifndef DL_ROWS
+#define DL_ROWS 0
+#endif
+#ifndef DL_KEEP_RES
+#define DL_KEEP_RES 0
+#endif
+#ifndef DL_MERGE
+#define DL_MERGE 0
+#endif
+
 constexpr int H = DL_HIDDEN, I = DL_INTER, NQ = DL_HEADS, NKV = DL_KV_HEADS, D = DL_HEAD_DIM;
 constexpr bool QK_NORM = DL_QK_NORM;
 constexpr int GROUP = NQ / NKV, DPL = D / 32;  // query heads per KV head; head dims per lane
@@ -124,18 +145,41 @@ __device__ __forceinline__ void split_rows(int n, int parts, int part, int& row0
   rows = min(n, row0 + per) - row0;
 }
 
-// The first kInFlight loads per thread of rows [row0, row0 + rows) of W [*, K], issued ahead.
-__device__ __forceinline__ void request(const bf16* W, int K, int row0, int rows, uint4 (&regs)[kInFlight]) {
-  request_rows(reinterpret_cast<const uint4*>(W + static_cast<size_t>(row0) * K), rows * (K / 8), regs);
+// Rows [row0, row0 + rows) of W [*, K] as one piece.
+__device__ __forceinline__ Pieces rows_of(const bf16* W, int K, int row0, int rows) {
+  return one_piece(reinterpret_cast<const uint4*>(W + static_cast<size_t>(row0) * K), rows * (K / 8));
 }
 
-// acc[i] += W[row0 + i] . xs for i < rows; with `loaded` the first loads are in regs already.
-// Ends with a CTA barrier.
-__device__ void gemv(const bf16* W, int K, int row0, int rows, const float* xs, float* acc, uint4 (&regs)[kInFlight],
-                     bool loaded) {
-  stream_rows(reinterpret_cast<const uint4*>(W + static_cast<size_t>(row0) * K), rows * (K / 8), K / 8, xs, acc, regs,
-              loaded);
-  __syncthreads();
+// A stage's first loads, issued ahead (its weights never depend on the step): DL_ROWS 1 the
+// first pass over all its pieces, otherwise the first piece's.
+__device__ __forceinline__ void request_stage(const Pieces& s, uint4 (&regs)[kInFlight]) {
+  if (DL_ROWS == 1) request(s, regs);
+  else if (DL_ROWS == 2) request(one_piece(s.base[0], s.end[0]), regs);
+  else request_rows(s.base[0], s.end[0], regs);
+}
+
+// acc[i] += W[row i of the pieces] . xs, the first loads in regs already (request_stage). Ends
+// with a CTA barrier.
+__device__ void gemv(const Pieces& s, int K, const float* xs, float* acc, uint4 (&regs)[kInFlight]) {
+  const int row_vectors = K / 8;
+  if (DL_ROWS == 1) {
+    stream(s, row_vectors, xs, acc, regs, true);
+    __syncthreads();
+    return;
+  }
+  int before = 0;
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    const int n = s.end[k] - before;
+    if (n > 0) {  // (the pieces one after another, a CTA barrier after each)
+      float* piece_acc = acc + before / row_vectors;
+      if (DL_ROWS == 2) stream(one_piece(s.base[k], n), row_vectors, xs, piece_acc, regs, k == 0);
+      else stream_rows(s.base[k], n, row_vectors, xs, piece_acc, regs, k == 0);
+      __syncthreads();
+    }
+    before = s.end[k];
+  }
+  if (s.end[2] == 0) __syncthreads();
 }
 
 // xs = rmsnorm(v) * w (bf16 roundings of rms_norm_ref) with v = a + b (a, b bf16; b may be null) or
@@ -312,6 +356,34 @@ __device__ __forceinline__ float merge_dim(const float* parts, int n, int stride
   return sum > 0 ? rnd(out / sum) : 0.0f;
 }
 
+// Stage 3 of the grid variant with DL_MERGE: query head q's output from the splits' partials in global memory,
+// merge_dim's sums in its order, with every load of a round trip in flight together: thread s
+// reads split s's max and sum into sm[s], sm[32 + s] (acc, zero here and zero again after), then
+// each thread sums its dim over the splits. Ends with a CTA barrier.
+__device__ void merge_head(const Params& p, int q, float* sm) {
+  const float* parts = p.partials + q * PART;  // split s at parts + s * NQ * PART
+  if (threadIdx.x < p.splits) {
+    sm[threadIdx.x] = __ldcg(parts + threadIdx.x * NQ * PART + D);
+    sm[kMaxSplits + threadIdx.x] = __ldcg(parts + threadIdx.x * NQ * PART + D + 1);
+  }
+  __syncthreads();
+  float big = kNegInf, sum = 0;
+  for (int s = 0; s < p.splits; ++s) big = fmaxf(big, sm[s]);
+  for (int s = 0; s < p.splits; ++s)
+    if (sm[s] != kNegInf) sum += sm[kMaxSplits + s] * __expf(sm[s] - big);
+  for (int d = threadIdx.x; d < D; d += kThreads) {
+    float v[kMaxSplits], out = 0;
+#pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s) v[s] = s < p.splits ? __ldcg(parts + s * NQ * PART + d) : 0.0f;
+#pragma unroll
+    for (int s = 0; s < kMaxSplits; ++s)
+      if (s < p.splits && sm[s] != kNegInf) out += v[s] * __expf(sm[s] - big);
+    p.attn[q * D + d] = sum > 0 ? rnd(out / sum) : 0.0f;
+  }
+  __syncthreads();
+  if (threadIdx.x < 2 * kMaxSplits) sm[threadIdx.x] = 0;
+}
+
 // Where the part (queries, k, v) of a head's local row i ends: its rows are contiguous in W_qkv up to there.
 __device__ __forceinline__ int next_part(int i) {
   return i < GROUP * D ? GROUP * D : i < (GROUP + 1) * D ? (GROUP + 1) * D : HEAD_ROWS;
@@ -322,6 +394,21 @@ __device__ __forceinline__ int head_row(int h, int i) {
   return i < GROUP * D ? h * GROUP * D + i
          : i < (GROUP + 1) * D ? QROWS + h * D + (i - GROUP * D)
                                : QROWS + KVROWS + h * D + (i - (GROUP + 1) * D);
+}
+
+// KV head h's local qkv rows [local0, local0 + n) of W_qkv: up to three contiguous pieces (they may
+// run past its queries or its k).
+__device__ __forceinline__ Pieces head_pieces(const bf16* W, int h, int local0, int n) {
+  Pieces s;
+  int done = 0;
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    const int local = local0 + done, m = done < n ? min(n - done, next_part(local) - local) : 0;
+    s.base[k] = reinterpret_cast<const uint4*>(W + static_cast<size_t>(head_row(h, min(local, HEAD_ROWS - 1))) * H);
+    done += m;
+    s.end[k] = done * (H / 8);
+  }
+  return s;
 }
 
 template <bool kCluster>
@@ -341,17 +428,16 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
     csize = static_cast<int>(cluster_size()), rank = static_cast<int>(cluster_rank());
     cid = c / csize;
   }
-  int row0 = 0, rows = 0, local0 = 0, per = 0;
-  if constexpr (kCluster) {
-    if (cid < NKV) {  // local rows [local0, local0 + per) of the head: contiguous in W_qkv up to q | k | v
-      per = HEAD_ROWS / csize, local0 = rank * per;
-      row0 = head_row(cid, local0);
-      rows = min(per, next_part(local0) - local0);  // the first contiguous piece
-    }
+  int row0 = 0, rows = 0, local0 = 0;
+  Pieces qkv_rows;
+  if constexpr (kCluster) {  // local rows [local0, local0 + rows) of the head
+    rows = cid < NKV ? HEAD_ROWS / csize : 0, local0 = rank * rows;
+    qkv_rows = head_pieces(p.w_qkv, cid < NKV ? cid : 0, local0, rows);
   } else {
     split_rows(QKV, P, c, row0, rows);
+    qkv_rows = rows_of(p.w_qkv, H, row0, rows);
   }
-  request(p.w_qkv, H, row0, rows, regs);  // weights never depend on the step: before the wait
+  request_stage(qkv_rows, regs);  // weights never depend on the step: before the wait
   asm volatile("griddepcontrol.wait;" ::: "memory");
   STAMP(1);
   const unsigned epoch = *reinterpret_cast<volatile unsigned*>(p.sync);
@@ -364,15 +450,7 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
   if (attends) prefetch_keys(p, kv_head, key0, key1, own, kv);
   norm_input(p.x, p.res, nullptr, p.norm1, p.eps, xs, red, c == 0 ? p.r : nullptr);
   STAMP(2);
-  gemv(p.w_qkv, H, row0, rows, xs, acc, regs, true);
-  if constexpr (kCluster) {  // the rest of this CTA's rows, when they run past q or k
-    for (int done = rows; done < per;) {
-      const int local = local0 + done, n = min(per - done, next_part(local) - local);
-      gemv(p.w_qkv, H, head_row(cid, local), n, xs, acc + done, regs, false);
-      done += n;
-    }
-    rows = per;
-  }
+  gemv(qkv_rows, H, xs, acc, regs);
   STAMP(3);
 
   if constexpr (kCluster) {
@@ -420,33 +498,44 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
     grid_sync(p, 2, epoch);
     STAMP(6);
     // ---- stage 3: merge, one query head per CTA
-    for (int head_q = c; head_q < NQ; head_q += P)
-      for (int d = threadIdx.x; d < D; d += kThreads)
-        p.attn[head_q * D + d] = merge_dim(p.partials + head_q * PART, p.splits, NQ * PART, d, true);
+    for (int head_q = c; head_q < NQ; head_q += P) {
+      if (DL_MERGE) {
+        merge_head(p, head_q, acc);
+      } else {
+        for (int d = threadIdx.x; d < D; d += kThreads)
+          p.attn[head_q * D + d] = merge_dim(p.partials + head_q * PART, p.splits, NQ * PART, d, true);
+      }
+    }
     STAMP(7);
   }
 
   // ---- stage 4: o_proj + the residual
   split_rows(H, P, c, row0, rows);
-  request(p.w_o, QROWS, row0, rows, regs);
+  const Pieces o_rows = rows_of(p.w_o, QROWS, row0, rows);
+  request_stage(o_rows, regs);
   grid_sync(p, 3, epoch);
   STAMP(8);
+  float res = 0, new_res = 0;  // DL_KEEP_RES: thread i's residual row (rows <= kThreads), then r2's
+  if (DL_KEEP_RES && threadIdx.x < rows) res = __ldcg(p.r + row0 + threadIdx.x);
   for (int i = threadIdx.x; i < QROWS; i += kThreads) xs[i] = __ldcg(p.attn + i);
   __syncthreads();
-  gemv(p.w_o, QROWS, row0, rows, xs, acc, regs, true);
-  for (int i = threadIdx.x; i < rows; i += kThreads)
-    p.r2[row0 + i] = rnd(rnd(acc[i]) + __ldcg(p.r + row0 + i)), acc[i] = 0;
+  gemv(o_rows, QROWS, xs, acc, regs);
+  for (int i = threadIdx.x; i < rows; i += kThreads) {
+    new_res = rnd(rnd(acc[i]) + (DL_KEEP_RES ? res : __ldcg(p.r + row0 + i)));
+    p.r2[row0 + i] = new_res, acc[i] = 0;
+  }
   STAMP(9);
 
   // ---- stage 5: gate/up (gate rows and the matching up rows) + SiLU-and-mul
   split_rows(I, P, c, row0, rows);
-  request(p.w_gu, H, row0, rows, regs);
+  const Pieces gate = rows_of(p.w_gu, H, row0, rows), up = rows_of(p.w_gu, H, I + row0, rows);
+  const Pieces gu_rows = {{gate.base[0], up.base[0], up.base[0]}, {gate.end[0], 2 * gate.end[0], 2 * gate.end[0]}};
+  request_stage(gu_rows, regs);  // gate rows into acc[0, rows), the matching up rows into acc[rows, 2 rows)
   grid_sync(p, 4, epoch);
   STAMP(10);
   norm_input(nullptr, nullptr, p.r2, p.norm2, p.eps, xs, red, nullptr);
   STAMP(11);
-  gemv(p.w_gu, H, row0, rows, xs, acc, regs, true);
-  gemv(p.w_gu, H, I + row0, rows, xs, acc + rows, regs, false);
+  gemv(gu_rows, H, xs, acc, regs);
   for (int i = threadIdx.x; i < rows; i += kThreads) {
     const float g = rnd(acc[i]), u = rnd(acc[rows + i]);
     p.act[row0 + i] = rnd(rnd(g / (1.0f + __expf(-g))) * u);
@@ -457,16 +546,17 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
 
   // ---- stage 6: down
   split_rows(H, P, c, row0, rows);
-  request(p.w_down, I, row0, rows, regs);
+  const Pieces down_rows = rows_of(p.w_down, I, row0, rows);  // (o_proj's rows: new_res is this row's r2)
+  request_stage(down_rows, regs);
   grid_sync(p, 5, epoch);
   STAMP(13);
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   for (int i = threadIdx.x; i < I; i += kThreads) xs[i] = __ldcg(p.act + i);
   __syncthreads();
-  gemv(p.w_down, I, row0, rows, xs, acc, regs, true);
+  gemv(down_rows, I, xs, acc, regs);
   for (int i = threadIdx.x; i < rows; i += kThreads) {
     p.x_out[row0 + i] = __float2bfloat16(acc[i]);
-    p.res_out[row0 + i] = __float2bfloat16(__ldcg(p.r2 + row0 + i));
+    p.res_out[row0 + i] = __float2bfloat16(DL_KEEP_RES ? new_res : __ldcg(p.r2 + row0 + i));
   }
   // every CTA read the epoch after the PDL wait and passed barrier 5: the next launch's turn
   STAMP(14);

@@ -87,8 +87,9 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// One vector's product into its row's sum: the 32 lanes of a warp hold 32 vectors of one row
-// (k / 8 is a multiple of 32 and every group of loads starts at a multiple of 256 vectors).
+// A warp's sum into its row of acc: the 32 lanes hold products of one row (k / 8 is a multiple
+// of 32 and every group of 32 loads starts at a multiple of 32 vectors). A shared-memory float
+// add is a compare-and-swap loop on sm_90 (ATOMS.CAST.SPIN).
 __device__ __forceinline__ void add_to_row(float* acc, int row, float s) {
   s = warp_sum(s);
   if ((threadIdx.x & 31) == 0) atomicAdd(acc + row, s);
@@ -120,5 +121,77 @@ __device__ __forceinline__ void stream_rows(const uint4* base, int vectors, int 
       const int v = start + threadIdx.x + i * kThreads;
       if (v < vectors) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
     }
+  }
+}
+
+// ---- row-walking streams (DL_ROWS 1 and 2 of decode_layer.cuh; the probes compare them)
+
+// The weight vectors (16 bytes) of one stage of a CTA: up to three pieces of whole rows, each
+// contiguous in memory, whose rows add into acc's consecutive rows in this order. end[]: the
+// vectors up to each piece's end (the last ones repeat when there are fewer pieces).
+struct Pieces {
+  const uint4* base[3];
+  int end[3];
+};
+
+__device__ __forceinline__ Pieces one_piece(const uint4* base, int vectors) {
+  return {{base, base, base}, {vectors, vectors, vectors}};
+}
+
+__device__ __forceinline__ const uint4* piece_vector(const Pieces& s, int v) {
+  return v < s.end[0] ? s.base[0] + v : v < s.end[1] ? s.base[1] + (v - s.end[0]) : s.base[2] + (v - s.end[1]);
+}
+
+// Loads per lane of one pass: all of the CTA's vectors at once when at most kInFlight per thread.
+__device__ __forceinline__ int loads_per_lane(int vectors) {
+  return min(kInFlight, (vectors + kThreads - 1) / kThreads);
+}
+
+// Load i of this thread in the pass of kThreads x p vectors from `start`: warp w takes the pass's
+// w-th run of 32 x p vectors, a lane every 32nd of them, so its loads walk along a row (a row is
+// a multiple of 32 vectors: the row of a load is the same in every lane of the warp).
+__device__ __forceinline__ int load_vector(int start, int p, int i) {
+  return start + ((threadIdx.x >> 5) * p + i) * 32 + (threadIdx.x & 31);
+}
+
+// The first pass of stream(), issued ahead (a stage's weights never depend on the step).
+__device__ __forceinline__ void request(const Pieces& s, uint4 (&regs)[kInFlight]) {
+  const int total = s.end[2], p = loads_per_lane(total);
+#pragma unroll
+  for (int i = 0; i < kInFlight; ++i) {
+    const int v = load_vector(0, p, i);
+    if (i < p && v < total) regs[i] = load_stream(piece_vector(s, v));
+  }
+}
+
+// acc[row] += W[row] . xs over the pieces' rows (`row_vectors` vectors each), up to kInFlight
+// loads per thread in flight, one warp reduction per row a warp touches in a pass; with
+// `loaded` the first pass is in regs already (request()).
+__device__ __forceinline__ void stream(const Pieces& s, int row_vectors, const float* xs, float* acc,
+                                       uint4 (&regs)[kInFlight], bool loaded) {
+  const int total = s.end[2], p = loads_per_lane(total);
+  for (int start = 0; start < total; start += kThreads * p) {
+    if (!loaded || start > 0) {
+#pragma unroll
+      for (int i = 0; i < kInFlight; ++i) {
+        const int v = load_vector(start, p, i);
+        if (i < p && v < total) regs[i] = load_stream(piece_vector(s, v));
+      }
+    }
+    float sum = 0;
+    int row = -1;
+#pragma unroll
+    for (int i = 0; i < kInFlight; ++i) {
+      const int v = load_vector(start, p, i);
+      if (i < p && v < total) {  // (warp-uniform, as the row)
+        const int r = v / row_vectors;
+        if (r != row) {
+          if (row >= 0) add_to_row(acc, row, sum);
+          sum = 0, row = r;
+        }
+        sum += dot8(regs[i], xs + (v % row_vectors) * 8);
+      }
+    }
+    if (row >= 0) add_to_row(acc, row, sum);
   }
 }
