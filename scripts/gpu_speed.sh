@@ -35,7 +35,8 @@
 #            "lm-head" / "no-lm-head" = INFER_LM_HEAD_ARGMAX=1 / 0 (a batch-1 decode graph's logits
 #            and argmax in one launch, kernels.lm_head, or cuBLAS + copy + two-stage argmax),
 #            "cuda-grid" / "cuda-cluster[N]" = INFER_DECODE_CUDA=grid / cluster (the CUDA C++ decode layer,
-#            kernels.decode_layer_cuda; N = INFER_DECODE_CLUSTER, 16 by default),
+#            kernels.decode_layer_cuda; N = INFER_DECODE_CLUSTER, 16 by default; its compile-time
+#            switches from INFER_DECODE_CUDA_SWITCHES in the caller's environment, e.g. DL_ROWS=2),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones

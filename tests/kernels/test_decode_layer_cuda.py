@@ -87,6 +87,25 @@ def test_switches_from_the_environment(monkeypatch):
     monkeypatch.setenv("INFER_DECODE_CLUSTER", "12")
     with pytest.raises(ConfigError, match="use 2, 4, 8 or 16"):
         dlc.cluster_from_env()
+    monkeypatch.delenv("INFER_DECODE_CUDA_SWITCHES", raising=False)
+    assert dlc.switches_from_env() == ()
+    monkeypatch.setenv("INFER_DECODE_CUDA_SWITCHES", " DL_ROWS=2, DL_KEEP_RES=1,DL_MERGE=01 ")
+    assert dlc.switches_from_env() == ("-DDL_ROWS=2", "-DDL_KEEP_RES=1", "-DDL_MERGE=1")
+    for bad in ("DL_ROWS", "DL_ROWS=x", "DL_HIDDEN=2048", "-DDL_ROWS=1"):
+        monkeypatch.setenv("INFER_DECODE_CUDA_SWITCHES", bad)
+        with pytest.raises(ConfigError, match="not a switch of the CUDA decode layer"):
+            dlc.switches_from_env()
+
+
+@pytest.mark.skipif(nvrtc.find_nvrtc() is None, reason="needs NVRTC (the nvidia-cuda-nvrtc wheel)")
+@pytest.mark.parametrize("switches", [("-DDL_ROWS=1", "-DDL_KEEP_RES=1"), ("-DDL_ROWS=2", "-DDL_MERGE=1")])
+def test_switches_compile_under_nvrtc(switches, tmp_path):
+    """Every switch the environment can set compiles at a real shape (Llama's: four queries per KV
+    head, head dim 64), as the engine compiles it."""
+    shape = SHAPES["llama-3.2-1b"]
+    cubin = nvrtc.compile_cubin((dlc.SOURCE_DIR / "decode_layer.cuh").read_text(), "decode_layer", "sm_90",
+                                [f"--include-path={dlc.SOURCE_DIR}", *shape.defines(), *switches], cache=tmp_path)
+    assert b"decode_layer_grid" in cubin and b"decode_layer_cluster" in cubin
 
 
 # --- on a GPU
@@ -109,12 +128,26 @@ def _case(model: str, context: int, residual: bool, seed: int = 0):
 @pytest.mark.parametrize("model", ["qwen3-0.6b", "llama-3.2-1b", "tiny-qwen3"])
 @pytest.mark.parametrize("context", [0, 1, 12, 63, 300, 1000])
 def test_layer_equals_the_reference(variant, model, context):
+    _check_layer(variant, model, context)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("variant", ["grid", "cluster"])
+@pytest.mark.parametrize("switches", [("-DDL_ROWS=1", "-DDL_KEEP_RES=1", "-DDL_MERGE=1"), ("-DDL_ROWS=2",)])
+def test_switched_layer_equals_the_reference(variant, switches):
+    """The compile-time variants the probe compares (INFER_DECODE_CUDA_SWITCHES) compute the same layer."""
+    for model, context in (("qwen3-0.6b", 300), ("llama-3.2-1b", 63)):
+        _check_layer(variant, model, context, switches)
+
+
+def _check_layer(variant, model, context, switches=()):
     from infer_core.kernels import decode_layer as dl
     from tests.kernels import decode_layer_cases as cases
 
     case = _case(model, context, residual=context != 1)
     weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
-    kernel = dlc.CudaDecodeLayer(SHAPES[model], torch.device("cuda"), variant)
+    kernel = dlc.CudaDecodeLayer(SHAPES[model], torch.device("cuda"), variant, switches=switches)
     ref_cache = cache.clone()
     ref_out, ref_res = dl.decode_layer_ref(x, res, weights, layer, ref_cache, md, positions, cos, sin)
     out, new_res = kernel(x, res, weights, cache, md, positions, cos, sin)

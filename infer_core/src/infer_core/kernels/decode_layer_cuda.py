@@ -39,6 +39,7 @@ THREADS = 256
 MAX_SPLITS = 32  # kMaxSplits
 MAX_ROWS = 256  # the row sums a CTA holds (acc[256])
 VARIANTS = ("grid", "cluster")
+SWITCHES = ("DL_ROWS", "DL_KEEP_RES", "DL_MERGE")  # decode_layer.cuh's compile-time variants
 _POINTERS = ("w_qkv", "w_o", "w_gu", "w_down", "norm1", "norm2", "q_norm", "k_norm", "k_cache", "v_cache",
              "block_table", "positions", "slot_mapping", "seq_lens", "cos", "sin", "x", "res", "x_out", "res_out",
              "qkv", "partials", "attn", "r", "r2", "act", "sync", "errors")
@@ -93,6 +94,21 @@ def cluster_from_env() -> int:
     return int(value)
 
 
+def switches_from_env() -> tuple[str, ...]:
+    """``INFER_DECODE_CUDA_SWITCHES``: the kernel's compile-time switches (decode_layer.cuh's header:
+    ``DL_ROWS``, ``DL_KEEP_RES``, ``DL_MERGE``) as ``NAME=INT`` pairs, comma-separated, e.g.
+    ``DL_ROWS=2,DL_KEEP_RES=1``; NVRTC gets them as ``-D`` options."""
+    value = os.environ.get("INFER_DECODE_CUDA_SWITCHES", "").strip()
+    out = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, _, number = part.partition("=")
+        if name not in SWITCHES or not number.isdigit():
+            raise ConfigError(f"INFER_DECODE_CUDA_SWITCHES: {part!r} is not a switch of the CUDA decode layer: write "
+                              f"NAME=INT with NAME one of {', '.join(SWITCHES)}, e.g. DL_ROWS=2,DL_KEEP_RES=1.")
+        out.append(f"-D{name}={int(number)}")
+    return tuple(out)
+
+
 def unsupported(shape: LayerShape, dtype: torch.dtype) -> str | None:
     """Why the kernel cannot take this layer shape, or ``None``."""
     group = shape.heads // max(shape.kv_heads, 1)
@@ -119,7 +135,8 @@ class CudaDecodeLayer:
     workspace (barrier counters, scratch); call it per layer."""
 
     def __init__(self, shape: LayerShape, device: torch.device, variant: str = "grid", *,
-                 dtype: torch.dtype = torch.bfloat16, cluster: int = 16, poll_ns: int = 100) -> None:
+                 dtype: torch.dtype = torch.bfloat16, cluster: int = 16, poll_ns: int = 100,
+                 switches: tuple[str, ...] = ()) -> None:
         reason = unsupported(shape, dtype)
         if reason is not None:
             raise CudaSourceError(f"the CUDA decode layer cannot take this model: {reason}.")
@@ -129,7 +146,7 @@ class CudaDecodeLayer:
         index = device.index if device.index is not None else torch.cuda.current_device()
         self.device = torch.device("cuda", index)
         source = (SOURCE_DIR / "decode_layer.cuh").read_text()
-        options = [f"--include-path={SOURCE_DIR}", *shape.defines()]
+        options = [f"--include-path={SOURCE_DIR}", *shape.defines(), *switches]
         self.kernel = CudaKernel.from_source(source, f"decode_layer_{variant}", [DecodeParams], options=options)
         sizer = CudaKernel.from_source(source, "decode_layer_smem_bytes", ["ptr"], options=options)
         answer = torch.zeros(1, dtype=torch.int32, device=self.device)

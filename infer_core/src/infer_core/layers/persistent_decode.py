@@ -43,6 +43,7 @@ from infer_core.kernels.decode_layer_cuda import (
     CudaDecodeLayer,
     LayerShape,
     cluster_from_env,
+    switches_from_env,
     variant_from_env,
 )
 from infer_core.layers.attention import Attention
@@ -138,7 +139,8 @@ class PersistentDecode:
             shape = LayerShape(w.o.shape[0], w.down.shape[1], layer0.num_heads, layer0.num_kv_heads, layer0.head_dim,
                                w.q_norm is not None)
             try:
-                self._cuda = CudaDecodeLayer(shape, h.device, variant, dtype=h.dtype, cluster=cluster_from_env())
+                self._cuda = CudaDecodeLayer(shape, h.device, variant, dtype=h.dtype, cluster=cluster_from_env(),
+                                             switches=switches_from_env())
                 # float32 tables (a model cast to bf16 casts its buffers too; the kernel reads float32)
                 self._rope32 = (self.rotary.cos.float().contiguous(), self.rotary.sin.float().contiguous())
                 log.info("model.persistent_decode: the CUDA C++ layer (%s, %d CTAs)", variant, self._cuda.ctas)
