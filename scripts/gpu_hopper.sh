@@ -16,7 +16,7 @@ set -u
 OUT=${OUT:-$PWD/gpu-hopper-out}
 mkdir -p "$OUT"
 WHAT=${*:-tests handoffs gemv_stages decode_layer}
-LAYER_BUILDS=${LAYER_BUILDS:-rows1=-DDL_ROWS=1 rows2=-DDL_ROWS=2 keepres=-DDL_KEEP_RES=1 merge=-DDL_MERGE=1 rows2-keepres=-DDL_ROWS=2,-DDL_KEEP_RES=1}
+LAYER_BUILDS=${LAYER_BUILDS:-rows1=-DDL_ROWS=1 rows2=-DDL_ROWS=2 rows3=-DDL_ROWS=3 keepres=-DDL_KEEP_RES=1 merge=-DDL_MERGE=1 rows2-keepres=-DDL_ROWS=2,-DDL_KEEP_RES=1}
 want() { [[ " $WHAT " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 status=0

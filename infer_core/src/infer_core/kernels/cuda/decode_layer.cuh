@@ -46,7 +46,8 @@ using bf16 = __nv_bfloat16;
 //                   rows one after another, the first requested early (the default);
 //           1       each warp's loads walk along rows (one reduction per row a warp touches), all
 //                   pieces (gate and up, a cluster's qkv) in one pass, all requested early;
-//           2       as 1, the pieces one after another (only the first requested early).
+//           2       as 1, the pieces one after another (only the first requested early);
+//           3       as 0 (a reduction per vector), all pieces in one pass, all requested early.
 //   DL_KEEP_RES 1   o_proj reads its residual with its input, and keeps the new residual in a
 //                   register for down's store (0: each reloads it from L2 after its products).
 //   DL_MERGE 1      the grid variant's merge reads every split's max and sum at once (a thread
@@ -150,10 +151,11 @@ __device__ __forceinline__ Pieces rows_of(const bf16* W, int K, int row0, int ro
   return one_piece(reinterpret_cast<const uint4*>(W + static_cast<size_t>(row0) * K), rows * (K / 8));
 }
 
-// A stage's first loads, issued ahead (its weights never depend on the step): DL_ROWS 1 the
-// first pass over all its pieces, otherwise the first piece's.
+// A stage's first loads, issued ahead (its weights never depend on the step): DL_ROWS 1 and 3
+// the first pass over all its pieces, otherwise the first piece's.
 __device__ __forceinline__ void request_stage(const Pieces& s, uint4 (&regs)[kInFlight]) {
   if (DL_ROWS == 1) request(s, regs);
+  else if (DL_ROWS == 3) request_vectors(s, regs);
   else if (DL_ROWS == 2) request(one_piece(s.base[0], s.end[0]), regs);
   else request_rows(s.base[0], s.end[0], regs);
 }
@@ -162,8 +164,9 @@ __device__ __forceinline__ void request_stage(const Pieces& s, uint4 (&regs)[kIn
 // with a CTA barrier.
 __device__ void gemv(const Pieces& s, int K, const float* xs, float* acc, uint4 (&regs)[kInFlight]) {
   const int row_vectors = K / 8;
-  if (DL_ROWS == 1) {
-    stream(s, row_vectors, xs, acc, regs, true);
+  if (DL_ROWS == 1 || DL_ROWS == 3) {
+    if (DL_ROWS == 1) stream(s, row_vectors, xs, acc, regs, true);
+    else stream_vectors(s, row_vectors, xs, acc, regs);
     __syncthreads();
     return;
   }

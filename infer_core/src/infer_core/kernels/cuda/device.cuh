@@ -195,3 +195,32 @@ __device__ __forceinline__ void stream(const Pieces& s, int row_vectors, const f
     if (row >= 0) add_to_row(acc, row, sum);
   }
 }
+
+// stream_rows' per-vector reductions over all the pieces in one pass (DL_ROWS 3): load i of a
+// thread is vector threadIdx.x + i x kThreads of the pass, as in stream_rows.
+__device__ __forceinline__ void request_vectors(const Pieces& s, uint4 (&regs)[kInFlight]) {
+#pragma unroll
+  for (int i = 0; i < kInFlight; ++i) {
+    const int v = threadIdx.x + i * kThreads;
+    if (v < s.end[2]) regs[i] = load_stream(piece_vector(s, v));
+  }
+}
+
+__device__ __forceinline__ void stream_vectors(const Pieces& s, int row_vectors, const float* xs, float* acc,
+                                               uint4 (&regs)[kInFlight]) {
+  const int total = s.end[2];
+  for (int start = 0; start < total; start += kInFlight * kThreads) {
+    if (start > 0) {
+#pragma unroll
+      for (int i = 0; i < kInFlight; ++i) {
+        const int v = start + threadIdx.x + i * kThreads;
+        if (v < total) regs[i] = load_stream(piece_vector(s, v));
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kInFlight; ++i) {
+      const int v = start + threadIdx.x + i * kThreads;
+      if (v < total) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
+    }
+  }
+}
