@@ -59,10 +59,14 @@ COLUMNS = {
         ("barrier µs", lambda r: f"{r['barrier_us']:.3f}"), ("GB/s", lambda r: f"{r['gbps']:.0f}"),
     ],
     "decode_layer": [
-        ("build", lambda r: r.get("build", "default")), ("variant", "variant"), ("cluster", lambda r: r["cluster"] or "–"), ("CTAs", "ctas"),
-        ("CTAs/SM", "ctas_per_sm"), ("splits", "splits"), ("poll ns", "poll_ns"), ("context", "context"),
-        ("µs per layer", lambda r: f"{r['us_per_layer']:.2f}"), ("min", lambda r: f"{r['us_per_layer_min']:.2f}"),
-        ("max rel. error", lambda r: f"{r['max_rel_err']:.1e}"),
+        ("build", lambda r: r.get("build", "default")), ("variant", "variant"),
+        ("cluster", lambda r: r["cluster"] or "–"), ("CTAs", "ctas"), ("CTAs/SM", "ctas_per_sm"),
+        ("cooperative", lambda r: "yes" if r.get("cooperative") else "no"),
+        ("splits", lambda r: r.get("splits", "–")), ("poll ns", lambda r: r.get("poll_ns", "–")),
+        ("context", lambda r: r.get("context", "–")),
+        ("µs per layer", lambda r: f"refused: {r['refused']}" if "refused" in r else f"{r['us_per_layer']:.2f}"),
+        ("min", lambda r: "–" if "refused" in r else f"{r['us_per_layer_min']:.2f}"),
+        ("max rel. error", lambda r: "–" if "refused" in r else f"{r['max_rel_err']:.1e}"),
     ],
 }
 TITLES = {
@@ -81,7 +85,9 @@ NOTES = {
                     "between them), median and min over the replays, divided by the layers; the error: one "
                     "launch of layer 0 against the host's double-precision layer, max |got - want| / (1 + |want|) "
                     "over both outputs and the cache row written. Triton's persistent layer: 20.5-20.7 µs "
-                    "at context 384 (benchmarks/reports/decode-layer-oheads-gu-early-2026-12-03-h200).",
+                    "at context 384 (benchmarks/reports/decode-layer-oheads-gu-early-2026-12-03-h200). "
+                    "`cooperative`: launched with the cooperative attribute (`--cooperative 1`): the driver "
+                    "refuses a grid it cannot keep resident at once.",
 }
 
 
@@ -142,7 +148,8 @@ def parse(lines: list[str]) -> tuple[dict, list[dict]]:
 
 
 def broken_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r["errors"] or r["timeouts"]]
+    """Rows that read back a wrong value or timed out (a launch the driver refused is neither)."""
+    return [r for r in rows if r.get("errors") or r.get("timeouts")]
 
 
 def timelines(lines: list[str]) -> list[dict]:

@@ -31,6 +31,10 @@
 // (captured in one CUDA graph, PDL between the launches, medians of `--repeats` replays):
 // µs per layer. Barrier time-outs and a mismatch are counted: a row with either is a bug.
 //
+// `--cooperative 0,1` launches each variant with and without the cooperative attribute: with it the
+// driver refuses a grid it cannot keep resident at once (a row with "refused") instead of
+// launching one whose grid barriers spin to their limit (clusters of 4 or 8 at 2 CTAs per SM did).
+//
 // -DDL_TIMELINE also prints each variant's stage intervals (the last launch, min / median / max over
 // the CTAs; not through benchmarks/hopper_programs.py).
 //
@@ -172,7 +176,7 @@ static std::vector<float> fetch(const bf16* src, size_t n) {
 
 int main(int argc, char** argv) {
   int layers = 28, pos = 384, repeats = 30, reference_only = 0;
-  std::vector<int> per_sm = {1, 2}, cluster_sizes = {8, 16}, poll_ns = {0, 100};
+  std::vector<int> per_sm = {1, 2}, cluster_sizes = {8, 16}, poll_ns = {0, 100}, cooperative = {0};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string key = argv[i];
     if (key == "--layers") layers = std::atoi(argv[i + 1]);
@@ -182,9 +186,10 @@ int main(int argc, char** argv) {
     else if (key == "--clusters") cluster_sizes = ints(argv[i + 1]);
     else if (key == "--reference-only") reference_only = std::atoi(argv[i + 1]);
     else if (key == "--poll-ns") poll_ns = ints(argv[i + 1]);
+    else if (key == "--cooperative") cooperative = ints(argv[i + 1]);
     else {
       std::fprintf(stderr, "unknown option %s (--layers N --context N --repeats N --ctas-per-sm a,b --clusters a,b "
-                   "--poll-ns a,b --reference-only 1)\n",
+                   "--poll-ns a,b --cooperative 0,1 --reference-only 1)\n",
                    key.c_str());
       return 2;
     }
@@ -274,13 +279,15 @@ int main(int argc, char** argv) {
     return p;
   };
 
-  struct Variant { bool cluster; int size, per_sm, poll_ns; };
+  struct Variant { bool cluster; int size, per_sm, poll_ns, coop; };
   std::vector<Variant> variants;
-  for (int ns : poll_ns)
-    for (int k : per_sm) variants.push_back({false, 0, k, ns});
-  for (int ns : poll_ns)
-    for (int k : per_sm)
-      for (int size : cluster_sizes) variants.push_back({true, size, k, ns});
+  for (int co : cooperative)
+    for (int ns : poll_ns)
+      for (int k : per_sm) variants.push_back({false, 0, k, ns, co});
+  for (int co : cooperative)
+    for (int ns : poll_ns)
+      for (int k : per_sm)
+        for (int size : cluster_sizes) variants.push_back({true, size, k, ns, co});
   const int smem_need = SMEM_BYTES;
   for (auto kernel : {decode_layer_grid, decode_layer_cluster}) {
     CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -293,17 +300,28 @@ int main(int argc, char** argv) {
   for (const Variant& var : variants) {
     const int smem = std::max(smem_need, smem_for(prop, var.per_sm));
     auto kernel = var.cluster ? decode_layer_cluster : decode_layer_grid;
-    cudaLaunchAttribute attrs[2];  // the cluster size (cluster variant), PDL
-    attrs[0].id = cudaLaunchAttributeClusterDimension;
-    attrs[0].val.clusterDim.x = var.size, attrs[0].val.clusterDim.y = 1, attrs[0].val.clusterDim.z = 1;
-    attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[1].val.programmaticStreamSerializationAllowed = 1;
+    // the cluster size (cluster variant), cooperative (--cooperative 1: the driver refuses a grid
+    // it cannot keep resident at once instead of launching it), PDL (joins after the occupancy query)
+    cudaLaunchAttribute attrs[3];
+    int n_attrs = 0;
+    if (var.cluster) {
+      attrs[n_attrs].id = cudaLaunchAttributeClusterDimension;
+      attrs[n_attrs].val.clusterDim.x = var.size, attrs[n_attrs].val.clusterDim.y = 1, attrs[n_attrs].val.clusterDim.z = 1;
+      ++n_attrs;
+    }
+    if (var.coop) {
+      attrs[n_attrs].id = cudaLaunchAttributeCooperative;
+      attrs[n_attrs].val.cooperative = 1;
+      ++n_attrs;
+    }
+    attrs[n_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[n_attrs].val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t config = {};
     config.blockDim = dim3(kThreads);
     config.dynamicSmemBytes = smem;
     config.stream = stream;
-    config.attrs = var.cluster ? attrs : attrs + 1;
-    config.numAttrs = var.cluster ? 1 : 0;  // (PDL joins after the occupancy query)
+    config.attrs = attrs;
+    config.numAttrs = n_attrs;
     int ctas = 0;
     if (var.cluster) {
       config.gridDim = dim3(var.size);
@@ -330,7 +348,16 @@ int main(int argc, char** argv) {
     CHECK(cudaMemset(sync, 0, 8 * sizeof(unsigned)));
     CHECK(cudaMemset(errors, 0, sizeof(unsigned)));
     // the check: one launch of layer 0 on the hashed inputs
-    CHECK(cudaLaunchKernelEx(&config, kernel, params(0, splits, var.poll_ns, tensors[0][T_X], tensors[0][T_RES], xbuf[0], rbuf[0])));
+    const cudaError_t launched = cudaLaunchKernelEx(&config, kernel, params(0, splits, var.poll_ns, tensors[0][T_X],
+                                                                            tensors[0][T_RES], xbuf[0], rbuf[0]));
+    if (launched != cudaSuccess) {  // (a cooperative grid the driver cannot keep resident: a row saying so)
+      cudaGetLastError();
+      std::printf("{\"variant\": \"%s\", \"cluster\": %d, \"ctas\": %d, \"ctas_per_sm\": %d, \"cooperative\": %d, "
+                  "\"refused\": \"%s\"}\n", var.cluster ? "cluster" : "grid", var.cluster ? var.size : 0, ctas,
+                  var.per_sm, var.coop, cudaGetErrorString(launched));
+      std::fflush(stdout);
+      continue;
+    }
     CHECK(cudaStreamSynchronize(stream));
     const std::vector<float> x_out = fetch(xbuf[0], H), res_out = fetch(rbuf[0], H);
     const std::vector<float> k_row = fetch(tensors[0][T_KC] + static_cast<size_t>(pos) * NKV * D, NKV * D);
@@ -341,10 +368,10 @@ int main(int argc, char** argv) {
     CHECK(cudaMemcpy(&check_timeouts, errors, sizeof(unsigned), cudaMemcpyDeviceToHost));
     if (check_timeouts || !(err <= 2e-2)) {  // no timing of a wrong layer (nor 33 x layers of time-outs)
       std::printf("{\"variant\": \"%s\", \"cluster\": %d, \"ctas\": %d, \"ctas_per_sm\": %d, \"splits\": %d, "
-                  "\"poll_ns\": %d, \"context\": %d, \"layers\": 0, \"us_per_layer\": 0, \"us_per_layer_min\": 0, "
-                  "\"max_rel_err\": %.2e, \"errors\": 1, \"timeouts\": %u}\n",
+                  "\"poll_ns\": %d, \"cooperative\": %d, \"context\": %d, \"layers\": 0, \"us_per_layer\": 0, "
+                  "\"us_per_layer_min\": 0, \"max_rel_err\": %.2e, \"errors\": 1, \"timeouts\": %u}\n",
                   var.cluster ? "cluster" : "grid", var.cluster ? var.size : 0, ctas, var.per_sm,
-                  var.cluster ? var.size : splits, var.poll_ns, pos, err, check_timeouts);
+                  var.cluster ? var.size : splits, var.poll_ns, var.coop, pos, err, check_timeouts);
       std::fflush(stdout);
       continue;
     }
@@ -395,10 +422,10 @@ int main(int argc, char** argv) {
     unsigned timeouts = 0;
     CHECK(cudaMemcpy(&timeouts, errors, sizeof(unsigned), cudaMemcpyDeviceToHost));
     std::printf("{\"variant\": \"%s\", \"cluster\": %d, \"ctas\": %d, \"ctas_per_sm\": %d, \"splits\": %d, "
-                "\"poll_ns\": %d, \"context\": %d, \"layers\": %d, \"us_per_layer\": %.3f, \"us_per_layer_min\": %.3f, "
-                "\"max_rel_err\": %.2e, \"errors\": %u, \"timeouts\": %u}\n",
+                "\"poll_ns\": %d, \"cooperative\": %d, \"context\": %d, \"layers\": %d, \"us_per_layer\": %.3f, "
+                "\"us_per_layer_min\": %.3f, \"max_rel_err\": %.2e, \"errors\": %u, \"timeouts\": %u}\n",
                 var.cluster ? "cluster" : "grid", var.cluster ? var.size : 0, ctas, var.per_sm,
-                var.cluster ? var.size : splits, var.poll_ns, pos, layers, median(times),
+                var.cluster ? var.size : splits, var.poll_ns, var.coop, pos, layers, median(times),
                 *std::min_element(times.begin(), times.end()), err, 0u, timeouts);
     std::fflush(stdout);
     CHECK(cudaGraphExecDestroy(exec));

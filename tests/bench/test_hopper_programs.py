@@ -101,6 +101,19 @@ def _timeline(variant="grid", qkv=2.5):
             "intervals": [{"name": n, "min": 0.1, "median": qkv if n == "qkv" else 1.0, "max": 3.0} for n in names]}
 
 
+def test_a_refused_cooperative_launch_is_a_row_not_an_error():
+    """``--cooperative 1``: a grid the driver cannot keep resident at once is refused at launch
+    (a row naming the error), where without it the grid barriers would spin to their limit."""
+    hp = _module()
+    refused = {"variant": "cluster", "cluster": 8, "ctas": 240, "ctas_per_sm": 2, "cooperative": 1,
+               "refused": "too many blocks in cooperative launch"}
+    lines = [json.dumps(DEVICE), json.dumps(_layer_row()), json.dumps(refused)]
+    _, rows = hp.parse(lines)  # not broken
+    md = hp.markdown("decode_layer", DEVICE, ENV, rows)
+    assert "| default | grid | – | 224 | 2 | no | 16 | 100 | 384 | 37.00 | 36.80 | 8.5e-03 |" in md
+    assert "| default | cluster | 8 | 240 | 2 | yes | – | – | – | refused: too many blocks in cooperative launch | – | – |" in md
+
+
 def test_builds_name_their_flags():
     hp = _module()
     assert hp.builds([]) == [("default", [])]
