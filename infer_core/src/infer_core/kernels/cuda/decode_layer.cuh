@@ -151,22 +151,30 @@ __device__ __forceinline__ Pieces rows_of(const bf16* W, int K, int row0, int ro
   return one_piece(reinterpret_cast<const uint4*>(W + static_cast<size_t>(row0) * K), rows * (K / 8));
 }
 
-// A stage's first loads, issued ahead (its weights never depend on the step): DL_ROWS 1 and 3
-// the first pass over all its pieces, otherwise the first piece's.
+// DL_ROWS as two choices: loads that walk along rows (1, 2) or a reduction per vector (0, 3); all
+// of a stage's pieces in one pass (1, 3) or one after another (0, 2).
+constexpr bool kRowWalk = DL_ROWS == 1 || DL_ROWS == 2, kOnePass = DL_ROWS == 1 || DL_ROWS == 3;
+
+__device__ __forceinline__ void stream_pieces(const Pieces& s, int row_vectors, const float* xs, float* acc,
+                                              uint4 (&regs)[kInFlight], bool loaded) {
+  if (kRowWalk) stream(s, row_vectors, xs, acc, regs, loaded);
+  else stream_vectors(s, row_vectors, xs, acc, regs, loaded);
+}
+
+// A stage's first loads, issued ahead (its weights never depend on the step): the first pass over
+// all its pieces (kOnePass) or over its first piece.
 __device__ __forceinline__ void request_stage(const Pieces& s, uint4 (&regs)[kInFlight]) {
-  if (DL_ROWS == 1) request(s, regs);
-  else if (DL_ROWS == 3) request_vectors(s, regs);
-  else if (DL_ROWS == 2) request(one_piece(s.base[0], s.end[0]), regs);
-  else request_rows(s.base[0], s.end[0], regs);
+  const Pieces first = kOnePass ? s : one_piece(s.base[0], s.end[0]);
+  if (kRowWalk) request(first, regs);
+  else request_vectors(first, regs);
 }
 
 // acc[i] += W[row i of the pieces] . xs, the first loads in regs already (request_stage). Ends
 // with a CTA barrier.
 __device__ void gemv(const Pieces& s, int K, const float* xs, float* acc, uint4 (&regs)[kInFlight]) {
   const int row_vectors = K / 8;
-  if (DL_ROWS == 1 || DL_ROWS == 3) {
-    if (DL_ROWS == 1) stream(s, row_vectors, xs, acc, regs, true);
-    else stream_vectors(s, row_vectors, xs, acc, regs);
+  if (kOnePass) {
+    stream_pieces(s, row_vectors, xs, acc, regs, true);
     __syncthreads();
     return;
   }
@@ -175,9 +183,7 @@ __device__ void gemv(const Pieces& s, int K, const float* xs, float* acc, uint4 
   for (int k = 0; k < 3; ++k) {
     const int n = s.end[k] - before;
     if (n > 0) {  // (the pieces one after another, a CTA barrier after each)
-      float* piece_acc = acc + before / row_vectors;
-      if (DL_ROWS == 2) stream(one_piece(s.base[k], n), row_vectors, xs, piece_acc, regs, k == 0);
-      else stream_rows(s.base[k], n, row_vectors, xs, piece_acc, regs, k == 0);
+      stream_pieces(one_piece(s.base[k], n), row_vectors, xs, acc + before / row_vectors, regs, k == 0);
       __syncthreads();
     }
     before = s.end[k];

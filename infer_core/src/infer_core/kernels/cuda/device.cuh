@@ -95,37 +95,6 @@ __device__ __forceinline__ void add_to_row(float* acc, int row, float s) {
   if ((threadIdx.x & 31) == 0) atomicAdd(acc + row, s);
 }
 
-// The first kInFlight loads per thread of stream_rows, issued ahead.
-__device__ __forceinline__ void request_rows(const uint4* base, int vectors, uint4 (&regs)[kInFlight]) {
-#pragma unroll
-  for (int i = 0; i < kInFlight; ++i) {
-    const int v = threadIdx.x + i * kThreads;
-    if (v < vectors) regs[i] = load_stream(base + v);
-  }
-}
-
-// The products of a CTA's `vectors` weight vectors (from `base`) with xs into acc's rows, 16
-// loads per thread in flight; with `loaded`, the first 16 are in regs already (requested early).
-__device__ __forceinline__ void stream_rows(const uint4* base, int vectors, int row_vectors, const float* xs,
-                                            float* acc, uint4 (&regs)[kInFlight], bool loaded) {
-  for (int start = 0; start < vectors; start += kInFlight * kThreads) {
-    if (!loaded || start > 0) {
-#pragma unroll
-      for (int i = 0; i < kInFlight; ++i) {
-        const int v = start + threadIdx.x + i * kThreads;
-        if (v < vectors) regs[i] = load_stream(base + v);
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kInFlight; ++i) {
-      const int v = start + threadIdx.x + i * kThreads;
-      if (v < vectors) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
-    }
-  }
-}
-
-// ---- row-walking streams (DL_ROWS 1 and 2 of decode_layer.cuh; the probes compare them)
-
 // The weight vectors (16 bytes) of one stage of a CTA: up to three pieces of whole rows, each
 // contiguous in memory, whose rows add into acc's consecutive rows in this order. end[]: the
 // vectors up to each piece's end (the last ones repeat when there are fewer pieces).
@@ -141,6 +110,52 @@ __device__ __forceinline__ Pieces one_piece(const uint4* base, int vectors) {
 __device__ __forceinline__ const uint4* piece_vector(const Pieces& s, int v) {
   return v < s.end[0] ? s.base[0] + v : v < s.end[1] ? s.base[1] + (v - s.end[0]) : s.base[2] + (v - s.end[1]);
 }
+
+// ---- per-vector reductions: load i of a thread is vector threadIdx.x + i x kThreads of a pass, and
+// each vector's products are reduced across the warp into its row
+
+// The first kInFlight loads per thread of stream_vectors, issued ahead.
+__device__ __forceinline__ void request_vectors(const Pieces& s, uint4 (&regs)[kInFlight]) {
+#pragma unroll
+  for (int i = 0; i < kInFlight; ++i) {
+    const int v = threadIdx.x + i * kThreads;
+    if (v < s.end[2]) regs[i] = load_stream(piece_vector(s, v));
+  }
+}
+
+// The products of a CTA's weight vectors (the pieces' rows, `row_vectors` vectors each) with xs
+// into acc's rows, 16 loads per thread in flight; with `loaded`, the first 16 are in regs already
+// (requested early).
+__device__ __forceinline__ void stream_vectors(const Pieces& s, int row_vectors, const float* xs, float* acc,
+                                               uint4 (&regs)[kInFlight], bool loaded) {
+  const int total = s.end[2];
+  for (int start = 0; start < total; start += kInFlight * kThreads) {
+    if (!loaded || start > 0) {
+#pragma unroll
+      for (int i = 0; i < kInFlight; ++i) {
+        const int v = start + threadIdx.x + i * kThreads;
+        if (v < total) regs[i] = load_stream(piece_vector(s, v));
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kInFlight; ++i) {
+      const int v = start + threadIdx.x + i * kThreads;
+      if (v < total) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
+    }
+  }
+}
+
+// One contiguous range of `vectors` weight vectors from `base`.
+__device__ __forceinline__ void request_rows(const uint4* base, int vectors, uint4 (&regs)[kInFlight]) {
+  request_vectors(one_piece(base, vectors), regs);
+}
+
+__device__ __forceinline__ void stream_rows(const uint4* base, int vectors, int row_vectors, const float* xs,
+                                            float* acc, uint4 (&regs)[kInFlight], bool loaded) {
+  stream_vectors(one_piece(base, vectors), row_vectors, xs, acc, regs, loaded);
+}
+
+// ---- row-walking streams (DL_ROWS 1 and 2 of decode_layer.cuh; the probes compare them)
 
 // Loads per lane of one pass: all of the CTA's vectors at once when at most kInFlight per thread.
 __device__ __forceinline__ int loads_per_lane(int vectors) {
@@ -193,34 +208,5 @@ __device__ __forceinline__ void stream(const Pieces& s, int row_vectors, const f
       }
     }
     if (row >= 0) add_to_row(acc, row, sum);
-  }
-}
-
-// stream_rows' per-vector reductions over all the pieces in one pass (DL_ROWS 3): load i of a
-// thread is vector threadIdx.x + i x kThreads of the pass, as in stream_rows.
-__device__ __forceinline__ void request_vectors(const Pieces& s, uint4 (&regs)[kInFlight]) {
-#pragma unroll
-  for (int i = 0; i < kInFlight; ++i) {
-    const int v = threadIdx.x + i * kThreads;
-    if (v < s.end[2]) regs[i] = load_stream(piece_vector(s, v));
-  }
-}
-
-__device__ __forceinline__ void stream_vectors(const Pieces& s, int row_vectors, const float* xs, float* acc,
-                                               uint4 (&regs)[kInFlight]) {
-  const int total = s.end[2];
-  for (int start = 0; start < total; start += kInFlight * kThreads) {
-    if (start > 0) {
-#pragma unroll
-      for (int i = 0; i < kInFlight; ++i) {
-        const int v = start + threadIdx.x + i * kThreads;
-        if (v < total) regs[i] = load_stream(piece_vector(s, v));
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kInFlight; ++i) {
-      const int v = start + threadIdx.x + i * kThreads;
-      if (v < total) add_to_row(acc, v / row_vectors, dot8(regs[i], xs + (v % row_vectors) * 8));  // (warp-uniform)
-    }
   }
 }
