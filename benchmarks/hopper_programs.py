@@ -137,24 +137,29 @@ def builds(specs: list[str]) -> list[tuple[str, list[str]]]:
 
 def parse(lines: list[str]) -> tuple[dict, list[dict]]:
     """A program's output: its first JSON line describes the device, each other one a row."""
-    objects = [json.loads(line) for line in lines if line.strip().startswith("{")]
+    objects = json_lines(lines)
     if not objects or "device" not in objects[0]:
         raise ValueError("the program printed no device line: did it run on a GPU?")
     rows = [o for o in objects[1:] if "timeline" not in o]
-    broken = broken_rows(rows)
-    if broken:
-        raise ProgramError(f"{len(broken)} rows read back wrong values or timed out, first: {broken[0]}")
+    check_rows(rows)
     return objects[0], rows
 
 
-def broken_rows(rows: list[dict]) -> list[dict]:
-    """Rows that read back a wrong value or timed out (a launch the driver refused is neither)."""
-    return [r for r in rows if r.get("errors") or r.get("timeouts")]
+def json_lines(lines: list[str]) -> list[dict]:
+    """The JSON objects a program printed, one per line (other lines are its notes)."""
+    return [json.loads(line) for line in lines if line.strip().startswith("{")]
 
 
-def timelines(lines: list[str]) -> list[dict]:
+def check_rows(rows: list[dict]) -> None:
+    """Raises if a row read back a wrong value or timed out (a launch the driver refused is neither)."""
+    broken = [r for r in rows if r.get("errors") or r.get("timeouts")]
+    if broken:
+        raise ProgramError(f"{len(broken)} rows read back wrong values or timed out, first: {broken[0]}")
+
+
+def timelines(objects: list[dict]) -> list[dict]:
     """The stage intervals a ``-DDL_TIMELINE`` build of decode_layer prints, one object per variant."""
-    return [o for o in (json.loads(line) for line in lines if line.strip().startswith("{")) if "timeline" in o]
+    return [o for o in objects if "timeline" in o]
 
 
 def timeline_markdown(items: list[dict]) -> str:
@@ -231,11 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(stderr)
             suffix = f"-{name}" if args.build else ""
             (args.out / f"{args.program}{suffix}.log").write_text(stdout + stderr)  # kept when a row is wrong
-            lines = stdout.splitlines()
             if code != 0:  # what it printed before it died still counts
                 failed.append(f"{name}: exited with {code}")
             try:
-                objects = [json.loads(line) for line in lines if line.strip().startswith("{")]
+                objects = json_lines(stdout.splitlines())
             except json.JSONDecodeError:
                 objects = []
             if not objects or "device" not in objects[0]:
@@ -244,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             device = objects[0]
             tag = {"build": name, "flags": " ".join(flags)} if args.build else {}
             rows += [{**r, **tag} for r in objects[1:] if "timeline" not in r]
-            stages += [{**t, **tag} for t in timelines(lines)]
+            stages += [{**t, **tag} for t in timelines(objects[1:])]
     if device is None:
         raise SystemExit(f"{args.program}: nothing ran ({'; '.join(failed)})")
     env = environment(nvcc)
@@ -256,9 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         md += "\nDid not finish: " + "; ".join(failed) + ".\n"
     (args.out / f"{args.program}.md").write_text(md)
     print(md)
-    broken = broken_rows(rows)
-    if broken:
-        raise ProgramError(f"{len(broken)} rows read back wrong values or timed out, first: {broken[0]}")
+    check_rows(rows)
     return 1 if failed else 0
 
 

@@ -132,7 +132,7 @@ def test_timelines_are_not_rows_and_get_their_own_table():
              json.dumps(_timeline("cluster", qkv=4.4))]
     _, rows = hp.parse(lines)
     assert [r["variant"] for r in rows] == ["grid"]
-    items = hp.timelines(lines)
+    items = hp.timelines(hp.json_lines(lines))
     assert [t["timeline"] for t in items] == ["grid", "cluster"]
     md = hp.timeline_markdown([{**items[0], "build": "rows1"}, items[1]])
     assert "| interval | rows1 grid | default cluster 16 |" in md
