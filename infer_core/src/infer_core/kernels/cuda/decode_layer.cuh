@@ -52,6 +52,9 @@ using bf16 = __nv_bfloat16;
 //                   register for down's store (0: each reloads it from L2 after its products).
 //   DL_MERGE 1      the grid variant's merge reads every split's max and sum at once (a thread
 //                   each), then a dim's partials with all loads in flight (0: split by split).
+//   DL_REDUCE 1     with DL_ROWS 0 or 3: the per-vector products go to shared memory and each warp
+//                   sums whole rows from there (no shared-memory atomics, a warp reduction per row);
+//                   0: each vector's products reduced across the warp and added atomically.
 #ifndef DL_ROWS
 #define DL_ROWS 0
 #endif
@@ -60,6 +63,9 @@ using bf16 = __nv_bfloat16;
 #endif
 #ifndef DL_MERGE
 #define DL_MERGE 0
+#endif
+#ifndef DL_REDUCE
+#define DL_REDUCE 0
 #endif
 
 constexpr int H = DL_HIDDEN, I = DL_INTER, NQ = DL_HEADS, NKV = DL_KV_HEADS, D = DL_HEAD_DIM;
@@ -120,7 +126,8 @@ constexpr int SM_PART = SM_HEAD + HEAD_ROWS;               // [GROUP][PART] this
 constexpr int SM_WARP = SM_PART + GROUP * PART;            // [kWarps][GROUP][PART] per-warp partials
 constexpr int SM_MERGE = SM_WARP + kWarps * GROUP * PART;  // [kMaxCluster][GROUP][PART] pushed partials
 constexpr int SM_KV = (SM_MERGE + kMaxCluster * GROUP * PART + 3) / 4 * 4;  // bf16 [2][KV_CAP][D]
-constexpr int SM_FLOATS = SM_KV + KV_CAP * D;
+constexpr int SM_SCRATCH = SM_KV + KV_CAP * D;                // [kInFlight x kThreads] products (DL_REDUCE)
+constexpr int SM_FLOATS = SM_SCRATCH + (DL_REDUCE ? kInFlight * kThreads : 0);
 constexpr int SMEM_BYTES = SM_FLOATS * 4;
 
 __device__ __forceinline__ float rnd(float v) { return __bfloat162float(__float2bfloat16(v)); }
@@ -154,10 +161,13 @@ __device__ __forceinline__ Pieces rows_of(const bf16* W, int K, int row0, int ro
 // DL_ROWS as two choices: loads that walk along rows (1, 2) or a reduction per vector (0, 3); all
 // of a stage's pieces in one pass (1, 3) or one after another (0, 2).
 constexpr bool kRowWalk = DL_ROWS == 1 || DL_ROWS == 2, kOnePass = DL_ROWS == 1 || DL_ROWS == 3;
+static_assert(!DL_REDUCE || !kRowWalk, "DL_REDUCE reduces per-vector products: use it with DL_ROWS 0 or 3");
 
 __device__ __forceinline__ void stream_pieces(const Pieces& s, int row_vectors, const float* xs, float* acc,
                                               uint4 (&regs)[kInFlight], bool loaded) {
+  extern __shared__ __align__(16) float smem[];
   if (kRowWalk) stream(s, row_vectors, xs, acc, regs, loaded);
+  else if (DL_REDUCE) stream_scratch(s, row_vectors, xs, acc, regs, loaded, smem + SM_SCRATCH);
   else stream_vectors(s, row_vectors, xs, acc, regs, loaded);
 }
 

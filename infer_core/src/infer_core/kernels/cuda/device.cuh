@@ -155,6 +155,40 @@ __device__ __forceinline__ void stream_rows(const uint4* base, int vectors, int 
   stream_vectors(one_piece(base, vectors), row_vectors, xs, acc, regs, loaded);
 }
 
+// ---- per-vector loads, products reduced through shared memory (DL_REDUCE 1 of decode_layer.cuh): thread
+// t's product of its load i goes to scratch[i x kThreads + t] (the vector's place in the pass), then each
+// warp sums whole rows of the pass, lane-strided, with one warp reduction per row: no atomics, and the
+// shuffles are per row, not per vector. scratch: kInFlight x kThreads floats.
+__device__ __forceinline__ void stream_scratch(const Pieces& s, int row_vectors, const float* xs, float* acc,
+                                               uint4 (&regs)[kInFlight], bool loaded, float* scratch) {
+  const int total = s.end[2], lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int start = 0; start < total; start += kInFlight * kThreads) {
+    if (!loaded || start > 0) {
+#pragma unroll
+      for (int i = 0; i < kInFlight; ++i) {
+        const int v = start + threadIdx.x + i * kThreads;
+        if (v < total) regs[i] = load_stream(piece_vector(s, v));
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kInFlight; ++i) {
+      const int v = start + threadIdx.x + i * kThreads;
+      if (v < total) scratch[i * kThreads + threadIdx.x] = dot8(regs[i], xs + (v % row_vectors) * 8);
+    }
+    __syncthreads();
+    const int n = min(total - start, kInFlight * kThreads);
+    const int first = start / row_vectors, last = (start + n - 1) / row_vectors;  // the rows of this pass
+    for (int r = first + warp; r <= last; r += kThreads / 32) {
+      const int a = max(r * row_vectors, start) - start, b = min((r + 1) * row_vectors, start + n) - start;
+      float sum = 0;
+      for (int j = a + lane; j < b; j += 32) sum += scratch[j];
+      sum = warp_sum(sum);
+      if (lane == 0) acc[r] += sum;  // (one warp per row of a pass; passes apart by the barrier below)
+    }
+    __syncthreads();
+  }
+}
+
 // ---- row-walking streams (DL_ROWS 1 and 2 of decode_layer.cuh; the probes compare them)
 
 // Loads per lane of one pass: all of the CTA's vectors at once when at most kInFlight per thread.
