@@ -24,18 +24,23 @@ from tests.kernels.cases import generator, randn
 
 
 @triton.jit
-def _one_stage(w_ptr, out_ptr, x_ptr, r_ptr, o_ptr, nw_ptr, eps, num_programs,
+def _one_stage(w_ptr, out_ptr, x_ptr, r_ptr, o_ptr, nw_ptr, h_ptr, eps, num_programs,
                N: tl.constexpr, K: tl.constexpr, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                GATED: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr, PIPE: tl.constexpr,
-               BALANCED: tl.constexpr, SUB: tl.constexpr):
+               BALANCED: tl.constexpr, SUB: tl.constexpr, ONCE: tl.constexpr):
     KT: tl.constexpr = (K + BK - 1) // BK
     pid = tl.program_id(0)
-    rstd = 0.0
-    if MODE > 0:
-        rstd = dl._stream_rstd(x_ptr, r_ptr, o_ptr, out_ptr, K, eps, False, MODE, HAS_RESIDUAL, BK, KT)
     w, wu = dl._first_tiles(w_ptr, pid, num_programs, N, K, GATED, ROWS, BK, BALANCED, SUB)
+    rstd = 0.0
+    xn, xn_odd = rstd, rstd
+    if ONCE:  # (the layer's norm_once: MODE 1 / 2, pair tiles, one K tile; the row stored by program 0)
+        nw = dl._norm_words(nw_ptr, K, BK, SUB)
+        xn, xn_odd = dl._norm_pairs(x_ptr, r_ptr, o_ptr, h_ptr, nw, K, eps, pid == 0, MODE, HAS_RESIDUAL, BK, SUB)
+    elif MODE > 0:
+        rstd = dl._stream_rstd(x_ptr, r_ptr, o_ptr, h_ptr, K, eps, pid == 0, MODE, HAS_RESIDUAL, BK, KT)
     dl._gemm_stage(w_ptr, out_ptr, N, K, pid, num_programs, w, wu, x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
-                   MODE, HAS_RESIDUAL, GATED, ROWS, BK, KT, PIPE, BALANCED, SUB, 0, x_ptr.dtype.element_ty)
+                   MODE, HAS_RESIDUAL, GATED, ROWS, BK, KT, PIPE, BALANCED, SUB, 0, x_ptr.dtype.element_ty,
+                   xn, xn_odd, ONCE)
 
 
 @st.composite
@@ -56,26 +61,31 @@ def stage_cases(draw):
                 seed=draw(st.integers(0, 2**16)))
 
 
-def run_stage(c: dict, sub: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The stage's output (a pair-tile launch when ``sub`` > 0) and the torch reference."""
+def run_stage(c: dict, sub: int, once: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The stage's output (a pair-tile launch when ``sub`` > 0; its norm loaded once with
+    ``once``), the torch reference and the residual row a norm stage's program 0 stored
+    (checked here against ``x (+ r) (+ o)`` to a rounding)."""
     gen = generator(c["seed"])
     n, k, bf16 = c["n"], c["k"], torch.bfloat16
     w = randn(gen, (2 if c["gated"] else 1) * n, k, device="cpu", dtype=bf16, scale=k**-0.5)
     x, r, o = (randn(gen, 1, k, device="cpu", dtype=bf16) for _ in range(3))
     nw = (1.0 + randn(gen, k, device="cpu", dtype=torch.float32, scale=0.2)).to(bf16)
     out = torch.full((n,), float("nan"), dtype=bf16)
+    h_out = torch.full((k,), float("nan"), dtype=bf16)
     residual = c["residual"] and c["mode"] > 0
-    _one_stage[(c["programs"],)](w, out, x, r if residual else x, o, nw, 1e-6, c["programs"],
+    _one_stage[(c["programs"],)](w, out, x, r if residual else x, o, nw, h_out, 1e-6, c["programs"],
                                  N=n, K=k, MODE=c["mode"], HAS_RESIDUAL=residual, GATED=c["gated"],
                                  ROWS=c["rows"], BK=c["bk"], PIPE=c["pipe"], BALANCED=c["balanced"],
-                                 SUB=sub, num_warps=4)
+                                 SUB=sub, ONCE=once, num_warps=4)
     h = x + r if residual else x
     if c["mode"] == 2:
         h = o + h
+    if c["mode"] > 0:
+        assert relative(h_out, h.reshape(-1)) <= 1e-2, (once, c)
     a = x if c["mode"] == 0 else rms_norm_ref(h, nw, 1e-6)
     y = (a.float() @ w.float().T).to(bf16)
     ref = silu_and_mul_ref(y) if c["gated"] else y
-    return out, ref.reshape(-1)
+    return out, ref.reshape(-1), h_out
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -85,13 +95,27 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 @settings(max_examples=30, deadline=None)
 @given(c=stage_cases())
 def test_pair_tiles_match_bf16_tiles_and_torch(c):
-    plain, ref = run_stage(c, 0)
-    pairs, _ = run_stage(c, c["sub"])
+    plain, ref, _ = run_stage(c, 0)
+    pairs, _, _ = run_stage(c, c["sub"])
     assert not pairs.isnan().any(), c  # every row written
     assert relative(pairs, plain) <= 2e-2, (relative(pairs, plain), c)
     # against torch: the interpreter truncates float32 -> bf16 (no rounding to nearest) at each of
     # the norm's, the product's and the gated activation's roundings
     assert relative(pairs, ref) <= 8e-2, (relative(pairs, ref), c)
+
+
+@settings(max_examples=30, deadline=None)
+@given(c=stage_cases().filter(lambda c: c["mode"] > 0 and c["bk"] >= c["k"]))
+def test_norm_loaded_once_equals_two_passes(c):
+    """norm_once (:func:`~infer_core.kernels.decode_layer._norm_pairs`): a norm stage over one
+    pair K tile, its row and weight loaded once, computes what the two-pass stage computes (only
+    the squares' summation order differs) and stores the same residual row."""
+    twice, ref, h_twice = run_stage(c, c["sub"])
+    once, _, h_once = run_stage(c, c["sub"], once=True)
+    assert not once.isnan().any(), c
+    assert torch.equal(h_once, h_twice), c
+    assert relative(once, twice) <= 2e-2, (relative(once, twice), c)
+    assert relative(once, ref) <= 8e-2, (relative(once, ref), c)
 
 
 def test_pair_sub_fills_the_threads_once():

@@ -373,6 +373,62 @@ def _gemm_input(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl
 
 
 @triton.jit
+def _pairs(kt, K: tl.constexpr, BK: tl.constexpr, SUB: tl.constexpr):
+    """The uint32 word indices (two elements each) of K tile ``kt`` of a GEMM input in the pair
+    layout ``[BK / SUB, SUB / 2]`` (:func:`_gemm_x`), and which lie within K."""
+    HALF_SUB: tl.constexpr = SUB // 2
+    pairs = kt * (BK // 2) + tl.arange(0, BK // SUB)[:, None] * HALF_SUB + tl.arange(0, HALF_SUB)[None, :]
+    if K % BK == 0:  # noqa: SIM108 (a constexpr branch)
+        mask = pairs >= 0
+    else:
+        mask = pairs < K // 2
+    return pairs, mask
+
+
+@triton.jit
+def _norm_words(nw_ptr, K: tl.constexpr, BK: tl.constexpr, SUB: tl.constexpr):
+    """A norm stage's RMSNorm weight as uint32 words of the pair layout (:func:`_norm_pairs`),
+    requested ahead with the stage's first weight tiles (a weight: it never depends on the step)."""
+    pairs, mask = _pairs(0, K, BK, SUB)
+    return tl.load(nw_ptr.to(tl.pointer_type(tl.uint32)) + pairs, mask=mask, other=0)
+
+
+@triton.jit
+def _norm_pairs(x_ptr, r_ptr, o_ptr, h_out_ptr, nw_words, K: tl.constexpr, eps, store, MODE: tl.constexpr,
+                HAS_RESIDUAL: tl.constexpr, BK: tl.constexpr, SUB: tl.constexpr):
+    """:func:`_stream_rstd` then :func:`_gemm_x` of a norm stage (``MODE`` 1 / 2) whose input is
+    one K tile in the pair layout (``SUB`` > 0, ``BK`` >= K), with one round of loads: the
+    residual stream row ``h`` (rounded as :func:`_stream` rounds it) stays in registers for its
+    sum of squares and for the product's input, and the weight came early
+    (:func:`_norm_words`); the two-pass path reloads the row and the weight after the
+    reduction's barrier, a second L2 round trip. Same roundings; the squares are summed in
+    another order. With ``store`` the row also goes to ``h_out_ptr``. Even and odd elements out."""
+    pairs, mask = _pairs(0, K, BK, SUB)
+    dtype = x_ptr.dtype.element_ty
+    x_lo, x_hi = _load_pairs(x_ptr, pairs, mask, False)
+    h_lo = x_lo.to(dtype)
+    h_hi = x_hi.to(dtype)
+    if HAS_RESIDUAL:
+        r_lo, r_hi = _load_pairs(r_ptr, pairs, mask, False)
+        h_lo = add_residual(h_lo, r_lo.to(dtype))
+        h_hi = add_residual(h_hi, r_hi.to(dtype))
+    if MODE == 2:
+        o_lo, o_hi = _load_pairs(o_ptr, pairs, mask, True)
+        h_lo = add_residual(o_lo.to(dtype), h_lo)
+        h_hi = add_residual(o_hi.to(dtype), h_hi)
+    if store:
+        words = (h_lo.to(tl.uint16, bitcast=True).to(tl.uint32)
+                 | (h_hi.to(tl.uint16, bitcast=True).to(tl.uint32) << 16))
+        tl.store(h_out_ptr.to(tl.pointer_type(tl.uint32)) + pairs, words, mask=mask)
+    lo = h_lo.to(tl.float32)
+    hi = h_hi.to(tl.float32)
+    rstd = inv_rms(tl.sum(tl.sum(lo * lo + hi * hi, axis=1), axis=0), K, eps)
+    w_lo, w_hi = _widen_pairs(nw_words)
+    return (normed(h_lo, rstd, w_lo.to(dtype), False).to(tl.float32),
+            normed(h_hi, rstd, w_hi.to(dtype), False).to(tl.float32))
+
+
+@triton.jit
 def _gemm_x(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
             BK: tl.constexpr, SUB: tl.constexpr):
     """:func:`_gemm_input` in float32, as ``(x, x)``; or with ``SUB`` > 0 its even and odd
@@ -380,12 +436,7 @@ def _gemm_x(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.con
     and computed in that shape (a flat row split into even and odd elements measured slower:
     Triton reshuffles it through 16-bit shared-memory reads)."""
     if SUB > 0:
-        HALF_SUB: tl.constexpr = SUB // 2
-        pairs = kt * (BK // 2) + tl.arange(0, BK // SUB)[:, None] * HALF_SUB + tl.arange(0, HALF_SUB)[None, :]
-        if K % BK == 0:  # noqa: SIM108 (a constexpr branch)
-            mask = pairs >= 0
-        else:
-            mask = pairs < K // 2
+        pairs, mask = _pairs(kt, K, BK, SUB)
         if MODE == 0:
             return _load_pairs(x_ptr, pairs, mask, True)
         else:
@@ -446,7 +497,8 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                 MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
                 ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, PIPE: tl.constexpr,
-                BALANCED: tl.constexpr, SUB: tl.constexpr, flag, VAL_DT: tl.constexpr):
+                BALANCED: tl.constexpr, SUB: tl.constexpr, flag, VAL_DT: tl.constexpr,
+                x_in, x_in_odd, X_READY: tl.constexpr):
     """``out[:N] = input @ w.T`` (or ``silu(input @ gate.T) * (input @ up.T)`` when ``GATED``,
     ``w_ptr`` then ``[2N, K]``) over program ``pid``'s tiles (row chunk ``pid + i P``, K tile
     ``kt``), ``w``/``wu`` its first tile(s), already requested. The later tiles: with
@@ -454,10 +506,14 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
     stages); else each tile's successor is requested into registers before its product (the
     compiler may still schedule it later). ``BALANCED`` (one K tile, ``ROWS`` at least the
     largest share): ``w``/``wu`` hold the program's whole share (:func:`_share`), one product.
-    ``SUB`` > 0: the tiles are bf16 pairs (:func:`_w_rows`, :func:`_pair_dot`)."""
+    ``SUB`` > 0: the tiles are bf16 pairs (:func:`_w_rows`, :func:`_pair_dot`). ``X_READY`` (one K
+    tile): the input is ``x_in`` / ``x_in_odd`` already (:func:`_norm_pairs`)."""
+    if X_READY:
+        x, x_odd = x_in, x_in_odd
+    else:
+        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
     if BALANCED:
         lo, hi = _share(pid, num_programs, N)
-        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
         acc = tl.zeros([ROWS], dtype=tl.float32)
         _accumulate(acc, acc, w, wu, x, x_odd, 0, lo, hi, out_ptr, GATED, ROWS, 1, SUB, flag, VAL_DT)
     else:
@@ -465,7 +521,6 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
         tiles = ((n_chunks - pid + num_programs - 1) // num_programs) * KT
         acc = tl.zeros([ROWS], dtype=tl.float32)
         acc_up = tl.zeros([ROWS], dtype=tl.float32)
-        x, x_odd = _gemm_x(0, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
         if PIPE > 1:
             acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, 0, pid * ROWS, N, out_ptr, GATED, ROWS, KT,
                                       SUB, flag, VAL_DT)  # tile 0
@@ -841,6 +896,7 @@ def _decode_layer_kernel(
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
+    NORM_ONCE: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -849,6 +905,10 @@ def _decode_layer_kernel(
     KT_O: tl.constexpr = (NATTN + BK_O - 1) // BK_O
     KT_GU: tl.constexpr = (HIDDEN + BK_GU - 1) // BK_GU
     KT_DOWN: tl.constexpr = (INTER + BK_DOWN - 1) // BK_DOWN
+    # norm_once: the two norm stages (qkv, gate/up) load their input row once (_norm_pairs), with
+    # the norm weight requested early beside the stage's first tiles
+    QKV_ONCE: tl.constexpr = NORM_ONCE and SUB_QKV > 0 and KT_QKV == 1
+    GU_ONCE: tl.constexpr = NORM_ONCE and SUB_GU > 0 and KT_GU == 1
     pid = tl.program_id(0)
     _stamp(timeline_ptr, pid, 0, TIMELINE)
 
@@ -858,10 +918,14 @@ def _decode_layer_kernel(
     KV_START: tl.constexpr = KV_EARLY == 2 and ((ALL and LAST >= 2) or STAGE == 2)
     if (ALL and LAST >= 1) or STAGE == 1:
         w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, SUB_QKV)
+        if QKV_ONCE:
+            nw = _norm_words(ln1_ptr, HIDDEN, BK_QKV, SUB_QKV)
     if PREFETCH and STAGE == 4:
         w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
     if PREFETCH and STAGE == 5:
         w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
+        if GU_ONCE:
+            nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
     if PREFETCH and STAGE == 6:
         w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN,
                              SUB_DOWN)
@@ -885,10 +949,19 @@ def _decode_layer_kernel(
     DT: tl.constexpr = x_ptr.dtype.element_ty
     _stamp(timeline_ptr, pid, 1, TIMELINE)
     if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
-        rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV, KT_QKV)
-        _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
+        if QKV_ONCE:
+            xn, xn_odd = _norm_pairs(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, False, 1, HAS_RESIDUAL,
+                                     BK_QKV, SUB_QKV)
+            rstd = 0.0
+            _stamp_after(timeline_ptr, pid, 24, tl.max(tl.max(xn, 1), 0), TIMELINE)
+        else:
+            rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV,
+                                KT_QKV)
+            xn, xn_odd = rstd, rstd
+            _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT)
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT,
+                    xn, xn_odd, QKV_ONCE)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
     if ARRIVE_FIRST and ALL and LAST >= 2 and not LL:
         seen = _arrive(counters_ptr, 0)
@@ -939,11 +1012,13 @@ def _decode_layer_kernel(
         if not PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
         _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT)
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT, 0.0, 0.0, False)
     if ARRIVE_FIRST and ALL and LAST >= 5:
         seen = _arrive(counters_ptr, 3)
     if PREFETCH and ALL and LAST >= 5:
         w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
+        if GU_ONCE:
+            nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
     _stamp(timeline_ptr, pid, 8, TIMELINE)
     if ALL and LAST >= 5:
         if not ARRIVE_FIRST:
@@ -953,10 +1028,21 @@ def _decode_layer_kernel(
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
-        rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU, KT_GU)
-        _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
+            if GU_ONCE:
+                nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
+        if GU_ONCE:
+            xn, xn_odd = _norm_pairs(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL,
+                                     BK_GU, SUB_GU)
+            rstd = 0.0
+            _stamp_after(timeline_ptr, pid, 25, tl.max(tl.max(xn, 1), 0), TIMELINE)
+        else:
+            rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU,
+                                KT_GU)
+            xn, xn_odd = rstd, rstd
+            _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
-                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT)
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT,
+                    xn, xn_odd, GU_ONCE)
     if ARRIVE_FIRST and ALL and LAST >= 6:
         seen = _arrive(counters_ptr, 4)
     if PREFETCH and ALL and LAST >= 6:
@@ -971,7 +1057,8 @@ def _decode_layer_kernel(
         if not PREFETCH:
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
         _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT)
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT, 0.0, 0.0,
+                    False)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
         if pid == 0:  # (every program read the epoch before it arrived at barrier 0, passed here)
@@ -1034,7 +1121,11 @@ class DecodeLayerConfig:
     on an H200 but slower (Qwen3-0.6B 24.1 against 20.8 µs per layer: the CTA-wide readiness
     reduction in every spin costs more than the two barriers; ``ll = 3``, each thread settling
     its own words, 36.8: its re-reads are dependent L2 round trips;
-    benchmarks/reports/decode-layer-ll-2026-12-03-h200)."""
+    benchmarks/reports/decode-layer-ll-2026-12-03-h200). ``norm_once``: the norm stages (qkv,
+    gate/up) whose input is one bf16 pair tile load it once (:func:`_norm_pairs`): the row kept
+    for the sum of squares and the product, the norm weight requested with the stage's first
+    tiles (else: the row and the weight again after the reduction's barrier, a second L2 round
+    trip on the critical path)."""
 
     num_programs: int
     splits: int
@@ -1053,6 +1144,7 @@ class DecodeLayerConfig:
     epoch: bool = True
     ll: int = 0  # 1 / 2: self-flagged words polled as CTA-wide tiles (.cg / volatile loads), 3: each thread
     # settles its own words (a PTX loop, CUDA only; the interpreter runs 1); 0: barriers 0 and 1
+    norm_once: bool = True
 
 
 def _pow2_floor(n: int) -> int:
@@ -1206,11 +1298,12 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
                   programs_per_sm: int) -> DecodeLayerConfig:
     """The configuration a launch without ``config`` takes at that many programs per SM:
     :func:`choose_config` with the balanced stages, then the defaults the environment may
-    override (``kv_early``, ``pairs``, ``epoch``, and ``ll`` only with ``epoch``)."""
+    override (``kv_early``, ``pairs``, ``epoch``, ``norm_once``, and ``ll`` only with ``epoch``)."""
     epoch = default_epoch()
     return replace(choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
                                  balanced_elements=default_balanced_elements()),
-                   kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0)
+                   kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0,
+                   norm_once=default_norm_once())
 
 
 def default_kv_early() -> int:
@@ -1218,6 +1311,12 @@ def default_kv_early() -> int:
     (Qwen3-0.6B chain on an H200: 22.1 µs per layer against 22.7 with 1; W1 0.74 ms per token
     against 0.75), or ``INFER_DECODE_KV_EARLY`` from the environment (A/B measurements)."""
     return _env_int("INFER_DECODE_KV_EARLY", DecodeLayerConfig.kv_early)
+
+
+def default_norm_once() -> bool:
+    """``norm_once`` of the configuration a launch picks for itself: the config's default, or
+    ``INFER_DECODE_NORM_ONCE`` (0 / 1) from the environment (A/B measurements)."""
+    return bool(_env_int("INFER_DECODE_NORM_ONCE", int(DecodeLayerConfig.norm_once)))
 
 
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
@@ -1338,6 +1437,7 @@ def decode_layer(
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
+            NORM_ONCE=cfg.norm_once,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
