@@ -187,7 +187,10 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # ... each stage's launch with its own programs per SM (qkv, attention, merge, o, gate/up, down)
                  **{f"stages{''.join(map(str, c))}": {"stages": c, "balanced_elements": 16384}
                     for c in ((2, 1, 1, 4, 4, 4), (2, 1, 1, 2, 4, 4), (4, 1, 1, 4, 4, 4), (2, 1, 1, 2, 2, 2),
-                              (3, 1, 1, 3, 3, 3), (2, 2, 2, 4, 4, 4))}}
+                              (3, 1, 1, 3, 3, 3), (2, 2, 2, 4, 4, 4))},
+                 # Llama-3.2-1B's engine default (stages 4,1,1,4,4,4) with norm_once off
+                 "stages411444-normtwice": {"stages": (4, 1, 1, 4, 4, 4), "balanced_elements": 16384,
+                                            "norm_once": False}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),
