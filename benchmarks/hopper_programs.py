@@ -111,7 +111,7 @@ def find_nvcc() -> str | None:
 
 def build(program: str, out_dir: Path, nvcc: str | None = None, defines: list[str] | None = None,
           name: str = "") -> Path:
-    """Compile ``program`` into ``out_dir`` (with ``defines``, e.g. ``-DDL_ROWS=1``); returns the
+    """Compile ``program`` into ``out_dir`` (with ``defines``, e.g. ``-DDL_MERGE=1``); returns the
     executable's path."""
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
@@ -128,7 +128,7 @@ def builds(specs: list[str]) -> list[tuple[str, list[str]]]:
     for spec in specs:
         name, sep, flags = spec.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
-            raise ValueError(f"--build {spec!r}: write NAME=FLAGS, e.g. rows1=-DDL_ROWS=1")
+            raise ValueError(f"--build {spec!r}: write NAME=FLAGS, e.g. merge=-DDL_MERGE=1")
         out.append((name, [f for f in re.split(r"[\s,]+", flags) if f]))
     if "default" not in {n for n, _ in out}:
         out.insert(0, ("default", []))
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("program", choices=sorted(COLUMNS))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--build", action="append", default=[], metavar="NAME=FLAGS",
-                   help="decode_layer: also build with these flags (e.g. rows1=-DDL_ROWS=1; repeat it); "
+                   help="decode_layer: also build with these flags (e.g. merge=-DDL_MERGE=1; repeat it); "
                         "each row names its build")
     p.add_argument("--timeline", action="store_true",
                    help="decode_layer: build with -DDL_TIMELINE and report each variant's stage intervals")

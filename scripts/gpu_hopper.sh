@@ -9,14 +9,14 @@
 #                                                       (default: the first four)
 #
 # HANDOFFS_ARGS / GEMV_ARGS / LAYER_ARGS go to the programs (e.g. GEMV_ARGS="--stages 4 --chunk 8192").
-# layer-matrix: decode_layer built once per kernel switch (decode_layer.cuh's DL_ROWS, DL_KEEP_RES,
-# DL_MERGE, DL_REDUCE; LAYER_BUILDS="name=-DFLAG,-DFLAG2 ..." picks others) with per-stage timelines, grid and clusters
+# layer-matrix: decode_layer built once per kernel switch (decode_layer.cuh's DL_REDUCE, DL_KEEP_RES,
+# DL_MERGE; LAYER_BUILDS="name=-DFLAG,-DFLAG2 ..." picks others) with per-stage timelines, grid and clusters
 # of 16 at 2 CTAs per SM (MATRIX_ARGS), into $OUT/matrix/ (decode_layer.json / .md).
 set -u
 OUT=${OUT:-$PWD/gpu-hopper-out}
 mkdir -p "$OUT"
 WHAT=${*:-tests handoffs gemv_stages decode_layer}
-LAYER_BUILDS=${LAYER_BUILDS:-reduce=-DDL_REDUCE=1 reduce-rows3=-DDL_REDUCE=1,-DDL_ROWS=3 reduce-keepres=-DDL_REDUCE=1,-DDL_KEEP_RES=1 rows1=-DDL_ROWS=1 rows2=-DDL_ROWS=2 rows3=-DDL_ROWS=3 keepres=-DDL_KEEP_RES=1 merge=-DDL_MERGE=1}
+LAYER_BUILDS=${LAYER_BUILDS:-atomics=-DDL_REDUCE=0,-DDL_KEEP_RES=0 reloadres=-DDL_KEEP_RES=0 merge=-DDL_MERGE=1}
 want() { [[ " $WHAT " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 status=0

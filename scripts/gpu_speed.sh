@@ -36,7 +36,7 @@
 #            and argmax in one launch, kernels.lm_head, or cuBLAS + copy + two-stage argmax),
 #            "cuda-grid" / "cuda-cluster[N]" = INFER_DECODE_CUDA=grid / cluster (the CUDA C++ decode layer,
 #            kernels.decode_layer_cuda; N = INFER_DECODE_CLUSTER, 16 by default; its compile-time
-#            switches from INFER_DECODE_CUDA_SWITCHES in the caller's environment, e.g. DL_ROWS=2),
+#            switches from INFER_DECODE_CUDA_SWITCHES in the caller's environment, e.g. DL_MERGE=1),
 #            "norm-twice" / "norm-once" = INFER_DECODE_NORM_ONCE=0 / 1 (the persistent layer's norm stages
 #            load their input row and norm weight again after the reduction / once),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each

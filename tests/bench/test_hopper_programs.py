@@ -117,11 +117,11 @@ def test_a_refused_cooperative_launch_is_a_row_not_an_error():
 def test_builds_name_their_flags():
     hp = _module()
     assert hp.builds([]) == [("default", [])]
-    assert hp.builds(["rows1=-DDL_ROWS=1", "both=-DDL_ROWS=2 -DDL_MERGE=1", "three=-DA,-DB=2,-DC"]) == [
-        ("default", []), ("rows1", ["-DDL_ROWS=1"]), ("both", ["-DDL_ROWS=2", "-DDL_MERGE=1"]),
+    assert hp.builds(["atomics=-DDL_REDUCE=0", "both=-DDL_REDUCE=0 -DDL_MERGE=1", "three=-DA,-DB=2,-DC"]) == [
+        ("default", []), ("atomics", ["-DDL_REDUCE=0"]), ("both", ["-DDL_REDUCE=0", "-DDL_MERGE=1"]),
         ("three", ["-DA", "-DB=2", "-DC"])]
     assert hp.builds(["default=-DDL_KEEP_RES=1"]) == [("default", ["-DDL_KEEP_RES=1"])]
-    for bad in ("-DDL_ROWS=1", "=x", "a b=-DX"):
+    for bad in ("-DDL_REDUCE=0", "=x", "a b=-DX"):
         with pytest.raises(ValueError, match="NAME=FLAGS"):
             hp.builds([bad])
 
@@ -134,8 +134,8 @@ def test_timelines_are_not_rows_and_get_their_own_table():
     assert [r["variant"] for r in rows] == ["grid"]
     items = hp.timelines(hp.json_lines(lines))
     assert [t["timeline"] for t in items] == ["grid", "cluster"]
-    md = hp.timeline_markdown([{**items[0], "build": "rows1"}, items[1]])
-    assert "| interval | rows1 grid | default cluster 16 |" in md
+    md = hp.timeline_markdown([{**items[0], "build": "atomics"}, items[1]])
+    assert "| interval | atomics grid | default cluster 16 |" in md
     assert "| qkv | 2.50 (3.00) | 4.40 (3.00) |" in md
     assert "| sum of medians | 4.50 | 6.40 |" in md
     assert hp.timeline_markdown([]) == ""
@@ -150,7 +150,7 @@ def test_main_runs_every_build_and_keeps_what_a_hung_one_printed(tmp_path, monke
     def fake_build(program, out_dir, nvcc=None, defines=None, name=""):
         built.append((name, defines))
         hang = "time.sleep(30)" if "-DHANG" in defines else ""
-        variant = "cluster" if "-DDL_ROWS=1" in defines else "grid"
+        variant = "cluster" if "-DDL_REDUCE=0" in defines else "grid"
         script = out_dir / f"fake-{name}"
         script.write_text(f"""#!{sys.executable}
 import json, sys, time
@@ -166,17 +166,17 @@ print(json.dumps({_timeline(variant)!r}), flush=True)
     monkeypatch.setattr(hp, "find_nvcc", lambda: "nvcc")
     monkeypatch.setattr(hp, "environment", lambda nvcc: ENV)
     code = hp.main(["decode_layer", "--out", str(tmp_path), "--timeline", "--timeout", "2",
-                    "--build", "rows1=-DDL_ROWS=1", "--build", "stuck=-DHANG"])
+                    "--build", "atomics=-DDL_REDUCE=0", "--build", "stuck=-DHANG"])
     assert code == 1  # one build did not finish
-    assert built == [("default", ["-DDL_TIMELINE"]), ("rows1", ["-DDL_ROWS=1", "-DDL_TIMELINE"]),
+    assert built == [("default", ["-DDL_TIMELINE"]), ("atomics", ["-DDL_REDUCE=0", "-DDL_TIMELINE"]),
                      ("stuck", ["-DHANG", "-DDL_TIMELINE"])]
     report = json.loads((tmp_path / "decode_layer.json").read_text())
     assert [(r["build"], r["variant"]) for r in report["rows"]] == [
-        ("default", "grid"), ("rows1", "cluster"), ("stuck", "grid")]
-    assert [t["build"] for t in report["timelines"]] == ["default", "rows1", "stuck"]
+        ("default", "grid"), ("atomics", "cluster"), ("stuck", "grid")]
+    assert [t["build"] for t in report["timelines"]] == ["default", "atomics", "stuck"]
     assert report["failed"] == ["stuck: exited with timeout"]
     md = (tmp_path / "decode_layer.md").read_text()
-    assert "| rows1 | cluster | 16 |" in md and "Did not finish: stuck" in md
+    assert "| atomics | cluster | 16 |" in md and "Did not finish: stuck" in md
     assert (tmp_path / "decode_layer-stuck.log").read_text().count("{") >= 3
 
 
@@ -303,8 +303,8 @@ def test_decode_layer_variants_match_the_host_layer(tmp_path):
 
 
 @NEEDS_NVCC
-@pytest.mark.parametrize("defines", [["-DDL_ROWS=1", "-DDL_KEEP_RES=1", "-DDL_MERGE=1"],
-                                     ["-DDL_ROWS=2", "-DDL_TIMELINE"]])
+@pytest.mark.parametrize("defines", [["-DDL_REDUCE=0", "-DDL_KEEP_RES=0", "-DDL_MERGE=1"],
+                                     ["-DDL_MERGE=1", "-DDL_TIMELINE"]])
 def test_decode_layer_variants_compile(defines, tmp_path):
     """The kernel's switches the probe compares (``--build NAME=FLAGS``) all compile for sm_90a."""
     hp = _module()

@@ -81,6 +81,17 @@ def test_default_kv_early_reads_the_environment(monkeypatch):
     assert dl.default_kv_early() == 1
 
 
+def test_default_norm_once_is_on_for_one_launch_and_reads_the_environment(monkeypatch):
+    monkeypatch.delenv("INFER_DECODE_NORM_ONCE", raising=False)
+    assert dl.default_norm_once() is True and dl.default_norm_once(stage_by_stage=True) is False
+    config = dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2)
+    assert config.norm_once and not dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2, True).norm_once
+    monkeypatch.setenv("INFER_DECODE_NORM_ONCE", "0")
+    assert dl.default_norm_once() is False
+    monkeypatch.setenv("INFER_DECODE_NORM_ONCE", "1")
+    assert dl.default_norm_once(stage_by_stage=True) is True
+
+
 def test_default_epoch_and_ll_read_the_environment(monkeypatch):
     monkeypatch.delenv("INFER_DECODE_EPOCH", raising=False)
     monkeypatch.delenv("INFER_DECODE_LL", raising=False)

@@ -1295,7 +1295,7 @@ def layer_bytes(weights: DecodeLayerWeights) -> int:
 
 
 def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, dtype: torch.dtype,
-                  programs_per_sm: int) -> DecodeLayerConfig:
+                  programs_per_sm: int, stage_by_stage: bool = False) -> DecodeLayerConfig:
     """The configuration a launch without ``config`` takes at that many programs per SM:
     :func:`choose_config` with the balanced stages, then the defaults the environment may
     override (``kv_early``, ``pairs``, ``epoch``, ``norm_once``, and ``ll`` only with ``epoch``)."""
@@ -1303,7 +1303,7 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
     return replace(choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
                                  balanced_elements=default_balanced_elements()),
                    kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0,
-                   norm_once=default_norm_once())
+                   norm_once=default_norm_once(stage_by_stage))
 
 
 def default_kv_early() -> int:
@@ -1313,10 +1313,14 @@ def default_kv_early() -> int:
     return _env_int("INFER_DECODE_KV_EARLY", DecodeLayerConfig.kv_early)
 
 
-def default_norm_once() -> bool:
-    """``norm_once`` of the configuration a launch picks for itself: the config's default, or
-    ``INFER_DECODE_NORM_ONCE`` (0 / 1) from the environment (A/B measurements)."""
-    return bool(_env_int("INFER_DECODE_NORM_ONCE", int(DecodeLayerConfig.norm_once)))
+def default_norm_once(stage_by_stage: bool = False) -> bool:
+    """``norm_once`` of the configuration a launch picks for itself: on for the one-launch layer
+    (the config's default; W1 Qwen3-0.6B on an H200 0.668 against 0.676 ms per token), off for
+    stage-by-stage launches (Llama-3.2-1B's default: chain 42.0 µs per layer either way, W1
+    0.814 against 0.808 and 0.82 against 0.81 in two calls;
+    benchmarks/reports/norm-once-2026-12-04-h200); ``INFER_DECODE_NORM_ONCE`` (0 / 1) overrides
+    both (A/B measurements)."""
+    return bool(_env_int("INFER_DECODE_NORM_ONCE", int(DecodeLayerConfig.norm_once and not stage_by_stage)))
 
 
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
@@ -1451,7 +1455,8 @@ def decode_layer(
         if stage_configs is None:  # chosen once per launch shape (programs per SM and tiles of each stage)
             if (shape, "stages") not in ws.chosen:
                 per_sm = stage_programs_per_sm(layer_bytes(weights)) or (2,) * 6
-                ws.chosen[shape, "stages"] = [launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, n)
+                ws.chosen[shape, "stages"] = [launch_config(hidden, inter, hq, hkv, d, num_sms(x.device), x.dtype, n,
+                                                            stage_by_stage=True)
                                               for n in per_sm]
             stage_configs = ws.chosen[shape, "stages"]
         cfg = stage_configs[0]

@@ -39,7 +39,7 @@ THREADS = 256
 MAX_SPLITS = 32  # kMaxSplits
 MAX_ROWS = 256  # the row sums a CTA holds (acc[256])
 VARIANTS = ("grid", "cluster")
-SWITCHES = ("DL_ROWS", "DL_KEEP_RES", "DL_MERGE", "DL_REDUCE")  # decode_layer.cuh's compile-time variants
+SWITCHES = ("DL_REDUCE", "DL_KEEP_RES", "DL_MERGE")  # decode_layer.cuh's compile-time variants
 _POINTERS = ("w_qkv", "w_o", "w_gu", "w_down", "norm1", "norm2", "q_norm", "k_norm", "k_cache", "v_cache",
              "block_table", "positions", "slot_mapping", "seq_lens", "cos", "sin", "x", "res", "x_out", "res_out",
              "qkv", "partials", "attn", "r", "r2", "act", "sync", "errors")
@@ -96,15 +96,15 @@ def cluster_from_env() -> int:
 
 def switches_from_env() -> tuple[str, ...]:
     """``INFER_DECODE_CUDA_SWITCHES``: the kernel's compile-time switches (decode_layer.cuh's header:
-    ``DL_ROWS``, ``DL_KEEP_RES``, ``DL_MERGE``, ``DL_REDUCE``) as ``NAME=INT`` pairs, comma-separated, e.g.
-    ``DL_ROWS=2,DL_KEEP_RES=1``; NVRTC gets them as ``-D`` options."""
+    ``DL_REDUCE``, ``DL_KEEP_RES``, ``DL_MERGE``) as ``NAME=INT`` pairs, comma-separated, e.g.
+    ``DL_REDUCE=0,DL_KEEP_RES=0``; NVRTC gets them as ``-D`` options."""
     value = os.environ.get("INFER_DECODE_CUDA_SWITCHES", "").strip()
     out = []
     for part in filter(None, (p.strip() for p in value.split(","))):
         name, _, number = part.partition("=")
         if name not in SWITCHES or not number.isdigit():
             raise ConfigError(f"INFER_DECODE_CUDA_SWITCHES: {part!r} is not a switch of the CUDA decode layer: write "
-                              f"NAME=INT with NAME one of {', '.join(SWITCHES)}, e.g. DL_ROWS=2,DL_KEEP_RES=1.")
+                              f"NAME=INT with NAME one of {', '.join(SWITCHES)}, e.g. DL_REDUCE=0,DL_KEEP_RES=0.")
         out.append(f"-D{name}={int(number)}")
     return tuple(out)
 

@@ -41,31 +41,26 @@ using bf16 = __nv_bfloat16;
 #endif
 
 // Variants the Hopper probe compares (benchmarks/hopper/decode_layer.cu builds each with -D; the
-// engine compiles the defaults):
-//   DL_ROWS 0       a stage's products reduced across the warp per 16-byte vector, its pieces of
-//                   rows one after another, the first requested early (the default);
-//           1       each warp's loads walk along rows (one reduction per row a warp touches), all
-//                   pieces (gate and up, a cluster's qkv) in one pass, all requested early;
-//           2       as 1, the pieces one after another (only the first requested early);
-//           3       as 0 (a reduction per vector), all pieces in one pass, all requested early.
+// engine compiles the defaults, the best measured: benchmarks/reports/hopper-2026-12-04-h200):
+//   DL_REDUCE 1     a stage's per-vector products go to shared memory and each warp sums whole
+//                   rows from there (a warp reduction per row, no atomics; the default);
+//             0     each 16-byte vector's products reduced across the warp and added into its row
+//                   with a shared-memory atomic (a compare-and-swap loop on sm_90).
 //   DL_KEEP_RES 1   o_proj reads its residual with its input, and keeps the new residual in a
-//                   register for down's store (0: each reloads it from L2 after its products).
+//                   register for down's store (the default; 0: each reloads it from L2 after its
+//                   products).
 //   DL_MERGE 1      the grid variant's merge reads every split's max and sum at once (a thread
 //                   each), then a dim's partials with all loads in flight (0: split by split).
-//   DL_REDUCE 1     with DL_ROWS 0 or 3: the per-vector products go to shared memory and each warp
-//                   sums whole rows from there (no shared-memory atomics, a warp reduction per row);
-//                   0: each vector's products reduced across the warp and added atomically.
-#ifndef DL_ROWS
-#define DL_ROWS 0
+// (Loads walking along rows and all of a stage's pieces in one pass, DL_ROWS 1-3 of commit
+// fbfafd4, measured slower in every combination and were removed.)
+#ifndef DL_REDUCE
+#define DL_REDUCE 1
 #endif
 #ifndef DL_KEEP_RES
-#define DL_KEEP_RES 0
+#define DL_KEEP_RES 1
 #endif
 #ifndef DL_MERGE
 #define DL_MERGE 0
-#endif
-#ifndef DL_REDUCE
-#define DL_REDUCE 0
 #endif
 
 constexpr int H = DL_HIDDEN, I = DL_INTER, NQ = DL_HEADS, NKV = DL_KV_HEADS, D = DL_HEAD_DIM;
@@ -158,47 +153,33 @@ __device__ __forceinline__ Pieces rows_of(const bf16* W, int K, int row0, int ro
   return one_piece(reinterpret_cast<const uint4*>(W + static_cast<size_t>(row0) * K), rows * (K / 8));
 }
 
-// DL_ROWS as two choices: loads that walk along rows (1, 2) or a reduction per vector (0, 3); all
-// of a stage's pieces in one pass (1, 3) or one after another (0, 2).
-constexpr bool kRowWalk = DL_ROWS == 1 || DL_ROWS == 2, kOnePass = DL_ROWS == 1 || DL_ROWS == 3;
-static_assert(!DL_REDUCE || !kRowWalk, "DL_REDUCE reduces per-vector products: use it with DL_ROWS 0 or 3");
-
 __device__ __forceinline__ void stream_pieces(const Pieces& s, int row_vectors, const float* xs, float* acc,
                                               uint4 (&regs)[kInFlight], bool loaded) {
   extern __shared__ __align__(16) float smem[];
-  if (kRowWalk) stream(s, row_vectors, xs, acc, regs, loaded);
-  else if (DL_REDUCE) stream_scratch(s, row_vectors, xs, acc, regs, loaded, smem + SM_SCRATCH);
+  if (DL_REDUCE) stream_scratch(s, row_vectors, xs, acc, regs, loaded, smem + SM_SCRATCH);
   else stream_vectors(s, row_vectors, xs, acc, regs, loaded);
 }
 
-// A stage's first loads, issued ahead (its weights never depend on the step): the first pass over
-// all its pieces (kOnePass) or over its first piece.
-__device__ __forceinline__ void request_stage(const Pieces& s, uint4 (&regs)[kInFlight]) {
-  const Pieces first = kOnePass ? s : one_piece(s.base[0], s.end[0]);
-  if (kRowWalk) request(first, regs);
-  else request_vectors(first, regs);
-}
-
-// acc[i] += W[row i of the pieces] . xs, the first loads in regs already (request_stage). Ends
-// with a CTA barrier.
+// acc[i] += W[row i of the pieces] . xs, its pieces one after another (a CTA barrier after each),
+// the first loads of the first piece in regs already (request_vectors). Ends with a CTA barrier.
 __device__ void gemv(const Pieces& s, int K, const float* xs, float* acc, uint4 (&regs)[kInFlight]) {
   const int row_vectors = K / 8;
-  if (kOnePass) {
-    stream_pieces(s, row_vectors, xs, acc, regs, true);
-    __syncthreads();
-    return;
-  }
   int before = 0;
 #pragma unroll
   for (int k = 0; k < 3; ++k) {
     const int n = s.end[k] - before;
-    if (n > 0) {  // (the pieces one after another, a CTA barrier after each)
+    if (n > 0) {
       stream_pieces(one_piece(s.base[k], n), row_vectors, xs, acc + before / row_vectors, regs, k == 0);
       __syncthreads();
     }
     before = s.end[k];
   }
   if (s.end[2] == 0) __syncthreads();
+}
+
+// A stage's first loads, issued ahead (its weights never depend on the step): its first piece's.
+__device__ __forceinline__ void request_stage(const Pieces& s, uint4 (&regs)[kInFlight]) {
+  request_vectors(one_piece(s.base[0], s.end[0]), regs);
 }
 
 // xs = rmsnorm(v) * w (bf16 roundings of rms_norm_ref) with v = a + b (a, b bf16; b may be null) or
