@@ -16,7 +16,7 @@ set -u
 OUT=${OUT:-$PWD/gpu-hopper-out}
 mkdir -p "$OUT"
 WHAT=${*:-tests handoffs gemv_stages decode_layer}
-LAYER_BUILDS=${LAYER_BUILDS:-atomics=-DDL_REDUCE=0,-DDL_KEEP_RES=0 reloadres=-DDL_KEEP_RES=0 merge=-DDL_MERGE=1}
+LAYER_BUILDS=${LAYER_BUILDS:-atomics=-DDL_REDUCE=0,-DDL_KEEP_RES=0 reloadres=-DDL_KEEP_RES=0 serialmerge=-DDL_MERGE=0}
 want() { [[ " $WHAT " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 status=0

@@ -50,7 +50,8 @@ using bf16 = __nv_bfloat16;
 //                   register for down's store (the default; 0: each reloads it from L2 after its
 //                   products).
 //   DL_MERGE 1      the grid variant's merge reads every split's max and sum at once (a thread
-//                   each), then a dim's partials with all loads in flight (0: split by split).
+//                   each), then a dim's partials with all loads in flight (the default; 0: split
+//                   by split, two dependent L2 loads per split).
 // (Loads walking along rows and all of a stage's pieces in one pass, DL_ROWS 1-3 of commit
 // fbfafd4, measured slower in every combination and were removed.)
 #ifndef DL_REDUCE
@@ -60,7 +61,7 @@ using bf16 = __nv_bfloat16;
 #define DL_KEEP_RES 1
 #endif
 #ifndef DL_MERGE
-#define DL_MERGE 0
+#define DL_MERGE 1
 #endif
 
 constexpr int H = DL_HIDDEN, I = DL_INTER, NQ = DL_HEADS, NKV = DL_KV_HEADS, D = DL_HEAD_DIM;
