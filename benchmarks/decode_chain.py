@@ -160,6 +160,8 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  "plain": {"arrive_first": False, "kv_early": 0}, "default": {},
                  # the norm stages' input row and weight loaded again after the reduction (norm_once off)
                  "normtwice": {"norm_once": False},
+                 # 32-key attention tiles (the first one, requested at the launch's start, holds half the registers)
+                 "tile32": {"tile": 32},
                  # the first key tile at the launch's start (kv_early = 2), with balanced stages
                  "kvstart": {"kv_early": 2, "balanced_elements": 16384},
                  # choose_config's balanced GEMM stages (a share of up to that many weight elements)
