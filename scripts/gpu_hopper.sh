@@ -10,13 +10,13 @@
 #
 # HANDOFFS_ARGS / GEMV_ARGS / LAYER_ARGS go to the programs (e.g. GEMV_ARGS="--stages 4 --chunk 8192").
 # layer-matrix: decode_layer built once per kernel switch (decode_layer.cuh's DL_REDUCE, DL_KEEP_RES,
-# DL_MERGE; LAYER_BUILDS="name=-DFLAG,-DFLAG2 ..." picks others) with per-stage timelines, grid and clusters
+# DL_MERGE, DL_EARLY; LAYER_BUILDS="name=-DFLAG,-DFLAG2 ..." picks others) with per-stage timelines, grid and clusters
 # of 16 at 2 CTAs per SM (MATRIX_ARGS), into $OUT/matrix/ (decode_layer.json / .md).
 set -u
 OUT=${OUT:-$PWD/gpu-hopper-out}
 mkdir -p "$OUT"
 WHAT=${*:-tests handoffs gemv_stages decode_layer}
-LAYER_BUILDS=${LAYER_BUILDS:-atomics=-DDL_REDUCE=0,-DDL_KEEP_RES=0 reloadres=-DDL_KEEP_RES=0 serialmerge=-DDL_MERGE=0}
+LAYER_BUILDS=${LAYER_BUILDS:-atomics=-DDL_REDUCE=0,-DDL_KEEP_RES=0 reloadres=-DDL_KEEP_RES=0 serialmerge=-DDL_MERGE=0 early=-DDL_EARLY=1}
 want() { [[ " $WHAT " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 status=0

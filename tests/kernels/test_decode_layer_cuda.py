@@ -98,7 +98,7 @@ def test_switches_from_the_environment(monkeypatch):
 
 
 @pytest.mark.skipif(nvrtc.find_nvrtc() is None, reason="needs NVRTC (the nvidia-cuda-nvrtc wheel)")
-@pytest.mark.parametrize("switches", [("-DDL_REDUCE=0", "-DDL_KEEP_RES=0"), ("-DDL_MERGE=0",)])
+@pytest.mark.parametrize("switches", [("-DDL_REDUCE=0", "-DDL_KEEP_RES=0"), ("-DDL_MERGE=0",), ("-DDL_EARLY=1",)])
 def test_switches_compile_under_nvrtc(switches, tmp_path):
     """Every switch the environment can set compiles at a real shape (Llama's: four queries per KV
     head, head dim 64), as the engine compiles it."""
@@ -135,7 +135,7 @@ def test_layer_equals_the_reference(variant, model, context):
 @gpu
 @pytest.mark.parametrize("variant", ["grid", "cluster"])
 @pytest.mark.parametrize("switches", [("-DDL_REDUCE=0", "-DDL_KEEP_RES=0"), ("-DDL_REDUCE=0", "-DDL_MERGE=1"),
-                                      ("-DDL_MERGE=0",)])
+                                      ("-DDL_MERGE=0",), ("-DDL_EARLY=1",)])
 def test_switched_layer_equals_the_reference(variant, switches):
     """The compile-time variants the probe compares (INFER_DECODE_CUDA_SWITCHES) compute the same layer."""
     for model, context in (("qwen3-0.6b", 300), ("llama-3.2-1b", 63)):

@@ -39,7 +39,7 @@ THREADS = 256
 MAX_SPLITS = 32  # kMaxSplits
 MAX_ROWS = 256  # the row sums a CTA holds (acc[256])
 VARIANTS = ("grid", "cluster")
-SWITCHES = ("DL_REDUCE", "DL_KEEP_RES", "DL_MERGE")  # decode_layer.cuh's compile-time variants
+SWITCHES = ("DL_REDUCE", "DL_KEEP_RES", "DL_MERGE", "DL_EARLY")  # decode_layer.cuh's compile-time variants
 _POINTERS = ("w_qkv", "w_o", "w_gu", "w_down", "norm1", "norm2", "q_norm", "k_norm", "k_cache", "v_cache",
              "block_table", "positions", "slot_mapping", "seq_lens", "cos", "sin", "x", "res", "x_out", "res_out",
              "qkv", "partials", "attn", "r", "r2", "act", "sync", "errors")
@@ -96,7 +96,7 @@ def cluster_from_env() -> int:
 
 def switches_from_env() -> tuple[str, ...]:
     """``INFER_DECODE_CUDA_SWITCHES``: the kernel's compile-time switches (decode_layer.cuh's header:
-    ``DL_REDUCE``, ``DL_KEEP_RES``, ``DL_MERGE``) as ``NAME=INT`` pairs, comma-separated, e.g.
+    ``DL_REDUCE``, ``DL_KEEP_RES``, ``DL_MERGE``, ``DL_EARLY``) as ``NAME=INT`` pairs, comma-separated, e.g.
     ``DL_REDUCE=0,DL_KEEP_RES=0``; NVRTC gets them as ``-D`` options."""
     value = os.environ.get("INFER_DECODE_CUDA_SWITCHES", "").strip()
     out = []

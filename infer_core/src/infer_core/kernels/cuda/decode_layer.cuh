@@ -52,6 +52,11 @@ using bf16 = __nv_bfloat16;
 //   DL_MERGE 1      the grid variant's merge reads every split's max and sum at once (a thread
 //                   each), then a dim's partials with all loads in flight (the default; 0: split
 //                   by split, two dependent L2 loads per split).
+//   DL_EARLY 1      the step's metadata, the first keys' cp.async and the first norm's weight
+//                   before the PDL wait, the second norm's weight with gate/up's first loads (as
+//                   the Triton layer: all were written before the previous launch began); 0 (the
+//                   default until measured): after the wait, the weights after each norm's
+//                   reduction (a dependent L2 round trip each).
 // (Loads walking along rows and all of a stage's pieces in one pass, DL_ROWS 1-3 of commit
 // fbfafd4, measured slower in every combination and were removed.)
 #ifndef DL_REDUCE
@@ -62,6 +67,9 @@ using bf16 = __nv_bfloat16;
 #endif
 #ifndef DL_MERGE
 #define DL_MERGE 1
+#endif
+#ifndef DL_EARLY
+#define DL_EARLY 0
 #endif
 
 constexpr int H = DL_HIDDEN, I = DL_INTER, NQ = DL_HEADS, NKV = DL_KV_HEADS, D = DL_HEAD_DIM;
@@ -183,10 +191,19 @@ __device__ __forceinline__ void request_stage(const Pieces& s, uint4 (&regs)[kIn
   request_vectors(one_piece(s.base[0], s.end[0]), regs);
 }
 
+constexpr int NORM_PER_THREAD = H / kThreads;
+
+// A norm's weight, this thread's elements of norm_input (DL_EARLY: requested ahead).
+__device__ __forceinline__ void load_norm(const bf16* w, float (&wv)[NORM_PER_THREAD]) {
+#pragma unroll
+  for (int j = 0; j < NORM_PER_THREAD; ++j) wv[j] = __bfloat162float(w[threadIdx.x + j * kThreads]);
+}
+
 // xs = rmsnorm(v) * w (bf16 roundings of rms_norm_ref) with v = a + b (a, b bf16; b may be null) or
-// v = f (float, already rounded); `store` gets v.
-__device__ void norm_input(const bf16* a, const bf16* b, const float* f, const bf16* w, float eps, float* xs,
-                           float* red, float* store) {
+// v = f (float, already rounded); `store` gets v. The weight: wv (load_norm) with DL_EARLY, else w.
+__device__ __forceinline__ void norm_input(const bf16* a, const bf16* b, const float* f, const bf16* w,
+                                           const float (&wv)[NORM_PER_THREAD], float eps, float* xs, float* red,
+                                           float* store) {
   float v[H / kThreads], sq = 0;
 #pragma unroll
   for (int j = 0; j < H / kThreads; ++j) {
@@ -198,7 +215,7 @@ __device__ void norm_input(const bf16* a, const bf16* b, const float* f, const b
 #pragma unroll
   for (int j = 0; j < H / kThreads; ++j) {
     const int i = threadIdx.x + j * kThreads;
-    xs[i] = rnd(__bfloat162float(w[i]) * rnd(v[j] * rstd));
+    xs[i] = rnd((DL_EARLY ? wv[j] : __bfloat162float(w[i])) * rnd(v[j] * rstd));
     if (store) store[i] = v[j];
   }
   __syncthreads();
@@ -439,17 +456,27 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
     qkv_rows = rows_of(p.w_qkv, H, row0, rows);
   }
   request_stage(qkv_rows, regs);  // weights never depend on the step: before the wait
+  float wv[NORM_PER_THREAD];
+  if (DL_EARLY) load_norm(p.norm1, wv);
+  const int kv_head = kCluster ? cid : c / p.splits, kv_splits = kCluster ? csize : p.splits;
+  const int kv_split = kCluster ? rank : c % p.splits;
+  const bool attends = kv_head < NKV;
+  int pos = 0, slot = 0, keys = 0, key0 = 0, key1 = 0;
+  // the step's metadata and the older keys' cp.async (DL_EARLY: before the wait: they were written
+  // before the previous launch began)
+  auto step_and_keys = [&]() {
+    pos = load_index(p.positions, p.pos64), slot = load_index(p.slot_mapping, p.slot64), keys = p.seq_lens[0];
+    const int chunk = (keys + kv_splits - 1) / kv_splits;
+    key0 = min(keys, kv_split * chunk), key1 = min(keys, (kv_split + 1) * chunk);
+    if (attends) prefetch_keys(p, kv_head, key0, key1, keys - 1, kv);
+  };
+  if (DL_EARLY) step_and_keys();
   asm volatile("griddepcontrol.wait;" ::: "memory");
   STAMP(1);
   const unsigned epoch = *reinterpret_cast<volatile unsigned*>(p.sync);
-  const int pos = load_index(p.positions, p.pos64), slot = load_index(p.slot_mapping, p.slot64);
-  const int keys = p.seq_lens[0], own = keys - 1;
-  const int kv_head = kCluster ? cid : c / p.splits, kv_splits = kCluster ? csize : p.splits;
-  const int kv_split = kCluster ? rank : c % p.splits, chunk = (keys + kv_splits - 1) / kv_splits;
-  const int key0 = min(keys, kv_split * chunk), key1 = min(keys, (kv_split + 1) * chunk);
-  const bool attends = kv_head < NKV;
-  if (attends) prefetch_keys(p, kv_head, key0, key1, own, kv);
-  norm_input(p.x, p.res, nullptr, p.norm1, p.eps, xs, red, c == 0 ? p.r : nullptr);
+  if (!DL_EARLY) step_and_keys();
+  const int own = keys - 1;
+  norm_input(p.x, p.res, nullptr, p.norm1, wv, p.eps, xs, red, c == 0 ? p.r : nullptr);
   STAMP(2);
   gemv(qkv_rows, H, xs, acc, regs);
   STAMP(3);
@@ -532,9 +559,10 @@ __device__ __forceinline__ void decode_layer(const Params& p) {
   const Pieces gate = rows_of(p.w_gu, H, row0, rows), up = rows_of(p.w_gu, H, I + row0, rows);
   const Pieces gu_rows = {{gate.base[0], up.base[0], up.base[0]}, {gate.end[0], 2 * gate.end[0], 2 * gate.end[0]}};
   request_stage(gu_rows, regs);  // gate rows into acc[0, rows), the matching up rows into acc[rows, 2 rows)
+  if (DL_EARLY) load_norm(p.norm2, wv);
   grid_sync(p, 4, epoch);
   STAMP(10);
-  norm_input(nullptr, nullptr, p.r2, p.norm2, p.eps, xs, red, nullptr);
+  norm_input(nullptr, nullptr, p.r2, p.norm2, wv, p.eps, xs, red, nullptr);
   STAMP(11);
   gemv(gu_rows, H, xs, acc, regs);
   for (int i = threadIdx.x; i < rows; i += kThreads) {
