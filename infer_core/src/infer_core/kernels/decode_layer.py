@@ -10,7 +10,8 @@ Here one program per SM runs every stage of the layer, with a grid-wide barrier 
 dependent stages instead of a launch:
 
 1. ``qkv = rms_norm(x + residual) @ w_qkv.T`` (the norm recomputed by every program from
-   the input row, as the GEMM prologue does);
+   the input row, as the GEMM prologue does; with ``norm_once`` the row is loaded once and the
+   norm weight requested with the stage's first tiles);
 2. per (KV head, key split): QK-norm and RoPE of the head's query group (every split) and,
    in the split that holds the step's own position, of its key, which it stores with the
    value into the paged cache for later steps; then attention over the split's keys (online
