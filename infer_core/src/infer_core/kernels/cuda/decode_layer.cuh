@@ -170,7 +170,7 @@ __device__ __forceinline__ void stream_pieces(const Pieces& s, int row_vectors, 
 }
 
 // acc[i] += W[row i of the pieces] . xs, its pieces one after another (a CTA barrier after each),
-// the first loads of the first piece in regs already (request_vectors). Ends with a CTA barrier.
+// the first loads of the first piece in regs already (request_stage). Ends with a CTA barrier.
 __device__ void gemv(const Pieces& s, int K, const float* xs, float* acc, uint4 (&regs)[kInFlight]) {
   const int row_vectors = K / 8;
   int before = 0;

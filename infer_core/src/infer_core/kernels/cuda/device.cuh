@@ -114,13 +114,19 @@ __device__ __forceinline__ const uint4* piece_vector(const Pieces& s, int v) {
 // ---- per-vector reductions: load i of a thread is vector threadIdx.x + i x kThreads of a pass, and
 // each vector's products are reduced across the warp into its row
 
-// The first kInFlight loads per thread of stream_vectors, issued ahead.
-__device__ __forceinline__ void request_vectors(const Pieces& s, uint4 (&regs)[kInFlight]) {
+// The loads of one pass from vector `start`: load i of this thread is vector start + threadIdx.x +
+// i x kThreads (those before the pieces' end).
+__device__ __forceinline__ void load_pass(const Pieces& s, int start, uint4 (&regs)[kInFlight]) {
 #pragma unroll
   for (int i = 0; i < kInFlight; ++i) {
-    const int v = threadIdx.x + i * kThreads;
+    const int v = start + threadIdx.x + i * kThreads;
     if (v < s.end[2]) regs[i] = load_stream(piece_vector(s, v));
   }
+}
+
+// The first kInFlight loads per thread of stream_vectors / stream_scratch, issued ahead.
+__device__ __forceinline__ void request_vectors(const Pieces& s, uint4 (&regs)[kInFlight]) {
+  load_pass(s, 0, regs);
 }
 
 // The products of a CTA's weight vectors (the pieces' rows, `row_vectors` vectors each) with xs
@@ -130,13 +136,7 @@ __device__ __forceinline__ void stream_vectors(const Pieces& s, int row_vectors,
                                                uint4 (&regs)[kInFlight], bool loaded) {
   const int total = s.end[2];
   for (int start = 0; start < total; start += kInFlight * kThreads) {
-    if (!loaded || start > 0) {
-#pragma unroll
-      for (int i = 0; i < kInFlight; ++i) {
-        const int v = start + threadIdx.x + i * kThreads;
-        if (v < total) regs[i] = load_stream(piece_vector(s, v));
-      }
-    }
+    if (!loaded || start > 0) load_pass(s, start, regs);
 #pragma unroll
     for (int i = 0; i < kInFlight; ++i) {
       const int v = start + threadIdx.x + i * kThreads;
@@ -163,13 +163,7 @@ __device__ __forceinline__ void stream_scratch(const Pieces& s, int row_vectors,
                                                uint4 (&regs)[kInFlight], bool loaded, float* scratch) {
   const int total = s.end[2], lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int start = 0; start < total; start += kInFlight * kThreads) {
-    if (!loaded || start > 0) {
-#pragma unroll
-      for (int i = 0; i < kInFlight; ++i) {
-        const int v = start + threadIdx.x + i * kThreads;
-        if (v < total) regs[i] = load_stream(piece_vector(s, v));
-      }
-    }
+    if (!loaded || start > 0) load_pass(s, start, regs);
 #pragma unroll
     for (int i = 0; i < kInFlight; ++i) {
       const int v = start + threadIdx.x + i * kThreads;
