@@ -430,6 +430,24 @@ def _norm_pairs(x_ptr, r_ptr, o_ptr, h_out_ptr, nw_words, K: tl.constexpr, eps, 
 
 
 @triton.jit
+def _norm_stage_input(x_ptr, r_ptr, o_ptr, h_out_ptr, nw_words, K: tl.constexpr, eps, store, MODE: tl.constexpr,
+                      HAS_RESIDUAL: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, SUB: tl.constexpr,
+                      ONCE: tl.constexpr):
+    """A norm stage's input (``MODE`` 1 / 2) for :func:`_gemm_stage`: ``(rstd, x, x_odd, ready)``.
+    ``ONCE``: loaded once (:func:`_norm_pairs`; ``x`` / ``x_odd`` the normed input, ``rstd``
+    unused); else the two-pass path's ``rstd`` (:func:`_stream_rstd`; the stage loads its input
+    after it). ``ready`` depends on what was computed (the timeline's stamp)."""
+    if ONCE:
+        x, x_odd = _norm_pairs(x_ptr, r_ptr, o_ptr, h_out_ptr, nw_words, K, eps, store, MODE, HAS_RESIDUAL, BK, SUB)
+        rstd = 0.0
+        ready = tl.max(tl.max(x, 1), 0)
+    else:
+        rstd = _stream_rstd(x_ptr, r_ptr, o_ptr, h_out_ptr, K, eps, store, MODE, HAS_RESIDUAL, BK, KT)
+        x, x_odd, ready = rstd, rstd, rstd
+    return rstd, x, x_odd, ready
+
+
+@triton.jit
 def _gemm_x(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
             BK: tl.constexpr, SUB: tl.constexpr):
     """:func:`_gemm_input` in float32, as ``(x, x)``; or with ``SUB`` > 0 its even and odd
@@ -911,6 +929,7 @@ def _decode_layer_kernel(
     QKV_ONCE: tl.constexpr = NORM_ONCE and SUB_QKV > 0 and KT_QKV == 1
     GU_ONCE: tl.constexpr = NORM_ONCE and SUB_GU > 0 and KT_GU == 1
     pid = tl.program_id(0)
+    nw = 0  # (the norm weight's words when QKV_ONCE / GU_ONCE)
     _stamp(timeline_ptr, pid, 0, TIMELINE)
 
     # kv_early = 2: the step's metadata and the first key tile (earlier steps' keys) at the launch's
@@ -950,16 +969,9 @@ def _decode_layer_kernel(
     DT: tl.constexpr = x_ptr.dtype.element_ty
     _stamp(timeline_ptr, pid, 1, TIMELINE)
     if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
-        if QKV_ONCE:
-            xn, xn_odd = _norm_pairs(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, False, 1, HAS_RESIDUAL,
-                                     BK_QKV, SUB_QKV)
-            rstd = 0.0
-            _stamp_after(timeline_ptr, pid, 24, tl.max(tl.max(xn, 1), 0), TIMELINE)
-        else:
-            rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, False, 1, HAS_RESIDUAL, BK_QKV,
-                                KT_QKV)
-            xn, xn_odd = rstd, rstd
-            _stamp_after(timeline_ptr, pid, 24, rstd, TIMELINE)
+        rstd, xn, xn_odd, ready = _norm_stage_input(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, False, 1,
+                                                    HAS_RESIDUAL, BK_QKV, KT_QKV, SUB_QKV, QKV_ONCE)
+        _stamp_after(timeline_ptr, pid, 24, ready, TIMELINE)
         _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
                     rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT,
                     xn, xn_odd, QKV_ONCE)
@@ -1031,16 +1043,9 @@ def _decode_layer_kernel(
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
             if GU_ONCE:
                 nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
-        if GU_ONCE:
-            xn, xn_odd = _norm_pairs(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL,
-                                     BK_GU, SUB_GU)
-            rstd = 0.0
-            _stamp_after(timeline_ptr, pid, 25, tl.max(tl.max(xn, 1), 0), TIMELINE)
-        else:
-            rstd = _stream_rstd(x_ptr, res_ptr, o_ptr, res_out_ptr, HIDDEN, eps, pid == 0, 2, HAS_RESIDUAL, BK_GU,
-                                KT_GU)
-            xn, xn_odd = rstd, rstd
-            _stamp_after(timeline_ptr, pid, 25, rstd, TIMELINE)
+        rstd, xn, xn_odd, ready = _norm_stage_input(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, pid == 0, 2,
+                                                    HAS_RESIDUAL, BK_GU, KT_GU, SUB_GU, GU_ONCE)
+        _stamp_after(timeline_ptr, pid, 25, ready, TIMELINE)
         _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
                     rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT,
                     xn, xn_odd, GU_ONCE)
