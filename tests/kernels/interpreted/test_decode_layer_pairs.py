@@ -61,10 +61,15 @@ def stage_cases(draw):
                 seed=draw(st.integers(0, 2**16)))
 
 
+def _truncated(v: torch.Tensor) -> torch.Tensor:
+    """float32 -> bf16 as the interpreter converts (the low 16 bits dropped, no rounding)."""
+    return (v.view(torch.int32) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
 def run_stage(c: dict, sub: int, once: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The stage's output (a pair-tile launch when ``sub`` > 0; its norm loaded once with
     ``once``), the torch reference and the residual row a norm stage's program 0 stored
-    (checked here against ``x (+ r) (+ o)`` to a rounding)."""
+    (checked here to equal ``x (+ r) (+ o)`` with the interpreter's bf16 truncations)."""
     gen = generator(c["seed"])
     n, k, bf16 = c["n"], c["k"], torch.bfloat16
     w = randn(gen, (2 if c["gated"] else 1) * n, k, device="cpu", dtype=bf16, scale=k**-0.5)
@@ -80,8 +85,11 @@ def run_stage(c: dict, sub: int, once: bool = False) -> tuple[torch.Tensor, torc
     h = x + r if residual else x
     if c["mode"] == 2:
         h = o + h
-    if c["mode"] > 0:
-        assert relative(h_out, h.reshape(-1)) <= 1e-2, (once, c)
+    if c["mode"] > 0:  # exactly the interpreter's sums: each add truncated to bf16
+        h_trunc = _truncated(x.float() + r.float()) if residual else x
+        if c["mode"] == 2:
+            h_trunc = _truncated(o.float() + h_trunc.float())
+        assert torch.equal(h_out, h_trunc.reshape(-1)), (once, c)
     a = x if c["mode"] == 0 else rms_norm_ref(h, nw, 1e-6)
     y = (a.float() @ w.float().T).to(bf16)
     ref = silu_and_mul_ref(y) if c["gated"] else y
