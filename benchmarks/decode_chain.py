@@ -160,6 +160,12 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  "plain": {"arrive_first": False, "kv_early": 0}, "default": {},
                  # the norm stages' input row and weight loaded again after the reduction (norm_once off)
                  "normtwice": {"norm_once": False},
+                 # the attention stage's rotary row and QK-norm weights requested at the stage's start (2) or
+                 # between barrier 0's arrival and wait (1), not in the norms (rope_early 0)
+                 "ropeearly": {"rope_early": 2}, "ropebarrier": {"rope_early": 1},
+                 # key splits per KV head (the default: 16 for 8 KV heads on 132 SMs)
+                 **{f"splits{n}": {"splits": n} for n in (2, 4, 8)},
+                 **{f"ropeearly-splits{n}": {"rope_early": 2, "splits": n} for n in (4, 8)},
                  # 32-key attention tiles (the first one, requested at the launch's start, holds half the registers)
                  "tile32": {"tile": 32},
                  # the first key tile at the launch's start (kv_early = 2), with balanced stages

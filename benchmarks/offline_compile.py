@@ -49,7 +49,8 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
                arrive_first: bool | None = None, kv_early: int | None = None,
                balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
                pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None,
-               norm_once: bool | None = None) -> tuple[dict, dict]:
+               norm_once: bool | None = None, rope_early: int | None = None,
+               splits: int | None = None) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -60,7 +61,8 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
     conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm,
                             balanced_elements=balanced, num_warps=num_warps)
     conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early),
-                                              ("pairs", pairs), ("ll", ll), ("norm_once", norm_once))
+                                              ("pairs", pairs), ("ll", ll), ("norm_once", norm_once),
+                                              ("rope_early", rope_early), ("splits", splits))
                           if v is not None})
     ks = (hidden, hq * d, hidden, inter)
     values = dict(
@@ -74,7 +76,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         **{f"SUB_{name}": dl.pair_sub(conf.rows[i], conf.bk[i], ks[i], conf.num_warps) if conf.pairs[i] else 0
            for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
-        EPOCH=conf.epoch, LL=conf.ll, NORM_ONCE=conf.norm_once,
+        EPOCH=conf.epoch, LL=conf.ll, NORM_ONCE=conf.norm_once, ROPE_EARLY=conf.rope_early,
     )
     return values, conf.__dict__
 
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", help="bf16 pair tiles per GEMM stage, four digits 0 / 1 (qkv, o, gate/up, "
                         "down; default: the config's)")
     parser.add_argument("--norm-once", type=int, choices=(0, 1), help="default: the config's")
+    parser.add_argument("--rope-early", type=int, choices=(0, 1, 2), help="default: the config's")
+    parser.add_argument("--splits", type=int, help="key splits per KV head (default: the config's)")
     parser.add_argument("--ll", type=int, choices=(0, 1, 2, 3), help="self-flagged words (default: the config's)")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
     parser.add_argument("--last-stage", type=int, default=6, choices=range(1, 7),
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                               args.kv_early, args.balanced_elements,
                               args.last_stage, args.num_warps,
                               None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll,
-                              None if args.norm_once is None else bool(args.norm_once))
+                              None if args.norm_once is None else bool(args.norm_once),
+                              args.rope_early, args.splits)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:

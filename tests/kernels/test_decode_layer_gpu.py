@@ -219,6 +219,20 @@ def test_barrier_variants(shape, context, poll_sleep, arrive_first, kv_early):
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("context", [0, 63, 300, 4000])
+@pytest.mark.parametrize(("rope_early", "splits"), [(1, 0), (2, 0), (0, 4), (2, 4), (0, 8), (0, 2)])
+def test_rope_early_and_splits(shape, context, rope_early, splits):
+    """``rope_early``: the attention stage's rotary row and QK-norm weights requested between
+    barrier 0's arrival and its wait (1) or at the stage's start (2); ``splits``: fewer key
+    splits per KV head than the default (0). One launch, against the reference."""
+    case = replace(real_case(shape, context), max_elements=8192)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, rope_early=rope_early)
+    if splits:
+        cfg = replace(cfg, splits=splits)
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
+
+
 def test_timeline_stamps_every_boundary_in_order():
     """decode_layer(timeline=...) (benchmarks): every program's 14 boundary stamps rise, and
     the programs that merged a head stamped inside the merge."""

@@ -174,3 +174,27 @@ def test_stage_configs_need_six_and_stage_by_stage():
     for configs, staged in (([cfg] * 5, True), ([cfg] * 6, False)):
         with pytest.raises(ValueError, match="six configurations"):
             cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=staged, stage_configs=configs)
+
+
+@settings(max_examples=12, deadline=None)
+@given(case=cases.layer_cases(), rope_early=st.sampled_from([1, 2]), kv_early=st.sampled_from([0, 2]))
+def test_rope_inputs_requested_early_match_the_reference(case, rope_early, kv_early):
+    """``rope_early``: the rotary row and QK-norm weights requested before the attention stage's
+    PDL wait (1, with ``kv_early`` 2), before its items (1, else) or at each item's start (2):
+    the same layer."""
+    cfg = replace(cases.config_for(case, torch.float32), rope_early=rope_early, kv_early=kv_early)
+    cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=True, config=cfg)
+
+
+def test_default_rope_early_and_splits_read_the_environment(monkeypatch):
+    monkeypatch.delenv("INFER_DECODE_ROPE_EARLY", raising=False)
+    monkeypatch.delenv("INFER_DECODE_SPLITS", raising=False)
+    assert dl.default_rope_early() == dl.DecodeLayerConfig.rope_early
+    assert dl.splits_for(8, 132) == 16 and dl.splits_for(8, 16) == 2
+    monkeypatch.setenv("INFER_DECODE_ROPE_EARLY", "2")
+    monkeypatch.setenv("INFER_DECODE_SPLITS", "4")
+    assert dl.default_rope_early() == 2 and dl.splits_for(8, 132) == 4
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).splits == 4
+    monkeypatch.setenv("INFER_DECODE_SPLITS", "3")
+    with pytest.raises(ValueError, match="power of two"):
+        dl.splits_for(8, 132)

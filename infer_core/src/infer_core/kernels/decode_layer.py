@@ -572,12 +572,36 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
 
 
 @triton.jit
-def _norm_rope(x1, x2, w_ptr, cos, sin, eps, dh, QK_NORM: tl.constexpr, HALF: tl.constexpr):
-    """(QK-norm and) RoPE of rows given as halves ``x1``/``x2 [R, HALF]``: qk_norm_rope's
-    arithmetic (Llama / Qwen numerics), or rotary's without the norm; rounded to the dtype."""
+def _norm_halves(w_ptr, dh, QK_NORM: tl.constexpr, HALF: tl.constexpr):
+    """A QK-norm weight as two float32 halves ``[1, HALF]`` (zeros without ``QK_NORM``)."""
     if QK_NORM:
         w1 = tl.load(w_ptr + dh).to(tl.float32)[None, :]
         w2 = tl.load(w_ptr + HALF + dh).to(tl.float32)[None, :]
+    else:
+        w1 = tl.zeros([1, HALF], dtype=tl.float32)
+        w2 = tl.zeros([1, HALF], dtype=tl.float32)
+    return w1, w2
+
+
+@triton.jit
+def _rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos, stride_sin, QK_NORM: tl.constexpr,
+                 HALF: tl.constexpr):
+    """What the attention stage's QK-norm and RoPE read besides q, k, v: the rotary row of
+    ``pos`` (float32 ``[1, HALF]`` cos, sin) and the q- and k-norm weights' halves."""
+    dh = tl.arange(0, HALF)
+    cos = tl.load(cos_ptr + pos * stride_cos + dh).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + pos * stride_sin + dh).to(tl.float32)[None, :]
+    qw1, qw2 = _norm_halves(qn_ptr, dh, QK_NORM, HALF)
+    kw1, kw2 = _norm_halves(kn_ptr, dh, QK_NORM, HALF)
+    return cos, sin, qw1, qw2, kw1, kw2
+
+
+@triton.jit
+def _norm_rope(x1, x2, w1, w2, cos, sin, eps, QK_NORM: tl.constexpr, HALF: tl.constexpr):
+    """(QK-norm with weight halves ``w1``/``w2`` and) RoPE of rows given as halves ``x1``/``x2
+    [R, HALF]``: qk_norm_rope's arithmetic (Llama / Qwen numerics), or rotary's without the
+    norm; rounded to the dtype."""
+    if QK_NORM:
         return norm_rope(x1, x2, w1, w2, cos, sin, eps, HALF, False)
     h1 = x1.to(tl.float32)
     h2 = x2.to(tl.float32)
@@ -729,14 +753,17 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
                     TIMELINE: tl.constexpr,
                     HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
                     BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr, flag, LL: tl.constexpr, error_ptr):
+                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr, flag, LL: tl.constexpr, error_ptr,
+                    cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY: tl.constexpr):
     """KV head ``item // SPLITS``, key split ``item % SPLITS``: partial attention of the head's
     query group over the split's tiles (paged_attention's split rule and tile arithmetic), the
     first tile ``k1``/``k2``/``v``/``key_ok`` already requested (:func:`_first_kv`). The tiles
     hold the keys of earlier steps only; the split that holds the step's own position stores
     the step's K and V into the cache and takes that key from registers, last. ``LL``: q, k, v
     and the partials are self-flagged words (:func:`_ll_pack`): the loads repeat until every
-    word carries ``flag`` (no barrier before the stage, none after it)."""
+    word carries ``flag`` (no barrier before the stage, none after it). ``ROPE_EARLY``: the
+    rotary row and the norm weights come in (:func:`_rope_inputs`, requested before the stage's
+    barrier); else they are loaded here, the k-norm weight after the query's norm."""
     HALF: tl.constexpr = HEAD_DIM // 2
     GROUP: tl.constexpr = HQ // HKV
     g = item // SPLITS
@@ -746,8 +773,12 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     own = (t0 < t1) & (t1 == tiles)  # this split holds the step's own position
     # every load of the stage at once: the query group, the own key and value (masked off in the
     # other splits), the rotary row
-    cos = tl.load(cos_ptr + pos * stride_cos + dh).to(tl.float32)[None, :]
-    sin = tl.load(sin_ptr + pos * stride_sin + dh).to(tl.float32)[None, :]
+    if ROPE_EARLY == 2:
+        cos, sin, qw1, qw2, kw1, kw2 = _rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos, stride_sin,
+                                                    QK_NORM, HALF)
+    elif not ROPE_EARLY:
+        cos = tl.load(cos_ptr + pos * stride_cos + dh).to(tl.float32)[None, :]
+        sin = tl.load(sin_ptr + pos * stride_sin + dh).to(tl.float32)[None, :]
     rows = tl.arange(0, BLOCK_M)
     row_ok = rows < GROUP
     head = g * GROUP + rows
@@ -795,9 +826,13 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
             kn1 = _ll_value(_settle(kn1, k_row, own_h, flag, 2, error_ptr)).to(dt)
             kn2 = _ll_value(_settle(kn2, k_row + HALF, own_h, flag, 2, error_ptr)).to(dt)
             vn = _ll_value(_settle(vn, v_row, own_d, flag, 2, error_ptr)).to(dt)
-    q1, q2 = _norm_rope(q1, q2, qn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
+    if not ROPE_EARLY:
+        qw1, qw2 = _norm_halves(qn_ptr, dh, QK_NORM, HALF)
+    q1, q2 = _norm_rope(q1, q2, qw1, qw2, cos, sin, eps, QK_NORM, HALF)
     _stamp(timeline_ptr, pid, 16, TIMELINE)
-    kn1, kn2 = _norm_rope(kn1, kn2, kn_ptr, cos, sin, eps, dh, QK_NORM, HALF)
+    if not ROPE_EARLY:
+        kw1, kw2 = _norm_halves(kn_ptr, dh, QK_NORM, HALF)
+    kn1, kn2 = _norm_rope(kn1, kn2, kw1, kw2, cos, sin, eps, QK_NORM, HALF)
     if own & (slot >= 0):  # the step's K and V into the paged cache (no load in this launch reads them)
         dst = cache_ptr + slot * stride_slot + g * HEAD_DIM
         cdt = cache_ptr.dtype.element_ty
@@ -915,7 +950,7 @@ def _decode_layer_kernel(
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
-    NORM_ONCE: tl.constexpr,
+    NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -930,6 +965,10 @@ def _decode_layer_kernel(
     GU_ONCE: tl.constexpr = NORM_ONCE and SUB_GU > 0 and KT_GU == 1
     pid = tl.program_id(0)
     nw = 0  # (the norm weight's words when QKV_ONCE / GU_ONCE)
+    # rope_early: the attention stage's rotary row and QK-norm weights (_rope_inputs), requested
+    # between barrier 0's arrival and its wait (stage by stage: before the stage's PDL wait)
+    ATTN: tl.constexpr = (ALL and LAST >= 2) or STAGE == 2
+    cos, sin, qw1, qw2, kw1, kw2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     _stamp(timeline_ptr, pid, 0, TIMELINE)
 
     # kv_early = 2: the step's metadata and the first key tile (earlier steps' keys) at the launch's
@@ -954,6 +993,9 @@ def _decode_layer_kernel(
         seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
         k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
                                       stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+    if ROPE_EARLY == 1 and KV_START and not ALL:
+        cos, sin, qw1, qw2, kw1, kw2 = _rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos, stride_sin,
+                                                    QK_NORM, HEAD_DIM // 2)
     if PDL:
         wait_for_prior()
     if ALL and LAST >= 2:
@@ -986,9 +1028,15 @@ def _decode_layer_kernel(
     if ALL and LAST >= 2 and not LL:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 0)
+        if ROPE_EARLY == 1:  # (after the arrival: its fence does not wait for them)
+            cos, sin, qw1, qw2, kw1, kw2 = _rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
+                                                        stride_sin, QK_NORM, HEAD_DIM // 2)
         _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 3, TIMELINE)
-    if (ALL and LAST >= 2) or STAGE == 2:  # QK-norm, RoPE, K/V store, split attention
+    if ROPE_EARLY == 1 and ATTN and ((ALL and LL) or (not ALL and not KV_START)):  # (no barrier 0 / no early start)
+        cos, sin, qw1, qw2, kw1, kw2 = _rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos, stride_sin,
+                                                    QK_NORM, HEAD_DIM // 2)
+    if ATTN:  # QK-norm, RoPE, K/V store, split attention
         for item in range(pid, HKV * SPLITS, num_programs):
             if KV_EARLY:
                 if item != pid:  # a later item of this program (fewer programs than items)
@@ -1001,7 +1049,7 @@ def _decode_layer_kernel(
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
                             HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
-                            error_ptr)
+                            error_ptr, cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY)
     _stamp(timeline_ptr, pid, 4, TIMELINE)
     if ALL and LAST >= 3 and not LL:
         _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
@@ -1131,7 +1179,11 @@ class DecodeLayerConfig:
     gate/up) whose input is one bf16 pair tile load it once (:func:`_norm_pairs`): the row kept
     for the sum of squares and the product, the norm weight requested with the stage's first
     tiles (else: the row and the weight again after the reduction's barrier, a second L2 round
-    trip on the critical path)."""
+    trip on the critical path). ``rope_early``: the attention stage's rotary row and QK-norm
+    weights are requested between barrier 0's arrival and its wait (stage by stage: before the
+    attention launch's PDL wait; 1), or at the attention stage's start with the query (2), not
+    in the norms (0: the k-norm weight's load may wait for the query's norm, a dependent L2
+    round trip in the split that holds the step's key)."""
 
     num_programs: int
     splits: int
@@ -1151,6 +1203,7 @@ class DecodeLayerConfig:
     ll: int = 0  # 1 / 2: self-flagged words polled as CTA-wide tiles (.cg / volatile loads), 3: each thread
     # settles its own words (a PTX loop, CUDA only; the interpreter runs 1); 0: barriers 0 and 1
     norm_once: bool = True
+    rope_early: int = 0
 
 
 def _pow2_floor(n: int) -> int:
@@ -1309,7 +1362,7 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
     return replace(choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
                                  balanced_elements=default_balanced_elements()),
                    kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0,
-                   norm_once=default_norm_once(stage_by_stage))
+                   norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early())
 
 
 def default_kv_early() -> int:
@@ -1329,9 +1382,19 @@ def default_norm_once(stage_by_stage: bool = False) -> bool:
     return bool(_env_int("INFER_DECODE_NORM_ONCE", int(DecodeLayerConfig.norm_once and not stage_by_stage)))
 
 
+def default_rope_early() -> int:
+    """``rope_early`` of the configuration a launch picks for itself: the config's default, or
+    ``INFER_DECODE_ROPE_EARLY`` (0 / 1 / 2) from the environment (A/B measurements)."""
+    return _env_int("INFER_DECODE_ROPE_EARLY", DecodeLayerConfig.rope_early)
+
+
 def splits_for(num_kv_heads: int, num_sms: int) -> int:
-    """Key splits per KV head: (KV heads x splits) about fills the SMs, at most 16."""
-    return max(min(_pow2_floor(num_sms // num_kv_heads), 16), 1)
+    """Key splits per KV head: (KV heads x splits) about fills the SMs, at most 16; or
+    ``INFER_DECODE_SPLITS`` from the environment (A/B measurements)."""
+    splits = _env_int("INFER_DECODE_SPLITS", max(min(_pow2_floor(num_sms // num_kv_heads), 16), 1))
+    if splits < 1 or splits & (splits - 1):
+        raise ValueError(f"INFER_DECODE_SPLITS={splits}: give a power of two (1, 2, 4, 8 or 16)")
+    return splits
 
 
 def supports(layer: AttentionLayer, kv_cache: torch.Tensor, dtype: torch.dtype) -> str | None:
@@ -1447,7 +1510,7 @@ def decode_layer(
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
-            NORM_ONCE=cfg.norm_once,
+            NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
