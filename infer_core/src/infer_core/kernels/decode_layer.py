@@ -573,10 +573,10 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
 
 @triton.jit
 def _norm_halves(w_ptr, dh, QK_NORM: tl.constexpr, HALF: tl.constexpr):
-    """A QK-norm weight as two float32 halves ``[1, HALF]`` (zeros without ``QK_NORM``)."""
+    """A QK-norm weight as two halves ``[1, HALF]`` in its dtype (zeros without ``QK_NORM``)."""
     if QK_NORM:
-        w1 = tl.load(w_ptr + dh).to(tl.float32)[None, :]
-        w2 = tl.load(w_ptr + HALF + dh).to(tl.float32)[None, :]
+        w1 = tl.load(w_ptr + dh)[None, :]
+        w2 = tl.load(w_ptr + HALF + dh)[None, :]
     else:
         w1 = tl.zeros([1, HALF], dtype=tl.float32)
         w2 = tl.zeros([1, HALF], dtype=tl.float32)
@@ -597,12 +597,27 @@ def _rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos, stride_sin, 
 
 
 @triton.jit
+def _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos, stride_sin, QK_NORM: tl.constexpr,
+                       HALF: tl.constexpr, ROPE_EARLY: tl.constexpr):
+    """What ``rope_early`` requests ahead of the attention stage, as :func:`_rope_inputs`'s six
+    values: the k-norm weight's halves (1; zeros for the rest, which the stage loads itself) or
+    all of them (2)."""
+    if ROPE_EARLY == 2:
+        cos, sin, qw1, qw2, kw1, kw2 = _rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos, stride_sin,
+                                                    QK_NORM, HALF)
+    else:
+        kw1, kw2 = _norm_halves(kn_ptr, tl.arange(0, HALF), QK_NORM, HALF)
+        cos, sin, qw1, qw2 = kw1, kw1, kw1, kw1
+    return cos, sin, qw1, qw2, kw1, kw2
+
+
+@triton.jit
 def _norm_rope(x1, x2, w1, w2, cos, sin, eps, QK_NORM: tl.constexpr, HALF: tl.constexpr):
     """(QK-norm with weight halves ``w1``/``w2`` and) RoPE of rows given as halves ``x1``/``x2
     [R, HALF]``: qk_norm_rope's arithmetic (Llama / Qwen numerics), or rotary's without the
     norm; rounded to the dtype."""
     if QK_NORM:
-        return norm_rope(x1, x2, w1, w2, cos, sin, eps, HALF, False)
+        return norm_rope(x1, x2, w1.to(tl.float32), w2.to(tl.float32), cos, sin, eps, HALF, False)
     h1 = x1.to(tl.float32)
     h2 = x2.to(tl.float32)
     return (h1 * cos - h2 * sin).to(x1.dtype), (h2 * cos + h1 * sin).to(x1.dtype)
@@ -762,8 +777,9 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     the step's K and V into the cache and takes that key from registers, last. ``LL``: q, k, v
     and the partials are self-flagged words (:func:`_ll_pack`): the loads repeat until every
     word carries ``flag`` (no barrier before the stage, none after it). ``ROPE_EARLY``: the
-    rotary row and the norm weights come in (:func:`_rope_inputs`, requested before the stage's
-    barrier); else they are loaded here, the k-norm weight after the query's norm."""
+    k-norm weight (1) or the rotary row and both norm weights (2) come in
+    (:func:`_early_rope_inputs`, requested before the stage's barrier); else they are loaded
+    here, the k-norm weight after the query's norm."""
     HALF: tl.constexpr = HEAD_DIM // 2
     GROUP: tl.constexpr = HQ // HKV
     g = item // SPLITS
@@ -773,10 +789,7 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     own = (t0 < t1) & (t1 == tiles)  # this split holds the step's own position
     # every load of the stage at once: the query group, the own key and value (masked off in the
     # other splits), the rotary row
-    if ROPE_EARLY == 2:
-        cos, sin, qw1, qw2, kw1, kw2 = _rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos, stride_sin,
-                                                    QK_NORM, HALF)
-    elif not ROPE_EARLY:
+    if ROPE_EARLY < 2:
         cos = tl.load(cos_ptr + pos * stride_cos + dh).to(tl.float32)[None, :]
         sin = tl.load(sin_ptr + pos * stride_sin + dh).to(tl.float32)[None, :]
     rows = tl.arange(0, BLOCK_M)
@@ -826,7 +839,7 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
             kn1 = _ll_value(_settle(kn1, k_row, own_h, flag, 2, error_ptr)).to(dt)
             kn2 = _ll_value(_settle(kn2, k_row + HALF, own_h, flag, 2, error_ptr)).to(dt)
             vn = _ll_value(_settle(vn, v_row, own_d, flag, 2, error_ptr)).to(dt)
-    if not ROPE_EARLY:
+    if ROPE_EARLY < 2:
         qw1, qw2 = _norm_halves(qn_ptr, dh, QK_NORM, HALF)
     q1, q2 = _norm_rope(q1, q2, qw1, qw2, cos, sin, eps, QK_NORM, HALF)
     _stamp(timeline_ptr, pid, 16, TIMELINE)
@@ -965,8 +978,9 @@ def _decode_layer_kernel(
     GU_ONCE: tl.constexpr = NORM_ONCE and SUB_GU > 0 and KT_GU == 1
     pid = tl.program_id(0)
     nw = 0  # (the norm weight's words when QKV_ONCE / GU_ONCE)
-    # rope_early: the attention stage's rotary row and QK-norm weights (_rope_inputs), requested
-    # between barrier 0's arrival and its wait (stage by stage: before the stage's PDL wait)
+    # rope_early: the attention stage's k-norm weight (1) or rotary row and QK-norm weights (2,
+    # _early_rope_inputs), requested between barrier 0's arrival and its wait (stage by stage:
+    # before the stage's PDL wait)
     ATTN: tl.constexpr = (ALL and LAST >= 2) or STAGE == 2
     cos, sin, qw1, qw2, kw1, kw2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     _stamp(timeline_ptr, pid, 0, TIMELINE)
@@ -993,9 +1007,9 @@ def _decode_layer_kernel(
         seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
         k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
                                       stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-    if ROPE_EARLY == 1 and KV_START and not ALL:
-        cos, sin, qw1, qw2, kw1, kw2 = _rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos, stride_sin,
-                                                    QK_NORM, HEAD_DIM // 2)
+    if ROPE_EARLY and KV_START and not ALL:
+        cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
+                                                          stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
     if PDL:
         wait_for_prior()
     if ALL and LAST >= 2:
@@ -1028,14 +1042,14 @@ def _decode_layer_kernel(
     if ALL and LAST >= 2 and not LL:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 0)
-        if ROPE_EARLY == 1:  # (after the arrival: its fence does not wait for them)
-            cos, sin, qw1, qw2, kw1, kw2 = _rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
-                                                        stride_sin, QK_NORM, HEAD_DIM // 2)
+        if ROPE_EARLY:  # (after the arrival: its fence does not wait for them)
+            cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
+                                                              stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
         _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 3, TIMELINE)
-    if ROPE_EARLY == 1 and ATTN and ((ALL and LL) or (not ALL and not KV_START)):  # (no barrier 0 / no early start)
-        cos, sin, qw1, qw2, kw1, kw2 = _rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos, stride_sin,
-                                                    QK_NORM, HEAD_DIM // 2)
+    if ROPE_EARLY and ATTN and ((ALL and LL) or (not ALL and not KV_START)):  # (no barrier 0 / no early start)
+        cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
+                                                          stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
     if ATTN:  # QK-norm, RoPE, K/V store, split attention
         for item in range(pid, HKV * SPLITS, num_programs):
             if KV_EARLY:
@@ -1179,11 +1193,11 @@ class DecodeLayerConfig:
     gate/up) whose input is one bf16 pair tile load it once (:func:`_norm_pairs`): the row kept
     for the sum of squares and the product, the norm weight requested with the stage's first
     tiles (else: the row and the weight again after the reduction's barrier, a second L2 round
-    trip on the critical path). ``rope_early``: the attention stage's rotary row and QK-norm
-    weights are requested between barrier 0's arrival and its wait (stage by stage: before the
-    attention launch's PDL wait; 1), or at the attention stage's start with the query (2), not
-    in the norms (0: the k-norm weight's load may wait for the query's norm, a dependent L2
-    round trip in the split that holds the step's key)."""
+    trip on the critical path). ``rope_early``: the attention stage's k-norm weight (1) or its
+    rotary row and both QK-norm weights (2) are requested between barrier 0's arrival and its
+    wait (stage by stage: before the attention launch's PDL wait), not in the stage (0: the
+    k-norm weight's load comes after the query's norm, whose CTA reduction ptxas does not
+    hoist it over: a dependent L2 round trip in the split that holds the step's key)."""
 
     num_programs: int
     splits: int
