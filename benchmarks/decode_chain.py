@@ -163,6 +163,9 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # the attention stage's rotary row and QK-norm weights requested at the stage's start (2) or
                  # between barrier 0's arrival and wait (1), not in the norms (rope_early 0)
                  "ropeearly": {"rope_early": 2}, "ropebarrier": {"rope_early": 1},
+                 # the programs without an attention item ask L2 for gate/up's (1), down's (2) or both
+                 # weights (3) after barrier 0
+                 "l2gu": {"l2_ahead": 1}, "l2down": {"l2_ahead": 2}, "l2gudown": {"l2_ahead": 3},
                  # key splits per KV head (the default: 16 for 8 KV heads on 132 SMs)
                  **{f"splits{n}": {"splits": n} for n in (2, 4, 8)},
                  **{f"ropeearly-splits{n}": {"rope_early": 2, "splits": n} for n in (4, 8)},

@@ -42,6 +42,8 @@
 #            "rope-late" / "rope-barrier" / "rope-early" = INFER_DECODE_ROPE_EARLY=0 / 1 / 2 (the attention
 #            stage's rotary row and QK-norm weights requested in the norms / between barrier 0's arrival
 #            and wait / at the stage's start), "splits<N>" = INFER_DECODE_SPLITS=N (key splits per KV head),
+#            "l2ahead<N>" = INFER_DECODE_L2_AHEAD=N (gate/up's 1, down's 2 or both 3 weights asked into L2
+#            during the attention),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -109,7 +111,7 @@ if want ab; then
   QTOK=(); [ -f benchmarks/.assets/qwen3-tokenizer/tokenizer.json ] && QTOK=(--tokenizer benchmarks/.assets/qwen3-tokenizer)
   [ -f "$AB/qwen3-0.6b/model.safetensors" ] || "${BENCH[@]}" checkpoint qwen3-0.6b --out "$AB/qwen3-0.6b" "${QTOK[@]}" | tail -1
   for mode in ${AB_MODES:-default in-order}; do
-    flag=(--name "$mode"); pdl=1; bal=; kve=; prs=; epo=; ll=; gfill=; stg=; lmh=; cud=; clu=; nrm=; rop=; spl=
+    flag=(--name "$mode"); pdl=1; bal=; kve=; prs=; epo=; ll=; gfill=; stg=; lmh=; cud=; clu=; nrm=; rop=; spl=; l2a=
     for part in ${mode//+/ }; do
       case $part in
         async) flag+=(--scheduler.async_scheduling true) ;;
@@ -143,11 +145,12 @@ if want ab; then
         rope-barrier) rop=1 ;;
         rope-early) rop=2 ;;
         splits[0-9]*) spl=${part#splits} ;;
+        l2ahead[0-3]) l2a=${part#l2ahead} ;;
         no-pdl) pdl=0 ;;
       esac
     done
     for m in ${AB_MODELS:-llama-3.2-1b qwen3-0.6b}; do
-      INFER_PDL=$pdl INFER_DECODE_BALANCED_ELEMENTS=$bal INFER_DECODE_KV_EARLY=$kve INFER_DECODE_PAIRS=$prs INFER_DECODE_EPOCH=$epo INFER_DECODE_LL=$ll INFER_GRAPH_FILL=$gfill INFER_DECODE_STAGES=$stg INFER_LM_HEAD_ARGMAX=$lmh INFER_DECODE_CUDA=$cud INFER_DECODE_CLUSTER=${clu:-16} INFER_DECODE_NORM_ONCE=$nrm INFER_DECODE_ROPE_EARLY=$rop INFER_DECODE_SPLITS=$spl timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
+      INFER_PDL=$pdl INFER_DECODE_BALANCED_ELEMENTS=$bal INFER_DECODE_KV_EARLY=$kve INFER_DECODE_PAIRS=$prs INFER_DECODE_EPOCH=$epo INFER_DECODE_LL=$ll INFER_GRAPH_FILL=$gfill INFER_DECODE_STAGES=$stg INFER_LM_HEAD_ARGMAX=$lmh INFER_DECODE_CUDA=$cud INFER_DECODE_CLUSTER=${clu:-16} INFER_DECODE_NORM_ONCE=$nrm INFER_DECODE_ROPE_EARLY=$rop INFER_DECODE_SPLITS=$spl INFER_DECODE_L2_AHEAD=$l2a timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
         --workload "${AB_WORKLOADS:-W1,W2}" --repeats "${AB_REPEATS:-3}" --label "$m-random" --out "$REPORT" "${flag[@]}" 2>&1 | tail -4
     done
   done

@@ -233,6 +233,17 @@ def test_rope_early_and_splits(shape, context, rope_early, splits):
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("context", [0, 300, 4000])
+@pytest.mark.parametrize("l2_ahead", [1, 2, 3])
+def test_l2_ahead(shape, context, l2_ahead):
+    """``l2_ahead``: the programs without an attention item ask L2 for the later stages'
+    weights (a hint: the same layer). One launch, against the reference."""
+    case = replace(real_case(shape, context), max_elements=8192)
+    cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, l2_ahead=l2_ahead)
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
+
+
 def test_timeline_stamps_every_boundary_in_order():
     """decode_layer(timeline=...) (benchmarks): every program's 14 boundary stamps rise, and
     the programs that merged a head stamped inside the merge."""

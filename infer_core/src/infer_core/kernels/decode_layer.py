@@ -165,6 +165,19 @@ def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
 
 
 @triton.jit
+def _l2_ahead(w_ptr, NBYTES: tl.constexpr, part, parts, LANES: tl.constexpr):
+    """Ask L2 for a weight's ``NBYTES`` bytes, split over ``parts`` programs (this one is
+    ``part``) and their ``LANES`` threads: one ``cp.async.bulk.prefetch.L2`` (sm_90) of a
+    16-byte multiple per thread. A hint: nothing receives the data, nothing waits for it."""
+    chunk = tl.cdiv(tl.cdiv(NBYTES, parts * LANES), 16) * 16
+    off = (part * LANES + tl.arange(0, LANES)).to(tl.int64) * chunk
+    nbytes = (tl.minimum(tl.maximum(NBYTES - off, 0), chunk) // 16 * 16).to(tl.int32)
+    tl.inline_asm_elementwise(
+        "{\n.reg .pred p;\nsetp.gt.s32 p, $2, 0;\n@p cp.async.bulk.prefetch.L2.global [$1], $2;\nmov.b32 $0, 0;\n}",
+        "=r,l,r", [w_ptr.to(tl.pointer_type(tl.int8)) + off, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _ll_pack(y, flag):
     """Self-flagged words (``ll``): ``flag`` in the high 32 bits, the float32 bits of ``y`` in
     the low ones. One aligned 64-bit store is single-copy atomic, so a reader that sees the
@@ -963,7 +976,7 @@ def _decode_layer_kernel(
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
-    NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr,
+    NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -1046,6 +1059,15 @@ def _decode_layer_kernel(
             cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
                                                               stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
         _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP)
+    if L2_AHEAD and ALL and LAST >= 5:  # noqa: SIM102 (a constexpr branch around a runtime one)
+        # the programs without an attention item: gate/up's (1) and down's (2) weights into L2 while
+        # the attention and the merge run (DRAM is otherwise idle then: the key tiles came at the start)
+        if pid >= HKV * SPLITS:
+            WB: tl.constexpr = w_gu_ptr.dtype.element_ty.primitive_bitwidth // 8
+            if L2_AHEAD & 1:
+                _l2_ahead(w_gu_ptr, 2 * INTER * HIDDEN * WB, pid - HKV * SPLITS, num_programs - HKV * SPLITS, 128)
+            if L2_AHEAD & 2:
+                _l2_ahead(w_down_ptr, INTER * HIDDEN * WB, pid - HKV * SPLITS, num_programs - HKV * SPLITS, 128)
     _stamp(timeline_ptr, pid, 3, TIMELINE)
     if ROPE_EARLY and ATTN and ((ALL and LL) or (not ALL and not KV_START)):  # (no barrier 0 / no early start)
         cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
@@ -1217,7 +1239,8 @@ class DecodeLayerConfig:
     ll: int = 0  # 1 / 2: self-flagged words polled as CTA-wide tiles (.cg / volatile loads), 3: each thread
     # settles its own words (a PTX loop, CUDA only; the interpreter runs 1); 0: barriers 0 and 1
     norm_once: bool = True
-    rope_early: int = 0
+    rope_early: int = 1
+    l2_ahead: int = 0
 
 
 def _pow2_floor(n: int) -> int:
@@ -1376,7 +1399,7 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
     return replace(choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
                                  balanced_elements=default_balanced_elements()),
                    kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0,
-                   norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early())
+                   norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early(), l2_ahead=default_l2_ahead())
 
 
 def default_kv_early() -> int:
@@ -1394,6 +1417,12 @@ def default_norm_once(stage_by_stage: bool = False) -> bool:
     benchmarks/reports/norm-once-2026-12-04-h200); ``INFER_DECODE_NORM_ONCE`` (0 / 1) overrides
     both (A/B measurements)."""
     return bool(_env_int("INFER_DECODE_NORM_ONCE", int(DecodeLayerConfig.norm_once and not stage_by_stage)))
+
+
+def default_l2_ahead() -> int:
+    """``l2_ahead`` of the configuration a launch picks for itself: the config's default, or
+    ``INFER_DECODE_L2_AHEAD`` (0-3) from the environment (A/B measurements)."""
+    return _env_int("INFER_DECODE_L2_AHEAD", DecodeLayerConfig.l2_ahead)
 
 
 def default_rope_early() -> int:
@@ -1524,7 +1553,7 @@ def decode_layer(
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
-            NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early,
+            NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early, L2_AHEAD=cfg.l2_ahead,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
