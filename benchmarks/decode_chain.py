@@ -166,6 +166,9 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # the programs without an attention item ask L2 for gate/up's (1), down's (2) or both
                  # weights (3) after barrier 0
                  "l2gu": {"l2_ahead": 1}, "l2down": {"l2_ahead": 2}, "l2gudown": {"l2_ahead": 3},
+                 # ... with the balanced stages a launch picks for itself (what the engine runs)
+                 **{f"bal-l2{k}": {"l2_ahead": v, "balanced_elements": 16384}
+                    for k, v in (("gu", 1), ("down", 2), ("gudown", 3))},
                  # key splits per KV head (the default: 16 for 8 KV heads on 132 SMs)
                  **{f"splits{n}": {"splits": n} for n in (2, 4, 8)},
                  **{f"ropeearly-splits{n}": {"rope_early": 2, "splits": n} for n in (4, 8)},
