@@ -43,7 +43,8 @@
 #            stage's rotary row and QK-norm weights requested in the norms / between barrier 0's arrival
 #            and wait / at the stage's start), "splits<N>" = INFER_DECODE_SPLITS=N (key splits per KV head),
 #            "l2ahead<N>" = INFER_DECODE_L2_AHEAD=N (gate/up's 1, down's 2 or both 3 weights asked into L2
-#            during the attention),
+#            during the attention), "small-kv" = --cache.memory_fraction 0.05 (a KV pool of a few GB
+#            instead of 0.85 of the device: what the chains and profile_step run with),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -146,6 +147,7 @@ if want ab; then
         rope-early) rop=2 ;;
         splits[0-9]*) spl=${part#splits} ;;
         l2ahead[0-3]) l2a=${part#l2ahead} ;;
+        small-kv) flag+=(--cache.memory_fraction 0.05) ;;
         no-pdl) pdl=0 ;;
       esac
     done
