@@ -21,7 +21,13 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   persistent-sync`` the barrier variants over the defaults: polls without and with a nanosleep
   before each, arriving before or after the next stage's first tiles are requested, the first key
   tile requested before barrier 0's wait or after it
-  (``layer-persistent-<variant>-s<programs per SM>``, variants in :data:`SYNC_VARIANTS`).
+  (``layer-persistent-<variant>-s<programs per SM>``, variants in :data:`SYNC_VARIANTS`; note
+  that the variants start from :func:`~infer_core.kernels.decode_layer.choose_config` without
+  balanced stages unless they name ``balanced_elements``, while ``layer-persistent`` takes the
+  configuration a launch picks for itself, as the engine does);
+- ``step-persistent`` / ``step-persistent-<variant>-s<programs per SM>`` (asked for by name):
+  the persistent layers, then the final norm and the LM head with its greedy pick: a decode
+  step's device work as the engine's graph runs it (their µs per layer include the head).
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -54,6 +60,7 @@ from infer_core.kernels import decode_layer as dl
 from infer_core.kernels.act_and_mul import silu_and_mul
 from infer_core.kernels.device import num_sms
 from infer_core.kernels.kv_cache_write import KVWrite
+from infer_core.kernels.lm_head import LMHeadWorkspace, lm_head_argmax
 from infer_core.kernels.paged_attention import paged_attention
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
 from infer_core.kernels.qk_norm_rope import qk_norm_rope
@@ -212,13 +219,33 @@ PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1
                     (4096, 2, 1, 0, 8), (8192, 2, 1, 1, 8), (8192, 4, 1, 1, 3), (16384, 4, 1, 1, 3)]
 
 
+class Head:
+    """A decode step's tail at batch 1: the final norm and the LM head with its greedy pick
+    (``kernels.lm_head``), random weights at the model's vocabulary."""
+
+    def __init__(self, vocab: int, hidden: int) -> None:
+        self.weight = torch.randn(vocab, hidden, device="cuda", dtype=BF16) / hidden**0.5
+        self.norm = torch.ones(hidden, device="cuda", dtype=BF16)
+        self.logits = torch.empty(1, vocab, device="cuda", dtype=BF16)
+        self.ids = torch.empty(1, device="cuda", dtype=torch.int64)
+        self.workspace = LMHeadWorkspace()
+
+    def bytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
+    def __call__(self, x: torch.Tensor, res: torch.Tensor) -> None:
+        h, _ = fused_add_rms_norm(x, res, self.norm, 1e-6)
+        lm_head_argmax(h, self.weight, self.logits, self.ids, self.workspace)
+
+
 def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4, pipeline: int = 1,
                fewest_steps: bool = True, programs_per_sm: int = 4, last_stage: int = 6, default: bool = False,
-               sync: dict | None = None, timelines: list[torch.Tensor] | None = None):
+               sync: dict | None = None, timelines: list[torch.Tensor] | None = None, head: Head | None = None):
     """The chain of persistent layer launches (one per layer, ping-pong activations); with
     ``default``, each launch picks its own configuration (what a model would run); ``sync``
     overrides config fields (:data:`SYNC_VARIANTS`); with ``timelines`` (one int64 ``[programs, TIMELINE_SLOTS]`` tensor per layer), each launch stamps its stage
-    boundaries there."""
+    boundaries there; with ``head``, the step's final norm and LM head follow the layers (a
+    whole decode step's device work, as the engine's graph runs it)."""
     first = layers[0]
     hidden, inter = first.o.shape[0], first.down.shape[1]
     attn = first.attn
@@ -254,6 +281,8 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
                                      timeline=timelines[i] if timelines else None, stage_by_stage=bool(staged),
                                      stage_configs=stage_configs)
+        if head is not None:
+            head(x, res)
         if not reported and ws.resident:  # once: what the compiled launch needs (programs that fit, regs, smem)
             reported.append(True)
             print(f"  persistent {sync or ''}: (programs that fit, registers, shared bytes) "
@@ -261,10 +290,19 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
     return run
 
 
-def chains(layers: list[Layer]) -> dict:
-    """name: (function running the chain, kernels in it, weight bytes it streams)."""
+def chains(layers: list[Layer], head: Head | None = None) -> dict:
+    """name: (function running the chain, kernels in it, weight bytes it streams); with
+    ``head``, also the ``step-persistent*`` chains (the layers, then the final norm and the LM
+    head: a decode step's device work; their per-layer figures include the head)."""
     n = len(layers)
     wbytes = sum(layer.bytes() for layer in layers)
+    steps = {}
+    if head is not None:
+        sbytes = wbytes + head.bytes()
+        steps = {"step-persistent": (persistent(layers, default=True, head=head), n, sbytes),
+                 **{f"step-persistent-{name}-s{sm}": (persistent(layers, programs_per_sm=sm, sync=sync, head=head), n,
+                                                      sbytes)
+                    for name, sync in SYNC_VARIANTS.items() for sm in (4, 2)}}
     counter = torch.zeros(132, device="cuda")
 
     def gemm(config: LaunchConfig | None = None):
@@ -323,6 +361,7 @@ def chains(layers: list[Layer]) -> dict:
         # the barrier variants: --chains persistent-sync
         **{f"layer-persistent-{name}-s{sm}": (persistent(layers, programs_per_sm=sm, sync=sync), n, wbytes)
            for name, sync in SYNC_VARIANTS.items() for sm in (4, 3, 2)},
+        **steps,
     }
 
 
@@ -362,12 +401,15 @@ def main(argv: list[str] | None = None) -> int:
     layers = model_layers(args)
     ceilings = measure_ceilings()
     env = environment()
-    all_chains = chains(layers)
+    # the step chains' head (a vocabulary-sized weight) only when one is asked for
+    head = Head(shape_config(args.shape)["vocab_size"], shape[0]) if "step-" in args.chains else None
+    all_chains = chains(layers, head)
     sweep = [c for c in all_chains if c.startswith("gemm-n")]
     sync = [f"layer-persistent-{name}-s{sm}" for name in SYNC_VARIANTS for sm in (4, 3, 2)]
     persistent_sweep = [c for c in all_chains if c.startswith("layer-persistent-") and c not in sync]
     upto = [c for c in all_chains if c.startswith("persistent-upto-")]
-    default = [c for c in all_chains if c not in sweep + persistent_sweep + upto + sync]
+    steps = [c for c in all_chains if c.startswith("step-")]
+    default = [c for c in all_chains if c not in sweep + persistent_sweep + upto + sync + steps]
     named = {"sweep": sweep, "persistent-sweep": persistent_sweep, "persistent-stages": upto, "persistent-sync": sync}
     wanted = [c for part in args.chains.split(",") if part for c in named.get(part, [part])] or default
     rows = []
