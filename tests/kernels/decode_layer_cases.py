@@ -126,19 +126,44 @@ def check_decode_layer(device: str, dtype: torch.dtype, case: LayerCase, *, stag
     others[slot] = False
     assert torch.equal(flat[:, others], ref_flat[:, others]), case  # nothing else written
     assert ws.error.item() == 0, "a grid barrier timed out"
-    check_counters(ws, 0 if stage_by_stage else 1)
+    grouped = (not stage_by_stage and cfg is not None and cfg.group_sync and cfg.epoch and not cfg.ll
+               and cfg.balanced[0])
+    check_counters(ws, 0 if stage_by_stage else 1, group_sync=grouped)
 
 
-def check_counters(ws: dl.DecodeWorkspace, launches: int) -> None:
+def group_producers(ws: dl.DecodeWorkspace, programs: int) -> list[int]:
+    """Per KV group, how many (program, interval) pairs a group_sync launch counts: the programs
+    whose balanced qkv share holds rows of the group's query heads, key and value, counted per
+    interval, by brute force over the shares."""
+    hkv = ws.counters.numel() - 8
+    hq = ws.part_max.numel() // ws.splits
+    rows = ws.qkv.numel()
+    d = rows // (hq + 2 * hkv)
+    shares = [((p * rows) // programs, ((p + 1) * rows) // programs) for p in range(programs)]
+    out = []
+    for g in range(hkv):
+        q0, k0, v0 = g * (hq // hkv) * d, hq * d + g * d, (hq + hkv) * d + g * d
+        intervals = [(q0, q0 + (hq // hkv) * d), (k0, k0 + d), (v0, v0 + d)]
+        out.append(sum(lo < b and a < hi for a, b in intervals for lo, hi in shares))
+    return out
+
+
+def check_counters(ws: dl.DecodeWorkspace, launches: int, group_sync: bool = False) -> None:
     """The barrier counters after ``launches`` one-launch layers on a fresh workspace: with
     ``epoch`` every barrier's counter holds ``launches`` times the programs and the epoch
-    ``launches`` (never reset; with ``ll`` barriers 0 and 1 are not used); else all zero (the
-    exit counter resets them)."""
+    ``launches`` (never reset; with ``ll`` barriers 0 and 1 are not used, with ``group_sync``
+    barrier 0 is not, and each KV group's counter holds ``launches`` times its producers,
+    :func:`group_producers`); else all zero (the exit counter resets them)."""
     counters = ws.counters.tolist()
+    counters, groups = counters[:8], counters[8:]
     epoch, ll = ws.kind or (False, False)
     if epoch and launches:
         programs = counters[4] // launches
         used = [0] * 2 if ll else [programs * launches] * 2  # barriers 0 and 1 (none with ll)
+        if group_sync:
+            used[0] = 0
         assert programs > 0 and counters == used + [programs * launches] * 3 + [0, launches, 0], counters
+        expected = [launches * n for n in group_producers(ws, programs)] if group_sync else [0] * len(groups)
+        assert groups == expected, (groups, expected)
     else:
-        assert not any(counters), counters  # left clean for the next launch
+        assert not any(counters + groups), counters + groups  # left clean for the next launch

@@ -164,6 +164,58 @@ def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
         tl.store(counters_ptr + idx, tl.zeros([NB_POW2], dtype=tl.int32), mask=idx <= NB)
 
 
+GROUP_SLOT = tl.constexpr(8)  # group_sync: counters[8 + g] count the qkv rows' producers of KV group g
+
+
+@triton.jit
+def _interval_programs(a, b, num_programs, N: tl.constexpr):
+    """How many programs of a balanced stage (:func:`_share`, at most ``N`` programs) hold rows
+    of ``[a, b)``: the owners of its first and last rows (row ``r``'s is ``((r + 1) P - 1) // N``)
+    and every one between."""
+    return ((b * num_programs - 1) // N) - (((a + 1) * num_programs - 1) // N) + 1
+
+
+@triton.jit
+def _touches(lo, hi, a, b):
+    return (lo < b) & (a < hi)
+
+
+@triton.jit
+def _group_rows(g, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr):
+    """KV group ``g``'s rows of the qkv output: its query heads', its key's and its value's
+    (three ``[start, end)`` intervals)."""
+    q0 = g * (HQ // HKV) * D
+    k0 = HQ * D + g * D
+    v0 = (HQ + HKV) * D + g * D
+    return q0, q0 + (HQ // HKV) * D, k0, k0 + D, v0, v0 + D
+
+
+@triton.jit
+def _group_arrive(counters_ptr, pid, num_programs, N: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr,
+                  D: tl.constexpr):
+    """group_sync's arrival after the qkv stage (a balanced share, :func:`_share`): one release
+    add on KV group ``g``'s counter per interval of the group's rows (:func:`_group_rows`) that
+    this program's share holds rows of (the CTA barrier first: every thread's stores before it)."""
+    lo, hi = _share(pid, num_programs, N)
+    tl.debug_barrier()
+    for g in tl.static_range(HKV):
+        q0, q1, k0, k1, v0, v1 = _group_rows(g, HQ, HKV, D)
+        n = _touches(lo, hi, q0, q1).to(tl.int32) + _touches(lo, hi, k0, k1).to(tl.int32) \
+            + _touches(lo, hi, v0, v1).to(tl.int32)
+        if n > 0:
+            tl.atomic_add(counters_ptr + GROUP_SLOT + g, n, sem="release", scope="gpu")
+
+
+@triton.jit
+def _group_target(g, epoch, num_programs, N: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr):
+    """The count KV group ``g``'s counter reaches once every producer of its rows arrived in
+    launch ``epoch`` (the counters are never reset: ``epoch + 1`` launches' worth)."""
+    q0, q1, k0, k1, v0, v1 = _group_rows(g, HQ, HKV, D)
+    per_launch = (_interval_programs(q0, q1, num_programs, N) + _interval_programs(k0, k1, num_programs, N)
+                  + _interval_programs(v0, v1, num_programs, N))
+    return (epoch + 1) * per_launch
+
+
 @triton.jit
 def _l2_ahead(w_ptr, NBYTES: tl.constexpr, part, parts, LANES: tl.constexpr):
     """Ask L2 for a weight's ``NBYTES`` bytes, split over ``parts`` programs (this one is
@@ -976,7 +1028,7 @@ def _decode_layer_kernel(
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
-    NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr,
+    NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr, GROUP_SYNC: tl.constexpr,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -995,6 +1047,8 @@ def _decode_layer_kernel(
     # _early_rope_inputs), requested between barrier 0's arrival and its wait (stage by stage:
     # before the stage's PDL wait)
     ATTN: tl.constexpr = (ALL and LAST >= 2) or STAGE == 2
+    # group_sync: no barrier 0; each attention item waits for the producers of its KV group's rows only
+    GS: tl.constexpr = GROUP_SYNC and ALL and LAST >= 2 and EPOCH and not LL and BAL_QKV
     cos, sin, qw1, qw2, kw1, kw2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     _stamp(timeline_ptr, pid, 0, TIMELINE)
 
@@ -1045,14 +1099,19 @@ def _decode_layer_kernel(
                     rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT,
                     xn, xn_odd, QKV_ONCE)
     _stamp(timeline_ptr, pid, 2, TIMELINE)
-    if ARRIVE_FIRST and ALL and LAST >= 2 and not LL:
+    if GS:
+        _group_arrive(counters_ptr, pid, num_programs, NQKV, HQ, HKV, HEAD_DIM)
+    elif ARRIVE_FIRST and ALL and LAST >= 2 and not LL:
         seen = _arrive(counters_ptr, 0)
     if ((ALL and LAST >= 2) or STAGE == 2) and not KV_START:  # the first key tile (no dependence on qkv)
         seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
         if KV_EARLY:
             k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
                                           stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-    if ALL and LAST >= 2 and not LL:
+    if GS and ROPE_EARLY:
+        cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
+                                                          stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
+    if ALL and LAST >= 2 and not LL and not GS:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 0)
         if ROPE_EARLY:  # (after the arrival: its fence does not wait for them)
@@ -1081,6 +1140,9 @@ def _decode_layer_kernel(
             else:  # (requested here, not before the loop: carried into it, the tile's registers double)
                 k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv, stride_block,
                                               stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+            if GS:  # this item's KV group's qkv rows are stored
+                target_g = _group_target(item // SPLITS, epoch, num_programs, NQKV, HQ, HKV, HEAD_DIM)
+                _wait(counters_ptr, GROUP_SLOT + item // SPLITS, target_g - 1, target_g, error_ptr, POLL_SLEEP)
             _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
@@ -1215,7 +1277,13 @@ class DecodeLayerConfig:
     gate/up) whose input is one bf16 pair tile load it once (:func:`_norm_pairs`): the row kept
     for the sum of squares and the product, the norm weight requested with the stage's first
     tiles (else: the row and the weight again after the reduction's barrier, a second L2 round
-    trip on the critical path). ``rope_early``: the attention stage's k-norm weight (1) or its
+    trip on the critical path). ``group_sync`` (with ``epoch``, a balanced qkv stage and no
+    ``ll``; off by default, not yet measured): no barrier 0; each program adds one to a KV
+    group's counter per interval of that group's qkv rows (its query heads', key's, value's)
+    its share holds rows of (:func:`_group_arrive`), and an attention item waits for its own
+    group's producers only (:func:`_group_target`): attention starts without waiting for the
+    slowest qkv program of every group, and the programs without an attention item go straight
+    to barrier 1. ``rope_early``: the attention stage's k-norm weight (1) or its
     rotary row and both QK-norm weights (2) are requested between barrier 0's arrival and its
     wait (stage by stage: before the attention launch's PDL wait), not in the stage (0: the
     k-norm weight's load comes after the query's norm, whose CTA reduction ptxas does not
@@ -1241,6 +1309,7 @@ class DecodeLayerConfig:
     norm_once: bool = True
     rope_early: int = 1
     l2_ahead: int = 0
+    group_sync: bool = False
 
 
 def _pow2_floor(n: int) -> int:
@@ -1399,7 +1468,8 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
     return replace(choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
                                  balanced_elements=default_balanced_elements()),
                    kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0,
-                   norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early(), l2_ahead=default_l2_ahead())
+                   norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early(), l2_ahead=default_l2_ahead(),
+                   group_sync=default_group_sync())
 
 
 def default_kv_early() -> int:
@@ -1417,6 +1487,12 @@ def default_norm_once(stage_by_stage: bool = False) -> bool:
     benchmarks/reports/norm-once-2026-12-04-h200); ``INFER_DECODE_NORM_ONCE`` (0 / 1) overrides
     both (A/B measurements)."""
     return bool(_env_int("INFER_DECODE_NORM_ONCE", int(DecodeLayerConfig.norm_once and not stage_by_stage)))
+
+
+def default_group_sync() -> bool:
+    """``group_sync`` of the configuration a launch picks for itself: the config's default, or
+    ``INFER_DECODE_GROUP_SYNC`` (0 / 1) from the environment (A/B measurements)."""
+    return bool(_env_int("INFER_DECODE_GROUP_SYNC", int(DecodeLayerConfig.group_sync)))
 
 
 def default_l2_ahead() -> int:
@@ -1482,7 +1558,8 @@ class DecodeWorkspace:
         self.attn = empty(num_heads * head_dim)
         self.o = empty(hidden)
         self.act = empty(intermediate)
-        self.counters = torch.zeros(8, dtype=torch.int32, device=device)
+        # the barriers' (and the epoch's) counters, then one per KV group (group_sync)
+        self.counters = torch.zeros(8 + num_kv_heads, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
         self.kind: tuple[bool, bool] | None = None  # the launches' (epoch, ll), once one ran
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
@@ -1554,6 +1631,7 @@ def decode_layer(
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
             NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early, L2_AHEAD=cfg.l2_ahead,
+            GROUP_SYNC=cfg.group_sync,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -1590,6 +1668,9 @@ def decode_layer(
                          "(the launch's programs x the stamps)")
     if cfg.ll and not cfg.epoch:
         raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
+    if cfg.group_sync and cfg.num_programs > (hq + 2 * hkv) * d:
+        raise ValueError(f"DecodeLayerConfig(group_sync=True) needs at most one program per qkv row "
+                         f"({(hq + 2 * hkv) * d}), got {cfg.num_programs} programs")
     if not stage_by_stage:  # the counters' meaning differs: one workspace, one kind of launch
         kind = (cfg.epoch, bool(cfg.ll))
         if ws.kind is None:
