@@ -156,7 +156,7 @@ def check_counters(ws: dl.DecodeWorkspace, launches: int, group_sync: bool = Fal
     :func:`group_producers`); else all zero (the exit counter resets them)."""
     counters = ws.counters.tolist()
     counters, groups = counters[:8], counters[8:]
-    epoch, ll = ws.kind or (False, False)
+    epoch, ll, _ = ws.kind or (False, False, False)
     if epoch and launches:
         programs = counters[4] // launches
         used = [0] * 2 if ll else [programs * launches] * 2  # barriers 0 and 1 (none with ll)

@@ -273,6 +273,8 @@ def test_group_sync_over_launches():
     assert all(torch.equal(o[0], outs[0][0]) for o in outs)
     assert ws.error.item() == 0
     cases.check_counters(ws, 3, group_sync=True)
+    with pytest.raises(ValueError, match="workspace"):  # barrier 0's counter was not kept
+        dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=replace(cfg, group_sync=False))
     with pytest.raises(ValueError, match="one program per qkv row"):
         dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws,
                         config=replace(cfg, num_programs=ws.qkv.numel() + 1))

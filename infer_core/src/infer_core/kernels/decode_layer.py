@@ -1533,8 +1533,8 @@ def supports(layer: AttentionLayer, kv_cache: torch.Tensor, dtype: torch.dtype) 
 class DecodeWorkspace:
     """The launches' scratch (shared by every layer of a step: the launches are ordered), the
     barrier counters (with ``epoch`` never reset, else zero between launches) and the error flag
-    (set if a barrier timed out). Every launch on one workspace must agree on ``epoch`` and
-    ``ll`` (their counters mean different things).
+    (set if a barrier timed out). Every launch on one workspace must agree on ``epoch``,
+    ``ll`` and ``group_sync`` (their counters mean different things).
     ``splits`` must be the launches' (:func:`splits_for` the device's SMs by default)."""
 
     def __init__(self, hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -1561,7 +1561,7 @@ class DecodeWorkspace:
         # the barriers' (and the epoch's) counters, then one per KV group (group_sync)
         self.counters = torch.zeros(8 + num_kv_heads, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
-        self.kind: tuple[bool, bool] | None = None  # the launches' (epoch, ll), once one ran
+        self.kind: tuple[bool, bool, bool] | None = None  # the launches' (epoch, ll, group_sync), once one ran
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
         # a launch's shape -> the configuration decode_layer chose for it (config=None); (shape, "stages") -> the
@@ -1672,12 +1672,12 @@ def decode_layer(
         raise ValueError(f"DecodeLayerConfig(group_sync=True) needs at most one program per qkv row "
                          f"({(hq + 2 * hkv) * d}), got {cfg.num_programs} programs")
     if not stage_by_stage:  # the counters' meaning differs: one workspace, one kind of launch
-        kind = (cfg.epoch, bool(cfg.ll))
+        kind = (cfg.epoch, bool(cfg.ll), bool(cfg.group_sync and cfg.epoch and not cfg.ll and cfg.balanced[0]))
         if ws.kind is None:
             ws.kind = kind
         elif ws.kind != kind:
-            raise ValueError(f"this decode workspace's launches ran with (epoch, ll)={ws.kind}: a launch with "
-                             f"{kind} would misread its barrier counters (use another workspace)")
+            raise ValueError(f"this decode workspace's launches ran with (epoch, ll, group_sync)={ws.kind}: a launch "
+                             f"with {kind} would misread its barrier counters (use another workspace)")
     for stage in (range(1, 7) if stage_by_stage else (-1,)):
         stage_cfg = stage_configs[stage - 1] if stage_configs is not None else cfg
         args, kwargs = launch_args(stage_cfg, stage)
