@@ -1213,7 +1213,7 @@ def _decode_layer_kernel(
                     False)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
-        if pid == 0:  # (every program read the epoch before it arrived at barrier 0, passed here)
+        if pid == 0:  # (every program read the epoch before it arrived at barrier 1, passed here)
             tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
     if ALL and not EPOCH:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
@@ -1283,7 +1283,9 @@ class DecodeLayerConfig:
     its share holds rows of (:func:`_group_arrive`), and an attention item waits for its own
     group's producers only (:func:`_group_target`): attention starts without waiting for the
     slowest qkv program of every group, and the programs without an attention item go straight
-    to barrier 1. ``rope_early``: the attention stage's k-norm weight (1) or its
+    to barrier 1. ``l2_ahead`` (off): the programs without an attention item ask L2 for gate/up's
+    (1), down's (2) or both weights (3) after barrier 0 (``cp.async.bulk.prefetch.L2``); faster
+    layer chains, slower W1 (benchmarks/reports/rope-l2-ahead-2026-12-04-h200). ``rope_early``: the attention stage's k-norm weight (1) or its
     rotary row and both QK-norm weights (2) are requested between barrier 0's arrival and its
     wait (stage by stage: before the attention launch's PDL wait), not in the stage (0: the
     k-norm weight's load comes after the query's norm, whose CTA reduction ptxas does not
