@@ -1213,7 +1213,7 @@ def _decode_layer_kernel(
                     False)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
     if ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
-        if pid == 0:  # (every program read the epoch before it arrived at barrier 1, passed here)
+        if pid == 0:  # (every program read the epoch before it arrived at barrier 2, passed here)
             tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
     if ALL and not EPOCH:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
