@@ -177,7 +177,9 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  **{f"bal-l2{k}": {"l2_ahead": v, "balanced_elements": 16384}
                     for k, v in (("gu", 1), ("down", 2), ("gudown", 3))},
                  # no barrier 0: each attention item waits for its KV group's qkv producers (balanced qkv)
-                 "groupsync": {"group_sync": True, "balanced_elements": 16384},
+                 "groupsync": {"group_sync": 1, "balanced_elements": 16384},
+                 # ... and no barrier 1: each merge waits for its KV group's attention items
+                 "groupsync2": {"group_sync": 2, "balanced_elements": 16384},
                  # key splits per KV head (the default: 16 for 8 KV heads on 132 SMs)
                  **{f"splits{n}": {"splits": n} for n in (2, 4, 8)},
                  **{f"ropeearly-splits{n}": {"rope_early": 2, "splits": n} for n in (4, 8)},

@@ -51,7 +51,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
                pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None,
                norm_once: bool | None = None, rope_early: int | None = None,
                splits: int | None = None, l2_ahead: int | None = None,
-               group_sync: bool | None = None) -> tuple[dict, dict]:
+               group_sync: int | None = None) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--norm-once", type=int, choices=(0, 1), help="default: the config's")
     parser.add_argument("--rope-early", type=int, choices=(0, 1, 2), help="default: the config's")
     parser.add_argument("--l2-ahead", type=int, choices=(0, 1, 2, 3), help="default: the config's")
-    parser.add_argument("--group-sync", type=int, choices=(0, 1), help="default: the config's")
+    parser.add_argument("--group-sync", type=int, choices=(0, 1, 2), help="default: the config's")
     parser.add_argument("--splits", type=int, help="key splits per KV head (default: the config's)")
     parser.add_argument("--ll", type=int, choices=(0, 1, 2, 3), help="self-flagged words (default: the config's)")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                               None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll,
                               None if args.norm_once is None else bool(args.norm_once),
                               args.rope_early, args.splits, args.l2_ahead,
-                              None if args.group_sync is None else bool(args.group_sync))
+                              args.group_sync)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,8 +45,9 @@
 #            "l2ahead<N>" = INFER_DECODE_L2_AHEAD=N (gate/up's 1, down's 2 or both 3 weights asked into L2
 #            during the attention), "small-kv" = --cache.memory_fraction 0.05 (a KV pool of a few GB
 #            instead of 0.85 of the device: what the chains and profile_step run with),
-#            "group-sync" = INFER_DECODE_GROUP_SYNC=1 (no barrier 0: each attention item waits for its
-#            KV group's qkv rows),
+#            "group-sync" / "group-sync2" = INFER_DECODE_GROUP_SYNC=1 / 2 (no barrier 0: each attention
+#            item waits for its KV group's qkv rows; 2: no barrier 1 either, each merge waits for its
+#            KV group's splits),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -151,6 +152,7 @@ if want ab; then
         l2ahead[0-3]) l2a=${part#l2ahead} ;;
         small-kv) flag+=(--cache.memory_fraction 0.05) ;;
         group-sync) gsy=1 ;;
+        group-sync2) gsy=2 ;;
         no-pdl) pdl=0 ;;
       esac
     done

@@ -126,8 +126,8 @@ def check_decode_layer(device: str, dtype: torch.dtype, case: LayerCase, *, stag
     others[slot] = False
     assert torch.equal(flat[:, others], ref_flat[:, others]), case  # nothing else written
     assert ws.error.item() == 0, "a grid barrier timed out"
-    grouped = (not stage_by_stage and cfg is not None and cfg.group_sync and cfg.epoch and not cfg.ll
-               and cfg.balanced[0])
+    grouped = (cfg.group_sync if not stage_by_stage and cfg is not None and cfg.epoch and not cfg.ll
+               and cfg.balanced[0] else 0)
     check_counters(ws, 0 if stage_by_stage else 1, group_sync=grouped)
 
 
@@ -135,7 +135,7 @@ def group_producers(ws: dl.DecodeWorkspace, programs: int) -> list[int]:
     """Per KV group, how many (program, interval) pairs a group_sync launch counts: the programs
     whose balanced qkv share holds rows of the group's query heads, key and value, counted per
     interval, by brute force over the shares."""
-    hkv = ws.counters.numel() - 8
+    hkv = (ws.counters.numel() - 8) // 2
     hq = ws.part_max.numel() // ws.splits
     rows = ws.qkv.numel()
     d = rows // (hq + 2 * hkv)
@@ -148,22 +148,28 @@ def group_producers(ws: dl.DecodeWorkspace, programs: int) -> list[int]:
     return out
 
 
-def check_counters(ws: dl.DecodeWorkspace, launches: int, group_sync: bool = False) -> None:
+def check_counters(ws: dl.DecodeWorkspace, launches: int, group_sync: int = 0) -> None:
     """The barrier counters after ``launches`` one-launch layers on a fresh workspace: with
     ``epoch`` every barrier's counter holds ``launches`` times the programs and the epoch
-    ``launches`` (never reset; with ``ll`` barriers 0 and 1 are not used, with ``group_sync``
-    barrier 0 is not, and each KV group's counter holds ``launches`` times its producers,
-    :func:`group_producers`); else all zero (the exit counter resets them)."""
+    ``launches`` (never reset; with ``ll`` barriers 0 and 1 are not used; with ``group_sync``
+    barrier 0 is not, and each KV group's first counter holds ``launches`` times its producers,
+    :func:`group_producers`; with ``group_sync = 2`` barrier 1 is not either, and each group's
+    second counter holds ``launches`` times the key splits); else all zero (the exit counter
+    resets them)."""
     counters = ws.counters.tolist()
     counters, groups = counters[:8], counters[8:]
     epoch, ll, _ = ws.kind or (False, False, False)
     if epoch and launches:
         programs = counters[4] // launches
         used = [0] * 2 if ll else [programs * launches] * 2  # barriers 0 and 1 (none with ll)
+        hkv = len(groups) // 2
         if group_sync:
             used[0] = 0
+        if group_sync >= 2:
+            used[1] = 0
         assert programs > 0 and counters == used + [programs * launches] * 3 + [0, launches, 0], counters
-        expected = [launches * n for n in group_producers(ws, programs)] if group_sync else [0] * len(groups)
-        assert groups == expected, (groups, expected)
+        producers = [launches * n for n in group_producers(ws, programs)] if group_sync else [0] * hkv
+        merged = [launches * ws.splits] * hkv if group_sync >= 2 else [0] * hkv
+        assert groups == producers + merged, (groups, producers + merged)
     else:
         assert not any(counters + groups), counters + groups  # left clean for the next launch

@@ -247,34 +247,37 @@ def test_l2_ahead(shape, context, l2_ahead):
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 63, 300, 4000])
 @pytest.mark.parametrize("per_sm", [1, 2])
-def test_group_sync(shape, context, per_sm):
-    """``group_sync``: no barrier 0, each attention item waits for its KV group's qkv rows only.
-    The launch's own configuration with it, against the reference; the group counters hold
-    each group's producers (counted by brute force over the shares)."""
+@pytest.mark.parametrize("level", [1, 2])
+def test_group_sync(shape, context, per_sm, level):
+    """``group_sync``: no barrier 0, each attention item waits for its KV group's qkv rows only
+    (2: no barrier 1 either, each merge waits for its group's splits only). The launch's own
+    configuration with it, against the reference; the group counters hold each group's
+    producers (counted by brute force over the shares) and its splits."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     case = real_case(shape, context)
     cfg = replace(dl.launch_config(case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads,
-                                   case.head_dim, sms, torch.bfloat16, per_sm), group_sync=True)
+                                   case.head_dim, sms, torch.bfloat16, per_sm), group_sync=level)
     assert cfg.balanced[0] and cfg.epoch and not cfg.ll, cfg
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 
-def test_group_sync_over_launches():
+@pytest.mark.parametrize("level", [1, 2])
+def test_group_sync_over_launches(level):
     """Three group_sync launches on one workspace: the same outputs, the group counters at three
-    times their producers (never reset: each launch waits for its own epoch's count)."""
+    times their counts (never reset: each launch waits for its own epoch's count)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     case = real_case("qwen3-0.6b", 300)
     cfg = replace(dl.launch_config(case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads,
-                                   case.head_dim, sms, torch.bfloat16, 2), group_sync=True)
+                                   case.head_dim, sms, torch.bfloat16, 2), group_sync=level)
     weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
     ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
                             cfg.splits, torch.bfloat16, "cuda")
     outs = [dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg) for _ in range(3)]
     assert all(torch.equal(o[0], outs[0][0]) for o in outs)
     assert ws.error.item() == 0
-    cases.check_counters(ws, 3, group_sync=True)
+    cases.check_counters(ws, 3, group_sync=level)
     with pytest.raises(ValueError, match="workspace"):  # barrier 0's counter was not kept
-        dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=replace(cfg, group_sync=False))
+        dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=replace(cfg, group_sync=0))
     with pytest.raises(ValueError, match="one program per qkv row"):
         dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws,
                         config=replace(cfg, num_programs=ws.qkv.numel() + 1))

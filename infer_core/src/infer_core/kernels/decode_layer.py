@@ -164,7 +164,8 @@ def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
         tl.store(counters_ptr + idx, tl.zeros([NB_POW2], dtype=tl.int32), mask=idx <= NB)
 
 
-GROUP_SLOT = tl.constexpr(8)  # group_sync: counters[8 + g] count the qkv rows' producers of KV group g
+# group_sync: counters[8 + g] count KV group g's qkv producers, counters[8 + HKV + g] its attention items done
+GROUP_SLOT = tl.constexpr(8)
 
 
 @triton.jit
@@ -1048,7 +1049,9 @@ def _decode_layer_kernel(
     # before the stage's PDL wait)
     ATTN: tl.constexpr = (ALL and LAST >= 2) or STAGE == 2
     # group_sync: no barrier 0; each attention item waits for the producers of its KV group's rows only
-    GS: tl.constexpr = GROUP_SYNC and ALL and LAST >= 2 and EPOCH and not LL and BAL_QKV
+    # (and with 2, no barrier 1: each merge waits for its KV group's attention items only)
+    GS: tl.constexpr = GROUP_SYNC > 0 and ALL and LAST >= 2 and EPOCH and not LL and BAL_QKV
+    GS2: tl.constexpr = GS and GROUP_SYNC >= 2 and LAST >= 3
     cos, sin, qw1, qw2, kw1, kw2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     _stamp(timeline_ptr, pid, 0, TIMELINE)
 
@@ -1148,12 +1151,18 @@ def _decode_layer_kernel(
                             stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
                             HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
                             error_ptr, cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY)
+            if GS2:  # this item's partials are stored (every thread's: the CTA barrier first)
+                tl.debug_barrier()
+                tl.atomic_add(counters_ptr + GROUP_SLOT + HKV + item // SPLITS, 1, sem="release", scope="gpu")
     _stamp(timeline_ptr, pid, 4, TIMELINE)
-    if ALL and LAST >= 3 and not LL:
+    if ALL and LAST >= 3 and not LL and not GS2:
         _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
     if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
         for head in range(pid, HQ, num_programs):
+            if GS2:  # the head's KV group's splits all stored their partials
+                _wait(counters_ptr, GROUP_SLOT + HKV + head // (HQ // HKV), (epoch + 1) * SPLITS - 1,
+                      (epoch + 1) * SPLITS, error_ptr, POLL_SLEEP)
             _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
                         HEAD_DIM, SPLITS, flag, LL, error_ptr)
             _stamp(timeline_ptr, pid, 20, TIMELINE)
@@ -1283,7 +1292,9 @@ class DecodeLayerConfig:
     its share holds rows of (:func:`_group_arrive`), and an attention item waits for its own
     group's producers only (:func:`_group_target`): attention starts without waiting for the
     slowest qkv program of every group, and the programs without an attention item go straight
-    to barrier 1. ``l2_ahead`` (off): the programs without an attention item ask L2 for gate/up's
+    to barrier 1. ``group_sync = 2``: no barrier 1 either; each attention item adds one to its KV
+    group's second counter once its partials are stored, and each merge waits for its head's
+    group's splits only; the programs without a merge go straight to barrier 2. ``l2_ahead`` (off): the programs without an attention item ask L2 for gate/up's
     (1), down's (2) or both weights (3) after barrier 0 (``cp.async.bulk.prefetch.L2``); faster
     layer chains, slower W1 (benchmarks/reports/rope-l2-ahead-2026-12-04-h200). ``rope_early``: the attention stage's k-norm weight (1) or its
     rotary row and both QK-norm weights (2) are requested between barrier 0's arrival and its
@@ -1311,7 +1322,7 @@ class DecodeLayerConfig:
     norm_once: bool = True
     rope_early: int = 1
     l2_ahead: int = 0
-    group_sync: bool = False
+    group_sync: int = 0
 
 
 def _pow2_floor(n: int) -> int:
@@ -1491,10 +1502,10 @@ def default_norm_once(stage_by_stage: bool = False) -> bool:
     return bool(_env_int("INFER_DECODE_NORM_ONCE", int(DecodeLayerConfig.norm_once and not stage_by_stage)))
 
 
-def default_group_sync() -> bool:
+def default_group_sync() -> int:
     """``group_sync`` of the configuration a launch picks for itself: the config's default, or
-    ``INFER_DECODE_GROUP_SYNC`` (0 / 1) from the environment (A/B measurements)."""
-    return bool(_env_int("INFER_DECODE_GROUP_SYNC", int(DecodeLayerConfig.group_sync)))
+    ``INFER_DECODE_GROUP_SYNC`` (0 / 1 / 2) from the environment (A/B measurements)."""
+    return _env_int("INFER_DECODE_GROUP_SYNC", DecodeLayerConfig.group_sync)
 
 
 def default_l2_ahead() -> int:
@@ -1560,10 +1571,10 @@ class DecodeWorkspace:
         self.attn = empty(num_heads * head_dim)
         self.o = empty(hidden)
         self.act = empty(intermediate)
-        # the barriers' (and the epoch's) counters, then one per KV group (group_sync)
-        self.counters = torch.zeros(8 + num_kv_heads, dtype=torch.int32, device=device)
+        # the barriers' (and the epoch's) counters, then two per KV group (group_sync)
+        self.counters = torch.zeros(8 + 2 * num_kv_heads, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
-        self.kind: tuple[bool, bool, bool] | None = None  # the launches' (epoch, ll, group_sync), once one ran
+        self.kind: tuple[bool, bool, int] | None = None  # the launches' (epoch, ll, group_sync), once one ran
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
         # a launch's shape -> the configuration decode_layer chose for it (config=None); (shape, "stages") -> the
@@ -1674,7 +1685,7 @@ def decode_layer(
         raise ValueError(f"DecodeLayerConfig(group_sync=True) needs at most one program per qkv row "
                          f"({(hq + 2 * hkv) * d}), got {cfg.num_programs} programs")
     if not stage_by_stage:  # the counters' meaning differs: one workspace, one kind of launch
-        kind = (cfg.epoch, bool(cfg.ll), bool(cfg.group_sync and cfg.epoch and not cfg.ll and cfg.balanced[0]))
+        kind = (cfg.epoch, bool(cfg.ll), cfg.group_sync if cfg.epoch and not cfg.ll and cfg.balanced[0] else 0)
         if ws.kind is None:
             ws.kind = kind
         elif ws.kind != kind:
