@@ -203,6 +203,32 @@ def bench_fill_ids(rec: Recorder, model: str) -> None:
         rec.add("fill_ids", model, f"[{rows}]", timed(fill_ids.fill_ids, ids, src, sampled), bytes_=rows * (4 + 4 + 8 + 4))
 
 
+# vocabulary of each MODELS entry (the embedding the gather reads)
+VOCAB = {"llama-3.2-1b": 128_256, "qwen3-1.7b": 151_936, "gemma-3-1b": 262_144}
+
+
+def bench_gather_rows(rec: Recorder, model: str) -> None:
+    """The embedding lookup as the PDL row gather (kernels.gather_rows) against torch's
+    ``F.embedding``, at batch 1, DECODE_BATCH and a prefill's tokens; and a block table's rows
+    (int32, DECODE_BATCH rows of 256 blocks). Bytes: the rows read and written."""
+    from infer_core.kernels.gather_rows import gather_rows
+
+    hidden = MODELS[model][0]
+    weight = torch.randn(VOCAB[model], hidden, device="cuda", dtype=BF16)
+    for tokens in (1, DECODE_BATCH, PREFILL_TOKENS):
+        ids = torch.randint(0, VOCAB[model], (tokens,), device="cuda")
+        nbytes = 2 * tokens * hidden * weight.element_size() + tokens * 8
+        rec.add("gather_rows (embedding)", model, f"T={tokens} [{hidden}]", timed(gather_rows, weight, ids),
+                bytes_=nbytes)
+        rec.add("F.embedding", model, f"T={tokens} [{hidden}]", timed(torch.nn.functional.embedding, ids, weight),
+                bytes_=nbytes)
+    table = torch.randint(0, 1 << 20, (1024, 512), device="cuda", dtype=torch.int32)
+    slots = torch.randperm(1024, device="cuda")[:DECODE_BATCH]
+    out = torch.empty(DECODE_BATCH, 256, device="cuda", dtype=torch.int32)
+    rec.add("gather_rows (block table)", model, f"[{DECODE_BATCH}, 256]", timed(gather_rows, table, slots, 256, out),
+            bytes_=2 * DECODE_BATCH * 256 * 4)
+
+
 def bench_qk_norm_rope(rec: Recorder, model: str, sweep: bool) -> None:
     """QK-norm + RoPE of one layer (Qwen 3, Gemma 3): the fused kernel against the three
     launches it replaces (rms_norm on q, on k, then rotary), on q and k viewed in the fused qkv
@@ -480,6 +506,7 @@ BENCHES = {
     "rope_kv_write": (bench_rope_kv_write, False),
     "attention": (bench_attention, True),
     "fill_ids": (bench_fill_ids, False),
+    "gather_rows": (bench_gather_rows, False),
 }
 
 

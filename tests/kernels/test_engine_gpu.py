@@ -249,3 +249,23 @@ def test_programmatic_dependent_launch_changes_nothing(arch, monkeypatch):
             assert a.token_ids == b.token_ids
             assert [x.logprob for x in a.logprobs] == [y.logprob for y in b.logprobs]
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
+def test_gather_rows_changes_nothing(arch, monkeypatch):
+    """``INFER_GATHER_ROWS=1``: the embedding lookup and the decode graphs' block-table rows
+    through the PDL gather (kernels.gather_rows) instead of torch's: an exact copy, so the same
+    greedy tokens and logprobs (bf16), alone and batched, every block back."""
+    checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=1)
+    off = make_llm(checkpoint, dtype="bfloat16")
+    results_off = [[o.outputs[0] for o in off.generate(p, params)] for p in (batch(512)[:1], batch(512))]
+    with monkeypatch.context() as env:
+        env.setenv("INFER_GATHER_ROWS", "1")
+        on = make_llm(checkpoint, dtype="bfloat16")
+        results_on = [[o.outputs[0] for o in on.generate(p, params)] for p in (batch(512)[:1], batch(512))]
+    for got, want in zip(results_on, results_off, strict=True):
+        for a, b in zip(got, want, strict=True):
+            assert a.token_ids == b.token_ids
+            assert [x.logprob for x in a.logprobs] == [y.logprob for y in b.logprobs]
+    assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks

@@ -148,3 +148,16 @@ class TestTritonAttentionConformanceBF16(AttentionBackendConformance):
     head_dims = (64, 128, 256)
     atol = 3e-2
     max_examples = 5  # each new shape compiles the kernel; the shapes above cover the rest
+
+
+@pytest.mark.parametrize(("rows", "cols", "dtype"), [(151_936, 1024, torch.bfloat16), (128_256, 2048, torch.bfloat16),
+                                                     (262_144, 640, torch.float32), (4096, 257, torch.int32)])
+def test_gather_rows_real_shapes(rows, cols, dtype):
+    """The PDL row gather at embedding shapes (Qwen3-0.6B, Llama-3.2-1B vocabularies) and a
+    block table's (int32, a width below the row's): an exact copy, int32 and int64 indices."""
+    from infer_core.kernels.gather_rows import gather_rows, gather_rows_ref
+
+    src = (torch.randn(rows, cols, device="cuda") * 1000).to(dtype)
+    for index in (torch.randint(0, rows, (1,), device="cuda"), torch.randint(0, rows, (300,), device="cuda").int()):
+        assert torch.equal(gather_rows(src, index), gather_rows_ref(src, index))
+        assert torch.equal(gather_rows(src, index, cols // 2), gather_rows_ref(src, index, cols // 2))

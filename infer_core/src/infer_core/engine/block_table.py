@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from infer_core.kernels.device import gather_rows_enabled
+
 
 class BlockTable:
     def __init__(self, max_num_seqs: int, max_blocks: int, device: torch.device) -> None:
@@ -76,5 +78,9 @@ class BlockTable:
         """The rows of ``slots`` (a device int32 or int64 tensor, batch order), ``width`` blocks each,
         in the persistent batch buffer: ``[len(slots), width]``, contiguous."""
         out = self.view(slots.shape[0], width)
+        if gather_rows_enabled(slots):  # a PDL launch (opt-in: INFER_GATHER_ROWS=1)
+            from infer_core.kernels.gather_rows import gather_rows
+
+            return gather_rows(self.table, slots, width, out=out)
         torch.index_select(self.table[:, :width], 0, slots, out=out)
         return out

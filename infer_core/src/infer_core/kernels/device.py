@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -11,3 +13,10 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def gather_rows_enabled(t: torch.Tensor) -> bool:
+    """Whether the engine's row gathers on ``t``'s device (embedding lookup, block-table rows)
+    take :mod:`~infer_core.kernels.gather_rows`: CUDA tensors with ``INFER_GATHER_ROWS=1``
+    (opt-in until measured). Imports no Triton: the CPU path never loads it."""
+    return t.is_cuda and os.environ.get("INFER_GATHER_ROWS", "0") == "1"

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infer_core.kernels.device import gather_rows_enabled
 from infer_core.layers.linear import Linear, MergedLinear
 from infer_core.parallel.group import TPGroup
 
@@ -107,6 +108,10 @@ class VocabParallelEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
+            if gather_rows_enabled(ids) and ids.dim() == 1:  # a PDL launch (opt-in: INFER_GATHER_ROWS=1)
+                from infer_core.kernels.gather_rows import gather_rows
+
+                return gather_rows(self.weight, ids)
             return F.embedding(ids, self.weight)
         local = ids - self.start
         outside = (local < 0) | (local >= self.rows)
