@@ -132,13 +132,17 @@ def check_decode_layer(device: str, dtype: torch.dtype, case: LayerCase, *, stag
 
 
 def group_producers(ws: dl.DecodeWorkspace, programs: int) -> list[int]:
+    """:func:`group_producer_counts` of a workspace's layer shape."""
+    hkv = (ws.counters.numel() - 8) // 2
+    hq = ws.part_max.numel() // ws.splits
+    return group_producer_counts(programs, hq, hkv, ws.qkv.numel() // (hq + 2 * hkv))
+
+
+def group_producer_counts(programs: int, hq: int, hkv: int, d: int) -> list[int]:
     """Per KV group, how many (program, interval) pairs a group_sync launch counts: the programs
     whose balanced qkv share holds rows of the group's query heads, key and value, counted per
     interval, by brute force over the shares."""
-    hkv = (ws.counters.numel() - 8) // 2
-    hq = ws.part_max.numel() // ws.splits
-    rows = ws.qkv.numel()
-    d = rows // (hq + 2 * hkv)
+    rows = (hq + 2 * hkv) * d
     shares = [((p * rows) // programs, ((p + 1) * rows) // programs) for p in range(programs)]
     out = []
     for g in range(hkv):

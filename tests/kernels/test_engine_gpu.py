@@ -224,6 +224,14 @@ def test_placeholders_filled_inside_the_graph(arch, monkeypatch):
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
 
 
+def assert_same_tokens_and_logprobs(results_on: list, results_off: list) -> None:
+    """Per prompt list, per request: the same token ids and the same logprobs, exactly."""
+    for got, want in zip(results_on, results_off, strict=True):
+        for a, b in zip(got, want, strict=True):
+            assert a.token_ids == b.token_ids
+            assert [x.logprob for x in a.logprobs] == [y.logprob for y in b.logprobs]
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
 def test_programmatic_dependent_launch_changes_nothing(arch, monkeypatch):
     """PDL on (the default from compute capability 9.0) vs off (``INFER_PDL=0``, read when
@@ -244,10 +252,7 @@ def test_programmatic_dependent_launch_changes_nothing(arch, monkeypatch):
         off = make_llm(checkpoint, dtype="bfloat16")
         results_off = [[o.outputs[0] for o in off.generate(p, params)] for p in (batch(512)[:1], batch(512))]
     results_on = [[o.outputs[0] for o in on.generate(p, params)] for p in (batch(512)[:1], batch(512))]
-    for got, want in zip(results_on, results_off, strict=True):
-        for a, b in zip(got, want, strict=True):
-            assert a.token_ids == b.token_ids
-            assert [x.logprob for x in a.logprobs] == [y.logprob for y in b.logprobs]
+    assert_same_tokens_and_logprobs(results_on, results_off)
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
 
 
@@ -264,8 +269,5 @@ def test_gather_rows_changes_nothing(arch, monkeypatch):
         env.setenv("INFER_GATHER_ROWS", "1")
         on = make_llm(checkpoint, dtype="bfloat16")
         results_on = [[o.outputs[0] for o in on.generate(p, params)] for p in (batch(512)[:1], batch(512))]
-    for got, want in zip(results_on, results_off, strict=True):
-        for a, b in zip(got, want, strict=True):
-            assert a.token_ids == b.token_ids
-            assert [x.logprob for x in a.logprobs] == [y.logprob for y in b.logprobs]
+    assert_same_tokens_and_logprobs(results_on, results_off)
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks

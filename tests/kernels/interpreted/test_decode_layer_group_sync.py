@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from infer_core.kernels import decode_layer as dl
+from tests.kernels.decode_layer_cases import group_producer_counts
 
 
 @triton.jit
@@ -27,17 +28,6 @@ def _target_kernel(out_ptr, epoch, programs, N: tl.constexpr, HQ: tl.constexpr, 
     tl.store(out_ptr + g, dl._group_target(g, epoch, programs, N, HQ, HKV, D))
 
 
-def brute_force(programs: int, hq: int, hkv: int, d: int) -> list[int]:
-    rows = (hq + 2 * hkv) * d
-    shares = [((p * rows) // programs, ((p + 1) * rows) // programs) for p in range(programs)]
-    counts = []
-    for g in range(hkv):
-        q0, k0, v0 = g * (hq // hkv) * d, hq * d + g * d, (hq + hkv) * d + g * d
-        intervals = [(q0, q0 + (hq // hkv) * d), (k0, k0 + d), (v0, v0 + d)]
-        counts.append(sum(lo < b and a < hi for a, b in intervals for lo, hi in shares))
-    return counts
-
-
 @settings(max_examples=30, deadline=None)
 @given(hkv=st.sampled_from([1, 2, 4, 8]), group=st.sampled_from([1, 2, 4]), d=st.sampled_from([16, 64, 128]),
        programs=st.integers(1, 300), epoch=st.integers(0, 5))
@@ -50,6 +40,6 @@ def test_group_counts_reach_the_target(hkv, group, d, programs, epoch):
         _arrive_kernel[(programs,)](counters, N=rows, HQ=hq, HKV=hkv, D=d)
     target = torch.zeros(hkv, dtype=torch.int32)
     _target_kernel[(hkv,)](target, epoch, programs, N=rows, HQ=hq, HKV=hkv, D=d)
-    expected = [(epoch + 1) * n for n in brute_force(programs, hq, hkv, d)]
+    expected = [(epoch + 1) * n for n in group_producer_counts(programs, hq, hkv, d)]
     assert counters[8:8 + hkv].tolist() == expected == target.tolist()
     assert not counters[:8].any() and not counters[8 + hkv:].any()
