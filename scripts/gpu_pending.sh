@@ -6,13 +6,13 @@
 #
 #   scripts/gpu_pending.sh [tests] [chains] [timeline] [kernels] [w1]     (default: all five)
 #
-# tests:    the GPU tests of group_sync and gather_rows
+# tests:    the GPU tests of group_sync, gather_rows and the LM head (its early first block)
 # chains:   Qwen3-0.6B chains at context 384: the engine's configuration against group_sync 1 / 2,
 #           and the step chains (layers + final norm + LM head) with and without l2_ahead, which
 #           the layer chains called faster and W1 slower (benchmarks/reports/rope-l2-ahead-2026-12-04-h200)
 # timeline: per-stage timeline of the balanced configuration against group_sync 1 / 2
 # kernels:  benchmarks/kernels.py --benches gather_rows (against F.embedding)
-# w1:       W1 Qwen3-0.6B, default / group-sync / group-sync2 / gather-rows (AB_MODES overrides)
+# w1:       W1 Qwen3-0.6B, default / group-sync / group-sync2 / gather-rows / lm-head-early (AB_MODES overrides)
 set -u
 export OUT=${OUT:-$PWD/gpu-pending-out}
 mkdir -p "$OUT"
@@ -27,6 +27,9 @@ if want tests; then
   timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
     tests/kernels/test_decode_layer_gpu.py tests/kernels/test_kernels_gpu.py tests/kernels/test_engine_gpu.py \
     -k "group_sync or gather_rows" 2>&1 | tee "$OUT/gpu_tests.log" | tail -6
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE tests/kernels/test_lm_head_gpu.py \
+    2>&1 | tee "$OUT/gpu_tests_lm_head.log" | tail -4
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if want chains; then
@@ -45,7 +48,7 @@ if want kernels; then
     --out "$OUT/kernels" 2>&1 | tail -8
 fi
 if want w1; then
-  AB_MODES=${AB_MODES:-default group-sync group-sync2 gather-rows} AB_MODELS=${AB_MODELS:-qwen3-0.6b} \
+  AB_MODES=${AB_MODES:-default group-sync group-sync2 gather-rows lm-head-early} AB_MODELS=${AB_MODELS:-qwen3-0.6b} \
     AB_WORKLOADS=W1 AB_REPEATS=${AB_REPEATS:-3} scripts/gpu_speed.sh ab 2>&1 | grep "^offline"
   mkdir -p "$OUT/w1"
   cp -r "$OUT"/ab/*/* "$OUT/w1/" 2>/dev/null

@@ -49,7 +49,11 @@ def cases(draw: st.DrawFn):
     config = draw(st.sampled_from([None, LMHeadConfig(1, 1, 1, block_c=16), LMHeadConfig(4, 2, 1, block_c=16),
                                    LMHeadConfig(16, 4, 2, block_c=32), LMHeadConfig(64, 4, 1),
                                    LMHeadConfig(8, 4, 3, block_c=4), LMHeadConfig(2, 1, 2, 2, block_c=2),
-                                   LMHeadConfig(16, 4, 2, 3, block_c=4)]))
+                                   LMHeadConfig(16, 4, 2, 3, block_c=4),
+                                   # the first block requested before the PDL wait, outside the loop
+                                   LMHeadConfig(1, 1, 1, block_c=16, early=True),
+                                   LMHeadConfig(4, 2, 2, block_c=4, early=True),
+                                   LMHeadConfig(16, 4, 2, 3, block_c=4, early=True)]))
     return x, w, exact, config
 
 
@@ -90,7 +94,8 @@ def test_special_values(dtype, special):
         w[:, 0] = 0
         w[5, 0] = 1
         w[290, 0] = 1
-    for config in (LMHeadConfig(4, 2, 1, block_c=16), LMHeadConfig(4, 2, 2, block_c=4)):
+    for config in (LMHeadConfig(4, 2, 1, block_c=16), LMHeadConfig(4, 2, 2, block_c=4),
+                   LMHeadConfig(4, 2, 2, block_c=4, early=True)):
         logits, ids = run(x, w, LMHeadWorkspace(), config)
         want = {"nan": 123, "inf": 77, "all_neg_inf": 0, "tie_across_programs": 5}[special]
         assert ids.item() == want == torch.argmax(logits, dim=-1).item()
@@ -142,6 +147,11 @@ def test_config_override(monkeypatch):
     assert choose_config(151_936, 1024) == LMHeadConfig(8, 4, programs_per_sm=2, num_stages=3)
     monkeypatch.setenv("INFER_LM_HEAD_CONFIG", "32,8,1")
     assert choose_config(151_936, 1024) == LMHeadConfig(32, 8, programs_per_sm=1)
+    monkeypatch.setenv("INFER_LM_HEAD_EARLY", "1")
+    assert choose_config(151_936, 1024) == LMHeadConfig(32, 8, programs_per_sm=1, early=True)
+    monkeypatch.delenv("INFER_LM_HEAD_CONFIG")
+    assert choose_config(151_936, 1024) == LMHeadConfig(8, 4, programs_per_sm=4, num_stages=3, early=True)
+    monkeypatch.delenv("INFER_LM_HEAD_EARLY")
     for bad in ("a,b", "32,8", "8,4,0", "8,4,2,3,1"):
         monkeypatch.setenv("INFER_LM_HEAD_CONFIG", bad)
         with pytest.raises(ValueError, match="INFER_LM_HEAD_CONFIG takes"):

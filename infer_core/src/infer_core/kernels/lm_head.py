@@ -50,20 +50,24 @@ class LMHeadConfig:
     programs_per_sm: int  # the persistent grid: programs per SM (at least 1)
     num_stages: int = 3  # weight tiles in flight in each program (Triton's pipeliner)
     block_c: int = 1024  # partials the last program reduces per step
+    # each program's first block requested before the PDL wait (the weights do not depend on the
+    # launch before), outside the pipelined loop; off until measured (INFER_LM_HEAD_EARLY=1)
+    early: bool = False
 
 
 def choose_config(vocab: int, hidden: int, element_size: int = 2) -> LMHeadConfig:
     """The persistent loop (the H200 sweep's fastest, ``benchmarks/kernels_lm_head.py``): blocks of
     8 rows, 3 stages in flight, as many programs per SM (up to 4) as 192 KB of shared memory
     holds stages for (Qwen3-0.6B's head: 4, Llama-3.2-1B's: 2), 8 warps from 4,096 columns.
-    ``INFER_LM_HEAD_CONFIG="block_n,num_warps,programs_per_sm[,num_stages]"`` overrides it (sweeps)."""
+    ``INFER_LM_HEAD_CONFIG="block_n,num_warps,programs_per_sm[,num_stages]"`` overrides it (sweeps);
+    ``INFER_LM_HEAD_EARLY=1`` requests each program's first block before the PDL wait."""
     override = os.environ.get("INFER_LM_HEAD_CONFIG", "")
     if override:
         try:
             values = [int(v) for v in override.split(",")]
             if len(values) not in (3, 4) or min(values) < 1:
                 raise ValueError(override)
-            return LMHeadConfig(*values)
+            return LMHeadConfig(*values, early=_early())
         except ValueError as e:
             raise ValueError(f"INFER_LM_HEAD_CONFIG takes block_n,num_warps,programs_per_sm[,num_stages] "
                              f"(positive integers), got {override!r}") from e
@@ -75,7 +79,12 @@ def choose_config(vocab: int, hidden: int, element_size: int = 2) -> LMHeadConfi
         stages -= 1
     per_sm = max(1, min(4, SHARED_BYTES // (stages * block_n * stage_bytes)))
     warps = 8 if triton.next_power_of_2(hidden) >= 4096 else 4
-    return LMHeadConfig(block_n, warps, programs_per_sm=per_sm, num_stages=stages)
+    return LMHeadConfig(block_n, warps, programs_per_sm=per_sm, num_stages=stages, early=_early())
+
+
+def _early() -> bool:
+    """``LMHeadConfig.early`` of the launch's own configuration: ``INFER_LM_HEAD_EARLY=1`` (A/B runs)."""
+    return os.environ.get("INFER_LM_HEAD_EARLY", "0") == "1"
 
 
 @triton.jit
@@ -87,31 +96,51 @@ def _take(m, f, best_v, best_i):
 
 
 @triton.jit
+def _block_weights(w_ptr, b, V, stride_w, ks, k_ok, lanes, BLOCK_N: tl.constexpr):
+    """Block ``b``'s weight rows ``[BLOCK_N, BLOCK_K]`` (zeros past the vocabulary), streamed."""
+    rows = b * BLOCK_N + lanes
+    return tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + ks[None, :],
+                   mask=(rows < V)[:, None] & k_ok[None, :], other=0.0, eviction_policy="evict_first")
+
+
+@triton.jit
+def _block_step(w, x, b, V, logits_ptr, lanes, lane_v, lane_i, BLOCK_N: tl.constexpr):
+    """One block's logits (float32 products rounded once, stored) folded into the row lanes'
+    running (max, first row)."""
+    rows = b * BLOCK_N + lanes
+    row_ok = rows < V
+    y = tl.sum(w.to(tl.float32) * x[None, :], axis=1).to(logits_ptr.dtype.element_ty)
+    tl.store(logits_ptr + rows, y, mask=row_ok)
+    return _take(tl.where(row_ok, y.to(tl.float32), float("-inf")), tl.where(row_ok, rows, NO_INDEX),
+                 lane_v, lane_i)
+
+
+@triton.jit
 def _lm_head_argmax_kernel(x_ptr, w_ptr, logits_ptr, part_val_ptr, part_idx_ptr, ticket_ptr, ids_ptr,
                            V, stride_w, blocks_per_program, K: tl.constexpr, BLOCK_N: tl.constexpr,
                            BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, NUM_STAGES: tl.constexpr,
-                           PDL: tl.constexpr):
+                           PDL: tl.constexpr, EARLY: tl.constexpr):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     ks = tl.arange(0, BLOCK_K)
     k_ok = ks < K
     lanes = tl.arange(0, BLOCK_N)
+    first_block = pid * blocks_per_program  # blocks [pid * per, (pid + 1) * per), through the pipeliner
+    if EARLY:  # the first block before the PDL wait (weights: nothing the launch before writes)
+        w0 = _block_weights(w_ptr, first_block, V, stride_w, ks, k_ok, lanes, BLOCK_N)
     if PDL:
         wait_for_prior()
     x = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
     # per row lane, the running (max, first row): no reduction inside the loop
     lane_v = tl.full([BLOCK_N], float("-inf"), tl.float32)
     lane_i = tl.full([BLOCK_N], NO_INDEX, tl.int32)
-    first_block = pid * blocks_per_program  # blocks [pid * per, (pid + 1) * per), through the pipeliner
-    for b in tl.range(first_block, first_block + blocks_per_program, num_stages=NUM_STAGES):
-        rows = b * BLOCK_N + lanes
-        row_ok = rows < V
-        w = tl.load(w_ptr + rows[:, None].to(tl.int64) * stride_w + ks[None, :],
-                    mask=row_ok[:, None] & k_ok[None, :], other=0.0, eviction_policy="evict_first")
-        y = tl.sum(w.to(tl.float32) * x[None, :], axis=1).to(logits_ptr.dtype.element_ty)
-        tl.store(logits_ptr + rows, y, mask=row_ok)
-        lane_v, lane_i = _take(tl.where(row_ok, y.to(tl.float32), float("-inf")), tl.where(row_ok, rows, NO_INDEX),
-                               lane_v, lane_i)
+    start = first_block
+    if EARLY:
+        lane_v, lane_i = _block_step(w0, x, first_block, V, logits_ptr, lanes, lane_v, lane_i, BLOCK_N)
+        start = first_block + 1
+    for b in tl.range(start, first_block + blocks_per_program, num_stages=NUM_STAGES):
+        w = _block_weights(w_ptr, b, V, stride_w, ks, k_ok, lanes, BLOCK_N)
+        lane_v, lane_i = _block_step(w, x, b, V, logits_ptr, lanes, lane_v, lane_i, BLOCK_N)
     best_v, best_i = first_max(lane_v, lane_i, lane_i != NO_INDEX, NO_INDEX)
     tl.store(part_val_ptr + pid, best_v)
     tl.store(part_idx_ptr + pid, best_i)
@@ -158,7 +187,7 @@ def lm_head_argmax(x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, 
     _lm_head_argmax_kernel[(programs,)](
         x, weight, logits, part_val, part_idx, ticket, ids, vocab, weight.stride(0), per_program,
         K=hidden, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(hidden), BLOCK_C=cfg.block_c,
-        NUM_STAGES=cfg.num_stages, PDL=pdl, num_warps=cfg.num_warps, launch_pdl=pdl,
+        NUM_STAGES=cfg.num_stages, PDL=pdl, EARLY=cfg.early, num_warps=cfg.num_warps, launch_pdl=pdl,
     )
 
 
