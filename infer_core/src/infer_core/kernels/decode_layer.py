@@ -650,13 +650,20 @@ def _norm_halves(w_ptr, dh, QK_NORM: tl.constexpr, HALF: tl.constexpr):
 
 
 @triton.jit
+def _rotary_row(cos_ptr, sin_ptr, pos, stride_cos, stride_sin, dh):
+    """The rotary row of ``pos``: float32 ``[1, HALF]`` cos and sin."""
+    cos = tl.load(cos_ptr + pos * stride_cos + dh).to(tl.float32)[None, :]
+    sin = tl.load(sin_ptr + pos * stride_sin + dh).to(tl.float32)[None, :]
+    return cos, sin
+
+
+@triton.jit
 def _rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos, stride_sin, QK_NORM: tl.constexpr,
                  HALF: tl.constexpr):
     """What the attention stage's QK-norm and RoPE read besides q, k, v: the rotary row of
-    ``pos`` (float32 ``[1, HALF]`` cos, sin) and the q- and k-norm weights' halves."""
+    ``pos`` (:func:`_rotary_row`) and the q- and k-norm weights' halves."""
     dh = tl.arange(0, HALF)
-    cos = tl.load(cos_ptr + pos * stride_cos + dh).to(tl.float32)[None, :]
-    sin = tl.load(sin_ptr + pos * stride_sin + dh).to(tl.float32)[None, :]
+    cos, sin = _rotary_row(cos_ptr, sin_ptr, pos, stride_cos, stride_sin, dh)
     qw1, qw2 = _norm_halves(qn_ptr, dh, QK_NORM, HALF)
     kw1, kw2 = _norm_halves(kn_ptr, dh, QK_NORM, HALF)
     return cos, sin, qw1, qw2, kw1, kw2
@@ -856,8 +863,7 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     # every load of the stage at once: the query group, the own key and value (masked off in the
     # other splits), the rotary row
     if ROPE_EARLY < 2:
-        cos = tl.load(cos_ptr + pos * stride_cos + dh).to(tl.float32)[None, :]
-        sin = tl.load(sin_ptr + pos * stride_sin + dh).to(tl.float32)[None, :]
+        cos, sin = _rotary_row(cos_ptr, sin_ptr, pos, stride_cos, stride_sin, dh)
     rows = tl.arange(0, BLOCK_M)
     row_ok = rows < GROUP
     head = g * GROUP + rows
@@ -1044,10 +1050,7 @@ def _decode_layer_kernel(
     GU_ONCE: tl.constexpr = NORM_ONCE and SUB_GU > 0 and KT_GU == 1
     pid = tl.program_id(0)
     nw = 0  # (the norm weight's words when QKV_ONCE / GU_ONCE)
-    # rope_early: the attention stage's k-norm weight (1) or rotary row and QK-norm weights (2,
-    # _early_rope_inputs), requested between barrier 0's arrival and its wait (stage by stage:
-    # before the stage's PDL wait)
-    ATTN: tl.constexpr = (ALL and LAST >= 2) or STAGE == 2
+    ATTN: tl.constexpr = (ALL and LAST >= 2) or STAGE == 2  # this launch runs the attention stage
     # group_sync: no barrier 0; each attention item waits for the producers of its KV group's rows only
     # (and with 2, no barrier 1: each merge waits for its KV group's attention items only)
     GS: tl.constexpr = GROUP_SYNC > 0 and ALL and LAST >= 2 and EPOCH and not LL and BAL_QKV
@@ -1106,21 +1109,19 @@ def _decode_layer_kernel(
         _group_arrive(counters_ptr, pid, num_programs, NQKV, HQ, HKV, HEAD_DIM)
     elif ARRIVE_FIRST and ALL and LAST >= 2 and not LL:
         seen = _arrive(counters_ptr, 0)
-    if ((ALL and LAST >= 2) or STAGE == 2) and not KV_START:  # the first key tile (no dependence on qkv)
+    if ATTN and not KV_START:  # the first key tile (no dependence on qkv)
         seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
         if KV_EARLY:
             k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
                                           stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-    if GS and ROPE_EARLY:
-        cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
-                                                          stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
-    if ALL and LAST >= 2 and not LL and not GS:
-        if not ARRIVE_FIRST:
+    if ALL and LAST >= 2 and not LL:
+        if not GS and not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 0)
-        if ROPE_EARLY:  # (after the arrival: its fence does not wait for them)
+        if ROPE_EARLY:  # (after the arrival, barrier 0's or group_sync's: its fence does not wait for them)
             cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
                                                               stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
-        _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP)
+        if not GS:
+            _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP)
     if L2_AHEAD and ALL and LAST >= 5:  # noqa: SIM102 (a constexpr branch around a runtime one)
         # the programs without an attention item: gate/up's (1) and down's (2) weights into L2 while
         # the attention and the merge run (DRAM is otherwise idle then: the key tiles came at the start)
