@@ -167,8 +167,8 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  "plain": {"arrive_first": False, "kv_early": 0}, "default": {},
                  # the norm stages' input row and weight loaded again after the reduction (norm_once off)
                  "normtwice": {"norm_once": False},
-                 # the attention stage's rotary row and QK-norm weights requested at the stage's start (2) or
-                 # between barrier 0's arrival and wait (1), not in the norms (rope_early 0)
+                 # requested between barrier 0's arrival and wait: the attention stage's rotary row and both
+                 # QK-norm weights (rope_early 2) or the k-norm weight (1, the default); 0: loaded in the stage
                  "ropeearly": {"rope_early": 2}, "ropebarrier": {"rope_early": 1},
                  # the programs without an attention item ask L2 for gate/up's (1), down's (2) or both
                  # weights (3) after barrier 0

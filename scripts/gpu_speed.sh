@@ -40,8 +40,8 @@
 #            "norm-twice" / "norm-once" = INFER_DECODE_NORM_ONCE=0 / 1 (the persistent layer's norm stages
 #            load their input row and norm weight again after the reduction / once),
 #            "rope-late" / "rope-barrier" / "rope-early" = INFER_DECODE_ROPE_EARLY=0 / 1 / 2 (the attention
-#            stage's rotary row and QK-norm weights requested in the norms / between barrier 0's arrival
-#            and wait / at the stage's start), "splits<N>" = INFER_DECODE_SPLITS=N (key splits per KV head),
+#            stage's QK-norm weights loaded in the stage / the k-norm weight requested between barrier 0's
+#            arrival and wait / the rotary row and both norm weights there), "splits<N>" = INFER_DECODE_SPLITS=N (key splits per KV head),
 #            "l2ahead<N>" = INFER_DECODE_L2_AHEAD=N (gate/up's 1, down's 2 or both 3 weights asked into L2
 #            during the attention), "small-kv" = --cache.memory_fraction 0.05 (a KV pool of a few GB
 #            instead of 0.85 of the device: what the chains and profile_step run with),
