@@ -126,9 +126,7 @@ def check_decode_layer(device: str, dtype: torch.dtype, case: LayerCase, *, stag
     others[slot] = False
     assert torch.equal(flat[:, others], ref_flat[:, others]), case  # nothing else written
     assert ws.error.item() == 0, "a grid barrier timed out"
-    grouped = (cfg.group_sync if not stage_by_stage and cfg is not None and cfg.epoch and not cfg.ll
-               and cfg.balanced[0] else 0)
-    check_counters(ws, 0 if stage_by_stage else 1, group_sync=grouped)
+    check_counters(ws, 0 if stage_by_stage else 1)
 
 
 def group_producers(ws: dl.DecodeWorkspace, programs: int) -> list[int]:
@@ -152,8 +150,9 @@ def group_producer_counts(programs: int, hq: int, hkv: int, d: int) -> list[int]
     return out
 
 
-def check_counters(ws: dl.DecodeWorkspace, launches: int, group_sync: int = 0) -> None:
-    """The barrier counters after ``launches`` one-launch layers on a fresh workspace: with
+def check_counters(ws: dl.DecodeWorkspace, launches: int) -> None:
+    """The barrier counters after ``launches`` one-launch layers on a fresh workspace, of the kind
+    the workspace recorded (``ws.kind``: epoch, ll, the group_sync that took effect): with
     ``epoch`` every barrier's counter holds ``launches`` times the programs and the epoch
     ``launches`` (never reset; with ``ll`` barriers 0 and 1 are not used; with ``group_sync``
     barrier 0 is not, and each KV group's first counter holds ``launches`` times its producers,
@@ -162,7 +161,7 @@ def check_counters(ws: dl.DecodeWorkspace, launches: int, group_sync: int = 0) -
     resets them)."""
     counters = ws.counters.tolist()
     counters, groups = counters[:8], counters[8:]
-    epoch, ll, _ = ws.kind or (False, False, False)
+    epoch, ll, group_sync = ws.kind or (False, False, 0)
     if epoch and launches:
         programs = counters[4] // launches
         used = [0] * 2 if ll else [programs * launches] * 2  # barriers 0 and 1 (none with ll)

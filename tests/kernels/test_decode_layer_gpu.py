@@ -223,9 +223,9 @@ def test_barrier_variants(shape, context, poll_sleep, arrive_first, kv_early):
 @pytest.mark.parametrize("context", [0, 63, 300, 4000])
 @pytest.mark.parametrize(("rope_early", "splits"), [(1, 0), (2, 0), (0, 4), (2, 4), (0, 8), (0, 2)])
 def test_rope_early_and_splits(shape, context, rope_early, splits):
-    """``rope_early``: the attention stage's rotary row and QK-norm weights requested between
-    barrier 0's arrival and its wait (1) or at the stage's start (2); ``splits``: fewer key
-    splits per KV head than the default (0). One launch, against the reference."""
+    """``rope_early``: the attention stage's k-norm weight (1) or its rotary row and both QK-norm
+    weights (2) requested between barrier 0's arrival and its wait; ``splits``: fewer key splits
+    per KV head than the default (0). One launch, against the reference."""
     case = replace(real_case(shape, context), max_elements=8192)
     cfg = replace(cases.config_for(case, torch.bfloat16), num_warps=4, rope_early=rope_early)
     if splits:
@@ -275,7 +275,8 @@ def test_group_sync_over_launches(level):
     outs = [dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg) for _ in range(3)]
     assert all(torch.equal(o[0], outs[0][0]) for o in outs)
     assert ws.error.item() == 0
-    cases.check_counters(ws, 3, group_sync=level)
+    assert ws.kind == (True, False, level)
+    cases.check_counters(ws, 3)
     with pytest.raises(ValueError, match="workspace"):  # barrier 0's counter was not kept
         dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=replace(cfg, group_sync=0))
     with pytest.raises(ValueError, match="one program per qkv row"):

@@ -179,9 +179,9 @@ def test_stage_configs_need_six_and_stage_by_stage():
 @settings(max_examples=12, deadline=None)
 @given(case=cases.layer_cases(), rope_early=st.sampled_from([1, 2]), kv_early=st.sampled_from([0, 2]))
 def test_rope_inputs_requested_early_match_the_reference(case, rope_early, kv_early):
-    """``rope_early``: the rotary row and QK-norm weights requested before the attention stage's
-    PDL wait (1, with ``kv_early`` 2), before its items (1, else) or at each item's start (2):
-    the same layer."""
+    """``rope_early``: the k-norm weight (1) or the rotary row and both QK-norm weights (2)
+    requested before the attention stage's PDL wait (with ``kv_early`` 2) or before its items
+    (else): the same layer."""
     cfg = replace(cases.config_for(case, torch.float32), rope_early=rope_early, kv_early=kv_early)
     cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=True, config=cfg)
 
