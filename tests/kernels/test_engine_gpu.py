@@ -224,6 +224,11 @@ def test_placeholders_filled_inside_the_graph(arch, monkeypatch):
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
 
 
+def alone_and_batched(llm, params: SamplingParams) -> list:
+    """The first completion of each request: one request alone, then the whole batch."""
+    return [[o.outputs[0] for o in llm.generate(p, params)] for p in (batch(512)[:1], batch(512))]
+
+
 def assert_same_tokens_and_logprobs(results_on: list, results_off: list) -> None:
     """Per prompt list, per request: the same token ids and the same logprobs, exactly."""
     for got, want in zip(results_on, results_off, strict=True):
@@ -250,8 +255,8 @@ def test_programmatic_dependent_launch_changes_nothing(arch, monkeypatch):
         env.setenv("INFER_PDL", "0")
         assert not use_pdl(torch.empty(1, device="cuda"))
         off = make_llm(checkpoint, dtype="bfloat16")
-        results_off = [[o.outputs[0] for o in off.generate(p, params)] for p in (batch(512)[:1], batch(512))]
-    results_on = [[o.outputs[0] for o in on.generate(p, params)] for p in (batch(512)[:1], batch(512))]
+        results_off = alone_and_batched(off, params)
+    results_on = alone_and_batched(on, params)
     assert_same_tokens_and_logprobs(results_on, results_off)
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
 
@@ -264,10 +269,10 @@ def test_gather_rows_changes_nothing(arch, monkeypatch):
     checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=1)
     off = make_llm(checkpoint, dtype="bfloat16")
-    results_off = [[o.outputs[0] for o in off.generate(p, params)] for p in (batch(512)[:1], batch(512))]
+    results_off = alone_and_batched(off, params)
     with monkeypatch.context() as env:
         env.setenv("INFER_GATHER_ROWS", "1")
         on = make_llm(checkpoint, dtype="bfloat16")
-        results_on = [[o.outputs[0] for o in on.generate(p, params)] for p in (batch(512)[:1], batch(512))]
+        results_on = alone_and_batched(on, params)
     assert_same_tokens_and_logprobs(results_on, results_off)
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks

@@ -11,8 +11,8 @@ lets the next one start.
 
 Exactly ``torch.index_select(src[:, :width], 0, index)`` (:func:`gather_rows_ref`), any
 dtype, ``index`` int32 or int64 (every entry must be a row of ``src``: the caller's contract,
-as for ``F.embedding``). Opt-in where the engine would use it (``INFER_GATHER_ROWS=1``) until
-measured on a GPU; :func:`~infer_core.kernels.device.gather_rows_enabled`).
+as for ``F.embedding``). Opt-in where the engine would use it (``INFER_GATHER_ROWS=1``,
+:func:`~infer_core.kernels.device.gather_rows_enabled`) until measured on a GPU.
 """
 
 from __future__ import annotations
