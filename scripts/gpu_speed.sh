@@ -49,7 +49,8 @@
 #            item waits for its KV group's qkv rows; 2: no barrier 1 either, each merge waits for its
 #            KV group's splits), "gather-rows" = INFER_GATHER_ROWS=1 (the embedding lookup and the
 #            block-table rows as PDL launches, kernels.gather_rows), "lm-head-early" = INFER_LM_HEAD_EARLY=1
-#            (the LM head's first weight block requested before its PDL wait),
+#            (the LM head's first weight block requested before its PDL wait); "no-group-sync",
+#            "no-gather-rows", "lm-head-late" set each to 0,
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
 #   gemm     the small-M GEMM kernel (opt-in: model.small_m_gemm): its GPU tests and the act_and_mul ones
@@ -155,8 +156,11 @@ if want ab; then
         small-kv) flag+=(--cache.memory_fraction 0.05) ;;
         group-sync) gsy=1 ;;
         group-sync2) gsy=2 ;;
+        no-group-sync) gsy=0 ;;
         gather-rows) gat=1 ;;
+        no-gather-rows) gat=0 ;;
         lm-head-early) lhe=1 ;;
+        lm-head-late) lhe=0 ;;
         no-pdl) pdl=0 ;;
       esac
     done

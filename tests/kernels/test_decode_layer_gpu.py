@@ -244,6 +244,21 @@ def test_l2_ahead(shape, context, l2_ahead):
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 
+def group_sync_config(case, per_sm: int, level: int) -> dl.DecodeLayerConfig:
+    """The launch's own configuration at ``per_sm`` programs per SM with ``group_sync`` at
+    ``level``; where its qkv stage is not balanced (group_sync needs the balanced shares: Llama's
+    qkv rows, or one program per SM), the qkv stage balanced with a larger element budget."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    args = (case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads, case.head_dim, sms,
+            torch.bfloat16)
+    cfg = replace(dl.launch_config(*args, per_sm), group_sync=level)
+    if not cfg.balanced[0]:
+        wide = dl.choose_config(*args, programs_per_sm=per_sm, balanced_elements=1 << 16)
+        cfg = replace(cfg, rows=(wide.rows[0], *cfg.rows[1:]), bk=(wide.bk[0], *cfg.bk[1:]),
+                      balanced=(wide.balanced[0], *cfg.balanced[1:]))
+    return cfg
+
+
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 63, 300, 4000])
 @pytest.mark.parametrize("per_sm", [1, 2])
@@ -253,10 +268,8 @@ def test_group_sync(shape, context, per_sm, level):
     (2: no barrier 1 either, each merge waits for its group's splits only). The launch's own
     configuration with it, against the reference; the group counters hold each group's
     producers (counted by brute force over the shares) and its splits."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     case = real_case(shape, context)
-    cfg = replace(dl.launch_config(case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads,
-                                   case.head_dim, sms, torch.bfloat16, per_sm), group_sync=level)
+    cfg = group_sync_config(case, per_sm, level)
     assert cfg.balanced[0] and cfg.epoch and not cfg.ll, cfg
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 

@@ -150,15 +150,19 @@ def test_gated_epilogue_equals_unfused_fp32(arch):
 
 
 @pytest.mark.parametrize(("arch", "overrides"), [("llama", {"head_dim": 32}), ("qwen3", {})])
-@pytest.mark.parametrize("stages", ["", "2"])
-def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, monkeypatch):
+@pytest.mark.parametrize(("stages", "group_sync"), [("", ""), ("2", ""), ("", "0"), ("", "1"), ("", "2")])
+def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, group_sync, monkeypatch):
     """``model.persistent_decode`` (on by default with CUDA): batch-1 decode steps (replayed as CUDA graphs)
     run one persistent launch per layer (``INFER_DECODE_STAGES=2``: each stage its own launch, PDL
-    between them); greedy tokens equal those of the usual path, for requests alone and batched
-    (those keep the usual path), every block back."""
+    between them; ``INFER_DECODE_GROUP_SYNC``: per-KV-group counters instead of barrier 0, and of
+    barrier 1 with 2, the default); greedy tokens equal those of the usual path, for requests alone
+    and batched (those keep the usual path), every block back."""
+    if not stages:  # (4 + 2 x 2) heads of 128: more qkv rows than programs, which group_sync needs
+        overrides = {**overrides, "head_dim": 128}
     checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512, **overrides)
     with monkeypatch.context() as env:
         env.setenv("INFER_DECODE_STAGES", stages)
+        env.setenv("INFER_DECODE_GROUP_SYNC", group_sync)
         on = make_llm(checkpoint, dtype="float32", persistent_decode=True)
     assert on.engine.model.model.persistent_decode.stages == bool(stages)
     off = make_llm(checkpoint, dtype="float32", persistent_decode=False)
@@ -167,7 +171,12 @@ def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, monke
     for prompts in [batch(512)[:1], batch(512)[1:2], batch(512)]:
         theirs = [o.outputs[0].token_ids for o in off.generate(prompts, GREEDY)]
         assert [o.outputs[0].token_ids for o in on.generate(prompts, GREEDY)] == theirs
-    assert on.engine.model.model.persistent_decode.active  # the stack qualified and ran
+    persistent = on.engine.model.model.persistent_decode
+    assert persistent.active  # the stack qualified and ran
+    if not stages:  # the group_sync that took effect
+        from infer_core.kernels.decode_layer import default_group_sync
+
+        assert persistent.launch_kind == (True, False, int(group_sync or default_group_sync()))
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
 
 
@@ -263,16 +272,16 @@ def test_programmatic_dependent_launch_changes_nothing(arch, monkeypatch):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
 def test_gather_rows_changes_nothing(arch, monkeypatch):
-    """``INFER_GATHER_ROWS=1``: the embedding lookup and the decode graphs' block-table rows
-    through the PDL gather (kernels.gather_rows) instead of torch's: an exact copy, so the same
-    greedy tokens and logprobs (bf16), alone and batched, every block back."""
+    """The embedding lookup and the decode graphs' block-table rows through the PDL gather
+    (kernels.gather_rows, the default) instead of torch's (``INFER_GATHER_ROWS=0``): an exact
+    copy, so the same greedy tokens and logprobs (bf16), alone and batched, every block back."""
     checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=1)
-    off = make_llm(checkpoint, dtype="bfloat16")
-    results_off = alone_and_batched(off, params)
     with monkeypatch.context() as env:
-        env.setenv("INFER_GATHER_ROWS", "1")
-        on = make_llm(checkpoint, dtype="bfloat16")
-        results_on = alone_and_batched(on, params)
+        env.setenv("INFER_GATHER_ROWS", "0")
+        off = make_llm(checkpoint, dtype="bfloat16")
+        results_off = alone_and_batched(off, params)
+    on = make_llm(checkpoint, dtype="bfloat16")
+    results_on = alone_and_batched(on, params)
     assert_same_tokens_and_logprobs(results_on, results_off)
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks

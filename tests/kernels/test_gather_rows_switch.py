@@ -1,5 +1,5 @@
-"""``kernels.device.gather_rows_enabled``: the PDL row gather only for CUDA tensors and only
-with ``INFER_GATHER_ROWS=1``; the CPU path keeps torch's gather (and never imports Triton for it)."""
+"""``kernels.device.gather_rows_enabled``: the PDL row gather only for CUDA tensors, unless
+``INFER_GATHER_ROWS=0``; the CPU path keeps torch's gather (and never imports Triton for it)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ class FakeCuda:
     is_cuda = True
 
 
-def test_gather_rows_is_opt_in_and_cuda_only(monkeypatch):
+def test_gather_rows_is_on_by_default_and_cuda_only(monkeypatch):
     monkeypatch.delenv("INFER_GATHER_ROWS", raising=False)
+    assert gather_rows_enabled(FakeCuda())  # type: ignore[arg-type]
+    assert not gather_rows_enabled(torch.zeros(2))
+    monkeypatch.setenv("INFER_GATHER_ROWS", "0")
     assert not gather_rows_enabled(FakeCuda())  # type: ignore[arg-type]
     monkeypatch.setenv("INFER_GATHER_ROWS", "1")
     assert gather_rows_enabled(FakeCuda())  # type: ignore[arg-type]

@@ -111,6 +111,19 @@ def test_launch_config_takes_ll_from_the_environment(monkeypatch, epoch, ll, exp
     assert cfg.ll == expected and cfg.epoch is (epoch == "1")
 
 
+def test_launch_config_takes_group_sync_where_each_program_has_a_qkv_row(monkeypatch):
+    """The configuration a launch picks for itself: ``group_sync`` 2 (or ``INFER_DECODE_GROUP_SYNC``)
+    where its programs are at most the qkv rows (Qwen3-0.6B's 4,096 at 264 programs), 0 where
+    they are more (a layer of 64 qkv rows: the launch would refuse group_sync)."""
+    monkeypatch.delenv("INFER_DECODE_GROUP_SYNC", raising=False)
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).group_sync == 2
+    assert dl.launch_config(64, 128, 2, 1, 16, 132, torch.bfloat16, 2).group_sync == 0
+    monkeypatch.setenv("INFER_DECODE_GROUP_SYNC", "1")
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).group_sync == 1
+    monkeypatch.setenv("INFER_DECODE_GROUP_SYNC", "0")
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).group_sync == 0
+
+
 def test_self_flagged_words_need_the_epoch():
     """``ll`` without ``epoch`` (the words' flag is the launch's epoch): a clear error, no launch."""
     case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)

@@ -143,15 +143,17 @@ def test_config_and_errors():
 
 
 def test_config_override(monkeypatch):
+    monkeypatch.delenv("INFER_LM_HEAD_EARLY", raising=False)
     monkeypatch.setenv("INFER_LM_HEAD_CONFIG", "8,4,2,3")
-    assert choose_config(151_936, 1024) == LMHeadConfig(8, 4, programs_per_sm=2, num_stages=3)
+    assert choose_config(151_936, 1024) == LMHeadConfig(8, 4, programs_per_sm=2, num_stages=3, early=True)
     monkeypatch.setenv("INFER_LM_HEAD_CONFIG", "32,8,1")
     assert choose_config(151_936, 1024) == LMHeadConfig(32, 8, programs_per_sm=1)
-    monkeypatch.setenv("INFER_LM_HEAD_EARLY", "1")
-    assert choose_config(151_936, 1024) == LMHeadConfig(32, 8, programs_per_sm=1, early=True)
+    monkeypatch.setenv("INFER_LM_HEAD_EARLY", "0")
+    assert choose_config(151_936, 1024) == LMHeadConfig(32, 8, programs_per_sm=1, early=False)
     monkeypatch.delenv("INFER_LM_HEAD_CONFIG")
-    assert choose_config(151_936, 1024) == LMHeadConfig(8, 4, programs_per_sm=4, num_stages=3, early=True)
+    assert choose_config(151_936, 1024) == LMHeadConfig(8, 4, programs_per_sm=4, num_stages=3, early=False)
     monkeypatch.delenv("INFER_LM_HEAD_EARLY")
+    assert choose_config(151_936, 1024).early
     for bad in ("a,b", "32,8", "8,4,0", "8,4,2,3,1"):
         monkeypatch.setenv("INFER_LM_HEAD_CONFIG", bad)
         with pytest.raises(ValueError, match="INFER_LM_HEAD_CONFIG takes"):

@@ -1288,7 +1288,8 @@ class DecodeLayerConfig:
     for the sum of squares and the product, the norm weight requested with the stage's first
     tiles (else: the row and the weight again after the reduction's barrier, a second L2 round
     trip on the critical path). ``group_sync`` (with ``epoch``, a balanced qkv stage and no
-    ``ll``; off by default, not yet measured): no barrier 0; each program adds one to a KV
+    ``ll``, at most one program per qkv row; off in a config built by hand, 2 in the one a launch
+    picks for itself, :func:`default_group_sync`): no barrier 0; each program adds one to a KV
     group's counter per interval of that group's qkv rows (its query heads', key's, value's)
     its share holds rows of (:func:`_group_arrive`), and an attention item waits for its own
     group's producers only (:func:`_group_target`): attention starts without waiting for the
@@ -1477,13 +1478,15 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
                   programs_per_sm: int, stage_by_stage: bool = False) -> DecodeLayerConfig:
     """The configuration a launch without ``config`` takes at that many programs per SM:
     :func:`choose_config` with the balanced stages, then the defaults the environment may
-    override (``kv_early``, ``pairs``, ``epoch``, ``norm_once``, and ``ll`` only with ``epoch``)."""
+    override (``kv_early``, ``pairs``, ``epoch``, ``norm_once``, ``ll`` only with ``epoch``, and
+    ``group_sync`` only with at most one program per qkv row)."""
     epoch = default_epoch()
-    return replace(choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
-                                 balanced_elements=default_balanced_elements()),
-                   kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0,
-                   norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early(), l2_ahead=default_l2_ahead(),
-                   group_sync=default_group_sync())
+    cfg = choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
+                        balanced_elements=default_balanced_elements())
+    group_sync = default_group_sync() if cfg.num_programs <= (hq + 2 * hkv) * d else 0
+    return replace(cfg, kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0,
+                   norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early(),
+                   l2_ahead=default_l2_ahead(), group_sync=group_sync)
 
 
 def default_kv_early() -> int:
@@ -1504,9 +1507,12 @@ def default_norm_once(stage_by_stage: bool = False) -> bool:
 
 
 def default_group_sync() -> int:
-    """``group_sync`` of the configuration a launch picks for itself: the config's default, or
-    ``INFER_DECODE_GROUP_SYNC`` (0 / 1 / 2) from the environment (A/B measurements)."""
-    return _env_int("INFER_DECODE_GROUP_SYNC", DecodeLayerConfig.group_sync)
+    """``group_sync`` of the configuration a launch picks for itself: 2 (W1 Qwen3-0.6B on an
+    H200, medians of 3: 0.6545 and 0.653 ms per token against 0.666 and 0.665 with barriers 0
+    and 1; 1: 0.658; chain 19.6 against 20.1 µs per layer;
+    benchmarks/reports/group-sync-2026-12-04-h200), or ``INFER_DECODE_GROUP_SYNC`` (0 / 1 / 2)
+    from the environment (A/B measurements)."""
+    return _env_int("INFER_DECODE_GROUP_SYNC", 2)
 
 
 def default_l2_ahead() -> int:

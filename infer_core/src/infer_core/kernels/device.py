@@ -17,6 +17,8 @@ def num_sms(device: torch.device) -> int:
 
 def gather_rows_enabled(t: torch.Tensor) -> bool:
     """Whether the engine's row gathers on ``t``'s device (embedding lookup, block-table rows)
-    take :mod:`~infer_core.kernels.gather_rows`: CUDA tensors with ``INFER_GATHER_ROWS=1``
-    (opt-in until measured). Imports no Triton: the CPU path never loads it."""
-    return t.is_cuda and os.environ.get("INFER_GATHER_ROWS", "0") == "1"
+    take :mod:`~infer_core.kernels.gather_rows`: CUDA tensors, unless ``INFER_GATHER_ROWS=0``
+    (torch's ``index_select`` / ``F.embedding``, launched without PDL; W1 Qwen3-0.6B on an H200
+    0.662 against 0.666 ms per token, benchmarks/reports/group-sync-2026-12-04-h200). Imports
+    no Triton: the CPU path never loads it."""
+    return t.is_cuda and os.environ.get("INFER_GATHER_ROWS", "1") != "0"

@@ -105,6 +105,12 @@ class PersistentDecode:
         """Switched on and the stack checked: batch-1 decode steps run here."""
         return self.enabled and self._plan is not None
 
+    @property
+    def launch_kind(self) -> tuple[bool, bool, int] | None:
+        """The Triton layer launches' ``(epoch, ll, group_sync)`` as they took effect (a
+        :class:`DecodeWorkspace`'s kind), or ``None`` before the first one ran."""
+        return None if self._workspace is None else self._workspace.kind
+
     def applies(self, h: torch.Tensor, md: AttentionMetadata,
                 describe: Callable[[], Sequence[LayerDescription]]) -> bool:
         """Whether this step (embedded tokens ``h``) runs here: switched on, one decode token,
