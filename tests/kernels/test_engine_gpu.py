@@ -210,17 +210,19 @@ def test_fused_lm_head_equals_cublas_path(arch, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
-def test_placeholders_filled_inside_the_graph(arch, monkeypatch):
+@pytest.mark.parametrize("in_gather", ["0", "1"])
+def test_placeholders_filled_inside_the_graph(arch, in_gather, monkeypatch):
     """Async scheduling with the in-graph fill (the default): a decode graph fills the ids still
     in flight itself (kernels.fill_ids, from the buffer its argmax writes; ``INFER_GRAPH_FILL=0``:
-    three torch launches outside the graph): the same greedy tokens (bf16), alone and batched, with a
-    logprobs request in the batch (its ids come through the sampler, copied into that buffer);
-    every block back."""
+    three torch launches outside the graph; ``INFER_GRAPH_FILL_GATHER=1``: in the block-table
+    gather's launch): the same greedy tokens (bf16), alone and batched, with a logprobs request
+    in the batch (its ids come through the sampler, copied into that buffer); every block back."""
     checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
     with monkeypatch.context() as env:
         env.delenv("INFER_GRAPH_FILL", raising=False)
+        env.setenv("INFER_GRAPH_FILL_GATHER", in_gather)
         on = make_llm(checkpoint, dtype="bfloat16")
-    assert on.engine.runner.graph_fill
+    assert on.engine.runner.graph_fill and on.engine.runner.fill_in_gather == (in_gather == "1")
     with monkeypatch.context() as env:
         env.setenv("INFER_GRAPH_FILL", "0")
         off = make_llm(checkpoint, dtype="bfloat16")

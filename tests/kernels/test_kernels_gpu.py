@@ -161,3 +161,21 @@ def test_gather_rows_real_shapes(rows, cols, dtype):
     for index in (torch.randint(0, rows, (1,), device="cuda"), torch.randint(0, rows, (300,), device="cuda").int()):
         assert torch.equal(gather_rows(src, index), gather_rows_ref(src, index))
         assert torch.equal(gather_rows(src, index, cols // 2), gather_rows_ref(src, index, cols // 2))
+
+
+def test_gather_rows_with_the_placeholder_fill():
+    """A decode graph's block-table rows and placeholder fill in one launch (``fill``), at a
+    graph's batch of 256 rows: the rows as without it, the ids as fill_ids_ref leaves them."""
+    from infer_core.kernels.fill_ids import fill_ids_ref
+    from infer_core.kernels.gather_rows import gather_rows, gather_rows_ref
+
+    table = torch.randint(0, 10_000, (512, 2560), dtype=torch.int32, device="cuda")
+    index = torch.randperm(512, device="cuda")[:256]
+    ids = torch.randint(0, 150_000, (256,), device="cuda")
+    fill_src = torch.where(torch.rand(256, device="cuda") < 0.7, torch.randperm(256, device="cuda"),
+                           torch.full((256,), -1, device="cuda")).int()
+    sampled = torch.randint(0, 150_000, (256,), device="cuda")
+    want = ids.clone()
+    fill_ids_ref(want, fill_src, sampled)
+    assert torch.equal(gather_rows(table, index, 40, fill=(ids, fill_src, sampled)), gather_rows_ref(table, index, 40))
+    assert torch.equal(ids, want)

@@ -48,3 +48,33 @@ def test_gather_rows_refuses_bad_shapes():
         gather_rows(src, torch.zeros(2, dtype=torch.int64), out=torch.zeros(3, 8))
     with pytest.raises(ValueError, match="contiguous rows"):
         gather_rows(src.t(), torch.zeros(2, dtype=torch.int64))
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 20), cols=st.one_of(st.integers(1, 40), st.integers(MAX_BLOCK + 1, MAX_BLOCK + 9)),
+       n=st.integers(0, 10), n_sampled=st.integers(1, 12), src_dtype=st.sampled_from([torch.int32, torch.int64]),
+       ids_dtype=st.sampled_from([torch.int32, torch.int64]), seed=st.integers(0, 2**16))
+def test_gather_rows_with_the_placeholder_fill(rows, cols, n, n_sampled, src_dtype, ids_dtype, seed):
+    """``fill``: the block-table gather and fill_ids' placeholder fill in one launch: the same
+    rows as without it, and the ids exactly as fill_ids_ref leaves them (rows wider than a block
+    take several programs; only the first fills)."""
+    from infer_core.kernels.fill_ids import fill_ids_ref
+
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randint(0, 1000, (rows, cols), generator=gen, dtype=torch.int32)
+    index = torch.randint(0, rows, (n,), generator=gen)
+    ids = torch.randint(0, 500, (n,), generator=gen).to(ids_dtype)
+    fill_src = torch.where(torch.rand(n, generator=gen) < 0.5, torch.randint(0, n_sampled, (n,), generator=gen),
+                           torch.full((n,), -1)).to(src_dtype)
+    sampled = torch.randint(0, 100_000, (n_sampled,), generator=gen)
+    want_ids = ids.clone()
+    fill_ids_ref(want_ids, fill_src, sampled)
+    out = gather_rows(table, index, fill=(ids, fill_src, sampled))
+    assert torch.equal(out, gather_rows_ref(table, index)) and torch.equal(ids, want_ids)
+
+
+def test_gather_rows_refuses_a_fill_of_another_length():
+    table, index = torch.zeros(4, 8, dtype=torch.int32), torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(ValueError, match="index's length"):
+        gather_rows(table, index, fill=(torch.zeros(2, dtype=torch.int64), torch.zeros(3, dtype=torch.int64),
+                                        torch.zeros(5, dtype=torch.int64)))

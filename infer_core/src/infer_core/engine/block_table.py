@@ -74,13 +74,20 @@ class BlockTable:
         """The persistent batch buffer as ``[rows, width]`` (what ``gather`` writes)."""
         return self.batch[: rows * width].view(rows, width)
 
-    def gather(self, slots: torch.Tensor, width: int) -> torch.Tensor:
+    def gather(self, slots: torch.Tensor, width: int,
+               fill: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The rows of ``slots`` (a device int32 or int64 tensor, batch order), ``width`` blocks each,
-        in the persistent batch buffer: ``[len(slots), width]``, contiguous."""
+        in the persistent batch buffer: ``[len(slots), width]``, contiguous. ``fill = (ids,
+        fill_src, sampled)`` (CUDA): also :func:`~infer_core.kernels.fill_ids.fill_ids`'s
+        placeholder fill, in the same launch where the gather is a PDL launch."""
         out = self.view(slots.shape[0], width)
-        if gather_rows_enabled(slots):  # a PDL launch (opt-in: INFER_GATHER_ROWS=1)
+        if gather_rows_enabled(slots):  # a PDL launch (INFER_GATHER_ROWS=0: torch's)
             from infer_core.kernels.gather_rows import gather_rows
 
-            return gather_rows(self.table, slots, width, out=out)
+            return gather_rows(self.table, slots, width, out=out, fill=fill)
+        if fill is not None:
+            from infer_core.kernels.fill_ids import fill_ids
+
+            fill_ids(*fill)
         torch.index_select(self.table[:, :width], 0, slots, out=out)
         return out

@@ -148,6 +148,9 @@ class ModelRunner:
         # placeholders from here; every other step copies its sampled ids here, so _last_sampled
         # always views this buffer
         self.graph_fill = self.graphs is not None and os.environ.get("INFER_GRAPH_FILL", "1") != "0"
+        # INFER_GRAPH_FILL_GATHER=1: that fill in the block-table gather's launch (kernels.gather_rows' fill),
+        # one launch fewer per decode graph; opt-in until measured
+        self.fill_in_gather = self.graph_fill and os.environ.get("INFER_GRAPH_FILL_GATHER", "0") == "1"
         self._sampled_ids = torch.zeros(seqs, dtype=torch.int64, device=device)
         self._arange = np.arange(max(tokens, seqs) + 1, dtype=np.int64)
         self._uids = itertools.count()
@@ -369,11 +372,15 @@ class ModelRunner:
             rows = metadata.num_requests
             tables = metadata.block_tables
             assert tables.data_ptr() == self.block_table.view(rows, tables.shape[1]).data_ptr()
+            fill = None
             if self.graph_fill:  # the placeholders (async scheduling) from the last step's sampled ids
-                from infer_core.kernels.fill_ids import fill_ids
+                fill = (self.input_ids.device[:rows], self.fill_from.device[:rows], self._sampled_ids)
+                if not self.fill_in_gather:
+                    from infer_core.kernels.fill_ids import fill_ids
 
-                fill_ids(self.input_ids.device[:rows], self.fill_from.device[:rows], self._sampled_ids)
-            self.block_table.gather(self.batch_slots.device[:rows], tables.shape[1])
+                    fill_ids(*fill)
+                    fill = None
+            self.block_table.gather(self.batch_slots.device[:rows], tables.shape[1], fill=fill)
             hidden = self.model(self.input_ids.device[:rows], self.positions.device[:rows], metadata)
             if self._graph_logits is None:  # the first call: the largest size, eager, before any capture
                 self._graph_logits = torch.empty_like(self.model.compute_logits(hidden))

@@ -12,7 +12,7 @@ which is the test oracle (and, where a layer needs it, the CPU path).
 - :mod:`~infer_core.kernels.paged_attention` — unified paged attention over the flat batch,
   with its split-KV reduction in :mod:`~infer_core.kernels.attention_reduce`
 - :mod:`~infer_core.kernels.gather_rows` — row gather as a PDL launch (embedding lookup,
-  block-table rows; opt-in ``INFER_GATHER_ROWS=1``)
+  block-table rows; ``INFER_GATHER_ROWS=0`` turns it off)
 - :mod:`~infer_core.kernels.argmax` — two-stage argmax over the vocabulary (the greedy sampler)
 - :mod:`~infer_core.kernels.small_m_gemm` — decode-sized (M <= 16) GEMM, optional fused act-and-mul or (residual add +) RMSNorm prologue, gated act-and-mul epilogue (model.small_m_gemm)
 - :mod:`~infer_core.kernels.decode_layer` — a whole Llama / Qwen 3 decoder layer of a batch-1

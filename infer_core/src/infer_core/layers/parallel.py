@@ -108,7 +108,7 @@ class VocabParallelEmbedding(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            if gather_rows_enabled(ids) and ids.dim() == 1:  # a PDL launch (opt-in: INFER_GATHER_ROWS=1)
+            if gather_rows_enabled(ids) and ids.dim() == 1:  # a PDL launch (INFER_GATHER_ROWS=0: torch's)
                 from infer_core.kernels.gather_rows import gather_rows
 
                 return gather_rows(self.weight, ids)
