@@ -27,7 +27,8 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   configuration a launch picks for itself, as the engine does);
 - ``step-persistent`` / ``step-persistent-<variant>-s<programs per SM>`` (asked for by name):
   the persistent layers, then the final norm and the LM head with its greedy pick: a decode
-  step's device work as the engine's graph runs it (their µs per layer include the head).
+  step's device work as the engine's graph runs it (their µs per layer include the head);
+  ``step-persistent-headnorm``: the final norm folded into the head's launch.
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -38,6 +39,7 @@ replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_c
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -233,11 +235,21 @@ class Head:
         self.logits = torch.empty(1, vocab, device="cuda", dtype=BF16)
         self.ids = torch.empty(1, device="cuda", dtype=torch.int64)
         self.workspace = LMHeadWorkspace()
+        self.fold = False  # the final norm in the head's launch (lm_head_argmax(norm=...), INFER_LM_HEAD_NORM)
 
     def bytes(self) -> int:
         return self.weight.numel() * self.weight.element_size()
 
+    def folded(self) -> Head:
+        """The same head (the same tensors) with the final norm folded into its launch."""
+        head = copy.copy(self)
+        head.fold = True
+        return head
+
     def __call__(self, x: torch.Tensor, res: torch.Tensor) -> None:
+        if self.fold:
+            lm_head_argmax(x, self.weight, self.logits, self.ids, self.workspace, norm=(res, self.norm, 1e-6))
+            return
         h, _ = fused_add_rms_norm(x, res, self.norm, 1e-6)
         lm_head_argmax(h, self.weight, self.logits, self.ids, self.workspace)
 
@@ -304,6 +316,7 @@ def chains(layers: list[Layer], head: Head | None = None) -> dict:
     if head is not None:
         sbytes = wbytes + head.bytes()
         steps = {"step-persistent": (persistent(layers, default=True, head=head), n, sbytes),
+                 "step-persistent-headnorm": (persistent(layers, default=True, head=head.folded()), n, sbytes),
                  **{f"step-persistent-{name}-s{sm}": (persistent(layers, programs_per_sm=sm, sync=sync, head=head), n,
                                                       sbytes)
                     for name, sync in SYNC_VARIANTS.items() for sm in (4, 2)}}

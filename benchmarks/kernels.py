@@ -227,6 +227,22 @@ def bench_gather_rows(rec: Recorder, model: str) -> None:
     out = torch.empty(DECODE_BATCH, 256, device="cuda", dtype=torch.int32)
     rec.add("gather_rows (block table)", model, f"[{DECODE_BATCH}, 256]", timed(gather_rows, table, slots, 256, out),
             bytes_=2 * DECODE_BATCH * 256 * 4)
+    # a decode graph's placeholder fill and block-table rows: one launch (fill=) against two
+    for rows in (1, DECODE_BATCH):
+        ids = torch.zeros(rows, dtype=torch.int64, device="cuda")
+        src = torch.randperm(rows, device="cuda").to(torch.int32)
+        sampled = torch.randint(0, 150_000, (rows,), device="cuda")
+        fill = (ids, src, sampled)
+        nbytes = 2 * rows * 256 * 4 + rows * (8 + 4 + 8 + 8)
+
+        def both(fill=fill, rows=rows):
+            fill_ids.fill_ids(*fill)
+            gather_rows(table, slots[:rows], 256, out[:rows])
+
+        rec.add("gather_rows + fill (block table)", model, f"[{rows}, 256]",
+                timed(lambda fill=fill, rows=rows: gather_rows(table, slots[:rows], 256, out[:rows], fill=fill)),
+                bytes_=nbytes)
+        rec.add("fill_ids, then gather_rows", model, f"[{rows}, 256]", timed(both), bytes_=nbytes)
 
 
 def bench_qk_norm_rope(rec: Recorder, model: str, sweep: bool) -> None:

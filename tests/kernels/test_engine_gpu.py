@@ -210,6 +210,33 @@ def test_fused_lm_head_equals_cublas_path(arch, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_final_norm_folded_into_the_head(arch, monkeypatch):
+    """``INFER_LM_HEAD_NORM=1``: the size-1 decode graph's head launch also computes the stack's
+    final norm (``lm_head_argmax(norm=...)``, one launch fewer): the same greedy tokens (bf16),
+    logprobs within rounding, alone and batched; every block back."""
+    from infer_core.kernels import lm_head
+
+    checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512)
+    folded = []
+    original = lm_head.lm_head_argmax
+    monkeypatch.setattr(lm_head, "lm_head_argmax",
+                        lambda *a, **k: folded.append(k.get("norm") is not None) or original(*a, **k))
+    off = make_llm(checkpoint, dtype="bfloat16")
+    assert folded and not any(folded)
+    with monkeypatch.context() as env:
+        env.setenv("INFER_LM_HEAD_NORM", "1")
+        on = make_llm(checkpoint, dtype="bfloat16")  # (read at capture)
+    assert any(folded)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=1)
+    for got, want in zip(alone_and_batched(on, params), alone_and_batched(off, params), strict=True):
+        for a, b in zip(got, want, strict=True):
+            assert a.token_ids == b.token_ids
+            for x, y in zip(a.logprobs, b.logprobs, strict=True):
+                assert x.logprob == pytest.approx(y.logprob, abs=0.1)
+    assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
 @pytest.mark.parametrize("in_gather", ["0", "1"])
 def test_placeholders_filled_inside_the_graph(arch, in_gather, monkeypatch):
     """Async scheduling with the in-graph fill (the default): a decode graph fills the ids still

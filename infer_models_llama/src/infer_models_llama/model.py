@@ -128,13 +128,17 @@ class LlamaModel(nn.Module):
         self.persistent_decode = PersistentDecode(rotary, ctx.tp.size)  # opt-in: model.persistent_decode
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata) -> torch.Tensor:
+        return self.norm(*self.stack(input_ids, positions, md))[0]
+
+    def stack(self, input_ids: torch.Tensor, positions: torch.Tensor, md: AttentionMetadata
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder stack before the final norm: ``(mlp_out, residual)`` of the last layer."""
         h, residual = self.embed_tokens(input_ids), None
         if self.persistent_decode.applies(h, md, lambda: [layer.persistent_decode_weights() for layer in self.layers]):
-            h, residual = self.persistent_decode(h, positions, md)  # one launch per layer
-            return self.norm(h, residual)[0]
+            return self.persistent_decode(h, positions, md)  # one launch per layer
         for layer in self.layers:
             h, residual = layer(positions, h, residual, md)
-        return self.norm(h, residual)[0]
+        return h, residual
 
 
 class LlamaForCausalLM(CausalLM):
@@ -162,6 +166,15 @@ class LlamaForCausalLM(CausalLM):
 
     def compute_logits_greedy(self, hidden: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor) -> bool:
         return self.lm_head.forward_greedy(hidden, logits, ids)
+
+    def forward_greedy(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata,
+                       logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """The final norm folded into the head's launch where that applies (INFER_LM_HEAD_NORM=1)."""
+        h, residual = self.model.stack(input_ids, positions, attn_metadata)
+        if self.lm_head.forward_greedy(h, logits, ids, norm=(residual, self.model.norm)):
+            return h, True
+        hidden = self.model.norm(h, residual)[0]
+        return hidden, self.compute_logits_greedy(hidden, logits, ids)
 
     def map_weight_name(self, name: str) -> str | None:
         if "rotary_emb.inv_freq" in name:

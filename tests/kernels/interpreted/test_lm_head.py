@@ -158,3 +158,58 @@ def test_config_override(monkeypatch):
         monkeypatch.setenv("INFER_LM_HEAD_CONFIG", bad)
         with pytest.raises(ValueError, match="INFER_LM_HEAD_CONFIG takes"):
             choose_config(151_936, 1024)
+
+
+@settings(max_examples=20, deadline=None)
+@given(vocab=st.integers(1, 300), hidden=st.sampled_from([8, 24, 64, 100]), dtype=st.sampled_from(DTYPES),
+       config=st.sampled_from([None, LMHeadConfig(4, 2, 2, block_c=4), LMHeadConfig(16, 4, 1, early=True)]),
+       seed=st.integers(0, 2**16))
+def test_the_final_norm_folded_in(vocab, hidden, dtype, config, seed):
+    """``norm=(residual, weight, eps)``: the logits of ``RMSNorm(x + residual)`` (Llama / Qwen's
+    numerics, the layer's torch path) within rounding, the id their argmax; a second launch the same."""
+    from infer_core.layers.norm import RMSNorm
+
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(1, hidden, generator=gen) * 3).to(dtype)
+    residual = (torch.randn(1, hidden, generator=gen) * 3).to(dtype)
+    w = (torch.randn(vocab, hidden, generator=gen) / hidden**0.5).to(dtype)
+    norm = RMSNorm(hidden, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_((torch.rand(hidden, generator=gen) + 0.5).to(dtype))
+        want_logits, _ = lm_head_argmax_ref(norm(x, residual)[0], w, dtype)
+    ws = LMHeadWorkspace()
+    for _ in range(2):
+        logits = torch.full((1, vocab), 7.0, dtype=dtype)
+        ids = torch.full((1,), -5, dtype=torch.int64)
+        lm_head_argmax(x, w, logits, ids, ws, config, norm=(residual, norm.weight.detach(), norm.eps))
+        tol = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
+        torch.testing.assert_close(logits.float(), want_logits.float(), rtol=tol, atol=tol)
+        assert ids.item() == torch.argmax(logits, dim=-1).item()
+
+
+def test_the_head_layer_folds_the_final_norm_only_where_asked(monkeypatch):
+    """``ParallelLMHead.forward_greedy(norm=(residual, final_norm))``: with ``INFER_LM_HEAD_NORM=1``
+    one launch gives the logits of the head over ``final_norm(hidden, residual)``; without it, or
+    with Gemma's norm, it declines (the caller norms first) and writes nothing."""
+    from infer_core.layers.norm import RMSNorm
+
+    head = ParallelLMHead(50, 16)
+    torch.nn.init.normal_(head.weight)
+    final = RMSNorm(16)
+    torch.nn.init.uniform_(final.weight, 0.5, 1.5)
+    hidden, residual = torch.randn(1, 16), torch.randn(1, 16)
+    logits, ids = torch.zeros(1, 50), torch.zeros(1, dtype=torch.int64)
+    with torch.no_grad():
+        want = head(final(hidden, residual)[0])
+    import infer_core.kernels.lm_head as kernel
+
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # as on a GPU
+    monkeypatch.setattr(kernel, "use_pdl", lambda t: False)
+    monkeypatch.delenv("INFER_LM_HEAD_NORM", raising=False)
+    assert not head.forward_greedy(hidden, logits, ids, norm=(residual, final))
+    monkeypatch.setenv("INFER_LM_HEAD_NORM", "1")
+    assert not head.forward_greedy(hidden, logits, ids, norm=(residual, RMSNorm(16, gemma=True)))
+    assert not logits.any() and not ids.any()
+    assert head.forward_greedy(hidden, logits, ids, norm=(residual, final))
+    torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
+    assert ids.item() == torch.argmax(logits).item()

@@ -381,13 +381,19 @@ class ModelRunner:
                     fill_ids(*fill)
                     fill = None
             self.block_table.gather(self.batch_slots.device[:rows], tables.shape[1], fill=fill)
-            hidden = self.model(self.input_ids.device[:rows], self.positions.device[:rows], metadata)
+            inputs = (self.input_ids.device[:rows], self.positions.device[:rows], metadata)
+            hidden = None
             if self._graph_logits is None:  # the first call: the largest size, eager, before any capture
+                hidden = self.model(*inputs)
                 self._graph_logits = torch.empty_like(self.model.compute_logits(hidden))
             out = self._graph_logits[:rows]  # one buffer for every size (a graph's own would stay allocated)
             greedy = self._sampled_ids[:rows] if self.graph_fill else torch.empty(rows, dtype=torch.int64,
-                                                                                  device=hidden.device)
-            if not self.model.compute_logits_greedy(hidden, out, greedy):  # (one launch at one row)
+                                                                                  device=out.device)
+            if hidden is None:  # (the head one launch at one row, the final norm maybe folded in)
+                hidden, done = self.model.forward_greedy(*inputs, out, greedy)
+            else:
+                done = self.model.compute_logits_greedy(hidden, out, greedy)
+            if not done:
                 out.copy_(self.model.compute_logits(hidden))
                 argmax(out, out=greedy)
             return DecodeOutputs(hidden, out, greedy)

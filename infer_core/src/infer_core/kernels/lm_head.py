@@ -38,6 +38,7 @@ import triton.language as tl
 from infer_core.kernels.argmax import first_max
 from infer_core.kernels.device import num_sms
 from infer_core.kernels.pdl import use_pdl, wait_for_prior
+from infer_core.kernels.rms_norm import add_residual, inv_rms, normed
 
 NO_INDEX = tl.constexpr(2147483647)
 SHARED_BYTES = 192 * 1024  # the pipelined weight stages of one SM's programs (of 227 KB on Hopper)
@@ -118,9 +119,10 @@ def _block_step(w, x, b, V, logits_ptr, lanes, lane_v, lane_i, BLOCK_N: tl.const
 
 @triton.jit
 def _lm_head_argmax_kernel(x_ptr, w_ptr, logits_ptr, part_val_ptr, part_idx_ptr, ticket_ptr, ids_ptr,
+                           res_ptr, norm_w_ptr, eps,
                            V, stride_w, blocks_per_program, K: tl.constexpr, BLOCK_N: tl.constexpr,
                            BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, NUM_STAGES: tl.constexpr,
-                           PDL: tl.constexpr, EARLY: tl.constexpr):
+                           PDL: tl.constexpr, EARLY: tl.constexpr, NORM: tl.constexpr):
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     ks = tl.arange(0, BLOCK_K)
@@ -131,7 +133,12 @@ def _lm_head_argmax_kernel(x_ptr, w_ptr, logits_ptr, part_val_ptr, part_idx_ptr,
         w0 = _block_weights(w_ptr, first_block, V, stride_w, ks, k_ok, lanes, BLOCK_N)
     if PDL:
         wait_for_prior()
-    x = tl.load(x_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + ks, mask=k_ok, other=0.0)
+    if NORM:  # the final norm of the stack, each program for itself: norm(x + residual), rounded as RMSNorm's
+        x = add_residual(x, tl.load(res_ptr + ks, mask=k_ok, other=0.0))
+        rstd = inv_rms(tl.sum(x.to(tl.float32) * x.to(tl.float32), axis=0), K, eps)
+        x = normed(x, rstd, tl.load(norm_w_ptr + ks, mask=k_ok, other=0.0), False)
+    x = x.to(tl.float32)
     # per row lane, the running (max, first row): no reduction inside the loop
     lane_v = tl.full([BLOCK_N], float("-inf"), tl.float32)
     lane_i = tl.full([BLOCK_N], NO_INDEX, tl.int32)
@@ -164,14 +171,27 @@ def _lm_head_argmax_kernel(x_ptr, w_ptr, logits_ptr, part_val_ptr, part_idx_ptr,
 
 
 def lm_head_argmax(x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
-                   workspace: LMHeadWorkspace, config: LMHeadConfig | None = None) -> None:
+                   workspace: LMHeadWorkspace, config: LMHeadConfig | None = None,
+                   norm: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> None:
     """``logits[0] = x[0] @ weight.T`` (rounded once to ``logits``' dtype) and
     ``ids[0] = argmax(logits[0])``. ``x`` ``[1, K]``; ``weight`` ``[V, K]`` (rows contiguous);
     ``logits`` ``[1, V]`` contiguous; ``ids`` int64 ``[1]``; all on one device.
-    ``workspace`` holds the partials and the ticket (:class:`LMHeadWorkspace`)."""
+    ``workspace`` holds the partials and the ticket (:class:`LMHeadWorkspace`). ``norm =
+    (residual, norm_weight, eps)``: the stack's final norm folded in, ``x`` replaced by
+    Llama / Qwen's ``RMSNorm(x + residual)`` (:mod:`~infer_core.kernels.rms_norm`'s
+    arithmetic, computed by every program; one launch fewer per decode step)."""
     if x.dim() != 2 or x.shape[0] != 1 or weight.dim() != 2 or weight.shape[1] != x.shape[1]:
         raise ValueError(f"lm_head_argmax takes one row [1, K] and a weight [V, K], got {tuple(x.shape)} and "
                          f"{tuple(weight.shape)}")
+    if norm is not None:
+        residual, norm_weight, eps = norm
+        if residual.shape != x.shape or residual.dtype != x.dtype or not residual.is_contiguous() \
+                or norm_weight.shape != (x.shape[1],) or not norm_weight.is_contiguous():
+            raise ValueError(f"lm_head_argmax's norm takes a contiguous residual like x {tuple(x.shape)} {x.dtype} "
+                             f"and a contiguous weight of {x.shape[1]}, got {tuple(residual.shape)} {residual.dtype} "
+                             f"and {tuple(norm_weight.shape)}")
+    else:
+        residual, norm_weight, eps = x, x, 0.0
     vocab, hidden = weight.shape
     if logits.shape != (1, vocab) or not logits.is_contiguous():
         raise ValueError(f"lm_head_argmax writes contiguous logits of shape (1, {vocab}), got {tuple(logits.shape)}")
@@ -186,9 +206,11 @@ def lm_head_argmax(x: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor, 
     part_val, part_idx, ticket = workspace.buffers(programs, x.device)
     pdl = use_pdl(x)
     _lm_head_argmax_kernel[(programs,)](
-        x, weight, logits, part_val, part_idx, ticket, ids, vocab, weight.stride(0), per_program,
+        x, weight, logits, part_val, part_idx, ticket, ids, residual, norm_weight, eps,
+        vocab, weight.stride(0), per_program,
         K=hidden, BLOCK_N=cfg.block_n, BLOCK_K=triton.next_power_of_2(hidden), BLOCK_C=cfg.block_c,
-        NUM_STAGES=cfg.num_stages, PDL=pdl, EARLY=cfg.early, num_warps=cfg.num_warps, launch_pdl=pdl,
+        NUM_STAGES=cfg.num_stages, PDL=pdl, EARLY=cfg.early, NORM=norm is not None, num_warps=cfg.num_warps,
+        launch_pdl=pdl,
     )
 
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from infer_core.kernels.device import gather_rows_enabled
 from infer_core.layers.linear import Linear, MergedLinear
+from infer_core.layers.norm import RMSNorm
 from infer_core.parallel.group import TPGroup
 
 
@@ -143,17 +144,28 @@ class ParallelLMHead(VocabParallelEmbedding):
             return logits
         return self.tp.all_gather_last(logits)[..., : self.vocab_size]
 
-    def forward_greedy(self, hidden: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor) -> bool:
+    def forward_greedy(self, hidden: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor,
+                       norm: tuple[torch.Tensor, RMSNorm] | None = None) -> bool:
         """``logits = forward(hidden)`` and ``ids = logits.argmax(-1)`` in one launch
         (``kernels.lm_head``) where it applies: one row, CUDA, one rank, the weight's dtype,
         unless ``INFER_LM_HEAD_ARGMAX=0`` (A/B runs). Returns whether it did; else nothing is
-        written."""
+        written. ``norm = (residual, final_norm)``: ``hidden`` is the stack's output before its
+        final norm, folded into the same launch (``forward(final_norm(hidden, residual)[0])``)
+        where it also applies: Llama / Qwen's RMSNorm (not Gemma's) with
+        ``INFER_LM_HEAD_NORM=1`` (opt-in until measured)."""
         if (hidden.shape[0] != 1 or not hidden.is_cuda or self.tp.size != 1 or hidden.dtype != self.weight.dtype
                 or logits.dtype != self.weight.dtype or os.environ.get("INFER_LM_HEAD_ARGMAX", "1") == "0"):
             return False
+        folded = None
+        if norm is not None:
+            residual, final = norm
+            if (residual is None or final.gemma or final.weight.dtype != hidden.dtype or residual.shape != hidden.shape
+                    or os.environ.get("INFER_LM_HEAD_NORM", "0") != "1"):
+                return False
+            folded = (residual.contiguous(), final.weight, final.eps)
         from infer_core.kernels.lm_head import LMHeadWorkspace, lm_head_argmax
 
         if self._head_workspace is None:
             self._head_workspace = LMHeadWorkspace()
-        lm_head_argmax(hidden.contiguous(), self.weight, logits, ids, self._head_workspace)
+        lm_head_argmax(hidden.contiguous(), self.weight, logits, ids, self._head_workspace, norm=folded)
         return True

@@ -59,6 +59,15 @@ class CausalLM(nn.Module, ABC):
         one launch at one row)."""
         return False
 
+    def forward_greedy(self, input_ids: torch.Tensor, positions: torch.Tensor, attn_metadata: AttentionMetadata,
+                       logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """A decode CUDA graph's body: ``(hidden, done)``, the hidden states of :meth:`forward`
+        and whether :meth:`compute_logits_greedy` wrote ``logits`` and ``ids``. A model may fold
+        its final norm into the head's launch here (``ParallelLMHead.forward_greedy(norm=...)``;
+        ``hidden`` is then the stack's output before that norm, which no caller reads)."""
+        hidden = self(input_ids, positions, attn_metadata)
+        return hidden, self.compute_logits_greedy(hidden, logits, ids)
+
     def map_weight_name(self, name: str) -> str | None:
         """The parameter name of checkpoint tensor ``name``; ``None`` to skip it."""
         return name

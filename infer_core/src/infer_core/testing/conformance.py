@@ -582,6 +582,29 @@ class ArchitectureConformance(PluginConformance):
             for a, b in zip(whole, chunked, strict=True):
                 torch.testing.assert_close(a, b, atol=self.atol, rtol=0)
 
+    def test_forward_greedy_is_forward_and_the_greedy_head(self, model: CausalLM, prompts: list[list[int]]) -> None:
+        """``forward_greedy`` (a decode graph's body) on one row: the hidden states of ``forward``
+        (the same inputs, the same cache writes) and, where it says it wrote them, the logits of
+        ``compute_logits`` and their argmax; else ``logits`` and ``ids`` untouched."""
+        runner = self._runner(model)
+        prompt = prompts[0]
+        tables = [list(range(-(-len(prompt) // runner.cache.block_size)))]
+        md = build_attention_metadata([len(prompt)], [len(prompt)], tables, runner.cache.block_size, runner.device)
+        ids = torch.tensor(prompt, device=runner.device)
+        positions = torch.arange(len(prompt), device=runner.device)
+        with torch.inference_mode():
+            hidden = model(ids, positions, md)
+            vocab = model.compute_logits(hidden[-1:]).shape[-1]
+            logits = torch.full((1, vocab), 7.0, dtype=hidden.dtype, device=hidden.device)
+            picked = torch.full((1,), -1, dtype=torch.int64, device=hidden.device)
+            got, done = model.forward_greedy(ids, positions, md, logits, picked)
+            torch.testing.assert_close(got, hidden, atol=0, rtol=0)
+            if done:
+                torch.testing.assert_close(logits, model.compute_logits(hidden[-1:]), atol=self.atol, rtol=0)
+                assert picked.item() == int(torch.argmax(logits))
+            else:
+                assert bool((logits == 7.0).all()) and picked.item() == -1
+
     def test_logits_only_at_requested_rows(self, model: CausalLM, hf_config: dict[str, Any]) -> None:
         hidden = torch.randn(6, hf_config["hidden_size"], generator=torch.Generator().manual_seed(1))
         rows = torch.tensor([5, 0, 3])
