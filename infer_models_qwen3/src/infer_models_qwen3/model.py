@@ -196,10 +196,7 @@ class Qwen3ForCausalLM(CausalLM):
                        logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """The final norm folded into the head's launch where that applies (INFER_LM_HEAD_NORM=1)."""
         h, residual = self.model.stack(input_ids, positions, attn_metadata)
-        if self.lm_head.forward_greedy(h, logits, ids, norm=(residual, self.model.norm)):
-            return h, True
-        hidden = self.model.norm(h, residual)[0]
-        return hidden, self.compute_logits_greedy(hidden, logits, ids)
+        return self.lm_head.forward_greedy_after_stack(h, residual, self.model.norm, logits, ids)
 
     def map_weight_name(self, name: str) -> str | None:
         if "rotary_emb.inv_freq" in name:

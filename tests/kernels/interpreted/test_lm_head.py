@@ -200,7 +200,8 @@ def test_the_head_layer_folds_the_final_norm_only_where_asked(monkeypatch):
     hidden, residual = torch.randn(1, 16), torch.randn(1, 16)
     logits, ids = torch.zeros(1, 50), torch.zeros(1, dtype=torch.int64)
     with torch.no_grad():
-        want = head(final(hidden, residual)[0])
+        normed_row = final(hidden, residual)[0]
+        want = head(normed_row)
     import infer_core.kernels.lm_head as kernel
 
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # as on a GPU
@@ -213,3 +214,15 @@ def test_the_head_layer_folds_the_final_norm_only_where_asked(monkeypatch):
     assert head.forward_greedy(hidden, logits, ids, norm=(residual, final))
     torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
     assert ids.item() == torch.argmax(logits).item()
+    # a model's forward_greedy from its stack's output: folded (hidden is the stack's output) ...
+    logits.zero_()
+    got, done = head.forward_greedy_after_stack(hidden, residual, final, logits, ids)
+    assert done and got is hidden
+    torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)
+    # ... or the norm first, then the head (hidden is the normed row)
+    monkeypatch.setenv("INFER_LM_HEAD_NORM", "0")
+    monkeypatch.setattr(final, "forward", lambda x, r: (normed_row, x + r))
+    logits.zero_()
+    got, done = head.forward_greedy_after_stack(hidden, residual, final, logits, ids)
+    assert done and got is normed_row
+    torch.testing.assert_close(logits, want, rtol=1e-4, atol=1e-4)

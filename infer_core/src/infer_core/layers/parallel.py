@@ -169,3 +169,14 @@ class ParallelLMHead(VocabParallelEmbedding):
             self._head_workspace = LMHeadWorkspace()
         lm_head_argmax(hidden.contiguous(), self.weight, logits, ids, self._head_workspace, norm=folded)
         return True
+
+    def forward_greedy_after_stack(self, h: torch.Tensor, residual: torch.Tensor, final_norm: RMSNorm,
+                                   logits: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """A model's ``CausalLM.forward_greedy`` from its decoder stack's output ``(h, residual)``
+        before ``final_norm``: the norm folded into this head's launch where that applies
+        (``hidden`` then ``h``), else the norm then :meth:`forward_greedy`. Returns ``(hidden,
+        whether logits and ids were written)``."""
+        if self.forward_greedy(h, logits, ids, norm=(residual, final_norm)):
+            return h, True
+        hidden = final_norm(h, residual)[0]
+        return hidden, self.forward_greedy(hidden, logits, ids)
