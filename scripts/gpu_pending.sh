@@ -4,7 +4,7 @@
 # prepare). Everything lands under $OUT (default ./gpu-pending-out), one level deep (deeper folders
 # do not come back from the device).
 #
-#   scripts/gpu_pending.sh [tests] [chains] [timeline] [kernels] [w1]     (default: all five)
+#   scripts/gpu_pending.sh [tests] [chains] [timeline] [kernels] [w1] [trace]     (default: the first five)
 #
 # Pending since the twenty-first session (2026-12-04; group_sync 2, the PDL gathers and the LM
 # head's early block were measured and made defaults then: benchmarks/reports/group-sync-2026-12-04-h200):
@@ -15,6 +15,9 @@
 # timeline: per-stage timeline of the engine's configuration (groupsync2) against balanced16k
 # kernels:  benchmarks/kernels.py --benches gather_rows (with the fill against fill_ids + gather)
 # w1:       W1 Qwen3-0.6B, default / fill-in-gather / head-norm / both (AB_MODES overrides)
+# trace:    the engine's batch-1 decode steps of Qwen3-0.6B (28 layers) under a device trace, with and
+#           without INFER_DECODE_L2_AHEAD=1: which kernel or gap gets slower in the engine when the
+#           chains call l2_ahead faster
 set -u
 export OUT=${OUT:-$PWD/gpu-pending-out}
 mkdir -p "$OUT"
@@ -55,5 +58,16 @@ if want w1; then
   mkdir -p "$OUT/w1"
   cp -r "$OUT"/ab/*/* "$OUT/w1/" 2>/dev/null
   rm -rf "$OUT/ab"
+fi
+if want trace; then
+  for l2a in 0 1; do
+    INFER_DECODE_L2_AHEAD=$l2a timeout "${TRACE_TIMEOUT:-150}" python3 benchmarks/profile_step.py --device cuda \
+      --dtype bfloat16 --shape qwen3-0.6b --layers 28 --hidden 0 --vocab 0 --batch-sizes 1 --steps 20 --repeats 1 \
+      --prompt-len 256 --clock wall --device-trace 20 --label "trace-l2ahead$l2a" \
+      --checkpoint-dir /tmp/infer-profile-step-qwen3-0.6b --out "$OUT/trace" 2>&1 | grep -v "profiler_st" | tail -4
+  done
+  mkdir -p "$OUT/traces"
+  for f in "$OUT"/trace/*/summary.md; do cp "$f" "$OUT/traces/$(basename "$(dirname "$f")").md"; done
+  rm -rf "$OUT/trace"
 fi
 exit $status
