@@ -3,6 +3,7 @@ print what the residency check would see (registers per thread, shared memory, s
 with ``--sass``, the disassembly (Triton's bundled ``cuobjdump`` / ``nvdisasm``).
 
     python benchmarks/offline_compile.py --shape qwen3-0.6b [--timeline] [--sass out.sass]
+    python benchmarks/offline_compile.py --kernel lm_head --lm-head-norm 1     (or --kernel gather_rows --gather-fill 1)
 
 A tool for kernel work between device calls: register pressure and instruction order can be
 read here; timing still needs the GPU. ``--last-stage k`` compiles the launch cut after stage
@@ -107,6 +108,40 @@ def compile_kernel(values: dict, num_warps: int, maxnreg: int = 0):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
+def compile_other(kernel: str, shape: str, early: bool, norm: bool, fill: bool):
+    """The LM head (``kernels.lm_head``, at the shape's vocabulary and width, the launch's own
+    configuration with ``early`` / ``norm``) or the row gather (``kernels.gather_rows``, a
+    block table's int32 rows with ``fill``) compiled for sm_90, pointers marked as the launch's
+    specialization sees them. Returns ``(compiled kernel, description)``."""
+    from infer_core.kernels import gather_rows, lm_head
+
+    if kernel == "lm_head":
+        cfg = shape_config(shape)
+        hidden = cfg["hidden_size"]
+        conf = lm_head.choose_config(cfg["vocab_size"], hidden)
+        fn = lm_head._lm_head_argmax_kernel
+        types = {"x_ptr": "*bf16", "w_ptr": "*bf16", "logits_ptr": "*bf16", "part_val_ptr": "*fp32",
+                 "part_idx_ptr": "*i32", "ticket_ptr": "*i32", "ids_ptr": "*i64", "res_ptr": "*bf16",
+                 "norm_w_ptr": "*bf16", "eps": "fp32"}
+        values = dict(K=hidden, BLOCK_N=conf.block_n, BLOCK_K=triton.next_power_of_2(hidden), BLOCK_C=conf.block_c,
+                      NUM_STAGES=conf.num_stages, PDL=True, EARLY=early, NORM=norm)
+        warps, stages, what = conf.num_warps, conf.num_stages, f"{conf}, norm {norm}"
+    else:
+        fn = gather_rows._gather_rows_kernel
+        types = {"out_ptr": "*i32", "src_ptr": "*i32", "index_ptr": "*i64", "ids_ptr": "*i64", "fill_src_ptr": "*i32",
+                 "sampled_ptr": "*i64"}
+        values, warps, stages, what = dict(BLOCK=256, PDL=True, FILL=fill), 1, 1, f"block-table rows, fill {fill}"
+    names = list(inspect.signature(fn.fn).parameters)
+    signature, attrs = {}, {}
+    for i, name in enumerate(names):
+        signature[name] = "constexpr" if name in values else types.get(name, "i32")
+        if signature[name].startswith("*"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn, signature, {(names.index(k),): v for k, v in values.items()}, attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    return compiled, f"{kernel} ({shape}): {what}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="qwen3-0.6b")
@@ -130,7 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-warps", type=int, default=4)
     parser.add_argument("--maxnreg", type=int, default=0, help="cap the registers per thread (0: ptxas' choice)")
     parser.add_argument("--sass", type=Path, help="write the disassembly here")
+    parser.add_argument("--kernel", default="decode_layer", choices=("decode_layer", "lm_head", "gather_rows"),
+                        help="the LM head or the row gather instead of the persistent layer")
+    parser.add_argument("--lm-head-early", type=int, choices=(0, 1), default=1)
+    parser.add_argument("--lm-head-norm", type=int, choices=(0, 1), default=0, help="the final norm folded in")
+    parser.add_argument("--gather-fill", type=int, choices=(0, 1), default=0, help="the placeholder fill with it")
     args = parser.parse_args(argv)
+    if args.kernel != "decode_layer":
+        compiled, what = compile_other(args.kernel, args.shape, bool(args.lm_head_early), bool(args.lm_head_norm),
+                                       bool(args.gather_fill))
+        print(what)
+        return report(compiled, args.sass)
     values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
                               None if args.arrive_first is None else bool(args.arrive_first),
                               args.kv_early, args.balanced_elements,
@@ -140,20 +185,26 @@ def main(argv: list[str] | None = None) -> int:
                               args.rope_early, args.splits, args.l2_ahead,
                               args.group_sync)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
+    print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
+          f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
+          f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}")
+    return report(compiled, args.sass)
+
+
+def report(compiled, sass_path: Path | None) -> int:
+    """Print the compiled kernel's resource usage (registers, stack, spills) as ``cuobjdump``
+    reads it; with ``sass_path``, write the disassembly there."""
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
         usage = subprocess.run([str(bin_dir / "cuobjdump"), "--dump-resource-usage", str(cubin)],
                                capture_output=True, text=True).stdout
-        print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
-              f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-              f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}")
         print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
-        if args.sass:
+        if sass_path:
             sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout
-            args.sass.write_text(sass)
-            print(f"{args.sass}: {sass.count(chr(10))} lines")
+            sass_path.write_text(sass)
+            print(f"{sass_path}: {sass.count(chr(10))} lines")
     return 0
 
 

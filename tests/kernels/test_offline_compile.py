@@ -1,6 +1,7 @@
-"""``benchmarks/offline_compile.py`` (the persistent decode layer compiled for sm_90 on a machine
-without a GPU) still matches the kernel's signature: it compiles both model shapes, with the
-timeline stamps too, and reports the registers the residency check would count."""
+"""``benchmarks/offline_compile.py`` (the persistent decode layer, the LM head and the row gather
+compiled for sm_90 on a machine without a GPU) still matches the kernels' signatures: it compiles
+both model shapes, with the timeline stamps too, the head with the final norm folded in and the
+gather with the placeholder fill, and reports the registers the residency check would count."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("args", [["--shape", "qwen3-0.6b", "--arrive-first", "0", "--kv-early", "0", "--last-stage", "2"], ["--shape", "llama-3.2-1b", "--timeline"]])
+@pytest.mark.parametrize("args", [["--shape", "qwen3-0.6b", "--arrive-first", "0", "--kv-early", "0", "--last-stage", "2"],
+                                  ["--shape", "llama-3.2-1b", "--timeline"],
+                                  ["--kernel", "lm_head", "--lm-head-norm", "1"], ["--kernel", "gather_rows", "--gather-fill", "1"]])
 def test_offline_compile_reports_registers(args):
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "offline_compile.py"), *args],
