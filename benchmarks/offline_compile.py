@@ -85,27 +85,39 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
     return values, conf.__dict__
 
 
-def compile_kernel(values: dict, num_warps: int, maxnreg: int = 0):
-    fn = dl._decode_layer_kernel
+def compile_sm90(fn, values: dict, kind_of, divisible, options: dict):
+    """``fn`` (a ``@triton.jit`` kernel) compiled for sm_90: ``values`` its constexprs, ``kind_of(name)``
+    each other argument's type, ``divisible(name, kind)`` whether the launch's specialization sees
+    it as a multiple of 16 (aligned pointers, strides, program counts)."""
     names = list(inspect.signature(fn.fn).parameters)
     signature, attrs = {}, {}
     for i, name in enumerate(names):
         if name in values:
             signature[name] = "constexpr"
             continue
-        ll_words = values.get("LL") and name in FLOAT32 | {"qkv_ptr"}
-        kind = ("*i64" if ll_words else "*bf16" if name in POINTERS else "*fp32" if name in FLOAT32 else "*i32" if name in INT32
-                else "*i64" if name in INT64_PTR else "fp32" if name in FLOATS else "i32")
-        signature[name] = kind
-        if kind.startswith("*") or name.startswith("stride_") or name == "num_programs":
-            # what the launch's specialization sees: aligned pointers, strides and program counts
-            # that are multiples of 16 (the cache / rotary strides of real shapes, 132 SMs x 4)
+        signature[name] = kind_of(name)
+        if divisible(name, signature[name]):
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn, signature, {(names.index(k),): v for k, v in values.items()}, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+
+
+def compile_kernel(values: dict, num_warps: int, maxnreg: int = 0):
+    def kind_of(name: str) -> str:
+        if values.get("LL") and name in FLOAT32 | {"qkv_ptr"}:
+            return "*i64"
+        return ("*bf16" if name in POINTERS else "*fp32" if name in FLOAT32 else "*i32" if name in INT32
+                else "*i64" if name in INT64_PTR else "fp32" if name in FLOATS else "i32")
+
+    def divisible(name: str, kind: str) -> bool:
+        # what the launch's specialization sees: aligned pointers, strides and program counts
+        # that are multiples of 16 (the cache / rotary strides of real shapes, 132 SMs x 4)
+        return kind.startswith("*") or name.startswith("stride_") or name == "num_programs"
+
     options = {"num_warps": num_warps, "num_stages": 1}
     if maxnreg:
         options["maxnreg"] = maxnreg
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    return compile_sm90(dl._decode_layer_kernel, values, kind_of, divisible, options)
 
 
 def compile_other(kernel: str, shape: str, early: bool, norm: bool, fill: bool):
@@ -131,14 +143,8 @@ def compile_other(kernel: str, shape: str, early: bool, norm: bool, fill: bool):
         types = {"out_ptr": "*i32", "src_ptr": "*i32", "index_ptr": "*i64", "ids_ptr": "*i64", "fill_src_ptr": "*i32",
                  "sampled_ptr": "*i64"}
         values, warps, stages, what = dict(BLOCK=256, PDL=True, FILL=fill), 1, 1, f"block-table rows, fill {fill}"
-    names = list(inspect.signature(fn.fn).parameters)
-    signature, attrs = {}, {}
-    for i, name in enumerate(names):
-        signature[name] = "constexpr" if name in values else types.get(name, "i32")
-        if signature[name].startswith("*"):
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn, signature, {(names.index(k),): v for k, v in values.items()}, attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    compiled = compile_sm90(fn, values, lambda name: types.get(name, "i32"), lambda name, kind: kind.startswith("*"),
+                            {"num_warps": warps, "num_stages": stages})
     return compiled, f"{kernel} ({shape}): {what}"
 
 
