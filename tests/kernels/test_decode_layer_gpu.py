@@ -278,10 +278,8 @@ def test_group_sync(shape, context, per_sm, level):
 def test_group_sync_over_launches(level):
     """Three group_sync launches on one workspace: the same outputs, the group counters at three
     times their counts (never reset: each launch waits for its own epoch's count)."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     case = real_case("qwen3-0.6b", 300)
-    cfg = replace(dl.launch_config(case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads,
-                                   case.head_dim, sms, torch.bfloat16, 2), group_sync=level)
+    cfg = group_sync_config(case, 2, level)
     weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
     ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
                             cfg.splits, torch.bfloat16, "cuda")
