@@ -22,7 +22,8 @@ pytestmark = [
 
 
 @pytest.mark.parametrize(("vocab", "hidden"), [(151_936, 1024), (128_256, 2048), (262_144, 640), (1000, 96)])
-@pytest.mark.parametrize("config", [None, LMHeadConfig(4, 2, 1, block_c=64), LMHeadConfig(16, 8, 2, 2),
+@pytest.mark.parametrize("config", [None, LMHeadConfig(4, 2, 1, block_c=64, early=False),
+                                    LMHeadConfig(16, 8, 2, 2, early=False),
                                     LMHeadConfig(8, 4, 4, 3, early=True), LMHeadConfig(8, 4, 2, 3, early=True)])
 def test_real_shapes(vocab, hidden, config):
     gen = torch.Generator(device="cuda").manual_seed(vocab + hidden)
