@@ -24,11 +24,13 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   (``layer-persistent-<variant>-s<programs per SM>``, variants in :data:`SYNC_VARIANTS`; note
   that the variants start from :func:`~infer_core.kernels.decode_layer.choose_config` without
   balanced stages unless they name ``balanced_elements``, while ``layer-persistent`` takes the
-  configuration a launch picks for itself, as the engine does);
+  configuration a launch picks for itself, as the engine does); ``layer-persistent-multi`` /
+  ``-multi<k>``: all the layers / ``k`` consecutive layers per launch (``decode_layers``);
 - ``step-persistent`` / ``step-persistent-<variant>-s<programs per SM>`` (asked for by name):
   the persistent layers, then the final norm and the LM head with its greedy pick: a decode
   step's device work as the engine's graph runs it (their µs per layer include the head);
-  ``step-persistent-headnorm``: the final norm folded into the head's launch.
+  ``step-persistent-headnorm``: the final norm folded into the head's launch;
+  ``step-persistent-multi``: all the layers in one launch.
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -256,12 +258,14 @@ class Head:
 
 def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4, pipeline: int = 1,
                fewest_steps: bool = True, programs_per_sm: int = 4, last_stage: int = 6, default: bool = False,
-               sync: dict | None = None, timelines: list[torch.Tensor] | None = None, head: Head | None = None):
+               sync: dict | None = None, timelines: list[torch.Tensor] | None = None, head: Head | None = None,
+               per_launch: int = 1):
     """The chain of persistent layer launches (one per layer, ping-pong activations); with
     ``default``, each launch picks its own configuration (what a model would run); ``sync``
     overrides config fields (:data:`SYNC_VARIANTS`); with ``timelines`` (one int64 ``[programs, TIMELINE_SLOTS]`` tensor per layer), each launch stamps its stage
     boundaries there; with ``head``, the step's final norm and LM head follow the layers (a
-    whole decode step's device work, as the engine's graph runs it)."""
+    whole decode step's device work, as the engine's graph runs it); ``per_launch`` > 1:
+    that many consecutive layers per launch (``decode_layers``, grid barriers between them)."""
     first = layers[0]
     hidden, inter = first.o.shape[0], first.down.shape[1]
     attn = first.attn
@@ -289,10 +293,15 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     reported = []
+    tables = [dl.layer_table([(layer.weights, layer.cache) for layer in layers[i:i + per_launch]])
+              for i in range(0, len(layers), per_launch)] if per_launch > 1 else []
 
     def run() -> None:
         x, res = first.x, first.res
-        for i, layer in enumerate(layers):
+        for table in tables:
+            x, res = dl.decode_layers(x, res, table, first.attn, first.md, first.positions, first.cos, first.sin, ws,
+                                      config=None if default else cfg)
+        for i, layer in enumerate([] if tables else layers):
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
                                      timeline=timelines[i] if timelines else None, stage_by_stage=bool(staged),
@@ -317,6 +326,7 @@ def chains(layers: list[Layer], head: Head | None = None) -> dict:
         sbytes = wbytes + head.bytes()
         steps = {"step-persistent": (persistent(layers, default=True, head=head), n, sbytes),
                  "step-persistent-headnorm": (persistent(layers, default=True, head=head.folded()), n, sbytes),
+                 "step-persistent-multi": (persistent(layers, default=True, head=head, per_launch=n), n, sbytes),
                  **{f"step-persistent-{name}-s{sm}": (persistent(layers, programs_per_sm=sm, sync=sync, head=head), n,
                                                       sbytes)
                     for name, sync in SYNC_VARIANTS.items() for sm in (4, 2)}}
@@ -370,6 +380,9 @@ def chains(layers: list[Layer], head: Head | None = None) -> dict:
         "layer": (run_layers(False), KERNELS_PER_LAYER * n, wbytes),
         "layer-prologues": (run_layers(True), (KERNELS_PER_LAYER - 3) * n, wbytes),
         "layer-persistent": (persistent(layers, default=True), n, wbytes),
+        # consecutive layers in one launch (decode_layers): all of them, or 2 / 4 / 7 per launch
+        "layer-persistent-multi": (persistent(layers, default=True, per_launch=n), n, wbytes),
+        **{f"layer-persistent-multi{k}": (persistent(layers, default=True, per_launch=k), n, wbytes) for k in (2, 4, 7)},
         **{f"layer-persistent-e{e}-w{w}-p{p}-f{f}-s{sm}": (persistent(layers, e, w, p, bool(f), sm), n, wbytes)
            for e, w, p, f, sm in PERSISTENT_SWEEP},
         # the launch cut after stage k (1 qkv, 2 attention, 3 merge, 4 o, 5 gate/up, 6 down): each

@@ -39,10 +39,10 @@ from infer_core.loader.hf_config import head_dim_of
 
 POINTERS = {"x_ptr", "res_ptr", "out_ptr", "res_out_ptr", "w_qkv_ptr", "w_o_ptr", "w_gu_ptr", "w_down_ptr",
             "ln1_ptr", "ln2_ptr", "qn_ptr", "kn_ptr", "cos_ptr", "sin_ptr", "cache_ptr", "qkv_ptr", "attn_ptr",
-            "o_ptr", "act_ptr"}
+            "o_ptr", "act_ptr", "xs_ptr", "rs_ptr"}
 FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}  # (int64 words with ll)
 INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr"}
-INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr"}
+INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr", "layers_ptr"}
 FLOATS = {"eps", "qk_scale"}
 
 
@@ -52,7 +52,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
                pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None,
                norm_once: bool | None = None, rope_early: int | None = None,
                splits: int | None = None, l2_ahead: int | None = None,
-               group_sync: int | None = None) -> tuple[dict, dict]:
+               group_sync: int | None = None, layers: int = 1) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -80,7 +80,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
            for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
         EPOCH=conf.epoch, LL=conf.ll, NORM_ONCE=conf.norm_once, ROPE_EARLY=conf.rope_early,
-        L2_AHEAD=conf.l2_ahead, GROUP_SYNC=conf.group_sync,
+        L2_AHEAD=conf.l2_ahead, GROUP_SYNC=conf.group_sync, LAYERS=layers,
     )
     return values, conf.__dict__
 
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last-stage", type=int, default=6, choices=range(1, 7),
                         help="compile the launch cut after this stage: which stage sets the register peak")
     parser.add_argument("--programs-per-sm", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=1, help="layers per launch (a multi-layer launch's loop)")
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument("--num-warps", type=int, default=4)
     parser.add_argument("--maxnreg", type=int, default=0, help="cap the registers per thread (0: ptxas' choice)")
@@ -189,11 +190,12 @@ def main(argv: list[str] | None = None) -> int:
                               None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll,
                               None if args.norm_once is None else bool(args.norm_once),
                               args.rope_early, args.splits, args.l2_ahead,
-                              args.group_sync)
+                              args.group_sync, args.layers)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
           f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-          f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}")
+          f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}, "
+          f"layers per launch {args.layers}")
     return report(compiled, args.sass)
 
 

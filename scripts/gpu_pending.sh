@@ -4,20 +4,21 @@
 # prepare). Everything lands under $OUT (default ./gpu-pending-out), one level deep (deeper folders
 # do not come back from the device).
 #
-#   scripts/gpu_pending.sh [tests] [chains] [timeline] [kernels] [w1] [trace]     (default: the first five)
+#   scripts/gpu_pending.sh [tests] [chains] [timeline] [kernels] [w1] [trace] [tests2]     (default: the first five)
 #
-# Pending since the twenty-first session (2026-12-04; group_sync 2, the PDL gathers and the LM
-# head's early block were measured and made defaults then: benchmarks/reports/group-sync-2026-12-04-h200):
-# tests:    the GPU tests of the placeholder fill in the block-table gather (kernel and engine),
-#           the final norm folded into the LM head (engine), group_sync in the engine and the kernel
-# chains:   Qwen3-0.6B chains at context 384: the engine's configuration (group_sync 2) against the
-#           barriers, and the step chains with and without l2_ahead (still: why W1 punishes it)
+# Pending since the twenty-second session (2026-12-04): consecutive decoder layers in one launch
+# (decode_layers, INFER_DECODE_LAYERS), measured against one launch per layer; the placeholder fill in
+# the gather and the final norm in the head were measured then (a tie) and stay opt-in, their GPU
+# tests in tests2.
+# tests:    the GPU tests of the multi-layer launch (kernel: against one launch per layer; engine: greedy tokens)
+# chains:   Qwen3-0.6B chains at context 384: one launch per layer against all / 2 / 4 / 7 layers per launch,
+#           and the step chains (layers, final norm, LM head) likewise
 # timeline: per-stage timeline of the engine's configuration (groupsync2) against balanced16k
 # kernels:  benchmarks/kernels.py --benches gather_rows (with the fill against fill_ids + gather)
-# w1:       W1 Qwen3-0.6B, default / fill-in-gather / head-norm / both (AB_MODES overrides)
-# trace:    the engine's batch-1 decode steps of Qwen3-0.6B (28 layers) under a device trace, with and
-#           without INFER_DECODE_L2_AHEAD=1: which kernel or gap gets slower in the engine when the
-#           chains call l2_ahead faster
+# w1:       W1 Qwen3-0.6B, default / layers0 (AB_MODES overrides)
+# trace:    the engine's batch-1 decode steps of Qwen3-0.6B (28 layers) under a device trace, one launch
+#           per layer and all layers in one (INFER_DECODE_LAYERS=0)
+# tests2:   the GPU tests of the placeholder fill in the gather, of the final norm in the head and the LM head's
 set -u
 export OUT=${OUT:-$PWD/gpu-pending-out}
 mkdir -p "$OUT"
@@ -30,18 +31,24 @@ P=layer-persistent
 S=step-persistent
 if want tests; then
   timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
-    tests/kernels/test_decode_layer_gpu.py tests/kernels/test_kernels_gpu.py tests/kernels/test_engine_gpu.py \
-    -k "group_sync or gather_rows or placeholder or final_norm or persistent_decode" 2>&1 | tee "$OUT/gpu_tests.log" | tail -6
+    tests/kernels/test_decode_layer_gpu.py tests/kernels/test_engine_gpu.py \
+    -k "layers_in_one_launch or layer_table or persistent_decode_equals" 2>&1 | tee "$OUT/gpu_tests.log" | tail -6
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if want tests2; then
+  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
+    tests/kernels/test_kernels_gpu.py tests/kernels/test_engine_gpu.py \
+    -k "gather_rows or placeholder or final_norm" 2>&1 | tee "$OUT/gpu_tests2.log" | tail -6
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE tests/kernels/test_lm_head_gpu.py \
     2>&1 | tee "$OUT/gpu_tests_lm_head.log" | tail -4
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if want chains; then
-  C=$P,$P-balanced16k-s2,$P-groupsync2-s2
-  D=$S,$S-headnorm,$S-bal-l2gu-s2,$S-balanced16k-s2
+  C=$P,$P-multi,$P-multi2,$P-multi4,$P-multi7
+  D=$S,$S-multi
   timeout "${CHAIN_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b --pdl 1 --context 384 \
-    --chains "$C,$C,$D,$D" --out "$OUT/chains" 2>&1 | grep -E "^\| (layer|step)" | tail -14
+    --chains "$C,$C,$D,$D" --out "$OUT/chains" 2>&1 | grep -E "^\| (layer|step)|fit|Error|error" | tail -16
 fi
 if want timeline; then
   timeout "${TIMELINE_TIMEOUT:-180}" python3 benchmarks/decode_layer_timeline.py --shape qwen3-0.6b \
@@ -53,17 +60,17 @@ if want kernels; then
     --out "$OUT/kernels" 2>&1 | tail -8
 fi
 if want w1; then
-  AB_MODES=${AB_MODES:-default fill-in-gather head-norm fill-in-gather+head-norm default} AB_MODELS=${AB_MODELS:-qwen3-0.6b} \
+  AB_MODES=${AB_MODES:-default layers0 default layers0} AB_MODELS=${AB_MODELS:-qwen3-0.6b} \
     AB_WORKLOADS=W1 AB_REPEATS=${AB_REPEATS:-3} scripts/gpu_speed.sh ab 2>&1 | grep "^offline"
   mkdir -p "$OUT/w1"
   cp -r "$OUT"/ab/*/* "$OUT/w1/" 2>/dev/null
   rm -rf "$OUT/ab"
 fi
 if want trace; then
-  for l2a in 0 1; do
-    INFER_DECODE_L2_AHEAD=$l2a timeout "${TRACE_TIMEOUT:-150}" python3 benchmarks/profile_step.py --device cuda \
+  for lay in 1 0; do
+    INFER_DECODE_LAYERS=$lay timeout "${TRACE_TIMEOUT:-150}" python3 benchmarks/profile_step.py --device cuda \
       --dtype bfloat16 --shape qwen3-0.6b --layers 28 --hidden 0 --vocab 0 --batch-sizes 1 --steps 20 --repeats 1 \
-      --prompt-len 256 --clock wall --device-trace 20 --label "trace-l2ahead$l2a" \
+      --prompt-len 256 --clock wall --device-trace 20 --label "trace-layers$lay" \
       --checkpoint-dir /tmp/infer-profile-step-qwen3-0.6b --out "$OUT/trace" 2>&1 | grep -v "profiler_st" | tail -4
   done
   mkdir -p "$OUT/traces"

@@ -150,7 +150,7 @@ def group_producer_counts(programs: int, hq: int, hkv: int, d: int) -> list[int]
     return out
 
 
-def check_counters(ws: dl.DecodeWorkspace, launches: int) -> None:
+def check_counters(ws: dl.DecodeWorkspace, launches: int, between_layers: int = 0) -> None:
     """The barrier counters after ``launches`` one-launch layers on a fresh workspace, of the kind
     the workspace recorded (``ws.kind``: epoch, ll, the group_sync that took effect): with
     ``epoch`` every barrier's counter holds ``launches`` times the programs and the epoch
@@ -158,7 +158,9 @@ def check_counters(ws: dl.DecodeWorkspace, launches: int) -> None:
     barrier 0 is not, and each KV group's first counter holds ``launches`` times its producers,
     :func:`group_producers`; with ``group_sync = 2`` barrier 1 is not either, and each group's
     second counter holds ``launches`` times the key splits); else all zero (the exit counter
-    resets them)."""
+    resets them). ``launches`` counts layers (a multi-layer launch's each one epoch);
+    ``between_layers``: the layers that ran in multi-layer launches (the barrier between layers
+    counted each one's programs)."""
     counters = ws.counters.tolist()
     counters, groups = counters[:8], counters[8:]
     epoch, ll, group_sync = ws.kind or (False, False, 0)
@@ -170,7 +172,8 @@ def check_counters(ws: dl.DecodeWorkspace, launches: int) -> None:
             used[0] = 0
         if group_sync >= 2:
             used[1] = 0
-        assert programs > 0 and counters == used + [programs * launches] * 3 + [0, launches, 0], counters
+        assert programs > 0 and counters == used + [programs * launches] * 3 + [programs * between_layers, launches, 0], \
+            counters
         producers = [launches * n for n in group_producers(ws, programs)] if group_sync else [0] * hkv
         merged = [launches * ws.splits] * hkv if group_sync >= 2 else [0] * hkv
         assert groups == producers + merged, (groups, producers + merged)

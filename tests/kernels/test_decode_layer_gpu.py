@@ -295,6 +295,57 @@ def test_group_sync_over_launches(level):
                         config=replace(cfg, num_programs=ws.qkv.numel() + 1))
 
 
+def stack_inputs(shape: str, context: int, n: int, residual: bool):
+    """``n`` layers of one shape (weights and caches of their own seeds) over one step's inputs."""
+    case = real_case(shape, context, residual=residual)
+    _, layer, md, _, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
+    stack = [cases.layer_inputs(replace(case, seed=i), "cuda", torch.bfloat16) for i in range(n)]
+    return case, [(s[0], s[3]) for s in stack], layer, md, cos, sin, positions, x, res
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("context", [0, 300, 2000])
+@pytest.mark.parametrize("residual", [True, False])
+def test_layers_in_one_launch(shape, context, residual):
+    """decode_layers: four layers in one launch (grid barriers between them) give exactly the
+    outputs and caches of one launch per layer (the configuration those picked for themselves),
+    over three launches on one workspace with a one-layer launch between (the
+    between-layers counter starts from what it finds); the first layer without a residual too."""
+    n = 4
+    case, stack, layer, md, cos, sin, positions, x, res = stack_inputs(shape, context, n, residual)
+    ws_one, ws_multi = (dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads,
+                                           layer.head_dim, None, torch.bfloat16, "cuda") for _ in range(2))
+    caches_one = [c.clone() for _, c in stack]
+    h, r = x, res
+    for (w, _), cache in zip(stack, caches_one, strict=True):
+        h, r = dl.decode_layer(h, r, w, layer, cache, md, positions, cos, sin, ws_one)
+    cfg = ws_one.chosen[next(iter(ws_one.chosen))]  # (the same rows per program: the same sums)
+    table = dl.layer_table(stack)
+    for launch in range(3):
+        out, res_out = dl.decode_layers(x, res, table, layer, md, positions, cos, sin, ws_multi, config=cfg)
+        assert torch.equal(out, h) and torch.equal(res_out, r), launch
+        assert all(torch.equal(c, c1) for (_, c), c1 in zip(stack, caches_one, strict=True)), launch
+        if launch == 0:  # a one-layer launch between: it does not count at the barrier between layers
+            dl.decode_layer(x, res, stack[0][0], layer, stack[0][1], md, positions, cos, sin, ws_multi, config=cfg)
+    assert ws_multi.error.item() == 0 and ws_one.error.item() == 0
+    cases.check_counters(ws_multi, 3 * n + 1, between_layers=3 * n)
+    with pytest.raises(ValueError, match="first layer"):
+        dl.decode_layer(x, res, stack[1][0], layer, stack[1][1], md, positions, cos, sin, ws_multi, table=table)
+
+
+def test_layer_table_refuses_mixed_layers():
+    """layer_table: every layer of one shape, dtype and alignment as the first."""
+    _, stack, *_ = stack_inputs("qwen3-0.6b", 0, 2, True)
+    w, cache = stack[1]
+    with pytest.raises(ValueError, match="one shape"):
+        dl.layer_table([stack[0], (replace(w, o=w.o[:, :-8]), cache)])
+    with pytest.raises(ValueError, match="16-byte"):
+        dl.layer_table([stack[0], (replace(w, input_norm=torch.empty(w.input_norm.numel() + 1, dtype=w.input_norm.dtype,
+                                                                     device="cuda")[1:]), cache)])
+    with pytest.raises(ValueError, match="at least one"):
+        dl.layer_table([])
+
+
 def test_timeline_stamps_every_boundary_in_order():
     """decode_layer(timeline=...) (benchmarks): every program's 14 boundary stamps rise, and
     the programs that merged a head stamped inside the merge."""

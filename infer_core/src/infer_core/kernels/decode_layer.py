@@ -166,6 +166,7 @@ def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
 
 # group_sync: counters[8 + g] count KV group g's qkv producers, counters[8 + HKV + g] its attention items done
 GROUP_SLOT = tl.constexpr(8)
+LAYER_ROW = tl.constexpr(9)  # a multi-layer launch's table: int64 addresses per layer (_layer_row)
 
 
 @triton.jit
@@ -1024,7 +1025,7 @@ def _decode_layer_kernel(
     cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
     qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
-    counters_ptr, error_ptr, timeline_ptr, num_programs,
+    counters_ptr, error_ptr, timeline_ptr, num_programs, layers_ptr, xs_ptr, rs_ptr,
     HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
     SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
@@ -1036,6 +1037,7 @@ def _decode_layer_kernel(
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
     NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr, GROUP_SYNC: tl.constexpr,
+    LAYERS: tl.constexpr = 1,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -1049,14 +1051,113 @@ def _decode_layer_kernel(
     QKV_ONCE: tl.constexpr = NORM_ONCE and SUB_QKV > 0 and KT_QKV == 1
     GU_ONCE: tl.constexpr = NORM_ONCE and SUB_GU > 0 and KT_GU == 1
     pid = tl.program_id(0)
-    nw = 0  # (the norm weight's words when QKV_ONCE / GU_ONCE)
     ATTN: tl.constexpr = (ALL and LAST >= 2) or STAGE == 2  # this launch runs the attention stage
     # group_sync: no barrier 0; each attention item waits for the producers of its KV group's rows only
     # (and with 2, no barrier 1: each merge waits for its KV group's attention items only)
     GS: tl.constexpr = GROUP_SYNC > 0 and ALL and LAST >= 2 and EPOCH and not LL and BAL_QKV
     GS2: tl.constexpr = GS and GROUP_SYNC >= 2 and LAST >= 3
-    cos, sin, qw1, qw2, kw1, kw2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     _stamp(timeline_ptr, pid, 0, TIMELINE)
+    # LAYERS > 1 (one launch, epoch, every stage): consecutive layers in one launch, a grid barrier
+    # (counter NUM_BARRIERS) between them instead of a launch boundary; layer l's tensors come from
+    # row l of layers_ptr (_layer_row), its input is the previous layer's output (two scratch rows each
+    # of xs_ptr / rs_ptr, in turn), the last layer writes out_ptr / res_out_ptr
+    MULTI: tl.constexpr = LAYERS > 1
+    epoch0 = 0
+    base_l = 0  # (the between-layers counter at the launch's start: other launches may not count there)
+    seen_l = pid * 0  # (the arrival count at the barrier between layers)
+    x0_ptr, r0_ptr, out0_ptr, res_out0_ptr = x_ptr, res_ptr, out_ptr, res_out_ptr
+    if MULTI:
+        if PDL:
+            wait_for_prior()
+        epoch0 = tl.load(counters_ptr + EPOCH_SLOT, cache_modifier=".cg")
+        base_l = tl.load(counters_ptr + NUM_BARRIERS, cache_modifier=".cg")
+        (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr,
+         cache_ptr) = _layer_row(layers_ptr, 0, w_qkv_ptr, ln1_ptr, cache_ptr)
+    for layer in range(LAYERS):
+        if MULTI:
+            x_ptr, res_ptr, out_ptr, res_out_ptr = _layer_stream(layer, LAYERS, x0_ptr, r0_ptr, out0_ptr,
+                                                                 res_out0_ptr, xs_ptr, rs_ptr, HIDDEN)
+        (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, cache_ptr, seen_l) = \
+            _layer_body(
+                layer, epoch0, base_l, seen_l,
+                x_ptr, res_ptr, out_ptr, res_out_ptr,
+                w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, eps,
+                cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
+                stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
+                qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
+                counters_ptr, error_ptr, timeline_ptr, num_programs, layers_ptr, pid,
+                HIDDEN, INTER, HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, HAS_RESIDUAL,
+                ROWS_QKV, BK_QKV, ROWS_O, BK_O, ROWS_GU, BK_GU, ROWS_DOWN, BK_DOWN,
+                BAL_QKV, BAL_O, BAL_GU, BAL_DOWN, SUB_QKV, SUB_O, SUB_GU, SUB_DOWN,
+                STAGE, LAST, PREFETCH, PIPE, PRECISION, PDL, POLL_SLEEP, TIMELINE,
+                ARRIVE_FIRST, KV_EARLY, EPOCH, LL, NORM_ONCE, ROPE_EARLY, L2_AHEAD, GROUP_SYNC, LAYERS,
+                ALL, NQKV, NATTN, KT_QKV, KT_O, KT_GU, KT_DOWN, QKV_ONCE, GU_ONCE, ATTN, GS, GS2, MULTI)
+
+
+@triton.jit
+def _layer_row(layers_ptr, layer, w_ptr, n_ptr, c_ptr):
+    """Row ``layer`` of a multi-layer launch's table (int64 addresses: qkv, o, gate/up, down,
+    the two norm weights, the QK-norm weights, the KV cache) as pointers of the launch's types
+    (those of the first layer's ``w_ptr``, ``n_ptr``, ``c_ptr``), marked 16-byte aligned (the
+    launch checks) so the weight tiles keep their vector loads."""
+    row = layers_ptr + layer * LAYER_ROW
+    wt: tl.constexpr = w_ptr.dtype
+    nt: tl.constexpr = n_ptr.dtype
+    ct: tl.constexpr = c_ptr.dtype
+    return (tl.multiple_of(tl.load(row + 0).to(wt), 16), tl.multiple_of(tl.load(row + 1).to(wt), 16),
+            tl.multiple_of(tl.load(row + 2).to(wt), 16), tl.multiple_of(tl.load(row + 3).to(wt), 16),
+            tl.multiple_of(tl.load(row + 4).to(nt), 16), tl.multiple_of(tl.load(row + 5).to(nt), 16),
+            tl.multiple_of(tl.load(row + 6).to(nt), 16), tl.multiple_of(tl.load(row + 7).to(nt), 16),
+            tl.multiple_of(tl.load(row + 8).to(ct), 16))
+
+
+@triton.jit
+def _layer_stream(layer, LAYERS: tl.constexpr, x0_ptr, r0_ptr, out0_ptr, res_out0_ptr, xs_ptr, rs_ptr,
+                  HIDDEN: tl.constexpr):
+    """Layer ``layer``'s residual-stream rows in a multi-layer launch: it reads the launch's
+    input (the first) or the scratch row the layer before wrote, and writes scratch row
+    ``layer % 2`` or the launch's output (the last)."""
+    if layer == 0:
+        x_ptr, res_ptr = x0_ptr, r0_ptr
+    else:
+        x_ptr, res_ptr = xs_ptr + ((layer + 1) % 2) * HIDDEN, rs_ptr + ((layer + 1) % 2) * HIDDEN
+    if layer == LAYERS - 1:
+        out_ptr, res_out_ptr = out0_ptr, res_out0_ptr
+    else:
+        out_ptr, res_out_ptr = xs_ptr + (layer % 2) * HIDDEN, rs_ptr + (layer % 2) * HIDDEN
+    return x_ptr, res_ptr, out_ptr, res_out_ptr
+
+
+@triton.jit
+def _layer_body(
+    layer, epoch0, base_l, seen_l,
+    x_ptr, res_ptr, out_ptr, res_out_ptr,
+    w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, eps,
+    cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
+    stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
+    qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
+    counters_ptr, error_ptr, timeline_ptr, num_programs, layers_ptr, pid,
+    HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
+    SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    ROWS_QKV: tl.constexpr, BK_QKV: tl.constexpr, ROWS_O: tl.constexpr, BK_O: tl.constexpr,
+    ROWS_GU: tl.constexpr, BK_GU: tl.constexpr, ROWS_DOWN: tl.constexpr, BK_DOWN: tl.constexpr,
+    BAL_QKV: tl.constexpr, BAL_O: tl.constexpr, BAL_GU: tl.constexpr, BAL_DOWN: tl.constexpr,
+    SUB_QKV: tl.constexpr, SUB_O: tl.constexpr, SUB_GU: tl.constexpr, SUB_DOWN: tl.constexpr,
+    STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
+    PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
+    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
+    NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr, GROUP_SYNC: tl.constexpr,
+    LAYERS: tl.constexpr,
+    ALL: tl.constexpr, NQKV: tl.constexpr, NATTN: tl.constexpr, KT_QKV: tl.constexpr, KT_O: tl.constexpr,
+    KT_GU: tl.constexpr, KT_DOWN: tl.constexpr, QKV_ONCE: tl.constexpr, GU_ONCE: tl.constexpr,
+    ATTN: tl.constexpr, GS: tl.constexpr, GS2: tl.constexpr, MULTI: tl.constexpr,
+):
+    """One layer of :func:`_decode_layer_kernel` (see there); returns the next layer's
+    tensors (a multi-layer launch: row ``layer + 1`` of the table, requested during this
+    layer's attention) and the count at this layer's arrival at the barrier between layers."""
+    nw = 0  # (the norm weight's words when QKV_ONCE / GU_ONCE)
+    cos, sin, qw1, qw2, kw1, kw2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
     # kv_early = 2: the step's metadata and the first key tile (earlier steps' keys) at the launch's
     # start, with the qkv tiles: all were written before the previous launch began (see pdl)
@@ -1083,9 +1184,15 @@ def _decode_layer_kernel(
     if ROPE_EARLY and KV_START and not ALL:
         cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
                                                           stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
-    if PDL:
+    if MULTI:  # (the launch's PDL wait came before its first layer's row)
+        if layer > 0:  # the layer before is done (every program arrived after its down stage)
+            _wait(counters_ptr, NUM_BARRIERS, seen_l, base_l + layer * num_programs, error_ptr, POLL_SLEEP)
+    elif PDL:
         wait_for_prior()
-    if ALL and LAST >= 2:
+    if MULTI:  # (each layer of the launch one epoch: every counter counts as if each were a launch)
+        epoch = epoch0 + layer
+        target = (epoch + 1) * num_programs
+    elif ALL and LAST >= 2:
         target, epoch = _target(counters_ptr, num_programs, EPOCH)
     # ll: qkv and the attention partials go out as self-flagged words (this launch's flag: the
     # epoch + 1, never 0, never the last launch's), read without barriers 0 and 1
@@ -1156,6 +1263,10 @@ def _decode_layer_kernel(
                 tl.debug_barrier()
                 tl.atomic_add(counters_ptr + GROUP_SLOT + HKV + item // SPLITS, 1, sem="release", scope="gpu")
     _stamp(timeline_ptr, pid, 4, TIMELINE)
+    if MULTI:  # the next layer's row, in flight during this one's later stages
+        nxt = _layer_row(layers_ptr, tl.minimum(layer + 1, LAYERS - 1), w_qkv_ptr, ln1_ptr, cache_ptr)
+    else:
+        nxt = (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, cache_ptr)
     if ALL and LAST >= 3 and not LL and not GS2:
         _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
@@ -1222,12 +1333,19 @@ def _decode_layer_kernel(
                     0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT, 0.0, 0.0,
                     False)
     _stamp(timeline_ptr, pid, 12, TIMELINE)
-    if ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
+    if MULTI:
+        if (pid == 0) & (layer == LAYERS - 1):  # (every program read the epoch before its first layer)
+            tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
+        # the barrier between layers (the last layer's arrival too: the next launch's base is then a
+        # multiple of the programs, whatever launches came between)
+        seen_l = _arrive(counters_ptr, NUM_BARRIERS)
+    elif ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
         if pid == 0:  # (every program read the epoch before it arrived at barrier 2, passed here)
             tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
     if ALL and not EPOCH:
         _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
     _stamp(timeline_ptr, pid, 13, TIMELINE)
+    return nxt[0], nxt[1], nxt[2], nxt[3], nxt[4], nxt[5], nxt[6], nxt[7], nxt[8], seen_l
 
 
 # ----------------------------------------------------------------------------- host side
@@ -1515,6 +1633,16 @@ def default_group_sync() -> int:
     return _env_int("INFER_DECODE_GROUP_SYNC", 2)
 
 
+def default_layers_per_launch() -> int:
+    """Decoder layers per launch of the engine's one-launch layers (:func:`decode_layers`): 1
+    (one launch per layer), or ``INFER_DECODE_LAYERS`` from the environment (0: the whole
+    stack in one launch; A/B measurements)."""
+    n = _env_int("INFER_DECODE_LAYERS", 1)
+    if n < 0:
+        raise ValueError(f"INFER_DECODE_LAYERS={n}: give a number of layers per launch (0: all of them)")
+    return n
+
+
 def default_l2_ahead() -> int:
     """``l2_ahead`` of the configuration a launch picks for itself: the config's default, or
     ``INFER_DECODE_L2_AHEAD`` (0-3) from the environment (A/B measurements)."""
@@ -1578,6 +1706,11 @@ class DecodeWorkspace:
         self.attn = empty(num_heads * head_dim)
         self.o = empty(hidden)
         self.act = empty(intermediate)
+        # a multi-layer launch's (LayerTable): the residual stream between its layers, two rows each,
+        # and the first layer's residual when the stack has none yet
+        self.xs = empty(2, hidden)
+        self.rs = empty(2, hidden)
+        self.zero = torch.zeros(1, hidden, dtype=dtype, device=device)
         # the barriers' (and the epoch's) counters, then two per KV group (group_sync)
         self.counters = torch.zeros(8 + 2 * num_kv_heads, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
@@ -1589,12 +1722,66 @@ class DecodeWorkspace:
         self.chosen: dict = {}
 
 
+@dataclass(frozen=True, eq=False)
+class LayerTable:
+    """Consecutive decoder layers of one shape for a multi-layer launch (:func:`decode_layers`):
+    ``layers`` their ``(weights, kv_cache)``, ``rows`` an int64 ``[layers, LAYER_ROW]`` device
+    tensor of their tensors' addresses (qkv, o, gate/up, down, the two norm weights, the QK-norm
+    weights or the input norm's again, the cache). Built once (:func:`layer_table`), before any
+    CUDA-graph capture; the tensors must stay where they are while it is used."""
+
+    layers: tuple[tuple[DecodeLayerWeights, torch.Tensor], ...]
+    rows: torch.Tensor
+
+
+def layer_table(layers: Sequence[tuple[DecodeLayerWeights, torch.Tensor]]) -> LayerTable:
+    """The :class:`LayerTable` of ``layers``; every tensor of a kind has the first layer's shape,
+    dtype and strides, and is 16-byte aligned (the kernel's vector loads assume it)."""
+    if not layers:
+        raise ValueError("layer_table: give at least one layer")
+
+    def tensors(w: DecodeLayerWeights, cache: torch.Tensor) -> list[torch.Tensor]:
+        qk = w.q_norm is not None
+        return [w.qkv, w.o, w.gate_up, w.down, w.input_norm, w.post_norm, w.q_norm if qk else w.input_norm,
+                w.k_norm if qk else w.input_norm, cache]
+
+    first = tensors(*layers[0])
+    rows = []
+    for i, (w, cache) in enumerate(layers):
+        ts = tensors(w, cache)
+        for t, t0 in zip(ts, first, strict=True):
+            if (t.shape, t.dtype, t.stride(), t.device) != (t0.shape, t0.dtype, t0.stride(), t0.device):
+                raise ValueError(f"layer_table: layer {i} has a {tuple(t.shape)} {t.dtype} tensor where layer 0 "
+                                 f"has {tuple(t0.shape)} {t0.dtype}: one launch takes layers of one shape")
+            if t.data_ptr() % 16:
+                raise ValueError(f"layer_table: layer {i} has a tensor not 16-byte aligned")
+        if w.eps != layers[0][0].eps or (w.q_norm is None) != (layers[0][0].q_norm is None):
+            raise ValueError(f"layer_table: layer {i}'s norms differ from layer 0's")
+        rows.append([t.data_ptr() for t in ts])
+    table = torch.tensor(rows, dtype=torch.int64).to(first[0].device)
+    return LayerTable(tuple(layers), table)
+
+
+def decode_layers(
+    x: torch.Tensor, residual: torch.Tensor | None, table: LayerTable, layer: AttentionLayer,
+    metadata: AttentionMetadata, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    workspace: DecodeWorkspace, *, config: DecodeLayerConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode_layer` over every layer of ``table`` in one launch (CUDA; one launch with
+    ``epoch``, no ``ll``): a grid barrier between consecutive layers instead of a launch
+    boundary. ``layer`` (the attention's shape and scale) is every layer's. The same numbers
+    as one launch per layer."""
+    weights, kv_cache = table.layers[0]
+    return decode_layer(x, residual, weights, layer, kv_cache, metadata, positions, cos, sin, workspace,
+                        config=config, table=table)
+
+
 def decode_layer(
     x: torch.Tensor, residual: torch.Tensor | None, weights: DecodeLayerWeights, layer: AttentionLayer,
     kv_cache: torch.Tensor, metadata: AttentionMetadata, positions: torch.Tensor,
     cos: torch.Tensor, sin: torch.Tensor, workspace: DecodeWorkspace, *,
     config: DecodeLayerConfig | None = None, stage_by_stage: bool = False, timeline: torch.Tensor | None = None,
-    stage_configs: Sequence[DecodeLayerConfig] | None = None,
+    stage_configs: Sequence[DecodeLayerConfig] | None = None, table: LayerTable | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step of one layer for one token: ``x``, ``residual [1, H]`` (``None`` for
     the first layer) → ``(mlp_out, new_residual)``, the step's K/V stored into ``kv_cache``
@@ -1604,7 +1791,8 @@ def decode_layer(
     stage's launch its own configuration (program count, tiles): no grid barrier ties the
     stages to one. Without them, on CUDA, stage by stage takes :func:`stage_programs_per_sm`.
     ``timeline`` (benchmarks, CUDA): an int64 ``[programs, TIMELINE_SLOTS]`` tensor that
-    receives each program's clock at the stage boundaries (:func:`_stamp`)."""
+    receives each program's clock at the stage boundaries (:func:`_stamp`). ``table``
+    (:func:`decode_layers`): its layers in one launch, ``weights`` / ``kv_cache`` its first."""
     hidden = x.shape[-1]
     inter = weights.down.shape[1]
     hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
@@ -1617,8 +1805,15 @@ def decode_layer(
     res_out = torch.empty_like(x)
     qk_norm = weights.q_norm is not None
     pdl = use_pdl(x)  # (stage by stage too: each stage's launch waits for the one before)
-    r = residual if residual is not None else x
     ws = workspace
+    n_layers = 1 if table is None else len(table.layers)
+    if table is not None and (stage_by_stage or not x.is_cuda or timeline is not None):
+        raise ValueError("a multi-layer launch (decode_layers) runs on CUDA as one launch, without a timeline")
+    if table is not None and (table.layers[0][0] is not weights or table.layers[0][1] is not kv_cache):
+        raise ValueError("decode_layer(table=...): weights and kv_cache must be the table's first layer's")
+    # a multi-layer launch adds its first layer's missing residual (zeros: x + 0 is x) so every layer has one
+    has_residual = residual is not None or n_layers > 1
+    r = residual if residual is not None else ws.zero if n_layers > 1 else x
 
     ks = (hidden, hq * d, hidden, inter)  # each GEMM stage's K
 
@@ -1636,11 +1831,12 @@ def decode_layer(
               (ws.qkv, ws.part_acc, ws.part_max, ws.part_sum)),
             ws.attn, ws.o, ws.act, ws.counters, ws.error,
             timeline if timeline is not None else ws.counters, cfg.num_programs,
+            table.rows if table is not None else ws.counters, ws.xs, ws.rs,
         )
         kwargs = dict(
             HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=cfg.splits,
             BLOCK_M=max(16, triton.next_power_of_2(hq // hkv)), TILE=cfg.tile, BLOCK_SIZE=metadata.block_size,
-            QK_NORM=qk_norm, HAS_RESIDUAL=residual is not None,
+            QK_NORM=qk_norm, HAS_RESIDUAL=has_residual,
             ROWS_QKV=cfg.rows[0], BK_QKV=cfg.bk[0], ROWS_O=cfg.rows[1], BK_O=cfg.bk[1],
             ROWS_GU=cfg.rows[2], BK_GU=cfg.bk[2], ROWS_DOWN=cfg.rows[3], BK_DOWN=cfg.bk[3],
             BAL_QKV=cfg.balanced[0], BAL_O=cfg.balanced[1], BAL_GU=cfg.balanced[2], BAL_DOWN=cfg.balanced[3],
@@ -1651,12 +1847,12 @@ def decode_layer(
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
             NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early, L2_AHEAD=cfg.l2_ahead,
-            GROUP_SYNC=cfg.group_sync,
+            GROUP_SYNC=cfg.group_sync, LAYERS=n_layers,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
 
-    shape = (hidden, inter, hq, hkv, d, x.dtype, x.device, qk_norm, residual is not None, metadata.block_size, pdl)
+    shape = (hidden, inter, hq, hkv, d, x.dtype, x.device, qk_norm, has_residual, metadata.block_size, pdl, n_layers)
     if config is not None:
         cfg = config
     elif not x.is_cuda:
@@ -1686,6 +1882,8 @@ def decode_layer(
                                  or timeline.shape != (cfg.num_programs, slots)):
         raise ValueError(f"timeline must be an int64 CUDA tensor of shape [{cfg.num_programs}, {slots}] "
                          "(the launch's programs x the stamps)")
+    if n_layers > 1 and (not cfg.epoch or cfg.ll or cfg.last_stage != 6):
+        raise ValueError("a multi-layer launch (decode_layers) needs DecodeLayerConfig(epoch=True, ll=0, last_stage=6)")
     if cfg.ll and not cfg.epoch:
         raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
     if cfg.group_sync and cfg.num_programs > (hq + 2 * hkv) * d:

@@ -34,8 +34,12 @@ from infer_core.errors import CudaSourceError
 from infer_core.kernels.decode_layer import (
     DecodeLayerWeights,
     DecodeWorkspace,
+    LayerTable,
     decode_layer,
+    decode_layers,
+    default_layers_per_launch,
     layer_bytes,
+    layer_table,
     stage_programs_per_sm,
     supports,
 )
@@ -96,6 +100,9 @@ class PersistentDecode:
         self._workspace: DecodeWorkspace | None = None
         self._cuda: CudaDecodeLayer | None = None  # INFER_DECODE_CUDA: the CUDA C++ layer instead of Triton's
         self._rope32: tuple[torch.Tensor, torch.Tensor] | None = None
+        # INFER_DECODE_LAYERS: consecutive layers in one launch each (tables built by prepare, CUDA, one launch
+        # per layer otherwise)
+        self._tables: list[LayerTable] = []
         # each stage of a layer its own launch (large layers, or INFER_DECODE_STAGES): set by prepare, from the
         # stack's layer size
         self.stages = False
@@ -104,6 +111,17 @@ class PersistentDecode:
     def active(self) -> bool:
         """Switched on and the stack checked: batch-1 decode steps run here."""
         return self.enabled and self._plan is not None
+
+    @property
+    def launches_per_step(self) -> int | None:
+        """The decoder stack's launches per batch-1 decode step (six per layer stage by stage,
+        one per layer, or one per ``INFER_DECODE_LAYERS`` layers), or ``None`` before
+        :meth:`prepare`."""
+        if self._plan is None:
+            return None
+        if self.stages:
+            return 6 * len(self._plan)
+        return len(self._tables) or len(self._plan)
 
     @property
     def launch_kind(self) -> tuple[bool, bool, int] | None:
@@ -140,6 +158,14 @@ class PersistentDecode:
         w, layer0 = self._plan[0][0], self._plan[0][1].layer
         self._workspace = DecodeWorkspace(w.o.shape[0], w.down.shape[1], layer0.num_heads, layer0.num_kv_heads,
                                           layer0.head_dim, None, h.dtype, h.device)
+        per_launch = default_layers_per_launch() or len(self._plan)
+        if per_launch > 1 and h.is_cuda and not self.stages:
+            layers = [(weights, attn.kv_cache) for weights, attn in self._plan]
+            try:
+                self._tables = [layer_table(layers[i:i + per_launch]) for i in range(0, len(layers), per_launch)]
+                log.info("model.persistent_decode: %d layers per launch", per_launch)
+            except ValueError as e:
+                log.warning("INFER_DECODE_LAYERS=%d: %s; one launch per layer.", per_launch, e)
         variant = variant_from_env()
         if variant is not None and h.is_cuda:
             shape = LayerShape(w.o.shape[0], w.down.shape[1], layer0.num_heads, layer0.num_kv_heads, layer0.head_dim,
@@ -182,6 +208,12 @@ class PersistentDecode:
         # the interpreter (a spin barrier cannot open there), or large layers / INFER_DECODE_STAGES: each stage its
         # own launch
         staged = not h.is_cuda or self.stages
+        if self._tables and not staged:
+            layer = self._plan[0][1].layer
+            for table in self._tables:
+                h, residual = decode_layers(h, residual, table, layer, md, positions, self.rotary.cos, self.rotary.sin,
+                                            self._workspace)
+            return h, residual
         for weights, attn in self._plan:
             h, residual = decode_layer(h, residual, weights, attn.layer, attn.kv_cache, md, positions,
                                        self.rotary.cos, self.rotary.sin, self._workspace, stage_by_stage=staged)
