@@ -184,6 +184,10 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  "groupsync": {"group_sync": 1, "balanced_elements": 16384},
                  # ... and no barrier 1: each merge waits for its KV group's attention items
                  "groupsync2": {"group_sync": 2, "balanced_elements": 16384},
+                 # ... with every layer in one launch (decode_layers): the next layer's addresses requested
+                 # during the layer before (row_ahead, the default) or at its start
+                 "multi": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0},
+                 "multi-rowstart": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0, "row_ahead": False},
                  # key splits per KV head (the default: 16 for 8 KV heads on 132 SMs)
                  **{f"splits{n}": {"splits": n} for n in (2, 4, 8)},
                  **{f"ropeearly-splits{n}": {"rope_early": 2, "splits": n} for n in (4, 8)},
@@ -270,6 +274,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
     hidden, inter = first.o.shape[0], first.down.shape[1]
     attn = first.attn
     sync = dict(sync or {})
+    per_launch = sync.pop("per_launch", per_launch) or len(layers)
     rows_gu = sync.pop("rows_gu", None)
     staged = sync.pop("stages", False)
     cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
@@ -298,9 +303,9 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
 
     def run() -> None:
         x, res = first.x, first.res
-        for table in tables:
+        for j, table in enumerate(tables):  # (a timeline per launch: [its layers, programs, stamps])
             x, res = dl.decode_layers(x, res, table, first.attn, first.md, first.positions, first.cos, first.sin, ws,
-                                      config=None if default else cfg)
+                                      config=None if default else cfg, timeline=timelines[j] if timelines else None)
         for i, layer in enumerate([] if tables else layers):
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,

@@ -1037,7 +1037,7 @@ def _decode_layer_kernel(
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
     NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr, GROUP_SYNC: tl.constexpr,
-    LAYERS: tl.constexpr = 1,
+    LAYERS: tl.constexpr = 1, ROW_AHEAD: tl.constexpr = True,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -1066,32 +1066,44 @@ def _decode_layer_kernel(
     base_l = 0  # (the between-layers counter at the launch's start: other launches may not count there)
     seen_l = pid * 0  # (the arrival count at the barrier between layers)
     x0_ptr, r0_ptr, out0_ptr, res_out0_ptr = x_ptr, res_ptr, out_ptr, res_out_ptr
+    tl0_ptr = timeline_ptr
     if MULTI:
         if PDL:
             wait_for_prior()
         epoch0 = tl.load(counters_ptr + EPOCH_SLOT, cache_modifier=".cg")
         base_l = tl.load(counters_ptr + NUM_BARRIERS, cache_modifier=".cg")
-        (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr,
-         cache_ptr) = _layer_row(layers_ptr, 0, w_qkv_ptr, ln1_ptr, cache_ptr)
+        if ROW_AHEAD:
+            (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr,
+             cache_ptr) = _layer_row(layers_ptr, 0, w_qkv_ptr, ln1_ptr, cache_ptr)
     for layer in range(LAYERS):
         if MULTI:
             x_ptr, res_ptr, out_ptr, res_out_ptr = _layer_stream(layer, LAYERS, x0_ptr, r0_ptr, out0_ptr,
                                                                  res_out0_ptr, xs_ptr, rs_ptr, HIDDEN)
-        (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, cache_ptr, seen_l) = \
-            _layer_body(
-                layer, epoch0, base_l, seen_l,
-                x_ptr, res_ptr, out_ptr, res_out_ptr,
-                w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, eps,
-                cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
-                stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
-                qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
-                counters_ptr, error_ptr, timeline_ptr, num_programs, layers_ptr, pid,
-                HIDDEN, INTER, HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, HAS_RESIDUAL,
-                ROWS_QKV, BK_QKV, ROWS_O, BK_O, ROWS_GU, BK_GU, ROWS_DOWN, BK_DOWN,
-                BAL_QKV, BAL_O, BAL_GU, BAL_DOWN, SUB_QKV, SUB_O, SUB_GU, SUB_DOWN,
-                STAGE, LAST, PREFETCH, PIPE, PRECISION, PDL, POLL_SLEEP, TIMELINE,
-                ARRIVE_FIRST, KV_EARLY, EPOCH, LL, NORM_ONCE, ROPE_EARLY, L2_AHEAD, GROUP_SYNC, LAYERS,
-                ALL, NQKV, NATTN, KT_QKV, KT_O, KT_GU, KT_DOWN, QKV_ONCE, GU_ONCE, ATTN, GS, GS2, MULTI)
+            if TIMELINE:  # (a multi-layer launch's timeline: [layers, programs, TIMELINE_SLOTS])
+                timeline_ptr = tl0_ptr + layer * num_programs * TIMELINE_SLOTS
+        if MULTI and not ROW_AHEAD:  # this layer's row now (nothing carried from the layer before)
+            row = _layer_row(layers_ptr, layer, w_qkv_ptr, ln1_ptr, cache_ptr)
+        else:
+            row = (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, cache_ptr)
+        nxt = _layer_body(
+            layer, epoch0, base_l, seen_l,
+            x_ptr, res_ptr, out_ptr, res_out_ptr,
+            row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], eps,
+            cos_ptr, sin_ptr, pos_ptr, row[8], table_ptr, seq_lens_ptr, slot_ptr,
+            stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
+            qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
+            counters_ptr, error_ptr, timeline_ptr, num_programs, layers_ptr, pid,
+            HIDDEN, INTER, HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, HAS_RESIDUAL,
+            ROWS_QKV, BK_QKV, ROWS_O, BK_O, ROWS_GU, BK_GU, ROWS_DOWN, BK_DOWN,
+            BAL_QKV, BAL_O, BAL_GU, BAL_DOWN, SUB_QKV, SUB_O, SUB_GU, SUB_DOWN,
+            STAGE, LAST, PREFETCH, PIPE, PRECISION, PDL, POLL_SLEEP, TIMELINE,
+            ARRIVE_FIRST, KV_EARLY, EPOCH, LL, NORM_ONCE, ROPE_EARLY, L2_AHEAD, GROUP_SYNC, LAYERS,
+            ALL, NQKV, NATTN, KT_QKV, KT_O, KT_GU, KT_DOWN, QKV_ONCE, GU_ONCE, ATTN, GS, GS2, MULTI,
+            MULTI and ROW_AHEAD)
+        if MULTI and ROW_AHEAD:  # the next layer's row, requested during this one
+            (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr,
+             cache_ptr) = nxt[0], nxt[1], nxt[2], nxt[3], nxt[4], nxt[5], nxt[6], nxt[7], nxt[8]
+        seen_l = nxt[9]
 
 
 @triton.jit
@@ -1151,11 +1163,14 @@ def _layer_body(
     LAYERS: tl.constexpr,
     ALL: tl.constexpr, NQKV: tl.constexpr, NATTN: tl.constexpr, KT_QKV: tl.constexpr, KT_O: tl.constexpr,
     KT_GU: tl.constexpr, KT_DOWN: tl.constexpr, QKV_ONCE: tl.constexpr, GU_ONCE: tl.constexpr,
-    ATTN: tl.constexpr, GS: tl.constexpr, GS2: tl.constexpr, MULTI: tl.constexpr,
+    ATTN: tl.constexpr, GS: tl.constexpr, GS2: tl.constexpr, MULTI: tl.constexpr, AHEAD: tl.constexpr,
 ):
     """One layer of :func:`_decode_layer_kernel` (see there); returns the next layer's
     tensors (a multi-layer launch: row ``layer + 1`` of the table, requested during this
-    layer's attention) and the count at this layer's arrival at the barrier between layers."""
+    layer's attention, ``AHEAD``) and the count at this layer's arrival at the barrier between layers."""
+    if MULTI:  # noqa: SIM102 (a constexpr branch around a runtime one)
+        if layer > 0:  # (the first layer's: the launch's start)
+            _stamp(timeline_ptr, pid, 0, TIMELINE)
     nw = 0  # (the norm weight's words when QKV_ONCE / GU_ONCE)
     cos, sin, qw1, qw2, kw1, kw2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
@@ -1263,7 +1278,7 @@ def _layer_body(
                 tl.debug_barrier()
                 tl.atomic_add(counters_ptr + GROUP_SLOT + HKV + item // SPLITS, 1, sem="release", scope="gpu")
     _stamp(timeline_ptr, pid, 4, TIMELINE)
-    if MULTI:  # the next layer's row, in flight during this one's later stages
+    if AHEAD:  # the next layer's row, in flight during this one's later stages
         nxt = _layer_row(layers_ptr, tl.minimum(layer + 1, LAYERS - 1), w_qkv_ptr, ln1_ptr, cache_ptr)
     else:
         nxt = (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, cache_ptr)
@@ -1420,7 +1435,11 @@ class DecodeLayerConfig:
     rotary row and both QK-norm weights (2) are requested between barrier 0's arrival and its
     wait (stage by stage: before the attention launch's PDL wait), not in the stage (0: the
     k-norm weight's load comes after the query's norm, whose CTA reduction ptxas does not
-    hoist it over: a dependent L2 round trip in the split that holds the step's key)."""
+    hoist it over: a dependent L2 round trip in the split that holds the step's key).
+    ``row_ahead`` (multi-layer launches, :func:`decode_layers`): each layer's row of tensor
+    addresses is requested during the layer before (carried in registers across the layer
+    loop), or at the layer's start (``False``: nothing carried, a dependent L2 round trip before
+    the qkv tiles are requested)."""
 
     num_programs: int
     splits: int
@@ -1443,6 +1462,7 @@ class DecodeLayerConfig:
     rope_early: int = 1
     l2_ahead: int = 0
     group_sync: int = 0
+    row_ahead: bool = True
 
 
 def _pow2_floor(n: int) -> int:
@@ -1604,7 +1624,8 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
     group_sync = default_group_sync() if cfg.num_programs <= (hq + 2 * hkv) * d else 0
     return replace(cfg, kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0,
                    norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early(),
-                   l2_ahead=default_l2_ahead(), group_sync=group_sync)
+                   l2_ahead=default_l2_ahead(), group_sync=group_sync,
+                   row_ahead=bool(_env_int("INFER_DECODE_ROW_AHEAD", int(DecodeLayerConfig.row_ahead))))
 
 
 def default_kv_early() -> int:
@@ -1765,15 +1786,16 @@ def layer_table(layers: Sequence[tuple[DecodeLayerWeights, torch.Tensor]]) -> La
 def decode_layers(
     x: torch.Tensor, residual: torch.Tensor | None, table: LayerTable, layer: AttentionLayer,
     metadata: AttentionMetadata, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-    workspace: DecodeWorkspace, *, config: DecodeLayerConfig | None = None,
+    workspace: DecodeWorkspace, *, config: DecodeLayerConfig | None = None, timeline: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`decode_layer` over every layer of ``table`` in one launch (CUDA; one launch with
     ``epoch``, no ``ll``): a grid barrier between consecutive layers instead of a launch
     boundary. ``layer`` (the attention's shape and scale) is every layer's. The same numbers
-    as one launch per layer."""
+    as one launch per layer. ``timeline`` (benchmarks): int64 ``[layers, programs,
+    TIMELINE_SLOTS]``, each layer's stamps (its point 0: its start, after the barrier before it)."""
     weights, kv_cache = table.layers[0]
     return decode_layer(x, residual, weights, layer, kv_cache, metadata, positions, cos, sin, workspace,
-                        config=config, table=table)
+                        config=config, table=table, timeline=timeline)
 
 
 def decode_layer(
@@ -1807,8 +1829,8 @@ def decode_layer(
     pdl = use_pdl(x)  # (stage by stage too: each stage's launch waits for the one before)
     ws = workspace
     n_layers = 1 if table is None else len(table.layers)
-    if table is not None and (stage_by_stage or not x.is_cuda or timeline is not None):
-        raise ValueError("a multi-layer launch (decode_layers) runs on CUDA as one launch, without a timeline")
+    if table is not None and (stage_by_stage or not x.is_cuda):
+        raise ValueError("a multi-layer launch (decode_layers) runs on CUDA as one launch")
     if table is not None and (table.layers[0][0] is not weights or table.layers[0][1] is not kv_cache):
         raise ValueError("decode_layer(table=...): weights and kv_cache must be the table's first layer's")
     # a multi-layer launch adds its first layer's missing residual (zeros: x + 0 is x) so every layer has one
@@ -1847,7 +1869,7 @@ def decode_layer(
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
             NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early, L2_AHEAD=cfg.l2_ahead,
-            GROUP_SYNC=cfg.group_sync, LAYERS=n_layers,
+            GROUP_SYNC=cfg.group_sync, LAYERS=n_layers, ROW_AHEAD=cfg.row_ahead,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -1878,10 +1900,10 @@ def decode_layer(
         raise ValueError("stage_configs: give six configurations (stages 1-6), with stage_by_stage=True")
     assert all(c.splits == workspace.splits for c in [cfg, *(stage_configs or [])]), workspace.splits
     slots = TIMELINE_SLOTS.value
-    if timeline is not None and (not x.is_cuda or timeline.dtype != torch.int64
-                                 or timeline.shape != (cfg.num_programs, slots)):
-        raise ValueError(f"timeline must be an int64 CUDA tensor of shape [{cfg.num_programs}, {slots}] "
-                         "(the launch's programs x the stamps)")
+    stamps = (cfg.num_programs, slots) if n_layers == 1 else (n_layers, cfg.num_programs, slots)
+    if timeline is not None and (not x.is_cuda or timeline.dtype != torch.int64 or timeline.shape != stamps):
+        raise ValueError(f"timeline must be an int64 CUDA tensor of shape {list(stamps)} "
+                         "(the launch's layers when more than one x its programs x the stamps)")
     if n_layers > 1 and (not cfg.epoch or cfg.ll or cfg.last_stage != 6):
         raise ValueError("a multi-layer launch (decode_layers) needs DecodeLayerConfig(epoch=True, ll=0, last_stage=6)")
     if cfg.ll and not cfg.epoch:
