@@ -188,6 +188,9 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # during the layer before (row_ahead, the default) or at its start
                  "multi": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0},
                  "multi-rowstart": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0, "row_ahead": False},
+                 # the barriers polled with acquire loads instead of atomics (poll_load)
+                 "pollload": {"group_sync": 2, "balanced_elements": 16384, "poll_load": True},
+                 "multi-pollload": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0, "poll_load": True},
                  # key splits per KV head (the default: 16 for 8 KV heads on 132 SMs)
                  **{f"splits{n}": {"splits": n} for n in (2, 4, 8)},
                  **{f"ropeearly-splits{n}": {"rope_early": 2, "splits": n} for n in (4, 8)},

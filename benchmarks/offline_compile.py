@@ -52,7 +52,8 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
                pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None,
                norm_once: bool | None = None, rope_early: int | None = None,
                splits: int | None = None, l2_ahead: int | None = None,
-               group_sync: int | None = None, layers: int = 1, row_ahead: bool = True) -> tuple[dict, dict]:
+               group_sync: int | None = None, layers: int = 1, row_ahead: bool = True,
+               poll_load: bool = False) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -80,7 +81,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
            for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
         EPOCH=conf.epoch, LL=conf.ll, NORM_ONCE=conf.norm_once, ROPE_EARLY=conf.rope_early,
-        L2_AHEAD=conf.l2_ahead, GROUP_SYNC=conf.group_sync, LAYERS=layers, ROW_AHEAD=row_ahead,
+        L2_AHEAD=conf.l2_ahead, GROUP_SYNC=conf.group_sync, LAYERS=layers, ROW_AHEAD=row_ahead, POLL_LOAD=poll_load,
     )
     return values, conf.__dict__
 
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="compile the launch cut after this stage: which stage sets the register peak")
     parser.add_argument("--programs-per-sm", type=int, default=4)
     parser.add_argument("--layers", type=int, default=1, help="layers per launch (a multi-layer launch's loop)")
+    parser.add_argument("--poll-load", type=int, choices=(0, 1), default=0, help="barriers polled with acquire loads")
     parser.add_argument("--row-ahead", type=int, choices=(0, 1), default=1,
                         help="multi-layer: the next layer's addresses requested during the layer before (1) or at its start")
     parser.add_argument("--num-sms", type=int, default=132)
@@ -192,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                               None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll,
                               None if args.norm_once is None else bool(args.norm_once),
                               args.rope_early, args.splits, args.l2_ahead,
-                              args.group_sync, args.layers, bool(args.row_ahead))
+                              args.group_sync, args.layers, bool(args.row_ahead),
+                              bool(args.poll_load))
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
           f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "

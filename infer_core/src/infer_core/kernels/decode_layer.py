@@ -101,12 +101,12 @@ MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seco
 
 
 @triton.jit
-def _grid_barrier(counters_ptr, index, target, error_ptr, POLL_SLEEP: tl.constexpr):
+def _grid_barrier(counters_ptr, index, target, error_ptr, POLL_SLEEP: tl.constexpr, POLL_LOAD: tl.constexpr):
     """Wait until all programs reached barrier ``index`` (its counter reached ``target``,
     :func:`_target`); their stores before it are visible after it (release add, acquire polls,
     CTA barriers around both)."""
     seen = _arrive(counters_ptr, index)
-    _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP)
+    _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
 
 
 @triton.jit
@@ -137,18 +137,25 @@ def _arrive(counters_ptr, index):
 
 
 @triton.jit
-def _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP: tl.constexpr):
+def _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP: tl.constexpr, POLL_LOAD: tl.constexpr):
     """Poll barrier ``index`` (acquire) until its counter reached ``target`` (all programs
     arrived; ``seen - target`` is compared, so a counter that wrapped around compares right). With
     ``POLL_SLEEP`` > 0 (CUDA only), each poll comes after a ``nanosleep`` of that many
-    nanoseconds: fewer atomics on the counter's L2 slice while the last programs arrive."""
+    nanoseconds: fewer atomics on the counter's L2 slice while the last programs arrive. With
+    ``POLL_LOAD`` (CUDA only) each poll is an acquire load (``ld.acquire.gpu``, every thread's
+    own), not an atomic read-modify-write: the pollers' requests do not serialize at the
+    counter's L2 slice behind the arrivals."""
     counter = counters_ptr + index
     spins = 0
     while (seen - target < 0) & (spins < MAX_SPINS):
         if POLL_SLEEP > 0:
             tl.inline_asm_elementwise("nanosleep.u32 $1;\nmov.b32 $0, 0;", "=r,r", [spins * 0 + POLL_SLEEP],
                                       dtype=tl.int32, is_pure=False, pack=1)
-        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        if POLL_LOAD:
+            seen = tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [counter],
+                                             dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
         spins += 1
     if seen - target < 0:
         tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
@@ -1037,7 +1044,7 @@ def _decode_layer_kernel(
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
     NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr, GROUP_SYNC: tl.constexpr,
-    LAYERS: tl.constexpr = 1, ROW_AHEAD: tl.constexpr = True,
+    LAYERS: tl.constexpr = 1, ROW_AHEAD: tl.constexpr = True, POLL_LOAD: tl.constexpr = False,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -1099,7 +1106,7 @@ def _decode_layer_kernel(
             STAGE, LAST, PREFETCH, PIPE, PRECISION, PDL, POLL_SLEEP, TIMELINE,
             ARRIVE_FIRST, KV_EARLY, EPOCH, LL, NORM_ONCE, ROPE_EARLY, L2_AHEAD, GROUP_SYNC, LAYERS,
             ALL, NQKV, NATTN, KT_QKV, KT_O, KT_GU, KT_DOWN, QKV_ONCE, GU_ONCE, ATTN, GS, GS2, MULTI,
-            MULTI and ROW_AHEAD)
+            MULTI and ROW_AHEAD, POLL_LOAD)
         if MULTI and ROW_AHEAD:  # the next layer's row, requested during this one
             (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr,
              cache_ptr) = nxt[0], nxt[1], nxt[2], nxt[3], nxt[4], nxt[5], nxt[6], nxt[7], nxt[8]
@@ -1164,6 +1171,7 @@ def _layer_body(
     ALL: tl.constexpr, NQKV: tl.constexpr, NATTN: tl.constexpr, KT_QKV: tl.constexpr, KT_O: tl.constexpr,
     KT_GU: tl.constexpr, KT_DOWN: tl.constexpr, QKV_ONCE: tl.constexpr, GU_ONCE: tl.constexpr,
     ATTN: tl.constexpr, GS: tl.constexpr, GS2: tl.constexpr, MULTI: tl.constexpr, AHEAD: tl.constexpr,
+    POLL_LOAD: tl.constexpr,
 ):
     """One layer of :func:`_decode_layer_kernel` (see there); returns the next layer's
     tensors (a multi-layer launch: row ``layer + 1`` of the table, requested during this
@@ -1201,7 +1209,7 @@ def _layer_body(
                                                           stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
     if MULTI:  # (the launch's PDL wait came before its first layer's row)
         if layer > 0:  # the layer before is done (every program arrived after its down stage)
-            _wait(counters_ptr, NUM_BARRIERS, seen_l, base_l + layer * num_programs, error_ptr, POLL_SLEEP)
+            _wait(counters_ptr, NUM_BARRIERS, seen_l, base_l + layer * num_programs, error_ptr, POLL_SLEEP, POLL_LOAD)
     elif PDL:
         wait_for_prior()
     if MULTI:  # (each layer of the launch one epoch: every counter counts as if each were a launch)
@@ -1243,7 +1251,7 @@ def _layer_body(
             cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
                                                               stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
         if not GS:
-            _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP)
+            _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
     if L2_AHEAD and ALL and LAST >= 5:  # noqa: SIM102 (a constexpr branch around a runtime one)
         # the programs without an attention item: gate/up's (1) and down's (2) weights into L2 while
         # the attention and the merge run (DRAM is otherwise idle then: the key tiles came at the start)
@@ -1268,7 +1276,7 @@ def _layer_body(
                                               stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
             if GS:  # this item's KV group's qkv rows are stored
                 target_g = _group_target(item // SPLITS, epoch, num_programs, NQKV, HQ, HKV, HEAD_DIM)
-                _wait(counters_ptr, GROUP_SLOT + item // SPLITS, target_g - 1, target_g, error_ptr, POLL_SLEEP)
+                _wait(counters_ptr, GROUP_SLOT + item // SPLITS, target_g - 1, target_g, error_ptr, POLL_SLEEP, POLL_LOAD)
             _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                             qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                             stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
@@ -1283,13 +1291,13 @@ def _layer_body(
     else:
         nxt = (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, cache_ptr)
     if ALL and LAST >= 3 and not LL and not GS2:
-        _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
+        _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP, POLL_LOAD)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
     if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
         for head in range(pid, HQ, num_programs):
             if GS2:  # the head's KV group's splits all stored their partials
                 _wait(counters_ptr, GROUP_SLOT + HKV + head // (HQ // HKV), (epoch + 1) * SPLITS - 1,
-                      (epoch + 1) * SPLITS, error_ptr, POLL_SLEEP)
+                      (epoch + 1) * SPLITS, error_ptr, POLL_SLEEP, POLL_LOAD)
             _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
                         HEAD_DIM, SPLITS, flag, LL, error_ptr)
             _stamp(timeline_ptr, pid, 20, TIMELINE)
@@ -1301,7 +1309,7 @@ def _layer_body(
     if ALL and LAST >= 4:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 2)
-        _wait(counters_ptr, 2, seen, target, error_ptr, POLL_SLEEP)
+        _wait(counters_ptr, 2, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
     _stamp(timeline_ptr, pid, 7, TIMELINE)
     if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
         if not PREFETCH:
@@ -1318,7 +1326,7 @@ def _layer_body(
     if ALL and LAST >= 5:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 3)
-        _wait(counters_ptr, 3, seen, target, error_ptr, POLL_SLEEP)
+        _wait(counters_ptr, 3, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
     _stamp(timeline_ptr, pid, 9, TIMELINE)
     if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
         if not PREFETCH:
@@ -1339,7 +1347,7 @@ def _layer_body(
     if ALL and LAST >= 6:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, 4)
-        _wait(counters_ptr, 4, seen, target, error_ptr, POLL_SLEEP)
+        _wait(counters_ptr, 4, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
     _stamp(timeline_ptr, pid, 11, TIMELINE)
     if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
         if not PREFETCH:
@@ -1439,7 +1447,8 @@ class DecodeLayerConfig:
     ``row_ahead`` (multi-layer launches, :func:`decode_layers`): each layer's row of tensor
     addresses is requested during the layer before (carried in registers across the layer
     loop), or at the layer's start (``False``: nothing carried, a dependent L2 round trip before
-    the qkv tiles are requested)."""
+    the qkv tiles are requested). ``poll_load``: the barriers poll with acquire loads instead of
+    atomics (:func:`_wait`)."""
 
     num_programs: int
     splits: int
@@ -1463,6 +1472,7 @@ class DecodeLayerConfig:
     l2_ahead: int = 0
     group_sync: int = 0
     row_ahead: bool = True
+    poll_load: bool = False
 
 
 def _pow2_floor(n: int) -> int:
@@ -1625,7 +1635,8 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
     return replace(cfg, kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0,
                    norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early(),
                    l2_ahead=default_l2_ahead(), group_sync=group_sync,
-                   row_ahead=bool(_env_int("INFER_DECODE_ROW_AHEAD", int(DecodeLayerConfig.row_ahead))))
+                   row_ahead=bool(_env_int("INFER_DECODE_ROW_AHEAD", int(DecodeLayerConfig.row_ahead))),
+                   poll_load=bool(_env_int("INFER_DECODE_POLL_LOAD", int(DecodeLayerConfig.poll_load))))
 
 
 def default_kv_early() -> int:
@@ -1870,6 +1881,7 @@ def decode_layer(
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
             NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early, L2_AHEAD=cfg.l2_ahead,
             GROUP_SYNC=cfg.group_sync, LAYERS=n_layers, ROW_AHEAD=cfg.row_ahead,
+            POLL_LOAD=cfg.poll_load and x.is_cuda,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
