@@ -6,19 +6,19 @@
 #
 #   scripts/gpu_pending.sh [tests] [chains] [timeline] [kernels] [w1] [trace] [tests2]     (default: the first five)
 #
-# Pending since the twenty-second session (2026-12-04): consecutive decoder layers in one launch
-# (decode_layers, INFER_DECODE_LAYERS), measured against one launch per layer; the placeholder fill in
-# the gather and the final norm in the head were measured then (a tie) and stay opt-in, their GPU
-# tests in tests2.
+# Measured in the twenty-second session (2026-12-04, benchmarks/reports/multi-layer-launch-2026-12-04-h200):
+# several decoder layers per launch (decode_layers, INFER_DECODE_LAYERS: correct, slower), its row_ahead
+# option, the placeholder fill in the gather and the final norm in the head (a tie, opt-in).
 # tests:    the GPU tests of the multi-layer launch (kernel: against one launch per layer; engine: greedy tokens)
-# chains:   Qwen3-0.6B chains at context 384: one launch per layer against all layers in one launch (the
+# chains:   Qwen3-0.6B chains at context 384: one launch per layer against all layers in one (the
 #           next layer's addresses requested ahead or at its start), and the step chains likewise
 # timeline: per-stage timeline of one launch per layer (groupsync2) against all in one (multi, multi-rowstart)
 # kernels:  benchmarks/kernels.py --benches gather_rows (with the fill against fill_ids + gather)
 # w1:       W1 Qwen3-0.6B, default / layers0 / layers0+rowstart (AB_MODES overrides)
 # trace:    the engine's batch-1 decode steps of Qwen3-0.6B (28 layers) under a device trace, one launch
 #           per layer and all layers in one (INFER_DECODE_LAYERS=0)
-# tests2:   the GPU tests of the placeholder fill in the gather, of the final norm in the head and the LM head's
+# tests2:   not yet run on the GPU: the engine tests of the placeholder fill in the gather and of the final
+#           norm in the head, with the gather kernel's and the LM head's GPU tests
 set -u
 export OUT=${OUT:-$PWD/gpu-pending-out}
 mkdir -p "$OUT"

@@ -28,6 +28,26 @@ def test_offline_compile_reports_registers(args):
     assert regs and 0 < int(regs.group(1)) <= 255, done.stdout
 
 
+def test_multi_layer_launch_keeps_the_vector_loads(tmp_path):
+    """Four layers in one launch (``--layers 4``: each layer's addresses loaded from the table,
+    marked 16-byte aligned) compile to the one-layer launch's 128-bit loads, every one of them
+    (without the marks the weight tiles' loads would split into narrower ones), in registers
+    that still fit."""
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    sass, regs = {}, {}
+    for layers in (1, 4):
+        out = tmp_path / f"layers{layers}.sass"
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "offline_compile.py"), "--shape", "qwen3-0.6b",
+                               "--programs-per-sm", "2", "--layers", str(layers), "--sass", str(out)],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        sass[layers] = out.read_text()
+        regs[layers] = int(re.search(r"REG:(\d+)", done.stdout).group(1))
+    wide = {n: len(re.findall(r"LDG\.E[.A-Z]*\.128", text)) for n, text in sass.items()}
+    assert wide[1] > 0 and wide[4] == wide[1], wide
+    assert regs[4] <= 255
+
+
 def test_settled_words_poll_without_cta_barriers(tmp_path):
     """``ll`` 3's inline PTX (each thread re-reads its own stale words) assembles for sm_90, and
     its polls add no CTA barrier: the launch has fewer ``BAR.SYNC`` than with ``ll`` 1 (whose

@@ -124,6 +124,36 @@ def test_launch_config_takes_group_sync_where_each_program_has_a_qkv_row(monkeyp
     assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).group_sync == 0
 
 
+def test_multi_layer_launch_refusals(monkeypatch):
+    """decode_layers / layer_table: a clear error, no launch, for what one multi-layer launch
+    cannot take (the interpreter's stage-by-stage path, layers of another shape, a tensor off
+    16-byte alignment, no layers, a first layer other than the table's), and for a negative
+    ``INFER_DECODE_LAYERS``."""
+    case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)
+    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cpu", torch.float32)
+    other, *_ = cases.layer_inputs(replace(case, seed=1), "cpu", torch.float32)
+    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                            None, torch.float32, "cpu")
+    table = dl.layer_table([(weights, cache), (other, cache)])
+    assert table.rows.shape == (2, dl.LAYER_ROW.value) and table.rows[1, 0].item() == other.qkv.data_ptr()
+    before = cache.clone()
+    with pytest.raises(ValueError, match="runs on CUDA"):
+        dl.decode_layers(x, res, table, layer, md, positions, cos, sin, ws)
+    with pytest.raises(ValueError, match="first layer"):
+        dl.decode_layer(x, res, other, layer, cache, md, positions, cos, sin, ws, table=table, stage_by_stage=False)
+    assert torch.equal(cache, before)
+    with pytest.raises(ValueError, match="one shape"):
+        dl.layer_table([(weights, cache), (replace(other, down=other.down[:, :-2]), cache)])
+    misaligned = torch.empty(case.hidden + 1)[1:]
+    with pytest.raises(ValueError, match="16-byte"):
+        dl.layer_table([(weights, cache), (replace(other, post_norm=misaligned), cache)])
+    with pytest.raises(ValueError, match="at least one"):
+        dl.layer_table([])
+    monkeypatch.setenv("INFER_DECODE_LAYERS", "-1")
+    with pytest.raises(ValueError, match="INFER_DECODE_LAYERS"):
+        dl.default_layers_per_launch()
+
+
 def test_self_flagged_words_need_the_epoch():
     """``ll`` without ``epoch`` (the words' flag is the launch's epoch): a clear error, no launch."""
     case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)

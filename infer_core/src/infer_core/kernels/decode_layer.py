@@ -1447,8 +1447,9 @@ class DecodeLayerConfig:
     ``row_ahead`` (multi-layer launches, :func:`decode_layers`): each layer's row of tensor
     addresses is requested during the layer before (carried in registers across the layer
     loop), or at the layer's start (``False``: nothing carried, a dependent L2 round trip before
-    the qkv tiles are requested). ``poll_load``: the barriers poll with acquire loads instead of
-    atomics (:func:`_wait`)."""
+    the qkv tiles are requested; the same speed: chain 22.0 against 22.1 µs per layer).
+    ``poll_load``: the barriers poll with acquire loads instead of atomics (:func:`_wait`; off:
+    slower, 20.3 against 19.6 µs per layer; benchmarks/reports/multi-layer-launch-2026-12-04-h200)."""
 
     num_programs: int
     splits: int
@@ -1668,7 +1669,9 @@ def default_group_sync() -> int:
 def default_layers_per_launch() -> int:
     """Decoder layers per launch of the engine's one-launch layers (:func:`decode_layers`): 1
     (one launch per layer), or ``INFER_DECODE_LAYERS`` from the environment (0: the whole
-    stack in one launch; A/B measurements)."""
+    stack in one launch; A/B measurements). Several per launch is slower on an H200
+    (Qwen3-0.6B chain 21.7-22.1 against 19.6-19.7 µs per layer, W1 0.707 against 0.646 ms
+    per token; benchmarks/reports/multi-layer-launch-2026-12-04-h200)."""
     n = _env_int("INFER_DECODE_LAYERS", 1)
     if n < 0:
         raise ValueError(f"INFER_DECODE_LAYERS={n}: give a number of layers per launch (0: all of them)")
@@ -1840,10 +1843,10 @@ def decode_layer(
     pdl = use_pdl(x)  # (stage by stage too: each stage's launch waits for the one before)
     ws = workspace
     n_layers = 1 if table is None else len(table.layers)
-    if table is not None and (stage_by_stage or not x.is_cuda):
-        raise ValueError("a multi-layer launch (decode_layers) runs on CUDA as one launch")
     if table is not None and (table.layers[0][0] is not weights or table.layers[0][1] is not kv_cache):
         raise ValueError("decode_layer(table=...): weights and kv_cache must be the table's first layer's")
+    if table is not None and (stage_by_stage or not x.is_cuda):
+        raise ValueError("a multi-layer launch (decode_layers) runs on CUDA as one launch")
     # a multi-layer launch adds its first layer's missing residual (zeros: x + 0 is x) so every layer has one
     has_residual = residual is not None or n_layers > 1
     r = residual if residual is not None else ws.zero if n_layers > 1 else x

@@ -103,6 +103,7 @@ class PersistentDecode:
         # INFER_DECODE_LAYERS: consecutive layers in one launch each (tables built by prepare, CUDA, one launch
         # per layer otherwise)
         self._tables: list[LayerTable] = []
+        self._on_cuda = False  # the stack prepared on a CUDA device (else the interpreter's stage-by-stage path)
         # each stage of a layer its own launch (large layers, or INFER_DECODE_STAGES): set by prepare, from the
         # stack's layer size
         self.stages = False
@@ -115,11 +116,11 @@ class PersistentDecode:
     @property
     def launches_per_step(self) -> int | None:
         """The decoder stack's launches per batch-1 decode step (six per layer stage by stage,
-        one per layer, or one per ``INFER_DECODE_LAYERS`` layers), or ``None`` before
-        :meth:`prepare`."""
+        as in the Triton interpreter; one per layer; or on CUDA one per ``INFER_DECODE_LAYERS``
+        layers), or ``None`` before :meth:`prepare`."""
         if self._plan is None:
             return None
-        if self.stages:
+        if self.stages or not self._on_cuda:  # (the interpreter runs stage by stage)
             return 6 * len(self._plan)
         return len(self._tables) or len(self._plan)
 
@@ -152,6 +153,7 @@ class PersistentDecode:
             self.enabled = False
             return False
         self._plan = [(weights, attn) for weights, _, attn in layers]
+        self._on_cuda = h.is_cuda
         self.stages = bool(stage_programs_per_sm(layer_bytes(self._plan[0][0])))
         log.info("model.persistent_decode: batch-1 decode steps run %d decoder layers as %s", len(self._plan),
                  "six launches each (stage by stage)" if self.stages else "one launch each")
