@@ -28,21 +28,25 @@ def test_offline_compile_reports_registers(args):
     assert regs and 0 < int(regs.group(1)) <= 255, done.stdout
 
 
+def compile_sass(tmp_path: Path, name: str, *args: str) -> tuple[str, int]:
+    """The disassembly and the registers per thread of ``offline_compile.py ARGS``."""
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
+    out = tmp_path / f"{name}.sass"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "offline_compile.py"), *args, "--sass", str(out)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out.read_text(), int(re.search(r"REG:(\d+)", done.stdout).group(1))
+
+
 def test_multi_layer_launch_keeps_the_vector_loads(tmp_path):
     """Four layers in one launch (``--layers 4``: each layer's addresses loaded from the table,
     marked 16-byte aligned) compile to the one-layer launch's 128-bit loads, every one of them
     (without the marks the weight tiles' loads would split into narrower ones), in registers
     that still fit."""
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     sass, regs = {}, {}
     for layers in (1, 4):
-        out = tmp_path / f"layers{layers}.sass"
-        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "offline_compile.py"), "--shape", "qwen3-0.6b",
-                               "--programs-per-sm", "2", "--layers", str(layers), "--sass", str(out)],
-                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        sass[layers] = out.read_text()
-        regs[layers] = int(re.search(r"REG:(\d+)", done.stdout).group(1))
+        sass[layers], regs[layers] = compile_sass(tmp_path, f"layers{layers}", "--shape", "qwen3-0.6b",
+                                                  "--programs-per-sm", "2", "--layers", str(layers))
     wide = {n: len(re.findall(r"LDG\.E[.A-Z]*\.128", text)) for n, text in sass.items()}
     assert wide[1] > 0 and wide[4] == wide[1], wide
     assert regs[4] <= 255
@@ -52,14 +56,7 @@ def test_settled_words_poll_without_cta_barriers(tmp_path):
     """``ll`` 3's inline PTX (each thread re-reads its own stale words) assembles for sm_90, and
     its polls add no CTA barrier: the launch has fewer ``BAR.SYNC`` than with ``ll`` 1 (whose
     polls agree on readiness across the CTA), and its re-reads are strong 64-bit loads."""
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    sass = {}
-    for ll in (1, 3):
-        out = tmp_path / f"ll{ll}.sass"
-        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "offline_compile.py"), "--shape", "qwen3-0.6b",
-                               "--programs-per-sm", "2", "--ll", str(ll), "--sass", str(out)],
-                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        sass[ll] = out.read_text()
+    sass = {ll: compile_sass(tmp_path, f"ll{ll}", "--shape", "qwen3-0.6b", "--programs-per-sm", "2", "--ll", str(ll))[0]
+            for ll in (1, 3)}
     assert sass[3].count("BAR.SYNC") < sass[1].count("BAR.SYNC")
     assert "LDG.E.64.STRONG.GPU" in sass[3]

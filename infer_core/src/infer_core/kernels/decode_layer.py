@@ -1088,29 +1088,202 @@ def _decode_layer_kernel(
                                                                  res_out0_ptr, xs_ptr, rs_ptr, HIDDEN)
             if TIMELINE:  # (a multi-layer launch's timeline: [layers, programs, TIMELINE_SLOTS])
                 timeline_ptr = tl0_ptr + layer * num_programs * TIMELINE_SLOTS
-        if MULTI and not ROW_AHEAD:  # this layer's row now (nothing carried from the layer before)
-            row = _layer_row(layers_ptr, layer, w_qkv_ptr, ln1_ptr, cache_ptr)
+        if MULTI and not ROW_AHEAD:  # this layer's row now
+            (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr,
+             cache_ptr) = _layer_row(layers_ptr, layer, w_qkv_ptr, ln1_ptr, cache_ptr)
+        if MULTI:  # noqa: SIM102 (a constexpr branch around a runtime one)
+            if layer > 0:  # (the first layer's point 0: the launch's start)
+                _stamp(timeline_ptr, pid, 0, TIMELINE)
+        nw = 0  # (the norm weight's words when QKV_ONCE / GU_ONCE)
+        cos, sin, qw1, qw2, kw1, kw2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+
+        # kv_early = 2: the step's metadata and the first key tile (earlier steps' keys) at the launch's
+        # start, with the qkv tiles: all were written before the previous launch began (see pdl)
+        # (stage by stage: each stage's first weight tiles, and attention's first key tile, before its PDL wait)
+        KV_START: tl.constexpr = KV_EARLY == 2 and ((ALL and LAST >= 2) or STAGE == 2)
+        if (ALL and LAST >= 1) or STAGE == 1:
+            w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, SUB_QKV)
+            if QKV_ONCE:
+                nw = _norm_words(ln1_ptr, HIDDEN, BK_QKV, SUB_QKV)
+        if PREFETCH and STAGE == 4:
+            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
+        if PREFETCH and STAGE == 5:
+            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
+            if GU_ONCE:
+                nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
+        if PREFETCH and STAGE == 6:
+            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN,
+                                 SUB_DOWN)
+        if KV_START:
+            tl.debug_barrier()  # keeps the qkv tiles' requests first (ptxas would put the key tile's chain ahead)
+            seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
+            k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
+                                          stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+        if ROPE_EARLY and KV_START and not ALL:
+            cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
+                                                              stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
+        if MULTI:  # (the launch's PDL wait came before its first layer's row)
+            if layer > 0:  # the layer before is done (every program arrived after its down stage)
+                _wait(counters_ptr, NUM_BARRIERS, seen_l, base_l + layer * num_programs, error_ptr, POLL_SLEEP, POLL_LOAD)
+        elif PDL:
+            wait_for_prior()
+        if MULTI:  # (each layer of the launch one epoch: every counter counts as if each were a launch)
+            epoch = epoch0 + layer
+            target = (epoch + 1) * num_programs
+        elif ALL and LAST >= 2:
+            target, epoch = _target(counters_ptr, num_programs, EPOCH)
+        # ll: qkv and the attention partials go out as self-flagged words (this launch's flag: the
+        # epoch + 1, never 0, never the last launch's), read without barriers 0 and 1
+        if LL and ALL and LAST >= 2:
+            flag = epoch + 1
+        elif LL:  # (stage by stage: the epoch does not advance; each stage reads what a launch before wrote)
+            flag = tl.load(counters_ptr + EPOCH_SLOT, cache_modifier=".cg") + 1
         else:
-            row = (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, cache_ptr)
-        nxt = _layer_body(
-            layer, epoch0, base_l, seen_l,
-            x_ptr, res_ptr, out_ptr, res_out_ptr,
-            row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], eps,
-            cos_ptr, sin_ptr, pos_ptr, row[8], table_ptr, seq_lens_ptr, slot_ptr,
-            stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
-            qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
-            counters_ptr, error_ptr, timeline_ptr, num_programs, layers_ptr, pid,
-            HIDDEN, INTER, HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, HAS_RESIDUAL,
-            ROWS_QKV, BK_QKV, ROWS_O, BK_O, ROWS_GU, BK_GU, ROWS_DOWN, BK_DOWN,
-            BAL_QKV, BAL_O, BAL_GU, BAL_DOWN, SUB_QKV, SUB_O, SUB_GU, SUB_DOWN,
-            STAGE, LAST, PREFETCH, PIPE, PRECISION, PDL, POLL_SLEEP, TIMELINE,
-            ARRIVE_FIRST, KV_EARLY, EPOCH, LL, NORM_ONCE, ROPE_EARLY, L2_AHEAD, GROUP_SYNC, LAYERS,
-            ALL, NQKV, NATTN, KT_QKV, KT_O, KT_GU, KT_DOWN, QKV_ONCE, GU_ONCE, ATTN, GS, GS2, MULTI,
-            MULTI and ROW_AHEAD, POLL_LOAD)
-        if MULTI and ROW_AHEAD:  # the next layer's row, requested during this one
+            flag = 0
+        DT: tl.constexpr = x_ptr.dtype.element_ty
+        _stamp(timeline_ptr, pid, 1, TIMELINE)
+        if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
+            rstd, xn, xn_odd, ready = _norm_stage_input(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, False, 1,
+                                                        HAS_RESIDUAL, BK_QKV, KT_QKV, SUB_QKV, QKV_ONCE)
+            _stamp_after(timeline_ptr, pid, 24, ready, TIMELINE)
+            _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
+                        rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT,
+                        xn, xn_odd, QKV_ONCE)
+        _stamp(timeline_ptr, pid, 2, TIMELINE)
+        if GS:
+            _group_arrive(counters_ptr, pid, num_programs, NQKV, HQ, HKV, HEAD_DIM)
+        elif ARRIVE_FIRST and ALL and LAST >= 2 and not LL:
+            seen = _arrive(counters_ptr, 0)
+        if ATTN and not KV_START:  # the first key tile (no dependence on qkv)
+            seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
+            if KV_EARLY:
+                k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
+                                              stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+        if ALL and LAST >= 2 and not LL:
+            if not GS and not ARRIVE_FIRST:
+                seen = _arrive(counters_ptr, 0)
+            if ROPE_EARLY:  # (after the arrival, barrier 0's or group_sync's: its fence does not wait for them)
+                cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
+                                                                  stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
+            if not GS:
+                _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
+        if L2_AHEAD and ALL and LAST >= 5:  # noqa: SIM102 (a constexpr branch around a runtime one)
+            # the programs without an attention item: gate/up's (1) and down's (2) weights into L2 while
+            # the attention and the merge run (DRAM is otherwise idle then: the key tiles came at the start)
+            if pid >= HKV * SPLITS:
+                WB: tl.constexpr = w_gu_ptr.dtype.element_ty.primitive_bitwidth // 8
+                if L2_AHEAD & 1:
+                    _l2_ahead(w_gu_ptr, 2 * INTER * HIDDEN * WB, pid - HKV * SPLITS, num_programs - HKV * SPLITS, 128)
+                if L2_AHEAD & 2:
+                    _l2_ahead(w_down_ptr, INTER * HIDDEN * WB, pid - HKV * SPLITS, num_programs - HKV * SPLITS, 128)
+        _stamp(timeline_ptr, pid, 3, TIMELINE)
+        if ROPE_EARLY and ATTN and ((ALL and LL) or (not ALL and not KV_START)):  # (no barrier 0 / no early start)
+            cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
+                                                              stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
+        if ATTN:  # QK-norm, RoPE, K/V store, split attention
+            for item in range(pid, HKV * SPLITS, num_programs):
+                if KV_EARLY:
+                    if item != pid:  # a later item of this program (fewer programs than items)
+                        k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv,
+                                                      stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+                else:  # (requested here, not before the loop: carried into it, the tile's registers double)
+                    k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv, stride_block,
+                                                  stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+                if GS:  # this item's KV group's qkv rows are stored
+                    target_g = _group_target(item // SPLITS, epoch, num_programs, NQKV, HQ, HKV, HEAD_DIM)
+                    _wait(counters_ptr, GROUP_SLOT + item // SPLITS, target_g - 1, target_g, error_ptr, POLL_SLEEP, POLL_LOAD)
+                _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
+                                qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
+                                stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
+                                HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
+                                error_ptr, cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY)
+                if GS2:  # this item's partials are stored (every thread's: the CTA barrier first)
+                    tl.debug_barrier()
+                    tl.atomic_add(counters_ptr + GROUP_SLOT + HKV + item // SPLITS, 1, sem="release", scope="gpu")
+        _stamp(timeline_ptr, pid, 4, TIMELINE)
+        if MULTI and ROW_AHEAD:  # the next layer's row, in flight during this one's later stages
+            nxt = _layer_row(layers_ptr, tl.minimum(layer + 1, LAYERS - 1), w_qkv_ptr, ln1_ptr, cache_ptr)
+        if ALL and LAST >= 3 and not LL and not GS2:
+            _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP, POLL_LOAD)
+        _stamp(timeline_ptr, pid, 5, TIMELINE)
+        if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
+            for head in range(pid, HQ, num_programs):
+                if GS2:  # the head's KV group's splits all stored their partials
+                    _wait(counters_ptr, GROUP_SLOT + HKV + head // (HQ // HKV), (epoch + 1) * SPLITS - 1,
+                          (epoch + 1) * SPLITS, error_ptr, POLL_SLEEP, POLL_LOAD)
+                _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
+                            HEAD_DIM, SPLITS, flag, LL, error_ptr)
+                _stamp(timeline_ptr, pid, 20, TIMELINE)
+        if ARRIVE_FIRST and ALL and LAST >= 4:
+            seen = _arrive(counters_ptr, 2)
+        if PREFETCH and ALL and LAST >= 4:
+            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
+        _stamp(timeline_ptr, pid, 6, TIMELINE)
+        if ALL and LAST >= 4:
+            if not ARRIVE_FIRST:
+                seen = _arrive(counters_ptr, 2)
+            _wait(counters_ptr, 2, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
+        _stamp(timeline_ptr, pid, 7, TIMELINE)
+        if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
+            if not PREFETCH:
+                w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
+            _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
+                        0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT, 0.0, 0.0, False)
+        if ARRIVE_FIRST and ALL and LAST >= 5:
+            seen = _arrive(counters_ptr, 3)
+        if PREFETCH and ALL and LAST >= 5:
+            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
+            if GU_ONCE:
+                nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
+        _stamp(timeline_ptr, pid, 8, TIMELINE)
+        if ALL and LAST >= 5:
+            if not ARRIVE_FIRST:
+                seen = _arrive(counters_ptr, 3)
+            _wait(counters_ptr, 3, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
+        _stamp(timeline_ptr, pid, 9, TIMELINE)
+        if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
+            if not PREFETCH:
+                w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
+                if GU_ONCE:
+                    nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
+            rstd, xn, xn_odd, ready = _norm_stage_input(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, pid == 0, 2,
+                                                        HAS_RESIDUAL, BK_GU, KT_GU, SUB_GU, GU_ONCE)
+            _stamp_after(timeline_ptr, pid, 25, ready, TIMELINE)
+            _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
+                        rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT,
+                        xn, xn_odd, GU_ONCE)
+        if ARRIVE_FIRST and ALL and LAST >= 6:
+            seen = _arrive(counters_ptr, 4)
+        if PREFETCH and ALL and LAST >= 6:
+            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
+        _stamp(timeline_ptr, pid, 10, TIMELINE)
+        if ALL and LAST >= 6:
+            if not ARRIVE_FIRST:
+                seen = _arrive(counters_ptr, 4)
+            _wait(counters_ptr, 4, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
+        _stamp(timeline_ptr, pid, 11, TIMELINE)
+        if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
+            if not PREFETCH:
+                w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
+            _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
+                        0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT, 0.0, 0.0,
+                        False)
+        _stamp(timeline_ptr, pid, 12, TIMELINE)
+        if MULTI:
+            if (pid == 0) & (layer == LAYERS - 1):  # (every program read the epoch before its first layer)
+                tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
+            # the barrier between layers (the last layer's arrival too: the next launch's base is then a
+            # multiple of the programs, whatever launches came between)
+            seen_l = _arrive(counters_ptr, NUM_BARRIERS)
+        elif ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
+            if pid == 0:  # (every program read the epoch before it arrived at barrier 2, passed here)
+                tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
+        if ALL and not EPOCH:
+            _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
+        _stamp(timeline_ptr, pid, 13, TIMELINE)
+        if MULTI and ROW_AHEAD:
             (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr,
              cache_ptr) = nxt[0], nxt[1], nxt[2], nxt[3], nxt[4], nxt[5], nxt[6], nxt[7], nxt[8]
-        seen_l = nxt[9]
 
 
 @triton.jit
@@ -1147,228 +1320,6 @@ def _layer_stream(layer, LAYERS: tl.constexpr, x0_ptr, r0_ptr, out0_ptr, res_out
     return x_ptr, res_ptr, out_ptr, res_out_ptr
 
 
-@triton.jit
-def _layer_body(
-    layer, epoch0, base_l, seen_l,
-    x_ptr, res_ptr, out_ptr, res_out_ptr,
-    w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, eps,
-    cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
-    stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
-    qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
-    counters_ptr, error_ptr, timeline_ptr, num_programs, layers_ptr, pid,
-    HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
-    SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    ROWS_QKV: tl.constexpr, BK_QKV: tl.constexpr, ROWS_O: tl.constexpr, BK_O: tl.constexpr,
-    ROWS_GU: tl.constexpr, BK_GU: tl.constexpr, ROWS_DOWN: tl.constexpr, BK_DOWN: tl.constexpr,
-    BAL_QKV: tl.constexpr, BAL_O: tl.constexpr, BAL_GU: tl.constexpr, BAL_DOWN: tl.constexpr,
-    SUB_QKV: tl.constexpr, SUB_O: tl.constexpr, SUB_GU: tl.constexpr, SUB_DOWN: tl.constexpr,
-    STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
-    PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
-    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
-    NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr, GROUP_SYNC: tl.constexpr,
-    LAYERS: tl.constexpr,
-    ALL: tl.constexpr, NQKV: tl.constexpr, NATTN: tl.constexpr, KT_QKV: tl.constexpr, KT_O: tl.constexpr,
-    KT_GU: tl.constexpr, KT_DOWN: tl.constexpr, QKV_ONCE: tl.constexpr, GU_ONCE: tl.constexpr,
-    ATTN: tl.constexpr, GS: tl.constexpr, GS2: tl.constexpr, MULTI: tl.constexpr, AHEAD: tl.constexpr,
-    POLL_LOAD: tl.constexpr,
-):
-    """One layer of :func:`_decode_layer_kernel` (see there); returns the next layer's
-    tensors (a multi-layer launch: row ``layer + 1`` of the table, requested during this
-    layer's attention, ``AHEAD``) and the count at this layer's arrival at the barrier between layers."""
-    if MULTI:  # noqa: SIM102 (a constexpr branch around a runtime one)
-        if layer > 0:  # (the first layer's: the launch's start)
-            _stamp(timeline_ptr, pid, 0, TIMELINE)
-    nw = 0  # (the norm weight's words when QKV_ONCE / GU_ONCE)
-    cos, sin, qw1, qw2, kw1, kw2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-
-    # kv_early = 2: the step's metadata and the first key tile (earlier steps' keys) at the launch's
-    # start, with the qkv tiles: all were written before the previous launch began (see pdl)
-    # (stage by stage: each stage's first weight tiles, and attention's first key tile, before its PDL wait)
-    KV_START: tl.constexpr = KV_EARLY == 2 and ((ALL and LAST >= 2) or STAGE == 2)
-    if (ALL and LAST >= 1) or STAGE == 1:
-        w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, SUB_QKV)
-        if QKV_ONCE:
-            nw = _norm_words(ln1_ptr, HIDDEN, BK_QKV, SUB_QKV)
-    if PREFETCH and STAGE == 4:
-        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
-    if PREFETCH and STAGE == 5:
-        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
-        if GU_ONCE:
-            nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
-    if PREFETCH and STAGE == 6:
-        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN,
-                             SUB_DOWN)
-    if KV_START:
-        tl.debug_barrier()  # keeps the qkv tiles' requests first (ptxas would put the key tile's chain ahead)
-        seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
-        k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
-                                      stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-    if ROPE_EARLY and KV_START and not ALL:
-        cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
-                                                          stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
-    if MULTI:  # (the launch's PDL wait came before its first layer's row)
-        if layer > 0:  # the layer before is done (every program arrived after its down stage)
-            _wait(counters_ptr, NUM_BARRIERS, seen_l, base_l + layer * num_programs, error_ptr, POLL_SLEEP, POLL_LOAD)
-    elif PDL:
-        wait_for_prior()
-    if MULTI:  # (each layer of the launch one epoch: every counter counts as if each were a launch)
-        epoch = epoch0 + layer
-        target = (epoch + 1) * num_programs
-    elif ALL and LAST >= 2:
-        target, epoch = _target(counters_ptr, num_programs, EPOCH)
-    # ll: qkv and the attention partials go out as self-flagged words (this launch's flag: the
-    # epoch + 1, never 0, never the last launch's), read without barriers 0 and 1
-    if LL and ALL and LAST >= 2:
-        flag = epoch + 1
-    elif LL:  # (stage by stage: the epoch does not advance; each stage reads what a launch before wrote)
-        flag = tl.load(counters_ptr + EPOCH_SLOT, cache_modifier=".cg") + 1
-    else:
-        flag = 0
-    DT: tl.constexpr = x_ptr.dtype.element_ty
-    _stamp(timeline_ptr, pid, 1, TIMELINE)
-    if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
-        rstd, xn, xn_odd, ready = _norm_stage_input(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, False, 1,
-                                                    HAS_RESIDUAL, BK_QKV, KT_QKV, SUB_QKV, QKV_ONCE)
-        _stamp_after(timeline_ptr, pid, 24, ready, TIMELINE)
-        _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT,
-                    xn, xn_odd, QKV_ONCE)
-    _stamp(timeline_ptr, pid, 2, TIMELINE)
-    if GS:
-        _group_arrive(counters_ptr, pid, num_programs, NQKV, HQ, HKV, HEAD_DIM)
-    elif ARRIVE_FIRST and ALL and LAST >= 2 and not LL:
-        seen = _arrive(counters_ptr, 0)
-    if ATTN and not KV_START:  # the first key tile (no dependence on qkv)
-        seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
-        if KV_EARLY:
-            k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
-                                          stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-    if ALL and LAST >= 2 and not LL:
-        if not GS and not ARRIVE_FIRST:
-            seen = _arrive(counters_ptr, 0)
-        if ROPE_EARLY:  # (after the arrival, barrier 0's or group_sync's: its fence does not wait for them)
-            cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
-                                                              stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
-        if not GS:
-            _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
-    if L2_AHEAD and ALL and LAST >= 5:  # noqa: SIM102 (a constexpr branch around a runtime one)
-        # the programs without an attention item: gate/up's (1) and down's (2) weights into L2 while
-        # the attention and the merge run (DRAM is otherwise idle then: the key tiles came at the start)
-        if pid >= HKV * SPLITS:
-            WB: tl.constexpr = w_gu_ptr.dtype.element_ty.primitive_bitwidth // 8
-            if L2_AHEAD & 1:
-                _l2_ahead(w_gu_ptr, 2 * INTER * HIDDEN * WB, pid - HKV * SPLITS, num_programs - HKV * SPLITS, 128)
-            if L2_AHEAD & 2:
-                _l2_ahead(w_down_ptr, INTER * HIDDEN * WB, pid - HKV * SPLITS, num_programs - HKV * SPLITS, 128)
-    _stamp(timeline_ptr, pid, 3, TIMELINE)
-    if ROPE_EARLY and ATTN and ((ALL and LL) or (not ALL and not KV_START)):  # (no barrier 0 / no early start)
-        cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
-                                                          stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
-    if ATTN:  # QK-norm, RoPE, K/V store, split attention
-        for item in range(pid, HKV * SPLITS, num_programs):
-            if KV_EARLY:
-                if item != pid:  # a later item of this program (fewer programs than items)
-                    k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv,
-                                                  stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-            else:  # (requested here, not before the loop: carried into it, the tile's registers double)
-                k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv, stride_block,
-                                              stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
-            if GS:  # this item's KV group's qkv rows are stored
-                target_g = _group_target(item // SPLITS, epoch, num_programs, NQKV, HQ, HKV, HEAD_DIM)
-                _wait(counters_ptr, GROUP_SLOT + item // SPLITS, target_g - 1, target_g, error_ptr, POLL_SLEEP, POLL_LOAD)
-            _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
-                            qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
-                            stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
-                            HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
-                            error_ptr, cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY)
-            if GS2:  # this item's partials are stored (every thread's: the CTA barrier first)
-                tl.debug_barrier()
-                tl.atomic_add(counters_ptr + GROUP_SLOT + HKV + item // SPLITS, 1, sem="release", scope="gpu")
-    _stamp(timeline_ptr, pid, 4, TIMELINE)
-    if AHEAD:  # the next layer's row, in flight during this one's later stages
-        nxt = _layer_row(layers_ptr, tl.minimum(layer + 1, LAYERS - 1), w_qkv_ptr, ln1_ptr, cache_ptr)
-    else:
-        nxt = (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, cache_ptr)
-    if ALL and LAST >= 3 and not LL and not GS2:
-        _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP, POLL_LOAD)
-    _stamp(timeline_ptr, pid, 5, TIMELINE)
-    if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
-        for head in range(pid, HQ, num_programs):
-            if GS2:  # the head's KV group's splits all stored their partials
-                _wait(counters_ptr, GROUP_SLOT + HKV + head // (HQ // HKV), (epoch + 1) * SPLITS - 1,
-                      (epoch + 1) * SPLITS, error_ptr, POLL_SLEEP, POLL_LOAD)
-            _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
-                        HEAD_DIM, SPLITS, flag, LL, error_ptr)
-            _stamp(timeline_ptr, pid, 20, TIMELINE)
-    if ARRIVE_FIRST and ALL and LAST >= 4:
-        seen = _arrive(counters_ptr, 2)
-    if PREFETCH and ALL and LAST >= 4:
-        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
-    _stamp(timeline_ptr, pid, 6, TIMELINE)
-    if ALL and LAST >= 4:
-        if not ARRIVE_FIRST:
-            seen = _arrive(counters_ptr, 2)
-        _wait(counters_ptr, 2, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
-    _stamp(timeline_ptr, pid, 7, TIMELINE)
-    if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
-        if not PREFETCH:
-            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
-        _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT, 0.0, 0.0, False)
-    if ARRIVE_FIRST and ALL and LAST >= 5:
-        seen = _arrive(counters_ptr, 3)
-    if PREFETCH and ALL and LAST >= 5:
-        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
-        if GU_ONCE:
-            nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
-    _stamp(timeline_ptr, pid, 8, TIMELINE)
-    if ALL and LAST >= 5:
-        if not ARRIVE_FIRST:
-            seen = _arrive(counters_ptr, 3)
-        _wait(counters_ptr, 3, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
-    _stamp(timeline_ptr, pid, 9, TIMELINE)
-    if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
-        if not PREFETCH:
-            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
-            if GU_ONCE:
-                nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
-        rstd, xn, xn_odd, ready = _norm_stage_input(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, pid == 0, 2,
-                                                    HAS_RESIDUAL, BK_GU, KT_GU, SUB_GU, GU_ONCE)
-        _stamp_after(timeline_ptr, pid, 25, ready, TIMELINE)
-        _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
-                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT,
-                    xn, xn_odd, GU_ONCE)
-    if ARRIVE_FIRST and ALL and LAST >= 6:
-        seen = _arrive(counters_ptr, 4)
-    if PREFETCH and ALL and LAST >= 6:
-        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
-    _stamp(timeline_ptr, pid, 10, TIMELINE)
-    if ALL and LAST >= 6:
-        if not ARRIVE_FIRST:
-            seen = _arrive(counters_ptr, 4)
-        _wait(counters_ptr, 4, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
-    _stamp(timeline_ptr, pid, 11, TIMELINE)
-    if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
-        if not PREFETCH:
-            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
-        _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
-                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT, 0.0, 0.0,
-                    False)
-    _stamp(timeline_ptr, pid, 12, TIMELINE)
-    if MULTI:
-        if (pid == 0) & (layer == LAYERS - 1):  # (every program read the epoch before its first layer)
-            tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
-        # the barrier between layers (the last layer's arrival too: the next launch's base is then a
-        # multiple of the programs, whatever launches came between)
-        seen_l = _arrive(counters_ptr, NUM_BARRIERS)
-    elif ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
-        if pid == 0:  # (every program read the epoch before it arrived at barrier 2, passed here)
-            tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
-    if ALL and not EPOCH:
-        _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
-    _stamp(timeline_ptr, pid, 13, TIMELINE)
-    return nxt[0], nxt[1], nxt[2], nxt[3], nxt[4], nxt[5], nxt[6], nxt[7], nxt[8], seen_l
 
 
 # ----------------------------------------------------------------------------- host side
