@@ -135,7 +135,7 @@ class LlamaModel(nn.Module):
         """The decoder stack before the final norm: ``(mlp_out, residual)`` of the last layer."""
         h, residual = self.embed_tokens(input_ids), None
         if self.persistent_decode.applies(h, md, lambda: [layer.persistent_decode_weights() for layer in self.layers]):
-            return self.persistent_decode(h, positions, md)  # one launch per layer
+            return self.persistent_decode(h, positions, md)  # persistent launches (one per layer by default)
         for layer in self.layers:
             h, residual = layer(positions, h, residual, md)
         return h, residual

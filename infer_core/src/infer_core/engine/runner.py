@@ -149,7 +149,7 @@ class ModelRunner:
         # always views this buffer
         self.graph_fill = self.graphs is not None and os.environ.get("INFER_GRAPH_FILL", "1") != "0"
         # INFER_GRAPH_FILL_GATHER=1: that fill in the block-table gather's launch (kernels.gather_rows' fill),
-        # one launch fewer per decode graph; opt-in until measured
+        # one launch fewer per decode graph; opt-in (W1 Qwen3-0.6B on an H200: 0.6457 against 0.6462 ms per token)
         self.fill_in_gather = self.graph_fill and os.environ.get("INFER_GRAPH_FILL_GATHER", "0") == "1"
         self._sampled_ids = torch.zeros(seqs, dtype=torch.int64, device=device)
         self._arange = np.arange(max(tokens, seqs) + 1, dtype=np.int64)

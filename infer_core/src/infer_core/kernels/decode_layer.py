@@ -1720,21 +1720,24 @@ class LayerTable:
     rows: torch.Tensor
 
 
+def _layer_tensors(w: DecodeLayerWeights, cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A layer's tensors in the kernel's order (its pointer arguments, a :class:`LayerTable`
+    row): qkv, o, gate/up, down, the two norm weights, the QK-norm weights (the input norm's in
+    their place without QK-norm: unread), the KV cache."""
+    qk = w.q_norm is not None
+    return (w.qkv, w.o, w.gate_up, w.down, w.input_norm, w.post_norm, w.q_norm if qk else w.input_norm,
+            w.k_norm if qk else w.input_norm, cache)
+
+
 def layer_table(layers: Sequence[tuple[DecodeLayerWeights, torch.Tensor]]) -> LayerTable:
     """The :class:`LayerTable` of ``layers``; every tensor of a kind has the first layer's shape,
     dtype and strides, and is 16-byte aligned (the kernel's vector loads assume it)."""
     if not layers:
         raise ValueError("layer_table: give at least one layer")
-
-    def tensors(w: DecodeLayerWeights, cache: torch.Tensor) -> list[torch.Tensor]:
-        qk = w.q_norm is not None
-        return [w.qkv, w.o, w.gate_up, w.down, w.input_norm, w.post_norm, w.q_norm if qk else w.input_norm,
-                w.k_norm if qk else w.input_norm, cache]
-
-    first = tensors(*layers[0])
+    first = _layer_tensors(*layers[0])
     rows = []
     for i, (w, cache) in enumerate(layers):
-        ts = tensors(w, cache)
+        ts = _layer_tensors(w, cache)
         for t, t0 in zip(ts, first, strict=True):
             if (t.shape, t.dtype, t.stride(), t.device) != (t0.shape, t0.dtype, t0.stride(), t0.device):
                 raise ValueError(f"layer_table: layer {i} has a {tuple(t.shape)} {t.dtype} tensor where layer 0 "
@@ -1806,12 +1809,10 @@ def decode_layer(
 
     def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
         pairs = x.dtype == torch.bfloat16
+        *layer_weights, cache = _layer_tensors(weights, kv_cache)
         args = (
-            x, r, out, res_out,
-            weights.qkv, weights.o, weights.gate_up, weights.down, weights.input_norm, weights.post_norm,
-            weights.q_norm if qk_norm else weights.input_norm, weights.k_norm if qk_norm else weights.input_norm,
-            weights.eps,
-            cos, sin, positions, kv_cache, metadata.block_tables, metadata.seq_lens, metadata.slot_mapping,
+            x, r, out, res_out, *layer_weights, weights.eps,
+            cos, sin, positions, cache, metadata.block_tables, metadata.seq_lens, metadata.slot_mapping,
             kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), cos.stride(0), sin.stride(0),
             layer.scale * LOG2E,
             *((ws.qkv_ll, ws.part_acc_ll, ws.part_max_ll, ws.part_sum_ll) if cfg.ll else

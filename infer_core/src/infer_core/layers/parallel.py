@@ -152,7 +152,8 @@ class ParallelLMHead(VocabParallelEmbedding):
         written. ``norm = (residual, final_norm)``: ``hidden`` is the stack's output before its
         final norm, folded into the same launch (``forward(final_norm(hidden, residual)[0])``)
         where it also applies: Llama / Qwen's RMSNorm (not Gemma's) with
-        ``INFER_LM_HEAD_NORM=1`` (opt-in until measured)."""
+        ``INFER_LM_HEAD_NORM=1`` (opt-in: W1 Qwen3-0.6B on an H200 0.6453 against 0.6462 ms per
+        token, within the runs' spread)."""
         if (hidden.shape[0] != 1 or not hidden.is_cuda or self.tp.size != 1 or hidden.dtype != self.weight.dtype
                 or logits.dtype != self.weight.dtype or os.environ.get("INFER_LM_HEAD_ARGMAX", "1") == "0"):
             return False

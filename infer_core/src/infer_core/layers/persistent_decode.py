@@ -15,6 +15,10 @@ an info line).
 
 On the CPU the kernel runs only under the Triton interpreter, stage by stage (tests).
 
+``INFER_DECODE_LAYERS=N`` (CUDA, one-launch layers) runs N consecutive layers per launch
+(:func:`~infer_core.kernels.decode_layer.decode_layers`, 0: all of them; off by default: slower
+on an H200).
+
 ``INFER_DECODE_CUDA=grid`` / ``cluster`` launches the CUDA C++ layer instead
 (:mod:`infer_core.kernels.decode_layer_cuda`, bf16; ``INFER_DECODE_CLUSTER`` CTAs per cluster);
 a stack or device it cannot take keeps the Triton layer, with a warning that says why.
@@ -210,7 +214,7 @@ class PersistentDecode:
         # the interpreter (a spin barrier cannot open there), or large layers / INFER_DECODE_STAGES: each stage its
         # own launch
         staged = not h.is_cuda or self.stages
-        if self._tables and not staged:
+        if self._tables:  # (built on CUDA for one-launch layers only)
             layer = self._plan[0][1].layer
             for table in self._tables:
                 h, residual = decode_layers(h, residual, table, layer, md, positions, self.rotary.cos, self.rotary.sin,
