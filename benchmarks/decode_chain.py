@@ -191,10 +191,6 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # the barriers polled with acquire loads instead of atomics (poll_load)
                  "pollload": {"group_sync": 2, "balanced_elements": 16384, "poll_load": True},
                  "multi-pollload": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0, "poll_load": True},
-                 # no o_proj stage, no barrier 2: o_proj per (head, row slice) in the merge stage (o_heads)
-                 "oheads": {"group_sync": 2, "balanced_elements": 16384, "o_heads": True},
-                 "oheads-gs0": {"group_sync": 0, "balanced_elements": 16384, "o_heads": True},
-                 "multi-oheads": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0, "o_heads": True},
                  # key splits per KV head (the default: 16 for 8 KV heads on 132 SMs)
                  **{f"splits{n}": {"splits": n} for n in (2, 4, 8)},
                  **{f"ropeearly-splits{n}": {"rope_early": 2, "splits": n} for n in (4, 8)},

@@ -53,7 +53,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
                norm_once: bool | None = None, rope_early: int | None = None,
                splits: int | None = None, l2_ahead: int | None = None,
                group_sync: int | None = None, layers: int = 1, row_ahead: bool = True,
-               poll_load: bool = False, o_heads: bool = False) -> tuple[dict, dict]:
+               poll_load: bool = False) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -82,7 +82,6 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
         EPOCH=conf.epoch, LL=conf.ll, NORM_ONCE=conf.norm_once, ROPE_EARLY=conf.rope_early,
         L2_AHEAD=conf.l2_ahead, GROUP_SYNC=conf.group_sync, LAYERS=layers, ROW_AHEAD=row_ahead, POLL_LOAD=poll_load,
-        O_HEADS=o_heads, ROWS_OH=dl.o_rows(hidden, hq, d, conf.num_programs),
     )
     return values, conf.__dict__
 
@@ -107,8 +106,6 @@ def compile_sm90(fn, values: dict, kind_of, divisible, options: dict):
 def compile_kernel(values: dict, num_warps: int, maxnreg: int = 0):
     def kind_of(name: str) -> str:
         if values.get("LL") and name in FLOAT32 | {"qkv_ptr"}:
-            return "*i64"
-        if values.get("O_HEADS") and name == "o_ptr":  # (its fixed-point sums)
             return "*i64"
         return ("*bf16" if name in POINTERS else "*fp32" if name in FLOAT32 else "*i32" if name in INT32
                 else "*i64" if name in INT64_PTR else "fp32" if name in FLOATS else "i32")
@@ -173,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--programs-per-sm", type=int, default=4)
     parser.add_argument("--layers", type=int, default=1, help="layers per launch (a multi-layer launch's loop)")
     parser.add_argument("--poll-load", type=int, choices=(0, 1), default=0, help="barriers polled with acquire loads")
-    parser.add_argument("--o-heads", type=int, choices=(0, 1), default=0, help="o_proj per head in the merge stage")
     parser.add_argument("--row-ahead", type=int, choices=(0, 1), default=1,
                         help="multi-layer: the next layer's addresses requested during the layer before (1) or at its start")
     parser.add_argument("--num-sms", type=int, default=132)
@@ -199,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                               None if args.norm_once is None else bool(args.norm_once),
                               args.rope_early, args.splits, args.l2_ahead,
                               args.group_sync, args.layers, bool(args.row_ahead),
-                              bool(args.poll_load), bool(args.o_heads))
+                              bool(args.poll_load))
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
           f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "

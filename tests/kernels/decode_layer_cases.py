@@ -41,7 +41,6 @@ class LayerCase:
     balanced: bool = False  # the GEMM stages whose shares fit are balanced (choose_config)
     pairs: tuple[bool, bool, bool, bool] = dl.DecodeLayerConfig.pairs  # bf16 pair tiles per GEMM stage (bf16 only)
     ll: int = dl.DecodeLayerConfig.ll  # qkv and the attention partials as self-flagged words
-    o_heads: bool = dl.DecodeLayerConfig.o_heads  # o_proj per (head, row slice) in the merge stage, fixed-point sums
 
 
 @st.composite
@@ -94,7 +93,7 @@ def config_for(case: LayerCase, dtype: torch.dtype) -> dl.DecodeLayerConfig:
                            max_elements=case.max_elements, max_bk=case.max_bk, fewest_steps=case.fewest_steps,
                            num_warps=8, balanced_elements=4 * case.max_elements if case.balanced else 0)
     return replace(cfg, splits=case.splits, tile=case.tile, prefetch=case.prefetch, pipeline=case.pipeline,
-                   pairs=case.pairs, ll=case.ll, o_heads=case.o_heads)
+                   pairs=case.pairs, ll=case.ll)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -114,14 +113,8 @@ def check_decode_layer(device: str, dtype: torch.dtype, case: LayerCase, *, stag
         cfg = None
     ref_cache = cache.clone()
     ref_out, ref_res = dl.decode_layer_ref(x, res, weights, layer, ref_cache, md, positions, cos, sin)
-    o_heads = cfg.o_heads if cfg is not None else x.is_cuda and dl.default_o_heads()
-    if o_heads:  # the attention row and o_proj's output are neither written nor read (NaN would show)
-        ws.attn.fill_(float("nan"))
-        ws.o.fill_(float("nan"))
     out, new_res = dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg,
                                    stage_by_stage=stage_by_stage, stage_configs=stage_configs)
-    if o_heads:
-        assert ws.attn.isnan().all() and ws.o.isnan().all(), "o_heads wrote the attention row or o"
     tol = LAYER_TOL[dtype]
     assert relative_error(new_res, ref_res) <= tol, (relative_error(new_res, ref_res), case)
     assert relative_error(out, ref_out) <= tol, (relative_error(out, ref_out), case)
@@ -133,7 +126,6 @@ def check_decode_layer(device: str, dtype: torch.dtype, case: LayerCase, *, stag
     others[slot] = False
     assert torch.equal(flat[:, others], ref_flat[:, others]), case  # nothing else written
     assert ws.error.item() == 0, "a grid barrier timed out"
-    assert not ws.o_fixed.any(), "o_heads' sums were not set back to 0 for the next layer"
     check_counters(ws, 0 if stage_by_stage else 1)
 
 
@@ -160,19 +152,18 @@ def group_producer_counts(programs: int, hq: int, hkv: int, d: int) -> list[int]
 
 def check_counters(ws: dl.DecodeWorkspace, launches: int, between_layers: int = 0) -> None:
     """The barrier counters after ``launches`` one-launch layers on a fresh workspace, of the kind
-    the workspace recorded (``ws.kind``: epoch, ll, the group_sync that took effect, o_heads): with
+    the workspace recorded (``ws.kind``: epoch, ll, the group_sync that took effect): with
     ``epoch`` every barrier's counter holds ``launches`` times the programs and the epoch
     ``launches`` (never reset; with ``ll`` barriers 0 and 1 are not used; with ``group_sync``
     barrier 0 is not, and each KV group's first counter holds ``launches`` times its producers,
     :func:`group_producers`; with ``group_sync = 2`` barrier 1 is not either, and each group's
-    second counter holds ``launches`` times the key splits; with ``o_heads`` barrier 2 is not
-    used); else all zero (the exit counter
+    second counter holds ``launches`` times the key splits); else all zero (the exit counter
     resets them). ``launches`` counts layers (a multi-layer launch's each one epoch);
     ``between_layers``: the layers that ran in multi-layer launches (the barrier between layers
     counted each one's programs)."""
     counters = ws.counters.tolist()
     counters, groups = counters[:8], counters[8:]
-    epoch, ll, group_sync, o_heads = ws.kind or (False, False, 0, False)
+    epoch, ll, group_sync = ws.kind or (False, False, 0)
     if epoch and launches:
         programs = counters[4] // launches
         used = [0] * 2 if ll else [programs * launches] * 2  # barriers 0 and 1 (none with ll)
@@ -181,8 +172,8 @@ def check_counters(ws: dl.DecodeWorkspace, launches: int, between_layers: int = 
             used[0] = 0
         if group_sync >= 2:
             used[1] = 0
-        later = [0 if o_heads else programs * launches] + [programs * launches] * 2  # barriers 2-4
-        assert programs > 0 and counters == used + later + [programs * between_layers, launches, 0], counters
+        assert programs > 0 and counters == used + [programs * launches] * 3 + [programs * between_layers, launches, 0], \
+            counters
         producers = [launches * n for n in group_producers(ws, programs)] if group_sync else [0] * hkv
         merged = [launches * ws.splits] * hkv if group_sync >= 2 else [0] * hkv
         assert groups == producers + merged, (groups, producers + merged)

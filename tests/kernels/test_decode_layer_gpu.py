@@ -286,54 +286,13 @@ def test_group_sync_over_launches(level):
     outs = [dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg) for _ in range(3)]
     assert all(torch.equal(o[0], outs[0][0]) for o in outs)
     assert ws.error.item() == 0
-    assert ws.kind == (True, False, level, False)
+    assert ws.kind == (True, False, level)
     cases.check_counters(ws, 3)
     with pytest.raises(ValueError, match="workspace"):  # barrier 0's counter was not kept
         dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=replace(cfg, group_sync=0))
     with pytest.raises(ValueError, match="one program per qkv row"):
         dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws,
                         config=replace(cfg, num_programs=ws.qkv.numel() + 1))
-
-
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("context", [0, 63, 300, 4000])
-@pytest.mark.parametrize("per_sm", [1, 2])
-@pytest.mark.parametrize("level", [0, 2])
-def test_o_heads(shape, context, per_sm, level):
-    """``o_heads``: no o_proj stage and no barrier 2, the merge stage's programs each run o_proj for
-    one (head, row slice) into fixed-point sums. The launch's own configuration with it (and
-    group_sync 0 / 2), against the reference; the attention row and ``o`` untouched, the sums back
-    to zero, barrier 2's counter unused."""
-    case = replace(real_case(shape, context), o_heads=True)
-    cfg = replace(group_sync_config(case, per_sm, 2), group_sync=level, o_heads=True)
-    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
-
-
-def test_o_heads_over_launches_and_stage_by_stage():
-    """Three o_heads launches on one workspace give the same outputs (the sums start from zero
-    each time) as a launch without it within rounding, and stage by stage (five launches, each
-    its own program count) too."""
-    case = replace(real_case("qwen3-0.6b", 300), o_heads=True)
-    cfg = replace(group_sync_config(case, 2, 2), o_heads=True)
-    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cuda", torch.bfloat16)
-    ws, ws_plain = (dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads,
-                                       layer.head_dim, cfg.splits, torch.bfloat16, "cuda") for _ in range(2))
-    outs = [dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg) for _ in range(3)]
-    assert all(torch.equal(o[0], outs[0][0]) and torch.equal(o[1], outs[0][1]) for o in outs)
-    assert ws.error.item() == 0 and ws.kind == (True, False, 2, True) and not ws.o_fixed.any()
-    cases.check_counters(ws, 3)
-    plain = dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws_plain,
-                            config=replace(cfg, o_heads=False))
-    for a, b in zip(outs[0], plain, strict=True):
-        assert cases.relative_error(a, b) <= cases.LAYER_TOL[torch.bfloat16]
-    with pytest.raises(ValueError, match="workspace"):  # barrier 2's counter was not kept
-        dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=replace(cfg, o_heads=False))
-    per_sm = (4, 1, 1, 4, 4, 4)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    staged = [replace(dl.launch_config(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads,
-                                       layer.head_dim, sms, torch.bfloat16, n, stage_by_stage=True), o_heads=True)
-              for n in per_sm]
-    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=True, stage_configs=staged)
 
 
 def stack_inputs(shape: str, context: int, n: int, residual: bool):

@@ -382,7 +382,7 @@ def _stream(x_ptr, r_ptr, o_ptr, ks, mask, MODE: tl.constexpr, HAS_RESIDUAL: tl.
     if HAS_RESIDUAL:
         h = add_residual(h, tl.load(r_ptr + ks, mask=mask, other=0.0))
     if MODE == 2:
-        h = add_residual(_o_values(o_ptr, ks, mask, x_ptr.dtype.element_ty), h)
+        h = add_residual(tl.load(o_ptr + ks, mask=mask, other=0.0, cache_modifier=".cg"), h)
     return h
 
 
@@ -488,7 +488,7 @@ def _norm_pairs(x_ptr, r_ptr, o_ptr, h_out_ptr, nw_words, K: tl.constexpr, eps, 
         h_lo = add_residual(h_lo, r_lo.to(dtype))
         h_hi = add_residual(h_hi, r_hi.to(dtype))
     if MODE == 2:
-        o_lo, o_hi = _o_pairs(o_ptr, pairs, mask, dtype)
+        o_lo, o_hi = _load_pairs(o_ptr, pairs, mask, True)
         h_lo = add_residual(o_lo.to(dtype), h_lo)
         h_hi = add_residual(o_hi.to(dtype), h_hi)
     if store:
@@ -540,7 +540,7 @@ def _gemm_x(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.con
                 r_lo, r_hi = _load_pairs(r_ptr, pairs, mask, False)
             o_lo, o_hi = x_lo, x_hi
             if MODE == 2:
-                o_lo, o_hi = _o_pairs(o_ptr, pairs, mask, dtype)
+                o_lo, o_hi = _load_pairs(o_ptr, pairs, mask, True)
             w_lo, w_hi = _load_pairs(nw_ptr, pairs, mask, False)
             return (_normed_half(x_lo, r_lo, o_lo, w_lo, rstd, dtype, MODE, HAS_RESIDUAL),
                     _normed_half(x_hi, r_hi, o_hi, w_hi, rstd, dtype, MODE, HAS_RESIDUAL))
@@ -986,10 +986,10 @@ def _partial_words(max_ptrs, sum_ptrs, acc_ptrs, flag, VOLATILE: tl.constexpr):
 
 
 @triton.jit
-def _merged_head(head, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, flag, LL: tl.constexpr, error_ptr):
-    """attention_reduce's merge of one query head's split partials, float32 ``[HEAD_DIM]`` (``LL``:
-    the partials' loads repeat until every word carries ``flag``)."""
+def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid,
+                TIMELINE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, flag, LL: tl.constexpr, error_ptr):
+    """attention_reduce's merge for one query head, into the attention output row (``LL``: the
+    partials' loads repeat until every word carries ``flag``)."""
     splits = tl.arange(0, SPLITS)
     dd = tl.arange(0, HEAD_DIM)
     base = head * SPLITS
@@ -1018,86 +1018,8 @@ def _merged_head(head, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, p
             sums = _ll_value(_settle(sums, part_sum_ptr + base + splits, every, flag, 3, error_ptr))
             acc = _ll_value(_settle(acc, acc_ptrs, every[:, None] & (dd[None, :] >= 0), flag, 3, error_ptr))
     _stamp_after(timeline_ptr, pid, 23, tl.max(tl.max(acc, 1), 0) + tl.max(m + sums, 0), TIMELINE)
-    return merge_splits(m, sums, acc)
-
-
-@triton.jit
-def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid,
-                TIMELINE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, flag, LL: tl.constexpr, error_ptr):
-    """attention_reduce's merge for one query head, into the attention output row (``LL``: the
-    partials' loads repeat until every word carries ``flag``)."""
-    out = _merged_head(head, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE, HEAD_DIM, SPLITS,
-                       flag, LL, error_ptr)
-    tl.store(attn_ptr + head * HEAD_DIM + tl.arange(0, HEAD_DIM), out.to(attn_ptr.dtype.element_ty))
-
-
-# o_heads: o_proj's per-head products summed as 64-bit fixed point (exact, so in any order the same)
-FIXED_SCALE = tl.constexpr(4294967296.0)  # 2 ** 32: the resolution 2 ** -32
-FIXED_LIMIT = tl.constexpr(16777216.0)  # 2 ** 24: the largest magnitude of one head's product (128 heads fit)
-
-
-@triton.jit
-def _o_head_item(item, w_o_ptr, o_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, counters_ptr, error_ptr, timeline_ptr,
-                 pid, epoch, flag, dtype: tl.constexpr, HIDDEN: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, ROWS: tl.constexpr, GS2: tl.constexpr,
-                 LL: tl.constexpr, TIMELINE: tl.constexpr, POLL_SLEEP: tl.constexpr, POLL_LOAD: tl.constexpr):
-    """``o_heads``: item ``item`` = (query head ``item % HQ``, row slice ``item // HQ``) of o_proj. Its
-    weight tile (rows ``[slice * ROWS, +ROWS)``, the head's ``HEAD_DIM`` columns) is requested
-    first; then (``GS2``) the wait for the head's KV group's splits, the head's merge
-    (:func:`_merged_head`, rounded to ``dtype`` as the merge stage stores it), the tile's
-    product, and its rows added into ``o_ptr`` (int64, 2 ** -32 units: integer sums are exact,
-    so the heads' order does not change a bit). A product beyond ``FIXED_LIMIT`` (or not finite)
-    is clamped and raises the error flag (4)."""
-    head = item % HQ
-    rows = (item // HQ) * ROWS + tl.arange(0, ROWS)
-    dd = tl.arange(0, HEAD_DIM)
-    row_ok = rows < HIDDEN
-    w = tl.load(w_o_ptr + rows.to(tl.int64)[:, None] * (HQ * HEAD_DIM) + head * HEAD_DIM + dd[None, :],
-                mask=row_ok[:, None], other=0.0, eviction_policy="evict_first")
-    if GS2:  # the head's KV group's splits all stored their partials
-        _wait(counters_ptr, GROUP_SLOT + HKV + head // (HQ // HKV), (epoch + 1) * SPLITS - 1,
-              (epoch + 1) * SPLITS, error_ptr, POLL_SLEEP, POLL_LOAD)
-    attn = _merged_head(head, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE, HEAD_DIM, SPLITS,
-                        flag, LL, error_ptr).to(dtype).to(tl.float32)
-    y = tl.sum(w.to(tl.float32) * attn[None, :], axis=1)
-    ok = tl.abs(y) <= FIXED_LIMIT
-    if tl.max((row_ok & (ok == 0)).to(tl.int32), axis=0) > 0:
-        tl.atomic_xchg(error_ptr, 4, sem="relaxed", scope="gpu")
-    y = tl.where(ok, y, tl.where(y < 0, -FIXED_LIMIT, FIXED_LIMIT))
-    tl.atomic_add(o_ptr + rows, (y * FIXED_SCALE).to(tl.int64), mask=row_ok, sem="relaxed", scope="gpu")
-
-
-@triton.jit
-def _fixed_values(o_ptr, idx, mask, dtype: tl.constexpr):
-    """``o_heads``' sums at ``idx`` as float32 holding values of ``dtype`` (as o_proj stores them)."""
-    fixed = tl.load(o_ptr + idx, mask=mask, other=0, cache_modifier=".cg")
-    return (fixed.to(tl.float32) * (1.0 / FIXED_SCALE)).to(dtype).to(tl.float32)
-
-
-@triton.jit
-def _o_pairs(o_ptr, pairs, mask, dtype: tl.constexpr):
-    """The attention block's output ``o`` at words ``pairs`` (two elements each) of the pair
-    layout, even and odd elements as float32 (written in this launch: ``.cg``): bf16 words, or
-    ``o_heads``' int64 sums (:func:`_fixed_values`)."""
-    if o_ptr.dtype.element_ty == tl.int64:
-        return _fixed_values(o_ptr, 2 * pairs, mask, dtype), _fixed_values(o_ptr, 2 * pairs + 1, mask, dtype)
-    return _load_pairs(o_ptr, pairs, mask, True)
-
-
-@triton.jit
-def _o_values(o_ptr, ks, mask, dtype: tl.constexpr):
-    """:func:`_o_pairs` for a flat tile ``ks``, in ``dtype``."""
-    if o_ptr.dtype.element_ty == tl.int64:
-        return _fixed_values(o_ptr, ks, mask, dtype).to(dtype)
-    return tl.load(o_ptr + ks, mask=mask, other=0.0, cache_modifier=".cg")
-
-
-@triton.jit
-def _zero_fixed(o_ptr, HIDDEN: tl.constexpr):
-    """``o_heads``: the sums back to 0 for the next layer (after every reader passed them)."""
-    for c in tl.static_range(0, HIDDEN, 256):
-        idx = c + tl.arange(0, 256)
-        tl.store(o_ptr + idx, tl.zeros([256], dtype=tl.int64), mask=idx < HIDDEN)
+    out = merge_splits(m, sums, acc)
+    tl.store(attn_ptr + head * HEAD_DIM + dd, out.to(attn_ptr.dtype.element_ty))
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -1123,7 +1045,6 @@ def _decode_layer_kernel(
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
     NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr, GROUP_SYNC: tl.constexpr,
     LAYERS: tl.constexpr = 1, ROW_AHEAD: tl.constexpr = True, POLL_LOAD: tl.constexpr = False,
-    O_HEADS: tl.constexpr = False, ROWS_OH: tl.constexpr = 1,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -1142,9 +1063,6 @@ def _decode_layer_kernel(
     # (and with 2, no barrier 1: each merge waits for its KV group's attention items only)
     GS: tl.constexpr = GROUP_SYNC > 0 and ALL and LAST >= 2 and EPOCH and not LL and BAL_QKV
     GS2: tl.constexpr = GS and GROUP_SYNC >= 2 and LAST >= 3
-    # o_heads (o_ptr int64): the merge stage runs o_proj per (query head, row slice), its products summed in
-    # o_ptr as fixed point (_o_head_item); no barrier 2, no o_proj stage; the down stage zeroes the sums
-    OH: tl.constexpr = O_HEADS and ((ALL and LAST >= 6) or STAGE == 3 or STAGE == 6)
     _stamp(timeline_ptr, pid, 0, TIMELINE)
     # LAYERS > 1 (one launch, epoch, every stage): consecutive layers in one launch, a grid barrier
     # (counter NUM_BARRIERS) between them instead of a launch boundary; layer l's tensors come from
@@ -1187,7 +1105,7 @@ def _decode_layer_kernel(
             w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, SUB_QKV)
             if QKV_ONCE:
                 nw = _norm_words(ln1_ptr, HIDDEN, BK_QKV, SUB_QKV)
-        if PREFETCH and STAGE == 4 and not O_HEADS:
+        if PREFETCH and STAGE == 4:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
         if PREFETCH and STAGE == 5:
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
@@ -1214,8 +1132,6 @@ def _decode_layer_kernel(
             target = (epoch + 1) * num_programs
         elif ALL and LAST >= 2:
             target, epoch = _target(counters_ptr, num_programs, EPOCH)
-        else:
-            epoch = 0  # (stage by stage: no barriers)
         # ll: qkv and the attention partials go out as self-flagged words (this launch's flag: the
         # epoch + 1, never 0, never the last launch's), read without barriers 0 and 1
         if LL and ALL and LAST >= 2:
@@ -1290,13 +1206,7 @@ def _decode_layer_kernel(
         if ALL and LAST >= 3 and not LL and not GS2:
             _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP, POLL_LOAD)
         _stamp(timeline_ptr, pid, 5, TIMELINE)
-        if OH and ((ALL and LAST >= 3) or STAGE == 3):  # split-KV merge and o_proj per (head, row slice)
-            for item in range(pid, HQ * tl.cdiv(HIDDEN, ROWS_OH), num_programs):
-                _o_head_item(item, w_o_ptr, o_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, counters_ptr, error_ptr,
-                             timeline_ptr, pid, epoch, flag, DT, HIDDEN, HQ, HKV, HEAD_DIM, SPLITS, ROWS_OH, GS2, LL,
-                             TIMELINE, POLL_SLEEP, POLL_LOAD)
-                _stamp(timeline_ptr, pid, 20, TIMELINE)
-        elif (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
+        if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
             for head in range(pid, HQ, num_programs):
                 if GS2:  # the head's KV group's splits all stored their partials
                     _wait(counters_ptr, GROUP_SLOT + HKV + head // (HQ // HKV), (epoch + 1) * SPLITS - 1,
@@ -1304,17 +1214,17 @@ def _decode_layer_kernel(
                 _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
                             HEAD_DIM, SPLITS, flag, LL, error_ptr)
                 _stamp(timeline_ptr, pid, 20, TIMELINE)
-        if ARRIVE_FIRST and ALL and LAST >= 4 and not OH:
+        if ARRIVE_FIRST and ALL and LAST >= 4:
             seen = _arrive(counters_ptr, 2)
-        if PREFETCH and ALL and LAST >= 4 and not OH:
+        if PREFETCH and ALL and LAST >= 4:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
         _stamp(timeline_ptr, pid, 6, TIMELINE)
-        if ALL and LAST >= 4 and not OH:
+        if ALL and LAST >= 4:
             if not ARRIVE_FIRST:
                 seen = _arrive(counters_ptr, 2)
             _wait(counters_ptr, 2, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
         _stamp(timeline_ptr, pid, 7, TIMELINE)
-        if ((ALL and LAST >= 4) or STAGE == 4) and not O_HEADS:  # o = attn @ w_o.T
+        if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
             if not PREFETCH:
                 w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
             _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
@@ -1358,9 +1268,6 @@ def _decode_layer_kernel(
             _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
                         0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT, 0.0, 0.0,
                         False)
-            if OH:  # noqa: SIM102 (a constexpr branch around a runtime one)
-                if pid == num_programs - 1:  # (every program read the sums before barrier 4 / this launch)
-                    _zero_fixed(o_ptr, HIDDEN)
         _stamp(timeline_ptr, pid, 12, TIMELINE)
         if MULTI:
             if (pid == 0) & (layer == LAYERS - 1):  # (every program read the epoch before its first layer)
@@ -1493,14 +1400,7 @@ class DecodeLayerConfig:
     loop), or at the layer's start (``False``: nothing carried, a dependent L2 round trip before
     the qkv tiles are requested; the same speed: chain 22.0 against 22.1 µs per layer).
     ``poll_load``: the barriers poll with acquire loads instead of atomics (:func:`_wait`; off:
-    slower, 20.3 against 19.6 µs per layer; benchmarks/reports/multi-layer-launch-2026-12-04-h200).
-    ``o_heads``: no o_proj stage and no barrier 2; the merge stage's programs each take one
-    (query head, row slice) of o_proj (:func:`o_rows`), merge that head's split partials
-    themselves (with ``group_sync = 2`` after waiting for its KV group's splits only) and add the
-    slice's products into 64-bit fixed-point sums (2 ** -32 units: integer additions are exact,
-    so the result does not depend on the heads' order), which gate/up reads and rounds as o_proj
-    rounds ``o``; the down stage sets them back to 0. A head's product beyond 2 ** 24 in
-    magnitude (or not finite) is clamped and raises the error flag."""
+    slower, 20.3 against 19.6 µs per layer; benchmarks/reports/multi-layer-launch-2026-12-04-h200)."""
 
     num_programs: int
     splits: int
@@ -1525,7 +1425,6 @@ class DecodeLayerConfig:
     group_sync: int = 0
     row_ahead: bool = True
     poll_load: bool = False
-    o_heads: bool = False
 
 
 def _pow2_floor(n: int) -> int:
@@ -1689,23 +1588,7 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
                    norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early(),
                    l2_ahead=default_l2_ahead(), group_sync=group_sync,
                    row_ahead=bool(_env_int("INFER_DECODE_ROW_AHEAD", int(DecodeLayerConfig.row_ahead))),
-                   poll_load=bool(_env_int("INFER_DECODE_POLL_LOAD", int(DecodeLayerConfig.poll_load))),
-                   o_heads=default_o_heads())
-
-
-def default_o_heads() -> bool:
-    """``o_heads`` of the configuration a launch picks for itself: the config's default, or
-    ``INFER_DECODE_O_HEADS`` (0 / 1) from the environment (A/B measurements)."""
-    return bool(_env_int("INFER_DECODE_O_HEADS", int(DecodeLayerConfig.o_heads)))
-
-
-def o_rows(hidden: int, num_heads: int, head_dim: int, num_programs: int, max_elements: int = 16384) -> int:
-    """``o_heads``: the rows of o_proj's weight one (head, row slice) item takes: a power of two
-    so that the heads x slices about match the programs, at most ``max_elements`` weights per item
-    (items beyond the programs run one after another)."""
-    slices = max(num_programs // num_heads, 1)
-    rows = triton.next_power_of_2(-(-hidden // slices))
-    return max(min(rows, _pow2_floor(max_elements // head_dim)), 1)
+                   poll_load=bool(_env_int("INFER_DECODE_POLL_LOAD", int(DecodeLayerConfig.poll_load))))
 
 
 def default_kv_early() -> int:
@@ -1808,7 +1691,6 @@ class DecodeWorkspace:
         self.part_sum_ll = torch.zeros(self.part_sum.numel(), dtype=torch.int64, device=device)
         self.attn = empty(num_heads * head_dim)
         self.o = empty(hidden)
-        self.o_fixed = torch.zeros(hidden, dtype=torch.int64, device=device)  # o_heads' sums (zero between layers)
         self.act = empty(intermediate)
         # a multi-layer launch's (LayerTable): the residual stream between its layers, two rows each,
         # and the first layer's residual when the stack has none yet
@@ -1818,8 +1700,7 @@ class DecodeWorkspace:
         # the barriers' (and the epoch's) counters, then two per KV group (group_sync)
         self.counters = torch.zeros(8 + 2 * num_kv_heads, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
-        # the launches' (epoch, ll, group_sync, o_heads), once one ran
-        self.kind: tuple[bool, bool, int, bool] | None = None
+        self.kind: tuple[bool, bool, int] | None = None  # the launches' (epoch, ll, group_sync), once one ran
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
         # a launch's shape -> the configuration decode_layer chose for it (config=None); (shape, "stages") -> the
@@ -1936,7 +1817,7 @@ def decode_layer(
             layer.scale * LOG2E,
             *((ws.qkv_ll, ws.part_acc_ll, ws.part_max_ll, ws.part_sum_ll) if cfg.ll else
               (ws.qkv, ws.part_acc, ws.part_max, ws.part_sum)),
-            ws.attn, ws.o_fixed if cfg.o_heads else ws.o, ws.act, ws.counters, ws.error,
+            ws.attn, ws.o, ws.act, ws.counters, ws.error,
             timeline if timeline is not None else ws.counters, cfg.num_programs,
             table.rows if table is not None else ws.counters, ws.xs, ws.rs,
         )
@@ -1956,7 +1837,6 @@ def decode_layer(
             NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early, L2_AHEAD=cfg.l2_ahead,
             GROUP_SYNC=cfg.group_sync, LAYERS=n_layers, ROW_AHEAD=cfg.row_ahead,
             POLL_LOAD=cfg.poll_load and x.is_cuda,
-            O_HEADS=cfg.o_heads, ROWS_OH=o_rows(hidden, hq, d, cfg.num_programs),
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -1993,26 +1873,19 @@ def decode_layer(
                          "(the launch's layers when more than one x its programs x the stamps)")
     if n_layers > 1 and (not cfg.epoch or cfg.ll or cfg.last_stage != 6):
         raise ValueError("a multi-layer launch (decode_layers) needs DecodeLayerConfig(epoch=True, ll=0, last_stage=6)")
-    if any(c.o_heads != cfg.o_heads for c in stage_configs or ()):
-        raise ValueError("stage_configs: o_heads must be the same in every stage (it drops the o_proj stage)")
-    if cfg.o_heads and cfg.last_stage != 6:
-        raise ValueError("DecodeLayerConfig(o_heads=True) needs last_stage=6 (the down stage zeroes its sums)")
     if cfg.ll and not cfg.epoch:
         raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
     if cfg.group_sync and cfg.num_programs > (hq + 2 * hkv) * d:
         raise ValueError(f"DecodeLayerConfig(group_sync=True) needs at most one program per qkv row "
                          f"({(hq + 2 * hkv) * d}), got {cfg.num_programs} programs")
     if not stage_by_stage:  # the counters' meaning differs: one workspace, one kind of launch
-        kind = (cfg.epoch, bool(cfg.ll), cfg.group_sync if cfg.epoch and not cfg.ll and cfg.balanced[0] else 0,
-                cfg.o_heads)
+        kind = (cfg.epoch, bool(cfg.ll), cfg.group_sync if cfg.epoch and not cfg.ll and cfg.balanced[0] else 0)
         if ws.kind is None:
             ws.kind = kind
         elif ws.kind != kind:
-            raise ValueError(f"this decode workspace's launches ran with (epoch, ll, group_sync, o_heads)={ws.kind}: a launch "
+            raise ValueError(f"this decode workspace's launches ran with (epoch, ll, group_sync)={ws.kind}: a launch "
                              f"with {kind} would misread its barrier counters (use another workspace)")
     for stage in (range(1, 7) if stage_by_stage else (-1,)):
-        if stage == 4 and cfg.o_heads:  # (the merge stage ran o_proj)
-            continue
         stage_cfg = stage_configs[stage - 1] if stage_configs is not None else cfg
         args, kwargs = launch_args(stage_cfg, stage)
         if stage < 0 and x.is_cuda:

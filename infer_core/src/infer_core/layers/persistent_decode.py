@@ -42,7 +42,6 @@ from infer_core.kernels.decode_layer import (
     decode_layer,
     decode_layers,
     default_layers_per_launch,
-    default_o_heads,
     layer_bytes,
     layer_table,
     stage_programs_per_sm,
@@ -125,15 +124,13 @@ class PersistentDecode:
         layers), or ``None`` before :meth:`prepare`."""
         if self._plan is None:
             return None
-        if not self._on_cuda:  # (the interpreter runs stage by stage, six launches)
+        if self.stages or not self._on_cuda:  # (the interpreter runs stage by stage)
             return 6 * len(self._plan)
-        if self.stages:  # (o_heads: no o_proj launch)
-            return (5 if default_o_heads() else 6) * len(self._plan)
         return len(self._tables) or len(self._plan)
 
     @property
-    def launch_kind(self) -> tuple[bool, bool, int, bool] | None:
-        """The Triton layer launches' ``(epoch, ll, group_sync, o_heads)`` as they took effect (a
+    def launch_kind(self) -> tuple[bool, bool, int] | None:
+        """The Triton layer launches' ``(epoch, ll, group_sync)`` as they took effect (a
         :class:`DecodeWorkspace`'s kind), or ``None`` before the first one ran."""
         return None if self._workspace is None else self._workspace.kind
 
