@@ -191,8 +191,6 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # the barriers polled with acquire loads instead of atomics (poll_load)
                  "pollload": {"group_sync": 2, "balanced_elements": 16384, "poll_load": True},
                  "multi-pollload": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0, "poll_load": True},
-                 # each layer's launch waits for the one before through its done counter, not the PDL grid wait
-                 "chain": {"group_sync": 2, "balanced_elements": 16384, "chain": True},
                  # key splits per KV head (the default: 16 for 8 KV heads on 132 SMs)
                  **{f"splits{n}": {"splits": n} for n in (2, 4, 8)},
                  **{f"ropeearly-splits{n}": {"rope_early": 2, "splits": n} for n in (4, 8)},
@@ -300,8 +298,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
                                                     num_sms(torch.device("cuda")), max_elements=max_elements,
                                                     fewest_steps=fewest_steps, programs_per_sm=n,
                                                     balanced_elements=balanced) for n in staged)]
-    ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda",
-                            layers=len(layers))
+    ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     reported = []
     tables = [dl.layer_table([(layer.weights, layer.cache) for layer in layers[i:i + per_launch]])
@@ -316,7 +313,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
                                      timeline=timelines[i] if timelines else None, stage_by_stage=bool(staged),
-                                     stage_configs=stage_configs, layer_index=i)
+                                     stage_configs=stage_configs)
         if head is not None:
             head(x, res)
         if not reported and ws.resident:  # once: what the compiled launch needs (programs that fit, regs, smem)

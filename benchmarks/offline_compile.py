@@ -41,7 +41,7 @@ POINTERS = {"x_ptr", "res_ptr", "out_ptr", "res_out_ptr", "w_qkv_ptr", "w_o_ptr"
             "ln1_ptr", "ln2_ptr", "qn_ptr", "kn_ptr", "cos_ptr", "sin_ptr", "cache_ptr", "qkv_ptr", "attn_ptr",
             "o_ptr", "act_ptr", "xs_ptr", "rs_ptr"}
 FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}  # (int64 words with ll)
-INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr", "done_ptr"}
+INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr"}
 INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr", "layers_ptr"}
 FLOATS = {"eps", "qk_scale"}
 
@@ -53,7 +53,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
                norm_once: bool | None = None, rope_early: int | None = None,
                splits: int | None = None, l2_ahead: int | None = None,
                group_sync: int | None = None, layers: int = 1, row_ahead: bool = True,
-               poll_load: bool = False, chain: int = 0) -> tuple[dict, dict]:
+               poll_load: bool = False) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
@@ -82,7 +82,6 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
         EPOCH=conf.epoch, LL=conf.ll, NORM_ONCE=conf.norm_once, ROPE_EARLY=conf.rope_early,
         L2_AHEAD=conf.l2_ahead, GROUP_SYNC=conf.group_sync, LAYERS=layers, ROW_AHEAD=row_ahead, POLL_LOAD=poll_load,
-        CHAIN=chain,
     )
     return values, conf.__dict__
 
@@ -171,8 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--programs-per-sm", type=int, default=4)
     parser.add_argument("--layers", type=int, default=1, help="layers per launch (a multi-layer launch's loop)")
     parser.add_argument("--poll-load", type=int, choices=(0, 1), default=0, help="barriers polled with acquire loads")
-    parser.add_argument("--chain", type=int, choices=(0, 1, 2), default=0,
-                        help="a chained layer: the stack's first (1) or a later one (2, waits on the one before)")
     parser.add_argument("--row-ahead", type=int, choices=(0, 1), default=1,
                         help="multi-layer: the next layer's addresses requested during the layer before (1) or at its start")
     parser.add_argument("--num-sms", type=int, default=132)
@@ -198,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                               None if args.norm_once is None else bool(args.norm_once),
                               args.rope_early, args.splits, args.l2_ahead,
                               args.group_sync, args.layers, bool(args.row_ahead),
-                              bool(args.poll_load), args.chain)
+                              bool(args.poll_load))
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
           f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "

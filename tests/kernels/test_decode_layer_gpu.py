@@ -295,52 +295,6 @@ def test_group_sync_over_launches(level):
                         config=replace(cfg, num_programs=ws.qkv.numel() + 1))
 
 
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("context", [0, 300, 2000])
-def test_chained_layers_equal_pdl_waits(shape, context):
-    """``chain``: each layer's launch waits for the layer before through its done counter (layer
-    0 keeps the PDL wait). Six layers of their own weights, eagerly and as a CUDA graph replayed
-    five times: exactly the outputs and caches of the same launches with PDL waits; every done
-    counter at the launches' programs, the error flag clear."""
-    n = 6
-    case, stack, layer, md, cos, sin, positions, x, res = stack_inputs(shape, context, n, True)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    cfg = dl.launch_config(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim, sms,
-                           torch.bfloat16, 2)
-    ws_plain, ws_chain = (dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads,
-                                             layer.head_dim, cfg.splits, torch.bfloat16, "cuda", layers=n)
-                          for _ in range(2))
-    caches_plain = [c.clone() for _, c in stack]
-
-    def step(ws, caches, chain: bool):
-        h, r = x, res
-        for i, ((w, _), cache) in enumerate(zip(stack, caches, strict=True)):
-            h, r = dl.decode_layer(h, r, w, layer, cache, md, positions, cos, sin, ws, config=replace(cfg, chain=chain),
-                                   layer_index=i)
-        return h, r
-
-    plain = step(ws_plain, caches_plain, False)
-    chained = step(ws_chain, [c for _, c in stack], True)
-    assert torch.equal(chained[0], plain[0]) and torch.equal(chained[1], plain[1])
-    assert all(torch.equal(c, c1) for (_, c), c1 in zip(stack, caches_plain, strict=True))
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step(ws_chain, [c for _, c in stack], True)  # warm-up off the default stream, as the runner captures
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = step(ws_chain, [c for _, c in stack], True)
-    for _ in range(5):
-        graph.replay()
-        torch.cuda.synchronize()
-        assert torch.equal(captured[0], plain[0]) and torch.equal(captured[1], plain[1])
-    assert ws_chain.error.item() == 0 and ws_plain.error.item() == 0
-    assert ws_chain.done.tolist() == [7 * cfg.num_programs] * n  # eager, warm-up, 5 replays
-    assert not ws_plain.done.any()
-    cases.check_counters(ws_chain, 7 * n)
-
-
 def stack_inputs(shape: str, context: int, n: int, residual: bool):
     """``n`` layers of one shape (weights and caches of their own seeds) over one step's inputs."""
     case = real_case(shape, context, residual=residual)

@@ -154,38 +154,6 @@ def test_multi_layer_launch_refusals(monkeypatch):
         dl.default_layers_per_launch()
 
 
-def test_chain_is_cuda_one_launch_only_and_checks_the_layer_index(monkeypatch):
-    """``chain`` (``INFER_DECODE_CHAIN``, in the configuration a launch picks for itself; never
-    stage by stage): under the interpreter (stage by stage) a chained configuration computes the
-    reference's layer and leaves the done counters alone; a layer index outside the workspace's
-    stack is refused before any launch."""
-    monkeypatch.delenv("INFER_DECODE_CHAIN", raising=False)
-    assert not dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).chain
-    monkeypatch.setenv("INFER_DECODE_CHAIN", "1")
-    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).chain
-    assert not dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2, stage_by_stage=True).chain
-    monkeypatch.setenv("INFER_DECODE_EPOCH", "0")
-    assert not dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).chain
-    case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)
-    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cpu", torch.float32)
-    cfg = replace(cases.config_for(case, torch.float32), chain=True)
-    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
-                            cfg.splits, torch.float32, "cpu", layers=3)
-    assert ws.done.shape == (3,)
-    ref_out, ref_res = dl.decode_layer_ref(x, res, weights, layer, cache.clone(), md, positions, cos, sin)
-    out, new_res = dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg,
-                                   stage_by_stage=True, layer_index=2)
-    assert cases.relative_error(out, ref_out) <= cases.LAYER_TOL[torch.float32]
-    assert cases.relative_error(new_res, ref_res) <= cases.LAYER_TOL[torch.float32]
-    assert not ws.done.any()
-    before = cache.clone()
-    for index in (3, -1):
-        with pytest.raises(ValueError, match="not a layer of this workspace's stack"):
-            dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg,
-                            stage_by_stage=True, layer_index=index)
-    assert torch.equal(cache, before)
-
-
 def test_self_flagged_words_need_the_epoch():
     """``ll`` without ``epoch`` (the words' flag is the launch's epoch): a clear error, no launch."""
     case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)

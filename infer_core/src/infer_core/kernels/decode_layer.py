@@ -1025,14 +1025,14 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeli
 # ----------------------------------------------------------------------------- the layer
 
 
-@triton.jit(do_not_specialize=["layer_index"])
+@triton.jit
 def _decode_layer_kernel(
     x_ptr, res_ptr, out_ptr, res_out_ptr,
     w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr, eps,
     cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
     qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
-    counters_ptr, error_ptr, timeline_ptr, num_programs, layers_ptr, xs_ptr, rs_ptr, done_ptr, layer_index,
+    counters_ptr, error_ptr, timeline_ptr, num_programs, layers_ptr, xs_ptr, rs_ptr,
     HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
     SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
@@ -1045,7 +1045,6 @@ def _decode_layer_kernel(
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
     NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr, GROUP_SYNC: tl.constexpr,
     LAYERS: tl.constexpr = 1, ROW_AHEAD: tl.constexpr = True, POLL_LOAD: tl.constexpr = False,
-    CHAIN: tl.constexpr = 0,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -1126,12 +1125,6 @@ def _decode_layer_kernel(
         if MULTI:  # (the launch's PDL wait came before its first layer's row)
             if layer > 0:  # the layer before is done (every program arrived after its down stage)
                 _wait(counters_ptr, NUM_BARRIERS, seen_l, base_l + layer * num_programs, error_ptr, POLL_SLEEP, POLL_LOAD)
-        elif CHAIN == 2:  # the layer before (its launch) is done: every program arrived at its done counter
-            if PDL:
-                tl.extra.cuda.gdc_launch_dependents()
-            done_base = tl.load(done_ptr + layer_index, cache_modifier=".cg")  # (this layer's launches so far)
-            _wait(done_ptr, layer_index - 1, done_base + num_programs - 1, done_base + num_programs, error_ptr,
-                  POLL_SLEEP, POLL_LOAD)
         elif PDL:
             wait_for_prior()
         if MULTI:  # (each layer of the launch one epoch: every counter counts as if each were a launch)
@@ -1285,9 +1278,6 @@ def _decode_layer_kernel(
         elif ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
             if pid == 0:  # (every program read the epoch before it arrived at barrier 2, passed here)
                 tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
-        if CHAIN > 0:  # this program is done with the layer (its stores released): the next layer's launch may go
-            tl.debug_barrier()
-            tl.atomic_add(done_ptr + layer_index, 1, sem="release", scope="gpu")
         if ALL and not EPOCH:
             _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
         _stamp(timeline_ptr, pid, 13, TIMELINE)
@@ -1410,13 +1400,7 @@ class DecodeLayerConfig:
     loop), or at the layer's start (``False``: nothing carried, a dependent L2 round trip before
     the qkv tiles are requested; the same speed: chain 22.0 against 22.1 µs per layer).
     ``poll_load``: the barriers poll with acquire loads instead of atomics (:func:`_wait`; off:
-    slower, 20.3 against 19.6 µs per layer; benchmarks/reports/multi-layer-launch-2026-12-04-h200).
-    ``chain`` (one launch per layer on CUDA, with ``epoch``; the launch must say which layer of the
-    stack it runs, :func:`decode_layer`'s ``layer_index``): each program arrives at its layer's
-    done counter (a release add after its last store) and layer ``i`` > 0 waits for layer
-    ``i - 1``'s count to pass its own (acquire polls) instead of the PDL grid wait (which returns
-    only once the whole grid before has exited and its memory is flushed); layer 0 keeps the
-    PDL wait (the kernels before it are not layers)."""
+    slower, 20.3 against 19.6 µs per layer; benchmarks/reports/multi-layer-launch-2026-12-04-h200)."""
 
     num_programs: int
     splits: int
@@ -1441,7 +1425,6 @@ class DecodeLayerConfig:
     group_sync: int = 0
     row_ahead: bool = True
     poll_load: bool = False
-    chain: bool = False
 
 
 def _pow2_floor(n: int) -> int:
@@ -1605,14 +1588,7 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
                    norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early(),
                    l2_ahead=default_l2_ahead(), group_sync=group_sync,
                    row_ahead=bool(_env_int("INFER_DECODE_ROW_AHEAD", int(DecodeLayerConfig.row_ahead))),
-                   poll_load=bool(_env_int("INFER_DECODE_POLL_LOAD", int(DecodeLayerConfig.poll_load))),
-                   chain=default_chain() and epoch and not stage_by_stage)
-
-
-def default_chain() -> bool:
-    """``chain`` of the configuration a launch picks for itself: the config's default, or
-    ``INFER_DECODE_CHAIN`` (0 / 1) from the environment (A/B measurements)."""
-    return bool(_env_int("INFER_DECODE_CHAIN", int(DecodeLayerConfig.chain)))
+                   poll_load=bool(_env_int("INFER_DECODE_POLL_LOAD", int(DecodeLayerConfig.poll_load))))
 
 
 def default_kv_early() -> int:
@@ -1693,11 +1669,10 @@ class DecodeWorkspace:
     barrier counters (with ``epoch`` never reset, else zero between launches) and the error flag
     (set if a barrier timed out). Every launch on one workspace must agree on ``epoch``,
     ``ll`` and ``group_sync`` (their counters mean different things).
-    ``splits`` must be the launches' (:func:`splits_for` the device's SMs by default); ``layers``:
-    the stack's layers (``DecodeLayerConfig.chain`` counts each one's launches)."""
+    ``splits`` must be the launches' (:func:`splits_for` the device's SMs by default)."""
 
     def __init__(self, hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
-                 splits: int | None, dtype: torch.dtype, device: torch.device | str, layers: int = 1) -> None:
+                 splits: int | None, dtype: torch.dtype, device: torch.device | str) -> None:
         if splits is None:
             splits = splits_for(num_kv_heads, num_sms(torch.device(device)))
 
@@ -1725,8 +1700,6 @@ class DecodeWorkspace:
         # the barriers' (and the epoch's) counters, then two per KV group (group_sync)
         self.counters = torch.zeros(8 + 2 * num_kv_heads, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
-        # DecodeLayerConfig.chain: per layer of the stack, its launches' programs done (never reset)
-        self.done = torch.zeros(max(layers, 1), dtype=torch.int32, device=device)
         self.kind: tuple[bool, bool, int] | None = None  # the launches' (epoch, ll, group_sync), once one ran
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
@@ -1799,7 +1772,6 @@ def decode_layer(
     cos: torch.Tensor, sin: torch.Tensor, workspace: DecodeWorkspace, *,
     config: DecodeLayerConfig | None = None, stage_by_stage: bool = False, timeline: torch.Tensor | None = None,
     stage_configs: Sequence[DecodeLayerConfig] | None = None, table: LayerTable | None = None,
-    layer_index: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step of one layer for one token: ``x``, ``residual [1, H]`` (``None`` for
     the first layer) → ``(mlp_out, new_residual)``, the step's K/V stored into ``kv_cache``
@@ -1810,9 +1782,7 @@ def decode_layer(
     stages to one. Without them, on CUDA, stage by stage takes :func:`stage_programs_per_sm`.
     ``timeline`` (benchmarks, CUDA): an int64 ``[programs, TIMELINE_SLOTS]`` tensor that
     receives each program's clock at the stage boundaries (:func:`_stamp`). ``table``
-    (:func:`decode_layers`): its layers in one launch, ``weights`` / ``kv_cache`` its first.
-    ``layer_index``: which layer of the stack this is (``DecodeLayerConfig.chain``: the launches of
-    one step must then come in layer order, every layer of the stack each step)."""
+    (:func:`decode_layers`): its layers in one launch, ``weights`` / ``kv_cache`` its first."""
     hidden = x.shape[-1]
     inter = weights.down.shape[1]
     hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
@@ -1837,13 +1807,6 @@ def decode_layer(
 
     ks = (hidden, hq * d, hidden, inter)  # each GEMM stage's K
 
-    def chain_kind(cfg: DecodeLayerConfig, stage: int) -> int:
-        """``CHAIN``: 1 for the stack's first layer (the PDL wait, then its arrival), 2 for the
-        others, 0 without ``chain`` (a CUDA one-launch layer that says which it is)."""
-        if not (cfg.chain and x.is_cuda and stage < 0 and table is None and layer_index is not None):
-            return 0
-        return 1 if layer_index == 0 else 2
-
     def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
         pairs = x.dtype == torch.bfloat16
         *layer_weights, cache = _layer_tensors(weights, kv_cache)
@@ -1856,7 +1819,7 @@ def decode_layer(
               (ws.qkv, ws.part_acc, ws.part_max, ws.part_sum)),
             ws.attn, ws.o, ws.act, ws.counters, ws.error,
             timeline if timeline is not None else ws.counters, cfg.num_programs,
-            table.rows if table is not None else ws.counters, ws.xs, ws.rs, ws.done, layer_index or 0,
+            table.rows if table is not None else ws.counters, ws.xs, ws.rs,
         )
         kwargs = dict(
             HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=cfg.splits,
@@ -1874,7 +1837,6 @@ def decode_layer(
             NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early, L2_AHEAD=cfg.l2_ahead,
             GROUP_SYNC=cfg.group_sync, LAYERS=n_layers, ROW_AHEAD=cfg.row_ahead,
             POLL_LOAD=cfg.poll_load and x.is_cuda,
-            CHAIN=chain_kind(cfg, stage),
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -1911,11 +1873,6 @@ def decode_layer(
                          "(the launch's layers when more than one x its programs x the stamps)")
     if n_layers > 1 and (not cfg.epoch or cfg.ll or cfg.last_stage != 6):
         raise ValueError("a multi-layer launch (decode_layers) needs DecodeLayerConfig(epoch=True, ll=0, last_stage=6)")
-    if chain_kind(cfg, -1 if not stage_by_stage else 1) and not cfg.epoch:
-        raise ValueError("DecodeLayerConfig(chain=True) needs epoch=True")
-    if layer_index is not None and not 0 <= layer_index < ws.done.numel():
-        raise ValueError(f"layer_index {layer_index} is not a layer of this workspace's stack "
-                         f"({ws.done.numel()} layers: DecodeWorkspace(layers=...))")
     if cfg.ll and not cfg.epoch:
         raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
     if cfg.group_sync and cfg.num_programs > (hq + 2 * hkv) * d:

@@ -163,7 +163,7 @@ class PersistentDecode:
                  "six launches each (stage by stage)" if self.stages else "one launch each")
         w, layer0 = self._plan[0][0], self._plan[0][1].layer
         self._workspace = DecodeWorkspace(w.o.shape[0], w.down.shape[1], layer0.num_heads, layer0.num_kv_heads,
-                                          layer0.head_dim, None, h.dtype, h.device, layers=len(self._plan))
+                                          layer0.head_dim, None, h.dtype, h.device)
         per_launch = default_layers_per_launch() or len(self._plan)
         if per_launch > 1 and h.is_cuda and not self.stages:
             layers = [(weights, attn.kv_cache) for weights, attn in self._plan]
@@ -220,10 +220,9 @@ class PersistentDecode:
                 h, residual = decode_layers(h, residual, table, layer, md, positions, self.rotary.cos, self.rotary.sin,
                                             self._workspace)
             return h, residual
-        for i, (weights, attn) in enumerate(self._plan):
+        for weights, attn in self._plan:
             h, residual = decode_layer(h, residual, weights, attn.layer, attn.kv_cache, md, positions,
-                                       self.rotary.cos, self.rotary.sin, self._workspace, stage_by_stage=staged,
-                                       layer_index=i)
+                                       self.rotary.cos, self.rotary.sin, self._workspace, stage_by_stage=staged)
         return h, residual
 
 
