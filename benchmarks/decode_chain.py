@@ -177,9 +177,6 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # the programs without an attention item ask L2 for gate/up's (1), down's (2) or both
                  # weights (3) after barrier 0
                  "l2gu": {"l2_ahead": 1}, "l2down": {"l2_ahead": 2}, "l2gudown": {"l2_ahead": 3},
-                 # ... the next layer's qkv weights (4), with the engine's group_sync 2 and balanced stages
-                 "l2next": {"l2_ahead": 4, "group_sync": 2, "balanced_elements": 16384},
-                 "l2next-gu": {"l2_ahead": 5, "group_sync": 2, "balanced_elements": 16384},
                  # ... with the balanced stages a launch picks for itself (what the engine runs)
                  **{f"bal-l2{k}": {"l2_ahead": v, "balanced_elements": 16384}
                     for k, v in (("gu", 1), ("down", 2), ("gudown", 3))},
@@ -316,8 +313,7 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
                                      timeline=timelines[i] if timelines else None, stage_by_stage=bool(staged),
-                                     stage_configs=stage_configs,
-                                     next_qkv=layers[i + 1].weights.qkv if i + 1 < len(layers) else None)
+                                     stage_configs=stage_configs)
         if head is not None:
             head(x, res)
         if not reported and ws.resident:  # once: what the compiled launch needs (programs that fit, regs, smem)

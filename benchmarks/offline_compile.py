@@ -39,7 +39,7 @@ from infer_core.loader.hf_config import head_dim_of
 
 POINTERS = {"x_ptr", "res_ptr", "out_ptr", "res_out_ptr", "w_qkv_ptr", "w_o_ptr", "w_gu_ptr", "w_down_ptr",
             "ln1_ptr", "ln2_ptr", "qn_ptr", "kn_ptr", "cos_ptr", "sin_ptr", "cache_ptr", "qkv_ptr", "attn_ptr",
-            "o_ptr", "act_ptr", "xs_ptr", "rs_ptr", "next_qkv_ptr"}
+            "o_ptr", "act_ptr", "xs_ptr", "rs_ptr"}
 FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}  # (int64 words with ll)
 INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr"}
 INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr", "layers_ptr"}
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                         "down; default: the config's)")
     parser.add_argument("--norm-once", type=int, choices=(0, 1), help="default: the config's")
     parser.add_argument("--rope-early", type=int, choices=(0, 1, 2), help="default: the config's")
-    parser.add_argument("--l2-ahead", type=int, choices=range(8), help="default: the config's")
+    parser.add_argument("--l2-ahead", type=int, choices=(0, 1, 2, 3), help="default: the config's")
     parser.add_argument("--group-sync", type=int, choices=(0, 1, 2), help="default: the config's")
     parser.add_argument("--splits", type=int, help="key splits per KV head (default: the config's)")
     parser.add_argument("--ll", type=int, choices=(0, 1, 2, 3), help="self-flagged words (default: the config's)")

@@ -42,7 +42,7 @@
 #            "rope-late" / "rope-barrier" / "rope-early" = INFER_DECODE_ROPE_EARLY=0 / 1 / 2 (the attention
 #            stage's QK-norm weights loaded in the stage / the k-norm weight requested between barrier 0's
 #            arrival and wait / the rotary row and both norm weights there), "splits<N>" = INFER_DECODE_SPLITS=N (key splits per KV head),
-#            "l2ahead<N>" = INFER_DECODE_L2_AHEAD=N (gate/up's 1, down's 2 or both 3 weights, + 4 the next layer's qkv, asked into L2
+#            "l2ahead<N>" = INFER_DECODE_L2_AHEAD=N (gate/up's 1, down's 2 or both 3 weights asked into L2
 #            during the attention), "small-kv" = --cache.memory_fraction 0.05 (a KV pool of a few GB
 #            instead of 0.85 of the device: what the chains and profile_step run with),
 #            "group-sync" / "group-sync2" = INFER_DECODE_GROUP_SYNC=1 / 2 (2 the default since 2026-12-04; no barrier 0: each attention
@@ -159,7 +159,7 @@ if want ab; then
         rope-barrier) rop=1 ;;
         rope-early) rop=2 ;;
         splits[0-9]*) spl=${part#splits} ;;
-        l2ahead[0-7]) l2a=${part#l2ahead} ;;
+        l2ahead[0-3]) l2a=${part#l2ahead} ;;
         small-kv) flag+=(--cache.memory_fraction 0.05) ;;
         group-sync) gsy=1 ;;
         group-sync2) gsy=2 ;;

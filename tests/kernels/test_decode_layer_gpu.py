@@ -295,33 +295,6 @@ def test_group_sync_over_launches(level):
                         config=replace(cfg, num_programs=ws.qkv.numel() + 1))
 
 
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("l2_ahead", [4, 7])
-def test_next_qkv_asked_into_l2_changes_nothing(shape, l2_ahead):
-    """``l2_ahead`` 4 (with ``next_qkv``: the next layer's qkv weights asked into L2 while the
-    attention runs; 7 with gate/up's and down's too), over a stack of three layers: exactly the
-    outputs and caches of the same launches without it (a hint, no data)."""
-    case, stack, layer, md, cos, sin, positions, x, res = stack_inputs(shape, 300, 3, True)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    cfg = dl.launch_config(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim, sms,
-                           torch.bfloat16, 2)
-    outs = []
-    for ahead in (0, l2_ahead):
-        ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
-                                cfg.splits, torch.bfloat16, "cuda")
-        caches = [c.clone() for _, c in stack]
-        h, r = x, res
-        for i, ((w, _), cache) in enumerate(zip(stack, caches, strict=True)):
-            nxt = stack[i + 1][0].qkv if i + 1 < len(stack) else None
-            h, r = dl.decode_layer(h, r, w, layer, cache, md, positions, cos, sin, ws,
-                                   config=replace(cfg, l2_ahead=ahead), next_qkv=nxt)
-        assert ws.error.item() == 0
-        outs.append((h, r, caches))
-    (h0, r0, c0), (h1, r1, c1) = outs
-    assert torch.equal(h0, h1) and torch.equal(r0, r1)
-    assert all(torch.equal(a, b) for a, b in zip(c0, c1, strict=True))
-
-
 def stack_inputs(shape: str, context: int, n: int, residual: bool):
     """``n`` layers of one shape (weights and caches of their own seeds) over one step's inputs."""
     case = real_case(shape, context, residual=residual)

@@ -150,17 +150,16 @@ def test_gated_epilogue_equals_unfused_fp32(arch):
 
 
 @pytest.mark.parametrize(("arch", "overrides"), [("llama", {"head_dim": 32}), ("qwen3", {})])
-@pytest.mark.parametrize(("stages", "group_sync", "layers", "l2_ahead"),
-                         [("", "", "", ""), ("2", "", "", ""), ("", "0", "", ""), ("", "1", "", ""), ("", "2", "", ""),
-                          ("", "", "0", ""), ("", "", "2", ""), ("", "", "", "4")])
-def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, group_sync, layers, l2_ahead, monkeypatch):
+@pytest.mark.parametrize(("stages", "group_sync", "layers"),
+                         [("", "", ""), ("2", "", ""), ("", "0", ""), ("", "1", ""), ("", "2", ""), ("", "", "0"),
+                          ("", "", "2")])
+def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, group_sync, layers, monkeypatch):
     """``model.persistent_decode`` (on by default with CUDA): batch-1 decode steps (replayed as CUDA graphs)
     run one persistent launch per layer (``INFER_DECODE_STAGES=2``: each stage its own launch, PDL
     between them; ``INFER_DECODE_GROUP_SYNC``: per-KV-group counters instead of barrier 0, and of
     barrier 1 with 2, the default; ``INFER_DECODE_LAYERS``: every layer of five in one launch (0), or
-    two per launch, the last launch one layer; ``INFER_DECODE_L2_AHEAD=4``: the next layer's qkv weights asked
-    into L2); greedy tokens equal those of the usual path, for requests alone and batched (those keep the usual
-    path), every block back."""
+    two per launch, the last launch one layer); greedy tokens equal those of the usual path, for requests alone and batched (those
+    keep the usual path), every block back."""
     if not stages:  # (4 + 2 x 2) heads of 128: more qkv rows than programs, which group_sync needs
         overrides = {**overrides, "head_dim": 128}
     if layers:
@@ -170,7 +169,6 @@ def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, group
         env.setenv("INFER_DECODE_STAGES", stages)
         env.setenv("INFER_DECODE_GROUP_SYNC", group_sync)
         env.setenv("INFER_DECODE_LAYERS", layers)
-        env.setenv("INFER_DECODE_L2_AHEAD", l2_ahead)
         on = make_llm(checkpoint, dtype="float32", persistent_decode=True)
     assert on.engine.model.model.persistent_decode.stages == bool(stages)
     num_layers = len(on.engine.model.model.layers)

@@ -154,26 +154,6 @@ def test_multi_layer_launch_refusals(monkeypatch):
         dl.default_layers_per_launch()
 
 
-def test_next_qkv_must_be_a_qkv_weight_of_the_layers_shape():
-    """``next_qkv`` (``l2_ahead`` 4 asks L2 for it): another shape or dtype is refused before any
-    launch; the right one changes nothing in the interpreter (the hint is CUDA's, one launch)."""
-    case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)
-    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cpu", torch.float32)
-    cfg = replace(cases.config_for(case, torch.float32), l2_ahead=4)
-    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
-                            cfg.splits, torch.float32, "cpu")
-    before = cache.clone()
-    for bad in (weights.qkv[:-1], weights.qkv.half()):
-        with pytest.raises(ValueError, match="next_qkv"):
-            dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg,
-                            stage_by_stage=True, next_qkv=bad)
-    assert torch.equal(cache, before)
-    ref_out, _ = dl.decode_layer_ref(x, res, weights, layer, cache.clone(), md, positions, cos, sin)
-    out, _ = dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg,
-                             stage_by_stage=True, next_qkv=weights.qkv.clone())
-    assert cases.relative_error(out, ref_out) <= cases.LAYER_TOL[torch.float32]
-
-
 def test_self_flagged_words_need_the_epoch():
     """``ll`` without ``epoch`` (the words' flag is the launch's epoch): a clear error, no launch."""
     case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)

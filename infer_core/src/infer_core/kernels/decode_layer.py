@@ -1032,7 +1032,7 @@ def _decode_layer_kernel(
     cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
     qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
-    counters_ptr, error_ptr, timeline_ptr, num_programs, layers_ptr, xs_ptr, rs_ptr, next_qkv_ptr,
+    counters_ptr, error_ptr, timeline_ptr, num_programs, layers_ptr, xs_ptr, rs_ptr,
     HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
     SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
@@ -1168,13 +1168,10 @@ def _decode_layer_kernel(
             if not GS:
                 _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
         if L2_AHEAD and ALL and LAST >= 5:  # noqa: SIM102 (a constexpr branch around a runtime one)
-            # the programs without an attention item: gate/up's (1) and down's (2) weights, or the next
-            # layer's qkv weights (4), into L2 while the attention and the merge run (DRAM is otherwise idle
-            # then: the key tiles came at the start)
+            # the programs without an attention item: gate/up's (1) and down's (2) weights into L2 while
+            # the attention and the merge run (DRAM is otherwise idle then: the key tiles came at the start)
             if pid >= HKV * SPLITS:
                 WB: tl.constexpr = w_gu_ptr.dtype.element_ty.primitive_bitwidth // 8
-                if L2_AHEAD & 4:
-                    _l2_ahead(next_qkv_ptr, NQKV * HIDDEN * WB, pid - HKV * SPLITS, num_programs - HKV * SPLITS, 128)
                 if L2_AHEAD & 1:
                     _l2_ahead(w_gu_ptr, 2 * INTER * HIDDEN * WB, pid - HKV * SPLITS, num_programs - HKV * SPLITS, 128)
                 if L2_AHEAD & 2:
@@ -1391,10 +1388,9 @@ class DecodeLayerConfig:
     slowest qkv program of every group, and the programs without an attention item go straight
     to barrier 1. ``group_sync = 2``: no barrier 1 either; each attention item adds one to its KV
     group's second counter once its partials are stored, and each merge waits for its head's
-    group's splits only; the programs without a merge go straight to barrier 2. ``l2_ahead`` (off; bits): the programs without an attention item ask L2 for gate/up's
+    group's splits only; the programs without a merge go straight to barrier 2. ``l2_ahead`` (off): the programs without an attention item ask L2 for gate/up's
     (1), down's (2) or both weights (3) after barrier 0 (``cp.async.bulk.prefetch.L2``); faster
-    layer chains, slower W1 (benchmarks/reports/rope-l2-ahead-2026-12-04-h200); 4: the next
-    layer's qkv weights (:func:`decode_layer`'s ``next_qkv``), there at its launch's start. ``rope_early``: the attention stage's k-norm weight (1) or its
+    layer chains, slower W1 (benchmarks/reports/rope-l2-ahead-2026-12-04-h200). ``rope_early``: the attention stage's k-norm weight (1) or its
     rotary row and both QK-norm weights (2) are requested between barrier 0's arrival and its
     wait (stage by stage: before the attention launch's PDL wait), not in the stage (0: the
     k-norm weight's load comes after the query's norm, whose CTA reduction ptxas does not
@@ -1776,7 +1772,6 @@ def decode_layer(
     cos: torch.Tensor, sin: torch.Tensor, workspace: DecodeWorkspace, *,
     config: DecodeLayerConfig | None = None, stage_by_stage: bool = False, timeline: torch.Tensor | None = None,
     stage_configs: Sequence[DecodeLayerConfig] | None = None, table: LayerTable | None = None,
-    next_qkv: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step of one layer for one token: ``x``, ``residual [1, H]`` (``None`` for
     the first layer) → ``(mlp_out, new_residual)``, the step's K/V stored into ``kv_cache``
@@ -1787,8 +1782,7 @@ def decode_layer(
     stages to one. Without them, on CUDA, stage by stage takes :func:`stage_programs_per_sm`.
     ``timeline`` (benchmarks, CUDA): an int64 ``[programs, TIMELINE_SLOTS]`` tensor that
     receives each program's clock at the stage boundaries (:func:`_stamp`). ``table``
-    (:func:`decode_layers`): its layers in one launch, ``weights`` / ``kv_cache`` its first.
-    ``next_qkv``: the next layer's qkv weight (``l2_ahead`` 4 asks L2 for it during this layer)."""
+    (:func:`decode_layers`): its layers in one launch, ``weights`` / ``kv_cache`` its first."""
     hidden = x.shape[-1]
     inter = weights.down.shape[1]
     hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
@@ -1826,7 +1820,6 @@ def decode_layer(
             ws.attn, ws.o, ws.act, ws.counters, ws.error,
             timeline if timeline is not None else ws.counters, cfg.num_programs,
             table.rows if table is not None else ws.counters, ws.xs, ws.rs,
-            next_qkv if next_qkv is not None else weights.qkv,
         )
         kwargs = dict(
             HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=cfg.splits,
@@ -1841,8 +1834,7 @@ def decode_layer(
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
-            NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early,
-            L2_AHEAD=cfg.l2_ahead if next_qkv is not None and table is None else cfg.l2_ahead & 3,
+            NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early, L2_AHEAD=cfg.l2_ahead,
             GROUP_SYNC=cfg.group_sync, LAYERS=n_layers, ROW_AHEAD=cfg.row_ahead,
             POLL_LOAD=cfg.poll_load and x.is_cuda,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
@@ -1881,8 +1873,6 @@ def decode_layer(
                          "(the launch's layers when more than one x its programs x the stamps)")
     if n_layers > 1 and (not cfg.epoch or cfg.ll or cfg.last_stage != 6):
         raise ValueError("a multi-layer launch (decode_layers) needs DecodeLayerConfig(epoch=True, ll=0, last_stage=6)")
-    if next_qkv is not None and (next_qkv.shape != weights.qkv.shape or next_qkv.dtype != weights.qkv.dtype):
-        raise ValueError(f"next_qkv: the next layer's qkv weight, of this layer's shape {tuple(weights.qkv.shape)}")
     if cfg.ll and not cfg.epoch:
         raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
     if cfg.group_sync and cfg.num_programs > (hq + 2 * hkv) * d:

@@ -220,11 +220,9 @@ class PersistentDecode:
                 h, residual = decode_layers(h, residual, table, layer, md, positions, self.rotary.cos, self.rotary.sin,
                                             self._workspace)
             return h, residual
-        for i, (weights, attn) in enumerate(self._plan):
-            nxt = self._plan[i + 1][0].qkv if i + 1 < len(self._plan) else None  # (l2_ahead 4 asks L2 for it)
+        for weights, attn in self._plan:
             h, residual = decode_layer(h, residual, weights, attn.layer, attn.kv_cache, md, positions,
-                                       self.rotary.cos, self.rotary.sin, self._workspace, stage_by_stage=staged,
-                                       next_qkv=nxt)
+                                       self.rotary.cos, self.rotary.sin, self._workspace, stage_by_stage=staged)
         return h, residual
 
 
