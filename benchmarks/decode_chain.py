@@ -193,6 +193,8 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  "multi-pollload": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0, "poll_load": True},
                  # key splits per KV head (the default: 16 for 8 KV heads on 132 SMs)
                  **{f"splits{n}": {"splits": n} for n in (2, 4, 8)},
+                 # ... with the engine's group_sync 2 and balanced stages
+                 **{f"groupsync2-splits{n}": {"group_sync": 2, "balanced_elements": 16384, "splits": n} for n in (4, 8)},
                  **{f"ropeearly-splits{n}": {"rope_early": 2, "splits": n} for n in (4, 8)},
                  # 32-key attention tiles (the first one, requested at the launch's start, holds half the registers)
                  "tile32": {"tile": 32},
