@@ -184,8 +184,6 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  "groupsync": {"group_sync": 1, "balanced_elements": 16384},
                  # ... and no barrier 1: each merge waits for its KV group's attention items
                  "groupsync2": {"group_sync": 2, "balanced_elements": 16384},
-                 # ... and no merge stage: the last of a KV group's attention items merges the group's heads
-                 "groupsync3": {"group_sync": 3, "balanced_elements": 16384},
                  # ... with every layer in one launch (decode_layers): the next layer's addresses requested
                  # during the layer before (row_ahead, the default) or at its start
                  "multi": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0},

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--norm-once", type=int, choices=(0, 1), help="default: the config's")
     parser.add_argument("--rope-early", type=int, choices=(0, 1, 2), help="default: the config's")
     parser.add_argument("--l2-ahead", type=int, choices=(0, 1, 2, 3), help="default: the config's")
-    parser.add_argument("--group-sync", type=int, choices=(0, 1, 2, 3), help="default: the config's")
+    parser.add_argument("--group-sync", type=int, choices=(0, 1, 2), help="default: the config's")
     parser.add_argument("--splits", type=int, help="key splits per KV head (default: the config's)")
     parser.add_argument("--ll", type=int, choices=(0, 1, 2, 3), help="self-flagged words (default: the config's)")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")

@@ -6,13 +6,15 @@
 #
 #   scripts/gpu_pending.sh [tests] [chains] [timeline] [kernels] [w1] [trace] [tests2]     (default: the first five)
 #
-# For the twenty-third session (2026-12-04): group_sync 3 (INFER_DECODE_GROUP_SYNC=3: no merge stage, the last
-# of a KV group's attention items merges the group's heads).
-# tests:    the GPU tests of group_sync 3 (kernel: against the reference, over launches; engine: greedy tokens)
-# chains:   Qwen3-0.6B chains at context 384: groupsync2 (the default) against groupsync3, and the step chains
-# timeline: per-stage timeline of groupsync2 against groupsync3
+# Measured in the twenty-second session (2026-12-04, benchmarks/reports/multi-layer-launch-2026-12-04-h200):
+# several decoder layers per launch (decode_layers, INFER_DECODE_LAYERS: correct, slower), its row_ahead
+# option, the placeholder fill in the gather and the final norm in the head (a tie, opt-in).
+# tests:    the GPU tests of the multi-layer launch (kernel: against one launch per layer; engine: greedy tokens)
+# chains:   Qwen3-0.6B chains at context 384: one launch per layer against all layers in one (the
+#           next layer's addresses requested ahead or at its start), and the step chains likewise
+# timeline: per-stage timeline of one launch per layer (groupsync2) against all in one (multi, multi-rowstart)
 # kernels:  benchmarks/kernels.py --benches gather_rows (with the fill against fill_ids + gather)
-# w1:       W1 Qwen3-0.6B, default / group-sync3 (AB_MODES overrides)
+# w1:       W1 Qwen3-0.6B, default / layers0 / layers0+rowstart (AB_MODES overrides)
 # trace:    the engine's batch-1 decode steps of Qwen3-0.6B (28 layers) under a device trace, one launch
 #           per layer and all layers in one (INFER_DECODE_LAYERS=0)
 # tests2:   not yet run on the GPU: the engine tests of the placeholder fill in the gather and of the final
@@ -20,7 +22,7 @@
 set -u
 export OUT=${OUT:-$PWD/gpu-pending-out}
 mkdir -p "$OUT"
-WHAT=${*:-tests chains w1 timeline}
+WHAT=${*:-tests chains timeline kernels w1}
 want() { [[ " $WHAT " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 source scripts/device_install.sh
@@ -30,8 +32,8 @@ S=step-persistent
 if want tests; then
   T=tests/kernels/test_engine_gpu.py::test_persistent_decode_equals_usual_path_fp32
   timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
-    "$T[-3--qwen3-overrides1]" "tests/kernels/test_decode_layer_gpu.py::test_group_sync[3-2-300-qwen3-0.6b]" \
-    "tests/kernels/test_decode_layer_gpu.py::test_group_sync_over_launches[3]" \
+    "$T[--0-qwen3-overrides1]" "$T[--2-qwen3-overrides1]" "$T[--0-llama-overrides0]" \
+    tests/kernels/test_decode_layer_gpu.py -k "layers_in_one_launch or layer_table or persistent_decode_equals" \
     2>&1 | tee "$OUT/gpu_tests.log" | tail -6
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
@@ -45,14 +47,14 @@ if want tests2; then
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if want chains; then
-  C=$P-groupsync2-s2,$P-groupsync3-s2
-  D=$S,$S-groupsync3-s2
+  C=$P,$P-groupsync2-s2,$P-multi-s2,$P-multi-rowstart-s2
+  D=$S,$S-multi-s2,$S-multi-rowstart-s2
   timeout "${CHAIN_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b --pdl 1 --context 384 \
     --chains "$C,$C,$D,$D" --out "$OUT/chains" 2>&1 | grep -E "^\| (layer|step)|fit|Error|error" | tail -16
 fi
 if want timeline; then
   timeout "${TIMELINE_TIMEOUT:-180}" python3 benchmarks/decode_layer_timeline.py --shape qwen3-0.6b \
-    --variants groupsync2,groupsync3 --programs-per-sm 2 --context 384 --out "$OUT/timeline" 2>&1 | tail -1
+    --variants groupsync2,multi,multi-rowstart --programs-per-sm 2 --context 384 --out "$OUT/timeline" 2>&1 | tail -1
   grep -E "^\| (interval|pdl|[0-9]|barrier|whole)" "$OUT/timeline/timeline.md"
 fi
 if want kernels; then
@@ -60,7 +62,7 @@ if want kernels; then
     --out "$OUT/kernels" 2>&1 | tail -8
 fi
 if want w1; then
-  AB_MODES=${AB_MODES:-default group-sync3 default group-sync3} AB_MODELS=${AB_MODELS:-qwen3-0.6b} \
+  AB_MODES=${AB_MODES:-default layers0 layers0+rowstart default layers0} AB_MODELS=${AB_MODELS:-qwen3-0.6b} \
     AB_WORKLOADS=W1 AB_REPEATS=${AB_REPEATS:-3} scripts/gpu_speed.sh ab 2>&1 | grep "^offline"
   mkdir -p "$OUT/w1"
   cp -r "$OUT"/ab/*/* "$OUT/w1/" 2>/dev/null

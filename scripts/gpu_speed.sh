@@ -45,7 +45,7 @@
 #            "l2ahead<N>" = INFER_DECODE_L2_AHEAD=N (gate/up's 1, down's 2 or both 3 weights asked into L2
 #            during the attention), "small-kv" = --cache.memory_fraction 0.05 (a KV pool of a few GB
 #            instead of 0.85 of the device: what the chains and profile_step run with),
-#            "group-sync" / "group-sync2" / "group-sync3" = INFER_DECODE_GROUP_SYNC=1 / 2 / 3 (2 the default since 2026-12-04; no barrier 0: each attention
+#            "group-sync" / "group-sync2" = INFER_DECODE_GROUP_SYNC=1 / 2 (2 the default since 2026-12-04; no barrier 0: each attention
 #            item waits for its KV group's qkv rows; 2: no barrier 1 either, each merge waits for its
 #            KV group's splits), "gather-rows" = INFER_GATHER_ROWS=1 (the default since 2026-12-04: the embedding lookup and the
 #            block-table rows as PDL launches, kernels.gather_rows), "lm-head-early" = INFER_LM_HEAD_EARLY=1 (the default since 2026-12-04)
@@ -163,7 +163,6 @@ if want ab; then
         small-kv) flag+=(--cache.memory_fraction 0.05) ;;
         group-sync) gsy=1 ;;
         group-sync2) gsy=2 ;;
-        group-sync3) gsy=3 ;;
         no-group-sync) gsy=0 ;;
         gather-rows) gat=1 ;;
         no-gather-rows) gat=0 ;;

@@ -151,13 +151,13 @@ def test_gated_epilogue_equals_unfused_fp32(arch):
 
 @pytest.mark.parametrize(("arch", "overrides"), [("llama", {"head_dim": 32}), ("qwen3", {})])
 @pytest.mark.parametrize(("stages", "group_sync", "layers"),
-                         [("", "", ""), ("2", "", ""), ("", "0", ""), ("", "1", ""), ("", "2", ""), ("", "3", ""),
-                          ("", "", "0"), ("", "", "2")])
+                         [("", "", ""), ("2", "", ""), ("", "0", ""), ("", "1", ""), ("", "2", ""), ("", "", "0"),
+                          ("", "", "2")])
 def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, group_sync, layers, monkeypatch):
     """``model.persistent_decode`` (on by default with CUDA): batch-1 decode steps (replayed as CUDA graphs)
     run one persistent launch per layer (``INFER_DECODE_STAGES=2``: each stage its own launch, PDL
     between them; ``INFER_DECODE_GROUP_SYNC``: per-KV-group counters instead of barrier 0, and of
-    barrier 1 with 2, the default, and the merge stage with 3; ``INFER_DECODE_LAYERS``: every layer of five in one launch (0), or
+    barrier 1 with 2, the default; ``INFER_DECODE_LAYERS``: every layer of five in one launch (0), or
     two per launch, the last launch one layer); greedy tokens equal those of the usual path, for requests alone and batched (those
     keep the usual path), every block back."""
     if not stages:  # (4 + 2 x 2) heads of 128: more qkv rows than programs, which group_sync needs

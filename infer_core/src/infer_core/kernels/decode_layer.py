@@ -1063,8 +1063,6 @@ def _decode_layer_kernel(
     # (and with 2, no barrier 1: each merge waits for its KV group's attention items only)
     GS: tl.constexpr = GROUP_SYNC > 0 and ALL and LAST >= 2 and EPOCH and not LL and BAL_QKV
     GS2: tl.constexpr = GS and GROUP_SYNC >= 2 and LAST >= 3
-    # (and with 3, no merge stage: the last of a KV group's attention items to finish merges the group's heads)
-    GS3: tl.constexpr = GS2 and GROUP_SYNC >= 3
     _stamp(timeline_ptr, pid, 0, TIMELINE)
     # LAYERS > 1 (one launch, epoch, every stage): consecutive layers in one launch, a grid barrier
     # (counter NUM_BARRIERS) between them instead of a launch boundary; layer l's tensors come from
@@ -1199,15 +1197,7 @@ def _decode_layer_kernel(
                                 stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
                                 HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
                                 error_ptr, cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY)
-                if GS3:  # this item's partials are stored (every thread's: the CTA barrier first); the group's last
-                    tl.debug_barrier()
-                    g = item // SPLITS
-                    done = tl.atomic_add(counters_ptr + GROUP_SLOT + HKV + g, 1, sem="acq_rel", scope="gpu")
-                    if done - ((epoch + 1) * SPLITS - 1) == 0:  # the group's last item: every split's partials seen
-                        for j in tl.static_range(HQ // HKV):
-                            _merge_head(g * (HQ // HKV) + j, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr,
-                                        timeline_ptr, pid, TIMELINE, HEAD_DIM, SPLITS, flag, LL, error_ptr)
-                elif GS2:  # this item's partials are stored (every thread's: the CTA barrier first)
+                if GS2:  # this item's partials are stored (every thread's: the CTA barrier first)
                     tl.debug_barrier()
                     tl.atomic_add(counters_ptr + GROUP_SLOT + HKV + item // SPLITS, 1, sem="release", scope="gpu")
         _stamp(timeline_ptr, pid, 4, TIMELINE)
@@ -1216,7 +1206,7 @@ def _decode_layer_kernel(
         if ALL and LAST >= 3 and not LL and not GS2:
             _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP, POLL_LOAD)
         _stamp(timeline_ptr, pid, 5, TIMELINE)
-        if ((ALL and LAST >= 3) or STAGE == 3) and not GS3:  # split-KV merge
+        if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
             for head in range(pid, HQ, num_programs):
                 if GS2:  # the head's KV group's splits all stored their partials
                     _wait(counters_ptr, GROUP_SLOT + HKV + head // (HQ // HKV), (epoch + 1) * SPLITS - 1,
@@ -1398,10 +1388,7 @@ class DecodeLayerConfig:
     slowest qkv program of every group, and the programs without an attention item go straight
     to barrier 1. ``group_sync = 2``: no barrier 1 either; each attention item adds one to its KV
     group's second counter once its partials are stored, and each merge waits for its head's
-    group's splits only; the programs without a merge go straight to barrier 2. ``group_sync =
-    3``: no merge stage either; each attention item's add returns the count (an acquire-release
-    round trip instead of a release reduction), and the group's last item merges all of the
-    group's query heads itself (no poll between the last split and its merge). ``l2_ahead`` (off): the programs without an attention item ask L2 for gate/up's
+    group's splits only; the programs without a merge go straight to barrier 2. ``l2_ahead`` (off): the programs without an attention item ask L2 for gate/up's
     (1), down's (2) or both weights (3) after barrier 0 (``cp.async.bulk.prefetch.L2``); faster
     layer chains, slower W1 (benchmarks/reports/rope-l2-ahead-2026-12-04-h200). ``rope_early``: the attention stage's k-norm weight (1) or its
     rotary row and both QK-norm weights (2) are requested between barrier 0's arrival and its
@@ -1625,7 +1612,7 @@ def default_group_sync() -> int:
     """``group_sync`` of the configuration a launch picks for itself: 2 (W1 Qwen3-0.6B on an
     H200, medians of 3: 0.6545 and 0.653 ms per token against 0.666 and 0.665 with barriers 0
     and 1; 1: 0.658; chain 19.6 against 20.1 µs per layer;
-    benchmarks/reports/group-sync-2026-12-04-h200), or ``INFER_DECODE_GROUP_SYNC`` (0 / 1 / 2 / 3)
+    benchmarks/reports/group-sync-2026-12-04-h200), or ``INFER_DECODE_GROUP_SYNC`` (0 / 1 / 2)
     from the environment (A/B measurements)."""
     return _env_int("INFER_DECODE_GROUP_SYNC", 2)
 
