@@ -17,8 +17,9 @@
 # w1:       W1 Qwen3-0.6B, default / layers0 / layers0+rowstart (AB_MODES overrides)
 # trace:    the engine's batch-1 decode steps of Qwen3-0.6B (28 layers) under a device trace, one launch
 #           per layer and all layers in one (INFER_DECODE_LAYERS=0)
-# tests2:   not yet run on the GPU: the engine tests of the placeholder fill in the gather and of the final
-#           norm in the head, with the gather kernel's and the LM head's GPU tests
+# tests2:   the engine tests of the placeholder fill in the gather and of the final norm in the head, with
+#           the gather kernel's and the LM head's GPU tests (passed in the twenty-third session:
+#           benchmarks/reports/o-heads-chain-l2next-2026-12-04-h200)
 set -u
 export OUT=${OUT:-$PWD/gpu-pending-out}
 mkdir -p "$OUT"
