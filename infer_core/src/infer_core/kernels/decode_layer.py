@@ -1022,6 +1022,33 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeli
     tl.store(attn_ptr + head * HEAD_DIM + dd, out.to(attn_ptr.dtype.element_ty))
 
 
+@triton.jit
+def _stage_barrier(counters_ptr, index, target, error_ptr, w_ptr, nw_ptr, pid, num_programs, N: tl.constexpr,
+                   K: tl.constexpr, GATED: tl.constexpr, NORM: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr,
+                   BALANCED: tl.constexpr, SUB: tl.constexpr, w, wu, nw, ENABLED: tl.constexpr,
+                   ARRIVE_FIRST: tl.constexpr, PREFETCH: tl.constexpr, POLL_SLEEP: tl.constexpr,
+                   POLL_LOAD: tl.constexpr, timeline_ptr, TIMELINE: tl.constexpr):
+    """Barrier ``index`` (2, 3, 4: before o_proj, gate/up, down) of a one-launch layer when
+    ``ENABLED``, with the next GEMM stage's first weight tiles (and with ``NORM`` its norm
+    weight's words) requested ahead (``PREFETCH``), after the arrival with ``ARRIVE_FIRST`` (its
+    fence then does not wait for them), else before it; the timeline's points ``2 index + 2``
+    (arrived, tiles requested) and ``2 index + 3`` (passed). ``(w, wu, nw)``: those tiles, or the
+    ones given when none were requested."""
+    if ARRIVE_FIRST and ENABLED:
+        seen = _arrive(counters_ptr, index)
+    if PREFETCH and ENABLED:
+        w, wu = _first_tiles(w_ptr, pid, num_programs, N, K, GATED, ROWS, BK, BALANCED, SUB)
+        if NORM:
+            nw = _norm_words(nw_ptr, K, BK, SUB)
+    _stamp(timeline_ptr, pid, 2 * index + 2, TIMELINE)
+    if ENABLED:
+        if not ARRIVE_FIRST:
+            seen = _arrive(counters_ptr, index)
+        _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
+    _stamp(timeline_ptr, pid, 2 * index + 3, TIMELINE)
+    return w, wu, nw
+
+
 # ----------------------------------------------------------------------------- the layer
 
 
@@ -1095,6 +1122,7 @@ def _decode_layer_kernel(
             if layer > 0:  # (the first layer's point 0: the launch's start)
                 _stamp(timeline_ptr, pid, 0, TIMELINE)
         nw = 0  # (the norm weight's words when QKV_ONCE / GU_ONCE)
+        w, wu = 0.0, 0.0  # (a stage's first weight tiles, once requested)
         cos, sin, qw1, qw2, kw1, kw2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
         # kv_early = 2: the step's metadata and the first key tile (earlier steps' keys) at the launch's
@@ -1132,6 +1160,8 @@ def _decode_layer_kernel(
             target = (epoch + 1) * num_programs
         elif ALL and LAST >= 2:
             target, epoch = _target(counters_ptr, num_programs, EPOCH)
+        else:  # (stage by stage: no barriers)
+            target = 0
         # ll: qkv and the attention partials go out as self-flagged words (this launch's flag: the
         # epoch + 1, never 0, never the last launch's), read without barriers 0 and 1
         if LL and ALL and LAST >= 2:
@@ -1214,33 +1244,17 @@ def _decode_layer_kernel(
                 _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
                             HEAD_DIM, SPLITS, flag, LL, error_ptr)
                 _stamp(timeline_ptr, pid, 20, TIMELINE)
-        if ARRIVE_FIRST and ALL and LAST >= 4:
-            seen = _arrive(counters_ptr, 2)
-        if PREFETCH and ALL and LAST >= 4:
-            w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
-        _stamp(timeline_ptr, pid, 6, TIMELINE)
-        if ALL and LAST >= 4:
-            if not ARRIVE_FIRST:
-                seen = _arrive(counters_ptr, 2)
-            _wait(counters_ptr, 2, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
-        _stamp(timeline_ptr, pid, 7, TIMELINE)
+        w, wu, nw = _stage_barrier(counters_ptr, 2, target, error_ptr, w_o_ptr, ln2_ptr, pid, num_programs, HIDDEN,
+                                   NATTN, False, False, ROWS_O, BK_O, BAL_O, SUB_O, w, wu, nw, ALL and LAST >= 4,
+                                   ARRIVE_FIRST, PREFETCH, POLL_SLEEP, POLL_LOAD, timeline_ptr, TIMELINE)
         if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
             if not PREFETCH:
                 w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
             _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
                         0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT, 0.0, 0.0, False)
-        if ARRIVE_FIRST and ALL and LAST >= 5:
-            seen = _arrive(counters_ptr, 3)
-        if PREFETCH and ALL and LAST >= 5:
-            w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
-            if GU_ONCE:
-                nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
-        _stamp(timeline_ptr, pid, 8, TIMELINE)
-        if ALL and LAST >= 5:
-            if not ARRIVE_FIRST:
-                seen = _arrive(counters_ptr, 3)
-            _wait(counters_ptr, 3, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
-        _stamp(timeline_ptr, pid, 9, TIMELINE)
+        w, wu, nw = _stage_barrier(counters_ptr, 3, target, error_ptr, w_gu_ptr, ln2_ptr, pid, num_programs, INTER,
+                                   HIDDEN, True, GU_ONCE, ROWS_GU, BK_GU, BAL_GU, SUB_GU, w, wu, nw, ALL and LAST >= 5,
+                                   ARRIVE_FIRST, PREFETCH, POLL_SLEEP, POLL_LOAD, timeline_ptr, TIMELINE)
         if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
             if not PREFETCH:
                 w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
@@ -1252,16 +1266,10 @@ def _decode_layer_kernel(
             _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
                         rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT,
                         xn, xn_odd, GU_ONCE)
-        if ARRIVE_FIRST and ALL and LAST >= 6:
-            seen = _arrive(counters_ptr, 4)
-        if PREFETCH and ALL and LAST >= 6:
-            w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
-        _stamp(timeline_ptr, pid, 10, TIMELINE)
-        if ALL and LAST >= 6:
-            if not ARRIVE_FIRST:
-                seen = _arrive(counters_ptr, 4)
-            _wait(counters_ptr, 4, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
-        _stamp(timeline_ptr, pid, 11, TIMELINE)
+        w, wu, nw = _stage_barrier(counters_ptr, 4, target, error_ptr, w_down_ptr, ln2_ptr, pid, num_programs, HIDDEN,
+                                   INTER, False, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN, w, wu, nw,
+                                   ALL and LAST >= 6, ARRIVE_FIRST, PREFETCH, POLL_SLEEP, POLL_LOAD, timeline_ptr,
+                                   TIMELINE)
         if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
             if not PREFETCH:
                 w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
