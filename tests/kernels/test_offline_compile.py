@@ -20,21 +20,24 @@ ROOT = Path(__file__).resolve().parents[2]
                                   ["--shape", "llama-3.2-1b", "--timeline"],
                                   ["--kernel", "lm_head", "--lm-head-norm", "1"], ["--kernel", "gather_rows", "--gather-fill", "1"]])
 def test_offline_compile_reports_registers(args):
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "offline_compile.py"), *args],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = offline_compile(*args)
     regs = re.search(r"REG:(\d+)", done.stdout)
     assert regs and 0 < int(regs.group(1)) <= 255, done.stdout
 
 
-def compile_sass(tmp_path: Path, name: str, *args: str) -> tuple[str, int]:
-    """The disassembly and the registers per thread of ``offline_compile.py ARGS``."""
+def offline_compile(*args: str) -> subprocess.CompletedProcess:
+    """``benchmarks/offline_compile.py ARGS`` run to success (compiled, not interpreted)."""
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    out = tmp_path / f"{name}.sass"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "offline_compile.py"), *args, "--sass", str(out)],
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "offline_compile.py"), *args],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def compile_sass(tmp_path: Path, name: str, *args: str) -> tuple[str, int]:
+    """The disassembly and the registers per thread of ``offline_compile.py ARGS``."""
+    out = tmp_path / f"{name}.sass"
+    done = offline_compile(*args, "--sass", str(out))
     return out.read_text(), int(re.search(r"REG:(\d+)", done.stdout).group(1))
 
 
