@@ -228,7 +228,12 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                               (3, 1, 1, 3, 3, 3), (2, 2, 2, 4, 4, 4))},
                  # Llama-3.2-1B's engine default (stages 4,1,1,4,4,4) with norm_once off
                  "stages411444-normtwice": {"stages": (4, 1, 1, 4, 4, 4), "balanced_elements": 16384,
-                                            "norm_once": False}}
+                                            "norm_once": False},
+                 # each attention item asks L2 for its split's later key tiles at its start (kv_ahead): with
+                 # the engine's group_sync 2 (one launch) and Llama-3.2-1B's stages (4,1,1,4,4,4)
+                 "groupsync2-kvahead": {"group_sync": 2, "balanced_elements": 16384, "kv_ahead": True},
+                 "stages411444-kvahead": {"stages": (4, 1, 1, 4, 4, 4), "balanced_elements": 16384,
+                                          "kv_ahead": True}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)
 PERSISTENT_SWEEP = [(16384, 4, 1, 0, 1), (16384, 8, 1, 0, 1), (32768, 8, 1, 1, 1),
                     (8192, 4, 1, 0, 2), (16384, 4, 1, 0, 2), (16384, 4, 1, 1, 2), (32768, 8, 1, 1, 2),

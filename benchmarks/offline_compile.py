@@ -53,10 +53,11 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
                norm_once: bool | None = None, rope_early: int | None = None,
                splits: int | None = None, l2_ahead: int | None = None,
                group_sync: int | None = None, layers: int = 1, row_ahead: bool = True,
-               poll_load: bool = False) -> tuple[dict, dict]:
+               poll_load: bool = False, kv_ahead: bool | None = None, stage: int = -1) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
-    (``arrive_first`` / ``kv_early``: the config's default when ``None``)."""
+    (``arrive_first`` / ``kv_early``: the config's default when ``None``). ``stage`` 1-6: that
+    stage's own launch (stage by stage), -1 the one launch."""
     cfg = shape_config(shape)
     hidden, inter = cfg["hidden_size"], cfg["intermediate_size"]
     hq, hkv, d = cfg["num_attention_heads"], cfg["num_key_value_heads"], head_dim_of(cfg)
@@ -66,7 +67,8 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
     conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early),
                                               ("pairs", pairs), ("ll", ll), ("norm_once", norm_once),
                                               ("rope_early", rope_early), ("splits", splits),
-                                              ("l2_ahead", l2_ahead), ("group_sync", group_sync))
+                                              ("l2_ahead", l2_ahead), ("group_sync", group_sync),
+                                              ("kv_ahead", kv_ahead))
                           if v is not None})
     ks = (hidden, hq * d, hidden, inter)
     values = dict(
@@ -75,13 +77,14 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         QK_NORM="qwen3" in shape, HAS_RESIDUAL=True,
         ROWS_QKV=conf.rows[0], BK_QKV=conf.bk[0], ROWS_O=conf.rows[1], BK_O=conf.bk[1],
         ROWS_GU=conf.rows[2], BK_GU=conf.bk[2], ROWS_DOWN=conf.rows[3], BK_DOWN=conf.bk[3],
-        STAGE=-1, LAST=last_stage, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
+        STAGE=stage, LAST=last_stage, PREFETCH=conf.prefetch, PIPE=conf.pipeline, PRECISION="tf32", PDL=True,
         BAL_QKV=conf.balanced[0], BAL_O=conf.balanced[1], BAL_GU=conf.balanced[2], BAL_DOWN=conf.balanced[3],
         **{f"SUB_{name}": dl.pair_sub(conf.rows[i], conf.bk[i], ks[i], conf.num_warps) if conf.pairs[i] else 0
            for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
         EPOCH=conf.epoch, LL=conf.ll, NORM_ONCE=conf.norm_once, ROPE_EARLY=conf.rope_early,
         L2_AHEAD=conf.l2_ahead, GROUP_SYNC=conf.group_sync, LAYERS=layers, ROW_AHEAD=row_ahead, POLL_LOAD=poll_load,
+        KV_AHEAD=conf.kv_ahead,
     )
     return values, conf.__dict__
 
@@ -162,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rope-early", type=int, choices=(0, 1, 2), help="default: the config's")
     parser.add_argument("--l2-ahead", type=int, choices=(0, 1, 2, 3), help="default: the config's")
     parser.add_argument("--group-sync", type=int, choices=(0, 1, 2), help="default: the config's")
+    parser.add_argument("--kv-ahead", type=int, choices=(0, 1), help="the splits' later key tiles into L2 "
+                        "(default: the config's)")
+    parser.add_argument("--stage", type=int, default=-1, choices=(-1, *range(1, 7)),
+                        help="one stage's own launch (stage by stage; -1: the one launch)")
     parser.add_argument("--splits", type=int, help="key splits per KV head (default: the config's)")
     parser.add_argument("--ll", type=int, choices=(0, 1, 2, 3), help="self-flagged words (default: the config's)")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
@@ -195,12 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                               None if args.norm_once is None else bool(args.norm_once),
                               args.rope_early, args.splits, args.l2_ahead,
                               args.group_sync, args.layers, bool(args.row_ahead),
-                              bool(args.poll_load))
+                              bool(args.poll_load), None if args.kv_ahead is None else bool(args.kv_ahead),
+                              args.stage)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
           f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
           f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}, "
-          f"layers per launch {args.layers}")
+          f"layers per launch {args.layers}, kv ahead {conf['kv_ahead']}, stage {args.stage}")
     return report(compiled, args.sass)
 
 

@@ -4,7 +4,8 @@
 # prepare). Everything lands under $OUT (default ./gpu-pending-out), one level deep (deeper folders
 # do not come back from the device).
 #
-#   scripts/gpu_pending.sh [tests] [chains] [timeline] [kernels] [w1] [trace] [tests2]     (default: the first five)
+#   scripts/gpu_pending.sh [tests] [chains] [timeline] [kernels] [w1] [trace] [tests2] [longctx] [longw1]
+#                                                                                 (default: the first five)
 #
 # Measured in the twenty-second session (2026-12-04, benchmarks/reports/multi-layer-launch-2026-12-04-h200):
 # several decoder layers per launch (decode_layers, INFER_DECODE_LAYERS: correct, slower), its row_ahead
@@ -20,6 +21,13 @@
 # tests2:   the engine tests of the placeholder fill in the gather and of the final norm in the head, with
 #           the gather kernel's and the LM head's GPU tests (passed in the twenty-third session:
 #           benchmarks/reports/o-heads-chain-l2next-2026-12-04-h200)
+#
+# Built in the twenty-fourth session (2026-12-04, no device): kv_ahead, each attention item asking L2
+# for its split's later key tiles at its start (INFER_DECODE_KV_AHEAD=1; off until measured).
+# longctx:  its GPU tests (both shapes, one launch and stage by stage, up to 9,000 keys), then chains
+#           at 384 / 2,000 / 4,000 / 8,000 keys, off against on (Qwen3-0.6B one launch; Llama-3.2-1B
+#           stage by stage at 4,000), and the timeline at 4,000 keys
+# longw1:   W1 at 2,048 + 2,048 tokens (--scale 8) and the usual W1, off against on, both models
 set -u
 export OUT=${OUT:-$PWD/gpu-pending-out}
 mkdir -p "$OUT"
@@ -79,5 +87,29 @@ if want trace; then
   mkdir -p "$OUT/traces"
   for f in "$OUT"/trace/*/summary.md; do cp "$f" "$OUT/traces/$(basename "$(dirname "$f")").md"; done
   rm -rf "$OUT/trace"
+fi
+if want longctx; then
+  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
+    tests/kernels/test_decode_layer_gpu.py -k "kv_ahead" 2>&1 | tee "$OUT/gpu_tests_kv_ahead.log" | tail -4
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  G=$P-groupsync2-s2,$P-groupsync2-kvahead-s2
+  for ctx in 384 2000 4000 8000; do
+    timeout "${CHAIN_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b --pdl 1 --context $ctx \
+      --chains "$G,$G" --out "$OUT/chains-q$ctx" 2>&1 | grep -E "^\| layer|Error|error" | tail -6
+  done
+  L=$P-stages411444-s4,$P-stages411444-kvahead-s4
+  timeout "${CHAIN_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b --pdl 1 --context 4000 \
+    --chains "$L,$L" --out "$OUT/chains-l4000" 2>&1 | grep -E "^\| layer|Error|error" | tail -6
+  timeout "${TIMELINE_TIMEOUT:-180}" python3 benchmarks/decode_layer_timeline.py --shape qwen3-0.6b \
+    --variants groupsync2,groupsync2-kvahead --programs-per-sm 2 --context 4000 --out "$OUT/timeline-4000" 2>&1 | tail -1
+  grep -E "^\| (2|3a|barrier 2|whole)" "$OUT/timeline-4000/timeline.md"
+fi
+if want longw1; then
+  AB_MODES=${AB_MODES:-scale8 scale8+kv-ahead scale8 scale8+kv-ahead default kv-ahead} \
+    AB_MODELS=${AB_MODELS:-qwen3-0.6b llama-3.2-1b} AB_WORKLOADS=W1 AB_REPEATS=${AB_REPEATS:-3} \
+    scripts/gpu_speed.sh ab 2>&1 | grep "^offline"
+  mkdir -p "$OUT/longw1"
+  cp -r "$OUT"/ab/*/* "$OUT/longw1/" 2>/dev/null
+  rm -rf "$OUT/ab"
 fi
 exit $status

@@ -244,6 +244,26 @@ def test_l2_ahead(shape, context, l2_ahead):
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("context", [0, 300, 1500, 4000, 9000])
+@pytest.mark.parametrize("staged", [False, True])
+def test_kv_ahead(shape, context, staged):
+    """``kv_ahead``: each attention item asks L2 for its split's later key tiles (a hint: the
+    same layer; splits of several tiles from 1,025 keys on), as one launch with the launch's
+    own configuration or stage by stage at 4, 1, 1, 4, 4, 4 programs per SM. Against the
+    reference."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    case = real_case(shape, context)
+    args = (case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads, case.head_dim, sms,
+            torch.bfloat16)
+    if staged:
+        configs = [replace(dl.launch_config(*args, n, stage_by_stage=True), kv_ahead=True) for n in (4, 1, 1, 4, 4, 4)]
+        cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=True, stage_configs=configs)
+    else:
+        cfg = replace(dl.launch_config(*args, 2), kv_ahead=True)
+        cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
+
+
 def group_sync_config(case, per_sm: int, level: int) -> dl.DecodeLayerConfig:
     """The launch's own configuration at ``per_sm`` programs per SM with ``group_sync`` at
     ``level``; where its qkv stage is not balanced (group_sync needs the balanced shares: Llama's

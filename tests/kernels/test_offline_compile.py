@@ -63,3 +63,25 @@ def test_settled_words_poll_without_cta_barriers(tmp_path):
             for ll in (1, 3)}
     assert sass[3].count("BAR.SYNC") < sass[1].count("BAR.SYNC")
     assert "LDG.E.64.STRONG.GPU" in sass[3]
+
+
+@pytest.mark.parametrize("shape", ["qwen3-0.6b", "llama-3.2-1b"])
+def test_kv_ahead_prefetches_the_later_key_tiles(tmp_path, shape):
+    """``kv_ahead`` compiles to per-thread L2 prefetches (``CCTL.E.PF2``: each thread its own
+    lines, no loop over the warp's lanes as a bulk prefetch's uniform operands would need) in
+    registers that fit; without it the launch has none."""
+    args = ("--shape", shape, "--programs-per-sm", "2")
+    sass = {on: compile_sass(tmp_path, f"kv{on}", *args, "--kv-ahead", str(on)) for on in (0, 1)}
+    assert "CCTL.E.PF2" in sass[1][0] and "CCTL.E.PF2" not in sass[0][0]
+    assert "UBLKPF" not in sass[1][0]
+    assert sass[1][1] <= 255
+
+
+@pytest.mark.parametrize("shape", ["qwen3-0.6b", "llama-3.2-1b"])
+@pytest.mark.parametrize(("stage", "per_sm"), list(zip(range(1, 7), (4, 1, 1, 4, 4, 4), strict=True)))
+def test_stage_by_stage_launches_compile(shape, stage, per_sm):
+    """Each stage's own launch (stage by stage: what the engine runs for layers of 64 MiB and
+    more, at 4, 1, 1, 4, 4, 4 programs per SM) compiles for sm_90 in registers that fit."""
+    done = offline_compile("--shape", shape, "--stage", str(stage), "--programs-per-sm", str(per_sm))
+    regs = re.search(r"REG:(\d+)", done.stdout)
+    assert regs and 0 < int(regs.group(1)) <= 255 and f"stage {stage}" in done.stdout, done.stdout

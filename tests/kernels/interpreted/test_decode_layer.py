@@ -124,6 +124,25 @@ def test_launch_config_takes_group_sync_where_each_program_has_a_qkv_row(monkeyp
     assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).group_sync == 0
 
 
+def test_launch_config_takes_kv_ahead_from_the_environment(monkeypatch):
+    """``kv_ahead`` is off in the configuration a launch picks for itself until measured;
+    ``INFER_DECODE_KV_AHEAD=1`` turns it on (A/B measurements), one launch or stage by stage."""
+    monkeypatch.delenv("INFER_DECODE_KV_AHEAD", raising=False)
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).kv_ahead is False
+    monkeypatch.setenv("INFER_DECODE_KV_AHEAD", "1")
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).kv_ahead is True
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 1, True).kv_ahead is True
+
+
+def test_kv_ahead_is_a_cuda_hint_the_interpreter_runs_without():
+    """A configuration with ``kv_ahead`` (its prefetches are PTX) runs under the interpreter as
+    without it: splits of several key tiles (70 keys, 2 splits of 16-key tiles), against the
+    reference."""
+    case = cases.LayerCase(64, 128, 2, 2, 32, 70, 16, True, True, 4, 2, 16, 4096, 64, True, 0)
+    cfg = replace(cases.config_for(case, torch.float32), kv_ahead=True)
+    cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=True, config=cfg)
+
+
 def test_multi_layer_launch_refusals(monkeypatch):
     """decode_layers / layer_table: a clear error, no launch, for what one multi-layer launch
     cannot take (the interpreter's stage-by-stage path, layers of another shape, a tensor off

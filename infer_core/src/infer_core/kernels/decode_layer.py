@@ -233,9 +233,16 @@ def _l2_ahead(w_ptr, NBYTES: tl.constexpr, part, parts, LANES: tl.constexpr):
     chunk = tl.cdiv(tl.cdiv(NBYTES, parts * LANES), 16) * 16
     off = (part * LANES + tl.arange(0, LANES)).to(tl.int64) * chunk
     nbytes = (tl.minimum(tl.maximum(NBYTES - off, 0), chunk) // 16 * 16).to(tl.int32)
+    _l2_prefetch(w_ptr.to(tl.pointer_type(tl.int8)) + off, nbytes)
+
+
+@triton.jit
+def _l2_prefetch(ptrs, nbytes):
+    """``cp.async.bulk.prefetch.L2`` (sm_90) of ``nbytes`` (a multiple of 16, from a 16-byte
+    aligned address) at each of the byte pointers ``ptrs``; nothing where ``nbytes`` is 0."""
     tl.inline_asm_elementwise(
         "{\n.reg .pred p;\nsetp.gt.s32 p, $2, 0;\n@p cp.async.bulk.prefetch.L2.global [$1], $2;\nmov.b32 $0, 0;\n}",
-        "=r,l,r", [w_ptr.to(tl.pointer_type(tl.int8)) + off, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+        "=r,l,r", [ptrs, nbytes], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -726,8 +733,7 @@ def _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, stride_kv, stride_block, st
     dd = tl.arange(0, HEAD_DIM)
     keys = tile * TILE + tl.arange(0, TILE)
     key_ok = keys < seq_len
-    block = tl.load(table_ptr + keys // BLOCK_SIZE, mask=key_ok, other=0)
-    off = block.to(tl.int64) * stride_block + (keys % BLOCK_SIZE).to(tl.int64) * stride_slot
+    off = _key_offsets(table_ptr, keys, key_ok, stride_block, stride_slot, BLOCK_SIZE)
     head_ptr = cache_ptr + g * HEAD_DIM
     k_ptrs = head_ptr + off[None, :] + dh[:, None]  # [HALF, TILE]: K transposed, first half
     k1 = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0, cache_modifier=".cg")
@@ -735,6 +741,50 @@ def _kv_tile(cache_ptr, table_ptr, g, tile, seq_len, stride_kv, stride_block, st
     v = tl.load(head_ptr + stride_kv + off[:, None] + dd[None, :], mask=key_ok[:, None], other=0.0,
                 cache_modifier=".cg")
     return k1, k2, v, key_ok
+
+
+@triton.jit
+def _key_offsets(table_ptr, keys, key_ok, stride_block, stride_slot, BLOCK_SIZE: tl.constexpr):
+    """Each of ``keys``' slot offset (elements) in the paged cache: its block from the block
+    table (read where ``key_ok``, block 0 elsewhere) and its place in the block."""
+    block = tl.load(table_ptr + keys // BLOCK_SIZE, mask=key_ok, other=0)
+    return block.to(tl.int64) * stride_block + (keys % BLOCK_SIZE).to(tl.int64) * stride_slot
+
+
+@triton.jit
+def _kv_ahead(item, cache_ptr, table_ptr, seq_len, stride_kv, stride_block, stride_slot, HEAD_DIM: tl.constexpr,
+              TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, SPLITS: tl.constexpr, KEYS: tl.constexpr):
+    """``kv_ahead``: ask L2 for the key and value rows of attention item ``item``'s tiles after
+    its first (earlier steps' keys only, as :func:`_kv_tile` reads them), ``KEYS`` keys at a
+    time: their block-table entries in one load, then a ``prefetch.global.L2`` of every 128-byte
+    line of their key and value rows (one per element of a ``[KEYS, lines]`` tile: no thread
+    waits for another's). A hint: nothing waits for the data and no register holds it; the tile
+    loop's loads then find the rows in L2 and the table entries in L1, instead of two dependent
+    DRAM round trips per tile. Nothing happens when the split has at most one tile (contexts up
+    to ``SPLITS x TILE`` keys)."""
+    EB: tl.constexpr = cache_ptr.dtype.element_ty.primitive_bitwidth // 8
+    LINES: tl.constexpr = (HEAD_DIM * EB + 127) // 128  # 128-byte lines per row
+    line = tl.arange(0, LINES) * (128 // EB)
+    t0, t1, _ = _split_tiles(item, seq_len, TILE, SPLITS)
+    hi = tl.minimum(t1 * TILE, seq_len - 1)  # (the step's own key comes from registers)
+    head_ptr = cache_ptr + (item // SPLITS) * HEAD_DIM
+    for k0 in range((t0 + 1) * TILE, hi, KEYS):
+        keys = k0 + tl.arange(0, KEYS)
+        ok = keys < hi
+        rows = head_ptr + _key_offsets(table_ptr, keys, ok, stride_block, stride_slot, BLOCK_SIZE)
+        lines = rows[:, None] + line[None, :]
+        lines_ok = ok[:, None] & (line[None, :] >= 0)
+        _l2_prefetch_lines(lines, lines_ok)
+        _l2_prefetch_lines(lines + stride_kv, lines_ok)
+
+
+@triton.jit
+def _l2_prefetch_lines(ptrs, mask):
+    """``prefetch.global.L2`` of the line that holds each of ``ptrs`` where ``mask`` (each thread
+    its own elements; a hint: nothing receives the data)."""
+    tl.inline_asm_elementwise(
+        "{\n.reg .pred p;\nsetp.ne.s32 p, $2, 0;\n@p prefetch.global.L2 [$1];\nmov.b32 $0, 0;\n}",
+        "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -1072,6 +1122,7 @@ def _decode_layer_kernel(
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
     NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr, GROUP_SYNC: tl.constexpr,
     LAYERS: tl.constexpr = 1, ROW_AHEAD: tl.constexpr = True, POLL_LOAD: tl.constexpr = False,
+    KV_AHEAD: tl.constexpr = False,
 ):
     ALL: tl.constexpr = STAGE < 0
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
@@ -1219,6 +1270,9 @@ def _decode_layer_kernel(
                 else:  # (requested here, not before the loop: carried into it, the tile's registers double)
                     k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv, stride_block,
                                                   stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+                if KV_AHEAD:  # the split's later key tiles into L2 (earlier steps' keys: no wait needed)
+                    _kv_ahead(item, cache_ptr, table_ptr, seq_len, stride_kv, stride_block, stride_slot, HEAD_DIM,
+                              TILE, BLOCK_SIZE, SPLITS, 2 * TILE)
                 if GS:  # this item's KV group's qkv rows are stored
                     target_g = _group_target(item // SPLITS, epoch, num_programs, NQKV, HQ, HKV, HEAD_DIM)
                     _wait(counters_ptr, GROUP_SLOT + item // SPLITS, target_g - 1, target_g, error_ptr, POLL_SLEEP, POLL_LOAD)
@@ -1408,7 +1462,12 @@ class DecodeLayerConfig:
     loop), or at the layer's start (``False``: nothing carried, a dependent L2 round trip before
     the qkv tiles are requested; the same speed: chain 22.0 against 22.1 µs per layer).
     ``poll_load``: the barriers poll with acquire loads instead of atomics (:func:`_wait`; off:
-    slower, 20.3 against 19.6 µs per layer; benchmarks/reports/multi-layer-launch-2026-12-04-h200)."""
+    slower, 20.3 against 19.6 µs per layer; benchmarks/reports/multi-layer-launch-2026-12-04-h200).
+    ``kv_ahead`` (off until measured): each attention item asks L2 for its split's key tiles after
+    the first at the item's start (:func:`_kv_ahead`), so the tile loop's loads are L2 hits
+    instead of two dependent DRAM round trips per tile (the block-table entry, then the rows);
+    only splits of more than one tile (contexts over ``splits x tile`` keys) do anything. CUDA
+    only (the interpreter runs without it: a hint changes no value)."""
 
     num_programs: int
     splits: int
@@ -1433,6 +1492,7 @@ class DecodeLayerConfig:
     group_sync: int = 0
     row_ahead: bool = True
     poll_load: bool = False
+    kv_ahead: bool = False
 
 
 def _pow2_floor(n: int) -> int:
@@ -1596,7 +1656,8 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
                    norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early(),
                    l2_ahead=default_l2_ahead(), group_sync=group_sync,
                    row_ahead=bool(_env_int("INFER_DECODE_ROW_AHEAD", int(DecodeLayerConfig.row_ahead))),
-                   poll_load=bool(_env_int("INFER_DECODE_POLL_LOAD", int(DecodeLayerConfig.poll_load))))
+                   poll_load=bool(_env_int("INFER_DECODE_POLL_LOAD", int(DecodeLayerConfig.poll_load))),
+                   kv_ahead=bool(_env_int("INFER_DECODE_KV_AHEAD", int(DecodeLayerConfig.kv_ahead))))
 
 
 def default_kv_early() -> int:
@@ -1844,7 +1905,7 @@ def decode_layer(
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
             NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early, L2_AHEAD=cfg.l2_ahead,
             GROUP_SYNC=cfg.group_sync, LAYERS=n_layers, ROW_AHEAD=cfg.row_ahead,
-            POLL_LOAD=cfg.poll_load and x.is_cuda,
+            POLL_LOAD=cfg.poll_load and x.is_cuda, KV_AHEAD=cfg.kv_ahead and x.is_cuda,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
