@@ -232,6 +232,9 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # each attention item asks L2 for its split's later key tiles at its start (kv_ahead): with
                  # the engine's group_sync 2 (one launch) and Llama-3.2-1B's stages (4,1,1,4,4,4)
                  "groupsync2-kvahead": {"group_sync": 2, "balanced_elements": 16384, "kv_ahead": True},
+                 # ... with 8 key splits (W1 0.642 against 0.647 ms per token, but slower at long contexts without it)
+                 "groupsync2-splits8-kvahead": {"group_sync": 2, "balanced_elements": 16384, "splits": 8,
+                                                "kv_ahead": True},
                  "stages411444-kvahead": {"stages": (4, 1, 1, 4, 4, 4), "balanced_elements": 16384,
                                           "kv_ahead": True}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)

@@ -25,9 +25,11 @@
 # Built in the twenty-fourth session (2026-12-04, no device): kv_ahead, each attention item asking L2
 # for its split's later key tiles at its start (INFER_DECODE_KV_AHEAD=1; off until measured).
 # longctx:  its GPU tests (both shapes, one launch and stage by stage, up to 9,000 keys), then chains
-#           at 384 / 2,000 / 4,000 / 8,000 keys, off against on (Qwen3-0.6B one launch; Llama-3.2-1B
-#           stage by stage at 4,000), and the timeline at 4,000 keys
-# longw1:   W1 at 2,048 + 2,048 tokens (--scale 8) and the usual W1, off against on, both models
+#           at 384 / 2,000 / 4,000 / 8,000 keys, off against on, with 16 and with 8 key splits (8: W1
+#           0.642 against 0.647 ms per token, 42.6 against 30.9 µs per layer at 4,000 keys without it)
+#           (Qwen3-0.6B one launch; Llama-3.2-1B stage by stage at 4,000), and the timeline at 4,000 keys
+# longw1:   W1 at 2,048 + 2,048 tokens (--scale 8): off, on, on with 8 splits; the usual W1: off and
+#           8 splits with it (both models; each mode starts an engine, about 30 s)
 set -u
 export OUT=${OUT:-$PWD/gpu-pending-out}
 mkdir -p "$OUT"
@@ -92,10 +94,10 @@ if want longctx; then
   timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
     tests/kernels/test_decode_layer_gpu.py -k "kv_ahead" 2>&1 | tee "$OUT/gpu_tests_kv_ahead.log" | tail -4
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
-  G=$P-groupsync2-s2,$P-groupsync2-kvahead-s2
+  G=$P-groupsync2-s2,$P-groupsync2-kvahead-s2,$P-groupsync2-splits8-s2,$P-groupsync2-splits8-kvahead-s2
   for ctx in 384 2000 4000 8000; do
     timeout "${CHAIN_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b --pdl 1 --context $ctx \
-      --chains "$G,$G" --out "$OUT/chains-q$ctx" 2>&1 | grep -E "^\| layer|Error|error" | tail -6
+      --chains "$G,$G" --out "$OUT/chains-q$ctx" 2>&1 | grep -E "^\| layer|Error|error" | tail -10
   done
   L=$P-stages411444-s4,$P-stages411444-kvahead-s4
   timeout "${CHAIN_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b --pdl 1 --context 4000 \
@@ -105,7 +107,7 @@ if want longctx; then
   grep -E "^\| (2|3a|barrier 2|whole)" "$OUT/timeline-4000/timeline.md"
 fi
 if want longw1; then
-  AB_MODES=${AB_MODES:-scale8 scale8+kv-ahead scale8 scale8+kv-ahead default kv-ahead} \
+  AB_MODES=${AB_MODES:-scale8 scale8+kv-ahead scale8+splits8+kv-ahead default splits8+kv-ahead} \
     AB_MODELS=${AB_MODELS:-qwen3-0.6b llama-3.2-1b} AB_WORKLOADS=W1 AB_REPEATS=${AB_REPEATS:-3} \
     scripts/gpu_speed.sh ab 2>&1 | grep "^offline"
   mkdir -p "$OUT/longw1"
