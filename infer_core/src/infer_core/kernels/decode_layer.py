@@ -233,16 +233,9 @@ def _l2_ahead(w_ptr, NBYTES: tl.constexpr, part, parts, LANES: tl.constexpr):
     chunk = tl.cdiv(tl.cdiv(NBYTES, parts * LANES), 16) * 16
     off = (part * LANES + tl.arange(0, LANES)).to(tl.int64) * chunk
     nbytes = (tl.minimum(tl.maximum(NBYTES - off, 0), chunk) // 16 * 16).to(tl.int32)
-    _l2_prefetch(w_ptr.to(tl.pointer_type(tl.int8)) + off, nbytes)
-
-
-@triton.jit
-def _l2_prefetch(ptrs, nbytes):
-    """``cp.async.bulk.prefetch.L2`` (sm_90) of ``nbytes`` (a multiple of 16, from a 16-byte
-    aligned address) at each of the byte pointers ``ptrs``; nothing where ``nbytes`` is 0."""
     tl.inline_asm_elementwise(
         "{\n.reg .pred p;\nsetp.gt.s32 p, $2, 0;\n@p cp.async.bulk.prefetch.L2.global [$1], $2;\nmov.b32 $0, 0;\n}",
-        "=r,l,r", [ptrs, nbytes], dtype=tl.int32, is_pure=False, pack=1)
+        "=r,l,r", [w_ptr.to(tl.pointer_type(tl.int8)) + off, nbytes], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
