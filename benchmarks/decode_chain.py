@@ -119,6 +119,7 @@ class Layer:
         self.k_norm = torch.ones(d, device=dev, dtype=BF16)
         self.sizes = (hq * d, hkv * d, hkv * d)
         self.attn = AttentionLayer(hq, hkv, d, d**-0.5)
+        self.context = context
         blocks = -(-(context + 1) // 16)
         self.cache = torch.randn(2, blocks, 16, hkv, d, device=dev, dtype=BF16)
         md = build_attention_metadata([1], [context + 1], [list(range(blocks))], 16, dev)
@@ -138,6 +139,11 @@ class Layer:
 
     def bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qkv, self.o, self.gate_up, self.down))
+
+    def kv_bytes(self) -> int:
+        """The keys and values of the context that one decode step's attention reads."""
+        hkv, d = self.attn.num_kv_heads, self.attn.head_dim
+        return 2 * self.context * hkv * d * self.cache.element_size()
 
     def attention(self, qkv: torch.Tensor) -> torch.Tensor:
         hq, hkv, d = self.attn.num_heads, self.attn.num_kv_heads, self.attn.head_dim
@@ -470,9 +476,14 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as e:  # a persistent launch whose programs would not all fit at once
                 print(f"{name:16s} skipped: {e}", flush=True)
                 break
+            # the roofline: the layer's weights (the step chains': and the head's share) and the KV it reads, at
+            # the copy ceiling
+            moved = wbytes / len(layers) + layers[0].kv_bytes() if wbytes else 0
             row = {"chain": name, "pdl": pdl == "1", "kernels": kernels,
                    "us": us, "us_per_kernel": us / kernels, "us_per_layer": us / len(layers),
-                   "weight_bytes": wbytes, "gbps": wbytes / us / 1e3 if wbytes else None}
+                   "weight_bytes": wbytes, "gbps": wbytes / us / 1e3 if wbytes else None,
+                   "kv_bytes_per_layer": layers[0].kv_bytes(),
+                   "roofline_us_per_layer": moved / ceilings["copy_gbps"] / 1e3 if moved else None}
             rows.append(row)
             gbps = f"{row['gbps']:.0f} GB/s" if wbytes else ""
             print(f"{name:16s} pdl={pdl}: {us:8.1f} µs, {row['us_per_kernel']:5.2f} µs/kernel, "
@@ -486,11 +497,15 @@ def main(argv: list[str] | None = None) -> int:
              f"{env['date']}, commit `{env['commit']}`; torch {env['torch']}, triton {env['triton']}; batch 1, "
              f"{shape[5]} layers, context {args.context}, attention configured for {args.max_seq_len}. "
              f"Copy ceiling {ceilings['copy_gbps']:.0f} GB/s. CUDA-graph replays, median, minus an L2 flush.", "",
-             "| chain | PDL | kernels | µs | µs/kernel | µs/layer | weight GB/s |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             f"Roofline: a layer's weights and the {layers[0].kv_bytes() / 2**20:.1f} MiB of keys and values "
+             "its attention reads, at the copy ceiling.", "",
+             "| chain | PDL | kernels | µs | µs/kernel | µs/layer | weight GB/s | roofline µs/layer |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         gbps = f"{r['gbps']:.0f}" if r["gbps"] else "–"
-        lines.append(f"| {r['chain']} | {'on' if r['pdl'] else 'off'} | {r['kernels']} | {r['us']:.1f} | {r['us_per_kernel']:.2f} | {r['us_per_layer']:.1f} | {gbps} |")
+        roof = f"{r['roofline_us_per_layer']:.1f}" if r["roofline_us_per_layer"] else "–"
+        lines.append(f"| {r['chain']} | {'on' if r['pdl'] else 'off'} | {r['kernels']} | {r['us']:.1f} | "
+                     f"{r['us_per_kernel']:.2f} | {r['us_per_layer']:.1f} | {gbps} | {roof} |")
     (args.out / "decode_chain.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
