@@ -241,6 +241,15 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # ... with 8 key splits (W1 0.642 against 0.647 ms per token, but slower at long contexts without it)
                  "groupsync2-splits8-kvahead": {"group_sync": 2, "balanced_elements": 16384, "splits": 8,
                                                 "kv_ahead": True},
+                 # each step uses the fewest splits from 8 up that give each split at most one key tile (min_splits),
+                 # at most 16 or 32 (256 items for 264 programs at 2 per SM), with kv_ahead for the longer contexts
+                 "groupsync2-minsplits8": {"group_sync": 2, "balanced_elements": 16384, "min_splits": 8},
+                 "groupsync2-splits32-minsplits8": {"group_sync": 2, "balanced_elements": 16384, "splits": 32,
+                                                    "min_splits": 8},
+                 "groupsync2-splits32-minsplits8-kvahead": {"group_sync": 2, "balanced_elements": 16384, "splits": 32,
+                                                            "min_splits": 8, "kv_ahead": True},
+                 "stages411444-minsplits8-kvahead": {"stages": (4, 1, 1, 4, 4, 4), "balanced_elements": 16384,
+                                                     "min_splits": 8, "kv_ahead": True},
                  "stages411444-kvahead": {"stages": (4, 1, 1, 4, 4, 4), "balanced_elements": 16384,
                                           "kv_ahead": True}}
 # (weight elements per step, warps, pipeline stages, fewest steps, programs per SM)

@@ -53,7 +53,8 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
                norm_once: bool | None = None, rope_early: int | None = None,
                splits: int | None = None, l2_ahead: int | None = None,
                group_sync: int | None = None, layers: int = 1, row_ahead: bool = True,
-               poll_load: bool = False, kv_ahead: bool | None = None, stage: int = -1) -> tuple[dict, dict]:
+               poll_load: bool = False, kv_ahead: bool | None = None, stage: int = -1,
+               min_splits: int | None = None) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
     (``arrive_first`` / ``kv_early``: the config's default when ``None``). ``stage`` 1-6: that
@@ -68,7 +69,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
                                               ("pairs", pairs), ("ll", ll), ("norm_once", norm_once),
                                               ("rope_early", rope_early), ("splits", splits),
                                               ("l2_ahead", l2_ahead), ("group_sync", group_sync),
-                                              ("kv_ahead", kv_ahead))
+                                              ("kv_ahead", kv_ahead), ("min_splits", min_splits))
                           if v is not None})
     ks = (hidden, hq * d, hidden, inter)
     values = dict(
@@ -84,7 +85,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
         EPOCH=conf.epoch, LL=conf.ll, NORM_ONCE=conf.norm_once, ROPE_EARLY=conf.rope_early,
         L2_AHEAD=conf.l2_ahead, GROUP_SYNC=conf.group_sync, LAYERS=layers, ROW_AHEAD=row_ahead, POLL_LOAD=poll_load,
-        KV_AHEAD=conf.kv_ahead,
+        KV_AHEAD=conf.kv_ahead, MIN_SPLITS=conf.min_splits,
     )
     return values, conf.__dict__
 
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group-sync", type=int, choices=(0, 1, 2), help="default: the config's")
     parser.add_argument("--kv-ahead", type=int, choices=(0, 1), help="the splits' later key tiles into L2 "
                         "(default: the config's)")
+    parser.add_argument("--min-splits", type=int, help="the fewest key splits a step uses (0: always --splits; "
+                        "default: the config's)")
     parser.add_argument("--stage", type=int, default=-1, choices=(-1, *range(1, 7)),
                         help="one stage's own launch (stage by stage; -1: the one launch)")
     parser.add_argument("--splits", type=int, help="key splits per KV head (default: the config's)")
@@ -203,12 +206,13 @@ def main(argv: list[str] | None = None) -> int:
                               args.rope_early, args.splits, args.l2_ahead,
                               args.group_sync, args.layers, bool(args.row_ahead),
                               bool(args.poll_load), None if args.kv_ahead is None else bool(args.kv_ahead),
-                              args.stage)
+                              args.stage, args.min_splits)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
           f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
           f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}, "
-          f"layers per launch {args.layers}, kv ahead {conf['kv_ahead']}, stage {args.stage}")
+          f"layers per launch {args.layers}, kv ahead {conf['kv_ahead']}, "
+          f"splits {conf['splits']} (min {conf['min_splits']}), stage {args.stage}")
     return report(compiled, args.sass)
 
 

@@ -22,14 +22,17 @@
 #           the gather kernel's and the LM head's GPU tests (passed in the twenty-third session:
 #           benchmarks/reports/o-heads-chain-l2next-2026-12-04-h200)
 #
-# Built in the twenty-fourth session (2026-12-04, no device): kv_ahead, each attention item asking L2
-# for its split's later key tiles at its start (INFER_DECODE_KV_AHEAD=1; off until measured).
-# longctx:  its GPU tests (both shapes, one launch and stage by stage, up to 9,000 keys), then chains
-#           at 384 / 2,000 / 4,000 / 8,000 keys, off against on, with 16 and with 8 key splits (8: W1
-#           0.642 against 0.647 ms per token, 42.6 against 30.9 µs per layer at 4,000 keys without it)
-#           (Qwen3-0.6B one launch; Llama-3.2-1B stage by stage at 4,000), and the timeline at 4,000 keys
-# longw1:   W1 at 2,048 + 2,048 tokens (--scale 8): off, on, on with 8 splits; the usual W1: off and
-#           8 splits with it (both models; each mode starts an engine, about 30 s)
+# Built in the twenty-fourth session (2026-12-04, no device), both off until measured: kv_ahead, each
+# attention item asking L2 for its split's later key tiles at its start (INFER_DECODE_KV_AHEAD=1), and
+# min_splits, each step using the fewest key splits from N up that give each split at most one key tile
+# (INFER_DECODE_MIN_SPLITS=N; with INFER_DECODE_SPLITS=32 up to 32 splits).
+# longctx:  their GPU tests (both shapes, one launch and stage by stage, up to 9,000 keys), then chains
+#           at 384 / 2,000 / 4,000 / 8,000 keys: the default, kv_ahead, 8 splits (W1 0.642 against 0.647
+#           ms per token, 42.6 against 30.9 µs per layer at 4,000 keys), 8 splits + kv_ahead, min_splits 8,
+#           min_splits 8 of 32 + kv_ahead (Qwen3-0.6B one launch; Llama-3.2-1B stage by stage at 4,000),
+#           and the timeline at 4,000 keys
+# longw1:   W1 at 2,048 + 2,048 tokens (--scale 8) and the usual W1: off, kv_ahead, min_splits 8 of 32 +
+#           kv_ahead (Qwen3-0.6B; AB_MODELS adds Llama-3.2-1B; each mode starts an engine, about 30 s)
 set -u
 export OUT=${OUT:-$PWD/gpu-pending-out}
 mkdir -p "$OUT"
@@ -91,24 +94,25 @@ if want trace; then
   rm -rf "$OUT/trace"
 fi
 if want longctx; then
-  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
-    tests/kernels/test_decode_layer_gpu.py -k "kv_ahead" 2>&1 | tee "$OUT/gpu_tests_kv_ahead.log" | tail -4
+  timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
+    tests/kernels/test_decode_layer_gpu.py -k "kv_ahead or min_splits" 2>&1 | tee "$OUT/gpu_tests_long.log" | tail -4
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   G=$P-groupsync2-s2,$P-groupsync2-kvahead-s2,$P-groupsync2-splits8-s2,$P-groupsync2-splits8-kvahead-s2
+  G=$G,$P-groupsync2-minsplits8-s2,$P-groupsync2-splits32-minsplits8-kvahead-s2
   for ctx in 384 2000 4000 8000; do
     timeout "${CHAIN_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b --pdl 1 --context $ctx \
-      --chains "$G,$G" --out "$OUT/chains-q$ctx" 2>&1 | grep -E "^\| layer|Error|error" | tail -10
+      --chains "$G,$G" --out "$OUT/chains-q$ctx" 2>&1 | grep -E "^\| layer|Error|error" | tail -14
   done
-  L=$P-stages411444-s4,$P-stages411444-kvahead-s4
+  L=$P-stages411444-s4,$P-stages411444-kvahead-s4,$P-stages411444-minsplits8-kvahead-s4
   timeout "${CHAIN_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape llama-3.2-1b --pdl 1 --context 4000 \
-    --chains "$L,$L" --out "$OUT/chains-l4000" 2>&1 | grep -E "^\| layer|Error|error" | tail -6
+    --chains "$L,$L" --out "$OUT/chains-l4000" 2>&1 | grep -E "^\| layer|Error|error" | tail -8
   timeout "${TIMELINE_TIMEOUT:-180}" python3 benchmarks/decode_layer_timeline.py --shape qwen3-0.6b \
-    --variants groupsync2,groupsync2-kvahead --programs-per-sm 2 --context 4000 --out "$OUT/timeline-4000" 2>&1 | tail -1
+    --variants groupsync2,groupsync2-kvahead,groupsync2-splits32-minsplits8-kvahead --programs-per-sm 2 --context 4000 --out "$OUT/timeline-4000" 2>&1 | tail -1
   grep -E "^\| (2|3a|barrier 2|whole)" "$OUT/timeline-4000/timeline.md"
 fi
 if want longw1; then
-  AB_MODES=${AB_MODES:-scale8 scale8+kv-ahead scale8+splits8+kv-ahead default splits8+kv-ahead} \
-    AB_MODELS=${AB_MODELS:-qwen3-0.6b llama-3.2-1b} AB_WORKLOADS=W1 AB_REPEATS=${AB_REPEATS:-3} \
+  AB_MODES=${AB_MODES:-scale8 scale8+kv-ahead scale8+splits32+min-splits8+kv-ahead default kv-ahead splits32+min-splits8+kv-ahead} \
+    AB_MODELS=${AB_MODELS:-qwen3-0.6b} AB_WORKLOADS=W1 AB_REPEATS=${AB_REPEATS:-3} \
     scripts/gpu_speed.sh ab 2>&1 | grep "^offline"
   mkdir -p "$OUT/longw1"
   cp -r "$OUT"/ab/*/* "$OUT/longw1/" 2>/dev/null

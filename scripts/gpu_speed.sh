@@ -57,6 +57,8 @@
 #            "rowstart" = INFER_DECODE_ROW_AHEAD=0 (there: each layer's addresses loaded at its start),
 #            "poll-load" = INFER_DECODE_POLL_LOAD=1 (the persistent layer's barriers polled with acquire loads),
 #            "kv-ahead" = INFER_DECODE_KV_AHEAD=1 (each attention item asks L2 for its split's later key tiles),
+#            "min-splits<N>" = INFER_DECODE_MIN_SPLITS=N (each step uses the fewest key splits from N up that give
+#            each split at most one key tile, at most splits<M>'s or the default's),
 #            "scale<N>" = --scale N (every workload length times N: "scale8" makes W1 2,048 + 2,048 tokens),
 #            "no-pdl" = INFER_PDL=0; "+" joins them: "prologues-all+no-pdl"), AB_REPEATS runs each
 #            (default 3) of AB_WORKLOADS (default W1,W2) for AB_MODELS (default both), so the modes pair on one machine
@@ -125,7 +127,7 @@ if want ab; then
   QTOK=(); [ -f benchmarks/.assets/qwen3-tokenizer/tokenizer.json ] && QTOK=(--tokenizer benchmarks/.assets/qwen3-tokenizer)
   [ -f "$AB/qwen3-0.6b/model.safetensors" ] || "${BENCH[@]}" checkpoint qwen3-0.6b --out "$AB/qwen3-0.6b" "${QTOK[@]}" | tail -1
   for mode in ${AB_MODES:-default in-order}; do
-    flag=(--name "$mode"); pdl=1; bal=; kve=; prs=; epo=; ll=; gfill=; stg=; lmh=; cud=; clu=; nrm=; rop=; spl=; l2a=; gsy=; gat=; lhe=; fgat=; hnorm=; lay=; rah=; pld=; kva=
+    flag=(--name "$mode"); pdl=1; bal=; kve=; prs=; epo=; ll=; gfill=; stg=; lmh=; cud=; clu=; nrm=; rop=; spl=; l2a=; gsy=; gat=; lhe=; fgat=; hnorm=; lay=; rah=; pld=; kva=; mns=
     for part in ${mode//+/ }; do
       case $part in
         async) flag+=(--scheduler.async_scheduling true) ;;
@@ -174,12 +176,13 @@ if want ab; then
         rowstart) rah=0 ;;
         poll-load) pld=1 ;;
         kv-ahead) kva=1 ;;
+        min-splits[0-9]*) mns=${part#min-splits} ;;
         scale[0-9]*) flag+=(--scale "${part#scale}") ;;
         no-pdl) pdl=0 ;;
       esac
     done
     for m in ${AB_MODELS:-llama-3.2-1b qwen3-0.6b}; do
-      INFER_PDL=$pdl INFER_DECODE_BALANCED_ELEMENTS=$bal INFER_DECODE_KV_EARLY=$kve INFER_DECODE_PAIRS=$prs INFER_DECODE_EPOCH=$epo INFER_DECODE_LL=$ll INFER_GRAPH_FILL=$gfill INFER_DECODE_STAGES=$stg INFER_LM_HEAD_ARGMAX=$lmh INFER_DECODE_CUDA=$cud INFER_DECODE_CLUSTER=${clu:-16} INFER_DECODE_NORM_ONCE=$nrm INFER_DECODE_ROPE_EARLY=$rop INFER_DECODE_SPLITS=$spl INFER_DECODE_L2_AHEAD=$l2a INFER_DECODE_GROUP_SYNC=$gsy INFER_GATHER_ROWS=$gat INFER_LM_HEAD_EARLY=$lhe INFER_GRAPH_FILL_GATHER=$fgat INFER_LM_HEAD_NORM=$hnorm INFER_DECODE_LAYERS=$lay INFER_DECODE_ROW_AHEAD=$rah INFER_DECODE_POLL_LOAD=$pld INFER_DECODE_KV_AHEAD=$kva timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
+      INFER_PDL=$pdl INFER_DECODE_BALANCED_ELEMENTS=$bal INFER_DECODE_KV_EARLY=$kve INFER_DECODE_PAIRS=$prs INFER_DECODE_EPOCH=$epo INFER_DECODE_LL=$ll INFER_GRAPH_FILL=$gfill INFER_DECODE_STAGES=$stg INFER_LM_HEAD_ARGMAX=$lmh INFER_DECODE_CUDA=$cud INFER_DECODE_CLUSTER=${clu:-16} INFER_DECODE_NORM_ONCE=$nrm INFER_DECODE_ROPE_EARLY=$rop INFER_DECODE_SPLITS=$spl INFER_DECODE_L2_AHEAD=$l2a INFER_DECODE_GROUP_SYNC=$gsy INFER_GATHER_ROWS=$gat INFER_LM_HEAD_EARLY=$lhe INFER_GRAPH_FILL_GATHER=$fgat INFER_LM_HEAD_NORM=$hnorm INFER_DECODE_LAYERS=$lay INFER_DECODE_ROW_AHEAD=$rah INFER_DECODE_POLL_LOAD=$pld INFER_DECODE_KV_AHEAD=$kva INFER_DECODE_MIN_SPLITS=$mns timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
         --workload "${AB_WORKLOADS:-W1,W2}" --repeats "${AB_REPEATS:-3}" --label "$m-random" --out "$REPORT" "${flag[@]}" 2>&1 | tail -4
     done
   done

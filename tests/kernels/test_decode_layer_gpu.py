@@ -264,6 +264,26 @@ def test_kv_ahead(shape, context, staged):
         cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
 
 
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("context", [0, 63, 300, 1500, 4000, 9000])
+@pytest.mark.parametrize(("splits", "min_splits", "kv_ahead"), [(16, 8, False), (32, 8, False), (32, 8, True)])
+def test_min_splits(shape, context, splits, min_splits, kv_ahead):
+    """``min_splits``: each step uses the fewest splits from ``min_splits`` up that give each at
+    most one key tile, at most ``splits`` (32: 256 items for 264 programs), one launch with the
+    launch's own configuration (group_sync 2: the unused splits only arrive), with and without
+    ``kv_ahead``; and stage by stage at 4, 1, 1, 4, 4, 4 programs per SM (an attention program then
+    takes two items at 32 splits). Against the reference."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    case = replace(real_case(shape, context), splits=splits)
+    args = (case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads, case.head_dim, sms,
+            torch.bfloat16)
+    extra = dict(splits=splits, min_splits=min_splits, kv_ahead=kv_ahead)
+    cfg = replace(dl.launch_config(*args, 2), **extra)
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
+    configs = [replace(dl.launch_config(*args, n, stage_by_stage=True), **extra) for n in (4, 1, 1, 4, 4, 4)]
+    cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=True, stage_configs=configs)
+
+
 def group_sync_config(case, per_sm: int, level: int) -> dl.DecodeLayerConfig:
     """The launch's own configuration at ``per_sm`` programs per SM with ``group_sync`` at
     ``level``; where its qkv stage is not balanced (group_sync needs the balanced shares: Llama's

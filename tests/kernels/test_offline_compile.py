@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("args", [["--shape", "qwen3-0.6b", "--arrive-first", "0", "--kv-early", "0", "--last-stage", "2"],
                                   ["--shape", "llama-3.2-1b", "--timeline"],
-                                  ["--kernel", "lm_head", "--lm-head-norm", "1"], ["--kernel", "gather_rows", "--gather-fill", "1"]])
+                                  ["--kernel", "lm_head", "--lm-head-norm", "1"], ["--kernel", "gather_rows", "--gather-fill", "1"],
+                                  ["--shape", "qwen3-0.6b", "--programs-per-sm", "2", "--splits", "32", "--min-splits", "8",
+                                   "--kv-ahead", "1"]])
 def test_offline_compile_reports_registers(args):
     done = offline_compile(*args)
     regs = re.search(r"REG:(\d+)", done.stdout)

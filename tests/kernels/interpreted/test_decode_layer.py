@@ -9,6 +9,8 @@ from dataclasses import replace
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -141,6 +143,67 @@ def test_kv_ahead_is_a_cuda_hint_the_interpreter_runs_without():
     case = cases.LayerCase(64, 128, 2, 2, 32, 70, 16, True, True, 4, 2, 16, 4096, 64, True, 0)
     cfg = replace(cases.config_for(case, torch.float32), kv_ahead=True)
     cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=True, config=cfg)
+
+
+@settings(max_examples=16, deadline=None)
+@given(case=cases.layer_cases(), splits=st.sampled_from([4, 8]), min_splits=st.sampled_from([1, 2]),
+       context=st.integers(0, 150))
+def test_min_splits_match_the_reference(case, splits, min_splits, context):
+    """``min_splits``: each step uses the fewest splits (from ``min_splits`` up, powers of two)
+    that give each split at most one key tile, at most ``splits``, the others idle and unread by
+    the merge: contexts from none to several tiles per split (16- and 32-key tiles), against the
+    reference."""
+    case = replace(case, splits=splits, context=context, ll=0)
+    cfg = replace(cases.config_for(case, torch.float32), min_splits=min_splits)
+    cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=True, config=cfg)
+
+
+@triton.jit
+def _active_splits_kernel(seq_lens_ptr, out_ptr, TILE: tl.constexpr, SPLITS: tl.constexpr, MIN_SPLITS: tl.constexpr):
+    i = tl.program_id(0)
+    tl.store(out_ptr + i, dl._active_splits(tl.load(seq_lens_ptr + i), TILE, SPLITS, MIN_SPLITS))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seq_lens=st.lists(st.integers(1, 20000), min_size=1, max_size=8), tile=st.sampled_from([16, 32, 64]),
+       splits=st.sampled_from([1, 2, 8, 16, 32]), min_splits=st.sampled_from([0, 1, 4, 8, 64]))
+def test_active_splits_give_each_split_at_most_one_tile(seq_lens, tile, splits, min_splits):
+    """The splits a step uses: all ``SPLITS`` without ``min_splits`` (or with one at least as
+    large); else the smallest power of two from ``min_splits`` up that covers the step's key
+    tiles, at most ``SPLITS``."""
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    out = torch.zeros_like(lens)
+    _active_splits_kernel[(len(seq_lens),)](lens, out, TILE=tile, SPLITS=splits, MIN_SPLITS=min_splits)
+    for n, got in zip(seq_lens, out.tolist(), strict=True):
+        tiles = -(-n // tile)
+        want = splits
+        if 0 < min_splits < splits:
+            want = min_splits
+            while want < tiles and want < splits:
+                want *= 2
+        assert got == want, (n, tile, splits, min_splits)
+
+
+def test_min_splits_refusals():
+    """``min_splits`` other than 0 or a power of two, or with ``ll`` (whose merge polls every
+    split's words): a clear error, no launch."""
+    case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)
+    for bad, match in ((dict(min_splits=3), "power of two"), (dict(min_splits=2, ll=1, epoch=True), "ll=0")):
+        cfg = replace(cases.config_for(case, torch.float32), **bad)
+        with pytest.raises(ValueError, match=match):
+            cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=True, config=cfg)
+
+
+def test_launch_config_takes_min_splits_from_the_environment(monkeypatch):
+    """``min_splits`` is 0 (every step uses every split) until measured; ``INFER_DECODE_MIN_SPLITS``
+    sets it, except with ``ll``."""
+    monkeypatch.delenv("INFER_DECODE_MIN_SPLITS", raising=False)
+    monkeypatch.delenv("INFER_DECODE_LL", raising=False)
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).min_splits == 0
+    monkeypatch.setenv("INFER_DECODE_MIN_SPLITS", "8")
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).min_splits == 8
+    monkeypatch.setenv("INFER_DECODE_LL", "1")
+    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).min_splits == 0
 
 
 def test_multi_layer_launch_refusals(monkeypatch):

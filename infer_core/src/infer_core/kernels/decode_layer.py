@@ -705,14 +705,29 @@ def _norm_rope(x1, x2, w1, w2, cos, sin, eps, QK_NORM: tl.constexpr, HALF: tl.co
 
 
 @triton.jit
-def _split_tiles(item, seq_len, TILE: tl.constexpr, SPLITS: tl.constexpr):
-    """Key tiles ``[t0, t1)`` of split ``item % SPLITS`` (paged_attention's split rule) and the
-    number of tiles."""
+def _split_tiles(item, seq_len, TILE: tl.constexpr, SPLITS: tl.constexpr, active):
+    """Key tiles ``[t0, t1)`` of split ``item % SPLITS`` (paged_attention's split rule over the
+    ``active`` splits, :func:`_active_splits`: those from ``active`` on are empty) and the number
+    of tiles."""
     tiles = tl.cdiv(seq_len, TILE)
-    per_split = tl.cdiv(tiles, SPLITS)
+    per_split = tl.cdiv(tiles, active)
     t0 = tl.minimum((item % SPLITS) * per_split, tiles)
     t1 = tl.minimum(t0 + per_split, tiles)
     return t0, t1, tiles
+
+
+@triton.jit
+def _active_splits(seq_len, TILE: tl.constexpr, SPLITS: tl.constexpr, MIN_SPLITS: tl.constexpr):
+    """How many of the ``SPLITS`` key splits per KV head this step uses: all of them; or, with
+    ``MIN_SPLITS`` (a smaller power of two, ``min_splits``), the fewest powers of two from
+    ``MIN_SPLITS`` up that give each split at most one key tile (at most ``SPLITS``)."""
+    if MIN_SPLITS == 0 or MIN_SPLITS >= SPLITS:
+        return SPLITS
+    tiles = tl.cdiv(seq_len, TILE)
+    active = tl.full((), MIN_SPLITS, tl.int32)
+    for _ in tl.static_range(8):  # (doublings: SPLITS / MIN_SPLITS is at most 2^8)
+        active = tl.where((active < tiles) & (active < SPLITS), active * 2, active)
+    return active
 
 
 @triton.jit
@@ -746,7 +761,7 @@ def _key_offsets(table_ptr, keys, key_ok, stride_block, stride_slot, BLOCK_SIZE:
 
 @triton.jit
 def _kv_ahead(item, cache_ptr, table_ptr, seq_len, stride_kv, stride_block, stride_slot, HEAD_DIM: tl.constexpr,
-              TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, SPLITS: tl.constexpr, KEYS: tl.constexpr):
+              TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, SPLITS: tl.constexpr, active, KEYS: tl.constexpr):
     """``kv_ahead``: ask L2 for the key and value rows of attention item ``item``'s tiles after
     its first (earlier steps' keys only, as :func:`_kv_tile` reads them), ``KEYS`` keys at a
     time: their block-table entries in one load, then a ``prefetch.global.L2`` of every 128-byte
@@ -758,7 +773,7 @@ def _kv_ahead(item, cache_ptr, table_ptr, seq_len, stride_kv, stride_block, stri
     EB: tl.constexpr = cache_ptr.dtype.element_ty.primitive_bitwidth // 8
     LINES: tl.constexpr = (HEAD_DIM * EB + 127) // 128  # 128-byte lines per row
     line = tl.arange(0, LINES) * (128 // EB)
-    t0, t1, _ = _split_tiles(item, seq_len, TILE, SPLITS)
+    t0, t1, _ = _split_tiles(item, seq_len, TILE, SPLITS, active)
     hi = tl.minimum(t1 * TILE, seq_len - 1)  # (the step's own key comes from registers)
     head_ptr = cache_ptr + (item // SPLITS) * HEAD_DIM
     for k0 in range((t0 + 1) * TILE, hi, KEYS):
@@ -782,11 +797,11 @@ def _l2_prefetch_lines(ptrs, mask):
 
 @triton.jit
 def _first_kv(item, valid, cache_ptr, table_ptr, seq_len, stride_kv, stride_block, stride_slot,
-              HEAD_DIM: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, SPLITS: tl.constexpr):
+              HEAD_DIM: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr, SPLITS: tl.constexpr, active):
     """The first key tile of attention item ``item`` (:func:`_kv_tile`; nothing when not
     ``valid``), only the keys of earlier steps: they do not depend on this step, so they are
     requested before the query is (or before the barrier that precedes the attention)."""
-    t0, _, _ = _split_tiles(item, seq_len, TILE, SPLITS)
+    t0, _, _ = _split_tiles(item, seq_len, TILE, SPLITS, active)
     return _kv_tile(cache_ptr, table_ptr, item // SPLITS, t0, tl.where(valid, seq_len - 1, 0),
                     stride_kv, stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE)
 
@@ -893,8 +908,9 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
                     HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
                     BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                     QK_NORM: tl.constexpr, PRECISION: tl.constexpr, flag, LL: tl.constexpr, error_ptr,
-                    cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY: tl.constexpr):
-    """KV head ``item // SPLITS``, key split ``item % SPLITS``: partial attention of the head's
+                    cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY: tl.constexpr, active):
+    """KV head ``item // SPLITS``, key split ``item % SPLITS`` (of the ``active`` ones, :func:`_active_splits`):
+    partial attention of the head's
     query group over the split's tiles (paged_attention's split rule and tile arithmetic), the
     first tile ``k1``/``k2``/``v``/``key_ok`` already requested (:func:`_first_kv`). The tiles
     hold the keys of earlier steps only; the split that holds the step's own position stores
@@ -909,7 +925,7 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     g = item // SPLITS
     dh = tl.arange(0, HALF)
     dd = tl.arange(0, HEAD_DIM)
-    t0, t1, tiles = _split_tiles(item, seq_len, TILE, SPLITS)
+    t0, t1, tiles = _split_tiles(item, seq_len, TILE, SPLITS, active)
     own = (t0 < t1) & (t1 == tiles)  # this split holds the step's own position
     # every load of the stage at once: the query group, the own key and value (masked off in the
     # other splits), the rotary row
@@ -1030,9 +1046,11 @@ def _partial_words(max_ptrs, sum_ptrs, acc_ptrs, flag, VOLATILE: tl.constexpr):
 
 @triton.jit
 def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid,
-                TIMELINE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, flag, LL: tl.constexpr, error_ptr):
+                TIMELINE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, flag, LL: tl.constexpr, error_ptr,
+                active, AUTO: tl.constexpr):
     """attention_reduce's merge for one query head, into the attention output row (``LL``: the
-    partials' loads repeat until every word carries ``flag``)."""
+    partials' loads repeat until every word carries ``flag``; ``AUTO``: only the ``active``
+    splits' partials are read, :func:`_active_splits`)."""
     splits = tl.arange(0, SPLITS)
     dd = tl.arange(0, HEAD_DIM)
     base = head * SPLITS
@@ -1051,6 +1069,11 @@ def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeli
         m = tl.max(_ll_value(mw), axis=1)
         sums = tl.max(_ll_value(sw), axis=1)
         acc = _ll_value(aw)
+    elif AUTO:  # (no ll: min_splits needs it off) the splits from `active` on hold nothing this step
+        on = splits < active
+        m = tl.load(part_max_ptr + base + splits, mask=on, other=float("-inf"), cache_modifier=".cg")
+        sums = tl.load(part_sum_ptr + base + splits, mask=on, other=0.0, cache_modifier=".cg")
+        acc = tl.load(acc_ptrs, mask=on[:, None], other=0.0, cache_modifier=".cg")
     else:  # (ll 3: loaded once, then settled by each thread, _settle)
         m = tl.load(part_max_ptr + base + splits, cache_modifier=".cg")
         sums = tl.load(part_sum_ptr + base + splits, cache_modifier=".cg")
@@ -1115,9 +1138,10 @@ def _decode_layer_kernel(
     ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
     NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr, GROUP_SYNC: tl.constexpr,
     LAYERS: tl.constexpr = 1, ROW_AHEAD: tl.constexpr = True, POLL_LOAD: tl.constexpr = False,
-    KV_AHEAD: tl.constexpr = False,
+    KV_AHEAD: tl.constexpr = False, MIN_SPLITS: tl.constexpr = 0,
 ):
     ALL: tl.constexpr = STAGE < 0
+    AUTO: tl.constexpr = MIN_SPLITS > 0 and MIN_SPLITS < SPLITS  # min_splits: the splits a step uses vary
     NQKV: tl.constexpr = (HQ + 2 * HKV) * HEAD_DIM
     NATTN: tl.constexpr = HQ * HEAD_DIM
     KT_QKV: tl.constexpr = (HIDDEN + BK_QKV - 1) // BK_QKV
@@ -1189,8 +1213,9 @@ def _decode_layer_kernel(
         if KV_START:
             tl.debug_barrier()  # keeps the qkv tiles' requests first (ptxas would put the key tile's chain ahead)
             seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
+            active = _active_splits(seq_len, TILE, SPLITS, MIN_SPLITS)
             k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
-                                          stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+                                          stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS, active)
         if ROPE_EARLY and KV_START and not ALL:
             cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
                                                               stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
@@ -1230,9 +1255,10 @@ def _decode_layer_kernel(
             seen = _arrive(counters_ptr, 0)
         if ATTN and not KV_START:  # the first key tile (no dependence on qkv)
             seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
+            active = _active_splits(seq_len, TILE, SPLITS, MIN_SPLITS)
             if KV_EARLY:
                 k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
-                                              stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+                                              stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS, active)
         if ALL and LAST >= 2 and not LL:
             if not GS and not ARRIVE_FIRST:
                 seen = _arrive(counters_ptr, 0)
@@ -1259,21 +1285,25 @@ def _decode_layer_kernel(
                 if KV_EARLY:
                     if item != pid:  # a later item of this program (fewer programs than items)
                         k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv,
-                                                      stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+                                                      stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS,
+                                                      active)
                 else:  # (requested here, not before the loop: carried into it, the tile's registers double)
                     k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv, stride_block,
-                                                  stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS)
+                                                  stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS, active)
                 if KV_AHEAD:  # the split's later key tiles into L2 (earlier steps' keys: no wait needed)
                     _kv_ahead(item, cache_ptr, table_ptr, seq_len, stride_kv, stride_block, stride_slot, HEAD_DIM,
-                              TILE, BLOCK_SIZE, SPLITS, 2 * TILE)
-                if GS:  # this item's KV group's qkv rows are stored
-                    target_g = _group_target(item // SPLITS, epoch, num_programs, NQKV, HQ, HKV, HEAD_DIM)
-                    _wait(counters_ptr, GROUP_SLOT + item // SPLITS, target_g - 1, target_g, error_ptr, POLL_SLEEP, POLL_LOAD)
-                _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
-                                qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
-                                stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid, TIMELINE,
-                                HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION, flag, LL,
-                                error_ptr, cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY)
+                              TILE, BLOCK_SIZE, SPLITS, active, 2 * TILE)
+                # (min_splits: a split this step does not use has nothing to do: the merge skips it)
+                if (item % SPLITS < active) if AUTO else True:
+                    if GS:  # this item's KV group's qkv rows are stored
+                        target_g = _group_target(item // SPLITS, epoch, num_programs, NQKV, HQ, HKV, HEAD_DIM)
+                        _wait(counters_ptr, GROUP_SLOT + item // SPLITS, target_g - 1, target_g, error_ptr, POLL_SLEEP,
+                              POLL_LOAD)
+                    _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr,
+                                    sin_ptr, qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
+                                    stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid,
+                                    TIMELINE, HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION,
+                                    flag, LL, error_ptr, cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY, active)
                 if GS2:  # this item's partials are stored (every thread's: the CTA barrier first)
                     tl.debug_barrier()
                     tl.atomic_add(counters_ptr + GROUP_SLOT + HKV + item // SPLITS, 1, sem="release", scope="gpu")
@@ -1284,12 +1314,16 @@ def _decode_layer_kernel(
             _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP, POLL_LOAD)
         _stamp(timeline_ptr, pid, 5, TIMELINE)
         if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
+            if AUTO and not ATTN:  # (stage by stage: this launch has not read the step's length)
+                active = _active_splits(tl.load(seq_lens_ptr), TILE, SPLITS, MIN_SPLITS)
+            elif not AUTO:
+                active = SPLITS
             for head in range(pid, HQ, num_programs):
                 if GS2:  # the head's KV group's splits all stored their partials
                     _wait(counters_ptr, GROUP_SLOT + HKV + head // (HQ // HKV), (epoch + 1) * SPLITS - 1,
                           (epoch + 1) * SPLITS, error_ptr, POLL_SLEEP, POLL_LOAD)
                 _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
-                            HEAD_DIM, SPLITS, flag, LL, error_ptr)
+                            HEAD_DIM, SPLITS, flag, LL, error_ptr, active, AUTO)
                 _stamp(timeline_ptr, pid, 20, TIMELINE)
         w, wu, nw = _stage_barrier(counters_ptr, 2, target, error_ptr, w_o_ptr, ln2_ptr, pid, num_programs, HIDDEN,
                                    NATTN, False, False, ROWS_O, BK_O, BAL_O, SUB_O, w, wu, nw, ALL and LAST >= 4,
@@ -1460,7 +1494,13 @@ class DecodeLayerConfig:
     the first at the item's start (:func:`_kv_ahead`), so the tile loop's loads are L2 hits
     instead of two dependent DRAM round trips per tile (the block-table entry, then the rows);
     only splits of more than one tile (contexts over ``splits x tile`` keys) do anything. CUDA
-    only (the interpreter runs without it: a hint changes no value)."""
+    only (the interpreter runs without it: a hint changes no value). ``min_splits`` (0, off until
+    measured; a power of two below ``splits``, with ``ll`` off): each step uses the fewest key
+    splits per KV head, from ``min_splits`` up by powers of two, that give each split at most one
+    key tile, at most ``splits`` (:func:`_active_splits`); the splits past those do nothing (with
+    ``group_sync`` 2 they only arrive) and the merge reads only the used ones. Short contexts
+    then take fewer splits (8 splits measured W1 0.642 against 0.647 ms per token at 16) and
+    long ones as many as the launch has items for (``splits`` 32 at 2 programs per SM)."""
 
     num_programs: int
     splits: int
@@ -1486,6 +1526,7 @@ class DecodeLayerConfig:
     row_ahead: bool = True
     poll_load: bool = False
     kv_ahead: bool = False
+    min_splits: int = 0
 
 
 def _pow2_floor(n: int) -> int:
@@ -1639,18 +1680,21 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
                   programs_per_sm: int, stage_by_stage: bool = False) -> DecodeLayerConfig:
     """The configuration a launch without ``config`` takes at that many programs per SM:
     :func:`choose_config` with the balanced stages, then the defaults the environment may
-    override (``kv_early``, ``pairs``, ``epoch``, ``norm_once``, ``ll`` only with ``epoch``, and
-    ``group_sync`` only with at most one program per qkv row)."""
+    override (``kv_early``, ``pairs``, ``epoch``, ``norm_once``, ``ll`` only with ``epoch``,
+    ``group_sync`` only with at most one program per qkv row, ``kv_ahead``, and ``min_splits``
+    only without ``ll``)."""
     epoch = default_epoch()
     cfg = choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
                         balanced_elements=default_balanced_elements())
     group_sync = default_group_sync() if cfg.num_programs <= (hq + 2 * hkv) * d else 0
-    return replace(cfg, kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=default_ll() if epoch else 0,
+    ll = default_ll() if epoch else 0
+    return replace(cfg, kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=ll,
                    norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early(),
                    l2_ahead=default_l2_ahead(), group_sync=group_sync,
                    row_ahead=bool(_env_int("INFER_DECODE_ROW_AHEAD", int(DecodeLayerConfig.row_ahead))),
                    poll_load=bool(_env_int("INFER_DECODE_POLL_LOAD", int(DecodeLayerConfig.poll_load))),
-                   kv_ahead=bool(_env_int("INFER_DECODE_KV_AHEAD", int(DecodeLayerConfig.kv_ahead))))
+                   kv_ahead=bool(_env_int("INFER_DECODE_KV_AHEAD", int(DecodeLayerConfig.kv_ahead))),
+                   min_splits=0 if ll else _env_int("INFER_DECODE_MIN_SPLITS", DecodeLayerConfig.min_splits))
 
 
 def default_kv_early() -> int:
@@ -1898,7 +1942,7 @@ def decode_layer(
             ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
             NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early, L2_AHEAD=cfg.l2_ahead,
             GROUP_SYNC=cfg.group_sync, LAYERS=n_layers, ROW_AHEAD=cfg.row_ahead,
-            POLL_LOAD=cfg.poll_load and x.is_cuda, KV_AHEAD=cfg.kv_ahead and x.is_cuda,
+            POLL_LOAD=cfg.poll_load and x.is_cuda, KV_AHEAD=cfg.kv_ahead and x.is_cuda, MIN_SPLITS=cfg.min_splits,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
@@ -1937,6 +1981,13 @@ def decode_layer(
         raise ValueError("a multi-layer launch (decode_layers) needs DecodeLayerConfig(epoch=True, ll=0, last_stage=6)")
     if cfg.ll and not cfg.epoch:
         raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
+    for c in [cfg, *(stage_configs or [])]:
+        if c.min_splits < 0 or c.min_splits & (c.min_splits - 1):
+            raise ValueError(f"DecodeLayerConfig(min_splits={c.min_splits}): give 0 (every step uses all "
+                             f"{c.splits} splits) or a power of two")
+        if c.ll and 0 < c.min_splits < c.splits:
+            raise ValueError("DecodeLayerConfig(min_splits=...) needs ll=0 (the merge's polls would wait for the "
+                             "partials of splits a step does not use)")
     if cfg.group_sync and cfg.num_programs > (hq + 2 * hkv) * d:
         raise ValueError(f"DecodeLayerConfig(group_sync=True) needs at most one program per qkv row "
                          f"({(hq + 2 * hkv) * d}), got {cfg.num_programs} programs")
