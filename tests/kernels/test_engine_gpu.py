@@ -28,6 +28,13 @@ def make_llm(checkpoint, **settings) -> LLM:
                max_num_batched_tokens=128, max_num_seqs=16, cache=cache, **settings)
 
 
+def long_llm(checkpoint, **settings) -> LLM:
+    """:func:`make_llm` for prompts of up to 2,000 tokens, in float32."""
+    cache = {"num_blocks": 160, "block_size": 16, "backend": "small_blocks"}
+    return LLM(model=str(checkpoint), plugins=[caches], device="cuda", max_model_len=2048, dtype="float32",
+               max_num_batched_tokens=512, max_num_seqs=4, cache=cache, **settings)
+
+
 def batch(vocab: int) -> list[list[int]]:
     gen = torch.Generator().manual_seed(0)
     return [torch.randint(0, vocab, (n,), generator=gen).tolist() for n in (1, 17, 150, 40)]
@@ -187,6 +194,28 @@ def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, group
         from infer_core.kernels.decode_layer import default_group_sync
 
         assert persistent.launch_kind == (True, False, int(group_sync or default_group_sync()))
+    assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
+
+
+@pytest.mark.parametrize(("env", "stages"), [({"INFER_DECODE_MIN_SPLITS": "2"}, ""),
+                                             ({"INFER_DECODE_MIN_SPLITS": "2", "INFER_DECODE_KV_AHEAD": "1"}, ""),
+                                             ({"INFER_DECODE_MIN_SPLITS": "2", "INFER_DECODE_KV_AHEAD": "1"}, "2")])
+def test_persistent_decode_long_context_levers_equal_usual_path_fp32(env, stages, monkeypatch):
+    """``min_splits`` (each step the fewest splits that give each at most one key tile) and
+    ``kv_ahead`` (later key tiles asked into L2), one launch or stage by stage: greedy tokens of
+    prompts long enough for several tiles per split equal the usual path's, every block back."""
+    checkpoint = tiny_checkpoint("qwen3", tokenizer=True, vocab_size=512, head_dim=128)
+    with monkeypatch.context() as m:
+        for name, value in {**env, "INFER_DECODE_STAGES": stages}.items():
+            m.setenv(name, value)
+        on = long_llm(checkpoint, persistent_decode=True)
+    off = long_llm(checkpoint, persistent_decode=False)
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    prompts = [[i % 500 + 1 for i in range(n)] for n in (1500, 300)]  # 47 and 10 key tiles of 32 (float32)
+    for group in (prompts[:1], prompts[1:]):
+        want = [o.outputs[0].token_ids for o in off.generate(group, params)]
+        assert [o.outputs[0].token_ids for o in on.generate(group, params)] == want
+    assert on.engine.model.model.persistent_decode.active
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
 
 
