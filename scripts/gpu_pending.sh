@@ -96,7 +96,7 @@ if want trace; then
 fi
 if want longctx; then
   timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
-    tests/kernels/test_decode_layer_gpu.py tests/kernels/test_engine_gpu.py -k "kv_ahead or min_splits or long_context" \
+    tests/kernels/test_decode_layer_gpu.py tests/kernels/test_engine_gpu.py -k "long_context" \
     2>&1 | tee "$OUT/gpu_tests_long.log" | tail -4
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   G=$P-groupsync2-s2,$P-groupsync2-kvahead-s2,$P-groupsync2-splits8-s2,$P-groupsync2-splits8-kvahead-s2

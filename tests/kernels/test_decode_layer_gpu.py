@@ -246,41 +246,32 @@ def test_l2_ahead(shape, context, l2_ahead):
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("context", [0, 300, 1500, 4000, 9000])
-@pytest.mark.parametrize("staged", [False, True])
-def test_kv_ahead(shape, context, staged):
-    """``kv_ahead``: each attention item asks L2 for its split's later key tiles (a hint: the
-    same layer; splits of several tiles from 1,025 keys on), as one launch with the launch's
-    own configuration or stage by stage at 4, 1, 1, 4, 4, 4 programs per SM. Against the
-    reference."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    case = real_case(shape, context)
-    args = (case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads, case.head_dim, sms,
-            torch.bfloat16)
-    if staged:
-        configs = [replace(dl.launch_config(*args, n, stage_by_stage=True), kv_ahead=True) for n in (4, 1, 1, 4, 4, 4)]
-        cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=True, stage_configs=configs)
-    else:
-        cfg = replace(dl.launch_config(*args, 2), kv_ahead=True)
-        cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
-
-
-@pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("context", [0, 63, 300, 1500, 4000, 9000])
-@pytest.mark.parametrize(("splits", "min_splits", "kv_ahead"), [(16, 8, False), (32, 8, False), (32, 8, True)])
-def test_min_splits(shape, context, splits, min_splits, kv_ahead):
-    """``min_splits``: each step uses the fewest splits from ``min_splits`` up that give each at
-    most one key tile, at most ``splits`` (32: 256 items for 264 programs), one launch with the
-    launch's own configuration (group_sync 2: the unused splits only arrive), with and without
-    ``kv_ahead``; and stage by stage at 4, 1, 1, 4, 4, 4 programs per SM (an attention program then
-    takes two items at 32 splits). Against the reference."""
+@pytest.mark.parametrize(("splits", "min_splits", "kv_ahead"), [(16, 0, True), (16, 8, False), (32, 8, True)])
+def test_long_context_levers(shape, context, splits, min_splits, kv_ahead):
+    """``kv_ahead`` (each attention item asks L2 for its split's later key tiles: a hint, the
+    same layer; several tiles per split from 1,025 keys on) and ``min_splits`` (each step uses
+    the fewest splits from ``min_splits`` up that give each at most one key tile, at most
+    ``splits``; 32: 256 items for 264 programs), one launch with the launch's own configuration
+    (group_sync 2: the unused splits only arrive). Against the reference. (Few configurations:
+    each compiles the whole layer.)"""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     case = replace(real_case(shape, context), splits=splits)
     args = (case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads, case.head_dim, sms,
             torch.bfloat16)
-    extra = dict(splits=splits, min_splits=min_splits, kv_ahead=kv_ahead)
-    cfg = replace(dl.launch_config(*args, 2), **extra)
+    cfg = replace(dl.launch_config(*args, 2), splits=splits, min_splits=min_splits, kv_ahead=kv_ahead)
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=False, config=cfg)
-    configs = [replace(dl.launch_config(*args, n, stage_by_stage=True), **extra) for n in (4, 1, 1, 4, 4, 4)]
+
+
+@pytest.mark.parametrize("context", [0, 300, 4000, 9000])
+def test_long_context_levers_stage_by_stage(context):
+    """``min_splits`` 8 and ``kv_ahead`` stage by stage at 4, 1, 1, 4, 4, 4 programs per SM (how
+    the engine runs Llama-3.2-1B), against the reference."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    case = real_case("llama-3.2-1b", context)
+    args = (case.hidden, case.intermediate, case.kv_heads * case.group, case.kv_heads, case.head_dim, sms,
+            torch.bfloat16)
+    configs = [replace(dl.launch_config(*args, n, stage_by_stage=True), min_splits=8, kv_ahead=True)
+               for n in (4, 1, 1, 4, 4, 4)]
     cases.check_decode_layer("cuda", torch.bfloat16, case, stage_by_stage=True, stage_configs=configs)
 
 
