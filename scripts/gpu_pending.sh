@@ -4,7 +4,7 @@
 # prepare). Everything lands under $OUT (default ./gpu-pending-out), one level deep (deeper folders
 # do not come back from the device).
 #
-#   scripts/gpu_pending.sh [tests] [chains] [timeline] [kernels] [w1] [trace] [tests2] [longctx] [longw1]
+#   scripts/gpu_pending.sh [tests] [chains] [timeline] [kernels] [w1] [trace] [tests2] [longtests] [longctx] [longw1]
 #                                                                                 (default: the first five)
 #
 # Measured in the twenty-second session (2026-12-04, benchmarks/reports/multi-layer-launch-2026-12-04-h200):
@@ -26,9 +26,9 @@
 # attention item asking L2 for its split's later key tiles at its start (INFER_DECODE_KV_AHEAD=1), and
 # min_splits, each step using the fewest key splits from N up that give each split at most one key tile
 # (INFER_DECODE_MIN_SPLITS=N; with INFER_DECODE_SPLITS=32 up to 32 splits).
-# longctx:  their GPU tests (both shapes, one launch and stage by stage, up to 9,000 keys; the engine's
-#           greedy tokens of 1,500-token prompts against the usual path), then chains
-#           at 384 / 2,000 / 4,000 / 8,000 keys: the default, kv_ahead, 8 splits (W1 0.642 against 0.647
+# longtests: their GPU tests (both shapes, one launch and stage by stage, up to 9,000 keys; the engine's
+#           greedy tokens of 1,500-token prompts against the usual path; about 20 compiles of the layer)
+# longctx:  chains at 384 / 2,000 / 4,000 / 8,000 keys: the default, kv_ahead, 8 splits (W1 0.642 against 0.647
 #           ms per token, 42.6 against 30.9 µs per layer at 4,000 keys), 8 splits + kv_ahead, min_splits 8,
 #           min_splits 8 of 32 + kv_ahead (Qwen3-0.6B one launch; Llama-3.2-1B stage by stage at 4,000),
 #           and the timeline at 4,000 keys
@@ -94,11 +94,13 @@ if want trace; then
   for f in "$OUT"/trace/*/summary.md; do cp "$f" "$OUT/traces/$(basename "$(dirname "$f")").md"; done
   rm -rf "$OUT/trace"
 fi
-if want longctx; then
+if want longtests; then
   timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
     tests/kernels/test_decode_layer_gpu.py tests/kernels/test_engine_gpu.py -k "long_context" \
     2>&1 | tee "$OUT/gpu_tests_long.log" | tail -4
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
+if want longctx; then
   G=$P-groupsync2-s2,$P-groupsync2-kvahead-s2,$P-groupsync2-splits8-s2,$P-groupsync2-splits8-kvahead-s2
   G=$G,$P-groupsync2-minsplits8-s2,$P-groupsync2-splits32-minsplits8-kvahead-s2
   for ctx in 384 2000 4000 8000; do
