@@ -32,7 +32,8 @@
 #           ms per token, 42.6 against 30.9 µs per layer at 4,000 keys), 8 splits + kv_ahead, min_splits 8,
 #           min_splits 8 of 32 + kv_ahead (Qwen3-0.6B one launch; Llama-3.2-1B stage by stage at 4,000),
 #           and the timeline at 4,000 keys
-# longw1:   W1 at 2,048 + 2,048 tokens (--scale 8) and the usual W1: off, kv_ahead, min_splits 8 of 32 +
+# longw1:   W1 at 2,048 + 2,048 tokens (--scale 8): off, kv_ahead, min_splits 8 of 32 + kv_ahead; the usual W1:
+#           off, min_splits 8 (of 16), min_splits 8 of 32 +
 #           kv_ahead (Qwen3-0.6B; AB_MODELS adds Llama-3.2-1B; each mode starts an engine, about 30 s)
 set -u
 export OUT=${OUT:-$PWD/gpu-pending-out}
@@ -115,7 +116,7 @@ if want longctx; then
   grep -E "^\| (2|3a|barrier 2|whole)" "$OUT/timeline-4000/timeline.md"
 fi
 if want longw1; then
-  AB_MODES=${AB_MODES:-scale8 scale8+kv-ahead scale8+splits32+min-splits8+kv-ahead default kv-ahead splits32+min-splits8+kv-ahead} \
+  AB_MODES=${AB_MODES:-scale8 scale8+kv-ahead scale8+splits32+min-splits8+kv-ahead default min-splits8 splits32+min-splits8+kv-ahead} \
     AB_MODELS=${AB_MODELS:-qwen3-0.6b} AB_WORKLOADS=W1 AB_REPEATS=${AB_REPEATS:-3} \
     scripts/gpu_speed.sh ab 2>&1 | grep "^offline"
   mkdir -p "$OUT/longw1"
