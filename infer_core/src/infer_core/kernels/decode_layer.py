@@ -909,9 +909,9 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
                     BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
                     QK_NORM: tl.constexpr, PRECISION: tl.constexpr, flag, LL: tl.constexpr, error_ptr,
                     cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY: tl.constexpr, active):
-    """KV head ``item // SPLITS``, key split ``item % SPLITS`` (of the ``active`` ones, :func:`_active_splits`):
-    partial attention of the head's
-    query group over the split's tiles (paged_attention's split rule and tile arithmetic), the
+    """KV head ``item // SPLITS``, key split ``item % SPLITS`` (of the ``active`` ones,
+    :func:`_active_splits`): partial attention of the head's query group over the split's
+    tiles (paged_attention's split rule and tile arithmetic), the
     first tile ``k1``/``k2``/``v``/``key_ok`` already requested (:func:`_first_kv`). The tiles
     hold the keys of earlier steps only; the split that holds the step's own position stores
     the step's K and V into the cache and takes that key from registers, last. ``LL``: q, k, v
