@@ -24,13 +24,11 @@ shapes of ``--shape`` (distinct weights per layer, so weights come from DRAM as 
   (``layer-persistent-<variant>-s<programs per SM>``, variants in :data:`SYNC_VARIANTS`; note
   that the variants start from :func:`~infer_core.kernels.decode_layer.choose_config` without
   balanced stages unless they name ``balanced_elements``, while ``layer-persistent`` takes the
-  configuration a launch picks for itself, as the engine does); ``layer-persistent-multi`` /
-  ``-multi<k>``: all the layers / ``k`` consecutive layers per launch (``decode_layers``);
+  configuration a launch picks for itself, as the engine does);
 - ``step-persistent`` / ``step-persistent-<variant>-s<programs per SM>`` (asked for by name):
   the persistent layers, then the final norm and the LM head with its greedy pick: a decode
   step's device work as the engine's graph runs it (their µs per layer include the head);
-  ``step-persistent-headnorm``: the final norm folded into the head's launch;
-  ``step-persistent-multi``: all the layers in one launch.
+  ``step-persistent-headnorm``: the final norm folded into the head's launch.
 
 Each chain runs with PDL on and off (``INFER_PDL``). Timing: :func:`benchmarks.kernels.timed` (CUDA-graph
 replays, median, minus an L2 flush). Writes ``decode_chain.json`` and ``decode_chain.md``.
@@ -180,23 +178,10 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # requested between barrier 0's arrival and wait: the attention stage's rotary row and both
                  # QK-norm weights (rope_early 2) or the k-norm weight (1, the default); 0: loaded in the stage
                  "ropeearly": {"rope_early": 2}, "ropebarrier": {"rope_early": 1},
-                 # the programs without an attention item ask L2 for gate/up's (1), down's (2) or both
-                 # weights (3) after barrier 0
-                 "l2gu": {"l2_ahead": 1}, "l2down": {"l2_ahead": 2}, "l2gudown": {"l2_ahead": 3},
-                 # ... with the balanced stages a launch picks for itself (what the engine runs)
-                 **{f"bal-l2{k}": {"l2_ahead": v, "balanced_elements": 16384}
-                    for k, v in (("gu", 1), ("down", 2), ("gudown", 3))},
                  # no barrier 0: each attention item waits for its KV group's qkv producers (balanced qkv)
                  "groupsync": {"group_sync": 1, "balanced_elements": 16384},
                  # ... and no barrier 1: each merge waits for its KV group's attention items
                  "groupsync2": {"group_sync": 2, "balanced_elements": 16384},
-                 # ... with every layer in one launch (decode_layers): the next layer's addresses requested
-                 # during the layer before (row_ahead, the default) or at its start
-                 "multi": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0},
-                 "multi-rowstart": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0, "row_ahead": False},
-                 # the barriers polled with acquire loads instead of atomics (poll_load)
-                 "pollload": {"group_sync": 2, "balanced_elements": 16384, "poll_load": True},
-                 "multi-pollload": {"group_sync": 2, "balanced_elements": 16384, "per_launch": 0, "poll_load": True},
                  # key splits per KV head (the default: 16 for 8 KV heads on 132 SMs)
                  **{f"splits{n}": {"splits": n} for n in (2, 4, 8)},
                  # ... with the engine's group_sync 2 and balanced stages
@@ -211,20 +196,8 @@ SYNC_VARIANTS = {"nosleep": {"poll_sleep": 0}, **{f"sleep{ns}": {"poll_sleep": n
                  # bf16 pair tiles in the GEMM stages (qkv, o, gate/up, down) whose digit is 1
                  **{f"pairs{d}": {"pairs": tuple(c == "1" for c in d), "balanced_elements": 16384}
                     for d in ("0000", "1111", "0010", "1010", "1011", "1110")},
-                 # the exit counter resets the barrier counters at each launch's end (before the epoch)
-                 "exitcounter": {"epoch": False, "ll": False, "balanced_elements": 16384},
-                 "epoch": {"epoch": True, "ll": False, "balanced_elements": 16384},
-                 # qkv and the attention partials as self-flagged words (no barriers 0 and 1)
-                 "ll": {"epoch": True, "ll": True, "balanced_elements": 16384},
-                 # with fewer key splits per KV head (8: one 64-key tile each up to 512 keys), or other poll sleeps
-                 "ll-splits8": {"ll": True, "splits": 8, "balanced_elements": 16384},
-                 # each thread settles its own words (a PTX loop: no CTA-wide readiness per poll)
-                 "ll3": {"epoch": True, "ll": 3, "balanced_elements": 16384},
-                 "ll3-splits8": {"ll": 3, "splits": 8, "balanced_elements": 16384},
-                 **{f"ll-sleep{ns}": {"ll": True, "poll_sleep": ns, "balanced_elements": 16384} for ns in (0, 50, 200)},
                  # gate/up's row chunks of r rows (fewer, larger tiles: fewer dependent round trips per program)
                  **{f"gu{r}": {"rows_gu": r, "balanced_elements": 16384} for r in (2, 8)},
-                 **{f"ll-gu{r}": {"ll": True, "rows_gu": r, "balanced_elements": 16384} for r in (2, 8)},
                  # every stage its own launch (stage_by_stage, PDL between them): launch boundaries instead of
                  # grid barriers
                  "stages": {"stages": True, "balanced_elements": 16384},
@@ -290,19 +263,16 @@ class Head:
 
 def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4, pipeline: int = 1,
                fewest_steps: bool = True, programs_per_sm: int = 4, last_stage: int = 6, default: bool = False,
-               sync: dict | None = None, timelines: list[torch.Tensor] | None = None, head: Head | None = None,
-               per_launch: int = 1):
+               sync: dict | None = None, timelines: list[torch.Tensor] | None = None, head: Head | None = None):
     """The chain of persistent layer launches (one per layer, ping-pong activations); with
     ``default``, each launch picks its own configuration (what a model would run); ``sync``
     overrides config fields (:data:`SYNC_VARIANTS`); with ``timelines`` (one int64 ``[programs, TIMELINE_SLOTS]`` tensor per layer), each launch stamps its stage
     boundaries there; with ``head``, the step's final norm and LM head follow the layers (a
-    whole decode step's device work, as the engine's graph runs it); ``per_launch`` > 1:
-    that many consecutive layers per launch (``decode_layers``, grid barriers between them)."""
+    whole decode step's device work, as the engine's graph runs it)."""
     first = layers[0]
     hidden, inter = first.o.shape[0], first.down.shape[1]
     attn = first.attn
     sync = dict(sync or {})
-    per_launch = sync.pop("per_launch", per_launch) or len(layers)
     rows_gu = sync.pop("rows_gu", None)
     staged = sync.pop("stages", False)
     cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
@@ -326,15 +296,10 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     reported = []
-    tables = [dl.layer_table([(layer.weights, layer.cache) for layer in layers[i:i + per_launch]])
-              for i in range(0, len(layers), per_launch)] if per_launch > 1 else []
 
     def run() -> None:
         x, res = first.x, first.res
-        for j, table in enumerate(tables):  # (a timeline per launch: [its layers, programs, stamps])
-            x, res = dl.decode_layers(x, res, table, first.attn, first.md, first.positions, first.cos, first.sin, ws,
-                                      config=None if default else cfg, timeline=timelines[j] if timelines else None)
-        for i, layer in enumerate([] if tables else layers):
+        for i, layer in enumerate(layers):
             x, res = dl.decode_layer(x, res, layer.weights, layer.attn, layer.cache, layer.md, layer.positions,
                                      layer.cos, layer.sin, ws, config=None if default else cfg,
                                      timeline=timelines[i] if timelines else None, stage_by_stage=bool(staged),
@@ -359,7 +324,6 @@ def chains(layers: list[Layer], head: Head | None = None) -> dict:
         sbytes = wbytes + head.bytes()
         steps = {"step-persistent": (persistent(layers, default=True, head=head), n, sbytes),
                  "step-persistent-headnorm": (persistent(layers, default=True, head=head.folded()), n, sbytes),
-                 "step-persistent-multi": (persistent(layers, default=True, head=head, per_launch=n), n, sbytes),
                  **{f"step-persistent-{name}-s{sm}": (persistent(layers, programs_per_sm=sm, sync=sync, head=head), n,
                                                       sbytes)
                     for name, sync in SYNC_VARIANTS.items() for sm in (4, 2)}}
@@ -413,9 +377,6 @@ def chains(layers: list[Layer], head: Head | None = None) -> dict:
         "layer": (run_layers(False), KERNELS_PER_LAYER * n, wbytes),
         "layer-prologues": (run_layers(True), (KERNELS_PER_LAYER - 3) * n, wbytes),
         "layer-persistent": (persistent(layers, default=True), n, wbytes),
-        # consecutive layers in one launch (decode_layers): all of them, or 2 / 4 / 7 per launch
-        "layer-persistent-multi": (persistent(layers, default=True, per_launch=n), n, wbytes),
-        **{f"layer-persistent-multi{k}": (persistent(layers, default=True, per_launch=k), n, wbytes) for k in (2, 4, 7)},
         **{f"layer-persistent-e{e}-w{w}-p{p}-f{f}-s{sm}": (persistent(layers, e, w, p, bool(f), sm), n, wbytes)
            for e, w, p, f, sm in PERSISTENT_SWEEP},
         # the launch cut after stage k (1 qkv, 2 attention, 3 merge, 4 o, 5 gate/up, 6 down): each

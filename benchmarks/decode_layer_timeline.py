@@ -4,9 +4,7 @@ the whole batch-1 layer chain (``--shape``, all layers, distinct weights, after 
 and this prints, per interval, the minimum / median / maximum over the programs (µs, the
 median over the layers but the first).
 
-Intervals: ``pdl wait`` (launch to the previous layer's completion; in a multi-layer launch,
-variants ``multi*``, from the layer's start, its arrival at the barrier before it, to that
-barrier's opening), each stage's work, and
+Intervals: ``pdl wait`` (launch to the previous layer's completion), each stage's work, and
 each barrier's wait; a barrier's minimum is its own latency (the last program to arrive
 waits only for that), its maximum adds the slowest program's lead. ``start skew`` is when
 each program started after the layer's first one (global timer), ``gap`` the time from the
@@ -51,10 +49,7 @@ def stamps(layers: list[Layer], programs_per_sm: int, sync: dict) -> list[torch.
     """The clocks of five graph replays of the chain, each after an L2 flush and each
     ``[layers, programs, TIMELINE_SLOTS]``."""
     programs = num_sms(torch.device("cuda")) * programs_per_sm  # persistent()'s launches
-    multi = "per_launch" in sync  # every layer in one launch: one [layers, programs, stamps] timeline
     timelines = [torch.zeros(programs, dl.TIMELINE_SLOTS.value, dtype=torch.int64, device="cuda") for _ in layers]
-    if multi:
-        timelines = [torch.stack(timelines)]
     run = persistent(layers, programs_per_sm=programs_per_sm, sync=sync, timelines=timelines)
     flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device="cuda")
     run()
@@ -72,7 +67,7 @@ def stamps(layers: list[Layer], programs_per_sm: int, sync: dict) -> list[torch.
     for _ in range(5):
         graph.replay()
         torch.cuda.synchronize()
-        samples.append(timelines[0].clone().cpu() if multi else torch.stack(timelines).cpu())
+        samples.append(torch.stack(timelines).cpu())
     return samples
 
 

@@ -39,21 +39,20 @@ from infer_core.loader.hf_config import head_dim_of
 
 POINTERS = {"x_ptr", "res_ptr", "out_ptr", "res_out_ptr", "w_qkv_ptr", "w_o_ptr", "w_gu_ptr", "w_down_ptr",
             "ln1_ptr", "ln2_ptr", "qn_ptr", "kn_ptr", "cos_ptr", "sin_ptr", "cache_ptr", "qkv_ptr", "attn_ptr",
-            "o_ptr", "act_ptr", "xs_ptr", "rs_ptr"}
-FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}  # (int64 words with ll)
+            "o_ptr", "act_ptr"}
+FLOAT32 = {"part_acc_ptr", "part_max_ptr", "part_sum_ptr"}
 INT32 = {"counters_ptr", "error_ptr", "table_ptr", "seq_lens_ptr"}
-INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr", "layers_ptr"}
+INT64_PTR = {"pos_ptr", "slot_ptr", "timeline_ptr"}
 FLOATS = {"eps", "qk_scale"}
 
 
 def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, timeline: bool,
                arrive_first: bool | None = None, kv_early: int | None = None,
                balanced_elements: int | None = None, last_stage: int = 6, num_warps: int = 4,
-               pairs: tuple[bool, bool, bool, bool] | None = None, ll: int | None = None,
+               pairs: tuple[bool, bool, bool, bool] | None = None,
                norm_once: bool | None = None, rope_early: int | None = None,
-               splits: int | None = None, l2_ahead: int | None = None,
-               group_sync: int | None = None, layers: int = 1, row_ahead: bool = True,
-               poll_load: bool = False, kv_ahead: bool | None = None, stage: int = -1,
+               splits: int | None = None, group_sync: int | None = None,
+               kv_ahead: bool | None = None, stage: int = -1,
                min_splits: int | None = None) -> tuple[dict, dict]:
     """The launch's constexpr values as decode_layer would pass them (bf16, Qwen-style QK-norm
     when the shape has it, a residual, PDL on, 16-token cache blocks), and the config
@@ -66,9 +65,9 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
     conf = dl.choose_config(hidden, inter, hq, hkv, d, num_sms, torch.bfloat16, programs_per_sm=programs_per_sm,
                             balanced_elements=balanced, num_warps=num_warps)
     conf = replace(conf, **{k: v for k, v in (("arrive_first", arrive_first), ("kv_early", kv_early),
-                                              ("pairs", pairs), ("ll", ll), ("norm_once", norm_once),
+                                              ("pairs", pairs), ("norm_once", norm_once),
                                               ("rope_early", rope_early), ("splits", splits),
-                                              ("l2_ahead", l2_ahead), ("group_sync", group_sync),
+                                              ("group_sync", group_sync),
                                               ("kv_ahead", kv_ahead), ("min_splits", min_splits))
                           if v is not None})
     ks = (hidden, hq * d, hidden, inter)
@@ -83,8 +82,7 @@ def constexprs(shape: str, programs_per_sm: int, num_sms: int, poll_sleep: int, 
         **{f"SUB_{name}": dl.pair_sub(conf.rows[i], conf.bk[i], ks[i], conf.num_warps) if conf.pairs[i] else 0
            for i, name in enumerate(("QKV", "O", "GU", "DOWN"))},
         POLL_SLEEP=poll_sleep, TIMELINE=timeline, ARRIVE_FIRST=conf.arrive_first, KV_EARLY=conf.kv_early,
-        EPOCH=conf.epoch, LL=conf.ll, NORM_ONCE=conf.norm_once, ROPE_EARLY=conf.rope_early,
-        L2_AHEAD=conf.l2_ahead, GROUP_SYNC=conf.group_sync, LAYERS=layers, ROW_AHEAD=row_ahead, POLL_LOAD=poll_load,
+        NORM_ONCE=conf.norm_once, ROPE_EARLY=conf.rope_early, GROUP_SYNC=conf.group_sync,
         KV_AHEAD=conf.kv_ahead, MIN_SPLITS=conf.min_splits,
     )
     return values, conf.__dict__
@@ -109,8 +107,6 @@ def compile_sm90(fn, values: dict, kind_of, divisible, options: dict):
 
 def compile_kernel(values: dict, num_warps: int, maxnreg: int = 0):
     def kind_of(name: str) -> str:
-        if values.get("LL") and name in FLOAT32 | {"qkv_ptr"}:
-            return "*i64"
         return ("*bf16" if name in POINTERS else "*fp32" if name in FLOAT32 else "*i32" if name in INT32
                 else "*i64" if name in INT64_PTR else "fp32" if name in FLOATS else "i32")
 
@@ -164,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
                         "down; default: the config's)")
     parser.add_argument("--norm-once", type=int, choices=(0, 1), help="default: the config's")
     parser.add_argument("--rope-early", type=int, choices=(0, 1, 2), help="default: the config's")
-    parser.add_argument("--l2-ahead", type=int, choices=(0, 1, 2, 3), help="default: the config's")
     parser.add_argument("--group-sync", type=int, choices=(0, 1, 2), help="default: the config's")
     parser.add_argument("--kv-ahead", type=int, choices=(0, 1), help="the splits' later key tiles into L2 "
                         "(default: the config's)")
@@ -173,15 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", type=int, default=-1, choices=(-1, *range(1, 7)),
                         help="one stage's own launch (stage by stage; -1: the one launch)")
     parser.add_argument("--splits", type=int, help="key splits per KV head (default: the config's)")
-    parser.add_argument("--ll", type=int, choices=(0, 1, 2, 3), help="self-flagged words (default: the config's)")
     parser.add_argument("--balanced-elements", type=int, help="default: the launch's own (default_balanced_elements)")
     parser.add_argument("--last-stage", type=int, default=6, choices=range(1, 7),
                         help="compile the launch cut after this stage: which stage sets the register peak")
     parser.add_argument("--programs-per-sm", type=int, default=4)
-    parser.add_argument("--layers", type=int, default=1, help="layers per launch (a multi-layer launch's loop)")
-    parser.add_argument("--poll-load", type=int, choices=(0, 1), default=0, help="barriers polled with acquire loads")
-    parser.add_argument("--row-ahead", type=int, choices=(0, 1), default=1,
-                        help="multi-layer: the next layer's addresses requested during the layer before (1) or at its start")
     parser.add_argument("--num-sms", type=int, default=132)
     parser.add_argument("--num-warps", type=int, default=4)
     parser.add_argument("--maxnreg", type=int, default=0, help="cap the registers per thread (0: ptxas' choice)")
@@ -201,17 +191,15 @@ def main(argv: list[str] | None = None) -> int:
                               None if args.arrive_first is None else bool(args.arrive_first),
                               args.kv_early, args.balanced_elements,
                               args.last_stage, args.num_warps,
-                              None if args.pairs is None else tuple(c == "1" for c in args.pairs), args.ll,
+                              None if args.pairs is None else tuple(c == "1" for c in args.pairs),
                               None if args.norm_once is None else bool(args.norm_once),
-                              args.rope_early, args.splits, args.l2_ahead,
-                              args.group_sync, args.layers, bool(args.row_ahead),
-                              bool(args.poll_load), None if args.kv_ahead is None else bool(args.kv_ahead),
-                              args.stage, args.min_splits)
+                              args.rope_early, args.splits, args.group_sync,
+                              None if args.kv_ahead is None else bool(args.kv_ahead), args.stage, args.min_splits)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
     print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
           f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-          f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, ll {conf['ll']}, "
-          f"layers per launch {args.layers}, kv ahead {conf['kv_ahead']}, "
+          f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, "
+          f"group sync {conf['group_sync']}, kv ahead {conf['kv_ahead']}, "
           f"splits {conf['splits']} (min {conf['min_splits']}), stage {args.stage}")
     return report(compiled, args.sass)
 

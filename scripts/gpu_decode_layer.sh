@@ -3,7 +3,7 @@
 # .whl and benchmarks/.assets, made by scripts/gpu_bench.sh prepare): its GPU tests, then the
 # batch-1 layer chains (benchmarks/decode_chain.py) against the engine's unfused layer.
 #
-#   scripts/gpu_decode_layer.sh [quick] [chain] [sweep] [llama] [tests] [timeline] [sync] [e2e] [ll]
+#   scripts/gpu_decode_layer.sh [quick] [chain] [sweep] [llama] [tests] [timeline] [sync] [e2e]
 #
 #   quick   the real-shape and CUDA-graph tests only (fast, before timing anything)
 #   chain   Qwen3-0.6B chains layer-prologues (today's engine path), layer-persistent and the
@@ -19,21 +19,18 @@
 #           batch-1 graph) with model.persistent_decode off and on (E2E_RUNS): does the step
 #           wait for the device or the host, and does the graph get shorter by what the chain
 #           says?
-#   barrier benchmarks/grid_barrier.py: what one grid-wide exchange costs (the counter barrier with
-#           one or every warp polling, with and without a vector; flags; self-flagged words)
+#   barrier benchmarks/grid_barrier.py: what one grid-wide exchange costs (the counter barrier
+#           with and without a vector; flags)
 #           for BARRIER_WORDS (default 1024) at BARRIER_PER_SM programs per SM (default 2)
 #   ncu     Nsight Compute on one layer's launch of the Qwen3-0.6B chain (benchmarks/ncu_decode_layer.py,
 #           --set full, warp-stall sampling every 32 cycles) for each of NCU_VARIANTS (default: the
 #           launch's own configuration; else decode_chain variants); per-PC stall samples extracted
 #           (benchmarks/ncu_stalls.py extract) and summed per stage (summarize); NCU_OPTS: more ncu
 #           options (--cache-control none: keep the caches, the instruction cache too, warm)
-#   ll      the self-flagged words: scripts/gpu_ll_probe.py for LL_MODES (default 3,1) on both
-#           shapes, the GPU tests -k self_flagged, then the Qwen3-0.6B and Llama-3.2-1B chains
-#           epoch / ll / ll3 / ll3-splits8 (LL_CHAINS overrides; ll is measured correct but slower,
-#           ll3 is the candidate)
 #   stages  each stage its own launch (PDL between them, no grid barrier): the stage-by-stage GPU test,
 #           the engine's (INFER_DECODE_STAGES) and the chains of both shapes against the one-launch
-#           layer at 2 / 3 / 4 programs per SM, and with each stage at its own programs per SM
+#           layer (balanced16k: the balanced stages a launch picks for itself) at 2 / 3 / 4 programs
+#           per SM, and with each stage at its own programs per SM
 #           (stages<qkv><attention><merge><o><gate/up><down>; STAGES_CHAINS overrides)
 # Results under $OUT (default ./gpu-decode-layer-out).
 set -u
@@ -98,21 +95,13 @@ if want llama; then
     --chains layer-prologues,layer-persistent,persistent-stages --out "$OUT/chain-llama-3.2-1b" 2>&1 \
     | grep -v "^|" | tail -20
 fi
-if want ll; then
-  timeout "${LL_PROBE_TIMEOUT:-150}" python3 scripts/gpu_ll_probe.py --shapes qwen3-0.6b,llama-3.2-1b \
-    --modes "${LL_MODES:-3,1}" --launches 200 --rounds 1 2>&1 | tee "$OUT/ll-probe.txt" | tail -8
-  timeout "${LL_TEST_TIMEOUT:-150}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
-    tests/kernels/test_decode_layer_gpu.py -k self_flagged 2>&1 | tee "$OUT/ll-tests.log" | tail -4
-  chains_both_shapes ll "${LL_CHAIN_TIMEOUT:-120}" \
-    "${LL_CHAINS:-layer-persistent-epoch-s2,layer-persistent-ll3-s2,layer-persistent-ll3-splits8-s2,layer-persistent-epoch-s2,layer-persistent-ll3-s2}"
-fi
 if want stages; then
   timeout "${STAGES_TEST_TIMEOUT:-200}" python3 -m pytest -m gpu -q -x -p no:cacheprovider -rfE \
     tests/kernels/test_decode_layer_gpu.py tests/kernels/test_engine_gpu.py -k "stage_by_stage or own_program_count or persistent_decode_equals" \
     2>&1 | tee "$OUT/stages-tests.log" | tail -4
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
   chains_both_shapes stages "${STAGES_CHAIN_TIMEOUT:-120}" \
-    "${STAGES_CHAINS:-layer-persistent-epoch-s2,layer-persistent-stages-s2,layer-persistent-stages-s3,layer-persistent-stages-s4,layer-persistent-stages211444-s2,layer-persistent-stages211244-s2,layer-persistent-stages411444-s2,layer-persistent-stages222444-s2,layer-persistent-epoch-s2,layer-persistent-stages-s2}"
+    "${STAGES_CHAINS:-layer-persistent-balanced16k-s2,layer-persistent-stages-s2,layer-persistent-stages-s3,layer-persistent-stages-s4,layer-persistent-stages211444-s2,layer-persistent-stages211244-s2,layer-persistent-stages411444-s2,layer-persistent-stages222444-s2,layer-persistent-balanced16k-s2,layer-persistent-stages-s2}"
 fi
 if want tests; then
   timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE $T 2>&1 \

@@ -4,20 +4,12 @@
 # prepare). Everything lands under $OUT (default ./gpu-pending-out), one level deep (deeper folders
 # do not come back from the device).
 #
-#   scripts/gpu_pending.sh [tests] [chains] [timeline] [kernels] [w1] [trace] [tests2] [longtests] [longctx] [longw1]
-#                                                                                 (default: the first five)
+#   scripts/gpu_pending.sh [kernels] [tests2] [longtests] [longctx] [longw1]   (default: longtests;
+#                                       each of longtests / longctx / longw1 fits one device call)
 #
 # Measured in the twenty-second session (2026-12-04, benchmarks/reports/multi-layer-launch-2026-12-04-h200):
-# several decoder layers per launch (decode_layers, INFER_DECODE_LAYERS: correct, slower), its row_ahead
-# option, the placeholder fill in the gather and the final norm in the head (a tie, opt-in).
-# tests:    the GPU tests of the multi-layer launch (kernel: against one launch per layer; engine: greedy tokens)
-# chains:   Qwen3-0.6B chains at context 384: one launch per layer against all layers in one (the
-#           next layer's addresses requested ahead or at its start), and the step chains likewise
-# timeline: per-stage timeline of one launch per layer (groupsync2) against all in one (multi, multi-rowstart)
+# the placeholder fill in the gather and the final norm in the head (a tie, opt-in).
 # kernels:  benchmarks/kernels.py --benches gather_rows (with the fill against fill_ids + gather)
-# w1:       W1 Qwen3-0.6B, default / layers0 / layers0+rowstart (AB_MODES overrides)
-# trace:    the engine's batch-1 decode steps of Qwen3-0.6B (28 layers) under a device trace, one launch
-#           per layer and all layers in one (INFER_DECODE_LAYERS=0)
 # tests2:   the engine tests of the placeholder fill in the gather and of the final norm in the head, with
 #           the gather kernel's and the LM head's GPU tests (passed in the twenty-third session:
 #           benchmarks/reports/o-heads-chain-l2next-2026-12-04-h200)
@@ -38,21 +30,12 @@
 set -u
 export OUT=${OUT:-$PWD/gpu-pending-out}
 mkdir -p "$OUT"
-WHAT=${*:-tests chains timeline kernels w1}
+WHAT=${*:-longtests}
 want() { [[ " $WHAT " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 source scripts/device_install.sh
 status=0
 P=layer-persistent
-S=step-persistent
-if want tests; then
-  T=tests/kernels/test_engine_gpu.py::test_persistent_decode_equals_usual_path_fp32
-  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
-    "$T[--0-qwen3-overrides1]" "$T[--2-qwen3-overrides1]" "$T[--0-llama-overrides0]" \
-    tests/kernels/test_decode_layer_gpu.py -k "layers_in_one_launch or layer_table or persistent_decode_equals" \
-    2>&1 | tee "$OUT/gpu_tests.log" | tail -6
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
-fi
 if want tests2; then
   timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
     tests/kernels/test_kernels_gpu.py tests/kernels/test_engine_gpu.py \
@@ -62,38 +45,9 @@ if want tests2; then
     2>&1 | tee "$OUT/gpu_tests_lm_head.log" | tail -4
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
-if want chains; then
-  C=$P,$P-groupsync2-s2,$P-multi-s2,$P-multi-rowstart-s2
-  D=$S,$S-multi-s2,$S-multi-rowstart-s2
-  timeout "${CHAIN_TIMEOUT:-240}" python3 benchmarks/decode_chain.py --shape qwen3-0.6b --pdl 1 --context 384 \
-    --chains "$C,$C,$D,$D" --out "$OUT/chains" 2>&1 | grep -E "^\| (layer|step)|fit|Error|error" | tail -16
-fi
-if want timeline; then
-  timeout "${TIMELINE_TIMEOUT:-180}" python3 benchmarks/decode_layer_timeline.py --shape qwen3-0.6b \
-    --variants groupsync2,multi,multi-rowstart --programs-per-sm 2 --context 384 --out "$OUT/timeline" 2>&1 | tail -1
-  grep -E "^\| (interval|pdl|[0-9]|barrier|whole)" "$OUT/timeline/timeline.md"
-fi
 if want kernels; then
   timeout "${KERNELS_TIMEOUT:-180}" python3 benchmarks/kernels.py --benches gather_rows --models qwen3-1.7b \
     --out "$OUT/kernels" 2>&1 | tail -8
-fi
-if want w1; then
-  AB_MODES=${AB_MODES:-default layers0 layers0+rowstart default layers0} AB_MODELS=${AB_MODELS:-qwen3-0.6b} \
-    AB_WORKLOADS=W1 AB_REPEATS=${AB_REPEATS:-3} scripts/gpu_speed.sh ab 2>&1 | grep "^offline"
-  mkdir -p "$OUT/w1"
-  cp -r "$OUT"/ab/*/* "$OUT/w1/" 2>/dev/null
-  rm -rf "$OUT/ab"
-fi
-if want trace; then
-  for lay in 1 0; do
-    INFER_DECODE_LAYERS=$lay timeout "${TRACE_TIMEOUT:-150}" python3 benchmarks/profile_step.py --device cuda \
-      --dtype bfloat16 --shape qwen3-0.6b --layers 28 --hidden 0 --vocab 0 --batch-sizes 1 --steps 20 --repeats 1 \
-      --prompt-len 256 --clock wall --device-trace 20 --label "trace-layers$lay" \
-      --checkpoint-dir /tmp/infer-profile-step-qwen3-0.6b --out "$OUT/trace" 2>&1 | grep -v "profiler_st" | tail -4
-  done
-  mkdir -p "$OUT/traces"
-  for f in "$OUT"/trace/*/summary.md; do cp "$f" "$OUT/traces/$(basename "$(dirname "$f")").md"; done
-  rm -rf "$OUT/trace"
 fi
 if want longtests; then
   timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \

@@ -22,10 +22,6 @@
 #            barrier 0, or at the launch's start: the default),
 #            "pairs<4 digits>" = INFER_DECODE_PAIRS=<digits> (bf16 pair tiles in the persistent
 #            layer's GEMM stages qkv, o, gate/up, down whose digit is 1),
-#            "exitcounter" = INFER_DECODE_EPOCH=0 (the persistent layer's exit counter resets its
-#            barrier counters at each launch's end instead of the epoch; no self-flagged words),
-#            "ll" / "ll3" / "no-ll" = INFER_DECODE_LL=1 / 3 / 0 (self-flagged qkv / partials instead of barriers
-#            0 and 1, or not),
 #            "graph-fill" / "no-graph-fill" = INFER_GRAPH_FILL=1 / 0 (async scheduling's ids in
 #            flight filled by kernels.fill_ids inside the decode graph, or by torch launches
 #            outside it),
@@ -42,8 +38,7 @@
 #            "rope-late" / "rope-barrier" / "rope-early" = INFER_DECODE_ROPE_EARLY=0 / 1 / 2 (the attention
 #            stage's QK-norm weights loaded in the stage / the k-norm weight requested between barrier 0's
 #            arrival and wait / the rotary row and both norm weights there), "splits<N>" = INFER_DECODE_SPLITS=N (key splits per KV head),
-#            "l2ahead<N>" = INFER_DECODE_L2_AHEAD=N (gate/up's 1, down's 2 or both 3 weights asked into L2
-#            during the attention), "small-kv" = --cache.memory_fraction 0.05 (a KV pool of a few GB
+#            "small-kv" = --cache.memory_fraction 0.05 (a KV pool of a few GB
 #            instead of 0.85 of the device: what the chains and profile_step run with),
 #            "group-sync" / "group-sync2" = INFER_DECODE_GROUP_SYNC=1 / 2 (2 the default since 2026-12-04; no barrier 0: each attention
 #            item waits for its KV group's qkv rows; 2: no barrier 1 either, each merge waits for its
@@ -52,10 +47,7 @@
 #            (the LM head's first weight block requested before its PDL wait); "no-group-sync",
 #            "no-gather-rows", "lm-head-late" set each to 0, "fill-in-gather" = INFER_GRAPH_FILL_GATHER=1 (the
 #            decode graphs' placeholder fill in the block-table gather's launch), "head-norm" =
-#            INFER_LM_HEAD_NORM=1 (the stack's final norm folded into the LM head's launch), "layers<N>" =
-#            INFER_DECODE_LAYERS=N (N consecutive decoder layers per persistent launch, 0: all of them),
-#            "rowstart" = INFER_DECODE_ROW_AHEAD=0 (there: each layer's addresses loaded at its start),
-#            "poll-load" = INFER_DECODE_POLL_LOAD=1 (the persistent layer's barriers polled with acquire loads),
+#            INFER_LM_HEAD_NORM=1 (the stack's final norm folded into the LM head's launch),
 #            "kv-ahead" = INFER_DECODE_KV_AHEAD=1 (each attention item asks L2 for its split's later key tiles),
 #            "min-splits<N>" = INFER_DECODE_MIN_SPLITS=N (each step uses the fewest key splits from N up that give
 #            each split at most one key tile, at most splits<M>'s or the default's),
@@ -127,7 +119,7 @@ if want ab; then
   QTOK=(); [ -f benchmarks/.assets/qwen3-tokenizer/tokenizer.json ] && QTOK=(--tokenizer benchmarks/.assets/qwen3-tokenizer)
   [ -f "$AB/qwen3-0.6b/model.safetensors" ] || "${BENCH[@]}" checkpoint qwen3-0.6b --out "$AB/qwen3-0.6b" "${QTOK[@]}" | tail -1
   for mode in ${AB_MODES:-default in-order}; do
-    flag=(--name "$mode"); pdl=1; bal=; kve=; prs=; epo=; ll=; gfill=; stg=; lmh=; cud=; clu=; nrm=; rop=; spl=; l2a=; gsy=; gat=; lhe=; fgat=; hnorm=; lay=; rah=; pld=; kva=; mns=
+    flag=(--name "$mode"); pdl=1; bal=; kve=; prs=; gfill=; stg=; lmh=; cud=; clu=; nrm=; rop=; spl=; gsy=; gat=; lhe=; fgat=; hnorm=; kva=; mns=
     for part in ${mode//+/ }; do
       case $part in
         async) flag+=(--scheduler.async_scheduling true) ;;
@@ -142,10 +134,6 @@ if want ab; then
         kvstart) kve=2 ;;
         kvbarrier) kve=1 ;;
         pairs[01][01][01][01]) prs=${part#pairs} ;;
-        exitcounter) epo=0 ;;
-        no-ll) ll=0 ;;
-        ll) ll=1 ;;
-        ll3) ll=3 ;;
         no-graph-fill) gfill=0 ;;
         stages[0-9]) stg=${part#stages} ;;
         stages[0-9][0-9][0-9][0-9][0-9][0-9]) stg=$(echo "${part#stages}" | sed 's/./&,/g; s/,$//') ;;
@@ -163,7 +151,6 @@ if want ab; then
         rope-barrier) rop=1 ;;
         rope-early) rop=2 ;;
         splits[0-9]*) spl=${part#splits} ;;
-        l2ahead[0-3]) l2a=${part#l2ahead} ;;
         small-kv) flag+=(--cache.memory_fraction 0.05) ;;
         group-sync) gsy=1 ;;
         group-sync2) gsy=2 ;;
@@ -172,17 +159,16 @@ if want ab; then
         no-gather-rows) gat=0 ;;
         lm-head-early) lhe=1 ;;
         lm-head-late) lhe=0 ;;
-        layers[0-9]*) lay=${part#layers} ;;
-        rowstart) rah=0 ;;
-        poll-load) pld=1 ;;
         kv-ahead) kva=1 ;;
         min-splits[0-9]*) mns=${part#min-splits} ;;
         scale[0-9]*) flag+=(--scale "${part#scale}") ;;
         no-pdl) pdl=0 ;;
+        default) ;;
+        *) echo "ab: unknown mode part '$part' (of $mode): see the modes above" >&2; exit 2 ;;
       esac
     done
     for m in ${AB_MODELS:-llama-3.2-1b qwen3-0.6b}; do
-      INFER_PDL=$pdl INFER_DECODE_BALANCED_ELEMENTS=$bal INFER_DECODE_KV_EARLY=$kve INFER_DECODE_PAIRS=$prs INFER_DECODE_EPOCH=$epo INFER_DECODE_LL=$ll INFER_GRAPH_FILL=$gfill INFER_DECODE_STAGES=$stg INFER_LM_HEAD_ARGMAX=$lmh INFER_DECODE_CUDA=$cud INFER_DECODE_CLUSTER=${clu:-16} INFER_DECODE_NORM_ONCE=$nrm INFER_DECODE_ROPE_EARLY=$rop INFER_DECODE_SPLITS=$spl INFER_DECODE_L2_AHEAD=$l2a INFER_DECODE_GROUP_SYNC=$gsy INFER_GATHER_ROWS=$gat INFER_LM_HEAD_EARLY=$lhe INFER_GRAPH_FILL_GATHER=$fgat INFER_LM_HEAD_NORM=$hnorm INFER_DECODE_LAYERS=$lay INFER_DECODE_ROW_AHEAD=$rah INFER_DECODE_POLL_LOAD=$pld INFER_DECODE_KV_AHEAD=$kva INFER_DECODE_MIN_SPLITS=$mns timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
+      INFER_PDL=$pdl INFER_DECODE_BALANCED_ELEMENTS=$bal INFER_DECODE_KV_EARLY=$kve INFER_DECODE_PAIRS=$prs INFER_GRAPH_FILL=$gfill INFER_DECODE_STAGES=$stg INFER_LM_HEAD_ARGMAX=$lmh INFER_DECODE_CUDA=$cud INFER_DECODE_CLUSTER=${clu:-16} INFER_DECODE_NORM_ONCE=$nrm INFER_DECODE_ROPE_EARLY=$rop INFER_DECODE_SPLITS=$spl INFER_DECODE_GROUP_SYNC=$gsy INFER_GATHER_ROWS=$gat INFER_LM_HEAD_EARLY=$lhe INFER_GRAPH_FILL_GATHER=$fgat INFER_LM_HEAD_NORM=$hnorm INFER_DECODE_KV_AHEAD=$kva INFER_DECODE_MIN_SPLITS=$mns timeout "${AB_TIMEOUT:-150}" "${BENCH[@]}" offline --config benchmarks/configs/h200.toml --model "$AB/$m" \
         --workload "${AB_WORKLOADS:-W1,W2}" --repeats "${AB_REPEATS:-3}" --label "$m-random" --out "$REPORT" "${flag[@]}" 2>&1 | tail -4
     done
   done

@@ -40,7 +40,6 @@ class LayerCase:
     fewest_steps: bool = False
     balanced: bool = False  # the GEMM stages whose shares fit are balanced (choose_config)
     pairs: tuple[bool, bool, bool, bool] = dl.DecodeLayerConfig.pairs  # bf16 pair tiles per GEMM stage (bf16 only)
-    ll: int = dl.DecodeLayerConfig.ll  # qkv and the attention partials as self-flagged words
 
 
 @st.composite
@@ -55,7 +54,6 @@ def layer_cases(draw, *, programs=(1, 3, 4, 5)) -> LayerCase:
         max_bk=draw(st.sampled_from([16, 32, 2048])), prefetch=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
         pipeline=draw(st.sampled_from([1, 2, 3])), fewest_steps=draw(st.booleans()), balanced=draw(st.booleans()),
         pairs=tuple(draw(st.lists(st.booleans(), min_size=4, max_size=4))),
-        ll=draw(st.sampled_from([0, 1, 2, 3])),  # (3 runs as 1 in the interpreter)
     )
 
 
@@ -93,7 +91,7 @@ def config_for(case: LayerCase, dtype: torch.dtype) -> dl.DecodeLayerConfig:
                            max_elements=case.max_elements, max_bk=case.max_bk, fewest_steps=case.fewest_steps,
                            num_warps=8, balanced_elements=4 * case.max_elements if case.balanced else 0)
     return replace(cfg, splits=case.splits, tile=case.tile, prefetch=case.prefetch, pipeline=case.pipeline,
-                   pairs=case.pairs, ll=case.ll)
+                   pairs=case.pairs)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -150,30 +148,26 @@ def group_producer_counts(programs: int, hq: int, hkv: int, d: int) -> list[int]
     return out
 
 
-def check_counters(ws: dl.DecodeWorkspace, launches: int, between_layers: int = 0) -> None:
+def check_counters(ws: dl.DecodeWorkspace, launches: int) -> None:
     """The barrier counters after ``launches`` one-launch layers on a fresh workspace, of the kind
-    the workspace recorded (``ws.kind``: epoch, ll, the group_sync that took effect): with
-    ``epoch`` every barrier's counter holds ``launches`` times the programs and the epoch
-    ``launches`` (never reset; with ``ll`` barriers 0 and 1 are not used; with ``group_sync``
-    barrier 0 is not, and each KV group's first counter holds ``launches`` times its producers,
-    :func:`group_producers`; with ``group_sync = 2`` barrier 1 is not either, and each group's
-    second counter holds ``launches`` times the key splits); else all zero (the exit counter
-    resets them). ``launches`` counts layers (a multi-layer launch's each one epoch);
-    ``between_layers``: the layers that ran in multi-layer launches (the barrier between layers
-    counted each one's programs)."""
+    the workspace recorded (``ws.kind``: the group_sync that took effect): every barrier's
+    counter holds ``launches`` times the programs and the epoch ``launches`` (never reset); with
+    ``group_sync`` barrier 0 is not used, and each KV group's first counter holds ``launches``
+    times its producers, :func:`group_producers`; with ``group_sync = 2`` barrier 1 is not
+    either, and each group's second counter holds ``launches`` times the key splits. Without a
+    launch, all zero."""
     counters = ws.counters.tolist()
     counters, groups = counters[:8], counters[8:]
-    epoch, ll, group_sync = ws.kind or (False, False, 0)
-    if epoch and launches:
+    group_sync = ws.kind or 0
+    if launches:
         programs = counters[4] // launches
-        used = [0] * 2 if ll else [programs * launches] * 2  # barriers 0 and 1 (none with ll)
+        used = [programs * launches] * 2  # barriers 0 and 1
         hkv = len(groups) // 2
         if group_sync:
             used[0] = 0
         if group_sync >= 2:
             used[1] = 0
-        assert programs > 0 and counters == used + [programs * launches] * 3 + [programs * between_layers, launches, 0], \
-            counters
+        assert programs > 0 and counters == used + [programs * launches] * 3 + [0, launches, 0], counters
         producers = [launches * n for n in group_producers(ws, programs)] if group_sync else [0] * hkv
         merged = [launches * ws.splits] * hkv if group_sync >= 2 else [0] * hkv
         assert groups == producers + merged, (groups, producers + merged)

@@ -157,31 +157,23 @@ def test_gated_epilogue_equals_unfused_fp32(arch):
 
 
 @pytest.mark.parametrize(("arch", "overrides"), [("llama", {"head_dim": 32}), ("qwen3", {})])
-@pytest.mark.parametrize(("stages", "group_sync", "layers"),
-                         [("", "", ""), ("2", "", ""), ("", "0", ""), ("", "1", ""), ("", "2", ""), ("", "", "0"),
-                          ("", "", "2")])
-def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, group_sync, layers, monkeypatch):
+@pytest.mark.parametrize(("stages", "group_sync"), [("", ""), ("2", ""), ("", "0"), ("", "1"), ("", "2")])
+def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, group_sync, monkeypatch):
     """``model.persistent_decode`` (on by default with CUDA): batch-1 decode steps (replayed as CUDA graphs)
     run one persistent launch per layer (``INFER_DECODE_STAGES=2``: each stage its own launch, PDL
     between them; ``INFER_DECODE_GROUP_SYNC``: per-KV-group counters instead of barrier 0, and of
-    barrier 1 with 2, the default; ``INFER_DECODE_LAYERS``: every layer of five in one launch (0), or
-    two per launch, the last launch one layer); greedy tokens equal those of the usual path, for requests alone and batched (those
-    keep the usual path), every block back."""
+    barrier 1 with 2, the default); greedy tokens equal those of the usual path, for requests alone
+    and batched (those keep the usual path), every block back."""
     if not stages:  # (4 + 2 x 2) heads of 128: more qkv rows than programs, which group_sync needs
         overrides = {**overrides, "head_dim": 128}
-    if layers:
-        overrides = {**overrides, "num_hidden_layers": 5}
     checkpoint = tiny_checkpoint(arch, tokenizer=True, vocab_size=512, **overrides)
     with monkeypatch.context() as env:
         env.setenv("INFER_DECODE_STAGES", stages)
         env.setenv("INFER_DECODE_GROUP_SYNC", group_sync)
-        env.setenv("INFER_DECODE_LAYERS", layers)
         on = make_llm(checkpoint, dtype="float32", persistent_decode=True)
     assert on.engine.model.model.persistent_decode.stages == bool(stages)
     num_layers = len(on.engine.model.model.layers)
-    per_launch = {"": 1, "0": num_layers}.get(layers, int(layers or 1))
-    assert on.engine.model.model.persistent_decode.launches_per_step == (
-        6 * num_layers if stages else -(-num_layers // per_launch))
+    assert on.engine.model.model.persistent_decode.launches_per_step == (6 * num_layers if stages else num_layers)
     off = make_llm(checkpoint, dtype="float32", persistent_decode=False)
     default = make_llm(checkpoint, dtype="float32")
     assert default.engine.model.model.persistent_decode.enabled  # on by default with CUDA
@@ -193,7 +185,7 @@ def test_persistent_decode_equals_usual_path_fp32(arch, overrides, stages, group
     if not stages:  # the group_sync that took effect
         from infer_core.kernels.decode_layer import default_group_sync
 
-        assert persistent.launch_kind == (True, False, int(group_sync or default_group_sync()))
+        assert persistent.launch_kind == int(group_sync or default_group_sync())
     assert on.engine.cache.num_free_blocks == on.engine.cache.num_blocks
 
 

@@ -48,30 +48,6 @@ def compile_sass(tmp_path: Path, name: str, *args: str) -> tuple[str, int]:
     return out.read_text(), registers(done)
 
 
-def test_multi_layer_launch_keeps_the_vector_loads(tmp_path):
-    """Four layers in one launch (``--layers 4``: each layer's addresses loaded from the table,
-    marked 16-byte aligned) compile to the one-layer launch's 128-bit loads, every one of them
-    (without the marks the weight tiles' loads would split into narrower ones), in registers
-    that still fit."""
-    sass, regs = {}, {}
-    for layers in (1, 4):
-        sass[layers], regs[layers] = compile_sass(tmp_path, f"layers{layers}", "--shape", "qwen3-0.6b",
-                                                  "--programs-per-sm", "2", "--layers", str(layers))
-    wide = {n: len(re.findall(r"LDG\.E[.A-Z]*\.128", text)) for n, text in sass.items()}
-    assert wide[1] > 0 and wide[4] == wide[1], wide
-    assert regs[4] <= 255
-
-
-def test_settled_words_poll_without_cta_barriers(tmp_path):
-    """``ll`` 3's inline PTX (each thread re-reads its own stale words) assembles for sm_90, and
-    its polls add no CTA barrier: the launch has fewer ``BAR.SYNC`` than with ``ll`` 1 (whose
-    polls agree on readiness across the CTA), and its re-reads are strong 64-bit loads."""
-    sass = {ll: compile_sass(tmp_path, f"ll{ll}", "--shape", "qwen3-0.6b", "--programs-per-sm", "2", "--ll", str(ll))[0]
-            for ll in (1, 3)}
-    assert sass[3].count("BAR.SYNC") < sass[1].count("BAR.SYNC")
-    assert "LDG.E.64.STRONG.GPU" in sass[3]
-
-
 @pytest.mark.parametrize("shape", ["qwen3-0.6b", "llama-3.2-1b"])
 def test_kv_ahead_prefetches_the_later_key_tiles(tmp_path, shape):
     """``kv_ahead`` compiles to per-thread L2 prefetches (``CCTL.E.PF2``: each thread its own

@@ -94,25 +94,6 @@ def test_default_norm_once_is_on_for_one_launch_and_reads_the_environment(monkey
     assert dl.default_norm_once(stage_by_stage=True) is True
 
 
-def test_default_epoch_and_ll_read_the_environment(monkeypatch):
-    monkeypatch.delenv("INFER_DECODE_EPOCH", raising=False)
-    monkeypatch.delenv("INFER_DECODE_LL", raising=False)
-    assert dl.default_epoch() is True and dl.default_ll() == dl.DecodeLayerConfig.ll
-    monkeypatch.setenv("INFER_DECODE_EPOCH", "0")
-    monkeypatch.setenv("INFER_DECODE_LL", "2")
-    assert dl.default_epoch() is False and dl.default_ll() == 2
-
-
-@pytest.mark.parametrize(("epoch", "ll", "expected"), [("1", "3", 3), ("1", "2", 2), ("0", "3", 0), ("1", "0", 0)])
-def test_launch_config_takes_ll_from_the_environment(monkeypatch, epoch, ll, expected):
-    """The configuration a launch picks for itself keeps ``INFER_DECODE_LL``'s mode (3 stays 3),
-    and turns ``ll`` off without the epoch (its flag)."""
-    monkeypatch.setenv("INFER_DECODE_EPOCH", epoch)
-    monkeypatch.setenv("INFER_DECODE_LL", ll)
-    cfg = dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2)
-    assert cfg.ll == expected and cfg.epoch is (epoch == "1")
-
-
 def test_launch_config_takes_group_sync_where_each_program_has_a_qkv_row(monkeypatch):
     """The configuration a launch picks for itself: ``group_sync`` 2 (or ``INFER_DECODE_GROUP_SYNC``)
     where its programs are at most the qkv rows (Qwen3-0.6B's 4,096 at 264 programs), 0 where
@@ -153,7 +134,7 @@ def test_min_splits_match_the_reference(case, splits, min_splits, context):
     that give each split at most one key tile, at most ``splits``, the others idle and unread by
     the merge: contexts from none to several tiles per split (16- and 32-key tiles), against the
     reference."""
-    case = replace(case, splits=splits, context=context, ll=0)
+    case = replace(case, splits=splits, context=context)
     cfg = replace(cases.config_for(case, torch.float32), min_splits=min_splits)
     cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=True, config=cfg)
 
@@ -185,68 +166,21 @@ def test_active_splits_give_each_split_at_most_one_tile(seq_lens, tile, splits, 
 
 
 def test_min_splits_refusals():
-    """``min_splits`` other than 0 or a power of two, or with ``ll`` (whose merge polls every
-    split's words): a clear error, no launch."""
+    """``min_splits`` other than 0 or a power of two: a clear error, no launch."""
     case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)
-    for bad, match in ((dict(min_splits=3), "power of two"), (dict(min_splits=2, ll=1, epoch=True), "ll=0")):
-        cfg = replace(cases.config_for(case, torch.float32), **bad)
-        with pytest.raises(ValueError, match=match):
+    for bad in (3, 6, -2):
+        cfg = replace(cases.config_for(case, torch.float32), min_splits=bad)
+        with pytest.raises(ValueError, match="power of two"):
             cases.check_decode_layer("cpu", torch.float32, case, stage_by_stage=True, config=cfg)
 
 
 def test_launch_config_takes_min_splits_from_the_environment(monkeypatch):
     """``min_splits`` is 0 (every step uses every split) until measured; ``INFER_DECODE_MIN_SPLITS``
-    sets it, except with ``ll``."""
+    sets it."""
     monkeypatch.delenv("INFER_DECODE_MIN_SPLITS", raising=False)
-    monkeypatch.delenv("INFER_DECODE_LL", raising=False)
     assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).min_splits == 0
     monkeypatch.setenv("INFER_DECODE_MIN_SPLITS", "8")
     assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).min_splits == 8
-    monkeypatch.setenv("INFER_DECODE_LL", "1")
-    assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).min_splits == 0
-
-
-def test_multi_layer_launch_refusals(monkeypatch):
-    """decode_layers / layer_table: a clear error, no launch, for what one multi-layer launch
-    cannot take (the interpreter's stage-by-stage path, layers of another shape, a tensor off
-    16-byte alignment, no layers, a first layer other than the table's), and for a negative
-    ``INFER_DECODE_LAYERS``."""
-    case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)
-    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cpu", torch.float32)
-    other, *_ = cases.layer_inputs(replace(case, seed=1), "cpu", torch.float32)
-    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
-                            None, torch.float32, "cpu")
-    table = dl.layer_table([(weights, cache), (other, cache)])
-    assert table.rows.shape == (2, dl.LAYER_ROW.value) and table.rows[1, 0].item() == other.qkv.data_ptr()
-    before = cache.clone()
-    with pytest.raises(ValueError, match="runs on CUDA"):
-        dl.decode_layers(x, res, table, layer, md, positions, cos, sin, ws)
-    with pytest.raises(ValueError, match="first layer"):
-        dl.decode_layer(x, res, other, layer, cache, md, positions, cos, sin, ws, table=table, stage_by_stage=False)
-    assert torch.equal(cache, before)
-    with pytest.raises(ValueError, match="one shape"):
-        dl.layer_table([(weights, cache), (replace(other, down=other.down[:, :-2]), cache)])
-    misaligned = torch.empty(case.hidden + 1)[1:]
-    with pytest.raises(ValueError, match="16-byte"):
-        dl.layer_table([(weights, cache), (replace(other, post_norm=misaligned), cache)])
-    with pytest.raises(ValueError, match="at least one"):
-        dl.layer_table([])
-    monkeypatch.setenv("INFER_DECODE_LAYERS", "-1")
-    with pytest.raises(ValueError, match="INFER_DECODE_LAYERS"):
-        dl.default_layers_per_launch()
-
-
-def test_self_flagged_words_need_the_epoch():
-    """``ll`` without ``epoch`` (the words' flag is the launch's epoch): a clear error, no launch."""
-    case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)
-    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cpu", torch.float32)
-    cfg = replace(cases.config_for(case, torch.float32), epoch=False, ll=True)
-    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
-                            cfg.splits, torch.float32, "cpu")
-    before = cache.clone()
-    with pytest.raises(ValueError, match="needs epoch=True"):
-        dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws, config=cfg, stage_by_stage=True)
-    assert torch.equal(cache, before)
 
 
 def test_timeline_must_hold_one_row_per_program():

@@ -1,9 +1,8 @@
 """``model.persistent_decode``: Llama and Qwen 3 batch-1 decode steps through the persistent
 decode-layer kernel (stage by stage under the Triton interpreter, fp32) give the tokens and
 logprobs of the usual path, alone and in a batch (which keeps the usual path); each decode
-step of a request alone runs one launch per layer (six stage by stage, ``INFER_DECODE_LAYERS``
-notwithstanding: several layers per launch is CUDA's); a stack the kernel cannot take (head dim
-16, Gemma 3) keeps the usual path with a log line."""
+step of a request alone runs six launches per layer (stage by stage); a stack the kernel cannot
+take (head dim 16, Gemma 3) keeps the usual path with a log line."""
 
 from __future__ import annotations
 
@@ -39,7 +38,6 @@ def test_persistent_decode_equals_usual_path(case, monkeypatch, caplog):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(module, "decode_layer", counted)
-    monkeypatch.setenv("INFER_DECODE_LAYERS", "0")  # (CUDA only: the interpreter keeps one layer per launch)
     results = {}
     for on in (False, True):
         llm = LLM(model=checkpoint, device="cpu", dtype="float32", max_model_len=64, persistent_decode=on,

@@ -37,13 +37,13 @@ The barrier: every thread's stores, ``debug_barrier``, one release-``atomic_add`
 on the stage's counter (the arrival; with ``arrive_first`` the next stage's first loads are
 requested after it), then acquire-polls (each after a ``poll_sleep`` nanosleep, 100 ns by
 default: measured 0.7 µs per layer faster than polling flat out) until all ``P`` programs
-arrived. The counters are never reset (``epoch``, the default): launch ``e`` (the count in
-``counters[EPOCH_SLOT]``, read after the PDL wait, when the launch before has finished) waits
-at every barrier for the counter to reach ``(e + 1) P`` (int32 differences, so wrapping
-around is harmless), and program 0 adds 1 to the epoch when it passed its last barrier (every
-program had read it before arriving at barrier 0). That saves the exit counter: its arrival
-(a GPU-scope fence and an atomic round trip in the last program out) delayed the launch's end
-(``epoch = False`` keeps it: the last program to leave sets every counter back to 0).
+arrived. The counters are never reset: launch ``e`` (the count in ``counters[EPOCH_SLOT]``,
+read after the PDL wait, when the launch before has finished) waits at every barrier for the
+counter to reach ``(e + 1) P`` (int32 differences, so wrapping around is harmless), and
+program 0 adds 1 to the epoch when it passed its last barrier (every program had read it
+before arriving at barrier 0). An exit counter that reset them instead (its arrival: a
+GPU-scope fence and an atomic round trip in the last program out) delayed the launch's end:
+20.8 against 21.2 µs per Qwen3-0.6B layer, so it was removed.
 
 Every program must be resident at once: the launch compiles first and refuses more programs than fit (registers, shared memory, threads;
 :func:`resident_programs`), and with no config takes the most programs per SM (4, 2, 1) that
@@ -91,8 +91,7 @@ from infer_core.kernels.qk_norm_rope import norm_rope
 from infer_core.kernels.rms_norm import add_residual, inv_rms, normed, rms_norm_ref
 from infer_core.kernels.rotary import rotary_embedding_ref
 
-NUM_BARRIERS = tl.constexpr(5)  # between the six stages; counter NUM_BARRIERS counts programs leaving
-EPOCH_SLOT = tl.constexpr(6)  # with epoch: the launches' count (counters[6]); the barrier counters never reset
+EPOCH_SLOT = tl.constexpr(6)  # the launches' count (counters[6]): the barrier counters (0-4) are never reset
 TIMELINE_SLOTS = tl.constexpr(32)  # clock stamps per program in a timeline (_stamp)
 MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
 
@@ -101,29 +100,23 @@ MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seco
 
 
 @triton.jit
-def _grid_barrier(counters_ptr, index, target, error_ptr, POLL_SLEEP: tl.constexpr, POLL_LOAD: tl.constexpr):
+def _grid_barrier(counters_ptr, index, target, error_ptr, POLL_SLEEP: tl.constexpr):
     """Wait until all programs reached barrier ``index`` (its counter reached ``target``,
     :func:`_target`); their stores before it are visible after it (release add, acquire polls,
     CTA barriers around both)."""
     seen = _arrive(counters_ptr, index)
-    _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
+    _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP)
 
 
 @triton.jit
-def _target(counters_ptr, num_programs, EPOCH: tl.constexpr):
+def _target(counters_ptr, num_programs):
     """``(target, epoch)``: the count every barrier counter reaches when all programs of this
-    launch arrived. With ``EPOCH`` the counters are never reset: launch ``e`` (the epoch in
+    launch arrived. The counters are never reset: launch ``e`` (the epoch in
     ``counters[EPOCH_SLOT]``, read after the PDL wait, when the launch before finished) waits
     for ``(e + 1) * num_programs``, in int32 arithmetic that wraps (the comparisons take the
-    difference); else the counters start at 0 (``_leave`` resets them) and the target is
-    ``num_programs``."""
-    if EPOCH:
-        epoch = tl.load(counters_ptr + EPOCH_SLOT, cache_modifier=".cg")
-        target = (epoch + 1) * num_programs
-    else:
-        epoch = 0
-        target = num_programs + 0
-    return target, epoch
+    difference)."""
+    epoch = tl.load(counters_ptr + EPOCH_SLOT, cache_modifier=".cg")
+    return (epoch + 1) * num_programs, epoch
 
 
 @triton.jit
@@ -137,43 +130,28 @@ def _arrive(counters_ptr, index):
 
 
 @triton.jit
-def _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP: tl.constexpr, POLL_LOAD: tl.constexpr):
-    """Poll barrier ``index`` (acquire) until its counter reached ``target`` (all programs
-    arrived; ``seen - target`` is compared, so a counter that wrapped around compares right). With
-    ``POLL_SLEEP`` > 0 (CUDA only), each poll comes after a ``nanosleep`` of that many
-    nanoseconds: fewer atomics on the counter's L2 slice while the last programs arrive. With
-    ``POLL_LOAD`` (CUDA only) each poll is an acquire load (``ld.acquire.gpu``, every thread's
-    own), not an atomic read-modify-write: the pollers' requests do not serialize at the
-    counter's L2 slice behind the arrivals."""
+def _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP: tl.constexpr):
+    """Poll barrier ``index`` (acquire atomics) until its counter reached ``target`` (all
+    programs arrived; ``seen - target`` is compared, so a counter that wrapped around compares
+    right). With ``POLL_SLEEP`` > 0 (CUDA only), each poll comes after a ``nanosleep`` of that
+    many nanoseconds: fewer atomics on the counter's L2 slice while the last programs arrive.
+    (Acquire loads instead of the atomics measured slower: 20.3 against 19.6 µs per layer,
+    benchmarks/reports/multi-layer-launch-2026-12-04-h200.)"""
     counter = counters_ptr + index
     spins = 0
     while (seen - target < 0) & (spins < MAX_SPINS):
         if POLL_SLEEP > 0:
             tl.inline_asm_elementwise("nanosleep.u32 $1;\nmov.b32 $0, 0;", "=r,r", [spins * 0 + POLL_SLEEP],
                                       dtype=tl.int32, is_pure=False, pack=1)
-        if POLL_LOAD:
-            seen = tl.inline_asm_elementwise("ld.acquire.gpu.global.b32 $0, [$1];", "=r,l", [counter],
-                                             dtype=tl.int32, is_pure=False, pack=1)
-        else:
-            seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
+        seen = tl.atomic_add(counter, 0, sem="acquire", scope="gpu")
         spins += 1
     if seen - target < 0:
         tl.atomic_xchg(error_ptr, 1, sem="relaxed", scope="gpu")
     tl.debug_barrier()
 
 
-@triton.jit
-def _leave(counters_ptr, num_programs, NB: tl.constexpr, NB_POW2: tl.constexpr):
-    """The last program out resets every counter (all others passed every barrier)."""
-    tl.debug_barrier()
-    if tl.atomic_add(counters_ptr + NB, 1, sem="acq_rel", scope="gpu") == num_programs - 1:
-        idx = tl.arange(0, NB_POW2)
-        tl.store(counters_ptr + idx, tl.zeros([NB_POW2], dtype=tl.int32), mask=idx <= NB)
-
-
 # group_sync: counters[8 + g] count KV group g's qkv producers, counters[8 + HKV + g] its attention items done
 GROUP_SLOT = tl.constexpr(8)
-LAYER_ROW = tl.constexpr(9)  # a multi-layer launch's table: int64 addresses per layer (_layer_row)
 
 
 @triton.jit
@@ -223,40 +201,6 @@ def _group_target(g, epoch, num_programs, N: tl.constexpr, HQ: tl.constexpr, HKV
     per_launch = (_interval_programs(q0, q1, num_programs, N) + _interval_programs(k0, k1, num_programs, N)
                   + _interval_programs(v0, v1, num_programs, N))
     return (epoch + 1) * per_launch
-
-
-@triton.jit
-def _l2_ahead(w_ptr, NBYTES: tl.constexpr, part, parts, LANES: tl.constexpr):
-    """Ask L2 for a weight's ``NBYTES`` bytes, split over ``parts`` programs (this one is
-    ``part``) and their ``LANES`` threads: one ``cp.async.bulk.prefetch.L2`` (sm_90) of a
-    16-byte multiple per thread. A hint: nothing receives the data, nothing waits for it."""
-    chunk = tl.cdiv(tl.cdiv(NBYTES, parts * LANES), 16) * 16
-    off = (part * LANES + tl.arange(0, LANES)).to(tl.int64) * chunk
-    nbytes = (tl.minimum(tl.maximum(NBYTES - off, 0), chunk) // 16 * 16).to(tl.int32)
-    tl.inline_asm_elementwise(
-        "{\n.reg .pred p;\nsetp.gt.s32 p, $2, 0;\n@p cp.async.bulk.prefetch.L2.global [$1], $2;\nmov.b32 $0, 0;\n}",
-        "=r,l,r", [w_ptr.to(tl.pointer_type(tl.int8)) + off, nbytes], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _ll_pack(y, flag):
-    """Self-flagged words (``ll``): ``flag`` in the high 32 bits, the float32 bits of ``y`` in
-    the low ones. One aligned 64-bit store is single-copy atomic, so a reader that sees the
-    flag sees the value: no fence, no barrier between the writer and the reader."""
-    return (flag.to(tl.int64) << 32) | (y.to(tl.float32).to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF)
-
-
-@triton.jit
-def _ll_value(words):
-    """The float32 values of self-flagged words (:func:`_ll_pack`)."""
-    return (words & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _ll_ok(words, flag, mask):
-    """1 when every word of a 2-D tile where ``mask`` holds carries ``flag``, else 0."""
-    fresh = tl.where(mask, ((words >> 32).to(tl.int32) == flag).to(tl.int32), 1)
-    return tl.min(tl.min(fresh, axis=1), axis=0)
 
 
 @triton.jit
@@ -551,12 +495,11 @@ def _gemm_x(kt, K: tl.constexpr, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE: tl.con
 
 @triton.jit
 def _accumulate(acc, acc_up, w, wu, x, x_odd, j, row0, row_end, out_ptr, GATED: tl.constexpr,
-                ROWS: tl.constexpr, KT: tl.constexpr, SUB: tl.constexpr, flag, VAL_DT: tl.constexpr):
+                ROWS: tl.constexpr, KT: tl.constexpr, SUB: tl.constexpr):
     """Add one tile's products to the sums of rows ``[row0, +ROWS)`` (``x`` the input tile, or
     with ``SUB`` > 0 its even elements and ``x_odd`` its odd ones: :func:`_pair_dot`); after
     the last K tile, store those below ``row_end`` (the gated activation of the two sums when
-    ``GATED``) and start over. An int64 ``out_ptr`` takes self-flagged words (:func:`_ll_pack`,
-    ``flag``) of the values rounded to ``VAL_DT``."""
+    ``GATED``) and start over."""
     if SUB > 0:
         acc += _pair_dot(w, x, x_odd)
         if GATED:
@@ -567,19 +510,12 @@ def _accumulate(acc, acc_up, w, wu, x, x_odd, j, row0, row_end, out_ptr, GATED: 
             acc_up += tl.sum(wu.to(tl.float32) * x[None, :], axis=1)
     if j % KT == KT - 1:
         rows = row0 + tl.arange(0, ROWS)
-        LL: tl.constexpr = out_ptr.dtype.element_ty == tl.int64
-        if LL:  # noqa: SIM108 (a constexpr branch)
-            dtype = VAL_DT
-        else:
-            dtype = out_ptr.dtype.element_ty
+        dtype = out_ptr.dtype.element_ty
         if GATED:  # noqa: SIM108 (a constexpr branch)
             y = gated(acc.to(dtype), acc_up.to(dtype), 0)  # SILU
         else:
             y = acc.to(dtype)
-        if LL:
-            tl.store(out_ptr + rows, _ll_pack(y, flag), mask=rows < row_end, cache_modifier=".cg")
-        else:
-            tl.store(out_ptr + rows, y, mask=rows < row_end)
+        tl.store(out_ptr + rows, y, mask=rows < row_end)
         acc = tl.zeros([ROWS], dtype=tl.float32)
         acc_up = tl.zeros([ROWS], dtype=tl.float32)
     return acc, acc_up
@@ -590,8 +526,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                 MODE: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GATED: tl.constexpr,
                 ROWS: tl.constexpr, BK: tl.constexpr, KT: tl.constexpr, PIPE: tl.constexpr,
-                BALANCED: tl.constexpr, SUB: tl.constexpr, flag, VAL_DT: tl.constexpr,
-                x_in, x_in_odd, X_READY: tl.constexpr):
+                BALANCED: tl.constexpr, SUB: tl.constexpr, x_in, x_in_odd, X_READY: tl.constexpr):
     """``out[:N] = input @ w.T`` (or ``silu(input @ gate.T) * (input @ up.T)`` when ``GATED``,
     ``w_ptr`` then ``[2N, K]``) over program ``pid``'s tiles (row chunk ``pid + i P``, K tile
     ``kt``), ``w``/``wu`` its first tile(s), already requested. The later tiles: with
@@ -608,7 +543,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
     if BALANCED:
         lo, hi = _share(pid, num_programs, N)
         acc = tl.zeros([ROWS], dtype=tl.float32)
-        _accumulate(acc, acc, w, wu, x, x_odd, 0, lo, hi, out_ptr, GATED, ROWS, 1, SUB, flag, VAL_DT)
+        _accumulate(acc, acc, w, wu, x, x_odd, 0, lo, hi, out_ptr, GATED, ROWS, 1, SUB)
     else:
         n_chunks = tl.cdiv(N, ROWS)
         tiles = ((n_chunks - pid + num_programs - 1) // num_programs) * KT
@@ -616,7 +551,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
         acc_up = tl.zeros([ROWS], dtype=tl.float32)
         if PIPE > 1:
             acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, 0, pid * ROWS, N, out_ptr, GATED, ROWS, KT,
-                                      SUB, flag, VAL_DT)  # tile 0
+                                      SUB)  # tile 0
             for j in tl.range(1, tiles, num_stages=PIPE):
                 chunk = pid + (j // KT) * num_programs
                 w = _w_tile(w_ptr, chunk, j % KT, N, K, True, ROWS, BK, SUB)
@@ -625,7 +560,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 if KT > 1:
                     x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
                 acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, j, chunk * ROWS, N, out_ptr, GATED, ROWS, KT,
-                                          SUB, flag, VAL_DT)
+                                          SUB)
         else:
             for j in range(tiles):
                 nxt = j + 1
@@ -636,7 +571,7 @@ def _gemm_stage(w_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr, pid, num_progr
                 if KT > 1:
                     x, x_odd = _gemm_x(j % KT, K, x_ptr, r_ptr, o_ptr, nw_ptr, rstd, MODE, HAS_RESIDUAL, BK, SUB)
                 acc, acc_up = _accumulate(acc, acc_up, w, wu, x, x_odd, j, (pid + (j // KT) * num_programs) * ROWS, N,
-                                          out_ptr, GATED, ROWS, KT, SUB, flag, VAL_DT)
+                                          out_ptr, GATED, ROWS, KT, SUB)
                 w = w_next
                 if GATED:
                     wu = wu_next
@@ -834,89 +769,20 @@ def _own_key_step(acc, m_i, l_i, s, v):
 
 
 @triton.jit
-def _poll(ptrs, mask, VOLATILE: tl.constexpr):
-    """One read of self-flagged words (``ll``): ``.cg`` (L2), or ``VOLATILE`` (``ld.volatile``)."""
-    if VOLATILE:
-        return tl.load(ptrs, mask=mask, other=0, volatile=True)
-    return tl.load(ptrs, mask=mask, other=0, cache_modifier=".cg")
-
-
-@triton.jit
-def _poll_all(ptrs, VOLATILE: tl.constexpr):
-    """:func:`_poll` without a mask."""
-    if VOLATILE:
-        return tl.load(ptrs, volatile=True)
-    return tl.load(ptrs, cache_modifier=".cg")
-
-
-@triton.jit
-def _settle(words, ptrs, mask, flag, code, error_ptr):
-    """``ll`` 3: ``words`` (one load of the whole tile, all in flight together) where every
-    thread re-reads its own elements that do not yet carry ``flag``, in a PTX loop of strong
-    (``ld.relaxed.gpu``) loads, on its own: no CTA-wide agreement, so no barrier or shared
-    memory in a poll, and nothing at all when the words were ready. Each thread's copy is
-    checked, so tiles whose lanes are replicated across warps are fine. Masked-off elements
-    stay as loaded (0). A word still stale after ``MAX_SPINS`` reads stores ``code`` into
-    the error flag (as a barrier's poll: an error, never a hang)."""
-    on = mask.to(tl.int32)
-    return tl.inline_asm_elementwise(
-        """{
-        .reg .pred %llon, %llstale, %llspent;
-        .reg .b32 %lllo, %llhi, %llspins;
-        .reg .b64 %llword;
-        mov.b64 %llword, $1;
-        mov.b32 %llspins, 0;
-        setp.ne.b32 %llon, $3, 0;
-        LL_CHECK:
-        mov.b64 {%lllo, %llhi}, %llword;
-        setp.ne.and.b32 %llstale, %llhi, $4, %llon;
-        @!%llstale bra LL_DONE;
-        setp.ge.u32 %llspent, %llspins, $7;
-        @%llspent bra LL_FAIL;
-        add.u32 %llspins, %llspins, 1;
-        ld.relaxed.gpu.global.b64 %llword, [$2];
-        bra LL_CHECK;
-        LL_FAIL:
-        st.relaxed.gpu.global.b32 [$5], $6;
-        LL_DONE:
-        mov.b64 $0, %llword;
-        }""",
-        "=l,l,l,r,r,l,r,r",
-        [words, ptrs, on, flag + 0 * on, error_ptr + 0 * on, code + 0 * on, MAX_SPINS + 0 * on],
-        dtype=tl.int64, is_pure=False, pack=1)
-
-
-@triton.jit
-def _qkv_words(q_row, k_row, v_row, q_ok, own_h, own_d, flag, HALF: tl.constexpr, VOLATILE: tl.constexpr):
-    """One load of an attention item's self-flagged q halves, own key halves and value
-    (``ll``), and 1 when every word it needs carries ``flag``."""
-    q1 = _poll(q_row, q_ok, VOLATILE)
-    q2 = _poll(q_row + HALF, q_ok, VOLATILE)
-    kn1 = _poll(k_row, own_h, VOLATILE)
-    kn2 = _poll(k_row + HALF, own_h, VOLATILE)
-    vn = _poll(v_row, own_d, VOLATILE)
-    ready = (_ll_ok(q1, flag, q_ok) & _ll_ok(q2, flag, q_ok) & _ll_ok(kn1, flag, own_h)
-             & _ll_ok(kn2, flag, own_h) & _ll_ok(vn, flag, own_d))
-    return q1, q2, kn1, kn2, vn, ready
-
-
-@triton.jit
 def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr, sin_ptr,
                     qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
                     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid,
                     TIMELINE: tl.constexpr,
                     HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
                     BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr, flag, LL: tl.constexpr, error_ptr,
+                    QK_NORM: tl.constexpr, PRECISION: tl.constexpr,
                     cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY: tl.constexpr, active):
     """KV head ``item // SPLITS``, key split ``item % SPLITS`` (of the ``active`` ones,
     :func:`_active_splits`): partial attention of the head's query group over the split's
     tiles (paged_attention's split rule and tile arithmetic), the
     first tile ``k1``/``k2``/``v``/``key_ok`` already requested (:func:`_first_kv`). The tiles
     hold the keys of earlier steps only; the split that holds the step's own position stores
-    the step's K and V into the cache and takes that key from registers, last. ``LL``: q, k, v
-    and the partials are self-flagged words (:func:`_ll_pack`): the loads repeat until every
-    word carries ``flag`` (no barrier before the stage, none after it). ``ROPE_EARLY``: the
+    the step's K and V into the cache and takes that key from registers, last. ``ROPE_EARLY``: the
     k-norm weight (1) or the rotary row and both norm weights (2) come in
     (:func:`_early_rope_inputs`, requested before the stage's barrier); else they are loaded
     here, the k-norm weight after the query's norm."""
@@ -940,44 +806,11 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     v_row = qkv_ptr + (HQ + HKV + g) * HEAD_DIM + dd[None, :]
     own_h = tl.where(own, dh[None, :] < HALF, False)  # block masks (the interpreter takes no scalar one)
     own_d = tl.where(own, dd[None, :] < HEAD_DIM, False)
-    if LL == 1 or LL == 2:
-        # the own key and value are polled as [BLOCK_M, D] tiles whose rows all read the same
-        # words (a runtime zero keeps the compiler from folding the rows into one): each element
-        # then has one owning thread, all of which check their words, and the readiness crosses
-        # the warps (a [1, D] tile would sit in replicated lanes: copies loaded at different
-        # times, a readiness some warps disagree on, so a divergent loop)
-        dup = rows[:, None] * (seq_len < 0).to(tl.int32)
-        k_rows = k_row + dup
-        v_rows = v_row + dup
-        own_hb = own_h & (dup == 0)
-        own_db = own_d & (dup == 0)
-        q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_rows, v_rows, q_ok, own_hb, own_db, flag, HALF, LL == 2)
-        spins = 0
-        while (ready == 0) & (spins < MAX_SPINS):
-            q1, q2, kn1, kn2, vn, ready = _qkv_words(q_row, k_rows, v_rows, q_ok, own_hb, own_db, flag, HALF,
-                                                     LL == 2)
-            spins += 1
-        if ready == 0:  # (as a barrier's poll: an error flag, never a hang; 2: attention's words)
-            tl.atomic_xchg(error_ptr, 2, sem="relaxed", scope="gpu")
-        dt = cache_ptr.dtype.element_ty
-        q1, q2 = _ll_value(q1).to(dt), _ll_value(q2).to(dt)
-        # every row holds the same values: the max takes one row ([1, D])
-        kn1 = tl.max(_ll_value(kn1), axis=0, keep_dims=True).to(dt)
-        kn2 = tl.max(_ll_value(kn2), axis=0, keep_dims=True).to(dt)
-        vn = tl.max(_ll_value(vn), axis=0, keep_dims=True).to(dt)
-    else:  # (ll 3: every tile loaded once, then each thread settles its own words, _settle)
-        q1 = tl.load(q_row, mask=q_ok, other=0, cache_modifier=".cg")
-        q2 = tl.load(q_row + HALF, mask=q_ok, other=0, cache_modifier=".cg")
-        kn1 = tl.load(k_row, mask=own_h, other=0, cache_modifier=".cg")
-        kn2 = tl.load(k_row + HALF, mask=own_h, other=0, cache_modifier=".cg")
-        vn = tl.load(v_row, mask=own_d, other=0, cache_modifier=".cg")
-        if LL == 3:
-            dt = cache_ptr.dtype.element_ty
-            q1 = _ll_value(_settle(q1, q_row, q_ok, flag, 2, error_ptr)).to(dt)
-            q2 = _ll_value(_settle(q2, q_row + HALF, q_ok, flag, 2, error_ptr)).to(dt)
-            kn1 = _ll_value(_settle(kn1, k_row, own_h, flag, 2, error_ptr)).to(dt)
-            kn2 = _ll_value(_settle(kn2, k_row + HALF, own_h, flag, 2, error_ptr)).to(dt)
-            vn = _ll_value(_settle(vn, v_row, own_d, flag, 2, error_ptr)).to(dt)
+    q1 = tl.load(q_row, mask=q_ok, other=0, cache_modifier=".cg")
+    q2 = tl.load(q_row + HALF, mask=q_ok, other=0, cache_modifier=".cg")
+    kn1 = tl.load(k_row, mask=own_h, other=0, cache_modifier=".cg")
+    kn2 = tl.load(k_row + HALF, mask=own_h, other=0, cache_modifier=".cg")
+    vn = tl.load(v_row, mask=own_d, other=0, cache_modifier=".cg")
     if ROPE_EARLY < 2:
         qw1, qw2 = _norm_halves(qn_ptr, dh, QK_NORM, HALF)
     q1, q2 = _norm_rope(q1, q2, qw1, qw2, cos, sin, eps, QK_NORM, HALF)
@@ -1020,69 +853,30 @@ def _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_
     _stamp(timeline_ptr, pid, 18, TIMELINE)
 
     part = head * SPLITS + item % SPLITS
-    if LL:
-        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], _ll_pack(acc, flag), mask=row_ok[:, None],
-                 cache_modifier=".cg")
-        tl.store(part_max_ptr + part, _ll_pack(m_i, flag), mask=row_ok, cache_modifier=".cg")
-        tl.store(part_sum_ptr + part, _ll_pack(l_i, flag), mask=row_ok, cache_modifier=".cg")
-    else:
-        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], acc, mask=row_ok[:, None])
-        tl.store(part_max_ptr + part, m_i, mask=row_ok)
-        tl.store(part_sum_ptr + part, l_i, mask=row_ok)
+    tl.store(part_acc_ptr + part[:, None] * HEAD_DIM + dd[None, :], acc, mask=row_ok[:, None])
+    tl.store(part_max_ptr + part, m_i, mask=row_ok)
+    tl.store(part_sum_ptr + part, l_i, mask=row_ok)
     _stamp(timeline_ptr, pid, 19, TIMELINE)
 
 
 @triton.jit
-def _partial_words(max_ptrs, sum_ptrs, acc_ptrs, flag, VOLATILE: tl.constexpr):
-    """One load of a head's self-flagged split partials (``ll``: maxima, sums and accumulators
-    as ``[SPLITS, D]`` tiles, the maxima and sums the same word along a row), and 1 when every
-    word carries ``flag``."""
-    mw = _poll_all(max_ptrs, VOLATILE)
-    sw = _poll_all(sum_ptrs, VOLATILE)
-    aw = _poll_all(acc_ptrs, VOLATILE)
-    ready = _ll_ok(mw, flag, mw == mw) & _ll_ok(sw, flag, sw == sw) & _ll_ok(aw, flag, aw == aw)
-    return mw, sw, aw, ready
-
-
-@triton.jit
 def _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid,
-                TIMELINE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, flag, LL: tl.constexpr, error_ptr,
-                active, AUTO: tl.constexpr):
-    """attention_reduce's merge for one query head, into the attention output row (``LL``: the
-    partials' loads repeat until every word carries ``flag``; ``AUTO``: only the ``active``
-    splits' partials are read, :func:`_active_splits`)."""
+                TIMELINE: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, active, AUTO: tl.constexpr):
+    """attention_reduce's merge for one query head, into the attention output row (``AUTO``:
+    only the ``active`` splits' partials are read, :func:`_active_splits`)."""
     splits = tl.arange(0, SPLITS)
     dd = tl.arange(0, HEAD_DIM)
     base = head * SPLITS
     acc_ptrs = part_acc_ptr + (base + splits)[:, None] * HEAD_DIM + dd[None, :]
-    if LL == 1 or LL == 2:
-        # the maxima and sums polled as [SPLITS, D] tiles, every column the same word (see
-        # _attention_item: one owning thread per element, no replicated lanes)
-        stats = base + splits[:, None] + dd[None, :] * ((base + splits)[:, None] < 0).to(tl.int32)
-        mw, sw, aw, ready = _partial_words(part_max_ptr + stats, part_sum_ptr + stats, acc_ptrs, flag, LL == 2)
-        spins = 0
-        while (ready == 0) & (spins < MAX_SPINS):
-            mw, sw, aw, ready = _partial_words(part_max_ptr + stats, part_sum_ptr + stats, acc_ptrs, flag, LL == 2)
-            spins += 1
-        if ready == 0:  # (3: the merge's words)
-            tl.atomic_xchg(error_ptr, 3, sem="relaxed", scope="gpu")
-        m = tl.max(_ll_value(mw), axis=1)
-        sums = tl.max(_ll_value(sw), axis=1)
-        acc = _ll_value(aw)
-    elif AUTO:  # (no ll: min_splits needs it off) the splits from `active` on hold nothing this step
+    if AUTO:  # the splits from `active` on hold nothing this step
         on = splits < active
         m = tl.load(part_max_ptr + base + splits, mask=on, other=float("-inf"), cache_modifier=".cg")
         sums = tl.load(part_sum_ptr + base + splits, mask=on, other=0.0, cache_modifier=".cg")
         acc = tl.load(acc_ptrs, mask=on[:, None], other=0.0, cache_modifier=".cg")
-    else:  # (ll 3: loaded once, then settled by each thread, _settle)
+    else:
         m = tl.load(part_max_ptr + base + splits, cache_modifier=".cg")
         sums = tl.load(part_sum_ptr + base + splits, cache_modifier=".cg")
         acc = tl.load(acc_ptrs, cache_modifier=".cg")
-        if LL == 3:
-            every = splits >= 0
-            m = _ll_value(_settle(m, part_max_ptr + base + splits, every, flag, 3, error_ptr))
-            sums = _ll_value(_settle(sums, part_sum_ptr + base + splits, every, flag, 3, error_ptr))
-            acc = _ll_value(_settle(acc, acc_ptrs, every[:, None] & (dd[None, :] >= 0), flag, 3, error_ptr))
     _stamp_after(timeline_ptr, pid, 23, tl.max(tl.max(acc, 1), 0) + tl.max(m + sums, 0), TIMELINE)
     out = merge_splits(m, sums, acc)
     tl.store(attn_ptr + head * HEAD_DIM + dd, out.to(attn_ptr.dtype.element_ty))
@@ -1093,7 +887,7 @@ def _stage_barrier(counters_ptr, index, target, error_ptr, w_ptr, nw_ptr, pid, n
                    K: tl.constexpr, GATED: tl.constexpr, NORM: tl.constexpr, ROWS: tl.constexpr, BK: tl.constexpr,
                    BALANCED: tl.constexpr, SUB: tl.constexpr, w, wu, nw, ENABLED: tl.constexpr,
                    ARRIVE_FIRST: tl.constexpr, PREFETCH: tl.constexpr, POLL_SLEEP: tl.constexpr,
-                   POLL_LOAD: tl.constexpr, timeline_ptr, TIMELINE: tl.constexpr):
+                   timeline_ptr, TIMELINE: tl.constexpr):
     """Barrier ``index`` (2, 3, 4: before o_proj, gate/up, down) of a one-launch layer when
     ``ENABLED``, with the next GEMM stage's first weight tiles (and with ``NORM`` its norm
     weight's words) requested ahead (``PREFETCH``), after the arrival with ``ARRIVE_FIRST`` (its
@@ -1110,7 +904,7 @@ def _stage_barrier(counters_ptr, index, target, error_ptr, w_ptr, nw_ptr, pid, n
     if ENABLED:
         if not ARRIVE_FIRST:
             seen = _arrive(counters_ptr, index)
-        _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
+        _wait(counters_ptr, index, seen, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 2 * index + 3, TIMELINE)
     return w, wu, nw
 
@@ -1125,7 +919,7 @@ def _decode_layer_kernel(
     cos_ptr, sin_ptr, pos_ptr, cache_ptr, table_ptr, seq_lens_ptr, slot_ptr,
     stride_kv, stride_block, stride_slot, stride_cos, stride_sin, qk_scale,
     qkv_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, attn_ptr, o_ptr, act_ptr,
-    counters_ptr, error_ptr, timeline_ptr, num_programs, layers_ptr, xs_ptr, rs_ptr,
+    counters_ptr, error_ptr, timeline_ptr, num_programs,
     HIDDEN: tl.constexpr, INTER: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
     SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     QK_NORM: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
@@ -1135,10 +929,8 @@ def _decode_layer_kernel(
     SUB_QKV: tl.constexpr, SUB_O: tl.constexpr, SUB_GU: tl.constexpr, SUB_DOWN: tl.constexpr,
     STAGE: tl.constexpr, LAST: tl.constexpr, PREFETCH: tl.constexpr, PIPE: tl.constexpr,
     PRECISION: tl.constexpr, PDL: tl.constexpr, POLL_SLEEP: tl.constexpr, TIMELINE: tl.constexpr,
-    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, EPOCH: tl.constexpr, LL: tl.constexpr,
-    NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr, L2_AHEAD: tl.constexpr, GROUP_SYNC: tl.constexpr,
-    LAYERS: tl.constexpr = 1, ROW_AHEAD: tl.constexpr = True, POLL_LOAD: tl.constexpr = False,
-    KV_AHEAD: tl.constexpr = False, MIN_SPLITS: tl.constexpr = 0,
+    ARRIVE_FIRST: tl.constexpr, KV_EARLY: tl.constexpr, NORM_ONCE: tl.constexpr, ROPE_EARLY: tl.constexpr,
+    GROUP_SYNC: tl.constexpr, KV_AHEAD: tl.constexpr = False, MIN_SPLITS: tl.constexpr = 0,
 ):
     ALL: tl.constexpr = STAGE < 0
     AUTO: tl.constexpr = MIN_SPLITS > 0 and MIN_SPLITS < SPLITS  # min_splits: the splits a step uses vary
@@ -1156,259 +948,153 @@ def _decode_layer_kernel(
     ATTN: tl.constexpr = (ALL and LAST >= 2) or STAGE == 2  # this launch runs the attention stage
     # group_sync: no barrier 0; each attention item waits for the producers of its KV group's rows only
     # (and with 2, no barrier 1: each merge waits for its KV group's attention items only)
-    GS: tl.constexpr = GROUP_SYNC > 0 and ALL and LAST >= 2 and EPOCH and not LL and BAL_QKV
+    GS: tl.constexpr = GROUP_SYNC > 0 and ALL and LAST >= 2 and BAL_QKV
     GS2: tl.constexpr = GS and GROUP_SYNC >= 2 and LAST >= 3
     _stamp(timeline_ptr, pid, 0, TIMELINE)
-    # LAYERS > 1 (one launch, epoch, every stage): consecutive layers in one launch, a grid barrier
-    # (counter NUM_BARRIERS) between them instead of a launch boundary; layer l's tensors come from
-    # row l of layers_ptr (_layer_row), its input is the previous layer's output (two scratch rows each
-    # of xs_ptr / rs_ptr, in turn), the last layer writes out_ptr / res_out_ptr
-    MULTI: tl.constexpr = LAYERS > 1
-    epoch0 = 0
-    base_l = 0  # (the between-layers counter at the launch's start: other launches may not count there)
-    seen_l = pid * 0  # (the arrival count at the barrier between layers)
-    x0_ptr, r0_ptr, out0_ptr, res_out0_ptr = x_ptr, res_ptr, out_ptr, res_out_ptr
-    tl0_ptr = timeline_ptr
-    if MULTI:
-        if PDL:
-            wait_for_prior()
-        epoch0 = tl.load(counters_ptr + EPOCH_SLOT, cache_modifier=".cg")
-        base_l = tl.load(counters_ptr + NUM_BARRIERS, cache_modifier=".cg")
-        if ROW_AHEAD:
-            (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr,
-             cache_ptr) = _layer_row(layers_ptr, 0, w_qkv_ptr, ln1_ptr, cache_ptr)
-    for layer in range(LAYERS):
-        if MULTI:
-            x_ptr, res_ptr, out_ptr, res_out_ptr = _layer_stream(layer, LAYERS, x0_ptr, r0_ptr, out0_ptr,
-                                                                 res_out0_ptr, xs_ptr, rs_ptr, HIDDEN)
-            if TIMELINE:  # (a multi-layer launch's timeline: [layers, programs, TIMELINE_SLOTS])
-                timeline_ptr = tl0_ptr + layer * num_programs * TIMELINE_SLOTS
-        if MULTI and not ROW_AHEAD:  # this layer's row now
-            (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr,
-             cache_ptr) = _layer_row(layers_ptr, layer, w_qkv_ptr, ln1_ptr, cache_ptr)
-        if MULTI:  # noqa: SIM102 (a constexpr branch around a runtime one)
-            if layer > 0:  # (the first layer's point 0: the launch's start)
-                _stamp(timeline_ptr, pid, 0, TIMELINE)
-        nw = 0  # (the norm weight's words when QKV_ONCE / GU_ONCE)
-        w, wu = 0.0, 0.0  # (a stage's first weight tiles, once requested)
-        cos, sin, qw1, qw2, kw1, kw2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    nw = 0  # (the norm weight's words when QKV_ONCE / GU_ONCE)
+    w, wu = 0.0, 0.0  # (a stage's first weight tiles, once requested)
+    cos, sin, qw1, qw2, kw1, kw2 = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
 
-        # kv_early = 2: the step's metadata and the first key tile (earlier steps' keys) at the launch's
-        # start, with the qkv tiles: all were written before the previous launch began (see pdl)
-        # (stage by stage: each stage's first weight tiles, and attention's first key tile, before its PDL wait)
-        KV_START: tl.constexpr = KV_EARLY == 2 and ((ALL and LAST >= 2) or STAGE == 2)
-        if (ALL and LAST >= 1) or STAGE == 1:
-            w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, SUB_QKV)
-            if QKV_ONCE:
-                nw = _norm_words(ln1_ptr, HIDDEN, BK_QKV, SUB_QKV)
-        if PREFETCH and STAGE == 4:
+    # kv_early = 2: the step's metadata and the first key tile (earlier steps' keys) at the launch's
+    # start, with the qkv tiles: all were written before the previous launch began (see pdl)
+    # (stage by stage: each stage's first weight tiles, and attention's first key tile, before its PDL wait)
+    KV_START: tl.constexpr = KV_EARLY == 2 and ((ALL and LAST >= 2) or STAGE == 2)
+    if (ALL and LAST >= 1) or STAGE == 1:
+        w, wu = _first_tiles(w_qkv_ptr, pid, num_programs, NQKV, HIDDEN, False, ROWS_QKV, BK_QKV, BAL_QKV, SUB_QKV)
+        if QKV_ONCE:
+            nw = _norm_words(ln1_ptr, HIDDEN, BK_QKV, SUB_QKV)
+    if PREFETCH and STAGE == 4:
+        w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
+    if PREFETCH and STAGE == 5:
+        w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
+        if GU_ONCE:
+            nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
+    if PREFETCH and STAGE == 6:
+        w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN,
+                             SUB_DOWN)
+    if KV_START:
+        tl.debug_barrier()  # keeps the qkv tiles' requests first (ptxas would put the key tile's chain ahead)
+        seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
+        active = _active_splits(seq_len, TILE, SPLITS, MIN_SPLITS)
+        k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
+                                      stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS, active)
+    if ROPE_EARLY and KV_START and not ALL:
+        cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
+                                                          stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
+    if PDL:
+        wait_for_prior()
+    if ALL and LAST >= 2:
+        target, epoch = _target(counters_ptr, num_programs)
+    else:  # (stage by stage: no barriers)
+        target = 0
+    _stamp(timeline_ptr, pid, 1, TIMELINE)
+    if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
+        rstd, xn, xn_odd, ready = _norm_stage_input(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, False, 1,
+                                                    HAS_RESIDUAL, BK_QKV, KT_QKV, SUB_QKV, QKV_ONCE)
+        _stamp_after(timeline_ptr, pid, 24, ready, TIMELINE)
+        _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
+                    rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, xn, xn_odd,
+                    QKV_ONCE)
+    _stamp(timeline_ptr, pid, 2, TIMELINE)
+    if GS:
+        _group_arrive(counters_ptr, pid, num_programs, NQKV, HQ, HKV, HEAD_DIM)
+    elif ARRIVE_FIRST and ALL and LAST >= 2:
+        seen = _arrive(counters_ptr, 0)
+    if ATTN and not KV_START:  # the first key tile (no dependence on qkv)
+        seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
+        active = _active_splits(seq_len, TILE, SPLITS, MIN_SPLITS)
+        if KV_EARLY:
+            k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
+                                          stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS, active)
+    if ALL and LAST >= 2:
+        if not GS and not ARRIVE_FIRST:
+            seen = _arrive(counters_ptr, 0)
+        if ROPE_EARLY:  # (after the arrival, barrier 0's or group_sync's: its fence does not wait for them)
+            cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
+                                                              stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
+        if not GS:
+            _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP)
+    _stamp(timeline_ptr, pid, 3, TIMELINE)
+    if ROPE_EARLY and ATTN and not ALL and not KV_START:  # (stage by stage without the early start)
+        cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
+                                                          stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
+    if ATTN:  # QK-norm, RoPE, K/V store, split attention
+        for item in range(pid, HKV * SPLITS, num_programs):
+            if KV_EARLY:
+                if item != pid:  # a later item of this program (fewer programs than items)
+                    k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv,
+                                                  stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS,
+                                                  active)
+            else:  # (requested here, not before the loop: carried into it, the tile's registers double)
+                k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv, stride_block,
+                                              stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS, active)
+            if KV_AHEAD:  # the split's later key tiles into L2 (earlier steps' keys: no wait needed)
+                _kv_ahead(item, cache_ptr, table_ptr, seq_len, stride_kv, stride_block, stride_slot, HEAD_DIM,
+                          TILE, BLOCK_SIZE, SPLITS, active, 2 * TILE)
+            # (min_splits: a split this step does not use has nothing to do: the merge skips it)
+            if (item % SPLITS < active) if AUTO else True:
+                if GS:  # this item's KV group's qkv rows are stored
+                    target_g = _group_target(item // SPLITS, epoch, num_programs, NQKV, HQ, HKV, HEAD_DIM)
+                    _wait(counters_ptr, GROUP_SLOT + item // SPLITS, target_g - 1, target_g, error_ptr, POLL_SLEEP)
+                _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr,
+                                sin_ptr, qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
+                                stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid,
+                                TIMELINE, HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION,
+                                cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY, active)
+            if GS2:  # this item's partials are stored (every thread's: the CTA barrier first)
+                tl.debug_barrier()
+                tl.atomic_add(counters_ptr + GROUP_SLOT + HKV + item // SPLITS, 1, sem="release", scope="gpu")
+    _stamp(timeline_ptr, pid, 4, TIMELINE)
+    if ALL and LAST >= 3 and not GS2:
+        _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
+    _stamp(timeline_ptr, pid, 5, TIMELINE)
+    if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
+        if AUTO and not ATTN:  # (stage by stage: this launch has not read the step's length)
+            active = _active_splits(tl.load(seq_lens_ptr), TILE, SPLITS, MIN_SPLITS)
+        elif not AUTO:
+            active = SPLITS
+        for head in range(pid, HQ, num_programs):
+            if GS2:  # the head's KV group's splits all stored their partials
+                _wait(counters_ptr, GROUP_SLOT + HKV + head // (HQ // HKV), (epoch + 1) * SPLITS - 1,
+                      (epoch + 1) * SPLITS, error_ptr, POLL_SLEEP)
+            _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
+                        HEAD_DIM, SPLITS, active, AUTO)
+            _stamp(timeline_ptr, pid, 20, TIMELINE)
+    w, wu, nw = _stage_barrier(counters_ptr, 2, target, error_ptr, w_o_ptr, ln2_ptr, pid, num_programs, HIDDEN,
+                               NATTN, False, False, ROWS_O, BK_O, BAL_O, SUB_O, w, wu, nw, ALL and LAST >= 4,
+                               ARRIVE_FIRST, PREFETCH, POLL_SLEEP, timeline_ptr, TIMELINE)
+    if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
+        if not PREFETCH:
             w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
-        if PREFETCH and STAGE == 5:
+        _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
+                    0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0.0, 0.0, False)
+    w, wu, nw = _stage_barrier(counters_ptr, 3, target, error_ptr, w_gu_ptr, ln2_ptr, pid, num_programs, INTER,
+                               HIDDEN, True, GU_ONCE, ROWS_GU, BK_GU, BAL_GU, SUB_GU, w, wu, nw, ALL and LAST >= 5,
+                               ARRIVE_FIRST, PREFETCH, POLL_SLEEP, timeline_ptr, TIMELINE)
+    if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
+        if not PREFETCH:
             w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
             if GU_ONCE:
                 nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
-        if PREFETCH and STAGE == 6:
+        rstd, xn, xn_odd, ready = _norm_stage_input(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, pid == 0, 2,
+                                                    HAS_RESIDUAL, BK_GU, KT_GU, SUB_GU, GU_ONCE)
+        _stamp_after(timeline_ptr, pid, 25, ready, TIMELINE)
+        _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
+                    rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, xn, xn_odd, GU_ONCE)
+    w, wu, nw = _stage_barrier(counters_ptr, 4, target, error_ptr, w_down_ptr, ln2_ptr, pid, num_programs, HIDDEN,
+                               INTER, False, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN, w, wu, nw,
+                               ALL and LAST >= 6, ARRIVE_FIRST, PREFETCH, POLL_SLEEP, timeline_ptr, TIMELINE)
+    if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
+        if not PREFETCH:
             w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN,
                                  SUB_DOWN)
-        if KV_START:
-            tl.debug_barrier()  # keeps the qkv tiles' requests first (ptxas would put the key tile's chain ahead)
-            seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
-            active = _active_splits(seq_len, TILE, SPLITS, MIN_SPLITS)
-            k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
-                                          stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS, active)
-        if ROPE_EARLY and KV_START and not ALL:
-            cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
-                                                              stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
-        if MULTI:  # (the launch's PDL wait came before its first layer's row)
-            if layer > 0:  # the layer before is done (every program arrived after its down stage)
-                _wait(counters_ptr, NUM_BARRIERS, seen_l, base_l + layer * num_programs, error_ptr, POLL_SLEEP, POLL_LOAD)
-        elif PDL:
-            wait_for_prior()
-        if MULTI:  # (each layer of the launch one epoch: every counter counts as if each were a launch)
-            epoch = epoch0 + layer
-            target = (epoch + 1) * num_programs
-        elif ALL and LAST >= 2:
-            target, epoch = _target(counters_ptr, num_programs, EPOCH)
-        else:  # (stage by stage: no barriers)
-            target = 0
-        # ll: qkv and the attention partials go out as self-flagged words (this launch's flag: the
-        # epoch + 1, never 0, never the last launch's), read without barriers 0 and 1
-        if LL and ALL and LAST >= 2:
-            flag = epoch + 1
-        elif LL:  # (stage by stage: the epoch does not advance; each stage reads what a launch before wrote)
-            flag = tl.load(counters_ptr + EPOCH_SLOT, cache_modifier=".cg") + 1
-        else:
-            flag = 0
-        DT: tl.constexpr = x_ptr.dtype.element_ty
-        _stamp(timeline_ptr, pid, 1, TIMELINE)
-        if (ALL and LAST >= 1) or STAGE == 1:  # qkv = rms_norm(x + residual) @ w_qkv.T
-            rstd, xn, xn_odd, ready = _norm_stage_input(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, False, 1,
-                                                        HAS_RESIDUAL, BK_QKV, KT_QKV, SUB_QKV, QKV_ONCE)
-            _stamp_after(timeline_ptr, pid, 24, ready, TIMELINE)
-            _gemm_stage(w_qkv_ptr, qkv_ptr, NQKV, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln1_ptr,
-                        rstd, 1, HAS_RESIDUAL, False, ROWS_QKV, BK_QKV, KT_QKV, PIPE, BAL_QKV, SUB_QKV, flag, DT,
-                        xn, xn_odd, QKV_ONCE)
-        _stamp(timeline_ptr, pid, 2, TIMELINE)
-        if GS:
-            _group_arrive(counters_ptr, pid, num_programs, NQKV, HQ, HKV, HEAD_DIM)
-        elif ARRIVE_FIRST and ALL and LAST >= 2 and not LL:
-            seen = _arrive(counters_ptr, 0)
-        if ATTN and not KV_START:  # the first key tile (no dependence on qkv)
-            seq_len, pos, slot = _step_metadata(seq_lens_ptr, pos_ptr, slot_ptr)
-            active = _active_splits(seq_len, TILE, SPLITS, MIN_SPLITS)
-            if KV_EARLY:
-                k1, k2, v, key_ok = _first_kv(pid, pid < HKV * SPLITS, cache_ptr, table_ptr, seq_len, stride_kv,
-                                              stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS, active)
-        if ALL and LAST >= 2 and not LL:
-            if not GS and not ARRIVE_FIRST:
-                seen = _arrive(counters_ptr, 0)
-            if ROPE_EARLY:  # (after the arrival, barrier 0's or group_sync's: its fence does not wait for them)
-                cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
-                                                                  stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
-            if not GS:
-                _wait(counters_ptr, 0, seen, target, error_ptr, POLL_SLEEP, POLL_LOAD)
-        if L2_AHEAD and ALL and LAST >= 5:  # noqa: SIM102 (a constexpr branch around a runtime one)
-            # the programs without an attention item: gate/up's (1) and down's (2) weights into L2 while
-            # the attention and the merge run (DRAM is otherwise idle then: the key tiles came at the start)
-            if pid >= HKV * SPLITS:
-                WB: tl.constexpr = w_gu_ptr.dtype.element_ty.primitive_bitwidth // 8
-                if L2_AHEAD & 1:
-                    _l2_ahead(w_gu_ptr, 2 * INTER * HIDDEN * WB, pid - HKV * SPLITS, num_programs - HKV * SPLITS, 128)
-                if L2_AHEAD & 2:
-                    _l2_ahead(w_down_ptr, INTER * HIDDEN * WB, pid - HKV * SPLITS, num_programs - HKV * SPLITS, 128)
-        _stamp(timeline_ptr, pid, 3, TIMELINE)
-        if ROPE_EARLY and ATTN and ((ALL and LL) or (not ALL and not KV_START)):  # (no barrier 0 / no early start)
-            cos, sin, qw1, qw2, kw1, kw2 = _early_rope_inputs(cos_ptr, sin_ptr, qn_ptr, kn_ptr, pos, stride_cos,
-                                                              stride_sin, QK_NORM, HEAD_DIM // 2, ROPE_EARLY)
-        if ATTN:  # QK-norm, RoPE, K/V store, split attention
-            for item in range(pid, HKV * SPLITS, num_programs):
-                if KV_EARLY:
-                    if item != pid:  # a later item of this program (fewer programs than items)
-                        k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv,
-                                                      stride_block, stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS,
-                                                      active)
-                else:  # (requested here, not before the loop: carried into it, the tile's registers double)
-                    k1, k2, v, key_ok = _first_kv(item, True, cache_ptr, table_ptr, seq_len, stride_kv, stride_block,
-                                                  stride_slot, HEAD_DIM, TILE, BLOCK_SIZE, SPLITS, active)
-                if KV_AHEAD:  # the split's later key tiles into L2 (earlier steps' keys: no wait needed)
-                    _kv_ahead(item, cache_ptr, table_ptr, seq_len, stride_kv, stride_block, stride_slot, HEAD_DIM,
-                              TILE, BLOCK_SIZE, SPLITS, active, 2 * TILE)
-                # (min_splits: a split this step does not use has nothing to do: the merge skips it)
-                if (item % SPLITS < active) if AUTO else True:
-                    if GS:  # this item's KV group's qkv rows are stored
-                        target_g = _group_target(item // SPLITS, epoch, num_programs, NQKV, HQ, HKV, HEAD_DIM)
-                        _wait(counters_ptr, GROUP_SLOT + item // SPLITS, target_g - 1, target_g, error_ptr, POLL_SLEEP,
-                              POLL_LOAD)
-                    _attention_item(item, k1, k2, v, key_ok, qkv_ptr, cache_ptr, table_ptr, seq_len, pos, slot, cos_ptr,
-                                    sin_ptr, qn_ptr, kn_ptr, eps, qk_scale, part_acc_ptr, part_max_ptr, part_sum_ptr,
-                                    stride_kv, stride_block, stride_slot, stride_cos, stride_sin, timeline_ptr, pid,
-                                    TIMELINE, HQ, HKV, HEAD_DIM, SPLITS, BLOCK_M, TILE, BLOCK_SIZE, QK_NORM, PRECISION,
-                                    flag, LL, error_ptr, cos, sin, qw1, qw2, kw1, kw2, ROPE_EARLY, active)
-                if GS2:  # this item's partials are stored (every thread's: the CTA barrier first)
-                    tl.debug_barrier()
-                    tl.atomic_add(counters_ptr + GROUP_SLOT + HKV + item // SPLITS, 1, sem="release", scope="gpu")
-        _stamp(timeline_ptr, pid, 4, TIMELINE)
-        if MULTI and ROW_AHEAD:  # the next layer's row, in flight during this one's later stages
-            nxt = _layer_row(layers_ptr, tl.minimum(layer + 1, LAYERS - 1), w_qkv_ptr, ln1_ptr, cache_ptr)
-        if ALL and LAST >= 3 and not LL and not GS2:
-            _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP, POLL_LOAD)
-        _stamp(timeline_ptr, pid, 5, TIMELINE)
-        if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
-            if AUTO and not ATTN:  # (stage by stage: this launch has not read the step's length)
-                active = _active_splits(tl.load(seq_lens_ptr), TILE, SPLITS, MIN_SPLITS)
-            elif not AUTO:
-                active = SPLITS
-            for head in range(pid, HQ, num_programs):
-                if GS2:  # the head's KV group's splits all stored their partials
-                    _wait(counters_ptr, GROUP_SLOT + HKV + head // (HQ // HKV), (epoch + 1) * SPLITS - 1,
-                          (epoch + 1) * SPLITS, error_ptr, POLL_SLEEP, POLL_LOAD)
-                _merge_head(head, attn_ptr, part_acc_ptr, part_max_ptr, part_sum_ptr, timeline_ptr, pid, TIMELINE,
-                            HEAD_DIM, SPLITS, flag, LL, error_ptr, active, AUTO)
-                _stamp(timeline_ptr, pid, 20, TIMELINE)
-        w, wu, nw = _stage_barrier(counters_ptr, 2, target, error_ptr, w_o_ptr, ln2_ptr, pid, num_programs, HIDDEN,
-                                   NATTN, False, False, ROWS_O, BK_O, BAL_O, SUB_O, w, wu, nw, ALL and LAST >= 4,
-                                   ARRIVE_FIRST, PREFETCH, POLL_SLEEP, POLL_LOAD, timeline_ptr, TIMELINE)
-        if (ALL and LAST >= 4) or STAGE == 4:  # o = attn @ w_o.T
-            if not PREFETCH:
-                w, wu = _first_tiles(w_o_ptr, pid, num_programs, HIDDEN, NATTN, False, ROWS_O, BK_O, BAL_O, SUB_O)
-            _gemm_stage(w_o_ptr, o_ptr, HIDDEN, NATTN, pid, num_programs, w, wu, attn_ptr, res_ptr, o_ptr, ln2_ptr,
-                        0.0, 0, False, False, ROWS_O, BK_O, KT_O, PIPE, BAL_O, SUB_O, 0, DT, 0.0, 0.0, False)
-        w, wu, nw = _stage_barrier(counters_ptr, 3, target, error_ptr, w_gu_ptr, ln2_ptr, pid, num_programs, INTER,
-                                   HIDDEN, True, GU_ONCE, ROWS_GU, BK_GU, BAL_GU, SUB_GU, w, wu, nw, ALL and LAST >= 5,
-                                   ARRIVE_FIRST, PREFETCH, POLL_SLEEP, POLL_LOAD, timeline_ptr, TIMELINE)
-        if (ALL and LAST >= 5) or STAGE == 5:  # h = o + x (+ residual); act(rms_norm(h) @ gate.T) * (rms_norm(h) @ up.T)
-            if not PREFETCH:
-                w, wu = _first_tiles(w_gu_ptr, pid, num_programs, INTER, HIDDEN, True, ROWS_GU, BK_GU, BAL_GU, SUB_GU)
-                if GU_ONCE:
-                    nw = _norm_words(ln2_ptr, HIDDEN, BK_GU, SUB_GU)
-            rstd, xn, xn_odd, ready = _norm_stage_input(x_ptr, res_ptr, o_ptr, res_out_ptr, nw, HIDDEN, eps, pid == 0, 2,
-                                                        HAS_RESIDUAL, BK_GU, KT_GU, SUB_GU, GU_ONCE)
-            _stamp_after(timeline_ptr, pid, 25, ready, TIMELINE)
-            _gemm_stage(w_gu_ptr, act_ptr, INTER, HIDDEN, pid, num_programs, w, wu, x_ptr, res_ptr, o_ptr, ln2_ptr,
-                        rstd, 2, HAS_RESIDUAL, True, ROWS_GU, BK_GU, KT_GU, PIPE, BAL_GU, SUB_GU, 0, DT,
-                        xn, xn_odd, GU_ONCE)
-        w, wu, nw = _stage_barrier(counters_ptr, 4, target, error_ptr, w_down_ptr, ln2_ptr, pid, num_programs, HIDDEN,
-                                   INTER, False, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN, w, wu, nw,
-                                   ALL and LAST >= 6, ARRIVE_FIRST, PREFETCH, POLL_SLEEP, POLL_LOAD, timeline_ptr,
-                                   TIMELINE)
-        if (ALL and LAST >= 6) or STAGE == 6:  # out = act @ w_down.T
-            if not PREFETCH:
-                w, wu = _first_tiles(w_down_ptr, pid, num_programs, HIDDEN, INTER, False, ROWS_DOWN, BK_DOWN, BAL_DOWN, SUB_DOWN)
-            _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
-                        0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0, DT, 0.0, 0.0,
-                        False)
-        _stamp(timeline_ptr, pid, 12, TIMELINE)
-        if MULTI:
-            if (pid == 0) & (layer == LAYERS - 1):  # (every program read the epoch before its first layer)
-                tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
-            # the barrier between layers (the last layer's arrival too: the next launch's base is then a
-            # multiple of the programs, whatever launches came between)
-            seen_l = _arrive(counters_ptr, NUM_BARRIERS)
-        elif ALL and EPOCH and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
-            if pid == 0:  # (every program read the epoch before it arrived at barrier 2, passed here)
-                tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
-        if ALL and not EPOCH:
-            _leave(counters_ptr, num_programs, NUM_BARRIERS, 8)
-        _stamp(timeline_ptr, pid, 13, TIMELINE)
-        if MULTI and ROW_AHEAD:
-            (w_qkv_ptr, w_o_ptr, w_gu_ptr, w_down_ptr, ln1_ptr, ln2_ptr, qn_ptr, kn_ptr,
-             cache_ptr) = nxt[0], nxt[1], nxt[2], nxt[3], nxt[4], nxt[5], nxt[6], nxt[7], nxt[8]
-
-
-@triton.jit
-def _layer_row(layers_ptr, layer, w_ptr, n_ptr, c_ptr):
-    """Row ``layer`` of a multi-layer launch's table (int64 addresses: qkv, o, gate/up, down,
-    the two norm weights, the QK-norm weights, the KV cache) as pointers of the launch's types
-    (those of the first layer's ``w_ptr``, ``n_ptr``, ``c_ptr``), marked 16-byte aligned (the
-    launch checks) so the weight tiles keep their vector loads."""
-    row = layers_ptr + layer * LAYER_ROW
-    wt: tl.constexpr = w_ptr.dtype
-    nt: tl.constexpr = n_ptr.dtype
-    ct: tl.constexpr = c_ptr.dtype
-    return (tl.multiple_of(tl.load(row + 0).to(wt), 16), tl.multiple_of(tl.load(row + 1).to(wt), 16),
-            tl.multiple_of(tl.load(row + 2).to(wt), 16), tl.multiple_of(tl.load(row + 3).to(wt), 16),
-            tl.multiple_of(tl.load(row + 4).to(nt), 16), tl.multiple_of(tl.load(row + 5).to(nt), 16),
-            tl.multiple_of(tl.load(row + 6).to(nt), 16), tl.multiple_of(tl.load(row + 7).to(nt), 16),
-            tl.multiple_of(tl.load(row + 8).to(ct), 16))
-
-
-@triton.jit
-def _layer_stream(layer, LAYERS: tl.constexpr, x0_ptr, r0_ptr, out0_ptr, res_out0_ptr, xs_ptr, rs_ptr,
-                  HIDDEN: tl.constexpr):
-    """Layer ``layer``'s residual-stream rows in a multi-layer launch: it reads the launch's
-    input (the first) or the scratch row the layer before wrote, and writes scratch row
-    ``layer % 2`` or the launch's output (the last)."""
-    if layer == 0:
-        x_ptr, res_ptr = x0_ptr, r0_ptr
-    else:
-        x_ptr, res_ptr = xs_ptr + ((layer + 1) % 2) * HIDDEN, rs_ptr + ((layer + 1) % 2) * HIDDEN
-    if layer == LAYERS - 1:
-        out_ptr, res_out_ptr = out0_ptr, res_out0_ptr
-    else:
-        out_ptr, res_out_ptr = xs_ptr + (layer % 2) * HIDDEN, rs_ptr + (layer % 2) * HIDDEN
-    return x_ptr, res_ptr, out_ptr, res_out_ptr
-
-
+        _gemm_stage(w_down_ptr, out_ptr, HIDDEN, INTER, pid, num_programs, w, wu, act_ptr, res_ptr, o_ptr, ln2_ptr,
+                    0.0, 0, False, False, ROWS_DOWN, BK_DOWN, KT_DOWN, PIPE, BAL_DOWN, SUB_DOWN, 0.0, 0.0, False)
+    _stamp(timeline_ptr, pid, 12, TIMELINE)
+    if ALL and LAST >= 2:  # noqa: SIM102 (a constexpr branch around a runtime one)
+        if pid == 0:  # (every program read the epoch before it arrived at barrier 2, passed here)
+            tl.store(counters_ptr + EPOCH_SLOT, epoch + 1)
+    _stamp(timeline_ptr, pid, 13, TIMELINE)
 
 
 # ----------------------------------------------------------------------------- host side
@@ -1456,20 +1142,12 @@ class DecodeLayerConfig:
     them by the input's even and odd elements (:func:`_pair_dot`, :func:`pair_sub`); on in
     every stage by default (chains on an H200, µs per layer: Qwen3-0.6B 21.2 against 22.2,
     Llama-3.2-1B 45.2 against 50.1; benchmarks/reports/decode-layer-pairs-2026-12-03-h200).
-    ``epoch``: the barrier counters are never reset (see the module's docstring). ``ll`` (needs
-    ``epoch``): qkv and the attention partials are stored as self-flagged 64-bit words
-    (:func:`_ll_pack`: the launch's flag and the value), and their readers (attention, merge)
-    load until every word they need carries the flag: no barrier 0 or 1, so no fence, atomic
-    round trip or poll between qkv and attention or attention and merge. Off by default: right
-    on an H200 but slower (Qwen3-0.6B 24.1 against 20.8 µs per layer: the CTA-wide readiness
-    reduction in every spin costs more than the two barriers; ``ll = 3``, each thread settling
-    its own words, 36.8: its re-reads are dependent L2 round trips;
-    benchmarks/reports/decode-layer-ll-2026-12-03-h200). ``norm_once``: the norm stages (qkv,
+    ``norm_once``: the norm stages (qkv,
     gate/up) whose input is one bf16 pair tile load it once (:func:`_norm_pairs`): the row kept
     for the sum of squares and the product, the norm weight requested with the stage's first
     tiles (else: the row and the weight again after the reduction's barrier, a second L2 round
-    trip on the critical path). ``group_sync`` (with ``epoch``, a balanced qkv stage and no
-    ``ll``, at most one program per qkv row; off in a config built by hand, 2 in the one a launch
+    trip on the critical path). ``group_sync`` (with a balanced qkv stage and at most one
+    program per qkv row; off in a config built by hand, 2 in the one a launch
     picks for itself, :func:`default_group_sync`): no barrier 0; each program adds one to a KV
     group's counter per interval of that group's qkv rows (its query heads', key's, value's)
     its share holds rows of (:func:`_group_arrive`), and an attention item waits for its own
@@ -1477,25 +1155,18 @@ class DecodeLayerConfig:
     slowest qkv program of every group, and the programs without an attention item go straight
     to barrier 1. ``group_sync = 2``: no barrier 1 either; each attention item adds one to its KV
     group's second counter once its partials are stored, and each merge waits for its head's
-    group's splits only; the programs without a merge go straight to barrier 2. ``l2_ahead`` (off): the programs without an attention item ask L2 for gate/up's
-    (1), down's (2) or both weights (3) after barrier 0 (``cp.async.bulk.prefetch.L2``); faster
-    layer chains, slower W1 (benchmarks/reports/rope-l2-ahead-2026-12-04-h200). ``rope_early``: the attention stage's k-norm weight (1) or its
+    group's splits only; the programs without a merge go straight to barrier 2. ``rope_early``:
+    the attention stage's k-norm weight (1) or its
     rotary row and both QK-norm weights (2) are requested between barrier 0's arrival and its
     wait (stage by stage: before the attention launch's PDL wait), not in the stage (0: the
     k-norm weight's load comes after the query's norm, whose CTA reduction ptxas does not
     hoist it over: a dependent L2 round trip in the split that holds the step's key).
-    ``row_ahead`` (multi-layer launches, :func:`decode_layers`): each layer's row of tensor
-    addresses is requested during the layer before (carried in registers across the layer
-    loop), or at the layer's start (``False``: nothing carried, a dependent L2 round trip before
-    the qkv tiles are requested; the same speed: chain 22.0 against 22.1 µs per layer).
-    ``poll_load``: the barriers poll with acquire loads instead of atomics (:func:`_wait`; off:
-    slower, 20.3 against 19.6 µs per layer; benchmarks/reports/multi-layer-launch-2026-12-04-h200).
     ``kv_ahead`` (off until measured): each attention item asks L2 for its split's key tiles after
     the first at the item's start (:func:`_kv_ahead`), so the tile loop's loads are L2 hits
     instead of two dependent DRAM round trips per tile (the block-table entry, then the rows);
     only splits of more than one tile (contexts over ``splits x tile`` keys) do anything. CUDA
     only (the interpreter runs without it: a hint changes no value). ``min_splits`` (0, off until
-    measured; a power of two below ``splits``, with ``ll`` off): each step uses the fewest key
+    measured; a power of two below ``splits``): each step uses the fewest key
     splits per KV head, from ``min_splits`` up by powers of two, that give each split at most one
     key tile, at most ``splits`` (:func:`_active_splits`); the splits past those do nothing (with
     ``group_sync`` 2 they only arrive) and the merge reads only the used ones. Short contexts
@@ -1516,15 +1187,9 @@ class DecodeLayerConfig:
     kv_early: int = 2
     balanced: tuple[bool, bool, bool, bool] = (False, False, False, False)
     pairs: tuple[bool, bool, bool, bool] = (True, True, True, True)
-    epoch: bool = True
-    ll: int = 0  # 1 / 2: self-flagged words polled as CTA-wide tiles (.cg / volatile loads), 3: each thread
-    # settles its own words (a PTX loop, CUDA only; the interpreter runs 1); 0: barriers 0 and 1
     norm_once: bool = True
     rope_early: int = 1
-    l2_ahead: int = 0
     group_sync: int = 0
-    row_ahead: bool = True
-    poll_load: bool = False
     kv_ahead: bool = False
     min_splits: int = 0
 
@@ -1622,20 +1287,6 @@ def default_pairs() -> tuple[bool, bool, bool, bool]:
     return tuple(c == "1" for c in value)
 
 
-def default_epoch() -> bool:
-    """``epoch`` of the configuration a launch picks for itself: the config's default, or
-    ``INFER_DECODE_EPOCH`` from the environment (0: the exit counter resets the barrier
-    counters at the end of each launch; A/B measurements)."""
-    return bool(_env_int("INFER_DECODE_EPOCH", int(DecodeLayerConfig.epoch)))
-
-
-def default_ll() -> int:
-    """``ll`` of the configuration a launch picks for itself: the config's default (off), or
-    ``INFER_DECODE_LL`` from the environment (1: self-flagged words instead of barriers 0 and
-    1; A/B measurements)."""
-    return _env_int("INFER_DECODE_LL", int(DecodeLayerConfig.ll))
-
-
 # layers of at least this many weight bytes run stage by stage by default, at these programs per SM
 # (qkv, attention, merge, o, gate/up, down): see stage_programs_per_sm
 STAGED_LAYER_BYTES = 64 << 20
@@ -1680,21 +1331,16 @@ def launch_config(hidden: int, inter: int, hq: int, hkv: int, d: int, sms: int, 
                   programs_per_sm: int, stage_by_stage: bool = False) -> DecodeLayerConfig:
     """The configuration a launch without ``config`` takes at that many programs per SM:
     :func:`choose_config` with the balanced stages, then the defaults the environment may
-    override (``kv_early``, ``pairs``, ``epoch``, ``norm_once``, ``ll`` only with ``epoch``,
-    ``group_sync`` only with at most one program per qkv row, ``kv_ahead``, and ``min_splits``
-    only without ``ll``)."""
-    epoch = default_epoch()
+    override (``kv_early``, ``pairs``, ``norm_once``, ``rope_early``, ``group_sync`` only with at
+    most one program per qkv row, ``kv_ahead``, ``min_splits``)."""
     cfg = choose_config(hidden, inter, hq, hkv, d, sms, dtype, programs_per_sm=programs_per_sm,
                         balanced_elements=default_balanced_elements())
     group_sync = default_group_sync() if cfg.num_programs <= (hq + 2 * hkv) * d else 0
-    ll = default_ll() if epoch else 0
-    return replace(cfg, kv_early=default_kv_early(), pairs=default_pairs(), epoch=epoch, ll=ll,
+    return replace(cfg, kv_early=default_kv_early(), pairs=default_pairs(),
                    norm_once=default_norm_once(stage_by_stage), rope_early=default_rope_early(),
-                   l2_ahead=default_l2_ahead(), group_sync=group_sync,
-                   row_ahead=bool(_env_int("INFER_DECODE_ROW_AHEAD", int(DecodeLayerConfig.row_ahead))),
-                   poll_load=bool(_env_int("INFER_DECODE_POLL_LOAD", int(DecodeLayerConfig.poll_load))),
+                   group_sync=group_sync,
                    kv_ahead=bool(_env_int("INFER_DECODE_KV_AHEAD", int(DecodeLayerConfig.kv_ahead))),
-                   min_splits=0 if ll else _env_int("INFER_DECODE_MIN_SPLITS", DecodeLayerConfig.min_splits))
+                   min_splits=_env_int("INFER_DECODE_MIN_SPLITS", DecodeLayerConfig.min_splits))
 
 
 def default_kv_early() -> int:
@@ -1721,24 +1367,6 @@ def default_group_sync() -> int:
     benchmarks/reports/group-sync-2026-12-04-h200), or ``INFER_DECODE_GROUP_SYNC`` (0 / 1 / 2)
     from the environment (A/B measurements)."""
     return _env_int("INFER_DECODE_GROUP_SYNC", 2)
-
-
-def default_layers_per_launch() -> int:
-    """Decoder layers per launch of the engine's one-launch layers (:func:`decode_layers`): 1
-    (one launch per layer), or ``INFER_DECODE_LAYERS`` from the environment (0: the whole
-    stack in one launch; A/B measurements). Several per launch is slower on an H200
-    (Qwen3-0.6B chain 21.7-22.1 against 19.6-19.7 µs per layer, W1 0.707 against 0.646 ms
-    per token; benchmarks/reports/multi-layer-launch-2026-12-04-h200)."""
-    n = _env_int("INFER_DECODE_LAYERS", 1)
-    if n < 0:
-        raise ValueError(f"INFER_DECODE_LAYERS={n}: give a number of layers per launch (0: all of them)")
-    return n
-
-
-def default_l2_ahead() -> int:
-    """``l2_ahead`` of the configuration a launch picks for itself: the config's default, or
-    ``INFER_DECODE_L2_AHEAD`` (0-3) from the environment (A/B measurements)."""
-    return _env_int("INFER_DECODE_L2_AHEAD", DecodeLayerConfig.l2_ahead)
 
 
 def default_rope_early() -> int:
@@ -1772,10 +1400,10 @@ def supports(layer: AttentionLayer, kv_cache: torch.Tensor, dtype: torch.dtype) 
 
 class DecodeWorkspace:
     """The launches' scratch (shared by every layer of a step: the launches are ordered), the
-    barrier counters (with ``epoch`` never reset, else zero between launches) and the error flag
-    (set if a barrier timed out). Every launch on one workspace must agree on ``epoch``,
-    ``ll`` and ``group_sync`` (their counters mean different things).
-    ``splits`` must be the launches' (:func:`splits_for` the device's SMs by default)."""
+    barrier counters (never reset: see the module's docstring) and the error flag (set if a
+    barrier timed out). Every one-launch layer on one workspace must run with the same
+    ``group_sync`` (with it, some barriers' counters do not count). ``splits`` must be the
+    launches' (:func:`splits_for` the device's SMs by default)."""
 
     def __init__(self, hidden: int, intermediate: int, num_heads: int, num_kv_heads: int, head_dim: int,
                  splits: int | None, dtype: torch.dtype, device: torch.device | str) -> None:
@@ -1790,23 +1418,13 @@ class DecodeWorkspace:
         self.part_acc = empty(num_heads * splits * head_dim, dt=torch.float32)
         self.part_max = empty(num_heads * splits, dt=torch.float32)
         self.part_sum = empty(num_heads * splits, dt=torch.float32)
-        # the same as self-flagged words (DecodeLayerConfig.ll): zeros, a flag no launch writes
-        self.qkv_ll = torch.zeros(self.qkv.numel(), dtype=torch.int64, device=device)
-        self.part_acc_ll = torch.zeros(self.part_acc.numel(), dtype=torch.int64, device=device)
-        self.part_max_ll = torch.zeros(self.part_max.numel(), dtype=torch.int64, device=device)
-        self.part_sum_ll = torch.zeros(self.part_sum.numel(), dtype=torch.int64, device=device)
         self.attn = empty(num_heads * head_dim)
         self.o = empty(hidden)
         self.act = empty(intermediate)
-        # a multi-layer launch's (LayerTable): the residual stream between its layers, two rows each,
-        # and the first layer's residual when the stack has none yet
-        self.xs = empty(2, hidden)
-        self.rs = empty(2, hidden)
-        self.zero = torch.zeros(1, hidden, dtype=dtype, device=device)
         # the barriers' (and the epoch's) counters, then two per KV group (group_sync)
         self.counters = torch.zeros(8 + 2 * num_kv_heads, dtype=torch.int32, device=device)
         self.error = torch.zeros(1, dtype=torch.int32, device=device)
-        self.kind: tuple[bool, bool, int] | None = None  # the launches' (epoch, ll, group_sync), once one ran
+        self.kind: int | None = None  # the group_sync the one-launch layers run with, once one ran
         # launch configuration -> (programs that fit at once, registers, shared memory), once compiled
         self.resident: dict = {}
         # a launch's shape -> the configuration decode_layer chose for it (config=None); (shape, "stages") -> the
@@ -1814,70 +1432,12 @@ class DecodeWorkspace:
         self.chosen: dict = {}
 
 
-@dataclass(frozen=True, eq=False)
-class LayerTable:
-    """Consecutive decoder layers of one shape for a multi-layer launch (:func:`decode_layers`):
-    ``layers`` their ``(weights, kv_cache)``, ``rows`` an int64 ``[layers, LAYER_ROW]`` device
-    tensor of their tensors' addresses (qkv, o, gate/up, down, the two norm weights, the QK-norm
-    weights or the input norm's again, the cache). Built once (:func:`layer_table`), before any
-    CUDA-graph capture; the tensors must stay where they are while it is used."""
-
-    layers: tuple[tuple[DecodeLayerWeights, torch.Tensor], ...]
-    rows: torch.Tensor
-
-
-def _layer_tensors(w: DecodeLayerWeights, cache: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """A layer's tensors in the kernel's order (its pointer arguments, a :class:`LayerTable`
-    row): qkv, o, gate/up, down, the two norm weights, the QK-norm weights (the input norm's in
-    their place without QK-norm: unread), the KV cache."""
-    qk = w.q_norm is not None
-    return (w.qkv, w.o, w.gate_up, w.down, w.input_norm, w.post_norm, w.q_norm if qk else w.input_norm,
-            w.k_norm if qk else w.input_norm, cache)
-
-
-def layer_table(layers: Sequence[tuple[DecodeLayerWeights, torch.Tensor]]) -> LayerTable:
-    """The :class:`LayerTable` of ``layers``; every tensor of a kind has the first layer's shape,
-    dtype and strides, and is 16-byte aligned (the kernel's vector loads assume it)."""
-    if not layers:
-        raise ValueError("layer_table: give at least one layer")
-    first = _layer_tensors(*layers[0])
-    rows = []
-    for i, (w, cache) in enumerate(layers):
-        ts = _layer_tensors(w, cache)
-        for t, t0 in zip(ts, first, strict=True):
-            if (t.shape, t.dtype, t.stride(), t.device) != (t0.shape, t0.dtype, t0.stride(), t0.device):
-                raise ValueError(f"layer_table: layer {i} has a {tuple(t.shape)} {t.dtype} tensor where layer 0 "
-                                 f"has {tuple(t0.shape)} {t0.dtype}: one launch takes layers of one shape")
-            if t.data_ptr() % 16:
-                raise ValueError(f"layer_table: layer {i} has a tensor not 16-byte aligned")
-        if w.eps != layers[0][0].eps or (w.q_norm is None) != (layers[0][0].q_norm is None):
-            raise ValueError(f"layer_table: layer {i}'s norms differ from layer 0's")
-        rows.append([t.data_ptr() for t in ts])
-    table = torch.tensor(rows, dtype=torch.int64).to(first[0].device)
-    return LayerTable(tuple(layers), table)
-
-
-def decode_layers(
-    x: torch.Tensor, residual: torch.Tensor | None, table: LayerTable, layer: AttentionLayer,
-    metadata: AttentionMetadata, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-    workspace: DecodeWorkspace, *, config: DecodeLayerConfig | None = None, timeline: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`decode_layer` over every layer of ``table`` in one launch (CUDA; one launch with
-    ``epoch``, no ``ll``): a grid barrier between consecutive layers instead of a launch
-    boundary. ``layer`` (the attention's shape and scale) is every layer's. The same numbers
-    as one launch per layer. ``timeline`` (benchmarks): int64 ``[layers, programs,
-    TIMELINE_SLOTS]``, each layer's stamps (its point 0: its start, after the barrier before it)."""
-    weights, kv_cache = table.layers[0]
-    return decode_layer(x, residual, weights, layer, kv_cache, metadata, positions, cos, sin, workspace,
-                        config=config, table=table, timeline=timeline)
-
-
 def decode_layer(
     x: torch.Tensor, residual: torch.Tensor | None, weights: DecodeLayerWeights, layer: AttentionLayer,
     kv_cache: torch.Tensor, metadata: AttentionMetadata, positions: torch.Tensor,
     cos: torch.Tensor, sin: torch.Tensor, workspace: DecodeWorkspace, *,
     config: DecodeLayerConfig | None = None, stage_by_stage: bool = False, timeline: torch.Tensor | None = None,
-    stage_configs: Sequence[DecodeLayerConfig] | None = None, table: LayerTable | None = None,
+    stage_configs: Sequence[DecodeLayerConfig] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step of one layer for one token: ``x``, ``residual [1, H]`` (``None`` for
     the first layer) → ``(mlp_out, new_residual)``, the step's K/V stored into ``kv_cache``
@@ -1887,8 +1447,7 @@ def decode_layer(
     stage's launch its own configuration (program count, tiles): no grid barrier ties the
     stages to one. Without them, on CUDA, stage by stage takes :func:`stage_programs_per_sm`.
     ``timeline`` (benchmarks, CUDA): an int64 ``[programs, TIMELINE_SLOTS]`` tensor that
-    receives each program's clock at the stage boundaries (:func:`_stamp`). ``table``
-    (:func:`decode_layers`): its layers in one launch, ``weights`` / ``kv_cache`` its first."""
+    receives each program's clock at the stage boundaries (:func:`_stamp`)."""
     hidden = x.shape[-1]
     inter = weights.down.shape[1]
     hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim
@@ -1902,30 +1461,22 @@ def decode_layer(
     qk_norm = weights.q_norm is not None
     pdl = use_pdl(x)  # (stage by stage too: each stage's launch waits for the one before)
     ws = workspace
-    n_layers = 1 if table is None else len(table.layers)
-    if table is not None and (table.layers[0][0] is not weights or table.layers[0][1] is not kv_cache):
-        raise ValueError("decode_layer(table=...): weights and kv_cache must be the table's first layer's")
-    if table is not None and (stage_by_stage or not x.is_cuda):
-        raise ValueError("a multi-layer launch (decode_layers) runs on CUDA as one launch")
-    # a multi-layer launch adds its first layer's missing residual (zeros: x + 0 is x) so every layer has one
-    has_residual = residual is not None or n_layers > 1
-    r = residual if residual is not None else ws.zero if n_layers > 1 else x
+    has_residual = residual is not None
+    r = residual if residual is not None else x  # (unread without a residual)
 
     ks = (hidden, hq * d, hidden, inter)  # each GEMM stage's K
 
     def launch_args(cfg: DecodeLayerConfig, stage: int) -> tuple[tuple, dict]:
         pairs = x.dtype == torch.bfloat16
-        *layer_weights, cache = _layer_tensors(weights, kv_cache)
+        qn, kn = (weights.q_norm, weights.k_norm) if qk_norm else (weights.input_norm, weights.input_norm)  # (unread)
         args = (
-            x, r, out, res_out, *layer_weights, weights.eps,
-            cos, sin, positions, cache, metadata.block_tables, metadata.seq_lens, metadata.slot_mapping,
+            x, r, out, res_out, weights.qkv, weights.o, weights.gate_up, weights.down, weights.input_norm,
+            weights.post_norm, qn, kn, weights.eps,
+            cos, sin, positions, kv_cache, metadata.block_tables, metadata.seq_lens, metadata.slot_mapping,
             kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), cos.stride(0), sin.stride(0),
-            layer.scale * LOG2E,
-            *((ws.qkv_ll, ws.part_acc_ll, ws.part_max_ll, ws.part_sum_ll) if cfg.ll else
-              (ws.qkv, ws.part_acc, ws.part_max, ws.part_sum)),
+            layer.scale * LOG2E, ws.qkv, ws.part_acc, ws.part_max, ws.part_sum,
             ws.attn, ws.o, ws.act, ws.counters, ws.error,
             timeline if timeline is not None else ws.counters, cfg.num_programs,
-            table.rows if table is not None else ws.counters, ws.xs, ws.rs,
         )
         kwargs = dict(
             HIDDEN=hidden, INTER=inter, HQ=hq, HKV=hkv, HEAD_DIM=d, SPLITS=cfg.splits,
@@ -1939,15 +1490,13 @@ def decode_layer(
             STAGE=stage, LAST=cfg.last_stage, PREFETCH=cfg.prefetch, PIPE=cfg.pipeline,
             PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             PDL=pdl, POLL_SLEEP=cfg.poll_sleep if x.is_cuda else 0, TIMELINE=timeline is not None,
-            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, EPOCH=cfg.epoch, LL=int(cfg.ll) if x.is_cuda or cfg.ll != 3 else 1,
-            NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early, L2_AHEAD=cfg.l2_ahead,
-            GROUP_SYNC=cfg.group_sync, LAYERS=n_layers, ROW_AHEAD=cfg.row_ahead,
-            POLL_LOAD=cfg.poll_load and x.is_cuda, KV_AHEAD=cfg.kv_ahead and x.is_cuda, MIN_SPLITS=cfg.min_splits,
+            ARRIVE_FIRST=cfg.arrive_first, KV_EARLY=cfg.kv_early, NORM_ONCE=cfg.norm_once, ROPE_EARLY=cfg.rope_early,
+            GROUP_SYNC=cfg.group_sync, KV_AHEAD=cfg.kv_ahead and x.is_cuda, MIN_SPLITS=cfg.min_splits,
             num_warps=cfg.num_warps, num_stages=1, launch_pdl=pdl,
         )
         return args, kwargs
 
-    shape = (hidden, inter, hq, hkv, d, x.dtype, x.device, qk_norm, has_residual, metadata.block_size, pdl, n_layers)
+    shape = (hidden, inter, hq, hkv, d, x.dtype, x.device, qk_norm, has_residual, metadata.block_size, pdl)
     if config is not None:
         cfg = config
     elif not x.is_cuda:
@@ -1972,32 +1521,23 @@ def decode_layer(
     if stage_configs is not None and (not stage_by_stage or len(stage_configs) != 6):
         raise ValueError("stage_configs: give six configurations (stages 1-6), with stage_by_stage=True")
     assert all(c.splits == workspace.splits for c in [cfg, *(stage_configs or [])]), workspace.splits
-    slots = TIMELINE_SLOTS.value
-    stamps = (cfg.num_programs, slots) if n_layers == 1 else (n_layers, cfg.num_programs, slots)
+    stamps = (cfg.num_programs, TIMELINE_SLOTS.value)
     if timeline is not None and (not x.is_cuda or timeline.dtype != torch.int64 or timeline.shape != stamps):
-        raise ValueError(f"timeline must be an int64 CUDA tensor of shape {list(stamps)} "
-                         "(the launch's layers when more than one x its programs x the stamps)")
-    if n_layers > 1 and (not cfg.epoch or cfg.ll or cfg.last_stage != 6):
-        raise ValueError("a multi-layer launch (decode_layers) needs DecodeLayerConfig(epoch=True, ll=0, last_stage=6)")
-    if cfg.ll and not cfg.epoch:
-        raise ValueError("DecodeLayerConfig(ll=True) needs epoch=True (the words' flag is the launch's epoch)")
+        raise ValueError(f"timeline must be an int64 CUDA tensor of shape {list(stamps)} (programs x stamps)")
     for c in [cfg, *(stage_configs or [])]:
         if c.min_splits < 0 or c.min_splits & (c.min_splits - 1):
             raise ValueError(f"DecodeLayerConfig(min_splits={c.min_splits}): give 0 (every step uses all "
                              f"{c.splits} splits) or a power of two")
-        if c.ll and 0 < c.min_splits < c.splits:
-            raise ValueError("DecodeLayerConfig(min_splits=...) needs ll=0 (the merge's polls would wait for the "
-                             "partials of splits a step does not use)")
     if cfg.group_sync and cfg.num_programs > (hq + 2 * hkv) * d:
         raise ValueError(f"DecodeLayerConfig(group_sync=True) needs at most one program per qkv row "
                          f"({(hq + 2 * hkv) * d}), got {cfg.num_programs} programs")
     if not stage_by_stage:  # the counters' meaning differs: one workspace, one kind of launch
-        kind = (cfg.epoch, bool(cfg.ll), cfg.group_sync if cfg.epoch and not cfg.ll and cfg.balanced[0] else 0)
+        kind = cfg.group_sync if cfg.balanced[0] else 0  # (the group_sync in effect)
         if ws.kind is None:
             ws.kind = kind
         elif ws.kind != kind:
-            raise ValueError(f"this decode workspace's launches ran with (epoch, ll, group_sync)={ws.kind}: a launch "
-                             f"with {kind} would misread its barrier counters (use another workspace)")
+            raise ValueError(f"this decode workspace's launches ran with group_sync {ws.kind}: a launch with "
+                             f"{kind} would misread its barrier counters (use another workspace)")
     for stage in (range(1, 7) if stage_by_stage else (-1,)):
         stage_cfg = stage_configs[stage - 1] if stage_configs is not None else cfg
         args, kwargs = launch_args(stage_cfg, stage)

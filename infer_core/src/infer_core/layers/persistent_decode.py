@@ -15,10 +15,6 @@ an info line).
 
 On the CPU the kernel runs only under the Triton interpreter, stage by stage (tests).
 
-``INFER_DECODE_LAYERS=N`` (CUDA, one-launch layers) runs N consecutive layers per launch
-(:func:`~infer_core.kernels.decode_layer.decode_layers`, 0: all of them; off by default: slower
-on an H200).
-
 ``INFER_DECODE_CUDA=grid`` / ``cluster`` launches the CUDA C++ layer instead
 (:mod:`infer_core.kernels.decode_layer_cuda`, bf16; ``INFER_DECODE_CLUSTER`` CTAs per cluster);
 a stack or device it cannot take keeps the Triton layer, with a warning that says why.
@@ -38,12 +34,8 @@ from infer_core.errors import CudaSourceError
 from infer_core.kernels.decode_layer import (
     DecodeLayerWeights,
     DecodeWorkspace,
-    LayerTable,
     decode_layer,
-    decode_layers,
-    default_layers_per_launch,
     layer_bytes,
-    layer_table,
     stage_programs_per_sm,
     supports,
 )
@@ -104,9 +96,6 @@ class PersistentDecode:
         self._workspace: DecodeWorkspace | None = None
         self._cuda: CudaDecodeLayer | None = None  # INFER_DECODE_CUDA: the CUDA C++ layer instead of Triton's
         self._rope32: tuple[torch.Tensor, torch.Tensor] | None = None
-        # INFER_DECODE_LAYERS: consecutive layers in one launch each (tables built by prepare, CUDA, one launch
-        # per layer otherwise)
-        self._tables: list[LayerTable] = []
         self._on_cuda = False  # the stack prepared on a CUDA device (else the interpreter's stage-by-stage path)
         # each stage of a layer its own launch (large layers, or INFER_DECODE_STAGES): set by prepare, from the
         # stack's layer size
@@ -120,17 +109,16 @@ class PersistentDecode:
     @property
     def launches_per_step(self) -> int | None:
         """The decoder stack's launches per batch-1 decode step (six per layer stage by stage,
-        as in the Triton interpreter; one per layer; or on CUDA one per ``INFER_DECODE_LAYERS``
-        layers), or ``None`` before :meth:`prepare`."""
+        as in the Triton interpreter; else one per layer), or ``None`` before :meth:`prepare`."""
         if self._plan is None:
             return None
         if self.stages or not self._on_cuda:  # (the interpreter runs stage by stage)
             return 6 * len(self._plan)
-        return len(self._tables) or len(self._plan)
+        return len(self._plan)
 
     @property
-    def launch_kind(self) -> tuple[bool, bool, int] | None:
-        """The Triton layer launches' ``(epoch, ll, group_sync)`` as they took effect (a
+    def launch_kind(self) -> int | None:
+        """The ``group_sync`` the Triton layer's one-launch layers took (a
         :class:`DecodeWorkspace`'s kind), or ``None`` before the first one ran."""
         return None if self._workspace is None else self._workspace.kind
 
@@ -164,14 +152,6 @@ class PersistentDecode:
         w, layer0 = self._plan[0][0], self._plan[0][1].layer
         self._workspace = DecodeWorkspace(w.o.shape[0], w.down.shape[1], layer0.num_heads, layer0.num_kv_heads,
                                           layer0.head_dim, None, h.dtype, h.device)
-        per_launch = default_layers_per_launch() or len(self._plan)
-        if per_launch > 1 and h.is_cuda and not self.stages:
-            layers = [(weights, attn.kv_cache) for weights, attn in self._plan]
-            try:
-                self._tables = [layer_table(layers[i:i + per_launch]) for i in range(0, len(layers), per_launch)]
-                log.info("model.persistent_decode: %d layers per launch", per_launch)
-            except ValueError as e:
-                log.warning("INFER_DECODE_LAYERS=%d: %s; one launch per layer.", per_launch, e)
         variant = variant_from_env()
         if variant is not None and h.is_cuda:
             shape = LayerShape(w.o.shape[0], w.down.shape[1], layer0.num_heads, layer0.num_kv_heads, layer0.head_dim,
@@ -214,12 +194,6 @@ class PersistentDecode:
         # the interpreter (a spin barrier cannot open there), or large layers / INFER_DECODE_STAGES: each stage its
         # own launch
         staged = not h.is_cuda or self.stages
-        if self._tables:  # (built on CUDA for one-launch layers only)
-            layer = self._plan[0][1].layer
-            for table in self._tables:
-                h, residual = decode_layers(h, residual, table, layer, md, positions, self.rotary.cos, self.rotary.sin,
-                                            self._workspace)
-            return h, residual
         for weights, attn in self._plan:
             h, residual = decode_layer(h, residual, weights, attn.layer, attn.kv_cache, md, positions,
                                        self.rotary.cos, self.rotary.sin, self._workspace, stage_by_stage=staged)
