@@ -4,7 +4,7 @@ One launch of ``P`` programs (``--programs-per-sm`` per SM, 4 warps, all residen
 exchanges back to back; the cost of one is ``(t(K) - t(1)) / (K - 1)`` (CUDA events, median
 of ``--repeats`` launches). Modes:
 
-- ``counter``: :func:`infer_core.kernels.decode_layer._arrive` + ``_wait``, the layer's
+- ``counter``: :func:`infer_core.kernels.decode_layer.sync._arrive` + ``_wait``, the layer's
   barrier (a release atomic add per program, then acquire polls by one thread), with a
   nanosleep of ``poll_sleep`` ns before each poll;
 - ``counter+vector``: the same barrier with data: each program stores its share of an
@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from infer_core.kernels import decode_layer as dl
+from infer_core.kernels.decode_layer.sync import _arrive, _wait
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/kernels.py, run as a script or not
 from kernels import environment
@@ -61,8 +61,8 @@ def _bench_kernel(counters_ptr, flags_ptr, words_ptr, sink_ptr, error_ptr, epoch
         if MODE <= 1:
             if MODE == 1:
                 tl.store(words_ptr + mine, (mine + k).to(tl.int64), mask=mine < N)
-            seen = dl._arrive(counters_ptr, 0)
-            dl._wait(counters_ptr, 0, seen, (k + 1) * num_programs, error_ptr, POLL_SLEEP)
+            seen = _arrive(counters_ptr, 0)
+            _wait(counters_ptr, 0, seen, (k + 1) * num_programs, error_ptr, POLL_SLEEP)
             if MODE == 1:
                 acc += tl.load(words_ptr + idx, cache_modifier=".cg")
         else:

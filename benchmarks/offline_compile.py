@@ -35,6 +35,7 @@ from triton.compiler import ASTSource
 
 from infer_core.bench.checkpoints import shape_config
 from infer_core.kernels import decode_layer as dl
+from infer_core.kernels.decode_layer.kernel import _decode_layer_kernel
 from infer_core.loader.hf_config import head_dim_of
 
 POINTERS = {"x_ptr", "res_ptr", "out_ptr", "res_out_ptr", "w_qkv_ptr", "w_o_ptr", "w_gu_ptr", "w_down_ptr",
@@ -118,7 +119,7 @@ def compile_kernel(values: dict, num_warps: int, maxnreg: int = 0):
     options = {"num_warps": num_warps, "num_stages": 1}
     if maxnreg:
         options["maxnreg"] = maxnreg
-    return compile_sm90(dl._decode_layer_kernel, values, kind_of, divisible, options)
+    return compile_sm90(_decode_layer_kernel, values, kind_of, divisible, options)
 
 
 def compile_other(kernel: str, shape: str, early: bool, norm: bool, fill: bool):

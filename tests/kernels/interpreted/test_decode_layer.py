@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from infer_core.kernels import decode_layer as dl
 from infer_core.kernels.decode_layer import choose_config, gemm_shape
+from infer_core.kernels.decode_layer.attention import _active_splits
 from tests.kernels import decode_layer_cases as cases
 
 
@@ -142,7 +143,7 @@ def test_min_splits_match_the_reference(case, splits, min_splits, context):
 @triton.jit
 def _active_splits_kernel(seq_lens_ptr, out_ptr, TILE: tl.constexpr, SPLITS: tl.constexpr, MIN_SPLITS: tl.constexpr):
     i = tl.program_id(0)
-    tl.store(out_ptr + i, dl._active_splits(tl.load(seq_lens_ptr + i), TILE, SPLITS, MIN_SPLITS))
+    tl.store(out_ptr + i, _active_splits(tl.load(seq_lens_ptr + i), TILE, SPLITS, MIN_SPLITS))
 
 
 @settings(max_examples=20, deadline=None)

@@ -12,20 +12,20 @@ import triton.language as tl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infer_core.kernels import decode_layer as dl
+from infer_core.kernels.decode_layer.sync import _group_arrive, _group_target
 from tests.kernels.decode_layer_cases import group_producer_counts
 
 
 @triton.jit
 def _arrive_kernel(counters_ptr, N: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr):
-    dl._group_arrive(counters_ptr, tl.program_id(0), tl.num_programs(0), N, HQ, HKV, D)
+    _group_arrive(counters_ptr, tl.program_id(0), tl.num_programs(0), N, HQ, HKV, D)
 
 
 @triton.jit
 def _target_kernel(out_ptr, epoch, programs, N: tl.constexpr, HQ: tl.constexpr, HKV: tl.constexpr,
                    D: tl.constexpr):
     g = tl.program_id(0)
-    tl.store(out_ptr + g, dl._group_target(g, epoch, programs, N, HQ, HKV, D))
+    tl.store(out_ptr + g, _group_target(g, epoch, programs, N, HQ, HKV, D))
 
 
 @settings(max_examples=30, deadline=None)

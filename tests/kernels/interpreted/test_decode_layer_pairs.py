@@ -19,6 +19,13 @@ from hypothesis import strategies as st
 
 from infer_core.kernels import decode_layer as dl
 from infer_core.kernels.act_and_mul import silu_and_mul_ref
+from infer_core.kernels.decode_layer.gemm import (
+    _first_tiles,
+    _gemm_stage,
+    _norm_pairs,
+    _norm_words,
+    _stream_rstd,
+)
 from infer_core.kernels.rms_norm import rms_norm_ref
 from tests.kernels.cases import generator, randn
 
@@ -30,15 +37,15 @@ def _one_stage(w_ptr, out_ptr, x_ptr, r_ptr, o_ptr, nw_ptr, h_ptr, eps, num_prog
                BALANCED: tl.constexpr, SUB: tl.constexpr, ONCE: tl.constexpr):
     KT: tl.constexpr = (K + BK - 1) // BK
     pid = tl.program_id(0)
-    w, wu = dl._first_tiles(w_ptr, pid, num_programs, N, K, GATED, ROWS, BK, BALANCED, SUB)
+    w, wu = _first_tiles(w_ptr, pid, num_programs, N, K, GATED, ROWS, BK, BALANCED, SUB)
     rstd = 0.0
     xn, xn_odd = rstd, rstd
     if ONCE:  # (the layer's norm_once: MODE 1 / 2, pair tiles, one K tile; the row stored by program 0)
-        nw = dl._norm_words(nw_ptr, K, BK, SUB)
-        xn, xn_odd = dl._norm_pairs(x_ptr, r_ptr, o_ptr, h_ptr, nw, K, eps, pid == 0, MODE, HAS_RESIDUAL, BK, SUB)
+        nw = _norm_words(nw_ptr, K, BK, SUB)
+        xn, xn_odd = _norm_pairs(x_ptr, r_ptr, o_ptr, h_ptr, nw, K, eps, pid == 0, MODE, HAS_RESIDUAL, BK, SUB)
     elif MODE > 0:
-        rstd = dl._stream_rstd(x_ptr, r_ptr, o_ptr, h_ptr, K, eps, pid == 0, MODE, HAS_RESIDUAL, BK, KT)
-    dl._gemm_stage(w_ptr, out_ptr, N, K, pid, num_programs, w, wu, x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
+        rstd = _stream_rstd(x_ptr, r_ptr, o_ptr, h_ptr, K, eps, pid == 0, MODE, HAS_RESIDUAL, BK, KT)
+    _gemm_stage(w_ptr, out_ptr, N, K, pid, num_programs, w, wu, x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
                    MODE, HAS_RESIDUAL, GATED, ROWS, BK, KT, PIPE, BALANCED, SUB, xn, xn_odd, ONCE)
 
 
@@ -114,7 +121,7 @@ def test_pair_tiles_match_bf16_tiles_and_torch(c):
 @settings(max_examples=30, deadline=None)
 @given(c=stage_cases().filter(lambda c: c["mode"] > 0 and c["bk"] >= c["k"]))
 def test_norm_loaded_once_equals_two_passes(c):
-    """norm_once (:func:`~infer_core.kernels.decode_layer._norm_pairs`): a norm stage over one
+    """norm_once (:func:`~infer_core.kernels.decode_layer.gemm._norm_pairs`): a norm stage over one
     pair K tile, its row and weight loaded once, computes what the two-pass stage computes (only
     the squares' summation order differs) and stores the same residual row."""
     twice, ref, h_twice = run_stage(c, c["sub"])
