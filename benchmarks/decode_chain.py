@@ -42,6 +42,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -261,6 +262,35 @@ class Head:
         lm_head_argmax(h, self.weight, self.logits, self.ids, self.workspace)
 
 
+def variant_configs(hidden: int, inter: int, num_heads: int, num_kv_heads: int, head_dim: int, sms: int,
+                    sync: dict | None, *, max_elements: int = 8192, num_warps: int = 4, pipeline: int = 1,
+                    fewest_steps: bool = True, programs_per_sm: int = 4, last_stage: int = 6
+                    ) -> tuple[dl.DecodeLayerConfig, list[dl.DecodeLayerConfig] | None, bool | tuple]:
+    """The launch configuration of a persistent chain with ``sync`` (a :data:`SYNC_VARIANTS`
+    entry: config fields, and ``balanced_elements``, ``rows_gu``, ``stages``), the six stage
+    launches' own (``stages`` as per-stage programs per SM) or ``None``, and ``stages``."""
+    sync = dict(sync or {})
+    rows_gu = sync.pop("rows_gu", None)
+    staged = sync.pop("stages", False)
+    balanced = sync.pop("balanced_elements", 0)
+    cfg = replace(dl.choose_config(hidden, inter, num_heads, num_kv_heads, head_dim, sms, max_elements=max_elements,
+                                   fewest_steps=fewest_steps, programs_per_sm=programs_per_sm,
+                                   balanced_elements=balanced),
+                  num_warps=num_warps, pipeline=pipeline, last_stage=last_stage)
+    if sync:
+        cfg = replace(cfg, **sync)
+    if rows_gu:
+        cfg = replace(cfg, rows=(*cfg.rows[:2], rows_gu, cfg.rows[3]),
+                      balanced=(*cfg.balanced[:2], False, cfg.balanced[3]))
+    stage_configs = None
+    if isinstance(staged, tuple):  # each stage's launch at its own programs per SM (else all at programs_per_sm)
+        stage_configs = [replace(cfg, num_programs=c.num_programs, rows=c.rows, bk=c.bk, balanced=c.balanced)
+                         for c in (dl.choose_config(hidden, inter, num_heads, num_kv_heads, head_dim, sms,
+                                                    max_elements=max_elements, fewest_steps=fewest_steps,
+                                                    programs_per_sm=n, balanced_elements=balanced) for n in staged)]
+    return cfg, stage_configs, staged
+
+
 def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4, pipeline: int = 1,
                fewest_steps: bool = True, programs_per_sm: int = 4, last_stage: int = 6, default: bool = False,
                sync: dict | None = None, timelines: list[torch.Tensor] | None = None, head: Head | None = None):
@@ -272,27 +302,10 @@ def persistent(layers: list[Layer], max_elements: int = 8192, num_warps: int = 4
     first = layers[0]
     hidden, inter = first.o.shape[0], first.down.shape[1]
     attn = first.attn
-    sync = dict(sync or {})
-    rows_gu = sync.pop("rows_gu", None)
-    staged = sync.pop("stages", False)
-    cfg = replace(dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
-                                   num_sms(torch.device("cuda")),
-                                   max_elements=max_elements, fewest_steps=fewest_steps,
-                                   programs_per_sm=programs_per_sm,
-                                   balanced_elements=(balanced := sync.pop("balanced_elements", 0))),
-                  num_warps=num_warps, pipeline=pipeline, last_stage=last_stage)
-    if sync:
-        cfg = replace(cfg, **sync)
-    if rows_gu:
-        cfg = replace(cfg, rows=(*cfg.rows[:2], rows_gu, cfg.rows[3]),
-                      balanced=(*cfg.balanced[:2], False, cfg.balanced[3]))
-    stage_configs = None
-    if isinstance(staged, tuple):  # each stage's launch at its own programs per SM (else all at programs_per_sm)
-        stage_configs = [replace(cfg, num_programs=c.num_programs, rows=c.rows, bk=c.bk, balanced=c.balanced)
-                         for c in (dl.choose_config(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
-                                                    num_sms(torch.device("cuda")), max_elements=max_elements,
-                                                    fewest_steps=fewest_steps, programs_per_sm=n,
-                                                    balanced_elements=balanced) for n in staged)]
+    cfg, stage_configs, staged = variant_configs(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim,
+                                                 num_sms(torch.device("cuda")), sync, max_elements=max_elements,
+                                                 num_warps=num_warps, pipeline=pipeline, fewest_steps=fewest_steps,
+                                                 programs_per_sm=programs_per_sm, last_stage=last_stage)
     ws = dl.DecodeWorkspace(hidden, inter, attn.num_heads, attn.num_kv_heads, attn.head_dim, cfg.splits, BF16, "cuda")
 
     reported = []
@@ -413,6 +426,14 @@ def model_layers(args: argparse.Namespace) -> list[Layer]:
     return layers
 
 
+def unknown_variants(names: list[str]) -> list[str]:
+    """The persistent variants named by chains ``(layer|step)-persistent-<variant>-s<N>`` in
+    ``names`` that :data:`SYNC_VARIANTS` lacks (the sweep's ``e..-w..-p..-f..`` names aside)."""
+    variants = (re.fullmatch(r"(?:layer|step)-persistent-(.+)-s\d", name) for name in names)
+    return sorted({m[1] for m in variants if m and m[1] not in SYNC_VARIANTS
+                   and not re.fullmatch(r"e\d+-w\d+-p\d+-f\d", m[1])})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_layer_args(parser)
@@ -421,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pdl", default="1,0", help="PDL settings to time each chain with")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    unknown = unknown_variants(args.chains.split(","))
+    if unknown:  # (before any device work)
+        parser.error(f"unknown persistent variants {unknown}; of {sorted(SYNC_VARIANTS)}")
     shape = layer_shape(args.shape)
     layers = model_layers(args)
     ceilings = measure_ceilings()
@@ -436,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     default = [c for c in all_chains if c not in sweep + persistent_sweep + upto + sync + steps]
     named = {"sweep": sweep, "persistent-sweep": persistent_sweep, "persistent-stages": upto, "persistent-sync": sync}
     wanted = [c for part in args.chains.split(",") if part for c in named.get(part, [part])] or default
+    unknown = sorted(set(wanted) - set(all_chains))
+    if unknown:
+        parser.error(f"unknown chains {unknown}; persistent variants: {sorted(SYNC_VARIANTS)}")
     rows = []
     for name in wanted:
         fn, kernels, wbytes = all_chains[name]

@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--programs-per-sm", default="4,2", help="tried in order: the first that fits")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.variants.split(",")) - set(SYNC_VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; of {sorted(SYNC_VARIANTS)}")
     layers = model_layers(args)
     env = environment()
     results = {}
