@@ -4,8 +4,13 @@
 # prepare). Everything lands under $OUT (default ./gpu-pending-out), one level deep (deeper folders
 # do not come back from the device).
 #
-#   scripts/gpu_pending.sh [kernels] [tests2] [longtests] [longctx] [longw1]   (default: longtests;
+#   scripts/gpu_pending.sh [smoke] [kernels] [tests2] [longtests] [longctx] [longw1]   (default: smoke longtests;
 #                                       each of longtests / longctx / longw1 fits one device call)
+#
+# smoke:    after the twenty-fifth session's change (2026-12-05, no device: the levers measured slower removed
+#           from the persistent layer, the layer split into a package; sm_90 SASS byte-identical offline): the
+#           layer's GPU tests at both real shapes (one launch, graph replay, three launches on one workspace,
+#           group_sync over launches) and the engine's persistent-decode tests
 #
 # Measured in the twenty-second session (2026-12-04, benchmarks/reports/multi-layer-launch-2026-12-04-h200):
 # the placeholder fill in the gather and the final norm in the head (a tie, opt-in).
@@ -30,7 +35,7 @@
 set -u
 export OUT=${OUT:-$PWD/gpu-pending-out}
 mkdir -p "$OUT"
-WHAT=${*:-longtests}
+WHAT=${*:-smoke longtests}
 want() { [[ " $WHAT " == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1
 source scripts/device_install.sh
@@ -48,6 +53,13 @@ fi
 if want kernels; then
   timeout "${KERNELS_TIMEOUT:-180}" python3 benchmarks/kernels.py --benches gather_rows --models qwen3-1.7b \
     --out "$OUT/kernels" 2>&1 | tail -8
+fi
+if want smoke; then
+  timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
+    tests/kernels/test_decode_layer_gpu.py tests/kernels/test_engine_gpu.py \
+    -k "(test_real_shapes and not configs) or graph_of_layers or launches_with_different_inputs or group_sync_over_launches or persistent_decode_equals_usual_path" \
+    2>&1 | tee "$OUT/gpu_tests_smoke.log" | tail -4
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if want longtests; then
   timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m gpu -q -p no:cacheprovider -rfE \
