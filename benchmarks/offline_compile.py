@@ -150,7 +150,7 @@ def compile_other(kernel: str, shape: str, early: bool, norm: bool, fill: bool):
     return compiled, f"{kernel} ({shape}): {what}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="qwen3-0.6b")
     parser.add_argument("--poll-sleep", type=int, default=dl.DecodeLayerConfig.poll_sleep)
@@ -182,12 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-head-early", type=int, choices=(0, 1), default=1)
     parser.add_argument("--lm-head-norm", type=int, choices=(0, 1), default=0, help="the final norm folded in")
     parser.add_argument("--gather-fill", type=int, choices=(0, 1), default=0, help="the placeholder fill with it")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def compile_args(args: argparse.Namespace):
+    """The kernel ``args`` (parsed by :func:`build_parser`) names, compiled for sm_90, and a line
+    describing its configuration."""
     if args.kernel != "decode_layer":
-        compiled, what = compile_other(args.kernel, args.shape, bool(args.lm_head_early), bool(args.lm_head_norm),
-                                       bool(args.gather_fill))
-        print(what)
-        return report(compiled, args.sass)
+        return compile_other(args.kernel, args.shape, bool(args.lm_head_early), bool(args.lm_head_norm),
+                             bool(args.gather_fill))
     values, conf = constexprs(args.shape, args.programs_per_sm, args.num_sms, args.poll_sleep, args.timeline,
                               None if args.arrive_first is None else bool(args.arrive_first),
                               args.kv_early, args.balanced_elements,
@@ -197,28 +200,44 @@ def main(argv: list[str] | None = None) -> int:
                               args.rope_early, args.splits, args.group_sync,
                               None if args.kv_ahead is None else bool(args.kv_ahead), args.stage, args.min_splits)
     compiled = compile_kernel(values, conf["num_warps"], args.maxnreg)
-    print(f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, bk {conf['bk']}, "
-          f"poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first {conf['arrive_first']}, "
-          f"kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, "
-          f"group sync {conf['group_sync']}, kv ahead {conf['kv_ahead']}, "
-          f"splits {conf['splits']} (min {conf['min_splits']}), stage {args.stage}")
+    what = (f"{args.shape}: {conf['num_programs']} programs of {conf['num_warps']} warps, rows {conf['rows']}, "
+            f"bk {conf['bk']}, poll sleep {args.poll_sleep} ns, timeline {args.timeline}, arrive first "
+            f"{conf['arrive_first']}, kv early {conf['kv_early']}, balanced {conf['balanced']}, pairs {conf['pairs']}, "
+            f"group sync {conf['group_sync']}, kv ahead {conf['kv_ahead']}, "
+            f"splits {conf['splits']} (min {conf['min_splits']}), stage {args.stage}")
+    return compiled, what
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    compiled, what = compile_args(args)
+    print(what)
     return report(compiled, args.sass)
 
 
-def report(compiled, sass_path: Path | None) -> int:
-    """Print the compiled kernel's resource usage (registers, stack, spills) as ``cuobjdump``
-    reads it; with ``sass_path``, write the disassembly there."""
+def inspect_cubin(compiled, sass: bool = False) -> tuple[str, str | None]:
+    """The compiled kernel's resource usage line (``REG:... STACK:... SHARED:...``, as
+    ``cuobjdump`` reads it) and, with ``sass``, its disassembly (Triton's bundled tools)."""
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "k.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
         usage = subprocess.run([str(bin_dir / "cuobjdump"), "--dump-resource-usage", str(cubin)],
                                capture_output=True, text=True).stdout
-        print(" ".join(line.strip() for line in usage.splitlines() if "REG" in line))
-        if sass_path:
-            sass = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout
-            sass_path.write_text(sass)
-            print(f"{sass_path}: {sass.count(chr(10))} lines")
+        text = None
+        if sass:
+            text = subprocess.run([str(bin_dir / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout
+    return " ".join(line.strip() for line in usage.splitlines() if "REG" in line), text
+
+
+def report(compiled, sass_path: Path | None) -> int:
+    """Print the compiled kernel's resource usage (registers, stack, spills) as ``cuobjdump``
+    reads it; with ``sass_path``, write the disassembly there."""
+    usage, sass = inspect_cubin(compiled, sass_path is not None)
+    print(usage)
+    if sass_path:
+        sass_path.write_text(sass)
+        print(f"{sass_path}: {sass.count(chr(10))} lines")
     return 0
 
 

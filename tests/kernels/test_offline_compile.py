@@ -68,3 +68,26 @@ def test_stage_by_stage_launches_compile(shape, stage, per_sm):
     done = offline_compile("--shape", shape, "--stage", str(stage), "--programs-per-sm", str(per_sm))
     registers(done)
     assert f"stage {stage}" in done.stdout, done.stdout
+
+
+def test_sass_set_compares_against_an_earlier_set(tmp_path):
+    """``benchmarks/offline_sass_set.py`` (the refactor check: a fixed set of launches, their
+    registers and SASS hashes): the same source compares equal to its own earlier set (exit 0),
+    and a launch whose disassembly differs is named (exit 1)."""
+    import json
+
+    script = [sys.executable, str(ROOT / "benchmarks" / "offline_sass_set.py"), "--only", "qwen3-0.6b-stage3"]
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    first = subprocess.run([*script, "--out", str(tmp_path / "a")], capture_output=True, text=True, env=env,
+                           cwd=ROOT, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = json.loads((tmp_path / "a" / "sass.json").read_text())
+    assert 0 < before["launches"]["qwen3-0.6b-stage3"]["registers"] <= 255
+    same = subprocess.run([*script, "--out", str(tmp_path / "b"), "--against", str(tmp_path / "a" / "sass.json")],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert same.returncode == 0 and "as in" in same.stdout, same.stdout + same.stderr[-2000:]
+    before["launches"]["qwen3-0.6b-stage3"]["sha256"] = "0" * 64
+    (tmp_path / "old.json").write_text(json.dumps(before))
+    changed = subprocess.run([*script, "--out", str(tmp_path / "c"), "--against", str(tmp_path / "old.json")],
+                             capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert changed.returncode == 1 and "qwen3-0.6b-stage3" in changed.stdout, changed.stdout + changed.stderr[-2000:]
