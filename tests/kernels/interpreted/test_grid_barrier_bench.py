@@ -6,18 +6,37 @@ each exchange adds the vector's words to the sink."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
-grid_barrier = pytest.importorskip("grid_barrier")
+BENCHMARKS = str(Path(__file__).resolve().parents[3] / "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def grid_barrier():
+    """``benchmarks/grid_barrier.py``, imported with ``benchmarks/`` on ``sys.path`` for its own
+    ``kernels`` module, which is then taken out of ``sys.modules`` again (it would shadow the
+    ``kernels`` package transformers imports)."""
+    before = sys.modules.get("kernels")
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        module = importlib.import_module("grid_barrier")
+    finally:
+        while BENCHMARKS in sys.path:  # (grid_barrier puts it there too)
+            sys.path.remove(BENCHMARKS)
+        if before is None:
+            sys.modules.pop("kernels", None)
+        else:
+            sys.modules["kernels"] = before
+    return module
 
 
 @pytest.mark.parametrize("mode", ["counter", "counter+vector"])
-def test_exchanges_with_one_program(mode):
+def test_exchanges_with_one_program(grid_barrier, mode):
     k, words = 3, 16
     counters = torch.zeros(8, dtype=torch.int32)
     sink = torch.empty(words, dtype=torch.int64)
