@@ -31,7 +31,7 @@ from infer_core.bench.report import environment
 from infer_core.kernels import decode_layer as dl
 from infer_core.kernels.device import num_sms
 
-# the stamps' points (decode_layer._stamp) and the intervals between them
+# the stamps' points (decode_layer.timeline._stamp) and the intervals between them
 INTERVALS = [("pdl wait", 0, 1), ("1 norm + qkv", 1, 2), ("barrier 0", 2, 3), ("2 attention", 3, 4),
              ("barrier 1", 4, 5), ("3 merge", 5, 6), ("barrier 2", 6, 7), ("4 o_proj", 7, 8),
              ("barrier 3", 8, 9), ("5 gate/up", 9, 10), ("barrier 4", 10, 11), ("6 down", 11, 12),

@@ -1,7 +1,8 @@
 """``benchmarks/offline_compile.py`` (the persistent decode layer, the LM head and the row gather
 compiled for sm_90 on a machine without a GPU) still matches the kernels' signatures: it compiles
 both model shapes, with the timeline stamps too, the head with the final norm folded in and the
-gather with the placeholder fill, and reports the registers the residency check would count."""
+gather with the placeholder fill, the engine's own Qwen3-0.6B launch (group_sync 2), and reports the
+registers the residency check would count."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
                                   ["--shape", "llama-3.2-1b", "--timeline"],
                                   ["--kernel", "lm_head", "--lm-head-norm", "1"], ["--kernel", "gather_rows", "--gather-fill", "1"],
                                   ["--shape", "qwen3-0.6b", "--programs-per-sm", "2", "--splits", "32", "--min-splits", "8",
-                                   "--kv-ahead", "1"]])
+                                   "--kv-ahead", "1"],
+                                  ["--shape", "qwen3-0.6b", "--programs-per-sm", "2", "--group-sync", "2"]])
 def test_offline_compile_reports_registers(args):
     registers(offline_compile(*args))
 

@@ -184,6 +184,36 @@ def test_launch_config_takes_min_splits_from_the_environment(monkeypatch):
     assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).min_splits == 8
 
 
+def test_settings_of_removed_levers_are_named_as_ignored(monkeypatch):
+    """An environment variable of a lever that was removed (measured slower) is not read; the
+    persistent path says so (one sentence per variable set), and says nothing without them."""
+    for name in dl.REMOVED_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    assert dl.ignored_settings() == []
+    monkeypatch.setenv("INFER_DECODE_LL", "1")
+    monkeypatch.setenv("INFER_DECODE_LAYERS", "0")
+    said = dl.ignored_settings()
+    assert len(said) == 2 and "INFER_DECODE_LL is ignored" in said[0] and "INFER_DECODE_LAYERS" in said[1]
+
+
+def test_workspace_refuses_a_launch_of_another_kind():
+    """One-launch layers on one workspace share its barrier counters: a launch whose
+    ``group_sync`` differs from the one the workspace's launches ran with (with it, barriers 0
+    and 1 do not count) is refused before it runs, the cache untouched."""
+    case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)
+    weights, layer, md, cache, cos, sin, positions, x, res = cases.layer_inputs(case, "cpu", torch.float32)
+    cfg = replace(cases.config_for(case, torch.float32), balanced=(True, False, False, False))
+    ws = dl.DecodeWorkspace(case.hidden, case.intermediate, layer.num_heads, layer.num_kv_heads, layer.head_dim,
+                            cfg.splits, torch.float32, "cpu")
+    ws.kind = 2  # (as after a group_sync 2 launch: the interpreter cannot run a one-launch layer)
+    before = cache.clone()
+    for other in (0, 1):
+        with pytest.raises(ValueError, match=r"group_sync 2: a launch with .* workspace"):
+            dl.decode_layer(x, res, weights, layer, cache, md, positions, cos, sin, ws,
+                            config=replace(cfg, group_sync=other), stage_by_stage=False)
+    assert torch.equal(cache, before) and ws.kind == 2
+
+
 def test_timeline_must_hold_one_row_per_program():
     """``timeline`` (benchmarks) is CUDA-only and sized by the launch: a clear error, no launch."""
     case = cases.LayerCase(64, 128, 2, 2, 32, 5, 16, True, True, 4, 4, 32, 4096, 64, True, 0)

@@ -46,7 +46,7 @@ def _one_stage(w_ptr, out_ptr, x_ptr, r_ptr, o_ptr, nw_ptr, h_ptr, eps, num_prog
     elif MODE > 0:
         rstd = _stream_rstd(x_ptr, r_ptr, o_ptr, h_ptr, K, eps, pid == 0, MODE, HAS_RESIDUAL, BK, KT)
     _gemm_stage(w_ptr, out_ptr, N, K, pid, num_programs, w, wu, x_ptr, r_ptr, o_ptr, nw_ptr, rstd,
-                   MODE, HAS_RESIDUAL, GATED, ROWS, BK, KT, PIPE, BALANCED, SUB, xn, xn_odd, ONCE)
+                MODE, HAS_RESIDUAL, GATED, ROWS, BK, KT, PIPE, BALANCED, SUB, xn, xn_odd, ONCE)
 
 
 @st.composite

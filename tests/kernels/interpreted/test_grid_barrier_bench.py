@@ -21,7 +21,7 @@ def grid_barrier():
     """``benchmarks/grid_barrier.py``, imported with ``benchmarks/`` on ``sys.path`` for its own
     ``kernels`` module, which is then taken out of ``sys.modules`` again (it would shadow the
     ``kernels`` package transformers imports)."""
-    before = sys.modules.get("kernels")
+    before = sys.modules.pop("kernels", None)  # (another "kernels" imported first would be found instead)
     sys.path.insert(0, BENCHMARKS)
     try:
         module = importlib.import_module("grid_barrier")

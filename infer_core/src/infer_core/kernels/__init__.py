@@ -17,7 +17,8 @@ which is the test oracle (and, where a layer needs it, the CPU path).
 - :mod:`~infer_core.kernels.small_m_gemm` — decode-sized (M <= 16) GEMM, optional fused act-and-mul or (residual add +) RMSNorm prologue, gated act-and-mul epilogue (model.small_m_gemm)
 - :mod:`~infer_core.kernels.decode_layer` — a whole Llama / Qwen 3 decoder layer of a batch-1
   decode step as one persistent launch (model.persistent_decode); a package, one file per job
-  (barriers, GEMM stages, attention, the kernel, configurations, the launch, the reference)
+  (barriers, GEMM stages, attention, clock stamps, the kernel, configurations, the launch, the
+  reference)
 
 :mod:`~infer_core.kernels.device` and :mod:`~infer_core.kernels.pdl` hold what the launches share.
 :mod:`~infer_core.kernels.nvrtc` and :mod:`~infer_core.kernels.cuda_launch` compile CUDA C++

@@ -35,6 +35,7 @@ from infer_core.kernels.decode_layer import (
     DecodeLayerWeights,
     DecodeWorkspace,
     decode_layer,
+    ignored_settings,
     layer_bytes,
     stage_programs_per_sm,
     supports,
@@ -145,6 +146,8 @@ class PersistentDecode:
             self.enabled = False
             return False
         self._plan = [(weights, attn) for weights, _, attn in layers]
+        for sentence in ignored_settings():
+            log.warning("model.persistent_decode: %s.", sentence)
         self._on_cuda = h.is_cuda
         self.stages = bool(stage_programs_per_sm(layer_bytes(self._plan[0][0])))
         log.info("model.persistent_decode: batch-1 decode steps run %d decoder layers as %s", len(self._plan),

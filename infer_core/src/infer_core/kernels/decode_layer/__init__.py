@@ -81,6 +81,7 @@ The package, one job per file:
 """
 
 from infer_core.kernels.decode_layer.config import (
+    REMOVED_SETTINGS,
     STAGED_LAYER_BYTES,
     STAGED_PROGRAMS_PER_SM,
     DecodeLayerConfig,
@@ -92,6 +93,7 @@ from infer_core.kernels.decode_layer.config import (
     default_pairs,
     default_rope_early,
     gemm_shape,
+    ignored_settings,
     launch_config,
     pair_sub,
     splits_for,
@@ -109,6 +111,7 @@ from infer_core.kernels.decode_layer.reference import decode_layer_ref
 from infer_core.kernels.decode_layer.timeline import TIMELINE_SLOTS
 
 __all__ = [
+    "REMOVED_SETTINGS",
     "STAGED_LAYER_BYTES",
     "STAGED_PROGRAMS_PER_SM",
     "TIMELINE_SLOTS",
@@ -125,6 +128,7 @@ __all__ = [
     "default_pairs",
     "default_rope_early",
     "gemm_shape",
+    "ignored_settings",
     "launch_config",
     "layer_bytes",
     "pair_sub",

@@ -28,23 +28,23 @@ class DecodeLayerConfig:
     launch's start with the qkv tiles, before the PDL wait (2: the step's metadata and those
     keys were written before the previous launch began), not at the start of the attention
     stage (0). ``balanced`` (per GEMM stage, see :func:`choose_config`): each
-    program's rows are one contiguous share of the stage (:func:`_share`, shares differ by at
+    program's rows are one contiguous share of the stage (:func:`~infer_core.kernels.decode_layer.gemm._share`, shares differ by at
     most a row), all of it requested before the barrier, one product; ``rows`` is then the
     tile's height (at least the largest share) and ``bk`` covers K. ``pairs`` (per GEMM stage,
     bf16 only): the stage loads its weights as uint32 words of two bf16 values and multiplies
-    them by the input's even and odd elements (:func:`_pair_dot`, :func:`pair_sub`); on in
+    them by the input's even and odd elements (:func:`~infer_core.kernels.decode_layer.gemm._pair_dot`, :func:`pair_sub`); on in
     every stage by default (chains on an H200, µs per layer: Qwen3-0.6B 21.2 against 22.2,
     Llama-3.2-1B 45.2 against 50.1; benchmarks/reports/decode-layer-pairs-2026-12-03-h200).
     ``norm_once``: the norm stages (qkv,
-    gate/up) whose input is one bf16 pair tile load it once (:func:`_norm_pairs`): the row kept
+    gate/up) whose input is one bf16 pair tile load it once (:func:`~infer_core.kernels.decode_layer.gemm._norm_pairs`): the row kept
     for the sum of squares and the product, the norm weight requested with the stage's first
     tiles (else: the row and the weight again after the reduction's barrier, a second L2 round
     trip on the critical path). ``group_sync`` (with a balanced qkv stage and at most one
     program per qkv row; off in a config built by hand, 2 in the one a launch
     picks for itself, :func:`default_group_sync`): no barrier 0; each program adds one to a KV
     group's counter per interval of that group's qkv rows (its query heads', key's, value's)
-    its share holds rows of (:func:`_group_arrive`), and an attention item waits for its own
-    group's producers only (:func:`_group_target`): attention starts without waiting for the
+    its share holds rows of (:func:`~infer_core.kernels.decode_layer.sync._group_arrive`), and an attention item waits for its own
+    group's producers only (:func:`~infer_core.kernels.decode_layer.sync._group_target`): attention starts without waiting for the
     slowest qkv program of every group, and the programs without an attention item go straight
     to barrier 1. ``group_sync = 2``: no barrier 1 either; each attention item adds one to its KV
     group's second counter once its partials are stored, and each merge waits for its head's
@@ -55,13 +55,13 @@ class DecodeLayerConfig:
     k-norm weight's load comes after the query's norm, whose CTA reduction ptxas does not
     hoist it over: a dependent L2 round trip in the split that holds the step's key).
     ``kv_ahead`` (off until measured): each attention item asks L2 for its split's key tiles after
-    the first at the item's start (:func:`_kv_ahead`), so the tile loop's loads are L2 hits
+    the first at the item's start (:func:`~infer_core.kernels.decode_layer.attention._kv_ahead`), so the tile loop's loads are L2 hits
     instead of two dependent DRAM round trips per tile (the block-table entry, then the rows);
     only splits of more than one tile (contexts over ``splits x tile`` keys) do anything. CUDA
     only (the interpreter runs without it: a hint changes no value). ``min_splits`` (0, off until
     measured; a power of two below ``splits``): each step uses the fewest key
     splits per KV head, from ``min_splits`` up by powers of two, that give each split at most one
-    key tile, at most ``splits`` (:func:`_active_splits`); the splits past those do nothing (with
+    key tile, at most ``splits`` (:func:`~infer_core.kernels.decode_layer.attention._active_splits`); the splits past those do nothing (with
     ``group_sync`` 2 they only arrive) and the merge reads only the used ones. Short contexts
     then take fewer splits (8 splits measured W1 0.642 against 0.647 ms per token at 16) and
     long ones as many as the launch has items for (``splits`` 32 at 2 programs per SM)."""
@@ -145,7 +145,7 @@ def choose_config(hidden: int, intermediate: int, num_heads: int, num_kv_heads: 
 
 def pair_sub(rows: int, bk: int, k: int, num_warps: int) -> int:
     """The sub-tile width (weights per row and middle index) of a GEMM stage's word tiles
-    (:func:`_w_rows` with ``SUB``): as wide as lets the program's threads, 16-byte words per
+    (:func:`~infer_core.kernels.decode_layer.gemm._w_rows` with ``SUB``): as wide as lets the program's threads, 16-byte words per
     thread, cover the tile's ``rows`` once (each row's sum within as few threads as possible),
     within ``bk``; 0 (the bf16 tile) when ``k`` is odd or ``bk`` is below 8."""
     if k % 2 or bk < 8:
@@ -180,11 +180,22 @@ def default_pairs() -> tuple[bool, bool, bool, bool]:
     return tuple(c == "1" for c in value)
 
 
+# settings of levers measured slower and removed (2026-12-05; docs/kernels.md): no longer read
+REMOVED_SETTINGS = {"INFER_DECODE_LL": "self-flagged words", "INFER_DECODE_EPOCH": "the exit counter",
+                    "INFER_DECODE_L2_AHEAD": "l2_ahead", "INFER_DECODE_POLL_LOAD": "acquire-load polls",
+                    "INFER_DECODE_LAYERS": "several layers per launch", "INFER_DECODE_ROW_AHEAD": "row_ahead"}
+
+
+def ignored_settings() -> list[str]:
+    """One sentence for each environment variable set that names a removed lever (it is
+    ignored: a launch runs as without it)."""
+    return [f"{name} is ignored: {what} measured slower on an H200 and was removed (docs/kernels.md, "
+            "\"Measured slower and removed\")" for name, what in REMOVED_SETTINGS.items() if os.environ.get(name)]
+
+
 # layers of at least this many weight bytes run stage by stage by default, at these programs per SM
 # (qkv, attention, merge, o, gate/up, down): see stage_programs_per_sm
 STAGED_LAYER_BYTES = 64 << 20
-
-
 STAGED_PROGRAMS_PER_SM = (4, 1, 1, 4, 4, 4)
 
 

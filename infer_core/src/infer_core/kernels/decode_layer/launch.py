@@ -66,7 +66,7 @@ def supports(layer: AttentionLayer, kv_cache: torch.Tensor, dtype: torch.dtype) 
 
 class DecodeWorkspace:
     """The launches' scratch (shared by every layer of a step: the launches are ordered), the
-    barrier counters (never reset: see the module's docstring) and the error flag (set if a
+    barrier counters (never reset: see :mod:`~infer_core.kernels.decode_layer.sync`) and the error flag (set if a
     barrier timed out). Every one-launch layer on one workspace must run with the same
     ``group_sync`` (with it, some barriers' counters do not count). ``splits`` must be the
     launches' (:func:`splits_for` the device's SMs by default)."""
@@ -113,7 +113,7 @@ def decode_layer(
     stage's launch its own configuration (program count, tiles): no grid barrier ties the
     stages to one. Without them, on CUDA, stage by stage takes :func:`stage_programs_per_sm`.
     ``timeline`` (benchmarks, CUDA): an int64 ``[programs, TIMELINE_SLOTS]`` tensor that
-    receives each program's clock at the stage boundaries (:func:`_stamp`)."""
+    receives each program's clock at the stage boundaries (:func:`~infer_core.kernels.decode_layer.timeline._stamp`)."""
     hidden = x.shape[-1]
     inter = weights.down.shape[1]
     hq, hkv, d = layer.num_heads, layer.num_kv_heads, layer.head_dim

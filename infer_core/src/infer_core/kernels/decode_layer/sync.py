@@ -14,8 +14,6 @@ import triton.language as tl
 from infer_core.kernels.decode_layer.gemm import _share
 
 EPOCH_SLOT = tl.constexpr(6)  # the launches' count (counters[6]): the barrier counters (0-4) are never reset
-
-
 MAX_SPINS = tl.constexpr(1 << 22)  # polls of one barrier before giving up (seconds: a bug, never a wait)
 
 
