@@ -19,7 +19,9 @@
 #           the gather kernel's and the LM head's GPU tests (passed in the twenty-third session:
 #           benchmarks/reports/o-heads-chain-l2next-2026-12-04-h200)
 #
-# Built in the twenty-fourth session (2026-12-04, no device), both off until measured: kv_ahead, each
+# Measured in the twenty-fifth session (2026-12-05, benchmarks/reports/long-context-levers-2026-12-05-h200;
+# longtests 37 passed, smoke passed; both levers stay off: long contexts gain, W1 loses with min_splits).
+# Built in the twenty-fourth session (2026-12-04, no device): kv_ahead, each
 # attention item asking L2 for its split's later key tiles at its start (INFER_DECODE_KV_AHEAD=1), and
 # min_splits, each step using the fewest key splits from N up that give each split at most one key tile
 # (INFER_DECODE_MIN_SPLITS=N; with INFER_DECODE_SPLITS=32 up to 32 splits).

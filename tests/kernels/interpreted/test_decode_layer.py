@@ -109,8 +109,8 @@ def test_launch_config_takes_group_sync_where_each_program_has_a_qkv_row(monkeyp
 
 
 def test_launch_config_takes_kv_ahead_from_the_environment(monkeypatch):
-    """``kv_ahead`` is off in the configuration a launch picks for itself until measured;
-    ``INFER_DECODE_KV_AHEAD=1`` turns it on (A/B measurements), one launch or stage by stage."""
+    """``kv_ahead`` is off in the configuration a launch picks for itself (measured: it helps only
+    long contexts); ``INFER_DECODE_KV_AHEAD=1`` turns it on, one launch or stage by stage."""
     monkeypatch.delenv("INFER_DECODE_KV_AHEAD", raising=False)
     assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).kv_ahead is False
     monkeypatch.setenv("INFER_DECODE_KV_AHEAD", "1")
@@ -176,8 +176,8 @@ def test_min_splits_refusals():
 
 
 def test_launch_config_takes_min_splits_from_the_environment(monkeypatch):
-    """``min_splits`` is 0 (every step uses every split) until measured; ``INFER_DECODE_MIN_SPLITS``
-    sets it."""
+    """``min_splits`` is 0 (every step uses every split: measured faster at W1's contexts);
+    ``INFER_DECODE_MIN_SPLITS`` sets it."""
     monkeypatch.delenv("INFER_DECODE_MIN_SPLITS", raising=False)
     assert dl.launch_config(1024, 3072, 16, 8, 128, 132, torch.bfloat16, 2).min_splits == 0
     monkeypatch.setenv("INFER_DECODE_MIN_SPLITS", "8")
