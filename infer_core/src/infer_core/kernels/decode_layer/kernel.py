@@ -199,10 +199,8 @@ def _decode_layer_kernel(
         _grid_barrier(counters_ptr, 1, target, error_ptr, POLL_SLEEP)
     _stamp(timeline_ptr, pid, 5, TIMELINE)
     if (ALL and LAST >= 3) or STAGE == 3:  # split-KV merge
-        if AUTO and not ATTN:  # (stage by stage: this launch has not read the step's length)
+        if not ATTN:  # (stage by stage: this launch has not read the step's length; SPLITS without min_splits)
             active = _active_splits(tl.load(seq_lens_ptr), TILE, SPLITS, MIN_SPLITS)
-        elif not AUTO:
-            active = SPLITS
         for head in range(pid, HQ, num_programs):
             if GS2:  # the head's KV group's splits all stored their partials
                 _wait(counters_ptr, GROUP_SLOT + HKV + head // (HQ // HKV), (epoch + 1) * SPLITS - 1,
